@@ -1,0 +1,56 @@
+# Conveyor's one way to set up, run and check. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+# Use the machine's Python; never download one.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+# The environment is rebuilt from the lock file whenever a project file changes.
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml services/*/pyproject.toml
+	$(UV) sync --frozen
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.synced ## create .venv from uv.lock
+
+.PHONY: run
+run: $(VENV)/.synced ## start Redis, the api and a worker (REDIS_URL to use your own Redis)
+	@$(BIN)/python -m conveyor_core.local.run
+
+.PHONY: test
+test: $(VENV)/.synced ## run every test suite against real Redis and real processes
+	$(BIN)/pytest -n auto --dist loadgroup
+
+.PHONY: check
+check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+.PHONY: fmt
+fmt: $(VENV)/.synced ## format and fix what ruff can
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: lock
+lock: $(UV) ## update uv.lock after a dependency change
+	$(UV) lock
+
+.PHONY: clean
+clean: ## remove the environments
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .pytest_cache .ruff_cache

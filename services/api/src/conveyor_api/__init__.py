@@ -1,0 +1,1 @@
+"""Conveyor's HTTP api: validates, enqueues and answers questions about jobs."""

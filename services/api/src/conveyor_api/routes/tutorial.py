@@ -1,0 +1,45 @@
+"""The tutorial's endpoints: a greeting and `POST /task`."""
+
+import random
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from conveyor_api.deps import RedisDep, SettingsDep
+from conveyor_core.catalog import CREATE_TASK
+from conveyor_core.enqueue import enqueue
+
+router = APIRouter(tags=["tutorial"])
+
+
+class TaskCreate(BaseModel):
+    """Body of `POST /task`."""
+
+    count: int = Field(title="How many tasks to generate? (1 to 100)", ge=1, le=100)
+
+
+class TasksQueued(BaseModel):
+    """Answer of `POST /task`: the ids of the jobs just enqueued."""
+
+    queued: int
+    job_ids: list[str]
+
+
+@router.get("/", summary="Hello")
+async def index() -> dict[str, str]:
+    return {"message": "Hello, world!"}
+
+
+@router.post(
+    "/task",
+    status_code=201,
+    summary="Enqueue `count` create_task jobs",
+    responses={503: {"description": "Redis is unavailable; retry after Retry-After"}},
+)
+async def create_tasks(body: TaskCreate, redis: RedisDep, settings: SettingsDep) -> TasksQueued:
+    job_ids = []
+    for _ in range(body.count):
+        # Not for security: a stand-in for work of varying length.
+        sleep_s = random.uniform(settings.task_sleep_min_s, settings.task_sleep_max_s)  # noqa: S311
+        job_ids.append(await enqueue(redis, CREATE_TASK, sleep_s=round(sleep_s, 3)))
+    return TasksQueued(queued=len(job_ids), job_ids=job_ids)

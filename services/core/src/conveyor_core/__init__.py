@@ -1,0 +1,1 @@
+"""Conveyor's shared contract: what the api and the worker both import."""

@@ -1,0 +1,1 @@
+"""Tools for running Conveyor on one machine: a real Redis and a process runner."""

@@ -1,0 +1,184 @@
+"""`make run`: a real Redis, the api and one worker, with their logs in one stream.
+
+Ctrl-C (or SIGTERM) stops everything this started and exits 0. A service
+that dies on its own stops the rest and exits 1.
+"""
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from conveyor_core.local.redis_server import resolve_redis
+
+logger = logging.getLogger("conveyor.run")
+
+STOP_TIMEOUT_S = 25.0  # above the worker's default shutdown wait
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    module: str
+    port_env: str
+    default_port: int
+
+    def port(self, env: Mapping[str, str]) -> int:
+        return int(env.get(self.port_env, self.default_port))
+
+
+API = Service("api", "conveyor_api", "CONVEYOR_API_PORT", 8000)
+WORKER = Service("worker", "conveyor_worker", "CONVEYOR_WORKER_HEALTH_PORT", 8001)
+SERVICES = (API, WORKER)
+
+
+def port_in_use(port: int, host: str = "0.0.0.0") -> bool:  # noqa: S104 - where the services bind
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def busy_port_error(env: Mapping[str, str]) -> str | None:
+    """A one-line error if a service's port is taken, else None."""
+    for service in SERVICES:
+        port = service.port(env)
+        if port_in_use(port):
+            return (
+                f"error: port {port} for the {service.name} is already in use; "
+                f"set {service.port_env} to a free port"
+            )
+    return None
+
+
+async def _stream(prefix: str, stream: asyncio.StreamReader) -> None:
+    async for line in stream:
+        sys.stdout.write(f"{prefix} | {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+async def _start(service: Service, env: dict[str, str]) -> asyncio.subprocess.Process:
+    # A session of its own: the terminal's Ctrl-C reaches only this runner,
+    # which then stops each service in order with SIGTERM.
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        service.module,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def _wait_ready(env: Mapping[str, str]) -> bool:
+    urls = [f"http://localhost:{s.port(env)}/readyz" for s in SERVICES]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if all([await asyncio.to_thread(_ready, url) for url in urls]):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def _banner(env: Mapping[str, str], redis_url: str) -> str:
+    api = f"http://localhost:{API.port(env)}"
+    worker = f"http://localhost:{WORKER.port(env)}"
+    return "\n".join(
+        [
+            "",
+            "Conveyor is running. Ctrl-C stops everything.",
+            f"  api docs        {api}/docs",
+            f"  submit tasks    curl -X POST {api}/task -H 'content-type: application/json' "
+            "-d '{\"count\": 5}'",
+            f"  api health      {api}/healthz   {api}/readyz",
+            f"  worker health   {worker}/healthz   {worker}/readyz",
+            f"  redis           {redis_url}",
+            "",
+        ]
+    )
+
+
+async def run_services(redis_url: str) -> int:
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    processes = {s.name: await _start(s, env) for s in SERVICES}
+    streams = [
+        asyncio.create_task(_stream(f"{name:<6}", p.stdout))
+        for name, p in processes.items()
+        if p.stdout is not None
+    ]
+    stopped = asyncio.create_task(stop.wait())
+    exits = {asyncio.create_task(p.wait()): name for name, p in processes.items()}
+    ready = asyncio.create_task(_wait_ready(env))
+    await asyncio.wait({stopped, ready, *exits}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done():
+        if ready.result():
+            print(_banner(env, redis_url), flush=True)
+        else:
+            logger.warning("not ready after %.0f s; see the logs above", READY_TIMEOUT_S)
+    ready.cancel()
+
+    done, _ = await asyncio.wait({stopped, *exits}, return_when=asyncio.FIRST_COMPLETED)
+    died = [exits[t] for t in done if t in exits]
+    for name in died:
+        logger.error("the %s exited with code %s; stopping", name, processes[name].returncode)
+
+    for process in reversed(processes.values()):  # the worker first: it drains jobs
+        await _stop(process)
+    await asyncio.gather(*streams)
+    stopped.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopped
+    return 1 if died else 0
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="run    | %(message)s", stream=sys.stdout)
+    if error := busy_port_error(os.environ):
+        print(error, file=sys.stderr)
+        return 1
+    with resolve_redis() as redis:
+        return asyncio.run(run_services(redis.url))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Settings both services share. Each service adds its own on top."""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RedisSettings(BaseSettings):
+    """How to reach the broker. Read from `REDIS_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="REDIS_", extra="ignore")
+
+    # redis://, rediss:// (TLS) or unix:// URL, with password and db if needed.
+    url: str = "redis://localhost:6379/0"
+    # A connect that takes longer than this means Redis is down: fail fast.
+    connect_timeout_s: float = Field(default=1.0, gt=0)
+    # No Conveyor command blocks on the server, so a slow reply is a fault.
+    socket_timeout_s: float = Field(default=2.0, gt=0)

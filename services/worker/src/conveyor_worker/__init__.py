@@ -1,0 +1,1 @@
+"""Conveyor's worker: runs the catalog's jobs with arq."""

@@ -1,0 +1,36 @@
+"""`python -m conveyor_worker`: run the worker and its health server."""
+
+import asyncio
+import contextlib
+import logging
+
+from conveyor_core.logging import configure_logging
+from conveyor_worker.health import start_health_server
+from conveyor_worker.settings import Settings
+from conveyor_worker.worker import create_worker
+
+logger = logging.getLogger("conveyor_worker")
+
+
+async def serve(settings: Settings) -> None:
+    worker = create_worker(settings)
+    health = await start_health_server(worker, settings)
+    logger.info("health server on http://%s:%d/healthz", settings.health_host, settings.health_port)
+    # arq's signal handlers cancel `main_task` once running jobs are done.
+    worker.main_task = asyncio.create_task(worker.main())
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.main_task
+    finally:
+        await worker.close()
+        await health.cleanup()
+
+
+def main() -> None:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

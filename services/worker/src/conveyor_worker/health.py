@@ -1,0 +1,37 @@
+"""The worker's own small HTTP server: probes on a port of its own, no user traffic."""
+
+import time
+
+from aiohttp import web
+
+from conveyor_worker.settings import Settings
+from conveyor_worker.worker import ConveyorWorker
+
+
+def create_health_app(worker: ConveyorWorker, settings: Settings) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        # Alive means this process's poll loop keeps turning, Redis or not:
+        # restarting the pod would not bring Redis back.
+        since_poll_s = time.monotonic() - worker.last_poll_s
+        if since_poll_s > settings.liveness_timeout_s:
+            return web.json_response(
+                {"status": "stalled", "since_last_poll_s": round(since_poll_s, 3)}, status=503
+            )
+        return web.json_response({"status": "ok", "since_last_poll_s": round(since_poll_s, 3)})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if not worker.redis_ok:
+            return web.json_response({"status": "redis unreachable"}, status=503)
+        return web.json_response({"status": "ready"})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start_health_server(worker: ConveyorWorker, settings: Settings) -> web.AppRunner:
+    runner = web.AppRunner(create_health_app(worker, settings), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.health_host, settings.health_port).start()
+    return runner
