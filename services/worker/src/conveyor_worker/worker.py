@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import signal
 import time
 from typing import Any
 
@@ -51,16 +52,22 @@ class ConveyorWorker(Worker):
                 return
 
     async def close(self) -> None:
-        # arq deletes its health key before on_shutdown; with Redis down that
-        # raises and on_shutdown never runs. Release what we own either way.
+        # Replaces arq's close(), which deletes its health key before on_shutdown
+        # (with Redis down, on_shutdown never ran) and calls redis-py's
+        # deprecated close().
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         try:
-            await super().close()
+            await self.pool.delete(self.health_check_key)
         except REDIS_DOWN_ERRORS as exc:
             logger.warning("redis unreachable during shutdown: %s", exc)
-            if self.on_shutdown:
-                await self.on_shutdown(self.ctx)
-            await self.pool.aclose()
-            self._pool = None
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
 
     async def _poll_iteration(self) -> None:
         # arq lets a Redis error escape its poll loop and the worker dies; here

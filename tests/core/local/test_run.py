@@ -1,0 +1,153 @@
+"""`make run`'s runner as a real process: it serves, it refuses a busy port, Ctrl-C stops all."""
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_sync
+
+from conveyor_core.local.redis_server import free_port
+from conveyor_core.local.run import busy_port_error
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def runner_env(api_port: int, worker_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        CONVEYOR_API_PORT=str(api_port),
+        CONVEYOR_WORKER_HEALTH_PORT=str(worker_port),
+        CONVEYOR_API_TASK_SLEEP_MIN_S="0.01",
+        CONVEYOR_API_TASK_SLEEP_MAX_S="0.05",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def test_busy_port_error_names_the_port_and_the_setting(busy_port: int) -> None:
+    error = busy_port_error({"CONVEYOR_API_PORT": str(busy_port)})
+    assert error == (
+        f"error: port {busy_port} for the api is already in use; "
+        "set CONVEYOR_API_PORT to a free port"
+    )
+    assert busy_port_error({"CONVEYOR_API_PORT": str(free_port())}) is None or (
+        "CONVEYOR_WORKER_HEALTH_PORT" in str(busy_port_error({}))
+    )
+
+
+def test_runner_refuses_a_busy_port_in_one_line(busy_port: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=runner_env(busy_port, free_port()),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: port {busy_port} for the api is already in use; "
+        "set CONVEYOR_API_PORT to a free port"
+    ]
+
+
+class Output:
+    """The runner's stdout, read on a thread so a wait can time out."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.stream = process.stdout
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.stream:
+            self.lines.put(line)
+
+    def close(self) -> None:
+        """Once the process has exited: drain the pipe and close it."""
+        self.reader.join(timeout=10)
+        self.stream.close()
+
+    def until(self, pattern: str, timeout_s: float) -> str:
+        """Read up to the first line matching `pattern`; return it."""
+        deadline = time.monotonic() + timeout_s
+        while (left_s := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left_s)
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(self.seen)}")
+
+    def text(self) -> str:
+        return "".join(self.seen)
+
+
+def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(log_dir: Path) -> None:
+    api_port, worker_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=runner_env(api_port, worker_port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        output.until(r"^\s+redis\s+redis://", timeout_s=60)
+        banner = output.text()
+        assert f"http://localhost:{api_port}/docs" in banner
+        assert f"http://localhost:{worker_port}/healthz" in banner
+        redis_url = re.search(r"redis\s+(redis://\S+)", banner)
+        assert redis_url is not None
+
+        response = httpx.post(f"http://localhost:{api_port}/task", json={"count": 5})
+        assert response.status_code == 201
+        # The worker's log, streamed with its prefix, shows the five jobs finishing.
+        pending = set(response.json()["job_ids"])
+        while pending:
+            line = output.until(r"^worker \| .*← \w+:create_task", timeout_s=30)
+            pending.discard(line.split("← ")[1].split(":")[0])
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        output.until(r"^api    \| .*Finished server process", timeout_s=5)
+        (log_dir / "run.log").write_text(output.text())
+
+        # Everything it started is gone: both ports are closed, Redis too.
+        for port in (api_port, worker_port):
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://localhost:{port}/healthz")
+        with (
+            pytest.raises(redis_sync.ConnectionError),
+            redis_sync.Redis.from_url(redis_url.group(1)) as client,
+        ):
+            client.ping()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        output.close()

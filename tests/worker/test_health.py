@@ -1,0 +1,54 @@
+"""The worker's own /healthz (its poll loop turns) and /readyz (Redis answers)."""
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from arq.connections import ArqRedis
+
+from conveyor_core.settings import RedisSettings
+from conveyor_worker.health import create_health_app
+from conveyor_worker.settings import Settings
+from conveyor_worker.worker import ConveyorWorker, worker_settings
+
+HealthClient = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def worker(redis: ArqRedis, redis_url: str) -> ConveyorWorker:
+    settings = Settings(redis=RedisSettings(url=redis_url))
+    return ConveyorWorker(**worker_settings(settings, redis), handle_signals=False)
+
+
+@pytest.fixture
+async def client(worker: ConveyorWorker) -> AsyncIterator[HealthClient]:
+    app = create_health_app(worker, Settings(liveness_timeout_s=5))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def test_healthz_is_ok_while_the_poll_loop_turns(
+    client: HealthClient, worker: ConveyorWorker
+) -> None:
+    worker.last_poll_s = time.monotonic()
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert (await response.json())["status"] == "ok"
+
+
+async def test_healthz_fails_when_the_poll_loop_stalls(
+    client: HealthClient, worker: ConveyorWorker
+) -> None:
+    worker.last_poll_s = time.monotonic() - 6
+    response = await client.get("/healthz")
+    assert response.status == 503
+    assert (await response.json())["status"] == "stalled"
+
+
+async def test_readyz_follows_redis(client: HealthClient, worker: ConveyorWorker) -> None:
+    worker.redis_ok = False
+    assert (await client.get("/readyz")).status == 503
+    worker.redis_ok = True
+    assert (await client.get("/readyz")).status == 200

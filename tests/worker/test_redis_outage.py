@@ -1,0 +1,79 @@
+"""The worker process survives a Redis outage and takes jobs again when Redis returns."""
+
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+
+from conveyor_core.local.redis_server import RedisProcess
+from tests.support.processes import stop_all, worker_process
+
+pytestmark = pytest.mark.e2e
+
+
+def run_one_job(redis_url: str) -> None:
+    """Enqueue create_task with arq's own client and wait for its result."""
+    import asyncio
+
+    from arq.jobs import Job
+
+    from conveyor_core.catalog import CREATE_TASK
+    from conveyor_core.enqueue import enqueue
+    from conveyor_core.redis import create_redis
+    from conveyor_core.settings import RedisSettings
+
+    async def go() -> object:
+        client = create_redis(RedisSettings(url=redis_url))
+        try:
+            job_id = await enqueue(client, CREATE_TASK, sleep_s=0.01)
+            return await Job(job_id, client).result(timeout=15, poll_delay=0.05)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == 0.01
+
+
+def test_worker_survives_redis_outage(own_redis: RedisProcess, log_dir: Path) -> None:
+    worker = worker_process(own_redis.url, log_dir, CONVEYOR_WORKER_POLL_DELAY_S="0.05")
+    try:
+        worker.start()
+        worker.wait_for("/readyz")
+        run_one_job(own_redis.url)
+
+        own_redis.stop()
+        worker.wait_for("/readyz", status=503)
+        time.sleep(1)  # several failed polls in a row
+        assert worker.alive(), worker.output()
+        assert worker.wait_for("/healthz").status_code == 200
+
+        own_redis.start()
+        worker.wait_for("/readyz")
+        run_one_job(own_redis.url)
+        assert "redis unreachable" in worker.output()
+    finally:
+        stop_all(worker)
+
+
+def test_worker_starts_while_redis_is_down(own_redis: RedisProcess, log_dir: Path) -> None:
+    own_redis.stop()
+    worker = worker_process(own_redis.url, log_dir)
+    try:
+        worker.start()  # waits for /healthz: alive though Redis is down
+        worker.wait_for("/readyz", status=503)
+        own_redis.start()
+        worker.wait_for("/readyz")
+        run_one_job(own_redis.url)
+        assert worker.stop() == 0
+    finally:
+        stop_all(worker)
+
+
+def test_sigterm_exits_zero(redis_url: str, log_dir: Path) -> None:
+    worker = worker_process(redis_url, log_dir).start()
+    try:
+        assert worker.stop() == 0, worker.output()
+        with redis_sync.Redis.from_url(redis_url) as client:
+            assert client.ping()
+    finally:
+        stop_all(worker)
