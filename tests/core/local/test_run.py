@@ -151,3 +151,38 @@ def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(log_dir: Path
             process.kill()
             process.wait()
         output.close()
+
+
+def closes_within(port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://localhost:{port}/healthz", timeout=0.5)
+        except httpx.ConnectError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_services_die_with_a_killed_runner(redis_url: str) -> None:
+    api_port, worker_port = free_port(), free_port()
+    env = {**runner_env(api_port, worker_port), "REDIS_URL": redis_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        output.until(r"^\s+redis\s+redis://", timeout_s=60)
+        process.kill()
+        process.wait()
+        for port in (api_port, worker_port):
+            assert closes_within(port, timeout_s=15), f"port {port} still serves"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        output.close()

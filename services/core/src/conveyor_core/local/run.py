@@ -6,6 +6,7 @@ that dies on its own stops the rest and exits 1.
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -72,6 +73,13 @@ async def _stream(prefix: str, stream: asyncio.StreamReader) -> None:
         sys.stdout.flush()
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the runner dies, even by SIGKILL (Linux only)."""
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 async def _start(service: Service, env: dict[str, str]) -> asyncio.subprocess.Process:
     # A session of its own: the terminal's Ctrl-C reaches only this runner,
     # which then stops each service in order with SIGTERM.
@@ -83,6 +91,7 @@ async def _start(service: Service, env: dict[str, str]) -> asyncio.subprocess.Pr
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent,  # before any thread of ours starts
     )
 
 
