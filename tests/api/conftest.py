@@ -6,7 +6,8 @@ from fastapi import FastAPI
 
 from conveyor_api.main import create_app
 from conveyor_api.settings import Settings
-from conveyor_core.settings import RedisSettings
+from conveyor_core.settings import CatalogSettings, RedisSettings
+from tests.support import jobs
 
 
 def make_app(redis_url: str) -> FastAPI:
@@ -15,6 +16,7 @@ def make_app(redis_url: str) -> FastAPI:
             redis=RedisSettings(url=redis_url, connect_timeout_s=0.5, socket_timeout_s=0.5),
             task_sleep_min_s=0.01,
             task_sleep_max_s=0.05,
+            catalog=CatalogSettings(job_modules=jobs.MODULE),
         )
     )
 

@@ -11,6 +11,11 @@ from pathlib import Path
 import httpx
 
 from conveyor_core.local.redis_server import free_port
+from tests.support import jobs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Both services load the test job types, as a deployment would load its own.
+TEST_ENV = {"CONVEYOR_JOB_MODULES": jobs.MODULE, "PYTHONPATH": str(REPO_ROOT)}
 
 
 class ServiceProcess:
@@ -85,14 +90,15 @@ class ServiceProcess:
 
 def api_process(redis_url: str, log_dir: Path, **env: str) -> ServiceProcess:
     port = free_port()
-    settings = {"REDIS_URL": redis_url, "CONVEYOR_API_PORT": str(port), **env}
+    settings = {**TEST_ENV, "REDIS_URL": redis_url, "CONVEYOR_API_PORT": str(port), **env}
     return ServiceProcess("conveyor_api", settings, port, log_dir / "api.log", "/readyz")
 
 
 def worker_process(redis_url: str, log_dir: Path, **env: str) -> ServiceProcess:
     port = free_port()
-    settings = {"REDIS_URL": redis_url, "CONVEYOR_WORKER_HEALTH_PORT": str(port), **env}
-    return ServiceProcess("conveyor_worker", settings, port, log_dir / "worker.log", "/healthz")
+    settings = {**TEST_ENV, "REDIS_URL": redis_url, "CONVEYOR_WORKER_HEALTH_PORT": str(port), **env}
+    log_path = log_dir / f"worker-{port}.log"
+    return ServiceProcess("conveyor_worker", settings, port, log_path, "/healthz")
 
 
 def stop_all(*services: ServiceProcess) -> None:

@@ -8,18 +8,17 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from arq.connections import ArqRedis
 
-from conveyor_core.settings import RedisSettings
 from conveyor_worker.health import create_health_app
 from conveyor_worker.settings import Settings
-from conveyor_worker.worker import ConveyorWorker, worker_settings
+from conveyor_worker.worker import ConveyorWorker
+from tests.worker.conftest import make_worker
 
 HealthClient = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
 async def worker(redis: ArqRedis, redis_url: str) -> ConveyorWorker:
-    settings = Settings(redis=RedisSettings(url=redis_url))
-    return ConveyorWorker(**worker_settings(settings, redis), handle_signals=False)
+    return make_worker(redis, redis_url)
 
 
 @pytest.fixture

@@ -18,16 +18,17 @@ def run_one_job(redis_url: str) -> None:
 
     from arq.jobs import Job
 
-    from conveyor_core.catalog import CREATE_TASK
+    from conveyor_core.catalog import CREATE_TASK, CreateTask
     from conveyor_core.enqueue import enqueue
     from conveyor_core.redis import create_redis
     from conveyor_core.settings import RedisSettings
+    from conveyor_core.store import JobStore
 
     async def go() -> object:
         client = create_redis(RedisSettings(url=redis_url))
         try:
-            job_id = await enqueue(client, CREATE_TASK, sleep_s=0.01)
-            return await Job(job_id, client).result(timeout=15, poll_delay=0.05)
+            submitted = await enqueue(JobStore(client), CREATE_TASK, CreateTask(sleep_s=0.01))
+            return await Job(submitted.job_id, client).result(timeout=15, poll_delay=0.05)
         finally:
             await client.aclose()
 

@@ -1,53 +1,68 @@
 """The worker in-process against a real Redis: registration, ctx resources, a job run."""
 
-from typing import Any
-
-import aiohttp
+import pytest
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 
-from conveyor_core.catalog import CREATE_TASK
+from conveyor_core.catalog import CREATE_TASK, CreateTask, load_catalog
 from conveyor_core.enqueue import enqueue
-from conveyor_core.settings import RedisSettings
+from conveyor_core.jobs import JobState
+from conveyor_core.store import JobStore
 from conveyor_worker.settings import Settings
-from conveyor_worker.worker import ConveyorWorker, on_shutdown, on_startup, worker_settings
+from conveyor_worker.worker import worker_settings
+from tests.support import jobs
+from tests.worker.conftest import make_worker
 
 
-def burst_worker(redis: ArqRedis, redis_url: str) -> ConveyorWorker:
-    settings = Settings(redis=RedisSettings(url=redis_url), poll_delay_s=0.01)
-    kwargs: dict[str, Any] = worker_settings(settings, redis)
-    return ConveyorWorker(**kwargs, burst=True, handle_signals=False)
-
-
-async def test_worker_registers_the_tutorial_job(redis: ArqRedis, redis_url: str) -> None:
-    worker = burst_worker(redis, redis_url)
-    assert set(worker.functions) == {CREATE_TASK.name}
+async def test_worker_registers_exactly_the_catalog_of_its_queue(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    worker = make_worker(redis, redis_url)
+    catalog = load_catalog([jobs.MODULE])
+    assert set(worker.functions) == {t.name for t in catalog.for_queue(CREATE_TASK.queue)}
     assert worker.queue_name == CREATE_TASK.queue
+    # arq's own limit is above the policy's, so the wrapper decides the last try.
+    assert worker.functions["flaky"].max_tries == catalog["flaky"].retry.max_tries + 1
+
+
+def test_a_queue_without_job_types_is_refused(redis: ArqRedis) -> None:
+    with pytest.raises(ValueError, match="no job types on queue 'nowhere'"):
+        worker_settings(Settings(queue="nowhere"), redis, load_catalog())
 
 
 async def test_worker_runs_create_task_to_completion(redis: ArqRedis, redis_url: str) -> None:
-    job_id = await enqueue(redis, CREATE_TASK, sleep_s=0.01)
+    store = JobStore(redis)
+    submitted = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0.01))
 
-    worker = burst_worker(redis, redis_url)
+    worker = make_worker(redis, redis_url, burst=True)
     await worker.main()
     await worker.close()
 
-    job = Job(job_id, redis)
+    job = Job(submitted.job_id, redis)
     assert await job.status() == JobStatus.complete
     info = await job.result_info()
     assert info is not None
     assert info.success
     assert info.result == 0.01
-    assert worker.redis_ok
+    record = await JobStore(redis).get(submitted.job_id)
+    assert record is not None
+    assert record.state is JobState.COMPLETE
+    assert record.result == 0.01
+    assert record.tries == 1
 
 
-async def test_startup_opens_and_shutdown_closes_shared_resources() -> None:
-    ctx: dict[str, Any] = {}
-    await on_startup(ctx)
-    session = ctx["http"]
-    assert isinstance(session, aiohttp.ClientSession)
+async def test_startup_opens_and_shutdown_closes_shared_resources(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    worker = make_worker(redis, redis_url)
+    worker.ctx["redis"] = redis
+    assert worker.on_startup is not None
+    assert worker.on_shutdown is not None
+    await worker.on_startup(worker.ctx)
+    session = worker.ctx["http"]
     assert not session.closed
+    assert isinstance(worker.ctx["store"], JobStore)
 
-    await on_shutdown(ctx)
+    await worker.on_shutdown(worker.ctx)
     assert session.closed
-    assert "http" not in ctx
+    assert "http" not in worker.ctx

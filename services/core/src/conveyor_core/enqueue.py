@@ -1,19 +1,56 @@
-"""The one way Conveyor puts a job on a queue, from the api or from a job."""
+"""The one way Conveyor puts a job on a queue, from the api or from inside a job."""
 
+import hashlib
+import json
+from datetime import datetime
 from typing import Any
+from uuid import uuid4
 
-from arq.connections import ArqRedis
+from pydantic import BaseModel
 
 from conveyor_core.catalog import JobType
+from conveyor_core.jobs import now_ms
+from conveyor_core.store import JobStore, Submitted
 
 
-class JobNotEnqueuedError(RuntimeError):
-    """arq refused the job because one with the same id exists."""
+def fingerprint(payload: dict[str, Any]) -> str:
+    """Same payload, same fingerprint: key order and spacing do not matter."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def enqueue(redis: ArqRedis, job_type: JobType, **kwargs: Any) -> str:
-    """Enqueue one job of `job_type` on its queue; return its id."""
-    job = await redis.enqueue_job(job_type.name, _queue_name=job_type.queue, **kwargs)
-    if job is None:
-        raise JobNotEnqueuedError(f"job of type {job_type.name!r} was not enqueued: id taken")
-    return str(job.job_id)
+def ready_at_ms(defer_by_s: float | None = None, run_at: datetime | None = None) -> int:
+    if defer_by_s is not None and run_at is not None:
+        raise ValueError("give defer_by_s or run_at, not both")
+    if run_at is not None:
+        return int(run_at.timestamp() * 1000)
+    return now_ms() + int((defer_by_s or 0) * 1000)
+
+
+async def enqueue(
+    store: JobStore,
+    job_type: JobType,
+    payload: BaseModel | dict[str, Any],
+    *,
+    defer_by_s: float | None = None,
+    run_at: datetime | None = None,
+    idempotency_key: str | None = None,
+    request_id: str | None = None,
+) -> Submitted:
+    """Validate `payload` against the job type's model and enqueue one job.
+
+    With an `idempotency_key` already used for this job type, nothing is
+    enqueued: the answer names the existing job and whether its payload matched.
+    """
+    model = job_type.payload.model_validate(payload)
+    data = model.model_dump(mode="json")
+    meta = {"request_id": request_id} if request_id else {}
+    return await store.submit(
+        job_type,
+        uuid4().hex,
+        data,
+        ready_at_ms=ready_at_ms(defer_by_s, run_at),
+        meta=meta,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint(data),
+    )

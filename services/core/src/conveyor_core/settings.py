@@ -15,3 +15,16 @@ class RedisSettings(BaseSettings):
     connect_timeout_s: float = Field(default=1.0, gt=0)
     # No Conveyor command blocks on the server, so a slow reply is a fault.
     socket_timeout_s: float = Field(default=2.0, gt=0)
+
+
+class CatalogSettings(BaseSettings):
+    """Which job types exist beyond the built-in ones. Read from `CONVEYOR_JOB_MODULES`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    # Comma-separated modules, each exposing `JOB_TYPES: list[JobType]`.
+    job_modules: str = ""
+
+    @property
+    def modules(self) -> list[str]:
+        return [name.strip() for name in self.job_modules.split(",") if name.strip()]

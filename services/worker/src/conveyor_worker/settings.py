@@ -4,7 +4,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_core.catalog import DEFAULT_QUEUE
-from conveyor_core.settings import RedisSettings
+from conveyor_core.settings import CatalogSettings, RedisSettings
 
 
 class Settings(BaseSettings):
@@ -15,10 +15,13 @@ class Settings(BaseSettings):
     queue: str = DEFAULT_QUEUE
     # Jobs run at once in this process.
     max_jobs: int = Field(default=10, ge=1)
-    job_timeout_s: float = Field(default=300, gt=0)
-    # How often arq looks for new jobs.
-    poll_delay_s: float = Field(default=0.5, gt=0)
-    # On SIGTERM, how long running jobs may go on before they are cancelled.
+    # Without a wake-up, look for due jobs at least this often (the safety net).
+    idle_poll_s: float = Field(default=1.0, gt=0)
+    # A running job's lock lives this long unless its worker renews it; a
+    # worker killed mid-job leaves it behind for at most this long.
+    lock_ttl_s: float = Field(default=10.0, ge=1)
+    # On SIGTERM, how long running jobs may go on before they are cut short
+    # and requeued. Keep it below the pod's terminationGracePeriodSeconds.
     shutdown_wait_s: int = Field(default=20, ge=0)
     # The small HTTP server for probes, on its own port.
     health_host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
@@ -26,3 +29,4 @@ class Settings(BaseSettings):
     # /healthz fails when the poll loop has not turned for this long.
     liveness_timeout_s: float = Field(default=60, gt=0)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)

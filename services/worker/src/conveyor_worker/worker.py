@@ -1,6 +1,16 @@
-"""Conveyor's arq worker: arq's `Worker` with the changes Conveyor needs, each explained."""
+"""Conveyor's arq worker: arq's `Worker` with the changes Conveyor needs, each explained.
+
+- Pickup without polling lag: arq polls every `poll_delay`; here the worker
+  waits on a wake-up (pub/sub on enqueue, a freed slot, the next deferred job
+  falling due) with a slow poll as the safety net.
+- Crash recovery in seconds: arq locks a running job for its timeout + 10 s;
+  here the lock is short and renewed while the job runs.
+- Redis outages: arq dies on the first Redis error; here the loop goes on.
+"""
 
 import asyncio
+import contextlib
+import importlib
 import logging
 import signal
 import time
@@ -8,34 +18,65 @@ from typing import Any
 
 import aiohttp
 from arq.connections import ArqRedis
-from arq.worker import Worker
+from arq.constants import in_progress_key_prefix
+from arq.worker import Function, Worker, func
 
+from conveyor_core import keys
+from conveyor_core.catalog import Catalog, JobType, load_catalog
+from conveyor_core.jobs import now_ms
 from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
-from conveyor_worker.jobs import FUNCTIONS
+from conveyor_core.store import JobStore
+from conveyor_worker.context import AnyHandler
 from conveyor_worker.settings import Settings
+from conveyor_worker.wrapper import JobRunner
 
 logger = logging.getLogger(__name__)
 
 # After a failed poll, wait this long (doubling, up to the cap) before the next one.
 OUTAGE_BACKOFF_S = 0.1
 OUTAGE_BACKOFF_CAP_S = 2.0
+# arq's own timeout is a backstop above the catalog's, which the wrapper enforces.
+ARQ_TIMEOUT_GRACE_S = 5.0
+# How long one wait on the pub/sub connection lasts before it checks again.
+PUBSUB_WAIT_S = 5.0
+# Every this many seconds one worker trims index entries of expired jobs.
+HOUSEKEEPING_INTERVAL_S = 60.0
 
 
 class ConveyorWorker(Worker):
-    """arq's Worker that survives a Redis outage and keeps a per-process heartbeat."""
+    """arq's Worker with near-instant pickup, renewed job locks and outage survival."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, *args: Any, idle_poll_s: float = 1.0, lock_ttl_s: float = 10.0, **kwargs: Any
+    ) -> None:
+        # arq's poll loop then never sleeps by itself; _wait_for_work does.
+        super().__init__(*args, poll_delay=0, **kwargs)
+        # arq sizes the lock from the longest timeout; ours is short and renewed.
+        self.in_progress_timeout_s = lock_ttl_s
+        self.lock_ttl_s = lock_ttl_s
+        self.idle_poll_s = idle_poll_s
         # Monotonic time of the poll loop's last turn, and whether Redis answered it.
         self.last_poll_s = time.monotonic()
         self.redis_ok = False
         self._outage_backoff_s = 0.0
+        self._wake = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
         # inside the main task, so a signal during the wait still stops us.
         await self._wait_for_redis()
-        await super().main()
+        self._background = [
+            asyncio.create_task(self._listen_for_wakeups()),
+            asyncio.create_task(self._renew_locks()),
+            asyncio.create_task(self._housekeeping()),
+        ]
+        try:
+            await super().main()
+        finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _wait_for_redis(self) -> None:
         backoff_s = OUTAGE_BACKOFF_S
@@ -50,6 +91,101 @@ class ConveyorWorker(Worker):
             else:
                 self.redis_ok = True
                 return
+
+    async def _poll_iteration(self) -> None:
+        # Cleared before arq reads the queue: a job enqueued from here on wakes
+        # the wait below, so none waits for the safety-net poll.
+        self._wake.clear()
+        try:
+            await super()._poll_iteration()
+            timeout_s = await self._until_next_due_s()
+        except REDIS_DOWN_ERRORS as exc:
+            # arq lets a Redis error escape its poll loop and the worker dies;
+            # here it is logged once per outage and the loop goes on.
+            if self.redis_ok or not self._outage_backoff_s:
+                logger.warning("redis unreachable, retrying: %s", exc)
+            self.redis_ok = False
+            self._outage_backoff_s = min(
+                max(self._outage_backoff_s * 2, OUTAGE_BACKOFF_S), OUTAGE_BACKOFF_CAP_S
+            )
+            await asyncio.sleep(self._outage_backoff_s)
+            return
+        else:
+            if not self.redis_ok:
+                logger.info("redis reachable again, taking jobs")
+            self.redis_ok = True
+            self._outage_backoff_s = 0.0
+        finally:
+            self.last_poll_s = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+
+    async def _until_next_due_s(self) -> float:
+        """Seconds to wait: the safety-net poll, or sooner if a deferred job falls due."""
+        if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
+            return self.idle_poll_s  # a freed slot wakes us
+        at_ms = now_ms()
+        upcoming = await self.pool.zrangebyscore(
+            self.queue_name, f"({at_ms}", "+inf", start=0, num=1, withscores=True
+        )
+        if upcoming:
+            due_in_s = (float(upcoming[0][1]) - at_ms) / 1000
+            return max(0.0, min(self.idle_poll_s, due_in_s))
+        return self.idle_poll_s
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self._wake.set()  # a slot is free: look for the next job now
+
+    async def _listen_for_wakeups(self) -> None:
+        """Wake the poll loop on every "work may be here" message for our queue."""
+        channel = keys.wake_channel(self.queue_name)
+        while True:
+            pubsub = self.pool.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                self._wake.set()  # (re)subscribed: anything sent meanwhile was missed
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=PUBSUB_WAIT_S
+                    )
+                    if message is not None:
+                        self._wake.set()
+            except REDIS_DOWN_ERRORS:
+                await asyncio.sleep(OUTAGE_BACKOFF_CAP_S)
+            finally:
+                with contextlib.suppress(*REDIS_DOWN_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _renew_locks(self) -> None:
+        """Keep running jobs locked; a killed worker's locks lapse within lock_ttl_s."""
+        ttl_ms = int(self.lock_ttl_s * 1000)
+        while True:
+            await asyncio.sleep(self.lock_ttl_s / 3)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
+                    await pipe.execute()
+            except REDIS_DOWN_ERRORS as exc:
+                logger.warning("could not renew job locks: %s", exc)
+
+    async def _housekeeping(self) -> None:
+        """Trim index entries whose job record expired; one worker at a time."""
+        store = JobStore(self.pool)
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            try:
+                lock = f"{keys.HOUSEKEEPING_LOCK}:{self.queue_name}"
+                if await self.pool.set(lock, b"1", nx=True, ex=int(HOUSEKEEPING_INTERVAL_S) - 1):
+                    removed = await store.trim_expired(self.queue_name)
+                    if removed:
+                        logger.info("housekeeping: trimmed %d expired index entries", removed)
+            except REDIS_DOWN_ERRORS as exc:
+                logger.warning("housekeeping skipped: %s", exc)
 
     async def close(self) -> None:
         # Replaces arq's close(), which deletes its health key before on_shutdown
@@ -69,31 +205,55 @@ class ConveyorWorker(Worker):
         await self.pool.aclose(close_connection_pool=True)
         self._pool = None
 
-    async def _poll_iteration(self) -> None:
-        # arq lets a Redis error escape its poll loop and the worker dies; here
-        # it is logged once per outage and the loop goes on with a backoff.
-        try:
-            await super()._poll_iteration()
-        except REDIS_DOWN_ERRORS as exc:
-            if self.redis_ok or not self._outage_backoff_s:
-                logger.warning("redis unreachable, retrying: %s", exc)
-            self.redis_ok = False
-            self._outage_backoff_s = min(
-                max(self._outage_backoff_s * 2, OUTAGE_BACKOFF_S), OUTAGE_BACKOFF_CAP_S
-            )
-            await asyncio.sleep(self._outage_backoff_s)
-        else:
-            if not self.redis_ok and self._outage_backoff_s:
-                logger.info("redis reachable again, taking jobs")
-            self.redis_ok = True
-            self._outage_backoff_s = 0.0
-        finally:
-            self.last_poll_s = time.monotonic()
+
+def resolve_handler(path: str) -> AnyHandler:
+    """`"package.module:function"` -> the function."""
+    module_name, _, name = path.partition(":")
+    handler: AnyHandler = getattr(importlib.import_module(module_name), name)
+    return handler
 
 
-async def on_startup(ctx: dict[str, Any]) -> None:
-    """Open the resources jobs share; they live in `ctx` for the worker's life."""
-    ctx["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+def arq_function(job_type: JobType) -> Function:
+    """Register a catalog job type with arq, under the wrapper."""
+    coroutine = JobRunner(job_type, resolve_handler(job_type.handler)).run
+    return func(
+        coroutine,  # type: ignore[arg-type]  # arq's WorkerCoroutine wants ctx positional
+        name=job_type.name,
+        # One above the policy's, so the wrapper sees and records the last try.
+        max_tries=job_type.retry.max_tries + 1,
+        timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
+        keep_result=job_type.keep_result_s,
+    )
+
+
+def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> dict[str, Any]:
+    """arq `WorkerSettings` (as keyword arguments) built from typed settings."""
+    job_types = catalog.for_queue(settings.queue)
+    if not job_types:
+        raise ValueError(f"the catalog has no job types on queue {settings.queue!r}")
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        """Open the resources jobs share; they live in `ctx` for the worker's life."""
+        ctx["store"] = JobStore(ctx["redis"])
+        ctx["catalog"] = catalog
+        ctx["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+
+    return {
+        "functions": [arq_function(job_type) for job_type in job_types],
+        "queue_name": settings.queue,
+        "redis_pool": redis,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "max_jobs": settings.max_jobs,
+        "idle_poll_s": settings.idle_poll_s,
+        "lock_ttl_s": settings.lock_ttl_s,
+        # Let running jobs finish on SIGTERM; what does not finish is requeued.
+        "job_completion_wait": settings.shutdown_wait_s,
+        # DELETE /v1/jobs/{id} of a running job goes through arq's abort set.
+        "allow_abort_jobs": True,
+        # arq's shared health key is useless per pod; /healthz replaces it.
+        "health_check_interval": 3600,
+    }
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
@@ -102,24 +262,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
         await http.close()
 
 
-def worker_settings(settings: Settings, redis: ArqRedis) -> dict[str, Any]:
-    """arq `WorkerSettings` (as keyword arguments) built from typed settings."""
-    return {
-        "functions": FUNCTIONS,
-        "queue_name": settings.queue,
-        "redis_pool": redis,
-        "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
-        "max_jobs": settings.max_jobs,
-        "job_timeout": settings.job_timeout_s,
-        "poll_delay": settings.poll_delay_s,
-        # Let running jobs finish on SIGTERM instead of cancelling them at once.
-        "job_completion_wait": settings.shutdown_wait_s,
-        # arq's shared health key is useless per pod; /healthz replaces it.
-        "health_check_interval": 3600,
-    }
-
-
 def create_worker(settings: Settings) -> ConveyorWorker:
     """Build the worker; call inside the event loop it will run on."""
-    return ConveyorWorker(**worker_settings(settings, create_redis(settings.redis)))
+    catalog = load_catalog(settings.catalog.modules)
+    return ConveyorWorker(**worker_settings(settings, create_redis(settings.redis), catalog))

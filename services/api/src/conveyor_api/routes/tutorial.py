@@ -2,11 +2,11 @@
 
 import random
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from conveyor_api.deps import RedisDep, SettingsDep
-from conveyor_core.catalog import CREATE_TASK
+from conveyor_api.deps import SettingsDep, StoreDep
+from conveyor_core.catalog import CREATE_TASK, CreateTask
 from conveyor_core.enqueue import enqueue
 
 router = APIRouter(tags=["tutorial"])
@@ -36,10 +36,18 @@ async def index() -> dict[str, str]:
     summary="Enqueue `count` create_task jobs",
     responses={503: {"description": "Redis is unavailable; retry after Retry-After"}},
 )
-async def create_tasks(body: TaskCreate, redis: RedisDep, settings: SettingsDep) -> TasksQueued:
+async def create_tasks(
+    body: TaskCreate, store: StoreDep, settings: SettingsDep, request: Request
+) -> TasksQueued:
     job_ids = []
     for _ in range(body.count):
         # Not for security: a stand-in for work of varying length.
         sleep_s = random.uniform(settings.task_sleep_min_s, settings.task_sleep_max_s)  # noqa: S311
-        job_ids.append(await enqueue(redis, CREATE_TASK, sleep_s=round(sleep_s, 3)))
+        submitted = await enqueue(
+            store,
+            CREATE_TASK,
+            CreateTask(sleep_s=round(sleep_s, 3)),
+            request_id=request.headers.get("x-request-id"),
+        )
+        job_ids.append(submitted.job_id)
     return TasksQueued(queued=len(job_ids), job_ids=job_ids)

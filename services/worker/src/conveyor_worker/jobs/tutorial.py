@@ -1,10 +1,20 @@
 """The tutorial's job."""
 
 import asyncio
-from typing import Any
+
+from conveyor_core.catalog import CreateTask
+from conveyor_worker.context import JobContext
+
+PROGRESS_STEPS = 10
 
 
-async def create_task(ctx: dict[str, Any], sleep_s: float) -> float:
-    """Stand in for a long computation: sleep, then report how long."""
-    await asyncio.sleep(sleep_s)
-    return sleep_s
+async def create_task(ctx: JobContext, payload: CreateTask) -> float:
+    """Stand in for a long computation: sleep in steps, reporting progress."""
+    if not payload.sleep_s:
+        return 0.0
+    step_s = payload.sleep_s / PROGRESS_STEPS
+    for step in range(1, PROGRESS_STEPS + 1):
+        await asyncio.sleep(step_s)
+        if step < PROGRESS_STEPS:
+            await ctx.progress(step * 100 // PROGRESS_STEPS, f"slept {step * step_s:.2f} s")
+    return payload.sleep_s

@@ -1,0 +1,276 @@
+"""`/v1/jobs`: submit, read, list, cancel, requeue and watch jobs."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
+from pydantic import AwareDatetime, BaseModel, Field
+
+from conveyor_api.deps import CatalogDep, EventsDep, StoreDep
+from conveyor_core.catalog import JobType
+from conveyor_core.enqueue import enqueue
+from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
+from conveyor_core.redis import REDIS_DOWN_ERRORS
+from conveyor_core.store import DEAD_RETENTION_S, InvalidCursorError
+
+# The routes that do not depend on the catalog; build_router adds the rest.
+router = APIRouter(prefix="/v1/jobs")
+
+# Keep-alive comments on idle SSE streams, so proxies do not cut them.
+SSE_KEEPALIVE_S = 15.0
+# Longest wait a client may ask for: a job deferred further is a mistake.
+MAX_DEFER_S = 366 * 86_400
+
+JobId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Resubmitting with the same key returns the first job instead of a new one.",
+    ),
+]
+
+
+class JobList(BaseModel):
+    """A page of jobs; pass `next_cursor` as `cursor` for the next one."""
+
+    items: list[JobPublic]
+    next_cursor: str | None = Field(description="Absent on the last page.")
+
+
+def _not_found(job_id: str) -> HTTPException:
+    return HTTPException(404, f"No job with id {job_id!r} (it may have expired).")
+
+
+def _query_error(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"loc": ("query", field), "msg": message, "type": "value_error"}]
+    )
+
+
+def submit_endpoint(
+    job_type: JobType,
+) -> Callable[..., Coroutine[Any, Any, JobPublic]]:
+    """`POST /v1/jobs/{job_type.name}`, its body typed by the job type's payload model."""
+    payload_model = job_type.payload
+
+    async def submit(
+        payload: payload_model,  # type: ignore[valid-type]
+        request: Request,
+        response: Response,
+        store: StoreDep,
+        defer_by_s: Annotated[
+            float | None, Query(ge=0, le=MAX_DEFER_S, description="Run this many seconds from now.")
+        ] = None,
+        run_at: Annotated[
+            AwareDatetime | None, Query(description="Run at this time (ISO 8601, with offset).")
+        ] = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> JobPublic:
+        if defer_by_s is not None and run_at is not None:
+            raise _query_error("run_at", "give defer_by_s or run_at, not both")
+        submitted = await enqueue(
+            store,
+            job_type,
+            payload,
+            defer_by_s=defer_by_s,
+            run_at=run_at,
+            idempotency_key=idempotency_key,
+            request_id=request.headers.get("x-request-id"),
+        )
+        if not submitted.same_payload:
+            raise HTTPException(
+                409,
+                f"Idempotency-Key {idempotency_key!r} was used with a different payload "
+                f"(job {submitted.job_id}).",
+            )
+        job = await store.get(submitted.job_id)
+        if job is None:  # its retention ran out since the key was used
+            raise _not_found(submitted.job_id)
+        response.status_code = 201 if submitted.created else 200
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return job
+
+    submit.__name__ = f"submit_{job_type.name}"
+    return submit
+
+
+def build_router(job_types: list[JobType]) -> APIRouter:
+    """`/v1/jobs` for this catalog: a submit route per type, so OpenAPI shows each
+    payload, then the routes on single jobs, then a 404 for unknown types."""
+    api = APIRouter(tags=["jobs"])
+    for job_type in job_types:
+        api.add_api_route(
+            f"/v1/jobs/{job_type.name}",
+            submit_endpoint(job_type),
+            methods=["POST"],
+            status_code=201,
+            summary=f"Submit a {job_type.name} job",
+            description=job_type.description,
+            responses={
+                200: {"description": "Same Idempotency-Key and payload: the existing job"},
+                409: {"description": "Same Idempotency-Key, different payload"},
+                503: {"description": "Redis is unavailable; retry after Retry-After"},
+            },
+        )
+
+    api.include_router(router)
+
+    @api.post(
+        "/v1/jobs/{job_type}",
+        summary="Any other job type: 404",
+        responses={404: {"description": "Not in the catalog"}},
+        status_code=404,
+        include_in_schema=False,
+    )
+    async def unknown_job_type(job_type: str, catalog: CatalogDep) -> None:
+        known = ", ".join(t.name for t in catalog)
+        raise HTTPException(404, f"Unknown job type {job_type!r}; known types: {known}.")
+
+    return api
+
+
+@router.get("", summary="List jobs")
+async def list_jobs(
+    store: StoreDep,
+    catalog: CatalogDep,
+    state: JobState | None = None,
+    queue: Annotated[str | None, Query(max_length=200)] = None,
+    job_type: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> JobList:
+    """Newest first; queued, deferred and in-progress jobs oldest first (next to run first).
+
+    The cost is bounded: a page reads at most a few times `limit` index
+    entries, so a filter on a rare `job_type` may give a short page with a
+    `next_cursor` to go on.
+    """
+    if job_type is not None and job_type not in catalog:
+        raise _query_error("job_type", f"unknown job type {job_type!r}")
+    try:
+        page = await store.list(
+            state=state, queue=queue, job_type=job_type, limit=limit, cursor=cursor
+        )
+    except InvalidCursorError:
+        raise _query_error("cursor", "not a cursor from a previous page") from None
+    return JobList(items=page.items, next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", summary="Read a job", responses={404: {"description": "No such job"}})
+async def read_job(job_id: JobId, store: StoreDep) -> JobPublic:
+    job = await store.get(job_id)
+    if job is None:
+        raise _not_found(job_id)
+    return job
+
+
+@router.delete(
+    "/{job_id}",
+    summary="Cancel a job",
+    responses={
+        200: {"description": "Cancelled: it will not run"},
+        202: {"description": "Running: asked to stop; watch it reach `cancelled`"},
+        404: {"description": "No such job"},
+        409: {"description": "Already finished"},
+    },
+)
+async def cancel_job(
+    job_id: JobId, store: StoreDep, catalog: CatalogDep, response: Response
+) -> JobPublic:
+    job = await store.get(job_id)
+    if job is None:
+        raise _not_found(job_id)
+    ttl_s = catalog[job.job_type].keep_result_s if job.job_type in catalog else DEAD_RETENTION_S
+    outcome = await store.cancel(job_id, job.queue, ttl_s)
+    if outcome == "missing":
+        raise _not_found(job_id)
+    if outcome not in ("cancelled", "cancelling"):
+        raise HTTPException(409, f"Job {job_id} is already {outcome}.")
+    response.status_code = 202 if outcome == "cancelling" else 200
+    return await read_job(job_id, store)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    summary="Requeue a dead job: a new try with the same payload",
+    responses={404: {"description": "No such job"}, 409: {"description": "The job is not dead"}},
+)
+async def retry_job(
+    job_id: JobId, store: StoreDep, catalog: CatalogDep, request: Request
+) -> JobPublic:
+    job = await store.get(job_id)
+    if job is None:
+        raise _not_found(job_id)
+    if job.job_type not in catalog:
+        raise HTTPException(409, f"Job type {job.job_type!r} is no longer in the catalog.")
+    request_id = request.headers.get("x-request-id")
+    meta = {"request_id": request_id} if request_id else {}
+    outcome = await store.requeue(job, catalog[job.job_type], meta)
+    if outcome == "missing":
+        raise _not_found(job_id)
+    if outcome != "requeued":
+        raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {job.state}.")
+    return await read_job(job_id, store)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Stream a job's changes (Server-Sent Events) until it finishes",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`event: job` with the job as JSON on every change; "
+            "`event: error` with a problem if the stream cannot go on.",
+        },
+        404: {"description": "No such job"},
+    },
+)
+async def job_events(job_id: JobId, store: StoreDep, events: EventsDep) -> StreamingResponse:
+    if await store.get(job_id) is None:
+        raise _not_found(job_id)
+    return StreamingResponse(
+        _stream(job_id, store, events),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(job_id: str, store: StoreDep, events: EventsDep) -> AsyncIterator[bytes]:
+    with events.watch(job_id) as changed:
+        sent_version = 0
+        while True:
+            changed.clear()  # before the read: a change after it wakes the wait below
+            try:
+                job = await store.get(job_id)
+            except REDIS_DOWN_ERRORS:
+                yield _error_event(503, "Redis unavailable", "The job broker stopped answering.")
+                return
+            if job is None:
+                yield _error_event(404, "Not Found", f"Job {job_id} expired.")
+                return
+            if job.version != sent_version:
+                sent_version = job.version
+                yield format_sse_event(
+                    data_str=job.model_dump_json(), event="job", id=str(job.version)
+                )
+            if job.state in TERMINAL_STATES:
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S)
+            except TimeoutError:
+                yield format_sse_event(comment="keep-alive")
+
+
+def _error_event(status: int, title: str, detail: str) -> bytes:
+    problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return format_sse_event(data_str=json.dumps(problem), event="error")

@@ -1,0 +1,41 @@
+"""Conveyor's own Redis keys, next to arq's (`arq:job:`, `arq:result:`,
+`arq:in-progress:`, `arq:retry:`, `arq:abort`, and each queue's sorted set).
+
+arq's layout is kept as it is, so bare arq clients and workers still work;
+these keys add what arq does not keep: a job's state, progress and history,
+indexes to list jobs, the dead letters, idempotency and wake-ups.
+"""
+
+PREFIX = "conveyor:"
+
+# Hash per job: state, payload, progress, tries, times, result or error.
+JOB_PREFIX = PREFIX + "job:"
+# Sorted sets of job ids: `conveyor:index:{queue|all}:{index}`, where index is
+# `all` (by enqueue time), `waiting` (queued and deferred, by ready time),
+# or a state (by the time the job entered it). `dead` is the dead-letter set.
+INDEX_PREFIX = PREFIX + "index:"
+ALL = "all"
+# Idempotency-Key -> "job id, payload fingerprint", per job type.
+IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
+# Pub/sub: one message per job change ({"id", "version"}), for SSE streams.
+EVENTS_CHANNEL = PREFIX + "events"
+# Pub/sub per queue: "there may be work", sent on enqueue, cancel and requeue.
+WAKE_PREFIX = PREFIX + "wake:"
+# Lock so that one worker at a time trims stale index entries.
+HOUSEKEEPING_LOCK = PREFIX + "housekeeping"
+
+
+def job_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def index_key(queue: str, index: str) -> str:
+    return f"{INDEX_PREFIX}{queue}:{index}"
+
+
+def idempotency_key(job_type: str, key: str) -> str:
+    return f"{IDEMPOTENCY_PREFIX}{job_type}:{key}"
+
+
+def wake_channel(queue: str) -> str:
+    return WAKE_PREFIX + queue

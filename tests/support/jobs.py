@@ -1,0 +1,103 @@
+"""Job types for tests, loaded by both services through CONVEYOR_JOB_MODULES.
+
+Each records what happened in Redis under `test:` keys, so a test reads the
+truth from Redis rather than from logs.
+"""
+
+import asyncio
+import time
+
+from pydantic import BaseModel, Field
+
+from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy
+from conveyor_worker.context import JobContext
+
+MODULE = "tests.support.jobs"
+
+
+class Nothing(BaseModel):
+    pass
+
+
+class Flaky(BaseModel):
+    fail_times: int = Field(ge=0)
+
+
+class Slow(BaseModel):
+    steps: int = Field(ge=1, le=1000)
+    step_s: float = Field(ge=0)
+
+
+class Effect(BaseModel):
+    work_s: float = Field(ge=0)
+
+
+async def _record_start(ctx: JobContext) -> None:
+    await ctx.redis.rpush(f"test:starts:{ctx.job_id}", repr(time.time()))  # type: ignore[misc]
+
+
+async def flaky(ctx: JobContext, payload: Flaky) -> int:
+    """Fails its first `fail_times` tries, then succeeds."""
+    await _record_start(ctx)
+    if ctx.job_try <= payload.fail_times:
+        raise RuntimeError(f"flaky: try {ctx.job_try} fails on purpose")
+    return ctx.job_try
+
+
+async def doomed(ctx: JobContext, payload: Nothing) -> str:
+    """Fails every try until a test sets `test:healed:{job_id}`."""
+    await _record_start(ctx)
+    if not await ctx.redis.exists(f"test:healed:{ctx.job_id}"):
+        raise RuntimeError("boom")
+    return "healed"
+
+
+async def permanent(ctx: JobContext, payload: Nothing) -> None:
+    await _record_start(ctx)
+    raise PermanentJobError("this input can never work")
+
+
+async def slow(ctx: JobContext, payload: Slow) -> int:
+    """Reports progress after each step."""
+    await _record_start(ctx)
+    for step in range(1, payload.steps + 1):
+        await asyncio.sleep(payload.step_s)
+        await ctx.progress(step * 100 // payload.steps, f"step {step} of {payload.steps}")
+    await ctx.redis.set(f"test:finished:{ctx.job_id}", "1")
+    return payload.steps
+
+
+async def effect(ctx: JobContext, payload: Effect) -> str:
+    """Idempotent by design: the side effect is keyed by job id and applied once."""
+    await _record_start(ctx)
+    await asyncio.sleep(payload.work_s)
+    if await ctx.redis.set(f"test:effect:{ctx.job_id}", "1", nx=True):
+        await ctx.redis.incr("test:effects")
+    return "done"
+
+
+async def parent(ctx: JobContext, payload: Nothing) -> str:
+    """Enqueues a child job: workflows are jobs that enqueue jobs."""
+    child = await ctx.enqueue("effect", Effect(work_s=0))
+    return child.job_id
+
+
+def _quick(max_tries: int) -> RetryPolicy:
+    return RetryPolicy(max_tries=max_tries, backoff_base_s=0.2, backoff_cap_s=5)
+
+
+JOB_TYPES = [
+    JobType("flaky", Flaky, f"{MODULE}:flaky", retry=_quick(5)),
+    JobType("doomed", Nothing, f"{MODULE}:doomed", retry=_quick(2)),
+    JobType("permanent", Nothing, f"{MODULE}:permanent", retry=_quick(5)),
+    JobType("slow", Slow, f"{MODULE}:slow", timeout_s=60),
+    JobType(
+        "stuck",
+        Slow,
+        f"{MODULE}:slow",
+        timeout_s=0.3,
+        retry=RetryPolicy(max_tries=3, retry_timeouts=False),
+    ),
+    JobType("effect", Effect, f"{MODULE}:effect", retry=_quick(10)),
+    JobType("parent", Nothing, f"{MODULE}:parent"),
+]
