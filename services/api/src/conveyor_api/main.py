@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from conveyor_api.events import JobEvents
+from conveyor_api.limits import BodyLimitMiddleware
 from conveyor_api.problems import install_problem_handlers
 from conveyor_api.routes import health, jobs, queues, tutorial
 from conveyor_api.settings import Settings
@@ -36,8 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Submit background jobs and watch them run.",
         version="0.1.0",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.state.settings = settings
     app.state.catalog = catalog
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)

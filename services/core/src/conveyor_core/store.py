@@ -225,7 +225,13 @@ class JobStore:
                 retry_key_prefix + job_id,
                 queue,
             ],
-            args=[now_ms(), keys.INDEX_PREFIX, keys.EVENTS_CHANNEL, keys.wake_channel(queue)],
+            args=[
+                now_ms(),
+                keys.INDEX_PREFIX,
+                keys.EVENTS_CHANNEL,
+                keys.wake_channel(queue),
+                math.ceil(ttl_s),
+            ],
         )
         return result.decode() if isinstance(result, bytes) else str(result)
 

@@ -24,6 +24,7 @@ from arq.worker import Function, Worker, func
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.jobs import now_ms
+from conveyor_core.pubsub import Subscription
 from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
 from conveyor_core.store import JobStore
 from conveyor_worker.context import AnyHandler
@@ -37,8 +38,6 @@ OUTAGE_BACKOFF_S = 0.1
 OUTAGE_BACKOFF_CAP_S = 2.0
 # arq's own timeout is a backstop above the catalog's, which the wrapper enforces.
 ARQ_TIMEOUT_GRACE_S = 5.0
-# How long one wait on the pub/sub connection lasts before it checks again.
-PUBSUB_WAIT_S = 5.0
 # Every this many seconds one worker trims index entries of expired jobs.
 HOUSEKEEPING_INTERVAL_S = 60.0
 
@@ -66,8 +65,16 @@ class ConveyorWorker(Worker):
         # arq's main() needs Redis at once and dies without it; wait for it here,
         # inside the main task, so a signal during the wait still stops us.
         await self._wait_for_redis()
+        # Woken on every "work may be here" message for our queue, and after a
+        # gap in the subscription, when one may have been missed.
+        wakeups = Subscription(
+            self.pool,
+            keys.wake_channel(self.queue_name),
+            on_message=lambda _: self._wake.set(),
+            on_gap=self._wake.set,
+        )
+        wakeups.start()
         self._background = [
-            asyncio.create_task(self._listen_for_wakeups()),
             asyncio.create_task(self._renew_locks()),
             asyncio.create_task(self._housekeeping()),
         ]
@@ -77,6 +84,7 @@ class ConveyorWorker(Worker):
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+            await wakeups.stop()
 
     async def _wait_for_redis(self) -> None:
         backoff_s = OUTAGE_BACKOFF_S
@@ -136,26 +144,6 @@ class ConveyorWorker(Worker):
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self._wake.set()  # a slot is free: look for the next job now
-
-    async def _listen_for_wakeups(self) -> None:
-        """Wake the poll loop on every "work may be here" message for our queue."""
-        channel = keys.wake_channel(self.queue_name)
-        while True:
-            pubsub = self.pool.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                self._wake.set()  # (re)subscribed: anything sent meanwhile was missed
-                while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=PUBSUB_WAIT_S
-                    )
-                    if message is not None:
-                        self._wake.set()
-            except REDIS_DOWN_ERRORS:
-                await asyncio.sleep(OUTAGE_BACKOFF_CAP_S)
-            finally:
-                with contextlib.suppress(*REDIS_DOWN_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _renew_locks(self) -> None:
         """Keep running jobs locked; a killed worker's locks lapse within lock_ttl_s."""

@@ -192,7 +192,7 @@ async def cancel_job(
     outcome = await store.cancel(job_id, job.queue, ttl_s)
     if outcome == "missing":
         raise _not_found(job_id)
-    if outcome not in ("cancelled", "cancelling"):
+    if outcome not in ("cancelled_now", "cancelling"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
     response.status_code = 202 if outcome == "cancelling" else 200
     return await read_job(job_id, store)

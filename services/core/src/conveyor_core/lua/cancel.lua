@@ -5,7 +5,8 @@
 -- KEYS: 1 job hash, 2 arq job key, 3 arq in-progress key, 4 arq abort set,
 --       5 arq retry key, 6 queue
 -- ARGV: 1 now ms, 2 index prefix, 3 events channel, 4 wake channel, 5 ttl s
--- Returns 'missing', the terminal state it was already in, 'cancelling' or 'cancelled'.
+-- Returns 'missing', the terminal state it was already in, 'cancelling' (asked to
+-- stop) or 'cancelled_now'.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'missing' end
 if state == 'complete' or state == 'dead' or state == 'cancelled' then return state end
@@ -31,4 +32,4 @@ redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at_ms', ARGV[1])
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, version = version}))
-return 'cancelled'
+return 'cancelled_now'
