@@ -1,0 +1,96 @@
+"""A running stack for end-to-end tests: the api and workers as real processes."""
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as redis_sync
+
+from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
+
+
+class Stack:
+    """The api, any number of workers, and helpers to drive them over HTTP."""
+
+    def __init__(self, redis_url: str, log_dir: Path) -> None:
+        self.redis_url = redis_url
+        self.log_dir = log_dir
+        self.api = api_process(redis_url, log_dir)
+        self.workers: list[ServiceProcess] = []
+        self.http = httpx.Client(base_url="http://placeholder", timeout=10)
+        self.redis = redis_sync.Redis.from_url(redis_url)
+
+    def start_api(self) -> None:
+        self.api.start()
+        self.http.base_url = httpx.URL(self.api.base_url)
+
+    def start_worker(self, **env: str) -> ServiceProcess:
+        worker = worker_process(self.redis_url, self.log_dir, **env).start()
+        worker.wait_for("/readyz")
+        self.workers.append(worker)
+        return worker
+
+    def submit(self, job_type: str, payload: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        response = self.http.post(f"/v1/jobs/{job_type}", json=payload, **kwargs)
+        assert response.status_code == 201, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        job: dict[str, Any] = response.json()
+        return job
+
+    def wait_for_state(self, job_id: str, *states: str, timeout_s: float = 30) -> dict[str, Any]:
+        """Poll until the job is in one of `states` (a job not known yet may appear)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            response = self.http.get(f"/v1/jobs/{job_id}")
+            job: dict[str, Any] = response.json()
+            if response.status_code == 200 and job["state"] in states:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job never reached {states}: {job}\n{self.logs()}")
+            time.sleep(0.02)
+
+    def starts(self, job_id: str) -> list[float]:
+        """When each try of a test job began (recorded by the job itself)."""
+        return [float(t) for t in self.redis.lrange(f"test:starts:{job_id}", 0, -1)]
+
+    def events(self, job_id: str, timeout_s: float = 30) -> list[tuple[str, dict[str, Any]]]:
+        """Read the job's SSE stream to its end: (event, data) pairs."""
+        received: list[tuple[str, dict[str, Any]]] = []
+        event = "message"
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout_s) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.removeprefix("event:").strip()
+                elif line.startswith("data:"):
+                    received.append((event, json.loads(line.removeprefix("data:"))))
+        return received
+
+    def logs(self) -> str:
+        return "\n".join(s.output()[-3000:] for s in [self.api, *self.workers])
+
+    def close(self) -> None:
+        self.http.close()
+        self.redis.close()
+        stop_all(*self.workers, self.api)
+
+
+@pytest.fixture
+def stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    """The api, started; start workers with `stack.start_worker()`."""
+    stack = Stack(redis_url, log_dir)
+    try:
+        stack.start_api()
+        yield stack
+    finally:
+        stack.close()
