@@ -4,7 +4,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -60,7 +60,8 @@ class Stack:
 
     def starts(self, job_id: str) -> list[float]:
         """When each try of a test job began (recorded by the job itself)."""
-        return [float(t) for t in self.redis.lrange(f"test:starts:{job_id}", 0, -1)]
+        starts = cast(list[bytes], self.redis.lrange(f"test:starts:{job_id}", 0, -1))
+        return [float(t) for t in starts]
 
     def events(self, job_id: str, timeout_s: float = 30) -> list[tuple[str, dict[str, Any]]]:
         """Read the job's SSE stream to its end: (event, data) pairs."""
