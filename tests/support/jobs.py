@@ -67,12 +67,18 @@ async def slow(ctx: JobContext, payload: Slow) -> int:
     return payload.steps
 
 
+# Mark the job's effect and count it in one atomic step, so a kill between
+# the two cannot leave one without the other.
+APPLY_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end
+"""
+
+
 async def effect(ctx: JobContext, payload: Effect) -> str:
     """Idempotent by design: the side effect is keyed by job id and applied once."""
     await _record_start(ctx)
     await asyncio.sleep(payload.work_s)
-    if await ctx.redis.set(f"test:effect:{ctx.job_id}", "1", nx=True):
-        await ctx.redis.incr("test:effects")
+    await ctx.redis.eval(APPLY_ONCE, 2, f"test:effect:{ctx.job_id}", "test:effects")  # type: ignore[misc]
     return "done"
 
 
