@@ -36,6 +36,10 @@ run: $(VENV)/.synced ## start Redis, the api and a worker (REDIS_URL to use your
 test: $(VENV)/.synced ## run every test suite against real Redis and real processes
 	$(BIN)/pytest -n auto --dist loadgroup
 
+.PHONY: bench
+bench: $(VENV)/.synced ## pickup latency, throughput, idle cost: Conveyor vs bare arq (a few minutes)
+	$(BIN)/python -m bench.pickup
+
 .PHONY: check
 check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict
 	$(BIN)/ruff format --check .

@@ -19,8 +19,10 @@ ALL = "all"
 IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
 # Pub/sub: one message per job change ({"id", "version"}), for SSE streams.
 EVENTS_CHANNEL = PREFIX + "events"
-# Pub/sub per queue: "there may be work", sent on enqueue, cancel and requeue.
+# Pub/sub per queue: "there may be work" (a job id), sent on enqueue and
+# requeue, or ABORT_MESSAGE when a running job is to be cancelled.
 WAKE_PREFIX = PREFIX + "wake:"
+ABORT_MESSAGE = b"abort"
 # Lock so that one worker at a time trims stale index entries.
 HOUSEKEEPING_LOCK = PREFIX + "housekeeping"
 

@@ -43,7 +43,7 @@ DEAD_RETENTION_S = 7 * 86_400
 SCAN_BUDGET_PER_ITEM = 5
 
 
-def _script(name: str) -> str:
+def lua_script(name: str) -> str:
     return files("conveyor_core").joinpath("lua", f"{name}.lua").read_text()
 
 
@@ -105,13 +105,13 @@ class QueueStats:
 class JobStore:
     def __init__(self, redis: ArqRedis) -> None:
         self.redis = redis
-        self._submit = redis.register_script(_script("submit"))
-        self._transition = redis.register_script(_script("transition"))
-        self._progress = redis.register_script(_script("progress"))
-        self._cancel = redis.register_script(_script("cancel"))
-        self._requeue = redis.register_script(_script("requeue"))
-        self._page = redis.register_script(_script("page"))
-        self._queue_stats = redis.register_script(_script("queue_stats"))
+        self._submit = redis.register_script(lua_script("submit"))
+        self._transition = redis.register_script(lua_script("transition"))
+        self._progress = redis.register_script(lua_script("progress"))
+        self._cancel = redis.register_script(lua_script("cancel"))
+        self._requeue = redis.register_script(lua_script("requeue"))
+        self._page = redis.register_script(lua_script("page"))
+        self._queue_stats = redis.register_script(lua_script("queue_stats"))
 
     # -- writes -------------------------------------------------------------
 

@@ -4,6 +4,8 @@ import asyncio
 import contextlib
 import logging
 
+import uvloop
+
 from conveyor_core.logging import configure_logging
 from conveyor_worker.health import start_health_server
 from conveyor_worker.settings import Settings
@@ -29,7 +31,8 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    # uvloop, as uvicorn uses for the api: a faster event loop, same semantics.
+    uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.jobs import now_ms
 from conveyor_core.pubsub import Subscription
 from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
-from conveyor_core.store import JobStore
+from conveyor_core.store import JobStore, lua_script
 from conveyor_worker.context import AnyHandler
 from conveyor_worker.settings import Settings
 from conveyor_worker.wrapper import JobRunner
@@ -38,6 +38,10 @@ OUTAGE_BACKOFF_S = 0.1
 OUTAGE_BACKOFF_CAP_S = 2.0
 # arq's own timeout is a backstop above the catalog's, which the wrapper enforces.
 ARQ_TIMEOUT_GRACE_S = 5.0
+# After a job ends, wait this long for others to end before polling once for all.
+SLOT_WAKE_DELAY_S = 0.002
+# A poll reads at most this many due entries looking for unlocked ones.
+CLAIM_SCAN_LIMIT = 1000
 # Every this many seconds one worker trims index entries of expired jobs.
 HOUSEKEEPING_INTERVAL_S = 60.0
 
@@ -59,7 +63,11 @@ class ConveyorWorker(Worker):
         self.redis_ok = False
         self._outage_backoff_s = 0.0
         self._wake = asyncio.Event()
+        self._abort_announced = False
+        self._slot_wake_pending = False
+        self._last_abort_check_s = 0.0
         self._background: list[asyncio.Task[None]] = []
+        self._claim = self.pool.register_script(lua_script("claim"))
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -70,7 +78,7 @@ class ConveyorWorker(Worker):
         wakeups = Subscription(
             self.pool,
             keys.wake_channel(self.queue_name),
-            on_message=lambda _: self._wake.set(),
+            on_message=self._on_wake_message,
             on_gap=self._wake.set,
         )
         wakeups.start()
@@ -101,12 +109,26 @@ class ConveyorWorker(Worker):
                 return
 
     async def _poll_iteration(self) -> None:
-        # Cleared before arq reads the queue: a job enqueued from here on wakes
-        # the wait below, so none waits for the safety-net poll.
+        """Replaces arq's: claim and start due jobs, reap finished ones, then wait.
+
+        arq reads up to 100 due ids and claims them one by one with a WATCH/MULTI
+        transaction of four round trips each; here one Lua call claims a job for
+        every free slot and says when the next deferred job falls due. The
+        accounting (semaphore, job_counter, tasks) and the rest of the loop
+        (aborts, heartbeat, cron) are arq's own.
+        """
+        # Cleared before the claim: a job enqueued from here on wakes the wait
+        # below, so none waits for the safety-net poll.
         self._wake.clear()
         try:
-            await super()._poll_iteration()
-            timeout_s = await self._until_next_due_s()
+            next_due_ms = await self._claim_and_start()
+            if self.allow_abort_jobs:
+                await self._cancel_aborted_jobs()
+            for job_id, task in list(self.tasks.items()):
+                if task.done():
+                    del self.tasks[job_id]
+                    task.result()  # as arq does: errors in run_job surface here
+            await self.heart_beat()
         except REDIS_DOWN_ERRORS as exc:
             # arq lets a Redis error escape its poll loop and the worker dies;
             # here it is logged once per outage and the loop goes on.
@@ -125,25 +147,60 @@ class ConveyorWorker(Worker):
             self._outage_backoff_s = 0.0
         finally:
             self.last_poll_s = time.monotonic()
+        timeout_s = self.idle_poll_s
+        if next_due_ms is not None:
+            timeout_s = max(0.0, min(timeout_s, (next_due_ms - now_ms()) / 1000))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout_s)
 
-    async def _until_next_due_s(self) -> float:
-        """Seconds to wait: the safety-net poll, or sooner if a deferred job falls due."""
-        if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
-            return self.idle_poll_s  # a freed slot wakes us
-        at_ms = now_ms()
-        upcoming = await self.pool.zrangebyscore(
-            self.queue_name, f"({at_ms}", "+inf", start=0, num=1, withscores=True
+    async def _claim_and_start(self) -> float | None:
+        """Claim due jobs for the free slots and start them; return the next due time."""
+        free = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
+        claimed, next_due = await self._claim(
+            keys=[self.queue_name],
+            args=[
+                now_ms(),
+                int(self.in_progress_timeout_s * 1000),
+                free,
+                in_progress_key_prefix,
+                CLAIM_SCAN_LIMIT,
+            ],
         )
-        if upcoming:
-            due_in_s = (float(upcoming[0][1]) - at_ms) / 1000
-            return max(0.0, min(self.idle_poll_s, due_in_s))
-        return self.idle_poll_s
+        for job_id_b, score in zip(claimed[::2], claimed[1::2], strict=True):
+            job_id = job_id_b.decode()
+            await self.sem.acquire()  # never waits: no more claimed than free slots
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+        return float(next_due) if next_due else None
+
+    def _on_wake_message(self, data: bytes) -> None:
+        if data == keys.ABORT_MESSAGE:
+            self._abort_announced = True
+        self._wake.set()
+
+    async def _cancel_aborted_jobs(self) -> None:
+        # arq reads its abort set on every poll (four commands); here only when
+        # a cancel was announced, or once per idle_poll_s as the safety net.
+        now_s = time.monotonic()
+        if not self._abort_announced and now_s - self._last_abort_check_s < self.idle_poll_s:
+            return
+        self._abort_announced = False
+        self._last_abort_check_s = now_s
+        await super()._cancel_aborted_jobs()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._wake.set()  # a slot is free: look for the next job now
+        # A slot is free: look for the next job soon. The short delay lets slots
+        # that free up together be refilled by one poll instead of one each.
+        if not self._slot_wake_pending:
+            self._slot_wake_pending = True
+            self.loop.call_later(SLOT_WAKE_DELAY_S, self._slot_wake)
+
+    def _slot_wake(self) -> None:
+        self._slot_wake_pending = False
+        self._wake.set()
 
     async def _renew_locks(self) -> None:
         """Keep running jobs locked; a killed worker's locks lapse within lock_ttl_s."""

@@ -16,7 +16,7 @@ if state == 'in_progress' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
   local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
   redis.call('ZADD', KEYS[4], ARGV[1], id)
-  redis.call('PUBLISH', ARGV[4], id)
+  redis.call('PUBLISH', ARGV[4], 'abort')
   redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, version = version}))
   return 'cancelling'
 end

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): side by side in one run, reported as ratios."""

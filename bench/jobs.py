@@ -1,0 +1,46 @@
+"""The no-op job both contenders run: note when it started, count it, return."""
+
+import time
+from typing import Any
+
+from arq.connections import ArqRedis
+from pydantic import BaseModel
+
+from conveyor_core.catalog import JobType, RetryPolicy
+from conveyor_worker.context import JobContext
+
+CONVEYOR_QUEUE = "bench:conveyor"
+DONE_KEY = "bench:done:{queue}"
+# Start times, pushed by each job; the benchmark BLPOPs them instead of polling.
+STARTED_KEY = "bench:started:{queue}"
+
+
+class Noop(BaseModel):
+    pass
+
+
+async def noop(ctx: JobContext, payload: Noop) -> float:
+    """Conveyor's handler."""
+    started = time.time()
+    await record(ctx.redis, ctx.job_type.queue, started)
+    return started
+
+
+async def arq_noop(ctx: dict[str, Any]) -> float:
+    """The same job for a bare arq worker."""
+    started = time.time()
+    await record(ctx["redis"], ctx["queue"], started)
+    return started
+
+
+async def record(redis: ArqRedis, queue: str, started: float) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.incr(DONE_KEY.format(queue=queue))
+        pipe.rpush(STARTED_KEY.format(queue=queue), repr(started))
+        pipe.ltrim(STARTED_KEY.format(queue=queue), -1, -1)
+        await pipe.execute()
+
+
+JOB_TYPES = [
+    JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1))
+]

@@ -1,0 +1,216 @@
+"""Pickup latency, throughput and idle Redis cost: Conveyor's worker against bare arq.
+
+`make bench` runs each worker as its own process on the same Redis, one after
+the other in one run, and prints the figures side by side with ratios.
+"""
+
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvloop
+from arq.connections import ArqRedis
+from arq.jobs import Job
+
+from bench.jobs import CONVEYOR_QUEUE, DONE_KEY, JOB_TYPES, STARTED_KEY, Noop
+from conveyor_core.enqueue import enqueue
+from conveyor_core.local.redis_server import free_port, resolve_redis
+from conveyor_core.redis import create_redis
+from conveyor_core.settings import RedisSettings
+from conveyor_core.store import JobStore
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_DIR = REPO_ROOT / "test-artifacts" / "bench"
+IDLE_WINDOW_S = 10.0
+THROUGHPUT_JOBS = 3000
+THROUGHPUT_ROUNDS = 3
+NOOP = JOB_TYPES[0]
+
+
+@dataclass
+class Contender:
+    name: str
+    queue: str
+    samples: int
+    poll_delay_s: float | None = None  # None: Conveyor's worker
+    # From the moment the enqueue call returned (the job is in Redis) to the
+    # job function's start: the pickup itself.
+    latencies_ms: list[float] = field(default_factory=list)
+    # From the moment the enqueue call began: pickup plus the enqueue itself.
+    end_to_end_ms: list[float] = field(default_factory=list)
+    throughputs: list[float] = field(default_factory=list)  # jobs/s, one per round
+    idle_commands_per_s: float = 0.0
+
+    def command(self, redis_url: str) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "REDIS_URL": redis_url}
+        if self.poll_delay_s is not None:
+            args = ["-m", "bench.arq_worker", self.queue, str(self.poll_delay_s), redis_url]
+            return [sys.executable, *args], env
+        env.update(
+            CONVEYOR_JOB_MODULES="bench.jobs",
+            CONVEYOR_WORKER_QUEUE=self.queue,
+            CONVEYOR_WORKER_HEALTH_PORT=str(free_port()),
+            CONVEYOR_WORKER_LOG_LEVEL="WARNING",
+        )
+        return [sys.executable, "-m", "conveyor_worker"], env
+
+    @property
+    def jobs_per_s(self) -> float:
+        return statistics.median(self.throughputs)
+
+    def percentile_ms(self, q: float, samples: list[float] | None = None) -> float:
+        ordered = sorted(self.latencies_ms if samples is None else samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def submit(contender: Contender, redis: ArqRedis, store: JobStore, **defer: float) -> str:
+    """Enqueue one no-op job the way each contender's users would."""
+    if contender.poll_delay_s is None:
+        run_at = defer.get("run_at")
+        submitted = await enqueue(
+            store, NOOP, Noop(), run_at=None if run_at is None else _dt(run_at)
+        )
+        return submitted.job_id
+    run_at = defer.get("run_at")
+    job = await redis.enqueue_job(
+        "noop", _queue_name=contender.queue, _defer_until=None if run_at is None else _dt(run_at)
+    )
+    assert job is not None
+    return str(job.job_id)
+
+
+def _dt(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(epoch_s, tz=UTC)
+
+
+async def total_commands(redis: ArqRedis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+async def measure_idle(contender: Contender, redis: ArqRedis) -> None:
+    await asyncio.sleep(1)  # let start-up traffic pass
+    before = await total_commands(redis)
+    await asyncio.sleep(IDLE_WINDOW_S)
+    after = await total_commands(redis)
+    contender.idle_commands_per_s = (after - before - 1) / IDLE_WINDOW_S  # less our INFO
+
+
+async def measure_pickup(contender: Contender, redis: ArqRedis, store: JobStore) -> None:
+    """Idle pickup: one job at a time, sent at a random phase of any poll tick."""
+    started_key = STARTED_KEY.format(queue=contender.queue)
+    phase_s = max(contender.poll_delay_s or 0.0, 0.02)
+    for _ in range(contender.samples):
+        await redis.delete(started_key)
+        await asyncio.sleep(random.uniform(0.005, phase_s))  # noqa: S311
+        sent = time.time()
+        await submit(contender, redis, store)
+        enqueued = time.time()
+        # BLPOP, not polling: the client must not steal the worker's CPU.
+        _, started = await redis.blpop([started_key], timeout=10)  # type: ignore[misc]
+        contender.latencies_ms.append((float(started) - enqueued) * 1000)
+        contender.end_to_end_ms.append((float(started) - sent) * 1000)
+
+
+async def measure_throughput(contender: Contender, redis: ArqRedis, store: JobStore) -> None:
+    done_key = DONE_KEY.format(queue=contender.queue)
+    await redis.delete(done_key)
+    due = time.time() + 4
+    for start in range(0, THROUGHPUT_JOBS, 100):
+        batch = range(start, min(start + 100, THROUGHPUT_JOBS))
+        await asyncio.gather(*(submit(contender, redis, store, run_at=due) for _ in batch))
+    assert time.time() < due, "enqueueing took longer than the head start"
+    while int(await redis.get(done_key) or 0) < THROUGHPUT_JOBS:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    contender.throughputs.append(THROUGHPUT_JOBS / (time.time() - due))
+
+
+async def wait_ready(contender: Contender, redis: ArqRedis, store: JobStore) -> None:
+    job_id = await submit(contender, redis, store)
+    await Job(job_id, redis, _queue_name=contender.queue).result(timeout=30, poll_delay=0.05)
+
+
+@asynccontextmanager
+async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[ArqRedis, JobStore]]:
+    """The contender's worker as its own process, ready, with a client."""
+    command, env = contender.command(redis_url)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = (LOG_DIR / f"{contender.queue.replace(':', '-')}.log").open("ab")
+    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603, ASYNC220
+    redis = create_redis(RedisSettings(url=redis_url))
+    store = JobStore(redis)
+    try:
+        await wait_ready(contender, redis, store)
+        yield redis, store
+    finally:
+        await redis.aclose()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        log.close()
+
+
+def ratio(ours: Contender, theirs: Contender) -> float:
+    return ours.percentile_ms(0.5) / theirs.percentile_ms(0.5)
+
+
+def report(contenders: list[Contender]) -> str:
+    lines = [
+        "pickup: enqueue returned -> job started; with enqueue: enqueue called -> job started",
+        f"{'worker':<20} {'pickup p50':>11} {'p99':>10} {'with enqueue p50':>17} "
+        f"{'jobs/s':>8} {'idle cmds/s':>12}",
+    ]
+    for c in contenders:
+        lines.append(
+            f"{c.name:<20} {c.percentile_ms(0.5):>8.2f} ms {c.percentile_ms(0.99):>7.2f} ms "
+            f"{c.percentile_ms(0.5, c.end_to_end_ms):>14.2f} ms "
+            f"{c.jobs_per_s:>8.0f} {c.idle_commands_per_s:>12.1f}"
+        )
+    default, fast, ours = contenders
+    lines += [
+        "",
+        f"pickup p50: conveyor / arq default = {ratio(ours, default):.3f}",
+        f"pickup p50: conveyor / arq poll 0.01 s = {ratio(ours, fast):.3f}",
+        f"throughput (median of {THROUGHPUT_ROUNDS} alternating rounds): "
+        f"conveyor / arq poll 0.01 s = {ours.jobs_per_s / fast.jobs_per_s:.2f} (target >= 0.8)",
+        f"throughput: conveyor / arq default = {ours.jobs_per_s / default.jobs_per_s:.2f}",
+        f"idle Redis commands/s: conveyor {ours.idle_commands_per_s:.1f} (target <= 10), "
+        f"arq poll 0.01 s {fast.idle_commands_per_s:.1f}",
+        f"targets: p50 <= 2 ms: {ours.percentile_ms(0.5) <= 2}, "
+        f"p99 <= 10 ms: {ours.percentile_ms(0.99) <= 10}",
+    ]
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    contenders = [
+        Contender("arq (poll 0.5 s)", "bench:arq-default", samples=60, poll_delay_s=0.5),
+        Contender("arq (poll 0.01 s)", "bench:arq-fast", samples=300, poll_delay_s=0.01),
+        Contender("conveyor", CONVEYOR_QUEUE, samples=300),
+    ]
+    with resolve_redis() as resolved:
+        for contender in contenders:
+            print(f"latency and idle cost: {contender.name} ...", flush=True)
+            async with running(contender, resolved.url) as (redis, store):
+                await measure_idle(contender, redis)
+                await measure_pickup(contender, redis, store)
+        # Throughput in alternating rounds, so drift on a shared machine hits all alike.
+        for round_ in range(THROUGHPUT_ROUNDS):
+            for contender in contenders[1:] if round_ else contenders:
+                print(f"throughput round {round_ + 1}: {contender.name} ...", flush=True)
+                async with running(contender, resolved.url) as (redis, store):
+                    await measure_throughput(contender, redis, store)
+    print(report(contenders))
+
+
+if __name__ == "__main__":
+    uvloop.run(main())  # the client's own overhead, kept small and the same for all
