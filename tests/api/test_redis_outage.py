@@ -3,13 +3,17 @@
 The client's timeout is the bound: a request that hangs fails the test.
 """
 
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
+import redis as redis_sync
 
 from conveyor_core.local.redis_server import RedisProcess
 from tests.api.conftest import make_app, serve
+from tests.support.processes import api_process, stop_all
 
 QUICK_S = 1.0
 
@@ -52,3 +56,58 @@ async def test_api_starts_while_redis_is_down(own_redis: RedisProcess) -> None:
         assert_redis_unavailable(await client.get("/readyz"))
         own_redis.start()
         assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/jobs/create_task", {"sleep_s": 1}),
+        ("GET", "/v1/jobs/abc", None),
+        ("GET", "/v1/jobs", None),
+        ("DELETE", "/v1/jobs/abc", None),
+        ("POST", "/v1/jobs/abc/retry", None),
+        ("GET", "/v1/jobs/abc/events", None),
+        ("GET", "/v1/queues", None),
+    ],
+)
+async def test_every_v1_endpoint_answers_503_while_redis_is_down(
+    outage_client: httpx.AsyncClient,
+    own_redis: RedisProcess,
+    method: str,
+    path: str,
+    body: dict[str, object] | None,
+) -> None:
+    own_redis.stop()
+    assert_redis_unavailable(await outage_client.request(method, path, json=body))
+
+
+@pytest.mark.e2e
+def test_an_sse_stream_ends_with_an_error_event_when_redis_goes(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    # A real server: the in-process transport would buffer the whole stream.
+    api = api_process(own_redis.url, log_dir).start()
+    try:
+        job = httpx.post(f"{api.base_url}/v1/jobs/create_task", json={"sleep_s": 1}).json()
+        lines: list[str] = []
+        url = f"{api.base_url}/v1/jobs/{job['id']}/events"
+        with httpx.stream("GET", url, timeout=10) as stream:
+            for line in stream.iter_lines():
+                lines.append(line)
+                if line.startswith("data:") and own_redis_running(own_redis):
+                    own_redis.stop()  # after the first event
+        assert lines[:2] == ["event: job", lines[1]]
+        assert json.loads(lines[1].removeprefix("data:"))["state"] == "queued"
+        assert "event: error" in lines
+        error = json.loads(lines[lines.index("event: error") + 1].removeprefix("data:"))
+        assert error["status"] == 503
+    finally:
+        stop_all(api)
+
+
+def own_redis_running(server: RedisProcess) -> bool:
+    try:
+        with redis_sync.Redis.from_url(server.url, socket_connect_timeout=0.2) as client:
+            return bool(client.ping())
+    except redis_sync.ConnectionError:
+        return False

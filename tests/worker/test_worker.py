@@ -66,3 +66,25 @@ async def test_startup_opens_and_shutdown_closes_shared_resources(
     await worker.on_shutdown(worker.ctx)
     assert session.closed
     assert "http" not in worker.ctx
+
+
+async def test_a_job_whose_last_try_never_finished_goes_dead_without_running(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    store = JobStore(redis)
+    catalog = load_catalog([jobs.MODULE])
+    submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
+    # As if every try so far had died with its worker: arq's try counter is at the limit.
+    await redis.set(f"arq:retry:{submitted.job_id}", catalog["effect"].retry.max_tries)
+
+    worker = make_worker(redis, redis_url, burst=True)
+    await worker.main()
+    await worker.close()
+
+    record = await JobStore(redis).get(submitted.job_id)
+    assert record is not None
+    assert record.state is JobState.DEAD
+    assert record.error is not None
+    assert record.error.type == "TriesExhausted"
+    never_ran = await redis.llen(f"test:starts:{submitted.job_id}") == 0  # type: ignore[misc]
+    assert never_ran

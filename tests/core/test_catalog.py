@@ -1,0 +1,64 @@
+"""The job catalog: retry policy arithmetic, declarations, extra job modules."""
+
+import random
+
+import pytest
+
+from conveyor_core.catalog import (
+    CREATE_TASK,
+    Catalog,
+    PermanentJobError,
+    RetryPolicy,
+    UnknownJobTypeError,
+    load_catalog,
+)
+from tests.support import jobs
+
+
+def test_backoff_grows_exponentially_within_equal_jitter_bounds() -> None:
+    policy = RetryPolicy(backoff_base_s=1, backoff_cap_s=10)
+    rng = random.Random(7)
+    for job_try, ceiling_s in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 10), (9, 10)]:
+        for _ in range(50):
+            delay_s = policy.backoff_s(job_try, rng)
+            assert ceiling_s / 2 <= delay_s <= ceiling_s
+
+
+def test_backoff_spreads_jobs_that_failed_together() -> None:
+    policy = RetryPolicy(backoff_base_s=1, backoff_cap_s=60)
+    rng = random.Random(1)
+    assert len({round(policy.backoff_s(4, rng), 3) for _ in range(20)}) > 10
+
+
+def test_permanent_errors() -> None:
+    policy = RetryPolicy(permanent_errors=(KeyError,))
+    assert policy.is_permanent(PermanentJobError("no"))
+    assert policy.is_permanent(KeyError("k"))
+    assert not policy.is_permanent(RuntimeError("maybe next time"))
+
+
+@pytest.mark.parametrize(
+    "options", [{"max_tries": 0}, {"backoff_base_s": -1}, {"backoff_cap_s": -1}]
+)
+def test_nonsense_policies_are_refused(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="invalid retry policy"):
+        RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_catalog_lookup_and_queues() -> None:
+    catalog = load_catalog([jobs.MODULE])
+    assert catalog["create_task"] is CREATE_TASK
+    assert "flaky" in catalog
+    assert catalog.queues() == [CREATE_TASK.queue]
+    with pytest.raises(UnknownJobTypeError):
+        catalog["nope"]
+
+
+def test_a_job_type_is_declared_once() -> None:
+    with pytest.raises(ValueError, match="'create_task' is declared twice"):
+        Catalog([CREATE_TASK, CREATE_TASK])
+
+
+def test_a_job_module_must_declare_job_types() -> None:
+    with pytest.raises(ValueError, match=r"'tests\.support' has no JOB_TYPES"):
+        load_catalog(["tests.support"])
