@@ -85,6 +85,6 @@ async def test_a_job_whose_last_try_never_finished_goes_dead_without_running(
     assert record is not None
     assert record.state is JobState.DEAD
     assert record.error is not None
-    assert record.error.type == "TriesExhausted"
+    assert record.error.type == "TriesExhaustedError"
     never_ran = await redis.llen(f"test:starts:{submitted.job_id}") == 0  # type: ignore[misc]
     assert never_ran

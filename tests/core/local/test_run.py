@@ -1,5 +1,6 @@
 """`make run`'s runner as a real process: it serves, it refuses a busy port, Ctrl-C stops all."""
 
+import json
 import os
 import queue
 import re
@@ -129,8 +130,10 @@ def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(log_dir: Path
         # The worker's log, streamed with its prefix, shows the five jobs finishing.
         pending = set(response.json()["job_ids"])
         while pending:
-            line = output.until(r"^worker \| .*← \w+:create_task", timeout_s=30)
-            pending.discard(line.split("← ")[1].split(":")[0])
+            line = output.until(r'^worker \| .*"message": "job end"', timeout_s=30)
+            entry = json.loads(line.removeprefix("worker | "))
+            assert entry["outcome"] == "success"
+            pending.discard(entry["job_id"])
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0

@@ -10,6 +10,7 @@ from conveyor_api.limits import BodyLimitMiddleware
 from conveyor_api.problems import install_problem_handlers
 from conveyor_api.routes import health, jobs, queues, tutorial
 from conveyor_api.settings import Settings
+from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import load_catalog
 from conveyor_core.redis import create_redis
 from conveyor_core.store import JobStore
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.catalog = catalog
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
+    setup_telemetry(app)
     app.include_router(health.router)
     app.include_router(tutorial.router)
     app.include_router(jobs.build_router(list(catalog)))

@@ -6,11 +6,24 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
+from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.store import JobStore, Submitted
+from conveyor_core.tracing import (
+    MESSAGING_DESTINATION,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_SYSTEM,
+    SYSTEM,
+    current_trace_id,
+    inject,
+    tracer,
+)
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -44,13 +57,35 @@ async def enqueue(
     """
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
-    meta = {"request_id": request_id} if request_id else {}
-    return await store.submit(
-        job_type,
-        uuid4().hex,
-        data,
-        ready_at_ms=ready_at_ms(defer_by_s, run_at),
-        meta=meta,
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint(data),
-    )
+    job_id = uuid4().hex
+    with tracer.start_as_current_span(
+        f"send {job_type.queue}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            MESSAGING_SYSTEM: SYSTEM,
+            MESSAGING_OPERATION_TYPE: "send",
+            MESSAGING_OPERATION_NAME: "send",
+            MESSAGING_DESTINATION: job_type.queue,
+            MESSAGING_MESSAGE_ID: job_id,
+            "conveyor.job.name": job_type.name,
+        },
+    ):
+        # The reserved kwarg: this span's context, so the job continues the trace.
+        meta: dict[str, str] = {}
+        inject(meta)
+        if trace_id := current_trace_id():
+            meta["trace_id"] = trace_id
+        if request_id:
+            meta["request_id"] = request_id
+        submitted = await store.submit(
+            job_type,
+            job_id,
+            data,
+            ready_at_ms=ready_at_ms(defer_by_s, run_at),
+            meta=meta,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint(data),
+        )
+    if submitted.created:
+        JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()
+    return submitted

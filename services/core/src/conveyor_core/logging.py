@@ -1,15 +1,74 @@
-"""One log format for every Conveyor process."""
+"""One log format for every Conveyor process: JSON lines on stdout.
 
+Every line carries the service, the current trace and span ids, and whatever
+`log_context` bound (request id; job id, name, try and queue in a job).
+"""
+
+import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from opentelemetry import trace
+
+_bound: ContextVar[dict[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039
+
+# Always present, null when unknown, so every line has one shape.
+ALWAYS = ("trace_id", "span_id", "request_id")
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Log lines to stdout, where container runtimes collect them."""
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Bind fields to every log line written inside this block (task-local)."""
+    token = _bound.set({**_bound.get(), **fields})
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def bound(name: str) -> Any:
+    return _bound.get().get(name)
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **dict.fromkeys(ALWAYS),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
+        entry.update(_bound.get())
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """JSON lines to stdout, where container runtimes collect them."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Conveyor logs each request and each job itself; these would repeat them.
+    for noisy in ("uvicorn.access", "arq.worker", "arq.jobs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

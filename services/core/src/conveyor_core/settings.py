@@ -28,3 +28,16 @@ class CatalogSettings(BaseSettings):
     @property
     def modules(self) -> list[str]:
         return [name.strip() for name in self.job_modules.split(",") if name.strip()]
+
+
+class ObservabilitySettings(BaseSettings):
+    """What logs, spans and the job api must not show. Read from `CONVEYOR_*`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    # Comma-separated; a key that contains any of these (any case) is masked.
+    redact_keys: str = "password,token,secret,authorization,email"
+
+    @property
+    def redacted(self) -> list[str]:
+        return [key.strip() for key in self.redact_keys.split(",") if key.strip()]

@@ -7,6 +7,7 @@ import logging
 import uvloop
 
 from conveyor_core.logging import configure_logging
+from conveyor_core.tracing import setup_tracing
 from conveyor_worker.health import start_health_server
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import create_worker
@@ -30,9 +31,13 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings()
-    configure_logging(settings.log_level)
-    # uvloop, as uvicorn uses for the api: a faster event loop, same semantics.
-    uvloop.run(serve(settings))
+    configure_logging("worker", settings.log_level)
+    tracing = setup_tracing("conveyor-worker")
+    try:
+        # uvloop, as uvicorn uses for the api: a faster event loop, same semantics.
+        uvloop.run(serve(settings))
+    finally:
+        tracing.shutdown()  # export the spans still buffered
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The worker's own small HTTP server: probes on a port of its own, no user traffic."""
+"""The worker's own small HTTP server: probes and metrics on a port of its own, no user traffic."""
 
 import time
 
 from aiohttp import web
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import ConveyorWorker
@@ -24,7 +26,13 @@ def create_health_app(worker: ConveyorWorker, settings: Settings) -> web.Applica
             return web.json_response({"status": "redis unreachable"}, status=503)
         return web.json_response({"status": "ready"})
 
+    async def metrics(request: web.Request) -> web.Response:
+        # OpenMetrics (with trace-id exemplars) for scrapers that ask for it.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(REGISTRY), headers={"Content-Type": content_type})
+
     app = web.Application()
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

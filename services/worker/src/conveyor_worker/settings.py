@@ -4,7 +4,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_core.catalog import DEFAULT_QUEUE
-from conveyor_core.settings import CatalogSettings, RedisSettings
+from conveyor_core.settings import CatalogSettings, ObservabilitySettings, RedisSettings
 
 
 class Settings(BaseSettings):
@@ -28,5 +28,8 @@ class Settings(BaseSettings):
     health_port: int = Field(default=8001, ge=1, le=65535)
     # /healthz fails when the poll loop has not turned for this long.
     liveness_timeout_s: float = Field(default=60, gt=0)
+    # Spans, start/end log lines and metrics for every job try.
+    instrument_jobs: bool = True
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)

@@ -24,7 +24,9 @@ from arq.worker import Function, Worker, func
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.jobs import now_ms
+from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
 from conveyor_core.pubsub import Subscription
+from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
 from conveyor_core.store import JobStore, lua_script
 from conveyor_worker.context import AnyHandler
@@ -147,6 +149,8 @@ class ConveyorWorker(Worker):
             self._outage_backoff_s = 0.0
         finally:
             self.last_poll_s = time.monotonic()
+            WORKER_HEARTBEAT.labels(self.queue_name).set_to_current_time()
+            REDIS_UP.set(1 if self.redis_ok else 0)
         timeout_s = self.idle_poll_s
         if next_due_ms is not None:
             timeout_s = max(0.0, min(timeout_s, (next_due_ms - now_ms()) / 1000))
@@ -258,9 +262,10 @@ def resolve_handler(path: str) -> AnyHandler:
     return handler
 
 
-def arq_function(job_type: JobType) -> Function:
+def arq_function(job_type: JobType, redact: Redactor, instrument: bool) -> Function:
     """Register a catalog job type with arq, under the wrapper."""
-    coroutine = JobRunner(job_type, resolve_handler(job_type.handler)).run
+    runner = JobRunner(job_type, resolve_handler(job_type.handler), redact, instrument)
+    coroutine = runner.run
     return func(
         coroutine,  # type: ignore[arg-type]  # arq's WorkerCoroutine wants ctx positional
         name=job_type.name,
@@ -274,6 +279,7 @@ def arq_function(job_type: JobType) -> Function:
 def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> dict[str, Any]:
     """arq `WorkerSettings` (as keyword arguments) built from typed settings."""
     job_types = catalog.for_queue(settings.queue)
+    redact = Redactor(settings.observability.redacted)
     if not job_types:
         raise ValueError(f"the catalog has no job types on queue {settings.queue!r}")
 
@@ -284,7 +290,9 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         ctx["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
     return {
-        "functions": [arq_function(job_type) for job_type in job_types],
+        "functions": [
+            arq_function(job_type, redact, settings.instrument_jobs) for job_type in job_types
+        ],
         "queue_name": settings.queue,
         "redis_pool": redis,
         "on_startup": on_startup,

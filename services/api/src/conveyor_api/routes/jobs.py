@@ -15,6 +15,7 @@ from conveyor_api.deps import CatalogDep, EventsDep, StoreDep
 from conveyor_core.catalog import JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
+from conveyor_core.logging import bound
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import DEAD_RETENTION_S, InvalidCursorError
 
@@ -83,7 +84,7 @@ def submit_endpoint(
             defer_by_s=defer_by_s,
             run_at=run_at,
             idempotency_key=idempotency_key,
-            request_id=request.headers.get("x-request-id"),
+            request_id=bound("request_id"),
         )
         if not submitted.same_payload:
             raise HTTPException(
@@ -212,8 +213,7 @@ async def retry_job(
         raise _not_found(job_id)
     if job.job_type not in catalog:
         raise HTTPException(409, f"Job type {job.job_type!r} is no longer in the catalog.")
-    request_id = request.headers.get("x-request-id")
-    meta = {"request_id": request_id} if request_id else {}
+    meta = {"request_id": bound("request_id")} if bound("request_id") else {}
     outcome = await store.requeue(job, catalog[job.job_type], meta)
     if outcome == "missing":
         raise _not_found(job_id)

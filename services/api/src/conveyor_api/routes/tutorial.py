@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from conveyor_api.deps import SettingsDep, StoreDep
 from conveyor_core.catalog import CREATE_TASK, CreateTask
 from conveyor_core.enqueue import enqueue
+from conveyor_core.logging import bound
 
 router = APIRouter(tags=["tutorial"])
 
@@ -47,7 +48,7 @@ async def create_tasks(
             store,
             CREATE_TASK,
             CreateTask(sleep_s=round(sleep_s, 3)),
-            request_id=request.headers.get("x-request-id"),
+            request_id=bound("request_id"),
         )
         job_ids.append(submitted.job_id)
     return TasksQueued(queued=len(job_ids), job_ids=job_ids)

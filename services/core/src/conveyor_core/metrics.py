@@ -1,0 +1,62 @@
+"""Every Prometheus metric Conveyor exports, named once (see the README's table).
+
+prometheus-client's default registry, one process per pod; labels are bounded:
+route templates, job type names and queue names, never ids or raw paths.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# -- api --
+HTTP_REQUESTS = Counter(
+    "conveyor_http_requests", "HTTP requests answered.", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "conveyor_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["method", "route", "status"],
+    buckets=DURATION_BUCKETS_S,
+)
+QUEUE_JOBS = Gauge(
+    "conveyor_queue_jobs",
+    "Jobs per queue by state: ready, deferred, in_progress, dead (the dead letters).",
+    ["queue", "state"],
+)
+QUEUE_OLDEST_READY_AGE = Gauge(
+    "conveyor_queue_oldest_ready_age_seconds",
+    "How long the oldest ready job has waited since it was due (queue latency).",
+    ["queue"],
+)
+
+# -- both: the enqueue helper --
+JOBS_ENQUEUED = Counter("conveyor_jobs_enqueued", "Jobs enqueued.", ["job", "queue"])
+REDIS_UP = Gauge("conveyor_redis_up", "1 if Redis answered this process's last command.")
+
+# -- worker: the job wrapper --
+JOBS_STARTED = Counter("conveyor_jobs_started", "Job tries started.", ["job", "queue"])
+JOBS_FINISHED = Counter(
+    "conveyor_jobs_finished",
+    "Job tries finished, by outcome: success; retry (failed, another try is scheduled); "
+    "failed (a permanent error: to the dead letters at once); dead (no tries left); "
+    "cancelled; requeued (cut short by a shutdown, to run again).",
+    ["job", "queue", "outcome"],
+)
+JOB_DURATION = Histogram(
+    "conveyor_job_duration_seconds",
+    "Time a job try ran.",
+    ["job", "queue", "outcome"],
+    buckets=DURATION_BUCKETS_S,
+)
+JOB_QUEUE_WAIT = Histogram(
+    "conveyor_job_queue_wait_seconds",
+    "Time from when a try was due (deferral and backoff excluded) to its start.",
+    ["job", "queue"],
+    buckets=DURATION_BUCKETS_S,
+)
+JOBS_IN_PROGRESS = Gauge("conveyor_jobs_in_progress", "Job tries running now.", ["job", "queue"])
+WORKER_HEARTBEAT = Gauge(
+    "conveyor_worker_heartbeat_timestamp_seconds",
+    "Unix time of this worker's last poll loop turn.",
+    ["queue"],
+)

@@ -1,0 +1,63 @@
+"""OpenTelemetry tracing, set up once per process from the standard OTEL_* variables,
+and the trace context that travels inside a job's kwargs.
+
+Spans are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT (or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise trace ids are still
+made, and logged, but go nowhere. OTEL_TRACES_SAMPLER, OTEL_SERVICE_NAME and
+OTEL_RESOURCE_ATTRIBUTES work as everywhere else.
+"""
+
+import os
+
+from opentelemetry import context, trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_propagator = TraceContextTextMapPropagator()
+tracer = trace.get_tracer("conveyor")
+
+# Semantic conventions for messaging spans (the names, as the spec spells them).
+MESSAGING_SYSTEM = "messaging.system"
+MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+MESSAGING_OPERATION_NAME = "messaging.operation.name"
+MESSAGING_DESTINATION = "messaging.destination.name"
+MESSAGING_MESSAGE_ID = "messaging.message.id"
+SYSTEM = "arq"
+
+
+def setup_tracing(service_name: str) -> TracerProvider:
+    """Install the global tracer provider; OTEL_SERVICE_NAME wins over `service_name`."""
+    attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def inject(carrier: dict[str, str]) -> None:
+    """Write the current span's W3C traceparent/tracestate into `carrier`."""
+    _propagator.inject(carrier)
+
+
+def extract(carrier: dict[str, str]) -> context.Context:
+    return _propagator.extract(carrier)
+
+
+def current_trace_id() -> str | None:
+    span = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(span.trace_id) if span.is_valid else None
+
+
+def exemplar() -> dict[str, str] | None:
+    """The current trace id as a Prometheus exemplar, for a sampled span."""
+    span = trace.get_current_span().get_span_context()
+    if not (span.is_valid and span.trace_flags.sampled):
+        return None
+    return {"trace_id": trace.format_trace_id(span.trace_id)}

@@ -1,0 +1,160 @@
+"""Everything the worker observes about one job try, in one place: its span, its
+start and end log lines, its metrics. Job functions contain none of it.
+
+The try's CONSUMER span is a child of the PRODUCER span that enqueued it, also
+for deferred jobs and retries, so a request and all the work it caused are one
+trace. A link (a new trace pointing back) is the better fit where a job has no
+single cause, such as a batch consumer; Conveyor's only such jobs are cron
+runs, which have no producer and start traces of their own.
+"""
+
+import logging
+import time
+from types import TracebackType
+from typing import Any
+
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from conveyor_core.catalog import JobType
+from conveyor_core.jobs import now_ms
+from conveyor_core.logging import log_context
+from conveyor_core.metrics import (
+    JOB_DURATION,
+    JOB_QUEUE_WAIT,
+    JOBS_FINISHED,
+    JOBS_IN_PROGRESS,
+    JOBS_STARTED,
+)
+from conveyor_core.redaction import Redactor
+from conveyor_core.tracing import (
+    MESSAGING_DESTINATION,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_SYSTEM,
+    SYSTEM,
+    exemplar,
+    extract,
+    tracer,
+)
+
+logger = logging.getLogger("conveyor.jobs")
+
+
+class Outcome:
+    """How a try ended; the `outcome` label of conveyor_jobs_finished_total."""
+
+    SUCCESS = "success"
+    RETRY = "retry"  # failed; another try is scheduled
+    FAILED = "failed"  # a permanent error: to the dead letters at once
+    DEAD = "dead"  # no tries left: to the dead letters
+    CANCELLED = "cancelled"
+    REQUEUED = "requeued"  # cut short by a shutdown; runs again
+
+
+class JobObservation:
+    """A context manager around one try: set `outcome` (and `error`) before it exits."""
+
+    def __init__(
+        self,
+        job_type: JobType,
+        job_id: str,
+        job_try: int,
+        due_ms: int,
+        meta: dict[str, str],
+        args: dict[str, Any],
+        redact: Redactor,
+    ) -> None:
+        self.job_type = job_type
+        self.job_id = job_id
+        self.job_try = job_try
+        self.due_ms = due_ms
+        self.meta = meta
+        self.args = args
+        self.redact = redact
+        self.outcome = Outcome.FAILED  # until told otherwise: an unexpected error
+        self.error: BaseException | None = None
+        self._labels = (job_type.name, job_type.queue)
+
+    def __enter__(self) -> "JobObservation":
+        queue = self.job_type.queue
+        self._span = tracer.start_span(
+            f"process {queue}",
+            context=extract(self.meta),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                MESSAGING_SYSTEM: SYSTEM,
+                MESSAGING_OPERATION_TYPE: "process",
+                MESSAGING_OPERATION_NAME: "process",
+                MESSAGING_DESTINATION: queue,
+                MESSAGING_MESSAGE_ID: self.job_id,
+                "messaging.message.delivery_count": self.job_try - 1,
+                "conveyor.job.name": self.job_type.name,
+                "conveyor.job.try": self.job_try,
+                "conveyor.request_id": self.meta.get("request_id", ""),
+            },
+        )
+        self._context_token = context.attach(trace.set_span_in_context(self._span))
+        self._log_context = log_context(
+            job_id=self.job_id,
+            job_name=self.job_type.name,
+            job_try=self.job_try,
+            queue=queue,
+            request_id=self.meta.get("request_id"),
+        )
+        self._log_context.__enter__()
+        self._started_s = time.monotonic()
+        # From when this try was due: a deliberate deferral or backoff is not waiting.
+        wait_s = max(0.0, (now_ms() - self.due_ms) / 1000)
+        self._span.set_attribute("conveyor.queue_wait_s", wait_s)
+        JOB_QUEUE_WAIT.labels(*self._labels).observe(wait_s, exemplar())
+        JOBS_STARTED.labels(*self._labels).inc()
+        JOBS_IN_PROGRESS.labels(*self._labels).inc()
+        logger.info(
+            "job start",
+            extra={"fields": {"args": self.redact(self.args), "queue_wait_s": round(wait_s, 4)}},
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed_s = time.monotonic() - self._started_s
+        error = self.error or (exc if self.outcome != Outcome.SUCCESS else None)
+        fields: dict[str, Any] = {
+            "outcome": self.outcome,
+            "elapsed_s": round(elapsed_s, 4),
+            "args": self.redact(self.args),
+        }
+        self._span.set_attribute("conveyor.job.outcome", self.outcome)
+        if error is not None and self.outcome not in (Outcome.CANCELLED, Outcome.REQUEUED):
+            fields["error"] = f"{type(error).__name__}: {error}"
+            self._span.record_exception(error)
+            self._span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        JOBS_FINISHED.labels(*self._labels, self.outcome).inc(exemplar=exemplar())
+        JOB_DURATION.labels(*self._labels, self.outcome).observe(elapsed_s, exemplar())
+        JOBS_IN_PROGRESS.labels(*self._labels).dec()
+        calm = self.outcome in (Outcome.SUCCESS, Outcome.CANCELLED)
+        logger.log(logging.INFO if calm else logging.WARNING, "job end", extra={"fields": fields})
+        self._log_context.__exit__(None, None, None)
+        context.detach(self._context_token)
+        self._span.end()
+
+
+class Unobserved(JobObservation):
+    """Instrumentation off (`CONVEYOR_WORKER_INSTRUMENT_JOBS=false`): no span, logs or metrics."""
+
+    def __enter__(self) -> "JobObservation":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
