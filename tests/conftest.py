@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 from conveyor_core.local.redis_server import RedisProcess, local_redis_process, resolve_redis
 from conveyor_core.redis import create_redis
 from conveyor_core.settings import RedisSettings
+from conveyor_core.tracing import setup_tracing
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 
@@ -22,6 +23,12 @@ def _database_for_this_worker(url: str) -> str:
     index = 1 + int(worker.removeprefix("gw")) % 15
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{index}", query=""))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing() -> None:
+    """The SDK tracer provider, as each service installs it at start (no exporter)."""
+    setup_tracing("conveyor-tests")
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,11 @@ from tests.support.processes import ServiceProcess, api_process, stop_all, worke
 class Stack:
     """The api, any number of workers, and helpers to drive them over HTTP."""
 
-    def __init__(self, redis_url: str, log_dir: Path) -> None:
+    def __init__(self, redis_url: str, log_dir: Path, **env: str) -> None:
         self.redis_url = redis_url
         self.log_dir = log_dir
-        self.api = api_process(redis_url, log_dir)
+        self.env = env  # for the api and every worker
+        self.api = api_process(redis_url, log_dir, **env)
         self.workers: list[ServiceProcess] = []
         self.http = httpx.Client(base_url="http://placeholder", timeout=10)
         self.redis = redis_sync.Redis.from_url(redis_url)
@@ -29,7 +30,7 @@ class Stack:
         self.http.base_url = httpx.URL(self.api.base_url)
 
     def start_worker(self, **env: str) -> ServiceProcess:
-        worker = worker_process(self.redis_url, self.log_dir, **env).start()
+        worker = worker_process(self.redis_url, self.log_dir, **{**self.env, **env}).start()
         worker.wait_for("/readyz")
         self.workers.append(worker)
         return worker
@@ -76,6 +77,10 @@ class Stack:
                 elif line.startswith("data:"):
                     received.append((event, json.loads(line.removeprefix("data:"))))
         return received
+
+    def log_lines(self, service: ServiceProcess) -> list[dict[str, Any]]:
+        """The service's JSON log lines (a line that is not JSON fails the test)."""
+        return [json.loads(line) for line in service.output().splitlines() if line.strip()]
 
     def logs(self) -> str:
         return "\n".join(s.output()[-3000:] for s in [self.api, *self.workers])

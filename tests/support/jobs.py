@@ -28,6 +28,12 @@ class Slow(BaseModel):
     step_s: float = Field(ge=0)
 
 
+class Signup(BaseModel):
+    email: str
+    password: str
+    name: str
+
+
 class Effect(BaseModel):
     work_s: float = Field(ge=0)
 
@@ -88,6 +94,12 @@ async def parent(ctx: JobContext, payload: Nothing) -> str:
     return child.job_id
 
 
+async def welcome(ctx: JobContext, payload: Signup) -> str:
+    """Handles secrets: none of them may show in logs or spans."""
+    await _record_start(ctx)
+    return f"welcome, {payload.name}"
+
+
 def _quick(max_tries: int) -> RetryPolicy:
     return RetryPolicy(max_tries=max_tries, backoff_base_s=0.2, backoff_cap_s=5)
 
@@ -106,4 +118,5 @@ JOB_TYPES = [
     ),
     JobType("effect", Effect, f"{MODULE}:effect", retry=_quick(10)),
     JobType("parent", Nothing, f"{MODULE}:parent"),
+    JobType("welcome", Signup, f"{MODULE}:welcome"),
 ]

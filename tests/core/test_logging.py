@@ -1,0 +1,43 @@
+import json
+import logging
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from conveyor_core.logging import JsonFormatter, log_context
+
+
+def record(message: str, **fields: object) -> logging.LogRecord:
+    rec = logging.LogRecord("conveyor.test", logging.INFO, __file__, 1, message, (), None)
+    if fields:
+        rec.fields = fields
+    return rec
+
+
+def test_every_line_has_one_shape() -> None:
+    line = json.loads(JsonFormatter("api").format(record("hello %s")))
+    assert line["service"] == "api"
+    assert line["level"] == "info"
+    assert line["message"] == "hello %s"
+    assert line["logger"] == "conveyor.test"
+    assert line["timestamp"].endswith("+00:00")
+    assert (line["trace_id"], line["span_id"], line["request_id"]) == (None, None, None)
+
+
+def test_bound_fields_and_extra_fields_join_the_line() -> None:
+    formatter = JsonFormatter("worker")
+    with log_context(request_id="r-1", job_id="j-1"):
+        line = json.loads(formatter.format(record("job end", outcome="success")))
+    assert (line["request_id"], line["job_id"], line["outcome"]) == ("r-1", "j-1", "success")
+    after = json.loads(formatter.format(record("later")))
+    assert after["request_id"] is None
+    assert "job_id" not in after
+
+
+def test_lines_inside_a_span_carry_its_ids() -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("work") as span:
+        line = json.loads(JsonFormatter("worker").format(record("inside")))
+    context = span.get_span_context()
+    assert line["trace_id"] == trace.format_trace_id(context.trace_id)
+    assert line["span_id"] == trace.format_span_id(context.span_id)
