@@ -43,6 +43,7 @@ class Contender:
     queue: str
     samples: int
     poll_delay_s: float | None = None  # None: Conveyor's worker
+    env: dict[str, str] = field(default_factory=dict)  # Conveyor's worker: more settings
     # From the moment the enqueue call returned (the job is in Redis) to the
     # job function's start: the pickup itself.
     latencies_ms: list[float] = field(default_factory=list)
@@ -62,6 +63,7 @@ class Contender:
             CONVEYOR_WORKER_HEALTH_PORT=str(free_port()),
             CONVEYOR_WORKER_LOG_LEVEL="WARNING",
         )
+        env.update(self.env)
         return [sys.executable, "-m", "conveyor_worker"], env
 
     @property
@@ -191,6 +193,31 @@ def report(contenders: list[Contender]) -> str:
     return "\n".join(lines)
 
 
+# Instrumentation on (the default: spans, job start/end log lines, metrics) and off.
+INSTRUMENTED = Contender(
+    "conveyor, instrumented", CONVEYOR_QUEUE, samples=0, env={"CONVEYOR_WORKER_LOG_LEVEL": "INFO"}
+)
+BARE = Contender(
+    "conveyor, bare",
+    CONVEYOR_QUEUE,
+    samples=0,
+    env={"CONVEYOR_WORKER_INSTRUMENT_JOBS": "false", "OTEL_SDK_DISABLED": "true"},
+)
+
+
+async def instrumentation_cost(redis_url: str) -> str:
+    for round_ in range(THROUGHPUT_ROUNDS):
+        for contender in (INSTRUMENTED, BARE):
+            print(f"instrumentation round {round_ + 1}: {contender.name} ...", flush=True)
+            async with running(contender, redis_url) as (redis, store):
+                await measure_throughput(contender, redis, store)
+    return (
+        f"no-op jobs/s with tracing, JSON job logs and metrics: {INSTRUMENTED.jobs_per_s:.0f}; "
+        f"without: {BARE.jobs_per_s:.0f}; ratio {INSTRUMENTED.jobs_per_s / BARE.jobs_per_s:.2f} "
+        "(target >= 0.8)"
+    )
+
+
 async def main() -> None:
     contenders = [
         Contender("arq (poll 0.5 s)", "bench:arq-default", samples=60, poll_delay_s=0.5),
@@ -209,7 +236,9 @@ async def main() -> None:
                 print(f"throughput round {round_ + 1}: {contender.name} ...", flush=True)
                 async with running(contender, resolved.url) as (redis, store):
                     await measure_throughput(contender, redis, store)
+        cost = await instrumentation_cost(resolved.url)
     print(report(contenders))
+    print(cost)
 
 
 if __name__ == "__main__":
