@@ -85,6 +85,7 @@ async def effect(ctx: JobContext, payload: Effect) -> str:
     await _record_start(ctx)
     await asyncio.sleep(payload.work_s)
     await ctx.redis.eval(APPLY_ONCE, 2, f"test:effect:{ctx.job_id}", "test:effects")  # type: ignore[misc]
+    await ctx.redis.set(f"test:done_at:{ctx.job_id}", repr(time.time()), nx=True)
     return "done"
 
 
