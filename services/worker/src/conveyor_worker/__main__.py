@@ -17,10 +17,11 @@ logger = logging.getLogger("conveyor_worker")
 
 async def serve(settings: Settings) -> None:
     worker = create_worker(settings)
+    # arq's signal handlers cancel `main_task` once running jobs are done, so it
+    # must exist before anything (such as a ready probe) can prompt a SIGTERM.
+    worker.main_task = asyncio.create_task(worker.main())
     health = await start_health_server(worker, settings)
     logger.info("health server on http://%s:%d/healthz", settings.health_host, settings.health_port)
-    # arq's signal handlers cancel `main_task` once running jobs are done.
-    worker.main_task = asyncio.create_task(worker.main())
     try:
         with contextlib.suppress(asyncio.CancelledError):
             await worker.main_task
