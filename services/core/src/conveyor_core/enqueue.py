@@ -13,17 +13,7 @@ from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.store import JobStore, Submitted
-from conveyor_core.tracing import (
-    MESSAGING_DESTINATION,
-    MESSAGING_MESSAGE_ID,
-    MESSAGING_OPERATION_NAME,
-    MESSAGING_OPERATION_TYPE,
-    MESSAGING_SYSTEM,
-    SYSTEM,
-    current_trace_id,
-    inject,
-    tracer,
-)
+from conveyor_core.tracing import current_trace_id, inject, messaging_attributes, tracer
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -61,14 +51,7 @@ async def enqueue(
     with tracer.start_as_current_span(
         f"send {job_type.queue}",
         kind=SpanKind.PRODUCER,
-        attributes={
-            MESSAGING_SYSTEM: SYSTEM,
-            MESSAGING_OPERATION_TYPE: "send",
-            MESSAGING_OPERATION_NAME: "send",
-            MESSAGING_DESTINATION: job_type.queue,
-            MESSAGING_MESSAGE_ID: job_id,
-            "conveyor.job.name": job_type.name,
-        },
+        attributes=messaging_attributes("send", job_type.queue, job_id, job_type.name),
     ):
         # The reserved kwarg: this span's context, so the job continues the trace.
         meta: dict[str, str] = {}

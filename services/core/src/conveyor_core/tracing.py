@@ -27,6 +27,18 @@ MESSAGING_MESSAGE_ID = "messaging.message.id"
 SYSTEM = "arq"
 
 
+def messaging_attributes(operation: str, queue: str, job_id: str, job_name: str) -> dict[str, str]:
+    """The messaging semantic conventions for a `send` or `process` span of one job."""
+    return {
+        MESSAGING_SYSTEM: SYSTEM,
+        MESSAGING_OPERATION_TYPE: operation,
+        MESSAGING_OPERATION_NAME: operation,
+        MESSAGING_DESTINATION: queue,
+        MESSAGING_MESSAGE_ID: job_id,
+        "conveyor.job.name": job_name,
+    }
+
+
 def setup_tracing(service_name: str) -> TracerProvider:
     """Install the global tracer provider; OTEL_SERVICE_NAME wins over `service_name`."""
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}

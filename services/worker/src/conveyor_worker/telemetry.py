@@ -27,17 +27,7 @@ from conveyor_core.metrics import (
     JOBS_STARTED,
 )
 from conveyor_core.redaction import Redactor
-from conveyor_core.tracing import (
-    MESSAGING_DESTINATION,
-    MESSAGING_MESSAGE_ID,
-    MESSAGING_OPERATION_NAME,
-    MESSAGING_OPERATION_TYPE,
-    MESSAGING_SYSTEM,
-    SYSTEM,
-    exemplar,
-    extract,
-    tracer,
-)
+from conveyor_core.tracing import exemplar, extract, messaging_attributes, tracer
 
 logger = logging.getLogger("conveyor.jobs")
 
@@ -84,13 +74,8 @@ class JobObservation:
             context=extract(self.meta),
             kind=SpanKind.CONSUMER,
             attributes={
-                MESSAGING_SYSTEM: SYSTEM,
-                MESSAGING_OPERATION_TYPE: "process",
-                MESSAGING_OPERATION_NAME: "process",
-                MESSAGING_DESTINATION: queue,
-                MESSAGING_MESSAGE_ID: self.job_id,
+                **messaging_attributes("process", queue, self.job_id, self.job_type.name),
                 "messaging.message.delivery_count": self.job_try - 1,
-                "conveyor.job.name": self.job_type.name,
                 "conveyor.job.try": self.job_try,
                 "conveyor.request_id": self.meta.get("request_id", ""),
             },

@@ -50,6 +50,14 @@ def _not_found(job_id: str) -> HTTPException:
     return HTTPException(404, f"No job with id {job_id!r} (it may have expired).")
 
 
+async def _existing(store: StoreDep, job_id: str) -> JobPublic:
+    """The job, or a 404 problem."""
+    job = await store.get(job_id)
+    if job is None:
+        raise _not_found(job_id)
+    return job
+
+
 def _query_error(field: str, message: str) -> RequestValidationError:
     return RequestValidationError(
         [{"loc": ("query", field), "msg": message, "type": "value_error"}]
@@ -167,10 +175,7 @@ async def list_jobs(
 
 @router.get("/{job_id}", summary="Read a job", responses={404: {"description": "No such job"}})
 async def read_job(job_id: JobId, store: StoreDep) -> JobPublic:
-    job = await store.get(job_id)
-    if job is None:
-        raise _not_found(job_id)
-    return job
+    return await _existing(store, job_id)
 
 
 @router.delete(
@@ -186,9 +191,7 @@ async def read_job(job_id: JobId, store: StoreDep) -> JobPublic:
 async def cancel_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, response: Response
 ) -> JobPublic:
-    job = await store.get(job_id)
-    if job is None:
-        raise _not_found(job_id)
+    job = await _existing(store, job_id)
     ttl_s = catalog[job.job_type].keep_result_s if job.job_type in catalog else DEAD_RETENTION_S
     outcome = await store.cancel(job_id, job.queue, ttl_s)
     if outcome == "missing":
@@ -196,7 +199,7 @@ async def cancel_job(
     if outcome not in ("cancelled_now", "cancelling"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
     response.status_code = 202 if outcome == "cancelling" else 200
-    return await read_job(job_id, store)
+    return await _existing(store, job_id)
 
 
 @router.post(
@@ -208,9 +211,7 @@ async def cancel_job(
 async def retry_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, request: Request
 ) -> JobPublic:
-    job = await store.get(job_id)
-    if job is None:
-        raise _not_found(job_id)
+    job = await _existing(store, job_id)
     if job.job_type not in catalog:
         raise HTTPException(409, f"Job type {job.job_type!r} is no longer in the catalog.")
     meta = {"request_id": bound("request_id")} if bound("request_id") else {}
@@ -219,7 +220,7 @@ async def retry_job(
         raise _not_found(job_id)
     if outcome != "requeued":
         raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {job.state}.")
-    return await read_job(job_id, store)
+    return await _existing(store, job_id)
 
 
 @router.get(
@@ -236,8 +237,7 @@ async def retry_job(
     },
 )
 async def job_events(job_id: JobId, store: StoreDep, events: EventsDep) -> StreamingResponse:
-    if await store.get(job_id) is None:
-        raise _not_found(job_id)
+    await _existing(store, job_id)
     return StreamingResponse(
         _stream(job_id, store, events),
         media_type="text/event-stream",
