@@ -32,8 +32,20 @@ install: $(VENV)/.synced ## create .venv from uv.lock
 run: $(VENV)/.synced ## start Redis, the api and a worker (REDIS_URL to use your own Redis)
 	@$(BIN)/python -m conveyor_core.local.run
 
+# Debian packages that test suites drive for real. Each suite adds its own line.
+TEST_DEBS :=
+
+.PHONY: test-deps
+test-deps: ## install the Debian packages the tests drive (apt-get, as root)
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the tests:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 .PHONY: test
-test: $(VENV)/.synced ## run every test suite against real Redis and real processes
+test: $(VENV)/.synced test-deps ## run every test suite against real Redis and real processes
 	$(BIN)/pytest -n auto --dist loadgroup
 
 .PHONY: bench
