@@ -50,6 +50,12 @@ class Contender:
     # From the moment the enqueue call began: pickup plus the enqueue itself.
     end_to_end_ms: list[float] = field(default_factory=list)
     throughputs: list[float] = field(default_factory=list)  # jobs/s, one per round
+    # Per job in the throughput rounds: the cost, which a busy machine does not blur
+    # the way it blurs jobs/s.
+    worker_cpu_ms: list[float] = field(default_factory=list)
+    redis_cpu_ms: list[float] = field(default_factory=list)
+    redis_commands: list[float] = field(default_factory=list)
+    pid: int = 0
     idle_commands_per_s: float = 0.0
 
     def command(self, redis_url: str) -> tuple[list[str], dict[str, str]]:
@@ -100,6 +106,17 @@ async def total_commands(redis: ArqRedis) -> int:
     return sum(int(v["calls"]) for v in stats.values())
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def redis_cpu_s(redis: ArqRedis) -> float:
+    cpu = await redis.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 async def measure_idle(contender: Contender, redis: ArqRedis) -> None:
     await asyncio.sleep(1)  # let start-up traffic pass
     before = await total_commands(redis)
@@ -132,9 +149,20 @@ async def measure_throughput(contender: Contender, redis: ArqRedis, store: JobSt
         batch = range(start, min(start + 100, THROUGHPUT_JOBS))
         await asyncio.gather(*(submit(contender, redis, store, run_at=due) for _ in batch))
     assert time.time() < due, "enqueueing took longer than the head start"
-    while int(await redis.get(done_key) or 0) < THROUGHPUT_JOBS:  # noqa: ASYNC110
+    worker_cpu_s, server_cpu_s = process_cpu_s(contender.pid), await redis_cpu_s(redis)
+    commands, polls = await total_commands(redis), 0
+    while int(await redis.get(done_key) or 0) < THROUGHPUT_JOBS:
+        polls += 1
         await asyncio.sleep(0.005)
     contender.throughputs.append(THROUGHPUT_JOBS / (time.time() - due))
+    per_job_ms = 1000 / THROUGHPUT_JOBS
+    contender.worker_cpu_ms.append((process_cpu_s(contender.pid) - worker_cpu_s) * per_job_ms)
+    contender.redis_cpu_ms.append((await redis_cpu_s(redis) - server_cpu_s) * per_job_ms)
+    # Less our own polls, the INFO calls and the last GET.
+    ours = polls + 3
+    contender.redis_commands.append(
+        (await total_commands(redis) - commands - ours) / THROUGHPUT_JOBS
+    )
 
 
 async def wait_ready(contender: Contender, redis: ArqRedis, store: JobStore) -> None:
@@ -149,6 +177,7 @@ async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[A
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = (LOG_DIR / f"{contender.queue.replace(':', '-')}.log").open("ab")
     worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603, ASYNC220
+    contender.pid = worker.pid
     redis = create_redis(RedisSettings(url=redis_url))
     store = JobStore(redis)
     try:
@@ -159,6 +188,18 @@ async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[A
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
         log.close()
+
+
+def cost_lines(contenders: list[Contender]) -> list[str]:
+    """CPU and Redis commands per job: medians over the throughput rounds."""
+    lines = [f"{'per job':<24} {'worker CPU':>11} {'Redis CPU':>10} {'Redis commands':>15}"]
+    for c in contenders:
+        lines.append(
+            f"{c.name:<24} {statistics.median(c.worker_cpu_ms):>8.3f} ms "
+            f"{statistics.median(c.redis_cpu_ms):>7.3f} ms "
+            f"{statistics.median(c.redis_commands):>15.1f}"
+        )
+    return lines
 
 
 def ratio(ours: Contender, theirs: Contender) -> float:
@@ -218,12 +259,34 @@ async def instrumentation_cost(redis_url: str) -> str:
     )
 
 
+async def throughput_only(contenders: list["Contender"]) -> None:
+    """`python -m bench.pickup throughput`: only the throughput rounds, quicker to iterate on."""
+    fast, ours = contenders[1:]
+    with resolve_redis() as resolved:
+        for round_ in range(THROUGHPUT_ROUNDS):
+            for contender in (fast, ours):
+                print(f"throughput round {round_ + 1}: {contender.name} ...", flush=True)
+                async with running(contender, resolved.url) as (redis, store):
+                    await measure_throughput(contender, redis, store)
+    pairs = zip(ours.throughputs, fast.throughputs, strict=True)
+    rounds = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in pairs)
+    print(
+        "\n".join(cost_lines([fast, ours])),
+        f"\njobs/s per round, conveyor/arq: {rounds}\n"
+        f"throughput (median of {THROUGHPUT_ROUNDS} alternating rounds): "
+        f"conveyor / arq poll 0.01 s = {ours.jobs_per_s / fast.jobs_per_s:.2f} (target >= 0.8)",
+    )
+
+
 async def main() -> None:
     contenders = [
         Contender("arq (poll 0.5 s)", "bench:arq-default", samples=60, poll_delay_s=0.5),
         Contender("arq (poll 0.01 s)", "bench:arq-fast", samples=300, poll_delay_s=0.01),
         Contender("conveyor", CONVEYOR_QUEUE, samples=300),
     ]
+    if sys.argv[1:] == ["throughput"]:
+        await throughput_only(contenders)
+        return
     with resolve_redis() as resolved:
         for contender in contenders:
             print(f"latency and idle cost: {contender.name} ...", flush=True)
@@ -238,6 +301,7 @@ async def main() -> None:
                     await measure_throughput(contender, redis, store)
         cost = await instrumentation_cost(resolved.url)
     print(report(contenders))
+    print("\n".join(cost_lines([*contenders, INSTRUMENTED, BARE])))
     print(cost)
 
 

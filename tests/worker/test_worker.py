@@ -1,5 +1,7 @@
 """The worker in-process against a real Redis: registration, ctx resources, a job run."""
 
+import asyncio
+
 import pytest
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
@@ -9,7 +11,7 @@ from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobState
 from conveyor_core.store import JobStore
 from conveyor_worker.settings import Settings
-from conveyor_worker.worker import worker_settings
+from conveyor_worker.worker import ConveyorWorker, worker_settings
 from tests.support import jobs
 from tests.worker.conftest import make_worker
 
@@ -88,3 +90,72 @@ async def test_a_job_whose_last_try_never_finished_goes_dead_without_running(
     assert record.error.type == "TriesExhaustedError"
     never_ran = await redis.llen(f"test:starts:{submitted.job_id}") == 0  # type: ignore[misc]
     assert never_ran
+
+
+async def test_the_claim_marks_the_record_in_progress_with_the_try_arq_will_count(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    store = JobStore(redis)
+    catalog = load_catalog([jobs.MODULE])
+    submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
+    await redis.set(f"arq:retry:{submitted.job_id}", 2)  # two tries so far
+
+    worker = await started_worker(redis, redis_url)
+    await worker._claim_and_start()
+    claim = worker.claims[submitted.job_id]
+    record = await store.get(submitted.job_id)
+    await asyncio.gather(*worker.tasks.values())
+    await worker.close()
+
+    assert claim.moved
+    assert claim.old_state == "waiting"
+    assert record is not None
+    assert record.state is JobState.IN_PROGRESS
+    assert record.tries == 3
+    finished = await store.get(submitted.job_id)
+    assert finished is not None
+    assert finished.state is JobState.COMPLETE
+    assert finished.tries == 3
+    assert worker.claims == {}  # the wrapper took its claim
+
+
+@pytest.mark.parametrize(
+    ("cancel_first", "expected"),
+    [(False, JobState.DEAD), (True, JobState.CANCELLED)],
+    ids=["expired", "aborted-before-start"],
+)
+async def test_a_job_arq_ends_without_running_is_settled_not_left_in_progress(
+    redis: ArqRedis, redis_url: str, cancel_first: bool, expected: JobState
+) -> None:
+    store = JobStore(redis)
+    catalog = load_catalog([jobs.MODULE])
+    submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
+    worker = await started_worker(redis, redis_url)
+    run_job = worker.run_job
+
+    async def meddle_then_run(job_id: str, score: int) -> None:
+        # Between the claim and arq's run_job: a cancel, or the job's data expiring.
+        if cancel_first:
+            assert await store.cancel(job_id, catalog["effect"].queue, ttl_s=60) == "cancelling"
+        else:
+            await redis.delete(f"arq:job:{job_id}")
+        await run_job(job_id, score)
+
+    worker.run_job = meddle_then_run  # type: ignore[method-assign]
+    await worker._claim_and_start()
+    await asyncio.gather(*worker.tasks.values())
+    await worker.close()
+
+    record = await store.get(submitted.job_id)
+    assert record is not None
+    assert record.state is expected
+    assert await redis.llen(f"test:starts:{submitted.job_id}") == 0  # type: ignore[misc]
+
+
+async def started_worker(redis: ArqRedis, redis_url: str) -> ConveyorWorker:
+    """A worker whose startup hook ran, driven by the test one poll at a time."""
+    worker = make_worker(redis, redis_url)
+    worker.ctx["redis"] = redis
+    assert worker.on_startup is not None
+    await worker.on_startup(worker.ctx)
+    return worker

@@ -44,7 +44,11 @@ SCAN_BUDGET_PER_ITEM = 5
 
 
 def lua_script(name: str) -> str:
-    return files("conveyor_core").joinpath("lua", f"{name}.lua").read_text()
+    """A script from `lua/`, with the shared functions of `lua/lib/` before it."""
+    lua = files("conveyor_core").joinpath("lua")
+    lib = lua.joinpath("lib")
+    shared = [lib.joinpath(f).read_text() for f in sorted(p.name for p in lib.iterdir())]
+    return "\n".join([*shared, lua.joinpath(f"{name}.lua").read_text()])
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:

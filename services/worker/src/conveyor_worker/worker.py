@@ -6,6 +6,8 @@
 - Crash recovery in seconds: arq locks a running job for its timeout + 10 s;
   here the lock is short and renewed while the job runs.
 - Redis outages: arq dies on the first Redis error; here the loop goes on.
+- Jobs arq ends without calling their function (aborted before start,
+  expired, unknown) are settled in Conveyor's records, not left in progress.
 """
 
 import asyncio
@@ -18,20 +20,20 @@ from typing import Any
 
 import aiohttp
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, retry_key_prefix
 from arq.worker import Function, Worker, func
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
-from conveyor_core.jobs import now_ms
+from conveyor_core.jobs import JobError, JobState, now_ms
 from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
 from conveyor_core.pubsub import Subscription
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
-from conveyor_core.store import JobStore, lua_script
+from conveyor_core.store import DEAD_RETENTION_S, JobStore, lua_script
 from conveyor_worker.context import AnyHandler
 from conveyor_worker.settings import Settings
-from conveyor_worker.wrapper import JobRunner
+from conveyor_worker.wrapper import CLAIMS, Claim, JobRunner
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class ConveyorWorker(Worker):
         self._last_abort_check_s = 0.0
         self._background: list[asyncio.Task[None]] = []
         self._claim = self.pool.register_script(lua_script("claim"))
+        # What each claim did to the job's record, until the wrapper takes it.
+        self.claims: dict[str, Claim] = {}
+        self.ctx[CLAIMS] = self.claims
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -168,16 +173,56 @@ class ConveyorWorker(Worker):
                 free,
                 in_progress_key_prefix,
                 CLAIM_SCAN_LIMIT,
+                keys.JOB_PREFIX,
+                keys.INDEX_PREFIX,
+                keys.EVENTS_CHANNEL,
+                retry_key_prefix,
             ],
         )
-        for job_id_b, score in zip(claimed[::2], claimed[1::2], strict=True):
+        rows = iter(claimed)
+        for job_id_b, score, moved, old in zip(rows, rows, rows, rows, strict=True):
             job_id = job_id_b.decode()
+            self.claims[job_id] = Claim(moved=bool(moved), old_state=old.decode())
             await self.sem.acquire()  # never waits: no more claimed than free slots
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task = self.loop.create_task(self._run_claimed(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
         return float(next_due) if next_due else None
+
+    async def _run_claimed(self, job_id: str, score: int) -> None:
+        await self.run_job(job_id, score)
+        claim = self.claims.pop(job_id, None)
+        if claim is not None and claim.moved:
+            # The claim marked the record in progress, but arq ended the job
+            # without calling the wrapper: settle the record here.
+            await asyncio.shield(self._settle_unstarted(job_id))
+
+    async def _settle_unstarted(self, job_id: str) -> None:
+        store, at_ms = JobStore(self.pool), now_ms()
+        try:
+            if await store.cancel_requested(job_id):
+                # Cancelled between the claim and the start: arq's "aborted before start".
+                state, ttl_s, error = JobState.CANCELLED.value, DEAD_RETENTION_S, ""
+            else:
+                state, ttl_s = JobState.DEAD.value, DEAD_RETENTION_S
+                error = JobError(
+                    type="NotStarted",
+                    message="the worker could not start the job (expired or unknown job type)",
+                    traceback="",
+                ).model_dump_json()
+            await store.transition(
+                job_id,
+                state,
+                score_ms=at_ms,
+                ttl_s=ttl_s,
+                allowed=(JobState.IN_PROGRESS.value,),
+                finished_at_ms=at_ms,
+                error=error,
+            )
+            logger.info("job %s ended before it started: %s", job_id, state)
+        except REDIS_DOWN_ERRORS as exc:
+            logger.warning("could not settle job %s, which never started: %s", job_id, exc)
 
     def _on_wake_message(self, data: bytes) -> None:
         if data == keys.ABORT_MESSAGE:

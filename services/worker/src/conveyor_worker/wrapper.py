@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import traceback
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from arq.worker import Retry
@@ -29,6 +30,18 @@ TRACEBACK_LIMIT_CHARS = 4000
 
 IN_PROGRESS = JobState.IN_PROGRESS.value
 FAILED = JobState.FAILED.value
+
+
+# Key in arq's ctx: the worker's claims, by job id.
+CLAIMS = "conveyor_claims"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What the worker's claim did to a job's record: the start transition's answer."""
+
+    moved: bool
+    old_state: str
 
 
 class TriesExhaustedError(RuntimeError):
@@ -145,13 +158,20 @@ class JobRunner:
         kwargs: dict[str, Any],
         meta: dict[str, str],
     ) -> str:
-        """Mark the job in progress; adopt a job a bare arq client enqueued."""
+        """Mark the job in progress; adopt a job a bare arq client enqueued.
+
+        The worker's claim has usually marked it already; then only its answer is read.
+        """
         job_id, at_ms = arq_ctx["job_id"], now_ms()
         fields = {"tries": arq_ctx["job_try"], "started_at_ms": at_ms, "next_try_at_ms": ""}
         allowed = (WAITING, FAILED, IN_PROGRESS)
-        moved, old = await store.transition(
-            job_id, IN_PROGRESS, score_ms=at_ms, allowed=allowed, **fields
-        )
+        claim: Claim | None = arq_ctx.get(CLAIMS, {}).pop(job_id, None)
+        if claim is not None:
+            moved, old = claim.moved, claim.old_state
+        else:
+            moved, old = await store.transition(
+                job_id, IN_PROGRESS, score_ms=at_ms, allowed=allowed, **fields
+            )
         if not moved and old == "":
             await store.submit(
                 self.job_type,
