@@ -1,5 +1,6 @@
 """The worker process survives a Redis outage and takes jobs again when Redis returns."""
 
+import threading
 import time
 from pathlib import Path
 
@@ -78,3 +79,39 @@ def test_sigterm_exits_zero(redis_url: str, log_dir: Path) -> None:
             assert client.ping()
     finally:
         stop_all(worker)
+
+
+# Holds the server busy for `ARGV[1]` seconds: every client's reply waits.
+BLOCK_SERVER = """
+local deadline = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[1])
+while tonumber(redis.call('TIME')[1]) < deadline do end
+"""
+
+
+def test_a_redis_that_stops_answering_does_not_stall_the_worker(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    # The worker awaits replies without a per-reply timeout; each turn of its
+    # loop is bounded instead, so a silent Redis shows as not ready, not as a hang.
+    worker = worker_process(own_redis.url, log_dir, REDIS_SOCKET_TIMEOUT_S="0.3")
+    try:
+        worker.start()
+        worker.wait_for("/readyz")
+        run_one_job(own_redis.url)
+
+        blocker = threading.Thread(target=_hold_server_busy, args=(own_redis.url, 4))
+        blocker.start()
+        worker.wait_for("/readyz", status=503, timeout_s=3.5)
+        assert worker.wait_for("/healthz").status_code == 200
+        blocker.join()
+
+        worker.wait_for("/readyz")
+        run_one_job(own_redis.url)
+        assert worker.alive(), worker.output()
+    finally:
+        stop_all(worker)
+
+
+def _hold_server_busy(redis_url: str, seconds: int) -> None:
+    with redis_sync.Redis.from_url(redis_url) as client:
+        client.eval(BLOCK_SERVER, 0, seconds)

@@ -17,17 +17,22 @@ REDIS_DOWN_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def create_redis(settings: RedisSettings) -> ArqRedis:
+def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> ArqRedis:
     """An arq-capable client that connects lazily.
 
     Unlike `arq.create_pool` it does not PING on creation, so a service starts
     while Redis is down and serves again by itself once Redis is back. One
     quick retry hides a connection that went stale across a Redis restart.
+
+    With `timeout_each_read`, every reply is awaited under the socket timeout;
+    redis-py then opens an asyncio timeout per reply, which costs the worker a
+    quarter of its CPU per job. The worker turns it off and bounds each turn of
+    its loop instead.
     """
     return ArqRedis.from_url(  # type: ignore[no-any-return]
         settings.url,
         socket_connect_timeout=settings.connect_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
+        socket_timeout=settings.socket_timeout_s if timeout_each_read else None,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,

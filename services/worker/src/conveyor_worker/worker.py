@@ -6,6 +6,8 @@
 - Crash recovery in seconds: arq locks a running job for its timeout + 10 s;
   here the lock is short and renewed while the job runs.
 - Redis outages: arq dies on the first Redis error; here the loop goes on.
+  Each turn of the loop is bounded by the Redis socket timeout, rather than
+  every single reply (see `create_redis`).
 - Jobs arq ends without calling their function (aborted before start,
   expired, unknown) are settled in Conveyor's records, not left in progress.
 """
@@ -54,7 +56,12 @@ class ConveyorWorker(Worker):
     """arq's Worker with near-instant pickup, renewed job locks and outage survival."""
 
     def __init__(
-        self, *args: Any, idle_poll_s: float = 1.0, lock_ttl_s: float = 10.0, **kwargs: Any
+        self,
+        *args: Any,
+        idle_poll_s: float = 1.0,
+        lock_ttl_s: float = 10.0,
+        redis_timeout_s: float = 2.0,
+        **kwargs: Any,
     ) -> None:
         # arq's poll loop then never sleeps by itself; _wait_for_work does.
         super().__init__(*args, poll_delay=0, **kwargs)
@@ -62,6 +69,7 @@ class ConveyorWorker(Worker):
         self.in_progress_timeout_s = lock_ttl_s
         self.lock_ttl_s = lock_ttl_s
         self.idle_poll_s = idle_poll_s
+        self.redis_timeout_s = redis_timeout_s
         # Monotonic time of the poll loop's last turn, and whether Redis answered it.
         self.last_poll_s = time.monotonic()
         self.redis_ok = False
@@ -105,7 +113,8 @@ class ConveyorWorker(Worker):
         backoff_s = OUTAGE_BACKOFF_S
         while True:
             try:
-                await self.pool.ping()
+                async with self._bounded():
+                    await self.pool.ping()
             except REDIS_DOWN_ERRORS as exc:
                 logger.warning("redis unreachable at start, retrying in %.1f s: %s", backoff_s, exc)
                 self.last_poll_s = time.monotonic()
@@ -128,14 +137,15 @@ class ConveyorWorker(Worker):
         # below, so none waits for the safety-net poll.
         self._wake.clear()
         try:
-            next_due_ms = await self._claim_and_start()
-            if self.allow_abort_jobs:
-                await self._cancel_aborted_jobs()
-            for job_id, task in list(self.tasks.items()):
-                if task.done():
-                    del self.tasks[job_id]
-                    task.result()  # as arq does: errors in run_job surface here
-            await self.heart_beat()
+            async with self._bounded():
+                next_due_ms = await self._claim_and_start()
+                if self.allow_abort_jobs:
+                    await self._cancel_aborted_jobs()
+                for job_id, task in list(self.tasks.items()):
+                    if task.done():
+                        del self.tasks[job_id]
+                        task.result()  # as arq does: errors in run_job surface here
+                await self.heart_beat()
         except REDIS_DOWN_ERRORS as exc:
             # arq lets a Redis error escape its poll loop and the worker dies;
             # here it is logged once per outage and the loop goes on.
@@ -190,6 +200,10 @@ class ConveyorWorker(Worker):
             self.tasks[job_id] = task
         return float(next_due) if next_due else None
 
+    def _bounded(self) -> asyncio.Timeout:
+        """A time limit for one step of the worker's own Redis work."""
+        return asyncio.timeout(self.redis_timeout_s)
+
     async def _run_claimed(self, job_id: str, score: int) -> None:
         await self.run_job(job_id, score)
         claim = self.claims.pop(job_id, None)
@@ -201,28 +215,32 @@ class ConveyorWorker(Worker):
     async def _settle_unstarted(self, job_id: str) -> None:
         store, at_ms = JobStore(self.pool), now_ms()
         try:
-            if await store.cancel_requested(job_id):
-                # Cancelled between the claim and the start: arq's "aborted before start".
-                state, ttl_s, error = JobState.CANCELLED.value, DEAD_RETENTION_S, ""
-            else:
-                state, ttl_s = JobState.DEAD.value, DEAD_RETENTION_S
-                error = JobError(
-                    type="NotStarted",
-                    message="the worker could not start the job (expired or unknown job type)",
-                    traceback="",
-                ).model_dump_json()
-            await store.transition(
-                job_id,
-                state,
-                score_ms=at_ms,
-                ttl_s=ttl_s,
-                allowed=(JobState.IN_PROGRESS.value,),
-                finished_at_ms=at_ms,
-                error=error,
-            )
-            logger.info("job %s ended before it started: %s", job_id, state)
+            async with self._bounded():
+                await self._settle(store, job_id, at_ms)
         except REDIS_DOWN_ERRORS as exc:
             logger.warning("could not settle job %s, which never started: %s", job_id, exc)
+
+    async def _settle(self, store: JobStore, job_id: str, at_ms: int) -> None:
+        if await store.cancel_requested(job_id):
+            # Cancelled between the claim and the start: arq's "aborted before start".
+            state, error = JobState.CANCELLED.value, ""
+        else:
+            state = JobState.DEAD.value
+            error = JobError(
+                type="NotStarted",
+                message="the worker could not start the job (expired or unknown job type)",
+                traceback="",
+            ).model_dump_json()
+        await store.transition(
+            job_id,
+            state,
+            score_ms=at_ms,
+            ttl_s=DEAD_RETENTION_S,
+            allowed=(JobState.IN_PROGRESS.value,),
+            finished_at_ms=at_ms,
+            error=error,
+        )
+        logger.info("job %s ended before it started: %s", job_id, state)
 
     def _on_wake_message(self, data: bytes) -> None:
         if data == keys.ABORT_MESSAGE:
@@ -260,7 +278,7 @@ class ConveyorWorker(Worker):
             if not running:
                 continue
             try:
-                async with self.pool.pipeline(transaction=False) as pipe:
+                async with self._bounded(), self.pool.pipeline(transaction=False) as pipe:
                     for job_id in running:
                         pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
                     await pipe.execute()
@@ -274,12 +292,16 @@ class ConveyorWorker(Worker):
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             try:
                 lock = f"{keys.HOUSEKEEPING_LOCK}:{self.queue_name}"
-                if await self.pool.set(lock, b"1", nx=True, ex=int(HOUSEKEEPING_INTERVAL_S) - 1):
-                    removed = await store.trim_expired(self.queue_name)
-                    if removed:
-                        logger.info("housekeeping: trimmed %d expired index entries", removed)
+                async with asyncio.timeout(self.redis_timeout_s * 10):
+                    await self._trim_once(store, lock)
             except REDIS_DOWN_ERRORS as exc:
                 logger.warning("housekeeping skipped: %s", exc)
+
+    async def _trim_once(self, store: JobStore, lock: str) -> None:
+        if await self.pool.set(lock, b"1", nx=True, ex=int(HOUSEKEEPING_INTERVAL_S) - 1):
+            removed = await store.trim_expired(self.queue_name)
+            if removed:
+                logger.info("housekeeping: trimmed %d expired index entries", removed)
 
     async def close(self) -> None:
         # Replaces arq's close(), which deletes its health key before on_shutdown
@@ -291,7 +313,8 @@ class ConveyorWorker(Worker):
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         try:
-            await self.pool.delete(self.health_check_key)
+            async with self._bounded():
+                await self.pool.delete(self.health_check_key)
         except REDIS_DOWN_ERRORS as exc:
             logger.warning("redis unreachable during shutdown: %s", exc)
         if self.on_shutdown:
@@ -345,6 +368,7 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         "max_jobs": settings.max_jobs,
         "idle_poll_s": settings.idle_poll_s,
         "lock_ttl_s": settings.lock_ttl_s,
+        "redis_timeout_s": settings.redis.socket_timeout_s,
         # Let running jobs finish on SIGTERM; what does not finish is requeued.
         "job_completion_wait": settings.shutdown_wait_s,
         # DELETE /v1/jobs/{id} of a running job goes through arq's abort set.
@@ -363,4 +387,5 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
 def create_worker(settings: Settings) -> ConveyorWorker:
     """Build the worker; call inside the event loop it will run on."""
     catalog = load_catalog(settings.catalog.modules)
-    return ConveyorWorker(**worker_settings(settings, create_redis(settings.redis), catalog))
+    redis = create_redis(settings.redis, timeout_each_read=False)
+    return ConveyorWorker(**worker_settings(settings, redis, catalog))
