@@ -239,9 +239,12 @@ class JobStore:
         )
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    async def requeue(self, job: JobPublic, job_type: JobType, meta: dict[str, str]) -> str:
+    async def requeue(
+        self, job: JobPublic, job_type: JobType, meta: dict[str, str]
+    ) -> tuple[str, JobPublic | None]:
+        """'requeued' and the record as requeued, or 'missing' or the state it was in."""
         at_ms = now_ms()
-        result = await self._requeue(
+        outcome, *record = await self._requeue(
             keys=[
                 keys.job_key(job.id),
                 job_key_prefix + job.id,
@@ -258,7 +261,11 @@ class JobStore:
                 keys.wake_channel(job_type.queue),
             ],
         )
-        return result.decode() if isinstance(result, bytes) else str(result)
+        if not record:
+            return outcome.decode(), None
+        flat = record[0]
+        fields = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return outcome.decode(), JobPublic.from_hash(fields)
 
     # -- reads --------------------------------------------------------------
 

@@ -215,12 +215,12 @@ async def retry_job(
     if job.job_type not in catalog:
         raise HTTPException(409, f"Job type {job.job_type!r} is no longer in the catalog.")
     meta = {"request_id": bound("request_id")} if bound("request_id") else {}
-    outcome = await store.requeue(job, catalog[job.job_type], meta)
+    outcome, requeued = await store.requeue(job, catalog[job.job_type], meta)
     if outcome == "missing":
         raise _not_found(job_id)
-    if outcome != "requeued":
-        raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {job.state}.")
-    return await _existing(store, job_id)
+    if requeued is None:
+        raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {outcome}.")
+    return requeued
 
 
 @router.get(

@@ -3,10 +3,11 @@
 -- KEYS: 1 job hash, 2 arq job key, 3 arq result key, 4 arq retry key, 5 queue
 -- ARGV: 1 now ms, 2 arq job bytes, 3 arq expiry ms, 4 index prefix,
 --       5 events channel, 6 wake channel
--- Returns 'missing', the state it was in when not dead, or 'requeued'.
+-- Returns {'missing'}, {state it was in} when not dead, or {'requeued', the
+-- record as requeued}: a worker may start it the next moment.
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'missing' end
-if state ~= 'dead' then return state end
+if not state then return {'missing'} end
+if state ~= 'dead' then return {state} end
 local id = redis.call('HGET', KEYS[1], 'id')
 local queue = redis.call('HGET', KEYS[1], 'queue')
 redis.call('DEL', KEYS[3], KEYS[4])
@@ -23,4 +24,4 @@ local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('PERSIST', KEYS[1])
 redis.call('PUBLISH', ARGV[6], id)
 redis.call('PUBLISH', ARGV[5], cjson.encode({id = id, version = version}))
-return 'requeued'
+return {'requeued', redis.call('HGETALL', KEYS[1])}
