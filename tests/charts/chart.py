@@ -31,7 +31,10 @@ def values_file(name: str) -> dict[str, Any]:
 
 def matrix() -> list[str]:
     """Every values set the chart is rendered with: the defaults and each ci/ file."""
-    return ["defaults", *sorted(p.name.removesuffix("-values.yaml") for p in VALUES_DIR.glob("*-values.yaml"))]
+    return [
+        "defaults",
+        *sorted(p.name.removesuffix("-values.yaml") for p in VALUES_DIR.glob("*-values.yaml")),
+    ]
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,9 @@ def validate_crd(obj: Manifest) -> None:
 
 
 def containers(workload: Manifest) -> Iterator[Manifest]:
-    spec = workload["spec"]["template"]["spec"] if "template" in workload["spec"] else workload["spec"]
+    spec = (
+        workload["spec"]["template"]["spec"] if "template" in workload["spec"] else workload["spec"]
+    )
     yield from spec["containers"]
 
 

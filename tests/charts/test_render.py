@@ -68,7 +68,9 @@ def test_every_object_validates(name: str) -> None:
                 try:
                     kubernetes_validate.validate(obj, version, strict=True)
                 except kubernetes_validate.ValidationError as exc:
-                    raise AssertionError(f"{template} fails on Kubernetes {version}: {exc}") from exc
+                    raise AssertionError(
+                        f"{template} fails on Kubernetes {version}: {exc}"
+                    ) from exc
 
 
 def test_matrix_covers_what_the_chart_offers() -> None:
@@ -178,7 +180,10 @@ def test_api_drains_before_it_stops() -> None:
     (container,) = containers(api)
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     spec = api["spec"]["template"]["spec"]
-    assert spec["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert (
+        spec["terminationGracePeriodSeconds"]
+        > container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    )
 
 
 def test_two_pools_get_their_own_queue_concurrency_and_budget() -> None:
@@ -197,7 +202,11 @@ def test_two_pools_get_their_own_queue_concurrency_and_budget() -> None:
     assert emails["spec"]["replicas"] == 1
     assert next(containers(emails))["resources"]["limits"]["memory"] == "256Mi"
     # Selectors must not overlap, or one pool's PDB and autoscaler would count the other's pods.
-    selectors = [d["spec"]["selector"]["matchLabels"]["conveyor.dev/pool"] for d in rendered.all("Deployment") if "conveyor.dev/pool" in d["spec"]["selector"]["matchLabels"]]
+    selectors = [
+        d["spec"]["selector"]["matchLabels"]["conveyor.dev/pool"]
+        for d in rendered.all("Deployment")
+        if "conveyor.dev/pool" in d["spec"]["selector"]["matchLabels"]
+    ]
     assert sorted(selectors) == ["default", "emails"]
     assert {p["metadata"]["name"] for p in rendered.all("PodDisruptionBudget")} >= {
         "conveyor-worker-default",
@@ -217,10 +226,13 @@ def test_keda_prometheus_trigger_reads_the_pool_queue_latency() -> None:
     assert trigger["type"] == "prometheus"
     query = trigger["metadata"]["query"]
     assert "conveyor_queue_oldest_ready_age_seconds" in query
-    assert f'namespace="{NAMESPACE}"' in query and 'queue="arq:queue"' in query
+    assert f'namespace="{NAMESPACE}"' in query
+    assert 'queue="arq:queue"' in query
     assert trigger["metadata"]["threshold"] == "2"
     # KEDA owns the HPA: a second one would fight it.
-    assert [h["metadata"]["name"] for h in rendered.all("HorizontalPodAutoscaler")] == ["conveyor-api"]
+    assert [h["metadata"]["name"] for h in rendered.all("HorizontalPodAutoscaler")] == [
+        "conveyor-api"
+    ]
 
 
 def test_keda_metrics_api_trigger_reads_queues_with_a_bearer_key() -> None:
@@ -249,16 +261,22 @@ def test_builtin_redis_generates_a_password_and_never_ships_one() -> None:
     secret = rendered.one("Secret", "conveyor-redis")
     password = base64.b64decode(secret["data"]["redis-password"]).decode()
     assert len(password) == 32
-    assert password != base64.b64decode(
-        render({}).one("Secret", "conveyor-redis")["data"]["redis-password"]
-    ).decode(), "each install generates its own password"
+    assert (
+        password
+        != base64.b64decode(
+            render({}).one("Secret", "conveyor-redis")["data"]["redis-password"]
+        ).decode()
+    ), "each install generates its own password"
     everything_else = yaml.safe_dump([o for o in rendered.all() if o["kind"] != "Secret"])
     assert password not in everything_else + rendered.notes
     redis = rendered.one("StatefulSet", "conveyor-redis")
     (container,) = containers(redis)
     assert "$(REDIS_PASSWORD)" in container["args"]
     assert container["args"][container["args"].index("--appendonly") + 1] == "yes"
-    assert redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert (
+        redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        == "1Gi"
+    )
 
 
 def test_existing_secrets_are_referenced_not_created() -> None:
@@ -277,7 +295,10 @@ def test_existing_secrets_are_referenced_not_created() -> None:
         "CONVEYOR_SUMMARIZER_API_KEY": ("conveyor-summarizer", "api-key"),
     }
     assert api["CONVEYOR_SMTP_TLS"]["value"] == "tls"
-    assert api["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4318"
+    assert (
+        api["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
+        == "http://otel-collector.observability.svc:4318"
+    )
     assert api["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.2"
     assert "deployment.environment=production" in api["OTEL_RESOURCE_ATTRIBUTES"]["value"]
 
@@ -313,11 +334,15 @@ def test_network_policies_let_only_the_services_reach_redis() -> None:
     rendered = render_named("defaults")
     policy = rendered.one("NetworkPolicy", "conveyor-redis")
     (rule,) = policy["spec"]["ingress"]
-    components = sorted(peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in rule["from"])
+    components = sorted(
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in rule["from"]
+    )
     assert components == ["api", "worker"]
     api_policy = rendered.one("NetworkPolicy", "conveyor-api")
     peers = api_policy["spec"]["ingress"][0]["from"]
-    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in peers
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    } in peers
 
 
 def test_ingress_and_httproute_send_traffic_to_the_api_service() -> None:
@@ -333,7 +358,9 @@ def test_ingress_and_httproute_send_traffic_to_the_api_service() -> None:
     assert route["spec"]["hostnames"] == ["conveyor.example.com"]
     (rule,) = route["spec"]["rules"]
     assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
-    assert rule["backendRefs"] == [{"name": "conveyor-api", "port": service["spec"]["ports"][0]["port"]}]
+    assert rule["backendRefs"] == [
+        {"name": "conveyor-api", "port": service["spec"]["ports"][0]["port"]}
+    ]
 
 
 def test_monitoring_includes_the_repo_rule_file_and_dashboard() -> None:

@@ -24,7 +24,7 @@ def create_redis(settings: RedisSettings) -> ArqRedis:
     while Redis is down and serves again by itself once Redis is back. One
     quick retry hides a connection that went stale across a Redis restart.
     """
-    return ArqRedis.from_url(  # type: ignore[no-any-return]
+    client: ArqRedis = ArqRedis.from_url(
         settings.url,
         socket_connect_timeout=settings.connect_timeout_s,
         socket_timeout=settings.socket_timeout_s,
@@ -32,3 +32,7 @@ def create_redis(settings: RedisSettings) -> ArqRedis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
+    if settings.password:
+        # from_url lets the URL's password win over a keyword; REDIS_PASSWORD must win.
+        client.connection_pool.connection_kwargs["password"] = settings.password
+    return client

@@ -11,6 +11,9 @@ class RedisSettings(BaseSettings):
 
     # redis://, rediss:// (TLS) or unix:// URL, with password and db if needed.
     url: str = "redis://localhost:6379/0"
+    # Fills or overrides the URL's password, so a deployment can take it from
+    # a Secret of its own while the URL stays plain configuration.
+    password: str | None = None
     # A connect that takes longer than this means Redis is down: fail fast.
     connect_timeout_s: float = Field(default=1.0, gt=0)
     # No Conveyor command blocks on the server, so a slow reply is a fault.
