@@ -246,3 +246,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- $config := dict "common" (include "conveyor.commonEnv" (dict "root" . "service" "x")) "api" .Values.api.env "worker" .Values.worker.env -}}
 {{- toJson $config | sha256sum -}}
 {{- end -}}
+
+{{/*
+checkov findings this chart accepts, each with its reason; rendered as
+annotations on the workloads so the scanner (and a reader) sees them.
+*/}}
+{{- define "conveyor.checkovSkips" -}}
+checkov.io/skip1: CKV_K8S_15=Images are pinned by tag or digest (image.digest); pullPolicy stays configurable
+checkov.io/skip2: CKV_K8S_43=A digest is supported (image.digest) but a tag is the default so installs stay readable
+checkov.io/skip3: CKV_K8S_35=The services read their settings, secrets included, from environment variables by design
+{{- end -}}
