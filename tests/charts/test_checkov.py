@@ -67,7 +67,7 @@ def test_checkov_finds_no_failed_check(tmp_path: Path) -> None:
     assert kubernetes["parsing_errors"] == 0
     assert reports["dockerfile"]["summary"]["resource_count"] == len(DOCKERFILES)
     failed = [
-        f"{check['check_id']} {check['check_name']}: {check['resource']} ({Path(check['file_path']).name})"
+        f"{check['check_id']} {check['check_name']}: {check['resource']} in {check['file_path']}"
         for report in reports.values()
         for check in report["results"]["failed_checks"]
     ]
