@@ -120,6 +120,4 @@ def env_of(container: Manifest) -> dict[str, Manifest]:
 
 
 def to_yaml_stream(objects: list[Manifest]) -> str:
-    return "".join(
-        "---\n" + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False) for obj in objects
-    )
+    return "".join("---\n" + yaml.safe_dump(obj, sort_keys=False, width=4096) for obj in objects)
