@@ -18,6 +18,22 @@ class RedisSettings(BaseSettings):
     connect_timeout_s: float = Field(default=1.0, gt=0)
     # No Conveyor command blocks on the server, so a slow reply is a fault.
     socket_timeout_s: float = Field(default=2.0, gt=0)
+    # Redis Sentinel: comma-separated host:port of the sentinels. When set, the
+    # services ask them for `sentinel_master`'s address; the URL gives only
+    # the database and the password.
+    sentinel_hosts: str = ""
+    sentinel_master: str = "mymaster"
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        addresses = []
+        for entry in self.sentinel_hosts.split(","):
+            if entry.strip():
+                host, _, port = entry.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(f"REDIS_SENTINEL_HOSTS entry {entry!r} is not host:port")
+                addresses.append((host, int(port)))
+        return addresses
 
 
 class CatalogSettings(BaseSettings):
