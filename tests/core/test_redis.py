@@ -105,6 +105,9 @@ async def test_sentinel_names_the_master(master: int, sentinel: int) -> None:
         await client.set("conveyor:sentinel-test", "ok")
     finally:
         await client.aclose()
+        # The sentinels' own connections belong to the pool's manager, not the client.
+        for sentinel_client in client.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            await sentinel_client.aclose()
     with redis_sync.Redis(port=master, password=PASSWORD, db=3) as direct:
         assert direct.get("conveyor:sentinel-test") == b"ok"
 
