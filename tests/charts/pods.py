@@ -100,7 +100,20 @@ class Container:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 pass
             return f"TCP {probe['tcpSocket']['port']}"
-        raise NotImplementedError(f"{self.pod} {kind}: only httpGet and tcpSocket probes run here")
+        if "exec" in probe:
+            # The command runs here with the container's environment, as the kubelet runs it inside.
+            command = probe["exec"]["command"]
+            process_env = {"PATH": os.environ["PATH"], **self.env}
+            result = subprocess.run(
+                command,
+                env=process_env,
+                capture_output=True,
+                timeout=probe.get("timeoutSeconds", 1) + 5,
+                check=False,
+            )
+            assert result.returncode == 0, f"{self.pod} {kind} {command}: {result.returncode}"
+            return f"exec {command[0]}"
+        raise NotImplementedError(f"{self.pod} {kind}: no such probe action")
 
     def wait_until(self, kind: str, timeout_s: float = 30) -> str:
         deadline = time.monotonic() + timeout_s

@@ -41,17 +41,16 @@ def _submit_and_wait(
     raise AssertionError(f"job {job_id} never completed: {job}")
 
 
-def _run_cluster(rendered: Rendered, workdir: Path) -> Cluster:
+def _run_cluster(rendered: Rendered, workdir: Path) -> tuple[Cluster, dict[str, list[str]]]:
     cluster = Cluster(rendered, workdir)
     containers = cluster.start_all()
     probed: dict[str, list[str]] = {}
     for container in containers:
         checks = [container.wait_until("startupProbe")] if "startupProbe" in container.spec else []
         checks.append(container.wait_until("livenessProbe"))
-        if "exec" not in container.spec["readinessProbe"]:
-            checks.append(container.wait_until("readinessProbe"))
+        checks.append(container.wait_until("readinessProbe"))
         probed[container.pod] = checks
-    return cluster
+    return cluster, probed
 
 
 # A deployment installs its job modules in its images; here the repository
@@ -77,8 +76,12 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def test_rendered_pods_run_probe_and_finish_a_job(name: str, tmp_path: Path) -> None:
     rendered = render(_merge(values_file(name), JOB_MODULE_VALUES))
     workloads = {w["metadata"]["name"] for w in rendered.workloads()}
-    cluster = _run_cluster(rendered, tmp_path)
+    cluster, probed = _run_cluster(rendered, tmp_path)
     try:
+        # Startup, liveness and readiness, each on its declared port and path (or command).
+        assert all(len(checks) == 3 for checks in probed.values()), probed
+        assert probed["conveyor-api"] == ["GET /healthz", "GET /healthz", "GET /readyz"]
+        assert probed["conveyor-redis"] == ["TCP redis", "TCP redis", "exec sh"]
         # Every Deployment and StatefulSet runs, answering its probes.
         assert {c.pod for c in cluster.containers} == workloads
         assert all(c.alive() for c in cluster.containers), cluster.logs()
@@ -118,7 +121,11 @@ def test_a_wrong_password_keeps_the_services_unready(tmp_path: Path) -> None:
     cluster.secrets["conveyor-redis"]["redis-password"] = "server-password"
     redis_pod = next(p for p in cluster.planned if p[0] == "conveyor-redis")
     redis = cluster.start(redis_pod[0], redis_pod[2], redis_pod[3])
-    redis.wait_until("livenessProbe")
+    redis.wait_until("readinessProbe")
+    # The readiness command really authenticates: with another password it fails.
+    redis.env["REDIS_PASSWORD"] = "client-password"
+    with pytest.raises(AssertionError, match="readinessProbe"):
+        redis.probe("readinessProbe")
     cluster.secrets["conveyor-redis"]["redis-password"] = "client-password"
     api_pod = next(p for p in cluster.planned if p[0] == "conveyor-api")
     api = cluster.start(api_pod[0], api_pod[2], api_pod[3])
