@@ -111,9 +111,13 @@ def test_matrix_covers_what_the_chart_offers() -> None:
     ],
 )
 def test_schema_rejects_invalid_values(values: dict[str, Any], complaint: str) -> None:
-    with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError) as caught:
-        chart.validate_schema(values)
-    assert complaint in str(caught.value)
+    with helm.Chart.load(CHART_DIR) as chart:
+        with pytest.raises(helm.HelmValuesError) as caught:
+            chart.validate_schema(values)
+        assert complaint in str(caught.value)
+        # An install renders with the same check, so the typo stops `helm install` too.
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name="conveyor", namespace=NAMESPACE, is_install=True)
 
 
 def test_external_redis_needs_a_url() -> None:
