@@ -7,14 +7,19 @@ stage, and the command and port the chart runs.
 """
 
 import json
+import os
 import re
+import shutil
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from conveyor_core.local.redis_server import free_port
 from tests.charts.chart import REPO_ROOT, containers, render_named
 
 pytestmark = pytest.mark.xdist_group("charts")
@@ -163,3 +168,105 @@ def test_images_bundle_only_what_exists() -> None:
                 for source in copy["value"].split()[:-1]:
                     assert (REPO_ROOT / source).exists(), f"{service}: COPY {source}"
     assert Path(REPO_ROOT / "services/core/src/conveyor_core").is_dir()
+
+
+def _build_stage_here(service: str, workdir: Path) -> Path:
+    """Run the build stage's COPY and `uv sync` steps here; return the virtualenv.
+
+    The same commands on the same lock, with the machine's Python 3.11 and
+    uv's cache standing in for the base image and the network.
+    """
+    context, venv = workdir / "src", workdir / "venv"
+    context.mkdir()
+    uv = REPO_ROOT / ".tools/bin/uv"
+    env = {
+        **os.environ,
+        # Offline: the packages (and hatchling, to build ours) come from uv's cache,
+        # which `make install` filled from the same lock.
+        "UV_OFFLINE": "1",
+        "UV_PROJECT_ENVIRONMENT": str(venv),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_LINK_MODE": "copy",
+    }
+    build_stage = _instructions(service)[
+        : [i["instruction"] for i in _instructions(service)].index("FROM", 1)
+    ]
+    for step in build_stage:
+        if step["instruction"] == "COPY":
+            *sources, destination = step["value"].split()
+            for source in sources:
+                target = (
+                    context / destination if destination not in ("./", ".") else context / source
+                )
+                origin = REPO_ROOT / source
+                if origin.is_dir():
+                    shutil.copytree(
+                        origin,
+                        target,
+                        ignore=shutil.ignore_patterns("__pycache__"),
+                        dirs_exist_ok=True,
+                    )
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(origin, target)
+        elif step["instruction"] == "RUN" and step["value"].startswith("uv sync "):
+            result = subprocess.run(
+                [str(uv), *step["value"].split()[1:]],
+                cwd=context,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+    return venv
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_build_stage_yields_a_virtualenv_that_runs_the_cmd(
+    service: str, tmp_path: Path, redis_url: str
+) -> None:
+    venv = _build_stage_here(service, tmp_path)
+    # Only the service's own packages, installed as wheels (no links back to the sources).
+    installed = {
+        p.name.split("-")[0]
+        for p in (venv / "lib").glob("python3.*/site-packages/conveyor_*.dist-info")
+    }
+    expected = {"conveyor_core", f"conveyor_{service}"}
+    assert installed == expected
+    assert not list((venv / "lib").glob("python3.*/site-packages/*.pth")) or all(
+        "services" not in p.read_text()
+        for p in (venv / "lib").glob("python3.*/site-packages/*.pth")
+    )
+    (cmd,) = _values(service, "CMD")
+    argv = json.loads(cmd)
+    port = free_port()
+    port_env = {"api": "CONVEYOR_API_PORT", "worker": "CONVEYOR_WORKER_HEALTH_PORT"}[service]
+    # The final stage's PATH puts the virtualenv first, so "python" is its interpreter.
+    process = subprocess.Popen(
+        [str(venv / "bin" / argv[0]), *argv[1:]],
+        env={
+            "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+            "REDIS_URL": redis_url,
+            port_env: str(port),
+        },
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the CMD never answered /healthz"
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
