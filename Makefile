@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: help
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -34,6 +34,7 @@ run: $(VENV)/.synced ## start Redis, the api and a worker (REDIS_URL to use your
 
 # Debian packages that test suites drive for real. Each suite adds its own line.
 TEST_DEBS :=
+TEST_DEBS += redis-tools
 
 .PHONY: test-deps
 test-deps: ## install the Debian packages the tests drive (apt-get, as root)
@@ -62,6 +63,31 @@ check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict
 fmt: $(VENV)/.synced ## format and fix what ruff can
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+.PHONY: chart-lint
+chart-lint: $(VENV)/.synced ## helm lint the chart (in-process Helm) with every values set in charts/conveyor/ci
+	$(BIN)/python -m tests.charts.lint
+
+.PHONY: chart-test
+chart-test: $(VENV)/.synced ## render, validate, scan and run the chart's pods as local processes
+	$(BIN)/pytest tests/charts -n auto --dist loadgroup
+
+.PHONY: manifests
+manifests: $(VENV)/.synced ## regenerate k8s/ (plain manifests) from the chart
+	$(BIN)/python -m tests.charts.manifests
+
+# Images are tagged with the chart's appVersion unless IMAGE_TAG says otherwise.
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: "\(.*\)"/\1/p' charts/conveyor/Chart.yaml)
+IMAGE_PREFIX ?= conveyor
+
+.PHONY: images
+images: ## build both images where a Docker engine answers (IMAGE_PREFIX, IMAGE_TAG)
+	@if docker info >/dev/null 2>&1; then \
+		docker build -f services/api/Dockerfile -t $(IMAGE_PREFIX)/conveyor-api:$(IMAGE_TAG) . && \
+		docker build -f services/worker/Dockerfile -t $(IMAGE_PREFIX)/conveyor-worker:$(IMAGE_TAG) . ; \
+	else \
+		echo "make images: no Docker engine answers here, so no image was built."; \
+	fi
 
 .PHONY: lock
 lock: $(UV) ## update uv.lock after a dependency change

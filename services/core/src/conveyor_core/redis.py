@@ -1,7 +1,10 @@
 """Redis connections, built the same way in both services."""
 
+from urllib.parse import urlsplit
+
 from arq.connections import ArqRedis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -29,7 +32,9 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
     quarter of its CPU per job. The worker turns it off and bounds each turn of
     its loop instead.
     """
-    return ArqRedis.from_url(  # type: ignore[no-any-return]
+    if settings.sentinel_hosts:
+        return _sentinel_master(settings)
+    client: ArqRedis = ArqRedis.from_url(
         settings.url,
         socket_connect_timeout=settings.connect_timeout_s,
         socket_timeout=settings.socket_timeout_s if timeout_each_read else None,
@@ -37,3 +42,26 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
+    if settings.password:
+        # from_url lets the URL's password win over a keyword; REDIS_PASSWORD must win.
+        client.connection_pool.connection_kwargs["password"] = settings.password
+    return client
+
+
+def _sentinel_master(settings: RedisSettings) -> ArqRedis:
+    """A client of the master the sentinels name; it follows a failover by itself."""
+    url = urlsplit(settings.url)
+    timeouts = {
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_timeout": settings.socket_timeout_s,
+    }
+    sentinel = Sentinel(settings.sentinels, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    client: ArqRedis = sentinel.master_for(
+        settings.sentinel_master,
+        redis_class=ArqRedis,
+        db=int(url.path.strip("/") or 0),
+        password=settings.password or url.password,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return client

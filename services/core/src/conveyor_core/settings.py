@@ -11,10 +11,29 @@ class RedisSettings(BaseSettings):
 
     # redis://, rediss:// (TLS) or unix:// URL, with password and db if needed.
     url: str = "redis://localhost:6379/0"
+    # Fills or overrides the URL's password, so a deployment can take it from
+    # a Secret of its own while the URL stays plain configuration.
+    password: str | None = None
     # A connect that takes longer than this means Redis is down: fail fast.
     connect_timeout_s: float = Field(default=1.0, gt=0)
     # No Conveyor command blocks on the server, so a slow reply is a fault.
     socket_timeout_s: float = Field(default=2.0, gt=0)
+    # Redis Sentinel: comma-separated host:port of the sentinels. When set, the
+    # services ask them for `sentinel_master`'s address; the URL gives only
+    # the database and the password.
+    sentinel_hosts: str = ""
+    sentinel_master: str = "mymaster"
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        addresses = []
+        for entry in self.sentinel_hosts.split(","):
+            if entry.strip():
+                host, _, port = entry.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(f"REDIS_SENTINEL_HOSTS entry {entry!r} is not host:port")
+                addresses.append((host, int(port)))
+        return addresses
 
 
 class CatalogSettings(BaseSettings):

@@ -1,0 +1,258 @@
+{{/* Names, labels, images and environment, defined once. */}}
+
+{{- define "conveyor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "conveyor.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "conveyor.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "conveyor.labels" -}}
+helm.sh/chart: {{ include "conveyor.chart" . }}
+app.kubernetes.io/name: {{ include "conveyor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: conveyor
+{{- with .Values.global.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: call with (dict "root" $ "component" "api"). */}}
+{{- define "conveyor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "conveyor.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "conveyor.componentLabels" -}}
+{{ include "conveyor.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "conveyor.api.fullname" -}}
+{{- printf "%s-api" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "conveyor.redis.fullname" -}}
+{{- printf "%s-redis" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* A worker pool's name: call with (dict "root" $ "pool" $pool). */}}
+{{- define "conveyor.worker.fullname" -}}
+{{- printf "%s-worker-%s" (include "conveyor.fullname" .root) .pool.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "conveyor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "conveyor.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An image reference: call with (dict "root" $ "image" .Values.api.image). A digest wins over the tag. */}}
+{{- define "conveyor.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret and key that hold the Redis password, or nothing when there is none. */}}
+{{- define "conveyor.redis.secretName" -}}
+{{- if .Values.redis.enabled -}}
+{{- default (include "conveyor.redis.fullname" .) .Values.redis.auth.existingSecret -}}
+{{- else -}}
+{{- .Values.externalRedis.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "conveyor.redis.secretKey" -}}
+{{- if .Values.redis.enabled -}}
+{{- .Values.redis.auth.existingSecretKey -}}
+{{- else -}}
+{{- .Values.externalRedis.existingSecretKey -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "conveyor.redis.url" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s:%d/0" (include "conveyor.redis.fullname" .) (int .Values.redis.port) -}}
+{{- else -}}
+{{- required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment both services read: Redis, the catalog, secrets, OTEL_*. Call with (dict "root" $ "service" "api"). */}}
+{{- define "conveyor.commonEnv" -}}
+{{- $root := .root -}}
+{{- $values := $root.Values -}}
+- name: REDIS_URL
+  value: {{ include "conveyor.redis.url" $root | quote }}
+{{- $redisSecret := include "conveyor.redis.secretName" $root }}
+{{- if $redisSecret }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $redisSecret }}
+      key: {{ include "conveyor.redis.secretKey" $root }}
+{{- end }}
+{{- if and (not $values.redis.enabled) $values.externalRedis.tlsCaSecret }}
+- name: REDIS_TLS_CA_FILE
+  value: /etc/conveyor/redis-tls/{{ $values.externalRedis.tlsCaSecretKey }}
+{{- end }}
+{{- if and (not $values.redis.enabled) $values.externalRedis.sentinel.enabled }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ $values.externalRedis.sentinel.masterName | quote }}
+- name: REDIS_SENTINEL_HOSTS
+  value: {{ join "," $values.externalRedis.sentinel.hosts | quote }}
+{{- end }}
+{{- with $values.global.jobModules }}
+- name: CONVEYOR_JOB_MODULES
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.global.redactKeys }}
+- name: CONVEYOR_REDACT_KEYS
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.smtp.host }}
+- name: CONVEYOR_SMTP_HOST
+  value: {{ . | quote }}
+- name: CONVEYOR_SMTP_PORT
+  value: {{ $values.smtp.port | quote }}
+- name: CONVEYOR_SMTP_TLS
+  value: {{ $values.smtp.tls | quote }}
+{{- end }}
+{{- with $values.smtp.username }}
+- name: CONVEYOR_SMTP_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.smtp.from }}
+- name: CONVEYOR_SMTP_FROM
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.smtp.passwordSecret }}
+- name: CONVEYOR_SMTP_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $values.smtp.passwordSecretKey }}
+{{- end }}
+{{- with $values.summarizer.url }}
+- name: CONVEYOR_SUMMARIZER_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.summarizer.model }}
+- name: CONVEYOR_SUMMARIZER_MODEL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.summarizer.apiKeySecret }}
+- name: CONVEYOR_SUMMARIZER_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $values.summarizer.apiKeySecretKey }}
+{{- end }}
+{{- with $values.jobs.digestTo }}
+- name: CONVEYOR_DIGEST_TO
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.jobs.documentsMaxBytes }}
+- name: CONVEYOR_DOCUMENTS_MAX_BYTES
+  value: {{ . | int64 | quote }}
+{{- end }}
+{{- with $values.jobs.documentsRetentionS }}
+- name: CONVEYOR_DOCUMENTS_RETENTION_S
+  value: {{ . | int64 | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: conveyor-{{ .service }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),service.version=%s" $root.Chart.AppVersion }}{{ with $values.otel.resourceAttributes }},{{ . }}{{ end }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $values.otel.sampler | quote }}
+{{- with $values.otel.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes every Conveyor pod mounts: /tmp on a read-only root, the Redis CA. */}}
+{{- define "conveyor.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tlsCaSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.externalRedis.tlsCaSecret }}
+{{- end }}
+{{- end -}}
+
+{{- define "conveyor.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tlsCaSecret }}
+- name: redis-tls
+  mountPath: /etc/conveyor/redis-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* A soft spread over nodes and zones: call with (dict "root" $ "component" "api"). */}}
+{{- define "conveyor.topologySpread" -}}
+{{- range $key := list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+- maxSkew: 1
+  topologyKey: {{ $key }}
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "conveyor.selectorLabels" $ | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/* The checksum of everything that configures the pods, so a change rolls them. */}}
+{{- define "conveyor.configChecksum" -}}
+{{- $config := dict "common" (include "conveyor.commonEnv" (dict "root" . "service" "x")) "api" .Values.api.env "worker" .Values.worker.env -}}
+{{- toJson $config | sha256sum -}}
+{{- end -}}
+
+{{/*
+checkov findings this chart accepts, each with its reason; rendered as
+annotations on the workloads so the scanner (and a reader) sees them.
+*/}}
+{{- define "conveyor.checkovSkips" -}}
+checkov.io/skip1: CKV_K8S_15=Images are pinned by tag or digest (image.digest); pullPolicy stays configurable
+checkov.io/skip2: CKV_K8S_43=A digest is supported (image.digest) but a tag is the default so installs stay readable
+checkov.io/skip3: CKV_K8S_35=The services read their settings, secrets included, from environment variables by design
+{{- end -}}

@@ -1,0 +1,137 @@
+"""The chart's commands, ports, env names and probe paths match the code.
+
+For each rendered Deployment and StatefulSet, the container's own command,
+args and environment run as local processes (see `tests/charts/pods.py` for
+what stands in for the cluster); their declared probes are called on their
+ports and paths, and a job runs through the api's Service port to completion,
+once by hand and once by the chart's own `helm test` hook.
+"""
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.charts import jobs
+from tests.charts.chart import REPO_ROOT, Rendered, render, values_file
+from tests.charts.pods import Cluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("chart-pods")]
+
+
+def _submit_and_wait(
+    api_url: str,
+    job_type: str = "create_task",
+    payload: dict[str, Any] | None = None,
+    timeout_s: float = 30,
+) -> dict[str, Any]:
+    with httpx.Client(base_url=api_url, timeout=10) as client:
+        response = client.post(f"/v1/jobs/{job_type}", json=payload or {"sleep_s": 0})
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+            if job["state"] == "complete":
+                return job
+            time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never completed: {job}")
+
+
+def _run_cluster(rendered: Rendered, workdir: Path) -> tuple[Cluster, dict[str, list[str]]]:
+    cluster = Cluster(rendered, workdir)
+    containers = cluster.start_all()
+    probed: dict[str, list[str]] = {}
+    for container in containers:
+        checks = [container.wait_until("startupProbe")] if "startupProbe" in container.spec else []
+        checks.append(container.wait_until("livenessProbe"))
+        checks.append(container.wait_until("readinessProbe"))
+        probed[container.pod] = checks
+    return cluster, probed
+
+
+# A deployment installs its job modules in its images; here the repository
+# stands in for them. The api and the workers get the same setting.
+JOB_MODULE_VALUES: dict[str, Any] = {
+    "global": {"jobModules": jobs.MODULE},
+    "api": {"env": {"PYTHONPATH": str(REPO_ROOT)}},
+    "worker": {"env": {"PYTHONPATH": str(REPO_ROOT)}},
+}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.mark.parametrize("name", ["defaults", "two-pools"])
+def test_rendered_pods_run_probe_and_finish_a_job(name: str, tmp_path: Path) -> None:
+    rendered = render(_merge(values_file(name), JOB_MODULE_VALUES))
+    workloads = {w["metadata"]["name"] for w in rendered.workloads()}
+    cluster, probed = _run_cluster(rendered, tmp_path)
+    try:
+        # Startup, liveness and readiness, each on its declared port and path (or command).
+        assert all(len(checks) == 3 for checks in probed.values()), probed
+        assert probed["conveyor-api"] == ["GET /healthz", "GET /healthz", "GET /readyz"]
+        assert probed["conveyor-redis"] == ["TCP redis", "TCP redis", "exec sh"]
+        # Every Deployment and StatefulSet runs, answering its probes.
+        assert {c.pod for c in cluster.containers} == workloads
+        assert all(c.alive() for c in cluster.containers), cluster.logs()
+        redis = next(c for c in cluster.containers if c.pod == "conveyor-redis")
+        # The built-in Redis runs with the generated password and AOF, in its volume.
+        assert redis.env["REDIS_PASSWORD"]
+        assert (tmp_path / "volumes" / "data").is_dir()
+
+        # A job through the api's Service port.
+        api_url = "http://" + cluster.service_address("conveyor-api", 80)
+        job = _submit_and_wait(api_url)
+        assert job["tries"] == 1
+        if name == "two-pools":
+            # The second pool takes the jobs of its own queue.
+            note = _submit_and_wait(api_url, "deliver_note", {"text": "hi"})
+            assert note["queue"] == "emails"
+            assert note["result"] == f"{note['id']}: hi"
+
+        # The chart's `helm test` hook, run as its pod would run.
+        (hook,) = rendered.hooks()
+        result = cluster.run_pod(hook)
+        assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
+        assert "complete" in result.stdout
+    finally:
+        codes = cluster.stop_all()
+    # SIGTERM drains and ends each process within the grace period. uvicorn
+    # re-raises the signal after its graceful shutdown, so the api ends by it.
+    assert set(codes.values()) <= {0, -signal.SIGTERM}, f"{codes}\n{cluster.logs()}"
+    api = next(c for c in cluster.containers if c.pod == "conveyor-api")
+    assert "Application shutdown complete" in api.output()
+
+
+def test_a_wrong_password_keeps_the_services_unready(tmp_path: Path) -> None:
+    """The probes do fail: with a password Redis does not know, readiness never passes."""
+    rendered = render({})
+    cluster = Cluster(rendered, tmp_path)
+    cluster.secrets["conveyor-redis"]["redis-password"] = "server-password"
+    redis_pod = next(p for p in cluster.planned if p[0] == "conveyor-redis")
+    redis = cluster.start(redis_pod[0], redis_pod[2], redis_pod[3])
+    redis.wait_until("readinessProbe")
+    # The readiness command really authenticates: with another password it fails.
+    redis.env["REDIS_PASSWORD"] = "client-password"
+    with pytest.raises(AssertionError, match="readinessProbe"):
+        redis.probe("readinessProbe")
+    cluster.secrets["conveyor-redis"]["redis-password"] = "client-password"
+    api_pod = next(p for p in cluster.planned if p[0] == "conveyor-api")
+    api = cluster.start(api_pod[0], api_pod[2], api_pod[3])
+    try:
+        api.wait_until("livenessProbe")
+        with pytest.raises(AssertionError, match="503"):
+            api.probe("readinessProbe")
+    finally:
+        cluster.stop_all()

@@ -1,0 +1,402 @@
+"""The chart, linted and rendered by the real Helm engine for a matrix of values.
+
+Every rendered object validates: core kinds against the two newest Kubernetes
+versions kubernetes-validate knows, custom resources against their CRD schemas.
+"""
+
+import base64
+import json
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.charts.chart import (
+    CHART_DIR,
+    NAMESPACE,
+    Rendered,
+    annotations,
+    containers,
+    env_of,
+    lint,
+    matrix,
+    render,
+    render_named,
+    validate_crd,
+    values_file,
+)
+
+pytestmark = pytest.mark.xdist_group("charts")
+
+KUBERNETES_VERSIONS = sorted(
+    kubernetes_validate.utils.all_versions(),
+    key=lambda v: tuple(int(part) for part in v.split(".")),
+)[-2:]
+CRD_GROUPS = ("monitoring.coreos.com/", "keda.sh/")
+# No JSON schema for the Gateway API ships with kubernetes-validate or in the
+# CRD schemas here; test_httproute checks that object field by field instead.
+UNSCHEMAED = ("gateway.networking.k8s.io/",)
+
+
+def test_two_kubernetes_versions_are_known() -> None:
+    assert len(KUBERNETES_VERSIONS) == 2
+    assert KUBERNETES_VERSIONS[-1] == kubernetes_validate.latest_version()
+
+
+@pytest.mark.parametrize("name", matrix())
+def test_lints_clean(name: str) -> None:
+    report = lint(values_file(name))
+    assert report["errors"] == []
+    # Severity 2 is a warning, 3 an error; info (1) is advice such as "icon is recommended".
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("name", matrix())
+def test_every_object_validates(name: str) -> None:
+    rendered = render_named(name)
+    assert rendered.objects
+    for template, obj in rendered.objects:
+        api_version: str = obj["apiVersion"]
+        if api_version.startswith(CRD_GROUPS):
+            validate_crd(obj)
+        elif api_version.startswith(UNSCHEMAED):
+            continue
+        else:
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    kubernetes_validate.validate(obj, version, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    raise AssertionError(
+                        f"{template} fails on Kubernetes {version}: {exc}"
+                    ) from exc
+
+
+def test_matrix_covers_what_the_chart_offers() -> None:
+    kinds = {obj["kind"] for name in matrix() for obj in render_named(name).all()}
+    assert kinds >= {
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "Secret",
+        "Ingress",
+        "HTTPRoute",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceAccount",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "Pod",
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"api": {"replicaz": 3}}, "replicaz"),
+        ({"api": {"replicas": -1}}, "replicas"),
+        ({"worker": {"pools": [{"name": "a", "queue": "q", "concurrency": 0}]}}, "concurrency"),
+        ({"worker": {"pools": []}}, "pools"),
+        ({"worker": {"autoscaling": {"mode": "sometimes"}}}, "mode"),
+        ({"redis": {"persistance": {"enabled": False}}}, "persistance"),
+        ({"worker": {"pools": [{"name": "Bad_Name", "queue": "q", "concurrency": 1}]}}, "name"),
+        ({"externalRedis": {"url": "http://redis:6379"}}, "url"),
+        ({"topLevelTypo": True}, "topLevelTypo"),
+    ],
+)
+def test_schema_rejects_invalid_values(values: dict[str, Any], complaint: str) -> None:
+    with helm.Chart.load(CHART_DIR) as chart:
+        with pytest.raises(helm.HelmValuesError) as caught:
+            chart.validate_schema(values)
+        assert complaint in str(caught.value)
+        # An install renders with the same check, so the typo stops `helm install` too.
+        with pytest.raises(helm.HelmValuesError):
+            chart.render(values, name="conveyor", namespace=NAMESPACE, is_install=True)
+
+
+def test_external_redis_needs_a_url() -> None:
+    with pytest.raises(helm.HelmError, match=r"externalRedis\.url is required"):
+        render({"redis": {"enabled": False}})
+
+
+def _pod_specs(rendered: Rendered) -> list[dict[str, Any]]:
+    specs = [w["spec"]["template"]["spec"] for w in rendered.workloads()]
+    return specs + [hook["spec"] for hook in rendered.all("Pod")]
+
+
+@pytest.mark.parametrize("name", matrix())
+def test_pods_are_hardened(name: str) -> None:
+    for spec in _pod_specs(render_named(name)):
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"]["drop"] == ["ALL"]
+            assert context["runAsUser"] > 0
+            assert container["resources"]["limits"]
+            assert container["resources"]["requests"]
+
+
+@pytest.mark.parametrize("name", matrix())
+def test_workloads_probe_and_roll_on_config_change(name: str) -> None:
+    for workload in render_named(name).workloads():
+        for container in containers(workload):
+            assert "livenessProbe" in container
+            assert "readinessProbe" in container
+        if workload["kind"] == "Deployment":
+            assert "checksum/config" in annotations(workload["spec"]["template"])
+            assert workload["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
+def test_config_checksum_follows_the_config() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        api = render(values).one("Deployment", "conveyor-api")
+        return annotations(api["spec"]["template"])["checksum/config"]
+
+    assert checksum({}) == checksum({})
+    assert checksum({}) != checksum({"otel": {"endpoint": "http://collector:4318"}})
+    assert checksum({}) != checksum({"api": {"env": {"CONVEYOR_API_MAX_BODY_BYTES": "2048"}}})
+
+
+@pytest.mark.parametrize("name", matrix())
+def test_worker_grace_period_is_above_its_shutdown_wait(name: str) -> None:
+    for worker in render_named(name).all("Deployment"):
+        (container,) = containers(worker)
+        if container["name"] != "worker":
+            continue
+        env = env_of(container)
+        wait_s = int(env["CONVEYOR_WORKER_SHUTDOWN_WAIT_S"]["value"])
+        grace_s = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace_s >= wait_s + 5
+
+
+def test_api_drains_before_it_stops() -> None:
+    api = render_named("defaults").one("Deployment", "conveyor-api")
+    (container,) = containers(api)
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    spec = api["spec"]["template"]["spec"]
+    assert (
+        spec["terminationGracePeriodSeconds"]
+        > container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    )
+
+
+def test_two_pools_get_their_own_queue_concurrency_and_budget() -> None:
+    rendered = render_named("two-pools")
+    pools = {
+        d["metadata"]["name"]: env_of(next(containers(d)))
+        for d in rendered.all("Deployment")
+        if d["metadata"]["name"].startswith("conveyor-worker-")
+    }
+    assert set(pools) == {"conveyor-worker-default", "conveyor-worker-emails"}
+    assert pools["conveyor-worker-emails"]["CONVEYOR_WORKER_QUEUE"]["value"] == "emails"
+    assert pools["conveyor-worker-emails"]["CONVEYOR_WORKER_MAX_JOBS"]["value"] == "50"
+    assert pools["conveyor-worker-emails"]["CONVEYOR_WORKER_IDLE_POLL_S"]["value"] == "2"
+    assert "CONVEYOR_WORKER_IDLE_POLL_S" not in pools["conveyor-worker-default"]
+    emails = rendered.one("Deployment", "conveyor-worker-emails")
+    assert emails["spec"]["replicas"] == 1
+    assert next(containers(emails))["resources"]["limits"]["memory"] == "256Mi"
+    # Selectors must not overlap, or one pool's PDB and autoscaler would count the other's pods.
+    selectors = [
+        d["spec"]["selector"]["matchLabels"]["conveyor.dev/pool"]
+        for d in rendered.all("Deployment")
+        if "conveyor.dev/pool" in d["spec"]["selector"]["matchLabels"]
+    ]
+    assert sorted(selectors) == ["default", "emails"]
+    assert {p["metadata"]["name"] for p in rendered.all("PodDisruptionBudget")} >= {
+        "conveyor-worker-default",
+        "conveyor-worker-emails",
+    }
+    assert not rendered.all("HorizontalPodAutoscaler") or all(
+        h["metadata"]["name"] == "conveyor-api" for h in rendered.all("HorizontalPodAutoscaler")
+    )
+
+
+def test_keda_prometheus_trigger_reads_the_pool_queue_latency() -> None:
+    rendered = render_named("production")
+    scaled = rendered.one("ScaledObject", "conveyor-worker-default")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "conveyor-worker-default"
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (2, 30)
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    query = trigger["metadata"]["query"]
+    assert "conveyor_queue_oldest_ready_age_seconds" in query
+    assert f'namespace="{NAMESPACE}"' in query
+    assert 'queue="arq:queue"' in query
+    assert trigger["metadata"]["threshold"] == "2"
+    # KEDA owns the HPA: a second one would fight it.
+    assert [h["metadata"]["name"] for h in rendered.all("HorizontalPodAutoscaler")] == [
+        "conveyor-api"
+    ]
+
+
+def test_keda_metrics_api_trigger_reads_queues_with_a_bearer_key() -> None:
+    rendered = render_named("keda-metrics-api")
+    scaled = rendered.one("ScaledObject", "conveyor-worker-default")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api"
+    assert trigger["metadata"]["url"] == f"http://conveyor-api.{NAMESPACE}.svc:80/v1/queues"
+    assert trigger["metadata"]["valueLocation"] == 'queues.#(name=="arq:queue").oldest_ready_age_s'
+    assert trigger["metadata"]["authMode"] == "bearer"
+    auth = rendered.one("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "token", "name": "conveyor-client-key", "key": "api-key"}
+    ]
+
+
+def test_keda_off_means_a_plain_hpa_per_pool() -> None:
+    rendered = render_named("defaults")
+    assert rendered.all("ScaledObject") == []
+    hpa = rendered.one("HorizontalPodAutoscaler", "conveyor-worker-default")
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_builtin_redis_generates_a_password_and_never_ships_one() -> None:
+    rendered = render_named("defaults")
+    secret = rendered.one("Secret", "conveyor-redis")
+    password = base64.b64decode(secret["data"]["redis-password"]).decode()
+    assert len(password) == 32
+    assert (
+        password
+        != base64.b64decode(
+            render({}).one("Secret", "conveyor-redis")["data"]["redis-password"]
+        ).decode()
+    ), "each install generates its own password"
+    everything_else = yaml.safe_dump([o for o in rendered.all() if o["kind"] != "Secret"])
+    assert password not in everything_else + rendered.notes
+    redis = rendered.one("StatefulSet", "conveyor-redis")
+    (container,) = containers(redis)
+    assert "$(REDIS_PASSWORD)" in container["args"]
+    assert container["args"][container["args"].index("--appendonly") + 1] == "yes"
+    assert (
+        redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        == "1Gi"
+    )
+
+
+def test_existing_secrets_are_referenced_not_created() -> None:
+    rendered = render_named("production")
+    assert rendered.all("Secret") == []
+    api = env_of(next(containers(rendered.one("Deployment", "conveyor-api"))))
+    refs = {
+        name: (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+        for name, item in api.items()
+        if "valueFrom" in item and "secretKeyRef" in item["valueFrom"]
+    }
+    assert refs == {
+        "CONVEYOR_API_KEYS": ("conveyor-api-keys", "api-keys"),
+        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-password"),
+        "CONVEYOR_SMTP_PASSWORD": ("conveyor-smtp", "smtp-password"),
+        "CONVEYOR_SUMMARIZER_API_KEY": ("conveyor-summarizer", "api-key"),
+    }
+    assert api["CONVEYOR_SMTP_TLS"]["value"] == "tls"
+    assert (
+        api["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
+        == "http://otel-collector.observability.svc:4318"
+    )
+    assert api["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.2"
+    assert "deployment.environment=production" in api["OTEL_RESOURCE_ATTRIBUTES"]["value"]
+
+
+def test_external_redis_with_tls_ca() -> None:
+    rendered = render_named("external-redis")
+    assert rendered.all("StatefulSet") == []
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        workload = rendered.one("Deployment", name)
+        env = env_of(next(containers(workload)))
+        assert env["REDIS_URL"]["value"] == "rediss://redis.example.com:6380/0"
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "managed-redis",
+            "key": "password",
+        }
+        ca_file = env["REDIS_TLS_CA_FILE"]["value"]
+        mounts = {m["mountPath"]: m["name"] for m in next(containers(workload))["volumeMounts"]}
+        assert mounts[ca_file.rsplit("/", 1)[0]] == "redis-tls"
+
+
+def test_sentinel_settings_reach_both_services() -> None:
+    rendered = render_named("sentinel")
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        env = env_of(next(containers(rendered.one("Deployment", name))))
+        assert env["REDIS_SENTINEL_MASTER"]["value"] == "conveyor"
+        assert env["REDIS_SENTINEL_HOSTS"]["value"].split(",") == [
+            "redis-sentinel-0.redis.svc:26379",
+            "redis-sentinel-1.redis.svc:26379",
+        ]
+
+
+def test_network_policies_let_only_the_services_reach_redis() -> None:
+    rendered = render_named("defaults")
+    policy = rendered.one("NetworkPolicy", "conveyor-redis")
+    (rule,) = policy["spec"]["ingress"]
+    components = sorted(
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in rule["from"]
+    )
+    assert components == ["api", "worker"]
+    api_policy = rendered.one("NetworkPolicy", "conveyor-api")
+    peers = api_policy["spec"]["ingress"][0]["from"]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    } in peers
+
+
+def test_ingress_and_httproute_send_traffic_to_the_api_service() -> None:
+    rendered = render_named("ingress")
+    service = rendered.one("Service", "conveyor-api")
+    ingress = rendered.one("Ingress", "conveyor-api")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "conveyor-api", "port": {"name": "http"}}
+    assert service["spec"]["ports"][0]["name"] == "http"
+    route = rendered.one("HTTPRoute", "conveyor-api")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+    assert route["spec"]["hostnames"] == ["conveyor.example.com"]
+    (rule,) = route["spec"]["rules"]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    assert rule["backendRefs"] == [
+        {"name": "conveyor-api", "port": service["spec"]["ports"][0]["port"]}
+    ]
+
+
+def test_monitoring_includes_the_repo_rule_file_and_dashboard() -> None:
+    rendered = render_named("production")
+    rules = yaml.safe_load((CHART_DIR / "files/prometheus/conveyor.rules.yaml").read_text())
+    prometheus_rule = rendered.one("PrometheusRule", "conveyor")
+    assert prometheus_rule["spec"]["groups"] == rules["groups"]
+    assert prometheus_rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    dashboard = rendered.one("ConfigMap", "conveyor-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["conveyor.json"]) == json.loads(
+        (CHART_DIR / "files/grafana/conveyor.json").read_text()
+    )
+    monitor = rendered.one("ServiceMonitor", "conveyor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"http", "health"}
+    worker_metrics = rendered.one("Service", "conveyor-worker-metrics")
+    assert worker_metrics["spec"]["ports"][0]["name"] == "health"
+
+
+def test_helm_test_hook_submits_through_the_service() -> None:
+    rendered = render_named("production")
+    (hook,) = rendered.hooks()
+    assert annotations(hook)["helm.sh/hook"] == "test"
+    env = env_of(hook["spec"]["containers"][0])
+    assert env["CONVEYOR_URL"]["value"] == "http://conveyor-api:80"
+    assert env["CONVEYOR_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "conveyor-client-key"
+
+
+def test_notes_say_how_to_reach_the_api_and_warn_without_keys() -> None:
+    assert "port-forward service/conveyor-api" in render_named("defaults").notes
+    assert "auth.existingSecret is empty" in render_named("defaults").notes
+    production = render_named("production").notes
+    assert "https://conveyor.example.com/docs" in production
+    assert "auth.existingSecret is empty" not in production
