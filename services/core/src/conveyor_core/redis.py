@@ -33,7 +33,7 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
     its loop instead.
     """
     if settings.sentinel_hosts:
-        return _sentinel_master(settings)
+        return _sentinel_master(settings, timeout_each_read)
     client: ArqRedis = ArqRedis.from_url(
         settings.url,
         socket_connect_timeout=settings.connect_timeout_s,
@@ -48,19 +48,21 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
     return client
 
 
-def _sentinel_master(settings: RedisSettings) -> ArqRedis:
+def _sentinel_master(settings: RedisSettings, timeout_each_read: bool) -> ArqRedis:
     """A client of the master the sentinels name; it follows a failover by itself."""
     url = urlsplit(settings.url)
     timeouts = {
         "socket_connect_timeout": settings.connect_timeout_s,
         "socket_timeout": settings.socket_timeout_s,
     }
-    sentinel = Sentinel(settings.sentinels, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(settings.sentinels, sentinel_kwargs=timeouts)  # type: ignore[no-untyped-call]
     client: ArqRedis = sentinel.master_for(
         settings.sentinel_master,
         redis_class=ArqRedis,
         db=int(url.path.strip("/") or 0),
         password=settings.password or url.password,
+        socket_connect_timeout=settings.connect_timeout_s,
+        socket_timeout=settings.socket_timeout_s if timeout_each_read else None,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
