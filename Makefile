@@ -53,6 +53,10 @@ test: $(VENV)/.synced test-deps ## run every test suite against real Redis and r
 bench: $(VENV)/.synced ## pickup latency, throughput, idle cost: Conveyor vs bare arq (a few minutes)
 	$(BIN)/python -m bench.pickup
 
+.PHONY: dashboard
+dashboard: $(VENV)/.synced ## regenerate the Grafana dashboard JSON from tools/dashboard.py
+	$(BIN)/python -m tools.dashboard
+
 .PHONY: check
 check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict
 	$(BIN)/ruff format --check .
