@@ -100,6 +100,12 @@ class PrometheusProcess:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def label_values(self, label: str, metric: str) -> list[str]:
+        """What Grafana's `label_values(metric, label)` lists."""
+        response = self.http.get(f"/api/v1/label/{label}/values", params={"match[]": metric})
+        values: list[str] = response.json()["data"]
+        return values
+
     def alerts(self) -> list[dict[str, Any]]:
         body = self.http.get("/api/v1/alerts").json()
         alerts: list[dict[str, Any]] = body["data"]["alerts"]
