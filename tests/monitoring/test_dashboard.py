@@ -9,8 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Stack
-from tests.monitoring.promql import metric_names, panel_queries
 from tests.support.prometheus import DASHBOARD_FILE, load_rules
+from tests.support.promql import metric_names, panel_queries
 from tools import dashboard as generator
 
 # Grafana 11.0 writes 39; older schemas are migrated on load, so a dashboard

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.monitoring.promql import panel_queries, substitute
 from tests.support.prometheus import DASHBOARD_FILE, NAMESPACE, PrometheusProcess
+from tests.support.promql import panel_queries, substitute
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +112,7 @@ def test_every_panel_has_data_and_failure_alerts_go_off(
 
     # Recorded series follow their rule group's next evaluation.
     try:
-        prometheus.wait_until("had data for every panel", lambda: not empty_panels(), timeout_s=20)
+        prometheus.wait_until("had data for every panel", lambda: not empty_panels(), timeout_s=30)
     except AssertionError:
         raise AssertionError(f"panels without data: {empty_panels()}") from None
 
