@@ -4,6 +4,8 @@ and the failure-ratio and dead-letter alerts are pending or firing."""
 
 import json
 import math
+import re
+import time
 from typing import Any
 
 import pytest
@@ -47,6 +49,7 @@ def has_data(result: list[dict[str, Any]]) -> bool:
 def test_every_panel_has_data_and_failure_alerts_go_off(
     stack: Stack, prometheus: PrometheusProcess
 ) -> None:
+    started_s = time.time()
     # The first scrapes see the counters at 0, so rate() sees every job after them.
     prometheus.wait_until(
         "scraped both services",
@@ -115,6 +118,17 @@ def test_every_panel_has_data_and_failure_alerts_go_off(
         prometheus.wait_until("had data for every panel", lambda: not empty_panels(), timeout_s=30)
     except AssertionError:
         raise AssertionError(f"panels without data: {empty_panels()}") from None
+
+    # Histogram panels' exemplars carry the trace ids Grafana links to.
+    for metric in (
+        "conveyor_job_duration_seconds_bucket",
+        "conveyor_http_request_duration_seconds_bucket",
+    ):
+        exemplars = prometheus.exemplars(
+            f'{metric}{{namespace="{NAMESPACE}"}}', started_s, time.time() + 60
+        )
+        trace_ids = {e["labels"].get("trace_id", "") for e in exemplars}
+        assert any(re.fullmatch(r"[0-9a-f]{32}", t) for t in trace_ids), (metric, exemplars)
 
     # The numbers on the dashboard are the workload's.
     success = prometheus.query(

@@ -100,6 +100,14 @@ class PrometheusProcess:
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
 
+    def exemplars(self, expr: str, start_s: float, end_s: float) -> list[dict[str, Any]]:
+        """The exemplars (with their labels, such as `trace_id`) of the series `expr` selects."""
+        params = {"query": expr, "start": str(start_s), "end": str(end_s)}
+        body = self.http.get("/api/v1/query_exemplars", params=params).json()
+        assert body.get("status") == "success", f"{expr}: {body}"
+        found: list[dict[str, Any]] = [e for s in body["data"] for e in s["exemplars"]]
+        return found
+
     def label_values(self, label: str, metric: str) -> list[str]:
         """What Grafana's `label_values(metric, label)` lists."""
         response = self.http.get(f"/api/v1/label/{label}/values", params={"match[]": metric})
