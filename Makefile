@@ -35,6 +35,7 @@ run: $(VENV)/.synced ## start Redis, the api and a worker (REDIS_URL to use your
 # Debian packages that test suites drive for real. Each suite adds its own line.
 TEST_DEBS :=
 TEST_DEBS += redis-tools
+TEST_DEBS += prometheus
 
 .PHONY: test-deps
 test-deps: ## install the Debian packages the tests drive (apt-get, as root)
@@ -52,6 +53,10 @@ test: $(VENV)/.synced test-deps ## run every test suite against real Redis and r
 .PHONY: bench
 bench: $(VENV)/.synced ## pickup latency, throughput, idle cost: Conveyor vs bare arq (a few minutes)
 	$(BIN)/python -m bench.pickup
+
+.PHONY: dashboard
+dashboard: $(VENV)/.synced ## regenerate the Grafana dashboard JSON from tools/dashboard.py
+	$(BIN)/python -m tools.dashboard
 
 .PHONY: check
 check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict

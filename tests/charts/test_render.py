@@ -381,6 +381,8 @@ def test_monitoring_includes_the_repo_rule_file_and_dashboard() -> None:
     monitor = rendered.one("ServiceMonitor", "conveyor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"http", "health"}
+    # The metrics' `job` label is the job type, which the rules and dashboard group by.
+    assert all(e["honorLabels"] for e in monitor["spec"]["endpoints"])
     worker_metrics = rendered.one("Service", "conveyor-worker-metrics")
     assert worker_metrics["spec"]["ports"][0]["name"] == "health"
 

@@ -19,6 +19,7 @@ from conveyor_core.logging import log_context
 from conveyor_core.metrics import (
     HTTP_DURATION,
     HTTP_REQUESTS,
+    JOBS_ENQUEUED,
     QUEUE_JOBS,
     QUEUE_OLDEST_READY_AGE,
     REDIS_UP,
@@ -112,7 +113,12 @@ async def metrics(request: Request) -> Response:
 
 
 def setup_telemetry(app: FastAPI) -> None:
-    """Call once, after the other middleware: the server span then wraps them all."""
+    """Call once, after the other middleware (the server span then wraps them all)
+    and after `app.state.catalog` is set."""
+    # Each job type's enqueue counter exists at 0 from the start, so rate() sees
+    # the first job after a restart.
+    for job_type in app.state.catalog:
+        JOBS_ENQUEUED.labels(job_type.name, job_type.queue)
     app.add_middleware(RequestTelemetry)
     app.add_api_route("/metrics", metrics, include_in_schema=False)
     FastAPIInstrumentor.instrument_app(app, excluded_urls=",".join(QUIET_PATHS))

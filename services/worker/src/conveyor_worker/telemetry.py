@@ -10,6 +10,7 @@ runs, which have no producer and start traces of their own.
 
 import logging
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +42,20 @@ class Outcome:
     DEAD = "dead"  # no tries left: to the dead letters
     CANCELLED = "cancelled"
     REQUEUED = "requeued"  # cut short by a shutdown; runs again
+
+    ALL = (SUCCESS, RETRY, FAILED, DEAD, CANCELLED, REQUEUED)
+
+
+def declare_job_series(job_types: Iterable[JobType]) -> None:
+    """Export each job type's counters at 0 from the start. A series first seen at 1
+    has no increase for rate() to find, so the first failure after a restart would
+    never reach the failure-ratio and dead-letter alerts."""
+    for job_type in job_types:
+        labels = (job_type.name, job_type.queue)
+        JOBS_STARTED.labels(*labels)
+        JOBS_IN_PROGRESS.labels(*labels)
+        for outcome in Outcome.ALL:
+            JOBS_FINISHED.labels(*labels, outcome)
 
 
 class JobObservation:

@@ -35,6 +35,7 @@ from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
 from conveyor_core.store import DEAD_RETENTION_S, JobStore, lua_script
 from conveyor_worker.context import AnyHandler
 from conveyor_worker.settings import Settings
+from conveyor_worker.telemetry import declare_job_series
 from conveyor_worker.wrapper import CLAIMS, Claim, JobRunner
 
 logger = logging.getLogger(__name__)
@@ -350,6 +351,8 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
     redact = Redactor(settings.observability.redacted)
     if not job_types:
         raise ValueError(f"the catalog has no job types on queue {settings.queue!r}")
+    if settings.instrument_jobs:
+        declare_job_series(job_types)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         """Open the resources jobs share; they live in `ctx` for the worker's life."""

@@ -1,0 +1,1 @@
+"""Developer tools that write checked-in files (see the Makefile)."""
