@@ -1,6 +1,6 @@
 -- Move a job to a new state: hash fields, index entries, expiry, change event.
 --
--- KEYS: 1 job hash
+-- KEYS: 1 job hash, 2 counts since the last digest (bumped for complete, failed, dead)
 -- ARGV: 1 new state, 2 index score, 3 ttl s (0 keeps the hash forever),
 --       4 allowed current states as ',a,b,' ('' allows any), 5 index prefix,
 --       6 events channel, 7.. hash field/value pairs
@@ -24,6 +24,9 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 else
   redis.call('PERSIST', KEYS[1])
+end
+if ARGV[1] == 'complete' or ARGV[1] == 'failed' or ARGV[1] == 'dead' then
+  redis.call('HINCRBY', KEYS[2], redis.call('HGET', KEYS[1], 'job_type') .. ':' .. ARGV[1], 1)
 end
 redis.call('PUBLISH', ARGV[6], cjson.encode({id = id, version = version}))
 return {1, old}
