@@ -65,7 +65,8 @@ def parse_digest(mail: Received) -> tuple[dict[str, tuple[int, int, int]], int]:
 
 def scheduled_ms(mail: Received) -> int:
     job_id = mail.header("X-Conveyor-Job-Id")
-    assert job_id is not None and job_id.startswith("send_digest:"), job_id
+    assert job_id is not None
+    assert job_id.startswith("send_digest:"), job_id
     return int(job_id.rpartition(":")[2])
 
 
@@ -138,7 +139,8 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
     assert all(worker.alive() for worker in stack.workers)
     mails = digests(smtp)
     runs = Counter(m.header("X-Conveyor-Job-Id") for m in mails)
-    assert runs and all(n == 1 for n in runs.values()), runs  # each run mailed once
+    assert runs
+    assert all(n == 1 for n in runs.values()), runs  # each run mailed once
     slots = sorted(scheduled_ms(m) for m in mails)
     assert all(b - a >= PERIOD_S * 1000 - 50 for a, b in zip(slots, slots[1:], strict=False))
     # Each digest run is one job with one try, on one of the two workers.
