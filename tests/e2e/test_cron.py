@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -109,9 +109,8 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
     for job_id in permanent:
         stack.wait_for_state(job_id, "dead")
     for document_id in (expiring, fresh):
-        job_id = stack.redis.hget(f"conveyor:document:{document_id}", "job_id")
-        assert job_id is not None
-        stack.wait_for_state(job_id.decode(), "complete")
+        document = stack.http.get(f"/v1/documents/{document_id}").json()
+        stack.wait_for_state(document["jobs"]["process"], "complete")
     all_done_ms = time.time() * 1000
 
     # A digest scheduled after everything finished has counted all of it.
@@ -121,7 +120,7 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
         stack,
     )
     # Cleanup after the expiring document's retention ran out.
-    expired_at_ms = int(stack.redis.zscore("conveyor:documents:expiry", expiring) or 0)
+    expired_at_ms = int(cast(float, stack.redis.zscore("conveyor:documents:expiry", expiring)))
     assert expired_at_ms
 
     def cleaned_after_expiry() -> bool:
