@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -102,9 +102,26 @@ class SummarizerSettings(BaseSettings):
     timeout_s: float = Field(default=60.0, gt=0)
 
 
-# Fields of arq's `cron()` a schedule may set: each an int or a list of ints.
+# Fields of arq's `cron()` a schedule may set, each an int or a list of ints in this range.
+SCHEDULE_RANGES = {
+    "month": (1, 12),
+    "day": (1, 31),
+    "weekday": (0, 6),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    "second": (0, 59),
+}
 ScheduleField = Literal["month", "day", "weekday", "hour", "minute", "second"]
 Schedule = dict[ScheduleField, int | list[int]]
+
+
+def _check_schedule(name: str, schedule: Schedule | None) -> Schedule | None:
+    for field, value in (schedule or {}).items():
+        low, high = SCHEDULE_RANGES[field]
+        values = value if isinstance(value, list) else [value]
+        if not values or any(not low <= v <= high for v in values):
+            raise ValueError(f"{name}: {field} must be in {low}..{high}, not {value!r}")
+    return schedule
 
 
 class CronSettings(BaseSettings):
@@ -114,10 +131,17 @@ class CronSettings(BaseSettings):
     (daily at 09:00 UTC) or `{"second": [0, 20, 40]}`; `null` turns it off.
     """
 
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", extra="ignore", env_parse_none_str="null"
+    )
 
     # Who gets the daily digest; without one the digest is not sent (and its
     # counts carry over to the next one).
     digest_to: str = ""
     digest_schedule: Schedule | None = {"hour": 9, "minute": 0, "second": 0}
     cleanup_schedule: Schedule | None = {"minute": 30, "second": 0}
+
+    @field_validator("digest_schedule", "cleanup_schedule")
+    @classmethod
+    def _in_range(cls, schedule: Schedule | None, info: ValidationInfo) -> Schedule | None:
+        return _check_schedule(f"CONVEYOR_{str(info.field_name).upper()}", schedule)
