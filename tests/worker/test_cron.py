@@ -47,5 +47,5 @@ def test_no_cron_on_a_queue_without_the_cron_job_types(redis: ArqRedis) -> None:
 )
 def test_bad_schedules_are_refused(monkeypatch: pytest.MonkeyPatch, schedule: str) -> None:
     monkeypatch.setenv("CONVEYOR_DIGEST_SCHEDULE", schedule)
-    with pytest.raises(ValidationError, match="digest_schedule|CONVEYOR_DIGEST_SCHEDULE"):
+    with pytest.raises(ValidationError, match=r"digest_schedule|CONVEYOR_DIGEST_SCHEDULE"):
         CronSettings()

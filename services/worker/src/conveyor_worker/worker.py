@@ -14,6 +14,7 @@ import importlib
 import logging
 import signal
 import time
+from datetime import UTC
 from typing import Any
 
 import aiohttp
@@ -329,6 +330,8 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
             arq_function(job_type, redact, settings.instrument_jobs) for job_type in job_types
         ],
         "cron_jobs": cron_jobs(settings, job_types, redact),
+        # Schedules mean UTC, whatever the machine's time zone.
+        "timezone": UTC,
         "queue_name": settings.queue,
         "redis_pool": redis,
         "on_startup": on_startup,
