@@ -196,3 +196,33 @@ def test_worker_killed_in_process_document_ends_processed_with_one_mail(
     assert process_job["state"] == "complete"
     assert process_job["tries"] == 2
     assert len(mails) == 1
+
+
+def test_mail_to_a_server_that_stays_down_is_dead_lettered_after_the_last_try(
+    flow: Stack, smtp: SmtpServer
+) -> None:
+    smtp.stop()
+    flow.start_worker()
+    job = flow.submit("quick_mail", {"to_email": UPLOADER, "subject": "Hi", "body": "Hello"})
+    dead = flow.wait_for_state(job["id"], "dead", timeout_s=60)
+    assert dead["tries"] == 3
+    assert dead["error"]["type"] == "SMTPConnectError"
+    listed = flow.http.get("/v1/jobs", params={"state": "dead"}).json()["items"]
+    assert [j["id"] for j in listed] == [job["id"]]
+
+    # Requeued once the server is back, it is delivered, once.
+    smtp.start()
+    assert flow.http.post(f"/v1/jobs/{job['id']}/retry").status_code == 202
+    flow.wait_for_state(job["id"], "complete", timeout_s=30)
+    assert flow.http.post(f"/v1/jobs/{job['id']}/retry").status_code in (404, 409)
+    assert len(smtp.wait_for(1, **{"X-Conveyor-Job-Id": job["id"]})) == 1
+
+
+def test_send_email_delivers_the_welcome_mail(flow: Stack, smtp: SmtpServer) -> None:
+    flow.start_worker()
+    job = flow.submit("send_email", {"to_email": UPLOADER, "subject": "Welcome", "body": "Hi Ada"})
+    done = flow.wait_for_state(job["id"], "complete")
+    assert done["result"]["sent_by_this_try"] is True
+    mails = smtp.wait_for(1, **{"X-Conveyor-Job-Id": job["id"]})
+    assert [m.subject for m in mails] == ["Welcome"]
+    assert mails[0].body.strip() == "Hi Ada"
