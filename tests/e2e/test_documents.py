@@ -117,12 +117,13 @@ def test_upload_is_summarized_and_mailed_once(
     assert flow.job(accepted["job"]["id"])["state"] == "complete"
 
     mails = settle_and_count(flow, smtp, document)
-    assert len(mails) == 1, [m.subject for m in mails]
+    everything = [(m.subject, m.header("X-Conveyor-Document-Id")) for m in smtp.received]
+    assert len(mails) == 1, f"{everything}\n{flow.logs()}"
     mail = mails[0]
     assert mail.recipients == [UPLOADER]
     assert mail.subject == f"Your document '{name}' is ready"
     assert document_id in mail.body
-    assert document["summary"] in " ".join(mail.body.split())
+    assert document["summary"] in " ".join(mail.body.split()), (document["summary"], mail.body)
 
 
 def test_smtp_refusing_the_first_attempts_delivers_exactly_once(

@@ -3,7 +3,8 @@
 
 arq's layout is kept as it is, so bare arq clients and workers still work;
 these keys add what arq does not keep: a job's state, progress and history,
-indexes to list jobs, the dead letters, idempotency and wake-ups.
+indexes to list jobs, the dead letters, idempotency and wake-ups; and for the
+workflow jobs, uploaded documents, sent-mail marks and the digest's counts.
 """
 
 PREFIX = "conveyor:"
