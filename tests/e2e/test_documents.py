@@ -102,7 +102,8 @@ def test_upload_is_summarized_and_mailed_once(
     accepted = upload(flow, name, content)
     document_id = accepted["document"]["id"]
     assert accepted["document"]["content_type"] == content_type
-    assert accepted["document"]["state"] == "processing"
+    # A fast worker may finish before the answer is written.
+    assert accepted["document"]["state"] in ("processing", "processed")
     assert accepted["job"]["job_type"] == "process_document"
     assert accepted["job"]["payload"] == {"document_id": document_id}  # ids only
 
