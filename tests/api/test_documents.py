@@ -12,6 +12,7 @@ from conveyor_api.main import create_app
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import DEFAULT_QUEUE
 from conveyor_core.settings import CatalogSettings, DocumentSettings, RedisSettings
+from conveyor_core.store import JobStore
 from tests.api.conftest import serve
 from tests.support import jobs
 from tests.support.pdf import make_pdf
@@ -138,3 +139,14 @@ async def test_unknown_document_is_a_404_problem(client: httpx.AsyncClient) -> N
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert "nope" in response.json()["detail"]
+
+
+async def test_a_document_whose_job_died_reads_as_failed(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    body = (await post(client, {"file": ("a.txt", b"text")})).json()
+    moved, _ = await JobStore(redis).transition(body["job"]["id"], "dead", score_ms=0)
+    assert moved
+    document = (await client.get(f"/v1/documents/{body['document']['id']}")).json()
+    assert document["state"] == "failed"
+    assert document["summary"] is None
