@@ -9,7 +9,7 @@ import time
 
 from pydantic import BaseModel, Field
 
-from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy
+from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy, SendEmail
 from conveyor_worker.context import JobContext
 
 MODULE = "tests.support.jobs"
@@ -120,4 +120,6 @@ JOB_TYPES = [
     JobType("effect", Effect, f"{MODULE}:effect", retry=_quick(10)),
     JobType("parent", Nothing, f"{MODULE}:parent"),
     JobType("welcome", Signup, f"{MODULE}:welcome"),
+    # send_email with few, quick tries: to see a mail reach the dead letters.
+    JobType("quick_mail", SendEmail, "conveyor_worker.jobs.email:send_email", retry=_quick(3)),
 ]

@@ -15,7 +15,14 @@ from tests.support import jobs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Both services load the test job types, as a deployment would load its own.
-TEST_ENV = {"CONVEYOR_JOB_MODULES": jobs.MODULE, "PYTHONPATH": str(REPO_ROOT)}
+# No cron unless a test asks for it: a run at the default times (hh:30, 09:00)
+# would add jobs to tests that count exactly what they submitted.
+TEST_ENV = {
+    "CONVEYOR_JOB_MODULES": jobs.MODULE,
+    "PYTHONPATH": str(REPO_ROOT),
+    "CONVEYOR_DIGEST_SCHEDULE": "null",
+    "CONVEYOR_CLEANUP_SCHEDULE": "null",
+}
 
 
 class ServiceProcess:

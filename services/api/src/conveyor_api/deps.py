@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from conveyor_api.events import JobEvents
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import Catalog
+from conveyor_core.documents import DocumentStore
 from conveyor_core.store import JobStore
 
 
@@ -26,6 +27,11 @@ def get_catalog(request: Request) -> Catalog:
     return catalog
 
 
+def get_documents(request: Request) -> DocumentStore:
+    documents: DocumentStore = request.app.state.documents
+    return documents
+
+
 def get_events(request: Request) -> JobEvents:
     events: JobEvents = request.app.state.events
     return events
@@ -39,5 +45,6 @@ def get_settings(request: Request) -> Settings:
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+DocumentsDep = Annotated[DocumentStore, Depends(get_documents)]
 EventsDep = Annotated[JobEvents, Depends(get_events)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -8,12 +8,16 @@ from fastapi import FastAPI
 from conveyor_api.events import JobEvents
 from conveyor_api.limits import BodyLimitMiddleware
 from conveyor_api.problems import install_problem_handlers
-from conveyor_api.routes import health, jobs, queues, tutorial
+from conveyor_api.routes import documents, health, jobs, queues, tutorial
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import load_catalog
+from conveyor_core.documents import DocumentStore
 from conveyor_core.redis import create_redis
 from conveyor_core.store import JobStore
+
+# Room for the multipart boundaries and form fields around an uploaded file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One client (and connection pool) for the process, not one per request.
         app.state.redis = redis = create_redis(settings.redis)
         app.state.store = JobStore(redis)
+        app.state.documents = DocumentStore(redis)
         app.state.events = events = JobEvents(redis)
         events.start()
         try:
@@ -39,7 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        # An upload may be as large as a document may be, plus the multipart framing.
+        path_limits={"/v1/documents": settings.documents.max_bytes + MULTIPART_OVERHEAD_BYTES},
+    )
     app.state.settings = settings
     app.state.catalog = catalog
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
@@ -48,4 +58,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tutorial.router)
     app.include_router(jobs.build_router(list(catalog)))
     app.include_router(queues.router)
+    app.include_router(documents.router)
     return app

@@ -5,7 +5,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from conveyor_core.settings import CatalogSettings, RedisSettings
+from conveyor_core.settings import CatalogSettings, DocumentSettings, RedisSettings
 
 
 class Settings(BaseSettings):
@@ -21,10 +21,11 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(default=0.5, gt=0)
     # What a 503 tells clients to wait before they try again.
     retry_after_s: int = Field(default=2, ge=1)
-    # Request bodies above this size get 413.
+    # Request bodies above this size get 413 (uploads: CONVEYOR_DOCUMENTS_MAX_BYTES).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    documents: DocumentSettings = Field(default_factory=DocumentSettings)
 
     @model_validator(mode="after")
     def _sleep_range_is_ordered(self) -> Self:

@@ -11,7 +11,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, EmailStr, Field
 
 # arq's own default queue, so a bare arq client or worker interoperates.
 DEFAULT_QUEUE = "arq:queue"
@@ -84,7 +84,86 @@ CREATE_TASK = JobType(
     description="The tutorial's task: sleep `sleep_s` seconds.",
 )
 
-BUILTIN_JOB_TYPES: tuple[JobType, ...] = (CREATE_TASK,)
+# Ids of Conveyor's own records (documents, jobs) as jobs pass them.
+RecordId = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class SendEmail(BaseModel):
+    """Payload of `send_email`: one mail, sent once however often the job is tried."""
+
+    to_email: EmailStr
+    subject: str = Field(min_length=1, max_length=200)
+    body: str = Field(max_length=100_000)
+
+
+class DocumentRef(BaseModel):
+    """Payload of the document jobs: only the id; each job re-reads the document."""
+
+    document_id: str = RecordId
+
+
+class ScheduledRun(BaseModel):
+    """Payload of the cron jobs: none; what they do depends on when they run."""
+
+
+# Mail servers go away for minutes, not seconds: back off up to 10 minutes.
+MAIL_RETRY = RetryPolicy(max_tries=8, backoff_base_s=2.0, backoff_cap_s=600.0)
+
+# The seed's welcome mail, or any other single mail.
+SEND_EMAIL = JobType(
+    name="send_email",
+    payload=SendEmail,
+    handler="conveyor_worker.jobs.email:send_email",
+    retry=MAIL_RETRY,
+    timeout_s=60.0,
+    description="Send one mail over SMTP; a retry never sends it twice.",
+)
+
+PROCESS_DOCUMENT = JobType(
+    name="process_document",
+    payload=DocumentRef,
+    handler="conveyor_worker.jobs.documents:process_document",
+    retry=RetryPolicy(max_tries=5, backoff_base_s=2.0, backoff_cap_s=300.0),
+    timeout_s=300.0,
+    description="Extract an uploaded document's text, summarize it, then mail the uploader.",
+)
+
+EMAIL_USER = JobType(
+    name="email_user",
+    payload=DocumentRef,
+    handler="conveyor_worker.jobs.email:email_user",
+    retry=MAIL_RETRY,
+    timeout_s=60.0,
+    description="Mail a processed document's summary to the address given at upload; once.",
+)
+
+SEND_DIGEST = JobType(
+    name="send_digest",
+    payload=ScheduledRun,
+    handler="conveyor_worker.jobs.scheduled:send_digest",
+    retry=RetryPolicy(max_tries=5, backoff_base_s=5.0, backoff_cap_s=300.0),
+    timeout_s=60.0,
+    description="Mail the operator the jobs completed, failed and dead per type since the last "
+    "digest, and the documents processed. Runs on the worker's schedule.",
+)
+
+CLEANUP_TEMP_UPLOADS = JobType(
+    name="cleanup_temp_uploads",
+    payload=ScheduledRun,
+    handler="conveyor_worker.jobs.scheduled:cleanup_temp_uploads",
+    retry=RetryPolicy(max_tries=3),
+    timeout_s=300.0,
+    description="Remove uploaded documents past their retention. Runs on the worker's schedule.",
+)
+
+BUILTIN_JOB_TYPES: tuple[JobType, ...] = (
+    CREATE_TASK,
+    SEND_EMAIL,
+    PROCESS_DOCUMENT,
+    EMAIL_USER,
+    SEND_DIGEST,
+    CLEANUP_TEMP_UPLOADS,
+)
 
 
 class UnknownJobTypeError(KeyError):

@@ -3,7 +3,8 @@
 
 arq's layout is kept as it is, so bare arq clients and workers still work;
 these keys add what arq does not keep: a job's state, progress and history,
-indexes to list jobs, the dead letters, idempotency and wake-ups.
+indexes to list jobs, the dead letters, idempotency and wake-ups; and for the
+workflow jobs, uploaded documents, sent-mail marks and the digest's counts.
 """
 
 PREFIX = "conveyor:"
@@ -25,6 +26,20 @@ WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
 # Lock so that one worker at a time trims stale index entries.
 HOUSEKEEPING_LOCK = PREFIX + "housekeeping"
+# Hash per uploaded document: name, type, state, text, summary, times, job ids.
+DOCUMENT_PREFIX = PREFIX + "document:"
+# The uploaded bytes, beside the document's hash: `conveyor:document:{id}:content`.
+DOCUMENT_CONTENT_SUFFIX = ":content"
+# Sorted set of document ids by the time their retention ends: what cleanup removes.
+DOCUMENTS_BY_EXPIRY = PREFIX + "documents:expiry"
+# String per mail sent: its Message-ID, so a retried email job never sends twice.
+MAIL_SENT_PREFIX = PREFIX + "mail:sent:"
+# Hash of counts since the last digest: `{job type}:{complete|failed|dead}` and
+# `documents:processed`, bumped in the same script as the change they count.
+STATS_PENDING = PREFIX + "stats:pending"
+# The counts one digest run took over (renamed from STATS_PENDING), by job id,
+# so a retried digest reports the same numbers.
+STATS_DIGEST_PREFIX = PREFIX + "stats:digest:"
 
 
 def job_key(job_id: str) -> str:
@@ -41,3 +56,19 @@ def idempotency_key(job_type: str, key: str) -> str:
 
 def wake_channel(queue: str) -> str:
     return WAKE_PREFIX + queue
+
+
+def document_key(document_id: str) -> str:
+    return DOCUMENT_PREFIX + document_id
+
+
+def document_content_key(document_id: str) -> str:
+    return DOCUMENT_PREFIX + document_id + DOCUMENT_CONTENT_SUFFIX
+
+
+def mail_sent_key(mail_key: str) -> str:
+    return MAIL_SENT_PREFIX + mail_key
+
+
+def stats_digest_key(job_id: str) -> str:
+    return STATS_DIGEST_PREFIX + job_id

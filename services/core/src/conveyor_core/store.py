@@ -200,7 +200,7 @@ class JobStore:
     ) -> tuple[bool, str]:
         """Move a job to `state` if it is in one of `allowed` (any when empty)."""
         moved, old = await self._transition(
-            keys=[keys.job_key(job_id)],
+            keys=[keys.job_key(job_id), keys.STATS_PENDING],
             args=[
                 state,
                 score_ms,

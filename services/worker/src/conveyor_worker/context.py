@@ -2,7 +2,7 @@
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 from arq.connections import ArqRedis
@@ -11,6 +11,9 @@ from pydantic import BaseModel
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.store import JobStore, Submitted
+
+if TYPE_CHECKING:
+    from conveyor_worker.workflow import Workflow
 
 PayloadT_contra = TypeVar("PayloadT_contra", bound=BaseModel, contravariant=True)
 
@@ -26,10 +29,18 @@ class JobContext:
     catalog: Catalog
     http: aiohttp.ClientSession
     meta: dict[str, str] = field(default_factory=dict)
+    # Mail, documents and the summarizer, for the workflow jobs.
+    workflow: "Workflow | None" = None
 
     @property
     def redis(self) -> ArqRedis:
         return self.store.redis
+
+    @property
+    def flow(self) -> "Workflow":
+        if self.workflow is None:
+            raise RuntimeError("this worker did not open the workflow resources")
+        return self.workflow
 
     async def progress(self, percent: int, message: str = "") -> None:
         """Report progress (0-100) to clients watching this job."""

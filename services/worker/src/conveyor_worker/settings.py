@@ -4,7 +4,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_core.catalog import DEFAULT_QUEUE
-from conveyor_core.settings import CatalogSettings, ObservabilitySettings, RedisSettings
+from conveyor_core.settings import (
+    CatalogSettings,
+    CronSettings,
+    DocumentSettings,
+    ObservabilitySettings,
+    RedisSettings,
+    SmtpSettings,
+    SummarizerSettings,
+)
 
 
 class Settings(BaseSettings):
@@ -33,3 +41,9 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    # The workflow jobs: documents, mail, the summarizer and the cron schedules,
+    # each read from its own `CONVEYOR_*` prefix.
+    documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
+    cron: CronSettings = Field(default_factory=CronSettings)

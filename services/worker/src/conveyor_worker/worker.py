@@ -18,11 +18,13 @@ import importlib
 import logging
 import signal
 import time
+from datetime import UTC
 from typing import Any
 
 import aiohttp
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, retry_key_prefix
+from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 
 from conveyor_core import keys
@@ -36,6 +38,7 @@ from conveyor_core.store import DEAD_RETENTION_S, JobStore, lua_script
 from conveyor_worker.context import AnyHandler
 from conveyor_worker.settings import Settings
 from conveyor_worker.telemetry import declare_job_series
+from conveyor_worker.workflow import open_workflow
 from conveyor_worker.wrapper import CLAIMS, Claim, JobRunner
 
 logger = logging.getLogger(__name__)
@@ -345,6 +348,38 @@ def arq_function(job_type: JobType, redact: Redactor, instrument: bool) -> Funct
     )
 
 
+def cron_jobs(settings: Settings, job_types: list[JobType], redact: Redactor) -> list[CronJob]:
+    """arq cron entries for the scheduled job types on this worker's queue.
+
+    arq's cron (run from the poll loop's heart_beat, which ConveyorWorker's
+    _poll_iteration keeps calling) enqueues each run under the id
+    `{name}:{scheduled ms}`; arq refuses an id whose job or result exists, so
+    among many replicas one enqueue wins and the run happens once. The result
+    is kept (keep_result) so a late replica cannot enqueue a finished run again.
+    """
+    schedules = {
+        "send_digest": settings.cron.digest_schedule,
+        "cleanup_temp_uploads": settings.cron.cleanup_schedule,
+    }
+    entries = []
+    for job_type in job_types:
+        schedule = schedules.get(job_type.name)
+        if schedule is None:
+            continue
+        runner = JobRunner(job_type, resolve_handler(job_type.handler), redact)
+        entries.append(
+            cron(
+                runner.run,  # type: ignore[arg-type]  # as in arq_function
+                name=job_type.name,
+                **schedule,  # type: ignore[arg-type]  # arq's fields, validated in settings
+                max_tries=job_type.retry.max_tries + 1,
+                timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
+                keep_result=job_type.keep_result_s,
+            )
+        )
+    return entries
+
+
 def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> dict[str, Any]:
     """arq `WorkerSettings` (as keyword arguments) built from typed settings."""
     job_types = catalog.for_queue(settings.queue)
@@ -359,11 +394,15 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         ctx["store"] = JobStore(ctx["redis"])
         ctx["catalog"] = catalog
         ctx["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        ctx["workflow"] = open_workflow(settings, ctx["redis"], ctx["http"])
 
     return {
         "functions": [
             arq_function(job_type, redact, settings.instrument_jobs) for job_type in job_types
         ],
+        "cron_jobs": cron_jobs(settings, job_types, redact),
+        # Schedules mean UTC, whatever the machine's time zone.
+        "timezone": UTC,
         "queue_name": settings.queue,
         "redis_pool": redis,
         "on_startup": on_startup,

@@ -106,6 +106,7 @@ class JobRunner:
                 catalog=arq_ctx["catalog"],
                 http=arq_ctx["http"],
                 meta=meta,
+                workflow=arq_ctx.get("workflow"),
             )
             result = await self._run(ctx, kwargs, observed)
             at_ms = now_ms()

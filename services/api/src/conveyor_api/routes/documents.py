@@ -1,0 +1,124 @@
+"""`/v1/documents`: upload a text, Markdown or PDF file to be processed, and read it back.
+
+An upload is checked (size, type by content, a PDF that opens) before
+anything is stored: a bad one leaves nothing behind and enqueues nothing.
+"""
+
+from typing import Annotated
+from uuid import uuid4
+
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
+from pydantic import BaseModel, EmailStr
+from starlette.concurrency import run_in_threadpool
+
+from conveyor_api.deps import DocumentsDep, SettingsDep, StoreDep
+from conveyor_core.catalog import PROCESS_DOCUMENT, DocumentRef
+from conveyor_core.documents import DocumentError, DocumentPublic, retention_for, sniff
+from conveyor_core.enqueue import enqueue
+from conveyor_core.jobs import JobPublic, JobState
+from conveyor_core.logging import bound
+
+router = APIRouter(prefix="/v1/documents", tags=["documents"])
+
+DocumentId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# Longest file name kept; the name is shown back and used in the mail's subject.
+MAX_NAME_CHARS = 255
+# What GET shows of the text unless asked for more (or less).
+DEFAULT_TEXT_CHARS = 10_000
+
+
+class DocumentAccepted(BaseModel):
+    """Answer of `POST /v1/documents`: the stored document and its processing job."""
+
+    document: DocumentPublic
+    job: JobPublic
+
+
+def _clean_name(filename: str | None) -> str:
+    # Keep the base name only: a client's directory is none of our business.
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return "".join(ch for ch in name if ch.isprintable())[:MAX_NAME_CHARS] or "upload"
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Upload a document to process",
+    responses={
+        413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
+        415: {"description": "Not text, Markdown or PDF (judged by content)"},
+        422: {"description": "Empty file, corrupt PDF, missing field or bad address"},
+        503: {"description": "Redis is unavailable; retry after Retry-After"},
+    },
+)
+async def upload_document(
+    file: Annotated[UploadFile, File(description="A text, Markdown or PDF file.")],
+    response: Response,
+    store: StoreDep,
+    documents: DocumentsDep,
+    settings: SettingsDep,
+    notify_email: Annotated[
+        EmailStr | None, Form(description="Mail the summary here when it is ready.")
+    ] = None,
+    retention_s: Annotated[
+        int | None,
+        Form(ge=1, description="Keep the document this long (at most the configured retention)."),
+    ] = None,
+) -> DocumentAccepted:
+    limits = settings.documents
+    if file.size is not None and file.size > limits.max_bytes:
+        raise HTTPException(413, f"The file is over the limit of {limits.max_bytes} bytes.")
+    content = await file.read(limits.max_bytes + 1)
+    if len(content) > limits.max_bytes:
+        raise HTTPException(413, f"The file is over the limit of {limits.max_bytes} bytes.")
+    name = _clean_name(file.filename)
+    try:
+        # Opening a PDF is CPU work; keep it off the event loop.
+        content_type = await run_in_threadpool(sniff, name, content)
+    except DocumentError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+
+    document_id = uuid4().hex
+    await documents.create(
+        document_id,
+        name=name,
+        content_type=content_type,
+        content=content,
+        notify_email=str(notify_email or ""),
+        retention_s=retention_for(retention_s, limits.retention_s),
+    )
+    submitted = await enqueue(
+        store,
+        PROCESS_DOCUMENT,
+        DocumentRef(document_id=document_id),
+        idempotency_key=document_id,
+        request_id=bound("request_id"),
+    )
+    await documents.update(document_id, job_id=submitted.job_id)
+    document = await documents.get(document_id)
+    job = await store.get(submitted.job_id)
+    if document is None or job is None:  # removed in the instant since; unlikely
+        raise HTTPException(404, f"Document {document_id} is gone already.")
+    response.headers["Location"] = f"/v1/documents/{document_id}"
+    return DocumentAccepted(document=document.public(text_chars=0), job=job)
+
+
+@router.get("/{document_id}", summary="Read a document", responses={404: {"description": "None"}})
+async def read_document(
+    document_id: DocumentId,
+    documents: DocumentsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    text_chars: Annotated[
+        int, Query(ge=0, description="Show at most this many characters of the text.")
+    ] = DEFAULT_TEXT_CHARS,
+) -> DocumentPublic:
+    document = await documents.get(document_id)
+    if document is None:
+        raise HTTPException(404, f"No document with id {document_id!r} (it may have expired).")
+    job_dead = False
+    if not document.processed and (job_id := document.get("job_id")):
+        job = await store.get(job_id)
+        job_dead = job is not None and job.state is JobState.DEAD
+    limit = min(text_chars, settings.documents.text_max_chars)
+    return document.public(text_chars=limit, job_dead=job_dead)

@@ -1,0 +1,152 @@
+"""`/v1/documents` against a real Redis: good uploads are stored and enqueued;
+bad ones get problem+json and leave nothing behind."""
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+
+from conveyor_api.main import create_app
+from conveyor_api.settings import Settings
+from conveyor_core.catalog import DEFAULT_QUEUE
+from conveyor_core.settings import CatalogSettings, DocumentSettings, RedisSettings
+from conveyor_core.store import JobStore
+from tests.api.conftest import serve
+from tests.support import jobs
+from tests.support.pdf import make_pdf
+
+MAX_BYTES = 64 * 1024
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        redis=RedisSettings(url=redis_url),
+        catalog=CatalogSettings(job_modules=jobs.MODULE),
+        documents=DocumentSettings(max_bytes=MAX_BYTES, retention_s=3600, text_max_chars=1000),
+    )
+    async for c in serve(create_app(settings)):
+        yield c
+
+
+async def post(
+    client: httpx.AsyncClient, files: dict[str, Any] | None, **data: str
+) -> httpx.Response:
+    return await client.post("/v1/documents", files=files, data=data)
+
+
+async def assert_nothing_stored(redis: ArqRedis) -> None:
+    assert await redis.keys("conveyor:document*") == []
+    assert await redis.zcard(DEFAULT_QUEUE) == 0  # nothing enqueued
+
+
+async def test_upload_stores_the_document_and_enqueues_its_job(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    pdf = make_pdf([["Hello."]])
+    response = await post(
+        client, {"file": ("dir/report.pdf", pdf)}, notify_email="a@example.com", retention_s="60"
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    document, job = body["document"], body["job"]
+    assert document["name"] == "report.pdf"  # the base name only
+    assert document["content_type"] == "application/pdf"
+    assert document["size_bytes"] == len(pdf)
+    assert document["state"] == "processing"
+    assert document["notify"] is True
+    assert "notify_email" not in document  # the address is not shown back
+    assert document["jobs"] == {"process": job["id"], "email": None}
+    assert job["job_type"] == "process_document"
+    assert job["state"] == "queued"
+    assert job["payload"] == {"document_id": document["id"]}
+    assert job["idempotency_key"] == document["id"]
+    assert await redis.zscore(DEFAULT_QUEUE, job["id"]) is not None
+    assert await redis.get(f"conveyor:document:{document['id']}:content") == pdf
+    ttl_s = await redis.ttl(f"conveyor:document:{document['id']}")
+    assert 60 < ttl_s <= 60 + 86_400  # the asked-for retention, plus the backstop
+
+    read = await client.get(f"/v1/documents/{document['id']}")
+    assert read.status_code == 200
+    assert read.json()["state"] == "processing"
+    assert read.json()["text"] is None
+
+
+async def test_read_shows_text_bounded(client: httpx.AsyncClient, redis: ArqRedis) -> None:
+    response = await post(client, {"file": ("a.txt", b"x" * 5000)})
+    document_id = response.json()["document"]["id"]
+    await redis.hset(  # type: ignore[misc]
+        f"conveyor:document:{document_id}",
+        mapping={"text": "y" * 1000, "text_truncated": "1", "summary": "s", "processed_at_ms": 1},
+    )
+    full = (await client.get(f"/v1/documents/{document_id}")).json()
+    assert full["state"] == "processed"
+    assert len(full["text"]) == 1000  # at most text_max_chars
+    assert full["text_truncated"] is True
+    short = (await client.get(f"/v1/documents/{document_id}", params={"text_chars": 10})).json()
+    assert short["text"] == "y" * 10
+    assert short["text_chars"] == 1000
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "detail"),
+    [
+        ({"file": ("a.txt", b"")}, {}, 422, "empty"),
+        ({"file": ("a.png", b"\x89PNG\r\n\x1a\n\x00\x00")}, {}, 415, "neither a PDF nor"),
+        ({"file": ("a.pdf", b"just text")}, {}, 415, "not one"),
+        ({"file": ("a.pdf", b"%PDF-1.7\n1 0 obj garbage")}, {}, 422, "PDF cannot be read"),
+        ({"file": ("a.txt", b"x" * (MAX_BYTES + 1))}, {}, 413, "limit"),
+        (None, {"notify_email": "a@example.com"}, 422, "file"),
+        ({"file": ("a.txt", b"text")}, {"notify_email": "not an address"}, 422, "notify_email"),
+        ({"file": ("a.txt", b"text")}, {"retention_s": "0"}, 422, "retention_s"),
+    ],
+)
+async def test_bad_uploads_get_problems_and_store_nothing(
+    client: httpx.AsyncClient,
+    redis: ArqRedis,
+    files: dict[str, Any] | None,
+    data: dict[str, str],
+    status: int,
+    detail: str,
+) -> None:
+    response = await post(client, files, **data)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status
+    assert detail in problem["detail"]
+    await assert_nothing_stored(redis)
+
+
+async def test_a_body_far_over_the_limit_is_refused_before_reading(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    response = await post(client, {"file": ("a.txt", b"x" * (MAX_BYTES + 128 * 1024))})
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    await assert_nothing_stored(redis)
+
+
+async def test_other_routes_keep_the_general_body_limit(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/jobs/create_task", content=b"x" * (1_048_576 + 1))
+    assert response.status_code == 413
+
+
+async def test_unknown_document_is_a_404_problem(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/documents/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "nope" in response.json()["detail"]
+
+
+async def test_a_document_whose_job_died_reads_as_failed(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    body = (await post(client, {"file": ("a.txt", b"text")})).json()
+    moved, _ = await JobStore(redis).transition(body["job"]["id"], "dead", score_ms=0)
+    assert moved
+    document = (await client.get(f"/v1/documents/{body['document']['id']}")).json()
+    assert document["state"] == "failed"
+    assert document["summary"] is None

@@ -1,0 +1,230 @@
+"""The document workflow end to end: real api and worker processes, a real SMTP
+server (aiosmtpd) and, where it matters, a real OpenAI-compatible chat server."""
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.support.chat import SUMMARY_PREFIX, ChatServer
+from tests.support.pdf import make_pdf
+from tests.support.smtp import Received, SmtpServer
+
+pytestmark = pytest.mark.e2e
+
+UPLOADER = "reader@example.com"
+SENTENCES = [
+    "Conveyor runs background jobs for web teams.",
+    "The api validates input and enqueues jobs into Redis.",
+    "Workers take jobs from Redis and run them with retries.",
+    "A dead letter set keeps the jobs that gave up, so operators can requeue them.",
+    "The weather was pleasant that afternoon.",
+    "Jobs report progress, and clients stream it over server-sent events.",
+    "Redis holds the queues, the job records and the dead letters of Conveyor.",
+]
+TEXT = " ".join(SENTENCES)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def flow(redis_url: str, log_dir: Path, smtp: SmtpServer) -> Iterator[Stack]:
+    """The api and (once a test starts one) workers that send mail to `smtp`."""
+    stack = Stack(redis_url, log_dir, **smtp.env, CONVEYOR_WORKER_LOCK_TTL_S="1")
+    try:
+        stack.start_api()
+        yield stack
+    finally:
+        stack.close()
+
+
+def upload(
+    stack: Stack, name: str, content: bytes, *, notify: str | None = UPLOADER, **form: str
+) -> dict[str, Any]:
+    data = {**form, **({"notify_email": notify} if notify else {})}
+    response = stack.http.post("/v1/documents", files={"file": (name, content)}, data=data)
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/v1/documents/{response.json()['document']['id']}"
+    accepted: dict[str, Any] = response.json()
+    return accepted
+
+
+def wait_processed(stack: Stack, document_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        document: dict[str, Any] = stack.http.get(f"/v1/documents/{document_id}").json()
+        if document.get("state") == "processed":
+            return document
+        if time.monotonic() > deadline:
+            raise AssertionError(f"document never processed: {document}\n{stack.logs()}")
+        time.sleep(0.05)
+
+
+def mails_for(smtp: SmtpServer, document_id: str) -> list[Received]:
+    return [m for m in smtp.received if m.header("X-Conveyor-Document-Id") == document_id]
+
+
+def settle_and_count(stack: Stack, smtp: SmtpServer, document: dict[str, Any]) -> list[Received]:
+    """Wait for the email job to finish, then a little longer for a stray second mail."""
+    email_job = document["jobs"]["email"]
+    assert email_job, document
+    stack.wait_for_state(email_job, "complete", timeout_s=60)
+    time.sleep(1.0)
+    return mails_for(smtp, document["id"])
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "content_type", "phrase"),
+    [
+        (
+            "report.pdf",
+            make_pdf([SENTENCES[:4], SENTENCES[4:]]),
+            "application/pdf",
+            "dead letter set",
+        ),
+        ("notes.txt", TEXT.encode(), "text/plain", "dead letter set"),
+        ("notes.md", b"# Notes\n\n" + TEXT.encode(), "text/markdown", "# Notes"),
+    ],
+)
+def test_upload_is_summarized_and_mailed_once(
+    flow: Stack, smtp: SmtpServer, name: str, content: bytes, content_type: str, phrase: str
+) -> None:
+    flow.start_worker()
+    accepted = upload(flow, name, content)
+    document_id = accepted["document"]["id"]
+    assert accepted["document"]["content_type"] == content_type
+    # A fast worker may finish before the answer is written.
+    assert accepted["document"]["state"] in ("processing", "processed")
+    assert accepted["job"]["job_type"] == "process_document"
+    assert accepted["job"]["payload"] == {"document_id": document_id}  # ids only
+
+    document = wait_processed(flow, document_id)
+    assert phrase in document["text"]
+    assert document["summarizer"] == "extractive"
+    # The extractive summary keeps sentences about the text's subject, not the aside.
+    assert "Redis" in document["summary"]
+    assert "weather" not in document["summary"]
+    assert document["processed_at"] is not None
+    assert document["jobs"]["process"] == accepted["job"]["id"]
+    assert flow.job(accepted["job"]["id"])["state"] == "complete"
+
+    mails = settle_and_count(flow, smtp, document)
+    everything = [(m.subject, m.header("X-Conveyor-Document-Id")) for m in smtp.received]
+    assert len(mails) == 1, f"{everything}\n{flow.logs()}"
+    mail = mails[0]
+    assert mail.recipients == [UPLOADER]
+    assert mail.subject == f"Your document '{name}' is ready"
+    assert document_id in mail.body
+    assert document["summary"] in " ".join(mail.body.split()), (document["summary"], mail.body)
+
+
+def test_smtp_refusing_the_first_attempts_delivers_exactly_once(
+    flow: Stack, smtp: SmtpServer
+) -> None:
+    smtp.mailbox.refuse = 2  # 451: try again later
+    flow.start_worker()
+    document = wait_processed(flow, upload(flow, "a.txt", TEXT.encode())["document"]["id"])
+
+    mails = settle_and_count(flow, smtp, document)
+    assert smtp.mailbox.refused == 2
+    assert len(mails) == 1
+    email_job = flow.job(document["jobs"]["email"])
+    assert email_job["tries"] == 3
+    assert email_job["result"]["sent_by_this_try"] is True
+
+
+def test_smtp_down_then_back_delivers_once(flow: Stack, smtp: SmtpServer) -> None:
+    smtp.stop()  # connection refused
+    flow.start_worker()
+    document = wait_processed(flow, upload(flow, "a.txt", TEXT.encode())["document"]["id"])
+    email_job_id = document["jobs"]["email"]
+    failed = flow.wait_for_state(email_job_id, "failed", timeout_s=30)
+    assert "Connect" in failed["error"]["type"] or "connect" in failed["error"]["message"].lower()
+
+    smtp.start()
+    mails = settle_and_count(flow, smtp, document)
+    assert len(mails) == 1
+    assert flow.job(email_job_id)["tries"] >= 2
+
+
+def test_smtp_rejecting_the_address_dead_letters_the_mail(flow: Stack, smtp: SmtpServer) -> None:
+    smtp.mailbox.refuse, smtp.mailbox.reply = 100, "550 5.1.1 No such user"
+    flow.start_worker()
+    document = wait_processed(flow, upload(flow, "a.txt", TEXT.encode())["document"]["id"])
+
+    dead = flow.wait_for_state(document["jobs"]["email"], "dead", timeout_s=30)
+    assert dead["tries"] == 1  # a 5xx is permanent: no retries
+    assert dead["error"]["type"] == "MailRejectedError"
+    assert "550" in dead["error"]["message"]
+    listed = flow.http.get("/v1/jobs", params={"state": "dead"}).json()["items"]
+    assert [job["id"] for job in listed] == [dead["id"]]
+    assert mails_for(smtp, document["id"]) == []
+
+
+def test_worker_killed_in_process_document_ends_processed_with_one_mail(
+    flow: Stack, smtp: SmtpServer
+) -> None:
+    chat = ChatServer().start()
+    try:
+        chat.hold.clear()  # the summarizer keeps the first try waiting
+        env = {"CONVEYOR_SUMMARIZER_URL": chat.url, "CONVEYOR_SUMMARIZER_MODEL": "tiny"}
+        worker = flow.start_worker(**env)
+        accepted = upload(flow, "a.txt", TEXT.encode())
+        document_id = accepted["document"]["id"]
+        assert chat.arrived.wait(30), flow.logs()
+        assert flow.job(accepted["job"]["id"])["state"] == "in_progress"
+        worker.stop(signal.SIGKILL)  # in the middle of process_document
+        chat.hold.set()
+
+        flow.start_worker(**env)
+        document = wait_processed(flow, document_id)
+        mails = settle_and_count(flow, smtp, document)
+    finally:
+        chat.stop()
+
+    assert document["summary"] == f"{SUMMARY_PREFIX} {len(TEXT.split())} words by tiny."
+    assert document["summarizer"] == "chat:tiny"
+    assert len(chat.requests) == 2  # the killed try's, and the one that finished
+    process_job = flow.job(accepted["job"]["id"])
+    assert process_job["state"] == "complete"
+    assert process_job["tries"] == 2
+    assert len(mails) == 1
+
+
+def test_mail_to_a_server_that_stays_down_is_dead_lettered_after_the_last_try(
+    flow: Stack, smtp: SmtpServer
+) -> None:
+    smtp.stop()
+    flow.start_worker()
+    job = flow.submit("quick_mail", {"to_email": UPLOADER, "subject": "Hi", "body": "Hello"})
+    dead = flow.wait_for_state(job["id"], "dead", timeout_s=60)
+    assert dead["tries"] == 3
+    assert dead["error"]["type"] == "SMTPConnectError"
+    listed = flow.http.get("/v1/jobs", params={"state": "dead"}).json()["items"]
+    assert [j["id"] for j in listed] == [job["id"]]
+
+    # Requeued once the server is back, it is delivered, once.
+    smtp.start()
+    assert flow.http.post(f"/v1/jobs/{job['id']}/retry").status_code == 202
+    flow.wait_for_state(job["id"], "complete", timeout_s=30)
+    assert flow.http.post(f"/v1/jobs/{job['id']}/retry").status_code in (404, 409)
+    assert len(smtp.wait_for(1, **{"X-Conveyor-Job-Id": job["id"]})) == 1
+
+
+def test_send_email_delivers_the_welcome_mail(flow: Stack, smtp: SmtpServer) -> None:
+    flow.start_worker()
+    job = flow.submit("send_email", {"to_email": UPLOADER, "subject": "Welcome", "body": "Hi Ada"})
+    done = flow.wait_for_state(job["id"], "complete")
+    assert done["result"]["sent_by_this_try"] is True
+    mails = smtp.wait_for(1, **{"X-Conveyor-Job-Id": job["id"]})
+    assert [m.subject for m in mails] == ["Welcome"]
+    assert mails[0].body.strip() == "Hi Ada"
