@@ -1,5 +1,6 @@
 """Fixtures shared by every suite: a real Redis, a clean database per test."""
 
+import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -62,11 +63,18 @@ def own_redis() -> Iterator[RedisProcess]:
     server.stop()
 
 
+# File systems allow 255 bytes per name.
+MAX_DIR_NAME = 200
+
+
 @pytest.fixture
 def log_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """Where a test's service logs go; kept under test-artifacts/ for CI to show."""
     node_id: str = request.node.nodeid
-    path = ARTIFACTS / node_id.replace("/", "_").replace("::", "__")
+    name = node_id.replace("/", "_").replace("::", "__")
+    if len(name) > MAX_DIR_NAME:  # long parameter ids: cut, and keep them apart by a hash
+        name = name[: MAX_DIR_NAME - 17] + "-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    path = ARTIFACTS / name
     path.mkdir(parents=True, exist_ok=True)
     for old in path.glob("*.log"):
         old.unlink()

@@ -75,7 +75,11 @@ def mails_for(smtp: SmtpServer, document_id: str) -> list[Received]:
 
 def settle_and_count(stack: Stack, smtp: SmtpServer, document: dict[str, Any]) -> list[Received]:
     """Wait for the email job to finish, then a little longer for a stray second mail."""
-    email_job = document["jobs"]["email"]
+    # The document is marked processed a moment before its email job is recorded.
+    deadline = time.monotonic() + 10
+    while not (email_job := document["jobs"]["email"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        document = stack.http.get(f"/v1/documents/{document['id']}").json()
     assert email_job, document
     stack.wait_for_state(email_job, "complete", timeout_s=60)
     time.sleep(1.0)
@@ -94,6 +98,7 @@ def settle_and_count(stack: Stack, smtp: SmtpServer, document: dict[str, Any]) -
         ("notes.txt", TEXT.encode(), "text/plain", "dead letter set"),
         ("notes.md", b"# Notes\n\n" + TEXT.encode(), "text/markdown", "# Notes"),
     ],
+    ids=["pdf", "text", "markdown"],
 )
 def test_upload_is_summarized_and_mailed_once(
     flow: Stack, smtp: SmtpServer, name: str, content: bytes, content_type: str, phrase: str
