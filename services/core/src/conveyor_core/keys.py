@@ -23,6 +23,8 @@ EVENTS_CHANNEL = PREFIX + "events"
 # requeue, or ABORT_MESSAGE when a running job is to be cancelled.
 WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
+# GCRA state per api key (its name): when the key's next request is "due".
+RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # Lock so that one worker at a time trims stale index entries.
 HOUSEKEEPING_LOCK = PREFIX + "housekeeping"
 
@@ -41,3 +43,7 @@ def idempotency_key(job_type: str, key: str) -> str:
 
 def wake_channel(queue: str) -> str:
     return WAKE_PREFIX + queue
+
+
+def rate_limit_key(subject: str) -> str:
+    return RATE_LIMIT_PREFIX + subject
