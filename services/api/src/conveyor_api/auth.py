@@ -13,11 +13,13 @@ import hashlib
 import hmac
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.routing import APIRoute
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from pydantic import BaseModel, Field, field_validator
@@ -147,25 +149,43 @@ def is_protected(path: str) -> bool:
     return path.startswith(PROTECTED_PREFIXES)
 
 
-def declared_scope(route: APIRoute) -> Scope | None:
+@dataclass(frozen=True, slots=True)
+class ProtectedRoute:
+    methods: frozenset[str]
+    path: str
+    scope: Scope | None
+
+
+def protected_routes(app: FastAPI) -> list[ProtectedRoute]:
+    """Every protected route of the app, as served (router prefixes and router
+    dependencies included), with the scope it declares, if any."""
+    found = []
+    for route in iter_route_contexts(app.routes):
+        if isinstance(route.original_route, APIRoute) and is_protected(route.path or ""):
+            scope = declared_scope(route.dependant)
+            found.append(ProtectedRoute(frozenset(route.methods or ()), route.path or "", scope))
+    return found
+
+
+def declared_scope(dependant: Dependant) -> Scope | None:
     """The scope a route requires, found among its dependencies (at any depth)."""
-    pending = [route.dependant]
+    pending = [dependant]
     while pending:
-        dependant = pending.pop()
-        scope = getattr(dependant.call, "scope", None)
+        current = pending.pop()
+        scope = getattr(current.call, "scope", None)
         if isinstance(scope, Scope):
             return scope
-        pending.extend(dependant.dependencies)
+        pending.extend(current.dependencies)
     return None
 
 
 PROBLEM_RESPONSE: dict[str, Any] = {
     "content": {"application/problem+json": {"schema": {"type": "object"}}}
 }
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "No api key, or not a valid one", **PROBLEM_RESPONSE},
-    403: {"description": "The api key lacks this route's scope", **PROBLEM_RESPONSE},
-    429: {
+AUTH_RESPONSES: dict[str, dict[str, Any]] = {
+    "401": {"description": "No api key, or not a valid one", **PROBLEM_RESPONSE},
+    "403": {"description": "The api key lacks this route's scope", **PROBLEM_RESPONSE},
+    "429": {
         "description": "The api key is over its rate; retry after Retry-After",
         **PROBLEM_RESPONSE,
     },
@@ -176,12 +196,20 @@ def secure_routes(app: FastAPI) -> None:
     """Check that every protected route declares its scope, and document the
     answers the scope check adds. A route that forgot its scope stops the app
     from being built: access fails closed."""
-    for route in app.routes:
-        if not (isinstance(route, APIRoute) and is_protected(route.path)):
-            continue
-        if declared_scope(route) is None:
+    for route in protected_routes(app):
+        if route.scope is None:
             raise RuntimeError(
-                f"route {sorted(route.methods or ())} {route.path} declares no scope: add "
+                f"route {sorted(route.methods)} {route.path} declares no scope: add "
                 "dependencies=[Depends(require(Scope....))] to it"
             )
-        route.responses = {**AUTH_RESPONSES, **route.responses}
+    build_openapi = app.openapi
+
+    def openapi_with_auth_answers() -> dict[str, Any]:
+        schema = build_openapi()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict) and operation.get("security"):
+                    operation["responses"] = {**AUTH_RESPONSES, **operation["responses"]}
+        return schema
+
+    app.openapi = openapi_with_auth_answers  # type: ignore[method-assign]
