@@ -1,6 +1,6 @@
 """Settings both services share. Each service adds its own on top."""
 
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,12 +39,20 @@ class RedisSettings(BaseSettings):
         return masked_url(self.url)
 
 
+def _unsplit(parts: SplitResult) -> str:
+    """urlunsplit, but `unix:///path` keeps its empty authority (`//`)."""
+    url = urlunsplit(parts)
+    if not parts.netloc and not url.startswith(f"{parts.scheme}://"):
+        url = url.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
+    return url
+
+
 def with_password(url: str, password: str) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":  # the password goes in the query: unix:///s.sock?password=
         query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("password="))
         query = "&".join(filter(None, [query, f"password={quote(password, safe='')}"]))
-        return urlunsplit(parts._replace(query=query))
+        return _unsplit(parts._replace(query=query))
     user = quote(parts.username, safe="") if parts.username else ""
     host = parts.hostname or ""
     if ":" in host:  # IPv6
@@ -52,7 +60,7 @@ def with_password(url: str, password: str) -> str:
     netloc = f"{user}:{quote(password, safe='')}@{host}"
     if parts.port is not None:
         netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return _unsplit(parts._replace(netloc=netloc))
 
 
 def masked_url(url: str) -> str:
@@ -67,7 +75,7 @@ def masked_url(url: str) -> str:
             "password=***" if q.startswith("password=") else q for q in parts.query.split("&")
         )
         parts = parts._replace(query=query)
-    return urlunsplit(parts)
+    return _unsplit(parts)
 
 
 class CatalogSettings(BaseSettings):
