@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from conveyor_api.auth import Scope
-from conveyor_api.limits import BodyLimitMiddleware, check_filename, json_depth_exceeds
+from conveyor_api.limits import BodyLimitMiddleware, check_filename, json_problem
 from conveyor_core.ratelimit import RateLimiter
 from tests.api.conftest import make_app, serve
 from tests.support.auth import api_key, bearer
@@ -92,7 +92,28 @@ def deep(levels: int) -> str:
     ids=["32", "33", "objects", "in-a-string", "huge", "not-json", "scalar"],
 )
 def test_json_depth(body: str, too_deep: bool) -> None:
-    assert json_depth_exceeds(body.encode(), 32) is too_deep
+    problem = json_problem(body.encode(), 32)
+    assert (problem is not None and "deeper than 32" in problem) is too_deep
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"name": "\xff\xfe"}', "not UTF-8"),
+        (b'{"name": "\\udbe9x"}', "lone surrogate"),
+        (b'{"\\udc00": 1}', "lone surrogate"),
+    ],
+    ids=["latin-1", "surrogate-value", "surrogate-key"],
+)
+async def test_json_that_redis_could_not_store_gets_422(
+    client: httpx.AsyncClient, body: bytes, why: str
+) -> None:
+    assert json_problem('{"ok": "\\ud83d\\ude00 é"}'.encode(), 32) is None  # a pair is fine
+    response = await client.post(
+        "/v1/jobs/welcome", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert why in response.json()["detail"]
 
 
 async def test_deep_json_gets_422_not_500(client: httpx.AsyncClient) -> None:
@@ -171,3 +192,12 @@ def test_file_names(name: str | None, error: str | None) -> None:
 
 def test_every_scope_has_a_value_a_key_setting_can_name() -> None:
     assert [s.value for s in Scope] == ["jobs:submit", "jobs:read", "jobs:admin", "documents:write"]
+
+
+async def test_a_run_at_centuries_ago_is_due_now_not_a_500(client: httpx.AsyncClient) -> None:
+    """Found by schemathesis: the arq key's expiry went negative."""
+    response = await client.post(
+        "/v1/jobs/create_task", params={"run_at": "0288-09-04T05:08:27+14:49"}, json={"sleep_s": 0}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["state"] == "queued"

@@ -81,33 +81,51 @@ async def send_problem(send: Send, scope: Scope, status: int, title: str, detail
     await send({"type": "http.response.body", "body": body})
 
 
-def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
-    """Does the JSON text nest arrays/objects deeper than `max_depth`?
+def json_problem(body: bytes, max_depth: int) -> str | None:
+    """Why this JSON body must be refused before anything parses it, or None.
 
-    The C parser does the reading (linear); the depth is then measured with an
+    The C parser reads it (linear time); the depth is then measured with an
     explicit stack, not recursion. Text too deep for the parser itself is too
-    deep; text that is not JSON is left for request validation to reject.
+    deep. Bytes that are not UTF-8, and strings with lone surrogates (which no
+    UTF-8 encoder, Redis' included, accepts), are refused here too. Text that
+    is simply not JSON is left for request validation to reject.
     """
     try:
-        value = json.loads(body)
+        text = body.decode()
+    except UnicodeDecodeError:
+        return "The body is not UTF-8 text."
+    try:
+        value = json.loads(text)
     except RecursionError:
-        return True
+        return f"The JSON body is nested deeper than {max_depth} levels."
     except ValueError:
-        return False
+        return None
+    if json_depth_exceeds(value, max_depth):
+        return f"The JSON body is nested deeper than {max_depth} levels."
+    try:
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return "The JSON body has a string with a lone surrogate (\\ud800-\\udfff)."
+    return None
+
+
+def json_depth_exceeds(value: Any, max_depth: int) -> bool:
+    """Does this parsed JSON value nest arrays/objects deeper than `max_depth`?"""
     if not isinstance(value, dict | list):
         return False
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
-        children = node.values() if isinstance(node, dict) else node
         if depth > max_depth:
             return True
+        children = node.values() if isinstance(node, dict) else node
         pending.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
 
 
-class JsonDepthMiddleware:
-    """422 for a JSON body nested deeper than `max_depth`, before anything parses it.
+class JsonGuardMiddleware:
+    """422 for a JSON body nested deeper than `max_depth`, or not UTF-8, or with
+    lone surrogates: before anything parses it (see `json_problem`).
 
     Runs inside BodyLimitMiddleware, so the body it buffers is already bounded.
     """
@@ -131,9 +149,8 @@ class JsonDepthMiddleware:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        if json_depth_exceeds(bytes(body), self.max_depth):
-            detail = f"The JSON body is nested deeper than {self.max_depth} levels."
-            await send_problem(send, scope, 422, "JSON nested too deep", detail)
+        if problem := json_problem(bytes(body), self.max_depth):
+            await send_problem(send, scope, 422, "Unacceptable JSON body", problem)
             return
 
         async def replay() -> Message:

@@ -9,8 +9,8 @@ from fastapi import FastAPI
 from conveyor_api.auth import KeyRing, secure_routes
 from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
-from conveyor_api.limits import BodyLimitMiddleware, JsonDepthMiddleware
-from conveyor_api.problems import install_problem_handlers
+from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
+from conveyor_api.problems import document_problems, install_problem_handlers
 from conveyor_api.routes import health, jobs, queues, tutorial
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     # Innermost first: the depth check reads a body the size limit has bounded.
-    app.add_middleware(JsonDepthMiddleware, max_depth=settings.max_json_depth)
+    app.add_middleware(JsonGuardMiddleware, max_depth=settings.max_json_depth)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -75,4 +75,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.build_router(list(catalog)))
     app.include_router(queues.router)
     secure_routes(app)
+    document_problems(app)
     return app
