@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             len(settings.keys),
         )
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
-    setup_telemetry(app)
+    setup_telemetry(app, settings.metrics_port)
     app.include_router(health.router)
     app.include_router(tutorial.router)
     app.include_router(jobs.build_router(list(catalog)))

@@ -14,6 +14,9 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)
+    # Serve /metrics on this port only (and not on `port`), e.g. to keep it
+    # off the ingress; unset: on `port` beside the api.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: str = "INFO"
     # The tutorial's create_task sleeps a random time in this range.
     task_sleep_min_s: float = Field(default=1.0, ge=0)
