@@ -5,6 +5,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from conveyor_api.settings import Settings
 from conveyor_core.local.run import ALL_SCOPES
 from conveyor_core.logging import JsonFormatter
 from tests.api.conftest import make_app, serve
+from tests.support.processes import api_process
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, bearer
 
 # One key per scope, and one per scope with every scope but that one.
@@ -97,6 +99,7 @@ async def test_every_protected_route_wants_the_right_key(
     bad_key = await keyed.request(method, url, json=body, headers=bearer("cvk_not_a_key"))
     assert_problem(bad_key, 401)
     assert 'error="invalid_token"' in bad_key.headers["www-authenticate"]
+    assert "cvk_not_a_key" not in bad_key.text
 
     not_bearer = await keyed.request(method, url, json=body, headers={"Authorization": TEST_KEY})
     assert_problem(not_bearer, 401)
@@ -222,3 +225,21 @@ async def test_the_key_name_not_the_key_is_in_logs_and_spans(
     assert server[-1].attributes is not None
     assert server[-1].attributes[KEY_NAME_ATTRIBUTE] == "only-jobs_read"
     assert key not in repr([s.attributes for s in spans.get_finished_spans()])
+
+
+async def test_error_bodies_do_not_echo_secret_values(client: httpx.AsyncClient) -> None:
+    secret = "hunter2-correct-horse"
+    response = await client.post(
+        "/v1/jobs/welcome", json={"name": "Ada", "email": ["x"], "password": {"v": secret}}
+    )
+    assert response.status_code == 422
+    assert secret not in response.text
+    assert {e["field"] for e in response.json()["errors"]} == {"email", "password"}
+
+
+def test_the_api_process_will_not_start_without_keys(redis_url: str, log_dir: Path) -> None:
+    api = api_process(redis_url, log_dir, CONVEYOR_API_KEYS="[]")
+    api.start(wait_ready=False)
+    assert api.process is not None
+    assert api.process.wait(timeout=60) != 0
+    assert "CONVEYOR_API_KEYS is empty" in api.output()
