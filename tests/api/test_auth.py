@@ -30,8 +30,8 @@ from conveyor_api.settings import Settings
 from conveyor_core.local.run import ALL_SCOPES
 from conveyor_core.logging import JsonFormatter
 from tests.api.conftest import make_app, serve
-from tests.support.processes import api_process
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, bearer
+from tests.support.processes import api_process
 
 # One key per scope, and one per scope with every scope but that one.
 ONLY = {scope: f"cvk_only_{scope.name.lower()}" for scope in Scope}
