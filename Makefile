@@ -36,6 +36,7 @@ run: $(VENV)/.synced ## start Redis, the api and a worker (REDIS_URL to use your
 TEST_DEBS :=
 TEST_DEBS += redis-tools
 TEST_DEBS += prometheus
+TEST_DEBS += redis-server
 
 .PHONY: test-deps
 test-deps: ## install the Debian packages the tests drive (apt-get, as root)

@@ -1,4 +1,5 @@
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -8,25 +9,33 @@ from conveyor_api.main import create_app
 from conveyor_api.settings import Settings
 from conveyor_core.settings import CatalogSettings, RedisSettings
 from tests.support import jobs
+from tests.support.auth import AUTH_HEADERS, TEST_KEY, TEST_KEY_NAME, api_key
 
 
-def make_app(redis_url: str) -> FastAPI:
-    return create_app(
-        Settings(
-            redis=RedisSettings(url=redis_url, connect_timeout_s=0.5, socket_timeout_s=0.5),
-            task_sleep_min_s=0.01,
-            task_sleep_max_s=0.05,
-            catalog=CatalogSettings(job_modules=jobs.MODULE),
-        )
-    )
+def make_app(redis_url: str, **overrides: Any) -> FastAPI:
+    """The api with the test job types, accepting the test key (and `overrides`)."""
+    settings: dict[str, Any] = {
+        "redis": RedisSettings(url=redis_url, connect_timeout_s=0.5, socket_timeout_s=0.5),
+        "task_sleep_min_s": 0.01,
+        "task_sleep_max_s": 0.05,
+        "catalog": CatalogSettings(job_modules=jobs.MODULE),
+        "keys": [api_key(TEST_KEY_NAME, TEST_KEY)],
+        "rate_limit_per_s": 1000,
+        "rate_limit_burst": 1000,
+    }
+    return create_app(Settings(**{**settings, **overrides}))
 
 
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan run, behind an in-process HTTP client."""
+async def serve(app: FastAPI, *, authenticated: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan run, behind an in-process HTTP client that sends
+    the test key (unless `authenticated` is false)."""
     transport = httpx.ASGITransport(app=app)
+    headers = AUTH_HEADERS if authenticated else {}
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://api", timeout=5) as client,
+        httpx.AsyncClient(
+            transport=transport, base_url="http://api", timeout=5, headers=headers
+        ) as client,
     ):
         yield client
 

@@ -8,13 +8,10 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from conveyor_api.main import create_app
-from conveyor_api.settings import Settings
 from conveyor_core.catalog import DEFAULT_QUEUE
-from conveyor_core.settings import CatalogSettings, DocumentSettings, RedisSettings
+from conveyor_core.settings import DocumentSettings
 from conveyor_core.store import JobStore
-from tests.api.conftest import serve
-from tests.support import jobs
+from tests.api.conftest import make_app, serve
 from tests.support.pdf import make_pdf
 
 MAX_BYTES = 64 * 1024
@@ -22,12 +19,8 @@ MAX_BYTES = 64 * 1024
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(
-        redis=RedisSettings(url=redis_url),
-        catalog=CatalogSettings(job_modules=jobs.MODULE),
-        documents=DocumentSettings(max_bytes=MAX_BYTES, retention_s=3600, text_max_chars=1000),
-    )
-    async for c in serve(create_app(settings)):
+    documents = DocumentSettings(max_bytes=MAX_BYTES, retention_s=3600, text_max_chars=1000)
+    async for c in serve(make_app(redis_url, documents=documents)):
         yield c
 
 

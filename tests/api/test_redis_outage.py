@@ -13,6 +13,7 @@ import redis as redis_sync
 
 from conveyor_core.local.redis_server import RedisProcess
 from tests.api.conftest import make_app, serve
+from tests.support.auth import AUTH_HEADERS
 from tests.support.processes import api_process, stop_all
 
 QUICK_S = 1.0
@@ -88,10 +89,12 @@ def test_an_sse_stream_ends_with_an_error_event_when_redis_goes(
     # A real server: the in-process transport would buffer the whole stream.
     api = api_process(own_redis.url, log_dir).start()
     try:
-        job = httpx.post(f"{api.base_url}/v1/jobs/create_task", json={"sleep_s": 1}).json()
+        job = httpx.post(
+            f"{api.base_url}/v1/jobs/create_task", json={"sleep_s": 1}, headers=AUTH_HEADERS
+        ).json()
         lines: list[str] = []
         url = f"{api.base_url}/v1/jobs/{job['id']}/events"
-        with httpx.stream("GET", url, timeout=10) as stream:
+        with httpx.stream("GET", url, timeout=10, headers=AUTH_HEADERS) as stream:
             for line in stream.iter_lines():
                 lines.append(line)
                 if line.startswith("data:") and own_redis_running(own_redis):

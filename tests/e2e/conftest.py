@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from tests.support.auth import AUTH_HEADERS
 from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
 
 
@@ -22,7 +23,8 @@ class Stack:
         self.env = env  # for the api and every worker
         self.api = api_process(redis_url, log_dir, **env)
         self.workers: list[ServiceProcess] = []
-        self.http = httpx.Client(base_url="http://placeholder", timeout=10)
+        # Sends the test key, which the api process accepts (tests/support/auth.py).
+        self.http = httpx.Client(base_url="http://placeholder", timeout=10, headers=AUTH_HEADERS)
         self.redis = redis_sync.Redis.from_url(redis_url)
 
     def start_api(self) -> None:

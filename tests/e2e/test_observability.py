@@ -9,7 +9,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conveyor_api.auth import KEY_NAME_ATTRIBUTE
 from tests.e2e.conftest import Stack
+from tests.support.auth import TEST_KEY, TEST_KEY_NAME
 from tests.support.otlp import Collector, Span, otlp_collector
 
 pytestmark = pytest.mark.e2e
@@ -175,13 +177,26 @@ def test_secrets_in_a_payload_never_reach_logs_or_spans(
     assert stack.wait_for_state(job["id"], "complete")["result"] == "welcome, Ada"
     wait_for_spans(collector, kind="SPAN_KIND_CONSUMER")
 
+    masked = {"email": "***", "password": "***", "name": "Ada"}
+    # The job api masks them: on submit, read, listing and the event stream.
+    assert job["payload"] == masked
+    assert stack.job(job["id"])["payload"] == masked
+    listed = stack.http.get("/v1/jobs", params={"job_type": "welcome"}).json()["items"]
+    assert [j["payload"] for j in listed] == [masked]
+    assert [data["payload"] for _, data in stack.events(job["id"])] == [masked]
+
     logs = stack.api.output() + "".join(w.output() for w in stack.workers)
     spans = repr([(s.attributes, s.events) for s in collector.spans])
-    for value in secrets.values():
+    for value in [*secrets.values(), TEST_KEY]:
         assert value not in logs
         assert value not in spans
     start = only_line(stack.log_lines(stack.workers[0]), message="job start", job_id=job["id"])
-    assert start["args"] == {"email": "***", "password": "***", "name": "Ada"}
+    assert start["args"] == masked
+    # The caller is named by its key's name, in the request's log line and span.
+    submitted = only_line(stack.log_lines(stack.api), route="/v1/jobs/welcome")
+    assert submitted["api_key"] == TEST_KEY_NAME
+    server = only(wait_for_spans(collector, name="POST /v1/jobs/welcome", kind="SPAN_KIND_SERVER"))
+    assert server.attributes[KEY_NAME_ATTRIBUTE] == TEST_KEY_NAME
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,6 +10,7 @@ from arq.jobs import Job, JobStatus
 
 from conveyor_core.redis import create_redis
 from conveyor_core.settings import RedisSettings
+from tests.support.auth import AUTH_HEADERS
 from tests.support.processes import api_process, stop_all, worker_process
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +37,7 @@ def test_post_task_runs_five_jobs_on_the_worker(redis_url: str, log_dir: Path) -
         api.start()
         worker.start()
 
-        response = httpx.post(f"{api.base_url}/task", json={"count": 5})
+        response = httpx.post(f"{api.base_url}/task", json={"count": 5}, headers=AUTH_HEADERS)
         assert response.status_code == 201
         job_ids = response.json()["job_ids"]
         assert len(job_ids) == 5

@@ -12,6 +12,7 @@ import httpx
 
 from conveyor_core.local.redis_server import free_port
 from tests.support import jobs
+from tests.support.auth import RATE_LIMIT_ENV, keys_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Both services load the test job types, as a deployment would load its own.
@@ -95,9 +96,19 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+# The api accepts the test key (tests/support/auth.py); clients send it by default.
+API_TEST_ENV = {"CONVEYOR_API_KEYS": keys_env(), **RATE_LIMIT_ENV}
+
+
 def api_process(redis_url: str, log_dir: Path, **env: str) -> ServiceProcess:
     port = free_port()
-    settings = {**TEST_ENV, "REDIS_URL": redis_url, "CONVEYOR_API_PORT": str(port), **env}
+    settings = {
+        **TEST_ENV,
+        **API_TEST_ENV,
+        "REDIS_URL": redis_url,
+        "CONVEYOR_API_PORT": str(port),
+        **env,
+    }
     return ServiceProcess("conveyor_api", settings, port, log_dir / "api.log", "/readyz")
 
 

@@ -19,6 +19,7 @@ import redis as redis_sync
 
 from conveyor_core.local.redis_server import free_port
 from conveyor_core.local.run import busy_port_error
+from tests.support.auth import bearer
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ def busy_port() -> Iterator[int]:
 
 
 def runner_env(api_port: int, worker_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CONVEYOR_API_KEYS")}
     env.update(
         CONVEYOR_API_PORT=str(api_port),
         CONVEYOR_WORKER_HEALTH_PORT=str(worker_port),
@@ -124,8 +125,13 @@ def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(log_dir: Path
         assert f"http://localhost:{worker_port}/healthz" in banner
         redis_url = re.search(r"redis\s+(redis://\S+)", banner)
         assert redis_url is not None
+        key = re.search(r"api key\s+(cvk_dev_\S+)", banner)
+        assert key is not None, banner
 
-        response = httpx.post(f"http://localhost:{api_port}/task", json={"count": 5})
+        # Development mode still needs a key: the one the banner printed.
+        task = f"http://localhost:{api_port}/task"
+        assert httpx.post(task, json={"count": 1}).status_code == 401
+        response = httpx.post(task, json={"count": 5}, headers=bearer(key.group(1)))
         assert response.status_code == 201
         # The worker's log, streamed with its prefix, shows the five jobs finishing.
         pending = set(response.json()["job_ids"])

@@ -1,5 +1,7 @@
 """`python -m conveyor_api`: serve the api with uvicorn."""
 
+import socket
+
 import uvicorn
 
 from conveyor_api.main import create_app
@@ -12,17 +14,31 @@ def main() -> None:
     settings = Settings()
     configure_logging("api", settings.log_level)
     tracing = setup_tracing("conveyor-api")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep our log format
+        access_log=False,  # telemetry.RequestTelemetry logs each request
+        timeout_graceful_shutdown=10,
+    )
+    # One server on one or two ports: one lifespan, one signal handler.
+    sockets = [config.bind_socket()]
+    if settings.metrics_port:
+        sockets.append(listen(settings.host, settings.metrics_port))
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,  # keep our log format
-            access_log=False,  # telemetry.RequestTelemetry logs each request
-            timeout_graceful_shutdown=10,
-        )
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
         tracing.shutdown()  # export the spans still buffered
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from conveyor_api.events import JobEvents
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import Catalog
 from conveyor_core.documents import DocumentStore
+from conveyor_core.redaction import Redactor
 from conveyor_core.store import JobStore
 
 
@@ -42,9 +43,15 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_redactor(request: Request) -> Redactor:
+    redactor: Redactor = request.app.state.redact
+    return redactor
+
+
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 DocumentsDep = Annotated[DocumentStore, Depends(get_documents)]
 EventsDep = Annotated[JobEvents, Depends(get_events)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedactorDep = Annotated[Redactor, Depends(get_redactor)]

@@ -97,3 +97,59 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_problem)
     for error in REDIS_DOWN_ERRORS:
         app.add_exception_handler(error, _redis_down)
+
+
+# The shape of every error answer, for OpenAPI (RFC 9457; extensions allowed).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "required": ["type", "title", "status"],
+}
+VALIDATION_PROBLEM_SCHEMA: dict[str, Any] = {
+    **PROBLEM_SCHEMA,
+    "title": "ValidationProblem",
+    "properties": {
+        **PROBLEM_SCHEMA["properties"],
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "detail": {"type": "string"},
+                    "type": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make OpenAPI tell the truth about errors: every 4xx and 5xx answer is
+    `application/problem+json` (FastAPI's default documents 422 as its own
+    `HTTPValidationError` in `application/json`)."""
+    build_openapi = app.openapi
+
+    def openapi_with_problems() -> dict[str, Any]:
+        schema = build_openapi()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = PROBLEM_SCHEMA
+        components["ValidationProblem"] = VALIDATION_PROBLEM_SCHEMA
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if str(status)[0] in "45":
+                        name = "ValidationProblem" if str(status) == "422" else "Problem"
+                        ref = {"$ref": f"#/components/schemas/{name}"}
+                        response["content"] = {PROBLEM_JSON: {"schema": ref}}
+        return schema
+
+    app.openapi = openapi_with_problems  # type: ignore[method-assign]

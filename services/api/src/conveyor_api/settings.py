@@ -5,7 +5,13 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from conveyor_core.settings import CatalogSettings, DocumentSettings, RedisSettings
+from conveyor_api.auth import ApiKey
+from conveyor_core.settings import (
+    CatalogSettings,
+    DocumentSettings,
+    ObservabilitySettings,
+    RedisSettings,
+)
 
 
 class Settings(BaseSettings):
@@ -13,6 +19,9 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
     port: int = Field(default=8000, ge=1, le=65535)
+    # Serve /metrics on this port only (and not on `port`), e.g. to keep it
+    # off the ingress; unset: on `port` beside the api.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: str = "INFO"
     # The tutorial's create_task sleeps a random time in this range.
     task_sleep_min_s: float = Field(default=1.0, ge=0)
@@ -21,11 +30,46 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(default=0.5, gt=0)
     # What a 503 tells clients to wait before they try again.
     retry_after_s: int = Field(default=2, ge=1)
-    # Request bodies above this size get 413 (uploads: CONVEYOR_DOCUMENTS_MAX_BYTES).
+    # The api keys (CONVEYOR_API_KEYS): a JSON list of {"name", "sha256", "scopes"}.
+    # Without any, the api refuses to start, unless in development.
+    keys: list[ApiKey] = Field(default_factory=list)
+    # Development mode (CONVEYOR_API_DEVELOPMENT): the api may start without
+    # keys (every protected route then answers 401). Never in production.
+    development: bool = False
+    # Requests per second each key may make on average (0: no limit), and how
+    # many it may make at once. Kept in Redis: all replicas share one budget.
+    rate_limit_per_s: float = Field(default=50.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+    # Request bodies above this size get 413 (multipart uploads: max_upload_bytes).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # JSON bodies nested deeper than this get 422 (deep nesting crashes parsers).
+    max_json_depth: int = Field(default=32, ge=2, le=500)
+    # A job's payload, as compact JSON, above this size gets 413: payloads
+    # travel through Redis on every try; large data belongs in a document.
+    max_payload_bytes: int = Field(default=65_536, ge=256)
+    # Multipart (file upload) request bodies above this size get 413.
+    max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1024)
+    # Uploaded file names longer than this (in characters) are refused.
+    max_filename_chars: int = Field(default=255, ge=1, le=1024)
+    # Origins allowed to call the api from a browser (comma-separated); none: CORS off.
+    cors_origins: str = ""
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @model_validator(mode="after")
+    def _keys_unless_development(self) -> Self:
+        if not self.keys and not self.development:
+            raise ValueError(
+                "CONVEYOR_API_KEYS is empty: give at least one api key, or set "
+                "CONVEYOR_API_DEVELOPMENT=true to start without any (every /v1 request gets 401)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sleep_range_is_ordered(self) -> Self:

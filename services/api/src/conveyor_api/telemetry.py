@@ -112,13 +112,33 @@ async def metrics(request: Request) -> Response:
     return Response(encoder(REGISTRY), headers={"Content-Type": content_type})
 
 
-def setup_telemetry(app: FastAPI) -> None:
+class MetricsOnItsOwnPort:
+    """With a metrics port: `/metrics` is served there and only there, so the
+    api's public port (behind the ingress) does not expose it."""
+
+    def __init__(self, app: ASGIApp, metrics_port: int) -> None:
+        self.app = app
+        self.metrics_port = metrics_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server") or ("", None)
+            on_metrics_port = server[1] == self.metrics_port
+            if on_metrics_port != (scope["path"] == "/metrics"):
+                await Response(status_code=404)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def setup_telemetry(app: FastAPI, metrics_port: int | None = None) -> None:
     """Call once, after the other middleware (the server span then wraps them all)
     and after `app.state.catalog` is set."""
     # Each job type's enqueue counter exists at 0 from the start, so rate() sees
     # the first job after a restart.
     for job_type in app.state.catalog:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue)
+    if metrics_port:
+        app.add_middleware(MetricsOnItsOwnPort, metrics_port=metrics_port)
     app.add_middleware(RequestTelemetry)
     app.add_api_route("/metrics", metrics, include_in_schema=False)
     FastAPIInstrumentor.instrument_app(app, excluded_urls=",".join(QUIET_PATHS))

@@ -24,6 +24,8 @@ EVENTS_CHANNEL = PREFIX + "events"
 # requeue, or ABORT_MESSAGE when a running job is to be cancelled.
 WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
+# GCRA state per api key (its name): when the key's next request is "due".
+RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # Lock so that one worker at a time trims stale index entries.
 HOUSEKEEPING_LOCK = PREFIX + "housekeeping"
 # Hash per uploaded document: name, type, state, text, summary, times, job ids.
@@ -72,3 +74,7 @@ def mail_sent_key(mail_key: str) -> str:
 
 def stats_digest_key(job_id: str) -> str:
     return STATS_DIGEST_PREFIX + job_id
+
+
+def rate_limit_key(subject: str) -> str:
+    return RATE_LIMIT_PREFIX + subject

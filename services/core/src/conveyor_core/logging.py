@@ -31,6 +31,15 @@ def log_context(**fields: Any) -> Iterator[None]:
         _bound.reset(token)
 
 
+def bind(**fields: Any) -> None:
+    """Bind fields for the rest of the current `log_context` block, which resets them.
+
+    For code that learns something mid-request (a dependency that knows the
+    caller): the request's own log line, written inside that block, shows it.
+    """
+    _bound.set({**_bound.get(), **fields})
+
+
 def bound(name: str) -> Any:
     return _bound.get().get(name)
 

@@ -1,6 +1,7 @@
 """Settings both services share. Each service adds its own on top."""
 
 from typing import Literal
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,11 +12,14 @@ class RedisSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="REDIS_", extra="ignore")
 
-    # redis://, rediss:// (TLS) or unix:// URL, with password and db if needed.
+    # redis://, rediss:// (TLS) or unix:// URL, with db if needed. A password
+    # may be in it, but REDIS_PASSWORD is better: a chart takes it from a Secret.
     url: str = "redis://localhost:6379/0"
-    # Fills or overrides the URL's password, so a deployment can take it from
-    # a Secret of its own while the URL stays plain configuration.
-    password: str | None = None
+    # Fills in (or overrides) the URL's password.
+    password: SecretStr | None = None
+    # For rediss://: the CA bundle that signed the server's certificate
+    # (else the system's trust store). The server's certificate is always verified.
+    tls_ca_file: str | None = None
     # A connect that takes longer than this means Redis is down: fail fast.
     connect_timeout_s: float = Field(default=1.0, gt=0)
     # No Conveyor command blocks on the server, so a slow reply is a fault.
@@ -36,6 +40,59 @@ class RedisSettings(BaseSettings):
                     raise ValueError(f"REDIS_SENTINEL_HOSTS entry {entry!r} is not host:port")
                 addresses.append((host, int(port)))
         return addresses
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "rediss"
+
+    def connection_url(self) -> str:
+        """The URL to connect with: REDIS_PASSWORD in it, when given. Never log it."""
+        if self.password is None:
+            return self.url
+        return with_password(self.url, self.password.get_secret_value())
+
+    def safe_url(self) -> str:
+        """The URL with any password masked: the only form fit for logs and banners."""
+        return masked_url(self.url)
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """urlunsplit, but `unix:///path` keeps its empty authority (`//`)."""
+    url = urlunsplit(parts)
+    if not parts.netloc and not url.startswith(f"{parts.scheme}://"):
+        url = url.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
+    return url
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":  # the password goes in the query: unix:///s.sock?password=
+        query = "&".join(q for q in parts.query.split("&") if q and not q.startswith("password="))
+        query = "&".join(filter(None, [query, f"password={quote(password, safe='')}"]))
+        return _unsplit(parts._replace(query=query))
+    user = quote(parts.username, safe="") if parts.username else ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return _unsplit(parts._replace(netloc=netloc))
+
+
+def masked_url(url: str) -> str:
+    """`redis://user:secret@host/0` -> `redis://user:***@host/0` (and `?password=` too)."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        parts = parts._replace(netloc=f"{user}:***@{netloc}")
+    if "password=" in parts.query:
+        query = "&".join(
+            "password=***" if q.startswith("password=") else q for q in parts.query.split("&")
+        )
+        parts = parts._replace(query=query)
+    return _unsplit(parts)
 
 
 class CatalogSettings(BaseSettings):

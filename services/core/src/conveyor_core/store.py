@@ -164,7 +164,7 @@ class JobStore:
                 job_id,
                 job_bytes,
                 ready_at_ms,
-                ready_at_ms - at_ms + ARQ_EXPIRY_EXTRA_MS,
+                max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS,  # a past run_at: due now
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
                 keys.INDEX_PREFIX,

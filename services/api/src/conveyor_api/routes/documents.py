@@ -7,10 +7,11 @@ anything is stored: a bad one leaves nothing behind and enqueues nothing.
 from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Response, UploadFile
 from pydantic import BaseModel, EmailStr
 from starlette.concurrency import run_in_threadpool
 
+from conveyor_api.auth import Scope, require
 from conveyor_api.deps import DocumentsDep, SettingsDep, StoreDep
 from conveyor_core.catalog import PROCESS_DOCUMENT, DocumentRef
 from conveyor_core.documents import DocumentError, DocumentPublic, retention_for, sniff
@@ -42,6 +43,7 @@ def _clean_name(filename: str | None) -> str:
 
 @router.post(
     "",
+    dependencies=[Depends(require(Scope.DOCUMENTS_WRITE))],
     status_code=202,
     summary="Upload a document to process",
     responses={
@@ -103,7 +105,12 @@ async def upload_document(
     return DocumentAccepted(document=document.public(text_chars=0), job=job)
 
 
-@router.get("/{document_id}", summary="Read a document", responses={404: {"description": "None"}})
+@router.get(
+    "/{document_id}",
+    dependencies=[Depends(require(Scope.DOCUMENTS_READ))],
+    summary="Read a document",
+    responses={404: {"description": "None"}},
+)
 async def read_document(
     document_id: DocumentId,
     documents: DocumentsDep,

@@ -5,17 +5,19 @@ import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import AwareDatetime, BaseModel, Field
 
-from conveyor_api.deps import CatalogDep, EventsDep, StoreDep
+from conveyor_api.auth import Scope, require
+from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, SettingsDep, StoreDep
 from conveyor_core.catalog import JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
 from conveyor_core.logging import bound
+from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import DEAD_RETENTION_S, InvalidCursorError
 
@@ -58,6 +60,11 @@ async def _existing(store: StoreDep, job_id: str) -> JobPublic:
     return job
 
 
+def _public(job: JobPublic, redact: Redactor) -> JobPublic:
+    """The job as clients see it: secret-looking payload and result fields masked."""
+    return job.model_copy(update={"payload": redact(job.payload), "result": redact(job.result)})
+
+
 def _query_error(field: str, message: str) -> RequestValidationError:
     return RequestValidationError(
         [{"loc": ("query", field), "msg": message, "type": "value_error"}]
@@ -75,6 +82,8 @@ def submit_endpoint(
         request: Request,
         response: Response,
         store: StoreDep,
+        settings: SettingsDep,
+        redact: RedactorDep,
         defer_by_s: Annotated[
             float | None, Query(ge=0, le=MAX_DEFER_S, description="Run this many seconds from now.")
         ] = None,
@@ -85,6 +94,13 @@ def submit_endpoint(
     ) -> JobPublic:
         if defer_by_s is not None and run_at is not None:
             raise _query_error("run_at", "give defer_by_s or run_at, not both")
+        size_bytes = len(payload.model_dump_json())  # type: ignore[attr-defined]
+        if size_bytes > settings.max_payload_bytes:
+            raise HTTPException(
+                413,
+                f"The {job_type.name} payload is {size_bytes} bytes as JSON, over the limit of "
+                f"{settings.max_payload_bytes}; pass large data as a document instead.",
+            )
         submitted = await enqueue(
             store,
             job_type,
@@ -105,7 +121,7 @@ def submit_endpoint(
             raise _not_found(submitted.job_id)
         response.status_code = 201 if submitted.created else 200
         response.headers["Location"] = f"/v1/jobs/{job.id}"
-        return job
+        return _public(job, redact)
 
     submit.__name__ = f"submit_{job_type.name}"
     return submit
@@ -121,11 +137,13 @@ def build_router(job_types: list[JobType]) -> APIRouter:
             submit_endpoint(job_type),
             methods=["POST"],
             status_code=201,
+            dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
             summary=f"Submit a {job_type.name} job",
             description=job_type.description,
             responses={
                 200: {"description": "Same Idempotency-Key and payload: the existing job"},
                 409: {"description": "Same Idempotency-Key, different payload"},
+                413: {"description": "The payload is over the size limit"},
                 503: {"description": "Redis is unavailable; retry after Retry-After"},
             },
         )
@@ -138,6 +156,7 @@ def build_router(job_types: list[JobType]) -> APIRouter:
         responses={404: {"description": "Not in the catalog"}},
         status_code=404,
         include_in_schema=False,
+        dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
     )
     async def unknown_job_type(job_type: str, catalog: CatalogDep) -> None:
         known = ", ".join(t.name for t in catalog)
@@ -146,9 +165,10 @@ def build_router(job_types: list[JobType]) -> APIRouter:
     return api
 
 
-@router.get("", summary="List jobs")
+@router.get("", summary="List jobs", dependencies=[Depends(require(Scope.JOBS_READ))])
 async def list_jobs(
     store: StoreDep,
+    redact: RedactorDep,
     catalog: CatalogDep,
     state: JobState | None = None,
     queue: Annotated[str | None, Query(max_length=200)] = None,
@@ -170,12 +190,18 @@ async def list_jobs(
         )
     except InvalidCursorError:
         raise _query_error("cursor", "not a cursor from a previous page") from None
-    return JobList(items=page.items, next_cursor=page.next_cursor)
+    items = [_public(job, redact) for job in page.items]
+    return JobList(items=items, next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", summary="Read a job", responses={404: {"description": "No such job"}})
-async def read_job(job_id: JobId, store: StoreDep) -> JobPublic:
-    return await _existing(store, job_id)
+@router.get(
+    "/{job_id}",
+    summary="Read a job",
+    responses={404: {"description": "No such job"}},
+    dependencies=[Depends(require(Scope.JOBS_READ))],
+)
+async def read_job(job_id: JobId, store: StoreDep, redact: RedactorDep) -> JobPublic:
+    return _public(await _existing(store, job_id), redact)
 
 
 @router.delete(
@@ -187,9 +213,10 @@ async def read_job(job_id: JobId, store: StoreDep) -> JobPublic:
         404: {"description": "No such job"},
         409: {"description": "Already finished"},
     },
+    dependencies=[Depends(require(Scope.JOBS_ADMIN))],
 )
 async def cancel_job(
-    job_id: JobId, store: StoreDep, catalog: CatalogDep, response: Response
+    job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, response: Response
 ) -> JobPublic:
     job = await _existing(store, job_id)
     ttl_s = catalog[job.job_type].keep_result_s if job.job_type in catalog else DEAD_RETENTION_S
@@ -199,7 +226,7 @@ async def cancel_job(
     if outcome not in ("cancelled_now", "cancelling"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
     response.status_code = 202 if outcome == "cancelling" else 200
-    return await _existing(store, job_id)
+    return _public(await _existing(store, job_id), redact)
 
 
 @router.post(
@@ -207,9 +234,10 @@ async def cancel_job(
     status_code=202,
     summary="Requeue a dead job: a new try with the same payload",
     responses={404: {"description": "No such job"}, 409: {"description": "The job is not dead"}},
+    dependencies=[Depends(require(Scope.JOBS_ADMIN))],
 )
 async def retry_job(
-    job_id: JobId, store: StoreDep, catalog: CatalogDep, request: Request
+    job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, request: Request
 ) -> JobPublic:
     job = await _existing(store, job_id)
     if job.job_type not in catalog:
@@ -220,7 +248,7 @@ async def retry_job(
         raise _not_found(job_id)
     if requeued is None:
         raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {outcome}.")
-    return requeued
+    return _public(requeued, redact)
 
 
 @router.get(
@@ -235,17 +263,22 @@ async def retry_job(
         },
         404: {"description": "No such job"},
     },
+    dependencies=[Depends(require(Scope.JOBS_READ))],
 )
-async def job_events(job_id: JobId, store: StoreDep, events: EventsDep) -> StreamingResponse:
+async def job_events(
+    job_id: JobId, store: StoreDep, events: EventsDep, redact: RedactorDep
+) -> StreamingResponse:
     await _existing(store, job_id)
     return StreamingResponse(
-        _stream(job_id, store, events),
+        _stream(job_id, store, events, redact),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(job_id: str, store: StoreDep, events: EventsDep) -> AsyncIterator[bytes]:
+async def _stream(
+    job_id: str, store: StoreDep, events: EventsDep, redact: Redactor
+) -> AsyncIterator[bytes]:
     with events.watch(job_id) as changed:
         sent_version = 0
         while True:
@@ -261,7 +294,9 @@ async def _stream(job_id: str, store: StoreDep, events: EventsDep) -> AsyncItera
             if job.version != sent_version:
                 sent_version = job.version
                 yield format_sse_event(
-                    data_str=job.model_dump_json(), event="job", id=str(job.version)
+                    data_str=_public(job, redact).model_dump_json(),
+                    event="job",
+                    id=str(job.version),
                 )
             if job.state in TERMINAL_STATES:
                 return

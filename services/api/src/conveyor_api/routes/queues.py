@@ -2,12 +2,15 @@
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from conveyor_api.auth import Scope, require
 from conveyor_api.deps import CatalogDep, StoreDep
 
-router = APIRouter(prefix="/v1/queues", tags=["queues"])
+router = APIRouter(
+    prefix="/v1/queues", tags=["queues"], dependencies=[Depends(require(Scope.JOBS_ADMIN))]
+)
 
 
 class QueuePublic(BaseModel):

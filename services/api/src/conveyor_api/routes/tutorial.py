@@ -2,9 +2,10 @@
 
 import random
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from conveyor_api.auth import Scope, require
 from conveyor_api.deps import SettingsDep, StoreDep
 from conveyor_core.catalog import CREATE_TASK, CreateTask
 from conveyor_core.enqueue import enqueue
@@ -35,6 +36,7 @@ async def index() -> dict[str, str]:
     "/task",
     status_code=201,
     summary="Enqueue `count` create_task jobs",
+    dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
     responses={503: {"description": "Redis is unavailable; retry after Retry-After"}},
 )
 async def create_tasks(

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from conveyor_core.settings import masked_url
+
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 10.0
@@ -168,7 +170,7 @@ def resolve_redis(env: Mapping[str, str] | None = None) -> Iterator[ResolvedRedi
     """Yield a reachable Redis, started if needed and stopped on exit."""
     env = os.environ if env is None else env
     if url := env.get("REDIS_URL"):
-        logger.info("redis: using REDIS_URL %s", url)
+        logger.info("redis: using REDIS_URL %s", masked_url(url))
         yield ResolvedRedis(url=url, source="REDIS_URL")
         return
 

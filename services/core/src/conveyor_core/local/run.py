@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import hashlib
+import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from conveyor_core.local.redis_server import resolve_redis
+from conveyor_core.settings import masked_url
 
 logger = logging.getLogger("conveyor.run")
 
@@ -36,6 +40,25 @@ class Service:
 
     def port(self, env: Mapping[str, str]) -> int:
         return int(env.get(self.port_env, self.default_port))
+
+
+# Every scope the api knows (conveyor_api.auth.Scope; a test keeps the two equal).
+ALL_SCOPES = ("jobs:submit", "jobs:read", "jobs:admin", "documents:write", "documents:read")
+DEV_KEY_NAME = "local"
+
+
+def development_key(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """The api's settings for a local run: CONVEYOR_API_KEYS if given, else a
+    new key with every scope (returned, to be printed), in development mode."""
+    if env.get("CONVEYOR_API_KEYS"):
+        return {}, None
+    key = "cvk_dev_" + secrets.token_urlsafe(24)
+    entry = {
+        "name": DEV_KEY_NAME,
+        "sha256": hashlib.sha256(key.encode()).hexdigest(),
+        "scopes": list(ALL_SCOPES),
+    }
+    return {"CONVEYOR_API_KEYS": json.dumps([entry]), "CONVEYOR_API_DEVELOPMENT": "true"}, key
 
 
 API = Service("api", "conveyor_api", "CONVEYOR_API_PORT", 8000)
@@ -124,26 +147,29 @@ async def _wait_ready(env: Mapping[str, str]) -> bool:
     return False
 
 
-def _banner(env: Mapping[str, str], redis_url: str) -> str:
+def _banner(env: Mapping[str, str], redis_url: str, key: str | None) -> str:
     api = f"http://localhost:{API.port(env)}"
     worker = f"http://localhost:{WORKER.port(env)}"
+    key_shown = key or "(yours, from CONVEYOR_API_KEYS)"
     return "\n".join(
         [
             "",
-            "Conveyor is running. Ctrl-C stops everything.",
+            "Conveyor is running (development mode). Ctrl-C stops everything.",
             f"  api docs        {api}/docs",
+            f"  api key         {key_shown}",
             f"  submit tasks    curl -X POST {api}/task -H 'content-type: application/json' "
-            "-d '{\"count\": 5}'",
+            f"-H 'authorization: Bearer {key or '<key>'}' -d '{{\"count\": 5}}'",
             f"  api health      {api}/healthz   {api}/readyz",
             f"  worker health   {worker}/healthz   {worker}/readyz",
-            f"  redis           {redis_url}",
+            f"  redis           {masked_url(redis_url)}",
             "",
         ]
     )
 
 
 async def run_services(redis_url: str) -> int:
-    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    keys, key = development_key(os.environ)
+    env = {**os.environ, **keys, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,7 +187,7 @@ async def run_services(redis_url: str) -> int:
     await asyncio.wait({stopped, ready, *exits}, return_when=asyncio.FIRST_COMPLETED)
     if ready.done():
         if ready.result():
-            print(_banner(env, redis_url), flush=True)
+            print(_banner(env, redis_url, key), flush=True)
         else:
             logger.warning("not ready after %.0f s; see the logs above", READY_TIMEOUT_S)
     ready.cancel()

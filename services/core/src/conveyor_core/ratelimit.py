@@ -1,0 +1,46 @@
+"""Per-key request rate limits in Redis, so that every api replica shares them."""
+
+import math
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+
+from conveyor_core.keys import rate_limit_key
+from conveyor_core.store import lua_script
+
+US_PER_S = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    # When the next request would be allowed; 0 when this one was.
+    retry_after_s: float
+    # Requests that may follow at once without waiting.
+    remaining: int
+
+    @property
+    def retry_after_header(self) -> str:
+        """Retry-After takes whole seconds: round up, so a client that obeys it gets in."""
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
+class RateLimiter:
+    """GCRA: `rate_per_s` requests a second on average, up to `burst` at once.
+
+    One Lua call per request (a GET and a SET on one small key); the key
+    expires as soon as the client is back to a full burst.
+    """
+
+    def __init__(self, redis: ArqRedis, rate_per_s: float, burst: int) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError(f"rate_per_s ({rate_per_s}) must be > 0 and burst ({burst}) >= 1")
+        self.interval_us = max(1, round(US_PER_S / rate_per_s))
+        self.burst = burst
+        self._script = redis.register_script(lua_script("rate_limit"))
+
+    async def hit(self, subject: str) -> RateDecision:
+        allowed, retry_after_us, remaining = await self._script(
+            keys=[rate_limit_key(subject)], args=[self.interval_us, self.burst]
+        )
+        return RateDecision(bool(allowed), int(retry_after_us) / US_PER_S, int(remaining))

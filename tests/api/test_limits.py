@@ -1,0 +1,209 @@
+"""Rate limits per key (shared by replicas through Redis) and input limits, all
+answered as problem+json."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from conveyor_api.auth import Scope
+from conveyor_api.limits import BodyLimitMiddleware, check_filename, json_problem
+from conveyor_core.ratelimit import RateLimiter
+from tests.api.conftest import make_app, serve
+from tests.support.auth import api_key, bearer
+
+FLOODER, BYSTANDER = "cvk_flooder", "cvk_bystander"
+KEYS = [api_key("flooder", FLOODER), api_key("bystander", BYSTANDER)]
+BURST = 5
+
+
+@pytest.fixture
+async def replicas(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two api replicas on one Redis, each key allowed 1 request/s and a burst of 5."""
+
+    def replica() -> FastAPI:
+        return make_app(redis_url, keys=KEYS, rate_limit_per_s=1, rate_limit_burst=BURST)
+
+    async for one in serve(replica(), authenticated=False):
+        async for two in serve(replica(), authenticated=False):
+            yield one, two
+
+
+async def test_a_flooding_key_gets_429s_and_another_key_does_not(
+    replicas: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    one, two = replicas
+    flood = [
+        await (one if i % 2 else two).get("/v1/jobs", headers=bearer(FLOODER)) for i in range(20)
+    ]
+    statuses = [r.status_code for r in flood]
+    # The burst is shared by both replicas: 5 in all, then 429s.
+    assert statuses == [200] * BURST + [429] * (20 - BURST)
+    refused = flood[-1]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert 1 <= int(refused.headers["retry-after"]) <= 2
+    assert "flooder" in refused.json()["detail"]
+
+    others = [await two.get("/v1/jobs", headers=bearer(BYSTANDER)) for _ in range(BURST)]
+    assert [r.status_code for r in others] == [200] * BURST
+
+
+async def test_the_limit_refills_at_its_rate(redis: ArqRedis) -> None:
+    limiter = RateLimiter(redis, rate_per_s=20, burst=2)
+    assert [(await limiter.hit("k")).allowed for _ in range(3)] == [True, True, False]
+    denied = await limiter.hit("k")
+    assert 0 < denied.retry_after_s <= 0.05
+    await asyncio.sleep(denied.retry_after_s + 0.01)
+    assert (await limiter.hit("k")).allowed
+    # The state is one small key that expires once the burst is whole again.
+    assert 0 < await redis.pttl("conveyor:ratelimit:k") <= 200
+
+
+async def test_an_unauthenticated_flood_spends_no_key_budget(
+    replicas: tuple[httpx.AsyncClient, httpx.AsyncClient], redis: ArqRedis
+) -> None:
+    one, _ = replicas
+    for _ in range(10):
+        assert (await one.get("/v1/jobs", headers=bearer("cvk_wrong"))).status_code == 401
+    assert await redis.keys("conveyor:ratelimit:*") == []
+
+
+def deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("body", "too_deep"),
+    [
+        (deep(32), False),
+        (deep(33), True),
+        ('{"a": ' * 40 + "1" + "}" * 40, True),
+        ('{"s": "' + "[" * 100 + '"}', False),  # brackets in strings are text
+        (deep(100_000), True),  # beyond what the parser itself can recurse
+        ("not json [[[[", False),  # left for validation to reject
+        ("7", False),
+    ],
+    ids=["32", "33", "objects", "in-a-string", "huge", "not-json", "scalar"],
+)
+def test_json_depth(body: str, too_deep: bool) -> None:
+    problem = json_problem(body.encode(), 32)
+    assert (problem is not None and "deeper than 32" in problem) is too_deep
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"name": "\xff\xfe"}', "not UTF-8"),
+        (b'{"name": "\\udbe9x"}', "lone surrogate"),
+        (b'{"\\udc00": 1}', "lone surrogate"),
+    ],
+    ids=["latin-1", "surrogate-value", "surrogate-key"],
+)
+async def test_json_that_redis_could_not_store_gets_422(
+    client: httpx.AsyncClient, body: bytes, why: str
+) -> None:
+    assert json_problem('{"ok": "\\ud83d\\ude00 é"}'.encode(), 32) is None  # a pair is fine
+    response = await client.post(
+        "/v1/jobs/welcome", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert why in response.json()["detail"]
+
+
+async def test_deep_json_gets_422_not_500(client: httpx.AsyncClient) -> None:
+    body = '{"sleep_s": 1, "x": ' + deep(10_000) + "}"
+    response = await client.post(
+        "/v1/jobs/create_task", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "deeper than 32" in response.json()["detail"]
+
+
+async def test_a_payload_over_its_limit_gets_413(redis_url: str) -> None:
+    async for client in serve(make_app(redis_url, max_payload_bytes=300)):
+        small = await client.post(
+            "/v1/jobs/welcome", json={"name": "A", "email": "a@b", "password": "p"}
+        )
+        assert small.status_code == 201
+        big = await client.post(
+            "/v1/jobs/welcome", json={"name": "A" * 400, "email": "a@b", "password": "p"}
+        )
+        assert big.status_code == 413
+        assert big.headers["content-type"] == "application/problem+json"
+        assert "over the limit of 300" in big.json()["detail"]
+
+
+async def echo_size(request: Request) -> JSONResponse:
+    return JSONResponse({"bytes": len(await request.body())})
+
+
+@pytest.mark.parametrize(
+    ("content_type", "size", "status"),
+    [
+        ("application/json", 2048, 413),
+        ("multipart/form-data; boundary=x", 2048, 200),
+        ("multipart/form-data; boundary=x", 5000, 413),
+    ],
+)
+async def test_uploads_have_their_own_body_limit(content_type: str, size: int, status: int) -> None:
+    app = FastAPI()
+    app.add_api_route("/upload", echo_size, methods=["POST"])
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=1024, max_upload_bytes=4096)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        response = await client.post(
+            "/upload", content=b"x" * size, headers={"content-type": content_type}
+        )
+    assert response.status_code == status
+    if status == 413:
+        assert json.loads(response.text)["status"] == 413
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("report.pdf", None),
+        ("Résumé 2026.txt", None),
+        ("", "no name"),
+        (None, "no name"),
+        ("../etc/passwd", "path"),
+        ("a\\b.txt", "path"),
+        ("..", "path"),
+        ("bad\x00name", "control"),
+        ("new\nline", "control"),
+        ("rtl\u202etxt.exe", "control"),
+        ("x" * 256, "longer than 255"),
+    ],
+)
+def test_file_names(name: str | None, error: str | None) -> None:
+    if error is None:
+        assert check_filename(name, 255) == name
+    else:
+        with pytest.raises(ValueError, match=error):
+            check_filename(name, 255)
+
+
+def test_every_scope_has_a_value_a_key_setting_can_name() -> None:
+    assert [s.value for s in Scope] == [
+        "jobs:submit",
+        "jobs:read",
+        "jobs:admin",
+        "documents:write",
+        "documents:read",
+    ]
+
+
+async def test_a_run_at_centuries_ago_is_due_now_not_a_500(client: httpx.AsyncClient) -> None:
+    """Found by schemathesis: the arq key's expiry went negative."""
+    response = await client.post(
+        "/v1/jobs/create_task", params={"run_at": "0288-09-04T05:08:27+14:49"}, json={"sleep_s": 0}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["state"] == "queued"
