@@ -34,6 +34,7 @@ run: $(VENV)/.synced ## start Redis, the api and a worker (REDIS_URL to use your
 
 # Debian packages that test suites drive for real. Each suite adds its own line.
 TEST_DEBS :=
+TEST_DEBS += chromium chromium-driver
 
 .PHONY: test-deps
 test-deps: ## install the Debian packages the tests drive (apt-get, as root)
