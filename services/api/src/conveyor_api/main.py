@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from conveyor_api.events import JobEvents
 from conveyor_api.limits import BodyLimitMiddleware
 from conveyor_api.problems import install_problem_handlers
-from conveyor_api.routes import health, jobs, queues, tutorial
+from conveyor_api.routes import events, health, jobs, queues, tutorial, ui
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import load_catalog
@@ -48,4 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tutorial.router)
     app.include_router(jobs.build_router(list(catalog)))
     app.include_router(queues.router)
+    app.include_router(events.router)
+    ui.install(app)
     return app

@@ -5,7 +5,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from conveyor_core.settings import CatalogSettings, RedisSettings
+from conveyor_core.settings import CatalogSettings, ObservabilitySettings, RedisSettings
 
 
 class Settings(BaseSettings):
@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    # The status page masks payload values whose keys contain these words.
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @model_validator(mode="after")
     def _sleep_range_is_ordered(self) -> Self:
