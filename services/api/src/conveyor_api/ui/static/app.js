@@ -57,8 +57,10 @@ function problemText(err) {
 }
 
 function setProblem(source, err) {
+  if ((page.problems.get(source) ?? null) === (err ?? null)) return;
   if (err) page.problems.set(source, err);
   else page.problems.delete(source);
+  scheduleRender();
   const all = [...page.problems.values()];
   const shown = all.find((e) => e.needsKey) ?? all.find((e) => e.status === 503) ?? all[0];
   const banner = $("banner");
@@ -166,7 +168,8 @@ function renderJobs() {
   const empty = $("jobs-empty");
   empty.hidden = shown.length > 0;
   if (!shown.length) {
-    const err = page.problems.get("jobs");
+    // An outage elsewhere on the page means "no jobs" may be stale: say so.
+    const err = page.problems.get("jobs") ?? [...page.problems.values()].find((e) => e.status === 503);
     empty.textContent = err
       ? `Jobs unavailable: ${problemText(err)}`
       : page.jobsLoaded ? "No jobs yet. Submit a batch of tasks above." : "Loading…";
@@ -266,6 +269,7 @@ async function loadQueues() {
       ),
     ),
   );
+  $("queues-table").hidden = !page.queues?.length;
   const empty = $("queues-empty");
   empty.hidden = Boolean(page.queues?.length);
   if (!page.queues) empty.textContent = `Queue counts unavailable: ${problemText(page.problems.get("queues"))}`;

@@ -1,0 +1,226 @@
+"""The status page as a person sees it: Debian's chromium, headless, against a real
+api and worker. JavaScript errors and console errors fail every test here."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, Request, expect
+
+from conveyor_core.local.redis_server import RedisProcess
+from tests.e2e.conftest import Stack
+from tests.support.browser import BrowserErrors, open_page
+
+pytestmark = pytest.mark.e2e
+
+# create_task sleeps this long in ten progress steps: long enough to watch.
+TASK_ENV = {"CONVEYOR_API_TASK_SLEEP_MIN_S": "1.5", "CONVEYOR_API_TASK_SLEEP_MAX_S": "3"}
+
+
+@pytest.fixture
+def tasks_stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    stack = Stack(redis_url, log_dir, **TASK_ENV)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[tuple[Page, BrowserErrors]]:
+    with open_page(tmp_path / "profile") as opened:
+        yield opened
+
+
+def api_calls(page: Page) -> list[Request]:
+    """Every request the page makes to the api (not to its own files)."""
+    calls: list[Request] = []
+    page.on("request", lambda r: calls.append(r) if "/ui/" not in r.url else None)
+    return calls
+
+
+def assert_no_js_errors(errors: BrowserErrors) -> None:
+    assert errors.uncaught == []
+    assert errors.console == []
+
+
+def test_submit_watch_progress_requeue_a_dead_job_and_see_it_complete(
+    tasks_stack: Stack, browser: tuple[Page, BrowserErrors], log_dir: Path
+) -> None:
+    page, errors = browser
+    calls = api_calls(page)
+    page.goto(f"{tasks_stack.api.base_url}/ui")
+
+    # Honest empty states before anything ran.
+    expect(page.locator("#jobs-empty")).to_have_text("No jobs yet. Submit a batch of tasks above.")
+    expect(page.locator("#dead-empty")).to_have_text("No dead jobs: nothing to requeue.")
+    expect(page.locator("#queues-body tr")).to_have_count(1)
+    expect(page.locator('#queues-body td[data-label="latency"]')).to_be_in_viewport()
+
+    # Submit five tasks with the keyboard alone.
+    page.locator("#count-input").focus()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("5")
+    page.keyboard.press("Enter")
+    expect(page.locator("#submit-status")).to_have_text("Queued 5 task(s).")
+    rows = page.locator("#job-list li")
+    expect(rows).to_have_count(5)
+
+    # The bars move while the tasks run, then every one reaches complete.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#job-list progress')]"
+        ".some(bar => bar.value > 0 && bar.value < 100)"
+    )
+    for index in range(5):
+        row = rows.nth(index)
+        expect(row).to_have_attribute("data-state", "complete", timeout=30_000)
+        expect(row.locator("progress")).to_have_js_property("value", 100)
+        expect(row.locator(".state")).to_have_text("complete")
+
+    # Fed by one multiplexed stream, not by reading each job over and over.
+    urls = [call.url for call in calls]
+    assert any("/v1/events?" in url for url in urls)
+    assert not [url for url in urls if "/v1/jobs/" in url and "?" not in url]
+
+    # A job dies (its type fails every try) and lands in the dead letters.
+    dead_id = tasks_stack.submit("doomed", {})["id"]
+    dead_row = page.locator(f'#dead-list li[data-job-id="{dead_id}"]')
+    expect(dead_row).to_contain_text("RuntimeError: boom", timeout=30_000)
+    expect(page.locator("#dead-empty")).to_be_hidden()
+    page.screenshot(path=log_dir / "status-page-dead-letter.png", full_page=True)
+
+    # Its details, opened and closed with the keyboard.
+    dead_row.locator("button.link").focus()
+    page.keyboard.press("Enter")
+    dialog = page.locator("#job-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator('[data-field="state"]')).to_have_text("dead")
+    expect(dialog.locator('[data-field="tries"]')).to_have_text("2 of 2")
+    expect(dialog.locator("#detail-error")).to_contain_text("RuntimeError: boom")
+    expect(dialog.locator('[data-field="trace id"]')).to_have_text(
+        tasks_stack.job(dead_id)["trace_id"]
+    )
+    expect(dialog.locator("#detail-requeue")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+
+    # The cause is fixed; requeue it from the page and watch it complete.
+    tasks_stack.redis.set(f"test:healed:{dead_id}", "1")
+    dead_row.locator("button.requeue").click()
+    expect(page.locator("#dead-empty")).to_have_text("No dead jobs: nothing to requeue.")
+    requeued = page.locator(f'#job-list li[data-job-id="{dead_id}"]')
+    expect(requeued).to_have_attribute("data-state", "complete", timeout=30_000)
+    expect(requeued.locator("progress")).to_have_js_property("value", 100)
+    assert tasks_stack.job(dead_id)["result"] == "healed"
+
+    # The detail view of a finished task: result, timings, payload.
+    rows.last.locator("button.job-open").click()
+    expect(dialog.locator('[data-field="state"]')).to_have_text("complete")
+    expect(dialog.locator("#detail-result")).not_to_be_empty()
+    expect(dialog.locator("#detail-payload")).to_contain_text("sleep_s")
+    expect(dialog.locator('[data-field="run time"]')).to_contain_text(" s")
+    page.locator("#detail-close").click()
+
+    page.screenshot(path=log_dir / "status-page.png", full_page=True)
+    assert_no_js_errors(errors)
+
+
+def test_readable_on_a_phone(tasks_stack: Stack, tmp_path: Path, log_dir: Path) -> None:
+    tasks_stack.submit("create_task", {"sleep_s": 0.2})
+    with open_page(tmp_path / "phone", width=390, height=844) as (page, errors):
+        page.goto(f"{tasks_stack.api.base_url}/ui/")
+        row = page.locator("#job-list li")
+        expect(row).to_have_attribute("data-state", "complete", timeout=30_000)
+        expect(page.locator("#queues-body td")).to_have_count(5)
+        # Nothing reaches past the screen's edge, not even inside a scrolling box.
+        too_wide = page.evaluate(
+            """() => [...document.querySelectorAll('main *')]
+                .filter(e => e.getBoundingClientRect().right > innerWidth + 0.5)
+                .map(e => e.outerHTML.slice(0, 80))"""
+        )
+        assert too_wide == []
+        expect(page.locator('#queues-body td[data-label="latency"]')).to_be_in_viewport()
+        page.screenshot(path=log_dir / "status-page-phone.png", full_page=True)
+        assert_no_js_errors(errors)
+
+
+def test_payload_secrets_are_masked_in_the_detail_view(
+    tasks_stack: Stack, browser: tuple[Page, BrowserErrors]
+) -> None:
+    page, errors = browser
+    job = tasks_stack.submit(
+        "welcome", {"email": "ada@example.com", "password": "hunter2", "name": "Ada"}
+    )
+    page.goto(f"{tasks_stack.api.base_url}/ui/#job={job['id']}")
+
+    payload = page.locator("#detail-payload")
+    expect(payload).to_contain_text('"name": "Ada"')
+    expect(payload).to_contain_text('"password": "***"')
+    expect(payload).not_to_contain_text("hunter2")
+    expect(payload).not_to_contain_text("ada@example.com")
+    assert_no_js_errors(errors)
+
+
+def test_a_key_typed_in_goes_with_every_api_call_and_stays_in_this_tab(
+    tasks_stack: Stack, browser: tuple[Page, BrowserErrors]
+) -> None:
+    page, errors = browser
+    page.goto(f"{tasks_stack.api.base_url}/ui/")
+    expect(page.locator("#key-status")).to_have_text("No key set.")
+
+    page.locator("#key-input").fill("s3cret-key")
+    page.locator("#key-input").press("Enter")
+    expect(page.locator("#key-status")).to_have_text("A key is set (this tab only).")
+    assert page.evaluate("() => sessionStorage.getItem('conveyor.apiKey')") == "s3cret-key"
+    assert page.evaluate("() => localStorage.length") == 0
+
+    calls = api_calls(page)
+    page.locator("#count-input").fill("2")
+    page.locator("#submit-button").click()
+    expect(page.locator("#job-list li")).to_have_count(2)
+    expect(page.locator("#job-list li").first).to_have_attribute(
+        "data-state", "complete", timeout=30_000
+    )
+    seen = {c.url.split("?")[0].split("/", 3)[-1]: c.headers.get("authorization") for c in calls}
+    assert {"task", "v1/events", "v1/queues", "v1/jobs"} <= set(seen)
+    assert set(seen.values()) == {"Bearer s3cret-key"}
+
+    page.locator("#key-forget").click()
+    expect(page.locator("#key-status")).to_have_text("No key set.")
+    assert page.evaluate("() => sessionStorage.getItem('conveyor.apiKey')") is None
+    assert_no_js_errors(errors)
+
+
+def test_redis_down_shows_the_apis_503_problem_then_recovers(
+    own_redis: RedisProcess, log_dir: Path, browser: tuple[Page, BrowserErrors]
+) -> None:
+    page, errors = browser
+    stack = Stack(own_redis.url, log_dir)
+    try:
+        stack.start_api()
+        page.goto(f"{stack.api.base_url}/ui/")
+        expect(page.locator("#queues-body tr")).to_have_count(1)
+        expect(page.locator("#banner")).to_be_hidden()
+
+        own_redis.stop()
+        banner = page.locator("#banner")
+        expect(banner).to_be_visible()
+        expect(banner).to_have_attribute("data-status", "503")
+        expect(banner).to_contain_text("Redis unavailable (503).")
+        expect(banner).to_contain_text("The job broker did not answer")
+        expect(page.locator("#queues-empty")).to_contain_text("Queue counts unavailable")
+        expect(page.locator("#queues-table")).to_be_hidden()
+        expect(page.locator("#dead-empty")).to_contain_text("Dead letters unavailable")
+        expect(page.locator("#jobs-empty")).to_contain_text("Jobs unavailable")
+        page.screenshot(path=log_dir / "status-page-redis-down.png", full_page=True)
+
+        own_redis.start()
+        expect(banner).to_be_hidden(timeout=30_000)
+        expect(page.locator("#queues-body tr")).to_have_count(1)
+    finally:
+        stack.close()
+    assert errors.uncaught == []
+    # The browser reports each failed request itself; the page's own code logged nothing.
+    assert [e for e in errors.console if "status of 503" not in e] == []
