@@ -217,9 +217,15 @@ def test_redis_down_shows_the_apis_503_problem_then_recovers(
     stack = Stack(own_redis.url, log_dir)
     try:
         stack.start_api()
+        # A job that waits: the page keeps a live stream open for it.
+        waiting = stack.submit("effect", {"work_s": 0}, params={"defer_by_s": 600})["id"]
         page.goto(f"{stack.api.base_url}/ui/")
         expect(page.locator("#queues-body tr")).to_have_count(1)
         expect(page.locator("#banner")).to_be_hidden()
+        live = page.locator("#live-status")
+        expect(live).to_have_text("Live: watching 1 unfinished job(s).")
+        row = page.locator(f'#job-list li[data-job-id="{waiting}"]')
+        expect(row).to_have_attribute("data-state", "deferred")
 
         own_redis.stop()
         banner = page.locator("#banner")
@@ -230,12 +236,15 @@ def test_redis_down_shows_the_apis_503_problem_then_recovers(
         expect(page.locator("#queues-empty")).to_contain_text("Queue counts unavailable")
         expect(page.locator("#queues-table")).to_be_hidden()
         expect(page.locator("#dead-empty")).to_contain_text("Dead letters unavailable")
-        expect(page.locator("#jobs-empty")).to_contain_text("Jobs unavailable")
+        expect(live).to_contain_text("Live updates lost; reconnecting in")
         page.screenshot(path=log_dir / "status-page-redis-down.png", full_page=True)
 
         own_redis.start()
         expect(banner).to_be_hidden(timeout=30_000)
         expect(page.locator("#queues-body tr")).to_have_count(1)
+        # This Redis keeps nothing across a restart: the stream, back, reports the job gone.
+        expect(row).to_have_count(0, timeout=30_000)
+        expect(page.locator("#jobs-empty")).to_be_visible()
     finally:
         stack.close()
     assert errors.uncaught == []

@@ -131,6 +131,7 @@ def _banner(env: Mapping[str, str], redis_url: str) -> str:
         [
             "",
             "Conveyor is running. Ctrl-C stops everything.",
+            f"  status page     {api}/ui/",
             f"  api docs        {api}/docs",
             f"  submit tasks    curl -X POST {api}/task -H 'content-type: application/json' "
             "-d '{\"count\": 5}'",

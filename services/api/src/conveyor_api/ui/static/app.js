@@ -226,7 +226,7 @@ function onStreamState(state, detail) {
     if (detail.error) setProblem("stream", detail.error);
     live.textContent = `Live updates lost; reconnecting in ${Math.ceil(detail.delayMs / 1000)} s.`;
   } else if (state === "failed") {
-    page.stream = null;
+    // Kept as the current stream, so renders do not retry it: a new key or new jobs will.
     setProblem("stream", detail.error);
     live.textContent = "Live updates stopped.";
   }
