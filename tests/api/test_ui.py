@@ -73,6 +73,10 @@ async def test_the_page_and_every_file_it_loads_are_served(client: httpx.AsyncCl
         response = await client.get(f"/ui/{name}")
         assert response.status_code == 200, name
         assert kind in response.headers["content-type"], name
+        # Revalidated on each load: a new release's script replaces the old one at once.
+        assert response.headers["cache-control"] == "no-cache"
+        again = await client.get(f"/ui/{name}", headers={"If-None-Match": response.headers["etag"]})
+        assert again.status_code == 304
 
 
 async def test_the_page_has_no_inline_script_or_style(client: httpx.AsyncClient) -> None:
