@@ -101,8 +101,21 @@ def test_submit_watch_progress_requeue_a_dead_job_and_see_it_complete(
     assert any("/v1/events?" in url for url in urls)
     assert not [url for url in urls if "/v1/jobs/" in url and "?" not in url]
 
-    # A job dies (its type fails every try) and lands in the dead letters.
-    dead_id = tasks_stack.submit("doomed", {})["id"]
+    # Another client submits a job due in 10 minutes and, due in 2 s, one that fails
+    # every try. A refresh shows both, and the page watches both on one stream.
+    later_id = tasks_stack.submit("effect", {"work_s": 0}, params={"defer_by_s": 600})["id"]
+    dead_id = tasks_stack.submit("doomed", {}, params={"defer_by_s": 2})["id"]
+    page.locator("#jobs-refresh").click()
+    later_row = page.locator(f'#job-list li[data-job-id="{later_id}"]')
+    expect(later_row).to_have_attribute("data-state", "deferred")
+    expect(page.locator(f'#job-list li[data-job-id="{dead_id}"]')).to_have_attribute(
+        "data-state", "deferred"
+    )
+
+    # It dies on the stream and lands in the dead letters.
+    expect(page.locator(f'#job-list li[data-job-id="{dead_id}"]')).to_have_attribute(
+        "data-state", "dead", timeout=30_000
+    )
     dead_row = page.locator(f'#dead-list li[data-job-id="{dead_id}"]')
     expect(dead_row).to_contain_text("RuntimeError: boom", timeout=30_000)
     expect(page.locator("#dead-empty")).to_be_hidden()
@@ -123,17 +136,30 @@ def test_submit_watch_progress_requeue_a_dead_job_and_see_it_complete(
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
 
-    # The cause is fixed; requeue it from the page and watch it complete.
+    # The cause is fixed; requeue it from the page and watch it complete. The open
+    # stream stopped watching it when it died, so the page opens a new one for it.
     tasks_stack.redis.set(f"test:healed:{dead_id}", "1")
+    before_requeue = len(calls)
     dead_row.locator("button.requeue").click()
     expect(page.locator("#dead-empty")).to_have_text("No dead jobs: nothing to requeue.")
     requeued = page.locator(f'#job-list li[data-job-id="{dead_id}"]')
     expect(requeued).to_have_attribute("data-state", "complete", timeout=30_000)
     expect(requeued.locator("progress")).to_have_js_property("value", 100)
     assert tasks_stack.job(dead_id)["result"] == "healed"
+    streams_after = [c.url for c in calls[before_requeue:] if "/v1/events?" in c.url]
+    assert any(dead_id in url and later_id in url for url in streams_after), streams_after
+
+    # Cancel the waiting job from its details.
+    later_row.locator("button.job-open").click()
+    expect(dialog.locator('[data-field="state"]')).to_have_text("deferred")
+    dialog.locator("#detail-cancel").click()
+    expect(later_row).to_have_attribute("data-state", "cancelled")
+    expect(dialog.locator('[data-field="state"]')).to_have_text("cancelled")
+    expect(dialog.locator("#detail-cancel")).to_be_hidden()
+    page.keyboard.press("Escape")
 
     # The detail view of a finished task: result, timings, payload.
-    rows.last.locator("button.job-open").click()
+    page.locator("#job-list li[data-state=complete] button.job-open").last.click()
     expect(dialog.locator('[data-field="state"]')).to_have_text("complete")
     expect(dialog.locator("#detail-result")).not_to_be_empty()
     expect(dialog.locator("#detail-payload")).to_contain_text("sleep_s")
@@ -187,13 +213,13 @@ def test_a_key_typed_in_goes_with_every_api_call_and_stays_in_this_tab(
     page.goto(f"{tasks_stack.api.base_url}/ui/")
     expect(page.locator("#key-status")).to_have_text("No key set.")
 
+    calls = api_calls(page)
     page.locator("#key-input").fill("s3cret-key")
     page.locator("#key-input").press("Enter")
     expect(page.locator("#key-status")).to_have_text("A key is set (this tab only).")
     assert page.evaluate("() => sessionStorage.getItem('conveyor.apiKey')") == "s3cret-key"
     assert page.evaluate("() => localStorage.length") == 0
 
-    calls = api_calls(page)
     page.locator("#count-input").fill("2")
     page.locator("#submit-button").click()
     expect(page.locator("#job-list li")).to_have_count(2)

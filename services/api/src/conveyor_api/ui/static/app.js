@@ -207,6 +207,10 @@ function restartStream() {
 }
 
 function onStreamEvent(name, data) {
+  // The server stops watching a finished or missing job; so does this record of it,
+  // so a job that comes back (requeued) opens a new stream.
+  if (name === "job" && TERMINAL_STATES.has(data.state)) page.streamIds.delete(data.id);
+  if (name === "missing") page.streamIds.delete(data.id);
   if (name === "job") upsert(data);
   else if (name === "missing") {
     page.jobs.delete(data.id);
