@@ -82,9 +82,12 @@ function setProblem(source, err) {
 // -- jobs and the live stream -----------------------------------------------
 
 function upsert(job) {
+  // A stream stops watching a job it has seen finished. Whoever told the page so,
+  // it no longer counts on the open stream for that job: if the job comes back
+  // (requeued), the next render opens a stream that watches it again.
+  if (TERMINAL_STATES.has(job.state)) page.streamIds.delete(job.id);
   const known = page.jobs.get(job.id);
-  if (known && known.version > job.version) return;
-  page.jobs.set(job.id, job);
+  if (!known || known.version <= job.version) page.jobs.set(job.id, job);
   scheduleRender();
 }
 
@@ -207,12 +210,9 @@ function restartStream() {
 }
 
 function onStreamEvent(name, data) {
-  // The server stops watching a finished or missing job; so does this record of it,
-  // so a job that comes back (requeued) opens a new stream.
-  if (name === "job" && TERMINAL_STATES.has(data.state)) page.streamIds.delete(data.id);
-  if (name === "missing") page.streamIds.delete(data.id);
   if (name === "job") upsert(data);
   else if (name === "missing") {
+    page.streamIds.delete(data.id);
     page.jobs.delete(data.id);
     scheduleRender();
   } else if (name === "error") setProblem("stream", new ApiError(data.status ?? 0, data));
