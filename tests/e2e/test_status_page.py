@@ -132,6 +132,7 @@ def test_submit_watch_progress_requeue_a_dead_job_and_see_it_complete(
     expect(page.locator(f'#job-list li[data-job-id="{dead_id}"]')).to_have_attribute(
         "data-state", "dead", timeout=30_000
     )
+    expect(page.locator("#live-status")).to_have_text("Live: watching 1 unfinished job(s).")
     dead_row = page.locator(f'#dead-list li[data-job-id="{dead_id}"]')
     expect(dead_row).to_contain_text("RuntimeError: boom", timeout=30_000)
     expect(page.locator("#dead-empty")).to_be_hidden()

@@ -30,7 +30,8 @@ const page = {
   jobsLoaded: false,
   problems: new Map(), // where a problem came from -> ApiError
   stream: null,
-  streamIds: new Set(),
+  streamIds: new Set(), // the jobs the open stream still watches
+  streamOpen: false,
   detailId: null,
 };
 
@@ -187,7 +188,14 @@ function syncStream() {
     wanted.splice(MAX_SHOWN - 1, Infinity, detail.id);
   }
   // The server stops watching finished jobs by itself: restart only for new ones.
-  if (page.stream && wanted.every((id) => page.streamIds.has(id))) return;
+  if (page.stream && wanted.every((id) => page.streamIds.has(id))) {
+    // Only a real change: a live region re-announces any text set on it.
+    if (page.streamOpen && $("live-status").textContent !== liveText()) {
+      $("live-status").textContent = liveText();
+    }
+    return;
+  }
+  page.streamOpen = false;
   page.stream?.close();
   page.stream = null;
   page.streamIds = new Set(wanted);
@@ -201,6 +209,10 @@ function syncStream() {
     onEvent: onStreamEvent,
     onState: onStreamState,
   }).start();
+}
+
+function liveText() {
+  return `Live: watching ${page.streamIds.size} unfinished job(s).`;
 }
 
 function restartStream() {
@@ -220,9 +232,10 @@ function onStreamEvent(name, data) {
 
 function onStreamState(state, detail) {
   const live = $("live-status");
+  page.streamOpen = state === "open";
   if (state === "open") {
     setProblem("stream", null);
-    live.textContent = `Live: watching ${page.streamIds.size} unfinished job(s).`;
+    live.textContent = liveText();
   } else if (state === "ended") {
     page.stream = null;
     live.textContent = "Live: every job shown has finished.";
