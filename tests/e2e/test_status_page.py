@@ -304,3 +304,61 @@ def test_redis_down_shows_the_apis_503_problem_then_recovers(
     assert errors.uncaught == []
     # The browser reports each failed request itself; the page's own code logged nothing.
     assert [e for e in errors.console if "status of 503" not in e] == []
+
+
+# Feeds sse.js's parser chunks cut at awkward places: inside a field, between
+# CR and LF, mid multi-byte character; with comments, ids and multi-line data.
+PARSE_CHUNKS = """async (chunks) => {
+  const { readEvents } = await import("./sse.js");
+  const encoder = new TextEncoder();
+  const bytes = chunks.map((chunk) => encoder.encode(chunk));
+  // Split the euro sign's three bytes across two chunks.
+  const euro = bytes.findIndex((b) => b.length > 3 && new TextDecoder().decode(b).includes("€"));
+  if (euro >= 0) {
+    const at = new TextDecoder().decode(bytes[euro]).indexOf("€");
+    const cut = encoder.encode(new TextDecoder().decode(bytes[euro]).slice(0, at)).length + 1;
+    bytes.splice(euro, 1, bytes[euro].slice(0, cut), bytes[euro].slice(cut));
+  }
+  const body = new ReadableStream({
+    start(controller) {
+      for (const b of bytes) controller.enqueue(b);
+      controller.close();
+    },
+  });
+  const seen = [];
+  await readEvents(body, (name, data, id) => seen.push([name, data, id]));
+  return seen;
+}"""
+
+
+def test_the_stream_parser_reads_what_the_format_allows(
+    redis_url: str, log_dir: Path, browser: tuple[Page, BrowserErrors]
+) -> None:
+    page, errors = browser
+    stack = Stack(redis_url, log_dir)
+    try:
+        stack.start_api()
+        page.goto(f"{stack.api.base_url}/ui/")
+        seen = page.evaluate(
+            PARSE_CHUNKS,
+            [
+                ": keep-alive\n\nevent: jo",
+                'b\ndata: {"a": 1}\nid: 7\n\n',
+                "data: line one\r",
+                "\ndata: line two\r\n\r\n",
+                "event: price\ndata: 5 €\n\n",
+                "data:no space\nid\n\n",
+                "event: dropped\n\n",  # no data: not an event
+                "data: unfinished",  # cut off by the close: not an event
+            ],
+        )
+    finally:
+        stack.close()
+
+    assert seen == [
+        ["job", '{"a": 1}', "7"],
+        ["message", "line one\nline two", "7"],  # the last id stays until a new one
+        ["price", "5 €", "7"],
+        ["message", "no space", ""],  # a bare `id` resets it
+    ]
+    assert_no_js_errors(errors)
