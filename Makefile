@@ -37,6 +37,7 @@ TEST_DEBS :=
 TEST_DEBS += redis-tools
 TEST_DEBS += prometheus
 TEST_DEBS += redis-server
+TEST_DEBS += chromium chromium-driver
 
 .PHONY: test-deps
 test-deps: ## install the Debian packages the tests drive (apt-get, as root)

@@ -69,6 +69,7 @@ async def test_api_starts_while_redis_is_down(own_redis: RedisProcess) -> None:
         ("POST", "/v1/jobs/abc/retry", None),
         ("GET", "/v1/jobs/abc/events", None),
         ("GET", "/v1/queues", None),
+        ("GET", "/v1/events?job_id=abc", None),
     ],
 )
 async def test_every_v1_endpoint_answers_503_while_redis_is_down(

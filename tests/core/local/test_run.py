@@ -122,6 +122,8 @@ def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(log_dir: Path
         output.until(r"^\s+redis\s+redis://", timeout_s=60)
         banner = output.text()
         assert f"http://localhost:{api_port}/docs" in banner
+        assert f"http://localhost:{api_port}/ui/" in banner
+        assert httpx.get(f"http://localhost:{api_port}/ui/").status_code == 200
         assert f"http://localhost:{worker_port}/healthz" in banner
         redis_url = re.search(r"redis\s+(redis://\S+)", banner)
         assert redis_url is not None

@@ -4,12 +4,53 @@ import asyncio
 import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
 from conveyor_core.pubsub import Subscription
+
+
+class JobChanges:
+    """Which of a multiplexed stream's jobs changed since the stream last looked.
+
+    Starts with every job marked, so the stream's first read sends them all.
+    """
+
+    def __init__(self, job_ids: Iterable[str]) -> None:
+        self.watching = set(job_ids)
+        self._marked = set(self.watching)
+        self._woken = asyncio.Event()
+        self._woken.set()
+
+    def mark(self, job_id: str) -> None:
+        if job_id in self.watching:
+            self._marked.add(job_id)
+            self._woken.set()
+
+    def mark_all(self) -> None:
+        self._marked |= self.watching
+        self._woken.set()
+
+    def forget(self, job_id: str) -> None:
+        """Stop watching a job (it finished, or it is gone)."""
+        self.watching.discard(job_id)
+        self._marked.discard(job_id)
+
+    def take(self) -> list[str]:
+        """The marked jobs (sorted, so reads are repeatable); clears the marks."""
+        self._woken.clear()  # before the caller reads: a later change wakes wait()
+        marked, self._marked = self._marked, set()
+        return sorted(marked)
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Until a watched job changes (True) or `timeout_s` passes (False)."""
+        try:
+            await asyncio.wait_for(self._woken.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
 
 class JobEvents:
@@ -22,6 +63,7 @@ class JobEvents:
 
     def __init__(self, redis: ArqRedis) -> None:
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._multiplexed: defaultdict[str, set[JobChanges]] = defaultdict(set)
         self._subscription = Subscription(
             redis, keys.EVENTS_CHANNEL, self._notify, on_gap=self._wake_all
         )
@@ -44,11 +86,32 @@ class JobEvents:
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
 
+    @contextlib.contextmanager
+    def watch_many(self, job_ids: Iterable[str]) -> Iterator[JobChanges]:
+        """One wake-up for a set of jobs: which of them changed, not one event each."""
+        changes = JobChanges(job_ids)
+        registered = list(changes.watching)
+        for job_id in registered:
+            self._multiplexed[job_id].add(changes)
+        try:
+            yield changes
+        finally:
+            for job_id in registered:
+                self._multiplexed[job_id].discard(changes)
+                if not self._multiplexed[job_id]:
+                    del self._multiplexed[job_id]
+
     def _notify(self, data: bytes) -> None:
-        for changed in self._watchers.get(json.loads(data)["id"], ()):
+        job_id = json.loads(data)["id"]
+        for changed in self._watchers.get(job_id, ()):
             changed.set()
+        for changes in self._multiplexed.get(job_id, ()):
+            changes.mark(job_id)
 
     def _wake_all(self) -> None:
         for watchers in self._watchers.values():
             for changed in watchers:
                 changed.set()
+        for streams in self._multiplexed.values():
+            for changes in streams:
+                changes.mark_all()

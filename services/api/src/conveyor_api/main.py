@@ -11,7 +11,7 @@ from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
 from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from conveyor_api.problems import document_problems, install_problem_handlers
-from conveyor_api.routes import documents, health, jobs, queues, tutorial
+from conveyor_api.routes import documents, events, health, jobs, queues, tutorial, ui
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import load_catalog
@@ -83,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.build_router(list(catalog)))
     app.include_router(queues.router)
     app.include_router(documents.router)
+    app.include_router(events.router)
     secure_routes(app)
     document_problems(app)
+    # Last: the page's static files, open to all (the page holds no data).
+    ui.install(app)
     return app

@@ -273,6 +273,15 @@ class JobStore:
         raw = await self.redis.hgetall(keys.job_key(job_id))  # type: ignore[misc]
         return JobPublic.from_hash(_decode(raw)) if raw else None
 
+    async def get_many(self, job_ids: list[str]) -> list[JobPublic | None]:
+        """Several jobs in one round trip (a pipeline, not a transaction), in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.job_key(job_id))
+            raws: list[dict[bytes, bytes]] = await pipe.execute()
+        at_ms = now_ms()
+        return [JobPublic.from_hash(_decode(raw), at_ms) if raw else None for raw in raws]
+
     async def cancel_requested(self, job_id: str) -> bool:
         flag = await self.redis.hget(keys.job_key(job_id), "cancel_requested")  # type: ignore[misc]
         return bool(flag == b"1")

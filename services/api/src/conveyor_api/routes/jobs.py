@@ -60,7 +60,7 @@ async def _existing(store: StoreDep, job_id: str) -> JobPublic:
     return job
 
 
-def _public(job: JobPublic, redact: Redactor) -> JobPublic:
+def masked(job: JobPublic, redact: Redactor) -> JobPublic:
     """The job as clients see it: secret-looking payload and result fields masked."""
     return job.model_copy(update={"payload": redact(job.payload), "result": redact(job.result)})
 
@@ -121,7 +121,7 @@ def submit_endpoint(
             raise _not_found(submitted.job_id)
         response.status_code = 201 if submitted.created else 200
         response.headers["Location"] = f"/v1/jobs/{job.id}"
-        return _public(job, redact)
+        return masked(job, redact)
 
     submit.__name__ = f"submit_{job_type.name}"
     return submit
@@ -190,7 +190,7 @@ async def list_jobs(
         )
     except InvalidCursorError:
         raise _query_error("cursor", "not a cursor from a previous page") from None
-    items = [_public(job, redact) for job in page.items]
+    items = [masked(job, redact) for job in page.items]
     return JobList(items=items, next_cursor=page.next_cursor)
 
 
@@ -201,7 +201,7 @@ async def list_jobs(
     dependencies=[Depends(require(Scope.JOBS_READ))],
 )
 async def read_job(job_id: JobId, store: StoreDep, redact: RedactorDep) -> JobPublic:
-    return _public(await _existing(store, job_id), redact)
+    return masked(await _existing(store, job_id), redact)
 
 
 @router.delete(
@@ -226,7 +226,7 @@ async def cancel_job(
     if outcome not in ("cancelled_now", "cancelling"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
     response.status_code = 202 if outcome == "cancelling" else 200
-    return _public(await _existing(store, job_id), redact)
+    return masked(await _existing(store, job_id), redact)
 
 
 @router.post(
@@ -248,7 +248,7 @@ async def retry_job(
         raise _not_found(job_id)
     if requeued is None:
         raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {outcome}.")
-    return _public(requeued, redact)
+    return masked(requeued, redact)
 
 
 @router.get(
@@ -294,7 +294,7 @@ async def _stream(
             if job.version != sent_version:
                 sent_version = job.version
                 yield format_sse_event(
-                    data_str=_public(job, redact).model_dump_json(),
+                    data_str=masked(job, redact).model_dump_json(),
                     event="job",
                     id=str(job.version),
                 )

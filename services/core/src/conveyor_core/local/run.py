@@ -155,6 +155,7 @@ def _banner(env: Mapping[str, str], redis_url: str, key: str | None) -> str:
         [
             "",
             "Conveyor is running (development mode). Ctrl-C stops everything.",
+            f"  status page     {api}/ui/",
             f"  api docs        {api}/docs",
             f"  api key         {key_shown}",
             f"  submit tasks    curl -X POST {api}/task -H 'content-type: application/json' "

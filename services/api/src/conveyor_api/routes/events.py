@@ -1,0 +1,117 @@
+"""`/v1/events`: the changes of many jobs on one Server-Sent Events stream.
+
+A browser opens at most about six HTTP/1.1 connections per origin, so a page
+that watches a batch of jobs cannot hold one `/v1/jobs/{id}/events` stream
+per job. This stream carries them all, read with one pipelined round trip per
+wake-up, whichever of its jobs changed.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+from fastapi.sse import format_sse_event
+from pydantic import StringConstraints
+
+from conveyor_api.auth import Scope, require
+from conveyor_api.deps import EventsDep, RedactorDep, StoreDep
+from conveyor_api.events import JobChanges
+from conveyor_api.routes.jobs import SSE_KEEPALIVE_S, masked
+from conveyor_core.jobs import TERMINAL_STATES, JobPublic
+from conveyor_core.redaction import Redactor
+from conveyor_core.redis import REDIS_DOWN_ERRORS
+
+router = APIRouter(
+    prefix="/v1/events", tags=["jobs"], dependencies=[Depends(require(Scope.JOBS_READ))]
+)
+
+# Bounds one stream's cost per wake-up and its URL's length (about 4 KB of ids).
+MAX_JOBS_PER_STREAM = 100
+
+JobIdText = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+JobIds = Annotated[
+    list[JobIdText],
+    Query(
+        min_length=1,
+        max_length=MAX_JOBS_PER_STREAM,
+        description=f"The jobs to watch (repeat the parameter; at most {MAX_JOBS_PER_STREAM}).",
+    ),
+]
+
+STREAM_DESCRIPTION = """\
+`event: job` with a job as JSON whenever it changes (each job's current state
+first); `event: missing` with `{"id": ...}` for a job that does not exist or
+expired; `event: end` once every job is finished or missing; `event: error`
+with a problem if the stream cannot go on. Comments keep an idle stream open.
+"""
+
+
+@router.get(
+    "",
+    summary="Stream the changes of many jobs (Server-Sent Events) until they all finish",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": STREAM_DESCRIPTION}},
+)
+async def watch_jobs(
+    job_id: JobIds, store: StoreDep, events: EventsDep, redact: RedactorDep
+) -> StreamingResponse:
+    # Read once up front, so Redis being down is a 503 answer rather than a stream.
+    await store.get_many(job_id[:1])
+    return StreamingResponse(
+        _stream(list(dict.fromkeys(job_id)), store, events, redact),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(
+    job_ids: list[str], store: StoreDep, events: EventsDep, redact: Redactor
+) -> AsyncIterator[bytes]:
+    with events.watch_many(job_ids) as changes:
+        sent_versions: dict[str, int] = {}
+        while changes.watching:
+            marked = changes.take()
+            if marked:
+                try:
+                    jobs = await store.get_many(marked)
+                except REDIS_DOWN_ERRORS:
+                    yield _error_event(
+                        503, "Redis unavailable", "The job broker stopped answering."
+                    )
+                    return
+                public = [job and masked(job, redact) for job in jobs]
+                for event in _events_for(marked, public, changes, sent_versions):
+                    yield event
+            if changes.watching and not await changes.wait(SSE_KEEPALIVE_S):
+                yield format_sse_event(comment="keep-alive")
+        yield format_sse_event(data_str="{}", event="end")
+
+
+def _events_for(
+    job_ids: list[str],
+    jobs: list[JobPublic | None],
+    changes: JobChanges,
+    sent_versions: dict[str, int],
+) -> list[bytes]:
+    """The events for what was just read; forgets the jobs that need no more watching."""
+    out = []
+    for job_id, job in zip(job_ids, jobs, strict=True):
+        if job is None:
+            changes.forget(job_id)
+            out.append(format_sse_event(data_str=json.dumps({"id": job_id}), event="missing"))
+            continue
+        if job.version != sent_versions.get(job_id):
+            sent_versions[job_id] = job.version
+            out.append(format_sse_event(data_str=job.model_dump_json(), event="job"))
+        if job.state in TERMINAL_STATES:
+            changes.forget(job_id)
+    return out
+
+
+def _error_event(status: int, title: str, detail: str) -> bytes:
+    problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return format_sse_event(data_str=json.dumps(problem), event="error")
