@@ -46,9 +46,14 @@ def test_sigkilled_workers_lose_no_job_and_repeat_no_side_effect(stack: Stack) -
     assert all(stack.redis.get(f"test:effect:{j}") == b"1" for j in job_ids)
 
     def cut_short(killed_at: float, ids: set[str]) -> set[str]:
-        """The jobs that were running at the kill and had not finished before it."""
+        """The jobs that were running at the kill and had not finished before it.
+
+        A job the worker had claimed but not yet started counts as in progress,
+        yet no try of it was cut short: only those that started are.
+        """
         done_at = {j: float(stack.redis.get(f"test:done_at:{j}") or 0) for j in ids}  # type: ignore[arg-type]
-        return {j for j in ids if done_at[j] > killed_at}
+        started = {j for j in ids if any(t < killed_at for t in stack.starts(j))}
+        return {j for j in started if done_at[j] > killed_at}
 
     interrupted = set().union(*(cut_short(at, ids) for at, ids in killed))
     assert interrupted, "no kill hit a running job; the test proved nothing"
