@@ -256,3 +256,38 @@ checkov.io/skip1: CKV_K8S_15=Images are pinned by tag or digest (image.digest); 
 checkov.io/skip2: CKV_K8S_43=A digest is supported (image.digest) but a tag is the default so installs stay readable
 checkov.io/skip3: CKV_K8S_35=The services read their settings, secrets included, from environment variables by design
 {{- end -}}
+
+{{/*
+The Secret with CONVEYOR_API_KEYS: auth.existingSecret, or the one the chart
+generates (templates/api/secret.yaml) with a random admin key.
+*/}}
+{{- define "conveyor.auth.secretName" -}}
+{{- default (printf "%s-api-keys" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-") .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "conveyor.auth.secretKey" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecretKey -}}
+{{- else -}}
+api-keys
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with one raw key for `helm test` and KEDA, or nothing when there is none. */}}
+{{- define "conveyor.auth.clientSecretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.clientKeySecret -}}
+{{- else if .Values.auth.clientKeySecret -}}
+{{- fail "auth.clientKeySecret is only used with auth.existingSecret: the generated Secret holds its own key" -}}
+{{- else -}}
+{{- include "conveyor.auth.secretName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "conveyor.auth.clientSecretKey" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.clientKeySecretKey -}}
+{{- else -}}
+api-key
+{{- end -}}
+{{- end -}}
