@@ -76,7 +76,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", ["defaults", "two-pools"])
 def test_rendered_pods_run_probe_and_finish_a_job(name: str, tmp_path: Path) -> None:
-    rendered = render(_merge(values_file(name), JOB_MODULE_VALUES))
+    values = _merge(values_file(name), JOB_MODULE_VALUES)
+    if name == "two-pools":
+        # /metrics on a port of its own, apart from the one the ingress reaches.
+        values = _merge(values, {"api": {"metricsPort": 9090}})
+    rendered = render(values)
     workloads = {w["metadata"]["name"] for w in rendered.workloads()}
     cluster, probed = _run_cluster(rendered, tmp_path)
     try:
@@ -105,6 +109,9 @@ def test_rendered_pods_run_probe_and_finish_a_job(name: str, tmp_path: Path) -> 
         job = _submit_and_wait(api_url, api_key)
         assert job["tries"] == 1
         if name == "two-pools":
+            metrics_url = "http://" + cluster.service_address("conveyor-api", 9090)
+            assert httpx.get(f"{metrics_url}/metrics", timeout=10).status_code == 200
+            assert httpx.get(f"{api_url}/metrics", timeout=10).status_code == 404
             # The second pool takes the jobs of its own queue.
             note = _submit_and_wait(api_url, api_key, "deliver_note", {"text": "hi"})
             assert note["queue"] == "emails"
