@@ -251,6 +251,10 @@ def test_the_build_stage_yields_a_virtualenv_that_runs_the_cmd(
             "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
             "REDIS_URL": redis_url,
             port_env: str(port),
+            # The api will not start without a key; the worker ignores this.
+            "CONVEYOR_API_KEYS": json.dumps(
+                [{"name": "image-test", "sha256": "0" * 64, "scopes": ["jobs:read"]}]
+            ),
         },
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -24,11 +24,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("chart-pods")]
 
 def _submit_and_wait(
     api_url: str,
+    api_key: str,
     job_type: str = "create_task",
     payload: dict[str, Any] | None = None,
     timeout_s: float = 30,
 ) -> dict[str, Any]:
-    with httpx.Client(base_url=api_url, timeout=10) as client:
+    headers = {"authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=10) as client:
         response = client.post(f"/v1/jobs/{job_type}", json=payload or {"sleep_s": 0})
         assert response.status_code == 201, response.text
         job_id = response.json()["id"]
@@ -74,7 +76,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", ["defaults", "two-pools"])
 def test_rendered_pods_run_probe_and_finish_a_job(name: str, tmp_path: Path) -> None:
-    rendered = render(_merge(values_file(name), JOB_MODULE_VALUES))
+    values = _merge(values_file(name), JOB_MODULE_VALUES)
+    if name == "two-pools":
+        # /metrics on a port of its own, apart from the one the ingress reaches.
+        values = _merge(values, {"api": {"metricsPort": 9090}})
+    rendered = render(values)
     workloads = {w["metadata"]["name"] for w in rendered.workloads()}
     cluster, probed = _run_cluster(rendered, tmp_path)
     try:
@@ -90,18 +96,30 @@ def test_rendered_pods_run_probe_and_finish_a_job(name: str, tmp_path: Path) -> 
         assert redis.env["REDIS_PASSWORD"]
         assert (tmp_path / "volumes" / "data").is_dir()
 
-        # A job through the api's Service port.
+        # The api runs with the chart's generated key (its hash only), and
+        # refuses a request without it.
+        api = next(c for c in cluster.containers if c.pod == "conveyor-api")
+        api_key = cluster.secrets["conveyor-api-keys"]["api-key"]
+        assert api_key not in api.env["CONVEYOR_API_KEYS"]
         api_url = "http://" + cluster.service_address("conveyor-api", 80)
-        job = _submit_and_wait(api_url)
+        anonymous = httpx.post(f"{api_url}/v1/jobs/create_task", json={"sleep_s": 0}, timeout=10)
+        assert anonymous.status_code == 401, anonymous.text
+
+        # A job through the api's Service port, with the generated key.
+        job = _submit_and_wait(api_url, api_key)
         assert job["tries"] == 1
         if name == "two-pools":
+            metrics_url = "http://" + cluster.service_address("conveyor-api", 9090)
+            assert httpx.get(f"{metrics_url}/metrics", timeout=10).status_code == 200
+            assert httpx.get(f"{api_url}/metrics", timeout=10).status_code == 404
             # The second pool takes the jobs of its own queue.
-            note = _submit_and_wait(api_url, "deliver_note", {"text": "hi"})
+            note = _submit_and_wait(api_url, api_key, "deliver_note", {"text": "hi"})
             assert note["queue"] == "emails"
             assert note["result"] == f"{note['id']}: hi"
 
-        # The chart's `helm test` hook, run as its pod would run.
+        # The chart's `helm test` hook, run as its pod would run: it sends the generated key.
         (hook,) = rendered.hooks()
+        assert "CONVEYOR_API_KEY" in {e["name"] for e in hook["spec"]["containers"][0]["env"]}
         result = cluster.run_pod(hook)
         assert result.returncode == 0, result.stdout + result.stderr + cluster.logs()
         assert "complete" in result.stdout

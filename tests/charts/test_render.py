@@ -283,22 +283,30 @@ def test_builtin_redis_generates_a_password_and_never_ships_one() -> None:
     )
 
 
+def _secret_refs(env: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        name: (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+        for name, item in env.items()
+        if "valueFrom" in item and "secretKeyRef" in item["valueFrom"]
+    }
+
+
 def test_existing_secrets_are_referenced_not_created() -> None:
     rendered = render_named("production")
     assert rendered.all("Secret") == []
     api = env_of(next(containers(rendered.one("Deployment", "conveyor-api"))))
-    refs = {
-        name: (item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
-        for name, item in api.items()
-        if "valueFrom" in item and "secretKeyRef" in item["valueFrom"]
-    }
-    assert refs == {
+    worker = env_of(next(containers(rendered.one("Deployment", "conveyor-worker-default"))))
+    # Each service gets only the secrets it reads: mail and summarizer keys stay off the api.
+    assert _secret_refs(api) == {
         "CONVEYOR_API_KEYS": ("conveyor-api-keys", "api-keys"),
+        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-password"),
+    }
+    assert _secret_refs(worker) == {
         "REDIS_PASSWORD": ("conveyor-redis-password", "redis-password"),
         "CONVEYOR_SMTP_PASSWORD": ("conveyor-smtp", "smtp-password"),
         "CONVEYOR_SUMMARIZER_API_KEY": ("conveyor-summarizer", "api-key"),
     }
-    assert api["CONVEYOR_SMTP_TLS"]["value"] == "tls"
+    assert worker["CONVEYOR_SMTP_TLS"]["value"] == "tls"
     assert (
         api["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
         == "http://otel-collector.observability.svc:4318"
@@ -380,7 +388,14 @@ def test_monitoring_includes_the_repo_rule_file_and_dashboard() -> None:
     )
     monitor = rendered.one("ServiceMonitor", "conveyor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"http", "health"}
+    # The production values put the api's /metrics on its own port.
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "health"}
+    api_service = rendered.one("Service", "conveyor-api")
+    assert [p["name"] for p in api_service["spec"]["ports"]] == ["http", "metrics"]
+    policy = rendered.one("NetworkPolicy", "conveyor-api")
+    # Only Prometheus reaches the metrics port; the ingress reaches only `http`.
+    assert [rule["ports"][0]["port"] for rule in policy["spec"]["ingress"]] == ["http", "metrics"]
+    assert len(policy["spec"]["ingress"][1]["from"]) == 1
     # The metrics' `job` label is the job type, which the rules and dashboard group by.
     assert all(e["honorLabels"] for e in monitor["spec"]["endpoints"])
     worker_metrics = rendered.one("Service", "conveyor-worker-metrics")
@@ -396,9 +411,11 @@ def test_helm_test_hook_submits_through_the_service() -> None:
     assert env["CONVEYOR_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "conveyor-client-key"
 
 
-def test_notes_say_how_to_reach_the_api_and_warn_without_keys() -> None:
-    assert "port-forward service/conveyor-api" in render_named("defaults").notes
-    assert "auth.existingSecret is empty" in render_named("defaults").notes
+def test_notes_say_how_to_reach_the_api_and_read_its_key() -> None:
+    defaults = render_named("defaults").notes
+    assert "port-forward service/conveyor-api" in defaults
+    assert "get secret conveyor-api-keys -o jsonpath='{.data.api-key}' | base64 -d" in defaults
     production = render_named("production").notes
     assert "https://conveyor.example.com/docs" in production
-    assert "auth.existingSecret is empty" not in production
+    assert "generated" not in production
+    assert "API keys: from Secret conveyor-api-keys" in production

@@ -101,7 +101,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Environment both services read: Redis, the catalog, secrets, OTEL_*. Call with (dict "root" $ "service" "api"). */}}
+{{/* Environment both services read: Redis, the catalog, documents, OTEL_*. Call with (dict "root" $ "service" "api"). */}}
 {{- define "conveyor.commonEnv" -}}
 {{- $root := .root -}}
 {{- $values := $root.Values -}}
@@ -133,6 +133,67 @@ app.kubernetes.io/component: {{ .component }}
 - name: CONVEYOR_REDACT_KEYS
   value: {{ . | quote }}
 {{- end }}
+{{- with $values.jobs.documentsMaxBytes }}
+- name: CONVEYOR_DOCUMENTS_MAX_BYTES
+  value: {{ . | int64 | quote }}
+{{- end }}
+{{- with $values.jobs.documentsRetentionS }}
+- name: CONVEYOR_DOCUMENTS_RETENTION_S
+  value: {{ . | int64 | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: conveyor-{{ .service }}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),service.version=%s" $root.Chart.AppVersion }}{{ with $values.otel.resourceAttributes }},{{ . }}{{ end }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $values.otel.sampler | quote }}
+{{- with $values.otel.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The api's own settings from values: limits, CORS, the metrics port. */}}
+{{- define "conveyor.apiEnv" -}}
+{{- $api := .Values.api -}}
+{{- with $api.metricsPort }}
+- name: CONVEYOR_API_METRICS_PORT
+  value: {{ . | quote }}
+{{- end }}
+- name: CONVEYOR_API_RATE_LIMIT_PER_S
+  value: {{ $api.rateLimit.perSecond | quote }}
+- name: CONVEYOR_API_RATE_LIMIT_BURST
+  value: {{ $api.rateLimit.burst | int64 | quote }}
+- name: CONVEYOR_API_MAX_BODY_BYTES
+  value: {{ $api.limits.maxBodyBytes | int64 | quote }}
+- name: CONVEYOR_API_MAX_JSON_DEPTH
+  value: {{ $api.limits.maxJsonDepth | int64 | quote }}
+- name: CONVEYOR_API_MAX_PAYLOAD_BYTES
+  value: {{ $api.limits.maxPayloadBytes | int64 | quote }}
+- name: CONVEYOR_API_MAX_UPLOAD_BYTES
+  value: {{ $api.limits.maxUploadBytes | int64 | quote }}
+- name: CONVEYOR_API_MAX_FILENAME_CHARS
+  value: {{ $api.limits.maxFilenameChars | int64 | quote }}
+{{- with $api.corsOrigins }}
+- name: CONVEYOR_API_CORS_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end -}}
+: mail, the summarizer, scheduled jobs. Their secrets stay out of the api's pods. */}}
+{{- define "conveyor.workerEnv" -}}
+{{- $values := .Values -}}
 {{- with $values.smtp.host }}
 - name: CONVEYOR_SMTP_HOST
   value: {{ . | quote }}
@@ -175,35 +236,19 @@ app.kubernetes.io/component: {{ .component }}
 - name: CONVEYOR_DIGEST_TO
   value: {{ . | quote }}
 {{- end }}
-{{- with $values.jobs.documentsMaxBytes }}
-- name: CONVEYOR_DOCUMENTS_MAX_BYTES
-  value: {{ . | int64 | quote }}
+{{- if not $values.jobs.digestEnabled }}
+- name: CONVEYOR_DIGEST_SCHEDULE
+  value: "null"
+{{- else if $values.jobs.digestSchedule }}
+- name: CONVEYOR_DIGEST_SCHEDULE
+  value: {{ toJson $values.jobs.digestSchedule | quote }}
 {{- end }}
-{{- with $values.jobs.documentsRetentionS }}
-- name: CONVEYOR_DOCUMENTS_RETENTION_S
-  value: {{ . | int64 | quote }}
-{{- end }}
-- name: OTEL_SERVICE_NAME
-  value: conveyor-{{ .service }}
-- name: K8S_POD_NAME
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.name
-- name: K8S_NAMESPACE_NAME
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
-- name: OTEL_RESOURCE_ATTRIBUTES
-  value: {{ printf "k8s.pod.name=$(K8S_POD_NAME),k8s.namespace.name=$(K8S_NAMESPACE_NAME),service.version=%s" $root.Chart.AppVersion }}{{ with $values.otel.resourceAttributes }},{{ . }}{{ end }}
-- name: OTEL_TRACES_SAMPLER
-  value: {{ $values.otel.sampler | quote }}
-{{- with $values.otel.samplerArg }}
-- name: OTEL_TRACES_SAMPLER_ARG
-  value: {{ . | quote }}
-{{- end }}
-{{- with $values.otel.endpoint }}
-- name: OTEL_EXPORTER_OTLP_ENDPOINT
-  value: {{ . | quote }}
+{{- if not $values.jobs.cleanupEnabled }}
+- name: CONVEYOR_CLEANUP_SCHEDULE
+  value: "null"
+{{- else if $values.jobs.cleanupSchedule }}
+- name: CONVEYOR_CLEANUP_SCHEDULE
+  value: {{ toJson $values.jobs.cleanupSchedule | quote }}
 {{- end }}
 {{- end -}}
 
@@ -243,7 +288,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The checksum of everything that configures the pods, so a change rolls them. */}}
 {{- define "conveyor.configChecksum" -}}
-{{- $config := dict "common" (include "conveyor.commonEnv" (dict "root" . "service" "x")) "api" .Values.api.env "worker" .Values.worker.env -}}
+{{- $config := dict "common" (include "conveyor.commonEnv" (dict "root" . "service" "x")) "api" (include "conveyor.apiEnv" .) "apiExtra" .Values.api.env "worker" (include "conveyor.workerEnv" .) "workerExtra" .Values.worker.env -}}
 {{- toJson $config | sha256sum -}}
 {{- end -}}
 
@@ -255,4 +300,39 @@ annotations on the workloads so the scanner (and a reader) sees them.
 checkov.io/skip1: CKV_K8S_15=Images are pinned by tag or digest (image.digest); pullPolicy stays configurable
 checkov.io/skip2: CKV_K8S_43=A digest is supported (image.digest) but a tag is the default so installs stay readable
 checkov.io/skip3: CKV_K8S_35=The services read their settings, secrets included, from environment variables by design
+{{- end -}}
+
+{{/*
+The Secret with CONVEYOR_API_KEYS: auth.existingSecret, or the one the chart
+generates (templates/api/secret.yaml) with a random admin key.
+*/}}
+{{- define "conveyor.auth.secretName" -}}
+{{- default (printf "%s-api-keys" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-") .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "conveyor.auth.secretKey" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.existingSecretKey -}}
+{{- else -}}
+api-keys
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with one raw key for `helm test` and KEDA, or nothing when there is none. */}}
+{{- define "conveyor.auth.clientSecretName" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.clientKeySecret -}}
+{{- else if .Values.auth.clientKeySecret -}}
+{{- fail "auth.clientKeySecret is only used with auth.existingSecret: the generated Secret holds its own key" -}}
+{{- else -}}
+{{- include "conveyor.auth.secretName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "conveyor.auth.clientSecretKey" -}}
+{{- if .Values.auth.existingSecret -}}
+{{- .Values.auth.clientKeySecretKey -}}
+{{- else -}}
+api-key
+{{- end -}}
 {{- end -}}
