@@ -67,6 +67,8 @@ def test_one_trace_from_the_request_through_a_job_and_the_job_it_enqueues(
     stack.wait_for_state(child_id, "complete")
 
     consumer_child = only(wait_for_child_consumer(collector, child_id))
+    # The api exports its spans in batches of its own: wait for its server span too.
+    wait_for_server_span(collector)
     spans = collector.find(trace_id=TRACE_ID)
     assert {s.trace_id for s in spans} == {TRACE_ID}
     by_id = {s.span_id: s for s in spans}
@@ -152,6 +154,13 @@ def wait_for_child_consumer(collector: Collector, child_id: str) -> list[Span]:
             return found
         time.sleep(0.05)
     raise AssertionError("the child job's consumer span never arrived")
+
+
+def wait_for_server_span(collector: Collector) -> None:
+    deadline = time.monotonic() + 20
+    while not collector.find(trace_id=TRACE_ID, kind="SPAN_KIND_SERVER"):
+        assert time.monotonic() < deadline, "the api's server span never arrived"
+        time.sleep(0.05)
 
 
 def descends_from(span: Span, ancestor: Span, by_id: dict[str, Span]) -> bool:
