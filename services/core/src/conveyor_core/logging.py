@@ -78,6 +78,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Fields no Conveyor line shows, which the logging module would gather for
+    # every record (the logging HOWTO's "Optimization").
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Conveyor logs each request and each job itself; these would repeat them.
     for noisy in ("uvicorn.access", "arq.worker", "arq.jobs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

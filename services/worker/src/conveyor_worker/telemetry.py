@@ -8,14 +8,17 @@ single cause, such as a batch consumer; Conveyor's only such jobs are cron
 runs, which have no producer and start traces of their own.
 """
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import Counter, Gauge, Histogram
 
 from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
@@ -58,6 +61,29 @@ def declare_job_series(job_types: Iterable[JobType]) -> None:
             JOBS_FINISHED.labels(*labels, outcome)
 
 
+@dataclass(frozen=True, slots=True)
+class JobSeries:
+    """One job type's metric series, looked up once: `labels()` costs a lock and a
+    dict lookup per call, which a no-op job feels."""
+
+    queue_wait: Histogram
+    started: Counter
+    in_progress: Gauge
+    finished: dict[str, Counter]
+    duration: dict[str, Histogram]
+
+    @staticmethod
+    @functools.cache
+    def of(job: str, queue: str) -> "JobSeries":
+        return JobSeries(
+            queue_wait=JOB_QUEUE_WAIT.labels(job, queue),
+            started=JOBS_STARTED.labels(job, queue),
+            in_progress=JOBS_IN_PROGRESS.labels(job, queue),
+            finished={o: JOBS_FINISHED.labels(job, queue, o) for o in Outcome.ALL},
+            duration={o: JOB_DURATION.labels(job, queue, o) for o in Outcome.ALL},
+        )
+
+
 class JobObservation:
     """A context manager around one try: set `outcome` (and `error`) before it exits."""
 
@@ -80,7 +106,7 @@ class JobObservation:
         self.redact = redact
         self.outcome = Outcome.FAILED  # until told otherwise: an unexpected error
         self.error: BaseException | None = None
-        self._labels = (job_type.name, job_type.queue)
+        self._series = JobSeries.of(job_type.name, job_type.queue)
 
     def __enter__(self) -> "JobObservation":
         queue = self.job_type.queue
@@ -108,9 +134,9 @@ class JobObservation:
         # From when this try was due: a deliberate deferral or backoff is not waiting.
         wait_s = max(0.0, (now_ms() - self.due_ms) / 1000)
         self._span.set_attribute("conveyor.queue_wait_s", wait_s)
-        JOB_QUEUE_WAIT.labels(*self._labels).observe(wait_s, exemplar())
-        JOBS_STARTED.labels(*self._labels).inc()
-        JOBS_IN_PROGRESS.labels(*self._labels).inc()
+        self._series.queue_wait.observe(wait_s, exemplar())
+        self._series.started.inc()
+        self._series.in_progress.inc()
         logger.info(
             "job start",
             extra={"fields": {"args": self.redact(self.args), "queue_wait_s": round(wait_s, 4)}},
@@ -135,9 +161,10 @@ class JobObservation:
             fields["error"] = f"{type(error).__name__}: {error}"
             self._span.record_exception(error)
             self._span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        JOBS_FINISHED.labels(*self._labels, self.outcome).inc(exemplar=exemplar())
-        JOB_DURATION.labels(*self._labels, self.outcome).observe(elapsed_s, exemplar())
-        JOBS_IN_PROGRESS.labels(*self._labels).dec()
+        trace_exemplar = exemplar()
+        self._series.finished[self.outcome].inc(exemplar=trace_exemplar)
+        self._series.duration[self.outcome].observe(elapsed_s, trace_exemplar)
+        self._series.in_progress.dec()
         calm = self.outcome in (Outcome.SUCCESS, Outcome.CANCELLED)
         logger.log(logging.INFO if calm else logging.WARNING, "job end", extra={"fields": fields})
         self._log_context.__exit__(None, None, None)
