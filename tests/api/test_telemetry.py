@@ -34,8 +34,11 @@ async def test_the_request_id_reaches_the_job(client: httpx.AsyncClient) -> None
 async def test_metrics_use_route_templates_not_raw_paths(client: httpx.AsyncClient) -> None:
     await client.get("/v1/jobs/abc123")
     await client.get("/no/such/page")
+    await client.get("/ui/app.js")
     text = (await client.get("/metrics")).text
     assert 'route="/v1/jobs/{job_id}"' in text
     assert 'route="unmatched"' in text
+    assert 'route="/ui/{path}"' in text  # the status page's files, under one label
+    assert "app.js" not in text
     assert "abc123" not in text
     assert "conveyor_queue_oldest_ready_age_seconds" in text

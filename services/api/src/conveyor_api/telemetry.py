@@ -71,7 +71,7 @@ class RequestTelemetry:
                 self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, duration_s: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        route = getattr(scope.get("route"), "path", None) or _mount(scope) or "unmatched"
         method = scope["method"]
         HTTP_REQUESTS.labels(method, route, status).inc(exemplar=exemplar())
         HTTP_DURATION.labels(method, route, status).observe(duration_s, exemplar())
@@ -83,6 +83,16 @@ class RequestTelemetry:
                 "duration_s": round(duration_s, 4),
             }
             logger.info("request", extra={"fields": fields})
+
+
+def _mount(scope: Scope) -> str | None:
+    """`/ui/{path}` for files a mounted app served: one label for all of them.
+
+    A mount matched has moved its prefix into `root_path` (after whatever
+    `root_path` the app itself was given, kept as `app_root_path`).
+    """
+    prefix = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+    return f"{prefix}/{{path}}" if prefix else None
 
 
 async def refresh_queue_metrics(store: JobStore, catalog: Catalog) -> None:
