@@ -135,7 +135,11 @@ def test_every_panel_has_data_and_failure_alerts_go_off(
         f'sum(conveyor_jobs_finished_total{{namespace="{NAMESPACE}", outcome="success"}})'
     )
     assert float(success[0]["value"][1]) == 2 * (EFFECTS + FLAKY)
-    dead_letters = prometheus.query(
-        f'max(conveyor_queue_jobs{{namespace="{NAMESPACE}", state="dead"}})'
+    # The api reads queue depths from Redis when scraped: wait for a scrape after
+    # the last job died. A wrong count never matches, and the wait fails.
+    dead_letters = f'max(conveyor_queue_jobs{{namespace="{NAMESPACE}", state="dead"}})'
+    prometheus.wait_until(
+        f"the dead-letter gauge showed {2 * DEAD}",
+        lambda: any(float(s["value"][1]) == 2 * DEAD for s in prometheus.query(dead_letters)),
+        timeout_s=10,
     )
-    assert float(dead_letters[0]["value"][1]) == 2 * DEAD
