@@ -143,3 +143,20 @@ async def test_a_document_whose_job_died_reads_as_failed(
     document = (await client.get(f"/v1/documents/{body['document']['id']}")).json()
     assert document["state"] == "failed"
     assert document["summary"] is None
+
+
+async def test_a_malformed_multipart_body_is_a_documented_400_problem(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    """Found by schemathesis: a body that is not multipart at all."""
+    boundary = "fc9131ad623cd5e81267244a6dc45243"
+    response = await client.post(
+        "/v1/documents",
+        content=f"--{boundary}\r\n6.8e+44--{boundary}--\r\n".encode(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    documented = (await client.get("/openapi.json")).json()["paths"]["/v1/documents"]["post"]
+    assert "application/problem+json" in documented["responses"]["400"]["content"]
+    await assert_nothing_stored(redis)

@@ -47,6 +47,7 @@ def _clean_name(filename: str | None) -> str:
     status_code=202,
     summary="Upload a document to process",
     responses={
+        400: {"description": "The body is not well-formed multipart/form-data"},
         413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
         415: {"description": "Not text, Markdown or PDF (judged by content)"},
         422: {"description": "Empty file, corrupt PDF, missing field or bad address"},
