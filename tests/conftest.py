@@ -14,6 +14,7 @@ from conveyor_core.local.redis_server import RedisProcess, local_redis_process, 
 from conveyor_core.redis import create_redis
 from conveyor_core.settings import RedisSettings
 from conveyor_core.tracing import setup_tracing
+from tests.support.smtp import SmtpServer
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 
@@ -59,6 +60,14 @@ def own_redis() -> Iterator[RedisProcess]:
     """A Redis of this test's own, which it may stop and restart (outage tests)."""
     server = local_redis_process()
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free port, for the mail tests."""
+    server = SmtpServer().start()
     yield server
     server.stop()
 

@@ -27,13 +27,6 @@ ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)$")
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def cron_stack(redis_url: str, log_dir: Path, smtp: SmtpServer) -> Iterator[Stack]:
     stack = Stack(
         redis_url,

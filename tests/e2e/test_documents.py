@@ -30,13 +30,6 @@ TEXT = " ".join(SENTENCES)
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def flow(redis_url: str, log_dir: Path, smtp: SmtpServer) -> Iterator[Stack]:
     """The api and (once a test starts one) workers that send mail to `smtp`."""
     stack = Stack(redis_url, log_dir, **smtp.env, CONVEYOR_WORKER_LOCK_TTL_S="1")

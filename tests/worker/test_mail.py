@@ -1,7 +1,5 @@
 """The mailer against a real SMTP server: once per key, 4xx retried, 5xx permanent."""
 
-from collections.abc import Iterator
-
 import aiosmtplib
 import pytest
 from arq.connections import ArqRedis
@@ -11,13 +9,6 @@ from conveyor_core.catalog import PermanentJobError
 from conveyor_core.settings import SmtpSettings
 from conveyor_worker.mail import Mailer, MailRejectedError, SmtpNotConfiguredError, message_id_for
 from tests.support.smtp import SmtpServer
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 def mailer_for(smtp: SmtpServer, redis: ArqRedis) -> Mailer:

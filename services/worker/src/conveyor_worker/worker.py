@@ -217,7 +217,8 @@ class ConveyorWorker(Worker):
             await asyncio.shield(self._settle_unstarted(job_id))
 
     async def _settle_unstarted(self, job_id: str) -> None:
-        store, at_ms = JobStore(self.pool), now_ms()
+        store: JobStore = self.ctx["store"]
+        at_ms = now_ms()
         try:
             async with self._bounded():
                 await self._settle(store, job_id, at_ms)
