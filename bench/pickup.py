@@ -23,6 +23,7 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 
 from bench.jobs import CONVEYOR_QUEUE, DONE_KEY, JOB_TYPES, STARTED_KEY, Noop
+from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.local.redis_server import free_port, resolve_redis
 from conveyor_core.redis import create_redis
@@ -169,7 +170,12 @@ async def measure_throughput(contender: Contender, redis: ArqRedis, store: JobSt
 
 async def wait_ready(contender: Contender, redis: ArqRedis, store: JobStore) -> None:
     job_id = await submit(contender, redis, store)
-    await Job(job_id, redis, _queue_name=contender.queue).result(timeout=30, poll_delay=0.05)
+    if contender.poll_delay_s is not None:  # bare arq keeps its result
+        await Job(job_id, redis, _queue_name=contender.queue).result(timeout=30, poll_delay=0.05)
+        return
+    async with asyncio.timeout(30):
+        while (job := await store.get(job_id)) is None or job.state != "complete":  # noqa: ASYNC110  # polls Redis, not a local flag
+            await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -181,7 +187,7 @@ async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[A
     worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603, ASYNC220
     contender.pid = worker.pid
     redis = create_redis(RedisSettings(url=redis_url))
-    store = JobStore(redis)
+    store = JobStore(redis, load_catalog(["bench.jobs"]))
     try:
         await wait_ready(contender, redis, store)
         yield redis, store

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from conveyor_core.catalog import DEFAULT_QUEUE
+from conveyor_core.catalog import DEFAULT_QUEUE, PROCESS_DOCUMENT
 from conveyor_core.settings import DocumentSettings
 from conveyor_core.store import JobStore
 from tests.api.conftest import make_app, serve
@@ -138,8 +138,11 @@ async def test_a_document_whose_job_died_reads_as_failed(
     client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
     body = (await post(client, {"file": ("a.txt", b"text")})).json()
-    moved, _ = await JobStore(redis).transition(body["job"]["id"], "dead", score_ms=0)
-    assert moved
+    store = JobStore(redis)
+    claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
+    claimed, _ = await store.claim(PROCESS_DOCUMENT.queue, 1, **claim)
+    assert [c.job_id for c in claimed] == [body["job"]["id"]]
+    assert await store.dead(PROCESS_DOCUMENT, body["job"]["id"], "{}")
     document = (await client.get(f"/v1/documents/{body['document']['id']}")).json()
     assert document["state"] == "failed"
     assert document["summary"] is None

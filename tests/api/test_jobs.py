@@ -214,7 +214,9 @@ async def test_cancelling_a_queued_job_takes_it_out_of_arq(
     assert response.json()["state"] == "cancelled"
     assert response.json()["finished_at"] is not None
     assert await redis.zscore(CREATE_TASK.queue, job_id) is None
-    assert not await redis.exists(job_key_prefix + job_id)
+    # arq's job key (the payload) stays exactly as long as the record.
+    assert 0 < await redis.ttl(job_key_prefix + job_id) <= CREATE_TASK.keep_result_s
+    assert await redis.ttl(job_key_prefix + job_id) == await redis.ttl(f"conveyor:job:{job_id}")
     problem = assert_problem(await client.delete(f"/v1/jobs/{job_id}"), 409)
     assert "cancelled" in problem["detail"]
 

@@ -137,24 +137,27 @@ async def test_remove_expired_takes_only_what_is_past_retention(redis: ArqRedis)
 
 async def test_take_counts_gives_each_count_to_one_run(redis: ArqRedis) -> None:
     await redis.hincrby(keys.STATS_PENDING, "flaky:complete", 2)  # type: ignore[misc]
-    await redis.hincrby(keys.STATS_PENDING, "flaky:failed", 1)  # type: ignore[misc]
+    await redis.hincrby(keys.STATS_PENDING, "flaky:retried", 1)  # type: ignore[misc]
     first = await take_counts(redis, "run-1")
-    assert first.jobs == {"flaky": {"complete": 2, "failed": 1, "dead": 0}}
+    assert first.jobs == {"flaky": {"complete": 2, "retried": 1, "dead": 0}}
     await redis.hincrby(keys.STATS_PENDING, "flaky:dead", 1)  # type: ignore[misc]
     # A retry of the same run reports the same numbers; the new count waits.
     assert (await take_counts(redis, "run-1")).jobs == first.jobs
     second = await take_counts(redis, "run-2")
-    assert second.jobs == {"flaky": {"complete": 0, "failed": 0, "dead": 1}}
+    assert second.jobs == {"flaky": {"complete": 0, "retried": 0, "dead": 1}}
     assert (await take_counts(redis, "run-3")).jobs == {}
 
 
-async def test_job_outcomes_are_counted_with_the_transition(redis: ArqRedis) -> None:
+async def test_job_outcomes_are_counted_with_the_end_of_the_try(redis: ArqRedis) -> None:
     store = JobStore(redis)
     submitted = await enqueue(store, CREATE_TASK, {"sleep_s": 0})
     job_id = submitted.job_id
-    for state in ("in_progress", "failed", "in_progress", "complete"):
-        assert (await store.transition(job_id, state, score_ms=now_ms()))[0]
-    # A refused transition counts nothing.
-    assert not (await store.transition(job_id, "dead", score_ms=0, allowed=("waiting",)))[0]
+    claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
+    assert (await store.claim(CREATE_TASK.queue, 1, **claim))[0]
+    assert await store.retry_later(CREATE_TASK, job_id, now_ms(), "{}")
+    assert (await store.claim(CREATE_TASK.queue, 1, **claim))[0]
+    assert await store.complete(CREATE_TASK, job_id, "null")
+    # A refused end of a try (the job is no longer in progress) counts nothing.
+    assert not await store.dead(CREATE_TASK, job_id, "{}")
     counts = await take_counts(redis, "run-1")
-    assert counts.jobs == {"create_task": {"complete": 1, "failed": 1, "dead": 0}}
+    assert counts.jobs == {"create_task": {"complete": 1, "retried": 1, "dead": 0}}

@@ -1,4 +1,6 @@
-"""Conveyor's job records: cursors, derived states, retention housekeeping."""
+"""The lifecycle owner against a real Redis: each script's record, indexes and arq keys."""
+
+import time
 
 import pytest
 from arq.connections import ArqRedis
@@ -6,14 +8,24 @@ from arq.connections import ArqRedis
 from conveyor_core import keys
 from conveyor_core.catalog import CREATE_TASK, CreateTask
 from conveyor_core.enqueue import enqueue, fingerprint
-from conveyor_core.jobs import JobPublic, JobState
-from conveyor_core.store import InvalidCursorError, JobStore, decode_cursor, encode_cursor
+from conveyor_core.jobs import JobPublic, JobState, now_ms
+from conveyor_core.store import (
+    DEAD_RETENTION_S,
+    ArqJob,
+    InvalidCursorError,
+    JobStore,
+    decode_cursor,
+    encode_cursor,
+)
+
+QUEUE = CREATE_TASK.queue
+CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 100}
 
 
 def test_cursors_round_trip_and_reject_garbage() -> None:
-    cursor = encode_cursor("1732460000123", "abc")
-    assert decode_cursor(cursor) == ("1732460000123", "abc")
-    for bad in ["", "!!", encode_cursor("not-a-number", "x"), "W10"]:
+    cursor = encode_cursor(2, "1732460000123", "abc")
+    assert decode_cursor(cursor) == (2, "1732460000123", "abc")
+    for bad in ["", "!!", encode_cursor(0, "not-a-number", "x"), "W10"]:
         with pytest.raises(InvalidCursorError):
             decode_cursor(bad)
 
@@ -24,28 +36,222 @@ def test_fingerprint_ignores_key_order() -> None:
 
 
 def test_a_waiting_job_is_deferred_until_due_then_queued() -> None:
-    raw = {
-        "id": "j",
-        "job_type": "t",
-        "queue": "q",
-        "state": "waiting",
-        "payload": "{}",
-        "max_tries": "3",
-        "enqueued_at_ms": "1000",
-        "ready_at_ms": "5000",
+    job = ArqJob("t", {}, {}, 1000)
+
+    def at(ms: int) -> JobState:
+        return JobPublic.from_parts(
+            "j", job, {}, score_ms=5000, queue="q", max_tries=3, at_ms=ms
+        ).state
+
+    assert at(4999) is JobState.DEFERRED
+    assert at(5000) is JobState.QUEUED
+
+
+async def indexes_of(redis: ArqRedis, job_id: str) -> set[str]:
+    """The states whose index holds the job."""
+    found = set()
+    for state in keys.INDEXED_STATES:
+        if await redis.zscore(keys.index_key(QUEUE, state), job_id) is not None:
+            found.add(state)
+    return found
+
+
+async def arq_keys_of(redis: ArqRedis, job_id: str) -> dict[str, bool]:
+    return {
+        name: bool(await redis.exists(f"arq:{name}:{job_id}"))
+        for name in ("job", "in-progress", "retry", "result")
     }
-    assert JobPublic.from_hash(raw, at_ms=4999).state is JobState.DEFERRED
-    assert JobPublic.from_hash(raw, at_ms=5000).state is JobState.QUEUED
 
 
-async def test_housekeeping_trims_index_entries_of_expired_jobs(redis: ArqRedis) -> None:
+async def submitted(store: JobStore) -> str:
+    done = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0))
+    return done.job_id
+
+
+async def test_submit_writes_only_arqs_keys_and_answers_the_record(redis: ArqRedis) -> None:
     store = JobStore(redis)
-    kept = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=1))
-    expired = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=1))
-    await redis.delete(keys.job_key(expired.job_id))  # as its retention would
+    done = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=1), idempotency_key="k1")
 
-    removed = await store.trim_expired(CREATE_TASK.queue)
+    assert done.created
+    assert done.job is not None
+    assert done.job.state is JobState.QUEUED
+    assert done.job.payload == {"sleep_s": 1}
+    assert done.job.idempotency_key == "k1"
+    assert not await redis.exists(keys.job_key(done.job_id))  # no record until claimed
+    assert await redis.zscore(QUEUE, done.job_id) is not None
+    assert await arq_keys_of(redis, done.job_id) == {
+        "job": True,
+        "in-progress": False,
+        "retry": False,
+        "result": False,
+    }
+    assert await indexes_of(redis, done.job_id) == set()
+    assert await store.get(done.job_id) == done.job
+    again = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=1), idempotency_key="k1")
+    assert (again.created, again.job_id, again.same_payload) == (False, done.job_id, True)
 
-    assert removed == 2  # from the queue's and the global `all` index
-    members = await redis.zrange(keys.index_key(keys.ALL, keys.ALL), 0, -1)
-    assert members == [kept.job_id.encode()]
+
+async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+
+    claimed, _ = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.tries, job.version) == (JobState.IN_PROGRESS, 1, 2)
+    assert await indexes_of(redis, job_id) == {"in_progress"}
+    assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1
+    assert await redis.pttl(f"arq:in-progress:{job_id}") > 9_000
+    assert await redis.zscore(QUEUE, job_id) is not None  # arq keeps it until it ends
+    assert (await store.claim(QUEUE, 5, **CLAIM))[0] == []  # locked: not claimed twice
+
+
+async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+
+    assert await store.complete(CREATE_TASK, job_id, '{"answer": 42}')
+
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.result, job.progress.percent) == (JobState.COMPLETE, {"answer": 42}, 100)
+    assert await indexes_of(redis, job_id) == {"complete"}
+    score = await redis.zscore(keys.index_key(QUEUE, "complete"), job_id)
+    assert score == pytest.approx(now_ms() + CREATE_TASK.keep_result_s * 1000, abs=5_000)
+    assert await redis.zscore(QUEUE, job_id) is None
+    assert await arq_keys_of(redis, job_id) == {
+        "job": True,  # the payload, kept as long as the record
+        "in-progress": False,
+        "retry": False,
+        "result": False,
+    }
+    for key in (keys.job_key(job_id), f"arq:job:{job_id}"):
+        assert 0 < await redis.ttl(key) <= CREATE_TASK.keep_result_s
+    assert not await store.complete(CREATE_TASK, job_id, "null")  # only from in progress
+
+
+async def test_retry_later_puts_the_job_back_in_arqs_queue_when_due(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    due_ms = now_ms() + 60_000
+
+    assert await store.retry_later(CREATE_TASK, job_id, due_ms, '{"type": "E", "message": "m"}')
+
+    job = await store.get(job_id)
+    assert job is not None
+    assert job.state is JobState.RETRYING
+    assert job.error is not None
+    assert job.error.type == "E"
+    assert await indexes_of(redis, job_id) == {"retrying"}
+    assert await redis.zscore(QUEUE, job_id) == due_ms
+    assert not await redis.exists(f"arq:in-progress:{job_id}")
+    assert await redis.pttl(f"arq:job:{job_id}") > 60_000
+    assert (await store.claim(QUEUE, 1, **CLAIM))[0] == []  # not due yet
+
+
+async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+
+    assert await store.dead(CREATE_TASK, job_id, '{"type": "E", "message": "m"}')
+
+    assert await indexes_of(redis, job_id) == {"dead"}
+    assert await redis.zscore(QUEUE, job_id) is None
+    assert 0 < await redis.ttl(keys.job_key(job_id)) <= DEAD_RETENTION_S
+    outcome, job = await store.requeue(job_id, {"request_id": "again"})
+    assert outcome == "requeued"
+    assert job is not None
+    assert (job.state, job.tries, job.requeues, job.request_id) == (JobState.QUEUED, 0, 1, "again")
+    assert await indexes_of(redis, job_id) == set()
+    assert await redis.zscore(QUEUE, job_id) is not None
+    assert await redis.ttl(keys.job_key(job_id)) == -1
+    claimed, _ = await store.claim(QUEUE, 1, **CLAIM)
+    assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
+    assert (await store.requeue(job_id, {}))[0] == "in_progress"
+
+
+async def test_put_back_after_a_shutdown_does_not_use_up_the_try(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+
+    assert await store.put_back(CREATE_TASK, job_id)
+
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.tries) == (JobState.QUEUED, 0)
+    assert await indexes_of(redis, job_id) == set()
+    assert not await redis.exists(f"arq:in-progress:{job_id}")
+    claimed, _ = await store.claim(QUEUE, 1, **CLAIM)
+    assert [c.job_try for c in claimed] == [1]
+
+
+async def test_cancel_a_waiting_job_now_and_a_running_one_by_request(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    waiting, running = await submitted(store), await submitted(store)
+    await redis.zadd(QUEUE, {waiting: now_ms() + 60_000})  # deferred: not claimed below
+    await store.claim(QUEUE, 5, **CLAIM)
+
+    outcome, job = await store.cancel(waiting)
+    assert outcome == "cancelled_now"
+    assert job is not None
+    assert job.state is JobState.CANCELLED
+    assert await indexes_of(redis, waiting) == {"cancelled"}
+    assert await redis.zscore(QUEUE, waiting) is None
+    assert (await store.cancel(waiting))[0] == "cancelled"
+
+    outcome, job = await store.cancel(running)
+    assert outcome == "cancelling"
+    assert job is not None
+    assert (job.state, job.cancel_requested) == (JobState.IN_PROGRESS, True)
+    assert await store.cancelled(CREATE_TASK, running)
+    assert await indexes_of(redis, running) == {"cancelled"}
+    assert (await store.cancel("nope"))[0] == "missing"
+
+
+async def test_settle_an_unstarted_job_dead_or_cancelled(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+
+    assert await store.settle_unstarted(QUEUE, job_id, '{"type": "NotStarted"}', 60_000) == "dead"
+    assert await indexes_of(redis, job_id) == {"dead"}
+    assert await redis.zscore(QUEUE, job_id) is None
+    assert await store.settle_unstarted(QUEUE, job_id, "{}", 60_000) == ""
+
+
+async def test_progress_only_while_in_progress(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    assert not await store.report_progress(job_id, 10, "early")
+    await store.claim(QUEUE, 1, **CLAIM)
+    assert await store.report_progress(job_id, 40, "reading")
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.progress.percent, job.progress.message, job.version) == (40, "reading", 3)
+
+
+async def test_housekeeping_trims_expired_entries_behind_a_long_lived_one(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    dead = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    await store.dead(CREATE_TASK, dead, "{}")  # a week's retention, at the front
+    short = [await submitted(store) for _ in range(50)]
+    await store.claim(QUEUE, 50, **CLAIM)
+    for job_id in short:
+        # As if their retention were a moment: expired records, entries left behind.
+        await store.complete(CREATE_TASK, job_id, "null")
+        await redis.zadd(keys.index_key(QUEUE, "complete"), {job_id: now_ms() - 1})
+        await redis.delete(keys.job_key(job_id))
+    time.sleep(0.01)
+
+    assert await store.trim_expired(QUEUE) == 50
+    assert await redis.zcard(keys.index_key(QUEUE, "complete")) == 0
+    assert await indexes_of(redis, dead) == {"dead"}

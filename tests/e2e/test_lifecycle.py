@@ -49,9 +49,9 @@ def test_failures_are_retried_with_growing_backoff(stack: Stack) -> None:
     stack.start_worker()
     job = stack.submit("flaky", {"fail_times": 3})
 
-    failed = stack.wait_for_state(job["id"], "failed")
-    assert failed["error"]["type"] == "RuntimeError"
-    assert failed["next_try_at"] is not None
+    retrying = stack.wait_for_state(job["id"], "retrying")
+    assert retrying["error"]["type"] == "RuntimeError"
+    assert retrying["next_try_at"] is not None
 
     done = stack.wait_for_state(job["id"], "complete")
     assert done["tries"] == 4
@@ -154,7 +154,7 @@ async def test_a_job_from_a_bare_arq_client_runs_and_is_tracked(
     done = stack.wait_for_state(job.job_id, "complete")
     assert done["job_type"] == "effect"
     assert done["payload"] == {"work_s": 0}
-    assert await job.result(timeout=5) == "done"
+    assert done["result"] == "done"
 
 
 def test_sigterm_lets_a_running_job_finish_and_exits_zero(stack: Stack) -> None:
@@ -178,4 +178,20 @@ def test_sigterm_requeues_what_does_not_finish_in_time(stack: Stack) -> None:
 
     stack.start_worker()
     done = stack.wait_for_state(job["id"], "complete")
-    assert done["tries"] == 2
+    assert done["tries"] == 1  # the try the shutdown cut short does not count
+
+
+def test_two_shutdowns_do_not_use_up_a_single_try_job(stack: Stack) -> None:
+    """max_tries 1, cut short by SIGTERM twice: it still completes on the third worker."""
+    job = stack.submit("slow_once", {"steps": 30, "step_s": 0.1})
+    for _ in range(2):
+        worker = stack.start_worker(CONVEYOR_WORKER_SHUTDOWN_WAIT_S="1")
+        stack.wait_for_state(job["id"], "in_progress")
+        assert worker.stop(signal.SIGTERM) == 0
+        back = stack.job(job["id"])
+        assert (back["state"], back["tries"]) == ("queued", 0)
+
+    stack.start_worker()
+    done = stack.wait_for_state(job["id"], "complete", timeout_s=30)
+    assert done["tries"] == 1
+    assert done["result"] == 30

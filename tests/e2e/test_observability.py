@@ -244,7 +244,7 @@ def test_metrics_count_exactly_what_happened_with_trace_exemplars(
     assert value(worker, finished, job="flaky", outcome="success", **q) == 1
     assert value(worker, finished, job="doomed", outcome="retry", **q) == 1
     assert value(worker, finished, job="doomed", outcome="dead", **q) == 1
-    assert value(worker, finished, job="permanent", outcome="failed", **q) == 1
+    assert value(worker, finished, job="permanent", outcome="dead", **q) == 1
     assert (
         value(worker, "conveyor_job_duration_seconds_count", job="effect", outcome="success", **q)
         == 3

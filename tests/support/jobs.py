@@ -6,10 +6,13 @@ truth from Redis rather than from logs.
 
 import asyncio
 import time
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy, SendEmail
+from conveyor_core.jobs import JobState
+from conveyor_core.store import JobStore
 from conveyor_worker.context import JobContext
 
 MODULE = "tests.support.jobs"
@@ -40,6 +43,7 @@ class Effect(BaseModel):
 
 async def _record_start(ctx: JobContext) -> None:
     await ctx.redis.rpush(f"test:starts:{ctx.job_id}", repr(time.time()))  # type: ignore[misc]
+    await ctx.redis.rpush(f"test:tries:{ctx.job_id}", ctx.job_try)  # type: ignore[misc]
 
 
 async def flaky(ctx: JobContext, payload: Flaky) -> int:
@@ -110,6 +114,8 @@ JOB_TYPES = [
     JobType("doomed", Nothing, f"{MODULE}:doomed", retry=_quick(2)),
     JobType("permanent", Nothing, f"{MODULE}:permanent", retry=_quick(5)),
     JobType("slow", Slow, f"{MODULE}:slow", timeout_s=60),
+    # One try only: a shutdown that cuts it short must not use it up.
+    JobType("slow_once", Slow, f"{MODULE}:slow", timeout_s=60, retry=RetryPolicy(max_tries=1)),
     JobType(
         "stuck",
         Slow,
@@ -123,3 +129,15 @@ JOB_TYPES = [
     # send_email with few, quick tries: to see a mail reach the dead letters.
     JobType("quick_mail", SendEmail, "conveyor_worker.jobs.email:send_email", retry=_quick(3)),
 ]
+
+
+async def result_of(store: JobStore, job_id: str, timeout_s: float = 15.0) -> Any:
+    """The result of a job once it is complete (its record keeps it)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            job = await store.get(job_id)
+            if job is not None and job.state is JobState.COMPLETE:
+                return job.result
+            if job is not None and job.state is JobState.DEAD:
+                raise AssertionError(f"job {job_id} is dead: {job.error}")
+            await asyncio.sleep(0.05)

@@ -8,16 +8,15 @@ import pytest
 import redis as redis_sync
 
 from conveyor_core.local.redis_server import RedisProcess
+from tests.support.jobs import result_of
 from tests.support.processes import stop_all, worker_process
 
 pytestmark = pytest.mark.e2e
 
 
 def run_one_job(redis_url: str) -> None:
-    """Enqueue create_task with arq's own client and wait for its result."""
+    """Enqueue create_task and wait for its result."""
     import asyncio
-
-    from arq.jobs import Job
 
     from conveyor_core.catalog import CREATE_TASK, CreateTask
     from conveyor_core.enqueue import enqueue
@@ -29,7 +28,7 @@ def run_one_job(redis_url: str) -> None:
         client = create_redis(RedisSettings(url=redis_url))
         try:
             submitted = await enqueue(JobStore(client), CREATE_TASK, CreateTask(sleep_s=0.01))
-            return await Job(submitted.job_id, client).result(timeout=15, poll_delay=0.05)
+            return await result_of(JobStore(client), submitted.job_id)
         finally:
             await client.aclose()
 

@@ -1,15 +1,19 @@
-"""Job change notifications for SSE streams: one pub/sub connection per api process."""
+"""Job change notices for SSE streams: one pub/sub connection per api process."""
 
 import asyncio
 import contextlib
-import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 
 from arq.connections import ArqRedis
+from redis.asyncio.client import PubSub
 
 from conveyor_core import keys
-from conveyor_core.pubsub import Subscription
+from conveyor_core.pubsub import READ_WAIT_S, RECONNECT_DELAY_S
+from conveyor_core.redis import REDIS_DOWN_ERRORS
+
+logger = logging.getLogger(__name__)
 
 
 class JobChanges:
@@ -56,35 +60,48 @@ class JobChanges:
 class JobEvents:
     """Wakes the streams watching a job whenever that job changes.
 
-    A notice carries no state: a woken stream re-reads the job, so a notice
-    lost while Redis was away costs nothing but a re-read (every stream is
-    woken when the connection drops and when it comes back).
+    Each job has its own channel, and this process subscribes to the channels
+    of the jobs its streams watch, on one pub/sub connection: a replica that
+    serves no stream hears nothing and spends nothing. A notice carries no
+    state: a woken stream re-reads the job, so a notice lost while Redis was
+    away, or sent before a subscription took effect, costs nothing but a
+    re-read (every stream is woken when its subscription is confirmed, and
+    when the connection drops and comes back).
     """
 
     def __init__(self, redis: ArqRedis) -> None:
+        self._redis = redis
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._multiplexed: defaultdict[str, set[JobChanges]] = defaultdict(set)
-        self._subscription = Subscription(
-            redis, keys.EVENTS_CHANNEL, self._notify, on_gap=self._wake_all
-        )
+        self._watched_changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._subscription.start()
+        self._task = asyncio.create_task(self._run(), name="job events")
 
     async def stop(self) -> None:
-        await self._subscription.stop()
+        self._stopping.set()
+        self._watched_changed.set()
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
+        if not done:
+            self._task.cancel()
 
     @contextlib.contextmanager
     def watch(self, job_id: str) -> Iterator[asyncio.Event]:
         """An event set on every change of `job_id` (clear it before re-reading)."""
         changed = asyncio.Event()
         self._watchers[job_id].add(changed)
+        self._watched_changed.set()
         try:
             yield changed
         finally:
             self._watchers[job_id].discard(changed)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
+                self._watched_changed.set()
 
     @contextlib.contextmanager
     def watch_many(self, job_ids: Iterable[str]) -> Iterator[JobChanges]:
@@ -93,6 +110,7 @@ class JobEvents:
         registered = list(changes.watching)
         for job_id in registered:
             self._multiplexed[job_id].add(changes)
+        self._watched_changed.set()
         try:
             yield changes
         finally:
@@ -100,9 +118,44 @@ class JobEvents:
                 self._multiplexed[job_id].discard(changes)
                 if not self._multiplexed[job_id]:
                     del self._multiplexed[job_id]
+            self._watched_changed.set()
 
-    def _notify(self, data: bytes) -> None:
-        job_id = json.loads(data)["id"]
+    def _watched(self) -> set[str]:
+        return {keys.events_channel(job_id) for job_id in (*self._watchers, *self._multiplexed)}
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                await self._listen(pubsub)
+            except REDIS_DOWN_ERRORS as exc:
+                logger.warning("job events: redis unreachable, reconnecting: %s", exc)
+                self._wake_all()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), RECONNECT_DELAY_S)
+            finally:
+                with contextlib.suppress(*REDIS_DOWN_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        subscribed: set[str] = set()
+        while not self._stopping.is_set():
+            self._watched_changed.clear()
+            watched = self._watched()
+            if added := watched - subscribed:
+                await pubsub.subscribe(*added)
+            if removed := subscribed - watched:
+                await pubsub.unsubscribe(*removed)
+            subscribed = watched
+            if not subscribed:
+                await self._watched_changed.wait()  # nothing to hear: no reads at all
+                continue
+            message = await pubsub.get_message(timeout=READ_WAIT_S)
+            if message is not None and message["type"] in ("message", "subscribe"):
+                channel = message["channel"].decode()
+                self._notify(channel.removeprefix(keys.EVENTS_PREFIX))
+
+    def _notify(self, job_id: str) -> None:
         for changed in self._watchers.get(job_id, ()):
             changed.set()
         for changes in self._multiplexed.get(job_id, ()):

@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One client (and connection pool) for the process, not one per request.
         app.state.redis = redis = create_redis(settings.redis)
-        app.state.store = JobStore(redis)
+        app.state.store = JobStore(redis, catalog)
         app.state.documents = DocumentStore(redis)
         app.state.events = events = JobEvents(redis)
         if settings.rate_limit_per_s > 0:

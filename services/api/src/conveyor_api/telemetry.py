@@ -109,6 +109,7 @@ async def refresh_queue_metrics(store: JobStore, catalog: Catalog) -> None:
             ("ready", s.ready),
             ("deferred", s.deferred),
             ("in_progress", s.in_progress),
+            ("retrying", s.retrying),
             ("dead", s.dead),
         ):
             QUEUE_JOBS.labels(s.name, state).set(count)

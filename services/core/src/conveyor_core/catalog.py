@@ -186,6 +186,9 @@ class Catalog:
         except KeyError:
             raise UnknownJobTypeError(name) from None
 
+    def get(self, name: str) -> JobType | None:
+        return self._types.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._types
 

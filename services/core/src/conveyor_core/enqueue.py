@@ -13,7 +13,7 @@ from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.store import JobStore, Submitted
-from conveyor_core.tracing import current_trace_id, inject, messaging_attributes, tracer
+from conveyor_core.tracing import inject, messaging_attributes, tracer
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -56,8 +56,6 @@ async def enqueue(
         # The reserved kwarg: this span's context, so the job continues the trace.
         meta: dict[str, str] = {}
         inject(meta)
-        if trace_id := current_trace_id():
-            meta["trace_id"] = trace_id
         if request_id:
             meta["request_id"] = request_id
         submitted = await store.submit(

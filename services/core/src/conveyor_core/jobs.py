@@ -4,32 +4,33 @@ import json
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+if TYPE_CHECKING:
+    from conveyor_core.store import ArqJob
+
 
 class JobState(StrEnum):
-    """Where a job is in its life."""
+    """Where a job is in its life. Each name means one thing in the api, the
+    metrics and the status page."""
 
     DEFERRED = "deferred"  # waiting for its run_at or defer_by time
     QUEUED = "queued"  # ready, waiting for a worker
     IN_PROGRESS = "in_progress"  # a worker runs it
+    RETRYING = "retrying"  # a try failed; the next one is due at next_try_at
     COMPLETE = "complete"  # finished; the result is kept for the type's retention
-    FAILED = "failed"  # a try failed; the next one is scheduled at next_try_at
     DEAD = "dead"  # gave up (permanent error or no tries left): in the dead letters
     CANCELLED = "cancelled"  # cancelled by a client; it will not run again
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETE, JobState.DEAD, JobState.CANCELLED})
 
-# Stored states: queued and deferred share one index, `waiting`, ordered by the
-# time the job is due; which of the two a job is follows from that time.
-WAITING = "waiting"
-
-
-def stored_state(state: JobState) -> str:
-    return WAITING if state in (JobState.QUEUED, JobState.DEFERRED) else state.value
+# The stored state of a job that waits in arq's queue (until it is due, the
+# public state is `deferred`): what a record says after a requeue or a
+# shutdown put the job back. A job with no record yet is waiting too.
+WAITING = JobState.QUEUED.value
 
 
 def now_ms() -> int:
@@ -81,38 +82,63 @@ class JobPublic(BaseModel):
     idempotency_key: str | None = None
 
     @classmethod
-    def from_hash(cls, raw: dict[str, str], at_ms: int | None = None) -> "JobPublic":
-        """Build from the job's Redis hash (decoded)."""
-        state = raw["state"]
-        ready_at_ms = int(raw["ready_at_ms"])
+    def from_parts(
+        cls,
+        job_id: str,
+        arq_job: "ArqJob | None",
+        record: dict[str, str],
+        *,
+        score_ms: int | None,
+        queue: str,
+        max_tries: int,
+        at_ms: int | None = None,
+    ) -> "JobPublic":
+        """Build from arq's job (payload, trace context), Conveyor's record (empty
+        while the job waits for its first try) and the job's score in its queue."""
+        state = record.get("state") or WAITING
+        ready_at_ms = score_ms if score_ms is not None else _int(record.get("ready_at_ms"))
         if state == WAITING:
             due = ready_at_ms <= (at_ms if at_ms is not None else now_ms())
             public_state = JobState.QUEUED if due else JobState.DEFERRED
         else:
             public_state = JobState(state)
-        error = json.loads(raw["error"]) if raw.get("error") else None
+        error = json.loads(record["error"]) if record.get("error") else None
+        meta = arq_job.meta if arq_job else {}
+        enqueued_at_ms = arq_job.enqueued_at_ms if arq_job else ready_at_ms
         return cls(
-            id=raw["id"],
-            version=int(raw.get("version") or 1),
-            job_type=raw["job_type"],
-            queue=raw["queue"],
+            id=job_id,
+            version=_int(record.get("version")) or 1,
+            job_type=arq_job.function if arq_job else record.get("job_type", "unknown"),
+            queue=queue,
             state=public_state,
             progress=Progress(
-                percent=int(raw.get("progress") or 0), message=raw.get("progress_message", "")
+                percent=_int(record.get("progress")), message=record.get("progress_message", "")
             ),
-            payload=json.loads(raw["payload"]),
-            result=json.loads(raw["result"]) if raw.get("result") else None,
+            payload=arq_job.payload if arq_job else {},
+            result=json.loads(record["result"]) if record.get("result") else None,
             error=JobError(**error) if error else None,
-            tries=int(raw.get("tries") or 0),
-            max_tries=int(raw["max_tries"]),
-            requeues=int(raw.get("requeues") or 0),
-            cancel_requested=raw.get("cancel_requested") == "1",
-            enqueued_at=ms_to_datetime(raw["enqueued_at_ms"]),
+            tries=_int(record.get("tries")),
+            max_tries=max_tries,
+            requeues=_int(record.get("requeues")),
+            cancel_requested=record.get("cancel_requested") == "1",
+            enqueued_at=ms_to_datetime(enqueued_at_ms),
             scheduled_at=ms_to_datetime(ready_at_ms),
-            started_at=ms_to_datetime(raw.get("started_at_ms")),
-            finished_at=ms_to_datetime(raw.get("finished_at_ms")),
-            next_try_at=ms_to_datetime(raw.get("next_try_at_ms")),
-            trace_id=raw.get("trace_id") or None,
-            request_id=raw.get("request_id") or None,
-            idempotency_key=raw.get("idempotency_key") or None,
+            started_at=ms_to_datetime(record.get("started_at_ms")),
+            finished_at=ms_to_datetime(record.get("finished_at_ms")),
+            next_try_at=ms_to_datetime(record.get("next_try_at_ms")),
+            trace_id=trace_id_of(meta.get("traceparent")),
+            request_id=meta.get("request_id") or None,
+            idempotency_key=meta.get("idempotency_key") or None,
         )
+
+
+def _int(value: str | int | None) -> int:
+    return int(value) if value not in (None, "") else 0
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id in a W3C traceparent (`00-<trace id>-<span id>-<flags>`)."""
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None

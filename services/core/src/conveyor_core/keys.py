@@ -1,33 +1,44 @@
 """Conveyor's own Redis keys, next to arq's (`arq:job:`, `arq:result:`,
 `arq:in-progress:`, `arq:retry:`, `arq:abort`, and each queue's sorted set).
 
-arq's layout is kept as it is, so bare arq clients and workers still work;
-these keys add what arq does not keep: a job's state, progress and history,
-indexes to list jobs, the dead letters, idempotency and wake-ups; and for the
-workflow jobs, uploaded documents, sent-mail marks and the digest's counts.
+arq's layout is kept as it is, so bare arq clients still enqueue and arq's
+Worker still runs the jobs. A waiting job is only arq's: its job key (payload,
+trace context) and its entry in the queue's sorted set. Conveyor adds the rest
+of a job's life: a small hash from its first claim on (state, tries, times,
+progress, result or error), per-queue indexes by state, idempotency, wake-ups
+and change notices; and for the workflow jobs, uploaded documents, sent-mail
+marks and the digest's counts.
+
+Keys of one queue carry the queue in a `{...}` hash tag, so a Redis Cluster
+keeps them in one slot. Per-job keys (arq's and the job hash) are named by id
+and span slots: arq's layout fixes those.
 """
 
 PREFIX = "conveyor:"
 
-# Hash per job: state, payload, progress, tries, times, result or error.
+# Hash per job, from its first claim (or its cancellation while waiting) on:
+# state, version, tries, times, progress, result or error. Its payload stays in
+# arq's job key, which lives exactly as long as the hash.
 JOB_PREFIX = PREFIX + "job:"
-# Sorted sets of job ids: `conveyor:index:{queue|all}:{index}`, where index is
-# `all` (by enqueue time), `waiting` (queued and deferred, by ready time),
-# or a state (by the time the job entered it). `dead` is the dead-letter set.
-INDEX_PREFIX = PREFIX + "index:"
-ALL = "all"
+# Sorted sets of job ids per queue and state: `conveyor:{queue}:in_progress`
+# (by start time), `:retrying` (by next try time), and `:complete`, `:dead`
+# (the dead letters), `:cancelled`, each by the time its record expires, so
+# housekeeping trims expired entries from the front. Waiting jobs need no
+# index: arq's queue holds them by due time.
+INDEXED_STATES = ("in_progress", "retrying", "complete", "dead", "cancelled")
 # Idempotency-Key -> "job id, payload fingerprint", per job type.
 IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
-# Pub/sub: one message per job change ({"id", "version"}), for SSE streams.
-EVENTS_CHANNEL = PREFIX + "events"
+# Pub/sub per job: its version on every change, for SSE streams. A channel per
+# job, so an api replica hears only the jobs its streams watch.
+EVENTS_PREFIX = PREFIX + "events:"
 # Pub/sub per queue: "there may be work" (a job id), sent on enqueue and
 # requeue, or ABORT_MESSAGE when a running job is to be cancelled.
 WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
 # GCRA state per api key (its name): when the key's next request is "due".
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
-# Lock so that one worker at a time trims stale index entries.
-HOUSEKEEPING_LOCK = PREFIX + "housekeeping"
+# Lock per queue so that one worker at a time trims expired index entries.
+HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
 # Hash per uploaded document: name, type, state, text, summary, times, job ids.
 DOCUMENT_PREFIX = PREFIX + "document:"
 # The uploaded bytes, beside the document's hash: `conveyor:document:{id}:content`.
@@ -48,8 +59,17 @@ def job_key(job_id: str) -> str:
     return JOB_PREFIX + job_id
 
 
-def index_key(queue: str, index: str) -> str:
-    return f"{INDEX_PREFIX}{queue}:{index}"
+def queue_key(queue: str, name: str) -> str:
+    """A key of one queue's, in the queue's hash slot."""
+    return f"{PREFIX}{{{queue}}}:{name}"
+
+
+def index_key(queue: str, state: str) -> str:
+    return queue_key(queue, state)
+
+
+def events_channel(job_id: str) -> str:
+    return EVENTS_PREFIX + job_id
 
 
 def idempotency_key(job_type: str, key: str) -> str:

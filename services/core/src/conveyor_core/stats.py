@@ -1,6 +1,6 @@
 """Counts for the digest: job outcomes per type and documents processed.
 
-They are bumped in the same Lua script as the change they count (transition
+They are bumped in the same Lua script as the change they count (finish
 for jobs, document_processed for documents), so they match the job records
 exactly. One hash holds the counts since the last digest; its size is bounded
 by the number of job types.
@@ -14,7 +14,7 @@ from conveyor_core import keys
 from conveyor_core.jobs import now_ms
 from conveyor_core.store import DEAD_RETENTION_S, lua_script
 
-OUTCOMES = ("complete", "failed", "dead")
+OUTCOMES = ("complete", "retried", "dead")
 DOCUMENTS_PROCESSED = "documents:processed"
 
 
@@ -22,7 +22,7 @@ DOCUMENTS_PROCESSED = "documents:processed"
 class DigestCounts:
     """What happened between two digests."""
 
-    # job type -> outcome (complete, failed tries, dead) -> count
+    # job type -> outcome (complete, retried tries, dead) -> count
     jobs: dict[str, dict[str, int]] = field(default_factory=dict)
     documents_processed: int = 0
     taken_at_ms: int = 0

@@ -1,58 +1,88 @@
-"""Conveyor's job records in Redis, beside arq's own keys (see keys.py).
+"""The one owner of a job's life: every change of state is one Lua script here.
 
-Every change is one Lua script, so a job's hash, its index entries, arq's
-queue and the change event move together or not at all.
+A job that waits for its first try is arq's alone: its job key (what to run:
+function, payload, trace context) and its entry in the queue's sorted set,
+exactly as arq's own `enqueue_job` writes them, so a bare arq client can
+enqueue too. From its first claim on, a small hash records the rest of its
+life (state, version, tries, times, progress, result or error), and each
+state but waiting has an index per queue. Every script is built on one
+transition (`lua/lib/transition.lua`): it moves the index entries, writes the
+hash, does the arq key bookkeeping the new state implies (lock, retry count,
+queue entry, expiry) and announces the change, so arq's own finishing steps
+are left with nothing to do. See keys.py for the layout.
 """
 
 import base64
 import binascii
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
 from importlib.resources import files
 from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import (
-    abort_jobs_ss,
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
     retry_key_prefix,
 )
-from arq.jobs import serialize_job
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 
 from conveyor_core import keys
-from conveyor_core.catalog import JobType
-from conveyor_core.jobs import (
-    TERMINAL_STATES,
-    WAITING,
-    JobPublic,
-    JobState,
-    now_ms,
-    stored_state,
-)
+from conveyor_core.catalog import Catalog, JobType, load_catalog
+from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState, now_ms
 
-# The reserved job kwarg: Conveyor's metadata (trace context, request id).
+# The reserved job kwarg: Conveyor's metadata (trace context, request id,
+# idempotency key).
 META_KWARG = "__conveyor__"
 # arq drops a job nobody started within this long after it was due.
 ARQ_EXPIRY_EXTRA_MS = 86_400_000
+# arq's own expiry of its retry counter (worker.run_job).
+ARQ_RETRY_TTL_S = 88_400
 # Dead jobs stay readable (and requeueable) this long.
 DEAD_RETENTION_S = 7 * 86_400
 # A listing reads at most this many index entries per item asked for.
 SCAN_BUDGET_PER_ITEM = 5
+# Housekeeping removes at most this many expired entries per index and call.
+TRIM_BATCH = 10_000
 
 
+def _lua_constants() -> str:
+    """keys.py's names for the scripts, so both sides build keys one way."""
+    constants = {
+        "prefix": keys.PREFIX,
+        "job": keys.JOB_PREFIX,
+        "events": keys.EVENTS_PREFIX,
+        "wake": keys.WAKE_PREFIX,
+        "stats": keys.STATS_PENDING,
+        "arq_job": job_key_prefix,
+        "arq_lock": in_progress_key_prefix,
+        "arq_retry": retry_key_prefix,
+        "arq_retry_ttl_s": ARQ_RETRY_TTL_S,
+        "arq_expiry_extra_ms": ARQ_EXPIRY_EXTRA_MS,
+    }
+    fields = ", ".join(f"{name} = {json.dumps(value)}" for name, value in constants.items())
+    return f"local K = {{{fields}}}"
+
+
+@cache
 def lua_script(name: str) -> str:
-    """A script from `lua/`, with the shared functions of `lua/lib/` before it."""
+    """A script from `lua/`, after the key names and the shared functions of `lua/lib/`."""
     lua = files("conveyor_core").joinpath("lua")
     lib = lua.joinpath("lib")
     shared = [lib.joinpath(f).read_text() for f in sorted(p.name for p in lib.iterdir())]
-    return "\n".join([*shared, lua.joinpath(f"{name}.lua").read_text()])
+    return "\n".join([_lua_constants(), *shared, lua.joinpath(f"{name}.lua").read_text()])
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _pairs(flat: list[bytes]) -> dict[str, str]:
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
 def _flatten(fields: dict[str, Any]) -> list[str]:
@@ -66,18 +96,45 @@ class InvalidCursorError(ValueError):
     pass
 
 
-def encode_cursor(score: str, job_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([score, job_id]).encode()).decode().rstrip("=")
+def encode_cursor(segment: int, score: str, job_id: str) -> str:
+    raw = json.dumps([segment, score, job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[str, str]:
+def decode_cursor(cursor: str) -> tuple[int, str, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        score, job_id = json.loads(base64.urlsafe_b64decode(padded))
+        segment, score, job_id = json.loads(base64.urlsafe_b64decode(padded))
         float(score)
+        if not isinstance(segment, int) or segment < 0:
+            raise ValueError(segment)
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
         raise InvalidCursorError(cursor) from None
-    return str(score), str(job_id)
+    return segment, str(score), str(job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ArqJob:
+    """arq's job key, decoded: what the job is."""
+
+    function: str
+    payload: dict[str, Any]
+    meta: dict[str, str]
+    enqueued_at_ms: int
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "ArqJob | None":
+        try:
+            function, _, kwargs, _, enqueued_at_ms = deserialize_job_raw(raw)
+        except SerializationError:
+            return None
+        payload = dict(kwargs)
+        meta = payload.pop(META_KWARG, None)
+        return cls(function, payload, meta if isinstance(meta, dict) else {}, enqueued_at_ms)
+
+    def encode(self) -> bytes:
+        kwargs = {**self.payload, META_KWARG: self.meta}
+        return serialize_job(self.function, (), kwargs, None, self.enqueued_at_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +145,17 @@ class Submitted:
     created: bool
     # For an existing job: did its payload fingerprint match this request's?
     same_payload: bool = True
+    # The record as created; None when an existing job was found.
+    job: JobPublic | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job a worker's claim started: its score in the queue and its try number."""
+
+    job_id: str
+    score_ms: int
+    job_try: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,22 +170,46 @@ class QueueStats:
     ready: int
     deferred: int
     in_progress: int
+    retrying: int
     dead: int
     oldest_ready_age_s: float
 
 
-class JobStore:
-    def __init__(self, redis: ArqRedis) -> None:
-        self.redis = redis
-        self._submit = redis.register_script(lua_script("submit"))
-        self._transition = redis.register_script(lua_script("transition"))
-        self._progress = redis.register_script(lua_script("progress"))
-        self._cancel = redis.register_script(lua_script("cancel"))
-        self._requeue = redis.register_script(lua_script("requeue"))
-        self._page = redis.register_script(lua_script("page"))
-        self._queue_stats = redis.register_script(lua_script("queue_stats"))
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """One part of a listing: the same sorted set in each queue, read in one order."""
 
-    # -- writes -------------------------------------------------------------
+    queues: list[str]
+    key: Callable[[str], str]
+    descending: bool
+    lo: str = "-inf"
+    hi: str = "+inf"
+    accepts: Callable[[JobPublic], bool] = lambda job: True
+
+
+def _waiting(job: JobPublic) -> bool:
+    return job.state in (JobState.QUEUED, JobState.DEFERRED)
+
+
+class JobStore:
+    """Submit, claim, finish, cancel, requeue and read jobs; nothing else writes them."""
+
+    def __init__(self, redis: ArqRedis, catalog: Catalog | None = None) -> None:
+        self.redis = redis
+        self.catalog = catalog or load_catalog()
+        script = redis.register_script
+        self._submit = script(lua_script("submit"))
+        self._claim = script(lua_script("claim"))
+        self._finish = script(lua_script("finish"))
+        self._settle = script(lua_script("settle"))
+        self._progress = script(lua_script("progress"))
+        self._cancel = script(lua_script("cancel"))
+        self._requeue = script(lua_script("requeue"))
+        self._trim = script(lua_script("trim"))
+        self._page = script(lua_script("page"))
+        self._queue_stats = script(lua_script("queue_stats"))
+
+    # -- the lifecycle ------------------------------------------------------
 
     async def submit(
         self,
@@ -129,162 +221,304 @@ class JobStore:
         meta: dict[str, str],
         idempotency_key: str | None = None,
         fingerprint: str = "",
-        adopt: bool = False,
-        enqueued_at_ms: int | None = None,
     ) -> Submitted:
-        """Create the job (and, unless adopting one arq holds, enqueue it in arq)."""
+        """Enqueue the job as arq would, unless its Idempotency-Key names one already."""
         at_ms = now_ms()
-        enqueued_at_ms = enqueued_at_ms or at_ms
-        job_bytes = b"" if adopt else self._arq_job(job_type, payload, meta, enqueued_at_ms)
+        if idempotency_key:
+            meta = {**meta, "idempotency_key": idempotency_key}
+        job = ArqJob(job_type.name, payload, meta, at_ms)
         idem_key = keys.idempotency_key(job_type.name, idempotency_key) if idempotency_key else ""
-        fields = {
-            "id": job_id,
-            "job_type": job_type.name,
-            "queue": job_type.queue,
-            "state": WAITING,
-            "version": 1,
-            "payload": json.dumps(payload, separators=(",", ":")),
-            "tries": 0,
-            "max_tries": job_type.retry.max_tries,
-            "enqueued_at_ms": enqueued_at_ms,
-            "ready_at_ms": ready_at_ms,
-            "trace_id": meta.get("trace_id"),
-            "request_id": meta.get("request_id"),
-            "idempotency_key": idempotency_key,
-        }
-        status, existing = await self._submit(
-            keys=[
-                job_key_prefix + job_id,
-                result_key_prefix + job_id,
-                job_type.queue,
-                keys.job_key(job_id),
-                idem_key,
-            ],
+        status, *existing = await self._submit(
+            keys=[job_key_prefix + job_id, result_key_prefix + job_id, job_type.queue, idem_key],
             args=[
                 job_id,
-                job_bytes,
+                job.encode(),
                 ready_at_ms,
                 max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS,  # a past run_at: due now
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
-                keys.INDEX_PREFIX,
-                job_type.queue,
-                at_ms,
-                keys.EVENTS_CHANNEL,
                 keys.wake_channel(job_type.queue),
-                *_flatten(fields),
             ],
         )
         if status == b"exists":
-            existing_id, _, existing_fingerprint = existing.decode().partition(" ")
+            existing_id, _, existing_fingerprint = existing[0].decode().partition(" ")
             return Submitted(existing_id, False, existing_fingerprint == fingerprint)
         if status == b"duplicate":
             return Submitted(job_id, False)
-        return Submitted(job_id, True)
+        record = JobPublic.from_parts(
+            job_id,
+            job,
+            {},
+            score_ms=ready_at_ms,
+            queue=job_type.queue,
+            max_tries=job_type.retry.max_tries,
+            at_ms=at_ms,
+        )
+        return Submitted(job_id, True, job=record)
 
-    def _arq_job(
-        self, job_type: JobType, payload: dict[str, Any], meta: dict[str, str], at_ms: int
-    ) -> bytes:
-        kwargs = {**payload, META_KWARG: meta}
-        return serialize_job(job_type.name, (), kwargs, None, at_ms)
-
-    async def transition(
+    async def claim(
         self,
-        job_id: str,
-        state: str,
+        queue: str,
+        wanted: int,
         *,
-        score_ms: int,
-        ttl_s: float = 0,
-        allowed: tuple[str, ...] = (),
-        **fields: Any,
-    ) -> tuple[bool, str]:
-        """Move a job to `state` if it is in one of `allowed` (any when empty)."""
-        moved, old = await self._transition(
-            keys=[keys.job_key(job_id), keys.STATS_PENDING],
+        lock_ttl_ms: int,
+        cancelled_retention_ms: int,
+        scan_limit: int,
+    ) -> tuple[list[Claimed], float | None]:
+        """Lock and start up to `wanted` due jobs; also say when the next one falls due."""
+        claimed, next_due = await self._claim(
+            keys=[queue],
+            args=[now_ms(), lock_ttl_ms, wanted, scan_limit, cancelled_retention_ms],
+        )
+        rows = iter(claimed)
+        jobs = [
+            Claimed(job_id.decode(), int(float(score)), int(job_try))
+            for job_id, score, job_try in zip(rows, rows, rows, strict=True)
+        ]
+        return jobs, float(next_due) if next_due else None
+
+    async def _end_try(
+        self, job_type: JobType, job_id: str, state: JobState, score: float, **fields: Any
+    ) -> bool:
+        moved, _ = await self._finish(
+            keys=[job_type.queue],
             args=[
-                state,
-                score_ms,
-                math.ceil(ttl_s),
-                f",{','.join(allowed)}," if allowed else "",
-                keys.INDEX_PREFIX,
-                keys.EVENTS_CHANNEL,
+                job_id,
+                state.value,
+                now_ms(),
+                math.ceil(score),
+                job_type.name,
                 *_flatten(fields),
             ],
         )
-        return bool(moved), old.decode() if isinstance(old, bytes) else str(old)
+        return bool(moved)
+
+    async def complete(self, job_type: JobType, job_id: str, result_json: str) -> bool:
+        at_ms = now_ms()
+        retention_ms = job_type.keep_result_s * 1000
+        return await self._end_try(
+            job_type,
+            job_id,
+            JobState.COMPLETE,
+            retention_ms,
+            finished_at_ms=at_ms,
+            result=result_json,
+            error="",
+            progress=100,
+        )
+
+    async def retry_later(
+        self, job_type: JobType, job_id: str, due_ms: int, error_json: str
+    ) -> bool:
+        return await self._end_try(
+            job_type, job_id, JobState.RETRYING, due_ms, next_try_at_ms=due_ms, error=error_json
+        )
+
+    async def dead(self, job_type: JobType, job_id: str, error_json: str) -> bool:
+        return await self._end_try(
+            job_type,
+            job_id,
+            JobState.DEAD,
+            DEAD_RETENTION_S * 1000,
+            finished_at_ms=now_ms(),
+            next_try_at_ms="",
+            error=error_json,
+        )
+
+    async def cancelled(self, job_type: JobType, job_id: str) -> bool:
+        """A running job's cancel took effect."""
+        return await self._end_try(
+            job_type,
+            job_id,
+            JobState.CANCELLED,
+            job_type.keep_result_s * 1000,
+            finished_at_ms=now_ms(),
+        )
+
+    async def put_back(self, job_type: JobType, job_id: str) -> bool:
+        """A shutdown cut the try short: due again now, and the try does not count."""
+        at_ms = now_ms()
+        return await self._end_try(job_type, job_id, JobState.QUEUED, at_ms, ready_at_ms=at_ms)
+
+    async def settle_unstarted(
+        self, queue: str, job_id: str, error_json: str, cancelled_retention_ms: int
+    ) -> str:
+        """A claimed job arq ended without running it: cancelled or dead; '' if not in progress."""
+        state = await self._settle(
+            keys=[queue],
+            args=[job_id, now_ms(), DEAD_RETENTION_S * 1000, cancelled_retention_ms, error_json],
+        )
+        return state.decode() if isinstance(state, bytes) else str(state)
 
     async def report_progress(self, job_id: str, percent: int, message: str) -> bool:
         done = await self._progress(
-            keys=[keys.job_key(job_id)], args=[percent, message, keys.EVENTS_CHANNEL]
+            keys=[keys.job_key(job_id)], args=[percent, message, keys.events_channel(job_id)]
         )
         return bool(done)
 
-    async def cancel(self, job_id: str, queue: str, ttl_s: float) -> str:
-        result = await self._cancel(
-            keys=[
-                keys.job_key(job_id),
-                job_key_prefix + job_id,
-                in_progress_key_prefix + job_id,
-                abort_jobs_ss,
-                retry_key_prefix + job_id,
-                queue,
-            ],
-            args=[
-                now_ms(),
-                keys.INDEX_PREFIX,
-                keys.EVENTS_CHANNEL,
-                keys.wake_channel(queue),
-                math.ceil(ttl_s),
-            ],
+    async def cancel(self, job_id: str) -> tuple[str, JobPublic | None]:
+        """'missing', the final state it was in, 'cancelling' or 'cancelled_now', and the record."""
+        found = await self._read(job_id)
+        if found is None:
+            return "missing", None
+        arq_job, job = found
+        job_type = self.catalog.get(job.job_type)
+        retention_s = job_type.keep_result_s if job_type else DEAD_RETENTION_S
+        outcome, flat = await self._cancel(
+            keys=[job.queue], args=[job_id, now_ms(), math.ceil(retention_s * 1000)]
         )
-        return result.decode() if isinstance(result, bytes) else str(result)
+        if not flat:
+            return "missing", None
+        return outcome.decode(), self._public(job_id, arq_job, _pairs(flat), job.queue, None)
 
-    async def requeue(
-        self, job: JobPublic, job_type: JobType, meta: dict[str, str]
-    ) -> tuple[str, JobPublic | None]:
+    async def requeue(self, job_id: str, meta: dict[str, str]) -> tuple[str, JobPublic | None]:
         """'requeued' and the record as requeued, or 'missing' or the state it was in."""
+        found = await self._read(job_id)
+        if found is None:
+            return "missing", None
+        arq_job, job = found
+        if job.state is not JobState.DEAD:
+            return job.state.value, job
+        if arq_job is None or arq_job.function not in self.catalog:
+            return "unknown_type", job
         at_ms = now_ms()
-        outcome, *record = await self._requeue(
-            keys=[
-                keys.job_key(job.id),
-                job_key_prefix + job.id,
-                result_key_prefix + job.id,
-                retry_key_prefix + job.id,
-                job_type.queue,
-            ],
-            args=[
-                at_ms,
-                self._arq_job(job_type, job.payload, meta, at_ms),
-                ARQ_EXPIRY_EXTRA_MS,
-                keys.INDEX_PREFIX,
-                keys.EVENTS_CHANNEL,
-                keys.wake_channel(job_type.queue),
-            ],
+        again = ArqJob(arq_job.function, arq_job.payload, meta, at_ms)
+        outcome, flat = await self._requeue(
+            keys=[job.queue, job_key_prefix + job_id, result_key_prefix + job_id],
+            args=[job_id, at_ms, again.encode()],
         )
-        if not record:
-            return outcome.decode(), None
-        flat = record[0]
-        fields = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
-        return outcome.decode(), JobPublic.from_hash(fields)
+        if not flat:
+            return "missing", None
+        return outcome.decode(), self._public(job_id, again, _pairs(flat), job.queue, None)
 
     # -- reads --------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobPublic | None:
-        raw = await self.redis.hgetall(keys.job_key(job_id))  # type: ignore[misc]
-        return JobPublic.from_hash(_decode(raw)) if raw else None
+        found = await self._read(job_id)
+        return found[1] if found else None
 
     async def get_many(self, job_ids: list[str]) -> list[JobPublic | None]:
         """Several jobs in one round trip (a pipeline, not a transaction), in order."""
+        found = await self._read_many([(job_id, None) for job_id in job_ids])
+        return [f[1] if f else None for f in found]
+
+    async def _read(self, job_id: str) -> tuple[ArqJob | None, JobPublic] | None:
+        return (await self._read_many([(job_id, None)]))[0]
+
+    async def _read_many(
+        self, rows: Iterable[tuple[str, str | None]], at_ms: int | None = None
+    ) -> list[tuple[ArqJob | None, JobPublic] | None]:
+        """Jobs by (id, queue), each as arq's job and the public record, in one
+        round trip: the hash, arq's job key and the score in the queue (every
+        queue of the catalog when the queue is not known)."""
+        rows = list(rows)
+        queues = self.catalog.queues()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
+            for job_id, queue in rows:
                 pipe.hgetall(keys.job_key(job_id))
-            raws: list[dict[bytes, bytes]] = await pipe.execute()
-        at_ms = now_ms()
-        return [JobPublic.from_hash(_decode(raw), at_ms) if raw else None for raw in raws]
+                pipe.get(job_key_prefix + job_id)
+                for q in [queue] if queue else queues:
+                    pipe.zscore(q, job_id)
+            replies = iter(await pipe.execute())
+        at_ms = at_ms or now_ms()
+        out: list[tuple[ArqJob | None, JobPublic] | None] = []
+        for job_id, queue in rows:
+            raw, job_bytes = next(replies), next(replies)
+            candidates = [queue] if queue else queues
+            scores = {q: s for q in candidates if (s := next(replies)) is not None}
+            record = _decode(raw)
+            if not record and not scores:
+                # Never ours (a bare arq worker finished it), or gone.
+                out.append(None)
+                continue
+            arq_job = ArqJob.decode(job_bytes) if job_bytes else None
+            where = record.get("queue") or next(iter(scores), "")
+            score_ms = None if record else int(scores[where])
+            out.append((arq_job, self._public(job_id, arq_job, record, where, score_ms, at_ms)))
+        return out
+
+    def _public(
+        self,
+        job_id: str,
+        arq_job: ArqJob | None,
+        record: dict[str, str],
+        queue: str,
+        score_ms: int | None,
+        at_ms: int | None = None,
+    ) -> JobPublic:
+        job_type = self.catalog.get(arq_job.function) if arq_job else None
+        return JobPublic.from_parts(
+            job_id,
+            arq_job,
+            record,
+            score_ms=score_ms,
+            queue=queue,
+            max_tries=job_type.retry.max_tries if job_type else 1,
+            at_ms=at_ms,
+        )
 
     async def cancel_requested(self, job_id: str) -> bool:
         flag = await self.redis.hget(keys.job_key(job_id), "cancel_requested")  # type: ignore[misc]
         return bool(flag == b"1")
+
+    def _segments(self, state: JobState | None, queues: list[str], at_ms: int) -> list[_Segment]:
+        def index(name: str) -> Callable[[str], str]:
+            return lambda queue: keys.index_key(queue, name)
+
+        def arq_queue(queue: str) -> str:
+            return queue
+
+        final = [_Segment(queues, index(s.value), descending=True) for s in TERMINAL_STATES]
+        match state:
+            case JobState.QUEUED:
+                return [
+                    _Segment(queues, arq_queue, False, hi=str(at_ms), accepts=lambda j: _waiting(j))
+                ]
+            case JobState.DEFERRED:
+                return [_Segment(queues, arq_queue, False, lo=f"({at_ms}", accepts=_waiting)]
+            case JobState.IN_PROGRESS | JobState.RETRYING:
+                return [_Segment(queues, index(state.value), descending=False)]
+            case JobState.COMPLETE | JobState.DEAD | JobState.CANCELLED:
+                return [_Segment(queues, index(state.value), descending=True)]
+            case None:
+                # What runs, then what waits (next due first), then what finished
+                # (latest to expire first).
+                return [
+                    _Segment(queues, index(JobState.IN_PROGRESS.value), descending=False),
+                    _Segment(
+                        queues,
+                        arq_queue,
+                        False,
+                        accepts=lambda j: j.state is not JobState.IN_PROGRESS,
+                    ),
+                    *final,
+                ]
+
+    async def _rows(
+        self, segment: _Segment, after: tuple[str, str], count: int
+    ) -> list[tuple[str, str, str]]:
+        """Up to `count` (id, score, queue) of a segment strictly after `after`, merged."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in segment.queues:
+                await self._page(
+                    keys=[segment.key(queue)],
+                    args=[
+                        "desc" if segment.descending else "asc",
+                        segment.lo,
+                        segment.hi,
+                        *after,
+                        count,
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        rows = [
+            (reply[i].decode(), reply[i + 1].decode(), queue)
+            for queue, reply in zip(segment.queues, replies, strict=True)
+            for i in range(0, len(reply), 2)
+        ]
+        rows.sort(key=lambda r: (float(r[1]), r[0]), reverse=segment.descending)
+        return rows[:count]
 
     async def list(
         self,
@@ -295,79 +529,68 @@ class JobStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        """Newest first (oldest first for queued, deferred and in-progress jobs).
+        """Jobs in `state` (or all: running, then waiting, then finished).
 
-        Reads at most `limit * SCAN_BUDGET_PER_ITEM` index entries, so a rare
-        `job_type` can give a short page; `next_cursor` then goes on from there.
+        Waiting, running and retrying jobs come next-to-run first; finished ones
+        latest first (by when their record expires: for one retention, the
+        order they finished in). Reads at most `limit * SCAN_BUDGET_PER_ITEM`
+        entries, so a rare `job_type` can give a short page; `next_cursor`
+        then goes on from there.
         """
         at_ms = now_ms()
-        index = keys.index_key(queue or keys.ALL, stored_state(state) if state else keys.ALL)
-        lo, hi = "-inf", "+inf"
-        if state is JobState.QUEUED:
-            hi = str(at_ms)
-        elif state is JobState.DEFERRED:
-            lo = f"({at_ms}"
-        ascending = state in (JobState.QUEUED, JobState.DEFERRED, JobState.IN_PROGRESS)
-        after_score, after_id = decode_cursor(cursor) if cursor else ("", "")
-
+        queues = [queue] if queue else self.catalog.queues()
+        segments = self._segments(state, queues, at_ms)
+        segment_no, score, after_id = decode_cursor(cursor) if cursor else (0, "", "")
         items: list[JobPublic] = []
         budget = limit * SCAN_BUDGET_PER_ITEM
-        while len(items) < limit and budget > 0:
+        while segment_no < len(segments) and budget > 0:
+            segment = segments[segment_no]
             batch = min(budget, max(limit - len(items), 10))
-            rows = await self._page(
-                keys=[index],
-                args=["asc" if ascending else "desc", lo, hi, after_score, after_id, batch],
-            )
-            ids = [rows[i].decode() for i in range(0, len(rows), 2)]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(keys.job_key(job_id))
-                hashes = await pipe.execute()
-            read = 0
-            for job_id, score, raw in zip(ids, rows[1::2], hashes, strict=True):
-                read += 1
-                after_id, after_score = job_id, score.decode()
-                if raw:  # else expired: housekeeping trims the index
-                    job = JobPublic.from_hash(_decode(raw), at_ms)
-                    if job_type is None or job.job_type == job_type:
-                        items.append(job)
+            rows = await self._rows(segment, (score, after_id), batch)
+            found = await self._read_many(((r[0], r[2]) for r in rows), at_ms)
+            jobs = [f[1] if f else None for f in found]
+            for (row_id, row_score, _), job in zip(rows, jobs, strict=True):
+                budget -= 1
+                score, after_id = row_score, row_id
+                wanted = job_type is None or (job is not None and job.job_type == job_type)
+                if job is not None and wanted and segment.accepts(job):
+                    items.append(job)
                 if len(items) == limit:
-                    break
-            budget -= read
-            if len(ids) < batch and read == len(ids):
-                return Page(items, None)  # the index is exhausted
-        return Page(items, encode_cursor(after_score, after_id))
+                    return Page(items, encode_cursor(segment_no, score, after_id))
+            if len(rows) < batch:  # this segment is exhausted: on to the next
+                segment_no, score, after_id = segment_no + 1, "", ""
+        if segment_no >= len(segments):
+            return Page(items, None)
+        return Page(items, encode_cursor(segment_no, score, after_id))
 
-    async def trim_expired(self, queue: str, batch: int = 500) -> int:
-        """Drop index entries whose job record has expired, oldest first.
+    # -- housekeeping and statistics ---------------------------------------
 
-        Checks at most `batch` entries per index, so each run's cost is bounded.
+    async def trim_expired(self, queue: str, batch: int = TRIM_BATCH) -> int:
+        """Drop the entries of expired records from the queue's final-state indexes.
+
+        Those indexes are scored by expiry time, so the expired entries are the
+        front of each: removing them costs the same whatever else the index
+        holds. At most `batch` per index and call.
         """
-        removed = 0
-        for q in (queue, keys.ALL):
-            for index in (keys.ALL, *(s.value for s in TERMINAL_STATES)):
-                index_key = keys.index_key(q, index)
-                ids = await self.redis.zrange(index_key, 0, batch - 1)
-                if not ids:
-                    continue
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for job_id in ids:
-                        pipe.exists(keys.job_key(job_id.decode()))
-                    exists = await pipe.execute()
-                gone = [job_id for job_id, alive in zip(ids, exists, strict=True) if not alive]
-                if gone:
-                    removed += await self.redis.zrem(index_key, *gone)
-        return removed
+        at_ms = now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for state in TERMINAL_STATES:
+                await self._trim(
+                    keys=[keys.index_key(queue, state.value)], args=[at_ms, batch], client=pipe
+                )
+            removed: list[int] = await pipe.execute()
+        return sum(removed)
 
     async def queue_stats(self, queue: str) -> QueueStats:
         at_ms = now_ms()
-        ready, deferred, running, dead, oldest = await self._queue_stats(
+        ready, deferred, running, retrying, dead, oldest = await self._queue_stats(
             keys=[
                 queue,
                 keys.index_key(queue, JobState.IN_PROGRESS.value),
+                keys.index_key(queue, JobState.RETRYING.value),
                 keys.index_key(queue, JobState.DEAD.value),
             ],
             args=[at_ms],
         )
         oldest_age_s = (at_ms - int(float(oldest))) / 1000 if oldest else 0.0
-        return QueueStats(queue, ready, deferred, running, dead, max(oldest_age_s, 0.0))
+        return QueueStats(queue, ready, deferred, running, retrying, dead, max(oldest_age_s, 0.0))

@@ -39,14 +39,13 @@ logger = logging.getLogger("conveyor.jobs")
 class Outcome:
     """How a try ended; the `outcome` label of conveyor_jobs_finished_total."""
 
-    SUCCESS = "success"
-    RETRY = "retry"  # failed; another try is scheduled
-    FAILED = "failed"  # a permanent error: to the dead letters at once
-    DEAD = "dead"  # no tries left: to the dead letters
-    CANCELLED = "cancelled"
-    REQUEUED = "requeued"  # cut short by a shutdown; runs again
+    SUCCESS = "success"  # the job is complete
+    RETRY = "retry"  # failed; the job is retrying: another try is due later
+    DEAD = "dead"  # a permanent error or no tries left: to the dead letters
+    CANCELLED = "cancelled"  # a client's cancel stopped it
+    INTERRUPTED = "interrupted"  # cut short by a shutdown; runs again, the try not counted
 
-    ALL = (SUCCESS, RETRY, FAILED, DEAD, CANCELLED, REQUEUED)
+    ALL = (SUCCESS, RETRY, DEAD, CANCELLED, INTERRUPTED)
 
 
 def declare_job_series(job_types: Iterable[JobType]) -> None:
@@ -104,7 +103,7 @@ class JobObservation:
         self.meta = meta
         self.args = args
         self.redact = redact
-        self.outcome = Outcome.FAILED  # until told otherwise: an unexpected error
+        self.outcome = Outcome.DEAD  # until told otherwise: an unexpected error
         self.error: BaseException | None = None
         self._series = JobSeries.of(job_type.name, job_type.queue)
 
@@ -157,7 +156,7 @@ class JobObservation:
             "args": self.redact(self.args),
         }
         self._span.set_attribute("conveyor.job.outcome", self.outcome)
-        if error is not None and self.outcome not in (Outcome.CANCELLED, Outcome.REQUEUED):
+        if error is not None and self.outcome not in (Outcome.CANCELLED, Outcome.INTERRUPTED):
             fields["error"] = f"{type(error).__name__}: {error}"
             self._span.record_exception(error)
             self._span.set_status(Status(StatusCode.ERROR, type(error).__name__))

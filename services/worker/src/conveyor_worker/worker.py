@@ -8,8 +8,12 @@
 - Redis outages: arq dies on the first Redis error; here the loop goes on.
   Each turn of the loop is bounded by the Redis socket timeout, rather than
   every single reply (see `create_redis`).
-- Jobs arq ends without calling their function (aborted before start,
-  expired, unknown) are settled in Conveyor's records, not left in progress.
+- One owner of a job's state: the claim, the wrapper's outcome and the
+  settling of jobs arq ends without running (expired, unknown) are calls to
+  the store, whose scripts also do arq's key bookkeeping; arq's own finishing
+  steps are left with nothing to do.
+- Cancelling a running job goes through Conveyor's record and wake-up channel
+  instead of arq's global abort set, which arq reads on every poll.
 """
 
 import asyncio
@@ -23,23 +27,23 @@ from typing import Any
 
 import aiohttp
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
-from conveyor_core.jobs import JobError, JobState, now_ms
+from conveyor_core.jobs import JobError, now_ms
 from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
 from conveyor_core.pubsub import Subscription
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
-from conveyor_core.store import DEAD_RETENTION_S, JobStore, lua_script
+from conveyor_core.store import JobStore
 from conveyor_worker.context import AnyHandler
 from conveyor_worker.settings import Settings
 from conveyor_worker.telemetry import declare_job_series
 from conveyor_worker.workflow import open_workflow
-from conveyor_worker.wrapper import CLAIMS, Claim, JobRunner
+from conveyor_worker.wrapper import JobRunner
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +57,14 @@ SLOT_WAKE_DELAY_S = 0.002
 # A poll reads at most this many due entries looking for unlocked ones.
 CLAIM_SCAN_LIMIT = 1000
 # Every this many seconds one worker trims index entries of expired jobs.
-HOUSEKEEPING_INTERVAL_S = 60.0
+HOUSEKEEPING_INTERVAL_S = 10.0
+# One housekeeping run stops after this long, even if entries are left.
+HOUSEKEEPING_BUDGET_S = 2.0
+# The error a job gets when arq ended it before its function ran.
+NOT_STARTED = JobError(
+    type="NotStarted",
+    message="the worker could not start the job (expired or unknown job type)",
+).model_dump_json()
 
 
 class ConveyorWorker(Worker):
@@ -62,13 +73,21 @@ class ConveyorWorker(Worker):
     def __init__(
         self,
         *args: Any,
+        store: JobStore,
         idle_poll_s: float = 1.0,
         lock_ttl_s: float = 10.0,
         redis_timeout_s: float = 2.0,
+        cancelled_retention_s: float = 86_400.0,
         **kwargs: Any,
     ) -> None:
         # arq's poll loop then never sleeps by itself; _wait_for_work does.
-        super().__init__(*args, poll_delay=0, **kwargs)
+        # arq's abort set is not used (see _cancel_aborted_jobs); arq's
+        # on_job_start hook tells which claimed jobs arq really started.
+        super().__init__(
+            *args, poll_delay=0, allow_abort_jobs=False, on_job_start=self._started, **kwargs
+        )
+        self.store = store
+        self.cancelled_retention_ms = int(cancelled_retention_s * 1000)
         # arq sizes the lock from the longest timeout; ours is short and renewed.
         self.in_progress_timeout_s = lock_ttl_s
         self.lock_ttl_s = lock_ttl_s
@@ -83,10 +102,8 @@ class ConveyorWorker(Worker):
         self._slot_wake_pending = False
         self._last_abort_check_s = 0.0
         self._background: list[asyncio.Task[None]] = []
-        self._claim = self.pool.register_script(lua_script("claim"))
-        # What each claim did to the job's record, until the wrapper takes it.
-        self.claims: dict[str, Claim] = {}
-        self.ctx[CLAIMS] = self.claims
+        # Claimed jobs whose function arq started (its on_job_start hook ran).
+        self._running: set[str] = set()
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -143,8 +160,7 @@ class ConveyorWorker(Worker):
         try:
             async with self._bounded():
                 next_due_ms = await self._claim_and_start()
-                if self.allow_abort_jobs:
-                    await self._cancel_aborted_jobs()
+                await self._cancel_aborted_jobs()
                 for job_id, task in list(self.tasks.items()):
                     if task.done():
                         del self.tasks[job_id]
@@ -179,73 +195,58 @@ class ConveyorWorker(Worker):
     async def _claim_and_start(self) -> float | None:
         """Claim due jobs for the free slots and start them; return the next due time."""
         free = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
-        claimed, next_due = await self._claim(
-            keys=[self.queue_name],
-            args=[
-                now_ms(),
-                int(self.in_progress_timeout_s * 1000),
-                free,
-                in_progress_key_prefix,
-                CLAIM_SCAN_LIMIT,
-                keys.JOB_PREFIX,
-                keys.INDEX_PREFIX,
-                keys.EVENTS_CHANNEL,
-                retry_key_prefix,
-            ],
+        claimed, next_due = await self.store.claim(
+            self.queue_name,
+            free,
+            lock_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            cancelled_retention_ms=self.cancelled_retention_ms,
+            scan_limit=CLAIM_SCAN_LIMIT,
         )
-        rows = iter(claimed)
-        for job_id_b, score, moved, old in zip(rows, rows, rows, rows, strict=True):
-            job_id = job_id_b.decode()
-            self.claims[job_id] = Claim(moved=bool(moved), old_state=old.decode())
+        for job in claimed:
             await self.sem.acquire()  # never waits: no more claimed than free slots
             self.job_counter += 1
-            task = self.loop.create_task(self._run_claimed(job_id, int(float(score))))
+            task = self.loop.create_task(self._run_claimed(job.job_id, job.score_ms))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
-        return float(next_due) if next_due else None
+            self.tasks[job.job_id] = task
+        return next_due
 
     def _bounded(self) -> asyncio.Timeout:
         """A time limit for one step of the worker's own Redis work."""
         return asyncio.timeout(self.redis_timeout_s)
 
+    async def _started(self, ctx: dict[str, Any]) -> None:
+        self._running.add(ctx["job_id"])
+
     async def _run_claimed(self, job_id: str, score: int) -> None:
         await self.run_job(job_id, score)
-        claim = self.claims.pop(job_id, None)
-        if claim is not None and claim.moved:
-            # The claim marked the record in progress, but arq ended the job
-            # without calling the wrapper: settle the record here.
+        if job_id in self._running:
+            self._running.discard(job_id)
+        else:
+            # arq ended the job without running its function (expired, unknown
+            # type): the claim started its record, so settle it.
             await asyncio.shield(self._settle_unstarted(job_id))
 
     async def _settle_unstarted(self, job_id: str) -> None:
-        store: JobStore = self.ctx["store"]
-        at_ms = now_ms()
         try:
             async with self._bounded():
-                await self._settle(store, job_id, at_ms)
+                state = await self.store.settle_unstarted(
+                    self.queue_name, job_id, NOT_STARTED, self.cancelled_retention_ms
+                )
         except REDIS_DOWN_ERRORS as exc:
             logger.warning("could not settle job %s, which never started: %s", job_id, exc)
-
-    async def _settle(self, store: JobStore, job_id: str, at_ms: int) -> None:
-        if await store.cancel_requested(job_id):
-            # Cancelled between the claim and the start: arq's "aborted before start".
-            state, error = JobState.CANCELLED.value, ""
         else:
-            state = JobState.DEAD.value
-            error = JobError(
-                type="NotStarted",
-                message="the worker could not start the job (expired or unknown job type)",
-                traceback="",
-            ).model_dump_json()
-        await store.transition(
-            job_id,
-            state,
-            score_ms=at_ms,
-            ttl_s=DEAD_RETENTION_S,
-            allowed=(JobState.IN_PROGRESS.value,),
-            finished_at_ms=at_ms,
-            error=error,
-        )
-        logger.info("job %s ended before it started: %s", job_id, state)
+            logger.info("job %s ended before it started: %s", job_id, state)
+
+    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
+        """Replaces arq's: the store's script that ended the try (complete,
+        retrying, dead, cancelled, or back in the queue) did arq's bookkeeping
+        too (queue entry, lock, retry count, job key expiry). arq's own step
+        would undo a retry's new due time and delete the payload of a record
+        that is still kept, so it does nothing here."""
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """Replaces arq's for jobs it ended before their function ran: the
+        store's settle script does that bookkeeping (see _run_claimed)."""
 
     def _on_wake_message(self, data: bytes) -> None:
         if data == keys.ABORT_MESSAGE:
@@ -253,14 +254,28 @@ class ConveyorWorker(Worker):
         self._wake.set()
 
     async def _cancel_aborted_jobs(self) -> None:
-        # arq reads its abort set on every poll (four commands); here only when
-        # a cancel was announced, or once per idle_poll_s as the safety net.
+        """Replaces arq's, which reads its global abort set on every poll: a
+        cancel marks the job's record and announces 'abort' on the queue's
+        wake-up channel; then (or once per idle_poll_s, as the safety net) the
+        running jobs' records are read and the cancelled ones' tasks stopped.
+        The wrapper records `cancelled` as the task ends."""
         now_s = time.monotonic()
         if not self._abort_announced and now_s - self._last_abort_check_s < self.idle_poll_s:
             return
         self._abort_announced = False
         self._last_abort_check_s = now_s
-        await super()._cancel_aborted_jobs()
+        running = list(self.job_tasks)
+        if not running:
+            return
+        async with self.pool.pipeline(transaction=False) as pipe:
+            for job_id in running:
+                pipe.hget(keys.job_key(job_id), "cancel_requested")
+            flags = await pipe.execute()
+        for job_id, flag in zip(running, flags, strict=True):
+            task = self.job_tasks.get(job_id)
+            if flag == b"1" and task is not None and not task.done():
+                logger.info("cancelling job %s at a client's request", job_id)
+                task.cancel()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -292,21 +307,27 @@ class ConveyorWorker(Worker):
 
     async def _housekeeping(self) -> None:
         """Trim index entries whose job record expired; one worker at a time."""
-        store = JobStore(self.pool)
+        lock = keys.queue_key(self.queue_name, keys.HOUSEKEEPING_LOCK_SUFFIX)
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             try:
-                lock = f"{keys.HOUSEKEEPING_LOCK}:{self.queue_name}"
-                async with asyncio.timeout(self.redis_timeout_s * 10):
-                    await self._trim_once(store, lock)
+                async with asyncio.timeout(HOUSEKEEPING_BUDGET_S + self.redis_timeout_s):
+                    await self._trim_once(lock)
             except REDIS_DOWN_ERRORS as exc:
                 logger.warning("housekeeping skipped: %s", exc)
 
-    async def _trim_once(self, store: JobStore, lock: str) -> None:
-        if await self.pool.set(lock, b"1", nx=True, ex=int(HOUSEKEEPING_INTERVAL_S) - 1):
-            removed = await store.trim_expired(self.queue_name)
-            if removed:
-                logger.info("housekeeping: trimmed %d expired index entries", removed)
+    async def _trim_once(self, lock: str) -> None:
+        ttl_ms = int(HOUSEKEEPING_INTERVAL_S * 1000) - 100
+        if not await self.pool.set(lock, b"1", nx=True, px=ttl_ms):
+            return
+        removed, deadline_s = 0, time.monotonic() + HOUSEKEEPING_BUDGET_S
+        while time.monotonic() < deadline_s:
+            trimmed = await self.store.trim_expired(self.queue_name)
+            removed += trimmed
+            if trimmed == 0:
+                break
+        if removed:
+            logger.info("housekeeping: trimmed %d expired index entries", removed)
 
     async def close(self) -> None:
         # Replaces arq's close(), which deletes its health key before on_shutdown
@@ -345,7 +366,8 @@ def arq_function(job_type: JobType, redact: Redactor, instrument: bool) -> Funct
         # One above the policy's, so the wrapper sees and records the last try.
         max_tries=job_type.retry.max_tries + 1,
         timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
-        keep_result=job_type.keep_result_s,
+        # The store keeps the result (as JSON, in the job's record); no pickle beside it.
+        keep_result=0,
     )
 
 
@@ -375,7 +397,7 @@ def cron_jobs(settings: Settings, job_types: list[JobType], redact: Redactor) ->
                 **schedule,  # type: ignore[arg-type]  # arq's fields, validated in settings
                 max_tries=job_type.retry.max_tries + 1,
                 timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
-                keep_result=job_type.keep_result_s,
+                keep_result=0,  # as in arq_function
             )
         )
     return entries
@@ -390,9 +412,11 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
     if settings.instrument_jobs:
         declare_job_series(job_types)
 
+    store = JobStore(redis, catalog)
+
     async def on_startup(ctx: dict[str, Any]) -> None:
         """Open the resources jobs share; they live in `ctx` for the worker's life."""
-        ctx["store"] = JobStore(ctx["redis"])
+        ctx["store"] = store
         ctx["catalog"] = catalog
         ctx["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         ctx["workflow"] = open_workflow(settings, ctx["redis"], ctx["http"])
@@ -406,6 +430,8 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         "timezone": UTC,
         "queue_name": settings.queue,
         "redis_pool": redis,
+        "store": store,
+        "cancelled_retention_s": max(job_type.keep_result_s for job_type in job_types),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "max_jobs": settings.max_jobs,
@@ -414,8 +440,6 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         "redis_timeout_s": settings.redis.socket_timeout_s,
         # Let running jobs finish on SIGTERM; what does not finish is requeued.
         "job_completion_wait": settings.shutdown_wait_s,
-        # DELETE /v1/jobs/{id} of a running job goes through arq's abort set.
-        "allow_abort_jobs": True,
         # arq's shared health key is useless per pod; /healthz replaces it.
         "health_check_interval": 3600,
     }

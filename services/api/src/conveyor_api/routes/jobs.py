@@ -19,7 +19,7 @@ from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
 from conveyor_core.logging import bound
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
-from conveyor_core.store import DEAD_RETENTION_S, InvalidCursorError
+from conveyor_core.store import InvalidCursorError
 
 # The routes that do not depend on the catalog; build_router adds the rest.
 router = APIRouter(prefix="/v1/jobs")
@@ -116,7 +116,7 @@ def submit_endpoint(
                 f"Idempotency-Key {idempotency_key!r} was used with a different payload "
                 f"(job {submitted.job_id}).",
             )
-        job = await store.get(submitted.job_id)
+        job = submitted.job or await store.get(submitted.job_id)
         if job is None:  # its retention ran out since the key was used
             raise _not_found(submitted.job_id)
         response.status_code = 201 if submitted.created else 200
@@ -218,15 +218,13 @@ async def read_job(job_id: JobId, store: StoreDep, redact: RedactorDep) -> JobPu
 async def cancel_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, response: Response
 ) -> JobPublic:
-    job = await _existing(store, job_id)
-    ttl_s = catalog[job.job_type].keep_result_s if job.job_type in catalog else DEAD_RETENTION_S
-    outcome = await store.cancel(job_id, job.queue, ttl_s)
-    if outcome == "missing":
+    outcome, job = await store.cancel(job_id)
+    if job is None:
         raise _not_found(job_id)
     if outcome not in ("cancelled_now", "cancelling"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
     response.status_code = 202 if outcome == "cancelling" else 200
-    return masked(await _existing(store, job_id), redact)
+    return masked(job, redact)
 
 
 @router.post(
@@ -239,16 +237,15 @@ async def cancel_job(
 async def retry_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, request: Request
 ) -> JobPublic:
-    job = await _existing(store, job_id)
-    if job.job_type not in catalog:
-        raise HTTPException(409, f"Job type {job.job_type!r} is no longer in the catalog.")
     meta = {"request_id": bound("request_id")} if bound("request_id") else {}
-    outcome, requeued = await store.requeue(job, catalog[job.job_type], meta)
-    if outcome == "missing":
+    outcome, job = await store.requeue(job_id, meta)
+    if job is None:
         raise _not_found(job_id)
-    if requeued is None:
+    if outcome == "unknown_type":
+        raise HTTPException(409, f"Job type {job.job_type!r} is no longer in the catalog.")
+    if outcome != "requeued":
         raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {outcome}.")
-    return masked(requeued, redact)
+    return masked(job, redact)
 
 
 @router.get(

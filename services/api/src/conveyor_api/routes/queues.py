@@ -16,8 +16,9 @@ router = APIRouter(
 class QueuePublic(BaseModel):
     name: str
     ready: int = Field(description="Due jobs waiting for a worker.")
-    deferred: int = Field(description="Jobs not due yet: deferred, or waiting to retry.")
+    deferred: int = Field(description="Jobs not due yet (deferred).")
     in_progress: int
+    retrying: int = Field(description="Jobs whose try failed, waiting for the next one.")
     dead: int = Field(description="Jobs in the dead letters.")
     oldest_ready_age_s: float = Field(
         description="How long the oldest ready job has waited since it was due (queue latency)."
@@ -39,6 +40,7 @@ async def list_queues(store: StoreDep, catalog: CatalogDep) -> QueueList:
                 ready=s.ready,
                 deferred=s.deferred,
                 in_progress=s.in_progress,
+                retrying=s.retrying,
                 dead=s.dead,
                 oldest_ready_age_s=round(s.oldest_ready_age_s, 3),
             )

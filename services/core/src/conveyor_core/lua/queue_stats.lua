@@ -1,22 +1,26 @@
--- Depth of one queue by state, and the oldest ready job's ready time.
+-- Depth of one queue by state, and the oldest ready job's due time.
 -- arq keeps running jobs in the queue until they finish, so they are taken out
--- of "ready" here; the scan for the oldest ready job is bounded by how many run.
+-- of "ready" here, as are due retries; the scan for the oldest ready job is
+-- bounded by how many run.
 --
--- KEYS: 1 queue, 2 the queue's in_progress index, 3 the queue's dead index
+-- KEYS: 1 queue, 2 in_progress index, 3 retrying index, 4 dead index
 -- ARGV: 1 now ms
--- Returns {ready, deferred, in progress, dead, oldest ready-at ms or ''}
+-- Returns {ready, deferred, in progress, retrying, dead, oldest ready-at ms or ''}
 local due = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
-local deferred = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')
+local later = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')
 local running = redis.call('ZCARD', KEYS[2])
-local dead = redis.call('ZCARD', KEYS[3])
+local retrying = redis.call('ZCARD', KEYS[3])
+local retrying_later = redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[1], '+inf')
+local dead = redis.call('ZCOUNT', KEYS[4], '(' .. ARGV[1], '+inf')
 local oldest = ''
-local batch = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, running + 1)
-for i = 1, #batch, 2 do
-  if not redis.call('ZSCORE', KEYS[2], batch[i]) then
-    oldest = batch[i + 1]
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+  running + retrying + 1)
+for i = 1, #rows, 2 do
+  if not redis.call('ZSCORE', KEYS[2], rows[i]) and not redis.call('ZSCORE', KEYS[3], rows[i]) then
+    oldest = rows[i + 1]
     break
   end
 end
 local ready = 0
-if oldest ~= '' then ready = math.max(due - running, 1) end
-return {ready, deferred, running, dead, oldest}
+if oldest ~= '' then ready = math.max(due - running - (retrying - retrying_later), 1) end
+return {ready, math.max(later - retrying_later, 0), running, retrying, dead, oldest}

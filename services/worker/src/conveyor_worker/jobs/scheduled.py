@@ -22,7 +22,7 @@ def render_digest(counts: DigestCounts, at: datetime) -> str:
     header = "job type".ljust(width) + "".join(f"{o:>10}" for o in OUTCOMES)
     lines = [
         f"Conveyor digest, {at:%Y-%m-%d %H:%M:%S} UTC",
-        "What happened since the previous digest. 'failed' counts tries that",
+        "What happened since the previous digest. 'retried' counts tries that",
         "failed and were retried; 'dead' counts jobs that gave up.",
         "",
         header,
@@ -43,7 +43,7 @@ async def send_digest(ctx: JobContext, payload: ScheduledRun) -> dict[str, Any]:
     counts = await take_counts(ctx.redis, ctx.job_id)
     at = datetime.fromtimestamp(counts.taken_at_ms / 1000, tz=UTC)
     subject = (
-        f"Conveyor digest: {counts.total('complete')} complete, {counts.total('failed')} failed, "
+        f"Conveyor digest: {counts.total('complete')} complete, {counts.total('retried')} retried, "
         f"{counts.total('dead')} dead, {counts.documents_processed} documents"
     )
     sent = await ctx.flow.mailer.send_once(

@@ -1,27 +1,66 @@
--- Shared by every script that moves a job between states; lua_script()
--- prepends it. Moves the job in `job_key` to `state` if its current state is
--- in `allowed` (',a,b,'; '' allows any): index entries, hash fields, expiry
--- (ttl_s 0 keeps the hash forever) and a change event.
--- Returns {1, old state} when moved, {0, current state or ''} when not.
-local function transition(job_key, state, score, ttl_s, allowed, index_prefix, channel, fields)
-  local old = redis.call('HGET', job_key, 'state')
-  if not old then return {0, ''} end
-  if allowed ~= '' and not string.find(allowed, ',' .. old .. ',', 1, true) then
-    return {0, old}
+-- The one transition every lifecycle script is built on; lua_script() puts it
+-- (after the key names of keys.py, as K) in front of each script.
+--
+-- A job that waits for its first try is only arq's: its job key and its entry
+-- in the queue. From its first claim on, Conveyor's hash records its life.
+-- `load` reads that record; `transition` moves the job to a new state: its
+-- index entries, its hash, the arq keys the new state implies, its expiry
+-- and its change notice, all in one place.
+
+local INDEXED = {in_progress = true, retrying = true, complete = true, dead = true,
+  cancelled = true}
+local TERMINAL = {complete = true, dead = true, cancelled = true}
+
+local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. state end
+
+-- The job's record: {id, queue, state, version, tries, cancel_requested}, with
+-- state 'queued' and version 1 (the job as submitted) for a job that has no
+-- hash yet, or nil when the job has no hash and `must_exist` is set.
+local function load(id, queue, must_exist)
+  local r = redis.call('HMGET', K.job .. id, 'state', 'version', 'tries', 'cancel_requested',
+    'queue')
+  if not r[1] then
+    if must_exist then return nil end
+    return {id = id, queue = queue, state = 'queued', version = 1, tries = 0, cancel = false,
+      new = true}
   end
-  local id = redis.call('HGET', job_key, 'id')
-  local queue = redis.call('HGET', job_key, 'queue')
-  for _, q in ipairs({queue, 'all'}) do
-    redis.call('ZREM', index_prefix .. q .. ':' .. old, id)
-    redis.call('ZADD', index_prefix .. q .. ':' .. state, score, id)
+  return {id = id, queue = queue or r[5], state = r[1], version = tonumber(r[2]) or 0,
+    tries = tonumber(r[3]) or 0, cancel = r[4] == '1'}
+end
+
+-- Move `rec` to state `to`. `score` is the job's score in its new place: the
+-- start time (in_progress), the due time (queued, retrying: also arq's queue
+-- score) or, for a final state, when the record expires (now + ttl_ms).
+-- `fields` are more hash fields as a flat list. Returns the new version.
+local function transition(rec, to, now, score, fields, ttl_ms)
+  local id, queue, hash = rec.id, rec.queue, K.job .. rec.id
+  if INDEXED[rec.state] then redis.call('ZREM', index(queue, rec.state), id) end
+  if INDEXED[to] then redis.call('ZADD', index(queue, to), score, id) end
+  local version = rec.version + 1
+  redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
+  -- arq's keys, as arq's own start and finish would leave them.
+  if to == 'in_progress' then
+    -- rec.tries counts this try already. arq's run_job counts it by INCR of its
+    -- retry key: set that one lower, so arq's count is ours (a shutdown that
+    -- put the job back did not use a try up).
+    redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s)
+  elseif TERMINAL[to] then
+    redis.call('ZREM', queue, id)
+    redis.call('DEL', K.arq_lock .. id, K.arq_retry .. id)
+    -- arq's job key (the payload) lives as long as the record: it also keeps
+    -- arq from taking the same id again, as its result key would.
+    redis.call('PEXPIRE', K.arq_job .. id, ttl_ms)
+    redis.call('PEXPIRE', hash, ttl_ms)
+  else -- queued or retrying: back in arq's queue, due at `score`
+    redis.call('ZADD', queue, score, id)
+    redis.call('DEL', K.arq_lock .. id)
+    redis.call('PEXPIRE', K.arq_job .. id, math.max(score - now, 0) + K.arq_expiry_extra_ms)
   end
-  redis.call('HSET', job_key, 'state', state, unpack(fields))
-  local version = redis.call('HINCRBY', job_key, 'version', 1)
-  if ttl_s > 0 then
-    redis.call('EXPIRE', job_key, ttl_s)
-  else
-    redis.call('PERSIST', job_key)
-  end
-  redis.call('PUBLISH', channel, cjson.encode({id = id, version = version}))
-  return {1, old}
+  redis.call('PUBLISH', K.events .. id, version)
+  return version
+end
+
+-- Count a finished try for the next digest.
+local function count(job_type, outcome)
+  if job_type ~= '' then redis.call('HINCRBY', K.stats, job_type .. ':' .. outcome, 1) end
 end

@@ -1,0 +1,31 @@
+-- The end of a try, as the wrapper's policy decided it: complete (with its
+-- result), retrying (due again at a time), dead (the dead letters),
+-- cancelled (a client's cancel reached the running job) or queued (a shutdown
+-- cut it short: back in the queue, and the try it did not finish is not
+-- counted). Only a job still in progress moves: a record someone else moved
+-- meanwhile is left as it is.
+--
+-- KEYS: 1 queue
+-- ARGV: 1 job id, 2 new state, 3 now ms, 4 score (due time for retrying and
+--       queued, retention ms for the final states), 5 job type for the digest
+--       counts ('' for none), 6.. hash field/value pairs
+-- Returns {1, version} when moved, {0, current state or ''} when not.
+local id, to, now, arg = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local rec = load(id, KEYS[1], true)
+if not rec or rec.state ~= 'in_progress' then return {0, rec and rec.state or ''} end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+local version
+if to == 'queued' or to == 'retrying' then
+  if to == 'queued' then
+    rec.tries = rec.tries - 1
+    for _, v in ipairs({'tries', rec.tries}) do fields[#fields + 1] = v end
+  end
+  version = transition(rec, to, now, arg, fields, 0)
+else
+  version = transition(rec, to, now, now + arg, fields, arg)
+end
+if to == 'queued' then redis.call('PUBLISH', K.wake .. rec.queue, id) end
+if to == 'retrying' then count(ARGV[5], 'retried')
+elseif to == 'complete' or to == 'dead' then count(ARGV[5], to) end
+return {1, version}

@@ -1,0 +1,18 @@
+-- Settle a job that arq ended without running it (its job key expired, its
+-- function is unknown, or it was cancelled between its claim and its start):
+-- cancelled when a cancel was pending, else dead with the error given.
+--
+-- KEYS: 1 queue
+-- ARGV: 1 job id, 2 now ms, 3 dead retention ms, 4 cancelled retention ms, 5 error JSON
+-- Returns the state it was left in, or '' when there was nothing to settle.
+local id, now = ARGV[1], tonumber(ARGV[2])
+local rec = load(id, KEYS[1], true)
+if not rec or rec.state ~= 'in_progress' then return '' end
+if rec.cancel then
+  local ttl = tonumber(ARGV[4])
+  transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now}, ttl)
+  return 'cancelled'
+end
+local ttl = tonumber(ARGV[3])
+transition(rec, 'dead', now, now + ttl, {'finished_at_ms', now, 'error', ARGV[5]}, ttl)
+return 'dead'
