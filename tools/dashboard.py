@@ -238,8 +238,9 @@ ROWS = [
             ),
             Panel(
                 "Outcomes",
-                "Tries finished per second by outcome: success, retry, failed (permanent), "
-                "dead (no tries left), cancelled, requeued (cut short by a shutdown).",
+                "Tries finished per second by outcome: success, retry (another try is due), "
+                "dead (a permanent error or no tries left), cancelled, interrupted (cut "
+                "short by a shutdown; runs again, the try not counted).",
                 [
                     Query(
                         f"sum by (outcome) (rate(conveyor_jobs_finished_total{{{JOB}}}{RATE}))",
@@ -251,12 +252,12 @@ ROWS = [
             ),
             Panel(
                 "Retries and dead letters by job",
-                "Failed tries per second: retry means another try is scheduled; failed "
-                "and dead go to the dead letters.",
+                "Failed tries per second: retry means another try is due; dead went to "
+                "the dead letters.",
                 [
                     Query(
                         "sum by (job, outcome) (rate(conveyor_jobs_finished_total"
-                        f'{{{JOB}, outcome=~"retry|failed|dead"}}{RATE}))',
+                        f'{{{JOB}, outcome=~"retry|dead"}}{RATE}))',
                         "{{job}} {{outcome}}",
                     )
                 ],
