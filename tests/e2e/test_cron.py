@@ -165,3 +165,22 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
     assert kept.status_code == 200
     assert kept.json()["state"] == "processed"
     assert stack.redis.exists(f"conveyor:document:{fresh}:content")
+
+
+def test_a_cron_run_is_listed_as_an_ordinary_job_before_it_starts(cron_stack: Stack) -> None:
+    """arq's cron enqueues a run shortly before it is due; from then on it is listed."""
+    cron_stack.start_worker()
+    waiting: dict[str, str] = {}
+    deadline = time.monotonic() + 3 * PERIOD_S
+    while not waiting and time.monotonic() < deadline:
+        listed = cron_stack.http.get(
+            "/v1/jobs", params={"job_type": "send_digest", "limit": 50}
+        ).json()["items"]
+        waiting = {j["id"]: j["state"] for j in listed if j["state"] in ("deferred", "queued")}
+        time.sleep(0.02)
+    assert waiting, "no cron run was listed before it started"
+    run_id = next(iter(waiting))
+    assert run_id.startswith("send_digest:")
+    done = cron_stack.wait_for_state(run_id, "complete")
+    assert done["tries"] == 1
+    assert done["started_at"] >= done["enqueued_at"]

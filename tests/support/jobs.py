@@ -124,6 +124,8 @@ JOB_TYPES = [
         retry=RetryPolicy(max_tries=3, retry_timeouts=False),
     ),
     JobType("effect", Effect, f"{MODULE}:effect", retry=_quick(10)),
+    # Kept a second after it finishes: housekeeping's work at a high job rate.
+    JobType("brief", Effect, f"{MODULE}:effect", retry=_quick(1), keep_result_s=1),
     JobType("parent", Nothing, f"{MODULE}:parent"),
     JobType("welcome", Signup, f"{MODULE}:welcome"),
     # send_email with few, quick tries: to see a mail reach the dead letters.
