@@ -70,11 +70,19 @@ def _lua_constants() -> str:
 
 @cache
 def lua_script(name: str) -> str:
-    """A script from `lua/`, after the key names and the shared functions of `lua/lib/`."""
+    """A script from `lua/`, after the key names and the shared functions of `lua/lib/`.
+
+    A script's first line may declare its flags (`#!lua flags=...`, Redis 7):
+    one that adds data has none, so a Redis at maxmemory refuses it before it
+    runs, never halfway; one that ends jobs (and so frees memory) is
+    `allow-oom`; a read is `no-writes`.
+    """
     lua = files("conveyor_core").joinpath("lua")
     lib = lua.joinpath("lib")
     shared = [lib.joinpath(f).read_text() for f in sorted(p.name for p in lib.iterdir())]
-    return "\n".join([_lua_constants(), *shared, lua.joinpath(f"{name}.lua").read_text()])
+    own = lua.joinpath(f"{name}.lua").read_text()
+    shebang, _, rest = own.partition("\n") if own.startswith("#!") else ("", "", own)
+    return "\n".join(filter(None, [shebang, _lua_constants(), *shared, rest]))
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:

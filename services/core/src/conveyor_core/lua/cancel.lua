@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Cancel a job. A waiting or retrying job is cancelled at once (it leaves
 -- arq's queue); a running one is asked to stop: its worker hears 'abort' on
 -- the queue's wake channel, cancels the job's task and records `cancelled`.

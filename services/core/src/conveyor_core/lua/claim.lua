@@ -1,3 +1,4 @@
+#!lua
 -- One poll of a worker, in one round trip: claim up to ARGV[3] due jobs, start
 -- each one's record, and say when the next deferred job falls due.
 --

@@ -1,3 +1,4 @@
+#!lua
 -- Store a document's text and summary once, and count it for the digest in
 -- the same step, so a retried job neither overwrites it nor counts it twice.
 --

@@ -1,3 +1,4 @@
+#!lua
 -- Set fields of a document that still exists: a job that runs while cleanup
 -- removes its document must not bring back a partial hash without expiry.
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Remove up to ARGV[2] documents whose retention ended: hash, content and
 -- index entry together.
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- The end of a try, as the wrapper's policy decided it: complete (with its
 -- result), retrying (due again at a time), dead (the dead letters),
 -- cancelled (a client's cancel reached the running job) or queued (a shutdown

@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- One page of an index, strictly after a (score, id) cursor, in either order.
 -- Ties on a score are ordered by id, as Redis orders them.
 --

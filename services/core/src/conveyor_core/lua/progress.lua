@@ -1,3 +1,4 @@
+#!lua
 -- Record a running job's progress and announce it.
 -- KEYS: 1 job hash.  ARGV: 1 percent, 2 message, 3 events channel
 -- Returns 1 when recorded, 0 when the job is not in progress.

@@ -1,3 +1,4 @@
+#!lua
 -- Put a dead job back on its queue under the same id: a new first try, same
 -- payload, the requeuing request's trace context.
 --

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Take over the counts since the last digest for one digest run: the first
 -- try renames them to the run's own key, a retry finds that key and reports
 -- the same numbers. Every count lands in exactly one run.

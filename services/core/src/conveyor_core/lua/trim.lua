@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Drop up to ARGV[2] entries of expired records from the front of an index
 -- scored by expiry time: bounded work, whatever the index holds.
 -- KEYS: 1 index.  ARGV: 1 now ms, 2 most to remove
