@@ -148,6 +148,32 @@ async def test_a_job_arq_ends_without_running_is_settled_not_left_in_progress(
     assert not await redis.zscore(CREATE_TASK.queue, submitted.job_id)
 
 
+async def test_a_job_cancelled_between_its_claim_and_its_start_never_runs(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    catalog = load_catalog([jobs.MODULE])
+    store = JobStore(redis, catalog)
+    submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
+    worker = await started_worker(redis, redis_url)
+    run_job = worker.run_job
+
+    async def cancel_then_run(job_id: str, score: int) -> None:
+        assert (await store.cancel(job_id))[0] == "cancelling"
+        worker._on_wake_message(b"abort")  # as the cancel's announcement arrives
+        await worker._cancel_aborted_jobs()
+        await run_job(job_id, score)
+
+    worker.run_job = cancel_then_run  # type: ignore[method-assign]
+    await worker._claim_and_start()
+    await asyncio.gather(*worker.tasks.values())
+    await worker.close()
+
+    record = await store.get(submitted.job_id)
+    assert record is not None
+    assert record.state is JobState.CANCELLED
+    assert await redis.llen(f"test:starts:{submitted.job_id}") == 0  # type: ignore[misc]
+
+
 async def test_a_job_whose_worker_died_with_a_cancel_pending_is_cancelled_not_run(
     redis: ArqRedis, redis_url: str
 ) -> None:

@@ -67,6 +67,10 @@ NOT_STARTED = JobError(
 ).model_dump_json()
 
 
+class CancelledBeforeStartError(Exception):
+    """A client cancelled a claimed job before arq started its function."""
+
+
 class ConveyorWorker(Worker):
     """arq's Worker with near-instant pickup, renewed job locks and outage survival."""
 
@@ -104,6 +108,8 @@ class ConveyorWorker(Worker):
         self._background: list[asyncio.Task[None]] = []
         # Claimed jobs whose function arq started (its on_job_start hook ran).
         self._running: set[str] = set()
+        # Claimed jobs a client cancelled before arq started them.
+        self._cancel_before_start: set[str] = set()
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -215,15 +221,22 @@ class ConveyorWorker(Worker):
         return asyncio.timeout(self.redis_timeout_s)
 
     async def _started(self, ctx: dict[str, Any]) -> None:
-        self._running.add(ctx["job_id"])
+        """arq's on_job_start: the function is about to run, unless cancelled already."""
+        job_id = ctx["job_id"]
+        if job_id in self._cancel_before_start:
+            self._cancel_before_start.discard(job_id)
+            raise CancelledBeforeStartError(job_id)
+        self._running.add(job_id)
 
     async def _run_claimed(self, job_id: str, score: int) -> None:
-        await self.run_job(job_id, score)
+        with contextlib.suppress(CancelledBeforeStartError):
+            await self.run_job(job_id, score)
         if job_id in self._running:
             self._running.discard(job_id)
         else:
             # arq ended the job without running its function (expired, unknown
-            # type): the claim started its record, so settle it.
+            # type, cancelled before it started): the claim started its record,
+            # so settle it.
             await asyncio.shield(self._settle_unstarted(job_id))
 
     async def _settle_unstarted(self, job_id: str) -> None:
@@ -264,18 +277,22 @@ class ConveyorWorker(Worker):
             return
         self._abort_announced = False
         self._last_abort_check_s = now_s
-        running = list(self.job_tasks)
-        if not running:
+        claimed = list(self.tasks)
+        if not claimed:
             return
         async with self.pool.pipeline(transaction=False) as pipe:
-            for job_id in running:
+            for job_id in claimed:
                 pipe.hget(keys.job_key(job_id), "cancel_requested")
             flags = await pipe.execute()
-        for job_id, flag in zip(running, flags, strict=True):
+        for job_id, flag in zip(claimed, flags, strict=True):
+            if flag != b"1":
+                continue
             task = self.job_tasks.get(job_id)
-            if flag == b"1" and task is not None and not task.done():
+            if task is not None and not task.done():
                 logger.info("cancelling job %s at a client's request", job_id)
                 task.cancel()
+            elif job_id not in self._running:
+                self._cancel_before_start.add(job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
