@@ -203,14 +203,24 @@ async def test_cancel_a_waiting_job_now_and_a_running_one_by_request(redis: ArqR
     assert job.state is JobState.CANCELLED
     assert await indexes_of(redis, waiting) == {"cancelled"}
     assert await redis.zscore(QUEUE, waiting) is None
+    assert await arq_keys_of(redis, waiting) == {
+        "job": True,  # kept as long as the record, so arq will not take the id again
+        "in-progress": False,
+        "retry": False,
+        "result": False,
+    }
+    assert await redis.ttl(f"arq:job:{waiting}") == await redis.ttl(keys.job_key(waiting))
     assert (await store.cancel(waiting))[0] == "cancelled"
 
     outcome, job = await store.cancel(running)
     assert outcome == "cancelling"
     assert job is not None
     assert (job.state, job.cancel_requested) == (JobState.IN_PROGRESS, True)
+    assert await redis.exists(f"arq:in-progress:{running}")  # it runs until its task stops
     assert await store.cancelled(CREATE_TASK, running)
     assert await indexes_of(redis, running) == {"cancelled"}
+    assert not await redis.exists(f"arq:in-progress:{running}")
+    assert await redis.zscore(QUEUE, running) is None
     assert (await store.cancel("nope"))[0] == "missing"
 
 
@@ -222,6 +232,7 @@ async def test_settle_an_unstarted_job_dead_or_cancelled(redis: ArqRedis) -> Non
     assert await store.settle_unstarted(QUEUE, job_id, '{"type": "NotStarted"}', 60_000) == "dead"
     assert await indexes_of(redis, job_id) == {"dead"}
     assert await redis.zscore(QUEUE, job_id) is None
+    assert not await redis.exists(f"arq:in-progress:{job_id}", f"arq:retry:{job_id}")
     assert await store.settle_unstarted(QUEUE, job_id, "{}", 60_000) == ""
 
 
