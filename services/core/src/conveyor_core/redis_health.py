@@ -135,18 +135,19 @@ class RedisHealth:
 
     async def _run(self) -> None:
         interval_s = self._settings.memory_check_interval_s
-        retry_s = RETRY_AFTER_FAILURE_S
+        first_retry_s = min(RETRY_AFTER_FAILURE_S, interval_s)
+        retry_s = first_retry_s
         while True:
             try:
                 await self.check()
-                retry_s = RETRY_AFTER_FAILURE_S
+                retry_s = first_retry_s
                 await asyncio.sleep(interval_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Redis down is said elsewhere (readiness, redis_up); a refused INFO
                 # (a managed Redis may forbid it) is said here, once per failure run.
-                if redis_fault(exc) is None and retry_s == RETRY_AFTER_FAILURE_S:
+                if redis_fault(exc) is None and retry_s == first_retry_s:
                     logger.warning("cannot read redis INFO memory: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, interval_s)
