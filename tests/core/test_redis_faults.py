@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from arq.connections import ArqRedis
@@ -91,3 +92,11 @@ def test_each_fault_is_counted_by_kind() -> None:
     before = count()
     record_redis_fault(RedisFault.READ_ONLY, ResponseError("READONLY"), "a test")
     assert count() == before + 1
+
+
+def test_the_readme_states_the_default_hang_bound() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    default_s = RedisSettings().socket_timeout_s
+    assert default_s <= 1.5
+    assert f"| `REDIS_SOCKET_TIMEOUT_S` | `{default_s}` |" in readme
+    assert f"`REDIS_SOCKET_TIMEOUT_S` ({default_s:g} s" in readme
