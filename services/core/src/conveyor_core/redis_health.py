@@ -62,6 +62,7 @@ class RedisHealth:
         self.memory: RedisMemory | None = None
         self.checked_at_s: float | None = None  # monotonic time of the last good reading
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def not_ready_reason(self) -> str | None:
@@ -124,24 +125,28 @@ class RedisHealth:
     def start(self) -> None:
         """Check now and then every `memory_check_interval_s`, until `stop()`."""
         if self._task is None:
+            self._stopping.clear()
             self._task = asyncio.create_task(self._run(), name="redis-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """End the checks. The stop flag, not only a cancel, ends the loop: a cancel
+        that lands while redis-py handles a reply can be lost (seen with 5.3)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._task.cancel()
+        await asyncio.wait({self._task}, timeout=self._settings.socket_timeout_s + 1)
+        self._task = None
 
     async def _run(self) -> None:
         interval_s = self._settings.memory_check_interval_s
         first_retry_s = min(RETRY_AFTER_FAILURE_S, interval_s)
         retry_s = first_retry_s
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.check()
                 retry_s = first_retry_s
-                await asyncio.sleep(interval_s)
+                await self._pause(interval_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -149,5 +154,10 @@ class RedisHealth:
                 # (a managed Redis may forbid it) is said here, once per failure run.
                 if redis_fault(exc) is None and retry_s == first_retry_s:
                     logger.warning("cannot read redis INFO memory: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(retry_s)
+                await self._pause(retry_s)
                 retry_s = min(retry_s * 2, interval_s)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if `stop()` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
