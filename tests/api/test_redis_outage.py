@@ -4,6 +4,7 @@ The client's timeout is the bound: a request that hangs fails the test.
 """
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pytest
 import redis as redis_sync
 
 from conveyor_core.local.redis_server import RedisProcess
+from conveyor_core.settings import RedisSettings
 from tests.api.conftest import make_app, serve
 from tests.support.auth import AUTH_HEADERS
 from tests.support.processes import api_process, stop_all
+from tests.support.redis_faults import configured, frozen, full, read_only_replica
 
 QUICK_S = 1.0
 
@@ -115,3 +118,95 @@ def own_redis_running(server: RedisProcess) -> bool:
             return bool(client.ping())
     except redis_sync.ConnectionError:
         return False
+
+
+# -- Redis that answers, but badly: evicting, full, frozen, a replica --
+
+
+async def test_an_evicting_redis_makes_the_api_unready_and_says_why(
+    own_redis: RedisProcess,
+) -> None:
+    with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
+        async for client in serve(make_app(own_redis.url)):
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["type"] == "urn:conveyor:problem:redis-evicts"
+            assert "allkeys-lru" in problem["detail"]
+            assert problem["redis"]["maxmemory_policy"] == "allkeys-lru"
+            metrics = (await client.get("/metrics")).text
+            assert 'conveyor_redis_maxmemory_policy_info{policy="allkeys-lru"} 1.0' in metrics
+
+
+async def test_with_the_explicit_opt_in_an_evicting_redis_is_ready(
+    own_redis: RedisProcess,
+) -> None:
+    redis = RedisSettings(url=own_redis.url, allow_eviction=True)
+    with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
+        async for client in serve(make_app(own_redis.url, redis=redis)):
+            response = await client.get("/readyz")
+            assert response.status_code == 200, response.text
+            assert response.json()["redis"]["evicts"] is True
+
+
+@pytest.mark.e2e
+def test_a_full_redis_refuses_submits_with_a_507_problem_and_reads_still_work(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    # A real server and one keep-alive client: no 500, no reset. No rate limit:
+    # its bucket is a write too (its fail-open on a full Redis is another change).
+    api = api_process(own_redis.url, log_dir, CONVEYOR_API_RATE_LIMIT_PER_S="0").start()
+    try:
+        with httpx.Client(base_url=api.base_url, headers=AUTH_HEADERS, timeout=5) as client:
+            job = client.post("/v1/jobs/create_task", json={"sleep_s": 1}).json()
+            with full(own_redis.url):
+                for _ in range(3):  # the same connection, again and again
+                    response = client.post("/v1/jobs/create_task", json={"sleep_s": 1})
+                    assert response.status_code == 507, response.text
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert int(response.headers["retry-after"]) >= 1
+                    problem = response.json()
+                    assert problem["type"] == "urn:conveyor:problem:redis-full"
+                    assert problem["redis_fault"] == "out_of_memory"
+                assert client.get(f"/v1/jobs/{job['id']}").status_code == 200
+                assert client.get("/v1/jobs").status_code == 200
+                assert client.get("/readyz").status_code == 200
+                metrics = client.get("/metrics").text
+            assert 'conveyor_redis_errors_total{kind="out_of_memory"} 3.0' in metrics
+            assert client.post("/v1/jobs/create_task", json={"sleep_s": 1}).status_code == 201
+        assert "redis fault out_of_memory" in api.output()
+    finally:
+        stop_all(api)
+
+
+async def test_a_read_only_replica_is_a_503_problem(own_redis: RedisProcess) -> None:
+    async for client in serve(make_app(own_redis.url, rate_limit_per_s=0)):
+        with read_only_replica(own_redis.url):
+            response = await client.post("/task", json={"count": 1})
+        assert_redis_unavailable(response)
+        assert response.json()["redis_fault"] == "read_only"
+
+
+async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers(
+    own_redis: RedisProcess,
+) -> None:
+    # The default settings, as deployed: the bound the README states.
+    redis = RedisSettings(url=own_redis.url)
+    assert redis.socket_timeout_s <= 1.5
+    async for client in serve(make_app(own_redis.url, redis=redis)):
+        client.timeout = httpx.Timeout(10)  # the test measures; the client must not cut it short
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+        with frozen(own_redis.url):
+            for method, path in [("POST", "/v1/jobs/create_task"), ("GET", "/v1/jobs")] * 2:
+                started = time.monotonic()
+                response = await client.request(method, path, json={"sleep_s": 1})
+                elapsed_s = time.monotonic() - started
+                assert_redis_unavailable(response)
+                assert response.json()["redis_fault"] == "timed_out"
+                assert elapsed_s < redis.socket_timeout_s + 0.25, f"{method} {path}: {elapsed_s}"
+            started = time.monotonic()
+            assert_redis_unavailable(await client.get("/readyz"))
+            assert time.monotonic() - started < redis.socket_timeout_s + 0.25
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+        assert (await client.get("/readyz")).status_code == 200

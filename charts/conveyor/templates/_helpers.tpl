@@ -119,6 +119,10 @@ app.kubernetes.io/component: {{ .component }}
 - name: REDIS_TLS_CA_FILE
   value: /etc/conveyor/redis-tls/{{ $values.externalRedis.tlsCaSecretKey }}
 {{- end }}
+{{- if and (not $values.redis.enabled) $values.externalRedis.allowEviction }}
+- name: REDIS_ALLOW_EVICTION
+  value: "true"
+{{- end }}
 {{- if and (not $values.redis.enabled) $values.externalRedis.sentinel.enabled }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ $values.externalRedis.sentinel.masterName | quote }}

@@ -19,6 +19,7 @@ from conveyor_core.documents import DocumentStore
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import create_redis
+from conveyor_core.redis_health import RedisHealth
 from conveyor_core.store import JobStore
 
 logger = logging.getLogger("conveyor.api")
@@ -42,10 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.rate_limiter = RateLimiter(
                 redis, settings.rate_limit_per_s, settings.rate_limit_burst
             )
+        # Redis' memory policy and usage: warned about, exported, and read by /readyz.
+        app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
+        redis_health.start()
         events.start()
         try:
             yield
         finally:
+            await redis_health.stop()
             await events.stop()
             await redis.aclose()
 

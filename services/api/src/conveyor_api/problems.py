@@ -1,5 +1,6 @@
 """RFC 9457 problem details: every error the api returns has this shape."""
 
+import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -8,13 +9,38 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ResponseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor_core.redis import REDIS_DOWN_ERRORS
+from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisFault, record_redis_fault, redis_fault
+
+logger = logging.getLogger("conveyor.api")
 
 PROBLEM_JSON = "application/problem+json"
 VALIDATION_PROBLEM = "urn:conveyor:problem:validation"
 REDIS_UNAVAILABLE_PROBLEM = "urn:conveyor:problem:redis-unavailable"
+REDIS_FULL_PROBLEM = "urn:conveyor:problem:redis-full"
+REDIS_EVICTS_PROBLEM = "urn:conveyor:problem:redis-evicts"
+INTERNAL_PROBLEM = "urn:conveyor:problem:internal"
+
+# Per Redis fault: the title and detail of its problem answer. Every transient
+# one is a 503 with Retry-After (redis-unavailable, as clients already know it);
+# a full Redis is a 507: retrying soon will not help until jobs expire or an
+# operator adds memory, but reads still work.
+_FAULT_TEXT = {
+    RedisFault.UNREACHABLE: ("Redis unavailable", "The job broker did not answer"),
+    RedisFault.TIMED_OUT: ("Redis unavailable", "The job broker did not answer in time"),
+    RedisFault.LOADING: ("Redis unavailable", "The job broker is loading its data after a restart"),
+    RedisFault.READ_ONLY: (
+        "Redis unavailable",
+        "The job broker is a read-only replica (a failover is under way)",
+    ),
+    RedisFault.OUT_OF_MEMORY: (
+        "Job store full",
+        "The job broker is out of memory and refuses new writes; reads still work. "
+        "Operators: see the ConveyorRedisMemoryNearFull runbook",
+    ),
+}
 
 
 def problem_response(
@@ -76,27 +102,58 @@ async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def redis_unavailable(request: Request, retry_after_s: int) -> JSONResponse:
+def redis_unavailable(
+    request: Request, retry_after_s: int, fault: RedisFault = RedisFault.UNREACHABLE
+) -> JSONResponse:
+    """The answer to a Redis fault: 503 + Retry-After, or 507 when Redis is full."""
+    title, detail = _FAULT_TEXT[fault]
     return problem_response(
-        503,
-        "Redis unavailable",
-        f"The job broker did not answer; try again in {retry_after_s} s.",
+        503 if fault.transient else 507,
+        title,
+        f"{detail}; try again in {retry_after_s} s.",
         instance=request.url.path,
-        problem_type=REDIS_UNAVAILABLE_PROBLEM,
+        problem_type=REDIS_UNAVAILABLE_PROBLEM if fault.transient else REDIS_FULL_PROBLEM,
         headers={"Retry-After": str(retry_after_s)},
+        redis_fault=fault.value,
+    )
+
+
+def _internal_error(request: Request) -> JSONResponse:
+    """A bug: problem+json, and the connection closed (the app's state for it is unknown)."""
+    return problem_response(
+        500,
+        "Internal Server Error",
+        "The api failed to answer this request; it is logged with its request id.",
+        instance=request.url.path,
+        problem_type=INTERNAL_PROBLEM,
+        headers={"Connection": "close"},
     )
 
 
 def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
-    """Answer validation, HTTP and Redis-outage errors as problem+json."""
+    """Answer validation, HTTP and Redis errors, and bugs, as problem+json."""
 
-    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-        return redis_unavailable(request, retry_after_s)
+    async def _redis_fault(request: Request, exc: Exception) -> JSONResponse:
+        fault = redis_fault(exc)
+        if fault is None:  # a reply error that is not a fault: a bug
+            logger.error("unhandled redis error", exc_info=exc)
+            return _internal_error(request)
+        record_redis_fault(fault, exc, f"{request.method} {request.url.path}")
+        return redis_unavailable(request, retry_after_s, fault)
+
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's last resort (ServerErrorMiddleware): it re-raises after we
+        # answer, so uvicorn logs the traceback. A Redis fault raised outside the
+        # routes (a middleware) still gets its own answer here.
+        if redis_fault(exc) is not None:
+            return await _redis_fault(request, exc)
+        return _internal_error(request)
 
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
-    for error in REDIS_DOWN_ERRORS:
-        app.add_exception_handler(error, _redis_down)
+    for error in (*REDIS_FAULT_ERRORS, ResponseError):
+        app.add_exception_handler(error, _redis_fault)
+    app.add_exception_handler(Exception, _unhandled)
 
 
 # The shape of every error answer, for OpenAPI (RFC 9457; extensions allowed).

@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_api.auth import ApiKey
+from conveyor_core.enqueue import MAX_DEFER_S
 from conveyor_core.settings import (
     CatalogSettings,
     DocumentSettings,
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
     # A job's payload, as compact JSON, above this size gets 413: payloads
     # travel through Redis on every try; large data belongs in a document.
     max_payload_bytes: int = Field(default=65_536, ge=256)
+    # How far ahead a job may be scheduled (defer_by_s, run_at); later gets 422.
+    # At most ~100 years, so every due time stays one the api can read back.
+    max_defer_s: float = Field(default=MAX_DEFER_S, gt=0, le=100 * 366 * 86_400)
     # Multipart (file upload) request bodies above this size get 413.
     max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1024)
     # Uploaded file names longer than this (in characters) are refused.

@@ -2,7 +2,7 @@
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
@@ -22,12 +22,54 @@ def fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def ready_at_ms(defer_by_s: float | None = None, run_at: datetime | None = None) -> int:
+# How far ahead a job may be scheduled unless a service says otherwise: a year
+# (a leap one). A job deferred further is a mistake, and every stored time
+# must be one Python's datetime can read back.
+MAX_DEFER_S = 366 * 86_400
+
+
+class ScheduleError(ValueError):
+    """A defer_by_s or run_at outside the range a job may be scheduled in."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def ready_at_ms(
+    defer_by_s: float | None = None,
+    run_at: datetime | None = None,
+    *,
+    max_defer_s: float = MAX_DEFER_S,
+    at_ms: int | None = None,
+) -> int:
+    """When the job is due, in ms since the epoch: from now to `max_defer_s` ahead.
+
+    A run_at in the past means now (the job is due at once). Anything later than
+    `max_defer_s` from now, or not a time in UTC at all (`0001-01-01T00:00+14:00`
+    is in year 0), raises ScheduleError naming the field, before anything is written.
+    """
     if defer_by_s is not None and run_at is not None:
-        raise ValueError("give defer_by_s or run_at, not both")
+        raise ScheduleError("run_at", "give defer_by_s or run_at, not both")
+    now = now_ms() if at_ms is None else at_ms
+    latest = now + int(max_defer_s * 1000)
     if run_at is not None:
-        return int(run_at.timestamp() * 1000)
-    return now_ms() + int((defer_by_s or 0) * 1000)
+        if run_at.tzinfo is None:
+            raise ScheduleError("run_at", "give a time with its UTC offset")
+        try:
+            due = int(run_at.astimezone(UTC).timestamp() * 1000)
+        except (OverflowError, ValueError):
+            raise ScheduleError("run_at", f"{run_at.isoformat()} is not a time in UTC") from None
+        if due > latest:
+            raise ScheduleError(
+                "run_at", f"at most {max_defer_s:g} s from now; {run_at.isoformat()} is later"
+            )
+        return max(due, now)
+    defer_by_s = defer_by_s or 0
+    if not 0 <= defer_by_s <= max_defer_s:  # also false for NaN
+        raise ScheduleError("defer_by_s", f"must be from 0 to {max_defer_s:g} s")
+    return now + int(defer_by_s * 1000)
 
 
 async def enqueue(
@@ -39,12 +81,16 @@ async def enqueue(
     run_at: datetime | None = None,
     idempotency_key: str | None = None,
     request_id: str | None = None,
+    max_defer_s: float = MAX_DEFER_S,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
+
+    The schedule is checked first (ScheduleError): nothing is written for a bad one.
 
     With an `idempotency_key` already used for this job type, nothing is
     enqueued: the answer names the existing job and whether its payload matched.
     """
+    due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
     job_id = uuid4().hex
@@ -62,7 +108,7 @@ async def enqueue(
             job_type,
             job_id,
             data,
-            ready_at_ms=ready_at_ms(defer_by_s, run_at),
+            ready_at_ms=due_ms,
             meta=meta,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint(data),

@@ -37,10 +37,20 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The range of times a datetime can hold, in UTC.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def ms_to_datetime(ms: str | int | None) -> datetime | None:
+    """A stored time; one outside datetime's range (stored before the api checked
+    schedules) reads as the nearest end of the range, so listings keep working."""
     if ms in (None, ""):
         return None
-    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return LATEST if int(ms) > 0 else EARLIEST
 
 
 class Progress(BaseModel):

@@ -33,6 +33,22 @@ QUEUE_OLDEST_READY_AGE = Gauge(
 JOBS_ENQUEUED = Counter("conveyor_jobs_enqueued", "Jobs enqueued.", ["job", "queue"])
 REDIS_UP = Gauge("conveyor_redis_up", "1 if Redis answered this process's last command.")
 
+# -- both: Redis faults and the memory check (redis.py, redis_health.py) --
+REDIS_ERRORS = Counter(
+    "conveyor_redis_errors",
+    "Redis faults met, by kind: unreachable, timed_out, out_of_memory, read_only, loading.",
+    ["kind"],
+)
+REDIS_MAXMEMORY_POLICY = Gauge(
+    "conveyor_redis_maxmemory_policy_info",
+    "1 for Redis' maxmemory-policy as last read; anything but noeviction loses jobs.",
+    ["policy"],
+)
+REDIS_MEMORY_USED = Gauge("conveyor_redis_memory_used_bytes", "Redis' used_memory, as last read.")
+REDIS_MEMORY_MAX = Gauge(
+    "conveyor_redis_memory_max_bytes", "Redis' maxmemory as last read (0: no limit)."
+)
+
 # -- worker: the job wrapper --
 JOBS_STARTED = Counter("conveyor_jobs_started", "Job tries started.", ["job", "queue"])
 JOBS_FINISHED = Counter(

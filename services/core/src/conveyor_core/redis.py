@@ -1,5 +1,9 @@
 """Redis connections, built the same way in both services."""
 
+import builtins
+import logging
+import time
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -7,10 +11,14 @@ from arq.connections import ArqRedis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from conveyor_core.metrics import REDIS_ERRORS
 from conveyor_core.settings import RedisSettings
+
+logger = logging.getLogger(__name__)
 
 # Errors that mean "Redis is unreachable right now", as opposed to a bad command.
 REDIS_DOWN_ERRORS: tuple[type[Exception], ...] = (
@@ -19,6 +27,92 @@ REDIS_DOWN_ERRORS: tuple[type[Exception], ...] = (
     ConnectionError,
     TimeoutError,
 )
+
+
+class RedisFault(StrEnum):
+    """What went wrong with Redis, as clients, logs and metrics name it."""
+
+    UNREACHABLE = "unreachable"  # refused, reset, DNS, wrong password: no answer at all
+    TIMED_OUT = "timed_out"  # connected, but no reply in time (a frozen or overloaded server)
+    OUT_OF_MEMORY = "out_of_memory"  # at maxmemory with noeviction: writes refused, reads work
+    READ_ONLY = "read_only"  # a replica, typically just after a failover
+    LOADING = "loading"  # restarted, still loading its data set into memory
+
+    @property
+    def transient(self) -> bool:
+        """Clears by itself in seconds: worth a quick retry (503 + Retry-After)."""
+        return self is not RedisFault.OUT_OF_MEMORY
+
+
+# Every exception class that means "a Redis fault", not a bad command: what a
+# loop that must survive Redis trouble catches. `redis_fault` names which one.
+REDIS_FAULT_ERRORS: tuple[type[Exception], ...] = (
+    *REDIS_DOWN_ERRORS,
+    OutOfMemoryError,
+    ReadOnlyError,
+)
+
+# Every kind exported at 0 from the start: rate() cannot see a counter born at 1.
+for _fault in RedisFault:
+    REDIS_ERRORS.labels(_fault.value)
+
+# A reply error Redis sends with one of these prefixes is the fault named,
+# whatever class the client made of it (e.g. inside a script or a pipeline).
+_REPLY_PREFIXES = {
+    "OOM": RedisFault.OUT_OF_MEMORY,
+    "READONLY": RedisFault.READ_ONLY,
+    "LOADING": RedisFault.LOADING,
+}
+
+
+def redis_fault(exc: BaseException) -> RedisFault | None:
+    """Which Redis fault `exc` is, or None when it is not one (a bug, a bad command).
+
+    The one place Redis errors are classified; the api's problem answers, the
+    logs and `conveyor_redis_errors_total{kind}` all use its names.
+    """
+    if isinstance(exc, BusyLoadingError):  # a subclass of ConnectionError: first
+        return RedisFault.LOADING
+    if isinstance(exc, OutOfMemoryError):
+        return RedisFault.OUT_OF_MEMORY
+    if isinstance(exc, ReadOnlyError):
+        return RedisFault.READ_ONLY
+    if isinstance(exc, RedisTimeoutError | builtins.TimeoutError):
+        return RedisFault.TIMED_OUT
+    if isinstance(exc, RedisConnectionError | builtins.ConnectionError):
+        return RedisFault.UNREACHABLE
+    if isinstance(exc, ResponseError):
+        message = str(exc).lstrip()
+        for prefix, fault in _REPLY_PREFIXES.items():
+            if message.startswith(prefix):
+                return fault
+    return None
+
+
+# A fault is logged at most once per kind in this many seconds; the metric counts every one.
+FAULT_LOG_INTERVAL_S = 5.0
+_last_logged_s: dict[RedisFault, float] = {}
+_unlogged: dict[RedisFault, int] = {}
+
+
+def record_redis_fault(fault: RedisFault, exc: BaseException, where: str) -> None:
+    """Count a fault in the metric, and log it (at most once per kind every few seconds)."""
+    REDIS_ERRORS.labels(fault.value).inc()
+    now_s = time.monotonic()
+    if now_s - _last_logged_s.get(fault, -FAULT_LOG_INTERVAL_S) < FAULT_LOG_INTERVAL_S:
+        _unlogged[fault] = _unlogged.get(fault, 0) + 1
+        return
+    _last_logged_s[fault] = now_s
+    more = _unlogged.pop(fault, 0)
+    logger.warning(
+        "redis fault %s in %s: %s: %s%s",
+        fault.value,
+        where,
+        type(exc).__name__,
+        exc,
+        f" ({more} more since the last such line)" if more else "",
+        extra={"redis_fault": fault.value},
+    )
 
 
 def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> ArqRedis:
@@ -34,12 +128,21 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
     redis-py then opens an asyncio timeout per reply, which costs the worker a
     quarter of its CPU per job. The worker turns it off and bounds each turn of
     its loop instead.
+
+    A Redis that hangs costs at most `socket_timeout_s` per command: a timeout
+    is never retried (only a dropped connection is, once), so a request
+    answers 503 within that bound.
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout_s,
         "socket_timeout": settings.socket_timeout_s if timeout_each_read else None,
-        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        # Only a dropped connection is retried: a retried timeout doubles the
+        # time to a 503 while Redis hangs.
+        "retry": Retry(
+            ExponentialBackoff(cap=0.2, base=0.02),
+            retries=1,
+            supported_errors=(RedisConnectionError,),
+        ),
     }
     if settings.tls:
         options |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}

@@ -23,7 +23,14 @@ class RedisSettings(BaseSettings):
     # A connect that takes longer than this means Redis is down: fail fast.
     connect_timeout_s: float = Field(default=1.0, gt=0)
     # No Conveyor command blocks on the server, so a slow reply is a fault.
-    socket_timeout_s: float = Field(default=2.0, gt=0)
+    # It bounds the time to a 503 while Redis hangs (a timeout is not retried).
+    socket_timeout_s: float = Field(default=1.0, gt=0)
+    # Conveyor needs `maxmemory-policy noeviction`: an evicting Redis drops
+    # acknowledged jobs. Unless this is true, the services refuse to be ready
+    # on any other policy (they warn either way).
+    allow_eviction: bool = False
+    # How often each service reads Redis' memory policy and usage (INFO memory).
+    memory_check_interval_s: float = Field(default=30.0, gt=0)
     # Redis Sentinel: comma-separated host:port of the sentinels. When set, the
     # services ask them for `sentinel_master`'s address; the URL gives only
     # the database and the password.

@@ -1,16 +1,26 @@
 """The worker's own small HTTP server: probes and metrics on a port of its own, no user traffic."""
 
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from conveyor_core.redis_health import RedisHealth
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import ConveyorWorker
 
 
 def create_health_app(worker: ConveyorWorker, settings: Settings) -> web.Application:
+    # Redis' memory policy and usage, read while this server runs (see redis_health).
+    redis_health = RedisHealth(worker.pool, settings.redis, "worker")
+
+    async def check_redis_memory(_: web.Application) -> AsyncIterator[None]:
+        redis_health.start()
+        yield
+        await redis_health.stop()
+
     async def healthz(_: web.Request) -> web.Response:
         # Alive means this process's poll loop keeps turning, Redis or not:
         # restarting the pod would not bring Redis back.
@@ -24,6 +34,9 @@ def create_health_app(worker: ConveyorWorker, settings: Settings) -> web.Applica
     async def readyz(_: web.Request) -> web.Response:
         if not worker.redis_ok:
             return web.json_response({"status": "redis unreachable"}, status=503)
+        if reason := redis_health.not_ready_reason:
+            body = {"status": "redis may evict jobs", "detail": reason}
+            return web.json_response(body, status=503)
         return web.json_response({"status": "ready"})
 
     async def metrics(request: web.Request) -> web.Response:
@@ -35,6 +48,7 @@ def create_health_app(worker: ConveyorWorker, settings: Settings) -> web.Applica
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.cleanup_ctx.append(check_redis_memory)
     return app
 
 

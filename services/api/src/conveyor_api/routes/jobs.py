@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from conveyor_api.auth import Scope, require
 from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, SettingsDep, StoreDep
 from conveyor_core.catalog import JobType
-from conveyor_core.enqueue import enqueue
+from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
 from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
 from conveyor_core.logging import bound
 from conveyor_core.redaction import Redactor
@@ -26,8 +26,6 @@ router = APIRouter(prefix="/v1/jobs")
 
 # Keep-alive comments on idle SSE streams, so proxies do not cut them.
 SSE_KEEPALIVE_S = 15.0
-# Longest wait a client may ask for: a job deferred further is a mistake.
-MAX_DEFER_S = 366 * 86_400
 
 JobId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 IdempotencyKey = Annotated[
@@ -85,15 +83,18 @@ def submit_endpoint(
         settings: SettingsDep,
         redact: RedactorDep,
         defer_by_s: Annotated[
-            float | None, Query(ge=0, le=MAX_DEFER_S, description="Run this many seconds from now.")
+            float | None,
+            Query(ge=0, description="Run this many seconds from now (at most a year by default)."),
         ] = None,
         run_at: Annotated[
             AwareDatetime | None, Query(description="Run at this time (ISO 8601, with offset).")
         ] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> JobPublic:
-        if defer_by_s is not None and run_at is not None:
-            raise _query_error("run_at", "give defer_by_s or run_at, not both")
+        try:  # the schedule's range, before anything is written
+            ready_at_ms(defer_by_s, run_at, max_defer_s=settings.max_defer_s)
+        except ScheduleError as exc:
+            raise _query_error(exc.field, exc.message) from None
         size_bytes = len(payload.model_dump_json())  # type: ignore[attr-defined]
         if size_bytes > settings.max_payload_bytes:
             raise HTTPException(
@@ -109,6 +110,7 @@ def submit_endpoint(
             run_at=run_at,
             idempotency_key=idempotency_key,
             request_id=bound("request_id"),
+            max_defer_s=settings.max_defer_s,
         )
         if not submitted.same_payload:
             raise HTTPException(

@@ -340,9 +340,43 @@ function renderDead() {
   else if (!page.dead.length) empty.textContent = "No dead jobs: nothing to requeue.";
 }
 
+// -- Redis: its memory policy and how full it is, from /readyz (no key needed) --
+
+async function loadRedis() {
+  let body = null;
+  try {
+    const response = await fetch(apiUrl("/readyz"), { headers: authHeaders(), cache: "no-store" });
+    body = await response.json();
+  } catch {
+    // The api did not answer: the other sections say so.
+  }
+  renderRedis(body?.redis ?? null, body);
+}
+
+function renderRedis(redis, body) {
+  const line = $("redis-line");
+  line.classList.toggle("problem", Boolean(redis?.evicts));
+  if (!redis?.maxmemory_policy) {
+    line.textContent = body?.redis_fault ? `Redis: ${body.title} (${body.redis_fault}).` : "";
+    return;
+  }
+  const used = redis.memory_used_ratio == null
+    ? "no maxmemory set"
+    : `${Math.round(redis.memory_used_ratio * 100)} % of maxmemory used`;
+  line.textContent = redis.evicts
+    ? `Redis may evict jobs: its maxmemory-policy is ${redis.maxmemory_policy}, not noeviction `
+      + `(${redis.eviction_allowed ? "allowed by REDIS_ALLOW_EVICTION" : "the api is not ready"}); ${used}.`
+    : `Redis: maxmemory-policy ${redis.maxmemory_policy}; ${used}.`;
+}
+
 let ticks = 0;
 async function refresh() {
-  await Promise.all([loadQueues(), loadDead(), ticks % LIST_EVERY === 0 ? loadJobs() : null]);
+  await Promise.all([
+    loadQueues(),
+    loadDead(),
+    loadRedis(),
+    ticks % LIST_EVERY === 0 ? loadJobs() : null,
+  ]);
   ticks += 1;
   setTimeout(refresh, page.config.refresh_s * 1000);
 }

@@ -1,0 +1,163 @@
+"""Redis' memory policy and usage, read at start and every so often by both services.
+
+Conveyor keeps acknowledged jobs in Redis, so Redis must never evict: with any
+`maxmemory-policy` but `noeviction` a full Redis silently drops jobs the api
+answered 201 for. The check says so loudly (a warning in the log, the
+`conveyor_redis_maxmemory_policy_info` metric and its alert, the status page)
+and, unless `REDIS_ALLOW_EVICTION` is set, keeps the service unready. It also
+exports used and maximum memory, so an alert fires before a `noeviction`
+Redis is full and starts refusing writes.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from conveyor_core.metrics import REDIS_MAXMEMORY_POLICY, REDIS_MEMORY_MAX, REDIS_MEMORY_USED
+from conveyor_core.redis import redis_fault
+from conveyor_core.settings import RedisSettings
+
+logger = logging.getLogger(__name__)
+
+# The only policy under which Redis keeps every acknowledged job.
+SAFE_POLICY = "noeviction"
+# After a failed check, try again this soon (doubling up to the interval).
+RETRY_AFTER_FAILURE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisMemory:
+    """What INFO memory said, at one moment."""
+
+    policy: str
+    used_bytes: int
+    max_bytes: int  # 0: no limit
+
+    @property
+    def evicts(self) -> bool:
+        return self.policy != SAFE_POLICY
+
+    @property
+    def used_ratio(self) -> float | None:
+        """Used memory over maxmemory, or None without a limit."""
+        return self.used_bytes / self.max_bytes if self.max_bytes else None
+
+
+class RedisHealth:
+    """The last reading of Redis' memory, and the task that refreshes it.
+
+    Both services hold one: the api's /readyz and the worker's /readyz read
+    `not_ready_reason`, the api's status page reads `public()`.
+    """
+
+    def __init__(self, redis: Redis, settings: RedisSettings, service: str) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._service = service
+        self.memory: RedisMemory | None = None
+        self.checked_at_s: float | None = None  # monotonic time of the last good reading
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the service must not take traffic, or None when Redis is safe to use."""
+        if self.memory is None or not self.memory.evicts or self._settings.allow_eviction:
+            return None
+        return (
+            f"Redis' maxmemory-policy is {self.memory.policy}, not {SAFE_POLICY}: a full Redis "
+            "would silently drop acknowledged jobs. Set maxmemory-policy noeviction (or, "
+            "knowingly, REDIS_ALLOW_EVICTION=true)."
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the status page shows: the policy and how full Redis is (no addresses)."""
+        if self.memory is None:
+            return {"maxmemory_policy": None}
+        ratio = self.memory.used_ratio
+        return {
+            "maxmemory_policy": self.memory.policy,
+            "evicts": self.memory.evicts,
+            "eviction_allowed": self._settings.allow_eviction,
+            "memory_used_ratio": round(ratio, 4) if ratio is not None else None,
+        }
+
+    async def check(self) -> RedisMemory:
+        """Read INFO memory once (bounded by the socket timeout), export it, warn if unsafe."""
+        async with asyncio.timeout(self._settings.socket_timeout_s):
+            info: dict[str, Any] = await self._redis.info("memory")
+        memory = RedisMemory(
+            policy=str(info.get("maxmemory_policy", "unknown")),
+            used_bytes=int(info.get("used_memory", 0)),
+            max_bytes=int(info.get("maxmemory", 0)),
+        )
+        previous, self.memory = self.memory, memory
+        self.checked_at_s = time.monotonic()
+        REDIS_MAXMEMORY_POLICY.clear()
+        REDIS_MAXMEMORY_POLICY.labels(memory.policy).set(1)
+        REDIS_MEMORY_USED.set(memory.used_bytes)
+        REDIS_MEMORY_MAX.set(memory.max_bytes)
+        if memory.evicts and (previous is None or previous.policy != memory.policy):
+            consequence = (
+                "REDIS_ALLOW_EVICTION is set, so it stays ready"
+                if self._settings.allow_eviction
+                else "it refuses to be ready until the policy is noeviction "
+                "(or REDIS_ALLOW_EVICTION=true)"
+            )
+            logger.warning(
+                "redis maxmemory-policy is %s, not %s: when Redis fills up it will silently "
+                "drop acknowledged jobs; the %s warns, and %s",
+                memory.policy,
+                SAFE_POLICY,
+                self._service,
+                consequence,
+                extra={"maxmemory_policy": memory.policy},
+            )
+        elif previous is not None and previous.evicts and not memory.evicts:
+            logger.info("redis maxmemory-policy is %s again", memory.policy)
+        return memory
+
+    def start(self) -> None:
+        """Check now and then every `memory_check_interval_s`, until `stop()`."""
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name="redis-health")
+
+    async def stop(self) -> None:
+        """End the checks. The stop flag, not only a cancel, ends the loop: a cancel
+        that lands while redis-py handles a reply can be lost (seen with 5.3)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._task.cancel()
+        await asyncio.wait({self._task}, timeout=self._settings.socket_timeout_s + 1)
+        self._task = None
+
+    async def _run(self) -> None:
+        interval_s = self._settings.memory_check_interval_s
+        first_retry_s = min(RETRY_AFTER_FAILURE_S, interval_s)
+        retry_s = first_retry_s
+        while not self._stopping.is_set():
+            try:
+                await self.check()
+                retry_s = first_retry_s
+                await self._pause(interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Redis down is said elsewhere (readiness, redis_up); a refused INFO
+                # (a managed Redis may forbid it) is said here, once per failure run.
+                if redis_fault(exc) is None and retry_s == first_retry_s:
+                    logger.warning("cannot read redis INFO memory: %s: %s", type(exc).__name__, exc)
+                await self._pause(retry_s)
+                retry_s = min(retry_s * 2, interval_s)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if `stop()` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)

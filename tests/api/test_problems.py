@@ -1,0 +1,72 @@
+"""A bug in a route: a problem+json 500 that tells the client to close the
+connection, so its next request does not die on a reset. A real uvicorn server
+and a raw keep-alive client: an in-process transport has no connection to lose."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from conveyor_core.local.redis_server import free_port
+from tests.api.conftest import make_app
+
+
+async def boom() -> None:
+    raise RuntimeError("a bug in a route")
+
+
+@pytest.fixture
+async def server(redis_url: str) -> AsyncIterator[int]:
+    app: FastAPI = make_app(redis_url)
+    app.add_api_route("/test-boom", boom)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield port
+    server.should_exit = True
+    await task
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> tuple[int, dict[str, str], bytes]:
+    """One keep-alive HTTP/1.1 request on an open connection: status, headers, body."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: api\r\nConnection: keep-alive\r\n\r\n".encode())
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    status_line, *lines = head.strip().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    body = await reader.readexactly(int(headers["content-length"]))
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_an_unhandled_error_is_a_problem_and_the_connection_stays_usable(
+    server: int,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    try:
+        assert (await exchange(reader, writer, "/healthz"))[0] == 200  # keep-alive works
+        status, headers, body = await exchange(reader, writer, "/test-boom")
+        assert status == 500
+        assert headers["content-type"] == "application/problem+json"
+        assert b'"status":500' in body
+        assert b"a bug in a route" not in body  # no internals leak
+        if headers.get("connection", "").lower() == "close":
+            # Told to close: the server ends the connection cleanly (EOF, not a reset).
+            async with asyncio.timeout(2):
+                assert await reader.read() == b""
+        else:  # or the next request on the same connection is answered
+            assert (await exchange(reader, writer, "/healthz"))[0] == 200
+    finally:
+        writer.close()
+    # And a new connection is served as ever.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    try:
+        assert (await exchange(reader, writer, "/healthz"))[0] == 200
+    finally:
+        writer.close()

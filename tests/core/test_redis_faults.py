@@ -1,0 +1,102 @@
+"""Redis faults are classified once (conveyor_core.redis), against real servers in each state."""
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis
+from prometheus_client import REGISTRY
+from redis.exceptions import BusyLoadingError, ResponseError
+
+from conveyor_core.local.redis_server import RedisProcess
+from conveyor_core.redis import (
+    REDIS_FAULT_ERRORS,
+    RedisFault,
+    create_redis,
+    record_redis_fault,
+    redis_fault,
+)
+from conveyor_core.settings import RedisSettings
+from tests.support.redis_faults import frozen, full, read_only_replica
+
+
+@pytest.fixture
+async def own_client(own_redis: RedisProcess) -> AsyncIterator[ArqRedis]:
+    client = create_redis(RedisSettings(url=own_redis.url, socket_timeout_s=0.3))
+    yield client
+    await client.aclose()
+
+
+async def fault_of_a_write(client: ArqRedis) -> RedisFault | None:
+    with pytest.raises(REDIS_FAULT_ERRORS) as caught:
+        await client.set("conveyor:test", "x")
+    return redis_fault(caught.value)
+
+
+async def test_a_full_redis_is_out_of_memory_and_reads_still_work(
+    own_client: ArqRedis, own_redis: RedisProcess
+) -> None:
+    with full(own_redis.url):
+        assert await fault_of_a_write(own_client) == RedisFault.OUT_OF_MEMORY
+        # Inside a script too, as every job transition is.
+        with pytest.raises(REDIS_FAULT_ERRORS) as caught:
+            await own_client.eval(  # type: ignore[misc]
+                "return redis.call('set', KEYS[1], 'x')", 1, "conveyor:test"
+            )
+        assert redis_fault(caught.value) == RedisFault.OUT_OF_MEMORY
+        assert await own_client.get("conveyor:test") is None
+
+
+async def test_a_replica_is_read_only(own_client: ArqRedis, own_redis: RedisProcess) -> None:
+    with read_only_replica(own_redis.url):
+        assert await fault_of_a_write(own_client) == RedisFault.READ_ONLY
+
+
+async def test_a_stopped_redis_is_unreachable(
+    own_client: ArqRedis, own_redis: RedisProcess
+) -> None:
+    own_redis.stop()
+    assert await fault_of_a_write(own_client) == RedisFault.UNREACHABLE
+
+
+async def test_a_frozen_redis_times_out_once_without_a_retry(
+    own_client: ArqRedis, own_redis: RedisProcess
+) -> None:
+    await own_client.ping()
+    with frozen(own_redis.url):
+        started = time.monotonic()
+        assert await fault_of_a_write(own_client) == RedisFault.TIMED_OUT
+        elapsed_s = time.monotonic() - started
+    assert elapsed_s < 0.3 * 1.5, "a timeout was retried"
+    await own_client.set("conveyor:test", "x")  # and recovers
+
+
+def test_loading_and_reply_errors_are_named_by_their_prefix() -> None:
+    assert redis_fault(BusyLoadingError("Redis is loading the dataset in memory")) == (
+        RedisFault.LOADING
+    )
+    assert redis_fault(ResponseError("LOADING Redis is loading")) == RedisFault.LOADING
+    assert redis_fault(ResponseError("OOM command not allowed")) == RedisFault.OUT_OF_MEMORY
+    assert redis_fault(ResponseError("READONLY You can't write")) == RedisFault.READ_ONLY
+    assert redis_fault(ResponseError("WRONGTYPE Operation against a key")) is None
+    assert redis_fault(ValueError("a bug")) is None
+
+
+def test_each_fault_is_counted_by_kind() -> None:
+    def count() -> float:
+        value = REGISTRY.get_sample_value("conveyor_redis_errors_total", {"kind": "read_only"})
+        assert value is not None, "each kind is exported from the start"
+        return value
+
+    before = count()
+    record_redis_fault(RedisFault.READ_ONLY, ResponseError("READONLY"), "a test")
+    assert count() == before + 1
+
+
+def test_the_readme_states_the_default_hang_bound() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    default_s = RedisSettings().socket_timeout_s
+    assert default_s <= 1.5
+    assert f"| `REDIS_SOCKET_TIMEOUT_S` | `{default_s}` |" in readme
+    assert f"`REDIS_SOCKET_TIMEOUT_S` ({default_s:g} s" in readme
