@@ -1,13 +1,22 @@
 """The worker process survives a Redis outage and takes jobs again when Redis returns."""
 
+import asyncio
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis as redis_sync
+from pydantic import BaseModel
+from redis.exceptions import OutOfMemoryError
 
+from conveyor_core.catalog import CreateTask, load_catalog
+from conveyor_core.enqueue import enqueue
 from conveyor_core.local.redis_server import RedisProcess
+from conveyor_core.redis import create_redis
+from conveyor_core.settings import RedisSettings
+from conveyor_core.store import JobStore
+from tests.support import jobs
 from tests.support.jobs import result_of
 from tests.support.processes import stop_all, worker_process
 
@@ -51,7 +60,7 @@ def test_worker_survives_redis_outage(own_redis: RedisProcess, log_dir: Path) ->
         own_redis.start()
         worker.wait_for("/readyz")
         run_one_job(own_redis.url)
-        assert "redis unreachable" in worker.output()
+        assert "redis fault unreachable" in worker.output()
     finally:
         stop_all(worker)
 
@@ -114,3 +123,77 @@ def test_a_redis_that_stops_answering_does_not_stall_the_worker(
 def _hold_server_busy(redis_url: str, seconds: int) -> None:
     with redis_sync.Redis.from_url(redis_url) as client:
         client.eval(BLOCK_SERVER, 0, seconds)
+
+
+def test_a_full_redis_stops_claims_not_the_worker_and_loses_no_job(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    """At maxmemory with noeviction: the running job still finishes (ending a job
+    may run on a full Redis), new claims are refused whole, the worker stays up and
+    says why it is not ready, and every queued job runs once memory is back."""
+    worker = worker_process(
+        own_redis.url, log_dir, CONVEYOR_JOB_MODULES=jobs.MODULE, CONVEYOR_WORKER_MAX_JOBS="1"
+    )
+    client = redis_sync.Redis.from_url(own_redis.url)
+    try:
+        worker.start()
+        worker.wait_for("/readyz")
+        # The tutorial's task writes nothing to Redis itself: it only sleeps.
+        running = asyncio.run(submit(own_redis.url, "create_task", CreateTask(sleep_s=1.5)))
+        assert asyncio.run(state_of(own_redis.url, running, "in_progress")) == "in_progress"
+
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1)
+        assert asyncio.run(submit(own_redis.url, "create_task", CreateTask(sleep_s=0))) is None
+        client.config_set("maxmemory", 0)
+        queued = [
+            asyncio.run(submit(own_redis.url, "create_task", CreateTask(sleep_s=0)))
+            for _ in range(3)
+        ]
+        # Full again before the worker is free to claim them (it runs one job at a time).
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1)
+        assert asyncio.run(state_of(own_redis.url, running, "complete")) == "complete"
+        ready = worker.wait_for("/readyz", status=503, timeout_s=5).json()
+        assert ready["redis_fault"] == "out_of_memory"
+        time.sleep(1)
+        assert worker.alive(), worker.output()
+        for job_id in queued:
+            assert asyncio.run(state_of(own_redis.url, job_id, "queued", 0)) == "queued"
+
+        client.config_set("maxmemory", 0)
+        worker.wait_for("/readyz")
+        for job_id in queued:
+            assert asyncio.run(state_of(own_redis.url, job_id, "complete")) == "complete"
+        assert "redis fault out_of_memory" in worker.output()
+    finally:
+        client.close()
+        stop_all(worker)
+
+
+async def submit(redis_url: str, job_type: str, payload: BaseModel) -> str | None:
+    client = create_redis(RedisSettings(url=redis_url))
+    try:
+        store = JobStore(client, load_catalog([jobs.MODULE]))
+        try:
+            return (await enqueue(store, store.catalog[job_type], payload)).job_id
+        except OutOfMemoryError:
+            return None
+    finally:
+        await client.aclose()
+
+
+async def state_of(redis_url: str, job_id: str | None, wanted: str, timeout_s: float = 10) -> str:
+    """The job's state once it is `wanted`, or whatever it is when time runs out."""
+    assert job_id is not None
+    client = create_redis(RedisSettings(url=redis_url))
+    try:
+        store = JobStore(client, load_catalog([jobs.MODULE]))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = await store.get(job_id)
+            state = job.state.value if job else "missing"
+            if state == wanted or time.monotonic() >= deadline:
+                return state
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()

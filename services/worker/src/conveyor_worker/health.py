@@ -33,7 +33,9 @@ def create_health_app(worker: ConveyorWorker, settings: Settings) -> web.Applica
 
     async def readyz(_: web.Request) -> web.Response:
         if not worker.redis_ok:
-            return web.json_response({"status": "redis unreachable"}, status=503)
+            fault = worker.redis_fault.value if worker.redis_fault else "unreachable"
+            body = {"status": "cannot claim jobs", "redis_fault": fault}
+            return web.json_response(body, status=503)
         if reason := redis_health.not_ready_reason:
             body = {"status": "redis may evict jobs", "detail": reason}
             return web.json_response(body, status=503)

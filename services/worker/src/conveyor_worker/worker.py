@@ -5,9 +5,12 @@
   falling due) with a slow poll as the safety net.
 - Crash recovery in seconds: arq locks a running job for its timeout + 10 s;
   here the lock is short and renewed while the job runs.
-- Redis outages: arq dies on the first Redis error; here the loop goes on.
-  Each turn of the loop is bounded by the Redis socket timeout, rather than
-  every single reply (see `create_redis`).
+- Redis faults: arq dies on the first Redis error; here every fault (down,
+  hung, full, read-only, loading) is counted, logged once in a while, and the
+  loop goes on, unready while it cannot claim. A full Redis refuses claims
+  but lets running jobs finish, which frees memory. Each turn of the loop is
+  bounded by the Redis socket timeout, rather than every single reply (see
+  `create_redis`).
 - One owner of a job's state: the claim, the wrapper's outcome and the
   settling of jobs arq ends without running (expired, unknown) are calls to
   the store, whose scripts also do arq's key bookkeeping; arq's own finishing
@@ -37,7 +40,13 @@ from conveyor_core.jobs import JobError, now_ms
 from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
 from conveyor_core.pubsub import Subscription
 from conveyor_core.redaction import Redactor
-from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
+from conveyor_core.redis import (
+    REDIS_FAULT_ERRORS,
+    RedisFault,
+    create_redis,
+    record_redis_fault,
+    redis_fault,
+)
 from conveyor_core.store import JobStore
 from conveyor_worker.context import AnyHandler
 from conveyor_worker.settings import Settings
@@ -100,6 +109,8 @@ class ConveyorWorker(Worker):
         # Monotonic time of the poll loop's last turn, and whether Redis answered it.
         self.last_poll_s = time.monotonic()
         self.redis_ok = False
+        # Why the last poll failed, while it fails.
+        self.redis_fault: RedisFault | None = None
         self._outage_backoff_s = 0.0
         self._wake = asyncio.Event()
         self._abort_announced = False
@@ -142,7 +153,7 @@ class ConveyorWorker(Worker):
             try:
                 async with self._bounded():
                     await self.pool.ping()
-            except REDIS_DOWN_ERRORS as exc:
+            except REDIS_FAULT_ERRORS as exc:
                 logger.warning("redis unreachable at start, retrying in %.1f s: %s", backoff_s, exc)
                 self.last_poll_s = time.monotonic()
                 await asyncio.sleep(backoff_s)
@@ -172,11 +183,11 @@ class ConveyorWorker(Worker):
                         del self.tasks[job_id]
                         task.result()  # as arq does: errors in run_job surface here
                 await self.heart_beat()
-        except REDIS_DOWN_ERRORS as exc:
+        except REDIS_FAULT_ERRORS as exc:
             # arq lets a Redis error escape its poll loop and the worker dies;
-            # here it is logged once per outage and the loop goes on.
-            if self.redis_ok or not self._outage_backoff_s:
-                logger.warning("redis unreachable, retrying: %s", exc)
+            # here it is counted and logged (once in a while) and the loop goes on.
+            self.redis_fault = redis_fault(exc) or RedisFault.UNREACHABLE
+            record_redis_fault(self.redis_fault, exc, "the worker's poll")
             self.redis_ok = False
             self._outage_backoff_s = min(
                 max(self._outage_backoff_s * 2, OUTAGE_BACKOFF_S), OUTAGE_BACKOFF_CAP_S
@@ -185,13 +196,15 @@ class ConveyorWorker(Worker):
             return
         else:
             if not self.redis_ok:
-                logger.info("redis reachable again, taking jobs")
-            self.redis_ok = True
+                logger.info("redis answers again, taking jobs")
+            self.redis_ok, self.redis_fault = True, None
             self._outage_backoff_s = 0.0
         finally:
             self.last_poll_s = time.monotonic()
             WORKER_HEARTBEAT.labels(self.queue_name).set_to_current_time()
-            REDIS_UP.set(1 if self.redis_ok else 0)
+            # Up means answering: a full or read-only Redis answers.
+            down = self.redis_fault in (RedisFault.UNREACHABLE, RedisFault.TIMED_OUT)
+            REDIS_UP.set(0 if down else 1)
         timeout_s = self.idle_poll_s
         if next_due_ms is not None:
             timeout_s = max(0.0, min(timeout_s, (next_due_ms - now_ms()) / 1000))
@@ -245,7 +258,7 @@ class ConveyorWorker(Worker):
                 state = await self.store.settle_unstarted(
                     self.queue_name, job_id, NOT_STARTED, self.cancelled_retention_ms
                 )
-        except REDIS_DOWN_ERRORS as exc:
+        except REDIS_FAULT_ERRORS as exc:
             logger.warning("could not settle job %s, which never started: %s", job_id, exc)
         else:
             logger.info("job %s ended before it started: %s", job_id, state)
@@ -319,7 +332,7 @@ class ConveyorWorker(Worker):
                     for job_id in running:
                         pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
                     await pipe.execute()
-            except REDIS_DOWN_ERRORS as exc:
+            except REDIS_FAULT_ERRORS as exc:
                 logger.warning("could not renew job locks: %s", exc)
 
     async def _housekeeping(self) -> None:
@@ -330,7 +343,7 @@ class ConveyorWorker(Worker):
             try:
                 async with asyncio.timeout(HOUSEKEEPING_BUDGET_S + self.redis_timeout_s):
                     await self._trim_once(lock)
-            except REDIS_DOWN_ERRORS as exc:
+            except REDIS_FAULT_ERRORS as exc:
                 logger.warning("housekeeping skipped: %s", exc)
 
     async def _trim_once(self, lock: str) -> None:
@@ -358,7 +371,7 @@ class ConveyorWorker(Worker):
         try:
             async with self._bounded():
                 await self.pool.delete(self.health_check_key)
-        except REDIS_DOWN_ERRORS as exc:
+        except REDIS_FAULT_ERRORS as exc:
             logger.warning("redis unreachable during shutdown: %s", exc)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)

@@ -1,5 +1,6 @@
-#!lua
--- Record a running job's progress and announce it.
+#!lua flags=allow-oom
+-- Record a running job's progress and announce it. It overwrites two fields, so a
+-- full Redis lets it run: a report must not fail the job.
 -- KEYS: 1 job hash.  ARGV: 1 percent, 2 message, 3 events channel
 -- Returns 1 when recorded, 0 when the job is not in progress.
 local r = redis.call('HMGET', KEYS[1], 'state', 'version')
