@@ -143,7 +143,7 @@ def test_a_full_redis_stops_claims_not_the_worker_and_loses_no_job(
         assert asyncio.run(state_of(own_redis.url, running, "in_progress")) == "in_progress"
 
         client.config_set("maxmemory-policy", "noeviction")
-        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1)
+        client.config_set("maxmemory", used_memory(client) - 1)
         assert asyncio.run(submit(own_redis.url, "create_task", CreateTask(sleep_s=0))) is None
         client.config_set("maxmemory", 0)
         queued = [
@@ -151,7 +151,7 @@ def test_a_full_redis_stops_claims_not_the_worker_and_loses_no_job(
             for _ in range(3)
         ]
         # Full again before the worker is free to claim them (it runs one job at a time).
-        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1)
+        client.config_set("maxmemory", used_memory(client) - 1)
         assert asyncio.run(state_of(own_redis.url, running, "complete")) == "complete"
         ready = worker.wait_for("/readyz", status=503, timeout_s=5).json()
         assert ready["redis_fault"] == "out_of_memory"
@@ -168,6 +168,11 @@ def test_a_full_redis_stops_claims_not_the_worker_and_loses_no_job(
     finally:
         client.close()
         stop_all(worker)
+
+
+def used_memory(client: redis_sync.Redis) -> int:
+    info: dict[str, int] = client.info("memory")  # type: ignore[assignment]
+    return int(info["used_memory"])
 
 
 async def submit(redis_url: str, job_type: str, payload: BaseModel) -> str | None:
