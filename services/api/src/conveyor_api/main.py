@@ -54,6 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Submit background jobs and watch them run.",
         version="0.1.0",
         lifespan=lifespan,
+        # Our own middleware makes the server span, the request logs and the
+        # metrics (telemetry.py); FastAPI's would make a second set, and spans
+        # for every dependency and serialization besides.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Innermost first: the depth check reads a body the size limit has bounded.
     app.add_middleware(JsonGuardMiddleware, max_depth=settings.max_json_depth)
