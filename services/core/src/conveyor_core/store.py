@@ -88,6 +88,9 @@ class Submitted:
     created: bool
     # For an existing job: did its payload fingerprint match this request's?
     same_payload: bool = True
+    # The record as created, so no caller reads it back; None when no job was
+    # created (one was found under the idempotency key, or the id was taken).
+    job: JobPublic | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +183,8 @@ class JobStore:
             return Submitted(existing_id, False, existing_fingerprint == fingerprint)
         if status == b"duplicate":
             return Submitted(job_id, False)
-        return Submitted(job_id, True)
+        record = {name: "" if value is None else str(value) for name, value in fields.items()}
+        return Submitted(job_id, True, job=JobPublic.from_hash(record, at_ms))
 
     def _arq_job(
         self, job_type: JobType, payload: dict[str, Any], meta: dict[str, str], at_ms: int
