@@ -15,9 +15,8 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from arq.connections import ArqRedis
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -27,6 +26,9 @@ from redis.asyncio.client import Pipeline
 
 from conveyor_core.logging import bind
 from conveyor_core.ratelimit import RateDecision, RateLimiter
+
+if TYPE_CHECKING:  # deps imports settings, which imports this module
+    from conveyor_api.deps import Services
 
 # Routes under these prefixes need a key; anything else (probes, metrics, docs) is open.
 PROTECTED_PREFIXES = ("/v1/", "/task")
@@ -131,25 +133,25 @@ class Caller:
     rate: the route spends it, in its own round trip to Redis where it can."""
 
     key: ApiKey
-    redis: ArqRedis
-    limiter: RateLimiter | None  # None: rate limits are off
+    services: "Services"  # what the route works with
 
     async def spend(self) -> None:
         """Spend one request of the key's rate (one round trip), or 429."""
-        if self.limiter is not None:
-            decision = await self.limiter.hit(self.key.name)
+        if (limiter := self.services.rate_limiter) is not None:
+            decision = await limiter.hit(self.key.name)
             if not decision.allowed:
                 raise over_rate(self.key, decision)
 
     async def spend_then(self, reads: Callable[[Pipeline], object]) -> list[Any]:
         """Spend one request of the key's rate and run `reads` (commands added to
         a pipeline) in the same round trip: their replies, or 429."""
-        if self.limiter is None:
-            async with self.redis.pipeline(transaction=False) as pipe:
+        limiter = self.services.rate_limiter
+        if limiter is None:
+            async with self.services.redis.pipeline(transaction=False) as pipe:
                 reads(pipe)
                 replies: list[Any] = await pipe.execute()
             return replies
-        decision, replies = await self.limiter.hit_then(self.key.name, reads)
+        decision, replies = await limiter.hit_then(self.key.name, reads)
         if not decision.allowed:
             raise over_rate(self.key, decision)
         return replies
@@ -196,7 +198,7 @@ def authorize(scope: Scope) -> Authorization:
 
     async def authorization(request: Request) -> Caller:
         key = _permitted(request, scope)
-        return Caller(key, request.app.state.redis, request.app.state.rate_limiter)
+        return Caller(key, request.app.state.services)
 
     authorization.scope = scope  # type: ignore[attr-defined]  # read by declared_scope()
     authorization.__name__ = f"authorize_{scope.name.lower()}"

@@ -4,6 +4,7 @@ Each is `async def`: FastAPI runs a plain `def` dependency in its thread pool,
 a thread hop (and a fight for the GIL) per dependency per request.
 """
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from arq.connections import ArqRedis
@@ -13,8 +14,22 @@ from conveyor_api.events import JobEvents
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import Catalog
 from conveyor_core.documents import DocumentStore
+from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
 from conveyor_core.store import JobStore
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the job routes use, made once at start: the busiest routes take it
+    with their caller, from their one dependency (see auth.authorize), since
+    FastAPI solves every dependency afresh on every request."""
+
+    redis: ArqRedis
+    store: JobStore
+    settings: Settings
+    redact: Redactor
+    rate_limiter: RateLimiter | None  # None: rate limits are off
 
 
 async def get_redis(request: Request) -> ArqRedis:

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from conveyor_api.auth import KeyRing, secure_routes
+from conveyor_api.deps import Services
 from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
 from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
@@ -42,6 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.rate_limiter = RateLimiter(
                 redis, settings.rate_limit_per_s, settings.rate_limit_burst
             )
+        app.state.services = Services(
+            redis, app.state.store, settings, app.state.redact, app.state.rate_limiter
+        )
         events.start()
         try:
             yield

@@ -12,7 +12,7 @@ from fastapi.sse import format_sse_event
 from pydantic import AwareDatetime, BaseModel, Field
 
 from conveyor_api.auth import Caller, Scope, authorize, require
-from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, SettingsDep, StoreDep
+from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, StoreDep
 from conveyor_core import keys
 from conveyor_core.catalog import JobType
 from conveyor_core.enqueue import enqueue
@@ -107,9 +107,6 @@ def submit_endpoint(
     async def submit(
         payload: payload_model,  # type: ignore[valid-type]
         caller: SubmitterDep,
-        store: StoreDep,
-        settings: SettingsDep,
-        redact: RedactorDep,
         defer_by_s: Annotated[
             float | None, Query(ge=0, le=MAX_DEFER_S, description="Run this many seconds from now.")
         ] = None,
@@ -118,6 +115,7 @@ def submit_endpoint(
         ] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
+        store, settings = caller.services.store, caller.services.settings
         if defer_by_s is not None and run_at is not None:
             raise _query_error("run_at", "give defer_by_s or run_at, not both")
         size_bytes = len(payload.model_dump_json())  # type: ignore[attr-defined]
@@ -150,7 +148,8 @@ def submit_endpoint(
         if job is None:  # its retention ran out since the key was used
             raise _not_found(submitted.job_id)
         location = {"Location": f"/v1/jobs/{job.id}"}
-        return job_response(job, redact, 201 if submitted.created else 200, location)
+        status = 201 if submitted.created else 200
+        return job_response(job, caller.services.redact, status, location)
 
     submit.__name__ = f"submit_{job_type.name}"
     return submit
@@ -229,13 +228,13 @@ async def list_jobs(
     response_model=JobPublic,
     responses={404: {"description": "No such job"}},
 )
-async def read_job(job_id: JobId, caller: ReaderDep, redact: RedactorDep) -> Response:
+async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
     """One round trip to Redis: the rate limit and the job's hash, pipelined (the
     read is JobStore.get's: one HGETALL)."""
     (raw,) = await caller.spend_then(lambda pipe: pipe.hgetall(keys.job_key(job_id)))
     if not raw:
         raise _not_found(job_id)
-    return job_response(JobPublic.from_hash(_decoded(raw)), redact)
+    return job_response(JobPublic.from_hash(_decoded(raw)), caller.services.redact)
 
 
 @router.delete(
