@@ -156,9 +156,15 @@ def submit_endpoint(
 
 
 def build_router(job_types: list[JobType]) -> APIRouter:
-    """`/v1/jobs` for this catalog: a submit route per type, so OpenAPI shows each
-    payload, then the routes on single jobs, then a 404 for unknown types."""
+    """`/v1/jobs` for this catalog: the routes on single jobs, a submit route per
+    type (so OpenAPI shows each payload), then a 404 for unknown types.
+
+    The routes on single jobs come first: a request is matched against the
+    routes in order, and a read should not try every job type's path first.
+    No path of theirs takes a POST at `/v1/jobs/{name}`, so each submit
+    still reaches its own route."""
     api = APIRouter(tags=["jobs"])
+    api.include_router(router)
     for job_type in job_types:
         api.add_api_route(
             f"/v1/jobs/{job_type.name}",
@@ -175,8 +181,6 @@ def build_router(job_types: list[JobType]) -> APIRouter:
                 503: {"description": "Redis is unavailable; retry after Retry-After"},
             },
         )
-
-    api.include_router(router)
 
     @api.post(
         "/v1/jobs/{job_type}",
