@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request, Response
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
@@ -56,6 +57,20 @@ REQUEST_ID_ATTRIBUTE = "conveyor.request_id"
 # The HTTP metrics' children, by (method, route, status): found once, not per request.
 _requests = LabelCache(HTTP_REQUESTS)
 _durations = LabelCache(HTTP_DURATION)
+
+
+class _HeadersGetter(Getter[dict[str, bytes]]):
+    """Header values for the propagators, decoded only when one asks for them."""
+
+    def get(self, carrier: dict[str, bytes], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value.decode("latin-1")]
+
+    def keys(self, carrier: dict[str, bytes]) -> list[str]:
+        return list(carrier)
+
+
+_HEADERS = _HeadersGetter()
 
 
 def new_request_id() -> str:
@@ -101,7 +116,8 @@ class RequestTelemetry:
                         span.record_exception(exc)
                     raise
                 finally:
-                    self._record(scope, span, status, time.perf_counter() - started, quiet)
+                    duration_s = time.perf_counter() - started
+                    self._record(scope, span, request_id, status, duration_s, quiet)
         finally:
             if token is not None:
                 otel_context.detach(token)
@@ -110,32 +126,36 @@ class RequestTelemetry:
     def _start_span(
         scope: Scope, headers: dict[str, bytes], request_id: str
     ) -> tuple[trace.Span, Token[Context]]:
-        carrier = {name: value.decode("latin-1") for name, value in headers.items()}
-        parent = propagate.extract(carrier)
-        method = scope["method"]
-        span = tracer.start_span(
-            method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": method,
-                "url.path": scope["path"],
-                "url.scheme": scope.get("scheme", "http"),
-                REQUEST_ID_ATTRIBUTE: request_id,
-            },
-        )
+        # The configured propagators (W3C trace context and baggage by default)
+        # read the client's headers; the attributes are set once, at the end.
+        parent = propagate.extract(headers, getter=_HEADERS)
+        span = tracer.start_span(scope["method"], context=parent, kind=SpanKind.SERVER)
         return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     @staticmethod
     def _record(
-        scope: Scope, span: trace.Span | None, status: int, duration_s: float, quiet: bool
+        scope: Scope,
+        span: trace.Span | None,
+        request_id: str,
+        status: int,
+        duration_s: float,
+        quiet: bool,
     ) -> None:
         route = getattr(scope.get("route"), "path", None) or _mount(scope) or "unmatched"
         method = scope["method"]
         exemplar = None
         if span is not None:
             span.update_name(f"{method} {route}")
-            span.set_attributes({"http.route": route, "http.response.status_code": status})
+            span.set_attributes(
+                {
+                    "http.request.method": method,
+                    "http.route": route,
+                    "http.response.status_code": status,
+                    "url.path": scope["path"],
+                    "url.scheme": scope.get("scheme", "http"),
+                    REQUEST_ID_ATTRIBUTE: request_id,
+                }
+            )
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             if trace_id := sampled_trace_id(span):
