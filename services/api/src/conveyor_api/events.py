@@ -59,32 +59,44 @@ class JobEvents:
     A notice carries no state: a woken stream re-reads the job, so a notice
     lost while Redis was away costs nothing but a re-read (every stream is
     woken when the connection drops and when it comes back).
+
+    Subscribed only while some stream watches: every job change of every
+    replica is published, and an api with no stream open would otherwise
+    receive and decode each one (a submit's own notice among them). A
+    subscription that starts wakes every stream once it listens, so nothing
+    published between a stream's first read and that moment is missed.
     """
 
     def __init__(self, redis: ArqRedis) -> None:
+        self._redis = redis
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
         self._multiplexed: defaultdict[str, set[JobChanges]] = defaultdict(set)
-        self._subscription = Subscription(
-            redis, keys.EVENTS_CHANNEL, self._notify, on_gap=self._wake_all
-        )
+        self._subscription: Subscription | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        self._subscription.start()
+        """Nothing to do until a stream watches (kept for the app's lifespan)."""
 
     async def stop(self) -> None:
-        await self._subscription.stop()
+        if self._subscription is not None:
+            await self._subscription.stop()
+            self._subscription = None
+        if self._closing:
+            await asyncio.wait(self._closing)
 
     @contextlib.contextmanager
     def watch(self, job_id: str) -> Iterator[asyncio.Event]:
         """An event set on every change of `job_id` (clear it before re-reading)."""
         changed = asyncio.Event()
         self._watchers[job_id].add(changed)
+        self._listen()
         try:
             yield changed
         finally:
             self._watchers[job_id].discard(changed)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
+            self._stop_listening_if_idle()
 
     @contextlib.contextmanager
     def watch_many(self, job_ids: Iterable[str]) -> Iterator[JobChanges]:
@@ -93,6 +105,7 @@ class JobEvents:
         registered = list(changes.watching)
         for job_id in registered:
             self._multiplexed[job_id].add(changes)
+        self._listen()
         try:
             yield changes
         finally:
@@ -100,6 +113,22 @@ class JobEvents:
                 self._multiplexed[job_id].discard(changes)
                 if not self._multiplexed[job_id]:
                     del self._multiplexed[job_id]
+            self._stop_listening_if_idle()
+
+    def _listen(self) -> None:
+        if self._subscription is None:
+            self._subscription = Subscription(
+                self._redis, keys.EVENTS_CHANNEL, self._notify, on_gap=self._wake_all
+            )
+            self._subscription.start()
+
+    def _stop_listening_if_idle(self) -> None:
+        if self._subscription is None or self._watchers or self._multiplexed:
+            return
+        subscription, self._subscription = self._subscription, None
+        closing = asyncio.get_running_loop().create_task(subscription.stop())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     def _notify(self, data: bytes) -> None:
         job_id = json.loads(data)["id"]
