@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
     setup_telemetry(app, settings.metrics_port)
     # The busiest routes first: requests are matched against routes in order.
-    app.include_router(jobs.build_router(list(catalog)))
+    jobs.add_routes(app.router, list(catalog))
     app.include_router(health.router)
     app.include_router(tutorial.router)
     app.include_router(queues.router)

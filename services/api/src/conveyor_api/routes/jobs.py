@@ -3,6 +3,7 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
+from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -22,8 +23,7 @@ from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import DEAD_RETENTION_S, InvalidCursorError
 
-# The routes that do not depend on the catalog; build_router adds the rest.
-router = APIRouter(prefix="/v1/jobs")
+TAGS: list[str | Enum] = ["jobs"]
 
 # Keep-alive comments on idle SSE streams, so proxies do not cut them.
 SSE_KEEPALIVE_S = 15.0
@@ -155,16 +155,17 @@ def submit_endpoint(
     return submit
 
 
-def build_router(job_types: list[JobType]) -> APIRouter:
-    """`/v1/jobs` for this catalog: the routes on single jobs, a submit route per
-    type (so OpenAPI shows each payload), then a 404 for unknown types.
+def add_routes(api: APIRouter, job_types: list[JobType]) -> None:
+    """`/v1/jobs` for this catalog, added to `api` itself: the routes on single
+    jobs, a submit route per type (so OpenAPI shows each payload), then a 404
+    for unknown types.
 
-    The routes on single jobs come first: a request is matched against the
-    routes in order, and a read should not try every job type's path first.
-    No path of theirs takes a POST at `/v1/jobs/{name}`, so each submit
-    still reaches its own route."""
-    api = APIRouter(tags=["jobs"])
-    api.include_router(router)
+    Added to the app's own router, not included as a router of their own: an
+    included router is matched once to be chosen and again to pick its route,
+    on every request. The routes on single jobs come first, so that a read
+    does not try every job type's path; none of them takes a POST at
+    `/v1/jobs/{name}`, so each submit still reaches its own route."""
+    _add_single_job_routes(api)
     for job_type in job_types:
         api.add_api_route(
             f"/v1/jobs/{job_type.name}",
@@ -172,6 +173,7 @@ def build_router(job_types: list[JobType]) -> APIRouter:
             methods=["POST"],
             status_code=201,
             response_model=JobPublic,
+            tags=TAGS,
             summary=f"Submit a {job_type.name} job",
             description=job_type.description,
             responses={
@@ -188,16 +190,14 @@ def build_router(job_types: list[JobType]) -> APIRouter:
         responses={404: {"description": "Not in the catalog"}},
         status_code=404,
         include_in_schema=False,
+        tags=TAGS,
         dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
     )
     async def unknown_job_type(job_type: str, catalog: CatalogDep) -> None:
         known = ", ".join(t.name for t in catalog)
         raise HTTPException(404, f"Unknown job type {job_type!r}; known types: {known}.")
 
-    return api
 
-
-@router.get("", summary="List jobs", dependencies=[Depends(require(Scope.JOBS_READ))])
 async def list_jobs(
     store: StoreDep,
     redact: RedactorDep,
@@ -226,12 +226,6 @@ async def list_jobs(
     return JobList(items=items, next_cursor=page.next_cursor)
 
 
-@router.get(
-    "/{job_id}",
-    summary="Read a job",
-    response_model=JobPublic,
-    responses={404: {"description": "No such job"}},
-)
 async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
     """One round trip to Redis: the rate limit and the job's hash, pipelined (the
     read is JobStore.get's: one HGETALL)."""
@@ -241,17 +235,6 @@ async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
     return job_response(JobPublic.from_hash(_decoded(raw)), caller.services.redact)
 
 
-@router.delete(
-    "/{job_id}",
-    summary="Cancel a job",
-    responses={
-        200: {"description": "Cancelled: it will not run"},
-        202: {"description": "Running: asked to stop; watch it reach `cancelled`"},
-        404: {"description": "No such job"},
-        409: {"description": "Already finished"},
-    },
-    dependencies=[Depends(require(Scope.JOBS_ADMIN))],
-)
 async def cancel_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, response: Response
 ) -> JobPublic:
@@ -266,13 +249,6 @@ async def cancel_job(
     return masked(await _existing(store, job_id), redact)
 
 
-@router.post(
-    "/{job_id}/retry",
-    status_code=202,
-    summary="Requeue a dead job: a new try with the same payload",
-    responses={404: {"description": "No such job"}, 409: {"description": "The job is not dead"}},
-    dependencies=[Depends(require(Scope.JOBS_ADMIN))],
-)
 async def retry_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, request: Request
 ) -> JobPublic:
@@ -288,20 +264,6 @@ async def retry_job(
     return masked(requeued, redact)
 
 
-@router.get(
-    "/{job_id}/events",
-    summary="Stream a job's changes (Server-Sent Events) until it finishes",
-    response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": "`event: job` with the job as JSON on every change; "
-            "`event: error` with a problem if the stream cannot go on.",
-        },
-        404: {"description": "No such job"},
-    },
-    dependencies=[Depends(require(Scope.JOBS_READ))],
-)
 async def job_events(
     job_id: JobId, store: StoreDep, events: EventsDep, redact: RedactorDep
 ) -> StreamingResponse:
@@ -346,3 +308,71 @@ async def _stream(
 def _error_event(status: int, title: str, detail: str) -> bytes:
     problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     return format_sse_event(data_str=json.dumps(problem), event="error")
+
+
+def _add_single_job_routes(api: APIRouter) -> None:
+    api.add_api_route(
+        "/v1/jobs",
+        list_jobs,
+        methods=["GET"],
+        tags=TAGS,
+        summary="List jobs",
+        dependencies=[Depends(require(Scope.JOBS_READ))],
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}",
+        read_job,
+        methods=["GET"],
+        tags=TAGS,
+        summary="Read a job",
+        response_model=JobPublic,
+        responses={404: {"description": "No such job"}},
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}",
+        cancel_job,
+        methods=["DELETE"],
+        tags=TAGS,
+        summary="Cancel a job",
+        responses={
+            200: {"description": "Cancelled: it will not run"},
+            202: {"description": "Running: asked to stop; watch it reach `cancelled`"},
+            404: {"description": "No such job"},
+            409: {"description": "Already finished"},
+        },
+        dependencies=[Depends(require(Scope.JOBS_ADMIN))],
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}/retry",
+        retry_job,
+        methods=["POST"],
+        tags=TAGS,
+        status_code=202,
+        summary="Requeue a dead job: a new try with the same payload",
+        responses={
+            404: {"description": "No such job"},
+            409: {"description": "The job is not dead"},
+        },
+        dependencies=[Depends(require(Scope.JOBS_ADMIN))],
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}/events",
+        job_events,
+        methods=["GET"],
+        tags=TAGS,
+        summary="Stream a job's changes (Server-Sent Events) until it finishes",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "`event: job` with the job as JSON on every change; "
+                "`event: error` with a problem if the stream cannot go on.",
+            },
+            404: {"description": "No such job"},
+        },
+        dependencies=[Depends(require(Scope.JOBS_READ))],
+    )
