@@ -6,7 +6,10 @@ Every `/v1` route declares the one scope it needs, next to its path:
 
     @router.get("/{job_id}", dependencies=[Depends(require(Scope.JOBS_READ))])
 
-`create_app` refuses to build an app with a `/v1` route that declares none.
+`require` also spends one request of the key's rate limit (a round trip to
+Redis); `authorize` leaves that to the route, which can then send it with its
+own reads in one round trip (see `Caller`). `create_app` refuses to build an
+app with a `/v1` route that declares no scope.
 """
 
 import hashlib
