@@ -3,10 +3,13 @@ answered as problem+json."""
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
+import redis as redis_sync
 from arq.connections import ArqRedis
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -14,8 +17,10 @@ from starlette.responses import JSONResponse
 
 from conveyor_api.auth import Scope
 from conveyor_api.limits import BodyLimitMiddleware, check_filename, json_problem
+from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.ratelimit import RateLimiter
 from tests.api.conftest import make_app, serve
+from tests.api.test_auth import concrete, every_protected_route
 from tests.support.auth import api_key, bearer
 
 FLOODER, BYSTANDER = "cvk_flooder", "cvk_bystander"
@@ -72,6 +77,72 @@ async def test_an_unauthenticated_flood_spends_no_key_budget(
     for _ in range(10):
         assert (await one.get("/v1/jobs", headers=bearer("cvk_wrong"))).status_code == 401
     assert await redis.keys("conveyor:ratelimit:*") == []
+
+
+def every_route_once() -> list[tuple[str, str]]:
+    """Each protected route, with one of the per-type submit routes standing for
+    all of them (they are one endpoint, built per type)."""
+    routes = []
+    for method, path, _ in every_protected_route():
+        if path.startswith("/v1/jobs/") and "{" not in path and path != "/v1/jobs/create_task":
+            continue
+        routes.append((method, path))
+    return routes
+
+
+# A valid request per route, so that nothing but the rate refuses it.
+BODIES: dict[str, Any] = {"/task": {"count": 1}, "/v1/jobs/create_task": {"sleep_s": 0}}
+
+
+@pytest.mark.parametrize(("method", "path"), every_route_once(), ids=str)
+async def test_every_protected_route_answers_429_over_the_rate(
+    redis_url: str, method: str, path: str
+) -> None:
+    """Whether the route spends its rate in its dependency or in its own round
+    trip to Redis: once the burst is spent, it answers 429."""
+    app = make_app(redis_url, keys=KEYS, rate_limit_per_s=0.01, rate_limit_burst=1)
+    async for client in serve(app, authenticated=False):
+        spent = await client.get("/v1/jobs", headers=bearer(FLOODER))
+        assert spent.status_code == 200
+        body = BODIES.get(path, {} if method == "POST" else None)
+        url = "/v1/jobs/no_such_type" if path == "/v1/jobs/{job_type}" else concrete(path)
+        refused = await client.request(method, url, json=body, headers=bearer(FLOODER))
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["retry-after"]) >= 1
+
+
+async def test_the_limiter_fails_open_while_redis_is_out_of_memory(
+    own_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full Redis refuses the limiter's write: reads go on, logged once per episode."""
+    app = make_app(own_redis.url, keys=KEYS, rate_limit_per_s=0.01, rate_limit_burst=2)
+    async for client in serve(app, authenticated=False):
+        created = await client.post(
+            "/v1/jobs/create_task", json={"sleep_s": 0}, headers=bearer(FLOODER)
+        )
+        job_id = created.json()["id"]
+        with redis_sync.Redis.from_url(own_redis.url) as admin:
+            admin.config_set("maxmemory", 1)
+            try:
+                with caplog.at_level(logging.INFO, logger="conveyor_core.ratelimit"):
+                    for _ in range(5):  # far over the burst
+                        read = await client.get(f"/v1/jobs/{job_id}", headers=bearer(FLOODER))
+                        assert read.status_code == 200, read.text
+                        listed = await client.get("/v1/jobs", headers=bearer(FLOODER))
+                        assert listed.status_code == 200, listed.text
+                full = [r for r in caplog.records if "out of memory" in r.getMessage()]
+                assert len(full) == 1
+            finally:
+                admin.config_set("maxmemory", 0)
+        # Room again: the limit applies again (one request left of the burst).
+        with caplog.at_level(logging.INFO, logger="conveyor_core.ratelimit"):
+            statuses = [
+                (await client.get(f"/v1/jobs/{job_id}", headers=bearer(FLOODER))).status_code
+                for _ in range(2)
+            ]
+        assert statuses == [200, 429]
+        assert any("accepts writes again" in r.getMessage() for r in caplog.records)
 
 
 def deep(levels: int) -> str:

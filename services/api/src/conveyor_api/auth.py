@@ -6,7 +6,10 @@ Every `/v1` route declares the one scope it needs, next to its path:
 
     @router.get("/{job_id}", dependencies=[Depends(require(Scope.JOBS_READ))])
 
-`create_app` refuses to build an app with a `/v1` route that declares none.
+`require` also spends one request of the key's rate limit (a round trip to
+Redis); `authorize` leaves that to the route, which can then send it with its
+own reads in one round trip (see `Caller`). `create_app` refuses to build an
+app with a `/v1` route that declares no scope.
 """
 
 import hashlib
@@ -15,17 +18,20 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from pydantic import BaseModel, Field, field_validator
+from redis.asyncio.client import Pipeline
 
 from conveyor_core.logging import bind
-from conveyor_core.ratelimit import RateLimiter
+from conveyor_core.ratelimit import RateDecision, RateLimiter
+
+if TYPE_CHECKING:  # deps imports settings, which imports this module
+    from conveyor_api.deps import Services
 
 # Routes under these prefixes need a key; anything else (probes, metrics, docs) is open.
 PROTECTED_PREFIXES = ("/v1/", "/task")
@@ -90,21 +96,24 @@ class KeyRing:
         return found
 
 
-_bearer = HTTPBearer(auto_error=False, description="An api key: `Authorization: Bearer <key>`.")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
 def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
     challenge = CHALLENGE + (f', error="{error}"' if error else "")
     return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
 
 
-async def authenticate(request: Request, credentials: Credentials) -> ApiKey:
-    """The caller's key, or 401. Names the caller in the request's logs and span."""
-    if credentials is None:
+def authenticate(request: Request) -> ApiKey:
+    """The caller's key, or 401. Names the caller in the request's logs and span.
+
+    Reads `Authorization: Bearer <key>` itself rather than through FastAPI's
+    HTTPBearer dependency: one dependency less to solve on every request. The
+    OpenAPI schema declares the scheme all the same (see `secure_routes`).
+    """
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    credentials = credentials.strip()
+    if not credentials or scheme.lower() != "bearer":
         raise _unauthorized("Send an api key: `Authorization: Bearer <key>`.")
     keyring: KeyRing = request.app.state.keyring
-    key = keyring.find(credentials.credentials)
+    key = keyring.find(credentials)
     if key is None:
         raise _unauthorized("The api key is not valid.", "invalid_token")
     request.state.api_key = key.name
@@ -113,37 +122,90 @@ async def authenticate(request: Request, credentials: Credentials) -> ApiKey:
     return key
 
 
-async def _within_rate(request: Request, key: ApiKey) -> None:
-    limiter: RateLimiter | None = request.app.state.rate_limiter
-    if limiter is None:
-        return
-    decision = await limiter.hit(key.name)
-    if not decision.allowed:
-        raise HTTPException(
-            429,
-            f"Api key {key.name!r} is over its request rate; "
-            f"retry in {decision.retry_after_s:.2f} s.",
-            headers={"Retry-After": decision.retry_after_header},
-        )
+def over_rate(key: ApiKey, decision: RateDecision) -> HTTPException:
+    return HTTPException(
+        429,
+        f"Api key {key.name!r} is over its request rate; retry in {decision.retry_after_s:.2f} s.",
+        headers={"Retry-After": decision.retry_after_header},
+    )
 
 
-Requirement = Callable[[Request, ApiKey], Awaitable[ApiKey]]
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A valid key with the route's scope, whose request has yet to spend its
+    rate: the route spends it, in its own round trip to Redis where it can."""
+
+    key: ApiKey
+    services: "Services"  # what the route works with
+
+    async def spend(self) -> None:
+        """Spend one request of the key's rate (one round trip), or 429."""
+        if (limiter := self.services.rate_limiter) is not None:
+            decision = await limiter.hit(self.key.name)
+            if not decision.allowed:
+                raise over_rate(self.key, decision)
+
+    async def spend_then(self, reads: Callable[[Pipeline], object]) -> list[Any]:
+        """Spend one request of the key's rate and run `reads` (commands added to
+        a pipeline) in the same round trip: their replies, or 429."""
+        limiter = self.services.rate_limiter
+        if limiter is None:
+            async with self.services.redis.pipeline(transaction=False) as pipe:
+                reads(pipe)
+                replies: list[Any] = await pipe.execute()
+            return replies
+        decision, replies = await limiter.hit_then(self.key.name, reads)
+        if not decision.allowed:
+            raise over_rate(self.key, decision)
+        return replies
+
+
+def _permitted(request: Request, scope: Scope) -> ApiKey:
+    key = authenticate(request)
+    if scope not in key.scopes:
+        raise HTTPException(403, f"Api key {key.name!r} lacks the scope {scope.value!r}.")
+    return key
+
+
+Requirement = Callable[[Request], Awaitable[ApiKey]]
 
 
 def require(scope: Scope) -> Requirement:
-    """A dependency: a valid key (else 401) with `scope` (else 403), within its rate (else 429)."""
+    """A dependency: a valid key (else 401) with `scope` (else 403), within its rate
+    (else 429). One dependency, one round trip to Redis (the rate limit)."""
 
-    async def requirement(
-        request: Request, key: Annotated[ApiKey, Depends(authenticate)]
-    ) -> ApiKey:
-        if scope not in key.scopes:
-            raise HTTPException(403, f"Api key {key.name!r} lacks the scope {scope.value!r}.")
-        await _within_rate(request, key)
+    async def requirement(request: Request) -> ApiKey:
+        key = _permitted(request, scope)
+        limiter: RateLimiter | None = request.app.state.rate_limiter
+        if limiter is not None:
+            decision = await limiter.hit(key.name)
+            if not decision.allowed:
+                raise over_rate(key, decision)
         return key
 
     requirement.scope = scope  # type: ignore[attr-defined]  # read by declared_scope()
     requirement.__name__ = f"require_{scope.name.lower()}"
     return requirement
+
+
+Authorization = Callable[[Request], Awaitable[Caller]]
+
+
+def authorize(scope: Scope) -> Authorization:
+    """A dependency: a valid key (else 401) with `scope` (else 403), as a `Caller`
+    whose rate the route spends itself (`spend`, `spend_then`), so that a route
+    that reads Redis sends the rate limit and its reads in one round trip.
+
+    A route that takes it must spend it on every path that reaches Redis; the
+    rate-limit tests send every protected route over its rate."""
+
+    async def authorization(request: Request) -> Caller:
+        key = _permitted(request, scope)
+        return Caller(key, request.app.state.services)
+
+    authorization.scope = scope  # type: ignore[attr-defined]  # read by declared_scope()
+    authorization.__name__ = f"authorize_{scope.name.lower()}"
+    return authorization
 
 
 def is_protected(path: str) -> bool:
@@ -180,6 +242,13 @@ def declared_scope(dependant: Dependant) -> Scope | None:
     return None
 
 
+# How OpenAPI names and describes the api keys (as FastAPI's HTTPBearer would).
+SECURITY_SCHEME = "HTTPBearer"
+BEARER_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An api key: `Authorization: Bearer <key>`.",
+}
 PROBLEM_RESPONSE: dict[str, Any] = {
     "content": {"application/problem+json": {"schema": {"type": "object"}}}
 }
@@ -207,9 +276,14 @@ def secure_routes(app: FastAPI) -> None:
 
     def openapi_with_auth_answers() -> dict[str, Any]:
         schema = build_openapi()
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                if isinstance(operation, dict) and operation.get("security"):
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes[SECURITY_SCHEME] = BEARER_SCHEME
+        paths = schema.get("paths", {})
+        for route in protected_routes(app):
+            for method in route.methods:
+                operation = paths.get(route.path, {}).get(method.lower())
+                if isinstance(operation, dict):
+                    operation["security"] = [{SECURITY_SCHEME: []}]
                     operation["responses"] = {**AUTH_RESPONSES, **operation["responses"]}
         return schema
 

@@ -28,6 +28,19 @@ SECURITY_HEADERS = (
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 )
+# Every header SecurityHeaders adds unless the response set its own: for the
+# api, and for the docs pages.
+API_DEFAULTS = (
+    *SECURITY_HEADERS,
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"cache-control", b"no-store"),
+)
+DOCS_DEFAULTS = (
+    *SECURITY_HEADERS,
+    (b"content-security-policy", DOCS_CONTENT_SECURITY_POLICY.encode()),
+    (b"cache-control", b"no-store"),
+)
+DEFAULT_NAMES = frozenset(name for name, _ in API_DEFAULTS)
 # Headers a browser client may send and read across origins (when CORS is on).
 CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-Id"]
 CORS_EXPOSE_HEADERS = ["Location", "Retry-After", "X-Request-Id", "WWW-Authenticate"]
@@ -45,18 +58,17 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         docs = scope["path"].startswith(DOCS_PATHS)
-        csp = DOCS_CONTENT_SECURITY_POLICY if docs else CONTENT_SECURITY_POLICY
+        defaults = DOCS_DEFAULTS if docs else API_DEFAULTS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
+                headers = list(message.get("headers", ()))
                 present = {name.lower() for name, _ in headers}
-                extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
-                if b"content-security-policy" not in present:
-                    extra.append((b"content-security-policy", csp.encode()))
-                if b"cache-control" not in present:
-                    extra.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers + extra}
+                if present.isdisjoint(DEFAULT_NAMES):  # most answers: add them all
+                    headers += defaults
+                else:
+                    headers += [(n, v) for n, v in defaults if n not in present]
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

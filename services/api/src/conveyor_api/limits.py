@@ -29,9 +29,17 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        if (
+            not declared
+            and b"transfer-encoding" not in headers
+            and scope.get("http_version") in ("1.0", "1.1")
+        ):
+            # HTTP/1 frames a body by one of the two: without them there is none.
+            await self.app(scope, receive, send)
+            return
         upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
         limit = self.max_upload_bytes if upload else self.max_body_bytes
-        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             await self._too_large(scope, send, limit)
             return
@@ -94,13 +102,19 @@ def json_problem(body: bytes, max_depth: int) -> str | None:
         text = body.decode()
     except UnicodeDecodeError:
         return "The body is not UTF-8 text."
+    # A body with no more brackets than the depth allowed cannot nest deeper,
+    # and UTF-8 text can hold a lone surrogate only as a \u escape: most
+    # bodies need no parse here at all (the request's own parse follows).
+    shallow = body.count(b"[") + body.count(b"{") <= max_depth
+    if shallow and b"\\u" not in body:
+        return None
     try:
         value = json.loads(text)
     except RecursionError:
         return f"The JSON body is nested deeper than {max_depth} levels."
     except ValueError:
         return None
-    if json_depth_exceeds(value, max_depth):
+    if not shallow and json_depth_exceeds(value, max_depth):
         return f"The JSON body is nested deeper than {max_depth} levels."
     try:
         json.dumps(value, ensure_ascii=False).encode()

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from conveyor_api.auth import KeyRing, secure_routes
+from conveyor_api.deps import Services
 from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
 from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
@@ -43,6 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.rate_limiter = RateLimiter(
                 redis, settings.rate_limit_per_s, settings.rate_limit_burst
             )
+        app.state.services = Services(
+            redis, app.state.store, settings, app.state.redact, app.state.rate_limiter
+        )
         # Redis' memory policy and usage: warned about, exported, and read by /readyz.
         app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
         redis_health.start()
@@ -59,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Submit background jobs and watch them run.",
         version="0.1.0",
         lifespan=lifespan,
+        # Our own middleware makes the server span, the request logs and the
+        # metrics (telemetry.py); FastAPI's would make a second set, and spans
+        # for every dependency and serialization besides.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Innermost first: the depth check reads a body the size limit has bounded.
     app.add_middleware(JsonGuardMiddleware, max_depth=settings.max_json_depth)
@@ -83,9 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
     setup_telemetry(app, settings.metrics_port)
+    # The busiest routes first: requests are matched against routes in order.
+    jobs.add_routes(app.router, list(catalog))
     app.include_router(health.router)
     app.include_router(tutorial.router)
-    app.include_router(jobs.build_router(list(catalog)))
     app.include_router(queues.router)
     app.include_router(documents.router)
     app.include_router(events.router)

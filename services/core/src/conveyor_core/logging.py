@@ -83,6 +83,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # Nor where each call was made from (a walk up the stack per line).
+    logging._srcfile = None
     # Conveyor logs each request and each job itself; these would repeat them.
     for noisy in ("uvicorn.access", "arq.worker", "arq.jobs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,7 +4,11 @@ prometheus-client's default registry, one process per pod; labels are bounded:
 route templates, job type names and queue names, never ids or raw paths.
 """
 
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -76,3 +80,25 @@ WORKER_HEARTBEAT = Gauge(
     "Unix time of this worker's last poll loop turn.",
     ["queue"],
 )
+
+
+Metric = TypeVar("Metric", bound=MetricWrapperBase)
+
+
+class LabelCache(Generic[Metric]):
+    """A metric's children, found once per set of label values.
+
+    `metric.labels(...)` checks and joins the values and takes the metric's lock
+    on every call; on a per-request path a dict lookup does instead. The keys
+    are the label values, so the cache is as bounded as the metric's labels.
+    """
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self._children: dict[Hashable, Metric] = {}
+
+    def get(self, values: tuple[object, ...]) -> Metric:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child

@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -30,6 +30,7 @@ from arq.constants import (
     retry_key_prefix,
 )
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
+from redis.asyncio.client import Pipeline
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
@@ -416,34 +417,43 @@ class JobStore:
     async def _read_many(
         self, rows: Iterable[tuple[str, str | None]], at_ms: int | None = None
     ) -> list[tuple[ArqJob | None, JobPublic] | None]:
-        """Jobs by (id, queue), each as arq's job and the public record, in one
-        round trip: the hash, arq's job key and the score in the queue (every
-        queue of the catalog when the queue is not known)."""
+        """Jobs by (id, queue) in one round trip (see `add_read`)."""
         rows = list(rows)
-        queues = self.catalog.queues()
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id, queue in rows:
-                pipe.hgetall(keys.job_key(job_id))
-                pipe.get(job_key_prefix + job_id)
-                for q in [queue] if queue else queues:
-                    pipe.zscore(q, job_id)
+                self.add_read(pipe, job_id, queue)
             replies = iter(await pipe.execute())
         at_ms = at_ms or now_ms()
-        out: list[tuple[ArqJob | None, JobPublic] | None] = []
-        for job_id, queue in rows:
-            raw, job_bytes = next(replies), next(replies)
-            candidates = [queue] if queue else queues
-            scores = {q: s for q in candidates if (s := next(replies)) is not None}
-            record = _decode(raw)
-            if not record and not scores:
-                # Never ours (a bare arq worker finished it), or gone.
-                out.append(None)
-                continue
-            arq_job = ArqJob.decode(job_bytes) if job_bytes else None
-            where = record.get("queue") or next(iter(scores), "")
-            score_ms = None if record else int(scores[where])
-            out.append((arq_job, self._public(job_id, arq_job, record, where, score_ms, at_ms)))
-        return out
+        return [self.parse_read(job_id, replies, queue, at_ms) for job_id, queue in rows]
+
+    def add_read(self, pipe: Pipeline, job_id: str, queue: str | None = None) -> None:
+        """Queue on `pipe` what reading one job takes: its hash, arq's job key and
+        its score in its queue (in every queue of the catalog when not known).
+        `parse_read` makes the job of the replies; a caller may add its own
+        commands before or after (the api pipelines its rate limit)."""
+        pipe.hgetall(keys.job_key(job_id))
+        pipe.get(job_key_prefix + job_id)
+        for q in [queue] if queue else self.catalog.queues():
+            pipe.zscore(q, job_id)
+
+    def parse_read(
+        self,
+        job_id: str,
+        replies: Iterator[Any],
+        queue: str | None = None,
+        at_ms: int | None = None,
+    ) -> tuple[ArqJob | None, JobPublic] | None:
+        """Take one job's replies (as `add_read` queued them) from `replies`."""
+        raw, job_bytes = next(replies), next(replies)
+        candidates = [queue] if queue else self.catalog.queues()
+        scores = {q: s for q in candidates if (s := next(replies)) is not None}
+        record = _decode(raw)
+        if not record and not scores:
+            return None  # never ours (a bare arq worker finished it), or gone
+        arq_job = ArqJob.decode(job_bytes) if job_bytes else None
+        where = record.get("queue") or next(iter(scores), "")
+        score_ms = None if record else int(scores[where])
+        return arq_job, self._public(job_id, arq_job, record, where, score_ms, at_ms)
 
     def _public(
         self,

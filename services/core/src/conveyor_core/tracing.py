@@ -69,7 +69,13 @@ def current_trace_id() -> str | None:
 
 def exemplar() -> dict[str, str] | None:
     """The current trace id as a Prometheus exemplar, for a sampled span."""
-    span = trace.get_current_span().get_span_context()
-    if not (span.is_valid and span.trace_flags.sampled):
+    trace_id = sampled_trace_id(trace.get_current_span())
+    return {"trace_id": trace_id} if trace_id else None
+
+
+def sampled_trace_id(span: trace.Span) -> str | None:
+    """The span's trace id (32 hex digits), if the span is sampled; else None."""
+    context = span.get_span_context()
+    if not (context.is_valid and context.trace_flags.sampled):
         return None
-    return {"trace_id": trace.format_trace_id(span.trace_id)}
+    return f"{context.trace_id:032x}"

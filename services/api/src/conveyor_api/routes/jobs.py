@@ -3,6 +3,7 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
+from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -11,8 +12,8 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import AwareDatetime, BaseModel, Field
 
-from conveyor_api.auth import Scope, require
-from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, SettingsDep, StoreDep
+from conveyor_api.auth import Caller, Scope, authorize, require
+from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, StoreDep
 from conveyor_core.catalog import JobType
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
 from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
@@ -21,8 +22,7 @@ from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import InvalidCursorError
 
-# The routes that do not depend on the catalog; build_router adds the rest.
-router = APIRouter(prefix="/v1/jobs")
+TAGS: list[str | Enum] = ["jobs"]
 
 # Keep-alive comments on idle SSE streams, so proxies do not cut them.
 SSE_KEEPALIVE_S = 15.0
@@ -37,6 +37,11 @@ IdempotencyKey = Annotated[
         description="Resubmitting with the same key returns the first job instead of a new one.",
     ),
 ]
+
+
+# The caller of a route that spends its rate in its own round trip to Redis.
+SubmitterDep = Annotated[Caller, Depends(authorize(Scope.JOBS_SUBMIT))]
+ReaderDep = Annotated[Caller, Depends(authorize(Scope.JOBS_READ))]
 
 
 class JobList(BaseModel):
@@ -63,6 +68,19 @@ def masked(job: JobPublic, redact: Redactor) -> JobPublic:
     return job.model_copy(update={"payload": redact(job.payload), "result": redact(job.result)})
 
 
+def job_response(
+    job: JobPublic, redact: Redactor, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """The job as clients see it, serialized once (by pydantic, to JSON bytes):
+    FastAPI would validate the returned model again, then encode it twice."""
+    return Response(
+        masked(job, redact).model_dump_json(),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
 def _query_error(field: str, message: str) -> RequestValidationError:
     return RequestValidationError(
         [{"loc": ("query", field), "msg": message, "type": "value_error"}]
@@ -71,17 +89,17 @@ def _query_error(field: str, message: str) -> RequestValidationError:
 
 def submit_endpoint(
     job_type: JobType,
-) -> Callable[..., Coroutine[Any, Any, JobPublic]]:
-    """`POST /v1/jobs/{job_type.name}`, its body typed by the job type's payload model."""
+) -> Callable[..., Coroutine[Any, Any, Response]]:
+    """`POST /v1/jobs/{job_type.name}`, its body typed by the job type's payload model.
+
+    Two round trips to Redis: the rate limit, then the submit script, whose
+    answer holds the record as created (no read back).
+    """
     payload_model = job_type.payload
 
     async def submit(
         payload: payload_model,  # type: ignore[valid-type]
-        request: Request,
-        response: Response,
-        store: StoreDep,
-        settings: SettingsDep,
-        redact: RedactorDep,
+        caller: SubmitterDep,
         defer_by_s: Annotated[
             float | None,
             Query(ge=0, description="Run this many seconds from now (at most a year by default)."),
@@ -90,7 +108,8 @@ def submit_endpoint(
             AwareDatetime | None, Query(description="Run at this time (ISO 8601, with offset).")
         ] = None,
         idempotency_key: IdempotencyKey = None,
-    ) -> JobPublic:
+    ) -> Response:
+        store, settings = caller.services.store, caller.services.settings
         try:  # the schedule's range, before anything is written
             ready_at_ms(defer_by_s, run_at, max_defer_s=settings.max_defer_s)
         except ScheduleError as exc:
@@ -102,6 +121,8 @@ def submit_endpoint(
                 f"The {job_type.name} payload is {size_bytes} bytes as JSON, over the limit of "
                 f"{settings.max_payload_bytes}; pass large data as a document instead.",
             )
+        # Its own round trip for now; the submit script is to take it over.
+        await caller.spend()
         submitted = await enqueue(
             store,
             job_type,
@@ -118,28 +139,38 @@ def submit_endpoint(
                 f"Idempotency-Key {idempotency_key!r} was used with a different payload "
                 f"(job {submitted.job_id}).",
             )
-        job = submitted.job or await store.get(submitted.job_id)
+        job = submitted.job
+        if job is None:  # found under the Idempotency-Key: read what it is now
+            job = await store.get(submitted.job_id)
         if job is None:  # its retention ran out since the key was used
             raise _not_found(submitted.job_id)
-        response.status_code = 201 if submitted.created else 200
-        response.headers["Location"] = f"/v1/jobs/{job.id}"
-        return masked(job, redact)
+        location = {"Location": f"/v1/jobs/{job.id}"}
+        status = 201 if submitted.created else 200
+        return job_response(job, caller.services.redact, status, location)
 
     submit.__name__ = f"submit_{job_type.name}"
     return submit
 
 
-def build_router(job_types: list[JobType]) -> APIRouter:
-    """`/v1/jobs` for this catalog: a submit route per type, so OpenAPI shows each
-    payload, then the routes on single jobs, then a 404 for unknown types."""
-    api = APIRouter(tags=["jobs"])
+def add_routes(api: APIRouter, job_types: list[JobType]) -> None:
+    """`/v1/jobs` for this catalog, added to `api` itself: the routes on single
+    jobs, a submit route per type (so OpenAPI shows each payload), then a 404
+    for unknown types.
+
+    Added to the app's own router, not included as a router of their own: an
+    included router is matched once to be chosen and again to pick its route,
+    on every request. The routes on single jobs come first, so that a read
+    does not try every job type's path; none of them takes a POST at
+    `/v1/jobs/{name}`, so each submit still reaches its own route."""
+    _add_single_job_routes(api)
     for job_type in job_types:
         api.add_api_route(
             f"/v1/jobs/{job_type.name}",
             submit_endpoint(job_type),
             methods=["POST"],
             status_code=201,
-            dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
+            response_model=JobPublic,
+            tags=TAGS,
             summary=f"Submit a {job_type.name} job",
             description=job_type.description,
             responses={
@@ -150,24 +181,20 @@ def build_router(job_types: list[JobType]) -> APIRouter:
             },
         )
 
-    api.include_router(router)
-
     @api.post(
         "/v1/jobs/{job_type}",
         summary="Any other job type: 404",
         responses={404: {"description": "Not in the catalog"}},
         status_code=404,
         include_in_schema=False,
+        tags=TAGS,
         dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
     )
     async def unknown_job_type(job_type: str, catalog: CatalogDep) -> None:
         known = ", ".join(t.name for t in catalog)
         raise HTTPException(404, f"Unknown job type {job_type!r}; known types: {known}.")
 
-    return api
 
-
-@router.get("", summary="List jobs", dependencies=[Depends(require(Scope.JOBS_READ))])
 async def list_jobs(
     store: StoreDep,
     redact: RedactorDep,
@@ -196,27 +223,16 @@ async def list_jobs(
     return JobList(items=items, next_cursor=page.next_cursor)
 
 
-@router.get(
-    "/{job_id}",
-    summary="Read a job",
-    responses={404: {"description": "No such job"}},
-    dependencies=[Depends(require(Scope.JOBS_READ))],
-)
-async def read_job(job_id: JobId, store: StoreDep, redact: RedactorDep) -> JobPublic:
-    return masked(await _existing(store, job_id), redact)
+async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
+    """One round trip to Redis: the rate limit and the job's read, pipelined."""
+    store = caller.services.store
+    replies = await caller.spend_then(lambda pipe: store.add_read(pipe, job_id))
+    found = store.parse_read(job_id, iter(replies))
+    if found is None:
+        raise _not_found(job_id)
+    return job_response(found[1], caller.services.redact)
 
 
-@router.delete(
-    "/{job_id}",
-    summary="Cancel a job",
-    responses={
-        200: {"description": "Cancelled: it will not run"},
-        202: {"description": "Running: asked to stop; watch it reach `cancelled`"},
-        404: {"description": "No such job"},
-        409: {"description": "Already finished"},
-    },
-    dependencies=[Depends(require(Scope.JOBS_ADMIN))],
-)
 async def cancel_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, response: Response
 ) -> JobPublic:
@@ -229,13 +245,6 @@ async def cancel_job(
     return masked(job, redact)
 
 
-@router.post(
-    "/{job_id}/retry",
-    status_code=202,
-    summary="Requeue a dead job: a new try with the same payload",
-    responses={404: {"description": "No such job"}, 409: {"description": "The job is not dead"}},
-    dependencies=[Depends(require(Scope.JOBS_ADMIN))],
-)
 async def retry_job(
     job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, request: Request
 ) -> JobPublic:
@@ -250,20 +259,6 @@ async def retry_job(
     return masked(job, redact)
 
 
-@router.get(
-    "/{job_id}/events",
-    summary="Stream a job's changes (Server-Sent Events) until it finishes",
-    response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {"text/event-stream": {}},
-            "description": "`event: job` with the job as JSON on every change; "
-            "`event: error` with a problem if the stream cannot go on.",
-        },
-        404: {"description": "No such job"},
-    },
-    dependencies=[Depends(require(Scope.JOBS_READ))],
-)
 async def job_events(
     job_id: JobId, store: StoreDep, events: EventsDep, redact: RedactorDep
 ) -> StreamingResponse:
@@ -308,3 +303,71 @@ async def _stream(
 def _error_event(status: int, title: str, detail: str) -> bytes:
     problem = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     return format_sse_event(data_str=json.dumps(problem), event="error")
+
+
+def _add_single_job_routes(api: APIRouter) -> None:
+    api.add_api_route(
+        "/v1/jobs",
+        list_jobs,
+        methods=["GET"],
+        tags=TAGS,
+        summary="List jobs",
+        dependencies=[Depends(require(Scope.JOBS_READ))],
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}",
+        read_job,
+        methods=["GET"],
+        tags=TAGS,
+        summary="Read a job",
+        response_model=JobPublic,
+        responses={404: {"description": "No such job"}},
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}",
+        cancel_job,
+        methods=["DELETE"],
+        tags=TAGS,
+        summary="Cancel a job",
+        responses={
+            200: {"description": "Cancelled: it will not run"},
+            202: {"description": "Running: asked to stop; watch it reach `cancelled`"},
+            404: {"description": "No such job"},
+            409: {"description": "Already finished"},
+        },
+        dependencies=[Depends(require(Scope.JOBS_ADMIN))],
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}/retry",
+        retry_job,
+        methods=["POST"],
+        tags=TAGS,
+        status_code=202,
+        summary="Requeue a dead job: a new try with the same payload",
+        responses={
+            404: {"description": "No such job"},
+            409: {"description": "The job is not dead"},
+        },
+        dependencies=[Depends(require(Scope.JOBS_ADMIN))],
+    )
+
+    api.add_api_route(
+        "/v1/jobs/{job_id}/events",
+        job_events,
+        methods=["GET"],
+        tags=TAGS,
+        summary="Stream a job's changes (Server-Sent Events) until it finishes",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "`event: job` with the job as JSON on every change; "
+                "`event: error` with a problem if the stream cannot go on.",
+            },
+            404: {"description": "No such job"},
+        },
+        dependencies=[Depends(require(Scope.JOBS_READ))],
+    )
