@@ -87,10 +87,10 @@ async def test_a_submit_sends_the_rate_limit_and_the_submit_script_and_reads_not
 
     assert response.status_code == 201
     assert response.json()["state"] == "queued"
-    # The limiter's script and the submit script: no HGETALL of the record it
-    # just wrote, no SCRIPT EXISTS, no WATCH/MULTI.
-    assert commands == {"evalsha": 2}
-    assert trips == 2
+    # One script spends the rate and submits: no limiter round trip of its own,
+    # no HGETALL of the record it just wrote, no SCRIPT EXISTS, no WATCH/MULTI.
+    assert commands == {"evalsha": 1}
+    assert trips == 1
 
 
 async def test_a_read_is_one_round_trip_for_the_rate_limit_and_the_record(

@@ -14,6 +14,7 @@ from conveyor_core.store import (
     ArqJob,
     InvalidCursorError,
     JobStore,
+    RateLimit,
     decode_cursor,
     encode_cursor,
 )
@@ -266,3 +267,19 @@ async def test_housekeeping_trims_expired_entries_behind_a_long_lived_one(
     assert await store.trim_expired(QUEUE) == 50
     assert await redis.zcard(keys.index_key(QUEUE, "complete")) == 0
     assert await indexes_of(redis, dead) == {"dead"}
+
+
+async def test_submit_spends_the_callers_rate_in_its_own_step(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    limit = RateLimit("conveyor:ratelimit:test", interval_us=60_000_000, burst=1)
+    first = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), rate_limit=limit)
+    second = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), rate_limit=limit)
+
+    assert first.created
+    assert first.retry_after_s is None
+    assert not second.created
+    assert second.retry_after_s is not None
+    assert 0 < second.retry_after_s <= 60
+    assert second.job is None
+    assert await redis.zcard(QUEUE) == 1  # the refused submit wrote nothing
+    assert not await redis.exists(f"arq:job:{second.job_id}")

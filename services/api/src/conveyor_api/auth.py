@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 
 from conveyor_core.logging import bind
 from conveyor_core.ratelimit import RateDecision, RateLimiter
+from conveyor_core.store import RateLimit
 
 if TYPE_CHECKING:  # deps imports settings, which imports this module
     from conveyor_api.deps import Services
@@ -137,6 +138,14 @@ class Caller:
 
     key: ApiKey
     services: "Services"  # what the route works with
+
+    def rate_limit(self) -> RateLimit | None:
+        """The key's rate, for a script that spends it in its own step (submit)."""
+        limiter = self.services.rate_limiter
+        return limiter.limit_for(self.key.name) if limiter is not None else None
+
+    def over_rate(self, retry_after_s: float) -> HTTPException:
+        return over_rate(self.key, RateDecision(False, retry_after_s, 0))
 
     async def spend(self) -> None:
         """Spend one request of the key's rate (one round trip), or 429."""

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
-from conveyor_core.store import JobStore, Submitted
+from conveyor_core.store import JobStore, RateLimit, Submitted
 from conveyor_core.tracing import inject, messaging_attributes, tracer
 
 
@@ -82,6 +82,7 @@ async def enqueue(
     idempotency_key: str | None = None,
     request_id: str | None = None,
     max_defer_s: float = MAX_DEFER_S,
+    rate_limit: RateLimit | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -89,6 +90,8 @@ async def enqueue(
 
     With an `idempotency_key` already used for this job type, nothing is
     enqueued: the answer names the existing job and whether its payload matched.
+    A `rate_limit` is spent in the same step; over it, nothing is enqueued and
+    the answer says when to retry.
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
@@ -112,6 +115,7 @@ async def enqueue(
             meta=meta,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint(data),
+            rate_limit=rate_limit,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()

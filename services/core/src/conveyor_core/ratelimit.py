@@ -11,7 +11,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, OutOfMemoryError
 
 from conveyor_core.keys import rate_limit_key
-from conveyor_core.store import lua_script
+from conveyor_core.store import RateLimit, lua_script
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ class RateLimiter:
         self.burst = burst
         self._script = redis.register_script(lua_script("rate_limit"))
         self._full = False  # in an out-of-memory episode
+
+    def limit_for(self, subject: str) -> RateLimit:
+        """`subject`'s rate, for a script that spends it itself (JobStore.submit)."""
+        return RateLimit(rate_limit_key(subject), self.interval_us, self.burst)
+
+    def refused(self, retry_after_s: float) -> RateDecision:
+        return RateDecision(False, retry_after_s, 0)
 
     async def hit(self, subject: str) -> RateDecision:
         """Spend one request of `subject`'s rate: one round trip."""

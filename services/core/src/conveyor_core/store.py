@@ -156,6 +156,17 @@ class Submitted:
     same_payload: bool = True
     # The record as created; None when an existing job was found.
     job: JobPublic | None = None
+    # Refused by the caller's rate limit: when to try again; nothing was written.
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A caller's request rate, spent by the submit script itself (see lib/gcra.lua)."""
+
+    key: str
+    interval_us: int
+    burst: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,15 +241,23 @@ class JobStore:
         meta: dict[str, str],
         idempotency_key: str | None = None,
         fingerprint: str = "",
+        rate_limit: RateLimit | None = None,
     ) -> Submitted:
-        """Enqueue the job as arq would, unless its Idempotency-Key names one already."""
+        """Enqueue the job as arq would, unless its Idempotency-Key names one
+        already, or the caller's `rate_limit` refuses it (in the same step)."""
         at_ms = now_ms()
         if idempotency_key:
             meta = {**meta, "idempotency_key": idempotency_key}
         job = ArqJob(job_type.name, payload, meta, at_ms)
         idem_key = keys.idempotency_key(job_type.name, idempotency_key) if idempotency_key else ""
         status, *existing = await self._submit(
-            keys=[job_key_prefix + job_id, result_key_prefix + job_id, job_type.queue, idem_key],
+            keys=[
+                job_key_prefix + job_id,
+                result_key_prefix + job_id,
+                job_type.queue,
+                idem_key,
+                rate_limit.key if rate_limit else "",
+            ],
             args=[
                 job_id,
                 job.encode(),
@@ -247,8 +266,12 @@ class JobStore:
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
                 keys.wake_channel(job_type.queue),
+                rate_limit.interval_us if rate_limit else 0,
+                rate_limit.burst if rate_limit else 0,
             ],
         )
+        if status == b"limited":
+            return Submitted(job_id, False, retry_after_s=int(existing[0]) / 1_000_000)
         if status == b"exists":
             existing_id, _, existing_fingerprint = existing[0].decode().partition(" ")
             return Submitted(existing_id, False, existing_fingerprint == fingerprint)

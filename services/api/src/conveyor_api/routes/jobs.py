@@ -92,8 +92,8 @@ def submit_endpoint(
 ) -> Callable[..., Coroutine[Any, Any, Response]]:
     """`POST /v1/jobs/{job_type.name}`, its body typed by the job type's payload model.
 
-    Two round trips to Redis: the rate limit, then the submit script, whose
-    answer holds the record as created (no read back).
+    One round trip to Redis: the submit script spends the caller's rate and
+    answers with the record as created (no read back).
     """
     payload_model = job_type.payload
 
@@ -121,8 +121,6 @@ def submit_endpoint(
                 f"The {job_type.name} payload is {size_bytes} bytes as JSON, over the limit of "
                 f"{settings.max_payload_bytes}; pass large data as a document instead.",
             )
-        # Its own round trip for now; the submit script is to take it over.
-        await caller.spend()
         submitted = await enqueue(
             store,
             job_type,
@@ -132,7 +130,10 @@ def submit_endpoint(
             idempotency_key=idempotency_key,
             request_id=bound("request_id"),
             max_defer_s=settings.max_defer_s,
+            rate_limit=caller.rate_limit(),  # spent by the submit script, in its step
         )
+        if submitted.retry_after_s is not None:
+            raise caller.over_rate(submitted.retry_after_s)
         if not submitted.same_payload:
             raise HTTPException(
                 409,

@@ -4,10 +4,20 @@
 -- wake-up. No record yet: the first claim makes it. Atomic: a failure leaves
 -- nothing behind.
 --
--- KEYS: 1 arq job key, 2 arq result key, 3 queue, 4 idempotency key or ''
+-- The caller's request rate is spent first, in the same step, when a limiter
+-- key is given: a refused request writes nothing else.
+--
+-- KEYS: 1 arq job key, 2 arq result key, 3 queue, 4 idempotency key or '',
+--       5 rate limiter key or ''
 -- ARGV: 1 job id, 2 arq job bytes, 3 ready-at ms, 4 arq expiry ms,
---       5 idempotency value, 6 idempotency ttl s, 7 wake channel
--- Returns {'created'}, {'duplicate'} or {'exists', idempotency value}.
+--       5 idempotency value, 6 idempotency ttl s, 7 wake channel,
+--       8 limiter interval us, 9 limiter burst
+-- Returns {'created'}, {'duplicate'}, {'exists', idempotency value} or
+-- {'limited', retry after us}.
+if KEYS[5] ~= '' then
+  local limit = gcra(KEYS[5], ARGV[8], ARGV[9])
+  if limit[1] == 0 then return {'limited', limit[2]} end
+end
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'exists', existing} end
