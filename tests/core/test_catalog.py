@@ -5,13 +5,13 @@ import random
 import pytest
 
 from conveyor_core.catalog import (
-    CREATE_TASK,
     Catalog,
     PermanentJobError,
     RetryPolicy,
     UnknownJobTypeError,
     load_catalog,
 )
+from conveyor_seed import CREATE_TASK
 from tests.support import jobs
 
 
@@ -46,7 +46,7 @@ def test_nonsense_policies_are_refused(options: dict[str, float]) -> None:
 
 
 def test_catalog_lookup_and_queues() -> None:
-    catalog = load_catalog([jobs.MODULE])
+    catalog = load_catalog(jobs.MODULES.split(","))
     assert catalog["create_task"] is CREATE_TASK
     assert "flaky" in catalog
     assert catalog.queues() == [CREATE_TASK.queue]
@@ -60,5 +60,5 @@ def test_a_job_type_is_declared_once() -> None:
 
 
 def test_a_job_module_must_declare_job_types() -> None:
-    with pytest.raises(ValueError, match=r"'tests\.support' has no JOB_TYPES"):
+    with pytest.raises(ValueError, match=r"job module 'tests\.support': has no JOB_TYPES"):
         load_catalog(["tests.support"])

@@ -18,11 +18,11 @@ def run_one_job(redis_url: str) -> None:
     """Enqueue create_task and wait for its result."""
     import asyncio
 
-    from conveyor_core.catalog import CREATE_TASK, CreateTask
     from conveyor_core.enqueue import enqueue
     from conveyor_core.redis import create_redis
     from conveyor_core.settings import RedisSettings
     from conveyor_core.store import JobStore
+    from conveyor_seed import CREATE_TASK, CreateTask
 
     async def go() -> object:
         client = create_redis(RedisSettings(url=redis_url))

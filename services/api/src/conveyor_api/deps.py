@@ -8,7 +8,6 @@ from fastapi import Depends, Request
 from conveyor_api.events import JobEvents
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import Catalog
-from conveyor_core.documents import DocumentStore
 from conveyor_core.redaction import Redactor
 from conveyor_core.store import JobStore
 
@@ -26,11 +25,6 @@ def get_store(request: Request) -> JobStore:
 def get_catalog(request: Request) -> Catalog:
     catalog: Catalog = request.app.state.catalog
     return catalog
-
-
-def get_documents(request: Request) -> DocumentStore:
-    documents: DocumentStore = request.app.state.documents
-    return documents
 
 
 def get_events(request: Request) -> JobEvents:
@@ -51,7 +45,6 @@ def get_redactor(request: Request) -> Redactor:
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
-DocumentsDep = Annotated[DocumentStore, Depends(get_documents)]
 EventsDep = Annotated[JobEvents, Depends(get_events)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedactorDep = Annotated[Redactor, Depends(get_redactor)]
