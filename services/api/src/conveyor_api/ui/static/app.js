@@ -383,7 +383,8 @@ async function submitTasks(event) {
   status.textContent = "Submitting…";
   try {
     const answer = await call("POST", "/task", { body: { count } });
-    for (const id of answer.job_ids) upsert(placeholder(id, "create_task"));
+    // The job type shows once the job is read; POST /task names none.
+    for (const id of answer.job_ids) upsert(placeholder(id, "task"));
     status.textContent = `Queued ${answer.queued} task(s).`;
     setProblem("action", null);
     loadQueues();
