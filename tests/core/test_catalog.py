@@ -4,8 +4,11 @@ import random
 
 import pytest
 
+from conveyor_core import Schedule
 from conveyor_core.catalog import (
     Catalog,
+    JobModuleError,
+    JobType,
     PermanentJobError,
     RetryPolicy,
     UnknownJobTypeError,
@@ -62,3 +65,35 @@ def test_a_job_type_is_declared_once() -> None:
 def test_a_job_module_must_declare_job_types() -> None:
     with pytest.raises(ValueError, match=r"job module 'tests\.support': has no JOB_TYPES"):
         load_catalog(["tests.support"])
+
+
+@pytest.mark.parametrize(
+    ("module", "problem"),
+    [
+        ("tests.support.broken.import_error", "import failed: ModuleNotFoundError"),
+        ("tests.support.broken.duplicate", "job type 'flaky' is declared twice"),
+        ("tests.support.broken.bad_schedule", "InvalidScheduleError: hour must be in 0..23"),
+    ],
+)
+def test_a_bad_job_module_is_named_with_its_problem(module: str, problem: str) -> None:
+    with pytest.raises(JobModuleError) as error:
+        load_catalog([jobs.MODULE, module])
+    assert error.value.module == module
+    assert str(error.value).startswith(f"job module {module!r}: ")
+    assert problem in str(error.value)
+
+
+def test_job_modules_add_resources_and_api_routers() -> None:
+    catalog = load_catalog(jobs.MODULES.split(","))
+    assert [r.name for r in catalog.resources] == ["seed_workflow", "test_ledger"]
+    assert catalog.resource_modules["test_ledger"] == jobs.MODULE
+    assert "conveyor_seed.routes_tutorial:router" in catalog.api_routers
+
+
+def test_schedules_are_a_tuple_even_when_one_is_given() -> None:
+    job_type = JobType("t", jobs.Nothing, "m:f", schedules=Schedule(minute=5))  # type: ignore[arg-type]
+    assert job_type.schedules == (Schedule(minute=5),)
+    with pytest.raises(ValueError, match=r"not 'package\.module:function'"):
+        JobType("t", jobs.Nothing, "no_colon")
+    with pytest.raises(ValueError, match="job type name"):
+        JobType("has space", jobs.Nothing, "m:f")
