@@ -1,6 +1,7 @@
 """The job catalog: retry policy arithmetic, declarations, extra job modules."""
 
 import random
+import sys
 
 import pytest
 
@@ -97,3 +98,16 @@ def test_schedules_are_a_tuple_even_when_one_is_given() -> None:
         JobType("t", jobs.Nothing, "no_colon")
     with pytest.raises(ValueError, match="job type name"):
         JobType("has space", jobs.Nothing, "m:f")
+
+
+def test_a_module_whose_settings_are_invalid_is_reported_on_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEYOR_DIGEST_SCHEDULE", '{"hour": 25}')
+    monkeypatch.delitem(sys.modules, "conveyor_seed", raising=False)
+    with pytest.raises(JobModuleError) as error:
+        load_catalog(["conveyor_seed"])
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("job module 'conveyor_seed': import failed: ValidationError: ")
+    assert "CONVEYOR_DIGEST_SCHEDULE: hour must be in 0..23, not 25" in message

@@ -119,8 +119,13 @@ class JobModuleError(ValueError):
     """A job module the services cannot load; the message names the module and the problem."""
 
     def __init__(self, module: str, problem: str) -> None:
-        super().__init__(f"job module {module!r}: {problem}")
+        super().__init__(f"job module {module!r}: {one_line(problem)}")
         self.module = module
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (a pydantic ValidationError's) as one line for a log."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 class Catalog:

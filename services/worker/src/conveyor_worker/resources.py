@@ -9,7 +9,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from conveyor_core.catalog import Catalog
+from conveyor_core.catalog import Catalog, one_line
 from conveyor_core.resources import ResourceScope
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def open_resources(catalog: Catalog, redis: ArqRedis) -> OpenResources:
             await opened.close(timeout_s=5.0)
             raise ResourceOpenError(
                 f"job module {module!r}: resource {resource.name!r} failed to open: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {one_line(str(exc))}"
             ) from exc
         opened.by_name[resource.name] = value
         logger.info("resource %s of job module %s is open", resource.name, module)
