@@ -22,7 +22,11 @@ const LIST_EVERY = 5;
 const $ = (id) => document.getElementById(id);
 
 const page = {
-  config: { redact_keys: ["password", "token", "secret", "authorization", "email"], refresh_s: 3 },
+  config: {
+    redact_keys: ["password", "token", "secret", "authorization", "email"],
+    refresh_s: 3,
+    submit_tasks: true,
+  },
   jobs: new Map(), // id -> the latest job seen
   rows: new Map(), // id -> its <li>
   dead: null, // the dead letters, once read
@@ -507,6 +511,8 @@ function start() {
   $("detail-cancel").addEventListener("click", () => cancel(page.detailId, $("detail-status")));
   window.addEventListener("hashchange", openFromHash);
   loadConfig().then(() => {
+    // The form posts to the seed app's POST /task: hidden when no job module mounts it.
+    $("submit-form").closest("section").hidden = !page.config.submit_tasks;
     refresh();
     openFromHash();
   });
