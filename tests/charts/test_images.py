@@ -117,15 +117,15 @@ def test_command_and_port_are_the_charts(service: str) -> None:
 @pytest.mark.parametrize(
     ("service", "needs", "never"),
     [
-        # The seed app's module is in both images; its mail and HTTP clients come along.
+        # The seed app's module is in both images; its mail client only in the worker's.
         (
             "api",
             {"fastapi", "uvicorn", "arq", "conveyor-core", "conveyor-seed"},
-            {"conveyor-worker"},
+            {"aiohttp", "aiosmtplib", "conveyor-worker"},
         ),
         (
             "worker",
-            {"aiohttp", "arq", "conveyor-core", "conveyor-seed"},
+            {"aiohttp", "aiosmtplib", "arq", "conveyor-core", "conveyor-seed"},
             {"fastapi", "uvicorn", "conveyor-api"},
         ),
     ],
@@ -145,6 +145,7 @@ def test_the_package_install_set_resolves_from_the_lock(
             _package_name(service),
             "--package",
             "conveyor-seed",
+            *(["--extra", "worker"] if service == "worker" else []),
         ],
         cwd=REPO_ROOT,
         capture_output=True,

@@ -87,10 +87,12 @@ def test_a_resource_that_hangs_on_close_does_not_hold_shutdown(
         stop_all(worker)
 
 
-# Run in a fresh interpreter: the worker package made unimportable, as in the api image.
+# Run in a fresh interpreter: the worker package, and the seed's worker-only
+# dependencies, made unimportable, as in the api image.
 API_WITHOUT_WORKER = """
 import sys
-sys.modules["conveyor_worker"] = None  # any import of it now raises ImportError
+for name in ("conveyor_worker", "aiohttp", "aiosmtplib"):
+    sys.modules[name] = None  # any import of it now raises ImportError
 from conveyor_api.main import create_app
 from conveyor_api.settings import Settings
 from conveyor_core.settings import CatalogSettings
