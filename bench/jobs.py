@@ -7,7 +7,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 from conveyor_core.catalog import JobType, RetryPolicy
-from conveyor_worker.context import JobContext
+from conveyor_core.context import JobContext
 
 CONVEYOR_QUEUE = "bench:conveyor"
 DONE_KEY = "bench:done:{queue}"

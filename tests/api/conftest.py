@@ -16,9 +16,7 @@ def make_app(redis_url: str, **overrides: Any) -> FastAPI:
     """The api with the test job types, accepting the test key (and `overrides`)."""
     settings: dict[str, Any] = {
         "redis": RedisSettings(url=redis_url, connect_timeout_s=0.5, socket_timeout_s=0.5),
-        "task_sleep_min_s": 0.01,
-        "task_sleep_max_s": 0.05,
-        "catalog": CatalogSettings(job_modules=jobs.MODULE),
+        "catalog": CatalogSettings(job_modules=jobs.MODULES),
         "keys": [api_key(TEST_KEY_NAME, TEST_KEY)],
         "rate_limit_per_s": 1000,
         "rate_limit_burst": 1000,

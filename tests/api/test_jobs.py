@@ -8,7 +8,7 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 
-from conveyor_core.catalog import CREATE_TASK
+from conveyor_seed import CREATE_TASK
 
 
 async def submit(

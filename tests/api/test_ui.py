@@ -9,6 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor_core.settings import CatalogSettings
+from tests.api.conftest import make_app, serve
+from tests.support import jobs
 from tests.support.processes import REPO_ROOT
 
 STATIC = files("conveyor_api").joinpath("ui", "static")
@@ -106,6 +109,14 @@ async def test_config_names_the_keys_the_page_masks(client: httpx.AsyncClient) -
 
     assert config["redact_keys"] == ["password", "token", "secret", "authorization", "email"]
     assert config["refresh_s"] > 0
+    assert config["submit_tasks"]  # the seed app's module mounts POST /task
+
+
+async def test_config_hides_the_task_form_without_the_seed_app(redis_url: str) -> None:
+    app = make_app(redis_url, catalog=CatalogSettings(job_modules=jobs.MODULE))
+    async for client in serve(app):
+        config = (await client.get("/ui/config.json")).json()
+        assert not config["submit_tasks"]
 
 
 @pytest.mark.e2e

@@ -3,7 +3,7 @@
 from pydantic import BaseModel
 
 from conveyor_core.catalog import JobType
-from conveyor_worker.context import JobContext
+from conveyor_core.context import JobContext
 
 MODULE = "tests.charts.jobs"
 

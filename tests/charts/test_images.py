@@ -2,8 +2,8 @@
 
 No Docker engine runs here, so the images are not built; what can be proven
 from the files is: a pinned slim base, the locked dependencies of exactly one
-service, a non-root numeric user, nothing but the virtualenv in the final
-stage, and the command and port the chart runs.
+service (and of the seed app's job module), a non-root numeric user, nothing
+but the virtualenv in the final stage, and the command and port the chart runs.
 """
 
 import json
@@ -73,6 +73,7 @@ def test_dependencies_come_from_the_lock_for_this_service_only(service: str) -> 
         assert "--frozen" in sync
         assert "--no-dev" in sync
         assert f"--package {_package_name(service)}" in sync
+        assert "--package conveyor-seed" in sync
     makefile = (REPO_ROOT / "Makefile").read_text()
     (uv_version,) = re.findall(r"^UV_VERSION := (\S+)$", makefile, re.MULTILINE)
     assert f"uv=={uv_version}" in runs, "the image's uv is the one the Makefile pins"
@@ -116,8 +117,17 @@ def test_command_and_port_are_the_charts(service: str) -> None:
 @pytest.mark.parametrize(
     ("service", "needs", "never"),
     [
-        ("api", {"fastapi", "uvicorn", "arq", "conveyor-core"}, {"aiohttp", "conveyor-worker"}),
-        ("worker", {"aiohttp", "arq", "conveyor-core"}, {"fastapi", "uvicorn", "conveyor-api"}),
+        # The seed app's module is in both images; its mail client only in the worker's.
+        (
+            "api",
+            {"fastapi", "uvicorn", "arq", "conveyor-core", "conveyor-seed"},
+            {"aiohttp", "aiosmtplib", "conveyor-worker"},
+        ),
+        (
+            "worker",
+            {"aiohttp", "aiosmtplib", "arq", "conveyor-core", "conveyor-seed"},
+            {"fastapi", "uvicorn", "conveyor-api"},
+        ),
     ],
 )
 def test_the_package_install_set_resolves_from_the_lock(
@@ -133,6 +143,9 @@ def test_the_package_install_set_resolves_from_the_lock(
             "--no-hashes",
             "--package",
             _package_name(service),
+            "--package",
+            "conveyor-seed",
+            *(["--extra", "worker"] if service == "worker" else []),
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -229,12 +242,12 @@ def test_the_build_stage_yields_a_virtualenv_that_runs_the_cmd(
     service: str, tmp_path: Path, redis_url: str
 ) -> None:
     venv = _build_stage_here(service, tmp_path)
-    # Only the service's own packages, installed as wheels (no links back to the sources).
+    # Only the service's own packages and the seed's, as wheels (no links back to the sources).
     installed = {
         p.name.split("-")[0]
         for p in (venv / "lib").glob("python3.*/site-packages/conveyor_*.dist-info")
     }
-    expected = {"conveyor_core", f"conveyor_{service}"}
+    expected = {"conveyor_core", f"conveyor_{service}", "conveyor_seed"}
     assert installed == expected
     assert not list((venv / "lib").glob("python3.*/site-packages/*.pth")) or all(
         "services" not in p.read_text()

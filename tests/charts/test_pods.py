@@ -58,7 +58,7 @@ def _run_cluster(rendered: Rendered, workdir: Path) -> tuple[Cluster, dict[str, 
 # A deployment installs its job modules in its images; here the repository
 # stands in for them. The api and the workers get the same setting.
 JOB_MODULE_VALUES: dict[str, Any] = {
-    "global": {"jobModules": jobs.MODULE},
+    "global": {"jobModules": f"conveyor_seed,{jobs.MODULE}"},
     "api": {"env": {"PYTHONPATH": str(REPO_ROOT)}},
     "worker": {"env": {"PYTHONPATH": str(REPO_ROOT)}},
 }

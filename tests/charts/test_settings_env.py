@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor_api.settings import Settings as ApiSettings
+from conveyor_seed.settings import SeedSettings
 from conveyor_worker.settings import Settings as WorkerSettings
 from tests.charts.chart import Manifest, Rendered, containers, render, render_named
 
@@ -56,6 +57,13 @@ def _worker(rendered: Rendered) -> WorkerSettings:
         return WorkerSettings()
 
 
+def _seed(rendered: Rendered, workload: str = "conveyor-worker-default") -> SeedSettings:
+    """The seed app's settings (mail, summarizer, schedules, documents), as its
+    job module reads them in the workload's pods."""
+    with rendered_environment(rendered, workload):
+        return SeedSettings()
+
+
 API_DEFAULTS = (
     "rate_limit_per_s",
     "rate_limit_burst",
@@ -91,7 +99,7 @@ def test_production_values_reach_the_api() -> None:
 
 
 def test_production_values_reach_the_workers() -> None:
-    settings = _worker(render_named("production"))
+    settings = _seed(render_named("production"))
     assert settings.smtp.host == "smtp.example.com"
     assert settings.smtp.port == 465
     assert settings.smtp.tls == "tls"
@@ -112,7 +120,7 @@ def test_production_values_reach_the_workers() -> None:
 
 
 def test_chart_defaults_keep_the_worker_schedules() -> None:
-    settings = _worker(render_named("defaults"))
+    settings = _seed(render_named("defaults"))
     cron_fields = type(settings.cron).model_fields
     assert settings.cron.digest_schedule == cron_fields["digest_schedule"].default
     assert settings.cron.cleanup_schedule == cron_fields["cleanup_schedule"].default
@@ -130,7 +138,8 @@ def test_document_limits_reach_both_services(
     values: dict[str, Any], expected: tuple[int, int]
 ) -> None:
     rendered = render({"jobs": values})
-    for settings in (_api(rendered).documents, _worker(rendered).documents):
+    for workload in ("conveyor-api", "conveyor-worker-default"):
+        settings = _seed(rendered, workload).documents
         assert (settings.max_bytes, settings.retention_s) == expected
 
 
@@ -139,7 +148,8 @@ def test_every_rendered_conveyor_variable_is_a_setting() -> None:
     rendered = render_named("production")
     api = _api(rendered)
     worker = _worker(rendered)
-    read = _setting_names(api) | _setting_names(worker)
+    seed = _seed(rendered)
+    read = _setting_names(api) | _setting_names(worker) | _setting_names(seed)
     for workload in ("conveyor-api", "conveyor-worker-default"):
         with rendered_environment(rendered, workload) as env:
             unread = [

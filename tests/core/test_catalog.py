@@ -1,17 +1,21 @@
 """The job catalog: retry policy arithmetic, declarations, extra job modules."""
 
 import random
+import sys
 
 import pytest
 
+from conveyor_core import Schedule
 from conveyor_core.catalog import (
-    CREATE_TASK,
     Catalog,
+    JobModuleError,
+    JobType,
     PermanentJobError,
     RetryPolicy,
     UnknownJobTypeError,
     load_catalog,
 )
+from conveyor_seed import CREATE_TASK
 from tests.support import jobs
 
 
@@ -46,7 +50,7 @@ def test_nonsense_policies_are_refused(options: dict[str, float]) -> None:
 
 
 def test_catalog_lookup_and_queues() -> None:
-    catalog = load_catalog([jobs.MODULE])
+    catalog = load_catalog(jobs.MODULES.split(","))
     assert catalog["create_task"] is CREATE_TASK
     assert "flaky" in catalog
     assert catalog.queues() == [CREATE_TASK.queue]
@@ -60,5 +64,50 @@ def test_a_job_type_is_declared_once() -> None:
 
 
 def test_a_job_module_must_declare_job_types() -> None:
-    with pytest.raises(ValueError, match=r"'tests\.support' has no JOB_TYPES"):
+    with pytest.raises(ValueError, match=r"job module 'tests\.support': has no JOB_TYPES"):
         load_catalog(["tests.support"])
+
+
+@pytest.mark.parametrize(
+    ("module", "problem"),
+    [
+        ("tests.support.broken.import_error", "import failed: ModuleNotFoundError"),
+        ("tests.support.broken.duplicate", "job type 'flaky' is declared twice"),
+        ("tests.support.broken.bad_schedule", "InvalidScheduleError: hour must be in 0..23"),
+    ],
+)
+def test_a_bad_job_module_is_named_with_its_problem(module: str, problem: str) -> None:
+    with pytest.raises(JobModuleError) as error:
+        load_catalog([jobs.MODULE, module])
+    assert error.value.module == module
+    assert str(error.value).startswith(f"job module {module!r}: ")
+    assert problem in str(error.value)
+
+
+def test_job_modules_add_resources_and_api_routers() -> None:
+    catalog = load_catalog(jobs.MODULES.split(","))
+    assert [r.name for r in catalog.resources] == ["seed_workflow", "test_ledger"]
+    assert catalog.resource_modules["test_ledger"] == jobs.MODULE
+    assert "conveyor_seed.routes_tutorial:router" in catalog.api_routers
+
+
+def test_schedules_are_a_tuple_even_when_one_is_given() -> None:
+    job_type = JobType("t", jobs.Nothing, "m:f", schedules=Schedule(minute=5))  # type: ignore[arg-type]
+    assert job_type.schedules == (Schedule(minute=5),)
+    with pytest.raises(ValueError, match=r"not 'package\.module:function'"):
+        JobType("t", jobs.Nothing, "no_colon")
+    with pytest.raises(ValueError, match="job type name"):
+        JobType("has space", jobs.Nothing, "m:f")
+
+
+def test_a_module_whose_settings_are_invalid_is_reported_on_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEYOR_DIGEST_SCHEDULE", '{"hour": 25}')
+    monkeypatch.delitem(sys.modules, "conveyor_seed", raising=False)
+    with pytest.raises(JobModuleError) as error:
+        load_catalog(["conveyor_seed"])
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("job module 'conveyor_seed': import failed: ValidationError: ")
+    assert "CONVEYOR_DIGEST_SCHEDULE: hour must be in 0..23, not 25" in message

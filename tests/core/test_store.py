@@ -6,7 +6,6 @@ import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
-from conveyor_core.catalog import CREATE_TASK, CreateTask
 from conveyor_core.enqueue import enqueue, fingerprint
 from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.store import (
@@ -18,6 +17,7 @@ from conveyor_core.store import (
     decode_cursor,
     encode_cursor,
 )
+from conveyor_seed import CREATE_TASK, CreateTask
 
 QUEUE = CREATE_TASK.queue
 CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 100}

@@ -26,7 +26,7 @@ BRIEF_JOBS = 1_200
 async def submit_many(redis_url: str, job_type: str, count: int) -> list[str]:
     client = create_redis(RedisSettings(url=redis_url))
     try:
-        store = JobStore(client, load_catalog([jobs.MODULE]))
+        store = JobStore(client, load_catalog(jobs.MODULES.split(",")))
         kind = store.catalog[job_type]
         return [(await enqueue(store, kind, jobs.Effect(work_s=0))).job_id for _ in range(count)]
     finally:

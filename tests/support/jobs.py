@@ -5,17 +5,25 @@ truth from Redis rather than from logs.
 """
 
 import asyncio
+import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy, SendEmail
+from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy
+from conveyor_core.context import JobContext
 from conveyor_core.jobs import JobState
+from conveyor_core.resources import Resource, ResourceScope
 from conveyor_core.store import JobStore
-from conveyor_worker.context import JobContext
+from conveyor_seed import SendEmail
 
 MODULE = "tests.support.jobs"
+# What the services load in tests: the seed app and the test job types.
+MODULES = f"conveyor_seed,{MODULE}"
 
 
 class Nothing(BaseModel):
@@ -105,6 +113,32 @@ async def welcome(ctx: JobContext, payload: Signup) -> str:
     return f"welcome, {payload.name}"
 
 
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """A shared resource that tells which process opened it."""
+
+    pid: int
+
+
+@asynccontextmanager
+async def open_ledger(scope: ResourceScope) -> AsyncIterator[Ledger]:
+    """Counts its opening and closing per process in Redis."""
+    await scope.redis.incr(f"test:ledger:opened:{os.getpid()}")
+    try:
+        yield Ledger(os.getpid())
+    finally:
+        await scope.redis.incr(f"test:ledger:closed:{os.getpid()}")
+
+
+LEDGER = Resource("test_ledger", open_ledger)
+RESOURCES = [LEDGER]
+
+
+async def ledger_pid(ctx: JobContext, payload: Nothing) -> int:
+    """Which process opened the ledger this job uses."""
+    return ctx.resource(LEDGER).pid
+
+
 def _quick(max_tries: int) -> RetryPolicy:
     return RetryPolicy(max_tries=max_tries, backoff_base_s=0.2, backoff_cap_s=5)
 
@@ -128,8 +162,9 @@ JOB_TYPES = [
     JobType("brief", Effect, f"{MODULE}:effect", retry=_quick(1), keep_result_s=1),
     JobType("parent", Nothing, f"{MODULE}:parent"),
     JobType("welcome", Signup, f"{MODULE}:welcome"),
+    JobType("ledger_pid", Nothing, f"{MODULE}:ledger_pid"),
     # send_email with few, quick tries: to see a mail reach the dead letters.
-    JobType("quick_mail", SendEmail, "conveyor_worker.jobs.email:send_email", retry=_quick(3)),
+    JobType("quick_mail", SendEmail, "conveyor_seed.jobs.email:send_email", retry=_quick(3)),
 ]
 
 

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # No cron unless a test asks for it: a run at the default times (hh:30, 09:00)
 # would add jobs to tests that count exactly what they submitted.
 TEST_ENV = {
-    "CONVEYOR_JOB_MODULES": jobs.MODULE,
+    "CONVEYOR_JOB_MODULES": jobs.MODULES,
     "PYTHONPATH": str(REPO_ROOT),
     "CONVEYOR_DIGEST_SCHEDULE": "null",
     "CONVEYOR_CLEANUP_SCHEDULE": "null",

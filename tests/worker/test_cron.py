@@ -1,52 +1,108 @@
-"""The worker's cron entries come from settings; bad schedules are refused."""
+"""The worker's cron entries come from the job types' schedules; settings
+override or switch them off; bad schedules are refused."""
+
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 
+from conveyor_core import InvalidScheduleError, Schedule
 from conveyor_core.catalog import load_catalog
-from conveyor_core.settings import CronSettings, RedisSettings
+from conveyor_core.settings import CatalogSettings, RedisSettings
+from conveyor_seed.settings import CronSettings
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import worker_settings
+from tests.support import jobs
 
 
 def cron_entries(
-    redis: ArqRedis, cron: CronSettings, queue: str = "arq:queue"
-) -> dict[str, object]:
-    settings = Settings(redis=RedisSettings(), cron=cron, queue=queue)
-    kwargs = worker_settings(settings, redis, load_catalog())
-    return {entry.name: entry for entry in kwargs["cron_jobs"]}
+    redis: ArqRedis, schedules: dict[str, Any] | None = None, queue: str = "arq:queue"
+) -> dict[str, list[Any]]:
+    catalog_settings = CatalogSettings(job_modules=jobs.MODULES, schedules=schedules or {})
+    settings = Settings(redis=RedisSettings(), catalog=catalog_settings, queue=queue)
+    kwargs = worker_settings(settings, redis, load_catalog(catalog_settings.modules))
+    entries: dict[str, list[Any]] = {}
+    for entry in kwargs["cron_jobs"]:
+        entries.setdefault(entry.name, []).append(entry)
+    return entries
 
 
-def test_default_schedules_are_daily_digest_and_hourly_cleanup(redis: ArqRedis) -> None:
-    entries = cron_entries(redis, CronSettings())
-    digest, cleanup = entries["send_digest"], entries["cleanup_temp_uploads"]
-    assert (digest.hour, digest.minute, digest.second) == (9, 0, 0)  # type: ignore[attr-defined]
-    assert (cleanup.hour, cleanup.minute) == (None, 30)  # type: ignore[attr-defined]
+def test_the_seeds_declare_a_daily_digest_and_an_hourly_cleanup(redis: ArqRedis) -> None:
+    entries = cron_entries(redis)
+    (digest,), (cleanup,) = entries["send_digest"], entries["cleanup_temp_uploads"]
+    assert (digest.hour, digest.minute, digest.second) == (9, 0, 0)
+    assert (cleanup.hour, cleanup.minute) == (None, 30)
     # Unique ids per run; the finished run's job key, kept with its record, stops
     # a late replica from enqueuing it again (no arq result beside the record).
-    assert digest.unique  # type: ignore[attr-defined]
-    assert digest.keep_result_s == 0  # type: ignore[attr-defined]
-    assert digest.max_tries == 6  # type: ignore[attr-defined]  # the wrapper decides at 5
+    assert digest.unique
+    assert digest.keep_result_s == 0
+    assert digest.max_tries == 6  # the wrapper decides at 5
 
 
-def test_schedules_from_the_environment(redis: ArqRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_override_and_switch_off_schedules(redis: ArqRedis) -> None:
+    entries = cron_entries(
+        redis,
+        {
+            "send_digest": [{"second": [0, 30]}, {"hour": 18, "minute": 5}],
+            "cleanup_temp_uploads": None,
+        },
+    )
+    assert list(entries) == ["send_digest"]
+    first, second = entries["send_digest"]
+    assert first.second == {0, 30}
+    assert (second.hour, second.minute, second.second) == (18, 5, 0)
+
+
+def test_the_seeds_own_schedule_settings_still_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_DIGEST_SCHEDULE", '{"second": [0, 30]}')
     monkeypatch.setenv("CONVEYOR_CLEANUP_SCHEDULE", "null")
-    entries = cron_entries(redis, CronSettings())
-    assert list(entries) == ["send_digest"]
-    assert entries["send_digest"].second == [0, 30]  # type: ignore[attr-defined]
+    assert CronSettings().digest_schedule == {"second": [0, 30]}
+    assert CronSettings().cleanup_schedule is None
 
 
-def test_no_cron_on_a_queue_without_the_cron_job_types(redis: ArqRedis) -> None:
+def test_a_schedule_in_a_time_zone_follows_its_clock(redis: ArqRedis) -> None:
+    entries = cron_entries(
+        redis, {"send_digest": {"hour": 9, "minute": 0, "timezone": "Europe/Paris"}}
+    )
+    (digest,) = entries["send_digest"]
+    digest.calculate_next(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
+    # 09:00 in Paris in summer is 07:00 UTC, the next day.
+    assert digest.next_run.astimezone(UTC).replace(microsecond=0) == datetime(
+        2026, 7, 2, 7, 0, tzinfo=UTC
+    )
+    digest.calculate_next(datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+    assert digest.next_run.astimezone(UTC).replace(microsecond=0) == datetime(
+        2026, 1, 2, 8, 0, tzinfo=UTC
+    )
+
+
+def test_no_cron_on_a_queue_without_job_types(redis: ArqRedis) -> None:
     with pytest.raises(ValueError, match="no job types on queue"):
-        cron_entries(redis, CronSettings(), queue="other")
+        cron_entries(redis, queue="other")
 
 
 @pytest.mark.parametrize(
-    "schedule", ['{"hour": 24}', '{"second": []}', '{"minute": [5, 60]}', '{"hours": 1}']
+    "schedule",
+    [
+        '{"send_digest": {"hour": 24}}',
+        '{"send_digest": {"second": []}}',
+        '{"send_digest": {"minute": [5, 60]}}',
+        '{"send_digest": {"hours": 1}}',
+        '{"send_digest": {"hour": 1, "timezone": "Mars/Olympus"}}',
+    ],
 )
-def test_bad_schedules_are_refused(monkeypatch: pytest.MonkeyPatch, schedule: str) -> None:
-    monkeypatch.setenv("CONVEYOR_DIGEST_SCHEDULE", schedule)
-    with pytest.raises(ValidationError, match=r"digest_schedule|CONVEYOR_DIGEST_SCHEDULE"):
-        CronSettings()
+def test_bad_schedule_settings_are_refused(monkeypatch: pytest.MonkeyPatch, schedule: str) -> None:
+    monkeypatch.setenv("CONVEYOR_SCHEDULES", schedule)
+    with pytest.raises(ValidationError, match=r"CONVEYOR_SCHEDULES\['send_digest'\]"):
+        CatalogSettings()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"hour": 24}, {"weekday": 7}, {"minute": []}, {"hour": True}, {"timezone": "Nowhere"}],
+)
+def test_bad_schedules_are_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(InvalidScheduleError):
+        Schedule(**fields)

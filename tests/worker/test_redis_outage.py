@@ -10,12 +10,13 @@ import redis as redis_sync
 from pydantic import BaseModel
 from redis.exceptions import OutOfMemoryError
 
-from conveyor_core.catalog import CreateTask, load_catalog
+from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.redis import create_redis
 from conveyor_core.settings import RedisSettings
 from conveyor_core.store import JobStore
+from conveyor_seed import CreateTask
 from tests.support import jobs
 from tests.support.jobs import result_of
 from tests.support.processes import stop_all, worker_process
@@ -27,11 +28,11 @@ def run_one_job(redis_url: str) -> None:
     """Enqueue create_task and wait for its result."""
     import asyncio
 
-    from conveyor_core.catalog import CREATE_TASK, CreateTask
     from conveyor_core.enqueue import enqueue
     from conveyor_core.redis import create_redis
     from conveyor_core.settings import RedisSettings
     from conveyor_core.store import JobStore
+    from conveyor_seed import CREATE_TASK, CreateTask
 
     async def go() -> object:
         client = create_redis(RedisSettings(url=redis_url))
@@ -132,7 +133,7 @@ def test_a_full_redis_stops_claims_not_the_worker_and_loses_no_job(
     may run on a full Redis), new claims are refused whole, the worker stays up and
     says why it is not ready, and every queued job runs once memory is back."""
     worker = worker_process(
-        own_redis.url, log_dir, CONVEYOR_JOB_MODULES=jobs.MODULE, CONVEYOR_WORKER_MAX_JOBS="1"
+        own_redis.url, log_dir, CONVEYOR_JOB_MODULES=jobs.MODULES, CONVEYOR_WORKER_MAX_JOBS="1"
     )
     client = redis_sync.Redis.from_url(own_redis.url)
     try:
@@ -178,7 +179,7 @@ def used_memory(client: redis_sync.Redis) -> int:
 async def submit(redis_url: str, job_type: str, payload: BaseModel) -> str | None:
     client = create_redis(RedisSettings(url=redis_url))
     try:
-        store = JobStore(client, load_catalog([jobs.MODULE]))
+        store = JobStore(client, load_catalog(jobs.MODULES.split(",")))
         try:
             return (await enqueue(store, store.catalog[job_type], payload)).job_id
         except OutOfMemoryError:
@@ -192,7 +193,7 @@ async def state_of(redis_url: str, job_id: str | None, wanted: str, timeout_s: f
     assert job_id is not None
     client = create_redis(RedisSettings(url=redis_url))
     try:
-        store = JobStore(client, load_catalog([jobs.MODULE]))
+        store = JobStore(client, load_catalog(jobs.MODULES.split(",")))
         deadline = time.monotonic() + timeout_s
         while True:
             job = await store.get(job_id)

@@ -1,14 +1,16 @@
 """The worker in-process against a real Redis: registration, ctx resources, a job run."""
 
 import asyncio
+import os
 
 import pytest
 from arq.connections import ArqRedis
 
-from conveyor_core.catalog import CREATE_TASK, CreateTask, load_catalog
+from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobState
 from conveyor_core.store import JobStore
+from conveyor_seed import CREATE_TASK, CreateTask
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import ConveyorWorker, worker_settings
 from tests.support import jobs
@@ -19,7 +21,7 @@ async def test_worker_registers_exactly_the_catalog_of_its_queue(
     redis: ArqRedis, redis_url: str
 ) -> None:
     worker = make_worker(redis, redis_url)
-    catalog = load_catalog([jobs.MODULE])
+    catalog = load_catalog(jobs.MODULES.split(","))
     assert set(worker.functions) == {t.name for t in catalog.for_queue(CREATE_TASK.queue)}
     assert worker.queue_name == CREATE_TASK.queue
     # arq's own limit is above the policy's, so the wrapper decides the last try.
@@ -54,22 +56,21 @@ async def test_startup_opens_and_shutdown_closes_shared_resources(
     worker = make_worker(redis, redis_url)
     worker.ctx["redis"] = redis
     assert worker.on_startup is not None
-    assert worker.on_shutdown is not None
     await worker.on_startup(worker.ctx)
-    session = worker.ctx["http"]
-    assert not session.closed
     assert isinstance(worker.ctx["store"], JobStore)
+    assert worker.ctx["resources"]["test_ledger"] == jobs.Ledger(os.getpid())
+    assert await redis.get(f"test:ledger:opened:{os.getpid()}") == b"1"
 
-    await worker.on_shutdown(worker.ctx)
-    assert session.closed
-    assert "http" not in worker.ctx
+    await worker.ctx["open_resources"].close(timeout_s=1)
+    assert await redis.get(f"test:ledger:closed:{os.getpid()}") == b"1"
+    assert worker.ctx["resources"] == {}
 
 
 async def test_a_job_whose_last_try_never_finished_goes_dead_without_running(
     redis: ArqRedis, redis_url: str
 ) -> None:
     store = JobStore(redis)
-    catalog = load_catalog([jobs.MODULE])
+    catalog = load_catalog(jobs.MODULES.split(","))
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
     # As if every try so far had died with its worker: the record's last try never ended.
     await redis.hset(  # type: ignore[misc]
@@ -93,7 +94,7 @@ async def test_a_job_whose_last_try_never_finished_goes_dead_without_running(
 async def test_the_claim_starts_the_record_and_sets_arqs_try_count_to_its_own(
     redis: ArqRedis, redis_url: str
 ) -> None:
-    store = JobStore(redis, load_catalog([jobs.MODULE]))
+    store = JobStore(redis, load_catalog(jobs.MODULES.split(",")))
     catalog = store.catalog
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
     # Two tries so far by the record; arq's own counter says more (shutdowns it
@@ -124,7 +125,7 @@ async def test_the_claim_starts_the_record_and_sets_arqs_try_count_to_its_own(
 async def test_a_job_arq_ends_without_running_is_settled_not_left_in_progress(
     redis: ArqRedis, redis_url: str
 ) -> None:
-    catalog = load_catalog([jobs.MODULE])
+    catalog = load_catalog(jobs.MODULES.split(","))
     store = JobStore(redis, catalog)
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
     worker = await started_worker(redis, redis_url)
@@ -177,7 +178,7 @@ async def test_a_job_cancelled_between_its_claim_and_its_start_never_runs(
 async def test_a_job_whose_worker_died_with_a_cancel_pending_is_cancelled_not_run(
     redis: ArqRedis, redis_url: str
 ) -> None:
-    catalog = load_catalog([jobs.MODULE])
+    catalog = load_catalog(jobs.MODULES.split(","))
     store = JobStore(redis, catalog)
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
     worker = await started_worker(redis, redis_url)

@@ -1,11 +1,13 @@
 """`python -m conveyor_api`: serve the api with uvicorn."""
 
 import socket
+import sys
 
 import uvicorn
 
 from conveyor_api.main import create_app
 from conveyor_api.settings import Settings
+from conveyor_core.catalog import JobModuleError
 from conveyor_core.logging import configure_logging
 from conveyor_core.tracing import setup_tracing
 
@@ -13,9 +15,14 @@ from conveyor_core.tracing import setup_tracing
 def main() -> None:
     settings = Settings()
     configure_logging("api", settings.log_level)
+    try:
+        app = create_app(settings)
+    except JobModuleError as exc:
+        # One line that says which module and what is wrong; no traceback.
+        sys.exit(f"conveyor-api: cannot start: {exc}")
     tracing = setup_tracing("conveyor-api")
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # keep our log format

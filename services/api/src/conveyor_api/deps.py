@@ -13,7 +13,6 @@ from fastapi import Depends, Request
 from conveyor_api.events import JobEvents
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import Catalog
-from conveyor_core.documents import DocumentStore
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
 from conveyor_core.store import JobStore
@@ -47,11 +46,6 @@ async def get_catalog(request: Request) -> Catalog:
     return catalog
 
 
-async def get_documents(request: Request) -> DocumentStore:
-    documents: DocumentStore = request.app.state.documents
-    return documents
-
-
 async def get_events(request: Request) -> JobEvents:
     events: JobEvents = request.app.state.events
     return events
@@ -70,7 +64,6 @@ async def get_redactor(request: Request) -> Redactor:
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
-DocumentsDep = Annotated[DocumentStore, Depends(get_documents)]
 EventsDep = Annotated[JobEvents, Depends(get_events)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedactorDep = Annotated[Redactor, Depends(get_redactor)]

@@ -1,10 +1,11 @@
 """The api's app factory: `uvicorn --factory conveyor_api.main:create_app`."""
 
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from conveyor_api.auth import KeyRing, secure_routes
 from conveyor_api.deps import Services
@@ -12,11 +13,10 @@ from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
 from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from conveyor_api.problems import document_problems, install_problem_handlers
-from conveyor_api.routes import documents, events, health, jobs, queues, tutorial, ui
+from conveyor_api.routes import events, health, jobs, queues, ui
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
-from conveyor_core.catalog import load_catalog
-from conveyor_core.documents import DocumentStore
+from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import create_redis
@@ -24,9 +24,6 @@ from conveyor_core.redis_health import RedisHealth
 from conveyor_core.store import JobStore
 
 logger = logging.getLogger("conveyor.api")
-
-# Room for the multipart boundaries and form fields around an uploaded file.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,7 +35,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One client (and connection pool) for the process, not one per request.
         app.state.redis = redis = create_redis(settings.redis)
         app.state.store = JobStore(redis, catalog)
-        app.state.documents = DocumentStore(redis)
         app.state.events = events = JobEvents(redis)
         if settings.rate_limit_per_s > 0:
             app.state.rate_limiter = RateLimiter(
@@ -73,10 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        # An upload may be as large as a document may be, plus the multipart framing.
-        max_upload_bytes=max(
-            settings.max_upload_bytes, settings.documents.max_bytes + MULTIPART_OVERHEAD_BYTES
-        ),
+        max_upload_bytes=settings.max_upload_bytes,
     )
     setup_headers(app, settings.cors_origin_list)
     app.state.settings = settings
@@ -94,12 +87,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The busiest routes first: requests are matched against routes in order.
     jobs.add_routes(app.router, list(catalog))
     app.include_router(health.router)
-    app.include_router(tutorial.router)
     app.include_router(queues.router)
-    app.include_router(documents.router)
+    for router in module_routers(catalog):
+        app.include_router(router)
     app.include_router(events.router)
     secure_routes(app)
     document_problems(app)
     # Last: the page's static files, open to all (the page holds no data).
     ui.install(app)
     return app
+
+
+def module_routers(catalog: Catalog) -> list[APIRouter]:
+    """The routers the job modules add (their `API_ROUTERS`), imported here only."""
+    routers = []
+    for path in catalog.api_routers:
+        module_name, _, name = path.partition(":")
+        try:
+            router = getattr(importlib.import_module(module_name), name)
+        except Exception as exc:
+            raise JobModuleError(
+                module_name, f"API_ROUTERS entry {path!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(router, APIRouter):
+            raise JobModuleError(module_name, f"API_ROUTERS entry {path!r} is not an APIRouter")
+        routers.append(router)
+    return routers

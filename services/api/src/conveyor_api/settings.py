@@ -7,12 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_api.auth import ApiKey
 from conveyor_core.enqueue import MAX_DEFER_S
-from conveyor_core.settings import (
-    CatalogSettings,
-    DocumentSettings,
-    ObservabilitySettings,
-    RedisSettings,
-)
+from conveyor_core.settings import CatalogSettings, ObservabilitySettings, RedisSettings
 
 
 class Settings(BaseSettings):
@@ -24,9 +19,6 @@ class Settings(BaseSettings):
     # off the ingress; unset: on `port` beside the api.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: str = "INFO"
-    # The tutorial's create_task sleeps a random time in this range.
-    task_sleep_min_s: float = Field(default=1.0, ge=0)
-    task_sleep_max_s: float = Field(default=10.0, ge=0)
     # How long /readyz waits for Redis to answer PING.
     readiness_timeout_s: float = Field(default=0.5, gt=0)
     # What a 503 tells clients to wait before they try again.
@@ -51,7 +43,8 @@ class Settings(BaseSettings):
     # How far ahead a job may be scheduled (defer_by_s, run_at); later gets 422.
     # At most ~100 years, so every due time stays one the api can read back.
     max_defer_s: float = Field(default=MAX_DEFER_S, gt=0, le=100 * 366 * 86_400)
-    # Multipart (file upload) request bodies above this size get 413.
+    # Multipart (file upload) request bodies above this size get 413: keep it
+    # above the largest upload a job module's routes accept (with its framing).
     max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1024)
     # Uploaded file names longer than this (in characters) are refused.
     max_filename_chars: int = Field(default=255, ge=1, le=1024)
@@ -59,7 +52,6 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
-    documents: DocumentSettings = Field(default_factory=DocumentSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @property
@@ -72,14 +64,5 @@ class Settings(BaseSettings):
             raise ValueError(
                 "CONVEYOR_API_KEYS is empty: give at least one api key, or set "
                 "CONVEYOR_API_DEVELOPMENT=true to start without any (every /v1 request gets 401)"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _sleep_range_is_ordered(self) -> Self:
-        if self.task_sleep_min_s > self.task_sleep_max_s:
-            raise ValueError(
-                f"CONVEYOR_API_TASK_SLEEP_MIN_S ({self.task_sleep_min_s}) is above "
-                f"CONVEYOR_API_TASK_SLEEP_MAX_S ({self.task_sleep_max_s})"
             )
         return self

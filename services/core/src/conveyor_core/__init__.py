@@ -1,1 +1,44 @@
-"""Conveyor's shared contract: what the api and the worker both import."""
+"""Conveyor's public surface for job authors: everything a job module needs.
+
+    from conveyor_core import JobContext, JobType, Resource, RetryPolicy, Schedule
+
+A job module imports from here only, so both services load it: the api to
+validate payloads, the worker to run handlers. Anything else in
+`conveyor_core` is the platform's own and may change.
+"""
+
+from conveyor_core.catalog import (
+    DEFAULT_QUEUE,
+    JobModuleError,
+    JobType,
+    PermanentJobError,
+    RecordId,
+    RetryPolicy,
+    ScheduledRun,
+)
+from conveyor_core.context import AnyHandler, JobContext, JobHandler
+from conveyor_core.jobs import JobState
+from conveyor_core.resources import Resource, ResourceNotOpenError, ResourceScope
+from conveyor_core.schedule import InvalidScheduleError, Schedule
+from conveyor_core.store import JobStore, Submitted
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "AnyHandler",
+    "InvalidScheduleError",
+    "JobContext",
+    "JobHandler",
+    "JobModuleError",
+    "JobState",
+    "JobStore",
+    "JobType",
+    "PermanentJobError",
+    "RecordId",
+    "Resource",
+    "ResourceNotOpenError",
+    "ResourceScope",
+    "RetryPolicy",
+    "Schedule",
+    "ScheduledRun",
+    "Submitted",
+]

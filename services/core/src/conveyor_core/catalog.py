@@ -1,20 +1,39 @@
 """The job catalog: every job type declared once, for both services.
 
-The api validates payloads against it and never imports a handler; the
-worker registers exactly the catalog's handlers for its queue. More job types
-come from the modules named in `CONVEYOR_JOB_MODULES`, each exposing
-`JOB_TYPES: list[JobType]`.
+Job types come from the job modules named in `CONVEYOR_JOB_MODULES`; the
+platform declares none of its own. A job module exposes:
+
+- `JOB_TYPES: list[JobType]` (required): name, payload model, queue, retry
+  policy, timeout, retention and schedules of each job type;
+- `RESOURCES: list[Resource]` (optional): what its handlers share, opened once
+  per worker process (see resources.py);
+- `API_ROUTERS: list[str]` (optional): `"package.module:router"` of FastAPI
+  routers the api mounts, for endpoints of the module's own.
+
+The api validates payloads against the catalog and never imports a handler;
+the worker registers exactly the catalog's handlers for its queue. A job
+module imports only core's public surface (`from conveyor_core import ...`),
+so both services load it.
 """
 
 import importlib
 import random
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
 
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, Field
+
+from conveyor_core.resources import Resource
+from conveyor_core.schedule import Schedule
+from conveyor_core.settings import CatalogSettings
 
 # arq's own default queue, so a bare arq client or worker interoperates.
 DEFAULT_QUEUE = "arq:queue"
+# What a job type may be called: it is an arq function name and a metric label.
+JOB_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 
 class PermanentJobError(Exception):
@@ -54,7 +73,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class JobType:
-    """One job type: what it accepts, where it runs and how it fails."""
+    """One job type: what it accepts, where it runs, how it fails and when it runs by itself."""
 
     name: str
     payload: type[BaseModel]
@@ -66,119 +85,73 @@ class JobType:
     # How long a finished job (and its result) stays readable.
     keep_result_s: float = 86_400.0
     description: str = ""
+    # Runs the worker enqueues by itself (each once, whatever the replicas);
+    # CONVEYOR_SCHEDULES overrides or switches them off by job name.
+    schedules: tuple[Schedule, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not JOB_NAME.fullmatch(self.name):
+            raise ValueError(f"job type name {self.name!r}: use letters, digits, _ . and -")
+        if isinstance(self.schedules, Schedule):
+            object.__setattr__(self, "schedules", (self.schedules,))
+        object.__setattr__(self, "schedules", tuple(self.schedules))
+        if not all(isinstance(s, Schedule) for s in self.schedules):
+            raise ValueError(f"job type {self.name!r}: schedules must be Schedule objects")
+        if ":" not in self.handler:
+            raise ValueError(
+                f"job type {self.name!r}: handler {self.handler!r} is not 'package.module:function'"
+            )
 
 
-class CreateTask(BaseModel):
-    """Payload of the tutorial's `create_task`."""
-
-    sleep_s: float = Field(ge=0, le=3600, description="How long the job sleeps.")
-
-
-# The tutorial's job: sleeps a while, standing in for real work.
-CREATE_TASK = JobType(
-    name="create_task",
-    payload=CreateTask,
-    handler="conveyor_worker.jobs.tutorial:create_task",
-    retry=RetryPolicy(max_tries=3),
-    timeout_s=60.0,
-    description="The tutorial's task: sleep `sleep_s` seconds.",
-)
-
-# Ids of Conveyor's own records (documents, jobs) as jobs pass them.
+# Ids of records (documents, jobs) as jobs pass them.
 RecordId = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
 
 
-class SendEmail(BaseModel):
-    """Payload of `send_email`: one mail, sent once however often the job is tried."""
-
-    to_email: EmailStr
-    subject: str = Field(min_length=1, max_length=200)
-    body: str = Field(max_length=100_000)
-
-
-class DocumentRef(BaseModel):
-    """Payload of the document jobs: only the id; each job re-reads the document."""
-
-    document_id: str = RecordId
-
-
 class ScheduledRun(BaseModel):
-    """Payload of the cron jobs: none; what they do depends on when they run."""
-
-
-# Mail servers go away for minutes, not seconds: back off up to 10 minutes.
-MAIL_RETRY = RetryPolicy(max_tries=8, backoff_base_s=2.0, backoff_cap_s=600.0)
-
-# The seed's welcome mail, or any other single mail.
-SEND_EMAIL = JobType(
-    name="send_email",
-    payload=SendEmail,
-    handler="conveyor_worker.jobs.email:send_email",
-    retry=MAIL_RETRY,
-    timeout_s=60.0,
-    description="Send one mail over SMTP; a retry never sends it twice.",
-)
-
-PROCESS_DOCUMENT = JobType(
-    name="process_document",
-    payload=DocumentRef,
-    handler="conveyor_worker.jobs.documents:process_document",
-    retry=RetryPolicy(max_tries=5, backoff_base_s=2.0, backoff_cap_s=300.0),
-    timeout_s=300.0,
-    description="Extract an uploaded document's text, summarize it, then mail the uploader.",
-)
-
-EMAIL_USER = JobType(
-    name="email_user",
-    payload=DocumentRef,
-    handler="conveyor_worker.jobs.email:email_user",
-    retry=MAIL_RETRY,
-    timeout_s=60.0,
-    description="Mail a processed document's summary to the address given at upload; once.",
-)
-
-SEND_DIGEST = JobType(
-    name="send_digest",
-    payload=ScheduledRun,
-    handler="conveyor_worker.jobs.scheduled:send_digest",
-    retry=RetryPolicy(max_tries=5, backoff_base_s=5.0, backoff_cap_s=300.0),
-    timeout_s=60.0,
-    description="Mail the operator the jobs completed, failed and dead per type since the last "
-    "digest, and the documents processed. Runs on the worker's schedule.",
-)
-
-CLEANUP_TEMP_UPLOADS = JobType(
-    name="cleanup_temp_uploads",
-    payload=ScheduledRun,
-    handler="conveyor_worker.jobs.scheduled:cleanup_temp_uploads",
-    retry=RetryPolicy(max_tries=3),
-    timeout_s=300.0,
-    description="Remove uploaded documents past their retention. Runs on the worker's schedule.",
-)
-
-BUILTIN_JOB_TYPES: tuple[JobType, ...] = (
-    CREATE_TASK,
-    SEND_EMAIL,
-    PROCESS_DOCUMENT,
-    EMAIL_USER,
-    SEND_DIGEST,
-    CLEANUP_TEMP_UPLOADS,
-)
+    """The payload of a scheduled job type: none; what a run does depends on when it runs."""
 
 
 class UnknownJobTypeError(KeyError):
     pass
 
 
-class Catalog:
-    """Job types by name."""
+class JobModuleError(ValueError):
+    """A job module the services cannot load; the message names the module and the problem."""
 
-    def __init__(self, job_types: Iterable[JobType]) -> None:
+    def __init__(self, module: str, problem: str) -> None:
+        super().__init__(f"job module {module!r}: {one_line(problem)}")
+        self.module = module
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (a pydantic ValidationError's) as one line for a log."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class Catalog:
+    """Job types by name, the resources their handlers share, and the api routers
+    their modules add."""
+
+    def __init__(
+        self,
+        job_types: Iterable[JobType],
+        resources: Iterable["Resource[Any]"] = (),
+        api_routers: Iterable[str] = (),
+    ) -> None:
         self._types: dict[str, JobType] = {}
         for job_type in job_types:
             if job_type.name in self._types:
                 raise ValueError(f"job type {job_type.name!r} is declared twice")
             self._types[job_type.name] = job_type
+        self.resources: list[Resource[Any]] = []
+        for resource in resources:
+            if any(r.name == resource.name for r in self.resources):
+                raise ValueError(f"resource {resource.name!r} is declared twice")
+            self.resources.append(resource)
+        # "package.module:router" of a FastAPI APIRouter, imported by the api only.
+        self.api_routers = list(api_routers)
+        # Which job module declared each resource, for messages.
+        self.resource_modules: dict[str, str] = {}
 
     def __getitem__(self, name: str) -> JobType:
         try:
@@ -202,13 +175,58 @@ class Catalog:
         return [job_type for job_type in self if job_type.queue == queue]
 
 
-def load_catalog(modules: Iterable[str] = ()) -> Catalog:
-    """The built-in job types plus each module's `JOB_TYPES`."""
-    job_types = list(BUILTIN_JOB_TYPES)
+def _module_list(module_name: str, module: ModuleType, attribute: str, kind: type) -> list[Any]:
+    declared = getattr(module, attribute, [])
+    if not isinstance(declared, list | tuple) or not all(isinstance(d, kind) for d in declared):
+        raise JobModuleError(module_name, f"{attribute} must be a list of {kind.__name__}")
+    return list(declared)
+
+
+def load_catalog(modules: Iterable[str] | None = None) -> Catalog:
+    """Each job module's `JOB_TYPES` (and its `RESOURCES` and `API_ROUTERS`, if any);
+    without `modules`, those `CONVEYOR_JOB_MODULES` names.
+
+    A module that cannot be loaded raises JobModuleError, whose one-line
+    message names the module and the problem; the services refuse to start with it.
+    """
+    if modules is None:
+        modules = CatalogSettings().modules
+    job_types: dict[str, tuple[str, JobType]] = {}
+    resources: dict[str, tuple[str, Resource[Any]]] = {}
+    api_routers: list[str] = []
     for module_name in modules:
-        module = importlib.import_module(module_name)
         try:
-            job_types += module.JOB_TYPES
-        except AttributeError:
-            raise ValueError(f"job module {module_name!r} has no JOB_TYPES list") from None
-    return Catalog(job_types)
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise JobModuleError(
+                module_name, f"import failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not hasattr(module, "JOB_TYPES"):
+            raise JobModuleError(module_name, "has no JOB_TYPES list")
+        for job_type in _module_list(module_name, module, "JOB_TYPES", JobType):
+            if job_type.name in job_types:
+                other = job_types[job_type.name][0]
+                raise JobModuleError(
+                    module_name, f"job type {job_type.name!r} is declared twice (also in {other!r})"
+                )
+            job_types[job_type.name] = (module_name, job_type)
+        for resource in _module_list(module_name, module, "RESOURCES", Resource):
+            if resource.name in resources:
+                other = resources[resource.name][0]
+                raise JobModuleError(
+                    module_name, f"resource {resource.name!r} is declared twice (also in {other!r})"
+                )
+            resources[resource.name] = (module_name, resource)
+        for router in _module_list(module_name, module, "API_ROUTERS", str):
+            if ":" not in router:
+                raise JobModuleError(
+                    module_name, f"API_ROUTERS entry {router!r} is not 'module:name'"
+                )
+            api_routers.append(router)
+    catalog = Catalog(
+        (job_type for _, job_type in job_types.values()),
+        (resource for _, resource in resources.values()),
+        api_routers,
+    )
+    catalog.resource_modules = {name: module for name, (module, _) in resources.items()}
+    return catalog

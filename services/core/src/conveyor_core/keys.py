@@ -6,8 +6,8 @@ Worker still runs the jobs. A waiting job is only arq's: its job key (payload,
 trace context) and its entry in the queue's sorted set. Conveyor adds the rest
 of a job's life: a small hash from its first claim on (state, tries, times,
 progress, result or error), per-queue indexes by state, idempotency, wake-ups
-and change notices; and for the workflow jobs, uploaded documents, sent-mail
-marks and the digest's counts.
+and change notices, and counts of job outcomes. Job modules keep keys of their
+own under the same prefix (the seed app's documents and sent-mail marks).
 
 Keys of one queue carry the queue in a `{...}` hash tag, so a Redis Cluster
 keeps them in one slot. Per-job keys (arq's and the job hash) are named by id
@@ -39,19 +39,12 @@ ABORT_MESSAGE = b"abort"
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # Lock per queue so that one worker at a time trims expired index entries.
 HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
-# Hash per uploaded document: name, type, state, text, summary, times, job ids.
-DOCUMENT_PREFIX = PREFIX + "document:"
-# The uploaded bytes, beside the document's hash: `conveyor:document:{id}:content`.
-DOCUMENT_CONTENT_SUFFIX = ":content"
-# Sorted set of document ids by the time their retention ends: what cleanup removes.
-DOCUMENTS_BY_EXPIRY = PREFIX + "documents:expiry"
-# String per mail sent: its Message-ID, so a retried email job never sends twice.
-MAIL_SENT_PREFIX = PREFIX + "mail:sent:"
-# Hash of counts since the last digest: `{job type}:{complete|failed|dead}` and
-# `documents:processed`, bumped in the same script as the change they count.
+# Hash of counts since they were last taken (stats.py): `{job type}:{complete|
+# retried|dead}`, bumped in the same script as the change they count, and
+# `{name}:{event}` counts a job module bumps in its own scripts.
 STATS_PENDING = PREFIX + "stats:pending"
-# The counts one digest run took over (renamed from STATS_PENDING), by job id,
-# so a retried digest reports the same numbers.
+# The counts one run took over (renamed from STATS_PENDING), by the taking
+# job's id, so a retried run reports the same numbers.
 STATS_DIGEST_PREFIX = PREFIX + "stats:digest:"
 
 
@@ -78,18 +71,6 @@ def idempotency_key(job_type: str, key: str) -> str:
 
 def wake_channel(queue: str) -> str:
     return WAKE_PREFIX + queue
-
-
-def document_key(document_id: str) -> str:
-    return DOCUMENT_PREFIX + document_id
-
-
-def document_content_key(document_id: str) -> str:
-    return DOCUMENT_PREFIX + document_id + DOCUMENT_CONTENT_SUFFIX
-
-
-def mail_sent_key(mail_key: str) -> str:
-    return MAIL_SENT_PREFIX + mail_key
 
 
 def stats_digest_key(job_id: str) -> str:

@@ -1,10 +1,12 @@
 """Settings both services share. Each service adds its own on top."""
 
-from typing import Literal
+from typing import Any
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from conveyor_core.schedule import InvalidScheduleError, Schedule
 
 
 class RedisSettings(BaseSettings):
@@ -103,16 +105,48 @@ def masked_url(url: str) -> str:
 
 
 class CatalogSettings(BaseSettings):
-    """Which job types exist beyond the built-in ones. Read from `CONVEYOR_JOB_MODULES`."""
+    """Which job modules make the catalog, and their schedules. Read from `CONVEYOR_*`."""
 
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
 
-    # Comma-separated modules, each exposing `JOB_TYPES: list[JobType]`.
-    job_modules: str = ""
+    # Comma-separated job modules (see catalog.py), each exposing `JOB_TYPES`.
+    # The seed app's module is the default, so a fresh install shows it; a
+    # team names its own (and the seed's too, if it wants it).
+    job_modules: str = "conveyor_seed"
+    # Schedules by job name, JSON, overriding those the job type declares: a
+    # schedule (`{"hour": 6, "minute": 0}`), a list of them, or null (none:
+    # the job type runs only when enqueued). The worker reads it.
+    schedules: dict[str, dict[str, Any] | list[dict[str, Any]] | None] = Field(default_factory=dict)
 
     @property
     def modules(self) -> list[str]:
         return [name.strip() for name in self.job_modules.split(",") if name.strip()]
+
+    @field_validator("schedules")
+    @classmethod
+    def _valid_schedules(
+        cls, value: dict[str, dict[str, Any] | list[dict[str, Any]] | None]
+    ) -> dict[str, dict[str, Any] | list[dict[str, Any]] | None]:
+        for name in value:
+            try:
+                schedule_overrides({name: value[name]})
+            except (InvalidScheduleError, TypeError) as exc:
+                raise ValueError(f"CONVEYOR_SCHEDULES[{name!r}]: {exc}") from None
+        return value
+
+    def schedule_overrides(self) -> dict[str, tuple[Schedule, ...]]:
+        return schedule_overrides(self.schedules)
+
+
+def schedule_overrides(
+    raw: dict[str, dict[str, Any] | list[dict[str, Any]] | None],
+) -> dict[str, tuple[Schedule, ...]]:
+    """CONVEYOR_SCHEDULES as schedules by job name; () for a job type switched off."""
+    overrides: dict[str, tuple[Schedule, ...]] = {}
+    for name, value in raw.items():
+        entries = [] if value is None else value if isinstance(value, list) else [value]
+        overrides[name] = tuple(Schedule.parse(entry) for entry in entries)
+    return overrides
 
 
 class ObservabilitySettings(BaseSettings):
@@ -126,105 +160,3 @@ class ObservabilitySettings(BaseSettings):
     @property
     def redacted(self) -> list[str]:
         return [key.strip() for key in self.redact_keys.split(",") if key.strip()]
-
-
-class DocumentSettings(BaseSettings):
-    """Uploaded documents. Read from `CONVEYOR_DOCUMENTS_*`."""
-
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_DOCUMENTS_", extra="ignore")
-
-    # An upload above this size gets 413; documents live in Redis, so keep it small.
-    max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
-    # How long a document is kept; an upload may ask for less, never more.
-    retention_s: int = Field(default=7 * 86_400, ge=1)
-    # The extracted text is stored (and shown) up to this many characters.
-    text_max_chars: int = Field(default=200_000, ge=1000)
-
-
-class SmtpSettings(BaseSettings):
-    """The mail server email jobs send through. Read from `CONVEYOR_SMTP_*`.
-
-    Without a host, email jobs fail at once with a clear error: there is no
-    silent "log only" transport.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_SMTP_", extra="ignore")
-
-    host: str = ""
-    port: int = Field(default=587, ge=1, le=65535)
-    # none: plain SMTP; starttls: upgrade after connecting; tls: TLS from the start (465).
-    tls: Literal["none", "starttls", "tls"] = "starttls"
-    username: str = ""
-    password: SecretStr = SecretStr("")
-    from_: str = Field(default="conveyor@localhost", validation_alias="CONVEYOR_SMTP_FROM")
-    # A server that does not answer within this long counts as down (and is retried).
-    timeout_s: float = Field(default=30.0, gt=0)
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.host)
-
-
-class SummarizerSettings(BaseSettings):
-    """How documents are summarized. Read from `CONVEYOR_SUMMARIZER_*`.
-
-    Without a URL, the built-in extractive summarizer runs (no network, no model).
-    """
-
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_SUMMARIZER_", extra="ignore")
-
-    # Base URL of an OpenAI-compatible api, e.g. https://api.openai.com/v1;
-    # Conveyor posts to {url}/chat/completions.
-    url: str = ""
-    model: str = ""
-    api_key: SecretStr = SecretStr("")
-    # The built-in summarizer keeps at most this many sentences.
-    max_sentences: int = Field(default=5, ge=1)
-    # At most this much text is sent to the chat endpoint.
-    max_input_chars: int = Field(default=24_000, ge=1000)
-    timeout_s: float = Field(default=60.0, gt=0)
-
-
-# Fields of arq's `cron()` a schedule may set, each an int or a list of ints in this range.
-SCHEDULE_RANGES = {
-    "month": (1, 12),
-    "day": (1, 31),
-    "weekday": (0, 6),
-    "hour": (0, 23),
-    "minute": (0, 59),
-    "second": (0, 59),
-}
-ScheduleField = Literal["month", "day", "weekday", "hour", "minute", "second"]
-Schedule = dict[ScheduleField, int | list[int]]
-
-
-def _check_schedule(name: str, schedule: Schedule | None) -> Schedule | None:
-    for field, value in (schedule or {}).items():
-        low, high = SCHEDULE_RANGES[field]
-        values = value if isinstance(value, list) else [value]
-        if not values or any(not low <= v <= high for v in values):
-            raise ValueError(f"{name}: {field} must be in {low}..{high}, not {value!r}")
-    return schedule
-
-
-class CronSettings(BaseSettings):
-    """The worker's scheduled jobs. Read from `CONVEYOR_*`.
-
-    A schedule is JSON of arq's cron fields, e.g. `{"hour": 9, "minute": 0}`
-    (daily at 09:00 UTC) or `{"second": [0, 20, 40]}`; `null` turns it off.
-    """
-
-    model_config = SettingsConfigDict(
-        env_prefix="CONVEYOR_", extra="ignore", env_parse_none_str="null"
-    )
-
-    # Who gets the daily digest; without one the digest is not sent (and its
-    # counts carry over to the next one).
-    digest_to: str = ""
-    digest_schedule: Schedule | None = {"hour": 9, "minute": 0, "second": 0}
-    cleanup_schedule: Schedule | None = {"minute": 30, "second": 0}
-
-    @field_validator("digest_schedule", "cleanup_schedule")
-    @classmethod
-    def _in_range(cls, schedule: Schedule | None, info: ValidationInfo) -> Schedule | None:
-        return _check_schedule(f"CONVEYOR_{str(info.field_name).upper()}", schedule)

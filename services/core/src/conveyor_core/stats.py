@@ -1,9 +1,12 @@
-"""Counts for the digest: job outcomes per type and documents processed.
+"""Counts since they were last taken: job outcomes per type, and a job module's own.
 
-They are bumped in the same Lua script as the change they count (finish
-for jobs, document_processed for documents), so they match the job records
-exactly. One hash holds the counts since the last digest; its size is bounded
-by the number of job types.
+The store bumps `{job type}:{complete|retried|dead}` in the same Lua script as
+the change it counts, so the counts match the job records exactly. A job
+module may count events of its own in the same hash (`COUNTS_KEY`, a field
+`{name}:{event}`), in its own scripts. One job takes the counts over at a
+time (`take_counts`): each count lands in exactly one taker, and a retry of
+the taking job gets the same numbers. The hash is bounded by the number of
+names counted.
 """
 
 from dataclasses import dataclass, field
@@ -14,40 +17,39 @@ from conveyor_core import keys
 from conveyor_core.jobs import now_ms
 from conveyor_core.store import DEAD_RETENTION_S, lua_script
 
+# The outcomes the store counts per job type.
 OUTCOMES = ("complete", "retried", "dead")
-DOCUMENTS_PROCESSED = "documents:processed"
+# The hash of counts since the last take, for a job module's own `{name}:{event}` fields.
+COUNTS_KEY = keys.STATS_PENDING
 
 
 @dataclass(frozen=True, slots=True)
-class DigestCounts:
-    """What happened between two digests."""
+class Counts:
+    """What was counted between two takes."""
 
-    # job type -> outcome (complete, retried tries, dead) -> count
-    jobs: dict[str, dict[str, int]] = field(default_factory=dict)
-    documents_processed: int = 0
+    # name (a job type, or a module's own) -> event (complete, retried, dead, ...) -> count
+    by_name: dict[str, dict[str, int]] = field(default_factory=dict)
     taken_at_ms: int = 0
 
-    def total(self, outcome: str) -> int:
-        return sum(counts.get(outcome, 0) for counts in self.jobs.values())
+    def total(self, event: str) -> int:
+        return sum(counts.get(event, 0) for counts in self.by_name.values())
 
 
-def parse_counts(raw: dict[str, str]) -> DigestCounts:
-    jobs: dict[str, dict[str, int]] = {}
-    documents = taken_at_ms = 0
+def parse_counts(raw: dict[str, str]) -> Counts:
+    by_name: dict[str, dict[str, int]] = {}
+    taken_at_ms = 0
     for name, value in raw.items():
-        if name == DOCUMENTS_PROCESSED:
-            documents = int(value)
-        elif name == "_taken_at_ms":
+        if name == "_taken_at_ms":
             taken_at_ms = int(value)
-        else:
-            job_type, _, outcome = name.rpartition(":")
-            counts = jobs.setdefault(job_type, dict.fromkeys(OUTCOMES, 0))
-            counts[outcome] = counts.get(outcome, 0) + int(value)
-    return DigestCounts(dict(sorted(jobs.items())), documents, taken_at_ms)
+            continue
+        owner, _, event = name.rpartition(":")
+        counts = by_name.setdefault(owner, {})
+        counts[event] = counts.get(event, 0) + int(value)
+    return Counts(dict(sorted(by_name.items())), taken_at_ms)
 
 
-async def take_counts(redis: ArqRedis, run_id: str) -> DigestCounts:
-    """The counts since the last digest, now owned by run `run_id`; a retry of
+async def take_counts(redis: ArqRedis, run_id: str) -> Counts:
+    """The counts since the last take, now owned by run `run_id`; a retry of
     the same run gets the same counts, and no count goes to two runs."""
     script = redis.register_script(lua_script("stats_take"))
     flat = await script(

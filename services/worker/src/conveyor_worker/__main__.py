@@ -3,12 +3,15 @@
 import asyncio
 import contextlib
 import logging
+import sys
 
 import uvloop
 
+from conveyor_core.catalog import JobModuleError
 from conveyor_core.logging import configure_logging
 from conveyor_core.tracing import setup_tracing
 from conveyor_worker.health import start_health_server
+from conveyor_worker.resources import ResourceOpenError
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import create_worker
 
@@ -37,6 +40,9 @@ def main() -> None:
     try:
         # uvloop, as uvicorn uses for the api: a faster event loop, same semantics.
         uvloop.run(serve(settings))
+    except (JobModuleError, ResourceOpenError) as exc:
+        # One line that says which module and what is wrong; no traceback.
+        sys.exit(f"conveyor-worker: cannot start: {exc}")
     finally:
         tracing.shutdown()  # export the spans still buffered
 

@@ -4,15 +4,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_core.catalog import DEFAULT_QUEUE
-from conveyor_core.settings import (
-    CatalogSettings,
-    CronSettings,
-    DocumentSettings,
-    ObservabilitySettings,
-    RedisSettings,
-    SmtpSettings,
-    SummarizerSettings,
-)
+from conveyor_core.settings import CatalogSettings, ObservabilitySettings, RedisSettings
 
 
 class Settings(BaseSettings):
@@ -29,7 +21,9 @@ class Settings(BaseSettings):
     # worker killed mid-job leaves it behind for at most this long.
     lock_ttl_s: float = Field(default=10.0, ge=1)
     # On SIGTERM, how long running jobs may go on before they are cut short
-    # and requeued. Keep it below the pod's terminationGracePeriodSeconds.
+    # and requeued, and the job modules' resources closed: what is left of it
+    # (at least a second) bounds their closing. Keep it below the pod's
+    # terminationGracePeriodSeconds.
     shutdown_wait_s: int = Field(default=20, ge=0)
     # The small HTTP server for probes, on its own port.
     health_host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
@@ -41,9 +35,3 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
-    # The workflow jobs: documents, mail, the summarizer and the cron schedules,
-    # each read from its own `CONVEYOR_*` prefix.
-    documents: DocumentSettings = Field(default_factory=DocumentSettings)
-    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
-    summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
-    cron: CronSettings = Field(default_factory=CronSettings)

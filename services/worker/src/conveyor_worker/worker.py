@@ -25,17 +25,17 @@ import importlib
 import logging
 import signal
 import time
-from datetime import UTC
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-import aiohttp
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.cron import CronJob, cron
 from arq.worker import Function, Worker, func
 
 from conveyor_core import keys
-from conveyor_core.catalog import Catalog, JobType, load_catalog
+from conveyor_core.catalog import Catalog, JobModuleError, JobType, load_catalog
+from conveyor_core.context import AnyHandler
 from conveyor_core.jobs import JobError, now_ms
 from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
 from conveyor_core.pubsub import Subscription
@@ -47,11 +47,11 @@ from conveyor_core.redis import (
     record_redis_fault,
     redis_fault,
 )
+from conveyor_core.schedule import Schedule
 from conveyor_core.store import JobStore
-from conveyor_worker.context import AnyHandler
+from conveyor_worker.resources import OpenResources, open_resources
 from conveyor_worker.settings import Settings
 from conveyor_worker.telemetry import declare_job_series
-from conveyor_worker.workflow import open_workflow
 from conveyor_worker.wrapper import JobRunner
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ CLAIM_SCAN_LIMIT = 1000
 HOUSEKEEPING_INTERVAL_S = 10.0
 # One housekeeping run stops after this long, even if entries are left.
 HOUSEKEEPING_BUDGET_S = 2.0
+# Closing the resources gets what is left of the shutdown wait, and at least this.
+RESOURCE_CLOSE_MIN_S = 1.0
 # The error a job gets when arq ended it before its function ran.
 NOT_STARTED = JobError(
     type="NotStarted",
@@ -93,6 +95,8 @@ class ConveyorWorker(Worker):
         cancelled_retention_s: float = 86_400.0,
         **kwargs: Any,
     ) -> None:
+        # When a signal asked the worker to stop (monotonic), for the resources' close.
+        self.stop_requested_s: float | None = None
         # arq's poll loop then never sleeps by itself; _wait_for_work does.
         # arq's abort set is not used (see _cancel_aborted_jobs); arq's
         # on_job_start hook tells which claimed jobs arq really started.
@@ -359,10 +363,26 @@ class ConveyorWorker(Worker):
         if removed:
             logger.info("housekeeping: trimmed %d expired index entries", removed)
 
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        self.stop_requested_s = self.stop_requested_s or time.monotonic()
+        super().handle_sig_wait_for_completion(signum)
+
+    def handle_sig(self, signum: signal.Signals) -> None:
+        self.stop_requested_s = self.stop_requested_s or time.monotonic()
+        super().handle_sig(signum)
+
+    def resource_close_budget_s(self) -> float:
+        """What is left of the shutdown wait since the stop signal, at least a second."""
+        wait_s = float(self._job_completion_wait)
+        if self.stop_requested_s is not None:
+            wait_s -= time.monotonic() - self.stop_requested_s
+        return max(RESOURCE_CLOSE_MIN_S, wait_s)
+
     async def close(self) -> None:
         # Replaces arq's close(), which deletes its health key before on_shutdown
         # (with Redis down, on_shutdown never ran) and calls redis-py's
-        # deprecated close().
+        # deprecated close(). The job modules' resources close after the jobs
+        # ended, within what is left of the shutdown wait.
         if not self._handle_signals:
             self.handle_sig(signal.SIGUSR1)
         if not self._pool:
@@ -375,6 +395,9 @@ class ConveyorWorker(Worker):
             logger.warning("redis unreachable during shutdown: %s", exc)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
+        resources: OpenResources | None = self.ctx.pop("open_resources", None)
+        if resources is not None:
+            await resources.close(self.resource_close_budget_s())
         await self.pool.aclose(close_connection_pool=True)
         self._pool = None
 
@@ -382,7 +405,14 @@ class ConveyorWorker(Worker):
 def resolve_handler(path: str) -> AnyHandler:
     """`"package.module:function"` -> the function."""
     module_name, _, name = path.partition(":")
-    handler: AnyHandler = getattr(importlib.import_module(module_name), name)
+    try:
+        handler: AnyHandler = getattr(importlib.import_module(module_name), name)
+    except Exception as exc:
+        raise JobModuleError(
+            module_name, f"handler {path!r} cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not callable(handler):
+        raise JobModuleError(module_name, f"handler {path!r} is not callable")
     return handler
 
 
@@ -401,35 +431,58 @@ def arq_function(job_type: JobType, redact: Redactor, instrument: bool) -> Funct
     )
 
 
+class ZonedCronJob(CronJob):
+    """arq's CronJob on one schedule's time zone: arq evaluates every entry on the
+    worker's clock (UTC here); this one turns the time into its own zone first,
+    so `hour=9` in Europe/Paris follows summer time."""
+
+    zone: tzinfo = UTC
+
+    def calculate_next(self, prev_run: datetime) -> None:
+        super().calculate_next(prev_run.astimezone(self.zone))
+
+
+def cron_entry(job_type: JobType, schedule: Schedule, runner: JobRunner) -> CronJob:
+    entry = cron(
+        runner.run,  # type: ignore[arg-type]  # as in arq_function
+        name=job_type.name,
+        **schedule.cron_fields(),  # type: ignore[arg-type]  # arq's fields, validated in Schedule
+        max_tries=job_type.retry.max_tries + 1,
+        timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
+        keep_result=0,  # as in arq_function
+    )
+    zoned = ZonedCronJob(**vars(entry))
+    zoned.zone = schedule.zone
+    return zoned
+
+
+def schedules_of(job_type: JobType, overrides: dict[str, tuple[Schedule, ...]]) -> list[Schedule]:
+    """The job type's schedules, or CONVEYOR_SCHEDULES' for it; duplicates once."""
+    schedules = overrides.get(job_type.name, job_type.schedules)
+    return list(dict.fromkeys(schedules))
+
+
 def cron_jobs(settings: Settings, job_types: list[JobType], redact: Redactor) -> list[CronJob]:
-    """arq cron entries for the scheduled job types on this worker's queue.
+    """arq cron entries for the schedules of the job types on this worker's queue.
 
     arq's cron (run from the poll loop's heart_beat, which ConveyorWorker's
     _poll_iteration keeps calling) enqueues each run under the id
-    `{name}:{scheduled ms}`; arq refuses an id whose job or result exists, so
-    among many replicas one enqueue wins and the run happens once. The result
-    is kept (keep_result) so a late replica cannot enqueue a finished run again.
+    `{name}:{scheduled ms}`; arq refuses an id whose job exists, so among many
+    replicas one enqueue wins and the run happens once (two schedules of one
+    job type that fall on the same instant make one run). A run is an
+    ordinary job of its type: listed, retried, dead-lettered. Every entry of
+    a job type carries the same function (arq keeps one per name).
     """
-    schedules = {
-        "send_digest": settings.cron.digest_schedule,
-        "cleanup_temp_uploads": settings.cron.cleanup_schedule,
-    }
-    entries = []
+    overrides = settings.catalog.schedule_overrides()
+    entries: list[CronJob] = []
     for job_type in job_types:
-        schedule = schedules.get(job_type.name)
-        if schedule is None:
+        schedules = schedules_of(job_type, overrides)
+        if not schedules:
             continue
         runner = JobRunner(job_type, resolve_handler(job_type.handler), redact)
-        entries.append(
-            cron(
-                runner.run,  # type: ignore[arg-type]  # as in arq_function
-                name=job_type.name,
-                **schedule,  # type: ignore[arg-type]  # arq's fields, validated in settings
-                max_tries=job_type.retry.max_tries + 1,
-                timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
-                keep_result=0,  # as in arq_function
-            )
-        )
+        for schedule in schedules:
+            entries.append(cron_entry(job_type, schedule, runner))
+            logger.info("job type %s runs on schedule %s", job_type.name, schedule)
     return entries
 
 
@@ -445,11 +498,12 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
     store = JobStore(redis, catalog)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        """Open the resources jobs share; they live in `ctx` for the worker's life."""
+        """Open the job modules' resources; they live in `ctx` for the worker's
+        life, and ConveyorWorker.close() closes them."""
         ctx["store"] = store
         ctx["catalog"] = catalog
-        ctx["http"] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        ctx["workflow"] = open_workflow(settings, ctx["redis"], ctx["http"])
+        ctx["open_resources"] = opened = await open_resources(catalog, ctx["redis"])
+        ctx["resources"] = opened.by_name
 
     return {
         "functions": [
@@ -463,7 +517,6 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         "store": store,
         "cancelled_retention_s": max(job_type.keep_result_s for job_type in job_types),
         "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
         "max_jobs": settings.max_jobs,
         "idle_poll_s": settings.idle_poll_s,
         "lock_ttl_s": settings.lock_ttl_s,
@@ -473,12 +526,6 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         # arq's shared health key is useless per pod; /healthz replaces it.
         "health_check_interval": 3600,
     }
-
-
-async def on_shutdown(ctx: dict[str, Any]) -> None:
-    http: aiohttp.ClientSession | None = ctx.pop("http", None)
-    if http is not None:
-        await http.close()
 
 
 def create_worker(settings: Settings) -> ConveyorWorker:

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from conveyor_core.catalog import JobType
+from conveyor_core.context import AnyHandler, JobContext
 from conveyor_core.jobs import JobError, now_ms
 from conveyor_core.redaction import Redactor
 from conveyor_core.store import META_KWARG, JobStore
-from conveyor_worker.context import AnyHandler, JobContext
 from conveyor_worker.telemetry import JobObservation, Outcome, Unobserved
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,8 @@ class JobRunner:
                 job_type=self.job_type,
                 store=store,
                 catalog=arq_ctx["catalog"],
-                http=arq_ctx["http"],
                 meta=meta,
-                workflow=arq_ctx.get("workflow"),
+                resources=arq_ctx["resources"],
             )
             result = await self._run(ctx, kwargs, observed)
             await store.complete(self.job_type, job_id, _as_json(result))

@@ -6,7 +6,7 @@ shows comes from api calls made with the key a person types in.
 
 import os
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 from starlette.staticfiles import PathLike, StaticFiles
@@ -25,11 +25,23 @@ class UiConfig(BaseModel):
 
     redact_keys: list[str] = Field(description="Payload keys containing these are masked.")
     refresh_s: float = Field(description="How often queue counts and dead letters refresh.")
+    submit_tasks: bool = Field(
+        default=False,
+        description="A job module mounts `POST /task` (the seed app's tutorial): show its form.",
+    )
+
+
+# The endpoint the page's "Submit tasks" form posts to, when a job module mounts it.
+TASK_PATH = "/task"
 
 
 @router.get("/config.json")
-async def ui_config(settings: SettingsDep) -> UiConfig:
-    return UiConfig(redact_keys=settings.observability.redacted, refresh_s=REFRESH_S)
+async def ui_config(settings: SettingsDep, request: Request) -> UiConfig:
+    # The OpenAPI document lists every route, those of included routers too (cached).
+    submit_tasks = "post" in request.app.openapi()["paths"].get(TASK_PATH, {})
+    return UiConfig(
+        redact_keys=settings.observability.redacted, refresh_s=REFRESH_S, submit_tasks=submit_tasks
+    )
 
 
 class PageFiles(StaticFiles):

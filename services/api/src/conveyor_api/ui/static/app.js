@@ -22,7 +22,11 @@ const LIST_EVERY = 5;
 const $ = (id) => document.getElementById(id);
 
 const page = {
-  config: { redact_keys: ["password", "token", "secret", "authorization", "email"], refresh_s: 3 },
+  config: {
+    redact_keys: ["password", "token", "secret", "authorization", "email"],
+    refresh_s: 3,
+    submit_tasks: true,
+  },
   jobs: new Map(), // id -> the latest job seen
   rows: new Map(), // id -> its <li>
   dead: null, // the dead letters, once read
@@ -417,7 +421,8 @@ async function submitTasks(event) {
   status.textContent = "Submitting…";
   try {
     const answer = await call("POST", "/task", { body: { count } });
-    for (const id of answer.job_ids) upsert(placeholder(id, "create_task"));
+    // The job type shows once the job is read; POST /task names none.
+    for (const id of answer.job_ids) upsert(placeholder(id, "task"));
     status.textContent = `Queued ${answer.queued} task(s).`;
     setProblem("action", null);
     loadQueues();
@@ -540,6 +545,8 @@ function start() {
   $("detail-cancel").addEventListener("click", () => cancel(page.detailId, $("detail-status")));
   window.addEventListener("hashchange", openFromHash);
   loadConfig().then(() => {
+    // The form posts to the seed app's POST /task: hidden when no job module mounts it.
+    $("submit-form").closest("section").hidden = !page.config.submit_tasks;
     refresh();
     openFromHash();
   });

@@ -3,13 +3,14 @@
 
 from typing import Any
 
-from conveyor_core.catalog import DocumentRef, PermanentJobError, SendEmail
-from conveyor_worker.context import JobContext
+from conveyor_core import JobContext, PermanentJobError
+from conveyor_seed import DocumentRef, SendEmail
+from conveyor_seed.resources import WORKFLOW
 
 
 async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
     """One mail per job: a retry or a requeue of this job finds it sent."""
-    sent = await ctx.flow.mailer.send_once(
+    sent = await ctx.resource(WORKFLOW).mailer.send_once(
         f"send_email:{ctx.job_id}",
         to=str(payload.to_email),
         subject=payload.subject,
@@ -22,7 +23,8 @@ async def send_email(ctx: JobContext, payload: SendEmail) -> dict[str, Any]:
 async def email_user(ctx: JobContext, payload: DocumentRef) -> dict[str, Any]:
     """Tell the uploader their document is processed; one mail per document."""
     document_id = payload.document_id
-    document = await ctx.flow.documents.get(document_id)
+    flow = ctx.resource(WORKFLOW)
+    document = await flow.documents.get(document_id)
     if document is None:
         raise PermanentJobError(f"document {document_id} is gone (past its retention)")
     if not document.processed:
@@ -38,7 +40,7 @@ async def email_user(ctx: JobContext, payload: DocumentRef) -> dict[str, Any]:
         f"Document id: {document_id}\n"
         f"Read it with GET /v1/documents/{document_id}\n"
     )
-    sent = await ctx.flow.mailer.send_once(
+    sent = await flow.mailer.send_once(
         f"email_user:{document_id}",
         to=document.notify_email,
         subject=f"Your document '{document.name}' is ready",

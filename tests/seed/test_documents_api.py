@@ -8,9 +8,10 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from conveyor_core.catalog import DEFAULT_QUEUE, PROCESS_DOCUMENT
-from conveyor_core.settings import DocumentSettings
+from conveyor_core.catalog import DEFAULT_QUEUE
 from conveyor_core.store import JobStore
+from conveyor_seed import PROCESS_DOCUMENT
+from conveyor_seed.settings import DocumentSettings
 from tests.api.conftest import make_app, serve
 from tests.support.pdf import make_pdf
 
@@ -18,9 +19,15 @@ MAX_BYTES = 64 * 1024
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    documents = DocumentSettings(max_bytes=MAX_BYTES, retention_s=3600, text_max_chars=1000)
-    async for c in serve(make_app(redis_url, documents=documents)):
+async def client(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    # The seed's routes read their settings from the environment, in the api.
+    monkeypatch.setenv("CONVEYOR_DOCUMENTS_MAX_BYTES", str(MAX_BYTES))
+    monkeypatch.setenv("CONVEYOR_DOCUMENTS_RETENTION_S", "3600")
+    monkeypatch.setenv("CONVEYOR_DOCUMENTS_TEXT_MAX_CHARS", "1000")
+    assert DocumentSettings().max_bytes == MAX_BYTES
+    async for c in serve(make_app(redis_url)):
         yield c
 
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
-from conveyor_core.catalog import CREATE_TASK
+from conveyor_seed import CREATE_TASK
 
 
 async def test_index_greets(client: httpx.AsyncClient) -> None:

@@ -18,10 +18,10 @@ from email.utils import formatdate
 import aiosmtplib
 from arq.connections import ArqRedis
 
-from conveyor_core import keys
-from conveyor_core.catalog import PermanentJobError
-from conveyor_core.settings import SmtpSettings
+from conveyor_core import PermanentJobError
 from conveyor_core.store import DEAD_RETENTION_S
+from conveyor_seed import keys
+from conveyor_seed.settings import SmtpSettings
 
 logger = logging.getLogger(__name__)
 

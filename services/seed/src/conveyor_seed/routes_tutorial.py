@@ -1,4 +1,5 @@
-"""The tutorial's endpoints: a greeting and `POST /task`."""
+"""The tutorial's endpoints: a greeting and `POST /task`. Mounted by the api
+(the seed module's API_ROUTERS); the worker never imports it."""
 
 import random
 
@@ -6,10 +7,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from conveyor_api.auth import Scope, require
-from conveyor_api.deps import SettingsDep, StoreDep
-from conveyor_core.catalog import CREATE_TASK, CreateTask
+from conveyor_api.deps import StoreDep
 from conveyor_core.enqueue import enqueue
 from conveyor_core.logging import bound
+from conveyor_seed import CREATE_TASK, CreateTask
+from conveyor_seed.settings import TutorialSettings
 
 router = APIRouter(tags=["tutorial"])
 
@@ -27,6 +29,14 @@ class TasksQueued(BaseModel):
     job_ids: list[str]
 
 
+def tutorial_settings(request: Request) -> TutorialSettings:
+    """Read once per app, at its first task."""
+    settings: TutorialSettings | None = getattr(request.app.state, "seed_tutorial", None)
+    if settings is None:
+        settings = request.app.state.seed_tutorial = TutorialSettings()
+    return settings
+
+
 @router.get("/", summary="Hello")
 async def index() -> dict[str, str]:
     return {"message": "Hello, world!"}
@@ -39,9 +49,8 @@ async def index() -> dict[str, str]:
     dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
     responses={503: {"description": "Redis is unavailable; retry after Retry-After"}},
 )
-async def create_tasks(
-    body: TaskCreate, store: StoreDep, settings: SettingsDep, request: Request
-) -> TasksQueued:
+async def create_tasks(body: TaskCreate, store: StoreDep, request: Request) -> TasksQueued:
+    settings = tutorial_settings(request)
     job_ids = []
     for _ in range(body.count):
         # Not for security: a stand-in for work of varying length.

@@ -3,9 +3,10 @@
 import pytest
 from arq.connections import ArqRedis
 
-from conveyor_core import keys
-from conveyor_core.catalog import CREATE_TASK
-from conveyor_core.documents import (
+from conveyor_core.jobs import now_ms
+from conveyor_core.stats import take_counts
+from conveyor_seed import keys
+from conveyor_seed.documents import (
     MARKDOWN,
     PDF,
     PLAIN_TEXT,
@@ -17,10 +18,6 @@ from conveyor_core.documents import (
     retention_for,
     sniff,
 )
-from conveyor_core.enqueue import enqueue
-from conveyor_core.jobs import now_ms
-from conveyor_core.stats import take_counts
-from conveyor_core.store import JobStore
 from tests.support.pdf import make_pdf
 
 PDF_BYTES = make_pdf([["First page. It has words."], ["Second page."]])
@@ -112,7 +109,7 @@ async def test_mark_processed_stores_and_counts_once(redis: ArqRedis) -> None:
     assert document.processed
     assert document.fields["summary"] == "first"
     counts = await take_counts(redis, "run-1")
-    assert counts.documents_processed == 1
+    assert counts.by_name["documents"] == {"processed": 1}
 
 
 async def test_writes_to_a_removed_document_do_not_revive_it(redis: ArqRedis) -> None:
@@ -133,31 +130,3 @@ async def test_remove_expired_takes_only_what_is_past_retention(redis: ArqRedis)
     assert not await redis.exists(keys.document_key("old0"), keys.document_content_key("old0"))
     assert await store.get("fresh") is not None
     assert await store.content("fresh") == b"text"
-
-
-async def test_take_counts_gives_each_count_to_one_run(redis: ArqRedis) -> None:
-    await redis.hincrby(keys.STATS_PENDING, "flaky:complete", 2)  # type: ignore[misc]
-    await redis.hincrby(keys.STATS_PENDING, "flaky:retried", 1)  # type: ignore[misc]
-    first = await take_counts(redis, "run-1")
-    assert first.jobs == {"flaky": {"complete": 2, "retried": 1, "dead": 0}}
-    await redis.hincrby(keys.STATS_PENDING, "flaky:dead", 1)  # type: ignore[misc]
-    # A retry of the same run reports the same numbers; the new count waits.
-    assert (await take_counts(redis, "run-1")).jobs == first.jobs
-    second = await take_counts(redis, "run-2")
-    assert second.jobs == {"flaky": {"complete": 0, "retried": 0, "dead": 1}}
-    assert (await take_counts(redis, "run-3")).jobs == {}
-
-
-async def test_job_outcomes_are_counted_with_the_end_of_the_try(redis: ArqRedis) -> None:
-    store = JobStore(redis)
-    submitted = await enqueue(store, CREATE_TASK, {"sleep_s": 0})
-    job_id = submitted.job_id
-    claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
-    assert (await store.claim(CREATE_TASK.queue, 1, **claim))[0]
-    assert await store.retry_later(CREATE_TASK, job_id, now_ms(), "{}")
-    assert (await store.claim(CREATE_TASK.queue, 1, **claim))[0]
-    assert await store.complete(CREATE_TASK, job_id, "null")
-    # A refused end of a try (the job is no longer in progress) counts nothing.
-    assert not await store.dead(CREATE_TASK, job_id, "{}")
-    counts = await take_counts(redis, "run-1")
-    assert counts.jobs == {"create_task": {"complete": 1, "retried": 1, "dead": 0}}

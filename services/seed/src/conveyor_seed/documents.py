@@ -1,6 +1,6 @@
 """Uploaded documents: what a file is (by its content), its text, and its record in Redis.
 
-The api sniffs and stores; the worker's `process_document` extracts and
+The upload route sniffs and stores; the `process_document` job extracts and
 summarizes. Both read and write records through `DocumentStore`.
 """
 
@@ -9,15 +9,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from importlib.resources import files
 from typing import Any
 
 from arq.connections import ArqRedis
 from pydantic import BaseModel, Field
 from pypdf import PdfReader
 
-from conveyor_core import keys
 from conveyor_core.jobs import ms_to_datetime, now_ms
-from conveyor_core.store import lua_script
+from conveyor_core.stats import COUNTS_KEY
+from conveyor_seed import keys
 
 # pypdf logs every oddity of a damaged file; the error we raise says enough.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -202,6 +203,11 @@ def _flatten(fields: dict[str, Any]) -> list[str]:
     return out
 
 
+def lua_script(name: str) -> str:
+    """One of the seed's scripts, from `lua/`."""
+    return files("conveyor_seed").joinpath("lua", f"{name}.lua").read_text()
+
+
 class DocumentStore:
     """Documents in Redis: a hash and the content per document, and an expiry index."""
 
@@ -287,7 +293,7 @@ class DocumentStore:
         """Store the results once: True when stored now, False when already
         processed, None when the document is gone."""
         done = await self._processed(
-            keys=[keys.document_key(document_id), keys.STATS_PENDING],
+            keys=[keys.document_key(document_id), COUNTS_KEY],
             args=_flatten({**fields, "processed_at_ms": now_ms()}),
         )
         return None if done == -1 else bool(done)

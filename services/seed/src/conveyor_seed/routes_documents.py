@@ -1,5 +1,7 @@
 """`/v1/documents`: upload a text, Markdown or PDF file to be processed, and read it back.
 
+Mounted by the api (the seed module's API_ROUTERS); the worker never imports it.
+
 An upload is checked (size, type by content, a PDF that opens) before
 anything is stored: a bad one leaves nothing behind and enqueues nothing.
 """
@@ -7,17 +9,35 @@ anything is stored: a bad one leaves nothing behind and enqueues nothing.
 from typing import Annotated
 from uuid import uuid4
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from pydantic import BaseModel, EmailStr
 from starlette.concurrency import run_in_threadpool
 
 from conveyor_api.auth import Scope, require
-from conveyor_api.deps import DocumentsDep, SettingsDep, StoreDep
-from conveyor_core.catalog import PROCESS_DOCUMENT, DocumentRef
-from conveyor_core.documents import DocumentError, DocumentPublic, retention_for, sniff
+from conveyor_api.deps import RedisDep, StoreDep
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.logging import bound
+from conveyor_seed import PROCESS_DOCUMENT, DocumentRef
+from conveyor_seed.documents import (
+    DocumentError,
+    DocumentPublic,
+    DocumentStore,
+    retention_for,
+    sniff,
+)
+from conveyor_seed.settings import DocumentSettings
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
@@ -26,6 +46,26 @@ DocumentId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-
 MAX_NAME_CHARS = 255
 # What GET shows of the text unless asked for more (or less).
 DEFAULT_TEXT_CHARS = 10_000
+
+
+def get_documents(request: Request, redis: RedisDep) -> DocumentStore:
+    """One store per app, on the api's Redis client."""
+    documents: DocumentStore | None = getattr(request.app.state, "seed_documents", None)
+    if documents is None:
+        documents = request.app.state.seed_documents = DocumentStore(redis)
+    return documents
+
+
+def get_document_settings(request: Request) -> DocumentSettings:
+    """Read once per app, at its first document request."""
+    settings: DocumentSettings | None = getattr(request.app.state, "seed_document_settings", None)
+    if settings is None:
+        settings = request.app.state.seed_document_settings = DocumentSettings()
+    return settings
+
+
+DocumentsDep = Annotated[DocumentStore, Depends(get_documents)]
+DocumentSettingsDep = Annotated[DocumentSettings, Depends(get_document_settings)]
 
 
 class DocumentAccepted(BaseModel):
@@ -59,7 +99,7 @@ async def upload_document(
     response: Response,
     store: StoreDep,
     documents: DocumentsDep,
-    settings: SettingsDep,
+    limits: DocumentSettingsDep,
     notify_email: Annotated[
         EmailStr | None, Form(description="Mail the summary here when it is ready.")
     ] = None,
@@ -68,7 +108,6 @@ async def upload_document(
         Form(ge=1, description="Keep the document this long (at most the configured retention)."),
     ] = None,
 ) -> DocumentAccepted:
-    limits = settings.documents
     if file.size is not None and file.size > limits.max_bytes:
         raise HTTPException(413, f"The file is over the limit of {limits.max_bytes} bytes.")
     content = await file.read(limits.max_bytes + 1)
@@ -116,7 +155,7 @@ async def read_document(
     document_id: DocumentId,
     documents: DocumentsDep,
     store: StoreDep,
-    settings: SettingsDep,
+    settings: DocumentSettingsDep,
     text_chars: Annotated[
         int, Query(ge=0, description="Show at most this many characters of the text.")
     ] = DEFAULT_TEXT_CHARS,
@@ -128,5 +167,5 @@ async def read_document(
     if not document.processed and (job_id := document.get("job_id")):
         job = await store.get(job_id)
         job_dead = job is not None and job.state is JobState.DEAD
-    limit = min(text_chars, settings.documents.text_max_chars)
+    limit = min(text_chars, settings.text_max_chars)
     return document.public(text_chars=limit, job_dead=job_dead)

@@ -2,8 +2,8 @@
 
 import asyncio
 
-from conveyor_core.catalog import CreateTask
-from conveyor_worker.context import JobContext
+from conveyor_core import JobContext
+from conveyor_seed import CreateTask
 
 PROGRESS_STEPS = 10
 

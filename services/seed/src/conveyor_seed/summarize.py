@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from conveyor_core.catalog import PermanentJobError
-from conveyor_core.settings import SummarizerSettings
+from conveyor_core import PermanentJobError
+from conveyor_seed.settings import SummarizerSettings
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 WORD = re.compile(r"[^\W\d_]{2,}", re.UNICODE)

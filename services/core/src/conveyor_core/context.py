@@ -1,46 +1,53 @@
-"""What a job function gets besides its payload."""
+"""What a job handler gets besides its payload: `JobContext`.
 
-from collections.abc import Awaitable, Callable
+It lives in core, beside the job types, so a job module imports nothing from
+the worker: the api (which loads job modules to validate payloads, and has no
+worker code) imports it too.
+"""
+
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-import aiohttp
 from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.enqueue import enqueue
+from conveyor_core.resources import Resource, ResourceNotOpenError
 from conveyor_core.store import JobStore, Submitted
 
-if TYPE_CHECKING:
-    from conveyor_worker.workflow import Workflow
-
+T = TypeVar("T")
 PayloadT_contra = TypeVar("PayloadT_contra", bound=BaseModel, contravariant=True)
 
 
 @dataclass(slots=True)
 class JobContext:
-    """One try of one job: who it is, and the resources jobs share."""
+    """One try of one job: who it is, and the resources the worker opened."""
 
     job_id: str
     job_try: int
     job_type: JobType
     store: JobStore
     catalog: Catalog
-    http: aiohttp.ClientSession
     meta: dict[str, str] = field(default_factory=dict)
-    # Mail, documents and the summarizer, for the workflow jobs.
-    workflow: "Workflow | None" = None
+    # Every resource the worker's job modules declare, by name, open.
+    resources: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def redis(self) -> ArqRedis:
         return self.store.redis
 
-    @property
-    def flow(self) -> "Workflow":
-        if self.workflow is None:
-            raise RuntimeError("this worker did not open the workflow resources")
-        return self.workflow
+    def resource(self, resource: Resource[T]) -> T:
+        """The open resource, e.g. `ctx.resource(MAILER)`."""
+        try:
+            value: T = self.resources[resource.name]
+        except KeyError:
+            raise ResourceNotOpenError(
+                f"resource {resource.name!r} is not open in this worker: "
+                "is its job module in CONVEYOR_JOB_MODULES?"
+            ) from None
+        return value
 
     async def progress(self, percent: int, message: str = "") -> None:
         """Report progress (0-100) to clients watching this job."""

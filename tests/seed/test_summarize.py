@@ -7,8 +7,8 @@ import pytest
 from pydantic import SecretStr
 
 from conveyor_core.catalog import PermanentJobError
-from conveyor_core.settings import SummarizerSettings
-from conveyor_worker.summarize import (
+from conveyor_seed.settings import SummarizerSettings
+from conveyor_seed.summarize import (
     SUMMARY_MAX_CHARS,
     ChatSummarizer,
     ExtractiveSummarizer,

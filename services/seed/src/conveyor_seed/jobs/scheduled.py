@@ -1,19 +1,46 @@
-"""The cron jobs: the operator's digest and the removal of expired uploads.
+"""The scheduled jobs: the operator's digest and the removal of expired uploads.
 
-The worker runs them on the schedules in its settings; arq's cron gives each
-run a job id of its own (name and scheduled time), so with many worker
-replicas each run is enqueued, and so runs, once.
+Their job types declare their schedules (see the package's module); the
+worker enqueues each run once, whatever the number of replicas. The digest
+reads the platform's public counts (conveyor_core.stats): job outcomes per
+type, and the documents processed, which the seed's own script counts.
 """
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from conveyor_core.catalog import ScheduledRun
-from conveyor_core.stats import OUTCOMES, DigestCounts, take_counts
-from conveyor_worker.context import JobContext
+from conveyor_core import JobContext, ScheduledRun
+from conveyor_core.stats import OUTCOMES, take_counts
+from conveyor_seed.keys import DOCUMENTS_PROCESSED
+from conveyor_seed.resources import WORKFLOW
 
 logger = logging.getLogger(__name__)
+# The name under which the seed counts processed documents (see keys.py).
+DOCUMENTS, _, PROCESSED = DOCUMENTS_PROCESSED.partition(":")
+
+
+@dataclass(frozen=True, slots=True)
+class DigestCounts:
+    """What happened between two digests."""
+
+    # job type -> outcome (complete, retried tries, dead) -> count
+    jobs: dict[str, dict[str, int]] = field(default_factory=dict)
+    documents_processed: int = 0
+    taken_at_ms: int = 0
+
+    def total(self, outcome: str) -> int:
+        return sum(counts.get(outcome, 0) for counts in self.jobs.values())
+
+
+async def take_digest_counts(ctx: JobContext) -> DigestCounts:
+    """The counts since the last digest, owned by this run (a retry gets the same)."""
+    counts = await take_counts(ctx.redis, ctx.job_id)
+    by_name = dict(counts.by_name)
+    documents = by_name.pop(DOCUMENTS, {}).get(PROCESSED, 0)
+    jobs = {name: {o: events.get(o, 0) for o in OUTCOMES} for name, events in by_name.items()}
+    return DigestCounts(jobs, documents, counts.taken_at_ms)
 
 
 def render_digest(counts: DigestCounts, at: datetime) -> str:
@@ -36,17 +63,18 @@ def render_digest(counts: DigestCounts, at: datetime) -> str:
 
 async def send_digest(ctx: JobContext, payload: ScheduledRun) -> dict[str, Any]:
     """Mail the counts since the last digest to CONVEYOR_DIGEST_TO."""
-    to = ctx.flow.cron.digest_to
+    flow = ctx.resource(WORKFLOW)
+    to = flow.settings.cron.digest_to
     if not to:
         logger.warning("no digest sent: CONVEYOR_DIGEST_TO is not set")
         return {"sent": False, "reason": "CONVEYOR_DIGEST_TO is not set"}
-    counts = await take_counts(ctx.redis, ctx.job_id)
+    counts = await take_digest_counts(ctx)
     at = datetime.fromtimestamp(counts.taken_at_ms / 1000, tz=UTC)
     subject = (
         f"Conveyor digest: {counts.total('complete')} complete, {counts.total('retried')} retried, "
         f"{counts.total('dead')} dead, {counts.documents_processed} documents"
     )
-    sent = await ctx.flow.mailer.send_once(
+    sent = await flow.mailer.send_once(
         f"send_digest:{ctx.job_id}",
         to=to,
         subject=subject,
@@ -63,7 +91,7 @@ async def send_digest(ctx: JobContext, payload: ScheduledRun) -> dict[str, Any]:
 
 async def cleanup_temp_uploads(ctx: JobContext, payload: ScheduledRun) -> dict[str, Any]:
     """Remove every document past its retention: record, content and index entry."""
-    removed = await ctx.flow.documents.remove_expired()
+    removed = await ctx.resource(WORKFLOW).documents.remove_expired()
     if removed:
         logger.info("removed %d expired documents", len(removed))
     return {"removed": len(removed), "document_ids": removed[:100]}

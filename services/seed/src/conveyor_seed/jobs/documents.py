@@ -9,9 +9,10 @@ import asyncio
 import time
 from typing import Any
 
-from conveyor_core.catalog import EMAIL_USER, DocumentRef, PermanentJobError
-from conveyor_core.documents import DocumentError, extract_text
-from conveyor_worker.context import JobContext
+from conveyor_core import JobContext, PermanentJobError
+from conveyor_seed import EMAIL_USER, DocumentRef
+from conveyor_seed.documents import DocumentError, extract_text
+from conveyor_seed.resources import WORKFLOW
 
 
 def _ms_since(start_s: float) -> int:
@@ -21,7 +22,7 @@ def _ms_since(start_s: float) -> int:
 async def process_document(ctx: JobContext, payload: DocumentRef) -> dict[str, Any]:
     """Extract the text, summarize it, store both with processed_at, then
     enqueue email_user when the uploader gave an address."""
-    flow, document_id = ctx.flow, payload.document_id
+    flow, document_id = ctx.resource(WORKFLOW), payload.document_id
     document = await flow.documents.get(document_id)
     if document is None:
         raise PermanentJobError(f"document {document_id} is gone (past its retention)")
@@ -42,7 +43,7 @@ async def process_document(ctx: JobContext, payload: DocumentRef) -> dict[str, A
         start_s = time.monotonic()
         summary = await flow.summarizer.summarize(text) if text.strip() else ""
         summarize_ms = _ms_since(start_s)
-        limit = flow.document_settings.text_max_chars
+        limit = flow.settings.documents.text_max_chars
         stored = await flow.documents.mark_processed(
             document_id,
             text=text[:limit],

@@ -4,10 +4,10 @@ import aiosmtplib
 import pytest
 from arq.connections import ArqRedis
 
-from conveyor_core import keys
 from conveyor_core.catalog import PermanentJobError
-from conveyor_core.settings import SmtpSettings
-from conveyor_worker.mail import Mailer, MailRejectedError, SmtpNotConfiguredError, message_id_for
+from conveyor_seed import keys
+from conveyor_seed.mail import Mailer, MailRejectedError, SmtpNotConfiguredError, message_id_for
+from conveyor_seed.settings import SmtpSettings
 from tests.support.smtp import SmtpServer
 
 

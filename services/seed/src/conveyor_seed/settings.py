@@ -1,0 +1,153 @@
+"""The seed app's settings: documents, mail, the summarizer and its schedules.
+
+Each group is read from its own `CONVEYOR_*` prefix, in whichever service
+loads the seed's module; the worker's jobs use all of them, the api's
+document routes only `CONVEYOR_DOCUMENTS_*`.
+"""
+
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from conveyor_core import Schedule
+
+
+class DocumentSettings(BaseSettings):
+    """Uploaded documents. Read from `CONVEYOR_DOCUMENTS_*`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_DOCUMENTS_", extra="ignore")
+
+    # An upload above this size gets 413; documents live in Redis, so keep it small.
+    max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # How long a document is kept; an upload may ask for less, never more.
+    retention_s: int = Field(default=7 * 86_400, ge=1)
+    # The extracted text is stored (and shown) up to this many characters.
+    text_max_chars: int = Field(default=200_000, ge=1000)
+
+
+class SmtpSettings(BaseSettings):
+    """The mail server email jobs send through. Read from `CONVEYOR_SMTP_*`.
+
+    Without a host, email jobs fail at once with a clear error: there is no
+    silent "log only" transport.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_SMTP_", extra="ignore")
+
+    host: str = ""
+    port: int = Field(default=587, ge=1, le=65535)
+    # none: plain SMTP; starttls: upgrade after connecting; tls: TLS from the start (465).
+    tls: Literal["none", "starttls", "tls"] = "starttls"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    from_: str = Field(default="conveyor@localhost", validation_alias="CONVEYOR_SMTP_FROM")
+    # A server that does not answer within this long counts as down (and is retried).
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.host)
+
+
+class SummarizerSettings(BaseSettings):
+    """How documents are summarized. Read from `CONVEYOR_SUMMARIZER_*`.
+
+    Without a URL, the built-in extractive summarizer runs (no network, no model).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_SUMMARIZER_", extra="ignore")
+
+    # Base URL of an OpenAI-compatible api, e.g. https://api.openai.com/v1;
+    # Conveyor posts to {url}/chat/completions.
+    url: str = ""
+    model: str = ""
+    api_key: SecretStr = SecretStr("")
+    # The built-in summarizer keeps at most this many sentences.
+    max_sentences: int = Field(default=5, ge=1)
+    # At most this much text is sent to the chat endpoint.
+    max_input_chars: int = Field(default=24_000, ge=1000)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+# Fields of arq's `cron()` a schedule may set, each an int or a list of ints in this range.
+SCHEDULE_RANGES = {
+    "month": (1, 12),
+    "day": (1, 31),
+    "weekday": (0, 6),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    "second": (0, 59),
+}
+ScheduleField = Literal["month", "day", "weekday", "hour", "minute", "second"]
+CronDict = dict[ScheduleField, int | list[int]]
+
+
+def _check_schedule(name: str, schedule: CronDict | None) -> CronDict | None:
+    for field, value in (schedule or {}).items():
+        low, high = SCHEDULE_RANGES[field]
+        values = value if isinstance(value, list) else [value]
+        if not values or any(not low <= v <= high for v in values):
+            raise ValueError(f"{name}: {field} must be in {low}..{high}, not {value!r}")
+    return schedule
+
+
+class CronSettings(BaseSettings):
+    """The seed's scheduled jobs: the digest's address, and the schedules the
+    seed declares for `send_digest` and `cleanup_temp_uploads`. Read from `CONVEYOR_*`.
+
+    A schedule is JSON of cron fields, e.g. `{"hour": 9, "minute": 0}`
+    (daily at 09:00 UTC) or `{"second": [0, 20, 40]}`; `null` turns it off.
+    (CONVEYOR_SCHEDULES, the platform's override for any job type, wins over these.)
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", extra="ignore", env_parse_none_str="null"
+    )
+
+    # Who gets the daily digest; without one the digest is not sent (and its
+    # counts carry over to the next one).
+    digest_to: str = ""
+    digest_schedule: CronDict | None = {"hour": 9, "minute": 0, "second": 0}
+    cleanup_schedule: CronDict | None = {"minute": 30, "second": 0}
+
+    @field_validator("digest_schedule", "cleanup_schedule")
+    @classmethod
+    def _in_range(cls, schedule: CronDict | None, info: ValidationInfo) -> CronDict | None:
+        return _check_schedule(f"CONVEYOR_{str(info.field_name).upper()}", schedule)
+
+
+class TutorialSettings(BaseSettings):
+    """The tutorial's `POST /task`, in the api. Read from `CONVEYOR_API_TASK_*`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_API_", extra="ignore")
+
+    # The tutorial's create_task sleeps a random time in this range.
+    task_sleep_min_s: float = Field(default=1.0, ge=0)
+    task_sleep_max_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _sleep_range_is_ordered(self) -> Self:
+        if self.task_sleep_min_s > self.task_sleep_max_s:
+            raise ValueError(
+                f"CONVEYOR_API_TASK_SLEEP_MIN_S ({self.task_sleep_min_s}) is above "
+                f"CONVEYOR_API_TASK_SLEEP_MAX_S ({self.task_sleep_max_s})"
+            )
+        return self
+
+
+def as_schedules(cron: CronDict | None) -> tuple[Schedule, ...]:
+    """A settings schedule as the job type declares it (none when switched off)."""
+    return () if cron is None else (Schedule.parse({str(k): v for k, v in cron.items()}),)
+
+
+class SeedSettings(BaseSettings):
+    """Every setting of the seed app, each group from its own prefix."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
+    cron: CronSettings = Field(default_factory=CronSettings)
+    tutorial: TutorialSettings = Field(default_factory=TutorialSettings)
