@@ -95,7 +95,7 @@ async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqR
     store = JobStore(redis)
     job_id = await submitted(store)
 
-    claimed, _ = await store.claim(QUEUE, 5, **CLAIM)
+    claimed = (await store.claim(QUEUE, 5, **CLAIM)).jobs
 
     assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
     job = await store.get(job_id)
@@ -105,7 +105,7 @@ async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqR
     assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1
     assert await redis.pttl(f"arq:in-progress:{job_id}") > 9_000
     assert await redis.zscore(QUEUE, job_id) is not None  # arq keeps it until it ends
-    assert (await store.claim(QUEUE, 5, **CLAIM))[0] == []  # locked: not claimed twice
+    assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # locked: not claimed twice
 
 
 async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> None:
@@ -150,7 +150,7 @@ async def test_retry_later_puts_the_job_back_in_arqs_queue_when_due(redis: ArqRe
     assert await redis.zscore(QUEUE, job_id) == due_ms
     assert not await redis.exists(f"arq:in-progress:{job_id}")
     assert await redis.pttl(f"arq:job:{job_id}") > 60_000
-    assert (await store.claim(QUEUE, 1, **CLAIM))[0] == []  # not due yet
+    assert (await store.claim(QUEUE, 1, **CLAIM)).jobs == []  # not due yet
 
 
 async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: ArqRedis) -> None:
@@ -170,7 +170,7 @@ async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: A
     assert await indexes_of(redis, job_id) == set()
     assert await redis.zscore(QUEUE, job_id) is not None
     assert await redis.ttl(keys.job_key(job_id)) == -1
-    claimed, _ = await store.claim(QUEUE, 1, **CLAIM)
+    claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
     assert (await store.requeue(job_id, {}))[0] == "in_progress"
 
@@ -187,7 +187,7 @@ async def test_put_back_after_a_shutdown_does_not_use_up_the_try(redis: ArqRedis
     assert (job.state, job.tries) == (JobState.QUEUED, 0)
     assert await indexes_of(redis, job_id) == set()
     assert not await redis.exists(f"arq:in-progress:{job_id}")
-    claimed, _ = await store.claim(QUEUE, 1, **CLAIM)
+    claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [c.job_try for c in claimed] == [1]
 
 
@@ -255,3 +255,32 @@ async def test_housekeeping_trims_expired_entries_behind_a_long_lived_one(
     assert await store.trim_expired(QUEUE) == 50
     assert await redis.zcard(keys.index_key(QUEUE, "complete")) == 0
     assert await indexes_of(redis, dead) == {"dead"}
+
+
+async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    paused_at = await store.pause(QUEUE)
+    assert await store.pause(QUEUE) == paused_at  # pausing again keeps the first time
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert (claim.jobs, claim.next_due_ms, claim.paused_at_ms) == ([], None, paused_at)
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.waiting_reason) == (JobState.QUEUED, "paused")
+    assert (await store.queue_stats(QUEUE)).paused_at_ms == paused_at
+
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.wake_channel(QUEUE))
+        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        await store.resume(QUEUE)
+        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert woken is not None
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [job_id]
+    assert claim.paused_at_ms is None
+    assert (await store.queue_stats(QUEUE)).paused_at_ms is None

@@ -33,6 +33,14 @@ TERMINAL_STATES = frozenset({JobState.COMPLETE, JobState.DEAD, JobState.CANCELLE
 WAITING = JobState.QUEUED.value
 
 
+class WaitingReason(StrEnum):
+    """Why a queued (due) job has not started though a worker may be free."""
+
+    PAUSED = "paused"  # its queue is paused
+    LIMIT = "limit"  # its job type (or key) has as many jobs running as its limit allows
+    RATE = "rate"  # its job type (or key) started as many jobs as its rate allows, for now
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -80,6 +88,10 @@ class JobPublic(BaseModel):
     trace_id: str | None = None
     request_id: str | None = None
     idempotency_key: str | None = None
+    waiting_reason: WaitingReason | None = Field(
+        default=None,
+        description="Why a queued job waits beyond a free worker: paused, limit or rate.",
+    )
 
     @classmethod
     def from_parts(
@@ -92,6 +104,7 @@ class JobPublic(BaseModel):
         queue: str,
         max_tries: int,
         at_ms: int | None = None,
+        waiting_reason: WaitingReason | None = None,
     ) -> "JobPublic":
         """Build from arq's job (payload, trace context), Conveyor's record (empty
         while the job waits for its first try) and the job's score in its queue."""
@@ -129,6 +142,7 @@ class JobPublic(BaseModel):
             trace_id=trace_id_of(meta.get("traceparent")),
             request_id=meta.get("request_id") or None,
             idempotency_key=meta.get("idempotency_key") or None,
+            waiting_reason=waiting_reason if public_state is JobState.QUEUED else None,
         )
 
 

@@ -37,6 +37,9 @@ WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
 # GCRA state per api key (its name): when the key's next request is "due".
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
+# String per paused queue: when it was paused (ms). The claim reads it once per
+# call and starts nothing while it exists; resume deletes it and wakes workers.
+PAUSED_SUFFIX = "paused"
 # Lock per queue so that one worker at a time trims expired index entries.
 HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
 # Hash per uploaded document: name, type, state, text, summary, times, job ids.
@@ -66,6 +69,10 @@ def queue_key(queue: str, name: str) -> str:
 
 def index_key(queue: str, state: str) -> str:
     return queue_key(queue, state)
+
+
+def paused_key(queue: str) -> str:
+    return queue_key(queue, PAUSED_SUFFIX)
 
 
 def events_channel(job_id: str) -> str:

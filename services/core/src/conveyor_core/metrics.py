@@ -55,6 +55,15 @@ JOB_QUEUE_WAIT = Histogram(
     buckets=DURATION_BUCKETS_S,
 )
 JOBS_IN_PROGRESS = Gauge("conveyor_jobs_in_progress", "Job tries running now.", ["job", "queue"])
+# -- worker: the claim (flow control) --
+QUEUE_PAUSED = Gauge(
+    "conveyor_queue_paused", "1 while the queue is paused (its workers start nothing).", ["queue"]
+)
+QUEUE_PAUSED_SECONDS = Gauge(
+    "conveyor_queue_paused_seconds",
+    "How long the queue has been paused; 0 while it runs.",
+    ["queue"],
+)
 WORKER_HEARTBEAT = Gauge(
     "conveyor_worker_heartbeat_timestamp_seconds",
     "Unix time of this worker's last poll loop turn.",

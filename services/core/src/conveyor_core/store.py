@@ -33,7 +33,7 @@ from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
-from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState, now_ms
+from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState, WaitingReason, now_ms
 
 # The reserved job kwarg: Conveyor's metadata (trace context, request id,
 # idempotency key).
@@ -167,6 +167,16 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim did: the jobs it started, when the next deferred one falls
+    due, and when the queue was paused (None while it runs)."""
+
+    jobs: list[Claimed]
+    next_due_ms: float | None
+    paused_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     items: list[JobPublic]
     next_cursor: str | None
@@ -181,6 +191,8 @@ class QueueStats:
     retrying: int
     dead: int
     oldest_ready_age_s: float
+    # When the queue was paused; None while it runs.
+    paused_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +228,7 @@ class JobStore:
         self._trim = script(lua_script("trim"))
         self._page = script(lua_script("page"))
         self._queue_stats = script(lua_script("queue_stats"))
+        self._pause = script(lua_script("pause"))
 
     # -- the lifecycle ------------------------------------------------------
 
@@ -272,10 +285,10 @@ class JobStore:
         lock_ttl_ms: int,
         cancelled_retention_ms: int,
         scan_limit: int,
-    ) -> tuple[list[Claimed], float | None]:
+    ) -> Claim:
         """Lock and start up to `wanted` due jobs; also say when the next one falls due."""
-        claimed, next_due = await self._claim(
-            keys=[queue],
+        claimed, next_due, paused_at = await self._claim(
+            keys=[queue, keys.paused_key(queue)],
             args=[now_ms(), lock_ttl_ms, wanted, scan_limit, cancelled_retention_ms],
         )
         rows = iter(claimed)
@@ -283,7 +296,9 @@ class JobStore:
             Claimed(job_id.decode(), int(float(score)), int(job_try))
             for job_id, score, job_try in zip(rows, rows, rows, strict=True)
         ]
-        return jobs, float(next_due) if next_due else None
+        return Claim(
+            jobs, float(next_due) if next_due else None, int(paused_at) if paused_at else None
+        )
 
     async def _end_try(
         self, job_type: JobType, job_id: str, state: JobState, score: float, **fields: Any
@@ -358,6 +373,19 @@ class JobStore:
         )
         return state.decode() if isinstance(state, bytes) else str(state)
 
+    async def pause(self, queue: str) -> int:
+        """Stop workers starting jobs from `queue`; returns when it was paused (ms)."""
+        paused_at = await self._pause(
+            keys=[keys.paused_key(queue)], args=["pause", now_ms(), keys.wake_channel(queue)]
+        )
+        return int(paused_at)
+
+    async def resume(self, queue: str) -> None:
+        """Let workers start jobs from `queue` again, at once."""
+        await self._pause(
+            keys=[keys.paused_key(queue)], args=["resume", now_ms(), keys.wake_channel(queue)]
+        )
+
     async def report_progress(self, job_id: str, percent: int, message: str) -> bool:
         done = await self._progress(
             keys=[keys.job_key(job_id)], args=[percent, message, keys.events_channel(job_id)]
@@ -422,12 +450,15 @@ class JobStore:
         rows = list(rows)
         queues = self.catalog.queues()
         async with self.redis.pipeline(transaction=False) as pipe:
+            for name in queues:
+                pipe.exists(keys.paused_key(name))
             for job_id, queue in rows:
                 pipe.hgetall(keys.job_key(job_id))
                 pipe.get(job_key_prefix + job_id)
                 for q in [queue] if queue else queues:
                     pipe.zscore(q, job_id)
             replies = iter(await pipe.execute())
+        paused = {name for name in queues if next(replies)}
         at_ms = at_ms or now_ms()
         out: list[tuple[ArqJob | None, JobPublic] | None] = []
         for job_id, queue in rows:
@@ -442,7 +473,9 @@ class JobStore:
             arq_job = ArqJob.decode(job_bytes) if job_bytes else None
             where = record.get("queue") or next(iter(scores), "")
             score_ms = None if record else int(scores[where])
-            out.append((arq_job, self._public(job_id, arq_job, record, where, score_ms, at_ms)))
+            reason = WaitingReason.PAUSED if where in paused else None
+            job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason)
+            out.append((arq_job, job))
         return out
 
     def _public(
@@ -453,6 +486,7 @@ class JobStore:
         queue: str,
         score_ms: int | None,
         at_ms: int | None = None,
+        waiting_reason: WaitingReason | None = None,
     ) -> JobPublic:
         job_type = self.catalog.get(arq_job.function) if arq_job else None
         return JobPublic.from_parts(
@@ -463,6 +497,7 @@ class JobStore:
             queue=queue,
             max_tries=job_type.retry.max_tries if job_type else 1,
             at_ms=at_ms,
+            waiting_reason=waiting_reason,
         )
 
     async def cancel_requested(self, job_id: str) -> bool:
@@ -591,14 +626,24 @@ class JobStore:
 
     async def queue_stats(self, queue: str) -> QueueStats:
         at_ms = now_ms()
-        ready, deferred, running, retrying, dead, oldest = await self._queue_stats(
+        ready, deferred, running, retrying, dead, oldest, paused_at = await self._queue_stats(
             keys=[
                 queue,
                 keys.index_key(queue, JobState.IN_PROGRESS.value),
                 keys.index_key(queue, JobState.RETRYING.value),
                 keys.index_key(queue, JobState.DEAD.value),
+                keys.paused_key(queue),
             ],
             args=[at_ms],
         )
         oldest_age_s = (at_ms - int(float(oldest))) / 1000 if oldest else 0.0
-        return QueueStats(queue, ready, deferred, running, retrying, dead, max(oldest_age_s, 0.0))
+        return QueueStats(
+            queue,
+            ready,
+            deferred,
+            running,
+            retrying,
+            dead,
+            max(oldest_age_s, 0.0),
+            int(paused_at) if paused_at else None,
+        )

@@ -7,12 +7,16 @@
 -- in-progress key. arq keeps running jobs in the queue until they finish, so
 -- the scan skips locked ones, reading at most ARGV[4] entries. A job whose
 -- worker died while a cancel was pending is cancelled here, not started.
+-- A paused queue (its flag is read once per call) starts nothing, and the
+-- next due time is left out: its workers sleep until resume wakes them.
 --
--- KEYS: 1 queue
+-- KEYS: 1 queue, 2 the queue's paused flag
 -- ARGV: 1 now ms, 2 lock ttl ms, 3 how many to claim, 4 scan limit,
 --       5 cancelled retention ms
--- Returns {{id, score, try, ...}, next due score or ''}.
+-- Returns {{id, score, try, ...}, next due score or '', paused-at ms or ''}.
 local queue, now, lock_ms = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+local paused_at = redis.call('GET', KEYS[2])
+if paused_at then return {{}, '', paused_at} end
 local wanted, scan_limit, batch = tonumber(ARGV[3]), tonumber(ARGV[4]), 50
 local claimed, count_ = {}, 0
 local offset = 0
@@ -42,4 +46,4 @@ while count_ < wanted and offset < scan_limit do
   offset = offset + batch
 end
 local upcoming = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-return {claimed, upcoming[2] or ''}
+return {claimed, upcoming[2] or '', ''}

@@ -4,9 +4,10 @@
 -- of "ready" here, as are due retries; the scan for the oldest ready job is
 -- bounded by how many run.
 --
--- KEYS: 1 queue, 2 in_progress index, 3 retrying index, 4 dead index
+-- KEYS: 1 queue, 2 in_progress index, 3 retrying index, 4 dead index, 5 paused flag
 -- ARGV: 1 now ms
--- Returns {ready, deferred, in progress, retrying, dead, oldest ready-at ms or ''}
+-- Returns {ready, deferred, in progress, retrying, dead, oldest ready-at ms or '',
+--   paused-at ms or ''}
 local due = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
 local later = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')
 local running = redis.call('ZCARD', KEYS[2])
@@ -24,4 +25,5 @@ for i = 1, #rows, 2 do
 end
 local ready = 0
 if oldest ~= '' then ready = math.max(due - running - (retrying - retrying_later), 1) end
-return {ready, math.max(later - retrying_later, 0), running, retrying, dead, oldest}
+return {ready, math.max(later - retrying_later, 0), running, retrying, dead, oldest,
+  redis.call('GET', KEYS[5]) or ''}
