@@ -7,6 +7,8 @@ import pytest
 from conveyor_core.catalog import (
     CREATE_TASK,
     Catalog,
+    CreateTask,
+    JobType,
     PermanentJobError,
     RetryPolicy,
     UnknownJobTypeError,
@@ -62,3 +64,9 @@ def test_a_job_type_is_declared_once() -> None:
 def test_a_job_module_must_declare_job_types() -> None:
     with pytest.raises(ValueError, match=r"'tests\.support' has no JOB_TYPES"):
         load_catalog(["tests.support"])
+
+
+def test_a_job_type_refuses_a_priority_outside_0_to_9() -> None:
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match="job type 'x': priority must be 0"):
+            JobType("x", CreateTask, "m:f", priority=bad)

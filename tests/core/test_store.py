@@ -284,3 +284,61 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
     assert [c.job_id for c in claim.jobs] == [job_id]
     assert claim.paused_at_ms is None
     assert (await store.queue_stats(QUEUE)).paused_at_ms is None
+
+
+async def test_higher_priorities_start_first_and_equal_ones_in_fifo_order(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    ids = []
+    for priority in [9, 5, 0, 9, 0, 5, 3]:
+        time.sleep(0.002)  # FIFO is by due time in ms: ties go by id
+        ids.append(
+            (await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=priority)).job_id
+        )
+    time.sleep(0.002)
+    # A bare arq client's job: the default priority, after the 5s already queued.
+    bare = await redis.enqueue_job("create_task", sleep_s=0, _queue_name=QUEUE)
+    assert bare is not None
+    listed = await store.list(state=JobState.QUEUED)
+    expected = [ids[2], ids[4], ids[6], ids[1], ids[5], bare.job_id, ids[0], ids[3]]
+    assert [j.id for j in listed.items] == expected
+    assert [j.priority for j in listed.items] == [0, 0, 3, 5, 5, 5, 9, 9]
+    assert (await store.queue_stats(QUEUE)).ready == 8
+
+    started = [c.job_id for _ in expected for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs]
+
+    assert started == expected
+    job = await store.get(ids[6])
+    assert job is not None
+    assert (job.priority, job.state) == (3, JobState.IN_PROGRESS)
+
+
+async def test_a_deferred_job_joins_its_priority_when_due_and_a_retry_keeps_it(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    low = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=9)
+    high = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=1, defer_by_s=0.3)
+    listed = await store.list(state=JobState.DEFERRED)
+    assert [(j.id, j.priority) for j in listed.items] == [(high.job_id, 1)]
+
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [low.job_id]  # the only one due
+    assert claim.next_due_ms is not None
+    assert claim.next_due_ms - now_ms() <= 300  # a due time, not a score in a band
+    time.sleep(0.35)
+    later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=2)
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [high.job_id]
+    assert abs(claim.jobs[0].score_ms - now_ms()) < 2_000  # the due time, for arq's ctx
+
+    # A retry goes back to the job's own band: it is due before the priority-2 job.
+    assert await store.retry_later(
+        CREATE_TASK, high.job_id, now_ms(), '{"type": "E", "message": "m"}'
+    )
+    job = await store.get(high.job_id)
+    assert job is not None
+    assert (job.state, job.priority) == (JobState.RETRYING, 1)
+    claim = await store.claim(QUEUE, 2, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [high.job_id, later.job_id]

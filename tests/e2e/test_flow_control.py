@@ -1,6 +1,8 @@
 """Flow control with real workers: pause and resume, priorities, limits, fairness."""
 
+import itertools
 import time
+from datetime import datetime
 
 import httpx
 
@@ -46,3 +48,29 @@ def test_a_paused_queue_starts_nothing_on_any_worker_and_resume_drains_it(stack:
         stack.wait_for_state(job_id, "complete", timeout_s=15)
     # Both workers took part: the flag and the wake-up reach every replica.
     assert all(any(j in w.output() for j in waiting) for w in stack.workers)
+
+
+def test_priorities_order_the_starts_of_several_workers_fifo_within_each(stack: Stack) -> None:
+    for _ in range(3):
+        stack.start_worker(CONVEYOR_WORKER_MAX_JOBS="1")
+    stack.http.post(f"/v1/queues/{QUEUE}/pause")  # let the whole backlog build up first
+    priorities = [9, 3, 6, 0, 9, 3, 0, 6, 9, 0, 3, 6, 5, 5, 9, 0, 3, 6]
+    submitted: list[tuple[int, int, str]] = []
+    for priority in priorities:
+        time.sleep(0.003)  # FIFO is by due time in ms
+        job = stack.submit("effect", {"work_s": 0.15}, params={"priority": priority})
+        submitted.append((priority, len(submitted), job["id"]))
+    stack.http.post(f"/v1/queues/{QUEUE}/resume")
+
+    finished = [stack.wait_for_state(job_id, "complete") for _, _, job_id in submitted]
+
+    def start_s(job: dict[str, object]) -> float:
+        return datetime.fromisoformat(str(job["started_at"])).timestamp()
+
+    # Three workers claim concurrently, each with its own clock reading: a
+    # claim that read the clock first may run second, so allow a few ms.
+    slack_s = 0.05
+    jobs = sorted(zip(submitted, map(start_s, finished), strict=True))
+    for (earlier, earlier_s), (later, later_s) in itertools.combinations(jobs, 2):
+        assert earlier_s <= later_s + slack_s, (earlier, later, jobs)
+    assert max(s for _, s in jobs) - min(s for _, s in jobs) > 0.5  # they really queued

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, EmailStr, Field
 
+from conveyor_core.jobs import DEFAULT_PRIORITY, HIGHEST_PRIORITY, LOWEST_PRIORITY
+
 # arq's own default queue, so a bare arq client or worker interoperates.
 DEFAULT_QUEUE = "arq:queue"
 
@@ -66,6 +68,15 @@ class JobType:
     # How long a finished job (and its result) stays readable.
     keep_result_s: float = 86_400.0
     description: str = ""
+    # 0 (highest) to 9 (lowest); a submit may give another.
+    priority: int = DEFAULT_PRIORITY
+
+    def __post_init__(self) -> None:
+        if not HIGHEST_PRIORITY <= self.priority <= LOWEST_PRIORITY:
+            raise ValueError(
+                f"job type {self.name!r}: priority must be {HIGHEST_PRIORITY} (highest) to "
+                f"{LOWEST_PRIORITY} (lowest), not {self.priority!r}"
+            )
 
 
 class CreateTask(BaseModel):

@@ -39,11 +39,13 @@ async def enqueue(
     run_at: datetime | None = None,
     idempotency_key: str | None = None,
     request_id: str | None = None,
+    priority: int | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
     With an `idempotency_key` already used for this job type, nothing is
     enqueued: the answer names the existing job and whether its payload matched.
+    `priority` (0 highest to 9 lowest) overrides the job type's.
     """
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
@@ -66,6 +68,7 @@ async def enqueue(
             meta=meta,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint(data),
+            priority=priority,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()

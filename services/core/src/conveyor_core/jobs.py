@@ -33,6 +33,13 @@ TERMINAL_STATES = frozenset({JobState.COMPLETE, JobState.DEAD, JobState.CANCELLE
 WAITING = JobState.QUEUED.value
 
 
+# Priorities: 0 runs first, 9 last; a job type's default unless it says otherwise.
+# Jobs a bare arq client enqueues get DEFAULT_PRIORITY (see store.py, queue_score).
+HIGHEST_PRIORITY = 0
+LOWEST_PRIORITY = 9
+DEFAULT_PRIORITY = 5
+
+
 class WaitingReason(StrEnum):
     """Why a queued (due) job has not started though a worker may be free."""
 
@@ -72,6 +79,12 @@ class JobPublic(BaseModel):
     job_type: str
     queue: str
     state: JobState
+    priority: int = Field(
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="0 (highest) to 9 (lowest): within its queue, a ready job of higher "
+        "priority starts before any of lower priority.",
+    )
     progress: Progress
     payload: dict[str, Any]
     result: Any = None
@@ -105,6 +118,7 @@ class JobPublic(BaseModel):
         max_tries: int,
         at_ms: int | None = None,
         waiting_reason: WaitingReason | None = None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> "JobPublic":
         """Build from arq's job (payload, trace context), Conveyor's record (empty
         while the job waits for its first try) and the job's score in its queue."""
@@ -124,6 +138,7 @@ class JobPublic(BaseModel):
             job_type=arq_job.function if arq_job else record.get("job_type", "unknown"),
             queue=queue,
             state=public_state,
+            priority=_int(record["priority"]) if record.get("priority") else priority,
             progress=Progress(
                 percent=_int(record.get("progress")), message=record.get("progress_message", "")
             ),

@@ -33,7 +33,16 @@ from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
-from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState, WaitingReason, now_ms
+from conveyor_core.jobs import (
+    DEFAULT_PRIORITY,
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    TERMINAL_STATES,
+    JobPublic,
+    JobState,
+    WaitingReason,
+    now_ms,
+)
 
 # The reserved job kwarg: Conveyor's metadata (trace context, request id,
 # idempotency key).
@@ -48,6 +57,31 @@ DEAD_RETENTION_S = 7 * 86_400
 SCAN_BUDGET_PER_ITEM = 5
 # Housekeeping removes at most this many expired entries per index and call.
 TRIM_BATCH = 10_000
+# A priority is a band of scores in arq's queue: score = band * PRIORITY_BAND_MS
+# + due ms, band = priority - DEFAULT_PRIORITY. A band is wider than any due
+# time (10^13 ms is the year 2286), so bands never overlap; every score stays
+# an exact integer in a double. A bare arq client's score is the due time, band
+# 0: its jobs get DEFAULT_PRIORITY.
+PRIORITY_BAND_MS = 10**13
+PRIORITIES = range(HIGHEST_PRIORITY, LOWEST_PRIORITY + 1)
+
+
+def queue_score(priority: int, due_ms: int) -> int:
+    """A job's score in arq's queue: its priority's band, then its due time."""
+    return (priority - DEFAULT_PRIORITY) * PRIORITY_BAND_MS + due_ms
+
+
+def split_score(score: float) -> tuple[int, int]:
+    """(priority, due ms) of a score in arq's queue."""
+    band = math.floor(score / PRIORITY_BAND_MS)
+    due_ms = int(score) - band * PRIORITY_BAND_MS
+    return min(max(band + DEFAULT_PRIORITY, HIGHEST_PRIORITY), LOWEST_PRIORITY), due_ms
+
+
+def band_range(priority: int) -> tuple[int, int]:
+    """The scores of one priority: [lowest, highest) ."""
+    lo = queue_score(priority, 0)
+    return lo, lo + PRIORITY_BAND_MS
 
 
 def _lua_constants() -> str:
@@ -63,6 +97,10 @@ def _lua_constants() -> str:
         "arq_retry": retry_key_prefix,
         "arq_retry_ttl_s": ARQ_RETRY_TTL_S,
         "arq_expiry_extra_ms": ARQ_EXPIRY_EXTRA_MS,
+        "band_ms": PRIORITY_BAND_MS,
+        "default_priority": DEFAULT_PRIORITY,
+        "highest_priority": HIGHEST_PRIORITY,
+        "lowest_priority": LOWEST_PRIORITY,
     }
     fields = ", ".join(f"{name} = {json.dumps(value)}" for name, value in constants.items())
     return f"local K = {{{fields}}}"
@@ -242,9 +280,14 @@ class JobStore:
         meta: dict[str, str],
         idempotency_key: str | None = None,
         fingerprint: str = "",
+        priority: int | None = None,
     ) -> Submitted:
-        """Enqueue the job as arq would, unless its Idempotency-Key names one already."""
+        """Enqueue the job as arq would, unless its Idempotency-Key names one already.
+
+        Its score is its due time in its priority's band (the job type's
+        priority unless `priority` is given)."""
         at_ms = now_ms()
+        priority = job_type.priority if priority is None else priority
         if idempotency_key:
             meta = {**meta, "idempotency_key": idempotency_key}
         job = ArqJob(job_type.name, payload, meta, at_ms)
@@ -254,7 +297,7 @@ class JobStore:
             args=[
                 job_id,
                 job.encode(),
-                ready_at_ms,
+                queue_score(priority, ready_at_ms),
                 max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS,  # a past run_at: due now
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
@@ -274,6 +317,7 @@ class JobStore:
             queue=job_type.queue,
             max_tries=job_type.retry.max_tries,
             at_ms=at_ms,
+            priority=priority,
         )
         return Submitted(job_id, True, job=record)
 
@@ -472,9 +516,11 @@ class JobStore:
                 continue
             arq_job = ArqJob.decode(job_bytes) if job_bytes else None
             where = record.get("queue") or next(iter(scores), "")
-            score_ms = None if record else int(scores[where])
+            priority, score_ms = (
+                (DEFAULT_PRIORITY, None) if record else split_score(float(scores[where]))
+            )
             reason = WaitingReason.PAUSED if where in paused else None
-            job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason)
+            job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason, priority)
             out.append((arq_job, job))
         return out
 
@@ -487,6 +533,7 @@ class JobStore:
         score_ms: int | None,
         at_ms: int | None = None,
         waiting_reason: WaitingReason | None = None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> JobPublic:
         job_type = self.catalog.get(arq_job.function) if arq_job else None
         return JobPublic.from_parts(
@@ -498,6 +545,7 @@ class JobStore:
             max_tries=job_type.retry.max_tries if job_type else 1,
             at_ms=at_ms,
             waiting_reason=waiting_reason,
+            priority=priority,
         )
 
     async def cancel_requested(self, job_id: str) -> bool:
@@ -512,13 +560,18 @@ class JobStore:
             return queue
 
         final = [_Segment(queues, index(s.value), descending=True) for s in TERMINAL_STATES]
+        bands = [band_range(p) for p in PRIORITIES]
         match state:
-            case JobState.QUEUED:
+            case JobState.QUEUED:  # what is due, by priority, each in due order
                 return [
-                    _Segment(queues, arq_queue, False, hi=str(at_ms), accepts=lambda j: _waiting(j))
+                    _Segment(queues, arq_queue, False, str(lo), str(lo + at_ms), _waiting)
+                    for lo, _ in bands
                 ]
             case JobState.DEFERRED:
-                return [_Segment(queues, arq_queue, False, lo=f"({at_ms}", accepts=_waiting)]
+                return [
+                    _Segment(queues, arq_queue, False, f"({lo + at_ms}", f"({hi}", _waiting)
+                    for lo, hi in bands
+                ]
             case JobState.IN_PROGRESS | JobState.RETRYING:
                 return [_Segment(queues, index(state.value), descending=False)]
             case JobState.COMPLETE | JobState.DEAD | JobState.CANCELLED:

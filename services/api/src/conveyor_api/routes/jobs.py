@@ -15,7 +15,13 @@ from conveyor_api.auth import Scope, require
 from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, SettingsDep, StoreDep
 from conveyor_core.catalog import JobType
 from conveyor_core.enqueue import enqueue
-from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
+from conveyor_core.jobs import (
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    TERMINAL_STATES,
+    JobPublic,
+    JobState,
+)
 from conveyor_core.logging import bound
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
@@ -91,6 +97,14 @@ def submit_endpoint(
             AwareDatetime | None, Query(description="Run at this time (ISO 8601, with offset).")
         ] = None,
         idempotency_key: IdempotencyKey = None,
+        priority: Annotated[
+            int | None,
+            Query(
+                ge=HIGHEST_PRIORITY,
+                le=LOWEST_PRIORITY,
+                description=f"0 (highest) to 9 (lowest); the job type's is {job_type.priority}.",
+            ),
+        ] = None,
     ) -> JobPublic:
         if defer_by_s is not None and run_at is not None:
             raise _query_error("run_at", "give defer_by_s or run_at, not both")
@@ -109,6 +123,7 @@ def submit_endpoint(
             run_at=run_at,
             idempotency_key=idempotency_key,
             request_id=bound("request_id"),
+            priority=priority,
         )
         if not submitted.same_payload:
             raise HTTPException(

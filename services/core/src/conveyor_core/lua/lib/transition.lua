@@ -13,24 +13,38 @@ local TERMINAL = {complete = true, dead = true, cancelled = true}
 
 local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. state end
 
--- The job's record: {id, queue, state, version, tries, cancel_requested}, with
--- state 'queued' and version 1 (the job as submitted) for a job that has no
--- hash yet, or nil when the job has no hash and `must_exist` is set.
+-- A score as Redis should read it: an integer, never in exponent notation.
+local function fmt(n) return string.format('%.0f', n) end
+
+-- Priorities are bands of scores in arq's queue (see store.py, queue_score):
+-- the lowest score of a priority's band, and the priority of a score.
+local function band_base(priority) return (priority - K.default_priority) * K.band_ms end
+local function priority_of(score)
+  local p = math.floor(tonumber(score) / K.band_ms) + K.default_priority
+  return math.min(math.max(p, K.highest_priority), K.lowest_priority)
+end
+
+-- The job's record: {id, queue, state, version, tries, cancel_requested,
+-- priority}, with state 'queued' and version 1 (the job as submitted) for a
+-- job that has no hash yet, or nil when the job has no hash and `must_exist`
+-- is set. A job's first claim writes its priority into the record (from its
+-- score), so a retry or a put-back returns to the same band.
 local function load(id, queue, must_exist)
   local r = redis.call('HMGET', K.job .. id, 'state', 'version', 'tries', 'cancel_requested',
-    'queue')
+    'queue', 'priority')
   if not r[1] then
     if must_exist then return nil end
     return {id = id, queue = queue, state = 'queued', version = 1, tries = 0, cancel = false,
-      new = true}
+      priority = K.default_priority, new = true}
   end
   return {id = id, queue = queue or r[5], state = r[1], version = tonumber(r[2]) or 0,
-    tries = tonumber(r[3]) or 0, cancel = r[4] == '1'}
+    tries = tonumber(r[3]) or 0, cancel = r[4] == '1',
+    priority = tonumber(r[6]) or K.default_priority}
 end
 
 -- Move `rec` to state `to`. `score` is the job's score in its new place: the
--- start time (in_progress), the due time (queued, retrying: also arq's queue
--- score) or, for a final state, when the record expires (now + ttl_ms).
+-- start time (in_progress), the due time (queued, retrying: arq's queue
+-- score is that in the record's priority band) or, for a final state, when the record expires (now + ttl_ms).
 -- `fields` are more hash fields as a flat list. Returns the new version.
 local function transition(rec, to, now, score, fields, ttl_ms)
   local id, queue, hash = rec.id, rec.queue, K.job .. rec.id
@@ -51,8 +65,8 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     -- arq from taking the same id again, as its result key would.
     redis.call('PEXPIRE', K.arq_job .. id, ttl_ms)
     redis.call('PEXPIRE', hash, ttl_ms)
-  else -- queued or retrying: back in arq's queue, due at `score`
-    redis.call('ZADD', queue, score, id)
+  else -- queued or retrying: back in arq's queue, due at `score`, in its band
+    redis.call('ZADD', queue, fmt(band_base(rec.priority) + score), id)
     redis.call('DEL', K.arq_lock .. id)
     redis.call('PEXPIRE', K.arq_job .. id, math.max(score - now, 0) + K.arq_expiry_extra_ms)
   end
