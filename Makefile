@@ -53,8 +53,9 @@ test: $(VENV)/.synced test-deps ## run every test suite against real Redis and r
 	$(BIN)/pytest -n auto --dist loadgroup
 
 .PHONY: bench
-bench: $(VENV)/.synced ## pickup latency, throughput, idle cost: Conveyor vs bare arq (a few minutes)
+bench: $(VENV)/.synced ## pickup latency, throughput, idle cost: Conveyor vs bare arq; flow control (a few minutes)
 	$(BIN)/python -m bench.pickup
+	$(BIN)/python -m bench.flow
 
 .PHONY: dashboard
 dashboard: $(VENV)/.synced ## regenerate the Grafana dashboard JSON from tools/dashboard.py

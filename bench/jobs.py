@@ -1,5 +1,6 @@
 """The no-op job both contenders run: note when it started, count it, return."""
 
+import asyncio
 import time
 from typing import Any
 
@@ -26,6 +27,15 @@ async def noop(ctx: JobContext, payload: Noop) -> float:
     return started
 
 
+class Nap(BaseModel):
+    sleep_s: float
+
+
+async def nap(ctx: JobContext, payload: Nap) -> None:
+    """Background work for the flow-control bench: holds a slot a while, records nothing."""
+    await asyncio.sleep(payload.sleep_s)
+
+
 async def arq_noop(ctx: dict[str, Any]) -> float:
     """The same job for a bare arq worker."""
     started = time.time()
@@ -42,5 +52,6 @@ async def record(redis: ArqRedis, queue: str, started: float) -> None:
 
 
 JOB_TYPES = [
-    JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1))
+    JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
+    JobType("nap", Nap, "bench.jobs:nap", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
 ]
