@@ -280,3 +280,11 @@ async def test_submit_takes_a_priority_and_refuses_an_unknown_one(
     for bad in ("10", "-1", "high"):
         problem = assert_problem(await submit(client, params={"priority": bad}), 422)
         assert "priority" in json.dumps(problem)
+
+
+async def test_submit_without_the_key_field_of_a_keyed_type_is_a_422_naming_it(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await submit(client, "per_tenant", {"work_s": 0})
+    problem = assert_problem(response, 422)
+    assert "tenant_id" in json.dumps(problem)

@@ -1,12 +1,13 @@
 """The lifecycle owner against a real Redis: each script's record, indexes and arq keys."""
 
 import time
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
-from conveyor_core.catalog import CREATE_TASK, CreateTask
+from conveyor_core.catalog import CREATE_TASK, CreateTask, load_catalog
 from conveyor_core.enqueue import enqueue, fingerprint
 from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.store import (
@@ -17,8 +18,10 @@ from conveyor_core.store import (
     decode_cursor,
     encode_cursor,
 )
+from tests.support import jobs
 
 QUEUE = CREATE_TASK.queue
+ERROR = '{"type": "E", "message": "m"}'
 CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 100}
 
 
@@ -300,6 +303,7 @@ async def test_higher_priorities_start_first_and_equal_ones_in_fifo_order(
     # A bare arq client's job: the default priority, after the 5s already queued.
     bare = await redis.enqueue_job("create_task", sleep_s=0, _queue_name=QUEUE)
     assert bare is not None
+    time.sleep(0.002)  # arq rounds its due time up to the next ms
     listed = await store.list(state=JobState.QUEUED)
     expected = [ids[2], ids[4], ids[6], ids[1], ids[5], bare.job_id, ids[0], ids[3]]
     assert [j.id for j in listed.items] == expected
@@ -342,3 +346,106 @@ async def test_a_deferred_job_joins_its_priority_when_due_and_a_retry_keeps_it(
     assert (job.state, job.priority) == (JobState.RETRYING, 1)
     claim = await store.claim(QUEUE, 2, **CLAIM)
     assert [c.job_id for c in claim.jobs] == [high.job_id, later.job_id]
+
+
+def limited_store(redis: ArqRedis) -> JobStore:
+    return JobStore(redis, load_catalog([jobs.MODULE]))
+
+
+async def submit_many(store: JobStore, job_type: str, payloads: list[dict[str, Any]]) -> list[str]:
+    ids = []
+    for payload in payloads:
+        time.sleep(0.002)  # FIFO is by due time in ms
+        ids.append((await enqueue(store, store.catalog[job_type], payload)).job_id)
+    return ids
+
+
+async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
+    redis: ArqRedis,
+) -> None:
+    store = limited_store(redis)
+    capped = store.catalog["capped"]
+    first, second, third = await submit_many(store, "capped", [{"work_s": 0}] * 3)
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert [c.job_id for c in claim.jobs] == [first, second]
+    assert claim.held == {"limit": 1, "rate": 0}
+    held = await store.get(third)
+    assert held is not None
+    assert (held.state, held.waiting_reason, held.tries) == (JobState.QUEUED, "limit", 0)
+    assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # still held, no try used
+
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.wake_channel(QUEUE))
+        await pubsub.get_message(timeout=1)
+        assert await store.complete(capped, first, "null")
+        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert woken is not None
+    assert woken["data"] == b"freed"
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [third]
+    job = await store.get(third)
+    assert job is not None
+    assert job.waiting_reason is None
+    for job_id in (second, third):
+        assert await store.complete(capped, job_id, "null")
+    # Nothing is left behind: no flow entries, no running ids, no marks.
+    flow_keys = [k async for k in redis.scan_iter(match="conveyor:{arq:queue}:*")]
+    assert sorted(k for k in flow_keys if b":complete" not in k) == []
+
+
+async def test_a_dead_workers_jobs_stop_counting_once_their_locks_lapse(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    ids = await submit_many(store, "capped", [{"work_s": 0}] * 3)
+    short = {**CLAIM, "lock_ttl_ms": 100}
+    assert len((await store.claim(QUEUE, 5, **short)).jobs) == 2
+    time.sleep(0.25)  # the worker died: its locks lapse, nothing released them
+
+    claim = await store.claim(QUEUE, 1, **short)
+
+    assert [c.job_id for c in claim.jobs] == [ids[0]]  # at least once: it runs again
+    running = await redis.zrange(keys.queue_key(QUEUE, "running:capped"), 0, -1)
+    assert running == [ids[0].encode()]
+
+
+async def test_a_rate_holds_starts_and_says_when_the_next_may_begin(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    ids = await submit_many(store, "paced", [{"work_s": 0}] * 12)
+    began_ms = now_ms()
+
+    claim = await store.claim(QUEUE, 20, **CLAIM)
+
+    assert [c.job_id for c in claim.jobs] == ids[:10]
+    assert claim.held == {"limit": 0, "rate": 2}
+    assert claim.next_due_ms is not None
+    assert began_ms + 900 <= claim.next_due_ms <= now_ms() + 1000
+    job = await store.get(ids[10])
+    assert job is not None
+    assert job.waiting_reason == "rate"
+    # Finishing does not make room: a rate counts starts.
+    for job_id in ids[:10]:
+        assert await store.complete(store.catalog["paced"], job_id, "null")
+    assert (await store.claim(QUEUE, 20, **CLAIM)).jobs == []
+
+
+async def test_a_per_key_limit_holds_only_that_keys_jobs(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    a1, a2, b1 = await submit_many(
+        store, "per_tenant", [{"tenant_id": t, "work_s": 0} for t in ("a", "a", "b")]
+    )
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert [c.job_id for c in claim.jobs] == [a1, b1]
+    held = await store.get(a2)
+    assert held is not None
+    assert held.waiting_reason == "limit"
+    assert await store.retry_later(store.catalog["per_tenant"], a1, now_ms(), ERROR)
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+    # a2 was due before a1's retry: it takes tenant a's one slot, a1 waits.
+    assert [c.job_id for c in claim.jobs] == [a2]
+    retried = await store.get(a1)
+    assert retried is not None
+    assert (retried.state, retried.waiting_reason) == (JobState.RETRYING, "limit")

@@ -2,7 +2,9 @@
 
 import itertools
 import time
+from collections import Counter
 from datetime import datetime
+from typing import cast
 
 import httpx
 
@@ -74,3 +76,69 @@ def test_priorities_order_the_starts_of_several_workers_fifo_within_each(stack: 
     for (earlier, earlier_s), (later, later_s) in itertools.combinations(jobs, 2):
         assert earlier_s <= later_s + slack_s, (earlier, later, jobs)
     assert max(s for _, s in jobs) - min(s for _, s in jobs) > 0.5  # they really queued
+
+
+def run_and_sample(stack: Stack, job_ids: list[str], subjects: list[str]) -> dict[str, int]:
+    """Until every job completes, sample how many of each subject run (as the jobs
+    count themselves); the highest seen, sampled and as the jobs recorded it."""
+
+    def count(key: str) -> int:
+        return int(cast(bytes | None, stack.redis.get(key)) or 0)
+
+    seen = dict.fromkeys(subjects, 0)
+    completed_key = "test:completed:" + subjects[0].split(":")[0]
+    deadline = time.monotonic() + 60
+    while (completed := cast(int, stack.redis.llen(completed_key))) < len(job_ids):
+        for subject in subjects:
+            seen[subject] = max(seen[subject], count(f"test:running:{subject}"))
+        assert time.monotonic() < deadline, f"{completed} of {len(job_ids)}\n{stack.logs()}"
+        time.sleep(0.01)
+    for subject in subjects:
+        seen[subject] = max(seen[subject], count(f"test:max_running:{subject}"))
+    return seen
+
+
+def test_three_workers_never_run_more_than_a_types_limit(stack: Stack) -> None:
+    for _ in range(3):
+        stack.start_worker(CONVEYOR_WORKER_MAX_JOBS="4")
+    ids = [stack.submit("capped", {"work_s": 0.2})["id"] for _ in range(16)]
+    job = stack.job(ids[-1])
+    assert job["state"] == "queued"
+
+    most = run_and_sample(stack, ids, ["capped"])
+
+    assert most == {"capped": 2}
+    for job_id in ids:
+        assert stack.job(job_id)["tries"] == 1  # waiting used no try
+
+
+def test_three_workers_never_run_more_than_a_keys_limit(stack: Stack) -> None:
+    for _ in range(3):
+        stack.start_worker(CONVEYOR_WORKER_MAX_JOBS="4")
+    tenants = ["a", "b", "c"]
+    ids = [
+        stack.submit("per_tenant", {"tenant_id": tenants[i % 3], "work_s": 0.1})["id"]
+        for i in range(18)
+    ]
+
+    most = run_and_sample(stack, ids, [f"per_tenant:{t}" for t in tenants])
+
+    assert most == {f"per_tenant:{t}": 1 for t in tenants}
+
+
+def test_a_rate_of_10_per_second_is_never_exceeded(stack: Stack) -> None:
+    for _ in range(3):
+        stack.start_worker(CONVEYOR_WORKER_MAX_JOBS="10")
+    ids = [stack.submit("paced", {"work_s": 0})["id"] for _ in range(60)]
+
+    for job_id in ids:
+        stack.wait_for_state(job_id, "complete", timeout_s=20)
+
+    starts = sorted(
+        datetime.fromisoformat(stack.job(job_id)["started_at"]).timestamp() for job_id in ids
+    )
+    per_second = Counter(int(s) for s in starts)
+    assert max(per_second.values()) <= 10, per_second
+    assert starts[-1] - starts[0] >= 5  # 60 starts at 10 a second: over 5 s at least
+    # Held, the jobs were not failed and used no try.
+    assert {stack.job(job_id)["tries"] for job_id in ids} == {1}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, EmailStr, Field
 
+from conveyor_core.flow import Limits
 from conveyor_core.jobs import DEFAULT_PRIORITY, HIGHEST_PRIORITY, LOWEST_PRIORITY
 
 # arq's own default queue, so a bare arq client or worker interoperates.
@@ -70,13 +71,18 @@ class JobType:
     description: str = ""
     # 0 (highest) to 9 (lowest); a submit may give another.
     priority: int = DEFAULT_PRIORITY
+    # Concurrency and rate limits, per type and per key, across all workers.
+    limits: Limits | None = None
 
     def __post_init__(self) -> None:
-        if not HIGHEST_PRIORITY <= self.priority <= LOWEST_PRIORITY:
+        priority_ok = isinstance(self.priority, int) and not isinstance(self.priority, bool)
+        if not priority_ok or not HIGHEST_PRIORITY <= self.priority <= LOWEST_PRIORITY:
             raise ValueError(
                 f"job type {self.name!r}: priority must be {HIGHEST_PRIORITY} (highest) to "
                 f"{LOWEST_PRIORITY} (lowest), not {self.priority!r}"
             )
+        if self.limits is not None and (problems := self.limits.problems(self.payload)):
+            raise ValueError(f"job type {self.name!r}: " + "; ".join(problems))
 
 
 class CreateTask(BaseModel):

@@ -129,6 +129,11 @@ class JobPublic(BaseModel):
             public_state = JobState.QUEUED if due else JobState.DEFERRED
         else:
             public_state = JobState(state)
+        # Due, yet not started: the jobs a waiting reason can apply to.
+        due_to_start = public_state is JobState.QUEUED or (
+            public_state is JobState.RETRYING
+            and _int(record.get("next_try_at_ms")) <= (at_ms if at_ms is not None else now_ms())
+        )
         error = json.loads(record["error"]) if record.get("error") else None
         meta = arq_job.meta if arq_job else {}
         enqueued_at_ms = arq_job.enqueued_at_ms if arq_job else ready_at_ms
@@ -157,7 +162,7 @@ class JobPublic(BaseModel):
             trace_id=trace_id_of(meta.get("traceparent")),
             request_id=meta.get("request_id") or None,
             idempotency_key=meta.get("idempotency_key") or None,
-            waiting_reason=waiting_reason if public_state is JobState.QUEUED else None,
+            waiting_reason=waiting_reason if due_to_start else None,
         )
 
 

@@ -40,6 +40,18 @@ RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # String per paused queue: when it was paused (ms). The claim reads it once per
 # call and starts nothing while it exists; resume deletes it and wakes workers.
 PAUSED_SUFFIX = "paused"
+# Flow control (flow.py), per queue, only for job types with limits:
+# a hash of waiting job id -> "job type\nkey", written at submit, removed when
+# the job ends; sorted sets of running job ids per type (`running:{type}`) and
+# per key (`running-key:{type}:{key}`), scored by start time, updated by the
+# claim and by the transition out of in_progress, and self-healing (the claim
+# drops ids whose lock lapsed: a dead worker's); sorted sets of recent starts
+# per type (`starts:{type}`) and per key (`starts-key:{type}:{key}`), the
+# sliding window of a rate, expiring with it; and a hash of what the claim
+# found blocked (type, or "type\nkey" -> limit or rate), read to say why a job
+# waits and to wake workers when a blocked type frees a slot.
+FLOW_SUFFIX = "flow"
+WAITING_SUFFIX = "waiting"
 # Lock per queue so that one worker at a time trims expired index entries.
 HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
 # Hash per uploaded document: name, type, state, text, summary, times, job ids.

@@ -64,6 +64,12 @@ QUEUE_PAUSED_SECONDS = Gauge(
     "How long the queue has been paused; 0 while it runs.",
     ["queue"],
 )
+JOBS_HELD = Gauge(
+    "conveyor_jobs_held",
+    "Due jobs the worker's last claim passed over, by why: limit (a running limit of "
+    "their type or key) or rate (their type or key started as many as its rate allows).",
+    ["queue", "reason"],
+)
 WORKER_HEARTBEAT = Gauge(
     "conveyor_worker_heartbeat_timestamp_seconds",
     "Unix time of this worker's last poll loop turn.",

@@ -17,7 +17,7 @@ import binascii
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -33,6 +33,7 @@ from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
+from conveyor_core.flow import claim_limits, flow_entry
 from conveyor_core.jobs import (
     DEFAULT_PRIORITY,
     HIGHEST_PRIORITY,
@@ -212,6 +213,8 @@ class Claim:
     jobs: list[Claimed]
     next_due_ms: float | None
     paused_at_ms: int | None = None
+    # Due jobs this claim passed over, by why: a running limit, a rate.
+    held: dict[WaitingReason, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +270,13 @@ class JobStore:
         self._page = script(lua_script("page"))
         self._queue_stats = script(lua_script("queue_stats"))
         self._pause = script(lua_script("pause"))
+        # Per queue: its limited job types as the claim reads them ('' for none).
+        self._claim_limits = {
+            queue: claim_limits(
+                (t.name, t.limits) for t in self.catalog.for_queue(queue) if t.limits
+            )
+            for queue in self.catalog.queues()
+        }
 
     # -- the lifecycle ------------------------------------------------------
 
@@ -293,7 +303,13 @@ class JobStore:
         job = ArqJob(job_type.name, payload, meta, at_ms)
         idem_key = keys.idempotency_key(job_type.name, idempotency_key) if idempotency_key else ""
         status, *existing = await self._submit(
-            keys=[job_key_prefix + job_id, result_key_prefix + job_id, job_type.queue, idem_key],
+            keys=[
+                job_key_prefix + job_id,
+                result_key_prefix + job_id,
+                job_type.queue,
+                idem_key,
+                keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
+            ],
             args=[
                 job_id,
                 job.encode(),
@@ -302,6 +318,7 @@ class JobStore:
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
                 keys.wake_channel(job_type.queue),
+                flow_entry(job_type.name, job_type.limits, payload),
             ],
         )
         if status == b"exists":
@@ -331,9 +348,21 @@ class JobStore:
         scan_limit: int,
     ) -> Claim:
         """Lock and start up to `wanted` due jobs; also say when the next one falls due."""
-        claimed, next_due, paused_at = await self._claim(
-            keys=[queue, keys.paused_key(queue)],
-            args=[now_ms(), lock_ttl_ms, wanted, scan_limit, cancelled_retention_ms],
+        claimed, next_due, paused_at, (held_limit, held_rate) = await self._claim(
+            keys=[
+                queue,
+                keys.paused_key(queue),
+                keys.queue_key(queue, keys.FLOW_SUFFIX),
+                keys.queue_key(queue, keys.WAITING_SUFFIX),
+            ],
+            args=[
+                now_ms(),
+                lock_ttl_ms,
+                wanted,
+                scan_limit,
+                cancelled_retention_ms,
+                self._claim_limits.get(queue, ""),
+            ],
         )
         rows = iter(claimed)
         jobs = [
@@ -341,7 +370,10 @@ class JobStore:
             for job_id, score, job_try in zip(rows, rows, rows, strict=True)
         ]
         return Claim(
-            jobs, float(next_due) if next_due else None, int(paused_at) if paused_at else None
+            jobs,
+            float(next_due) if next_due else None,
+            int(paused_at) if paused_at else None,
+            {WaitingReason.LIMIT: held_limit, WaitingReason.RATE: held_rate},
         )
 
     async def _end_try(
@@ -522,6 +554,46 @@ class JobStore:
             reason = WaitingReason.PAUSED if where in paused else None
             job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason, priority)
             out.append((arq_job, job))
+        return await self._held_reasons(out)
+
+    async def _held_reasons(
+        self, found: list[tuple[ArqJob | None, JobPublic] | None]
+    ) -> list[tuple[ArqJob | None, JobPublic] | None]:
+        """Due jobs of limited types (queued, or retrying and due): why the claim
+        last passed over their type or key (limit, rate), from the queue's
+        waiting hash; one round trip."""
+        asked = []
+        for i, item in enumerate(found):
+            if item is None:
+                continue
+            arq_job, job = item
+            due = job.state is JobState.QUEUED or (
+                job.state is JobState.RETRYING
+                and job.next_try_at is not None
+                and job.next_try_at.timestamp() * 1000 <= now_ms()
+            )
+            if arq_job is None or not due:
+                continue
+            job_type = self.catalog.get(job.job_type)
+            if job_type and job_type.limits and job.waiting_reason is None:
+                _, _, key = flow_entry(job_type.name, job_type.limits, arq_job.payload).partition(
+                    "\n"
+                )
+                fields = [job_type.name, *([f"{job_type.name}\n{key}"] if key else [])]
+                asked.append((i, keys.queue_key(job.queue, keys.WAITING_SUFFIX), fields))
+        if not asked:
+            return found
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, waiting, fields in asked:
+                pipe.hmget(waiting, fields)
+            replies = await pipe.execute()
+        out = list(found)
+        for (i, _, _), reasons in zip(asked, replies, strict=True):
+            reason = next((r.decode() for r in reasons if r), None)
+            item = out[i]
+            if reason and item is not None:
+                update = {"waiting_reason": WaitingReason(reason)}
+                out[i] = (item[0], item[1].model_copy(update=update))
         return out
 
     def _public(

@@ -15,16 +15,117 @@
 -- empty bands (a lookup of the next entry), so a queue of one priority costs
 -- what it did before bands: a few O(log n) reads besides the jobs it claims.
 --
--- KEYS: 1 queue, 2 the queue's paused flag
+-- Limits (flow.py): with ARGV[6] (the queue's limited types), each candidate's
+-- flow entry says its type and key; a job over a running limit or a rate is
+-- passed over (it stays queued, takes no slot, uses no try), the first time
+-- per type or key and call recorded in the waiting hash (why it waits), and
+-- a rate's earliest next start becomes a due time for the worker's sleep.
+-- Running sets heal themselves: an id whose lock lapsed (a dead worker's) is
+-- dropped, each id checked at most once per lock ttl. Without ARGV[6] none of
+-- this runs: unlimited queues cost what they did.
+--
+-- KEYS: 1 queue, 2 the queue's paused flag, 3 its flow hash, 4 its waiting hash
 -- ARGV: 1 now ms, 2 lock ttl ms, 3 how many to claim, 4 scan limit,
---       5 cancelled retention ms
--- Returns {{id, due ms, try, ...}, next due ms or '', paused-at ms or ''}.
+--       5 cancelled retention ms, 6 limits JSON or ''
+-- Returns {{id, due ms, try, ...}, next due ms or '', paused-at ms or '',
+--   {passed over for a limit, passed over for a rate}}.
 local queue, now, lock_ms = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 local paused_at = redis.call('GET', KEYS[2])
-if paused_at then return {{}, '', paused_at} end
+if paused_at then return {{}, '', paused_at, {0, 0}} end
 local wanted, scan_limit, batch = tonumber(ARGV[3]), tonumber(ARGV[4]), 50
+local limits = ARGV[6] ~= '' and cjson.decode(ARGV[6]) or nil
 local claimed, count_, scanned = {}, 0, 0
 local next_due = nil
+local held = {limit = 0, rate = 0}
+
+local function sooner(due) if not next_due or due < next_due then next_due = due end end
+
+-- Per call: what each running set and start window holds, read once.
+local running, windows, marked = {}, {}, {}
+
+local function running_count(key)
+  local n = running[key]
+  if n then return n end
+  n = redis.call('ZCARD', key)
+  -- Ids that ran longer than a lock ttl since last checked: dropped if their
+  -- lock lapsed, else checked again a ttl later.
+  local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - tonumber(lock_ms))
+  for _, id in ipairs(old) do
+    if redis.call('EXISTS', K.arq_lock .. id) == 0 then
+      redis.call('ZREM', key, id)
+      n = n - 1
+    else
+      redis.call('ZADD', key, 'XX', now, id)
+    end
+  end
+  running[key] = n
+  return n
+end
+
+local function window(key, rate)
+  local w = windows[key]
+  if w then return w end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rate[2])
+  w = {n = redis.call('ZCARD', key), max = rate[1], per = rate[2]}
+  windows[key] = w
+  return w
+end
+
+local function mark(subject, reason)
+  held[reason] = held[reason] + 1
+  if not marked[subject] then
+    marked[subject] = true
+    redis.call('HSET', KEYS[4], subject, reason)
+  end
+end
+
+-- The checks a job of a limited type must pass: nil when it may start now,
+-- else the reason; `starts` collects what to count if it does start.
+local function gate(flow)
+  local t, key = flow_parts(flow)
+  local l = t and limits[t]
+  if not l then return nil, nil end
+  local checks = {}
+  if l.n then checks[#checks + 1] = {'n', running_key(queue, t), l.n, t} end
+  if l.r then checks[#checks + 1] = {'r', starts_key(queue, t), l.r, t} end
+  if key ~= '' then
+    local subject = t .. '\n' .. key
+    if l.kn then checks[#checks + 1] = {'n', running_key_of(queue, t, key), l.kn, subject} end
+    if l.kr then checks[#checks + 1] = {'r', starts_key_of(queue, t, key), l.kr, subject} end
+  end
+  for _, c in ipairs(checks) do
+    if c[1] == 'n' then
+      if running_count(c[2]) >= c[3] then mark(c[4], 'limit') return 'limit', nil end
+    else
+      local w = window(c[2], c[3])
+      if w.n >= w.max then
+        -- The earliest start the window allows: when its (n - max + 1)th oldest leaves.
+        local oldest = redis.call('ZRANGE', c[2], w.n - w.max, w.n - w.max, 'WITHSCORES')
+        if oldest[2] then sooner(tonumber(oldest[2]) + w.per) end
+        mark(c[4], 'rate')
+        return 'rate', nil
+      end
+    end
+  end
+  return nil, checks
+end
+
+local function count_start(id, tries, checks)
+  for _, c in ipairs(checks) do
+    if c[1] == 'n' then
+      redis.call('ZADD', c[2], now, id)
+      running[c[2]] = running[c[2]] + 1
+    else
+      redis.call('ZADD', c[2], now, id .. ':' .. tries)
+      redis.call('PEXPIRE', c[2], c[3][2])
+      windows[c[2]].n = windows[c[2]].n + 1
+    end
+    if marked[c[4]] == nil then
+      marked[c[4]] = false
+      redis.call('HDEL', KEYS[4], c[4])
+    end
+  end
+end
 
 -- Claim from the due rows of one band; true when the band has more rows to read.
 local function claim_rows(rows, base)
@@ -33,8 +134,12 @@ local function claim_rows(rows, base)
     scanned = scanned + 1
     local id = rows[i]
     if redis.call('EXISTS', K.arq_lock .. id) == 0 then
-      local rec = load(id, queue, false)
-      if rec.state == 'in_progress' and rec.cancel then
+      local flow = limits and redis.call('HGET', KEYS[3], id) or nil
+      local held_for, checks = nil, nil
+      if flow then held_for, checks = gate(flow) end
+      local rec = not held_for and load(id, queue, false)
+      if not rec then -- held: stays queued
+      elseif rec.state == 'in_progress' and rec.cancel then
         local ttl = tonumber(ARGV[5])
         transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now}, ttl)
       elseif TERMINAL[rec.state] then
@@ -43,8 +148,14 @@ local function claim_rows(rows, base)
         local due = fmt(tonumber(rows[i + 1]) - base)
         redis.call('PSETEX', K.arq_lock .. id, lock_ms, '1')
         rec.tries = rec.tries + 1
-        transition(rec, 'in_progress', now, now, {'tries', rec.tries, 'started_at_ms', now,
-          'ready_at_ms', due, 'next_try_at_ms', '', 'priority', priority_of(rows[i + 1])})
+        local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
+          'next_try_at_ms', '', 'priority', priority_of(rows[i + 1])}
+        if checks then
+          count_start(id, rec.tries, checks)
+          fields[#fields + 1] = 'flow'
+          fields[#fields + 1] = flow
+        end
+        transition(rec, 'in_progress', now, now, fields)
         count_ = count_ + 1
         for _, v in ipairs({id, due, rec.tries}) do claimed[#claimed + 1] = v end
       end
@@ -68,12 +179,11 @@ while band and count_ < wanted and scanned < scan_limit do
   local after = redis.call('ZRANGEBYSCORE', queue, '(' .. fmt(base + now), '+inf', 'WITHSCORES',
     'LIMIT', 0, 1)
   if after[2] and priority_of(after[2]) == band then
-    local due = tonumber(after[2]) - base
-    if not next_due or due < next_due then next_due = due end
+    sooner(tonumber(after[2]) - base)
     if band == K.lowest_priority then break end
     after = redis.call('ZRANGEBYSCORE', queue, fmt(band_base(band + 1)), '+inf', 'WITHSCORES',
       'LIMIT', 0, 1)
   end
   band = after[2] and priority_of(after[2]) or nil
 end
-return {claimed, next_due and fmt(next_due) or '', ''}
+return {claimed, next_due and fmt(next_due) or '', '', {held.limit, held.rate}}

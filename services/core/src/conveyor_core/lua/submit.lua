@@ -4,9 +4,14 @@
 -- wake-up. No record yet: the first claim makes it. Atomic: a failure leaves
 -- nothing behind.
 --
--- KEYS: 1 arq job key, 2 arq result key, 3 queue, 4 idempotency key or ''
--- ARGV: 1 job id, 2 arq job bytes, 3 ready-at ms, 4 arq expiry ms,
---       5 idempotency value, 6 idempotency ttl s, 7 wake channel
+-- A job of a limited type (flow.py) also gets its entry in the queue's flow
+-- hash: its type and key, for the claim.
+--
+-- KEYS: 1 arq job key, 2 arq result key, 3 queue, 4 idempotency key or '',
+--       5 the queue's flow hash
+-- ARGV: 1 job id, 2 arq job bytes, 3 score (priority band + ready-at ms),
+--       4 arq expiry ms, 5 idempotency value, 6 idempotency ttl s, 7 wake channel,
+--       8 flow entry or 
 -- Returns {'created'}, {'duplicate'} or {'exists', idempotency value}.
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
@@ -15,6 +20,7 @@ end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {'duplicate'} end
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[8]) end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 redis.call('PUBLISH', ARGV[7], ARGV[1])
 return {'created'}

@@ -13,6 +13,15 @@ local TERMINAL = {complete = true, dead = true, cancelled = true}
 
 local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. state end
 
+local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name end
+
+-- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
+local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
+local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
+local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .. t .. ':' .. key) end
+local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
+local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
+
 -- A score as Redis should read it: an integer, never in exponent notation.
 local function fmt(n) return string.format('%.0f', n) end
 
@@ -31,7 +40,7 @@ end
 -- score), so a retry or a put-back returns to the same band.
 local function load(id, queue, must_exist)
   local r = redis.call('HMGET', K.job .. id, 'state', 'version', 'tries', 'cancel_requested',
-    'queue', 'priority')
+    'queue', 'priority', 'flow')
   if not r[1] then
     if must_exist then return nil end
     return {id = id, queue = queue, state = 'queued', version = 1, tries = 0, cancel = false,
@@ -39,7 +48,23 @@ local function load(id, queue, must_exist)
   end
   return {id = id, queue = queue or r[5], state = r[1], version = tonumber(r[2]) or 0,
     tries = tonumber(r[3]) or 0, cancel = r[4] == '1',
-    priority = tonumber(r[6]) or K.default_priority}
+    priority = tonumber(r[6]) or K.default_priority, flow = r[7] or nil}
+end
+
+-- A limited job leaves in_progress: it no longer counts as running; when
+-- the claim found its type or key blocked, the queue's workers are woken.
+-- (Its starts stay in the rate windows: a rate counts starts.)
+local function release(rec)
+  local t, key = flow_parts(rec.flow)
+  if not t then return end
+  redis.call('ZREM', running_key(rec.queue, t), rec.id)
+  if key ~= '' then redis.call('ZREM', running_key_of(rec.queue, t, key), rec.id) end
+  -- The claim marks what it found blocked; a mark goes when one of its jobs
+  -- ends (a later claim marks it again if it is still blocked), so marks of
+  -- keys that come and go do not pile up.
+  if redis.call('HDEL', qkey(rec.queue, 'waiting'), t, t .. '\n' .. key) > 0 then
+    redis.call('PUBLISH', K.wake .. rec.queue, 'freed')
+  end
 end
 
 -- Move `rec` to state `to`. `score` is the job's score in its new place: the
@@ -50,6 +75,7 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   local id, queue, hash = rec.id, rec.queue, K.job .. rec.id
   if INDEXED[rec.state] then redis.call('ZREM', index(queue, rec.state), id) end
   if INDEXED[to] then redis.call('ZADD', index(queue, to), score, id) end
+  if rec.state == 'in_progress' and to ~= 'in_progress' and rec.flow then release(rec) end
   local version = rec.version + 1
   redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
   -- arq's keys, as arq's own start and finish would leave them.
@@ -60,6 +86,7 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s)
   elseif TERMINAL[to] then
     redis.call('ZREM', queue, id)
+    if rec.flow or rec.new then redis.call('HDEL', qkey(queue, 'flow'), id) end
     redis.call('DEL', K.arq_lock .. id, K.arq_retry .. id)
     -- arq's job key (the payload) lives as long as the record: it also keeps
     -- arq from taking the same id again, as its result key would.
