@@ -7,13 +7,14 @@ own process on a Redis of its own and prints each figure beside its target.
 
 import asyncio
 import random
+import statistics
 import time
 
 import uvloop
 from arq.connections import ArqRedis
 
-from bench.jobs import CONVEYOR_QUEUE, STARTED_KEY, Nap, Noop
-from bench.pickup import Contender, running
+from bench.jobs import CONVEYOR_QUEUE, DONE_KEY, LIMITED_QUEUE, STARTED_KEY, Nap, Noop
+from bench.pickup import Contender, _dt, redis_cpu_s, running, total_commands
 from conveyor_core.enqueue import enqueue
 from conveyor_core.local.redis_server import resolve_redis
 from conveyor_core.store import JobStore
@@ -60,6 +61,55 @@ async def top_up(redis: ArqRedis, store: JobStore) -> None:
         await fill(store, BACKLOG - waiting, priority=9)
 
 
+CLAIM_JOBS = 3000
+CLAIM_ROUNDS = 3
+HEAD_START_S = 10.0
+
+
+async def claim_cost(redis_url: str, queue: str, job_type: str) -> tuple[float, float]:
+    """Redis CPU (ms) and commands per job while a worker drains CLAIM_JOBS no-op
+    jobs of `job_type` that fell due together."""
+    contender = Contender(job_type, queue, samples=0, job_type=job_type)
+    async with running(contender, redis_url) as (redis, store):
+        done_key = DONE_KEY.format(queue=queue)
+        await redis.delete(done_key)
+        due = time.time() + HEAD_START_S
+        kind = store.catalog[job_type]
+        for start in range(0, CLAIM_JOBS, 100):
+            batch = range(start, min(start + 100, CLAIM_JOBS))
+            await asyncio.gather(*(enqueue(store, kind, Noop(), run_at=_dt(due)) for _ in batch))
+        assert time.time() < due, "enqueueing took longer than the head start"
+        await asyncio.sleep(due - time.time())
+        cpu_s, commands = await redis_cpu_s(redis), await total_commands(redis)
+        polls = 0
+        while int(await redis.get(done_key) or 0) < CLAIM_JOBS:
+            polls += 1
+            await asyncio.sleep(0.005)
+        cpu_ms = (await redis_cpu_s(redis) - cpu_s) * 1000 / CLAIM_JOBS
+        ours = polls + 3
+        per_job = (await total_commands(redis) - commands - ours) / CLAIM_JOBS
+        return cpu_ms, per_job
+
+
+async def claim_costs(redis_url: str) -> str:
+    plain: list[tuple[float, float]] = []
+    limited: list[tuple[float, float]] = []
+    for round_ in range(CLAIM_ROUNDS):  # alternating, so drift hits both alike
+        print(f"claim cost round {round_ + 1} ...", flush=True)
+        plain.append(await claim_cost(redis_url, CONVEYOR_QUEUE, "noop"))
+        limited.append(await claim_cost(redis_url, LIMITED_QUEUE, "noop_limited"))
+    cpu = statistics.median(c for c, _ in limited) / statistics.median(c for c, _ in plain)
+    return (
+        f"Redis per job, draining {CLAIM_JOBS:,} no-op jobs (median of {CLAIM_ROUNDS}): "
+        f"without limits {statistics.median(c for c, _ in plain):.3f} ms CPU, "
+        f"{statistics.median(n for _, n in plain):.1f} commands; "
+        f"with limits (running and rate, not binding) "
+        f"{statistics.median(c for c, _ in limited):.3f} ms CPU, "
+        f"{statistics.median(n for _, n in limited):.1f} commands; "
+        f"CPU ratio {cpu:.2f} (target <= 1.2)"
+    )
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -68,6 +118,8 @@ def percentile(samples: list[float], q: float) -> float:
 async def main() -> None:
     with resolve_redis() as resolved:
         latencies = await priority_pickup(resolved.url)
+        costs = await claim_costs(resolved.url)
+    print(costs)
     print(
         f"priority-0 pickup behind {BACKLOG:,} priority-9 jobs ({PICKUP_SAMPLES} samples, "
         f"10 slots busy): p50 {percentile(latencies, 0.5):.1f} ms, "

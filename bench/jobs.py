@@ -8,9 +8,12 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 from conveyor_core.catalog import JobType, RetryPolicy
+from conveyor_core.flow import Limits, Rate
 from conveyor_worker.context import JobContext
 
 CONVEYOR_QUEUE = "bench:conveyor"
+# The same no-op job, limited: what the claim's flow control costs.
+LIMITED_QUEUE = "bench:conveyor-limited"
 DONE_KEY = "bench:done:{queue}"
 # Start times, pushed by each job; the benchmark BLPOPs them instead of polling.
 STARTED_KEY = "bench:started:{queue}"
@@ -54,4 +57,14 @@ async def record(redis: ArqRedis, queue: str, started: float) -> None:
 JOB_TYPES = [
     JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
     JobType("nap", Nap, "bench.jobs:nap", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
+    # Limits that never bind (the worker runs 10 at a time, far under the rate),
+    # so both queues run the same jobs at the same pace and only the checks differ.
+    JobType(
+        "noop_limited",
+        Noop,
+        "bench.jobs:noop",
+        queue=LIMITED_QUEUE,
+        retry=RetryPolicy(max_tries=1),
+        limits=Limits(max_running=1000, rate=Rate(1_000_000, 1.0)),
+    ),
 ]

@@ -20,8 +20,8 @@
 -- passed over (it stays queued, takes no slot, uses no try), the first time
 -- per type or key and call recorded in the waiting hash (why it waits), and
 -- a rate's earliest next start becomes a due time for the worker's sleep.
--- Running sets heal themselves: an id whose lock lapsed (a dead worker's) is
--- dropped, each id checked at most once per lock ttl. Without ARGV[6] none of
+-- Running sets heal themselves: at the limit, an id whose lock lapsed (a
+-- dead worker's) is dropped, each id checked at most once per lock ttl. Without ARGV[6] none of
 -- this runs: unlimited queues cost what they did.
 --
 -- KEYS: 1 queue, 2 the queue's paused flag, 3 its flow hash, 4 its waiting hash
@@ -43,19 +43,21 @@ local function sooner(due) if not next_due or due < next_due then next_due = due
 -- Per call: what each running set and start window holds, read once.
 local running, windows, marked = {}, {}, {}
 
-local function running_count(key)
+local function running_count(key, max)
   local n = running[key]
   if n then return n end
   n = redis.call('ZCARD', key)
-  -- Ids that ran longer than a lock ttl since last checked: dropped if their
-  -- lock lapsed, else checked again a ttl later.
-  local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - tonumber(lock_ms))
-  for _, id in ipairs(old) do
-    if redis.call('EXISTS', K.arq_lock .. id) == 0 then
-      redis.call('ZREM', key, id)
-      n = n - 1
-    else
-      redis.call('ZADD', key, 'XX', now, id)
+  if n >= max then
+    -- At the limit: ids that ran longer than a lock ttl since last checked are
+    -- dropped if their lock lapsed (a dead worker's), else checked a ttl later.
+    local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - tonumber(lock_ms))
+    for _, id in ipairs(old) do
+      if redis.call('EXISTS', K.arq_lock .. id) == 0 then
+        redis.call('ZREM', key, id)
+        n = n - 1
+      else
+        redis.call('ZADD', key, 'XX', now, id)
+      end
     end
   end
   running[key] = n
@@ -95,7 +97,7 @@ local function gate(flow)
   end
   for _, c in ipairs(checks) do
     if c[1] == 'n' then
-      if running_count(c[2]) >= c[3] then mark(c[4], 'limit') return 'limit', nil end
+      if running_count(c[2], c[3]) >= c[3] then mark(c[4], 'limit') return 'limit', nil end
     else
       local w = window(c[2], c[3])
       if w.n >= w.max then
@@ -110,6 +112,9 @@ local function gate(flow)
   return nil, checks
 end
 
+-- A limited job starts: it runs and its start counts in the windows (each
+-- window's expiry is renewed once per call, at the end). A mark of its type or
+-- key stays until one of its jobs ends (see release in transition.lua).
 local function count_start(id, tries, checks)
   for _, c in ipairs(checks) do
     if c[1] == 'n' then
@@ -117,12 +122,8 @@ local function count_start(id, tries, checks)
       running[c[2]] = running[c[2]] + 1
     else
       redis.call('ZADD', c[2], now, id .. ':' .. tries)
-      redis.call('PEXPIRE', c[2], c[3][2])
       windows[c[2]].n = windows[c[2]].n + 1
-    end
-    if marked[c[4]] == nil then
-      marked[c[4]] = false
-      redis.call('HDEL', KEYS[4], c[4])
+      windows[c[2]].started = true
     end
   end
 end
@@ -185,5 +186,8 @@ while band and count_ < wanted and scanned < scan_limit do
       'LIMIT', 0, 1)
   end
   band = after[2] and priority_of(after[2]) or nil
+end
+for key, w in pairs(windows) do
+  if w.started then redis.call('PEXPIRE', key, w.per) end
 end
 return {claimed, next_due and fmt(next_due) or '', '', {held.limit, held.rate}}
