@@ -449,3 +449,28 @@ async def test_a_per_key_limit_holds_only_that_keys_jobs(redis: ArqRedis) -> Non
     retried = await store.get(a1)
     assert retried is not None
     assert (retried.state, retried.waiting_reason) == (JobState.RETRYING, "limit")
+
+
+async def test_keys_take_turns_and_leave_nothing_behind(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    fair = store.catalog["fair"]
+    a_ids = await submit_many(store, "fair", [{"tenant_id": "a", "work_s": 0}] * 100)
+    b_ids = await submit_many(store, "fair", [{"tenant_id": "b", "work_s": 0}] * 5)
+    cancelled = a_ids.pop()
+    assert (await store.cancel(cancelled))[0] == "cancelled_now"
+
+    started = []
+    for _ in range(12):
+        claim = await store.claim(QUEUE, 1, **CLAIM)
+        started += [c.job_id for c in claim.jobs]
+    assert started[:10] == [x for pair in zip(a_ids, b_ids, strict=False) for x in pair]
+    assert started[10:] == a_ids[5:7]  # b has no more: a's turn every time
+
+    # A retry goes back into its key's turn.
+    assert await store.retry_later(fair, started[0], now_ms(), ERROR)
+    rest = (await store.claim(QUEUE, 200, **{**CLAIM, "scan_limit": 1000})).jobs
+    assert started[0] in [c.job_id for c in rest]
+    for job_id in {*started, *(c.job_id for c in rest)}:
+        assert await store.complete(fair, job_id, "null")
+    left = [k async for k in redis.scan_iter(match="conveyor:{arq:queue}:*")]
+    assert sorted(k for k in left if not k.endswith((b":complete", b":cancelled"))) == []

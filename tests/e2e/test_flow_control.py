@@ -142,3 +142,21 @@ def test_a_rate_of_10_per_second_is_never_exceeded(stack: Stack) -> None:
     assert starts[-1] - starts[0] >= 5  # 60 starts at 10 a second: over 5 s at least
     # Held, the jobs were not failed and used no try.
     assert {stack.job(job_id)["tries"] for job_id in ids} == {1}
+
+
+def test_one_keys_backlog_does_not_starve_another(stack: Stack) -> None:
+    a_ids = [stack.submit("fair", {"tenant_id": "a", "work_s": 0.02})["id"] for _ in range(1000)]
+    b_ids = [stack.submit("fair", {"tenant_id": "b", "work_s": 0.02})["id"] for _ in range(10)]
+    stack.start_worker(CONVEYOR_WORKER_MAX_JOBS="3")
+    stack.start_worker(CONVEYOR_WORKER_MAX_JOBS="3")
+
+    deadline = time.monotonic() + 30
+    while cast(int, stack.redis.llen("test:completed:fair")) < 40:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.05)
+
+    first = [
+        i.decode() for i in cast(list[bytes], stack.redis.lrange("test:completed:fair", 0, 29))
+    ]
+    assert set(b_ids) <= set(first), first
+    assert len(set(first) & set(a_ids)) == 20

@@ -128,37 +128,73 @@ local function count_start(id, tries, checks)
   end
 end
 
+-- Keys take turns: a slot that falls to a keyed job goes to the next key of
+-- its type's ring that has a job due in this band and may start now (at most
+-- 10 keys are tried). Returns that job's id, score, flow entry and checks, or
+-- nil when no key may start one.
+local function take_turn(t, base)
+  local ring = ring_key(queue, t)
+  for _ = 1, math.min(redis.call('LLEN', ring), 10) do
+    local key = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+    if not key then return nil end
+    local row = redis.call('ZRANGEBYSCORE', keyq_key(queue, t, key), fmt(base), fmt(base + now),
+      'WITHSCORES', 'LIMIT', 0, 1)
+    if row[1] and redis.call('EXISTS', K.arq_lock .. row[1]) == 0 then
+      local flow = t .. '\n' .. key
+      local held_for, checks = gate(flow)
+      if not held_for then return row[1], row[2], flow, checks end
+      if marked[t] then return nil end -- the whole type is held: no key may start
+    end
+  end
+  return nil
+end
+
+-- Start one job: lock it, count it against its limits, start its record.
+local function start(id, score, base, flow, checks)
+  local rec = load(id, queue, false)
+  if rec.state == 'in_progress' and rec.cancel then
+    local ttl = tonumber(ARGV[5])
+    transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now}, ttl)
+    return
+  elseif TERMINAL[rec.state] then
+    redis.call('ZREM', queue, id) -- finished, yet back in the queue: a bare arq enqueue
+    return
+  end
+  local due = fmt(tonumber(score) - base)
+  redis.call('PSETEX', K.arq_lock .. id, lock_ms, '1')
+  rec.tries = rec.tries + 1
+  local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
+    'next_try_at_ms', '', 'priority', priority_of(score)}
+  if flow then
+    if checks then count_start(id, rec.tries, checks) end
+    rec.flow = flow
+    fields[#fields + 1] = 'flow'
+    fields[#fields + 1] = flow
+  end
+  transition(rec, 'in_progress', now, now, fields)
+  count_ = count_ + 1
+  for _, v in ipairs({id, due, rec.tries}) do claimed[#claimed + 1] = v end
+end
+
 -- Claim from the due rows of one band; true when the band has more rows to read.
 local function claim_rows(rows, base)
   for i = 1, #rows, 2 do
     if count_ >= wanted then return false end
     scanned = scanned + 1
-    local id = rows[i]
+    local id, score = rows[i], rows[i + 1]
     if redis.call('EXISTS', K.arq_lock .. id) == 0 then
       local flow = limits and redis.call('HGET', KEYS[3], id) or nil
-      local held_for, checks = nil, nil
-      if flow then held_for, checks = gate(flow) end
-      local rec = not held_for and load(id, queue, false)
-      if not rec then -- held: stays queued
-      elseif rec.state == 'in_progress' and rec.cancel then
-        local ttl = tonumber(ARGV[5])
-        transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now}, ttl)
-      elseif TERMINAL[rec.state] then
-        redis.call('ZREM', queue, id) -- finished, yet back in the queue: a bare arq enqueue
+      local t, key = nil, ''
+      if flow then t, key = flow_parts(flow) end
+      if t and key ~= '' and limits[t] and redis.call('ZSCORE', keyq_key(queue, t, key), id) then
+        local turn_id, turn_score, turn_flow, checks = take_turn(t, base)
+        if turn_id then start(turn_id, turn_score, base, turn_flow, checks) end
+        -- This job waits for its key's turn; if its key is held, say why.
+        if turn_id ~= id and count_ < wanted then gate(flow) end
       else
-        local due = fmt(tonumber(rows[i + 1]) - base)
-        redis.call('PSETEX', K.arq_lock .. id, lock_ms, '1')
-        rec.tries = rec.tries + 1
-        local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
-          'next_try_at_ms', '', 'priority', priority_of(rows[i + 1])}
-        if checks then
-          count_start(id, rec.tries, checks)
-          fields[#fields + 1] = 'flow'
-          fields[#fields + 1] = flow
-        end
-        transition(rec, 'in_progress', now, now, fields)
-        count_ = count_ + 1
-        for _, v in ipairs({id, due, rec.tries}) do claimed[#claimed + 1] = v end
+        local held_for, checks = nil, nil
+        if flow then held_for, checks = gate(flow) end
+        if not held_for then start(id, score, base, flow, checks) end
       end
     end
   end

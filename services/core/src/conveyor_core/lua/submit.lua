@@ -5,7 +5,8 @@
 -- nothing behind.
 --
 -- A job of a limited type (flow.py) also gets its entry in the queue's flow
--- hash: its type and key, for the claim.
+-- hash: its type and key, for the claim; a keyed one waits in its key's queue
+-- too (see fair_enter).
 --
 -- KEYS: 1 arq job key, 2 arq result key, 3 queue, 4 idempotency key or '',
 --       5 the queue's flow hash
@@ -20,7 +21,10 @@ end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {'duplicate'} end
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[5], ARGV[1], ARGV[8]) end
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[8])
+  fair_enter(KEYS[3], ARGV[8], ARGV[3], ARGV[1])
+end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 redis.call('PUBLISH', ARGV[7], ARGV[1])
 return {'created'}

@@ -22,6 +22,31 @@ local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .
 local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
 local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
 
+-- Keys take turns (flow.py): a keyed job (its type has a key) also waits in
+-- its key's own queue, `keyq:{type}:{key}` (same score as in arq's queue),
+-- and a key with waiting jobs is in its type's ring of keys, `ring:{type}`,
+-- which the claim rotates.
+local function keyq_key(queue, t, key) return qkey(queue, 'keyq:' .. t .. ':' .. key) end
+local function ring_key(queue, t) return qkey(queue, 'ring:' .. t) end
+
+local function fair_enter(queue, flow, score, id)
+  local t, key = flow_parts(flow)
+  if not t or key == '' then return end
+  local keyq = keyq_key(queue, t, key)
+  if redis.call('ZADD', keyq, score, id) == 1 and redis.call('ZCARD', keyq) == 1 then
+    redis.call('RPUSH', ring_key(queue, t), key)
+  end
+end
+
+local function fair_leave(queue, flow, id)
+  local t, key = flow_parts(flow)
+  if not t or key == '' then return end
+  local keyq = keyq_key(queue, t, key)
+  if redis.call('ZREM', keyq, id) == 1 and redis.call('EXISTS', keyq) == 0 then
+    redis.call('LREM', ring_key(queue, t), 0, key)
+  end
+end
+
 -- A score as Redis should read it: an integer, never in exponent notation.
 local function fmt(n) return string.format('%.0f', n) end
 
@@ -76,6 +101,7 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   if INDEXED[rec.state] then redis.call('ZREM', index(queue, rec.state), id) end
   if INDEXED[to] then redis.call('ZADD', index(queue, to), score, id) end
   if rec.state == 'in_progress' and to ~= 'in_progress' and rec.flow then release(rec) end
+  if to == 'in_progress' and rec.flow then fair_leave(queue, rec.flow, id) end
   local version = rec.version + 1
   redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
   -- arq's keys, as arq's own start and finish would leave them.
@@ -86,14 +112,20 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s)
   elseif TERMINAL[to] then
     redis.call('ZREM', queue, id)
-    if rec.flow or rec.new then redis.call('HDEL', qkey(queue, 'flow'), id) end
+    if rec.flow or rec.new then
+      local flow = rec.flow or redis.call('HGET', qkey(queue, 'flow'), id)
+      if flow then fair_leave(queue, flow, id) end
+      redis.call('HDEL', qkey(queue, 'flow'), id)
+    end
     redis.call('DEL', K.arq_lock .. id, K.arq_retry .. id)
     -- arq's job key (the payload) lives as long as the record: it also keeps
     -- arq from taking the same id again, as its result key would.
     redis.call('PEXPIRE', K.arq_job .. id, ttl_ms)
     redis.call('PEXPIRE', hash, ttl_ms)
   else -- queued or retrying: back in arq's queue, due at `score`, in its band
-    redis.call('ZADD', queue, fmt(band_base(rec.priority) + score), id)
+    local queued = fmt(band_base(rec.priority) + score)
+    redis.call('ZADD', queue, queued, id)
+    if rec.flow then fair_enter(queue, rec.flow, queued, id) end
     redis.call('DEL', K.arq_lock .. id)
     redis.call('PEXPIRE', K.arq_job .. id, math.max(score - now, 0) + K.arq_expiry_extra_ms)
   end
