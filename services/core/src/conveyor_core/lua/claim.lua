@@ -189,8 +189,13 @@ local function claim_rows(rows, base)
       if t and key ~= '' and limits[t] and redis.call('ZSCORE', keyq_key(queue, t, key), id) then
         local turn_id, turn_score, turn_flow, checks = take_turn(t, base)
         if turn_id then start(turn_id, turn_score, base, turn_flow, checks) end
-        -- This job waits for its key's turn; if its key is held, say why.
-        if turn_id ~= id and count_ < wanted then gate(flow) end
+        if turn_id ~= id and count_ < wanted then
+          -- This job waits for its key's turn (if its key is held, that says why);
+          -- with no turn taken at all (its key not among the keys tried), it starts
+          -- itself when it may, so no keyed job can wait for ever.
+          local held_for, own_checks = gate(flow)
+          if not turn_id and not held_for then start(id, score, base, flow, own_checks) end
+        end
       else
         local held_for, checks = nil, nil
         if flow then held_for, checks = gate(flow) end
