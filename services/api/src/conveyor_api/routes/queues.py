@@ -3,7 +3,7 @@ poll; pause and resume a queue."""
 
 import asyncio
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
@@ -69,7 +69,12 @@ def _known(name: str, catalog: CatalogDep) -> str:
     return name
 
 
-@router.post("/{name}/pause", summary="Pause a queue")
+NOT_IN_CATALOG: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such queue in the catalog"}
+}
+
+
+@router.post("/{name}/pause", summary="Pause a queue", responses=NOT_IN_CATALOG)
 async def pause_queue(name: QueueName, store: StoreDep, catalog: CatalogDep) -> QueuePublic:
     """Every worker of the queue stops starting jobs at its next claim; running
     jobs finish; enqueueing goes on. Pausing a paused queue changes nothing."""
@@ -77,7 +82,7 @@ async def pause_queue(name: QueueName, store: StoreDep, catalog: CatalogDep) -> 
     return QueuePublic.of(await store.queue_stats(name))
 
 
-@router.post("/{name}/resume", summary="Resume a queue")
+@router.post("/{name}/resume", summary="Resume a queue", responses=NOT_IN_CATALOG)
 async def resume_queue(name: QueueName, store: StoreDep, catalog: CatalogDep) -> QueuePublic:
     """The queue's workers are woken and start its jobs at once."""
     await store.resume(_known(name, catalog))
