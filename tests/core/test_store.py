@@ -474,3 +474,21 @@ async def test_keys_take_turns_and_leave_nothing_behind(redis: ArqRedis) -> None
         assert await store.complete(fair, job_id, "null")
     left = [k async for k in redis.scan_iter(match="conveyor:{arq:queue}:*")]
     assert sorted(k for k in left if not k.endswith((b":complete", b":cancelled"))) == []
+
+
+async def test_a_per_key_rate_holds_only_that_keys_starts(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    tenants = ["a", "a", "a", "b"]
+    a1, a2, a3, b1 = await submit_many(
+        store, "paced_per_tenant", [{"tenant_id": t, "work_s": 0} for t in tenants]
+    )
+
+    claim = await store.claim(QUEUE, 10, **CLAIM)
+
+    assert sorted(c.job_id for c in claim.jobs) == sorted([a1, a2, b1])
+    assert claim.held == {"limit": 0, "rate": 1}
+    assert claim.next_due_ms is not None
+    assert claim.next_due_ms > now_ms() + 500  # a's window opens a second after its starts
+    held = await store.get(a3)
+    assert held is not None
+    assert (held.state, held.waiting_reason) == (JobState.QUEUED, "rate")

@@ -160,3 +160,28 @@ def test_one_keys_backlog_does_not_starve_another(stack: Stack) -> None:
     ]
     assert set(b_ids) <= set(first), first
     assert len(set(first) & set(a_ids)) == 20
+
+
+def test_a_worker_does_not_spin_on_held_jobs(stack: Stack) -> None:
+    stack.start_worker(CONVEYOR_WORKER_MAX_JOBS="10")
+    running = [stack.submit("capped", {"work_s": 6})["id"] for _ in range(2)]
+    for job_id in running:
+        stack.wait_for_state(job_id, "in_progress")
+    held = [stack.submit("capped", {"work_s": 0})["id"] for _ in range(20)]
+    time.sleep(0.5)
+
+    def commands() -> int:
+        stats = cast(dict[str, dict[str, int]], stack.redis.info("commandstats"))
+        return sum(int(v["calls"]) for v in stats.values())
+
+    before = commands()
+    time.sleep(3)
+    per_s = (commands() - before) / 3
+
+    # Held jobs wait on a wake-up (a slot of their type frees) or the 1 s safety
+    # net; a claim of 22 entries a second and lock renewals, not a busy loop.
+    assert per_s < 300, per_s
+    job = stack.job(held[0])
+    assert (job["state"], job["waiting_reason"]) == ("queued", "limit")
+    metrics = httpx.get(f"{stack.workers[0].base_url}/metrics").text
+    assert f'conveyor_jobs_held{{queue="{QUEUE}",reason="limit"}} 20.0' in metrics

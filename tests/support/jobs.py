@@ -177,6 +177,13 @@ JOB_TYPES = [
     ),
     # At most 10 starts in any second.
     JobType("paced", Effect, f"{MODULE}:tracked", limits=Limits(rate=Rate(10, 1.0))),
+    # At most 2 starts per tenant in any second.
+    JobType(
+        "paced_per_tenant",
+        Tenanted,
+        f"{MODULE}:tracked_tenant",
+        limits=Limits(key="tenant_id", rate_per_key=Rate(2, 1.0)),
+    ),
     # Keyed, no limit: tenants take turns.
     JobType("fair", Tenanted, f"{MODULE}:tracked_tenant", limits=Limits(key="tenant_id")),
 ]

@@ -149,6 +149,9 @@ local function take_turn(t, base)
   return nil
 end
 
+-- Types (and bands) whose turn found no key that may start a job, in this call.
+local no_turn = {}
+
 -- Start one job: lock it, count it against its limits, start its record.
 local function start(id, score, base, flow, checks)
   local rec = load(id, queue, false)
@@ -186,9 +189,11 @@ local function claim_rows(rows, base)
       local flow = limits and redis.call('HGET', KEYS[3], id) or nil
       local t, key = nil, ''
       if flow then t, key = flow_parts(flow) end
-      if t and key ~= '' and limits[t] and redis.call('ZSCORE', keyq_key(queue, t, key), id) then
+      local keyed = t and key ~= '' and limits[t]
+      if keyed and not no_turn[t .. base] and redis.call('ZSCORE', keyq_key(queue, t, key), id) then
         local turn_id, turn_score, turn_flow, checks = take_turn(t, base)
-        if turn_id then start(turn_id, turn_score, base, turn_flow, checks) end
+        if turn_id then start(turn_id, turn_score, base, turn_flow, checks)
+        else no_turn[t .. base] = true end -- no key may start one: not asked again
         if turn_id ~= id and count_ < wanted then
           -- This job waits for its key's turn (if its key is held, that says why);
           -- with no turn taken at all (its key not among the keys tried), it starts
