@@ -313,6 +313,8 @@ async def test_higher_priorities_start_first_and_equal_ones_in_fifo_order(
     started = [c.job_id for _ in expected for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs]
 
     assert started == expected
+    with pytest.raises(ValueError, match=r"priority must be 0 .* not 10"):
+        await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=10)
     job = await store.get(ids[6])
     assert job is not None
     assert (job.priority, job.state) == (3, JobState.IN_PROGRESS)

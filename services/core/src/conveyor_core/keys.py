@@ -47,9 +47,12 @@ PAUSED_SUFFIX = "paused"
 # claim and by the transition out of in_progress, and self-healing (the claim
 # drops ids whose lock lapsed: a dead worker's); sorted sets of recent starts
 # per type (`starts:{type}`) and per key (`starts-key:{type}:{key}`), the
-# sliding window of a rate, expiring with it; and a hash of what the claim
+# sliding window of a rate, expiring with it; a hash of what the claim
 # found blocked (type, or "type\nkey" -> limit or rate), read to say why a job
-# waits and to wake workers when a blocked type frees a slot.
+# waits and to wake workers when a blocked type frees a slot; and for types
+# with a key, so that keys take turns: each key's waiting jobs
+# (`keyq:{type}:{key}`, scored as in arq's queue) and a list of the keys with
+# waiting jobs (`ring:{type}`), which the claim rotates. Each goes when empty.
 FLOW_SUFFIX = "flow"
 WAITING_SUFFIX = "waiting"
 # Lock per queue so that one worker at a time trims expired index entries.

@@ -298,6 +298,11 @@ class JobStore:
         priority unless `priority` is given)."""
         at_ms = now_ms()
         priority = job_type.priority if priority is None else priority
+        if priority not in PRIORITIES:
+            raise ValueError(
+                f"priority must be {HIGHEST_PRIORITY} (highest) to {LOWEST_PRIORITY} (lowest), "
+                f"not {priority!r}"
+            )
         if idempotency_key:
             meta = {**meta, "idempotency_key": idempotency_key}
         job = ArqJob(job_type.name, payload, meta, at_ms)
