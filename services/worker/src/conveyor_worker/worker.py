@@ -40,7 +40,7 @@ from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS, create_redis
 from conveyor_core.store import JobStore
 from conveyor_worker.context import AnyHandler
-from conveyor_worker.flow import record_claim
+from conveyor_worker.flow import ClaimMetrics
 from conveyor_worker.settings import Settings
 from conveyor_worker.telemetry import declare_job_series
 from conveyor_worker.workflow import open_workflow
@@ -105,6 +105,7 @@ class ConveyorWorker(Worker):
         self._background: list[asyncio.Task[None]] = []
         # Claimed jobs whose function arq started (its on_job_start hook ran).
         self._running: set[str] = set()
+        self._claim_metrics = ClaimMetrics(self.queue_name)
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -203,7 +204,7 @@ class ConveyorWorker(Worker):
             cancelled_retention_ms=self.cancelled_retention_ms,
             scan_limit=CLAIM_SCAN_LIMIT,
         )
-        record_claim(self.queue_name, claim)
+        self._claim_metrics.record(claim)
         for job in claim.jobs:
             await self.sem.acquire()  # never waits: no more claimed than free slots
             self.job_counter += 1

@@ -222,6 +222,7 @@ while band and count_ < wanted and scanned < scan_limit do
     if not claim_rows(rows, base) then break end
     offset = offset + batch
   end
+  if count_ >= wanted then break end -- no slot left: no next due time needed
   -- What follows the due part: this band's next deferred job, or the next band.
   local after = redis.call('ZRANGEBYSCORE', queue, '(' .. fmt(base + now), '+inf', 'WITHSCORES',
     'LIMIT', 0, 1)
