@@ -84,8 +84,12 @@ def flow_entry(job_type: str, limits: Limits | None, payload: Mapping[str, Any])
     """What the claim needs of a job of a limited type: its type and key; '' for others."""
     if limits is None:
         return ""
-    key = payload.get(limits.key) if limits.key else None
-    key_text = "" if key is None else key if isinstance(key, str) else json.dumps(key)
+    if not limits.key:
+        return f"{job_type}\n"
+    # Never empty for a keyed type (an empty key means "no key"): a string as it
+    # is, anything else (None, a number, "") as JSON.
+    key = payload.get(limits.key)
+    key_text = key if isinstance(key, str) and key else json.dumps(key)
     return f"{job_type}\n{key_text}"
 
 
