@@ -494,3 +494,26 @@ async def test_a_per_key_rate_holds_only_that_keys_starts(redis: ArqRedis) -> No
     held = await store.get(a3)
     assert held is not None
     assert (held.state, held.waiting_reason) == (JobState.QUEUED, "rate")
+
+
+async def test_a_requeued_keyed_job_waits_its_keys_turn_again(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    per_tenant = store.catalog["per_tenant"]
+    (job_id,) = await submit_many(store, "per_tenant", [{"tenant_id": "a", "work_s": 0}])
+    await store.claim(QUEUE, 1, **CLAIM)
+    assert await store.dead(per_tenant, job_id, ERROR)
+    assert await redis.hget(keys.queue_key(QUEUE, "flow"), job_id) is None  # type: ignore[misc]
+
+    outcome, _ = await store.requeue(job_id, {})
+
+    assert outcome == "requeued"
+    flow = await redis.hget(keys.queue_key(QUEUE, "flow"), job_id)  # type: ignore[misc]
+    assert flow == b"per_tenant\na"
+    ring = await redis.lrange(keys.queue_key(QUEUE, "ring:per_tenant"), 0, -1)  # type: ignore[misc]
+    assert ring == [b"a"]
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [job_id]
+    assert not await redis.exists(keys.queue_key(QUEUE, "ring:per_tenant"))
+    assert await redis.zrange(keys.queue_key(QUEUE, "running-key:per_tenant:a"), 0, -1) == [
+        job_id.encode()
+    ]
