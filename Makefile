@@ -53,8 +53,9 @@ test: $(VENV)/.synced test-deps ## run every test suite against real Redis and r
 	$(BIN)/pytest -n auto --dist loadgroup
 
 .PHONY: bench
-bench: $(VENV)/.synced ## Conveyor vs bare arq (pickup, throughput, idle cost) and vs a bare FastAPI + arq app (HTTP)
+bench: $(VENV)/.synced ## Conveyor vs bare arq (pickup, throughput, cost, memory), flow control, and the api vs a bare FastAPI + arq app (HTTP)
 	$(BIN)/python -m bench.pickup
+	$(BIN)/python -m bench.flow
 	$(BIN)/python -m bench.http
 
 .PHONY: dashboard

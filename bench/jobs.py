@@ -1,5 +1,6 @@
 """The no-op job both contenders run: note when it started, count it, return."""
 
+import asyncio
 import time
 from typing import Any
 
@@ -8,8 +9,11 @@ from pydantic import BaseModel
 
 from conveyor_core.catalog import JobType, RetryPolicy
 from conveyor_core.context import JobContext
+from conveyor_core.flow import Limits, Rate
 
 CONVEYOR_QUEUE = "bench:conveyor"
+# The same no-op job, limited: what the claim's flow control costs.
+LIMITED_QUEUE = "bench:conveyor-limited"
 DONE_KEY = "bench:done:{queue}"
 # Start times, pushed by each job; the benchmark BLPOPs them instead of polling.
 STARTED_KEY = "bench:started:{queue}"
@@ -24,6 +28,15 @@ async def noop(ctx: JobContext, payload: Noop) -> float:
     started = time.time()
     await record(ctx.redis, ctx.job_type.queue, started)
     return started
+
+
+class Nap(BaseModel):
+    sleep_s: float
+
+
+async def nap(ctx: JobContext, payload: Nap) -> None:
+    """Background work for the flow-control bench: holds a slot a while, records nothing."""
+    await asyncio.sleep(payload.sleep_s)
 
 
 async def arq_noop(ctx: dict[str, Any]) -> float:
@@ -42,5 +55,16 @@ async def record(redis: ArqRedis, queue: str, started: float) -> None:
 
 
 JOB_TYPES = [
-    JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1))
+    JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
+    JobType("nap", Nap, "bench.jobs:nap", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
+    # Limits that never bind (the worker runs 10 at a time, far under the rate),
+    # so both queues run the same jobs at the same pace and only the checks differ.
+    JobType(
+        "noop_limited",
+        Noop,
+        "bench.jobs:noop",
+        queue=LIMITED_QUEUE,
+        retry=RetryPolicy(max_tries=1),
+        limits=Limits(max_running=1000, rate=Rate(1_000_000, 1.0)),
+    ),
 ]

@@ -50,6 +50,7 @@ class Contender:
     samples: int
     poll_delay_s: float | None = None  # None: Conveyor's worker
     env: dict[str, str] = field(default_factory=dict)  # Conveyor's worker: more settings
+    job_type: str = "noop"  # Conveyor's: the no-op job type it runs (bench/jobs.py)
     # From the moment the enqueue call returned (the job is in Redis) to the
     # job function's start: the pickup itself.
     latencies_ms: list[float] = field(default_factory=list)
@@ -97,7 +98,10 @@ async def submit(contender: Contender, redis: ArqRedis, store: JobStore, **defer
     if contender.poll_delay_s is None:
         run_at = defer.get("run_at")
         submitted = await enqueue(
-            store, NOOP, Noop(), run_at=None if run_at is None else _dt(run_at)
+            store,
+            store.catalog[contender.job_type],
+            Noop(),
+            run_at=None if run_at is None else _dt(run_at),
         )
         return submitted.job_id
     run_at = defer.get("run_at")

@@ -217,7 +217,22 @@ ROWS = [
                     )
                 ],
                 unit="ops",
-                width=24,
+            ),
+            Panel(
+                "Flow control: paused queues and held jobs",
+                "1 while a queue is paused (ConveyorQueuePausedTooLong); due jobs a worker's "
+                "last claim passed over because of a running limit or a rate of their type "
+                "or key.",
+                [
+                    Query(
+                        f"max by (queue) (conveyor_queue_paused{{{QUEUE}}})",
+                        "{{queue}} paused",
+                    ),
+                    Query(
+                        f"max by (queue, reason) (conveyor_jobs_held{{{QUEUE}}})",
+                        "{{queue}} held: {{reason}}",
+                    ),
+                ],
             ),
         ],
     ),

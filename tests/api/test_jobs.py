@@ -1,5 +1,6 @@
 """`/v1/jobs` against a real Redis, without a worker: submit, read, list, cancel, errors."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -266,3 +267,24 @@ async def test_openapi_shows_each_job_types_payload(client: httpx.AsyncClient) -
     ref = body["content"]["application/json"]["schema"]["$ref"]
     assert ref.endswith("/CreateTask")
     assert "/v1/jobs/effect" in schema["paths"]
+
+
+async def test_submit_takes_a_priority_and_refuses_an_unknown_one(
+    client: httpx.AsyncClient,
+) -> None:
+    default = (await submit(client)).json()
+    assert default["priority"] == CREATE_TASK.priority == 5
+    high = await submit(client, params={"priority": 0})
+    assert high.status_code == 201
+    assert high.json()["priority"] == 0
+    for bad in ("10", "-1", "high"):
+        problem = assert_problem(await submit(client, params={"priority": bad}), 422)
+        assert "priority" in json.dumps(problem)
+
+
+async def test_submit_without_the_key_field_of_a_keyed_type_is_a_422_naming_it(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await submit(client, "per_tenant", {"work_s": 0})
+    problem = assert_problem(response, 422)
+    assert "tenant_id" in json.dumps(problem)

@@ -1,9 +1,11 @@
 """The job catalog: retry policy arithmetic, declarations, extra job modules."""
 
 import random
+import re
 import sys
 
 import pytest
+from pydantic import BaseModel
 
 from conveyor_core import Schedule
 from conveyor_core.catalog import (
@@ -15,7 +17,8 @@ from conveyor_core.catalog import (
     UnknownJobTypeError,
     load_catalog,
 )
-from conveyor_seed import CREATE_TASK
+from conveyor_core.flow import Limits, Rate
+from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
 
 
@@ -111,3 +114,34 @@ def test_a_module_whose_settings_are_invalid_is_reported_on_one_line(
     assert "\n" not in message
     assert message.startswith("job module 'conveyor_seed': import failed: ValidationError: ")
     assert "CONVEYOR_DIGEST_SCHEDULE: hour must be in 0..23, not 25" in message
+
+
+def test_a_job_type_refuses_a_priority_outside_0_to_9() -> None:
+    for bad in (-1, 10):
+        with pytest.raises(ValueError, match="job type 'x': priority must be 0"):
+            JobType("x", CreateTask, "m:f", priority=bad)
+
+
+def test_a_job_type_refuses_limits_that_cannot_work_naming_it() -> None:
+    class Keyed(BaseModel):
+        tenant_id: str
+        note: str | None = None
+
+    cases = {
+        "max_running must be a positive integer, not 0": Limits(max_running=0),
+        "max_running_per_key must be a positive integer, not 1.5": Limits(
+            key="tenant_id",
+            max_running_per_key=1.5,  # type: ignore[arg-type]
+        ),
+        "rate.starts must be a positive integer, not -1": Limits(rate=Rate(-1)),
+        "rate_per_key.per_s must be a positive number of seconds, not 0": Limits(
+            key="tenant_id", rate_per_key=Rate(5, 0)
+        ),
+        "a per-key limit needs `key`": Limits(max_running_per_key=1),
+        "key 'tenant' is not a field of Keyed": Limits(key="tenant"),
+        "key 'note' must be a required field of Keyed": Limits(key="note"),
+    }
+    for message, limits in cases.items():
+        with pytest.raises(ValueError, match=re.escape(f"job type 'x': {message}")):
+            JobType("x", Keyed, "m:f", limits=limits)
+    JobType("x", Keyed, "m:f", limits=Limits(key="tenant_id", max_running_per_key=2))

@@ -30,9 +30,9 @@ async def test_job_outcomes_are_counted_with_the_end_of_the_try(redis: ArqRedis)
     submitted = await enqueue(store, FLAKY, {"fail_times": 0})
     job_id = submitted.job_id
     claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
-    assert (await store.claim(FLAKY.queue, 1, **claim))[0]
+    assert (await store.claim(FLAKY.queue, 1, **claim)).jobs
     assert await store.retry_later(FLAKY, job_id, now_ms(), "{}")
-    assert (await store.claim(FLAKY.queue, 1, **claim))[0]
+    assert (await store.claim(FLAKY.queue, 1, **claim)).jobs
     assert await store.complete(FLAKY, job_id, "null")
     # A refused end of a try (the job is no longer in progress) counts nothing.
     assert not await store.dead(FLAKY, job_id, "{}")

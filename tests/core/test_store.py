@@ -1,11 +1,13 @@
 """The lifecycle owner against a real Redis: each script's record, indexes and arq keys."""
 
 import time
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
+from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue, fingerprint
 from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.store import (
@@ -18,8 +20,10 @@ from conveyor_core.store import (
     encode_cursor,
 )
 from conveyor_seed import CREATE_TASK, CreateTask
+from tests.support import jobs
 
 QUEUE = CREATE_TASK.queue
+ERROR = '{"type": "E", "message": "m"}'
 CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 100}
 
 
@@ -96,7 +100,7 @@ async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqR
     store = JobStore(redis)
     job_id = await submitted(store)
 
-    claimed, _ = await store.claim(QUEUE, 5, **CLAIM)
+    claimed = (await store.claim(QUEUE, 5, **CLAIM)).jobs
 
     assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
     job = await store.get(job_id)
@@ -106,7 +110,7 @@ async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqR
     assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1
     assert await redis.pttl(f"arq:in-progress:{job_id}") > 9_000
     assert await redis.zscore(QUEUE, job_id) is not None  # arq keeps it until it ends
-    assert (await store.claim(QUEUE, 5, **CLAIM))[0] == []  # locked: not claimed twice
+    assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # locked: not claimed twice
 
 
 async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> None:
@@ -151,7 +155,7 @@ async def test_retry_later_puts_the_job_back_in_arqs_queue_when_due(redis: ArqRe
     assert await redis.zscore(QUEUE, job_id) == due_ms
     assert not await redis.exists(f"arq:in-progress:{job_id}")
     assert await redis.pttl(f"arq:job:{job_id}") > 60_000
-    assert (await store.claim(QUEUE, 1, **CLAIM))[0] == []  # not due yet
+    assert (await store.claim(QUEUE, 1, **CLAIM)).jobs == []  # not due yet
 
 
 async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: ArqRedis) -> None:
@@ -171,7 +175,7 @@ async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: A
     assert await indexes_of(redis, job_id) == set()
     assert await redis.zscore(QUEUE, job_id) is not None
     assert await redis.ttl(keys.job_key(job_id)) == -1
-    claimed, _ = await store.claim(QUEUE, 1, **CLAIM)
+    claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
     assert (await store.requeue(job_id, {}))[0] == "in_progress"
 
@@ -188,7 +192,7 @@ async def test_put_back_after_a_shutdown_does_not_use_up_the_try(redis: ArqRedis
     assert (job.state, job.tries) == (JobState.QUEUED, 0)
     assert await indexes_of(redis, job_id) == set()
     assert not await redis.exists(f"arq:in-progress:{job_id}")
-    claimed, _ = await store.claim(QUEUE, 1, **CLAIM)
+    claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [c.job_try for c in claimed] == [1]
 
 
@@ -283,3 +287,262 @@ async def test_submit_spends_the_callers_rate_in_its_own_step(redis: ArqRedis) -
     assert second.job is None
     assert await redis.zcard(QUEUE) == 1  # the refused submit wrote nothing
     assert not await redis.exists(f"arq:job:{second.job_id}")
+
+
+async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    paused_at = await store.pause(QUEUE)
+    assert await store.pause(QUEUE) == paused_at  # pausing again keeps the first time
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert (claim.jobs, claim.next_due_ms, claim.paused_at_ms) == ([], None, paused_at)
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.waiting_reason) == (JobState.QUEUED, "paused")
+    assert (await store.queue_stats(QUEUE)).paused_at_ms == paused_at
+
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.wake_channel(QUEUE))
+        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        await store.resume(QUEUE)
+        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert woken is not None
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [job_id]
+    assert claim.paused_at_ms is None
+    assert (await store.queue_stats(QUEUE)).paused_at_ms is None
+
+
+async def test_higher_priorities_start_first_and_equal_ones_in_fifo_order(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    ids = []
+    for priority in [9, 5, 0, 9, 0, 5, 3]:
+        time.sleep(0.002)  # FIFO is by due time in ms: ties go by id
+        ids.append(
+            (await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=priority)).job_id
+        )
+    time.sleep(0.002)
+    # A bare arq client's job: the default priority, after the 5s already queued.
+    bare = await redis.enqueue_job("create_task", sleep_s=0, _queue_name=QUEUE)
+    assert bare is not None
+    time.sleep(0.002)  # arq rounds its due time up to the next ms
+    listed = await store.list(state=JobState.QUEUED)
+    expected = [ids[2], ids[4], ids[6], ids[1], ids[5], bare.job_id, ids[0], ids[3]]
+    assert [j.id for j in listed.items] == expected
+    assert [j.priority for j in listed.items] == [0, 0, 3, 5, 5, 5, 9, 9]
+    assert (await store.queue_stats(QUEUE)).ready == 8
+
+    started = [c.job_id for _ in expected for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs]
+
+    assert started == expected
+    with pytest.raises(ValueError, match=r"priority must be 0 .* not 10"):
+        await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=10)
+    job = await store.get(ids[6])
+    assert job is not None
+    assert (job.priority, job.state) == (3, JobState.IN_PROGRESS)
+
+
+async def test_a_deferred_job_joins_its_priority_when_due_and_a_retry_keeps_it(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    low = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=9)
+    high = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=1, defer_by_s=0.3)
+    listed = await store.list(state=JobState.DEFERRED)
+    assert [(j.id, j.priority) for j in listed.items] == [(high.job_id, 1)]
+
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [low.job_id]  # the only one due
+    assert claim.next_due_ms is not None
+    assert claim.next_due_ms - now_ms() <= 300  # a due time, not a score in a band
+    time.sleep(0.35)
+    later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), priority=2)
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [high.job_id]
+    assert abs(claim.jobs[0].score_ms - now_ms()) < 2_000  # the due time, for arq's ctx
+
+    # A retry goes back to the job's own band: it is due before the priority-2 job.
+    assert await store.retry_later(
+        CREATE_TASK, high.job_id, now_ms(), '{"type": "E", "message": "m"}'
+    )
+    job = await store.get(high.job_id)
+    assert job is not None
+    assert (job.state, job.priority) == (JobState.RETRYING, 1)
+    claim = await store.claim(QUEUE, 2, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [high.job_id, later.job_id]
+
+
+def limited_store(redis: ArqRedis) -> JobStore:
+    return JobStore(redis, load_catalog([jobs.MODULE]))
+
+
+async def submit_many(store: JobStore, job_type: str, payloads: list[dict[str, Any]]) -> list[str]:
+    ids = []
+    for payload in payloads:
+        time.sleep(0.002)  # FIFO is by due time in ms
+        ids.append((await enqueue(store, store.catalog[job_type], payload)).job_id)
+    return ids
+
+
+async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
+    redis: ArqRedis,
+) -> None:
+    store = limited_store(redis)
+    capped = store.catalog["capped"]
+    first, second, third = await submit_many(store, "capped", [{"work_s": 0}] * 3)
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert [c.job_id for c in claim.jobs] == [first, second]
+    assert claim.held == {"limit": 1, "rate": 0}
+    held = await store.get(third)
+    assert held is not None
+    assert (held.state, held.waiting_reason, held.tries) == (JobState.QUEUED, "limit", 0)
+    assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # still held, no try used
+
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.wake_channel(QUEUE))
+        await pubsub.get_message(timeout=1)
+        assert await store.complete(capped, first, "null")
+        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+    assert woken is not None
+    assert woken["data"] == b"freed"
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [third]
+    job = await store.get(third)
+    assert job is not None
+    assert job.waiting_reason is None
+    for job_id in (second, third):
+        assert await store.complete(capped, job_id, "null")
+    # Nothing is left behind: no flow entries, no running ids, no marks.
+    flow_keys = [k async for k in redis.scan_iter(match="conveyor:{arq:queue}:*")]
+    assert sorted(k for k in flow_keys if b":complete" not in k) == []
+
+
+async def test_a_dead_workers_jobs_stop_counting_once_their_locks_lapse(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    ids = await submit_many(store, "capped", [{"work_s": 0}] * 3)
+    short = {**CLAIM, "lock_ttl_ms": 100}
+    assert len((await store.claim(QUEUE, 5, **short)).jobs) == 2
+    time.sleep(0.25)  # the worker died: its locks lapse, nothing released them
+
+    claim = await store.claim(QUEUE, 1, **short)
+
+    assert [c.job_id for c in claim.jobs] == [ids[0]]  # at least once: it runs again
+    running = await redis.zrange(keys.queue_key(QUEUE, "running:capped"), 0, -1)
+    assert running == [ids[0].encode()]
+
+
+async def test_a_rate_holds_starts_and_says_when_the_next_may_begin(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    ids = await submit_many(store, "paced", [{"work_s": 0}] * 12)
+    began_ms = now_ms()
+
+    claim = await store.claim(QUEUE, 20, **CLAIM)
+
+    assert [c.job_id for c in claim.jobs] == ids[:10]
+    assert claim.held == {"limit": 0, "rate": 2}
+    assert claim.next_due_ms is not None
+    assert began_ms + 900 <= claim.next_due_ms <= now_ms() + 1000
+    job = await store.get(ids[10])
+    assert job is not None
+    assert job.waiting_reason == "rate"
+    # Finishing does not make room: a rate counts starts.
+    for job_id in ids[:10]:
+        assert await store.complete(store.catalog["paced"], job_id, "null")
+    assert (await store.claim(QUEUE, 20, **CLAIM)).jobs == []
+
+
+async def test_a_per_key_limit_holds_only_that_keys_jobs(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    a1, a2, b1 = await submit_many(
+        store, "per_tenant", [{"tenant_id": t, "work_s": 0} for t in ("a", "a", "b")]
+    )
+
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert [c.job_id for c in claim.jobs] == [a1, b1]
+    held = await store.get(a2)
+    assert held is not None
+    assert held.waiting_reason == "limit"
+    assert await store.retry_later(store.catalog["per_tenant"], a1, now_ms(), ERROR)
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+    # a2 was due before a1's retry: it takes tenant a's one slot, a1 waits.
+    assert [c.job_id for c in claim.jobs] == [a2]
+    retried = await store.get(a1)
+    assert retried is not None
+    assert (retried.state, retried.waiting_reason) == (JobState.RETRYING, "limit")
+
+
+async def test_keys_take_turns_and_leave_nothing_behind(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    fair = store.catalog["fair"]
+    a_ids = await submit_many(store, "fair", [{"tenant_id": "a", "work_s": 0}] * 100)
+    b_ids = await submit_many(store, "fair", [{"tenant_id": "b", "work_s": 0}] * 5)
+    cancelled = a_ids.pop()
+    assert (await store.cancel(cancelled))[0] == "cancelled_now"
+
+    started = []
+    for _ in range(12):
+        claim = await store.claim(QUEUE, 1, **CLAIM)
+        started += [c.job_id for c in claim.jobs]
+    assert started[:10] == [x for pair in zip(a_ids, b_ids, strict=False) for x in pair]
+    assert started[10:] == a_ids[5:7]  # b has no more: a's turn every time
+
+    # A retry goes back into its key's turn.
+    assert await store.retry_later(fair, started[0], now_ms(), ERROR)
+    rest = (await store.claim(QUEUE, 200, **{**CLAIM, "scan_limit": 1000})).jobs
+    assert started[0] in [c.job_id for c in rest]
+    for job_id in {*started, *(c.job_id for c in rest)}:
+        assert await store.complete(fair, job_id, "null")
+    left = [k async for k in redis.scan_iter(match="conveyor:{arq:queue}:*")]
+    assert sorted(k for k in left if not k.endswith((b":complete", b":cancelled"))) == []
+
+
+async def test_a_per_key_rate_holds_only_that_keys_starts(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    tenants = ["a", "a", "a", "b"]
+    a1, a2, a3, b1 = await submit_many(
+        store, "paced_per_tenant", [{"tenant_id": t, "work_s": 0} for t in tenants]
+    )
+
+    claim = await store.claim(QUEUE, 10, **CLAIM)
+
+    assert sorted(c.job_id for c in claim.jobs) == sorted([a1, a2, b1])
+    assert claim.held == {"limit": 0, "rate": 1}
+    assert claim.next_due_ms is not None
+    assert claim.next_due_ms > now_ms() + 500  # a's window opens a second after its starts
+    held = await store.get(a3)
+    assert held is not None
+    assert (held.state, held.waiting_reason) == (JobState.QUEUED, "rate")
+
+
+async def test_a_requeued_keyed_job_waits_its_keys_turn_again(redis: ArqRedis) -> None:
+    store = limited_store(redis)
+    per_tenant = store.catalog["per_tenant"]
+    (job_id,) = await submit_many(store, "per_tenant", [{"tenant_id": "a", "work_s": 0}])
+    await store.claim(QUEUE, 1, **CLAIM)
+    assert await store.dead(per_tenant, job_id, ERROR)
+    assert await redis.hget(keys.queue_key(QUEUE, "flow"), job_id) is None  # type: ignore[misc]
+
+    outcome, _ = await store.requeue(job_id, {})
+
+    assert outcome == "requeued"
+    flow = await redis.hget(keys.queue_key(QUEUE, "flow"), job_id)  # type: ignore[misc]
+    assert flow == b"per_tenant\na"
+    ring = await redis.lrange(keys.queue_key(QUEUE, "ring:per_tenant"), 0, -1)  # type: ignore[misc]
+    assert ring == [b"a"]
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert [c.job_id for c in claim.jobs] == [job_id]
+    assert not await redis.exists(keys.queue_key(QUEUE, "ring:per_tenant"))
+    assert await redis.zrange(keys.queue_key(QUEUE, "running-key:per_tenant:a"), 0, -1) == [
+        job_id.encode()
+    ]

@@ -147,7 +147,7 @@ async def test_a_document_whose_job_died_reads_as_failed(
     body = (await post(client, {"file": ("a.txt", b"text")})).json()
     store = JobStore(redis)
     claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
-    claimed, _ = await store.claim(PROCESS_DOCUMENT.queue, 1, **claim)
+    claimed = (await store.claim(PROCESS_DOCUMENT.queue, 1, **claim)).jobs
     assert [c.job_id for c in claimed] == [body["job"]["id"]]
     assert await store.dead(PROCESS_DOCUMENT, body["job"]["id"], "{}")
     document = (await client.get(f"/v1/documents/{body['document']['id']}")).json()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy
 from conveyor_core.context import JobContext
+from conveyor_core.flow import Limits, Rate
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceScope
 from conveyor_core.store import JobStore
@@ -101,6 +102,41 @@ async def effect(ctx: JobContext, payload: Effect) -> str:
     return "done"
 
 
+class Tenanted(BaseModel):
+    tenant_id: str
+    work_s: float = Field(ge=0)
+
+
+# Count the job in while it runs, and keep the highest count seen, in one step.
+RUN_IN = """
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], n) end
+return n
+"""
+
+
+async def tracked(ctx: JobContext, payload: Effect | Tenanted) -> str:
+    """Counts itself running (per type, and per tenant when it has one) while it works,
+    keeping the highest counts in `test:max_running:...`, and logs its completion."""
+    await _record_start(ctx)
+    subjects = [ctx.job_type.name]
+    if isinstance(payload, Tenanted):
+        subjects.append(f"{ctx.job_type.name}:{payload.tenant_id}")
+    for subject in subjects:
+        await ctx.redis.eval(RUN_IN, 2, f"test:running:{subject}", f"test:max_running:{subject}")  # type: ignore[misc]
+    try:
+        await asyncio.sleep(payload.work_s)
+    finally:
+        for subject in subjects:
+            await ctx.redis.decr(f"test:running:{subject}")
+    await ctx.redis.rpush(f"test:completed:{ctx.job_type.name}", ctx.job_id)  # type: ignore[misc]
+    return "done"
+
+
+async def tracked_tenant(ctx: JobContext, payload: Tenanted) -> str:
+    return await tracked(ctx, payload)
+
+
 async def parent(ctx: JobContext, payload: Nothing) -> str:
     """Enqueues a child job: workflows are jobs that enqueue jobs."""
     child = await ctx.enqueue("effect", Effect(work_s=0))
@@ -165,6 +201,26 @@ JOB_TYPES = [
     JobType("ledger_pid", Nothing, f"{MODULE}:ledger_pid"),
     # send_email with few, quick tries: to see a mail reach the dead letters.
     JobType("quick_mail", SendEmail, "conveyor_seed.jobs.email:send_email", retry=_quick(3)),
+    # Flow control: at most 2 running across all workers.
+    JobType("capped", Effect, f"{MODULE}:tracked", limits=Limits(max_running=2)),
+    # At most one running per tenant.
+    JobType(
+        "per_tenant",
+        Tenanted,
+        f"{MODULE}:tracked_tenant",
+        limits=Limits(key="tenant_id", max_running_per_key=1),
+    ),
+    # At most 10 starts in any second.
+    JobType("paced", Effect, f"{MODULE}:tracked", limits=Limits(rate=Rate(10, 1.0))),
+    # At most 2 starts per tenant in any second.
+    JobType(
+        "paced_per_tenant",
+        Tenanted,
+        f"{MODULE}:tracked_tenant",
+        limits=Limits(key="tenant_id", rate_per_key=Rate(2, 1.0)),
+    ),
+    # Keyed, no limit: tenants take turns.
+    JobType("fair", Tenanted, f"{MODULE}:tracked_tenant", limits=Limits(key="tenant_id")),
 ]
 
 

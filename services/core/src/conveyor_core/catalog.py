@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from conveyor_core.flow import Limits
+from conveyor_core.jobs import DEFAULT_PRIORITY, HIGHEST_PRIORITY, LOWEST_PRIORITY
 from conveyor_core.resources import Resource
 from conveyor_core.schedule import Schedule
 from conveyor_core.settings import CatalogSettings
@@ -88,6 +90,10 @@ class JobType:
     # Runs the worker enqueues by itself (each once, whatever the replicas);
     # CONVEYOR_SCHEDULES overrides or switches them off by job name.
     schedules: tuple[Schedule, ...] = ()
+    # 0 (highest) to 9 (lowest); a submit may give another.
+    priority: int = DEFAULT_PRIORITY
+    # Concurrency and rate limits, per type and per key, across all workers.
+    limits: Limits | None = None
 
     def __post_init__(self) -> None:
         if not JOB_NAME.fullmatch(self.name):
@@ -101,6 +107,14 @@ class JobType:
             raise ValueError(
                 f"job type {self.name!r}: handler {self.handler!r} is not 'package.module:function'"
             )
+        priority_ok = isinstance(self.priority, int) and not isinstance(self.priority, bool)
+        if not priority_ok or not HIGHEST_PRIORITY <= self.priority <= LOWEST_PRIORITY:
+            raise ValueError(
+                f"job type {self.name!r}: priority must be {HIGHEST_PRIORITY} (highest) to "
+                f"{LOWEST_PRIORITY} (lowest), not {self.priority!r}"
+            )
+        if self.limits is not None and (problems := self.limits.problems(self.payload)):
+            raise ValueError(f"job type {self.name!r}: " + "; ".join(problems))
 
 
 # Ids of records (documents, jobs) as jobs pass them.

@@ -83,6 +83,7 @@ async def enqueue(
     request_id: str | None = None,
     max_defer_s: float = MAX_DEFER_S,
     rate_limit: RateLimit | None = None,
+    priority: int | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -91,7 +92,8 @@ async def enqueue(
     With an `idempotency_key` already used for this job type, nothing is
     enqueued: the answer names the existing job and whether its payload matched.
     A `rate_limit` is spent in the same step; over it, nothing is enqueued and
-    the answer says when to retry.
+    the answer says when to retry. `priority` (0 highest to 9 lowest)
+    overrides the job type's.
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
@@ -116,6 +118,7 @@ async def enqueue(
             idempotency_key=idempotency_key,
             fingerprint=fingerprint(data),
             rate_limit=rate_limit,
+            priority=priority,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()

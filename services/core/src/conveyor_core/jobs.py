@@ -33,6 +33,21 @@ TERMINAL_STATES = frozenset({JobState.COMPLETE, JobState.DEAD, JobState.CANCELLE
 WAITING = JobState.QUEUED.value
 
 
+# Priorities: 0 runs first, 9 last; a job type's default unless it says otherwise.
+# Jobs a bare arq client enqueues get DEFAULT_PRIORITY (see store.py, queue_score).
+HIGHEST_PRIORITY = 0
+LOWEST_PRIORITY = 9
+DEFAULT_PRIORITY = 5
+
+
+class WaitingReason(StrEnum):
+    """Why a queued (due) job has not started though a worker may be free."""
+
+    PAUSED = "paused"  # its queue is paused
+    LIMIT = "limit"  # its job type (or key) has as many jobs running as its limit allows
+    RATE = "rate"  # its job type (or key) started as many jobs as its rate allows, for now
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -74,6 +89,12 @@ class JobPublic(BaseModel):
     job_type: str
     queue: str
     state: JobState
+    priority: int = Field(
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="0 (highest) to 9 (lowest): within its queue, a ready job of higher "
+        "priority starts before any of lower priority.",
+    )
     progress: Progress
     payload: dict[str, Any]
     result: Any = None
@@ -90,6 +111,10 @@ class JobPublic(BaseModel):
     trace_id: str | None = None
     request_id: str | None = None
     idempotency_key: str | None = None
+    waiting_reason: WaitingReason | None = Field(
+        default=None,
+        description="Why a queued job waits beyond a free worker: paused, limit or rate.",
+    )
 
     @classmethod
     def from_parts(
@@ -102,6 +127,8 @@ class JobPublic(BaseModel):
         queue: str,
         max_tries: int,
         at_ms: int | None = None,
+        waiting_reason: WaitingReason | None = None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> "JobPublic":
         """Build from arq's job (payload, trace context), Conveyor's record (empty
         while the job waits for its first try) and the job's score in its queue."""
@@ -112,6 +139,11 @@ class JobPublic(BaseModel):
             public_state = JobState.QUEUED if due else JobState.DEFERRED
         else:
             public_state = JobState(state)
+        # Due, yet not started: the jobs a waiting reason can apply to.
+        due_to_start = public_state is JobState.QUEUED or (
+            public_state is JobState.RETRYING
+            and _int(record.get("next_try_at_ms")) <= (at_ms if at_ms is not None else now_ms())
+        )
         error = json.loads(record["error"]) if record.get("error") else None
         meta = arq_job.meta if arq_job else {}
         enqueued_at_ms = arq_job.enqueued_at_ms if arq_job else ready_at_ms
@@ -121,6 +153,7 @@ class JobPublic(BaseModel):
             job_type=arq_job.function if arq_job else record.get("job_type", "unknown"),
             queue=queue,
             state=public_state,
+            priority=_int(record["priority"]) if record.get("priority") else priority,
             progress=Progress(
                 percent=_int(record.get("progress")), message=record.get("progress_message", "")
             ),
@@ -139,6 +172,7 @@ class JobPublic(BaseModel):
             trace_id=trace_id_of(meta.get("traceparent")),
             request_id=meta.get("request_id") or None,
             idempotency_key=meta.get("idempotency_key") or None,
+            waiting_reason=waiting_reason if due_to_start else None,
         )
 
 

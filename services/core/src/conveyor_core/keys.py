@@ -37,6 +37,24 @@ WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
 # GCRA state per api key (its name): when the key's next request is "due".
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
+# String per paused queue: when it was paused (ms). The claim reads it once per
+# call and starts nothing while it exists; resume deletes it and wakes workers.
+PAUSED_SUFFIX = "paused"
+# Flow control (flow.py), per queue, only for job types with limits:
+# a hash of waiting job id -> "job type\nkey", written at submit, removed when
+# the job ends; sorted sets of running job ids per type (`running:{type}`) and
+# per key (`running-key:{type}:{key}`), scored by start time, updated by the
+# claim and by the transition out of in_progress, and self-healing (the claim
+# drops ids whose lock lapsed: a dead worker's); sorted sets of recent starts
+# per type (`starts:{type}`) and per key (`starts-key:{type}:{key}`), the
+# sliding window of a rate, expiring with it; a hash of what the claim
+# found blocked (type, or "type\nkey" -> limit or rate), read to say why a job
+# waits and to wake workers when a blocked type frees a slot; and for types
+# with a key, so that keys take turns: each key's waiting jobs
+# (`keyq:{type}:{key}`, scored as in arq's queue) and a list of the keys with
+# waiting jobs (`ring:{type}`), which the claim rotates. Each goes when empty.
+FLOW_SUFFIX = "flow"
+WAITING_SUFFIX = "waiting"
 # Lock per queue so that one worker at a time trims expired index entries.
 HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
 # Hash of counts since they were last taken (stats.py): `{job type}:{complete|
@@ -59,6 +77,10 @@ def queue_key(queue: str, name: str) -> str:
 
 def index_key(queue: str, state: str) -> str:
     return queue_key(queue, state)
+
+
+def paused_key(queue: str) -> str:
+    return queue_key(queue, PAUSED_SUFFIX)
 
 
 def events_channel(job_id: str) -> str:

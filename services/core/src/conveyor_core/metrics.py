@@ -75,6 +75,21 @@ JOB_QUEUE_WAIT = Histogram(
     buckets=DURATION_BUCKETS_S,
 )
 JOBS_IN_PROGRESS = Gauge("conveyor_jobs_in_progress", "Job tries running now.", ["job", "queue"])
+# -- worker: the claim (flow control) --
+QUEUE_PAUSED = Gauge(
+    "conveyor_queue_paused", "1 while the queue is paused (its workers start nothing).", ["queue"]
+)
+QUEUE_PAUSED_SECONDS = Gauge(
+    "conveyor_queue_paused_seconds",
+    "How long the queue has been paused; 0 while it runs.",
+    ["queue"],
+)
+JOBS_HELD = Gauge(
+    "conveyor_jobs_held",
+    "Due jobs the worker's last claim passed over, by why: limit (a running limit of "
+    "their type or key) or rate (their type or key started as many as its rate allows).",
+    ["queue", "reason"],
+)
 WORKER_HEARTBEAT = Gauge(
     "conveyor_worker_heartbeat_timestamp_seconds",
     "Unix time of this worker's last poll loop turn.",

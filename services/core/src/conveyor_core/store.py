@@ -17,7 +17,7 @@ import binascii
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -34,7 +34,17 @@ from redis.asyncio.client import Pipeline
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
-from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState, now_ms
+from conveyor_core.flow import claim_limits, flow_entry
+from conveyor_core.jobs import (
+    DEFAULT_PRIORITY,
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    TERMINAL_STATES,
+    JobPublic,
+    JobState,
+    WaitingReason,
+    now_ms,
+)
 
 # The reserved job kwarg: Conveyor's metadata (trace context, request id,
 # idempotency key).
@@ -49,6 +59,31 @@ DEAD_RETENTION_S = 7 * 86_400
 SCAN_BUDGET_PER_ITEM = 5
 # Housekeeping removes at most this many expired entries per index and call.
 TRIM_BATCH = 10_000
+# A priority is a band of scores in arq's queue: score = band * PRIORITY_BAND_MS
+# + due ms, band = priority - DEFAULT_PRIORITY. A band is wider than any due
+# time (10^13 ms is the year 2286), so bands never overlap; every score stays
+# an exact integer in a double. A bare arq client's score is the due time, band
+# 0: its jobs get DEFAULT_PRIORITY.
+PRIORITY_BAND_MS = 10**13
+PRIORITIES = range(HIGHEST_PRIORITY, LOWEST_PRIORITY + 1)
+
+
+def queue_score(priority: int, due_ms: int) -> int:
+    """A job's score in arq's queue: its priority's band, then its due time."""
+    return (priority - DEFAULT_PRIORITY) * PRIORITY_BAND_MS + due_ms
+
+
+def split_score(score: float) -> tuple[int, int]:
+    """(priority, due ms) of a score in arq's queue."""
+    band = math.floor(score / PRIORITY_BAND_MS)
+    due_ms = int(score) - band * PRIORITY_BAND_MS
+    return min(max(band + DEFAULT_PRIORITY, HIGHEST_PRIORITY), LOWEST_PRIORITY), due_ms
+
+
+def band_range(priority: int) -> tuple[int, int]:
+    """The scores of one priority: [lowest, highest) ."""
+    lo = queue_score(priority, 0)
+    return lo, lo + PRIORITY_BAND_MS
 
 
 def _lua_constants() -> str:
@@ -64,6 +99,10 @@ def _lua_constants() -> str:
         "arq_retry": retry_key_prefix,
         "arq_retry_ttl_s": ARQ_RETRY_TTL_S,
         "arq_expiry_extra_ms": ARQ_EXPIRY_EXTRA_MS,
+        "band_ms": PRIORITY_BAND_MS,
+        "default_priority": DEFAULT_PRIORITY,
+        "highest_priority": HIGHEST_PRIORITY,
+        "lowest_priority": LOWEST_PRIORITY,
     }
     fields = ", ".join(f"{name} = {json.dumps(value)}" for name, value in constants.items())
     return f"local K = {{{fields}}}"
@@ -179,6 +218,18 @@ class Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim did: the jobs it started, when the next deferred one falls
+    due, and when the queue was paused (None while it runs)."""
+
+    jobs: list[Claimed]
+    next_due_ms: float | None
+    paused_at_ms: int | None = None
+    # Due jobs this claim passed over, by why: a running limit, a rate.
+    held: dict[WaitingReason, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     items: list[JobPublic]
     next_cursor: str | None
@@ -193,6 +244,8 @@ class QueueStats:
     retrying: int
     dead: int
     oldest_ready_age_s: float
+    # When the queue was paused; None while it runs.
+    paused_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +281,14 @@ class JobStore:
         self._trim = script(lua_script("trim"))
         self._page = script(lua_script("page"))
         self._queue_stats = script(lua_script("queue_stats"))
+        self._pause = script(lua_script("pause"))
+        # Per queue: its limited job types as the claim reads them ('' for none).
+        self._claim_limits = {
+            queue: claim_limits(
+                (t.name, t.limits) for t in self.catalog.for_queue(queue) if t.limits
+            )
+            for queue in self.catalog.queues()
+        }
 
     # -- the lifecycle ------------------------------------------------------
 
@@ -242,10 +303,20 @@ class JobStore:
         idempotency_key: str | None = None,
         fingerprint: str = "",
         rate_limit: RateLimit | None = None,
+        priority: int | None = None,
     ) -> Submitted:
         """Enqueue the job as arq would, unless its Idempotency-Key names one
-        already, or the caller's `rate_limit` refuses it (in the same step)."""
+        already, or the caller's `rate_limit` refuses it (in the same step).
+
+        Its score is its due time in its priority's band (the job type's
+        priority unless `priority` is given)."""
         at_ms = now_ms()
+        priority = job_type.priority if priority is None else priority
+        if priority not in PRIORITIES:
+            raise ValueError(
+                f"priority must be {HIGHEST_PRIORITY} (highest) to {LOWEST_PRIORITY} (lowest), "
+                f"not {priority!r}"
+            )
         if idempotency_key:
             meta = {**meta, "idempotency_key": idempotency_key}
         job = ArqJob(job_type.name, payload, meta, at_ms)
@@ -256,16 +327,18 @@ class JobStore:
                 result_key_prefix + job_id,
                 job_type.queue,
                 idem_key,
+                keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
                 rate_limit.key if rate_limit else "",
             ],
             args=[
                 job_id,
                 job.encode(),
-                ready_at_ms,
+                queue_score(priority, ready_at_ms),
                 max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS,  # a past run_at: due now
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
                 keys.wake_channel(job_type.queue),
+                flow_entry(job_type.name, job_type.limits, payload),
                 rate_limit.interval_us if rate_limit else 0,
                 rate_limit.burst if rate_limit else 0,
             ],
@@ -285,6 +358,7 @@ class JobStore:
             queue=job_type.queue,
             max_tries=job_type.retry.max_tries,
             at_ms=at_ms,
+            priority=priority,
         )
         return Submitted(job_id, True, job=record)
 
@@ -296,18 +370,35 @@ class JobStore:
         lock_ttl_ms: int,
         cancelled_retention_ms: int,
         scan_limit: int,
-    ) -> tuple[list[Claimed], float | None]:
+    ) -> Claim:
         """Lock and start up to `wanted` due jobs; also say when the next one falls due."""
-        claimed, next_due = await self._claim(
-            keys=[queue],
-            args=[now_ms(), lock_ttl_ms, wanted, scan_limit, cancelled_retention_ms],
+        claimed, next_due, paused_at, (held_limit, held_rate) = await self._claim(
+            keys=[
+                queue,
+                keys.paused_key(queue),
+                keys.queue_key(queue, keys.FLOW_SUFFIX),
+                keys.queue_key(queue, keys.WAITING_SUFFIX),
+            ],
+            args=[
+                now_ms(),
+                lock_ttl_ms,
+                wanted,
+                scan_limit,
+                cancelled_retention_ms,
+                self._claim_limits.get(queue, ""),
+            ],
         )
         rows = iter(claimed)
         jobs = [
             Claimed(job_id.decode(), int(float(score)), int(job_try))
             for job_id, score, job_try in zip(rows, rows, rows, strict=True)
         ]
-        return jobs, float(next_due) if next_due else None
+        return Claim(
+            jobs,
+            float(next_due) if next_due else None,
+            int(paused_at) if paused_at else None,
+            {WaitingReason.LIMIT: held_limit, WaitingReason.RATE: held_rate},
+        )
 
     async def _end_try(
         self, job_type: JobType, job_id: str, state: JobState, score: float, **fields: Any
@@ -382,6 +473,19 @@ class JobStore:
         )
         return state.decode() if isinstance(state, bytes) else str(state)
 
+    async def pause(self, queue: str) -> int:
+        """Stop workers starting jobs from `queue`; returns when it was paused (ms)."""
+        paused_at = await self._pause(
+            keys=[keys.paused_key(queue)], args=["pause", now_ms(), keys.wake_channel(queue)]
+        )
+        return int(paused_at)
+
+    async def resume(self, queue: str) -> None:
+        """Let workers start jobs from `queue` again, at once."""
+        await self._pause(
+            keys=[keys.paused_key(queue)], args=["resume", now_ms(), keys.wake_channel(queue)]
+        )
+
     async def report_progress(self, job_id: str, percent: int, message: str) -> bool:
         done = await self._progress(
             keys=[keys.job_key(job_id)], args=[percent, message, keys.events_channel(job_id)]
@@ -440,43 +544,98 @@ class JobStore:
     async def _read_many(
         self, rows: Iterable[tuple[str, str | None]], at_ms: int | None = None
     ) -> list[tuple[ArqJob | None, JobPublic] | None]:
-        """Jobs by (id, queue) in one round trip (see `add_read`)."""
+        """Jobs by (id, queue) in one round trip (see `add_reads`), and a second
+        only for due jobs of limited types (see `held_reasons`)."""
         rows = list(rows)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, queue in rows:
-                self.add_read(pipe, job_id, queue)
+            self.add_reads(pipe, rows)
             replies = iter(await pipe.execute())
-        at_ms = at_ms or now_ms()
-        return [self.parse_read(job_id, replies, queue, at_ms) for job_id, queue in rows]
+        return await self.held_reasons(self.parse_reads(rows, replies, at_ms))
 
-    def add_read(self, pipe: Pipeline, job_id: str, queue: str | None = None) -> None:
-        """Queue on `pipe` what reading one job takes: its hash, arq's job key and
-        its score in its queue (in every queue of the catalog when not known).
-        `parse_read` makes the job of the replies; a caller may add its own
-        commands before or after (the api pipelines its rate limit)."""
-        pipe.hgetall(keys.job_key(job_id))
-        pipe.get(job_key_prefix + job_id)
-        for q in [queue] if queue else self.catalog.queues():
-            pipe.zscore(q, job_id)
+    def add_reads(self, pipe: Pipeline, rows: list[tuple[str, str | None]]) -> None:
+        """Queue on `pipe` what reading jobs by (id, queue) takes: whether each
+        queue is paused, and per job its hash, arq's job key and its score in its
+        queue (in every queue of the catalog when not known). `parse_reads` makes
+        the jobs of the replies; a caller may add its own commands before or
+        after (the api pipelines its rate limit)."""
+        queues = self.catalog.queues()
+        for name in queues:
+            pipe.exists(keys.paused_key(name))
+        for job_id, queue in rows:
+            pipe.hgetall(keys.job_key(job_id))
+            pipe.get(job_key_prefix + job_id)
+            for q in [queue] if queue else queues:
+                pipe.zscore(q, job_id)
 
-    def parse_read(
+    def parse_reads(
         self,
-        job_id: str,
+        rows: list[tuple[str, str | None]],
         replies: Iterator[Any],
-        queue: str | None = None,
         at_ms: int | None = None,
-    ) -> tuple[ArqJob | None, JobPublic] | None:
-        """Take one job's replies (as `add_read` queued them) from `replies`."""
-        raw, job_bytes = next(replies), next(replies)
-        candidates = [queue] if queue else self.catalog.queues()
-        scores = {q: s for q in candidates if (s := next(replies)) is not None}
-        record = _decode(raw)
-        if not record and not scores:
-            return None  # never ours (a bare arq worker finished it), or gone
-        arq_job = ArqJob.decode(job_bytes) if job_bytes else None
-        where = record.get("queue") or next(iter(scores), "")
-        score_ms = None if record else int(scores[where])
-        return arq_job, self._public(job_id, arq_job, record, where, score_ms, at_ms)
+    ) -> list[tuple[ArqJob | None, JobPublic] | None]:
+        """Take the jobs' replies (as `add_reads` queued them) from `replies`."""
+        queues = self.catalog.queues()
+        paused = {name for name in queues if next(replies)}
+        at_ms = at_ms or now_ms()
+        out: list[tuple[ArqJob | None, JobPublic] | None] = []
+        for job_id, queue in rows:
+            raw, job_bytes = next(replies), next(replies)
+            candidates = [queue] if queue else queues
+            scores = {q: s for q in candidates if (s := next(replies)) is not None}
+            record = _decode(raw)
+            if not record and not scores:
+                # Never ours (a bare arq worker finished it), or gone.
+                out.append(None)
+                continue
+            arq_job = ArqJob.decode(job_bytes) if job_bytes else None
+            where = record.get("queue") or next(iter(scores), "")
+            priority, score_ms = (
+                (DEFAULT_PRIORITY, None) if record else split_score(float(scores[where]))
+            )
+            reason = WaitingReason.PAUSED if where in paused else None
+            job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason, priority)
+            out.append((arq_job, job))
+        return out
+
+    async def held_reasons(
+        self, found: list[tuple[ArqJob | None, JobPublic] | None]
+    ) -> list[tuple[ArqJob | None, JobPublic] | None]:
+        """Due jobs of limited types (queued, or retrying and due): why the claim
+        last passed over their type or key (limit, rate), from the queue's
+        waiting hash; one round trip."""
+        asked = []
+        for i, item in enumerate(found):
+            if item is None:
+                continue
+            arq_job, job = item
+            due = job.state is JobState.QUEUED or (
+                job.state is JobState.RETRYING
+                and job.next_try_at is not None
+                and job.next_try_at.timestamp() * 1000 <= now_ms()
+            )
+            if arq_job is None or not due:
+                continue
+            job_type = self.catalog.get(job.job_type)
+            if job_type and job_type.limits and job.waiting_reason is None:
+                _, _, key = flow_entry(job_type.name, job_type.limits, arq_job.payload).partition(
+                    "\n"
+                )
+                fields = [job_type.name, *([f"{job_type.name}\n{key}"] if key else [])]
+                asked.append((i, keys.queue_key(job.queue, keys.WAITING_SUFFIX), fields))
+        if not asked:
+            return found
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, waiting, fields in asked:
+                pipe.hmget(waiting, fields)
+            replies = await pipe.execute()
+        out = list(found)
+        for (i, _, _), reasons in zip(asked, replies, strict=True):
+            reason = next((r.decode() for r in reasons if r), None)
+            item = out[i]
+            if reason and item is not None:
+                update = {"waiting_reason": WaitingReason(reason)}
+                out[i] = (item[0], item[1].model_copy(update=update))
+        return out
 
     def _public(
         self,
@@ -486,6 +645,8 @@ class JobStore:
         queue: str,
         score_ms: int | None,
         at_ms: int | None = None,
+        waiting_reason: WaitingReason | None = None,
+        priority: int = DEFAULT_PRIORITY,
     ) -> JobPublic:
         job_type = self.catalog.get(arq_job.function) if arq_job else None
         return JobPublic.from_parts(
@@ -496,6 +657,8 @@ class JobStore:
             queue=queue,
             max_tries=job_type.retry.max_tries if job_type else 1,
             at_ms=at_ms,
+            waiting_reason=waiting_reason,
+            priority=priority,
         )
 
     async def cancel_requested(self, job_id: str) -> bool:
@@ -510,13 +673,18 @@ class JobStore:
             return queue
 
         final = [_Segment(queues, index(s.value), descending=True) for s in TERMINAL_STATES]
+        bands = [band_range(p) for p in PRIORITIES]
         match state:
-            case JobState.QUEUED:
+            case JobState.QUEUED:  # what is due, by priority, each in due order
                 return [
-                    _Segment(queues, arq_queue, False, hi=str(at_ms), accepts=lambda j: _waiting(j))
+                    _Segment(queues, arq_queue, False, str(lo), str(lo + at_ms), _waiting)
+                    for lo, _ in bands
                 ]
             case JobState.DEFERRED:
-                return [_Segment(queues, arq_queue, False, lo=f"({at_ms}", accepts=_waiting)]
+                return [
+                    _Segment(queues, arq_queue, False, f"({lo + at_ms}", f"({hi}", _waiting)
+                    for lo, hi in bands
+                ]
             case JobState.IN_PROGRESS | JobState.RETRYING:
                 return [_Segment(queues, index(state.value), descending=False)]
             case JobState.COMPLETE | JobState.DEAD | JobState.CANCELLED:
@@ -624,14 +792,24 @@ class JobStore:
 
     async def queue_stats(self, queue: str) -> QueueStats:
         at_ms = now_ms()
-        ready, deferred, running, retrying, dead, oldest = await self._queue_stats(
+        ready, deferred, running, retrying, dead, oldest, paused_at = await self._queue_stats(
             keys=[
                 queue,
                 keys.index_key(queue, JobState.IN_PROGRESS.value),
                 keys.index_key(queue, JobState.RETRYING.value),
                 keys.index_key(queue, JobState.DEAD.value),
+                keys.paused_key(queue),
             ],
             args=[at_ms],
         )
         oldest_age_s = (at_ms - int(float(oldest))) / 1000 if oldest else 0.0
-        return QueueStats(queue, ready, deferred, running, retrying, dead, max(oldest_age_s, 0.0))
+        return QueueStats(
+            queue,
+            ready,
+            deferred,
+            running,
+            retrying,
+            dead,
+            max(oldest_age_s, 0.0),
+            int(paused_at) if paused_at else None,
+        )

@@ -49,6 +49,7 @@ from conveyor_core.redis import (
 )
 from conveyor_core.schedule import Schedule
 from conveyor_core.store import JobStore
+from conveyor_worker.flow import ClaimMetrics
 from conveyor_worker.resources import OpenResources, open_resources
 from conveyor_worker.settings import Settings
 from conveyor_worker.telemetry import declare_job_series
@@ -125,6 +126,7 @@ class ConveyorWorker(Worker):
         self._running: set[str] = set()
         # Claimed jobs a client cancelled before arq started them.
         self._cancel_before_start: set[str] = set()
+        self._claim_metrics = ClaimMetrics(self.queue_name)
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -218,20 +220,22 @@ class ConveyorWorker(Worker):
     async def _claim_and_start(self) -> float | None:
         """Claim due jobs for the free slots and start them; return the next due time."""
         free = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
-        claimed, next_due = await self.store.claim(
+        claim = await self.store.claim(
             self.queue_name,
             free,
             lock_ttl_ms=int(self.in_progress_timeout_s * 1000),
             cancelled_retention_ms=self.cancelled_retention_ms,
             scan_limit=CLAIM_SCAN_LIMIT,
         )
-        for job in claimed:
+        self._claim_metrics.record(claim)
+        for job in claim.jobs:
             await self.sem.acquire()  # never waits: no more claimed than free slots
             self.job_counter += 1
             task = self.loop.create_task(self._run_claimed(job.job_id, job.score_ms))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job.job_id] = task
-        return next_due
+        # Paused: no next due time; resume wakes the worker.
+        return claim.next_due_ms
 
     def _bounded(self) -> asyncio.Timeout:
         """A time limit for one step of the worker's own Redis work."""

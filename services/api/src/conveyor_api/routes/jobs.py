@@ -16,7 +16,13 @@ from conveyor_api.auth import Caller, Scope, authorize, require
 from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, StoreDep
 from conveyor_core.catalog import JobType
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
-from conveyor_core.jobs import TERMINAL_STATES, JobPublic, JobState
+from conveyor_core.jobs import (
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    TERMINAL_STATES,
+    JobPublic,
+    JobState,
+)
 from conveyor_core.logging import bound
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
@@ -108,6 +114,14 @@ def submit_endpoint(
             AwareDatetime | None, Query(description="Run at this time (ISO 8601, with offset).")
         ] = None,
         idempotency_key: IdempotencyKey = None,
+        priority: Annotated[
+            int | None,
+            Query(
+                ge=HIGHEST_PRIORITY,
+                le=LOWEST_PRIORITY,
+                description=f"0 (highest) to 9 (lowest); the job type's is {job_type.priority}.",
+            ),
+        ] = None,
     ) -> Response:
         store, settings = caller.services.store, caller.services.settings
         try:  # the schedule's range, before anything is written
@@ -131,6 +145,7 @@ def submit_endpoint(
             request_id=bound("request_id"),
             max_defer_s=settings.max_defer_s,
             rate_limit=caller.rate_limit(),  # spent by the submit script, in its step
+            priority=priority,
         )
         if submitted.retry_after_s is not None:
             raise caller.over_rate(submitted.retry_after_s)
@@ -227,8 +242,10 @@ async def list_jobs(
 async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
     """One round trip to Redis: the rate limit and the job's read, pipelined."""
     store = caller.services.store
-    replies = await caller.spend_then(lambda pipe: store.add_read(pipe, job_id))
-    found = store.parse_read(job_id, iter(replies))
+    rows: list[tuple[str, str | None]] = [(job_id, None)]
+    replies = await caller.spend_then(lambda pipe: store.add_reads(pipe, rows))
+    # A second round trip only for a due job of a limited type: why it waits.
+    (found,) = await store.held_reasons(store.parse_reads(rows, iter(replies)))
     if found is None:
         raise _not_found(job_id)
     return job_response(found[1], caller.services.redact)

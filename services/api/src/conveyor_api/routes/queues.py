@@ -1,12 +1,17 @@
-"""`/v1/queues`: depth and latency per queue, cheap enough for an autoscaler to poll."""
+"""`/v1/queues`: depth and latency per queue, cheap enough for an autoscaler to
+poll; pause and resume a queue."""
 
 import asyncio
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from conveyor_api.auth import Scope, require
 from conveyor_api.deps import CatalogDep, StoreDep
+from conveyor_core.jobs import ms_to_datetime
+from conveyor_core.store import QueueStats
 
 router = APIRouter(
     prefix="/v1/queues", tags=["queues"], dependencies=[Depends(require(Scope.JOBS_ADMIN))]
@@ -23,27 +28,62 @@ class QueuePublic(BaseModel):
     oldest_ready_age_s: float = Field(
         description="How long the oldest ready job has waited since it was due (queue latency)."
     )
+    paused: bool = Field(
+        description="Workers start no job from a paused queue; running jobs finish and "
+        "enqueueing goes on."
+    )
+    paused_at: datetime | None = Field(default=None, description="When it was paused.")
+
+    @classmethod
+    def of(cls, s: QueueStats) -> "QueuePublic":
+        return cls(
+            name=s.name,
+            ready=s.ready,
+            deferred=s.deferred,
+            in_progress=s.in_progress,
+            retrying=s.retrying,
+            dead=s.dead,
+            oldest_ready_age_s=round(s.oldest_ready_age_s, 3),
+            paused=s.paused_at_ms is not None,
+            paused_at=ms_to_datetime(s.paused_at_ms),
+        )
 
 
 class QueueList(BaseModel):
     queues: list[QueuePublic]
 
 
+QueueName = Annotated[str, Path(min_length=1, max_length=200, description="A catalog queue.")]
+
+
 @router.get("", summary="Queue statistics")
 async def list_queues(store: StoreDep, catalog: CatalogDep) -> QueueList:
     """One Lua call per queue: a few O(log n) commands, no scans."""
     stats = await asyncio.gather(*(store.queue_stats(q) for q in catalog.queues()))
-    return QueueList(
-        queues=[
-            QueuePublic(
-                name=s.name,
-                ready=s.ready,
-                deferred=s.deferred,
-                in_progress=s.in_progress,
-                retrying=s.retrying,
-                dead=s.dead,
-                oldest_ready_age_s=round(s.oldest_ready_age_s, 3),
-            )
-            for s in stats
-        ]
-    )
+    return QueueList(queues=[QueuePublic.of(s) for s in stats])
+
+
+def _known(name: str, catalog: CatalogDep) -> str:
+    if name not in catalog.queues():
+        raise HTTPException(404, f"No queue named {name!r} in the catalog.")
+    return name
+
+
+NOT_IN_CATALOG: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such queue in the catalog"}
+}
+
+
+@router.post("/{name}/pause", summary="Pause a queue", responses=NOT_IN_CATALOG)
+async def pause_queue(name: QueueName, store: StoreDep, catalog: CatalogDep) -> QueuePublic:
+    """Every worker of the queue stops starting jobs at its next claim; running
+    jobs finish; enqueueing goes on. Pausing a paused queue changes nothing."""
+    await store.pause(_known(name, catalog))
+    return QueuePublic.of(await store.queue_stats(name))
+
+
+@router.post("/{name}/resume", summary="Resume a queue", responses=NOT_IN_CATALOG)
+async def resume_queue(name: QueueName, store: StoreDep, catalog: CatalogDep) -> QueuePublic:
+    """The queue's workers are woken and start its jobs at once."""
+    await store.resume(_known(name, catalog))
+    return QueuePublic.of(await store.queue_stats(name))

@@ -16,5 +16,6 @@ redis.call('PERSIST', K.job .. id)
 redis.call('HINCRBY', K.job .. id, 'requeues', 1)
 transition(rec, 'queued', now, now, {'ready_at_ms', now, 'tries', 0, 'finished_at_ms', '',
   'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', ''}, 0)
+if rec.flow then redis.call('HSET', qkey(queue, 'flow'), id, rec.flow) end
 redis.call('PUBLISH', K.wake .. queue, id)
 return {'requeued', redis.call('HGETALL', K.job .. id)}

@@ -5,17 +5,19 @@
 -- nothing behind.
 --
 -- The caller's request rate is spent first, in the same step, when a limiter
--- key is given: a refused request writes nothing else.
+-- key is given: a refused request writes nothing else. A job of a limited
+-- type (flow.py) also gets its entry in the queue's flow hash: its type and
+-- key, for the claim; a keyed one waits in its key's queue too (see fair_enter).
 --
 -- KEYS: 1 arq job key, 2 arq result key, 3 queue, 4 idempotency key or '',
---       5 rate limiter key or ''
--- ARGV: 1 job id, 2 arq job bytes, 3 ready-at ms, 4 arq expiry ms,
---       5 idempotency value, 6 idempotency ttl s, 7 wake channel,
---       8 limiter interval us, 9 limiter burst
+--       5 the queue's flow hash, 6 rate limiter key or ''
+-- ARGV: 1 job id, 2 arq job bytes, 3 score (priority band + ready-at ms),
+--       4 arq expiry ms, 5 idempotency value, 6 idempotency ttl s, 7 wake channel,
+--       8 flow entry or '', 9 limiter interval us, 10 limiter burst
 -- Returns {'created'}, {'duplicate'}, {'exists', idempotency value} or
 -- {'limited', retry after us}.
-if KEYS[5] ~= '' then
-  local limit = gcra(KEYS[5], ARGV[8], ARGV[9])
+if KEYS[6] ~= '' then
+  local limit = gcra(KEYS[6], ARGV[9], ARGV[10])
   if limit[1] == 0 then return {'limited', limit[2]} end
 end
 if KEYS[4] ~= '' then
@@ -25,6 +27,10 @@ end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {'duplicate'} end
 redis.call('PSETEX', KEYS[1], ARGV[4], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[8])
+  fair_enter(KEYS[3], ARGV[8], ARGV[3], ARGV[1])
+end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
 redis.call('PUBLISH', ARGV[7], ARGV[1])
 return {'created'}

@@ -13,29 +13,95 @@ local TERMINAL = {complete = true, dead = true, cancelled = true}
 
 local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. state end
 
--- The job's record: {id, queue, state, version, tries, cancel_requested}, with
--- state 'queued' and version 1 (the job as submitted) for a job that has no
--- hash yet, or nil when the job has no hash and `must_exist` is set.
+local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name end
+
+-- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
+local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
+local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
+local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .. t .. ':' .. key) end
+local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
+local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
+
+-- Keys take turns (flow.py): a keyed job (its type has a key) also waits in
+-- its key's own queue, `keyq:{type}:{key}` (same score as in arq's queue),
+-- and a key with waiting jobs is in its type's ring of keys, `ring:{type}`,
+-- which the claim rotates.
+local function keyq_key(queue, t, key) return qkey(queue, 'keyq:' .. t .. ':' .. key) end
+local function ring_key(queue, t) return qkey(queue, 'ring:' .. t) end
+
+local function fair_enter(queue, flow, score, id)
+  local t, key = flow_parts(flow)
+  if not t or key == '' then return end
+  local keyq = keyq_key(queue, t, key)
+  if redis.call('ZADD', keyq, score, id) == 1 and redis.call('ZCARD', keyq) == 1 then
+    redis.call('RPUSH', ring_key(queue, t), key)
+  end
+end
+
+local function fair_leave(queue, flow, id)
+  local t, key = flow_parts(flow)
+  if not t or key == '' then return end
+  local keyq = keyq_key(queue, t, key)
+  if redis.call('ZREM', keyq, id) == 1 and redis.call('EXISTS', keyq) == 0 then
+    redis.call('LREM', ring_key(queue, t), 0, key)
+  end
+end
+
+-- A score as Redis should read it: an integer, never in exponent notation.
+local function fmt(n) return string.format('%.0f', n) end
+
+-- Priorities are bands of scores in arq's queue (see store.py, queue_score):
+-- the lowest score of a priority's band, and the priority of a score.
+local function band_base(priority) return (priority - K.default_priority) * K.band_ms end
+local function priority_of(score)
+  local p = math.floor(tonumber(score) / K.band_ms) + K.default_priority
+  return math.min(math.max(p, K.highest_priority), K.lowest_priority)
+end
+
+-- The job's record: {id, queue, state, version, tries, cancel_requested,
+-- priority}, with state 'queued' and version 1 (the job as submitted) for a
+-- job that has no hash yet, or nil when the job has no hash and `must_exist`
+-- is set. A job's first claim writes its priority into the record (from its
+-- score), so a retry or a put-back returns to the same band.
 local function load(id, queue, must_exist)
   local r = redis.call('HMGET', K.job .. id, 'state', 'version', 'tries', 'cancel_requested',
-    'queue')
+    'queue', 'priority', 'flow')
   if not r[1] then
     if must_exist then return nil end
     return {id = id, queue = queue, state = 'queued', version = 1, tries = 0, cancel = false,
-      new = true}
+      priority = K.default_priority, new = true}
   end
   return {id = id, queue = queue or r[5], state = r[1], version = tonumber(r[2]) or 0,
-    tries = tonumber(r[3]) or 0, cancel = r[4] == '1'}
+    tries = tonumber(r[3]) or 0, cancel = r[4] == '1',
+    priority = tonumber(r[6]) or K.default_priority, flow = r[7] or nil}
+end
+
+-- A limited job leaves in_progress: it no longer counts as running; when
+-- the claim found its type or key blocked, the queue's workers are woken.
+-- (Its starts stay in the rate windows: a rate counts starts.)
+local function release(rec)
+  local t, key = flow_parts(rec.flow)
+  if not t then return end
+  redis.call('ZREM', running_key(rec.queue, t), rec.id)
+  if key ~= '' then redis.call('ZREM', running_key_of(rec.queue, t, key), rec.id) end
+  -- The claim marks what it found blocked; a mark goes when one of its jobs
+  -- ends (a later claim marks it again if it is still blocked), so marks of
+  -- keys that come and go do not pile up.
+  if redis.call('HDEL', qkey(rec.queue, 'waiting'), t, t .. '\n' .. key) > 0 then
+    redis.call('PUBLISH', K.wake .. rec.queue, 'freed')
+  end
 end
 
 -- Move `rec` to state `to`. `score` is the job's score in its new place: the
--- start time (in_progress), the due time (queued, retrying: also arq's queue
--- score) or, for a final state, when the record expires (now + ttl_ms).
+-- start time (in_progress), the due time (queued, retrying: arq's queue
+-- score is that in the record's priority band) or, for a final state, when the record expires (now + ttl_ms).
 -- `fields` are more hash fields as a flat list. Returns the new version.
 local function transition(rec, to, now, score, fields, ttl_ms)
   local id, queue, hash = rec.id, rec.queue, K.job .. rec.id
   if INDEXED[rec.state] then redis.call('ZREM', index(queue, rec.state), id) end
   if INDEXED[to] then redis.call('ZADD', index(queue, to), score, id) end
+  if rec.state == 'in_progress' and to ~= 'in_progress' and rec.flow then release(rec) end
+  if to == 'in_progress' and rec.flow then fair_leave(queue, rec.flow, id) end
   local version = rec.version + 1
   redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
   -- arq's keys, as arq's own start and finish would leave them.
@@ -46,13 +112,20 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s)
   elseif TERMINAL[to] then
     redis.call('ZREM', queue, id)
+    if rec.flow or rec.new then
+      local flow = rec.flow or redis.call('HGET', qkey(queue, 'flow'), id)
+      if flow then fair_leave(queue, flow, id) end
+      redis.call('HDEL', qkey(queue, 'flow'), id)
+    end
     redis.call('DEL', K.arq_lock .. id, K.arq_retry .. id)
     -- arq's job key (the payload) lives as long as the record: it also keeps
     -- arq from taking the same id again, as its result key would.
     redis.call('PEXPIRE', K.arq_job .. id, ttl_ms)
     redis.call('PEXPIRE', hash, ttl_ms)
-  else -- queued or retrying: back in arq's queue, due at `score`
-    redis.call('ZADD', queue, score, id)
+  else -- queued or retrying: back in arq's queue, due at `score`, in its band
+    local queued = fmt(band_base(rec.priority) + score)
+    redis.call('ZADD', queue, queued, id)
+    if rec.flow then fair_enter(queue, rec.flow, queued, id) end
     redis.call('DEL', K.arq_lock .. id)
     redis.call('PEXPIRE', K.arq_job .. id, math.max(score - now, 0) + K.arq_expiry_extra_ms)
   end

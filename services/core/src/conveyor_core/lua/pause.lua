@@ -1,0 +1,14 @@
+#!lua
+-- Pause or resume a queue. While its flag exists the claim starts nothing from
+-- it (running jobs finish; enqueueing goes on); resuming deletes the flag and
+-- wakes the queue's workers, so they start at once.
+--
+-- KEYS: 1 the queue's paused flag
+-- ARGV: 1 'pause' or 'resume', 2 now ms, 3 wake channel
+-- Returns when the queue was paused (ms), or '' when it runs.
+if ARGV[1] == 'pause' then
+  redis.call('SET', KEYS[1], ARGV[2], 'NX')
+  return redis.call('GET', KEYS[1])
+end
+if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[3], 'resume') end
+return ''

@@ -1,0 +1,35 @@
+"""What the worker's claim saw of flow control, exported as metrics.
+
+Every replica exports the same queue state from its own claims; the alert
+rules keep the largest per queue. A worker claims at least once per idle poll,
+so the figures are at most that old.
+"""
+
+from conveyor_core.jobs import WaitingReason, now_ms
+from conveyor_core.metrics import JOBS_HELD, QUEUE_PAUSED, QUEUE_PAUSED_SECONDS
+from conveyor_core.store import Claim
+
+
+class ClaimMetrics:
+    """The flow-control gauges of one worker's queue, set from each claim. Set
+    only when a value changes: the claim runs several times per job at full
+    speed, and most claims change nothing."""
+
+    def __init__(self, queue: str) -> None:
+        self.paused = QUEUE_PAUSED.labels(queue)
+        self.paused_s = QUEUE_PAUSED_SECONDS.labels(queue)
+        self.held = {reason: JOBS_HELD.labels(queue, reason.value) for reason in WaitingReason}
+        self._last: tuple[int | None, tuple[int, ...]] | None = None
+
+    def record(self, claim: Claim) -> None:
+        if claim.paused_at_ms:  # its age grows: set every time
+            self.paused_s.set(max(now_ms() - claim.paused_at_ms, 0) / 1000)
+        held = tuple(claim.held.get(reason, 0) for reason in self.held)
+        if (claim.paused_at_ms, held) == self._last:
+            return
+        self._last = (claim.paused_at_ms, held)
+        self.paused.set(1 if claim.paused_at_ms else 0)
+        if not claim.paused_at_ms:
+            self.paused_s.set(0)
+        for gauge, count in zip(self.held.values(), held, strict=True):
+            gauge.set(count)
