@@ -62,8 +62,6 @@ OUTAGE_BACKOFF_S = 0.1
 OUTAGE_BACKOFF_CAP_S = 2.0
 # arq's own timeout is a backstop above the catalog's, which the wrapper enforces.
 ARQ_TIMEOUT_GRACE_S = 5.0
-# After a job ends, wait this long for others to end before polling once for all.
-SLOT_WAKE_DELAY_S = 0.002
 # A poll reads at most this many due entries looking for unlocked ones.
 CLAIM_SCAN_LIMIT = 1000
 # Every this many seconds one worker trims index entries of expired jobs.
@@ -317,11 +315,13 @@ class ConveyorWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        # A slot is free: look for the next job soon. The short delay lets slots
-        # that free up together be refilled by one poll instead of one each.
+        # A slot is free: look for the next job at once. Slots that free up in
+        # the same turn of the event loop are refilled by one poll. (Waiting 2 ms
+        # for more to free up saved a claim call per ~3 jobs but left slots idle:
+        # 0.77x bare arq's no-op throughput against 0.90x without the wait.)
         if not self._slot_wake_pending:
             self._slot_wake_pending = True
-            self.loop.call_later(SLOT_WAKE_DELAY_S, self._slot_wake)
+            self.loop.call_soon(self._slot_wake)
 
     def _slot_wake(self) -> None:
         self._slot_wake_pending = False
