@@ -62,6 +62,8 @@ OUTAGE_BACKOFF_S = 0.1
 OUTAGE_BACKOFF_CAP_S = 2.0
 # arq's own timeout is a backstop above the catalog's, which the wrapper enforces.
 ARQ_TIMEOUT_GRACE_S = 5.0
+# arq's heart_beat (its health record and cron) runs at most this often.
+HEART_BEAT_INTERVAL_S = 0.1
 # A poll reads at most this many due entries looking for unlocked ones.
 CLAIM_SCAN_LIMIT = 1000
 # Every this many seconds one worker trims index entries of expired jobs.
@@ -119,6 +121,8 @@ class ConveyorWorker(Worker):
         self._abort_announced = False
         self._slot_wake_pending = False
         self._last_abort_check_s = 0.0
+        self._last_heart_beat_s = 0.0
+        self._heartbeat_gauge = WORKER_HEARTBEAT.labels(self.queue_name)
         self._background: list[asyncio.Task[None]] = []
         # Claimed jobs whose function arq started (its on_job_start hook ran).
         self._running: set[str] = set()
@@ -186,7 +190,11 @@ class ConveyorWorker(Worker):
                     if task.done():
                         del self.tasks[job_id]
                         task.result()  # as arq does: errors in run_job surface here
-                await self.heart_beat()
+                if time.monotonic() - self._last_heart_beat_s >= HEART_BEAT_INTERVAL_S:
+                    # arq's health record and cron; its cron enqueues up to a second
+                    # ahead, so a turn every tenth of a second misses no run.
+                    self._last_heart_beat_s = time.monotonic()
+                    await self.heart_beat()
         except REDIS_FAULT_ERRORS as exc:
             # arq lets a Redis error escape its poll loop and the worker dies;
             # here it is counted and logged (once in a while) and the loop goes on.
@@ -205,19 +213,25 @@ class ConveyorWorker(Worker):
             self._outage_backoff_s = 0.0
         finally:
             self.last_poll_s = time.monotonic()
-            WORKER_HEARTBEAT.labels(self.queue_name).set_to_current_time()
+            self._heartbeat_gauge.set_to_current_time()
             # Up means answering: a full or read-only Redis answers.
             down = self.redis_fault in (RedisFault.UNREACHABLE, RedisFault.TIMED_OUT)
             REDIS_UP.set(0 if down else 1)
         timeout_s = self.idle_poll_s
         if next_due_ms is not None:
             timeout_s = max(0.0, min(timeout_s, (next_due_ms - now_ms()) / 1000))
+        # A timeout context rather than wait_for: no task of its own per turn.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
 
     async def _claim_and_start(self) -> float | None:
         """Claim due jobs for the free slots and start them; return the next due time."""
         free = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
+        if free <= 0 and self.allow_pick_jobs:
+            # Every slot is busy (woken by an enqueue): nothing to claim, and a
+            # freed slot wakes the loop anyway.
+            return None
         claim = await self.store.claim(
             self.queue_name,
             free,
