@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_core import Schedule
+from conveyor_core.schedule import FIELD_RANGES, CronField
 
 
 class DocumentSettings(BaseSettings):
@@ -70,22 +71,13 @@ class SummarizerSettings(BaseSettings):
     timeout_s: float = Field(default=60.0, gt=0)
 
 
-# Fields of arq's `cron()` a schedule may set, each an int or a list of ints in this range.
-SCHEDULE_RANGES = {
-    "month": (1, 12),
-    "day": (1, 31),
-    "weekday": (0, 6),
-    "hour": (0, 23),
-    "minute": (0, 59),
-    "second": (0, 59),
-}
-ScheduleField = Literal["month", "day", "weekday", "hour", "minute", "second"]
-CronDict = dict[ScheduleField, int | list[int]]
+# Fields of a schedule, each an int or a list of ints in its range (core's ranges).
+CronDict = dict[CronField, int | list[int]]
 
 
 def _check_schedule(name: str, schedule: CronDict | None) -> CronDict | None:
     for field, value in (schedule or {}).items():
-        low, high = SCHEDULE_RANGES[field]
+        low, high = FIELD_RANGES[field]
         values = value if isinstance(value, list) else [value]
         if not values or any(not low <= v <= high for v in values):
             raise ValueError(f"{name}: {field} must be in {low}..{high}, not {value!r}")
