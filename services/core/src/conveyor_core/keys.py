@@ -101,3 +101,8 @@ def stats_digest_key(job_id: str) -> str:
 
 def rate_limit_key(subject: str) -> str:
     return RATE_LIMIT_PREFIX + subject
+
+
+# List of mails caught by `make run`'s local mail catcher (local/mail_catcher.py),
+# newest first, bounded and expiring; never written in production.
+CAUGHT_MAIL_KEY = PREFIX + "dev:caught-mail"

@@ -1,0 +1,99 @@
+"""`make run`'s mail catcher: a local SMTP server that keeps what it is sent.
+
+A fresh machine has no mail server, so without this the seed's mail jobs
+(`send_email`, `email_user`, the digest) would die at once with
+SmtpNotConfiguredError. The runner starts it unless CONVEYOR_SMTP_HOST is set,
+points the services at it, and the status page lists what it caught (through
+the api's development-only `/v1/dev/mail`). Production never starts it: the
+chart and the images run the services, not the runner.
+
+Caught mails are kept in Redis, newest first: at most MAX_MAILS, for at most
+RETENTION_S, each body cut at MAX_BODY_CHARS.
+"""
+
+import json
+import logging
+import time
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from types import TracebackType
+from typing import Self
+
+import redis
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from conveyor_core.keys import CAUGHT_MAIL_KEY
+
+logger = logging.getLogger("conveyor.mail")
+
+MAX_MAILS = 100
+RETENTION_S = 86_400
+MAX_BODY_CHARS = 20_000
+
+
+def caught(envelope: Envelope, now_s: float) -> dict[str, object]:
+    """One caught mail as the status page shows it."""
+    raw = envelope.content if isinstance(envelope.content, bytes) else b""
+    message = message_from_bytes(raw, policy=policy.default)
+    body = ""
+    if isinstance(message, EmailMessage):
+        part = message.get_body(preferencelist=("plain", "html"))
+        if part is not None:
+            body = str(part.get_content())
+    return {
+        "received_at": round(now_s, 3),
+        "from": envelope.mail_from or "",
+        "to": list(envelope.rcpt_tos),
+        "subject": str(message.get("Subject", "")),
+        "message_id": str(message.get("Message-ID", "")),
+        "body": body[:MAX_BODY_CHARS],
+    }
+
+
+class _Keep:
+    """aiosmtpd's handler: every mail accepted, then kept in Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        mail = caught(envelope, time.time())
+        # A small, local write on the catcher's own thread.
+        with self.client.pipeline() as pipe:
+            pipe.lpush(CAUGHT_MAIL_KEY, json.dumps(mail))
+            pipe.ltrim(CAUGHT_MAIL_KEY, 0, MAX_MAILS - 1)
+            pipe.expire(CAUGHT_MAIL_KEY, RETENTION_S)
+            pipe.execute()
+        logger.info("caught a mail to %s: %s", ", ".join(envelope.rcpt_tos), mail["subject"])
+        return "250 OK"
+
+
+class MailCatcher:
+    """An SMTP server on localhost:`port` (on its own thread) while open."""
+
+    def __init__(self, redis_url: str, port: int) -> None:
+        self.port = port
+        self.client = redis.Redis.from_url(redis_url)
+        self.controller = Controller(_Keep(self.client), hostname="127.0.0.1", port=port)
+
+    def __enter__(self) -> Self:
+        self.controller.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.controller.stop()
+        self.client.close()
+
+    def smtp_env(self) -> dict[str, str]:
+        """The services' mail settings that send to this catcher."""
+        return {
+            "CONVEYOR_SMTP_HOST": "127.0.0.1",
+            "CONVEYOR_SMTP_PORT": str(self.port),
+            "CONVEYOR_SMTP_TLS": "none",
+        }

@@ -1,0 +1,46 @@
+"""The local mail catcher: a real SMTP exchange, kept in Redis, bounded."""
+
+import json
+import smtplib
+from email.message import EmailMessage
+
+import redis
+
+from conveyor_core.keys import CAUGHT_MAIL_KEY
+from conveyor_core.local import mail_catcher
+from conveyor_core.local.mail_catcher import MailCatcher
+from conveyor_core.local.redis_server import free_port
+
+
+def send(port: int, subject: str, body: str) -> None:
+    message = EmailMessage()
+    message["From"] = "conveyor@localhost"
+    message["To"] = "ada@example.com"
+    message["Subject"] = subject
+    message["Message-ID"] = f"<{subject}@localhost>"
+    message.set_content(body)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.send_message(message)
+
+
+def test_caught_mails_are_kept_newest_first_bounded_and_expiring(redis_url: str) -> None:
+    port = free_port()
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete(CAUGHT_MAIL_KEY)
+        with MailCatcher(redis_url, port) as catcher:
+            assert catcher.smtp_env() == {
+                "CONVEYOR_SMTP_HOST": "127.0.0.1",
+                "CONVEYOR_SMTP_PORT": str(port),
+                "CONVEYOR_SMTP_TLS": "none",
+            }
+            for n in range(3):
+                send(port, f"mail-{n}", "x" * (mail_catcher.MAX_BODY_CHARS + 10))
+        raw = client.lrange(CAUGHT_MAIL_KEY, 0, -1)
+        mails = [json.loads(m) for m in raw]
+        assert [m["subject"] for m in mails] == ["mail-2", "mail-1", "mail-0"]
+        assert mails[0]["to"] == ["ada@example.com"]
+        assert mails[0]["from"] == "conveyor@localhost"
+        assert mails[0]["message_id"] == "<mail-2@localhost>"
+        assert len(mails[0]["body"]) == mail_catcher.MAX_BODY_CHARS
+        assert 0 < client.ttl(CAUGHT_MAIL_KEY) <= mail_catcher.RETENTION_S
+        client.delete(CAUGHT_MAIL_KEY)
