@@ -4,6 +4,7 @@ import json
 import smtplib
 from email.message import EmailMessage
 
+import pytest
 import redis
 
 from conveyor_core.keys import CAUGHT_MAIL_KEY
@@ -44,3 +45,24 @@ def test_caught_mails_are_kept_newest_first_bounded_and_expiring(redis_url: str)
         assert len(mails[0]["body"]) == mail_catcher.MAX_BODY_CHARS
         assert 0 < client.ttl(CAUGHT_MAIL_KEY) <= mail_catcher.RETENTION_S
         client.delete(CAUGHT_MAIL_KEY)
+
+
+def test_mail_to_bounce_is_refused_for_good(redis_url: str) -> None:
+    port = free_port()
+    message = EmailMessage()
+    message["From"] = "conveyor@localhost"
+    message["To"] = "bounce@example.com"
+    message["Subject"] = "never kept"
+    message.set_content("hello")
+    with redis.Redis.from_url(redis_url) as client:
+        client.delete(CAUGHT_MAIL_KEY)
+        with (
+            MailCatcher(redis_url, port),
+            smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp,
+            pytest.raises(smtplib.SMTPRecipientsRefused) as refused,
+        ):
+            smtp.send_message(message)
+        ((code, reply),) = refused.value.recipients.values()
+        assert code == 550
+        assert b"bounce@" in reply
+        assert client.llen(CAUGHT_MAIL_KEY) == 0

@@ -9,6 +9,10 @@ chart and the images run the services, not the runner.
 
 Caught mails are kept in Redis, newest first: at most MAX_MAILS, for at most
 RETENTION_S, each body cut at MAX_BODY_CHARS.
+
+One address is refused for good, as a real server refuses an unknown mailbox:
+`bounce@` any domain gets a 550, so a permanent mail failure (a dead email
+job, then a requeue) can be tried without a real mail server.
 """
 
 import json
@@ -30,6 +34,9 @@ logger = logging.getLogger("conveyor.mail")
 MAX_MAILS = 100
 RETENTION_S = 86_400
 MAX_BODY_CHARS = 20_000
+# Mail to this local part, at any domain, is refused with a permanent reply.
+BOUNCE_LOCAL_PART = "bounce"
+BOUNCE_REPLY = "550 5.1.1 mailbox unavailable (the local mail catcher refuses bounce@)"
 
 
 def caught(envelope: Envelope, now_s: float) -> dict[str, object]:
@@ -56,6 +63,14 @@ class _Keep:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.partition("@")[0].lower() == BOUNCE_LOCAL_PART:
+            return BOUNCE_REPLY
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
         mail = caught(envelope, time.time())
