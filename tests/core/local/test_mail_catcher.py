@@ -2,6 +2,7 @@
 
 import json
 import smtplib
+import subprocess
 from email.message import EmailMessage
 
 import pytest
@@ -11,6 +12,7 @@ from conveyor_core.keys import CAUGHT_MAIL_KEY
 from conveyor_core.local import mail_catcher
 from conveyor_core.local.mail_catcher import MailCatcher
 from conveyor_core.local.redis_server import free_port
+from tests.support.processes import REPO_ROOT
 
 
 def send(port: int, subject: str, body: str) -> None:
@@ -66,3 +68,26 @@ def test_mail_to_bounce_is_refused_for_good(redis_url: str) -> None:
         assert code == 550
         assert b"bounce@" in reply
         assert client.llen(CAUGHT_MAIL_KEY) == 0
+
+
+def test_production_never_starts_it() -> None:
+    """Only `make run` starts the catcher: the images hold no aiosmtpd, so they
+    could not, and no chart template or Dockerfile runs the runner."""
+    uv = REPO_ROOT / ".tools" / "bin" / "uv"
+    for packages in (
+        ["--package", "conveyor-api", "--package", "conveyor-seed"],
+        ["--package", "conveyor-worker", "--package", "conveyor-seed", "--extra", "worker"],
+    ):
+        exported = subprocess.run(
+            [str(uv), "export", "--frozen", "--no-dev", "--no-hashes", *packages],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "aiosmtpd" not in exported
+    deployed = [
+        *REPO_ROOT.glob("charts/conveyor/templates/**/*"),
+        *REPO_ROOT.glob("services/*/Dockerfile"),
+    ]
+    assert not [p for p in deployed if p.is_file() and "conveyor_core.local" in p.read_text()]
