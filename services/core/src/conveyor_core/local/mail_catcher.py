@@ -1,10 +1,10 @@
 """`make run`'s mail catcher: a local SMTP server that keeps what it is sent.
 
-A fresh machine has no mail server, so without this the seed's mail jobs
-(`send_email`, `email_user`, the digest) would die at once with
-SmtpNotConfiguredError. The runner starts it unless CONVEYOR_SMTP_HOST is set,
-points the services at it, and the status page lists what it caught (through
-the api's development-only `/v1/dev/mail`). Production never starts it: the
+A fresh machine has no mail server, so without this a job module's mail jobs
+(the seed app's among them) would die at once for want of CONVEYOR_SMTP_HOST.
+The runner starts it unless CONVEYOR_SMTP_HOST is set, points the services at
+it, and the status page lists what it caught (through the api's
+development-only `/v1/dev/mail`). Production never starts it: the
 chart and the images run the services, not the runner.
 
 Caught mails are kept in Redis, newest first: at most MAX_MAILS, for at most
