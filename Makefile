@@ -11,6 +11,8 @@ BIN := $(VENV)/bin
 # Use the machine's Python; never download one.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Quiet the theme's notice on every build.
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: help
 help: ## list the targets
@@ -53,20 +55,29 @@ test: $(VENV)/.synced test-deps ## run every test suite against real Redis and r
 	$(BIN)/pytest -n auto --dist loadgroup
 
 .PHONY: bench
-bench: $(VENV)/.synced ## Conveyor vs bare arq (pickup, throughput, cost, memory), flow control, and the api vs a bare FastAPI + arq app (HTTP)
-	$(BIN)/python -m bench.pickup
-	$(BIN)/python -m bench.flow
-	$(BIN)/python -m bench.http
+bench: $(VENV)/.synced ## Conveyor vs bare arq, flow control, the api vs bare FastAPI + arq; writes docs/benchmarks.md
+	$(BIN)/python -m bench.report
 
 .PHONY: dashboard
 dashboard: $(VENV)/.synced ## regenerate the Grafana dashboard JSON from tools/dashboard.py
 	$(BIN)/python -m tools.dashboard
 
 .PHONY: check
-check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict
+check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict, docs current and building
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m tools.docs_reference --check
+	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && \
+		$(BIN)/mkdocs build --strict --site-dir "$$site"
+
+.PHONY: docs-reference
+docs-reference: $(VENV)/.synced ## regenerate docs/reference/ (HTTP api, settings, metrics, chart values)
+	$(BIN)/python -m tools.docs_reference
+
+.PHONY: docs
+docs: $(VENV)/.synced ## build the documentation site into site/ (mkdocs --strict)
+	$(BIN)/mkdocs build --strict
 
 .PHONY: fmt
 fmt: $(VENV)/.synced ## format and fix what ruff can

@@ -191,7 +191,7 @@ async def test_a_read_only_replica_is_a_503_problem(own_redis: RedisProcess) -> 
 async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers(
     own_redis: RedisProcess,
 ) -> None:
-    # The default settings, as deployed: the bound the README states.
+    # The default settings, as deployed: the bound the docs state.
     redis = RedisSettings(url=own_redis.url)
     assert redis.socket_timeout_s <= 1.5
     async for client in serve(make_app(own_redis.url, redis=redis)):

@@ -1,6 +1,6 @@
 """Memory stays bounded: index entries of expired records go away by themselves,
 whatever sits at the front of an index, and a killed worker's job runs again
-within the bound the README gives."""
+within the bound the docs give (docs/explanation/guarantees.md)."""
 
 import asyncio
 import signal

@@ -15,6 +15,7 @@ from conveyor_core.local.redis_server import RedisProcess
 from tests.e2e.conftest import Stack
 from tests.support.auth import TEST_KEY
 from tests.support.browser import BrowserErrors, open_page
+from tests.support.screenshot import refresh_readme_image
 
 pytestmark = pytest.mark.e2e
 
@@ -150,6 +151,8 @@ def test_submit_watch_progress_requeue_a_dead_job_and_see_it_complete(
     expect(dead_row).to_contain_text("RuntimeError: boom", timeout=30_000)
     expect(page.locator("#dead-empty")).to_be_hidden()
     page.screenshot(path=log_dir / "status-page-dead-letter.png", full_page=True)
+    # The README's picture: written only when the page changed since it was taken.
+    readme_image_written = refresh_readme_image(page.screenshot())
 
     # Its details, opened and closed with the keyboard.
     dead_row.locator("button.link").focus()
@@ -209,6 +212,9 @@ def test_submit_watch_progress_requeue_a_dead_job_and_see_it_complete(
 
     page.screenshot(path=log_dir / "status-page.png", full_page=True)
     assert_no_js_errors(errors)
+    assert not readme_image_written, (
+        "the status page changed, so docs/images/status-page.png was taken anew: commit it"
+    )
 
 
 def test_readable_on_a_phone(tasks_stack: Stack, tmp_path: Path, log_dir: Path) -> None:

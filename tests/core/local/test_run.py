@@ -12,14 +12,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis as redis_sync
+from playwright.sync_api import expect
 
 from conveyor_core.local.redis_server import free_port
 from conveyor_core.local.run import busy_port_error
 from tests.support.auth import bearer
+from tests.support.browser import open_page
 
 pytestmark = pytest.mark.e2e
 
@@ -33,10 +36,12 @@ def busy_port() -> Iterator[int]:
 
 
 def runner_env(api_port: int, worker_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CONVEYOR_API_KEYS")}
+    unset = ("REDIS_URL", "CONVEYOR_API_KEYS", "CONVEYOR_SMTP_HOST")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         CONVEYOR_API_PORT=str(api_port),
         CONVEYOR_WORKER_HEALTH_PORT=str(worker_port),
+        CONVEYOR_MAIL_CATCHER_PORT=str(free_port()),
         CONVEYOR_API_TASK_SLEEP_MIN_S="0.01",
         CONVEYOR_API_TASK_SLEEP_MAX_S="0.05",
         PYTHONUNBUFFERED="1",
@@ -192,6 +197,90 @@ def test_services_die_with_a_killed_runner(redis_url: str) -> None:
         process.wait()
         for port in (api_port, worker_port):
             assert closes_within(port, timeout_s=15), f"port {port} still serves"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        output.close()
+
+
+def test_busy_mail_catcher_port_is_named_unless_a_mail_server_is_set(busy_port: int) -> None:
+    env = {
+        "CONVEYOR_API_PORT": str(free_port()),
+        "CONVEYOR_WORKER_HEALTH_PORT": str(free_port()),
+        "CONVEYOR_MAIL_CATCHER_PORT": str(busy_port),
+    }
+    assert busy_port_error(env) == (
+        f"error: port {busy_port} for the mail catcher is already in use; set "
+        "CONVEYOR_MAIL_CATCHER_PORT to a free port, or CONVEYOR_SMTP_HOST to a mail server"
+    )
+    assert busy_port_error({**env, "CONVEYOR_SMTP_HOST": "mail.example.com"}) is None
+
+
+DOCUMENT = (
+    b"Conveyor runs background jobs for web teams. "
+    b"The api validates and enqueues; the worker runs the jobs. "
+    b"Redis holds the queues, the results and the job records. "
+    b"A failed try is retried with backoff, then dead-lettered."
+)
+
+
+def test_make_run_finishes_the_seed_workflow_with_nothing_configured(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    """Upload -> summary -> email on a fresh machine: the mail lands in the local
+    catcher and the status page lists it."""
+    api_port, worker_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=runner_env(api_port, worker_port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        output.until(r"^\s+redis\s+redis://", timeout_s=60)
+        banner = output.text()
+        assert re.search(r"mail\s+caught on 127\.0\.0\.1:\d+ and listed on the status page", banner)
+        key_match = re.search(r"api key\s+(cvk_dev_\S+)", banner)
+        assert key_match is not None, banner
+        key = key_match.group(1)
+        with httpx.Client(base_url=f"http://localhost:{api_port}", headers=bearer(key)) as api:
+            response = api.post(
+                "/v1/documents",
+                files={"file": ("notes.txt", DOCUMENT)},
+                data={"notify_email": "ada@example.com"},
+            )
+            assert response.status_code == 202, response.text
+            name = response.json()["document"]["name"]
+            deadline = time.monotonic() + 60
+            mails: list[dict[str, Any]] = []
+            while not mails and time.monotonic() < deadline:
+                mails = api.get("/v1/dev/mail").json()["items"]
+                time.sleep(0.2)
+
+        assert mails, output.text()
+        (mail,) = mails
+        assert mail["to"] == ["ada@example.com"]
+        assert mail["subject"] == f"Your document '{name}' is ready"
+        assert "Redis" in mail["body"]
+
+        # The status page lists it: subject, recipient, time and body.
+        with open_page(tmp_path / "profile") as (page, errors):
+            page.add_init_script(f"sessionStorage.setItem('conveyor.apiKey', {key!r})")
+            page.goto(f"http://localhost:{api_port}/ui/")
+            row = page.locator("#mail-list li")
+            expect(row).to_have_count(1, timeout=15_000)
+            expect(row.locator(".mail-subject")).to_have_text(mail["subject"])
+            expect(row.locator(".mail-to")).to_have_text("to ada@example.com")
+            expect(row.locator(".mail-body")).to_contain_text("Redis")
+            assert errors.uncaught == []
+            assert errors.console == []
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        (log_dir / "run-mail.log").write_text(output.text())
     finally:
         if process.poll() is None:
             process.kill()

@@ -13,7 +13,7 @@ from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
 from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from conveyor_api.problems import document_problems, install_problem_handlers
-from conveyor_api.routes import events, health, jobs, queues, ui
+from conveyor_api.routes import dev, events, health, jobs, queues, ui
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
@@ -91,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in module_routers(catalog):
         app.include_router(router)
     app.include_router(events.router)
+    if settings.development:
+        # What `make run`'s mail catcher caught; no such route in production.
+        app.include_router(dev.router)
     secure_routes(app)
     document_problems(app)
     # Last: the page's static files, open to all (the page holds no data).

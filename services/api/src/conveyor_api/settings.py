@@ -13,11 +13,14 @@ from conveyor_core.settings import CatalogSettings, ObservabilitySettings, Redis
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_API_", extra="ignore")
 
+    # The listen address.
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
+    # The listen port (the api, its docs and the status page).
     port: int = Field(default=8000, ge=1, le=65535)
     # Serve /metrics on this port only (and not on `port`), e.g. to keep it
     # off the ingress; unset: on `port` beside the api.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # DEBUG, INFO, WARNING, ERROR or CRITICAL.
     log_level: str = "INFO"
     # How long /readyz waits for Redis to answer PING.
     readiness_timeout_s: float = Field(default=0.5, gt=0)
@@ -29,9 +32,10 @@ class Settings(BaseSettings):
     # Development mode (CONVEYOR_API_DEVELOPMENT): the api may start without
     # keys (every protected route then answers 401). Never in production.
     development: bool = False
-    # Requests per second each key may make on average (0: no limit), and how
-    # many it may make at once. Kept in Redis: all replicas share one budget.
+    # Requests per second each key may make on average (0: no limit). Kept in
+    # Redis: all replicas share one budget.
     rate_limit_per_s: float = Field(default=50.0, ge=0)
+    # Requests a key may make at once, above the average.
     rate_limit_burst: int = Field(default=100, ge=1)
     # Request bodies above this size get 413 (multipart uploads: max_upload_bytes).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

@@ -55,6 +55,9 @@ PAUSED_SUFFIX = "paused"
 # waiting jobs (`ring:{type}`), which the claim rotates. Each goes when empty.
 FLOW_SUFFIX = "flow"
 WAITING_SUFFIX = "waiting"
+# List of mails caught by `make run`'s local mail catcher (local/mail_catcher.py),
+# newest first, bounded and expiring; never written in production.
+CAUGHT_MAIL_KEY = PREFIX + "dev:caught-mail"
 # Lock per queue so that one worker at a time trims expired index entries.
 HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
 # Hash of counts since they were last taken (stats.py): `{job type}:{complete|

@@ -1,4 +1,5 @@
-"""Every Prometheus metric Conveyor exports, named once (see the README's table).
+"""Every Prometheus metric Conveyor exports, named once (docs/reference/metrics.md
+is generated from them: `make docs-reference`).
 
 prometheus-client's default registry, one process per pod; labels are bounded:
 route templates, job type names and queue names, never ids or raw paths.

@@ -37,6 +37,7 @@ class RedisSettings(BaseSettings):
     # services ask them for `sentinel_master`'s address; the URL gives only
     # the database and the password.
     sentinel_hosts: str = ""
+    # The name the sentinels know the master by.
     sentinel_master: str = "mymaster"
 
     @property

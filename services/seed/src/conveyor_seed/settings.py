@@ -36,12 +36,16 @@ class SmtpSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_SMTP_", extra="ignore")
 
+    # The mail server; without it email jobs die at once (and `make run`
+    # starts a local mail catcher instead).
     host: str = ""
     port: int = Field(default=587, ge=1, le=65535)
     # none: plain SMTP; starttls: upgrade after connecting; tls: TLS from the start (465).
     tls: Literal["none", "starttls", "tls"] = "starttls"
+    # Login, if the server wants one.
     username: str = ""
     password: SecretStr = SecretStr("")
+    # The sender; its domain is the Message-ID's.
     from_: str = Field(default="conveyor@localhost", validation_alias="CONVEYOR_SMTP_FROM")
     # A server that does not answer within this long counts as down (and is retried).
     timeout_s: float = Field(default=30.0, gt=0)
@@ -62,12 +66,14 @@ class SummarizerSettings(BaseSettings):
     # Base URL of an OpenAI-compatible api, e.g. https://api.openai.com/v1;
     # Conveyor posts to {url}/chat/completions.
     url: str = ""
+    # The chat model, and the key the endpoint wants.
     model: str = ""
     api_key: SecretStr = SecretStr("")
     # The built-in summarizer keeps at most this many sentences.
     max_sentences: int = Field(default=5, ge=1)
     # At most this much text is sent to the chat endpoint.
     max_input_chars: int = Field(default=24_000, ge=1000)
+    # The chat endpoint's time limit; a timeout is retried.
     timeout_s: float = Field(default=60.0, gt=0)
 
 
@@ -100,7 +106,9 @@ class CronSettings(BaseSettings):
     # Who gets the daily digest; without one the digest is not sent (and its
     # counts carry over to the next one).
     digest_to: str = ""
+    # When `send_digest` runs (UTC): daily at 09:00.
     digest_schedule: CronDict | None = {"hour": 9, "minute": 0, "second": 0}
+    # When `cleanup_temp_uploads` runs (UTC): hourly at :30.
     cleanup_schedule: CronDict | None = {"minute": 30, "second": 0}
 
     @field_validator("digest_schedule", "cleanup_schedule")
@@ -114,8 +122,9 @@ class TutorialSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_API_", extra="ignore")
 
-    # The tutorial's create_task sleeps a random time in this range.
+    # The tutorial's create_task sleeps a random time from this...
     task_sleep_min_s: float = Field(default=1.0, ge=0)
+    # ...to this.
     task_sleep_max_s: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")

@@ -10,6 +10,8 @@ from conveyor_core.settings import CatalogSettings, ObservabilitySettings, Redis
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_WORKER_", extra="ignore")
 
+    # DEBUG, INFO, WARNING, ERROR or CRITICAL; WARNING drops the two log lines
+    # of every job that succeeds.
     log_level: str = "INFO"
     # The queue this worker pool takes jobs from.
     queue: str = DEFAULT_QUEUE
@@ -25,8 +27,9 @@ class Settings(BaseSettings):
     # (at least a second) bounds their closing. Keep it below the pod's
     # terminationGracePeriodSeconds.
     shutdown_wait_s: int = Field(default=20, ge=0)
-    # The small HTTP server for probes, on its own port.
+    # The small HTTP server for probes and /metrics: its listen address...
     health_host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
+    # ...and its own port.
     health_port: int = Field(default=8001, ge=1, le=65535)
     # /healthz fails when the poll loop has not turned for this long.
     liveness_timeout_s: float = Field(default=60, gt=0)

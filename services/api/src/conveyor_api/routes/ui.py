@@ -29,6 +29,10 @@ class UiConfig(BaseModel):
         default=False,
         description="A job module mounts `POST /task` (the seed app's tutorial): show its form.",
     )
+    caught_mail: bool = Field(
+        default=False,
+        description="Development mode: list what `make run`'s mail catcher caught.",
+    )
 
 
 # The endpoint the page's "Submit tasks" form posts to, when a job module mounts it.
@@ -40,7 +44,10 @@ async def ui_config(settings: SettingsDep, request: Request) -> UiConfig:
     # The OpenAPI document lists every route, those of included routers too (cached).
     submit_tasks = "post" in request.app.openapi()["paths"].get(TASK_PATH, {})
     return UiConfig(
-        redact_keys=settings.observability.redacted, refresh_s=REFRESH_S, submit_tasks=submit_tasks
+        redact_keys=settings.observability.redacted,
+        refresh_s=REFRESH_S,
+        submit_tasks=submit_tasks,
+        caught_mail=settings.development,
     )
 
 

@@ -1,4 +1,5 @@
-"""`make run`: a real Redis, the api and one worker, with their logs in one stream.
+"""`make run`: a real Redis, the api and one worker, with their logs in one stream,
+and a mail catcher unless CONVEYOR_SMTP_HOST names a real mail server.
 
 Ctrl-C (or SIGTERM) stops everything this started and exits 0. A service
 that dies on its own stops the rest and exits 1.
@@ -22,6 +23,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from conveyor_core.local.mail_catcher import MailCatcher
 from conveyor_core.local.redis_server import resolve_redis
 from conveyor_core.settings import masked_url
 
@@ -64,6 +66,16 @@ def development_key(env: Mapping[str, str]) -> tuple[dict[str, str], str | None]
 API = Service("api", "conveyor_api", "CONVEYOR_API_PORT", 8000)
 WORKER = Service("worker", "conveyor_worker", "CONVEYOR_WORKER_HEALTH_PORT", 8001)
 SERVICES = (API, WORKER)
+# MailHog's and Mailpit's port, where a developer's tools expect a mail catcher.
+MAIL_CATCHER_PORT_ENV = "CONVEYOR_MAIL_CATCHER_PORT"
+MAIL_CATCHER_DEFAULT_PORT = 1025
+
+
+def mail_catcher_port(env: Mapping[str, str]) -> int | None:
+    """The local mail catcher's port, or None when a real mail server is set."""
+    if env.get("CONVEYOR_SMTP_HOST"):
+        return None
+    return int(env.get(MAIL_CATCHER_PORT_ENV, MAIL_CATCHER_DEFAULT_PORT))
 
 
 def port_in_use(port: int, host: str = "0.0.0.0") -> bool:  # noqa: S104 - where the services bind
@@ -87,6 +99,12 @@ def busy_port_error(env: Mapping[str, str]) -> str | None:
                 f"error: port {port} for the {service.name} is already in use; "
                 f"set {service.port_env} to a free port"
             )
+    catcher_port = mail_catcher_port(env)
+    if catcher_port is not None and port_in_use(catcher_port, "127.0.0.1"):
+        return (
+            f"error: port {catcher_port} for the mail catcher is already in use; set "
+            f"{MAIL_CATCHER_PORT_ENV} to a free port, or CONVEYOR_SMTP_HOST to a mail server"
+        )
     return None
 
 
@@ -147,10 +165,16 @@ async def _wait_ready(env: Mapping[str, str]) -> bool:
     return False
 
 
-def _banner(env: Mapping[str, str], redis_url: str, key: str | None) -> str:
+def _banner(env: Mapping[str, str], redis_url: str, key: str | None, caught: bool) -> str:
     api = f"http://localhost:{API.port(env)}"
     worker = f"http://localhost:{WORKER.port(env)}"
     key_shown = key or "(yours, from CONVEYOR_API_KEYS)"
+    smtp = f"{env.get('CONVEYOR_SMTP_HOST')}:{env.get('CONVEYOR_SMTP_PORT', 587)}"
+    mail = (
+        f"caught on {smtp} and listed on the status page"
+        if caught
+        else f"sent through {smtp} (CONVEYOR_SMTP_HOST)"
+    )
     return "\n".join(
         [
             "",
@@ -162,15 +186,16 @@ def _banner(env: Mapping[str, str], redis_url: str, key: str | None) -> str:
             f"-H 'authorization: Bearer {key or '<key>'}' -d '{{\"count\": 5}}'",
             f"  api health      {api}/healthz   {api}/readyz",
             f"  worker health   {worker}/healthz   {worker}/readyz",
+            f"  mail            {mail}",
             f"  redis           {masked_url(redis_url)}",
             "",
         ]
     )
 
 
-async def run_services(redis_url: str) -> int:
+async def run_services(redis_url: str, mail_env: Mapping[str, str]) -> int:
     keys, key = development_key(os.environ)
-    env = {**os.environ, **keys, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **keys, **mail_env, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,7 +213,7 @@ async def run_services(redis_url: str) -> int:
     await asyncio.wait({stopped, ready, *exits}, return_when=asyncio.FIRST_COMPLETED)
     if ready.done():
         if ready.result():
-            print(_banner(env, redis_url, key), flush=True)
+            print(_banner(env, redis_url, key, caught=bool(mail_env)), flush=True)
         else:
             logger.warning("not ready after %.0f s; see the logs above", READY_TIMEOUT_S)
     ready.cancel()
@@ -212,8 +237,12 @@ def main() -> int:
     if error := busy_port_error(os.environ):
         print(error, file=sys.stderr)
         return 1
-    with resolve_redis() as redis:
-        return asyncio.run(run_services(redis.url))
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(resolve_redis())
+        mail_env: dict[str, str] = {}
+        if (port := mail_catcher_port(os.environ)) is not None:
+            mail_env = stack.enter_context(MailCatcher(redis.url, port)).smtp_env()
+        return asyncio.run(run_services(redis.url, mail_env))
 
 
 if __name__ == "__main__":

@@ -26,10 +26,12 @@ const page = {
     redact_keys: ["password", "token", "secret", "authorization", "email"],
     refresh_s: 3,
     submit_tasks: true,
+    caught_mail: false,
   },
   jobs: new Map(), // id -> the latest job seen
   rows: new Map(), // id -> its <li>
   dead: null, // the dead letters, once read
+  mail: null, // the caught mails (development mode), once read
   queues: null, // the queue counts, once read
   jobsLoaded: false,
   problems: new Map(), // where a problem came from -> ApiError
@@ -373,12 +375,51 @@ function renderRedis(redis, body) {
     : `Redis: maxmemory-policy ${redis.maxmemory_policy}; ${used}.`;
 }
 
+// -- caught mail: what make run's mail catcher received (development only) ---
+
+async function loadMail() {
+  try {
+    page.mail = (await call("GET", "/v1/dev/mail")).items;
+    setProblem("mail", null);
+  } catch (err) {
+    page.mail = null;
+    setProblem("mail", err);
+  }
+  renderMail();
+}
+
+function mailRow(mail) {
+  const body = el("details", {}, el("summary", {}, "Body"), el("pre", { class: "mail-body" }, mail.body));
+  return el(
+    "li",
+    { class: "mail", "data-message-id": mail.message_id },
+    el("strong", { class: "mail-subject" }, mail.subject || "(no subject)"),
+    el("span", { class: "mail-to" }, `to ${mail.to.join(", ")}`),
+    el("span", { class: "muted" }, time(mail.received_at)),
+    body,
+  );
+}
+
+function renderMail() {
+  const list = $("mail-list");
+  const ids = (page.mail ?? []).map((mail) => mail.message_id).join(",");
+  if (list.dataset.ids !== ids) {
+    list.dataset.ids = ids;
+    list.replaceChildren(...(page.mail ?? []).map(mailRow));
+  }
+  const empty = $("mail-empty");
+  empty.hidden = Boolean(page.mail?.length);
+  if (!page.mail) empty.textContent = `Caught mail unavailable: ${problemText(page.problems.get("mail"))}`;
+  else if (!page.mail.length) empty.textContent = "No mail caught yet. Upload a document to get its summary by mail.";
+}
+
 let ticks = 0;
 async function refresh() {
   await Promise.all([
     loadQueues(),
     loadDead(),
     loadRedis(),
+    page.config.caught_mail ? loadMail() : null,
     ticks % LIST_EVERY === 0 ? loadJobs() : null,
   ]);
   ticks += 1;
@@ -547,6 +588,7 @@ function start() {
   loadConfig().then(() => {
     // The form posts to the seed app's POST /task: hidden when no job module mounts it.
     $("submit-form").closest("section").hidden = !page.config.submit_tasks;
+    $("mail").hidden = !page.config.caught_mail;
     refresh();
     openFromHash();
   });
