@@ -546,3 +546,26 @@ async def test_a_requeued_keyed_job_waits_its_keys_turn_again(redis: ArqRedis) -
     assert await redis.zrange(keys.queue_key(QUEUE, "running-key:per_tenant:a"), 0, -1) == [
         job_id.encode()
     ]
+
+
+async def test_a_job_keeps_each_try_and_its_workflow_parent_and_children(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    parent = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    child = (await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), parent_id=parent)).job_id
+    assert await store.retry_later(CREATE_TASK, parent, now_ms(), ERROR)
+    claimed = await store.claim(QUEUE, 2, **CLAIM)
+    assert {c.job_id for c in claimed.jobs} == {parent, child}
+    assert await store.complete(CREATE_TASK, parent, "1")
+
+    job = await store.get(parent)
+    kid = await store.get(child)
+
+    assert job is not None
+    assert kid is not None
+    assert [(a.number, a.outcome) for a in job.attempts] == [(1, "retrying"), (2, "complete")]
+    assert all(a.duration_s is not None and a.duration_s >= 0 for a in job.attempts)
+    assert job.children == [child]
+    assert (kid.parent_id, kid.children) == (parent, [])

@@ -395,6 +395,7 @@ class JobStore:
                 idem_key,
                 keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
                 rate_limit.key if rate_limit else "",
+                keys.job_key(meta["parent_id"]) if meta.get("parent_id") else "",
             ],
             args=[
                 job_id,
@@ -407,6 +408,7 @@ class JobStore:
                 flow_entry(job_type.name, job_type.limits, payload),
                 rate_limit.interval_us if rate_limit else 0,
                 rate_limit.burst if rate_limit else 0,
+                job_type.name,
             ],
         )
         if status == b"limited":

@@ -4,7 +4,9 @@
 -- cancelled (a client's cancel reached the running job) or queued (a shutdown
 -- cut it short: back in the queue, and the try it did not finish is not
 -- counted). Only a job still in progress moves: a record someone else moved
--- meanwhile is left as it is.
+-- meanwhile is left as it is. A try that counts is kept in the record as
+-- `try:{n}` = "started ms, ended ms, outcome" (in the same HSET, no extra
+-- command), so a job's page shows every try since its last requeue.
 --
 -- KEYS: 1 queue
 -- ARGV: 1 job id, 2 new state, 3 now ms, 4 score (due time for retrying and
@@ -22,8 +24,15 @@ if to == 'queued' or to == 'retrying' then
     rec.tries = rec.tries - 1
     for _, v in ipairs({'tries', rec.tries}) do fields[#fields + 1] = v end
   end
+  if to == 'retrying' then
+    for _, v in ipairs({'try:' .. rec.tries, (rec.started or '') .. ' ' .. now .. ' ' .. to}) do
+      fields[#fields + 1] = v
+    end
+  end
   version = transition(rec, to, now, arg, fields, 0)
 else
+  fields[#fields + 1] = 'try:' .. rec.tries
+  fields[#fields + 1] = (rec.started or '') .. ' ' .. now .. ' ' .. to
   version = transition(rec, to, now, now + arg, fields, arg)
 end
 if to == 'queued' then redis.call('PUBLISH', K.wake .. rec.queue, id) end
