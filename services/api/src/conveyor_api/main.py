@@ -14,7 +14,7 @@ from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
 from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from conveyor_api.problems import document_problems, install_problem_handlers
-from conveyor_api.routes import audit, bulk, events, health, jobs, queues, ui
+from conveyor_api.routes import audit, bulk, events, health, jobs, queues, ui, workers
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queues.router)
     app.include_router(bulk.router)
     app.include_router(audit.router)
+    app.include_router(workers.router)
     for router in module_routers(catalog):
         app.include_router(router)
     app.include_router(events.router)

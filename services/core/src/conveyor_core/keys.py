@@ -73,6 +73,10 @@ BULK_LOCK_PREFIX = PREFIX + "bulk-lock:"
 # Sorted set of bulk actions not finished yet (by start ms): what a starting
 # api resumes.
 BULK_RUNNING = PREFIX + "bulk:running"
+# A live worker process's card (workers.py), expiring unless renewed, and a
+# sorted set of worker names by when each was last heard from.
+WORKER_PREFIX = PREFIX + "worker:"
+WORKERS = PREFIX + "workers"
 # Stream of operator actions (who, what, filter, how many, when), capped at
 # about AUDIT_MAX_ENTRIES entries.
 AUDIT_LOG = PREFIX + "audit"
@@ -121,3 +125,7 @@ def bulk_key(bulk_id: str) -> str:
 
 def bulk_lock_key(bulk_id: str) -> str:
     return BULK_LOCK_PREFIX + bulk_id
+
+
+def worker_key(name: str) -> str:
+    return WORKER_PREFIX + name

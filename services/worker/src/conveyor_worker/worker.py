@@ -23,9 +23,12 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
+import socket
 import time
 from datetime import UTC, datetime, tzinfo
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -49,6 +52,7 @@ from conveyor_core.redis import (
 )
 from conveyor_core.schedule import Schedule
 from conveyor_core.store import JobStore
+from conveyor_core.workers import ANNOUNCE_EVERY_S, WorkerCard, announce, withdraw
 from conveyor_worker.flow import ClaimMetrics
 from conveyor_worker.resources import OpenResources, open_resources
 from conveyor_worker.settings import Settings
@@ -81,6 +85,16 @@ NOT_STARTED = JobError(
 
 class CancelledBeforeStartError(Exception):
     """A client cancelled a claimed job before arq started its function."""
+
+
+def _version() -> str:
+    try:
+        return version("conveyor-worker")
+    except PackageNotFoundError:
+        return ""
+
+
+WORKER_VERSION = _version()
 
 
 class ConveyorWorker(Worker):
@@ -127,6 +141,17 @@ class ConveyorWorker(Worker):
         # Claimed jobs a client cancelled before arq started them.
         self._cancel_before_start: set[str] = set()
         self._claim_metrics = ClaimMetrics(self.queue_name)
+        # This process's card in the registry of live workers (workers.py).
+        host = socket.gethostname()
+        self.card = WorkerCard(
+            name=f"{host}-{os.getpid()}",
+            host=host,
+            pid=os.getpid(),
+            queue=self.queue_name,
+            concurrency=self.max_jobs,
+            version=WORKER_VERSION,
+        )
+        self._announced_s = 0.0
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -189,6 +214,7 @@ class ConveyorWorker(Worker):
                         del self.tasks[job_id]
                         task.result()  # as arq does: errors in run_job surface here
                 await self.heart_beat()
+                await self._announce()
         except REDIS_FAULT_ERRORS as exc:
             # arq lets a Redis error escape its poll loop and the worker dies;
             # here it is counted and logged (once in a while) and the loop goes on.
@@ -216,6 +242,15 @@ class ConveyorWorker(Worker):
             timeout_s = max(0.0, min(timeout_s, (next_due_ms - now_ms()) / 1000))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout_s)
+
+    async def _announce(self) -> None:
+        """At most once per ANNOUNCE_EVERY_S: this worker's card, with the jobs it runs."""
+        at_s = time.monotonic()
+        if at_s - self._announced_s < ANNOUNCE_EVERY_S:
+            return
+        self._announced_s = at_s
+        self.card.running = sorted(self._running)
+        await announce(self.pool, self.card)
 
     async def _claim_and_start(self) -> float | None:
         """Claim due jobs for the free slots and start them; return the next due time."""
@@ -395,6 +430,7 @@ class ConveyorWorker(Worker):
         try:
             async with self._bounded():
                 await self.pool.delete(self.health_check_key)
+                await withdraw(self.pool, self.card.name)
         except REDIS_FAULT_ERRORS as exc:
             logger.warning("redis unreachable during shutdown: %s", exc)
         if self.on_shutdown:
