@@ -59,6 +59,8 @@ DEAD_RETENTION_S = 7 * 86_400
 SCAN_BUDGET_PER_ITEM = 5
 # Housekeeping removes at most this many expired entries per index and call.
 TRIM_BATCH = 10_000
+# Per-minute history (history.py) is kept this long.
+HISTORY_TTL_S = 72 * 3600
 # A bulk action's Lua call acts on at most this many jobs.
 BULK_BATCH_MAX = 500
 BULK_ACTIONS = ("cancel", "requeue", "delete")
@@ -103,6 +105,7 @@ def _lua_constants() -> str:
         "arq_result": result_key_prefix,
         "arq_retry_ttl_s": ARQ_RETRY_TTL_S,
         "arq_expiry_extra_ms": ARQ_EXPIRY_EXTRA_MS,
+        "history_ttl_s": HISTORY_TTL_S,
         "band_ms": PRIORITY_BAND_MS,
         "default_priority": DEFAULT_PRIORITY,
         "highest_priority": HIGHEST_PRIORITY,
@@ -409,6 +412,7 @@ class JobStore:
                 rate_limit.interval_us if rate_limit else 0,
                 rate_limit.burst if rate_limit else 0,
                 job_type.name,
+                at_ms,
             ],
         )
         if status == b"limited":

@@ -6,13 +6,14 @@ import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from conveyor_api import audit
 from conveyor_api.auth import ApiKey, Scope, require
-from conveyor_api.deps import CatalogDep, StoreDep
+from conveyor_api.deps import CatalogDep, RedisDep, StoreDep
 from conveyor_core.catalog import Catalog
+from conveyor_core.history import EVENTS, MAX_MINUTES, MINUTE_MS, read_history
 from conveyor_core.jobs import ms_to_datetime
 from conveyor_core.store import QueueStats
 
@@ -110,3 +111,45 @@ async def resume_queue(
     await store.resume(_known(name, catalog))
     await audit.record(store.redis, caller.name, "resume", name, 0)
     return QueuePublic.of(await store.queue_stats(name), catalog)
+
+
+class MinutePublic(BaseModel):
+    """One minute of a queue's history."""
+
+    at: datetime
+    counts: dict[str, int] = Field(description="Per event, all job types together.")
+    by_job_type: dict[str, dict[str, int]]
+    mean_wait_s: float | None = Field(description="Queue latency of the jobs started then.")
+
+
+class QueueHistory(BaseModel):
+    queue: str
+    minutes: list[MinutePublic]
+
+
+@router.get(
+    "/{name}/history",
+    summary="A queue's per-minute history",
+    responses=NOT_IN_CATALOG,
+    dependencies=[Depends(require(Scope.JOBS_READ))],
+)
+async def queue_history(
+    name: QueueName,
+    redis: RedisDep,
+    catalog: CatalogDep,
+    minutes: Annotated[int, Query(ge=1, le=MAX_MINUTES)] = 60,
+) -> QueueHistory:
+    """Oldest minute first, up to 72 hours back."""
+    found = await read_history(redis, _known(name, catalog), minutes)
+    return QueueHistory(
+        queue=name,
+        minutes=[
+            MinutePublic(
+                at=ms_to_datetime(m.minute * MINUTE_MS) or datetime.min,
+                counts={e: m.total(e) for e in EVENTS},
+                by_job_type=m.counts,
+                mean_wait_s=round(w / 1000, 3) if (w := m.mean_wait_ms()) is not None else None,
+            )
+            for m in found
+        ],
+    )
