@@ -20,7 +20,19 @@ from conveyor_core.local.redis_server import RedisProcess
 from tests.api.conftest import make_app, serve
 
 # Commands a script may run, which the client did not send itself.
-INSIDE_SCRIPTS = {"time", "get", "set", "exists", "psetex", "zadd", "hset", "hget", "publish"}
+INSIDE_SCRIPTS = {
+    "time",
+    "get",
+    "set",
+    "exists",
+    "psetex",
+    "zadd",
+    "hset",
+    "hget",
+    "publish",
+    "hincrby",
+    "expire",
+}
 
 
 class RoundTrips:

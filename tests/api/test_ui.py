@@ -64,9 +64,10 @@ async def test_the_page_and_every_file_it_loads_are_served(client: httpx.AsyncCl
 
     parser = InlineCode()
     parser.feed(page.text)
-    assert parser.scripts == ["app.js"]
+    assert parser.scripts == ["app.js", "console.js"]
     for name, kind in [
         ("app.js", "javascript"),
+        ("console.js", "javascript"),
         ("api.js", "javascript"),
         ("sse.js", "javascript"),
         ("format.js", "javascript"),

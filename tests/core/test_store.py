@@ -422,9 +422,11 @@ async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
     assert job.waiting_reason is None
     for job_id in (second, third):
         assert await store.complete(capped, job_id, "null")
-    # Nothing is left behind: no flow entries, no running ids, no marks.
+    # Nothing is left behind: no flow entries, no running ids, no marks (the
+    # index of complete jobs and the queue's history stay, each bounded).
     flow_keys = [k async for k in redis.scan_iter(match="conveyor:{arq:queue}:*")]
-    assert sorted(k for k in flow_keys if b":complete" not in k) == []
+    left = [k for k in flow_keys if b":complete" not in k and b":history:" not in k]
+    assert left == []
 
 
 async def test_a_dead_workers_jobs_stop_counting_once_their_locks_lapse(redis: ArqRedis) -> None:
@@ -504,7 +506,8 @@ async def test_keys_take_turns_and_leave_nothing_behind(redis: ArqRedis) -> None
     for job_id in {*started, *(c.job_id for c in rest)}:
         assert await store.complete(fair, job_id, "null")
     left = [k async for k in redis.scan_iter(match="conveyor:{arq:queue}:*")]
-    assert sorted(k for k in left if not k.endswith((b":complete", b":cancelled"))) == []
+    kept = (b":complete", b":cancelled")  # the final-state indexes and the history stay
+    assert sorted(k for k in left if not k.endswith(kept) and b":history:" not in k) == []
 
 
 async def test_a_per_key_rate_holds_only_that_keys_starts(redis: ArqRedis) -> None:
@@ -546,3 +549,26 @@ async def test_a_requeued_keyed_job_waits_its_keys_turn_again(redis: ArqRedis) -
     assert await redis.zrange(keys.queue_key(QUEUE, "running-key:per_tenant:a"), 0, -1) == [
         job_id.encode()
     ]
+
+
+async def test_a_job_keeps_each_try_and_its_workflow_parent_and_children(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    parent = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    child = (await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), parent_id=parent)).job_id
+    assert await store.retry_later(CREATE_TASK, parent, now_ms(), ERROR)
+    claimed = await store.claim(QUEUE, 2, **CLAIM)
+    assert {c.job_id for c in claimed.jobs} == {parent, child}
+    assert await store.complete(CREATE_TASK, parent, "1")
+
+    job = await store.get(parent)
+    kid = await store.get(child)
+
+    assert job is not None
+    assert kid is not None
+    assert [(a.number, a.outcome) for a in job.attempts] == [(1, "retrying"), (2, "complete")]
+    assert all(a.duration_s is not None and a.duration_s >= 0 for a in job.attempts)
+    assert job.children == [child]
+    assert (kid.parent_id, kid.children) == (parent, [])

@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from conveyor_api.auth import KeyRing, secure_routes
+from conveyor_api.bulk import BulkRunner
 from conveyor_api.deps import Services
 from conveyor_api.events import JobEvents
 from conveyor_api.headers import setup_headers
 from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from conveyor_api.problems import document_problems, install_problem_handlers
-from conveyor_api.routes import dev, events, health, jobs, queues, ui
+from conveyor_api.routes import audit, bulk, dev, events, health, jobs, queues, ui, workers
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
@@ -47,9 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
         redis_health.start()
         events.start()
+        app.state.bulk = bulk_runner = BulkRunner(redis, app.state.store, catalog)
+        bulk_runner.start_adopting()
         try:
             yield
         finally:
+            await bulk_runner.stop()
             await redis_health.stop()
             await events.stop()
             await redis.aclose()
@@ -88,6 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     jobs.add_routes(app.router, list(catalog))
     app.include_router(health.router)
     app.include_router(queues.router)
+    app.include_router(bulk.router)
+    app.include_router(audit.router)
+    app.include_router(workers.router)
     for router in module_routers(catalog):
         app.include_router(router)
     app.include_router(events.router)

@@ -56,10 +56,12 @@ class JobContext:
     async def enqueue(
         self, job_type: str | JobType, payload: BaseModel | dict[str, Any], **options: Any
     ) -> Submitted:
-        """Enqueue a follow-up job; it carries this job's request id."""
+        """Enqueue a follow-up job; it carries this job's request id, and this
+        job's id as its parent."""
         if isinstance(job_type, str):
             job_type = self.catalog[job_type]
         options.setdefault("request_id", self.meta.get("request_id"))
+        options.setdefault("parent_id", self.job_id)
         return await enqueue(self.store, job_type, payload, **options)
 
 

@@ -84,6 +84,7 @@ async def enqueue(
     max_defer_s: float = MAX_DEFER_S,
     rate_limit: RateLimit | None = None,
     priority: int | None = None,
+    parent_id: str | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -93,7 +94,7 @@ async def enqueue(
     enqueued: the answer names the existing job and whether its payload matched.
     A `rate_limit` is spent in the same step; over it, nothing is enqueued and
     the answer says when to retry. `priority` (0 highest to 9 lowest)
-    overrides the job type's.
+    overrides the job type's. `parent_id` names the job that enqueues this one.
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
@@ -109,6 +110,8 @@ async def enqueue(
         inject(meta)
         if request_id:
             meta["request_id"] = request_id
+        if parent_id:
+            meta["parent_id"] = parent_id
         submitted = await store.submit(
             job_type,
             job_id,

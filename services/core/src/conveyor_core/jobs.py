@@ -81,6 +81,38 @@ class JobError(BaseModel):
     traceback: str = ""
 
 
+class Attempt(BaseModel):
+    """One try that ran (since the job's last requeue)."""
+
+    number: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    outcome: str = Field(description="complete, retrying (it failed), dead or cancelled.")
+
+
+def attempts_of(record: dict[str, str], tries: int) -> list[Attempt]:
+    """The record's `try:{n}` fields (finish.lua), in order, up to `tries`."""
+    out = []
+    for n in range(1, tries + 1):
+        raw = record.get(f"try:{n}")
+        if not raw:
+            continue
+        started, _, rest = raw.partition(" ")
+        ended, _, outcome = rest.partition(" ")
+        duration = (int(ended) - int(started)) / 1000 if started and ended else None
+        out.append(
+            Attempt(
+                number=n,
+                started_at=ms_to_datetime(started),
+                finished_at=ms_to_datetime(ended),
+                duration_s=duration,
+                outcome=outcome,
+            )
+        )
+    return out
+
+
 class JobPublic(BaseModel):
     """A job as the api returns it."""
 
@@ -111,6 +143,15 @@ class JobPublic(BaseModel):
     trace_id: str | None = None
     request_id: str | None = None
     idempotency_key: str | None = None
+    parent_id: str | None = Field(
+        default=None, description="The job that enqueued this one, in a workflow."
+    )
+    children: list[str] = Field(
+        default_factory=list, description="The jobs this one enqueued while it ran."
+    )
+    attempts: list[Attempt] = Field(
+        default_factory=list, description="Each finished try since the last requeue."
+    )
     waiting_reason: WaitingReason | None = Field(
         default=None,
         description="Why a queued job waits beyond a free worker: paused, limit or rate.",
@@ -172,6 +213,9 @@ class JobPublic(BaseModel):
             trace_id=trace_id_of(meta.get("traceparent")),
             request_id=meta.get("request_id") or None,
             idempotency_key=meta.get("idempotency_key") or None,
+            parent_id=meta.get("parent_id") or None,
+            children=[k.removeprefix("child:") for k in record if k.startswith("child:")],
+            attempts=attempts_of(record, _int(record.get("tries"))) if record else [],
             waiting_reason=waiting_reason if due_to_start else None,
         )
 

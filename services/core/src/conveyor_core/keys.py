@@ -67,6 +67,22 @@ STATS_PENDING = PREFIX + "stats:pending"
 # The counts one run took over (renamed from STATS_PENDING), by the taking
 # job's id, so a retried run reports the same numbers.
 STATS_DIGEST_PREFIX = PREFIX + "stats:digest:"
+# Hash per bulk action (the api's bulk.py): action, filter, who, state,
+# counts and the cursor it has reached, so it can be resumed; kept a week.
+BULK_PREFIX = PREFIX + "bulk:"
+# Lock per running bulk action (with a short TTL, refreshed per batch), so one
+# api process at a time runs it.
+BULK_LOCK_PREFIX = PREFIX + "bulk-lock:"
+# Sorted set of bulk actions not finished yet (by start ms): what a starting
+# api resumes.
+BULK_RUNNING = PREFIX + "bulk:running"
+# A live worker process's card (workers.py), expiring unless renewed, and a
+# sorted set of worker names by when each was last heard from.
+WORKER_PREFIX = PREFIX + "worker:"
+WORKERS = PREFIX + "workers"
+# Stream of operator actions (who, what, filter, how many, when), capped at
+# about AUDIT_MAX_ENTRIES entries.
+AUDIT_LOG = PREFIX + "audit"
 
 
 def job_key(job_id: str) -> str:
@@ -104,3 +120,15 @@ def stats_digest_key(job_id: str) -> str:
 
 def rate_limit_key(subject: str) -> str:
     return RATE_LIMIT_PREFIX + subject
+
+
+def bulk_key(bulk_id: str) -> str:
+    return BULK_PREFIX + bulk_id
+
+
+def bulk_lock_key(bulk_id: str) -> str:
+    return BULK_LOCK_PREFIX + bulk_id
+
+
+def worker_key(name: str) -> str:
+    return WORKER_PREFIX + name

@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
@@ -59,6 +59,11 @@ DEAD_RETENTION_S = 7 * 86_400
 SCAN_BUDGET_PER_ITEM = 5
 # Housekeeping removes at most this many expired entries per index and call.
 TRIM_BATCH = 10_000
+# Per-minute history (history.py) is kept this long.
+HISTORY_TTL_S = 72 * 3600
+# A bulk action's Lua call acts on at most this many jobs.
+BULK_BATCH_MAX = 500
+BULK_ACTIONS = ("cancel", "requeue", "delete")
 # A priority is a band of scores in arq's queue: score = band * PRIORITY_BAND_MS
 # + due ms, band = priority - DEFAULT_PRIORITY. A band is wider than any due
 # time (10^13 ms is the year 2286), so bands never overlap; every score stays
@@ -97,8 +102,10 @@ def _lua_constants() -> str:
         "arq_job": job_key_prefix,
         "arq_lock": in_progress_key_prefix,
         "arq_retry": retry_key_prefix,
+        "arq_result": result_key_prefix,
         "arq_retry_ttl_s": ARQ_RETRY_TTL_S,
         "arq_expiry_extra_ms": ARQ_EXPIRY_EXTRA_MS,
+        "history_ttl_s": HISTORY_TTL_S,
         "band_ms": PRIORITY_BAND_MS,
         "default_priority": DEFAULT_PRIORITY,
         "highest_priority": HIGHEST_PRIORITY,
@@ -230,6 +237,67 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class JobFilter:
+    """What an operator looks for: every field given must match (None: any).
+
+    `state`, `queue` and `job_type` choose the indexes to read; the rest is
+    checked on each job read: `error_type` (the last error's type, exact),
+    `text` (a case-insensitive part of the job id or the last error's
+    message) and a time range (`since_ms` <= the job's time < `until_ms`,
+    where its time is when it finished, else started, else was enqueued).
+    """
+
+    state: JobState | None = None
+    queue: str | None = None
+    job_type: str | None = None
+    error_type: str | None = None
+    text: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches(self, job: JobPublic) -> bool:
+        if self.job_type is not None and job.job_type != self.job_type:
+            return False
+        if self.error_type is not None and (job.error is None or job.error.type != self.error_type):
+            return False
+        if self.text:
+            needle = self.text.lower()
+            message = job.error.message.lower() if job.error else ""
+            if needle not in job.id.lower() and needle not in message:
+                return False
+        if self.since_ms is not None or self.until_ms is not None:
+            at = job.finished_at or job.started_at or job.enqueued_at
+            at_ms = int(at.timestamp() * 1000)
+            if self.since_ms is not None and at_ms < self.since_ms:
+                return False
+            if self.until_ms is not None and at_ms >= self.until_ms:
+                return False
+        return True
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields given, as JSON-ready values (for bulk records and the audit log)."""
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.value if isinstance(value, JobState) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "JobFilter":
+        state = raw.get("state")
+        return cls(**{**raw, "state": JobState(state) if state else None})
+
+
+@dataclass(frozen=True, slots=True)
+class BulkBatch:
+    """What one batch of a bulk action did."""
+
+    done: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     items: list[JobPublic]
     next_cursor: str | None
@@ -282,6 +350,7 @@ class JobStore:
         self._page = script(lua_script("page"))
         self._queue_stats = script(lua_script("queue_stats"))
         self._pause = script(lua_script("pause"))
+        self._bulk = script(lua_script("bulk"))
         # Per queue: its limited job types as the claim reads them ('' for none).
         self._claim_limits = {
             queue: claim_limits(
@@ -329,6 +398,7 @@ class JobStore:
                 idem_key,
                 keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
                 rate_limit.key if rate_limit else "",
+                keys.job_key(meta["parent_id"]) if meta.get("parent_id") else "",
             ],
             args=[
                 job_id,
@@ -341,6 +411,8 @@ class JobStore:
                 flow_entry(job_type.name, job_type.limits, payload),
                 rate_limit.interval_us if rate_limit else 0,
                 rate_limit.burst if rate_limit else 0,
+                job_type.name,
+                at_ms,
             ],
         )
         if status == b"limited":
@@ -737,6 +809,7 @@ class JobStore:
         job_type: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        where: JobFilter | None = None,
     ) -> Page:
         """Jobs in `state` (or all: running, then waiting, then finished).
 
@@ -744,8 +817,11 @@ class JobStore:
         latest first (by when their record expires: for one retention, the
         order they finished in). Reads at most `limit * SCAN_BUDGET_PER_ITEM`
         entries, so a rare `job_type` can give a short page; `next_cursor`
-        then goes on from there.
+        then goes on from there. `where` filters further (its state, queue and
+        type stand in for the arguments), with the same bound.
         """
+        if where is not None:
+            state, queue, job_type = where.state, where.queue, where.job_type
         at_ms = now_ms()
         queues = [queue] if queue else self.catalog.queues()
         segments = self._segments(state, queues, at_ms)
@@ -761,7 +837,9 @@ class JobStore:
             for (row_id, row_score, _), job in zip(rows, jobs, strict=True):
                 budget -= 1
                 score, after_id = row_score, row_id
-                wanted = job_type is None or (job is not None and job.job_type == job_type)
+                wanted = job is not None and (
+                    where.matches(job) if where else job_type in (None, job.job_type)
+                )
                 if job is not None and wanted and segment.accepts(job):
                     items.append(job)
                 if len(items) == limit:
@@ -771,6 +849,24 @@ class JobStore:
         if segment_no >= len(segments):
             return Page(items, None)
         return Page(items, encode_cursor(segment_no, score, after_id))
+
+    async def bulk_batch(
+        self, action: str, queue: str, job_ids: Sequence[str], cancelled_retention_ms: int
+    ) -> BulkBatch:
+        """Cancel, requeue or delete up to BULK_BATCH_MAX jobs of `queue` in one
+        Lua call (lua/bulk.lua); jobs the action does not apply to are skipped."""
+        if action not in BULK_ACTIONS:
+            raise ValueError(f"bulk action must be one of {BULK_ACTIONS}, not {action!r}")
+        if len(job_ids) > BULK_BATCH_MAX:
+            raise ValueError(
+                f"a bulk batch takes at most {BULK_BATCH_MAX} jobs, not {len(job_ids)}"
+            )
+        if not job_ids:
+            return BulkBatch(0, 0)
+        done, skipped = await self._bulk(
+            keys=[queue], args=[action, now_ms(), cancelled_retention_ms, *job_ids]
+        )
+        return BulkBatch(int(done), int(skipped))
 
     # -- housekeeping and statistics ---------------------------------------
 

@@ -23,9 +23,12 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
+import socket
 import time
 from datetime import UTC, datetime, tzinfo
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -49,6 +52,7 @@ from conveyor_core.redis import (
 )
 from conveyor_core.schedule import Schedule
 from conveyor_core.store import JobStore
+from conveyor_core.workers import ANNOUNCE_EVERY_S, WorkerCard, announce, withdraw
 from conveyor_worker.flow import ClaimMetrics
 from conveyor_worker.resources import OpenResources, open_resources
 from conveyor_worker.settings import Settings
@@ -81,6 +85,16 @@ NOT_STARTED = JobError(
 
 class CancelledBeforeStartError(Exception):
     """A client cancelled a claimed job before arq started its function."""
+
+
+def _version() -> str:
+    try:
+        return version("conveyor-worker")
+    except PackageNotFoundError:
+        return ""
+
+
+WORKER_VERSION = _version()
 
 
 class ConveyorWorker(Worker):
@@ -129,6 +143,18 @@ class ConveyorWorker(Worker):
         # Claimed jobs a client cancelled before arq started them.
         self._cancel_before_start: set[str] = set()
         self._claim_metrics = ClaimMetrics(self.queue_name)
+        # This process's card in the registry of live workers (workers.py). In a
+        # pod, HOSTNAME is the pod's name.
+        host = os.environ.get("HOSTNAME") or socket.gethostname()
+        self.card = WorkerCard(
+            name=f"{host}-{os.getpid()}",
+            host=host,
+            pid=os.getpid(),
+            queue=self.queue_name,
+            concurrency=self.max_jobs,
+            version=WORKER_VERSION,
+        )
+        self._announced_s = 0.0
 
     async def main(self) -> None:
         # arq's main() needs Redis at once and dies without it; wait for it here,
@@ -195,6 +221,7 @@ class ConveyorWorker(Worker):
                     # ahead, so a turn every tenth of a second misses no run.
                     self._last_heart_beat_s = time.monotonic()
                     await self.heart_beat()
+                await self._announce()
         except REDIS_FAULT_ERRORS as exc:
             # arq lets a Redis error escape its poll loop and the worker dies;
             # here it is counted and logged (once in a while) and the loop goes on.
@@ -224,6 +251,15 @@ class ConveyorWorker(Worker):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._wake.wait()
+
+    async def _announce(self) -> None:
+        """At most once per ANNOUNCE_EVERY_S: this worker's card, with the jobs it runs."""
+        at_s = time.monotonic()
+        if at_s - self._announced_s < ANNOUNCE_EVERY_S:
+            return
+        self._announced_s = at_s
+        self.card.running = sorted(self._running)
+        await announce(self.pool, self.card)
 
     async def _claim_and_start(self) -> float | None:
         """Claim due jobs for the free slots and start them; return the next due time."""
@@ -409,6 +445,7 @@ class ConveyorWorker(Worker):
         try:
             async with self._bounded():
                 await self.pool.delete(self.health_check_key)
+                await withdraw(self.pool, self.card.name)
         except REDIS_FAULT_ERRORS as exc:
             logger.warning("redis unreachable during shutdown: %s", exc)
         if self.on_shutdown:

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import AwareDatetime, BaseModel, Field
 
-from conveyor_api.auth import Caller, Scope, authorize, require
+from conveyor_api import audit
+from conveyor_api.auth import ApiKey, Caller, Scope, authorize, require
 from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, StoreDep
 from conveyor_core.catalog import JobType
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
@@ -26,7 +27,7 @@ from conveyor_core.jobs import (
 from conveyor_core.logging import bound
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
-from conveyor_core.store import InvalidCursorError
+from conveyor_core.store import InvalidCursorError, JobFilter
 
 TAGS: list[str | Enum] = ["jobs"]
 
@@ -48,6 +49,8 @@ IdempotencyKey = Annotated[
 # The caller of a route that spends its rate in its own round trip to Redis.
 SubmitterDep = Annotated[Caller, Depends(authorize(Scope.JOBS_SUBMIT))]
 ReaderDep = Annotated[Caller, Depends(authorize(Scope.JOBS_READ))]
+# An operator's action: needs jobs:admin, and is written to the audit log by name.
+AdminDep = Annotated[ApiKey, Depends(require(Scope.JOBS_ADMIN))]
 
 
 class JobList(BaseModel):
@@ -218,6 +221,18 @@ async def list_jobs(
     state: JobState | None = None,
     queue: Annotated[str | None, Query(max_length=200)] = None,
     job_type: Annotated[str | None, Query(max_length=200)] = None,
+    error_type: Annotated[
+        str | None, Query(max_length=200, description="The last error's type, exactly.")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="Part of the job id or of the last error's message."),
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None,
+        Query(description="Finished (else started, else enqueued) at or after this time."),
+    ] = None,
+    until: Annotated[AwareDatetime | None, Query(description="... and before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> JobList:
@@ -229,10 +244,17 @@ async def list_jobs(
     """
     if job_type is not None and job_type not in catalog:
         raise _query_error("job_type", f"unknown job type {job_type!r}")
+    where = JobFilter(
+        state=state,
+        queue=queue,
+        job_type=job_type,
+        error_type=error_type,
+        text=q or None,
+        since_ms=int(since.timestamp() * 1000) if since else None,
+        until_ms=int(until.timestamp() * 1000) if until else None,
+    )
     try:
-        page = await store.list(
-            state=state, queue=queue, job_type=job_type, limit=limit, cursor=cursor
-        )
+        page = await store.list(where=where, limit=limit, cursor=cursor)
     except InvalidCursorError:
         raise _query_error("cursor", "not a cursor from a previous page") from None
     items = [masked(job, redact) for job in page.items]
@@ -252,19 +274,20 @@ async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
 
 
 async def cancel_job(
-    job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, response: Response
+    job_id: JobId, store: StoreDep, redact: RedactorDep, response: Response, caller: AdminDep
 ) -> JobPublic:
     outcome, job = await store.cancel(job_id)
     if job is None:
         raise _not_found(job_id)
     if outcome not in ("cancelled_now", "cancelling"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
+    await audit.record(store.redis, caller.name, "cancel", job_id, 1)
     response.status_code = 202 if outcome == "cancelling" else 200
     return masked(job, redact)
 
 
 async def retry_job(
-    job_id: JobId, store: StoreDep, catalog: CatalogDep, redact: RedactorDep, request: Request
+    job_id: JobId, store: StoreDep, redact: RedactorDep, caller: AdminDep
 ) -> JobPublic:
     meta = {"request_id": bound("request_id")} if bound("request_id") else {}
     outcome, job = await store.requeue(job_id, meta)
@@ -274,6 +297,7 @@ async def retry_job(
         raise HTTPException(409, f"Job type {job.job_type!r} is no longer in the catalog.")
     if outcome != "requeued":
         raise HTTPException(409, f"Only dead jobs can be requeued; job {job_id} is {outcome}.")
+    await audit.record(store.redis, caller.name, "requeue", job_id, 1)
     return masked(job, redact)
 
 
@@ -355,7 +379,6 @@ def _add_single_job_routes(api: APIRouter) -> None:
             404: {"description": "No such job"},
             409: {"description": "Already finished"},
         },
-        dependencies=[Depends(require(Scope.JOBS_ADMIN))],
     )
 
     api.add_api_route(
@@ -369,7 +392,6 @@ def _add_single_job_routes(api: APIRouter) -> None:
             404: {"description": "No such job"},
             409: {"description": "The job is not dead"},
         },
-        dependencies=[Depends(require(Scope.JOBS_ADMIN))],
     )
 
     api.add_api_route(

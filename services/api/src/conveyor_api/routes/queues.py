@@ -2,20 +2,25 @@
 poll; pause and resume a queue."""
 
 import asyncio
+import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from conveyor_api.auth import Scope, require
-from conveyor_api.deps import CatalogDep, StoreDep
+from conveyor_api import audit
+from conveyor_api.auth import ApiKey, Scope, require
+from conveyor_api.deps import CatalogDep, RedisDep, StoreDep
+from conveyor_core.catalog import Catalog
+from conveyor_core.history import EVENTS, MAX_MINUTES, MINUTE_MS, read_history
 from conveyor_core.jobs import ms_to_datetime
 from conveyor_core.store import QueueStats
 
-router = APIRouter(
-    prefix="/v1/queues", tags=["queues"], dependencies=[Depends(require(Scope.JOBS_ADMIN))]
-)
+router = APIRouter(prefix="/v1/queues", tags=["queues"])
+
+# Reading needs jobs:read; pausing and resuming (audited) need jobs:admin.
+AdminDep = Annotated[ApiKey, Depends(require(Scope.JOBS_ADMIN))]
 
 
 class QueuePublic(BaseModel):
@@ -33,10 +38,15 @@ class QueuePublic(BaseModel):
         "enqueueing goes on."
     )
     paused_at: datetime | None = Field(default=None, description="When it was paused.")
+    limits: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="The limits in force, per job type of the queue that has any.",
+    )
 
     @classmethod
-    def of(cls, s: QueueStats) -> "QueuePublic":
+    def of(cls, s: QueueStats, catalog: Catalog | None = None) -> "QueuePublic":
         return cls(
+            limits=_limits(s.name, catalog) if catalog else {},
             name=s.name,
             ready=s.ready,
             deferred=s.deferred,
@@ -49,6 +59,14 @@ class QueuePublic(BaseModel):
         )
 
 
+def _limits(queue: str, catalog: Catalog) -> dict[str, dict[str, Any]]:
+    return {
+        t.name: {k: v for k, v in dataclasses.asdict(t.limits).items() if v is not None}
+        for t in catalog.for_queue(queue)
+        if t.limits
+    }
+
+
 class QueueList(BaseModel):
     queues: list[QueuePublic]
 
@@ -56,11 +74,11 @@ class QueueList(BaseModel):
 QueueName = Annotated[str, Path(min_length=1, max_length=200, description="A catalog queue.")]
 
 
-@router.get("", summary="Queue statistics")
+@router.get("", summary="Queue statistics", dependencies=[Depends(require(Scope.JOBS_READ))])
 async def list_queues(store: StoreDep, catalog: CatalogDep) -> QueueList:
     """One Lua call per queue: a few O(log n) commands, no scans."""
     stats = await asyncio.gather(*(store.queue_stats(q) for q in catalog.queues()))
-    return QueueList(queues=[QueuePublic.of(s) for s in stats])
+    return QueueList(queues=[QueuePublic.of(s, catalog) for s in stats])
 
 
 def _known(name: str, catalog: CatalogDep) -> str:
@@ -75,15 +93,63 @@ NOT_IN_CATALOG: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/{name}/pause", summary="Pause a queue", responses=NOT_IN_CATALOG)
-async def pause_queue(name: QueueName, store: StoreDep, catalog: CatalogDep) -> QueuePublic:
+async def pause_queue(
+    name: QueueName, store: StoreDep, catalog: CatalogDep, caller: AdminDep
+) -> QueuePublic:
     """Every worker of the queue stops starting jobs at its next claim; running
     jobs finish; enqueueing goes on. Pausing a paused queue changes nothing."""
     await store.pause(_known(name, catalog))
-    return QueuePublic.of(await store.queue_stats(name))
+    await audit.record(store.redis, caller.name, "pause", name, 0)
+    return QueuePublic.of(await store.queue_stats(name), catalog)
 
 
 @router.post("/{name}/resume", summary="Resume a queue", responses=NOT_IN_CATALOG)
-async def resume_queue(name: QueueName, store: StoreDep, catalog: CatalogDep) -> QueuePublic:
+async def resume_queue(
+    name: QueueName, store: StoreDep, catalog: CatalogDep, caller: AdminDep
+) -> QueuePublic:
     """The queue's workers are woken and start its jobs at once."""
     await store.resume(_known(name, catalog))
-    return QueuePublic.of(await store.queue_stats(name))
+    await audit.record(store.redis, caller.name, "resume", name, 0)
+    return QueuePublic.of(await store.queue_stats(name), catalog)
+
+
+class MinutePublic(BaseModel):
+    """One minute of a queue's history."""
+
+    at: datetime
+    counts: dict[str, int] = Field(description="Per event, all job types together.")
+    by_job_type: dict[str, dict[str, int]]
+    mean_wait_s: float | None = Field(description="Queue latency of the jobs started then.")
+
+
+class QueueHistory(BaseModel):
+    queue: str
+    minutes: list[MinutePublic]
+
+
+@router.get(
+    "/{name}/history",
+    summary="A queue's per-minute history",
+    responses=NOT_IN_CATALOG,
+    dependencies=[Depends(require(Scope.JOBS_READ))],
+)
+async def queue_history(
+    name: QueueName,
+    redis: RedisDep,
+    catalog: CatalogDep,
+    minutes: Annotated[int, Query(ge=1, le=MAX_MINUTES)] = 60,
+) -> QueueHistory:
+    """Oldest minute first, up to 72 hours back."""
+    found = await read_history(redis, _known(name, catalog), minutes)
+    return QueueHistory(
+        queue=name,
+        minutes=[
+            MinutePublic(
+                at=ms_to_datetime(m.minute * MINUTE_MS) or datetime.min,
+                counts={e: m.total(e) for e in EVENTS},
+                by_job_type=m.counts,
+                mean_wait_s=round(w / 1000, 3) if (w := m.mean_wait_ms()) is not None else None,
+            )
+            for m in found
+        ],
+    )

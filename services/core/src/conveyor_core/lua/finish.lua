@@ -4,7 +4,9 @@
 -- cancelled (a client's cancel reached the running job) or queued (a shutdown
 -- cut it short: back in the queue, and the try it did not finish is not
 -- counted). Only a job still in progress moves: a record someone else moved
--- meanwhile is left as it is.
+-- meanwhile is left as it is. A try that counts is kept in the record as
+-- `try:{n}` = "started ms, ended ms, outcome" (in the same HSET, no extra
+-- command), so a job's page shows every try since its last requeue.
 --
 -- KEYS: 1 queue
 -- ARGV: 1 job id, 2 new state, 3 now ms, 4 score (due time for retrying and
@@ -22,11 +24,27 @@ if to == 'queued' or to == 'retrying' then
     rec.tries = rec.tries - 1
     for _, v in ipairs({'tries', rec.tries}) do fields[#fields + 1] = v end
   end
+  if to == 'retrying' then
+    for _, v in ipairs({'try:' .. rec.tries, (rec.started or '') .. ' ' .. now .. ' ' .. to}) do
+      fields[#fields + 1] = v
+    end
+  end
   version = transition(rec, to, now, arg, fields, 0)
 else
+  fields[#fields + 1] = 'try:' .. rec.tries
+  fields[#fields + 1] = (rec.started or '') .. ' ' .. now .. ' ' .. to
   version = transition(rec, to, now, now + arg, fields, arg)
 end
 if to == 'queued' then redis.call('PUBLISH', K.wake .. rec.queue, id) end
 if to == 'retrying' then count(ARGV[5], 'retried')
 elseif to == 'complete' or to == 'dead' then count(ARGV[5], to) end
+-- History: a try that counts is counted by its outcome in the minute it
+-- ended, with its queue wait (due to start); `started` is their sum.
+if to ~= 'queued' and ARGV[5] ~= '' then
+  local started = tonumber(rec.started) or now
+  local wait = math.max(started - (tonumber(rec.ready) or started), 0)
+  if wait > 0 then history(rec.queue, now, ARGV[5] .. ':wait_ms', wait) end
+  local event = to == 'complete' and 'completed' or (to == 'retrying' and 'retried' or to)
+  history(rec.queue, now, ARGV[5] .. ':' .. event, 1)
+end
 return {1, version}

@@ -10,10 +10,13 @@
 -- key, for the claim; a keyed one waits in its key's queue too (see fair_enter).
 --
 -- KEYS: 1 arq job key, 2 arq result key, 3 queue, 4 idempotency key or '',
---       5 the queue's flow hash, 6 rate limiter key or ''
+--       5 the queue's flow hash, 6 rate limiter key or '', 7 the parent job's
+--       record or '' (a job enqueued by a running job: its workflow's parent
+--       lists it as `child:{id}` = job type; the field goes with the parent)
 -- ARGV: 1 job id, 2 arq job bytes, 3 score (priority band + ready-at ms),
 --       4 arq expiry ms, 5 idempotency value, 6 idempotency ttl s, 7 wake channel,
---       8 flow entry or '', 9 limiter interval us, 10 limiter burst
+--       8 flow entry or '', 9 limiter interval us, 10 limiter burst,
+--       11 job type (for the parent's record and the history), 12 now ms
 -- Returns {'created'}, {'duplicate'}, {'exists', idempotency value} or
 -- {'limited', retry after us}.
 if KEYS[6] ~= '' then
@@ -32,5 +35,9 @@ if ARGV[8] ~= '' then
   fair_enter(KEYS[3], ARGV[8], ARGV[3], ARGV[1])
 end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
+if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('HSET', KEYS[7], 'child:' .. ARGV[1], ARGV[11])
+end
+history(KEYS[3], tonumber(ARGV[12]), ARGV[11] .. ':enqueued', 1)
 redis.call('PUBLISH', ARGV[7], ARGV[1])
 return {'created'}

@@ -519,12 +519,22 @@ function renderDetail() {
           ...field("run time", seconds(secondsBetween(job.started_at, job.finished_at))),
           ...field("trace id", job.trace_id ? el("code", {}, job.trace_id) : null),
           ...field("request id", job.request_id ? el("code", {}, job.request_id) : null),
+          ...field("parent", job.parent_id ? el("a", { href: `#job=${job.parent_id}` }, shortId(job.parent_id)) : null),
+          ...field("children", (job.children ?? []).length
+            ? el("span", {}, ...job.children.map((c) => el("a", { href: `#job=${c}`, class: "child" }, shortId(c), " ")))
+            : null),
         ]
       : field("state", "loading…")),
   );
   $("detail-payload").textContent = full ? pretty(masked(job.payload, page.config.redact_keys)) : "";
   $("detail-result-box").hidden = !full || job.state !== "complete";
   $("detail-result").textContent = full ? pretty(job.result) : "";
+  const tries = full ? job.attempts ?? [] : [];
+  $("detail-tries-box").hidden = tries.length === 0;
+  $("detail-tries").replaceChildren(
+    ...tries.map((t) => el("li", { "data-outcome": t.outcome },
+      `try ${t.number}: ${t.outcome}, started ${time(t.started_at)}, ran ${seconds(t.duration_s)}`)),
+  );
   $("detail-error-box").hidden = !full || !job.error;
   $("detail-error").textContent = full && job.error
     ? `${job.error.type}: ${job.error.message}\n\n${job.error.traceback}`.trim()

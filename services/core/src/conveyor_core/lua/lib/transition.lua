@@ -59,13 +59,13 @@ local function priority_of(score)
 end
 
 -- The job's record: {id, queue, state, version, tries, cancel_requested,
--- priority}, with state 'queued' and version 1 (the job as submitted) for a
+-- priority, flow, started and ready (ms)}, with state 'queued' and version 1 (the job as submitted) for a
 -- job that has no hash yet, or nil when the job has no hash and `must_exist`
 -- is set. A job's first claim writes its priority into the record (from its
 -- score), so a retry or a put-back returns to the same band.
 local function load(id, queue, must_exist)
   local r = redis.call('HMGET', K.job .. id, 'state', 'version', 'tries', 'cancel_requested',
-    'queue', 'priority', 'flow')
+    'queue', 'priority', 'flow', 'started_at_ms', 'ready_at_ms')
   if not r[1] then
     if must_exist then return nil end
     return {id = id, queue = queue, state = 'queued', version = 1, tries = 0, cancel = false,
@@ -73,7 +73,8 @@ local function load(id, queue, must_exist)
   end
   return {id = id, queue = queue or r[5], state = r[1], version = tonumber(r[2]) or 0,
     tries = tonumber(r[3]) or 0, cancel = r[4] == '1',
-    priority = tonumber(r[6]) or K.default_priority, flow = r[7] or nil}
+    priority = tonumber(r[6]) or K.default_priority, flow = r[7] or nil, started = r[8],
+    ready = r[9]}
 end
 
 -- A limited job leaves in_progress: it no longer counts as running; when
@@ -136,4 +137,15 @@ end
 -- Count a finished try for the next digest.
 local function count(job_type, outcome)
   if job_type ~= '' then redis.call('HINCRBY', K.stats, job_type .. ':' .. outcome, 1) end
+end
+
+-- History (history.py): per queue and minute, a hash of counts by
+-- `{job type}:{event}`, expiring K.history_ttl_s after its minute. A key's
+-- expiry is set when one of its fields is new (HINCRBY answers 1), so it
+-- costs one command per event, and rarely a second.
+local function history(queue, at_ms, field, by)
+  local key = qkey(queue, 'history:' .. math.floor(at_ms / 60000))
+  if redis.call('HINCRBY', key, field, by) == by then
+    redis.call('EXPIRE', key, K.history_ttl_s)
+  end
 end

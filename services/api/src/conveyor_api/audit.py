@@ -1,0 +1,76 @@
+"""The audit log: every operator action (cancel, requeue, delete, pause,
+resume, bulk) as one entry of a capped Redis stream, readable through the api.
+
+An entry is who (the api key's name), what (the action), the target (a job
+id, a queue, or a bulk action's filter as JSON), how many jobs it touched and
+when. The stream keeps about AUDIT_MAX_ENTRIES entries (XADD MAXLEN ~), so
+its size is bounded whatever the rate of actions.
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from conveyor_core import keys
+from conveyor_core.jobs import ms_to_datetime
+
+AUDIT_MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: str
+    at: datetime
+    who: str
+    action: str
+    target: str
+    count: int
+    detail: dict[str, Any]
+
+
+async def record(
+    redis: "Redis",
+    who: str,
+    action: str,
+    target: str,
+    count: int,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append one entry (one XADD)."""
+    await redis.xadd(
+        keys.AUDIT_LOG,
+        {
+            "who": who,
+            "action": action,
+            "target": target,
+            "count": count,
+            "detail": json.dumps(detail or {}),
+        },
+        maxlen=AUDIT_MAX_ENTRIES,
+        approximate=True,
+    )
+
+
+async def read(redis: "Redis", limit: int, before: str | None = None) -> list[AuditEntry]:
+    """The latest `limit` entries, newest first (older than the entry id `before`)."""
+    end = f"({before}" if before else "+"
+    rows = await redis.xrevrange(keys.AUDIT_LOG, max=end, min="-", count=limit)
+    out = []
+    for entry_id, raw in rows:
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        entry = entry_id.decode()
+        out.append(
+            AuditEntry(
+                id=entry,
+                at=ms_to_datetime(int(entry.partition("-")[0])) or datetime.min,
+                who=fields.get("who", ""),
+                action=fields.get("action", ""),
+                target=fields.get("target", ""),
+                count=int(fields.get("count") or 0),
+                detail=json.loads(fields.get("detail") or "{}"),
+            )
+        )
+    return out

@@ -1,0 +1,337 @@
+"""`conveyor`: the operator's command line, a client of the api.
+
+    conveyor jobs list [--state S] [--job-type T] [--queue Q] [--error-type E]
+                       [--search TEXT] [--since 1h] [--until ...] [--limit N] [--all]
+    conveyor jobs show ID
+    conveyor jobs cancel ID | requeue ID
+    conveyor dead requeue [--job-type T] [--queue Q] [--since 1h] [--yes]
+    conveyor bulk cancel|requeue|delete [filters] [--yes]
+    conveyor queues [pause NAME | resume NAME]
+    conveyor workers
+    conveyor audit
+
+The api's address comes from `--url` or CONVEYOR_URL (default
+http://localhost:8000), the key from `--key` or CONVEYOR_API_KEY. Output is
+a table, or JSON with `--json`. Exit codes, for scripts: 0 done, 1 the api
+refused or failed (4xx/5xx other than below), 2 bad usage, 3 the key is
+missing, wrong or lacks the scope (401/403), 4 not found (404), 5 conflict
+(409: e.g. the job is not dead), 6 the api or Redis is unavailable.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_NOT_FOUND = 4
+EXIT_CONFLICT = 5
+EXIT_UNAVAILABLE = 6
+# How often a bulk action's progress is polled.
+POLL_S = 0.5
+DEFAULT_URL = "http://localhost:8000"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _exit_code(status: int) -> int:
+    if status in (401, 403):
+        return EXIT_AUTH
+    if status == 404:
+        return EXIT_NOT_FOUND
+    if status == 409:
+        return EXIT_CONFLICT
+    if status in (502, 503, 504):
+        return EXIT_UNAVAILABLE
+    return EXIT_FAILED
+
+
+class Api:
+    def __init__(self, url: str, key: str, timeout_s: float = 30) -> None:
+        self.http = httpx.Client(
+            base_url=url, timeout=timeout_s, headers={"Authorization": f"Bearer {key}"}
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the api: {exc}", EXIT_UNAVAILABLE) from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail") or response.text
+            except ValueError:
+                detail = response.text
+            raise CliError(
+                f"{method} {path}: {response.status_code} {detail}",
+                _exit_code(response.status_code),
+            )
+        return response.json() if response.content else None
+
+
+def parse_time(text: str) -> str:
+    """`1h`, `30m`, `2d`, `45s` ago, or an ISO 8601 time (UTC if no offset)."""
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip()):
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
+        return (datetime.now(UTC) - timedelta(**{unit: float(m[1])})).isoformat()
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (30m, 1h, 2d) or an ISO 8601 time"
+        ) from None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat()
+
+
+def _filters(parser: argparse.ArgumentParser, *, state: bool = True) -> None:
+    if state:
+        parser.add_argument("--state")
+    parser.add_argument("--job-type")
+    parser.add_argument("--queue")
+    parser.add_argument("--error-type")
+    parser.add_argument("--search", help="part of the job id or error message")
+    parser.add_argument("--since", type=parse_time, help="30m, 1h, 2d or an ISO time")
+    parser.add_argument("--until", type=parse_time)
+
+
+def _filter_of(args: argparse.Namespace, **fixed: str) -> dict[str, Any]:
+    found = {
+        "state": getattr(args, "state", None),
+        "job_type": args.job_type,
+        "queue": args.queue,
+        "error_type": args.error_type,
+        "text": args.search,
+        "since": args.since,
+        "until": args.until,
+        **fixed,
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _out(
+    args: argparse.Namespace, data: Any, rows: list[dict[str, Any]], cols: Sequence[str]
+) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(table(rows, cols) if rows else "(none)")
+
+
+JOB_COLUMNS = ("id", "job_type", "queue", "state", "tries", "error", "enqueued_at", "finished_at")
+
+
+def _job_row(job: dict[str, Any]) -> dict[str, Any]:
+    error = job.get("error")
+    return {**job, "error": f"{error['type']}: {error['message']}"[:60] if error else None}
+
+
+def cmd_jobs_list(api: Api, args: argparse.Namespace) -> int:
+    params = {k: v for k, v in _filter_of(args).items() if k != "text"}
+    if args.search:
+        params["q"] = args.search
+    params["limit"] = args.limit
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = api.call(
+            "GET", "/v1/jobs", params={**params, **({"cursor": cursor} if cursor else {})}
+        )
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor or (not args.all and len(items) >= args.limit):
+            break
+    items = items if args.all else items[: args.limit]
+    _out(args, items, [_job_row(j) for j in items], JOB_COLUMNS)
+    return EXIT_OK
+
+
+def cmd_jobs_show(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("GET", f"/v1/jobs/{args.id}")
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return EXIT_OK
+    for name in ("id", "job_type", "queue", "state", "priority", "tries", "max_tries",
+                 "requeues", "enqueued_at", "started_at", "finished_at", "next_try_at",
+                 "trace_id", "parent_id", "children", "progress", "payload", "result"):  # fmt: skip
+        print(f"{name:>12}: {_cell(job.get(name))}")
+    if job.get("error"):
+        print(f"{'error':>12}: {job['error']['type']}: {job['error']['message']}")
+        if job["error"].get("traceback"):
+            print(job["error"]["traceback"])
+    if job.get("attempts"):
+        print(table(job["attempts"], ("number", "started_at", "duration_s", "outcome")))
+    return EXIT_OK
+
+
+def cmd_jobs_cancel(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("DELETE", f"/v1/jobs/{args.id}")
+    _out(args, job, [_job_row(job)], JOB_COLUMNS)
+    return EXIT_OK
+
+
+def cmd_jobs_requeue(api: Api, args: argparse.Namespace) -> int:
+    job = api.call("POST", f"/v1/jobs/{args.id}/retry")
+    _out(args, job, [_job_row(job)], JOB_COLUMNS)
+    return EXIT_OK
+
+
+def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, Any]) -> int:
+    count = api.call("POST", "/v1/bulk/preview", json=where)["count"]
+    print(f"{action}: {count} job(s) match {json.dumps(where)}", file=sys.stderr)
+    if count == 0 and not args.json:
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError("not confirmed: pass --yes to act without a prompt", EXIT_USAGE)
+        if input(f"{action} them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing done", file=sys.stderr)
+            return EXIT_OK
+    status = api.call("POST", "/v1/bulk", json={"action": action, "filter": where})
+    while status["state"] == "running":
+        time.sleep(POLL_S)
+        status = api.call("GET", f"/v1/bulk/{status['id']}")
+        print(
+            f"\r{action}: {status['done']} done, {status['skipped']} skipped, "
+            f"{status['matched']} matched",
+            end="",
+            file=sys.stderr,
+        )
+    print(file=sys.stderr)
+    _out(args, status, [status], ("id", "action", "state", "matched", "done", "skipped", "error"))
+    return EXIT_OK if status["state"] == "done" else EXIT_FAILED
+
+
+def cmd_dead_requeue(api: Api, args: argparse.Namespace) -> int:
+    return run_bulk(api, args, "requeue", _filter_of(args, state="dead"))
+
+
+def cmd_bulk(api: Api, args: argparse.Namespace) -> int:
+    return run_bulk(api, args, args.action, _filter_of(args))
+
+
+QUEUE_COLUMNS = ("name", "paused", "ready", "deferred", "in_progress", "retrying", "dead",
+                 "oldest_ready_age_s", "limits")  # fmt: skip
+
+
+def cmd_queues(api: Api, args: argparse.Namespace) -> int:
+    if args.action in ("pause", "resume"):
+        if not args.name:
+            raise CliError(f"conveyor queues {args.action} needs a queue name", EXIT_USAGE)
+        queue = api.call("POST", f"/v1/queues/{args.name}/{args.action}")
+        _out(args, queue, [queue], QUEUE_COLUMNS)
+        return EXIT_OK
+    queues = api.call("GET", "/v1/queues")["queues"]
+    _out(args, queues, queues, QUEUE_COLUMNS)
+    return EXIT_OK
+
+
+def cmd_workers(api: Api, args: argparse.Namespace) -> int:
+    workers = api.call("GET", "/v1/workers")["workers"]
+    rows = [{**w, "running": len(w.get("running", []))} for w in workers]
+    _out(args, workers, rows, ("name", "queue", "concurrency", "running", "last_seen", "version"))
+    return EXIT_OK
+
+
+def cmd_audit(api: Api, args: argparse.Namespace) -> int:
+    items = api.call("GET", "/v1/audit", params={"limit": args.limit})["items"]
+    _out(args, items, items, ("at", "who", "action", "target", "count", "detail"))
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="conveyor", description="Operate Conveyor through its api.")
+    top.add_argument("--url", default=os.environ.get("CONVEYOR_URL", DEFAULT_URL))
+    top.add_argument(
+        "--key", default=os.environ.get("CONVEYOR_API_KEY"), help="or CONVEYOR_API_KEY"
+    )
+    top.add_argument("--json", action="store_true", help="JSON output")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    jobs = sub.add_parser("jobs", help="find, show, cancel and requeue jobs").add_subparsers(
+        dest="jobs_command", required=True
+    )
+    listing = jobs.add_parser("list")
+    _filters(listing)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--all", action="store_true", help="every page")
+    listing.set_defaults(run=cmd_jobs_list)
+    for name, run in (("show", cmd_jobs_show), ("cancel", cmd_jobs_cancel),
+                      ("requeue", cmd_jobs_requeue)):  # fmt: skip
+        one = jobs.add_parser(name)
+        one.add_argument("id")
+        one.set_defaults(run=run)
+
+    dead = sub.add_parser("dead", help="the dead letters").add_subparsers(
+        dest="dead_command", required=True
+    )
+    requeue = dead.add_parser("requeue", help="requeue every dead job that matches")
+    _filters(requeue, state=False)
+    requeue.add_argument("--yes", "-y", action="store_true", help="no confirmation prompt")
+    requeue.set_defaults(run=cmd_dead_requeue)
+
+    bulk = sub.add_parser("bulk", help="cancel, requeue or delete every job that matches")
+    bulk.add_argument("action", choices=["cancel", "requeue", "delete"])
+    _filters(bulk)
+    bulk.add_argument("--yes", "-y", action="store_true", help="no confirmation prompt")
+    bulk.set_defaults(run=cmd_bulk)
+
+    queues = sub.add_parser("queues", help="queue statistics; pause or resume a queue")
+    queues.add_argument("action", nargs="?", choices=["list", "pause", "resume"], default="list")
+    queues.add_argument("name", nargs="?")
+    queues.set_defaults(run=cmd_queues)
+
+    sub.add_parser("workers", help="live worker processes").set_defaults(run=cmd_workers)
+    audit = sub.add_parser("audit", help="who did what")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.set_defaults(run=cmd_audit)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.key:
+        print("conveyor: no api key: pass --key or set CONVEYOR_API_KEY", file=sys.stderr)
+        return EXIT_AUTH
+    api = Api(args.url, args.key)
+    try:
+        code: int = args.run(api, args)
+        return code
+    except CliError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+#!lua flags=allow-oom
+-- One batch of a bulk action (cancel, requeue or delete) over at most a few
+-- hundred jobs of one queue, with the semantics of the single-job scripts:
+-- cancel as cancel.lua (a running job is asked to stop), requeue as
+-- requeue.lua (only a dead job, under the same id, keeping its payload and
+-- trace context), delete removes the record, arq's keys, the index entries
+-- and the flow entries (never a running job's). A job not in a state the
+-- action applies to is skipped, so a batch run twice does nothing the second
+-- time. The caller bounds the batch: one call never walks an index.
+--
+-- KEYS: 1 queue
+-- ARGV: 1 'cancel', 'requeue' or 'delete', 2 now ms, 3 cancelled retention ms,
+--       4.. job ids
+-- Returns {done, skipped}.
+local action, queue, now, ttl = ARGV[1], KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local done, skipped, wake, abort = 0, 0, false, false
+
+local function delete(rec)
+  local id = rec.id
+  if INDEXED[rec.state] then redis.call('ZREM', index(queue, rec.state), id) end
+  redis.call('ZREM', queue, id)
+  local flow = rec.flow or redis.call('HGET', qkey(queue, 'flow'), id)
+  if flow then
+    fair_leave(queue, flow, id)
+    redis.call('HDEL', qkey(queue, 'flow'), id)
+  end
+  redis.call('DEL', K.job .. id, K.arq_job .. id, K.arq_result .. id, K.arq_retry .. id,
+    K.arq_lock .. id)
+  redis.call('PUBLISH', K.events .. id, rec.version + 1)
+end
+
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local rec = load(id, queue, false)
+  local exists = not rec.new or redis.call('ZSCORE', queue, id)
+  local applied = false
+  if not exists then
+    applied = false
+  elseif action == 'requeue' then
+    if rec.state == 'dead' and redis.call('EXISTS', K.arq_job .. id) == 1 then
+      redis.call('DEL', K.arq_result .. id)
+      redis.call('PERSIST', K.arq_job .. id)
+      redis.call('PERSIST', K.job .. id)
+      redis.call('HINCRBY', K.job .. id, 'requeues', 1)
+      transition(rec, 'queued', now, now, {'ready_at_ms', now, 'tries', 0, 'finished_at_ms', '',
+        'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', ''}, 0)
+      if rec.flow then redis.call('HSET', qkey(queue, 'flow'), id, rec.flow) end
+      wake, applied = true, true
+    end
+  elseif action == 'cancel' then
+    if rec.state == 'in_progress' then
+      if not rec.cancel then
+        local version = rec.version + 1
+        redis.call('HSET', K.job .. id, 'cancel_requested', '1', 'version', version)
+        redis.call('PUBLISH', K.events .. id, version)
+        abort, applied = true, true
+      end
+    elseif not TERMINAL[rec.state] then
+      transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now, 'next_try_at_ms', ''},
+        ttl)
+      applied = true
+    end
+  elseif action == 'delete' then
+    if rec.state ~= 'in_progress' then
+      delete(rec)
+      applied = true
+    end
+  end
+  if applied then done = done + 1 else skipped = skipped + 1 end
+end
+if wake then redis.call('PUBLISH', K.wake .. queue, 'requeued') end
+if abort then redis.call('PUBLISH', K.wake .. queue, 'abort') end
+return {done, skipped}

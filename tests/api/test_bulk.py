@@ -1,0 +1,244 @@
+"""Finding jobs by filter, bulk actions, the audit log and read-only keys,
+against a real Redis, without a worker."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+
+from conveyor_api.auth import Scope
+from conveyor_api.bulk import BulkRunner
+from conveyor_core import keys
+from conveyor_core.store import JobFilter
+from conveyor_seed import CREATE_TASK, SEND_EMAIL
+from tests.api.conftest import make_app, serve
+from tests.api.test_jobs import assert_problem, submit
+from tests.support.auth import api_key, bearer
+from tests.support.dead import make_dead
+
+READER_KEY = "cvk_test_reader_0123456789abcdef0123456789"
+EMAIL = {"to_email": "a@example.com", "subject": "hi", "body": "b"}
+
+
+async def dead_jobs(redis: ArqRedis) -> tuple[list[str], list[str]]:
+    """Dead create_task jobs (ValueError 'bad input') and send_email ones (SMTP timeout)."""
+    tasks = await make_dead(
+        redis, CREATE_TASK, {"sleep_s": 0}, 3, error_type="ValueError", message="bad input 42"
+    )
+    emails = await make_dead(
+        redis, SEND_EMAIL, EMAIL, 4, error_type="TimeoutError", message="SMTP server timed out"
+    )
+    return tasks, emails
+
+
+async def ids(client: httpx.AsyncClient, **params: Any) -> set[str]:
+    response = await client.get("/v1/jobs", params={"limit": 200, **params})
+    assert response.status_code == 200, response.text
+    return {j["id"] for j in response.json()["items"]}
+
+
+async def wait_done(client: httpx.AsyncClient, bulk_id: str) -> dict[str, Any]:
+    for _ in range(500):
+        status: dict[str, Any] = (await client.get(f"/v1/bulk/{bulk_id}")).json()
+        if status["state"] != "running":
+            return status
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"bulk action {bulk_id} never finished: {status}")
+
+
+async def test_listing_filters_by_error_type_text_and_time(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    tasks, emails = await dead_jobs(redis)
+
+    assert await ids(client, state="dead", error_type="TimeoutError") == set(emails)
+    assert await ids(client, state="dead", job_type="create_task") == set(tasks)
+    assert await ids(client, q="smtp SERVER") == set(emails)
+    assert await ids(client, q=tasks[0][-10:]) == {tasks[0]}
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    assert await ids(client, state="dead", since=hour_ago) == set(tasks + emails)
+    assert await ids(client, state="dead", since=soon) == set()
+    assert await ids(client, state="dead", until=hour_ago) == set()
+
+
+async def test_a_filter_that_matches_nothing_is_an_empty_result(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    await dead_jobs(redis)
+    response = await client.get("/v1/jobs", params={"q": "no such thing", "state": "complete"})
+    assert response.status_code == 200
+    assert response.json() == {"items": [], "next_cursor": None}
+    preview = await client.post("/v1/bulk/preview", json={"error_type": "NoSuchError"})
+    assert preview.json() == {"count": 0}
+    started = await client.post(
+        "/v1/bulk", json={"action": "requeue", "filter": {"error_type": "NoSuchError"}}
+    )
+    assert started.status_code == 202
+    status = await wait_done(client, started.json()["id"])
+    assert (status["state"], status["matched"], status["done"]) == ("done", 0, 0)
+
+
+async def test_bulk_requeue_previews_then_requeues_each_match_once(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    tasks, emails = await dead_jobs(redis)
+    dead_filter = {"state": "dead", "job_type": "send_email", "since": "2020-01-01T00:00:00Z"}
+
+    preview = await client.post("/v1/bulk/preview", json=dead_filter)
+    assert preview.json() == {"count": 4}
+    started = await client.post(
+        "/v1/bulk",
+        json={"action": "requeue", "filter": dead_filter},
+        headers={"Idempotency-Key": "requeue-emails"},
+    )
+    assert started.status_code == 202, started.text
+    status = await wait_done(client, started.json()["id"])
+
+    assert (status["state"], status["matched"], status["done"], status["skipped"]) == (
+        "done",
+        4,
+        4,
+        0,
+    )
+    for job_id in emails:
+        job = (await client.get(f"/v1/jobs/{job_id}")).json()
+        assert (job["state"], job["requeues"], job["tries"]) == ("queued", 1, 0)
+    for job_id in tasks:
+        assert (await client.get(f"/v1/jobs/{job_id}")).json()["state"] == "dead"
+    # Safe to run twice: the same key is the same action; a new one finds nothing dead.
+    again = await client.post(
+        "/v1/bulk",
+        json={"action": "requeue", "filter": dead_filter},
+        headers={"Idempotency-Key": "requeue-emails"},
+    )
+    assert again.json()["id"] == "requeue-emails"
+    assert again.json()["done"] == 4
+    fresh = await client.post("/v1/bulk", json={"action": "requeue", "filter": dead_filter})
+    assert (await wait_done(client, fresh.json()["id"]))["done"] == 0
+    for job_id in emails:
+        assert (await client.get(f"/v1/jobs/{job_id}")).json()["requeues"] == 1
+
+
+async def test_bulk_cancel_and_delete(client: httpx.AsyncClient, redis: ArqRedis) -> None:
+    tasks, emails = await dead_jobs(redis)
+    queued = [(await submit(client)).json()["id"] for _ in range(5)]
+
+    cancel = await client.post("/v1/bulk", json={"action": "cancel", "filter": {"state": "queued"}})
+    assert (await wait_done(client, cancel.json()["id"]))["done"] == 5
+    for job_id in queued:
+        assert (await client.get(f"/v1/jobs/{job_id}")).json()["state"] == "cancelled"
+    assert await redis.zcard(CREATE_TASK.queue) == 0
+
+    delete = await client.post(
+        "/v1/bulk",
+        json={"action": "delete", "filter": {"state": "dead", "error_type": "ValueError"}},
+    )
+    assert (await wait_done(client, delete.json()["id"]))["done"] == 3
+    for job_id in tasks:
+        assert (await client.get(f"/v1/jobs/{job_id}")).status_code == 404
+        assert not await redis.exists(keys.job_key(job_id), f"arq:job:{job_id}")
+    assert await ids(client, state="dead") == set(emails)
+
+
+async def test_bulk_action_resumes_where_a_stopped_api_left_it(
+    redis_url: str, redis: ArqRedis
+) -> None:
+    _, emails = await dead_jobs(redis)
+    where = JobFilter(job_type="send_email")
+    app = make_app(redis_url)
+    async for _ in serve(app):
+        runner: BulkRunner = app.state.bulk
+        runner.spawn = lambda bulk_id: None  # type: ignore[method-assign]  # never runs here
+        await runner.start("requeue", where, "tests", "resumable")
+        # As if this process did one batch of one job, then stopped.
+        page = await runner.store.list(where=where, limit=1)
+        (first,) = page.items
+        await runner.store.bulk_batch("requeue", first.queue, [first.id], 60_000)
+        await redis.hset(  # type: ignore[misc]
+            keys.bulk_key("resumable"),
+            mapping={"cursor": page.next_cursor or "", "matched": 1, "done": 1, "batches": 1},
+        )
+    app = make_app(redis_url)
+    async for client in serve(app):  # a starting api resumes it
+        status = await wait_done(client, "resumable")
+        assert (status["state"], status["matched"], status["done"]) == ("done", 4, 4)
+        assert status["batches"] >= 2
+    for job_id in emails:
+        assert (await redis.hget(keys.job_key(job_id), "requeues")) == b"1"  # type: ignore[misc]
+
+
+@pytest.fixture
+async def reader(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with a read-only key (jobs:read) beside the test key."""
+    from tests.support.auth import TEST_KEY, TEST_KEY_NAME
+
+    app = make_app(
+        redis_url,
+        keys=[api_key(TEST_KEY_NAME, TEST_KEY), api_key("viewer", READER_KEY, [Scope.JOBS_READ])],
+    )
+    async for client in serve(app, authenticated=False):
+        client.headers.update(bearer(READER_KEY))
+        yield client
+
+
+async def test_a_read_only_key_sees_everything_and_acts_on_nothing(
+    reader: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    tasks, _ = await dead_jobs(redis)
+    whoami = (await reader.get("/v1/whoami")).json()
+    assert whoami == {"name": "viewer", "scopes": ["jobs:read"]}
+    assert (await reader.get("/v1/queues")).status_code == 200
+    assert await ids(reader, state="dead") >= set(tasks)
+    assert (await reader.post("/v1/bulk/preview", json={"state": "dead"})).json()["count"] == 7
+    assert (await reader.get("/v1/audit")).status_code == 200
+    for method, path, body in [
+        ("POST", "/v1/bulk", {"action": "requeue", "filter": {"state": "dead"}}),
+        ("POST", f"/v1/jobs/{tasks[0]}/retry", None),
+        ("DELETE", f"/v1/jobs/{tasks[0]}", None),
+        ("POST", f"/v1/queues/{CREATE_TASK.queue}/pause", None),
+        ("POST", f"/v1/queues/{CREATE_TASK.queue}/resume", None),
+        ("POST", "/v1/bulk/x/resume", None),
+    ]:
+        response = await reader.request(method, path, json=body)
+        problem = assert_problem(response, 403)
+        assert "jobs:admin" in problem["detail"]
+    assert (await reader.get(f"/v1/jobs/{tasks[0]}")).json()["state"] == "dead"
+
+
+async def test_every_operator_action_is_in_the_audit_log(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    tasks, _ = await dead_jobs(redis)
+    queue = CREATE_TASK.queue
+    await client.post(f"/v1/jobs/{tasks[0]}/retry")
+    await client.delete(f"/v1/jobs/{tasks[0]}")
+    await client.post(f"/v1/queues/{queue}/pause")
+    await client.post(f"/v1/queues/{queue}/resume")
+    bulk = await client.post(
+        "/v1/bulk", json={"action": "requeue", "filter": {"job_type": "send_email"}}
+    )
+    await wait_done(client, bulk.json()["id"])
+
+    entries = (await client.get("/v1/audit")).json()["items"]
+
+    seen = [(e["who"], e["action"], e["target"], e["count"]) for e in reversed(entries)]
+    assert seen[:4] == [
+        ("tests", "requeue", tasks[0], 1),
+        ("tests", "cancel", tasks[0], 1),
+        ("tests", "pause", queue, 0),
+        ("tests", "resume", queue, 0),
+    ]
+    assert seen[4][:2] == ("tests", "bulk_requeue")
+    assert seen[5][1:] == ("bulk_requeue", f"bulk {bulk.json()['id']} done", 4)
+    assert entries[0]["detail"]["filter"] == {"job_type": "send_email"}
+
+
+async def test_queues_show_the_limits_in_force(client: httpx.AsyncClient) -> None:
+    queues = (await client.get("/v1/queues")).json()["queues"]
+    limits = {t: lim for q in queues for t, lim in q["limits"].items()}
+    assert limits["per_tenant"]["key"] == "tenant_id"
