@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from conveyor_api import audit
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog
-from conveyor_core.jobs import JobPublic, now_ms
+from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import BULK_BATCH_MAX, DEAD_RETENTION_S, JobFilter, JobStore
 
@@ -266,18 +266,25 @@ class BulkRunner:
 
     async def _act(self, action: str, jobs: list[JobPublic]) -> tuple[int, int]:
         """One Lua call per queue and job type present in the page."""
-        groups: dict[tuple[str, str], list[str]] = {}
+        groups: dict[tuple[str, str], list[JobPublic]] = {}
         skipped = 0
         for job in jobs:
             if action == "requeue" and job.job_type not in self.catalog:
                 skipped += 1  # requeue needs the type's function
                 continue
-            groups.setdefault((job.queue, job.job_type), []).append(job.id)
+            groups.setdefault((job.queue, job.job_type), []).append(job)
         done = 0
-        for (queue, job_type), ids in groups.items():
+        for (queue, job_type), group in groups.items():
             found = self.catalog.get(job_type)
             retention_s = found.keep_result_s if found else DEAD_RETENTION_S
-            result = await self.store.bulk_batch(action, queue, ids, int(retention_s * 1000))
+            idempotency = [
+                keys.idempotency_key(j.job_type, j.idempotency_key)
+                for j in group
+                if j.idempotency_key and j.state is not JobState.IN_PROGRESS
+            ]
+            result = await self.store.bulk_batch(
+                action, queue, [j.id for j in group], int(retention_s * 1000), idempotency
+            )
             done += result.done
             skipped += result.skipped
         return done, skipped
