@@ -56,6 +56,8 @@ async def record(
 
 async def read(redis: "Redis", limit: int, before: str | None = None) -> list[AuditEntry]:
     """The latest `limit` entries, newest first (older than the entry id `before`)."""
+    if before is not None and before.strip("0-") == "":
+        return []  # nothing is older than the stream's first possible id
     end = f"({before}" if before else "+"
     rows = await redis.xrevrange(keys.AUDIT_LOG, max=end, min="-", count=limit)
     out = []

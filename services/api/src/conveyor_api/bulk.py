@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from conveyor_api import audit
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog
-from conveyor_core.jobs import JobPublic, now_ms
+from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import BULK_BATCH_MAX, DEAD_RETENTION_S, JobFilter, JobStore
 
@@ -107,6 +107,7 @@ class BulkRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._create = redis.register_script(CREATE_RECORD)
         self._adopter: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def count(self, where: JobFilter) -> int:
         """How many jobs match now (a preview), reading pages of the listing."""
@@ -168,9 +169,14 @@ class BulkRunner:
         self._adopter = asyncio.create_task(self._adopt_forever())
 
     async def _adopt_forever(self) -> None:
-        while True:
+        # A cancel that lands in a Redis call may surface as a connection error:
+        # the stop flag (and the task's own cancelling count) end the loop anyway.
+        while not self._stopping:
             with contextlib.suppress(*REDIS_DOWN_ERRORS):  # Redis is down: next time
                 await self.adopt()
+            task = asyncio.current_task()
+            if self._stopping or (task is not None and task.cancelling()):
+                return
             await asyncio.sleep(BULK_ADOPT_EVERY_S)
 
     async def adopt(self) -> None:
@@ -178,6 +184,7 @@ class BulkRunner:
             self.spawn(raw.decode())  # the run takes the lock, or leaves it to its holder
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [*self._tasks.values(), *([self._adopter] if self._adopter else [])]
         for task in tasks:
             task.cancel()
@@ -224,6 +231,8 @@ class BulkRunner:
         except asyncio.CancelledError:
             raise  # the process stops: the cursor stays, for a resume
         except Exception as exc:  # a failed batch stops the action; it says why
+            if self._stopping:
+                return  # the process stops: the cursor stays, for a resume
             logger.exception("bulk action %s failed", bulk_id)
             await self._finish(bulk_id, "failed", f"{type(exc).__name__}: {exc}")
         finally:
@@ -257,18 +266,25 @@ class BulkRunner:
 
     async def _act(self, action: str, jobs: list[JobPublic]) -> tuple[int, int]:
         """One Lua call per queue and job type present in the page."""
-        groups: dict[tuple[str, str], list[str]] = {}
+        groups: dict[tuple[str, str], list[JobPublic]] = {}
         skipped = 0
         for job in jobs:
             if action == "requeue" and job.job_type not in self.catalog:
                 skipped += 1  # requeue needs the type's function
                 continue
-            groups.setdefault((job.queue, job.job_type), []).append(job.id)
+            groups.setdefault((job.queue, job.job_type), []).append(job)
         done = 0
-        for (queue, job_type), ids in groups.items():
+        for (queue, job_type), group in groups.items():
             found = self.catalog.get(job_type)
             retention_s = found.keep_result_s if found else DEAD_RETENTION_S
-            result = await self.store.bulk_batch(action, queue, ids, int(retention_s * 1000))
+            idempotency = [
+                keys.idempotency_key(j.job_type, j.idempotency_key)
+                for j in group
+                if j.idempotency_key and j.state is not JobState.IN_PROGRESS
+            ]
+            result = await self.store.bulk_batch(
+                action, queue, [j.id for j in group], int(retention_s * 1000), idempotency
+            )
             done += result.done
             skipped += result.skipped
         return done, skipped

@@ -851,10 +851,17 @@ class JobStore:
         return Page(items, encode_cursor(segment_no, score, after_id))
 
     async def bulk_batch(
-        self, action: str, queue: str, job_ids: Sequence[str], cancelled_retention_ms: int
+        self,
+        action: str,
+        queue: str,
+        job_ids: Sequence[str],
+        cancelled_retention_ms: int,
+        idempotency_keys: Sequence[str] = (),
     ) -> BulkBatch:
         """Cancel, requeue or delete up to BULK_BATCH_MAX jobs of `queue` in one
-        Lua call (lua/bulk.lua); jobs the action does not apply to are skipped."""
+        Lua call (lua/bulk.lua); jobs the action does not apply to are skipped.
+        A delete also drops the given Idempotency-Keys (`keys.idempotency_key`)
+        of the deleted jobs, so a resubmission makes a new job."""
         if action not in BULK_ACTIONS:
             raise ValueError(f"bulk action must be one of {BULK_ACTIONS}, not {action!r}")
         if len(job_ids) > BULK_BATCH_MAX:
@@ -866,6 +873,8 @@ class JobStore:
         done, skipped = await self._bulk(
             keys=[queue], args=[action, now_ms(), cancelled_retention_ms, *job_ids]
         )
+        if action == "delete" and idempotency_keys:
+            await self.redis.delete(*idempotency_keys)
         return BulkBatch(int(done), int(skipped))
 
     # -- housekeeping and statistics ---------------------------------------

@@ -194,6 +194,9 @@ def add_routes(api: APIRouter, job_types: list[JobType]) -> None:
             description=job_type.description,
             responses={
                 200: {"description": "Same Idempotency-Key and payload: the existing job"},
+                404: {
+                    "description": "The job under this Idempotency-Key is gone (expired or deleted)"
+                },
                 409: {"description": "Same Idempotency-Key, different payload"},
                 413: {"description": "The payload is over the size limit"},
                 503: {"description": "Redis is unavailable; retry after Retry-After"},
