@@ -41,6 +41,12 @@ def run_workload(stack: Stack) -> None:
         stack.wait_for_state(job_id, "dead")
 
 
+def requests_answered(prometheus: PrometheusProcess) -> float:
+    """The api's request count, as Prometheus last scraped it."""
+    result = prometheus.query(f'sum(conveyor_http_requests_total{{namespace="{NAMESPACE}"}})')
+    return float(result[0]["value"][1]) if result else 0.0
+
+
 def has_data(result: list[dict[str, Any]]) -> bool:
     """At least one sample that is a number (histogram_quantile gives NaN on no data)."""
     return any(not math.isnan(float(series["value"][1])) for series in result)
@@ -58,6 +64,7 @@ def test_every_panel_has_data_and_failure_alerts_go_off(
     )
     # Two waves, each scraped: a labelled series (a route, a histogram's outcome)
     # is born on its first use, and rate() needs it to grow after that.
+    answered = 0.0  # requests the api's last scrape had counted
     for wave in (1, 2):
         run_workload(stack)
         dead = f'sum(conveyor_jobs_finished_total{{outcome="dead"}}) == {wave * DEAD}'
@@ -66,6 +73,14 @@ def test_every_panel_has_data_and_failure_alerts_go_off(
             lambda query=dead: bool(prometheus.query(query)),
             timeout_s=30,
         )
+        # The api's scrape too: when one scrape first shows both waves' requests,
+        # the api's request series never grow where rate() can see them.
+        prometheus.wait_until(
+            f"scraped wave {wave}'s requests",
+            lambda before=answered: requests_answered(prometheus) > before,
+            timeout_s=30,
+        )
+        answered = requests_answered(prometheus)
 
     def failure_alerts() -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
