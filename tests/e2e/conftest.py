@@ -10,7 +10,8 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from tests.support.auth import AUTH_HEADERS
+from conveyor_api.auth import Scope
+from tests.support.auth import AUTH_HEADERS, TEST_KEY, TEST_KEY_NAME, api_key, keys_env
 from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
 
 
@@ -99,6 +100,20 @@ def stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
     stack = Stack(redis_url, log_dir)
     try:
         stack.start_api()
+        yield stack
+    finally:
+        stack.close()
+
+
+def with_reader(redis_url: str, log_dir: Path, reader_key: str) -> Iterator[Stack]:
+    """The api (accepting the test key and a read-only one, `viewer`) and one worker."""
+    keys = keys_env(
+        api_key(TEST_KEY_NAME, TEST_KEY), api_key("viewer", reader_key, [Scope.JOBS_READ])
+    )
+    stack = Stack(redis_url, log_dir, CONVEYOR_API_KEYS=keys)
+    try:
+        stack.start_api()
+        stack.start_worker()
         yield stack
     finally:
         stack.close()

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from conveyor_api.auth import Scope
-from tests.e2e.conftest import Stack
-from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, keys_env
+from tests.e2e.conftest import Stack, with_reader
+from tests.support.auth import TEST_KEY
 
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
 READER_KEY = "cvk_test_cli_reader_0123456789abcdef0123"
@@ -21,17 +20,7 @@ READER_KEY = "cvk_test_cli_reader_0123456789abcdef0123"
 
 @pytest.fixture
 def cli_stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
-    """The api (accepting the test key and a read-only one) and one worker."""
-    keys = keys_env(
-        api_key(TEST_KEY_NAME, TEST_KEY), api_key("viewer", READER_KEY, [Scope.JOBS_READ])
-    )
-    stack = Stack(redis_url, log_dir, CONVEYOR_API_KEYS=keys)
-    try:
-        stack.start_api()
-        stack.start_worker()
-        yield stack
-    finally:
-        stack.close()
+    yield from with_reader(redis_url, log_dir, READER_KEY)
 
 
 def conveyor(

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from conveyor_api.auth import Scope
-from tests.e2e.conftest import Stack
-from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, keys_env
+from tests.e2e.conftest import Stack, with_reader
+from tests.support.auth import TEST_KEY
 from tests.support.browser import BrowserErrors, open_page
 
 pytestmark = pytest.mark.e2e
@@ -20,16 +19,7 @@ READER_KEY = "cvk_test_console_reader_0123456789abcdef"
 
 @pytest.fixture
 def console_stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
-    keys = keys_env(
-        api_key(TEST_KEY_NAME, TEST_KEY), api_key("viewer", READER_KEY, [Scope.JOBS_READ])
-    )
-    stack = Stack(redis_url, log_dir, CONVEYOR_API_KEYS=keys)
-    try:
-        stack.start_api()
-        stack.start_worker()
-        yield stack
-    finally:
-        stack.close()
+    yield from with_reader(redis_url, log_dir, READER_KEY)
 
 
 def opened(tmp_path: Path, key: str) -> Iterator[tuple[Page, BrowserErrors]]:

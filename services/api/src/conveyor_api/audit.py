@@ -8,10 +8,10 @@ its size is bounded whatever the rate of actions.
 """
 
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from conveyor_core import keys
@@ -20,8 +20,9 @@ from conveyor_core.jobs import ms_to_datetime
 AUDIT_MAX_ENTRIES = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
+class AuditEntry(BaseModel):
+    """One operator action, as stored and as the api returns it."""
+
     id: str
     at: datetime
     who: str

@@ -1,8 +1,7 @@
 """`/v1/audit` (who did what) and `/v1/whoami` (the caller's key and scopes,
 which the status page reads to hide the controls a key may not use)."""
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
@@ -14,18 +13,8 @@ from conveyor_api.deps import RedisDep
 router = APIRouter(prefix="/v1", tags=["audit"])
 
 
-class AuditEntryPublic(BaseModel):
-    id: str
-    at: datetime
-    who: str
-    action: str
-    target: str
-    count: int
-    detail: dict[str, Any]
-
-
 class AuditList(BaseModel):
-    items: list[AuditEntryPublic]
+    items: list[audit.AuditEntry]
     next_before: str | None
 
 
@@ -49,17 +38,5 @@ async def read_audit(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before: Annotated[str | None, Query(max_length=40, pattern=r"^\d+-\d+$")] = None,
 ) -> AuditList:
-    entries = await audit.read(redis, limit, before)
-    items = [
-        AuditEntryPublic(
-            id=e.id,
-            at=e.at,
-            who=e.who,
-            action=e.action,
-            target=e.target,
-            count=e.count,
-            detail=e.detail,
-        )
-        for e in entries
-    ]
+    items = await audit.read(redis, limit, before)
     return AuditList(items=items, next_before=items[-1].id if len(items) == limit else None)
