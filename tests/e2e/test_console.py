@@ -86,6 +86,18 @@ def test_an_operator_finds_dead_jobs_requeues_them_and_sees_them_complete(
         expect(chart.locator('[data-series="completed"]')).to_have_attribute("data-total", "7")
         expect(chart.locator('[data-series="dead"]')).to_have_attribute("data-total", "3")
         expect(chart.locator('[data-series="enqueued"]')).to_have_attribute("data-total", "7")
+        # Each legend entry wears its line's colour.
+        legend_and_lines = page.evaluate(
+            """queue => [...document.querySelectorAll(
+                `.queue-control[data-queue="${queue}"] .legend [data-series]`)].map(entry => [
+                getComputedStyle(entry, "::before").borderTopColor,
+                getComputedStyle(entry.closest("figure").querySelector(
+                    `polyline[data-series="${entry.dataset.series}"]`)).stroke])""",
+            queue,
+        )
+        assert len(legend_and_lines) == 4
+        assert all(swatch == stroke for swatch, stroke in legend_and_lines), legend_and_lines
+        assert len({stroke for _, stroke in legend_and_lines}) == 4, legend_and_lines
 
         # Pause and resume the queue.
         control = page.locator(f'.queue-control[data-queue="{queue}"]')

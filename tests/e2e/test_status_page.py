@@ -151,7 +151,9 @@ def test_submit_watch_progress_requeue_a_dead_job_and_see_it_complete(
     expect(dead_row).to_contain_text("RuntimeError: boom", timeout=30_000)
     expect(page.locator("#dead-empty")).to_be_hidden()
     page.screenshot(path=log_dir / "status-page-dead-letter.png", full_page=True)
-    # The README's picture: written only when the page changed since it was taken.
+    # The README's picture, from the top of the page: written only when the page
+    # changed since it was taken.
+    page.evaluate("window.scrollTo(0, 0)")
     readme_image_written = refresh_readme_image(page.screenshot())
 
     # Its details, opened and closed with the keyboard.

@@ -179,7 +179,7 @@ async function queueControls() {
         el("p", { class: "muted" }, `queue latency (last minute with starts): ${latency}`)),
       el("figure", {},
         chart(history.minutes),
-        el("figcaption", { class: "legend" }, ...SERIES.map((s) => el("span", { class: s }, s)))));
+        el("figcaption", { class: "legend" }, ...SERIES.map((s) => el("span", { "data-series": s }, s)))));
   }));
   $("queue-controls").replaceChildren(...blocks);
 }
