@@ -90,11 +90,11 @@ class Edge:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
                 headers = list(message.get("headers", ()))
-                if any(name in DEFAULT_NAMES for name, _ in headers):  # the answer set its own
-                    present = {name.lower() for name, _ in headers}
-                    headers += [(n, v) for n, v in added if n not in present]
-                else:
+                present = {name.lower() for name, _ in headers}
+                if present.isdisjoint(DEFAULT_NAMES):  # most answers: add them all
                     headers += added
+                else:  # the answer set some of its own
+                    headers += [(n, v) for n, v in added if n not in present]
                 message = {**message, "headers": headers}
             await send(message)
 
