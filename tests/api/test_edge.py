@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
+from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.logging import bound
 from tests.api.conftest import make_app, serve
 from tests.support.auth import TEST_KEY_NAME
@@ -131,3 +132,24 @@ async def test_fast_answers_keep_every_promise(
         ("/v1/jobs/create_task", 201, TEST_KEY_NAME),
         ("/v1/jobs/{job_id}", 404, TEST_KEY_NAME),
     ]
+
+
+async def test_a_redis_fault_on_a_fast_route_is_answered_as_on_any_route(
+    own_redis: RedisProcess, request_lines: list[dict[str, Any]]
+) -> None:
+    async for client in serve(make_app(own_redis.url)):
+        client.timeout = httpx.Timeout(1.0)
+        job = (await client.post("/v1/jobs/create_task", json={"sleep_s": 0})).json()
+        own_redis.stop()
+        submit = await client.post(
+            "/v1/jobs/create_task", json={"sleep_s": 0}, headers={"X-Request-ID": "down-1"}
+        )
+        read = await client.get(f"/v1/jobs/{job['id']}")
+    for response in (submit, read):
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["type"] == "urn:conveyor:problem:redis-unavailable"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert submit.headers["x-request-id"] == "down-1"
+    assert [line["status"] for line in request_lines] == [201, 503, 503]
