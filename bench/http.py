@@ -12,8 +12,10 @@ alternating rounds:
 - read: Conveyor's `GET /v1/jobs/{id}` against the bare app's
   `GET /job/{id}` (one HGETALL of the same job's hash).
 
-It prints requests/s, p50 and p99 latency, the server's CPU per request and
-Redis commands per request, each the median over the rounds, with ratios.
+It prints requests/s, p50 and p99 latency, the server's CPU per request,
+Redis' CPU and commands per request, each the median over the rounds, with
+ratios. On a small machine the load generator, Redis and the server share
+the cores, so Redis' CPU per request moves requests/s too.
 The Redis database is flushed before each run, so every submit run starts
 from the same empty queue.
 """
@@ -131,6 +133,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     cpu_ms_per_request: float
+    redis_cpu_ms_per_request: float  # Redis' own CPU: on a small machine it competes
     redis_commands_per_request: float
     failed: int  # non-2xx answers and socket errors
 
@@ -197,6 +200,12 @@ end
 """
 
 
+def redis_cpu_s(redis: "redis_sync.Redis") -> float:
+    """User + system CPU time of the Redis server so far (INFO cpu)."""
+    info: dict[str, Any] = redis.info("cpu")  # type: ignore[assignment]
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def total_commands(redis: "redis_sync.Redis") -> int:
     stats: dict[str, Any] = redis.info("commandstats")  # type: ignore[assignment]
     return sum(int(v["calls"]) for v in stats.values())
@@ -243,15 +252,18 @@ def measure(
     body = SUBMIT_BODY if contender.method == "POST" else ""
     url = contender.server.base_url + contender.path.format(job_id=job_id)
     cpu_s, commands = contender.server.cpu_s(), total_commands(redis)
+    redis_cpu = redis_cpu_s(redis)
     figures = load.run(url, contender.method, headers, body)
     cpu_s = contender.server.cpu_s() - cpu_s
-    commands = total_commands(redis) - commands - 1  # less our first INFO
+    redis_cpu = redis_cpu_s(redis) - redis_cpu
+    commands = total_commands(redis) - commands - 2  # less our INFO commandstats and cpu
     requests = max(figures["requests"], 1)
     return Run(
         requests_per_s=requests / (figures["duration_us"] / 1_000_000),
         p50_ms=figures["p50_us"] / 1000,
         p99_ms=figures["p99_us"] / 1000,
         cpu_ms_per_request=cpu_s * 1000 / requests,
+        redis_cpu_ms_per_request=redis_cpu * 1000 / requests,
         redis_commands_per_request=commands / requests,
         failed=figures["non2xx"] + figures["errors"],
     )
@@ -272,7 +284,8 @@ def report(pairs: list[tuple[Contender, Contender]], load: LoadGenerator, rounds
     lines = [
         f"HTTP: {load.name}, {load.threads} threads, {load.connections} connections, "
         f"{load.duration_s:g} s a run, {rounds} alternating rounds (medians)",
-        f"{'route':<36} {'req/s':>8} {'p50':>9} {'p99':>9} {'CPU/req':>11} {'Redis cmds/req':>15}",
+        f"{'route':<36} {'req/s':>8} {'p50':>9} {'p99':>9} {'CPU/req':>11} "
+        f"{'Redis CPU/req':>14} {'Redis cmds/req':>15}",
     ]
     for pair in pairs:
         for c in pair:
@@ -280,6 +293,7 @@ def report(pairs: list[tuple[Contender, Contender]], load: LoadGenerator, rounds
                 f"{c.name:<36} {c.median('requests_per_s'):>8.0f} "
                 f"{c.median('p50_ms'):>6.1f} ms {c.median('p99_ms'):>6.1f} ms "
                 f"{c.median('cpu_ms_per_request'):>8.3f} ms "
+                f"{c.median('redis_cpu_ms_per_request'):>11.3f} ms "
                 f"{c.median('redis_commands_per_request'):>15.1f}"
             )
     lines.append("")
@@ -287,6 +301,9 @@ def report(pairs: list[tuple[Contender, Contender]], load: LoadGenerator, rounds
         rps = ours.median("requests_per_s") / bare.median("requests_per_s")
         p99 = ours.median("p99_ms") / bare.median("p99_ms")
         cpu = ours.median("cpu_ms_per_request") / bare.median("cpu_ms_per_request")
+        redis_cpu = ours.median("redis_cpu_ms_per_request") / bare.median(
+            "redis_cpu_ms_per_request"
+        )
         per_round = ", ".join(
             f"{a.requests_per_s / b.requests_per_s:.2f}"
             for a, b in zip(ours.runs, bare.runs, strict=True)
@@ -294,7 +311,7 @@ def report(pairs: list[tuple[Contender, Contender]], load: LoadGenerator, rounds
         lines.append(
             f"{ours.name} / bare: req/s {rps:.2f} (target >= {TARGET_RATIO}; "
             f"per round {per_round}), p99 {p99:.2f} (target <= {TARGET_P99_RATIO}), "
-            f"CPU/req {cpu:.2f}"
+            f"CPU/req {cpu:.2f}, Redis CPU/req {redis_cpu:.2f}"
         )
     failed = {c.name: sum(r.failed for r in c.runs) for pair in pairs for c in pair}
     if any(failed.values()):

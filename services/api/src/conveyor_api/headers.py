@@ -1,8 +1,5 @@
-"""Security headers on every api response, and CORS only where configured."""
-
-from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+"""Security headers on every api response, and CORS only where configured
+(both added by the api's middleware, edge.Edge)."""
 
 # Same-origin scripts, styles and fetches only: no inline code, no framing.
 # The status page (static files from this origin) works under it.
@@ -28,7 +25,7 @@ SECURITY_HEADERS = (
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 )
-# Every header SecurityHeaders adds unless the response set its own: for the
+# Every header the api adds unless the response set its own: for the
 # api, and for the docs pages.
 API_DEFAULTS = (
     *SECURITY_HEADERS,
@@ -46,44 +43,8 @@ CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Req
 CORS_EXPOSE_HEADERS = ["Location", "Retry-After", "X-Request-Id", "WWW-Authenticate"]
 
 
-class SecurityHeaders:
-    """Adds the headers above; `Cache-Control: no-store` unless the response set
-    its own, since job data (payloads, results) must not sit in shared caches."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        docs = scope["path"].startswith(DOCS_PATHS)
-        defaults = DOCS_DEFAULTS if docs else API_DEFAULTS
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                if present.isdisjoint(DEFAULT_NAMES):  # most answers: add them all
-                    headers += defaults
-                else:
-                    headers += [(n, v) for n, v in defaults if n not in present]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-def setup_headers(app: FastAPI, cors_origins: list[str]) -> None:
-    """Security headers always (outside CORS, so preflights get them too);
-    CORS only for the origins given (none: off)."""
-    if cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=CORS_ALLOW_HEADERS,
-            expose_headers=CORS_EXPOSE_HEADERS,
-            max_age=600,
-        )
-    app.add_middleware(SecurityHeaders)
+def security_headers(path: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers every answer at `path` gets, unless it set its own;
+    `Cache-Control: no-store` among them, since job data (payloads, results)
+    must not sit in shared caches. Added by the api's middleware (edge.Edge)."""
+    return DOCS_DEFAULTS if path.startswith(DOCS_PATHS) else API_DEFAULTS

@@ -17,7 +17,8 @@ class BodyTooLargeError(Exception):
 
 class BodyLimitMiddleware:
     """413 for a body above `max_body_bytes` (multipart uploads: `max_upload_bytes`),
-    by its Content-Length or as it streams in."""
+    by its Content-Length or as it streams in: for any ASGI app. The api itself
+    has the same limit in its one middleware (edge.Edge), with the JSON guard."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int = 0) -> None:
         self.app = app
@@ -135,42 +136,6 @@ def json_depth_exceeds(value: Any, max_depth: int) -> bool:
         children = node.values() if isinstance(node, dict) else node
         pending.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
     return False
-
-
-class JsonGuardMiddleware:
-    """422 for a JSON body nested deeper than `max_depth`, or not UTF-8, or with
-    lone surrogates: before anything parses it (see `json_problem`).
-
-    Runs inside BodyLimitMiddleware, so the body it buffers is already bounded.
-    """
-
-    def __init__(self, app: ASGIApp, max_depth: int) -> None:
-        self.app = app
-        self.max_depth = max_depth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").lower()
-        if scope["type"] != "http" or b"json" not in content_type:
-            await self.app(scope, receive, send)
-            return
-        messages: list[Message] = []
-        body = bytearray()
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        if problem := json_problem(bytes(body), self.max_depth):
-            await send_problem(send, scope, 422, "Unacceptable JSON body", problem)
-            return
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
 
 
 def check_filename(name: str | None, max_chars: int) -> str:

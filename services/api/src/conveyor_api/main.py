@@ -10,9 +10,8 @@ from fastapi import APIRouter, FastAPI
 from conveyor_api.auth import KeyRing, secure_routes
 from conveyor_api.bulk import BulkRunner
 from conveyor_api.deps import Services
+from conveyor_api.edge import Edge
 from conveyor_api.events import JobEvents
-from conveyor_api.headers import setup_headers
-from conveyor_api.limits import BodyLimitMiddleware, JsonGuardMiddleware
 from conveyor_api.problems import document_problems, install_problem_handlers
 from conveyor_api.routes import audit, bulk, dev, events, health, jobs, queues, ui, workers
 from conveyor_api.settings import Settings
@@ -68,14 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # for every dependency and serialization besides.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    # Innermost first: the depth check reads a body the size limit has bounded.
-    app.add_middleware(JsonGuardMiddleware, max_depth=settings.max_json_depth)
-    app.add_middleware(
-        BodyLimitMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        max_upload_bytes=settings.max_upload_bytes,
-    )
-    setup_headers(app, settings.cors_origin_list)
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.keyring = KeyRing(settings.keys)
@@ -87,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             len(settings.keys),
         )
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
-    setup_telemetry(app, settings.metrics_port)
+    setup_telemetry(app)
     # The busiest routes first: requests are matched against routes in order.
     jobs.add_routes(app.router, list(catalog))
     app.include_router(health.router)
@@ -103,6 +94,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(dev.router)
     secure_routes(app)
     document_problems(app)
+    # One middleware for what every request gets: the request id, span, log line
+    # and metrics, security headers, CORS, body limits (edge.py); and the two
+    # busiest routes answered there when FastAPI has nothing to add.
+    app.add_middleware(
+        Edge,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_json_depth=settings.max_json_depth,
+        cors_origins=settings.cors_origin_list,
+        metrics_port=settings.metrics_port,
+        fast_routes=jobs.FastJobRoutes(app, list(catalog)),
+    )
     # Last: the page's static files, open to all (the page holds no data).
     ui.install(app)
     return app

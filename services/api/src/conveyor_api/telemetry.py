@@ -1,11 +1,12 @@
 """Everything the api observes, registered in one place: request ids, server
 spans, request logs and metrics, and `/metrics`. Handlers contain none of it.
 
-One pure ASGI middleware does it all, with one wrapper of `send`: the server
-span (continuing the client's W3C trace context), the request id, the log line
-and the HTTP metrics. OpenTelemetry's ASGI instrumentation did the span before,
-at a cost of two more spans per request (one per `send`) and a walk over every
-route to name it; here the span is named from the route the router matched.
+Per request, a `RequestRecord`, made and ended by the api's one middleware
+(edge.Edge): the server span (continuing the client's W3C trace context), the
+request id, the log line and the HTTP metrics. OpenTelemetry's ASGI
+instrumentation did the span before, at a cost of two more spans per request
+(one per `send`) and a walk over every route to name it; here the span is
+named from the route the router (or a fast route) matched.
 """
 
 import asyncio
@@ -24,10 +25,9 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from conveyor_core.catalog import Catalog
-from conveyor_core.logging import log_context
 from conveyor_core.metrics import (
     HTTP_DURATION,
     HTTP_REQUESTS,
@@ -44,7 +44,7 @@ from conveyor_core.tracing import sampled_trace_id
 logger = logging.getLogger("conveyor.requests")
 tracer = trace.get_tracer("conveyor.api")
 
-REQUEST_ID_HEADER = b"x-request-id"
+REQUEST_ID_HEADER = b"x-request-id"  # in and out
 # A client's request id is kept when it looks like one; anything else is replaced.
 VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 # Probes and scrapes: neither traced nor logged (they would drown the rest).
@@ -59,15 +59,15 @@ _requests = LabelCache(HTTP_REQUESTS)
 _durations = LabelCache(HTTP_DURATION)
 
 
-class _HeadersGetter(Getter[dict[str, bytes]]):
+class _HeadersGetter(Getter[dict[bytes, bytes]]):
     """Header values for the propagators, decoded only when one asks for them."""
 
-    def get(self, carrier: dict[str, bytes], key: str) -> list[str] | None:
-        value = carrier.get(key)
+    def get(self, carrier: dict[bytes, bytes], key: str) -> list[str] | None:
+        value = carrier.get(key.encode("latin-1"))
         return None if value is None else [value.decode("latin-1")]
 
-    def keys(self, carrier: dict[str, bytes]) -> list[str]:
-        return list(carrier)
+    def keys(self, carrier: dict[bytes, bytes]) -> list[str]:
+        return [name.decode("latin-1") for name in carrier]
 
 
 _HEADERS = _HeadersGetter()
@@ -79,68 +79,49 @@ def new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-class RequestTelemetry:
-    """Per request: a server span, the request id in and out, one log line and the
-    HTTP metrics. Probes and `/metrics` get the id and the metrics only."""
+class RequestRecord:
+    """What one request leaves behind: a server span, the request id in and out,
+    one log line and the HTTP metrics. Probes and `/metrics` get the id and the
+    metrics only. Made, ended and detached by the api's middleware (edge.Edge)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    __slots__ = (
+        "quiet",
+        "request_id",
+        "request_id_header",
+        "scope",
+        "span",
+        "started",
+        "status",
+        "token",
+    )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {name.decode("latin-1"): value for name, value in scope["headers"]}
-        incoming = headers.get("x-request-id", b"").decode("latin-1")
-        request_id = incoming if VALID_REQUEST_ID.match(incoming) else new_request_id()
-        quiet = scope["path"] in QUIET_PATHS
-        status = 500  # unless the app answers
-        response_id = request_id.encode()
+    def __init__(self, scope: Scope, headers: dict[bytes, bytes], *, quiet: bool) -> None:
+        self.scope = scope
+        incoming = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")
+        self.request_id = incoming if VALID_REQUEST_ID.match(incoming) else new_request_id()
+        self.request_id_header = (REQUEST_ID_HEADER, self.request_id.encode())
+        self.quiet = quiet
+        self.status = 500  # unless the app answers
+        self.span: trace.Span | None = None
+        self.token: Token[Context] | None = None
+        if not quiet:
+            # The configured propagators (W3C trace context and baggage by default)
+            # read the client's headers; the attributes are set once, at the end.
+            parent = propagate.extract(headers, getter=_HEADERS)
+            self.span = span = tracer.start_span(
+                scope["method"], context=parent, kind=SpanKind.SERVER
+            )
+            self.token = otel_context.attach(trace.set_span_in_context(span, parent))
+        self.started = time.perf_counter()
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [*message.get("headers", ()), (REQUEST_ID_HEADER, response_id)]
-                message = {**message, "headers": headers}
-            await send(message)
+    def failed(self, exc: Exception) -> None:
+        if self.span is not None:
+            self.span.record_exception(exc)
 
-        span, token = (None, None) if quiet else self._start_span(scope, headers, request_id)
-        started = time.perf_counter()
-        try:
-            with log_context(request_id=request_id):
-                try:
-                    await self.app(scope, receive, send_with_id)
-                except Exception as exc:
-                    if span is not None:
-                        span.record_exception(exc)
-                    raise
-                finally:
-                    duration_s = time.perf_counter() - started
-                    self._record(scope, span, request_id, status, duration_s, quiet)
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-
-    @staticmethod
-    def _start_span(
-        scope: Scope, headers: dict[str, bytes], request_id: str
-    ) -> tuple[trace.Span, Token[Context]]:
-        # The configured propagators (W3C trace context and baggage by default)
-        # read the client's headers; the attributes are set once, at the end.
-        parent = propagate.extract(headers, getter=_HEADERS)
-        span = tracer.start_span(scope["method"], context=parent, kind=SpanKind.SERVER)
-        return span, otel_context.attach(trace.set_span_in_context(span, parent))
-
-    @staticmethod
-    def _record(
-        scope: Scope,
-        span: trace.Span | None,
-        request_id: str,
-        status: int,
-        duration_s: float,
-        quiet: bool,
-    ) -> None:
+    def done(self) -> None:
+        """The span's name and attributes, the metrics and the log line; the span ends."""
+        duration_s = time.perf_counter() - self.started
+        scope, span, status = self.scope, self.span, self.status
         route = getattr(scope.get("route"), "path", None) or _mount(scope) or "unmatched"
         method = scope["method"]
         exemplar = None
@@ -153,7 +134,7 @@ class RequestTelemetry:
                     "http.response.status_code": status,
                     "url.path": scope["path"],
                     "url.scheme": scope.get("scheme", "http"),
-                    REQUEST_ID_ATTRIBUTE: request_id,
+                    REQUEST_ID_ATTRIBUTE: self.request_id,
                 }
             )
             if status >= 500:
@@ -163,7 +144,7 @@ class RequestTelemetry:
         key = (method, route, status)
         _requests.get(key).inc(exemplar=exemplar)
         _durations.get(key).observe(duration_s, exemplar)
-        if not quiet:
+        if not self.quiet:
             fields: dict[str, Any] = {
                 "method": method,
                 "route": route,
@@ -173,6 +154,11 @@ class RequestTelemetry:
             logger.info("request", extra={"fields": fields})
         if span is not None:
             span.end()
+
+    def detach(self) -> None:
+        """The span stops being the current one (after the log line, which names it)."""
+        if self.token is not None:
+            otel_context.detach(self.token)
 
 
 def _mount(scope: Scope) -> str | None:
@@ -213,32 +199,11 @@ async def metrics(request: Request) -> Response:
     return Response(encoder(REGISTRY), headers={"Content-Type": content_type})
 
 
-class MetricsOnItsOwnPort:
-    """With a metrics port: `/metrics` is served there and only there, so the
-    api's public port (behind the ingress) does not expose it."""
-
-    def __init__(self, app: ASGIApp, metrics_port: int) -> None:
-        self.app = app
-        self.metrics_port = metrics_port
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            server = scope.get("server") or ("", None)
-            on_metrics_port = server[1] == self.metrics_port
-            if on_metrics_port != (scope["path"] == "/metrics"):
-                await Response(status_code=404)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def setup_telemetry(app: FastAPI, metrics_port: int | None = None) -> None:
-    """Call once, after the other middleware (the server span then wraps them all)
-    and after `app.state.catalog` is set."""
+def setup_telemetry(app: FastAPI) -> None:
+    """Call once, after `app.state.catalog` is set. The per-request part is done
+    by the api's middleware (edge.Edge), with a `RequestRecord` per request."""
     # Each job type's enqueue counter exists at 0 from the start, so rate() sees
     # the first job after a restart.
     for job_type in app.state.catalog:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue)
-    if metrics_port:
-        app.add_middleware(MetricsOnItsOwnPort, metrics_port=metrics_port)
-    app.add_middleware(RequestTelemetry)
     app.add_api_route("/metrics", metrics, include_in_schema=False)
