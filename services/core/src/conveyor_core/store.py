@@ -98,7 +98,6 @@ def _lua_constants() -> str:
         "job": keys.JOB_PREFIX,
         "events": keys.EVENTS_PREFIX,
         "wake": keys.WAKE_PREFIX,
-        "stats": keys.STATS_PENDING,
         "arq_job": job_key_prefix,
         "arq_lock": in_progress_key_prefix,
         "arq_retry": retry_key_prefix,

@@ -10,8 +10,8 @@
 --
 -- KEYS: 1 queue
 -- ARGV: 1 job id, 2 new state, 3 now ms, 4 score (due time for retrying and
---       queued, retention ms for the final states), 5 job type for the digest
---       counts ('' for none), 6.. hash field/value pairs
+--       queued, retention ms for the final states), 5 job type for the
+--       history ('' for none), 6.. hash field/value pairs
 -- Returns {1, version} when moved, {0, current state or ''} when not.
 local id, to, now, arg = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local rec = load(id, KEYS[1], true)
@@ -36,8 +36,6 @@ else
   version = transition(rec, to, now, now + arg, fields, arg)
 end
 if to == 'queued' then redis.call('PUBLISH', K.wake .. rec.queue, id) end
-if to == 'retrying' then count(ARGV[5], 'retried')
-elseif to == 'complete' or to == 'dead' then count(ARGV[5], to) end
 -- History: a try that counts is counted by its outcome in the minute it
 -- ended, with its queue wait (due to start); `started` is their sum.
 if to ~= 'queued' and ARGV[5] ~= '' then

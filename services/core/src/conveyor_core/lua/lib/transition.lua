@@ -134,11 +134,6 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   return version
 end
 
--- Count a finished try for the next digest.
-local function count(job_type, outcome)
-  if job_type ~= '' then redis.call('HINCRBY', K.stats, job_type .. ':' .. outcome, 1) end
-end
-
 -- History (history.py): per queue and minute, a hash of counts by
 -- `{job type}:{event}`, expiring K.history_ttl_s after its minute. A key's
 -- expiry is set when one of its fields is new (HINCRBY answers 1), so it
