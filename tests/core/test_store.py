@@ -107,7 +107,8 @@ async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqR
     assert job is not None
     assert (job.state, job.tries, job.version) == (JobState.IN_PROGRESS, 1, 2)
     assert await indexes_of(redis, job_id) == {"in_progress"}
-    assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1
+    # No retry key on a first claim: arq's INCR of none makes it try 1.
+    assert not await redis.exists(f"arq:retry:{job_id}")
     assert await redis.pttl(f"arq:in-progress:{job_id}") > 9_000
     assert await redis.zscore(QUEUE, job_id) is not None  # arq keeps it until it ends
     assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # locked: not claimed twice
@@ -194,6 +195,7 @@ async def test_put_back_after_a_shutdown_does_not_use_up_the_try(redis: ArqRedis
     assert not await redis.exists(f"arq:in-progress:{job_id}")
     claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [c.job_try for c in claimed] == [1]
+    assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1 again
 
 
 async def test_cancel_a_waiting_job_now_and_a_running_one_by_request(redis: ArqRedis) -> None:
@@ -316,6 +318,27 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
     assert [c.job_id for c in claim.jobs] == [job_id]
     assert claim.paused_at_ms is None
     assert (await store.queue_stats(QUEUE)).paused_at_ms is None
+
+
+async def test_the_claim_passes_over_running_jobs_in_batches_and_reads_the_next_due_time(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    ids = [await submitted(store) for _ in range(40)]
+    later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
+    running = {c.job_id for c in (await store.claim(QUEUE, 37, **CLAIM)).jobs}
+    assert len(running) == 37
+
+    # 37 locked entries in front, more than a first batch reads: the claim reads on.
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert {c.job_id for c in claim.jobs} == set(ids) - running
+    assert claim.next_due_ms == pytest.approx(now_ms() + 60_000, abs=5_000)
+    deferred = await store.get(later.job_id)
+    assert deferred is not None
+    assert deferred.state is JobState.DEFERRED
+    # A scan limit below the locked entries finds nothing, and says nothing of later.
+    assert (await store.claim(QUEUE, 1, **{**CLAIM, "scan_limit": 10})).jobs == []
 
 
 async def test_higher_priorities_start_first_and_equal_ones_in_fifo_order(

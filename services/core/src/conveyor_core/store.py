@@ -114,6 +114,10 @@ def _lua_constants() -> str:
     return f"local K = {{{fields}}}"
 
 
+# The shared functions of `lua/lib/`, in the order each needs the ones before.
+LUA_LIB = ("transition", "gcra", "claim")
+
+
 @cache
 def lua_script(name: str) -> str:
     """A script from `lua/`, after the key names and the shared functions of `lua/lib/`.
@@ -125,7 +129,7 @@ def lua_script(name: str) -> str:
     """
     lua = files("conveyor_core").joinpath("lua")
     lib = lua.joinpath("lib")
-    shared = [lib.joinpath(f).read_text() for f in sorted(p.name for p in lib.iterdir())]
+    shared = [lib.joinpath(f"{f}.lua").read_text() for f in LUA_LIB]
     own = lua.joinpath(f"{name}.lua").read_text()
     shebang, _, rest = own.partition("\n") if own.startswith("#!") else ("", "", own)
     return "\n".join(filter(None, [shebang, _lua_constants(), *shared, rest]))
