@@ -13,6 +13,8 @@ from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.store import (
     DEAD_RETENTION_S,
     ArqJob,
+    Claim,
+    Fetch,
     InvalidCursorError,
     JobStore,
     RateLimit,
@@ -137,6 +139,62 @@ async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> N
     for key in (keys.job_key(job_id), f"arq:job:{job_id}"):
         assert 0 < await redis.ttl(key) <= CREATE_TASK.keep_result_s
     assert not await store.complete(CREATE_TASK, job_id, "null")  # only from in progress
+
+
+class Slot:
+    """A worker's side of finish and fetch, as the tests need it: asks for one job."""
+
+    def __init__(self, wanted: int = 1) -> None:
+        self.wanted = wanted
+        self.taken: list[Claim] = []
+
+    def fetch(self) -> Fetch | None:
+        return Fetch(self.wanted, 10_000, 60_000, 100) if self.wanted else None
+
+    def take(self, claim: Claim) -> None:
+        self.taken.append(claim)
+
+
+async def test_the_end_of_a_try_claims_the_slots_next_job_in_the_same_call(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    first, second = await submitted(store), await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    slot = Slot()
+
+    ended = await store.complete(CREATE_TASK, first, "null", slot)
+
+    assert ended.moved
+    assert ended.claim is not None
+    assert [(c.job_id, c.job_try) for c in ended.claim.jobs] == [(second, 1)]
+    assert slot.taken == [ended.claim]
+    job = await store.get(second)
+    assert job is not None
+    assert (job.state, job.tries) == (JobState.IN_PROGRESS, 1)
+    assert await indexes_of(redis, second) == {"in_progress"}
+    assert await redis.pttl(f"arq:in-progress:{second}") > 9_000
+    assert await indexes_of(redis, first) == {"complete"}
+    # Nothing left: the claim says so, and says when the next deferred job is due.
+    later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
+    ended = await store.retry_later(CREATE_TASK, second, now_ms() + 30_000, ERROR, slot)
+    assert ended.claim is not None
+    assert ended.claim.jobs == []
+    assert ended.claim.next_due_ms == pytest.approx(now_ms() + 30_000, abs=5_000)
+    # A paused queue starts nothing; a slot that asks for nothing gets no claim.
+    await store.pause(QUEUE)
+    third = await submitted(store)
+    ended = await store.dead(CREATE_TASK, second, ERROR, slot)  # no longer in progress
+    assert not ended.moved
+    assert ended.claim is not None
+    assert (ended.claim.jobs, ended.claim.paused_at_ms is not None) == ([], True)
+    await store.resume(QUEUE)
+    assert [c.job_id for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs] == [third]
+    ended = await store.complete(CREATE_TASK, third, "null", Slot(wanted=0))
+    assert (ended.moved, ended.claim) == (True, None)
+    deferred = await store.get(later.job_id)
+    assert deferred is not None
+    assert deferred.state is JobState.DEFERRED
 
 
 async def test_retry_later_puts_the_job_back_in_arqs_queue_when_due(redis: ArqRedis) -> None:

@@ -15,6 +15,10 @@
   settling of jobs arq ends without running (expired, unknown) are calls to
   the store, whose scripts also do arq's key bookkeeping; arq's own finishing
   steps are left with nothing to do.
+- Finish and fetch: the store's script that ends a try also claims the
+  slot's next job (`fetch`, `take`), so a busy worker refills a slot with no
+  claim round trip and no turn of the poll loop; the poll loop fills the
+  slots left free.
 - Cancelling a running job goes through Conveyor's record and wake-up channel
   instead of arq's global abort set, which arq reads on every poll.
 """
@@ -51,7 +55,7 @@ from conveyor_core.redis import (
     redis_fault,
 )
 from conveyor_core.schedule import Schedule
-from conveyor_core.store import JobStore
+from conveyor_core.store import Claim, Claimed, Fetch, JobStore
 from conveyor_core.workers import ANNOUNCE_EVERY_S, WorkerCard, announce, withdraw
 from conveyor_worker.flow import ClaimMetrics
 from conveyor_worker.resources import OpenResources, open_resources
@@ -143,6 +147,11 @@ class ConveyorWorker(Worker):
         # Claimed jobs a client cancelled before arq started them.
         self._cancel_before_start: set[str] = set()
         self._claim_metrics = ClaimMetrics(self.queue_name)
+        # Slots passed on to a job claimed with the end of a try (finish and
+        # fetch): the next task to end frees no semaphore slot and wakes no one.
+        self._handovers = 0
+        # The wrapper's way to the slot's next job (see fetch and take).
+        self.ctx["next_jobs"] = self
         # This process's card in the registry of live workers (workers.py). In a
         # pod, HOSTNAME is the pod's name.
         host = os.environ.get("HOSTNAME") or socket.gethostname()
@@ -278,12 +287,44 @@ class ConveyorWorker(Worker):
         self._claim_metrics.record(claim)
         for job in claim.jobs:
             await self.sem.acquire()  # never waits: no more claimed than free slots
-            self.job_counter += 1
-            task = self.loop.create_task(self._run_claimed(job.job_id, job.score_ms))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job.job_id] = task
+            self._start(job)
         # Paused: no next due time; resume wakes the worker.
         return claim.next_due_ms
+
+    def _start(self, job: Claimed) -> None:
+        """Run a claimed job in a task of its own, in a slot already taken for it."""
+        self.job_counter += 1
+        task = self.loop.create_task(self._run_claimed(job.job_id, job.score_ms))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        task.add_done_callback(lambda t: self._reap(job.job_id, t))
+        self.tasks[job.job_id] = task
+
+    def _reap(self, job_id: str, task: "asyncio.Task[None]") -> None:
+        """Forget a task that ended well at once (arq leaves that to the poll loop,
+        which, with finish and fetch, may not turn for a second); one that failed
+        or was cancelled stays for the loop to surface, as arq does."""
+        if not task.cancelled() and task.exception() is None and self.tasks.get(job_id) is task:
+            del self.tasks[job_id]
+
+    def fetch(self) -> Fetch | None:
+        """With the end of a try, claim one job for the slot it frees, unless
+        stopping (a job claimed after a stop signal would only be put back)."""
+        if not self.allow_pick_jobs or self.stop_requested_s is not None:
+            return None
+        return Fetch(
+            wanted=1,
+            lock_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            cancelled_retention_ms=self.cancelled_retention_ms,
+            scan_limit=CLAIM_SCAN_LIMIT,
+        )
+
+    def take(self, claim: Claim) -> None:
+        """Start what a fetch claimed, in the slot of the try that just ended: that
+        try's task frees no slot when it ends (see _release_sem_dec_counter_on_complete)."""
+        self._claim_metrics.record(claim)
+        for job in claim.jobs:
+            self._handovers += 1
+            self._start(job)
 
     def _bounded(self) -> asyncio.Timeout:
         """A time limit for one step of the worker's own Redis work."""
@@ -364,6 +405,12 @@ class ConveyorWorker(Worker):
                 self._cancel_before_start.add(job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
+        if self._handovers:
+            # This slot went to a job claimed with the end of a try (take): it
+            # stays taken, and nothing needs waking.
+            self._handovers -= 1
+            self.job_counter -= 1
+            return
         super()._release_sem_dec_counter_on_complete()
         # A slot is free: look for the next job at once. Slots that free up in
         # the same turn of the event loop are refilled by one poll. (Waiting 2 ms
