@@ -98,6 +98,24 @@ async def test_submit_writes_only_arqs_keys_and_answers_the_record(redis: ArqRed
     assert (again.created, again.job_id, again.same_payload) == (False, done.job_id, True)
 
 
+async def test_submit_wakes_workers_for_a_due_job_and_tells_a_deferred_ones_due_time(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.wake_channel(QUEUE))
+        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        now = await submitted(store)
+        later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
+        messages = [
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=1) for _ in range(2)
+        ]
+    assert [m["data"] for m in messages if m] == [
+        now.encode(),
+        keys.DUE_MESSAGE + str(int((await redis.zscore(QUEUE, later.job_id)) or 0)).encode(),
+    ]
+
+
 async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqRedis) -> None:
     store = JobStore(redis)
     job_id = await submitted(store)

@@ -32,9 +32,12 @@ IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
 # job, so an api replica hears only the jobs its streams watch.
 EVENTS_PREFIX = PREFIX + "events:"
 # Pub/sub per queue: "there may be work" (a job id), sent on enqueue and
-# requeue, or ABORT_MESSAGE when a running job is to be cancelled.
+# requeue, or ABORT_MESSAGE when a running job is to be cancelled, or
+# DUE_MESSAGE and a due time (ms) when a deferred job was enqueued: a worker
+# then only sets its timer, and claims nothing before the job falls due.
 WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
+DUE_MESSAGE = b"due "
 # GCRA state per api key (its name): when the key's next request is "due".
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # String per paused queue: when it was paused (ms). The claim reads it once per

@@ -136,6 +136,12 @@ class ConveyorWorker(Worker):
         self.redis_fault: RedisFault | None = None
         self._outage_backoff_s = 0.0
         self._wake = asyncio.Event()
+        # Whether the next turn of the poll loop claims: not when the only news
+        # is a deferred job's due time (then it only sets its timer).
+        self._claim_due = True
+        # When the next deferred job falls due, as the last claim or a
+        # deferred job's wake-up said (ms), or None.
+        self._next_due_ms: float | None = None
         self._abort_announced = False
         self._slot_wake_pending = False
         self._last_abort_check_s = 0.0
@@ -175,7 +181,7 @@ class ConveyorWorker(Worker):
             self.pool,
             keys.wake_channel(self.queue_name),
             on_message=self._on_wake_message,
-            on_gap=self._wake.set,
+            on_gap=self._wake_to_claim,
         )
         wakeups.start()
         self._background = [
@@ -217,9 +223,11 @@ class ConveyorWorker(Worker):
         # Cleared before the claim: a job enqueued from here on wakes the wait
         # below, so none waits for the safety-net poll.
         self._wake.clear()
+        claim, self._claim_due = self._claim_due, False
         try:
             async with self._bounded():
-                next_due_ms = await self._claim_and_start()
+                if claim:
+                    self._next_due_ms = await self._claim_and_start()
                 await self._cancel_aborted_jobs()
                 for job_id, task in list(self.tasks.items()):
                     if task.done():
@@ -235,6 +243,7 @@ class ConveyorWorker(Worker):
             # arq lets a Redis error escape its poll loop and the worker dies;
             # here it is counted and logged (once in a while) and the loop goes on.
             self.redis_fault = redis_fault(exc) or RedisFault.UNREACHABLE
+            self._claim_due = True
             record_redis_fault(self.redis_fault, exc, "the worker's poll")
             self.redis_ok = False
             self._outage_backoff_s = min(
@@ -254,12 +263,14 @@ class ConveyorWorker(Worker):
             down = self.redis_fault in (RedisFault.UNREACHABLE, RedisFault.TIMED_OUT)
             REDIS_UP.set(0 if down else 1)
         timeout_s = self.idle_poll_s
-        if next_due_ms is not None:
-            timeout_s = max(0.0, min(timeout_s, (next_due_ms - now_ms()) / 1000))
+        if self._next_due_ms is not None:
+            timeout_s = max(0.0, min(timeout_s, (self._next_due_ms - now_ms()) / 1000))
         # A timeout context rather than wait_for: no task of its own per turn.
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(timeout_s):
                 await self._wake.wait()
+        except TimeoutError:
+            self._claim_due = True  # the safety-net poll, or a job fell due
 
     async def _announce(self) -> None:
         """At most once per ANNOUNCE_EVERY_S: this worker's card, with the jobs it runs."""
@@ -372,8 +383,19 @@ class ConveyorWorker(Worker):
         store's settle script does that bookkeeping (see _run_claimed)."""
 
     def _on_wake_message(self, data: bytes) -> None:
+        if data.startswith(keys.DUE_MESSAGE):
+            # A deferred job: nothing to claim yet, only maybe a sooner timer.
+            due_ms = float(data[len(keys.DUE_MESSAGE) :])
+            if self._next_due_ms is None or due_ms < self._next_due_ms:
+                self._next_due_ms = due_ms
+                self._wake.set()
+            return
         if data == keys.ABORT_MESSAGE:
             self._abort_announced = True
+        self._wake_to_claim()
+
+    def _wake_to_claim(self) -> None:
+        self._claim_due = True
         self._wake.set()
 
     async def _cancel_aborted_jobs(self) -> None:
@@ -422,7 +444,7 @@ class ConveyorWorker(Worker):
 
     def _slot_wake(self) -> None:
         self._slot_wake_pending = False
-        self._wake.set()
+        self._wake_to_claim()
 
     async def _renew_locks(self) -> None:
         """Keep running jobs locked; a killed worker's locks lapse within lock_ttl_s."""
