@@ -63,9 +63,9 @@ async def test_a_take_counts_the_rest_of_the_minute_it_stopped_in_and_those_afte
 ) -> None:
     minute = now_ms() // MINUTE_MS
     # As finish.lua writes them: two minutes ago, one minute ago, and this one.
-    await redis.hset(history_key("q", minute - 2), mapping={"t:completed": 3, "t:wait_ms": 9})
-    await redis.hset(history_key("q", minute - 1), mapping={"t:dead": 1, "t:enqueued": 7})
-    await redis.hset(history_key("q", minute), mapping={"t:completed": 1})
+    await redis.hset(history_key("q", minute - 2), mapping={"t:completed": 3, "t:wait_ms": 9})  # type: ignore[misc]
+    await redis.hset(history_key("q", minute - 1), mapping={"t:dead": 1, "t:enqueued": 7})  # type: ignore[misc]
+    await redis.hset(history_key("q", minute), mapping={"t:completed": 1})  # type: ignore[misc]
     first = await take_counts(redis, "run-1", ["q"])
     assert first.by_name == {"t": {"complete": 4, "dead": 1}}
     # Two more in the minute the take stopped in, one in the next.
