@@ -1,5 +1,6 @@
 import json
 import logging
+from datetime import UTC, datetime
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -41,3 +42,17 @@ def test_lines_inside_a_span_carry_its_ids() -> None:
     context = span.get_span_context()
     assert line["trace_id"] == trace.format_trace_id(context.trace_id)
     assert line["span_id"] == trace.format_span_id(context.span_id)
+
+
+def test_timestamps_are_utc_iso_to_the_millisecond_as_datetime_writes_them() -> None:
+    formatter = JsonFormatter("test")
+    # Within one second, across seconds, and where rounding carries into the next one.
+    for created in (
+        1732460000.0,
+        1732460000.1234,
+        1732460000.9994,
+        1732460000.9999996,
+        173805951.581,
+    ):
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert formatter.timestamp(created) == expected

@@ -1,40 +1,78 @@
-"""Counts since the last take: job outcomes per type, bumped with the change they count."""
+"""Counts since the last take: job outcomes per type from the history, and a module's own."""
+
+import json
 
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
 from conveyor_core.enqueue import enqueue
+from conveyor_core.history import MINUTE_MS, history_key
 from conveyor_core.jobs import now_ms
-from conveyor_core.stats import take_counts
+from conveyor_core.stats import outcomes_since, take_counts
 from conveyor_core.store import JobStore
 from tests.support import jobs
 
 FLAKY = next(job_type for job_type in jobs.JOB_TYPES if job_type.name == "flaky")
+CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
 
 
 async def test_take_counts_gives_each_count_to_one_run(redis: ArqRedis) -> None:
-    await redis.hincrby(keys.STATS_PENDING, "flaky:complete", 2)  # type: ignore[misc]
-    await redis.hincrby(keys.STATS_PENDING, "flaky:retried", 1)  # type: ignore[misc]
-    first = await take_counts(redis, "run-1")
-    assert first.by_name == {"flaky": {"complete": 2, "retried": 1}}
-    await redis.hincrby(keys.STATS_PENDING, "flaky:dead", 1)  # type: ignore[misc]
+    await redis.hincrby(keys.STATS_PENDING, "documents:processed", 2)  # type: ignore[misc]
+    await redis.hincrby(keys.STATS_PENDING, "documents:failed", 1)  # type: ignore[misc]
+    first = await take_counts(redis, "run-1", [])
+    assert first.by_name == {"documents": {"processed": 2, "failed": 1}}
+    await redis.hincrby(keys.STATS_PENDING, "documents:processed", 1)  # type: ignore[misc]
     # A retry of the same run reports the same numbers; the new count waits.
-    assert (await take_counts(redis, "run-1")).by_name == first.by_name
-    second = await take_counts(redis, "run-2")
-    assert second.by_name == {"flaky": {"dead": 1}}
-    assert (await take_counts(redis, "run-3")).by_name == {}
+    assert (await take_counts(redis, "run-1", [])).by_name == first.by_name
+    second = await take_counts(redis, "run-2", [])
+    assert second.by_name == {"documents": {"processed": 1}}
+    assert (await take_counts(redis, "run-3", [])).by_name == {}
 
 
-async def test_job_outcomes_are_counted_with_the_end_of_the_try(redis: ArqRedis) -> None:
+async def run_one_try(store: JobStore, outcome: str) -> None:
+    submitted = await enqueue(store, FLAKY, {"fail_times": 0})
+    assert (await store.claim(FLAKY.queue, 1, **CLAIM)).jobs
+    if outcome == "complete":
+        assert await store.complete(FLAKY, submitted.job_id, "null")
+    else:
+        assert await store.dead(FLAKY, submitted.job_id, "{}")
+
+
+async def test_job_outcomes_come_from_the_history_each_in_one_run(redis: ArqRedis) -> None:
     store = JobStore(redis)
     submitted = await enqueue(store, FLAKY, {"fail_times": 0})
     job_id = submitted.job_id
-    claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
-    assert (await store.claim(FLAKY.queue, 1, **claim)).jobs
+    assert (await store.claim(FLAKY.queue, 1, **CLAIM)).jobs
     assert await store.retry_later(FLAKY, job_id, now_ms(), "{}")
-    assert (await store.claim(FLAKY.queue, 1, **claim)).jobs
+    assert (await store.claim(FLAKY.queue, 1, **CLAIM)).jobs
     assert await store.complete(FLAKY, job_id, "null")
     # A refused end of a try (the job is no longer in progress) counts nothing.
     assert not await store.dead(FLAKY, job_id, "{}")
-    counts = await take_counts(redis, "run-1")
+    assert not await redis.exists(keys.STATS_PENDING)  # no second count per job
+    counts = await take_counts(redis, "run-1", [FLAKY.queue])
     assert counts.by_name == {"flaky": {"complete": 1, "retried": 1}}
+    # Later in the same minute: only what came since; a retry of run-1 is unchanged.
+    await run_one_try(store, "dead")
+    assert (await take_counts(redis, "run-1", [FLAKY.queue])).by_name == counts.by_name
+    assert (await take_counts(redis, "run-2", [FLAKY.queue])).by_name == {"flaky": {"dead": 1}}
+    assert (await take_counts(redis, "run-3", [FLAKY.queue])).by_name == {}
+
+
+async def test_a_take_counts_the_rest_of_the_minute_it_stopped_in_and_those_after(
+    redis: ArqRedis,
+) -> None:
+    minute = now_ms() // MINUTE_MS
+    # As finish.lua writes them: two minutes ago, one minute ago, and this one.
+    await redis.hset(history_key("q", minute - 2), mapping={"t:completed": 3, "t:wait_ms": 9})  # type: ignore[misc]
+    await redis.hset(history_key("q", minute - 1), mapping={"t:dead": 1, "t:enqueued": 7})  # type: ignore[misc]
+    await redis.hset(history_key("q", minute), mapping={"t:completed": 1})  # type: ignore[misc]
+    first = await take_counts(redis, "run-1", ["q"])
+    assert first.by_name == {"t": {"complete": 4, "dead": 1}}
+    # Two more in the minute the take stopped in, one in the next.
+    await redis.hincrby(history_key("q", minute), "t:completed", 2)  # type: ignore[misc]
+    await redis.hincrby(history_key("q", minute + 1), "t:retried", 1)  # type: ignore[misc]
+    mark = await redis.get(keys.STATS_TAKEN)
+    assert mark is not None
+    # What the next take counts when it runs in the next minute.
+    counts, _ = await outcomes_since(redis, ["q"], json.loads(mark), (minute + 1) * MINUTE_MS)
+    assert counts == {"t:complete": 2, "t:retried": 1}

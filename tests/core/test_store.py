@@ -13,6 +13,8 @@ from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.store import (
     DEAD_RETENTION_S,
     ArqJob,
+    Claim,
+    Fetch,
     InvalidCursorError,
     JobStore,
     RateLimit,
@@ -96,6 +98,24 @@ async def test_submit_writes_only_arqs_keys_and_answers_the_record(redis: ArqRed
     assert (again.created, again.job_id, again.same_payload) == (False, done.job_id, True)
 
 
+async def test_submit_wakes_workers_for_a_due_job_and_tells_a_deferred_ones_due_time(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.wake_channel(QUEUE))
+        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        now = await submitted(store)
+        later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
+        messages = [
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=1) for _ in range(2)
+        ]
+    assert [m["data"] for m in messages if m] == [
+        now.encode(),
+        keys.DUE_MESSAGE + str(int((await redis.zscore(QUEUE, later.job_id)) or 0)).encode(),
+    ]
+
+
 async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqRedis) -> None:
     store = JobStore(redis)
     job_id = await submitted(store)
@@ -107,7 +127,8 @@ async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqR
     assert job is not None
     assert (job.state, job.tries, job.version) == (JobState.IN_PROGRESS, 1, 2)
     assert await indexes_of(redis, job_id) == {"in_progress"}
-    assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1
+    # No retry key on a first claim: arq's INCR of none makes it try 1.
+    assert not await redis.exists(f"arq:retry:{job_id}")
     assert await redis.pttl(f"arq:in-progress:{job_id}") > 9_000
     assert await redis.zscore(QUEUE, job_id) is not None  # arq keeps it until it ends
     assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # locked: not claimed twice
@@ -136,6 +157,62 @@ async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> N
     for key in (keys.job_key(job_id), f"arq:job:{job_id}"):
         assert 0 < await redis.ttl(key) <= CREATE_TASK.keep_result_s
     assert not await store.complete(CREATE_TASK, job_id, "null")  # only from in progress
+
+
+class Slot:
+    """A worker's side of finish and fetch, as the tests need it: asks for one job."""
+
+    def __init__(self, wanted: int = 1) -> None:
+        self.wanted = wanted
+        self.taken: list[Claim] = []
+
+    def fetch(self) -> Fetch | None:
+        return Fetch(self.wanted, 10_000, 60_000, 100) if self.wanted else None
+
+    def take(self, claim: Claim) -> None:
+        self.taken.append(claim)
+
+
+async def test_the_end_of_a_try_claims_the_slots_next_job_in_the_same_call(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    first, second = await submitted(store), await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    slot = Slot()
+
+    ended = await store.complete(CREATE_TASK, first, "null", slot)
+
+    assert ended.moved
+    assert ended.claim is not None
+    assert [(c.job_id, c.job_try) for c in ended.claim.jobs] == [(second, 1)]
+    assert slot.taken == [ended.claim]
+    job = await store.get(second)
+    assert job is not None
+    assert (job.state, job.tries) == (JobState.IN_PROGRESS, 1)
+    assert await indexes_of(redis, second) == {"in_progress"}
+    assert await redis.pttl(f"arq:in-progress:{second}") > 9_000
+    assert await indexes_of(redis, first) == {"complete"}
+    # Nothing left: the claim says so, and says when the next deferred job is due.
+    later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
+    ended = await store.retry_later(CREATE_TASK, second, now_ms() + 30_000, ERROR, slot)
+    assert ended.claim is not None
+    assert ended.claim.jobs == []
+    assert ended.claim.next_due_ms == pytest.approx(now_ms() + 30_000, abs=5_000)
+    # A paused queue starts nothing; a slot that asks for nothing gets no claim.
+    await store.pause(QUEUE)
+    third = await submitted(store)
+    ended = await store.dead(CREATE_TASK, second, ERROR, slot)  # no longer in progress
+    assert not ended.moved
+    assert ended.claim is not None
+    assert (ended.claim.jobs, ended.claim.paused_at_ms is not None) == ([], True)
+    await store.resume(QUEUE)
+    assert [c.job_id for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs] == [third]
+    ended = await store.complete(CREATE_TASK, third, "null", Slot(wanted=0))
+    assert (ended.moved, ended.claim) == (True, None)
+    deferred = await store.get(later.job_id)
+    assert deferred is not None
+    assert deferred.state is JobState.DEFERRED
 
 
 async def test_retry_later_puts_the_job_back_in_arqs_queue_when_due(redis: ArqRedis) -> None:
@@ -194,6 +271,7 @@ async def test_put_back_after_a_shutdown_does_not_use_up_the_try(redis: ArqRedis
     assert not await redis.exists(f"arq:in-progress:{job_id}")
     claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [c.job_try for c in claimed] == [1]
+    assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1 again
 
 
 async def test_cancel_a_waiting_job_now_and_a_running_one_by_request(redis: ArqRedis) -> None:
@@ -316,6 +394,27 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
     assert [c.job_id for c in claim.jobs] == [job_id]
     assert claim.paused_at_ms is None
     assert (await store.queue_stats(QUEUE)).paused_at_ms is None
+
+
+async def test_the_claim_passes_over_running_jobs_in_batches_and_reads_the_next_due_time(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    ids = [await submitted(store) for _ in range(40)]
+    later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
+    running = {c.job_id for c in (await store.claim(QUEUE, 37, **CLAIM)).jobs}
+    assert len(running) == 37
+
+    # 37 locked entries in front, more than a first batch reads: the claim reads on.
+    claim = await store.claim(QUEUE, 5, **CLAIM)
+
+    assert {c.job_id for c in claim.jobs} == set(ids) - running
+    assert claim.next_due_ms == pytest.approx(now_ms() + 60_000, abs=5_000)
+    deferred = await store.get(later.job_id)
+    assert deferred is not None
+    assert deferred.state is JobState.DEFERRED
+    # A scan limit below the locked entries finds nothing, and says nothing of later.
+    assert (await store.claim(QUEUE, 1, **{**CLAIM, "scan_limit": 10})).jobs == []
 
 
 async def test_higher_priorities_start_first_and_equal_ones_in_fifo_order(

@@ -94,6 +94,9 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
     stack.start_worker()
 
     expiring = upload(stack, "old.txt", retention_s="2")
+    # Read now: a cleanup may remove the entry before the digest below arrives.
+    expired_at_ms = int(cast(float, stack.redis.zscore("conveyor:documents:expiry", expiring)))
+    assert expired_at_ms
     fresh = upload(stack, "new.txt")
     flaky = [stack.submit("flaky", {"fail_times": 1})["id"] for _ in range(3)]
     permanent = [stack.submit("permanent", {})["id"] for _ in range(2)]
@@ -112,10 +115,8 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
         "a digest after the work",
         stack,
     )
-    # Cleanup after the expiring document's retention ran out.
-    expired_at_ms = int(cast(float, stack.redis.zscore("conveyor:documents:expiry", expiring)))
-    assert expired_at_ms
 
+    # Cleanup after the expiring document's retention ran out.
     def cleaned_after_expiry() -> bool:
         page = stack.http.get("/v1/jobs", params={"state": "complete", "limit": 100}).json()[
             "items"

@@ -108,7 +108,7 @@ async def test_mark_processed_stores_and_counts_once(redis: ArqRedis) -> None:
     assert document is not None
     assert document.processed
     assert document.fields["summary"] == "first"
-    counts = await take_counts(redis, "run-1")
+    counts = await take_counts(redis, "run-1", [])
     assert counts.by_name["documents"] == {"processed": 1}
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
@@ -9,7 +10,7 @@ from arq.connections import ArqRedis
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobState
-from conveyor_core.store import JobStore
+from conveyor_core.store import Claim, JobStore
 from conveyor_seed import CREATE_TASK, CreateTask
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import ConveyorWorker, worker_settings
@@ -48,6 +49,48 @@ async def test_worker_runs_create_task_to_completion(redis: ArqRedis, redis_url:
     assert record.state is JobState.COMPLETE
     assert record.result == 0.01
     assert record.tries == 1
+
+
+async def test_a_busy_slot_takes_its_next_job_with_the_end_of_the_last(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    store = JobStore(redis)
+    submitted = [await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0)) for _ in range(5)]
+    worker = make_worker(redis, redis_url, burst=True, max_jobs=1)
+    free_slots = worker.sem._value  # arq's: max_jobs + 1
+    polls = []
+    claim = worker.store.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Claim:
+        polls.append(await claim(*args, **kwargs))
+        return polls[-1]
+
+    worker.store.claim = counted  # type: ignore[method-assign]
+    await worker.main()
+    await worker.close()
+
+    for job in submitted:
+        record = await store.get(job.job_id)
+        assert record is not None
+        assert (record.state, record.tries) == (JobState.COMPLETE, 1)
+    # The poll loop claimed the first job; each end of a try claimed the next.
+    assert sum(len(c.jobs) for c in polls) == 1
+    # Every slot handed on was given back once.
+    assert (worker.job_counter, worker.sem._value, worker.tasks) == (0, free_slots, {})
+
+
+def test_a_deferred_jobs_wake_up_sets_the_timer_and_claims_nothing(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    worker = make_worker(redis, redis_url)
+    worker._claim_due = False
+    worker._next_due_ms = 5_000.0
+    worker._on_wake_message(b"due 9000")  # later than what the worker waits for
+    assert (worker._claim_due, worker._next_due_ms, worker._wake.is_set()) == (False, 5_000, False)
+    worker._on_wake_message(b"due 3000")
+    assert (worker._claim_due, worker._next_due_ms, worker._wake.is_set()) == (False, 3_000, True)
+    worker._on_wake_message(b"some-job-id")  # a job due now
+    assert worker._claim_due
 
 
 async def test_startup_opens_and_shutdown_closes_shared_resources(

@@ -6,7 +6,7 @@ Worker still runs the jobs. A waiting job is only arq's: its job key (payload,
 trace context) and its entry in the queue's sorted set. Conveyor adds the rest
 of a job's life: a small hash from its first claim on (state, tries, times,
 progress, result or error), per-queue indexes by state, idempotency, wake-ups
-and change notices, and counts of job outcomes. Job modules keep keys of their
+and change notices, per-minute history and the digest's counts. Job modules keep keys of their
 own under the same prefix (the seed app's documents and sent-mail marks).
 
 Keys of one queue carry the queue in a `{...}` hash tag, so a Redis Cluster
@@ -32,9 +32,12 @@ IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
 # job, so an api replica hears only the jobs its streams watch.
 EVENTS_PREFIX = PREFIX + "events:"
 # Pub/sub per queue: "there may be work" (a job id), sent on enqueue and
-# requeue, or ABORT_MESSAGE when a running job is to be cancelled.
+# requeue, or ABORT_MESSAGE when a running job is to be cancelled, or
+# DUE_MESSAGE and a due time (ms) when a deferred job was enqueued: a worker
+# then only sets its timer, and claims nothing before the job falls due.
 WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
+DUE_MESSAGE = b"due "
 # GCRA state per api key (its name): when the key's next request is "due".
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # String per paused queue: when it was paused (ms). The claim reads it once per
@@ -60,12 +63,16 @@ WAITING_SUFFIX = "waiting"
 CAUGHT_MAIL_KEY = PREFIX + "dev:caught-mail"
 # Lock per queue so that one worker at a time trims expired index entries.
 HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
-# Hash of counts since they were last taken (stats.py): `{job type}:{complete|
-# retried|dead}`, bumped in the same script as the change they count, and
-# `{name}:{event}` counts a job module bumps in its own scripts.
+# Hash of a job module's own counts since they were last taken (stats.py):
+# `{name}:{event}`, bumped in the module's own scripts. Job outcomes are not
+# counted here: a take reads them from the per-minute history.
 STATS_PENDING = PREFIX + "stats:pending"
-# The counts one run took over (renamed from STATS_PENDING), by the taking
-# job's id, so a retried run reports the same numbers.
+# Where the last take of counts stopped: the history minute it read last and
+# that minute's outcome counts as it read them (JSON), expiring with the history.
+STATS_TAKEN = PREFIX + "stats:taken"
+# The counts one run took over (the module counts renamed from STATS_PENDING,
+# plus the job outcomes), by the taking job's id, so a retried run reports the
+# same numbers.
 STATS_DIGEST_PREFIX = PREFIX + "stats:digest:"
 # Hash per bulk action (the api's bulk.py): action, filter, who, state,
 # counts and the cursor it has reached, so it can be resumed; kept a week.

@@ -7,10 +7,10 @@ Every line carries the service, the current trace and span ids, and whatever
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -44,16 +44,33 @@ def bound(name: str) -> Any:
     return _bound.get().get(name)
 
 
+# One encoder for every line: json.dumps with `default` builds a new one per call.
+_encoder = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        # The timestamp's second, formatted once per second (the worker writes
+        # two lines per job: formatting a datetime for each costs a no-op job).
+        self._second = -1
+        self._second_text = ""
+
+    def timestamp(self, created: float) -> str:
+        """ISO 8601 in UTC to the millisecond, as datetime.isoformat writes it."""
+        second = int(created)
+        micros = round((created - second) * 1e6)  # rounded as datetime rounds it
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{micros // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "timestamp": self.timestamp(record.created),
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
@@ -62,13 +79,13 @@ class JsonFormatter(logging.Formatter):
         }
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
-            entry["trace_id"] = trace.format_trace_id(span.trace_id)
-            entry["span_id"] = trace.format_span_id(span.span_id)
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         entry.update(_bound.get())
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _encoder.encode(entry)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

@@ -14,13 +14,14 @@ are left with nothing to do. See keys.py for the layout.
 
 import base64
 import binascii
+import contextlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import Any, Protocol
 
 from arq.connections import ArqRedis
 from arq.constants import (
@@ -31,6 +32,7 @@ from arq.constants import (
 )
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 from redis.asyncio.client import Pipeline
+from redis.exceptions import OutOfMemoryError
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
@@ -98,7 +100,6 @@ def _lua_constants() -> str:
         "job": keys.JOB_PREFIX,
         "events": keys.EVENTS_PREFIX,
         "wake": keys.WAKE_PREFIX,
-        "stats": keys.STATS_PENDING,
         "arq_job": job_key_prefix,
         "arq_lock": in_progress_key_prefix,
         "arq_retry": retry_key_prefix,
@@ -115,20 +116,25 @@ def _lua_constants() -> str:
     return f"local K = {{{fields}}}"
 
 
+# The shared functions of `lua/lib/`, in the order each needs the ones before.
+LUA_LIB = ("transition", "gcra", "claim")
+
+
 @cache
-def lua_script(name: str) -> str:
+def lua_script(name: str, shebang: str | None = None) -> str:
     """A script from `lua/`, after the key names and the shared functions of `lua/lib/`.
 
     A script's first line may declare its flags (`#!lua flags=...`, Redis 7):
     one that adds data has none, so a Redis at maxmemory refuses it before it
     runs, never halfway; one that ends jobs (and so frees memory) is
-    `allow-oom`; a read is `no-writes`.
+    `allow-oom`; a read is `no-writes`. `shebang` replaces that line.
     """
     lua = files("conveyor_core").joinpath("lua")
     lib = lua.joinpath("lib")
-    shared = [lib.joinpath(f).read_text() for f in sorted(p.name for p in lib.iterdir())]
+    shared = [lib.joinpath(f"{f}.lua").read_text() for f in LUA_LIB]
     own = lua.joinpath(f"{name}.lua").read_text()
-    shebang, _, rest = own.partition("\n") if own.startswith("#!") else ("", "", own)
+    first, _, rest = own.partition("\n") if own.startswith("#!") else ("", "", own)
+    shebang = first if shebang is None else shebang
     return "\n".join(filter(None, [shebang, _lua_constants(), *shared, rest]))
 
 
@@ -237,6 +243,38 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Fetch:
+    """What a worker's slot asks of the end of a try (finish and fetch): claim
+    up to `wanted` jobs in the same call, as `JobStore.claim` would."""
+
+    wanted: int
+    lock_ttl_ms: int
+    cancelled_retention_ms: int
+    scan_limit: int
+
+
+class NextJobs(Protocol):
+    """A worker's side of finish and fetch: what to claim with the end of a try
+    (None: nothing, e.g. while it stops), and the jobs that claim started."""
+
+    def fetch(self) -> Fetch | None: ...
+
+    def take(self, claim: Claim) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What the end of a try did: moved the job (true) or found it moved by
+    someone else, and what the claim in the same call started, if one was asked."""
+
+    moved: bool
+    claim: Claim | None = None
+
+    def __bool__(self) -> bool:
+        return self.moved
+
+
+@dataclass(frozen=True, slots=True)
 class JobFilter:
     """What an operator looks for: every field given must match (None: any).
 
@@ -332,6 +370,22 @@ def _waiting(job: JobPublic) -> bool:
     return job.state in (JobState.QUEUED, JobState.DEFERRED)
 
 
+def _parse_claim(reply: list[Any]) -> Claim:
+    """A claim's reply (claim.lua, or finish.lua's after the end of a try)."""
+    claimed, next_due, paused_at, (held_limit, held_rate) = reply
+    rows = iter(claimed)
+    jobs = [
+        Claimed(job_id.decode(), int(float(score)), int(job_try))
+        for job_id, score, job_try in zip(rows, rows, rows, strict=True)
+    ]
+    return Claim(
+        jobs,
+        float(next_due) if next_due else None,
+        int(paused_at) if paused_at else None,
+        {WaitingReason.LIMIT: held_limit, WaitingReason.RATE: held_rate},
+    )
+
+
 class JobStore:
     """Submit, claim, finish, cancel, requeue and read jobs; nothing else writes them."""
 
@@ -342,6 +396,10 @@ class JobStore:
         self._submit = script(lua_script("submit"))
         self._claim = script(lua_script("claim"))
         self._finish = script(lua_script("finish"))
+        # The same end of a try that also claims (finish and fetch) adds data:
+        # without allow-oom, so a full Redis refuses it whole (then the try ends
+        # with no claim, as a full Redis refuses claims).
+        self._finish_and_fetch = script(lua_script("finish", shebang="#!lua"))
         self._settle = script(lua_script("settle"))
         self._progress = script(lua_script("progress"))
         self._cancel = script(lua_script("cancel"))
@@ -444,7 +502,7 @@ class JobStore:
         scan_limit: int,
     ) -> Claim:
         """Lock and start up to `wanted` due jobs; also say when the next one falls due."""
-        claimed, next_due, paused_at, (held_limit, held_rate) = await self._claim(
+        reply = await self._claim(
             keys=[
                 queue,
                 keys.paused_key(queue),
@@ -460,35 +518,46 @@ class JobStore:
                 self._claim_limits.get(queue, ""),
             ],
         )
-        rows = iter(claimed)
-        jobs = [
-            Claimed(job_id.decode(), int(float(score)), int(job_try))
-            for job_id, score, job_try in zip(rows, rows, rows, strict=True)
-        ]
-        return Claim(
-            jobs,
-            float(next_due) if next_due else None,
-            int(paused_at) if paused_at else None,
-            {WaitingReason.LIMIT: held_limit, WaitingReason.RATE: held_rate},
-        )
+        return _parse_claim(reply)
 
     async def _end_try(
-        self, job_type: JobType, job_id: str, state: JobState, score: float, **fields: Any
-    ) -> bool:
-        moved, _ = await self._finish(
-            keys=[job_type.queue],
-            args=[
-                job_id,
-                state.value,
-                now_ms(),
-                math.ceil(score),
-                job_type.name,
-                *_flatten(fields),
-            ],
-        )
-        return bool(moved)
+        self,
+        job_type: JobType,
+        job_id: str,
+        state: JobState,
+        score: float,
+        next_jobs: NextJobs | None = None,
+        **fields: Any,
+    ) -> Ended:
+        fetch = next_jobs.fetch() if next_jobs is not None else None
+        args: list[Any] = [job_id, state.value, now_ms(), math.ceil(score), job_type.name]
+        fields_ = _flatten(fields)
+        reply: list[Any] | None = None
+        if fetch is not None:
+            limits = self._claim_limits.get(job_type.queue, "")
+            fetch_args: list[Any] = [fetch.wanted, fetch.lock_ttl_ms, fetch.scan_limit]
+            fetch_args += [fetch.cancelled_retention_ms, limits]
+            with contextlib.suppress(OutOfMemoryError):
+                reply = await self._finish_and_fetch(
+                    keys=[job_type.queue], args=[*args, *fetch_args, *fields_]
+                )
+        if reply is None:
+            reply = await self._finish(
+                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", *fields_]
+            )
+        moved, _, *claim = reply
+        ended = Ended(bool(moved), _parse_claim(claim) if claim else None)
+        if next_jobs is not None and ended.claim is not None:
+            next_jobs.take(ended.claim)
+        return ended
 
-    async def complete(self, job_type: JobType, job_id: str, result_json: str) -> bool:
+    async def complete(
+        self,
+        job_type: JobType,
+        job_id: str,
+        result_json: str,
+        next_jobs: NextJobs | None = None,
+    ) -> Ended:
         at_ms = now_ms()
         retention_ms = job_type.keep_result_s * 1000
         return await self._end_try(
@@ -496,6 +565,7 @@ class JobStore:
             job_id,
             JobState.COMPLETE,
             retention_ms,
+            next_jobs,
             finished_at_ms=at_ms,
             result=result_json,
             error="",
@@ -503,24 +573,42 @@ class JobStore:
         )
 
     async def retry_later(
-        self, job_type: JobType, job_id: str, due_ms: int, error_json: str
-    ) -> bool:
+        self,
+        job_type: JobType,
+        job_id: str,
+        due_ms: int,
+        error_json: str,
+        next_jobs: NextJobs | None = None,
+    ) -> Ended:
         return await self._end_try(
-            job_type, job_id, JobState.RETRYING, due_ms, next_try_at_ms=due_ms, error=error_json
+            job_type,
+            job_id,
+            JobState.RETRYING,
+            due_ms,
+            next_jobs,
+            next_try_at_ms=due_ms,
+            error=error_json,
         )
 
-    async def dead(self, job_type: JobType, job_id: str, error_json: str) -> bool:
+    async def dead(
+        self,
+        job_type: JobType,
+        job_id: str,
+        error_json: str,
+        next_jobs: NextJobs | None = None,
+    ) -> Ended:
         return await self._end_try(
             job_type,
             job_id,
             JobState.DEAD,
             DEAD_RETENTION_S * 1000,
+            next_jobs,
             finished_at_ms=now_ms(),
             next_try_at_ms="",
             error=error_json,
         )
 
-    async def cancelled(self, job_type: JobType, job_id: str) -> bool:
+    async def cancelled(self, job_type: JobType, job_id: str) -> Ended:
         """A running job's cancel took effect."""
         return await self._end_try(
             job_type,
@@ -530,7 +618,7 @@ class JobStore:
             finished_at_ms=now_ms(),
         )
 
-    async def put_back(self, job_type: JobType, job_id: str) -> bool:
+    async def put_back(self, job_type: JobType, job_id: str) -> Ended:
         """A shutdown cut the try short: due again now, and the try does not count."""
         at_ms = now_ms()
         return await self._end_try(job_type, job_id, JobState.QUEUED, at_ms, ready_at_ms=at_ms)

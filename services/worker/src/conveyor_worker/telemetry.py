@@ -113,12 +113,7 @@ class JobObservation:
             f"process {queue}",
             context=extract(self.meta),
             kind=SpanKind.CONSUMER,
-            attributes={
-                **messaging_attributes("process", queue, self.job_id, self.job_type.name),
-                "messaging.message.delivery_count": self.job_try - 1,
-                "conveyor.job.try": self.job_try,
-                "conveyor.request_id": self.meta.get("request_id", ""),
-            },
+            attributes=self._attributes(queue),
         )
         self._context_token = context.attach(trace.set_span_in_context(self._span))
         self._log_context = log_context(
@@ -141,6 +136,18 @@ class JobObservation:
             extra={"fields": {"args": self.redact(self.args), "queue_wait_s": round(wait_s, 4)}},
         )
         return self
+
+    def _attributes(self, queue: str) -> dict[str, Any]:
+        """The span's attributes; a request id only when the job has one (each
+        attribute is encoded per span, in the export thread)."""
+        attributes: dict[str, Any] = {
+            **messaging_attributes("process", queue, self.job_id, self.job_type.name),
+            "messaging.message.delivery_count": self.job_try - 1,
+            "conveyor.job.try": self.job_try,
+        }
+        if request_id := self.meta.get("request_id"):
+            attributes["conveyor.request_id"] = request_id
+        return attributes
 
     def __exit__(
         self,

@@ -15,6 +15,10 @@
   settling of jobs arq ends without running (expired, unknown) are calls to
   the store, whose scripts also do arq's key bookkeeping; arq's own finishing
   steps are left with nothing to do.
+- Finish and fetch: the store's script that ends a try also claims the
+  slot's next job (`fetch`, `take`), so a busy worker refills a slot with no
+  claim round trip and no turn of the poll loop; the poll loop fills the
+  slots left free.
 - Cancelling a running job goes through Conveyor's record and wake-up channel
   instead of arq's global abort set, which arq reads on every poll.
 """
@@ -51,7 +55,7 @@ from conveyor_core.redis import (
     redis_fault,
 )
 from conveyor_core.schedule import Schedule
-from conveyor_core.store import JobStore
+from conveyor_core.store import Claim, Claimed, Fetch, JobStore
 from conveyor_core.workers import ANNOUNCE_EVERY_S, WorkerCard, announce, withdraw
 from conveyor_worker.flow import ClaimMetrics
 from conveyor_worker.resources import OpenResources, open_resources
@@ -132,6 +136,12 @@ class ConveyorWorker(Worker):
         self.redis_fault: RedisFault | None = None
         self._outage_backoff_s = 0.0
         self._wake = asyncio.Event()
+        # Whether the next turn of the poll loop claims: not when the only news
+        # is a deferred job's due time (then it only sets its timer).
+        self._claim_due = True
+        # When the next deferred job falls due, as the last claim or a
+        # deferred job's wake-up said (ms), or None.
+        self._next_due_ms: float | None = None
         self._abort_announced = False
         self._slot_wake_pending = False
         self._last_abort_check_s = 0.0
@@ -143,6 +153,11 @@ class ConveyorWorker(Worker):
         # Claimed jobs a client cancelled before arq started them.
         self._cancel_before_start: set[str] = set()
         self._claim_metrics = ClaimMetrics(self.queue_name)
+        # Slots passed on to a job claimed with the end of a try (finish and
+        # fetch): the next task to end frees no semaphore slot and wakes no one.
+        self._handovers = 0
+        # The wrapper's way to the slot's next job (see fetch and take).
+        self.ctx["next_jobs"] = self
         # This process's card in the registry of live workers (workers.py). In a
         # pod, HOSTNAME is the pod's name.
         host = os.environ.get("HOSTNAME") or socket.gethostname()
@@ -166,7 +181,7 @@ class ConveyorWorker(Worker):
             self.pool,
             keys.wake_channel(self.queue_name),
             on_message=self._on_wake_message,
-            on_gap=self._wake.set,
+            on_gap=self._wake_to_claim,
         )
         wakeups.start()
         self._background = [
@@ -208,9 +223,11 @@ class ConveyorWorker(Worker):
         # Cleared before the claim: a job enqueued from here on wakes the wait
         # below, so none waits for the safety-net poll.
         self._wake.clear()
+        claim, self._claim_due = self._claim_due, False
         try:
             async with self._bounded():
-                next_due_ms = await self._claim_and_start()
+                if claim:
+                    self._next_due_ms = await self._claim_and_start()
                 await self._cancel_aborted_jobs()
                 for job_id, task in list(self.tasks.items()):
                     if task.done():
@@ -226,6 +243,7 @@ class ConveyorWorker(Worker):
             # arq lets a Redis error escape its poll loop and the worker dies;
             # here it is counted and logged (once in a while) and the loop goes on.
             self.redis_fault = redis_fault(exc) or RedisFault.UNREACHABLE
+            self._claim_due = True
             record_redis_fault(self.redis_fault, exc, "the worker's poll")
             self.redis_ok = False
             self._outage_backoff_s = min(
@@ -245,12 +263,14 @@ class ConveyorWorker(Worker):
             down = self.redis_fault in (RedisFault.UNREACHABLE, RedisFault.TIMED_OUT)
             REDIS_UP.set(0 if down else 1)
         timeout_s = self.idle_poll_s
-        if next_due_ms is not None:
-            timeout_s = max(0.0, min(timeout_s, (next_due_ms - now_ms()) / 1000))
+        if self._next_due_ms is not None:
+            timeout_s = max(0.0, min(timeout_s, (self._next_due_ms - now_ms()) / 1000))
         # A timeout context rather than wait_for: no task of its own per turn.
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(timeout_s):
                 await self._wake.wait()
+        except TimeoutError:
+            self._claim_due = True  # the safety-net poll, or a job fell due
 
     async def _announce(self) -> None:
         """At most once per ANNOUNCE_EVERY_S: this worker's card, with the jobs it runs."""
@@ -278,12 +298,44 @@ class ConveyorWorker(Worker):
         self._claim_metrics.record(claim)
         for job in claim.jobs:
             await self.sem.acquire()  # never waits: no more claimed than free slots
-            self.job_counter += 1
-            task = self.loop.create_task(self._run_claimed(job.job_id, job.score_ms))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job.job_id] = task
+            self._start(job)
         # Paused: no next due time; resume wakes the worker.
         return claim.next_due_ms
+
+    def _start(self, job: Claimed) -> None:
+        """Run a claimed job in a task of its own, in a slot already taken for it."""
+        self.job_counter += 1
+        task = self.loop.create_task(self._run_claimed(job.job_id, job.score_ms))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        task.add_done_callback(lambda t: self._reap(job.job_id, t))
+        self.tasks[job.job_id] = task
+
+    def _reap(self, job_id: str, task: "asyncio.Task[None]") -> None:
+        """Forget a task that ended well at once (arq leaves that to the poll loop,
+        which, with finish and fetch, may not turn for a second); one that failed
+        or was cancelled stays for the loop to surface, as arq does."""
+        if not task.cancelled() and task.exception() is None and self.tasks.get(job_id) is task:
+            del self.tasks[job_id]
+
+    def fetch(self) -> Fetch | None:
+        """With the end of a try, claim one job for the slot it frees, unless
+        stopping (a job claimed after a stop signal would only be put back)."""
+        if not self.allow_pick_jobs or self.stop_requested_s is not None:
+            return None
+        return Fetch(
+            wanted=1,
+            lock_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            cancelled_retention_ms=self.cancelled_retention_ms,
+            scan_limit=CLAIM_SCAN_LIMIT,
+        )
+
+    def take(self, claim: Claim) -> None:
+        """Start what a fetch claimed, in the slot of the try that just ended: that
+        try's task frees no slot when it ends (see _release_sem_dec_counter_on_complete)."""
+        self._claim_metrics.record(claim)
+        for job in claim.jobs:
+            self._handovers += 1
+            self._start(job)
 
     def _bounded(self) -> asyncio.Timeout:
         """A time limit for one step of the worker's own Redis work."""
@@ -331,8 +383,19 @@ class ConveyorWorker(Worker):
         store's settle script does that bookkeeping (see _run_claimed)."""
 
     def _on_wake_message(self, data: bytes) -> None:
+        if data.startswith(keys.DUE_MESSAGE):
+            # A deferred job: nothing to claim yet, only maybe a sooner timer.
+            due_ms = float(data[len(keys.DUE_MESSAGE) :])
+            if self._next_due_ms is None or due_ms < self._next_due_ms:
+                self._next_due_ms = due_ms
+                self._wake.set()
+            return
         if data == keys.ABORT_MESSAGE:
             self._abort_announced = True
+        self._wake_to_claim()
+
+    def _wake_to_claim(self) -> None:
+        self._claim_due = True
         self._wake.set()
 
     async def _cancel_aborted_jobs(self) -> None:
@@ -364,6 +427,12 @@ class ConveyorWorker(Worker):
                 self._cancel_before_start.add(job_id)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
+        if self._handovers:
+            # This slot went to a job claimed with the end of a try (take): it
+            # stays taken, and nothing needs waking.
+            self._handovers -= 1
+            self.job_counter -= 1
+            return
         super()._release_sem_dec_counter_on_complete()
         # A slot is free: look for the next job at once. Slots that free up in
         # the same turn of the event loop are refilled by one poll. (Waiting 2 ms
@@ -375,7 +444,7 @@ class ConveyorWorker(Worker):
 
     def _slot_wake(self) -> None:
         self._slot_wake_pending = False
-        self._wake.set()
+        self._wake_to_claim()
 
     async def _renew_locks(self) -> None:
         """Keep running jobs locked; a killed worker's locks lapse within lock_ttl_s."""

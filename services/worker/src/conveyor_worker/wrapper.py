@@ -5,7 +5,9 @@ arq retries only on `Retry` and fails a job at once on any other error; here
 the catalog's policy decides. arq's own `max_tries` is set one above the
 policy's, so the wrapper always sees the last try and records the outcome.
 The worker's claim has already started the job's record; each way a try can
-end is one call to the store, which also does arq's bookkeeping for it.
+end is one call to the store, which also does arq's bookkeeping for it and,
+given the worker's `next_jobs` (arq's ctx), claims the slot's next job in the
+same call (finish and fetch).
 """
 
 import asyncio
@@ -22,7 +24,7 @@ from conveyor_core.catalog import JobType
 from conveyor_core.context import AnyHandler, JobContext
 from conveyor_core.jobs import JobError, now_ms
 from conveyor_core.redaction import Redactor
-from conveyor_core.store import META_KWARG, JobStore
+from conveyor_core.store import META_KWARG, JobStore, NextJobs
 from conveyor_worker.telemetry import JobObservation, Outcome, Unobserved
 
 logger = logging.getLogger(__name__)
@@ -84,22 +86,30 @@ class JobRunner:
                 meta=meta,
                 resources=arq_ctx["resources"],
             )
-            result = await self._run(ctx, kwargs, observed)
-            await store.complete(self.job_type, job_id, _as_json(result))
+            next_jobs: NextJobs | None = arq_ctx.get("next_jobs")
+            result = await self._run(ctx, kwargs, observed, next_jobs)
+            await store.complete(self.job_type, job_id, _as_json(result), next_jobs)
             observed.outcome = Outcome.SUCCESS
             return result
 
-    async def _run(self, ctx: JobContext, kwargs: dict[str, Any], observed: JobObservation) -> Any:
-        """The handler under the job type's timeout; failures become retries or dead letters."""
+    async def _run(
+        self,
+        ctx: JobContext,
+        kwargs: dict[str, Any],
+        observed: JobObservation,
+        next_jobs: NextJobs | None,
+    ) -> Any:
+        """The handler under the job type's timeout; failures become retries or
+        dead letters. Each end of a try takes the slot's next job (`next_jobs`)."""
         if ctx.job_try > self.policy.max_tries:
             error = TriesExhaustedError(
                 f"no tries left after {self.policy.max_tries}; the last never finished"
             )
-            await self._give_up(ctx, error, observed)
+            await self._give_up(ctx, error, observed, next_jobs)
         try:
             payload = self.job_type.payload.model_validate(kwargs)
         except ValidationError as exc:
-            await self._give_up(ctx, exc, observed)
+            await self._give_up(ctx, exc, observed, next_jobs)
         try:
             async with asyncio.timeout(self.job_type.timeout_s):
                 return await self.handler(ctx, payload)
@@ -110,35 +120,44 @@ class JobRunner:
             timeout = TimeoutError(f"timed out after {self.job_type.timeout_s:g} s")
             timeout.__cause__ = exc
             if not self.policy.retry_timeouts:
-                await self._give_up(ctx, timeout, observed)
-            await self._failed(ctx, timeout, observed)
+                await self._give_up(ctx, timeout, observed, next_jobs)
+            await self._failed(ctx, timeout, observed, next_jobs)
         except Retry:
             observed.outcome = Outcome.RETRY
             raise  # a job may still ask arq for a retry itself
         except Exception as exc:
-            await self._failed(ctx, exc, observed)
+            await self._failed(ctx, exc, observed, next_jobs)
 
     async def _give_up(
-        self, ctx: JobContext, error: BaseException, observed: JobObservation
+        self,
+        ctx: JobContext,
+        error: BaseException,
+        observed: JobObservation,
+        next_jobs: NextJobs | None,
     ) -> NoReturn:
         """To the dead letters: a permanent error, or no tries left."""
         observed.outcome, observed.error = Outcome.DEAD, error
-        await ctx.store.dead(self.job_type, ctx.job_id, describe(error).model_dump_json())
+        error_json = describe(error).model_dump_json()
+        await ctx.store.dead(self.job_type, ctx.job_id, error_json, next_jobs)
         raise error
 
     async def _failed(
-        self, ctx: JobContext, error: BaseException, observed: JobObservation
+        self,
+        ctx: JobContext,
+        error: BaseException,
+        observed: JobObservation,
+        next_jobs: NextJobs | None,
     ) -> NoReturn:
         """Retry with backoff, or give up: raises arq's Retry or the error itself.
         Either way arq's own finishing step (ConveyorWorker.finish_job) has
         nothing left to do: the store did it."""
         if self.policy.is_permanent(error) or ctx.job_try >= self.policy.max_tries:
-            await self._give_up(ctx, error, observed)
+            await self._give_up(ctx, error, observed, next_jobs)
         observed.outcome, observed.error = Outcome.RETRY, error
         delay_s = self.policy.backoff_s(ctx.job_try)
         due_ms = now_ms() + int(delay_s * 1000)
         await ctx.store.retry_later(
-            self.job_type, ctx.job_id, due_ms, describe(error).model_dump_json()
+            self.job_type, ctx.job_id, due_ms, describe(error).model_dump_json(), next_jobs
         )
         raise Retry(defer=delay_s) from error
 

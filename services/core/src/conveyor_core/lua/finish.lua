@@ -8,16 +8,36 @@
 -- `try:{n}` = "started ms, ended ms, outcome" (in the same HSET, no extra
 -- command), so a job's page shows every try since its last requeue.
 --
+-- Finish and fetch: with ARGV[6] > 0, the slot the try freed is filled in the
+-- same call, as claim.lua would (lib/claim.lua), so a busy worker takes its
+-- next job with no round trip and no poll of its own (as BullMQ's
+-- moveToFinished does).
+--
 -- KEYS: 1 queue
 -- ARGV: 1 job id, 2 new state, 3 now ms, 4 score (due time for retrying and
---       queued, retention ms for the final states), 5 job type for the digest
---       counts ('' for none), 6.. hash field/value pairs
--- Returns {1, version} when moved, {0, current state or ''} when not.
+--       queued, retention ms for the final states), 5 job type for the
+--       history ('' for none), 6 how many jobs to claim (0: none), 7 lock ttl
+--       ms, 8 scan limit, 9 cancelled retention ms, 10 limits JSON or '' (as
+--       claim.lua's), 11.. hash field/value pairs
+-- Returns {1, version} when moved, {0, current state or ''} when not, then
+-- what the claim returns (as claim.lua), or nothing when none was asked for.
 local id, to, now, arg = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local fetch = tonumber(ARGV[6])
+
+-- The slot's next job, after the end of this try (or instead of it).
+local function fetched(reply)
+  if fetch <= 0 then return reply end
+  local claimed, next_due, paused_at, held = claim_jobs(KEYS[1], now, ARGV[7], fetch,
+    tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10])
+  if paused_at then return {reply[1], reply[2], {}, '', paused_at, {0, 0}} end
+  return {reply[1], reply[2], claimed, next_due and fmt(next_due) or '', '',
+    {held.limit, held.rate}}
+end
+
 local rec = load(id, KEYS[1], true)
-if not rec or rec.state ~= 'in_progress' then return {0, rec and rec.state or ''} end
+if not rec or rec.state ~= 'in_progress' then return fetched({0, rec and rec.state or ''}) end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 local version
 if to == 'queued' or to == 'retrying' then
   if to == 'queued' then
@@ -36,8 +56,6 @@ else
   version = transition(rec, to, now, now + arg, fields, arg)
 end
 if to == 'queued' then redis.call('PUBLISH', K.wake .. rec.queue, id) end
-if to == 'retrying' then count(ARGV[5], 'retried')
-elseif to == 'complete' or to == 'dead' then count(ARGV[5], to) end
 -- History: a try that counts is counted by its outcome in the minute it
 -- ended, with its queue wait (due to start); `started` is their sum.
 if to ~= 'queued' and ARGV[5] ~= '' then
@@ -47,4 +65,4 @@ if to ~= 'queued' and ARGV[5] ~= '' then
   local event = to == 'complete' and 'completed' or (to == 'retrying' and 'retried' or to)
   history(rec.queue, now, ARGV[5] .. ':' .. event, 1)
 end
-return {1, version}
+return fetched({1, version})

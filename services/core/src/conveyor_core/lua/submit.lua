@@ -39,5 +39,8 @@ if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
   redis.call('HSET', KEYS[7], 'child:' .. ARGV[1], ARGV[11])
 end
 history(KEYS[3], tonumber(ARGV[12]), ARGV[11] .. ':enqueued', 1)
-redis.call('PUBLISH', ARGV[7], ARGV[1])
+-- A deferred job only tells workers when it falls due (keys.py, DUE_MESSAGE).
+local due = tonumber(ARGV[3]) - band_base(priority_of(ARGV[3]))
+if due > tonumber(ARGV[12]) then redis.call('PUBLISH', ARGV[7], 'due ' .. fmt(due))
+else redis.call('PUBLISH', ARGV[7], ARGV[1]) end
 return {'created'}

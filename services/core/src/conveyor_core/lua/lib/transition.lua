@@ -109,8 +109,10 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   if to == 'in_progress' then
     -- rec.tries counts this try already. arq's run_job counts it by INCR of its
     -- retry key: set that one lower, so arq's count is ours (a shutdown that
-    -- put the job back did not use a try up).
-    redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s)
+    -- put the job back did not use a try up). A job's first claim (it has no
+    -- record yet) needs no SET: it has no retry key (every end of a job deletes
+    -- it with the record's expiry), and arq's INCR of none makes try 1.
+    if not rec.new then redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s) end
   elseif TERMINAL[to] then
     redis.call('ZREM', queue, id)
     if rec.flow or rec.new then
@@ -132,11 +134,6 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   end
   redis.call('PUBLISH', K.events .. id, version)
   return version
-end
-
--- Count a finished try for the next digest.
-local function count(job_type, outcome)
-  if job_type ~= '' then redis.call('HINCRBY', K.stats, job_type .. ':' .. outcome, 1) end
 end
 
 -- History (history.py): per queue and minute, a hash of counts by

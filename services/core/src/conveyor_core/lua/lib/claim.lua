@@ -1,0 +1,260 @@
+-- Claiming: the function claim.lua runs on each poll of a worker, and
+-- finish.lua runs after the end of a try to fill the slot it freed ("finish
+-- and fetch": the next job comes back with the end of the last, with no round
+-- trip or poll of its own).
+--
+-- A job is claimable when it is due and not locked, the check arq's
+-- start_jobs makes per job in a WATCH/MULTI transaction; the lock is arq's own
+-- in-progress key. arq keeps running jobs in the queue until they finish, so
+-- the scan passes over locked ones, reading at most `scan_limit` due entries;
+-- the locks of a batch of entries (and, the first time, the queue's paused
+-- flag) are read with one MGET. A job whose worker died while a cancel was
+-- pending is cancelled here, not started. A paused queue starts nothing, and
+-- the next due time is left out: its workers sleep until resume wakes them.
+--
+-- Priorities are bands of scores (see store.py, queue_score): the scan reads
+-- arq's queue in score order, highest priority first; the first entry of a
+-- band that is not due yet is that band's next due time, and the scan jumps to
+-- the next band (a lookup of its first entry). A queue of one priority costs
+-- one read of entries and one MGET per call, besides the jobs it claims.
+--
+-- Limits (flow.py): with `limits` (the queue's limited types, JSON), each
+-- candidate's flow entry says its type and key; a job over a running limit or
+-- a rate is passed over (it stays queued, takes no slot, uses no try), the
+-- first time per type or key and call recorded in the waiting hash (why it
+-- waits), and a rate's earliest next start becomes a due time for the
+-- worker's sleep. Running sets heal themselves: at the limit, an id whose lock
+-- lapsed (a dead worker's) is dropped, each id checked at most once per lock
+-- ttl. Without limits none of this runs: unlimited queues cost what they did.
+--
+-- Returns the claimed jobs ({id, due ms, try, ...}), the next due time (ms)
+-- or nil, the time the queue was paused or nil, and the due jobs passed over
+-- ({limit = n, rate = n}).
+local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json)
+  local waiting_key, flow_key = qkey(queue, 'waiting'), qkey(queue, 'flow')
+  local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
+  local claimed, count_, scanned = {}, 0, 0
+  local next_due = nil
+  local held = {limit = 0, rate = 0}
+  -- Jobs started in this call (a key's turn may start one the scan reads later).
+  local started = {}
+
+  local function sooner(due) if not next_due or due < next_due then next_due = due end end
+
+  -- Per call: what each running set and start window holds, read once.
+  local running, windows, marked = {}, {}, {}
+
+  local function running_count(key, max)
+    local n = running[key]
+    if n then return n end
+    n = redis.call('ZCARD', key)
+    if n >= max then
+      -- At the limit: ids that ran longer than a lock ttl since last checked are
+      -- dropped if their lock lapsed (a dead worker's), else checked a ttl later.
+      local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - tonumber(lock_ms))
+      for _, id in ipairs(old) do
+        if redis.call('EXISTS', K.arq_lock .. id) == 0 then
+          redis.call('ZREM', key, id)
+          n = n - 1
+        else
+          redis.call('ZADD', key, 'XX', now, id)
+        end
+      end
+    end
+    running[key] = n
+    return n
+  end
+
+  local function window(key, rate)
+    local w = windows[key]
+    if w then return w end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rate[2])
+    w = {n = redis.call('ZCARD', key), max = rate[1], per = rate[2]}
+    windows[key] = w
+    return w
+  end
+
+  local function mark(subject, reason)
+    held[reason] = held[reason] + 1
+    if not marked[subject] then
+      marked[subject] = true
+      redis.call('HSET', waiting_key, subject, reason)
+    end
+  end
+
+  -- The checks a job of a limited type must pass: nil when it may start now,
+  -- else the reason; `starts` collects what to count if it does start.
+  local function gate(flow)
+    local t, key = flow_parts(flow)
+    local l = t and limits[t]
+    if not l then return nil, nil end
+    local checks = {}
+    if l.n then checks[#checks + 1] = {'n', running_key(queue, t), l.n, t} end
+    if l.r then checks[#checks + 1] = {'r', starts_key(queue, t), l.r, t} end
+    if key ~= '' then
+      local subject = t .. '\n' .. key
+      if l.kn then checks[#checks + 1] = {'n', running_key_of(queue, t, key), l.kn, subject} end
+      if l.kr then checks[#checks + 1] = {'r', starts_key_of(queue, t, key), l.kr, subject} end
+    end
+    for _, c in ipairs(checks) do
+      if c[1] == 'n' then
+        if running_count(c[2], c[3]) >= c[3] then mark(c[4], 'limit') return 'limit', nil end
+      else
+        local w = window(c[2], c[3])
+        if w.n >= w.max then
+          -- The earliest start the window allows: when its (n - max + 1)th oldest leaves.
+          local oldest = redis.call('ZRANGE', c[2], w.n - w.max, w.n - w.max, 'WITHSCORES')
+          if oldest[2] then sooner(tonumber(oldest[2]) + w.per) end
+          mark(c[4], 'rate')
+          return 'rate', nil
+        end
+      end
+    end
+    return nil, checks
+  end
+
+  -- A limited job starts: it runs and its start counts in the windows (each
+  -- window's expiry is renewed once per call, at the end). A mark of its type or
+  -- key stays until one of its jobs ends (see release in transition.lua).
+  local function count_start(id, tries, checks)
+    for _, c in ipairs(checks) do
+      if c[1] == 'n' then
+        redis.call('ZADD', c[2], now, id)
+        running[c[2]] = running[c[2]] + 1
+      else
+        redis.call('ZADD', c[2], now, id .. ':' .. tries)
+        windows[c[2]].n = windows[c[2]].n + 1
+        windows[c[2]].started = true
+      end
+    end
+  end
+
+  -- Keys take turns: a slot that falls to a keyed job goes to the next key of
+  -- its type's ring that has a job due in this band and may start now (at most
+  -- 10 keys are tried). Returns that job's id, score, flow entry and checks, or
+  -- nil when no key may start one.
+  local function take_turn(t, base)
+    local ring = ring_key(queue, t)
+    for _ = 1, math.min(redis.call('LLEN', ring), 10) do
+      local key = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+      if not key then return nil end
+      local row = redis.call('ZRANGEBYSCORE', keyq_key(queue, t, key), fmt(base), fmt(base + now),
+        'WITHSCORES', 'LIMIT', 0, 1)
+      if row[1] and not started[row[1]] and redis.call('EXISTS', K.arq_lock .. row[1]) == 0 then
+        local flow = t .. '\n' .. key
+        local held_for, checks = gate(flow)
+        if not held_for then return row[1], row[2], flow, checks end
+        if marked[t] then return nil end -- the whole type is held: no key may start
+      end
+    end
+    return nil
+  end
+
+  -- Types (and bands) whose turn found no key that may start a job, in this call.
+  local no_turn = {}
+
+  -- Start one job: lock it, count it against its limits, start its record.
+  local function start(id, score, base, flow, checks)
+    started[id] = true
+    local rec = load(id, queue, false)
+    if rec.state == 'in_progress' and rec.cancel then
+      transition(rec, 'cancelled', now, now + cancelled_ttl, {'finished_at_ms', now},
+        cancelled_ttl)
+      return
+    elseif TERMINAL[rec.state] then
+      redis.call('ZREM', queue, id) -- finished, yet back in the queue: a bare arq enqueue
+      return
+    end
+    local due = fmt(tonumber(score) - base)
+    redis.call('PSETEX', K.arq_lock .. id, lock_ms, '1')
+    rec.tries = rec.tries + 1
+    local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
+      'next_try_at_ms', '', 'priority', priority_of(score)}
+    if flow then
+      if checks then count_start(id, rec.tries, checks) end
+      rec.flow = flow
+      fields[#fields + 1] = 'flow'
+      fields[#fields + 1] = flow
+    end
+    transition(rec, 'in_progress', now, now, fields)
+    count_ = count_ + 1
+    for _, v in ipairs({id, due, rec.tries}) do claimed[#claimed + 1] = v end
+  end
+
+  -- One due, unlocked entry of band `base`: start it, or a job of its key's
+  -- turn, unless a limit holds it.
+  local function consider(id, score, base)
+    local flow = limits and redis.call('HGET', flow_key, id) or nil
+    local t, key = nil, ''
+    if flow then t, key = flow_parts(flow) end
+    local keyed = t and key ~= '' and limits[t]
+    if keyed and not no_turn[t .. base] and redis.call('ZSCORE', keyq_key(queue, t, key), id) then
+      local turn_id, turn_score, turn_flow, checks = take_turn(t, base)
+      if turn_id then start(turn_id, turn_score, base, turn_flow, checks)
+      else no_turn[t .. base] = true end -- no key may start one: not asked again
+      if turn_id ~= id and count_ < wanted and not started[id] then
+        -- This job waits for its key's turn (if its key is held, that says why);
+        -- with no turn taken at all (its key not among the keys tried), it starts
+        -- itself when it may, so no keyed job can wait for ever.
+        local held_for, own_checks = gate(flow)
+        if not turn_id and not held_for then start(id, score, base, flow, own_checks) end
+      end
+    else
+      local held_for, checks = nil, nil
+      if flow then held_for, checks = gate(flow) end
+      if not held_for then start(id, score, base, flow, checks) end
+    end
+  end
+
+  -- The scan: batches of entries in score order, from `lo`; a batch grows
+  -- (to 100) when it was all due and not enough of it could start.
+  local lo, offset, batch = '-inf', 0, math.min(wanted + 10, 100)
+  local paused_checked = false
+  while count_ < wanted and scanned < scan_limit do
+    local rows = redis.call('ZRANGEBYSCORE', queue, lo, '+inf', 'WITHSCORES', 'LIMIT', offset, batch)
+    -- The due entries come first; the first one not due ends its band's part.
+    local due_rows, jump = {}, nil
+    for i = 1, #rows, 2 do
+      local score = tonumber(rows[i + 1])
+      local priority = priority_of(score)
+      local base = band_base(priority)
+      if score - base > now then
+        sooner(score - base)
+        jump = priority
+        break
+      end
+      due_rows[#due_rows + 1] = {rows[i], rows[i + 1], base}
+    end
+    local reads = {}
+    if not paused_checked then reads[1] = qkey(queue, 'paused') end
+    for _, row in ipairs(due_rows) do reads[#reads + 1] = K.arq_lock .. row[1] end
+    if #reads > 0 then
+      local flags = redis.call('MGET', unpack(reads))
+      local first = 1
+      if not paused_checked then
+        paused_checked, first = true, 2
+        if flags[1] then return {}, nil, flags[1], held end
+      end
+      for j, row in ipairs(due_rows) do
+        if count_ >= wanted or scanned >= scan_limit then break end
+        scanned = scanned + 1
+        if not flags[first + j - 1] and not started[row[1]] then consider(row[1], row[2], row[3]) end
+      end
+    end
+    if count_ >= wanted then break end -- no slot left: no next due time needed
+    if jump then
+      if jump >= K.lowest_priority then break end
+      -- What follows this band's due part: the next band.
+      lo, offset = fmt(band_base(jump + 1)), 0
+    elseif #rows < 2 * batch then
+      break -- the end of the queue
+    else
+      offset = offset + batch
+      batch = math.min(batch * 2, 100)
+    end
+  end
+  for key, w in pairs(windows) do
+    if w.started then redis.call('PEXPIRE', key, w.per) end
+  end
+  return claimed, next_due, nil, held
+end
