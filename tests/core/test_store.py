@@ -20,6 +20,7 @@ from conveyor_core.store import (
     RateLimit,
     decode_cursor,
     encode_cursor,
+    lua_script,
 )
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
@@ -35,6 +36,20 @@ def test_cursors_round_trip_and_reject_garbage() -> None:
     for bad in ["", "!!", encode_cursor(0, "not-a-number", "x"), "W10"]:
         with pytest.raises(InvalidCursorError):
             decode_cursor(bad)
+
+
+def test_a_script_carries_only_the_shared_functions_it_uses() -> None:
+    """Redis runs a script's whole text on every call: the rate limit's carries
+    GCRA alone, a read the key names too, the end of a try the claim as well."""
+    rate_limit, read, finish = (lua_script(n) for n in ("rate_limit", "read", "finish"))
+    assert "local function gcra" in rate_limit
+    assert "local function qkey" not in rate_limit
+    assert "local function qkey" in read
+    assert "local function transition" not in read
+    for needed in ("qkey", "transition", "claim_jobs"):
+        assert f"local function {needed}" in finish
+    assert "local function gcra" not in finish
+    assert lua_script("finish").startswith("#!lua")  # its flags stay the first line
 
 
 def test_fingerprint_ignores_key_order() -> None:
@@ -365,6 +380,49 @@ async def test_submit_spends_the_callers_rate_in_its_own_step(redis: ArqRedis) -
     assert second.job is None
     assert await redis.zcard(QUEUE) == 1  # the refused submit wrote nothing
     assert not await redis.exists(f"arq:job:{second.job_id}")
+
+
+async def test_read_spends_the_callers_rate_and_finds_a_job_in_any_state(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    limit = RateLimit("conveyor:ratelimit:test", interval_us=60_000_000, burst=2)
+    job_id = await submitted(store)
+
+    # Waiting: no record yet, found by its score in its queue (paused or not).
+    waiting = await store.read(job_id, limit)
+    assert waiting.retry_after_s is None
+    assert waiting.found is not None
+    arq_job, job = waiting.found
+    assert arq_job is not None
+    assert arq_job.payload == {"sleep_s": 0}
+    assert (job.state, job.queue, job.waiting_reason) == (JobState.QUEUED, QUEUE, None)
+    await store.pause(QUEUE)
+    paused = (await store.read(job_id)).found
+    assert paused is not None
+    assert paused[1].waiting_reason == "paused"
+    await store.resume(QUEUE)
+
+    # Started: from its record.
+    await store.claim(QUEUE, 5, **CLAIM)
+    started = (await store.read(job_id)).found
+    assert started is not None
+    assert (started[1].state, started[1].tries, started[1].queue) == (
+        JobState.IN_PROGRESS,
+        1,
+        QUEUE,
+    )
+    assert (await store.read("no-such-job")).found is None
+
+    # The second read of the burst answers; the third is refused and reads nothing.
+    assert (await store.read(job_id, limit)).found is not None
+    refused = await store.read(job_id, limit)
+    assert refused.found is None
+    assert refused.retry_after_s is not None
+    assert 0 < refused.retry_after_s <= 60
+    # Reads leave nothing behind but the limiter's one key.
+    assert await redis.exists("conveyor:ratelimit:test")
+    assert await indexes_of(redis, job_id) == {"in_progress"}
 
 
 async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(

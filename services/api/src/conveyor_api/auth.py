@@ -25,7 +25,6 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, iter_route_contexts
 from opentelemetry import trace
 from pydantic import BaseModel, Field, field_validator
-from redis.asyncio.client import Pipeline
 
 from conveyor_core.logging import bind
 from conveyor_core.ratelimit import RateDecision, RateLimiter
@@ -155,7 +154,7 @@ class Caller:
     services: "Services"  # what the route works with
 
     def rate_limit(self) -> RateLimit | None:
-        """The key's rate, for a script that spends it in its own step (submit)."""
+        """The key's rate, for a script that spends it in its own step (submit, read)."""
         limiter = self.services.rate_limiter
         return limiter.limit_for(self.key.name) if limiter is not None else None
 
@@ -168,20 +167,6 @@ class Caller:
             decision = await limiter.hit(self.key.name)
             if not decision.allowed:
                 raise over_rate(self.key, decision)
-
-    async def spend_then(self, reads: Callable[[Pipeline], object]) -> list[Any]:
-        """Spend one request of the key's rate and run `reads` (commands added to
-        a pipeline) in the same round trip: their replies, or 429."""
-        limiter = self.services.rate_limiter
-        if limiter is None:
-            async with self.services.redis.pipeline(transaction=False) as pipe:
-                reads(pipe)
-                replies: list[Any] = await pipe.execute()
-            return replies
-        decision, replies = await limiter.hit_then(self.key.name, reads)
-        if not decision.allowed:
-            raise over_rate(self.key, decision)
-        return replies
 
 
 def _permitted(request: Request, scope: Scope) -> ApiKey:
@@ -217,8 +202,9 @@ Authorization = Callable[[Request], Awaitable[Caller]]
 
 def authorize(scope: Scope) -> Authorization:
     """A dependency: a valid key (else 401) with `scope` (else 403), as a `Caller`
-    whose rate the route spends itself (`spend`, `spend_then`), so that a route
-    that reads Redis sends the rate limit and its reads in one round trip.
+    whose rate the route spends itself (`spend`, or a store script given
+    `rate_limit()`), so that a route that reads Redis spends the rate and reads
+    in one round trip.
 
     A route that takes it must spend it on every path that reaches Redis; the
     rate-limit tests send every protected route over its rate."""

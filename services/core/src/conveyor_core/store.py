@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -117,12 +118,18 @@ def _lua_constants() -> str:
 
 
 # The shared functions of `lua/lib/`, in the order each needs the ones before.
-LUA_LIB = ("transition", "gcra", "claim")
+LUA_LIB = ("keys", "transition", "gcra", "claim")
+# What a lib file declares at its top level: its functions and tables.
+LUA_DECLARED = re.compile(r"^local (?:function )?(\w+)", re.MULTILINE)
+LUA_COMMENT = re.compile(r"--[^\n]*")
 
 
 @cache
 def lua_script(name: str, shebang: str | None = None) -> str:
-    """A script from `lua/`, after the key names and the shared functions of `lua/lib/`.
+    """A script from `lua/`, after the key names and the shared functions of
+    `lua/lib/` it uses (directly or through another lib's): Redis runs a
+    script's whole text on every call, and the rest cost a rate-limit check
+    more than its own work.
 
     A script's first line may declare its flags (`#!lua flags=...`, Redis 7):
     one that adds data has none, so a Redis at maxmemory refuses it before it
@@ -130,12 +137,17 @@ def lua_script(name: str, shebang: str | None = None) -> str:
     `allow-oom`; a read is `no-writes`. `shebang` replaces that line.
     """
     lua = files("conveyor_core").joinpath("lua")
-    lib = lua.joinpath("lib")
-    shared = [lib.joinpath(f"{f}.lua").read_text() for f in LUA_LIB]
     own = lua.joinpath(f"{name}.lua").read_text()
     first, _, rest = own.partition("\n") if own.startswith("#!") else ("", "", own)
     shebang = first if shebang is None else shebang
-    return "\n".join(filter(None, [shebang, _lua_constants(), *shared, rest]))
+    used: list[str] = []
+    uses = LUA_COMMENT.sub("", rest)
+    for lib_name in reversed(LUA_LIB):  # a lib needs only the ones before it
+        lib = lua.joinpath("lib", f"{lib_name}.lua").read_text()
+        if any(re.search(rf"\b{n}\b", uses) for n in LUA_DECLARED.findall(lib)):
+            used.insert(0, lib)
+            uses += LUA_COMMENT.sub("", lib)
+    return "\n".join(filter(None, [shebang, _lua_constants(), *used, rest]))
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -213,8 +225,19 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    """What a rate-limited read found (see `JobStore.read`)."""
+
+    # The job and its arq job (None when arq's key is gone); None when there is none.
+    found: tuple[ArqJob | None, JobPublic] | None = None
+    # Refused by the caller's rate limit: when to try again; nothing was read.
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
-    """A caller's request rate, spent by the submit script itself (see lib/gcra.lua)."""
+    """A caller's request rate, spent by the submit and read scripts themselves
+    (see lib/gcra.lua)."""
 
     key: str
     interval_us: int
@@ -406,6 +429,7 @@ class JobStore:
         self._requeue = script(lua_script("requeue"))
         self._trim = script(lua_script("trim"))
         self._page = script(lua_script("page"))
+        self._read_one = script(lua_script("read"))
         self._queue_stats = script(lua_script("queue_stats"))
         self._pause = script(lua_script("pause"))
         self._bulk = script(lua_script("bulk"))
@@ -698,26 +722,50 @@ class JobStore:
         found = await self._read_many([(job_id, None) for job_id in job_ids])
         return [f[1] if f else None for f in found]
 
+    async def read(self, job_id: str, rate_limit: RateLimit | None = None) -> Read:
+        """One job, after spending one request of the caller's `rate_limit` (when
+        given) in the same script: one round trip (a second only for a due job
+        of a limited type, see `held_reasons`)."""
+        reply = await self._read_one(
+            keys=[
+                rate_limit.key if rate_limit else "",
+                keys.job_key(job_id),
+                job_key_prefix + job_id,
+            ],
+            args=[
+                rate_limit.interval_us if rate_limit else 0,
+                rate_limit.burst if rate_limit else 0,
+                job_id,
+                *self.catalog.queues(),
+            ],
+        )
+        if not reply[0]:
+            return Read(retry_after_s=int(reply[1]) / 1_000_000)
+        _, flat, job_bytes, where, score, paused = reply
+        scores = {where.decode(): score} if score is not None else {}
+        found = self._found(job_id, _pairs(flat), job_bytes, scores, paused == 1, now_ms())
+        (found,) = await self.held_reasons([found])
+        return Read(found=found)
+
     async def _read(self, job_id: str) -> tuple[ArqJob | None, JobPublic] | None:
-        return (await self._read_many([(job_id, None)]))[0]
+        return (await self.read(job_id)).found
 
     async def _read_many(
         self, rows: Iterable[tuple[str, str | None]], at_ms: int | None = None
     ) -> list[tuple[ArqJob | None, JobPublic] | None]:
-        """Jobs by (id, queue) in one round trip (see `add_reads`), and a second
+        """Jobs by (id, queue) in one round trip (see `_add_reads`), and a second
         only for due jobs of limited types (see `held_reasons`)."""
         rows = list(rows)
         async with self.redis.pipeline(transaction=False) as pipe:
-            self.add_reads(pipe, rows)
+            self._add_reads(pipe, rows)
             replies = iter(await pipe.execute())
-        return await self.held_reasons(self.parse_reads(rows, replies, at_ms))
+        return await self.held_reasons(self._parse_reads(rows, replies, at_ms))
 
-    def add_reads(self, pipe: Pipeline, rows: list[tuple[str, str | None]]) -> None:
+    def _add_reads(self, pipe: Pipeline, rows: list[tuple[str, str | None]]) -> None:
         """Queue on `pipe` what reading jobs by (id, queue) takes: whether each
         queue is paused, and per job its hash, arq's job key and its score in its
-        queue (in every queue of the catalog when not known). `parse_reads` makes
-        the jobs of the replies; a caller may add its own commands before or
-        after (the api pipelines its rate limit)."""
+        queue (in every queue of the catalog when not known). `_parse_reads` makes
+        the jobs of the replies."""
         queues = self.catalog.queues()
         for name in queues:
             pipe.exists(keys.paused_key(name))
@@ -727,13 +775,13 @@ class JobStore:
             for q in [queue] if queue else queues:
                 pipe.zscore(q, job_id)
 
-    def parse_reads(
+    def _parse_reads(
         self,
         rows: list[tuple[str, str | None]],
         replies: Iterator[Any],
         at_ms: int | None = None,
     ) -> list[tuple[ArqJob | None, JobPublic] | None]:
-        """Take the jobs' replies (as `add_reads` queued them) from `replies`."""
+        """Take the jobs' replies (as `_add_reads` queued them) from `replies`."""
         queues = self.catalog.queues()
         paused = {name for name in queues if next(replies)}
         at_ms = at_ms or now_ms()
@@ -743,19 +791,32 @@ class JobStore:
             candidates = [queue] if queue else queues
             scores = {q: s for q in candidates if (s := next(replies)) is not None}
             record = _decode(raw)
-            if not record and not scores:
-                # Never ours (a bare arq worker finished it), or gone.
-                out.append(None)
-                continue
-            arq_job = ArqJob.decode(job_bytes) if job_bytes else None
             where = record.get("queue") or next(iter(scores), "")
-            priority, score_ms = (
-                (DEFAULT_PRIORITY, None) if record else split_score(float(scores[where]))
-            )
-            reason = WaitingReason.PAUSED if where in paused else None
-            job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason, priority)
-            out.append((arq_job, job))
+            out.append(self._found(job_id, record, job_bytes, scores, where in paused, at_ms))
         return out
+
+    def _found(
+        self,
+        job_id: str,
+        record: dict[str, str],
+        job_bytes: bytes | None,
+        scores: dict[str, Any],
+        paused: bool,
+        at_ms: int,
+    ) -> tuple[ArqJob | None, JobPublic] | None:
+        """A job from its record, arq's job key and (waiting, with no record yet)
+        its score in the queue it waits in; None when there is neither."""
+        if not record and not scores:
+            # Never ours (a bare arq worker finished it), or gone.
+            return None
+        arq_job = ArqJob.decode(job_bytes) if job_bytes else None
+        where = record.get("queue") or next(iter(scores), "")
+        priority, score_ms = (
+            (DEFAULT_PRIORITY, None) if record else split_score(float(scores[where]))
+        )
+        reason = WaitingReason.PAUSED if paused else None
+        job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason, priority)
+        return arq_job, job
 
     async def held_reasons(
         self, found: list[tuple[ArqJob | None, JobPublic] | None]

@@ -314,20 +314,18 @@ async def list_jobs(
 
 
 async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
-    """One round trip to Redis: the rate limit and the job's read, pipelined."""
+    """One round trip to Redis: the read script spends the rate limit and reads."""
     return await job_read(caller, job_id)
 
 
 async def job_read(caller: Caller, job_id: str) -> Response:
     """A read's answer, once the request is valid (its route's, or its fast route's)."""
-    store = caller.services.store
-    rows: list[tuple[str, str | None]] = [(job_id, None)]
-    replies = await caller.spend_then(lambda pipe: store.add_reads(pipe, rows))
-    # A second round trip only for a due job of a limited type: why it waits.
-    (found,) = await store.held_reasons(store.parse_reads(rows, iter(replies)))
-    if found is None:
+    read = await caller.services.store.read(job_id, caller.rate_limit())
+    if read.retry_after_s is not None:
+        raise caller.over_rate(read.retry_after_s)
+    if read.found is None:
         raise _not_found(job_id)
-    return job_response(found[1], caller.services.redact)
+    return job_response(read.found[1], caller.services.redact)
 
 
 async def cancel_job(

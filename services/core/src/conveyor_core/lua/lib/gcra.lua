@@ -1,6 +1,8 @@
 -- GCRA (generic cell rate algorithm): spend one request of a key's rate, or not.
 -- The key holds the "theoretical arrival time" (TAT) in microseconds; Redis'
 -- own clock is used, so every api replica shares one time and one limit.
+-- Its callers are allow-oom (a full Redis still limits): one key per api key,
+-- rewritten in place, and gone once its caller is back to a full burst.
 -- Returns {allowed (1/0), retry after (us), remaining (requests)}.
 local function gcra(key, interval_us, burst)
   local t = redis.call('TIME')

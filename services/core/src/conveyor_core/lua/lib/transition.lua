@@ -1,5 +1,6 @@
 -- The one transition every lifecycle script is built on; lua_script() puts it
--- (after the key names of keys.py, as K) in front of each script.
+-- (after K, the key names of keys.py, and lib/keys.lua) in front of each
+-- script that uses it.
 --
 -- A job that waits for its first try is only arq's: its job key and its entry
 -- in the queue. From its first claim on, Conveyor's hash records its life.
@@ -10,24 +11,6 @@
 local INDEXED = {in_progress = true, retrying = true, complete = true, dead = true,
   cancelled = true}
 local TERMINAL = {complete = true, dead = true, cancelled = true}
-
-local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. state end
-
-local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name end
-
--- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
-local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
-local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
-local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .. t .. ':' .. key) end
-local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
-local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
-
--- Keys take turns (flow.py): a keyed job (its type has a key) also waits in
--- its key's own queue, `keyq:{type}:{key}` (same score as in arq's queue),
--- and a key with waiting jobs is in its type's ring of keys, `ring:{type}`,
--- which the claim rotates.
-local function keyq_key(queue, t, key) return qkey(queue, 'keyq:' .. t .. ':' .. key) end
-local function ring_key(queue, t) return qkey(queue, 'ring:' .. t) end
 
 local function fair_enter(queue, flow, score, id)
   local t, key = flow_parts(flow)

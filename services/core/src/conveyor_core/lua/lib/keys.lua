@@ -1,0 +1,20 @@
+-- Key names built in Lua, as keys.py builds them (K holds its prefixes): a
+-- queue's keys share its hash slot, `{queue}`.
+
+local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. state end
+
+local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name end
+
+-- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
+local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
+local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
+local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .. t .. ':' .. key) end
+local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
+local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
+
+-- Keys take turns (flow.py): a keyed job (its type has a key) also waits in
+-- its key's own queue, `keyq:{type}:{key}` (same score as in arq's queue),
+-- and a key with waiting jobs is in its type's ring of keys, `ring:{type}`,
+-- which the claim rotates.
+local function keyq_key(queue, t, key) return qkey(queue, 'keyq:' .. t .. ':' .. key) end
+local function ring_key(queue, t) return qkey(queue, 'ring:' .. t) end
