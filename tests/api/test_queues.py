@@ -1,6 +1,7 @@
 """`/v1/queues`: statistics, pause and resume."""
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor_seed import CREATE_TASK
 
@@ -31,3 +32,28 @@ async def test_pausing_an_unknown_queue_is_a_404(client: httpx.AsyncClient) -> N
     response = await client.post("/v1/queues/nowhere/pause")
     assert response.status_code == 404
     assert "nowhere" in response.json()["detail"]
+
+
+async def scraped(client: httpx.AsyncClient, name: str, queue: str) -> float:
+    text = (await client.get("/metrics")).text
+    (value,) = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels == {"queue": queue}
+    ]
+    return value
+
+
+async def test_the_api_exports_a_pause_even_with_no_worker_running(
+    client: httpx.AsyncClient,
+) -> None:
+    """Workers export the pause from their claims; a queue scaled to zero workers
+    has none, so the api exports it too, read at each scrape."""
+    queue = CREATE_TASK.queue
+    assert (await client.post(f"/v1/queues/{queue}/pause")).status_code == 200
+    assert await scraped(client, "conveyor_queue_paused", queue) == 1
+    assert await scraped(client, "conveyor_queue_paused_seconds", queue) >= 0
+    assert (await client.post(f"/v1/queues/{queue}/resume")).status_code == 200
+    assert await scraped(client, "conveyor_queue_paused", queue) == 0
+    assert await scraped(client, "conveyor_queue_paused_seconds", queue) == 0

@@ -28,12 +28,15 @@ from prometheus_client.exposition import choose_encoder
 from starlette.types import Scope
 
 from conveyor_core.catalog import Catalog
+from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import (
     HTTP_DURATION,
     HTTP_REQUESTS,
     JOBS_ENQUEUED,
     QUEUE_JOBS,
     QUEUE_OLDEST_READY_AGE,
+    QUEUE_PAUSED,
+    QUEUE_PAUSED_SECONDS,
     REDIS_UP,
     LabelCache,
 )
@@ -172,7 +175,7 @@ def _mount(scope: Scope) -> str | None:
 
 
 async def refresh_queue_metrics(store: JobStore, catalog: Catalog) -> None:
-    """Queue depth and latency, read at scrape time (a few O(log n) commands a queue)."""
+    """Queue depth, latency and pause, read at scrape time (a few O(log n) commands a queue)."""
     try:
         async with asyncio.timeout(QUEUE_STATS_TIMEOUT_S):
             stats = await asyncio.gather(*(store.queue_stats(q) for q in catalog.queues()))
@@ -190,6 +193,12 @@ async def refresh_queue_metrics(store: JobStore, catalog: Catalog) -> None:
         ):
             QUEUE_JOBS.labels(s.name, state).set(count)
         QUEUE_OLDEST_READY_AGE.labels(s.name).set(s.oldest_ready_age_s)
+        # Workers export these too, from their claims; the api's are there while
+        # a paused queue has no worker at all (scaled to zero), so the alerts
+        # that a pause silences stay silenced, and a long pause still alerts.
+        QUEUE_PAUSED.labels(s.name).set(1 if s.paused_at_ms else 0)
+        paused_ms = max(now_ms() - s.paused_at_ms, 0) if s.paused_at_ms else 0
+        QUEUE_PAUSED_SECONDS.labels(s.name).set(paused_ms / 1000)
 
 
 async def metrics(request: Request) -> Response:

@@ -59,8 +59,8 @@ JOBS_STARTED = Counter("conveyor_jobs_started", "Job tries started.", ["job", "q
 JOBS_FINISHED = Counter(
     "conveyor_jobs_finished",
     "Job tries finished, by outcome: success; retry (failed, another try is scheduled); "
-    "failed (a permanent error: to the dead letters at once); dead (no tries left); "
-    "cancelled; requeued (cut short by a shutdown, to run again).",
+    "dead (a permanent error or no tries left: to the dead letters); cancelled; "
+    "interrupted (cut short by a shutdown: runs again, the try not counted).",
     ["job", "queue", "outcome"],
 )
 JOB_DURATION = Histogram(
