@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from conveyor_api.auth import Scope
-from conveyor_api.limits import BodyLimitMiddleware, check_filename, json_problem
+from conveyor_api.edge import Edge
+from conveyor_api.limits import check_filename, json_problem
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.ratelimit import RateLimiter
 from tests.api.conftest import make_app, serve
@@ -228,8 +229,8 @@ async def echo_size(request: Request) -> JSONResponse:
 async def test_uploads_have_their_own_body_limit(content_type: str, size: int, status: int) -> None:
     app = FastAPI()
     app.add_api_route("/upload", echo_size, methods=["POST"])
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=1024, max_upload_bytes=4096)
-    transport = httpx.ASGITransport(app=app)
+    limited = Edge(app, max_body_bytes=1024, max_upload_bytes=4096, max_json_depth=32)
+    transport = httpx.ASGITransport(app=limited)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         response = await client.post(
             "/upload", content=b"x" * size, headers={"content-type": content_type}

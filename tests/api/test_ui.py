@@ -71,6 +71,7 @@ async def test_the_page_and_every_file_it_loads_are_served(client: httpx.AsyncCl
         ("api.js", "javascript"),
         ("sse.js", "javascript"),
         ("format.js", "javascript"),
+        ("dom.js", "javascript"),
         ("app.css", "text/css"),
         ("favicon.svg", "image/svg+xml"),
     ]:

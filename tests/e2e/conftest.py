@@ -3,6 +3,7 @@
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -94,15 +95,23 @@ class Stack:
         stop_all(*self.workers, self.api)
 
 
-@pytest.fixture
-def stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
-    """The api, started; start workers with `stack.start_worker()`."""
-    stack = Stack(redis_url, log_dir)
+@contextmanager
+def running(stack: Stack, workers: int = 0) -> Iterator[Stack]:
+    """`stack` with its api and `workers` workers started, closed on the way out."""
     try:
         stack.start_api()
+        for _ in range(workers):
+            stack.start_worker()
         yield stack
     finally:
         stack.close()
+
+
+@pytest.fixture
+def stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    """The api, started; start workers with `stack.start_worker()`."""
+    with running(Stack(redis_url, log_dir)) as stack:
+        yield stack
 
 
 def with_reader(redis_url: str, log_dir: Path, reader_key: str) -> Iterator[Stack]:
@@ -110,10 +119,5 @@ def with_reader(redis_url: str, log_dir: Path, reader_key: str) -> Iterator[Stac
     keys = keys_env(
         api_key(TEST_KEY_NAME, TEST_KEY), api_key("viewer", reader_key, [Scope.JOBS_READ])
     )
-    stack = Stack(redis_url, log_dir, CONVEYOR_API_KEYS=keys)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with running(Stack(redis_url, log_dir, CONVEYOR_API_KEYS=keys), workers=1) as stack:
         yield stack
-    finally:
-        stack.close()

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, running
 from tests.support.smtp import Received, SmtpServer
 
 pytestmark = pytest.mark.e2e
@@ -28,19 +28,17 @@ ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)$")
 
 @pytest.fixture
 def cron_stack(redis_url: str, log_dir: Path, smtp: SmtpServer) -> Iterator[Stack]:
-    stack = Stack(
-        redis_url,
-        log_dir,
-        **smtp.env,
-        CONVEYOR_DIGEST_TO=OPERATOR,
-        CONVEYOR_DIGEST_SCHEDULE=json.dumps(DIGEST_SCHEDULE),
-        CONVEYOR_CLEANUP_SCHEDULE=json.dumps(CLEANUP_SCHEDULE),
-    )
-    try:
-        stack.start_api()
+    with running(
+        Stack(
+            redis_url,
+            log_dir,
+            **smtp.env,
+            CONVEYOR_DIGEST_TO=OPERATOR,
+            CONVEYOR_DIGEST_SCHEDULE=json.dumps(DIGEST_SCHEDULE),
+            CONVEYOR_CLEANUP_SCHEDULE=json.dumps(CLEANUP_SCHEDULE),
+        )
+    ) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 def parse_digest(mail: Received) -> tuple[dict[str, tuple[int, int, int]], int]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, running
 from tests.support.chat import SUMMARY_PREFIX, ChatServer
 from tests.support.pdf import make_pdf
 from tests.support.smtp import Received, SmtpServer
@@ -32,12 +32,8 @@ TEXT = " ".join(SENTENCES)
 @pytest.fixture
 def flow(redis_url: str, log_dir: Path, smtp: SmtpServer) -> Iterator[Stack]:
     """The api and (once a test starts one) workers that send mail to `smtp`."""
-    stack = Stack(redis_url, log_dir, **smtp.env, CONVEYOR_WORKER_LOCK_TTL_S="1")
-    try:
-        stack.start_api()
+    with running(Stack(redis_url, log_dir, **smtp.env, CONVEYOR_WORKER_LOCK_TTL_S="1")) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 def upload(

@@ -12,7 +12,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Page, Request, Response, expect
 
 from conveyor_core.local.redis_server import RedisProcess
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, running
 from tests.support.auth import TEST_KEY
 from tests.support.browser import BrowserErrors, open_page
 from tests.support.screenshot import refresh_readme_image
@@ -25,13 +25,8 @@ TASK_ENV = {"CONVEYOR_API_TASK_SLEEP_MIN_S": "1.5", "CONVEYOR_API_TASK_SLEEP_MAX
 
 @pytest.fixture
 def tasks_stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
-    stack = Stack(redis_url, log_dir, **TASK_ENV)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with running(Stack(redis_url, log_dir, **TASK_ENV), workers=1) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 # As if a person had typed the test key into the page.

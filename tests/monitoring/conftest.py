@@ -6,20 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, running
 from tests.support.prometheus import PrometheusProcess
 
 
 @pytest.fixture
 def stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
     """The api and one worker, started."""
-    stack = Stack(redis_url, log_dir)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    with running(Stack(redis_url, log_dir), workers=1) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture

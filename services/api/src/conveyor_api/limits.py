@@ -6,72 +6,13 @@ import json
 import unicodedata
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from conveyor_api.problems import PROBLEM_JSON
 
 
 class BodyTooLargeError(Exception):
     pass
-
-
-class BodyLimitMiddleware:
-    """413 for a body above `max_body_bytes` (multipart uploads: `max_upload_bytes`),
-    by its Content-Length or as it streams in: for any ASGI app. The api itself
-    has the same limit in its one middleware (edge.Edge), with the JSON guard."""
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int = 0) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_upload_bytes = max(max_upload_bytes, max_body_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length", b"")
-        if (
-            not declared
-            and b"transfer-encoding" not in headers
-            and scope.get("http_version") in ("1.0", "1.1")
-        ):
-            # HTTP/1 frames a body by one of the two: without them there is none.
-            await self.app(scope, receive, send)
-            return
-        upload = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
-        limit = self.max_upload_bytes if upload else self.max_body_bytes
-        if declared.isdigit() and int(declared) > limit:
-            await self._too_large(scope, send, limit)
-            return
-
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLargeError
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            response_started |= message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if response_started:
-                raise
-            await self._too_large(scope, send, limit)
-
-    async def _too_large(self, scope: Scope, send: Send, limit: int) -> None:
-        detail = f"The request body is over the limit of {limit} bytes."
-        await send_problem(send, scope, 413, "Content Too Large", detail)
 
 
 async def send_problem(send: Send, scope: Scope, status: int, title: str, detail: str) -> None:

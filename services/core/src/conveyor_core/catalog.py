@@ -117,8 +117,10 @@ class JobType:
             raise ValueError(f"job type {self.name!r}: " + "; ".join(problems))
 
 
-# Ids of records (documents, jobs) as jobs pass them.
-RecordId = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+# Ids of records (documents, jobs) as jobs pass them and the api's paths name them.
+ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+ID_MAX_CHARS = 128
+RecordId = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
 
 
 class ScheduledRun(BaseModel):

@@ -51,9 +51,6 @@ class RateLimiter:
         """`subject`'s rate, for a script that spends it itself (JobStore.submit, .read)."""
         return RateLimit(rate_limit_key(subject), self.interval_us, self.burst)
 
-    def refused(self, retry_after_s: float) -> RateDecision:
-        return RateDecision(False, retry_after_s, 0)
-
     async def hit(self, subject: str) -> RateDecision:
         """Spend one request of `subject`'s rate: one round trip."""
         reply = await self._script(

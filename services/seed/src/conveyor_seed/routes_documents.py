@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor_api.auth import Scope, require
 from conveyor_api.deps import RedisDep, StoreDep
+from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.logging import bound
@@ -41,7 +42,7 @@ from conveyor_seed.settings import DocumentSettings
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
-DocumentId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+DocumentId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 # Longest file name kept; the name is shown back and used in the mail's subject.
 MAX_NAME_CHARS = 255
 # What GET shows of the text unless asked for more (or less).

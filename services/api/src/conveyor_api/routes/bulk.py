@@ -11,14 +11,14 @@ from pydantic import AwareDatetime, BaseModel, Field
 from conveyor_api.auth import ApiKey, Scope, require
 from conveyor_api.bulk import BulkRunner, BulkStatus
 from conveyor_api.deps import CatalogDep
-from conveyor_core.catalog import Catalog
+from conveyor_core.catalog import ID_PATTERN, Catalog
 from conveyor_core.jobs import JobState, ms_to_datetime
 from conveyor_core.store import JobFilter
 
 router = APIRouter(prefix="/v1/bulk", tags=["bulk"])
 
 AdminDep = Annotated[ApiKey, Depends(require(Scope.JOBS_ADMIN))]
-BulkId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+BulkId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 
 class BulkAction(StrEnum):
@@ -138,7 +138,7 @@ async def start(
     catalog: CatalogDep,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$"),
+        Header(alias="Idempotency-Key", min_length=1, max_length=64, pattern=ID_PATTERN),
     ] = None,
 ) -> BulkPublic:
     """Runs in the api in batches; poll `GET /v1/bulk/{id}` for its progress.

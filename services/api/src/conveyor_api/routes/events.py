@@ -19,6 +19,7 @@ from conveyor_api.auth import Scope, require
 from conveyor_api.deps import EventsDep, RedactorDep, StoreDep
 from conveyor_api.events import JobChanges
 from conveyor_api.routes.jobs import SSE_KEEPALIVE_S, masked
+from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.jobs import TERMINAL_STATES, JobPublic
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
@@ -31,7 +32,7 @@ router = APIRouter(
 MAX_JOBS_PER_STREAM = 100
 
 JobIdText = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
 ]
 JobIds = Annotated[
     list[JobIdText],

@@ -41,7 +41,7 @@ from conveyor_api.auth import (
 )
 from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, StoreDep
 from conveyor_api.edge import FastRoute
-from conveyor_core.catalog import JobType
+from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN, JobType
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
 from conveyor_core.jobs import (
     HIGHEST_PRIORITY,
@@ -60,13 +60,14 @@ TAGS: list[str | Enum] = ["jobs"]
 # Keep-alive comments on idle SSE streams, so proxies do not cut them.
 SSE_KEEPALIVE_S = 15.0
 
-JobId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+JobId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
+IDEMPOTENCY_KEY_MAX_CHARS = 255
 IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
+        max_length=IDEMPOTENCY_KEY_MAX_CHARS,
         description="Resubmitting with the same key returns the first job instead of a new one.",
     ),
 ]
@@ -469,7 +470,7 @@ def _add_single_job_routes(api: APIRouter) -> None:
 
 
 # The job id in a path, as `JobId` declares it: a fast route checks it itself.
-FAST_JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+FAST_JOB_ID = re.compile(ID_PATTERN)
 JOBS_PREFIX = "/v1/jobs/"
 IDEMPOTENCY_KEY_HEADER = b"idempotency-key"
 
@@ -534,7 +535,7 @@ class FastJobRoutes:
         idempotency_key = None
         if (header := headers.get(IDEMPOTENCY_KEY_HEADER)) is not None:
             idempotency_key = header.decode("latin-1")
-            if not 1 <= len(idempotency_key) <= 255:
+            if not 1 <= len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_CHARS:
                 return False
         try:  # as FastAPI does: Python's parser, then the model in Python mode
             payload = job_type.payload.model_validate(json.loads(body))
@@ -556,7 +557,7 @@ class FastJobRoutes:
         send: Send,
     ) -> bool:
         job_id = scope["path"][len(JOBS_PREFIX) :]
-        if not FAST_JOB_ID.fullmatch(job_id):
+        if len(job_id) > ID_MAX_CHARS or not FAST_JOB_ID.fullmatch(job_id):
             return False
         key = bearer_key(self.state.keyring, headers.get(b"authorization"))
         if key is None or Scope.JOBS_READ not in key.scopes:

@@ -12,14 +12,13 @@ import {
   stateLabel,
   time,
 } from "./format.js";
+import { $, el } from "./dom.js";
 import { EventStream } from "./sse.js";
 
 // The api's bound on one /v1/events stream, and so on the jobs the list shows.
 const MAX_SHOWN = 100;
 // The recent list (not the progress, which streams) reloads every this many refreshes.
 const LIST_EVERY = 5;
-
-const $ = (id) => document.getElementById(id);
 
 const page = {
   config: {
@@ -40,16 +39,6 @@ const page = {
   streamOpen: false,
   detailId: null,
 };
-
-/** An element with attributes and children (strings become text, never HTML). */
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined && value !== false) node.setAttribute(name, value);
-  }
-  node.append(...children);
-  return node;
-}
 
 // -- problems ---------------------------------------------------------------
 

@@ -4,24 +4,15 @@
 // A read-only key (no jobs:admin) sees everything and no controls.
 
 import { ApiError, call } from "./api.js";
+import { $, el } from "./dom.js";
 import { shortId, stateLabel, time } from "./format.js";
 
-const $ = (id) => document.getElementById(id);
 const REFRESH_S = 3;
 const HISTORY_MINUTES = 60;
 const SERIES = ["enqueued", "completed", "retried", "dead"];
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = { admin: false, filter: {}, cursor: null, preview: null, bulkId: null };
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value !== null && value !== undefined && value !== false) node.setAttribute(name, value);
-  }
-  node.append(...children);
-  return node;
-}
 
 function svg(tag, attrs = {}) {
   const node = document.createElementNS(SVG, tag);
