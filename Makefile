@@ -62,11 +62,24 @@ bench: $(VENV)/.synced ## Conveyor vs bare arq, flow control, the api vs bare Fa
 dashboard: $(VENV)/.synced ## regenerate the Grafana dashboard JSON from tools/dashboard.py
 	$(BIN)/python -m tools.dashboard
 
+# Debian packages that `make check` drives: luacheck, for the Lua scripts.
+CHECK_DEBS := lua-check
+
+.PHONY: check-deps
+check-deps: ## install the Debian packages make check drives (apt-get, as root)
+	@missing=$$(for p in $(CHECK_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the checks:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 .PHONY: check
-check: $(VENV)/.synced ## ruff format --check, ruff check, mypy --strict, docs current and building
+check: $(VENV)/.synced check-deps ## ruff format --check, ruff check, mypy --strict, luacheck, docs current and building
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m tools.lua_lint
 	$(BIN)/python -m tools.docs_reference --check
 	@site=$$(mktemp -d) && trap 'rm -rf "$$site"' EXIT && \
 		$(BIN)/mkdocs build --strict --site-dir "$$site"

@@ -9,18 +9,16 @@ from arq.connections import ArqRedis
 from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue, fingerprint
-from conveyor_core.jobs import JobPublic, JobState, now_ms
+from conveyor_core.jobs import DEAD_RETENTION_S, JobPublic, JobState, now_ms
+from conveyor_core.ratelimit import RateLimit
 from conveyor_core.store import (
-    DEAD_RETENTION_S,
     ArqJob,
     Claim,
     Fetch,
     InvalidCursorError,
     JobStore,
-    RateLimit,
     decode_cursor,
     encode_cursor,
-    lua_script,
 )
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
@@ -36,20 +34,6 @@ def test_cursors_round_trip_and_reject_garbage() -> None:
     for bad in ["", "!!", encode_cursor(0, "not-a-number", "x"), "W10"]:
         with pytest.raises(InvalidCursorError):
             decode_cursor(bad)
-
-
-def test_a_script_carries_only_the_shared_functions_it_uses() -> None:
-    """Redis runs a script's whole text on every call: the rate limit's carries
-    GCRA alone, a read the key names too, the end of a try the claim as well."""
-    rate_limit, read, finish = (lua_script(n) for n in ("rate_limit", "read", "finish"))
-    assert "local function gcra" in rate_limit
-    assert "local function qkey" not in rate_limit
-    assert "local function qkey" in read
-    assert "local function transition" not in read
-    for needed in ("qkey", "transition", "claim_jobs"):
-        assert f"local function {needed}" in finish
-    assert "local function gcra" not in finish
-    assert lua_script("finish").startswith("#!lua")  # its flags stay the first line
 
 
 def test_fingerprint_ignores_key_order() -> None:

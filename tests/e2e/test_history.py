@@ -3,8 +3,7 @@ and its Redis size is bounded as documented (docs/operating.md, history.py)."""
 
 from typing import Any
 
-from conveyor_core.history import EVENTS
-from conveyor_core.store import HISTORY_TTL_S
+from conveyor_core.history import EVENTS, HISTORY_TTL_S
 from tests.e2e.conftest import Stack
 
 # Per job type: how many jobs, and what each does (fail_times for flaky).

@@ -27,8 +27,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, Field, field_validator
 
 from conveyor_core.logging import bind
-from conveyor_core.ratelimit import RateDecision, RateLimiter
-from conveyor_core.store import RateLimit
+from conveyor_core.ratelimit import RateDecision, RateLimit, RateLimiter
 
 if TYPE_CHECKING:  # deps imports settings, which imports this module
     from conveyor_api.deps import Services

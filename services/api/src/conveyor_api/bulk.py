@@ -30,9 +30,9 @@ from redis.asyncio import Redis
 from conveyor_api import audit
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog
-from conveyor_core.jobs import JobPublic, JobState, now_ms
+from conveyor_core.jobs import DEAD_RETENTION_S, JobPublic, JobState, now_ms
 from conveyor_core.redis import REDIS_DOWN_ERRORS
-from conveyor_core.store import BULK_BATCH_MAX, DEAD_RETENTION_S, JobFilter, JobStore
+from conveyor_core.store import BULK_BATCH_MAX, JobFilter, JobStore
 
 logger = logging.getLogger("conveyor.api.bulk")
 

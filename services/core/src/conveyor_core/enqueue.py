@@ -12,7 +12,8 @@ from pydantic import BaseModel
 from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
-from conveyor_core.store import JobStore, RateLimit, Submitted
+from conveyor_core.ratelimit import RateLimit
+from conveyor_core.store import JobStore, Submitted
 from conveyor_core.tracing import inject, messaging_attributes, tracer
 
 

@@ -25,8 +25,9 @@ from redis.asyncio import Redis
 
 from conveyor_core import keys
 from conveyor_core.jobs import now_ms
-from conveyor_core.store import HISTORY_TTL_S
 
+# Per-minute history is kept this long.
+HISTORY_TTL_S = 72 * 3600
 EVENTS = ("enqueued", "started", "completed", "retried", "dead", "cancelled")
 # The outcomes of a try that ran: `started` is their sum.
 OUTCOMES = ("completed", "retried", "dead", "cancelled")

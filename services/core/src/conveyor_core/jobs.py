@@ -27,6 +27,9 @@ class JobState(StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.COMPLETE, JobState.DEAD, JobState.CANCELLED})
 
+# Dead jobs stay readable (and requeueable) this long.
+DEAD_RETENTION_S = 7 * 86_400
+
 # The stored state of a job that waits in arq's queue (until it is due, the
 # public state is `deferred`): what a record says after a requeue or a
 # shutdown put the job back. A job with no record yet is waiting too.
@@ -34,7 +37,7 @@ WAITING = JobState.QUEUED.value
 
 
 # Priorities: 0 runs first, 9 last; a job type's default unless it says otherwise.
-# Jobs a bare arq client enqueues get DEFAULT_PRIORITY (see store.py, queue_score).
+# Jobs a bare arq client enqueues get DEFAULT_PRIORITY (see scores.py, queue_score).
 HIGHEST_PRIORITY = 0
 LOWEST_PRIORITY = 9
 DEFAULT_PRIORITY = 5

@@ -16,6 +16,11 @@ and span slots: arq's layout fixes those.
 
 PREFIX = "conveyor:"
 
+# arq drops a job nobody started within this long after it was due.
+ARQ_EXPIRY_EXTRA_MS = 86_400_000
+# arq's own expiry of its retry counter (worker.run_job).
+ARQ_RETRY_TTL_S = 88_400
+
 # Hash per job, from its first claim (or its cancellation while waiting) on:
 # state, version, tries, times, progress, result or error. Its payload stays in
 # arq's job key, which lives exactly as long as the hash.

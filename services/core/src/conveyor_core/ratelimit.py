@@ -7,11 +7,21 @@ from dataclasses import dataclass
 from arq.connections import ArqRedis
 
 from conveyor_core.keys import rate_limit_key
-from conveyor_core.store import RateLimit, lua_script
+from conveyor_core.lua import lua_script
 
 logger = logging.getLogger(__name__)
 
 US_PER_S = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A caller's request rate, spent by the submit and read scripts themselves
+    (see lib/gcra.lua)."""
+
+    key: str
+    interval_us: int
+    burst: int
 
 
 @dataclass(frozen=True, slots=True)

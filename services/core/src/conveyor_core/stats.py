@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
-from conveyor_core.history import MAX_MINUTES, MINUTE_MS, history_key
-from conveyor_core.jobs import now_ms
-from conveyor_core.store import DEAD_RETENTION_S, HISTORY_TTL_S, lua_script
+from conveyor_core.history import HISTORY_TTL_S, MAX_MINUTES, MINUTE_MS, history_key
+from conveyor_core.jobs import DEAD_RETENTION_S, now_ms
+from conveyor_core.lua import lua_script
 
 # The outcomes counted per job type.
 OUTCOMES = ("complete", "retried", "dead")

@@ -17,19 +17,14 @@ import binascii
 import contextlib
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cache
-from importlib.resources import files
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis
 from arq.constants import (
-    in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
-    retry_key_prefix,
 )
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 from redis.asyncio.client import Pipeline
@@ -39,6 +34,7 @@ from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.flow import claim_limits, flow_entry
 from conveyor_core.jobs import (
+    DEAD_RETENTION_S,
     DEFAULT_PRIORITY,
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
@@ -48,106 +44,21 @@ from conveyor_core.jobs import (
     WaitingReason,
     now_ms,
 )
+from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS
+from conveyor_core.lua import lua_script
+from conveyor_core.ratelimit import RateLimit
+from conveyor_core.scores import PRIORITIES, band_range, queue_score, split_score
 
 # The reserved job kwarg: Conveyor's metadata (trace context, request id,
 # idempotency key).
 META_KWARG = "__conveyor__"
-# arq drops a job nobody started within this long after it was due.
-ARQ_EXPIRY_EXTRA_MS = 86_400_000
-# arq's own expiry of its retry counter (worker.run_job).
-ARQ_RETRY_TTL_S = 88_400
-# Dead jobs stay readable (and requeueable) this long.
-DEAD_RETENTION_S = 7 * 86_400
 # A listing reads at most this many index entries per item asked for.
 SCAN_BUDGET_PER_ITEM = 5
 # Housekeeping removes at most this many expired entries per index and call.
 TRIM_BATCH = 10_000
-# Per-minute history (history.py) is kept this long.
-HISTORY_TTL_S = 72 * 3600
 # A bulk action's Lua call acts on at most this many jobs.
 BULK_BATCH_MAX = 500
 BULK_ACTIONS = ("cancel", "requeue", "delete")
-# A priority is a band of scores in arq's queue: score = band * PRIORITY_BAND_MS
-# + due ms, band = priority - DEFAULT_PRIORITY. A band is wider than any due
-# time (10^13 ms is the year 2286), so bands never overlap; every score stays
-# an exact integer in a double. A bare arq client's score is the due time, band
-# 0: its jobs get DEFAULT_PRIORITY.
-PRIORITY_BAND_MS = 10**13
-PRIORITIES = range(HIGHEST_PRIORITY, LOWEST_PRIORITY + 1)
-
-
-def queue_score(priority: int, due_ms: int) -> int:
-    """A job's score in arq's queue: its priority's band, then its due time."""
-    return (priority - DEFAULT_PRIORITY) * PRIORITY_BAND_MS + due_ms
-
-
-def split_score(score: float) -> tuple[int, int]:
-    """(priority, due ms) of a score in arq's queue."""
-    band = math.floor(score / PRIORITY_BAND_MS)
-    due_ms = int(score) - band * PRIORITY_BAND_MS
-    return min(max(band + DEFAULT_PRIORITY, HIGHEST_PRIORITY), LOWEST_PRIORITY), due_ms
-
-
-def band_range(priority: int) -> tuple[int, int]:
-    """The scores of one priority: [lowest, highest) ."""
-    lo = queue_score(priority, 0)
-    return lo, lo + PRIORITY_BAND_MS
-
-
-def _lua_constants() -> str:
-    """keys.py's names for the scripts, so both sides build keys one way."""
-    constants = {
-        "prefix": keys.PREFIX,
-        "job": keys.JOB_PREFIX,
-        "events": keys.EVENTS_PREFIX,
-        "wake": keys.WAKE_PREFIX,
-        "arq_job": job_key_prefix,
-        "arq_lock": in_progress_key_prefix,
-        "arq_retry": retry_key_prefix,
-        "arq_result": result_key_prefix,
-        "arq_retry_ttl_s": ARQ_RETRY_TTL_S,
-        "arq_expiry_extra_ms": ARQ_EXPIRY_EXTRA_MS,
-        "history_ttl_s": HISTORY_TTL_S,
-        "band_ms": PRIORITY_BAND_MS,
-        "default_priority": DEFAULT_PRIORITY,
-        "highest_priority": HIGHEST_PRIORITY,
-        "lowest_priority": LOWEST_PRIORITY,
-    }
-    fields = ", ".join(f"{name} = {json.dumps(value)}" for name, value in constants.items())
-    return f"local K = {{{fields}}}"
-
-
-# The shared functions of `lua/lib/`, in the order each needs the ones before.
-LUA_LIB = ("keys", "transition", "gcra", "claim")
-# What a lib file declares at its top level: its functions and tables.
-LUA_DECLARED = re.compile(r"^local (?:function )?(\w+)", re.MULTILINE)
-LUA_COMMENT = re.compile(r"--[^\n]*")
-
-
-@cache
-def lua_script(name: str, shebang: str | None = None) -> str:
-    """A script from `lua/`, after the key names and the shared functions of
-    `lua/lib/` it uses (directly or through another lib's): Redis runs a
-    script's whole text on every call, and the rest cost a rate-limit check
-    more than its own work.
-
-    A script's first line may declare its flags (`#!lua flags=...`, Redis 7):
-    one that adds data has none, so a Redis at maxmemory refuses it before it
-    runs, never halfway; one that ends jobs (and so frees memory) is
-    `allow-oom`; a read is `no-writes`. `shebang` replaces that line.
-    """
-    lua = files("conveyor_core").joinpath("lua")
-    own = lua.joinpath(f"{name}.lua").read_text()
-    first, _, rest = own.partition("\n") if own.startswith("#!") else ("", "", own)
-    shebang = first if shebang is None else shebang
-    used: list[str] = []
-    uses = LUA_COMMENT.sub("", rest)
-    for lib_name in reversed(LUA_LIB):  # a lib needs only the ones before it
-        lib = lua.joinpath("lib", f"{lib_name}.lua").read_text()
-        if any(re.search(rf"\b{n}\b", uses) for n in LUA_DECLARED.findall(lib)):
-            used.insert(0, lib)
-            uses += LUA_COMMENT.sub("", lib)
-    return "\n".join(filter(None, [shebang, _lua_constants(), *used, rest]))
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
@@ -232,16 +143,6 @@ class Read:
     found: tuple[ArqJob | None, JobPublic] | None = None
     # Refused by the caller's rate limit: when to try again; nothing was read.
     retry_after_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    """A caller's request rate, spent by the submit and read scripts themselves
-    (see lib/gcra.lua)."""
-
-    key: str
-    interval_us: int
-    burst: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import aiosmtplib
 from arq.connections import ArqRedis
 
 from conveyor_core import PermanentJobError
-from conveyor_core.store import DEAD_RETENTION_S
+from conveyor_core.jobs import DEAD_RETENTION_S
 from conveyor_seed import keys
 from conveyor_seed.settings import SmtpSettings
 

@@ -1,4 +1,9 @@
 #!lua flags=allow-oom
+--- @include "lib/keys"
+--- @include "lib/record"
+--- @include "lib/fairness"
+--- @include "lib/cancel"
+--- @include "lib/requeue"
 -- One batch of a bulk action (cancel, requeue or delete) over at most a few
 -- hundred jobs of one queue, with the semantics of the single-job scripts:
 -- cancel as cancel.lua (a running job is asked to stop), requeue as
@@ -38,28 +43,13 @@ for i = 4, #ARGV do
     applied = false
   elseif action == 'requeue' then
     if rec.state == 'dead' and redis.call('EXISTS', K.arq_job .. id) == 1 then
-      redis.call('DEL', K.arq_result .. id)
-      redis.call('PERSIST', K.arq_job .. id)
-      redis.call('PERSIST', K.job .. id)
-      redis.call('HINCRBY', K.job .. id, 'requeues', 1)
-      transition(rec, 'queued', now, now, {'ready_at_ms', now, 'tries', 0, 'finished_at_ms', '',
-        'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', ''}, 0)
-      if rec.flow then redis.call('HSET', qkey(queue, 'flow'), id, rec.flow) end
+      requeue_dead(rec, now)
       wake, applied = true, true
     end
   elseif action == 'cancel' then
-    if rec.state == 'in_progress' then
-      if not rec.cancel then
-        local version = rec.version + 1
-        redis.call('HSET', K.job .. id, 'cancel_requested', '1', 'version', version)
-        redis.call('PUBLISH', K.events .. id, version)
-        abort, applied = true, true
-      end
-    elseif not TERMINAL[rec.state] then
-      transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now, 'next_try_at_ms', ''},
-        ttl)
-      applied = true
-    end
+    local outcome
+    outcome, applied = cancel_job(rec, now, ttl)
+    if applied and outcome == 'cancelling' then abort = true end
   elseif action == 'delete' then
     if rec.state ~= 'in_progress' then
       delete(rec)

@@ -1,4 +1,6 @@
 #!lua flags=allow-oom
+--- @include "lib/record"
+--- @include "lib/cancel"
 -- Cancel a job. A waiting or retrying job is cancelled at once (it leaves
 -- arq's queue); a running one is asked to stop: its worker hears 'abort' on
 -- the queue's wake channel, cancels the job's task and records `cancelled`.
@@ -10,16 +12,7 @@
 local id, queue, now = ARGV[1], KEYS[1], tonumber(ARGV[2])
 local rec = load(id, queue, false)
 if rec.new and not redis.call('ZSCORE', queue, id) then return {'missing', {}} end
-if TERMINAL[rec.state] then return {rec.state, redis.call('HGETALL', K.job .. id)} end
-local outcome = 'cancelled_now'
-if rec.state == 'in_progress' then
-  local version = rec.version + 1
-  redis.call('HSET', K.job .. id, 'cancel_requested', '1', 'version', version)
-  redis.call('PUBLISH', K.wake .. queue, 'abort')
-  redis.call('PUBLISH', K.events .. id, version)
-  outcome = 'cancelling'
-else
-  local ttl = tonumber(ARGV[3])
-  transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now, 'next_try_at_ms', ''}, ttl)
-end
+local outcome = cancel_job(rec, now, tonumber(ARGV[3]))
+-- Asked again, the worker is told again: it may have missed the first word.
+if outcome == 'cancelling' then redis.call('PUBLISH', K.wake .. queue, 'abort') end
 return {outcome, redis.call('HGETALL', K.job .. id)}

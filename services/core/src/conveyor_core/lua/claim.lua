@@ -1,4 +1,6 @@
 #!lua
+--- @include "lib/scores"
+--- @include "lib/claim"
 -- One poll of a worker, in one round trip: claim up to ARGV[3] due jobs, start
 -- each one's record, and say when the next deferred job falls due. The claim
 -- itself is lib/claim.lua's, which finish.lua shares.

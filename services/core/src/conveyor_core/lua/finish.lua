@@ -1,4 +1,9 @@
 #!lua flags=allow-oom
+--- @include "lib/scores"
+--- @include "lib/record"
+--- @include "lib/transition"
+--- @include "lib/history"
+--- @include "lib/claim"
 -- The end of a try, as the wrapper's policy decided it: complete (with its
 -- result), retrying (due again at a time), dead (the dead letters),
 -- cancelled (a client's cancel reached the running job) or queued (a shutdown

@@ -1,4 +1,5 @@
 #!lua flags=no-writes
+--- @include "lib/scores"
 -- Depth of one queue by state, and the oldest ready job's due time.
 -- arq keeps running jobs in the queue until they finish, so they are taken out
 -- of "ready" here, as are due retries; the scan for the oldest ready job is

@@ -1,4 +1,5 @@
 #!lua flags=allow-oom
+--- @include "lib/gcra"
 -- One request for one key's rate, allowed or not (see lib/gcra.lua).
 -- allow-oom: the limit applies while Redis is full too; its one small key
 -- per api key is rewritten in place.

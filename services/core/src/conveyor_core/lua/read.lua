@@ -1,4 +1,6 @@
 #!lua flags=allow-oom
+--- @include "lib/keys"
+--- @include "lib/gcra"
 -- One job as a caller reads it, after spending one request of the caller's
 -- rate (when a limiter key is given): one call, where a pipeline of a dozen
 -- commands cost the api more to pack and parse than the whole bare read.

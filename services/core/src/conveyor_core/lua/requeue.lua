@@ -1,4 +1,6 @@
 #!lua
+--- @include "lib/record"
+--- @include "lib/requeue"
 -- Put a dead job back on its queue under the same id: a new first try, same
 -- payload, the requeuing request's trace context.
 --
@@ -10,12 +12,7 @@ local id, queue, now = ARGV[1], KEYS[1], tonumber(ARGV[2])
 local rec = load(id, queue, true)
 if not rec then return {'missing', {}} end
 if rec.state ~= 'dead' then return {rec.state, redis.call('HGETALL', K.job .. id)} end
-redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[2], ARGV[3])
-redis.call('PERSIST', K.job .. id)
-redis.call('HINCRBY', K.job .. id, 'requeues', 1)
-transition(rec, 'queued', now, now, {'ready_at_ms', now, 'tries', 0, 'finished_at_ms', '',
-  'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', ''}, 0)
-if rec.flow then redis.call('HSET', qkey(queue, 'flow'), id, rec.flow) end
+requeue_dead(rec, now)
 redis.call('PUBLISH', K.wake .. queue, id)
 return {'requeued', redis.call('HGETALL', K.job .. id)}

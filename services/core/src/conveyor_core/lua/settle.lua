@@ -1,4 +1,6 @@
 #!lua flags=allow-oom
+--- @include "lib/record"
+--- @include "lib/transition"
 -- Settle a job that arq ended without running it (its job key expired, its
 -- function is unknown, or it was cancelled between its claim and its start):
 -- cancelled when a cancel was pending, else dead with the error given.

@@ -1,4 +1,8 @@
 #!lua
+--- @include "lib/scores"
+--- @include "lib/fairness"
+--- @include "lib/history"
+--- @include "lib/gcra"
 -- Create a job as arq's enqueue_job does (its job key and queue entry, refused
 -- when the id's job or result key exists), with the Idempotency-Key and the
 -- wake-up. No record yet: the first claim makes it. Atomic: a failure leaves

@@ -1,3 +1,8 @@
+--- @include "lib/keys"
+--- @include "lib/scores"
+--- @include "lib/record"
+--- @include "lib/transition"
+
 -- Claiming: the function claim.lua runs on each poll of a worker, and
 -- finish.lua runs after the end of a try to fill the slot it freed ("finish
 -- and fetch": the next job comes back with the end of the last, with no round
@@ -115,7 +120,7 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
 
   -- A limited job starts: it runs and its start counts in the windows (each
   -- window's expiry is renewed once per call, at the end). A mark of its type or
-  -- key stays until one of its jobs ends (see release in transition.lua).
+  -- key stays until one of its jobs ends (see release in lib/flow.lua).
   local function count_start(id, tries, checks)
     for _, c in ipairs(checks) do
       if c[1] == 'n' then

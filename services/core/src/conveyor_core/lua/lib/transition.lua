@@ -1,80 +1,16 @@
--- The one transition every lifecycle script is built on; lua_script() puts it
--- (after K, the key names of keys.py, and lib/keys.lua) in front of each
--- script that uses it.
+--- @include "lib/keys"
+--- @include "lib/scores"
+--- @include "lib/record"
+--- @include "lib/fairness"
+--- @include "lib/flow"
+
+-- The one transition every lifecycle script is built on: `transition` moves
+-- a job to a new state: its index entries, its hash, the arq keys the new
+-- state implies, its expiry and its change notice, all in one place.
 --
 -- A job that waits for its first try is only arq's: its job key and its entry
--- in the queue. From its first claim on, Conveyor's hash records its life.
--- `load` reads that record; `transition` moves the job to a new state: its
--- index entries, its hash, the arq keys the new state implies, its expiry
--- and its change notice, all in one place.
-
-local INDEXED = {in_progress = true, retrying = true, complete = true, dead = true,
-  cancelled = true}
-local TERMINAL = {complete = true, dead = true, cancelled = true}
-
-local function fair_enter(queue, flow, score, id)
-  local t, key = flow_parts(flow)
-  if not t or key == '' then return end
-  local keyq = keyq_key(queue, t, key)
-  if redis.call('ZADD', keyq, score, id) == 1 and redis.call('ZCARD', keyq) == 1 then
-    redis.call('RPUSH', ring_key(queue, t), key)
-  end
-end
-
-local function fair_leave(queue, flow, id)
-  local t, key = flow_parts(flow)
-  if not t or key == '' then return end
-  local keyq = keyq_key(queue, t, key)
-  if redis.call('ZREM', keyq, id) == 1 and redis.call('EXISTS', keyq) == 0 then
-    redis.call('LREM', ring_key(queue, t), 0, key)
-  end
-end
-
--- A score as Redis should read it: an integer, never in exponent notation.
-local function fmt(n) return string.format('%.0f', n) end
-
--- Priorities are bands of scores in arq's queue (see store.py, queue_score):
--- the lowest score of a priority's band, and the priority of a score.
-local function band_base(priority) return (priority - K.default_priority) * K.band_ms end
-local function priority_of(score)
-  local p = math.floor(tonumber(score) / K.band_ms) + K.default_priority
-  return math.min(math.max(p, K.highest_priority), K.lowest_priority)
-end
-
--- The job's record: {id, queue, state, version, tries, cancel_requested,
--- priority, flow, started and ready (ms)}, with state 'queued' and version 1 (the job as submitted) for a
--- job that has no hash yet, or nil when the job has no hash and `must_exist`
--- is set. A job's first claim writes its priority into the record (from its
--- score), so a retry or a put-back returns to the same band.
-local function load(id, queue, must_exist)
-  local r = redis.call('HMGET', K.job .. id, 'state', 'version', 'tries', 'cancel_requested',
-    'queue', 'priority', 'flow', 'started_at_ms', 'ready_at_ms')
-  if not r[1] then
-    if must_exist then return nil end
-    return {id = id, queue = queue, state = 'queued', version = 1, tries = 0, cancel = false,
-      priority = K.default_priority, new = true}
-  end
-  return {id = id, queue = queue or r[5], state = r[1], version = tonumber(r[2]) or 0,
-    tries = tonumber(r[3]) or 0, cancel = r[4] == '1',
-    priority = tonumber(r[6]) or K.default_priority, flow = r[7] or nil, started = r[8],
-    ready = r[9]}
-end
-
--- A limited job leaves in_progress: it no longer counts as running; when
--- the claim found its type or key blocked, the queue's workers are woken.
--- (Its starts stay in the rate windows: a rate counts starts.)
-local function release(rec)
-  local t, key = flow_parts(rec.flow)
-  if not t then return end
-  redis.call('ZREM', running_key(rec.queue, t), rec.id)
-  if key ~= '' then redis.call('ZREM', running_key_of(rec.queue, t, key), rec.id) end
-  -- The claim marks what it found blocked; a mark goes when one of its jobs
-  -- ends (a later claim marks it again if it is still blocked), so marks of
-  -- keys that come and go do not pile up.
-  if redis.call('HDEL', qkey(rec.queue, 'waiting'), t, t .. '\n' .. key) > 0 then
-    redis.call('PUBLISH', K.wake .. rec.queue, 'freed')
-  end
-end
+-- in the queue. From its first claim on, Conveyor's hash records its life
+-- (lib/record.lua reads it).
 
 -- Move `rec` to state `to`. `score` is the job's score in its new place: the
 -- start time (in_progress), the due time (queued, retrying: arq's queue
@@ -117,15 +53,4 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   end
   redis.call('PUBLISH', K.events .. id, version)
   return version
-end
-
--- History (history.py): per queue and minute, a hash of counts by
--- `{job type}:{event}`, expiring K.history_ttl_s after its minute. A key's
--- expiry is set when one of its fields is new (HINCRBY answers 1), so it
--- costs one command per event, and rarely a second.
-local function history(queue, at_ms, field, by)
-  local key = qkey(queue, 'history:' .. math.floor(at_ms / 60000))
-  if redis.call('HINCRBY', key, field, by) == by then
-    redis.call('EXPIRE', key, K.history_ttl_s)
-  end
 end

@@ -1,0 +1,127 @@
+"""The Lua loader: a script from `lua/`, with the libraries it includes.
+
+A script names what it uses, one line per library, after its flags line:
+
+    --- @include "lib/transition"
+
+The loader puts `K` (the key names and constants both sides share) first,
+then each included library once, depth first (a library's own includes
+before it), then the script. A cycle, an include of a missing file, or the
+same include twice in one file is an error: a reader of a script sees every
+library it uses, and nothing else comes in. (BullMQ's scripts include their
+`includes/` the same way.)
+"""
+
+import json
+import re
+from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+
+from conveyor_core import keys
+from conveyor_core.history import HISTORY_TTL_S
+from conveyor_core.jobs import DEFAULT_PRIORITY, HIGHEST_PRIORITY, LOWEST_PRIORITY
+from conveyor_core.scores import PRIORITY_BAND_MS
+
+INCLUDE = re.compile(r'^--- @include "([\w/]+)"\s*$', re.MULTILINE)
+# What a library declares at its top level (its functions and tables).
+DECLARED = re.compile(r"^local (?:function )?(\w+)", re.MULTILINE)
+
+
+class LuaIncludeError(ValueError):
+    """A script's includes cannot be resolved: a cycle, a repeat or a missing file."""
+
+
+def lua_constants() -> str:
+    """keys.py's names and the shared constants, as the table `K` every script starts with."""
+    constants = {
+        "prefix": keys.PREFIX,
+        "job": keys.JOB_PREFIX,
+        "events": keys.EVENTS_PREFIX,
+        "wake": keys.WAKE_PREFIX,
+        "arq_job": job_key_prefix,
+        "arq_lock": in_progress_key_prefix,
+        "arq_result": result_key_prefix,
+        "arq_retry": retry_key_prefix,
+        "arq_retry_ttl_s": keys.ARQ_RETRY_TTL_S,
+        "arq_expiry_extra_ms": keys.ARQ_EXPIRY_EXTRA_MS,
+        "history_ttl_s": HISTORY_TTL_S,
+        "band_ms": PRIORITY_BAND_MS,
+        "default_priority": DEFAULT_PRIORITY,
+        "highest_priority": HIGHEST_PRIORITY,
+        "lowest_priority": LOWEST_PRIORITY,
+    }
+    fields = ", ".join(f"{name} = {json.dumps(value)}" for name, value in constants.items())
+    return f"local K = {{{fields}}}"
+
+
+def _split_flags(text: str) -> tuple[str, str]:
+    """(the `#!lua ...` flags line or '', the rest)."""
+    if text.startswith("#!"):
+        first, _, rest = text.partition("\n")
+        return first, rest
+    return "", text
+
+
+def resolve(root: Traversable, name: str) -> list[str]:
+    """The libraries `name` includes, directly or not, in load order (each once)."""
+    order: list[str] = []
+
+    def visit(current: str, stack: tuple[str, ...]) -> None:
+        path = root.joinpath(f"{current}.lua")
+        if not path.is_file():
+            raise LuaIncludeError(f"{stack[-1]}.lua includes {current!r}, which does not exist")
+        wanted = INCLUDE.findall(path.read_text())
+        repeated = {lib for lib in wanted if wanted.count(lib) > 1}
+        if repeated:
+            raise LuaIncludeError(f"{current}.lua includes {sorted(repeated)} more than once")
+        for lib in wanted:
+            if lib in stack or lib == current:
+                cycle = " -> ".join([*stack, current, lib])
+                raise LuaIncludeError(f"include cycle: {cycle}")
+            if lib not in order:
+                visit(lib, (*stack, current))
+        if stack:  # the script itself is not a library
+            order.append(current)
+
+    visit(name, ())
+    return order
+
+
+def assemble(root: Traversable, name: str, shebang: str | None = None, between: str = "") -> str:
+    """The text Redis runs for `lua/{name}.lua` under `root` (`between` goes
+    after the libraries, before the script: the linter's line)."""
+    flags, body = _split_flags(root.joinpath(f"{name}.lua").read_text())
+    libraries = [
+        _split_flags(root.joinpath(f"{lib}.lua").read_text())[1] for lib in resolve(root, name)
+    ]
+    flags = flags if shebang is None else shebang
+    return "\n".join(filter(None, [flags, lua_constants(), *libraries, between, body]))
+
+
+def declared(root: Traversable, name: str) -> list[str]:
+    """What the libraries `name` includes declare at their top level (for the linter)."""
+    return [
+        found
+        for lib in resolve(root, name)
+        for found in DECLARED.findall(root.joinpath(f"{lib}.lua").read_text())
+    ]
+
+
+@cache
+def lua_script(name: str, shebang: str | None = None) -> str:
+    """A script of core's `lua/`, assembled (see `assemble`).
+
+    A script's first line may declare its flags (`#!lua flags=...`, Redis 7):
+    one that adds data has none, so a Redis at maxmemory refuses it before it
+    runs, never halfway; one that ends jobs (and so frees memory) is
+    `allow-oom`; a read is `no-writes`. `shebang` replaces that line.
+    """
+    return assemble(files("conveyor_core").joinpath("lua"), name, shebang)
