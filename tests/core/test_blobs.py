@@ -1,0 +1,116 @@
+"""The blob store's contract, run against each driver: a local folder, and S3
+over its wire protocol (moto's server on loopback, see tests/support/s3.py)."""
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from conveyor_core.blobs import (
+    BlobIntegrityError,
+    BlobNotFoundError,
+    BlobRef,
+    BlobSettings,
+    BlobStore,
+    BlobTooLargeError,
+)
+from tests.support.s3 import s3_server
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[tuple[str, str]]:
+    with s3_server() as server:
+        yield server.endpoint, server.bucket
+
+
+@pytest.fixture(params=["file", "s3"])
+def blobs(
+    request: pytest.FixtureRequest, tmp_path: Path, s3_endpoint: tuple[str, str]
+) -> BlobStore:
+    if request.param == "file":
+        return BlobStore.from_settings(BlobSettings(url=f"file://{tmp_path}/blobs"))
+    endpoint, bucket = s3_endpoint
+    settings = BlobSettings(
+        url=f"s3://{bucket}/{tmp_path.name}",
+        endpoint=endpoint,
+        region="us-east-1",
+        path_style=True,
+        access_key_id="testing",
+        secret_access_key=SecretStr("testing"),
+    )
+    return BlobStore.from_settings(settings)
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_bytes_and_streams_round_trip_with_their_checksum(blobs: BlobStore) -> None:
+    small = await blobs.put("docs/a.txt", b"hello")
+    assert (small.size, small.store) == (5, blobs.name)
+    assert await blobs.get(small) == b"hello"
+    big_parts = [bytes([i]) * 700_000 for i in range(8)]  # 5.6 MB, streamed in parts
+    big = await blobs.put("docs/b.bin", _chunks(*big_parts))
+    assert big.size == 5_600_000
+    assert await blobs.get(big) == b"".join(big_parts)
+    assert BlobRef.from_dict(big.as_dict()) == big
+
+
+async def test_a_changed_blob_fails_its_check(blobs: BlobStore) -> None:
+    ref = await blobs.put("docs/c.txt", b"the real text")
+    await blobs.put("docs/c.txt", b"the fake text")  # same size, other bytes
+    with pytest.raises(BlobIntegrityError):
+        await blobs.get(ref)
+    await blobs.put("docs/c.txt", b"short")
+    with pytest.raises(BlobIntegrityError):
+        await blobs.get(ref)
+
+
+async def test_a_missing_blob_and_a_second_delete(blobs: BlobStore) -> None:
+    ref = await blobs.put("docs/d.txt", b"x")
+    await blobs.delete(ref.key)
+    await blobs.delete(ref.key)  # nothing left: not an error
+    with pytest.raises(BlobNotFoundError):
+        await blobs.get(ref)
+
+
+async def test_a_blob_over_its_limit_is_refused(blobs: BlobStore) -> None:
+    with pytest.raises(BlobTooLargeError):
+        await blobs.put("docs/e.bin", _chunks(b"a" * 600, b"b" * 600), max_bytes=1000)
+    with pytest.raises(BlobTooLargeError):
+        await blobs.put("docs/e.bin", b"a" * 1001, max_bytes=1000)
+
+
+async def test_sweep_deletes_old_unreferenced_blobs_only(blobs: BlobStore) -> None:
+    kept = await blobs.put("uploads/kept", b"1")
+    orphan = await blobs.put("uploads/orphan", b"2")
+    await blobs.put("other/untouched", b"3")
+
+    async def referenced(key: str) -> bool:
+        return key == kept.key
+
+    assert await blobs.sweep("uploads", referenced, older_than_s=3600) == 0  # too young
+    assert await blobs.sweep("uploads", referenced, older_than_s=0) == 1
+    assert sorted([i.key async for i in blobs.list("uploads")]) == ["uploads/kept"]
+    assert [i.key async for i in blobs.list("other")] == ["other/untouched"]
+    with pytest.raises(BlobNotFoundError):
+        await blobs.get(orphan)
+
+
+async def test_presigned_urls_upload_and_download_directly(blobs: BlobStore) -> None:
+    put_url = await blobs.presign("PUT", "direct/upload.txt")
+    if blobs.name == "file":
+        assert put_url is None  # a folder cannot presign: the api streams instead
+        return
+    assert put_url is not None
+    async with httpx.AsyncClient() as client:
+        (await client.put(put_url, content=b"straight to the store")).raise_for_status()
+        get_url = await blobs.presign("GET", "direct/upload.txt")
+        assert get_url is not None
+        answer = await client.get(get_url)
+    assert answer.content == b"straight to the store"
+    infos = [i async for i in blobs.list("direct")]
+    assert [(i.key, i.size) for i in infos] == [("direct/upload.txt", 21)]
