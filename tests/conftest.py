@@ -17,6 +17,9 @@ from conveyor_core.tracing import setup_tracing
 from tests.support.smtp import SmtpServer
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+# Every service a test starts (in-process or as a process) keeps blobs in one
+# folder of the test run, unless the run says otherwise; keys are unique ids.
+os.environ.setdefault("CONVEYOR_BLOBS_URL", f"file://{ARTIFACTS.resolve()}/blobs")
 
 
 def _database_for_this_worker(url: str) -> str:

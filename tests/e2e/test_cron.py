@@ -3,6 +3,7 @@ happens once, the digest's numbers match what happened, and cleanup removes
 expired documents and keeps fresh ones."""
 
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -39,6 +40,10 @@ def cron_stack(redis_url: str, log_dir: Path, smtp: SmtpServer) -> Iterator[Stac
         )
     ) as stack:
         yield stack
+
+
+# The folder every service of the test run keeps blobs in (tests/conftest.py).
+BLOBS = Path(os.environ["CONVEYOR_BLOBS_URL"].removeprefix("file://"))
 
 
 def parse_digest(mail: Received) -> tuple[dict[str, tuple[int, int, int]], int]:
@@ -155,15 +160,16 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
     grand = totals.pop("total")
     assert grand == [sum(c[i] for c in totals.values()) for i in range(3)]
 
-    # Expired: every key gone. Fresh: kept.
+    # Expired: the record, its index entry and its blobs gone. Fresh: kept.
     assert not stack.redis.exists(f"conveyor:document:{expiring}")
-    assert not stack.redis.exists(f"conveyor:document:{expiring}:content")
     assert stack.redis.zscore("conveyor:documents:expiry", expiring) is None
     assert stack.http.get(f"/v1/documents/{expiring}").status_code == 404
+    assert not [p for p in (BLOBS / "documents" / expiring).rglob("*") if p.is_file()]
     kept = stack.http.get(f"/v1/documents/{fresh}")
     assert kept.status_code == 200
     assert kept.json()["state"] == "processed"
-    assert stack.redis.exists(f"conveyor:document:{fresh}:content")
+    assert (BLOBS / "documents" / fresh / "original").is_file()
+    assert stack.http.get(f"/v1/documents/{fresh}/content").status_code == 200
 
 
 def test_a_cron_run_is_listed_as_an_ordinary_job_before_it_starts(cron_stack: Stack) -> None:

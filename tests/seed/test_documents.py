@@ -1,8 +1,13 @@
-"""Documents: type sniffing by content, text extraction, and the record in Redis."""
+"""Documents: type sniffing by content, text extraction, the record in Redis and
+the bytes in the blob store."""
+
+import io
+from pathlib import Path
 
 import pytest
 from arq.connections import ArqRedis
 
+from conveyor_core.blobs import BlobIntegrityError, BlobSettings, BlobStore
 from conveyor_core.jobs import now_ms
 from conveyor_core.stats import take_counts
 from conveyor_seed import keys
@@ -36,7 +41,9 @@ PDF_BYTES = make_pdf([["First page. It has words."], ["Second page."]])
     ],
 )
 def test_sniff_judges_by_content(name: str, data: bytes, expected: str) -> None:
-    assert sniff(name, data) == expected
+    file = io.BytesIO(data)
+    assert sniff(name, file) == expected
+    assert file.tell() == 0  # left at its start, for the upload that follows
 
 
 @pytest.mark.parametrize(
@@ -54,7 +61,13 @@ def test_sniff_judges_by_content(name: str, data: bytes, expected: str) -> None:
 )
 def test_sniff_refuses_what_is_not_a_document(name: str, data: bytes, error: type) -> None:
     with pytest.raises(error):
-        sniff(name, data)
+        sniff(name, io.BytesIO(data))
+
+
+def test_sniff_reads_text_in_chunks_across_a_split_character() -> None:
+    """A multi-byte character cut by a chunk boundary is still text."""
+    data = b"a" * (1024 * 1024 - 1) + "\u00e9 end".encode()
+    assert sniff("big.txt", io.BytesIO(data)) == PLAIN_TEXT
 
 
 def test_status_codes_of_document_errors() -> None:
@@ -84,49 +97,81 @@ async def _create(store: DocumentStore, document_id: str, retention_s: int) -> N
     )
 
 
-async def test_store_keeps_content_and_expiry(redis: ArqRedis) -> None:
-    store = DocumentStore(redis)
+@pytest.fixture
+def blobs(tmp_path: Path) -> BlobStore:
+    return BlobStore.from_settings(BlobSettings(url=f"file://{tmp_path}/blobs"))
+
+
+async def test_store_keeps_the_bytes_in_the_blob_store(redis: ArqRedis, blobs: BlobStore) -> None:
+    store = DocumentStore(redis, blobs)
     await _create(store, "d1", 60)
     document = await store.get("d1")
     assert document is not None
     assert document.name == "a.txt"
     assert not document.processed
-    assert await store.content("d1") == b"text"
+    assert await store.content(document) == b"text"
+    assert document.content.size == 4
+    assert await redis.keys("*d1*") == [keys.document_key("d1").encode()]  # the record only
     # Redis drops it a day after retention even if cleanup never runs.
     assert 86_400 < await redis.ttl(keys.document_key("d1")) <= 86_460
-    assert 86_400 < await redis.ttl(keys.document_content_key("d1")) <= 86_460
+    await blobs.put(document.content.key, b"TEXT")  # changed behind the record's back
+    with pytest.raises(BlobIntegrityError):
+        await store.content(document)
     # Past its retention it is gone for readers, before cleanup removes it.
     assert await store.get("d1", at_ms=now_ms() + 61_000) is None
 
 
-async def test_mark_processed_stores_and_counts_once(redis: ArqRedis) -> None:
-    store = DocumentStore(redis)
+async def test_mark_processed_stores_and_counts_once(redis: ArqRedis, blobs: BlobStore) -> None:
+    store = DocumentStore(redis, blobs)
     await _create(store, "d1", 60)
-    assert await store.mark_processed("d1", summary="first") is True
-    assert await store.mark_processed("d1", summary="second") is False
+    assert await store.mark_processed("d1", text="the text", summary="first") is True
+    assert await store.mark_processed("d1", text="other", summary="second") is False
     document = await store.get("d1")
     assert document is not None
     assert document.processed
     assert document.fields["summary"] == "first"
+    assert "text" not in document.fields  # the text is a blob
+    assert await store.text(document, 3) == "the"
+    assert await store.text(document, 100) == "the text"
     counts = await take_counts(redis, "run-1", [])
     assert counts.by_name["documents"] == {"processed": 1}
 
 
-async def test_writes_to_a_removed_document_do_not_revive_it(redis: ArqRedis) -> None:
-    store = DocumentStore(redis)
+async def test_writes_to_a_removed_document_do_not_revive_it(
+    redis: ArqRedis, blobs: BlobStore
+) -> None:
+    store = DocumentStore(redis, blobs)
     assert await store.update("gone", job_id="x") is False
-    assert await store.mark_processed("gone", summary="s") is None
+    assert await store.mark_processed("gone", text="t", summary="s") is None
     assert not await redis.exists(keys.document_key("gone"))
+    assert [i.key async for i in blobs.list("documents")] == []
 
 
-async def test_remove_expired_takes_only_what_is_past_retention(redis: ArqRedis) -> None:
-    store = DocumentStore(redis)
+async def test_remove_expired_takes_only_what_is_past_retention(
+    redis: ArqRedis, blobs: BlobStore
+) -> None:
+    store = DocumentStore(redis, blobs)
     for i in range(450):  # more than one batch
         await _create(store, f"old{i}", 1)
     await _create(store, "fresh", 3600)
     removed = await store.remove_expired(at_ms=now_ms() + 2_000)
     assert sorted(removed) == sorted(f"old{i}" for i in range(450))
     assert await redis.zcard(keys.DOCUMENTS_BY_EXPIRY) == 1
-    assert not await redis.exists(keys.document_key("old0"), keys.document_content_key("old0"))
-    assert await store.get("fresh") is not None
-    assert await store.content("fresh") == b"text"
+    assert not await redis.exists(keys.document_key("old0"))
+    fresh = await store.get("fresh")
+    assert fresh is not None
+    assert await store.content(fresh) == b"text"
+    assert [i.key async for i in blobs.list("documents")] == ["documents/fresh/original"]
+
+
+async def test_orphan_blobs_are_removed_after_their_grace(
+    redis: ArqRedis, blobs: BlobStore
+) -> None:
+    store = DocumentStore(redis, blobs)
+    await _create(store, "kept", 3600)
+    await blobs.put("documents/crashed/original", b"an upload whose record never came")
+    await blobs.put("uploads/never-registered", b"a direct upload")
+    assert await store.remove_orphans(older_than_s=3600) == 0  # within the grace
+    assert await store.remove_orphans(older_than_s=0) == 2
+    remaining = sorted([i.key async for i in blobs.list("")])
+    assert remaining == ["documents/kept/original"]

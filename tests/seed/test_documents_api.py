@@ -1,28 +1,49 @@
 """`/v1/documents` against a real Redis: good uploads are stored and enqueued;
 bad ones get problem+json and leave nothing behind."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from arq.connections import ArqRedis
 
+from conveyor_core.blobs import BlobSettings, BlobStore
 from conveyor_core.catalog import DEFAULT_QUEUE
 from conveyor_core.store import JobStore
 from conveyor_seed import PROCESS_DOCUMENT
+from conveyor_seed.documents import DocumentStore
 from conveyor_seed.settings import DocumentSettings
 from tests.api.conftest import make_app, serve
 from tests.support.pdf import make_pdf
+from tests.support.s3 import s3_server
 
 MAX_BYTES = 64 * 1024
 
 
 @pytest.fixture
+def blob_dir(tmp_path: Path) -> Path:
+    return tmp_path / "blobs"
+
+
+@pytest.fixture
+def blob_env(request: pytest.FixtureRequest, blob_dir: Path) -> Iterator[dict[str, str]]:
+    """The blob store the api uses: a folder, or (parametrized "s3") an S3 server."""
+    if getattr(request, "param", "file") == "s3":
+        with s3_server() as server:
+            yield server.environment(prefix="api-tests")
+    else:
+        yield {"CONVEYOR_BLOBS_URL": f"file://{blob_dir}"}
+
+
+@pytest.fixture
 async def client(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, blob_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[httpx.AsyncClient]:
     # The seed's routes read their settings from the environment, in the api.
+    for name, value in blob_env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("CONVEYOR_DOCUMENTS_MAX_BYTES", str(MAX_BYTES))
     monkeypatch.setenv("CONVEYOR_DOCUMENTS_RETENTION_S", "3600")
     monkeypatch.setenv("CONVEYOR_DOCUMENTS_TEXT_MAX_CHARS", "1000")
@@ -37,9 +58,10 @@ async def post(
     return await client.post("/v1/documents", files=files, data=data)
 
 
-async def assert_nothing_stored(redis: ArqRedis) -> None:
+async def assert_nothing_stored(redis: ArqRedis, blob_dir: Path) -> None:
     assert await redis.keys("conveyor:document*") == []
     assert await redis.zcard(DEFAULT_QUEUE) == 0  # nothing enqueued
+    assert [p for p in blob_dir.rglob("*") if p.is_file()] == []  # no bytes either
 
 
 async def test_upload_stores_the_document_and_enqueues_its_job(
@@ -64,7 +86,14 @@ async def test_upload_stores_the_document_and_enqueues_its_job(
     assert job["payload"] == {"document_id": document["id"]}
     assert job["idempotency_key"] == document["id"]
     assert await redis.zscore(DEFAULT_QUEUE, job["id"]) is not None
-    assert await redis.get(f"conveyor:document:{document['id']}:content") == pdf
+    # Redis holds the record alone; the bytes come back from the blob store, whole.
+    assert await redis.keys(f"conveyor:document:{document['id']}*") == [
+        f"conveyor:document:{document['id']}".encode()
+    ]
+    download = await client.get(f"/v1/documents/{document['id']}/content")
+    assert download.status_code == 200
+    assert download.content == pdf
+    assert download.headers["content-type"] == "application/pdf"
     ttl_s = await redis.ttl(f"conveyor:document:{document['id']}")
     assert 60 < ttl_s <= 60 + 86_400  # the asked-for retention, plus the backstop
 
@@ -74,13 +103,18 @@ async def test_upload_stores_the_document_and_enqueues_its_job(
     assert read.json()["text"] is None
 
 
-async def test_read_shows_text_bounded(client: httpx.AsyncClient, redis: ArqRedis) -> None:
+async def test_read_shows_text_bounded(
+    client: httpx.AsyncClient, redis: ArqRedis, blob_dir: Path
+) -> None:
     response = await post(client, {"file": ("a.txt", b"x" * 5000)})
     document_id = response.json()["document"]["id"]
-    await redis.hset(  # type: ignore[misc]
-        f"conveyor:document:{document_id}",
-        mapping={"text": "y" * 1000, "text_truncated": "1", "summary": "s", "processed_at_ms": 1},
+    documents = DocumentStore(
+        redis, BlobStore.from_settings(BlobSettings(url=f"file://{blob_dir}"))
     )
+    processed = await documents.mark_processed(
+        document_id, text="y" * 1000, text_truncated=1, summary="s"
+    )
+    assert processed is True
     full = (await client.get(f"/v1/documents/{document_id}")).json()
     assert full["state"] == "processed"
     assert len(full["text"]) == 1000  # at most text_max_chars
@@ -106,6 +140,7 @@ async def test_read_shows_text_bounded(client: httpx.AsyncClient, redis: ArqRedi
 async def test_bad_uploads_get_problems_and_store_nothing(
     client: httpx.AsyncClient,
     redis: ArqRedis,
+    blob_dir: Path,
     files: dict[str, Any] | None,
     data: dict[str, str],
     status: int,
@@ -117,16 +152,16 @@ async def test_bad_uploads_get_problems_and_store_nothing(
     problem = response.json()
     assert problem["status"] == status
     assert detail in problem["detail"]
-    await assert_nothing_stored(redis)
+    await assert_nothing_stored(redis, blob_dir)
 
 
 async def test_a_body_far_over_the_limit_is_refused_before_reading(
-    client: httpx.AsyncClient, redis: ArqRedis
+    client: httpx.AsyncClient, redis: ArqRedis, blob_dir: Path
 ) -> None:
     response = await post(client, {"file": ("a.txt", b"x" * (MAX_BYTES + 128 * 1024))})
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
-    await assert_nothing_stored(redis)
+    await assert_nothing_stored(redis, blob_dir)
 
 
 async def test_other_routes_keep_the_general_body_limit(client: httpx.AsyncClient) -> None:
@@ -156,7 +191,7 @@ async def test_a_document_whose_job_died_reads_as_failed(
 
 
 async def test_a_malformed_multipart_body_is_a_documented_400_problem(
-    client: httpx.AsyncClient, redis: ArqRedis
+    client: httpx.AsyncClient, redis: ArqRedis, blob_dir: Path
 ) -> None:
     """Found by schemathesis: a body that is not multipart at all."""
     boundary = "fc9131ad623cd5e81267244a6dc45243"
@@ -169,4 +204,51 @@ async def test_a_malformed_multipart_body_is_a_documented_400_problem(
     assert response.headers["content-type"] == "application/problem+json"
     documented = (await client.get("/openapi.json")).json()["paths"]["/v1/documents"]["post"]
     assert "application/problem+json" in documented["responses"]["400"]["content"]
-    await assert_nothing_stored(redis)
+    await assert_nothing_stored(redis, blob_dir)
+
+
+async def test_a_folder_store_takes_uploads_through_the_api_only(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/v1/documents/uploads")
+    assert response.status_code == 409
+    assert "POST /v1/documents" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("blob_env", ["s3"], indirect=True)
+async def test_direct_upload_with_a_presigned_url_then_register(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    """The file goes straight to the S3 store; the api then checks and registers
+    it, and downloads are presigned GETs."""
+    started = await client.post("/v1/documents/uploads")
+    assert started.status_code == 201, started.text
+    upload = started.json()
+    text = b"Straight to the store. The api never saw these bytes come in."
+    async with httpx.AsyncClient() as outside:
+        (await outside.put(upload["url"], content=text)).raise_for_status()
+    registered = await client.post(upload["register_url"], json={"name": "notes.txt"})
+    assert registered.status_code == 202, registered.text
+    document = registered.json()["document"]
+    assert (document["size_bytes"], document["content_type"]) == (len(text), "text/plain")
+    download = await client.get(f"/v1/documents/{document['id']}/content")
+    assert download.status_code == 307
+    async with httpx.AsyncClient() as outside:
+        assert (await outside.get(download.headers["location"])).content == text
+    again = await client.post(upload["register_url"], json={"name": "notes.txt"})
+    assert again.status_code == 404  # registered once: the upload is gone
+
+
+@pytest.mark.parametrize("blob_env", ["s3"], indirect=True)
+async def test_a_direct_upload_that_is_not_a_document_is_refused_and_removed(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    upload = (await client.post("/v1/documents/uploads")).json()
+    async with httpx.AsyncClient() as outside:
+        (await outside.put(upload["url"], content=b"\x89PNG\r\n\x1a\n")).raise_for_status()
+    refused = await client.post(upload["register_url"], json={"name": "a.png"})
+    assert refused.status_code == 415
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert await redis.keys("conveyor:document*") == []
+    again = await client.post(upload["register_url"], json={"name": "a.png"})
+    assert again.status_code == 404

@@ -10,7 +10,7 @@ Azure. Request signing is obstore's.
 """
 
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -157,16 +157,21 @@ class BlobStore:
         chunks = [chunk async for chunk in self.stream(ref)]
         return b"".join(chunks)
 
-    async def stream(self, ref: BlobRef) -> AsyncIterator[bytes]:
+    async def read_unchecked(self, key: str) -> AsyncGenerator[bytes, None]:
+        """A blob's bytes in chunks, with nothing to check them against (a
+        client's direct upload, before it has a reference)."""
+        try:
+            result = await obstore.get_async(self.store, key)
+        except (NotFoundError, FileNotFoundError) as exc:
+            raise BlobNotFoundError(key) from exc
+        async for buffer in result.stream(min_chunk_size=CHUNK_BYTES):
+            yield bytes(buffer)
+
+    async def stream(self, ref: BlobRef) -> AsyncGenerator[bytes, None]:
         """The blob's bytes in chunks; the last one is followed by the check (a
         changed blob raises BlobIntegrityError instead of ending the stream)."""
-        try:
-            result = await obstore.get_async(self.store, ref.key)
-        except (NotFoundError, FileNotFoundError) as exc:
-            raise BlobNotFoundError(ref.key) from exc
         digest, size = hashlib.sha256(), 0
-        async for buffer in result.stream(min_chunk_size=CHUNK_BYTES):
-            chunk = bytes(buffer)
+        async for chunk in self.read_unchecked(ref.key):
             digest.update(chunk)
             size += len(chunk)
             if size > ref.size:

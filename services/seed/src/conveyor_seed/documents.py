@@ -1,21 +1,29 @@
-"""Uploaded documents: what a file is (by its content), its text, and its record in Redis.
+"""Uploaded documents: what a file is (by its content), its text, and its record.
 
 The upload route sniffs and stores; the `process_document` job extracts and
-summarizes. Both read and write records through `DocumentStore`.
+summarizes. Both read and write documents through `DocumentStore`. Bytes live
+in the blob store (conveyor_core.blobs): the upload as it came and the
+extracted text; Redis keeps only the record (name, type, size, checksums,
+state, summary, job ids), so a document costs Redis the same whatever its size.
 """
 
+import codecs
 import io
 import logging
+import re
+from collections.abc import AsyncIterable
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from importlib.resources import files
-from typing import Any
+from typing import Any, BinaryIO
 
 from arq.connections import ArqRedis
 from pydantic import BaseModel, Field
 from pypdf import PdfReader
 
+from conveyor_core.blobs import BlobRef, BlobStore
 from conveyor_core.jobs import ms_to_datetime, now_ms
 from conveyor_core.stats import COUNTS_KEY
 from conveyor_seed import keys
@@ -29,11 +37,19 @@ PLAIN_TEXT = "text/plain"
 PDF_MAGIC = b"%PDF-"
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 # Control characters other than tab, newlines and form feed mean "binary, not text".
-TEXT_CONTROL_OK = frozenset("\t\n\r\f")
+BINARY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
 # Redis drops a document this long after its retention even if cleanup never runs.
 EXPIRY_BACKSTOP_S = 86_400
 # Cleanup removes at most this many documents per Redis call.
 CLEANUP_BATCH = 200
+# An upload is read (sniffed, stored) in chunks of this size, never whole.
+CHUNK_BYTES = 1024 * 1024
+# A blob under documents/ with no record this long after it was written is
+# an orphan (an upload that crashed half-way): cleanup deletes it.
+ORPHAN_GRACE_S = 3600
+BLOB_PREFIX = "documents/"
+# Direct uploads (presigned PUTs) land here until registered.
+UPLOAD_PREFIX = "uploads/"
 
 
 class DocumentError(ValueError):
@@ -56,33 +72,49 @@ class CorruptDocumentError(DocumentError):
     title = "Corrupt document"
 
 
-def sniff(name: str, data: bytes) -> str:
-    """The document's media type, judged by its content; the name only tells
-    Markdown from plain text, and a `.pdf` name must hold a PDF."""
-    if not data:
-        raise EmptyDocumentError("The file is empty.")
-    if data.startswith(PDF_MAGIC):
-        check_pdf(data)
-        return PDF
-    if name.lower().endswith(".pdf"):
-        raise UnsupportedDocumentError(f"{name!r} is named like a PDF but is not one.")
+def _chunks_of(file: BinaryIO) -> Any:
+    while chunk := file.read(CHUNK_BYTES):
+        yield chunk
+
+
+def sniff(name: str, file: BinaryIO) -> str:
+    """The document's media type, judged by its content (read from `file` in
+    chunks, never whole); the name only tells Markdown from plain text, and a
+    `.pdf` name must hold a PDF. Leaves `file` at its start."""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise UnsupportedDocumentError(
-            f"{name!r} is neither a PDF nor UTF-8 text; upload text, Markdown or PDF."
-        ) from None
-    if any(ch < " " and ch not in TEXT_CONTROL_OK for ch in text):
-        raise UnsupportedDocumentError(f"{name!r} holds binary data, not text.")
-    if not text.strip():
-        raise EmptyDocumentError("The file holds only whitespace.")
-    return MARKDOWN if name.lower().endswith(MARKDOWN_SUFFIXES) else PLAIN_TEXT
+        head = file.read(len(PDF_MAGIC))
+        file.seek(0)
+        if not head:
+            raise EmptyDocumentError("The file is empty.")
+        if head == PDF_MAGIC:
+            check_pdf(file)
+            return PDF
+        if name.lower().endswith(".pdf"):
+            raise UnsupportedDocumentError(f"{name!r} is named like a PDF but is not one.")
+        decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        blank = True
+        try:
+            for chunk in _chunks_of(file):
+                text = decoder.decode(chunk)
+                if BINARY_CONTROL.search(text):
+                    raise UnsupportedDocumentError(f"{name!r} holds binary data, not text.")
+                blank = blank and not text.strip()
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise UnsupportedDocumentError(
+                f"{name!r} is neither a PDF nor UTF-8 text; upload text, Markdown or PDF."
+            ) from None
+        if blank:
+            raise EmptyDocumentError("The file holds only whitespace.")
+        return MARKDOWN if name.lower().endswith(MARKDOWN_SUFFIXES) else PLAIN_TEXT
+    finally:
+        file.seek(0)
 
 
-def _pdf_reader(data: bytes) -> PdfReader:
+def _pdf_reader(data: BinaryIO) -> PdfReader:
     """A reader over a PDF that opens and has pages, or CorruptDocumentError."""
     try:
-        reader = PdfReader(io.BytesIO(data))
+        reader = PdfReader(data)
         if reader.is_encrypted and not reader.decrypt(""):
             raise CorruptDocumentError("The PDF is encrypted; upload it without a password.")
         if len(reader.pages) == 0:
@@ -95,7 +127,7 @@ def _pdf_reader(data: bytes) -> PdfReader:
     return reader
 
 
-def check_pdf(data: bytes) -> None:
+def check_pdf(data: BinaryIO) -> None:
     _pdf_reader(data)
 
 
@@ -103,7 +135,7 @@ def extract_text(content_type: str, data: bytes) -> str:
     """The document's text: decoded for text types, extracted page by page for PDF."""
     if content_type != PDF:
         return data.decode("utf-8-sig")
-    reader = _pdf_reader(data)
+    reader = _pdf_reader(io.BytesIO(data))
     pages: list[str] = []
     for page in reader.pages:
         try:
@@ -168,13 +200,40 @@ class Document:
     def get(self, field: str) -> str | None:
         return self.fields.get(field) or None
 
-    def public(self, *, text_chars: int, job_dead: bool = False) -> DocumentPublic:
+    @property
+    def content(self) -> BlobRef:
+        """Where the upload's bytes are."""
+        return BlobRef(
+            self.fields.get("blob_store", ""),
+            self.fields.get("content_blob") or content_blob_key(self.id),
+            self.size_bytes,
+            self.fields.get("content_sha256", ""),
+        )
+
+    @property
+    def text_blob(self) -> BlobRef | None:
+        """Where the extracted text is, once processed."""
+        if not self.get("text_blob"):
+            return None
+        return BlobRef(
+            self.fields.get("blob_store", ""),
+            self.fields["text_blob"],
+            int(self.fields.get("text_bytes") or 0),
+            self.fields.get("text_sha256", ""),
+        )
+
+    def public(
+        self, *, text: str | None = None, text_chars: int = 0, job_dead: bool = False
+    ) -> DocumentPublic:
+        """As the api shows it; `text` is what was read of the stored text (the
+        first `text_chars` characters at most)."""
         state = DocumentState.PROCESSED if self.processed else DocumentState.PROCESSING
         if not self.processed and job_dead:
             state = DocumentState.FAILED
-        text = self.get("text")
+        stored_chars = int(self.fields.get("text_chars") or 0)
         stored_truncated = self.fields.get("text_truncated") == "1"
         extract_ms, summarize_ms = self.get("extract_ms"), self.get("summarize_ms")
+        shown = (text or "")[:text_chars] if self.processed else None
         return DocumentPublic(
             id=self.id,
             name=self.name,
@@ -184,9 +243,9 @@ class Document:
             notify=bool(self.notify_email),
             summary=self.fields.get("summary") if self.processed else None,
             summarizer=self.get("summarizer"),
-            text=text[:text_chars] if text is not None else ("" if self.processed else None),
-            text_chars=len(text or "") if self.processed else None,
-            text_truncated=stored_truncated or len(text or "") > text_chars,
+            text=shown,
+            text_chars=stored_chars if self.processed else None,
+            text_truncated=stored_truncated or stored_chars > text_chars,
             uploaded_at=ms_to_datetime(self.uploaded_at_ms),
             processed_at=ms_to_datetime(self.get("processed_at_ms")),
             expires_at=ms_to_datetime(self.expires_at_ms),
@@ -194,6 +253,18 @@ class Document:
             summarize_ms=int(summarize_ms) if summarize_ms else None,
             jobs=DocumentJobs(process=self.get("job_id"), email=self.get("email_job_id")),
         )
+
+
+def content_blob_key(document_id: str) -> str:
+    return f"{BLOB_PREFIX}{document_id}/original"
+
+
+def text_blob_key(document_id: str) -> str:
+    return f"{BLOB_PREFIX}{document_id}/text"
+
+
+def upload_blob_key(upload_id: str) -> str:
+    return f"{UPLOAD_PREFIX}{upload_id}"
 
 
 def _flatten(fields: dict[str, Any]) -> list[str]:
@@ -209,10 +280,12 @@ def lua_script(name: str) -> str:
 
 
 class DocumentStore:
-    """Documents in Redis: a hash and the content per document, and an expiry index."""
+    """Documents: a record per document in Redis (and an expiry index), its
+    bytes and its text in the blob store."""
 
-    def __init__(self, redis: ArqRedis) -> None:
+    def __init__(self, redis: ArqRedis, blobs: BlobStore) -> None:
         self.redis = redis
+        self.blobs = blobs
         self._update = redis.register_script(lua_script("document_update"))
         self._processed = redis.register_script(lua_script("document_processed"))
         self._expire = redis.register_script(lua_script("documents_expire"))
@@ -223,35 +296,40 @@ class DocumentStore:
         *,
         name: str,
         content_type: str,
-        content: bytes,
+        content: bytes | AsyncIterable[bytes],
         notify_email: str,
         retention_s: int,
+        max_bytes: int | None = None,
     ) -> Document:
+        """Store the bytes (streamed) in the blob store, then the record: a
+        crash in between leaves an orphan blob, which cleanup deletes."""
+        ref = await self.blobs.put(content_blob_key(document_id), content, max_bytes)
         at_ms = now_ms()
         expires_at_ms = at_ms + retention_s * 1000
         fields = {
             "id": document_id,
             "name": name,
             "content_type": content_type,
-            "size_bytes": len(content),
+            "size_bytes": ref.size,
             "notify_email": notify_email,
             "uploaded_at_ms": at_ms,
             "expires_at_ms": expires_at_ms,
+            "blob_store": ref.store,
+            "content_blob": ref.key,
+            "content_sha256": ref.sha256,
         }
         ttl_s = retention_s + EXPIRY_BACKSTOP_S
         hash_key = keys.document_key(document_id)
-        content_key = keys.document_content_key(document_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(hash_key, mapping=fields)
             pipe.expire(hash_key, ttl_s)
-            pipe.set(content_key, content, ex=ttl_s)
             pipe.zadd(keys.DOCUMENTS_BY_EXPIRY, {document_id: expires_at_ms})
             await pipe.execute()
         return Document(
             document_id,
             name,
             content_type,
-            len(content),
+            ref.size,
             notify_email,
             at_ms,
             expires_at_ms,
@@ -280,36 +358,89 @@ class DocumentStore:
             fields=fields,
         )
 
-    async def content(self, document_id: str) -> bytes | None:
-        data: bytes | None = await self.redis.get(keys.document_content_key(document_id))
-        return data
+    async def content(self, document: Document) -> bytes:
+        """The uploaded bytes, checked against the record (BlobIntegrityError,
+        BlobNotFoundError otherwise)."""
+        return await self.blobs.get(document.content)
+
+    async def text(self, document: Document, max_chars: int) -> str | None:
+        """The first `max_chars` characters of the extracted text; None before
+        processing. Reads only the blob's first bytes it needs."""
+        ref = document.text_blob
+        if ref is None or max_chars <= 0:
+            return "" if ref is not None or document.processed else None
+        chunks: list[bytes] = []
+        size = 0
+        async with aclosing(self.blobs.stream(ref)) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= max_chars * 4:  # UTF-8: at most 4 bytes a character
+                    break
+        return b"".join(chunks).decode("utf-8", errors="ignore")[:max_chars]
 
     async def update(self, document_id: str, **fields: Any) -> bool:
         """Set fields of a document that still exists."""
         done = await self._update(keys=[keys.document_key(document_id)], args=_flatten(fields))
         return bool(done)
 
-    async def mark_processed(self, document_id: str, **fields: Any) -> bool | None:
-        """Store the results once: True when stored now, False when already
-        processed, None when the document is gone."""
+    async def mark_processed(self, document_id: str, *, text: str, **fields: Any) -> bool | None:
+        """Store the text (in the blob store) and the results (in the record)
+        once: True when stored now, False when already processed, None when
+        the document is gone."""
+        document = await self.get(document_id)
+        if document is None or document.processed:  # (the script checks again)
+            return None if document is None else False
+        ref = await self.blobs.put(text_blob_key(document_id), text.encode())
         done = await self._processed(
             keys=[keys.document_key(document_id), COUNTS_KEY],
-            args=_flatten({**fields, "processed_at_ms": now_ms()}),
+            args=_flatten(
+                {
+                    **fields,
+                    "text_blob": ref.key,
+                    "text_bytes": ref.size,
+                    "text_sha256": ref.sha256,
+                    "text_chars": len(text),
+                    "processed_at_ms": now_ms(),
+                }
+            ),
         )
         return None if done == -1 else bool(done)
 
     async def remove_expired(self, *, at_ms: int | None = None) -> list[str]:
-        """Remove every document past its retention, in bounded batches."""
+        """Remove every document past its retention, in bounded batches: its
+        record, then its blobs."""
         at_ms = at_ms if at_ms is not None else now_ms()
         removed: list[str] = []
         while True:
-            ids = await self._expire(
-                keys=[keys.DOCUMENTS_BY_EXPIRY],
-                args=[at_ms, CLEANUP_BATCH, keys.DOCUMENT_PREFIX, keys.DOCUMENT_CONTENT_SUFFIX],
-            )
-            removed += [i.decode() for i in ids]
+            ids = [
+                i.decode()
+                for i in await self._expire(
+                    keys=[keys.DOCUMENTS_BY_EXPIRY],
+                    args=[at_ms, CLEANUP_BATCH, keys.DOCUMENT_PREFIX],
+                )
+            ]
+            for document_id in ids:
+                await self.blobs.delete(content_blob_key(document_id), text_blob_key(document_id))
+            removed += ids
             if len(ids) < CLEANUP_BATCH:
                 return removed
+
+    async def remove_orphans(self, *, older_than_s: float = ORPHAN_GRACE_S) -> int:
+        """Delete blobs no document refers to: under documents/ those whose
+        document has no record (an upload or a cleanup cut short), under
+        uploads/ direct uploads never registered; at most a bounded number
+        looked at per call."""
+
+        async def referenced(key: str) -> bool:
+            document_id = key.removeprefix(BLOB_PREFIX).partition("/")[0]
+            return bool(await self.redis.exists(keys.document_key(document_id)))
+
+        async def unregistered(key: str) -> bool:
+            return False
+
+        orphans = await self.blobs.sweep(BLOB_PREFIX, referenced, older_than_s)
+        return orphans + await self.blobs.sweep(UPLOAD_PREFIX, unregistered, older_than_s)
 
 
 def retention_for(requested_s: int | None, max_s: int) -> int:

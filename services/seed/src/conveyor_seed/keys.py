@@ -2,10 +2,9 @@
 
 from conveyor_core.keys import PREFIX
 
-# Hash per uploaded document: name, type, state, text, summary, times, job ids.
+# Hash per uploaded document: name, type, size, checksums and blob keys of its
+# bytes and text (which live in the blob store), state, summary, times, job ids.
 DOCUMENT_PREFIX = PREFIX + "document:"
-# The uploaded bytes, beside the document's hash: `conveyor:document:{id}:content`.
-DOCUMENT_CONTENT_SUFFIX = ":content"
 # Sorted set of document ids by the time their retention ends: what cleanup removes.
 DOCUMENTS_BY_EXPIRY = PREFIX + "documents:expiry"
 # String per mail sent: its Message-ID, so a retried email job never sends twice.
@@ -16,10 +15,6 @@ DOCUMENTS_PROCESSED = "documents:processed"
 
 def document_key(document_id: str) -> str:
     return DOCUMENT_PREFIX + document_id
-
-
-def document_content_key(document_id: str) -> str:
-    return DOCUMENT_PREFIX + document_id + DOCUMENT_CONTENT_SUFFIX
 
 
 def mail_sent_key(mail_key: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from conveyor_core import Resource, ResourceScope
+from conveyor_core.blobs import BlobStore
 from conveyor_seed.documents import DocumentStore
 from conveyor_seed.settings import SeedSettings
 
@@ -42,7 +43,7 @@ async def open_workflow(scope: ResourceScope) -> AsyncIterator[Workflow]:
     settings = SeedSettings()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
         yield Workflow(
-            documents=DocumentStore(scope.redis),
+            documents=DocumentStore(scope.redis, BlobStore.from_settings(settings.blobs)),
             mailer=Mailer(settings.smtp, scope.redis),
             summarizer=make_summarizer(settings.summarizer, http),
             settings=settings,

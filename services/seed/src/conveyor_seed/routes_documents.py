@@ -4,9 +4,18 @@ Mounted by the api (the seed module's API_ROUTERS); the worker never imports it.
 
 An upload is checked (size, type by content, a PDF that opens) before
 anything is stored: a bad one leaves nothing behind and enqueues nothing.
+Its bytes stream to the blob store in chunks (Starlette spools a multipart
+file to disk past 1 MB), so the api never holds a whole file in memory.
+Clients may also PUT a file straight to the store with a presigned URL and
+then register it; downloads are a presigned GET where the store can sign,
+else a stream checked against the document's checksum.
 """
 
-from typing import Annotated
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, BinaryIO, cast
+from urllib.parse import quote
 from uuid import uuid4
 
 from fastapi import (
@@ -21,22 +30,27 @@ from fastapi import (
     Response,
     UploadFile,
 )
-from pydantic import BaseModel, EmailStr
+from fastapi.responses import RedirectResponse, StreamingResponse
+from pydantic import BaseModel, EmailStr, Field
 from starlette.concurrency import run_in_threadpool
 
 from conveyor_api.auth import Scope, require
 from conveyor_api.deps import RedisDep, StoreDep
+from conveyor_core.blobs import BlobNotFoundError, BlobSettings, BlobStore, BlobTooLargeError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.logging import bound
+from conveyor_core.store import JobStore
 from conveyor_seed import PROCESS_DOCUMENT, DocumentRef
 from conveyor_seed.documents import (
+    CHUNK_BYTES,
     DocumentError,
     DocumentPublic,
     DocumentStore,
     retention_for,
     sniff,
+    upload_blob_key,
 )
 from conveyor_seed.settings import DocumentSettings
 
@@ -50,10 +64,11 @@ DEFAULT_TEXT_CHARS = 10_000
 
 
 def get_documents(request: Request, redis: RedisDep) -> DocumentStore:
-    """One store per app, on the api's Redis client."""
+    """One store per app, on the api's Redis client and the configured blob store."""
     documents: DocumentStore | None = getattr(request.app.state, "seed_documents", None)
     if documents is None:
-        documents = request.app.state.seed_documents = DocumentStore(redis)
+        blobs = BlobStore.from_settings(BlobSettings())
+        documents = request.app.state.seed_documents = DocumentStore(redis, blobs)
     return documents
 
 
@@ -111,25 +126,39 @@ async def upload_document(
 ) -> DocumentAccepted:
     if file.size is not None and file.size > limits.max_bytes:
         raise HTTPException(413, f"The file is over the limit of {limits.max_bytes} bytes.")
-    content = await file.read(limits.max_bytes + 1)
-    if len(content) > limits.max_bytes:
-        raise HTTPException(413, f"The file is over the limit of {limits.max_bytes} bytes.")
     name = _clean_name(file.filename)
     try:
-        # Opening a PDF is CPU work; keep it off the event loop.
-        content_type = await run_in_threadpool(sniff, name, content)
+        # Reading the file and opening a PDF is blocking work: off the event loop.
+        content_type = await run_in_threadpool(sniff, name, file.file)
     except DocumentError as exc:
         raise HTTPException(exc.status, str(exc)) from None
 
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await file.read(CHUNK_BYTES):
+            yield chunk
+
     document_id = uuid4().hex
-    await documents.create(
-        document_id,
-        name=name,
-        content_type=content_type,
-        content=content,
-        notify_email=str(notify_email or ""),
-        retention_s=retention_for(retention_s, limits.retention_s),
-    )
+    try:
+        await documents.create(
+            document_id,
+            name=name,
+            content_type=content_type,
+            content=chunks(),
+            notify_email=str(notify_email or ""),
+            retention_s=retention_for(retention_s, limits.retention_s),
+            max_bytes=limits.max_bytes,
+        )
+    except BlobTooLargeError:
+        raise HTTPException(
+            413, f"The file is over the limit of {limits.max_bytes} bytes."
+        ) from None
+    return await _process(document_id, documents, store, response)
+
+
+async def _process(
+    document_id: str, documents: DocumentStore, store: JobStore, response: Response
+) -> "DocumentAccepted":
+    """Enqueue a stored document's processing; the answer to an upload."""
     submitted = await enqueue(
         store,
         PROCESS_DOCUMENT,
@@ -169,4 +198,133 @@ async def read_document(
         job = await store.get(job_id)
         job_dead = job is not None and job.state is JobState.DEAD
     limit = min(text_chars, settings.text_max_chars)
-    return document.public(text_chars=limit, job_dead=job_dead)
+    text = await documents.text(document, limit)
+    return document.public(text=text, text_chars=limit, job_dead=job_dead)
+
+
+@router.get(
+    "/{document_id}/content",
+    dependencies=[Depends(require(Scope.DOCUMENTS_READ))],
+    summary="Download a document's file",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "The file, streamed and checked (a store that cannot presign)"},
+        307: {"description": "A presigned URL of the blob store to GET the file from"},
+        404: {"description": "None"},
+    },
+)
+async def download_document(document_id: DocumentId, documents: DocumentsDep) -> Response:
+    document = await documents.get(document_id)
+    if document is None:
+        raise HTTPException(404, f"No document with id {document_id!r} (it may have expired).")
+    url = await documents.blobs.presign("GET", document.content.key)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
+    disposition = f"attachment; filename*=UTF-8''{quote(document.name)}"
+    return StreamingResponse(
+        documents.blobs.stream(document.content),
+        media_type=document.content_type,
+        headers={"Content-Disposition": disposition, "Content-Length": str(document.size_bytes)},
+    )
+
+
+class DirectUpload(BaseModel):
+    """Answer of `POST /v1/documents/uploads`: where to PUT the file, then register it."""
+
+    upload_id: str
+    url: str = Field(description="PUT the file's bytes here, before `expires_at`.")
+    method: str = "PUT"
+    expires_at: datetime
+    max_bytes: int
+    register_url: str = Field(description="Then POST the document's details here.")
+
+
+class DirectUploadRegistration(BaseModel):
+    """Body of `POST /v1/documents/uploads/{upload_id}`: what the uploaded file is."""
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    notify_email: EmailStr | None = None
+    retention_s: int | None = Field(default=None, ge=1)
+
+
+@router.post(
+    "/uploads",
+    dependencies=[Depends(require(Scope.DOCUMENTS_WRITE))],
+    status_code=201,
+    summary="Start a direct upload to the blob store",
+    responses={409: {"description": "This blob store cannot presign: upload through the api"}},
+)
+async def start_direct_upload(documents: DocumentsDep, limits: DocumentSettingsDep) -> DirectUpload:
+    upload_id = uuid4().hex
+    url = await documents.blobs.presign("PUT", upload_blob_key(upload_id))
+    if url is None:
+        raise HTTPException(
+            409, "This blob store cannot presign URLs: upload with POST /v1/documents instead."
+        )
+    expires = datetime.now(UTC) + timedelta(seconds=documents.blobs.presign_expiry_s)
+    return DirectUpload(
+        upload_id=upload_id,
+        url=url,
+        expires_at=expires,
+        max_bytes=limits.max_bytes,
+        register_url=f"/v1/documents/uploads/{upload_id}",
+    )
+
+
+@router.post(
+    "/uploads/{upload_id}",
+    dependencies=[Depends(require(Scope.DOCUMENTS_WRITE))],
+    status_code=202,
+    summary="Register a file uploaded straight to the blob store, and process it",
+    responses={
+        404: {"description": "Nothing was uploaded under this id (or it was registered)"},
+        413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
+        415: {"description": "Not text, Markdown or PDF (judged by content)"},
+        422: {"description": "Empty file, corrupt PDF, or a bad field"},
+    },
+)
+async def register_direct_upload(
+    upload_id: DocumentId,
+    registration: DirectUploadRegistration,
+    response: Response,
+    store: StoreDep,
+    documents: DocumentsDep,
+    limits: DocumentSettingsDep,
+) -> "DocumentAccepted":
+    name = _clean_name(registration.name)
+    key = upload_blob_key(upload_id)
+    try:
+        with tempfile.SpooledTemporaryFile(max_size=CHUNK_BYTES) as spooled:
+            size = 0
+            async for chunk in documents.blobs.read_unchecked(key):
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise HTTPException(
+                        413, f"The file is over the limit of {limits.max_bytes} bytes."
+                    )
+                spooled.write(chunk)
+            spooled.seek(0)
+            content_type = await run_in_threadpool(sniff, name, cast(BinaryIO, spooled))
+            spooled.seek(0)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while chunk := await run_in_threadpool(spooled.read, CHUNK_BYTES):
+                    yield chunk
+
+            document_id = uuid4().hex
+            await documents.create(
+                document_id,
+                name=name,
+                content_type=content_type,
+                content=chunks(),
+                notify_email=str(registration.notify_email or ""),
+                retention_s=retention_for(registration.retention_s, limits.retention_s),
+                max_bytes=limits.max_bytes,
+            )
+    except BlobNotFoundError:
+        raise HTTPException(404, f"Nothing was uploaded as {upload_id!r}.") from None
+    except DocumentError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    finally:
+        await documents.blobs.delete(key)
+    return await _process(document_id, documents, store, response)

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_core import Schedule
+from conveyor_core.blobs import BlobSettings
 from conveyor_core.schedule import FIELD_RANGES, CronField
 
 
@@ -19,7 +20,8 @@ class DocumentSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_DOCUMENTS_", extra="ignore")
 
-    # An upload above this size gets 413; documents live in Redis, so keep it small.
+    # An upload above this size gets 413. Its bytes go to the blob store
+    # (CONVEYOR_BLOBS_*), never to Redis.
     max_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
     # How long a document is kept; an upload may ask for less, never more.
     retention_s: int = Field(default=7 * 86_400, ge=1)
@@ -148,6 +150,7 @@ class SeedSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
+    blobs: BlobSettings = Field(default_factory=BlobSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
     cron: CronSettings = Field(default_factory=CronSettings)

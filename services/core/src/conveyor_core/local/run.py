@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from conveyor_core.local.mail_catcher import MailCatcher
 from conveyor_core.local.redis_server import resolve_redis
@@ -30,6 +31,8 @@ from conveyor_core.settings import masked_url
 logger = logging.getLogger("conveyor.run")
 
 STOP_TIMEOUT_S = 25.0  # above the worker's default shutdown wait
+# Where uploaded bytes go under `make run` (CONVEYOR_BLOBS_URL overrides it).
+LOCAL_BLOBS = Path(".run") / "blobs"
 READY_TIMEOUT_S = 30.0
 
 
@@ -196,6 +199,8 @@ def _banner(env: Mapping[str, str], redis_url: str, key: str | None, caught: boo
 async def run_services(redis_url: str, mail_env: Mapping[str, str]) -> int:
     keys, key = development_key(os.environ)
     env = {**os.environ, **keys, **mail_env, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+    # Uploaded bytes go to a folder of the checkout unless a blob store is set.
+    env.setdefault("CONVEYOR_BLOBS_URL", f"file://{Path.cwd() / LOCAL_BLOBS}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from conveyor_core import JobContext, PermanentJobError
+from conveyor_core.blobs import BlobIntegrityError, BlobNotFoundError
 from conveyor_seed import EMAIL_USER, DocumentRef
 from conveyor_seed.documents import DocumentError, extract_text
 from conveyor_seed.resources import WORKFLOW
@@ -28,9 +29,12 @@ async def process_document(ctx: JobContext, payload: DocumentRef) -> dict[str, A
         raise PermanentJobError(f"document {document_id} is gone (past its retention)")
 
     if not document.processed:
-        content = await flow.documents.content(document_id)
-        if content is None:
-            raise PermanentJobError(f"the content of document {document_id} is gone")
+        try:
+            content = await flow.documents.content(document)
+        except BlobNotFoundError:
+            raise PermanentJobError(f"the content of document {document_id} is gone") from None
+        except BlobIntegrityError as exc:
+            raise PermanentJobError(f"document {document_id} was changed: {exc}") from None
         await ctx.progress(10, "extracting text")
         start_s = time.monotonic()
         try:

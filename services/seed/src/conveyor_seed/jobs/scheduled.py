@@ -90,8 +90,11 @@ async def send_digest(ctx: JobContext, payload: ScheduledRun) -> dict[str, Any]:
 
 
 async def cleanup_temp_uploads(ctx: JobContext, payload: ScheduledRun) -> dict[str, Any]:
-    """Remove every document past its retention: record, content and index entry."""
-    removed = await ctx.resource(WORKFLOW).documents.remove_expired()
-    if removed:
-        logger.info("removed %d expired documents", len(removed))
-    return {"removed": len(removed), "document_ids": removed[:100]}
+    """Remove every document past its retention (record, index entry and blobs),
+    then the blobs no document refers to any more (an upload cut short)."""
+    documents = ctx.resource(WORKFLOW).documents
+    removed = await documents.remove_expired()
+    orphans = await documents.remove_orphans()
+    if removed or orphans:
+        logger.info("removed %d expired documents and %d orphan blobs", len(removed), orphans)
+    return {"removed": len(removed), "document_ids": removed[:100], "orphan_blobs": orphans}
