@@ -12,6 +12,7 @@ from conveyor_core import InvalidScheduleError, Schedule
 from conveyor_core.catalog import load_catalog
 from conveyor_core.settings import CatalogSettings, RedisSettings
 from conveyor_seed.settings import CronSettings
+from conveyor_worker.cron import next_run, run_id
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import worker_settings
 from tests.support import jobs
@@ -19,13 +20,13 @@ from tests.support import jobs
 
 def cron_entries(
     redis: ArqRedis, schedules: dict[str, Any] | None = None, queue: str = "arq:queue"
-) -> dict[str, list[Any]]:
+) -> dict[str, list[Schedule]]:
     catalog_settings = CatalogSettings(job_modules=jobs.MODULES, schedules=schedules or {})
     settings = Settings(redis=RedisSettings(), catalog=catalog_settings, queue=queue)
     kwargs = worker_settings(settings, redis, load_catalog(catalog_settings.modules))
-    entries: dict[str, list[Any]] = {}
-    for entry in kwargs["cron_jobs"]:
-        entries.setdefault(entry.name, []).append(entry)
+    entries: dict[str, list[Schedule]] = {}
+    for job_type, schedule in kwargs["schedules"]:
+        entries.setdefault(job_type.name, []).append(schedule)
     return entries
 
 
@@ -34,11 +35,12 @@ def test_the_seeds_declare_a_daily_digest_and_an_hourly_cleanup(redis: ArqRedis)
     (digest,), (cleanup,) = entries["send_digest"], entries["cleanup_temp_uploads"]
     assert (digest.hour, digest.minute, digest.second) == (9, 0, 0)
     assert (cleanup.hour, cleanup.minute) == (None, 30)
-    # Unique ids per run; the finished run's job key, kept with its record, stops
-    # a late replica from enqueuing it again (no arq result beside the record).
-    assert digest.unique
-    assert digest.keep_result_s == 0
-    assert digest.max_tries == 6  # the wrapper decides at 5
+    # One id per run, the same on every replica: the finished run's job key, kept
+    # with its record, stops a late replica from submitting it again.
+    run_at = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    assert run_id(load_catalog(jobs.MODULES.split(","))["send_digest"], run_at) == (
+        f"send_digest:{int(run_at.timestamp() * 1000)}"
+    )
 
 
 def test_settings_override_and_switch_off_schedules(redis: ArqRedis) -> None:
@@ -51,7 +53,7 @@ def test_settings_override_and_switch_off_schedules(redis: ArqRedis) -> None:
     )
     assert list(entries) == ["send_digest"]
     first, second = entries["send_digest"]
-    assert first.second == {0, 30}
+    assert first.second == (0, 30)
     assert (second.hour, second.minute, second.second) == (18, 5, 0)
 
 
@@ -67,13 +69,11 @@ def test_a_schedule_in_a_time_zone_follows_its_clock(redis: ArqRedis) -> None:
         redis, {"send_digest": {"hour": 9, "minute": 0, "timezone": "Europe/Paris"}}
     )
     (digest,) = entries["send_digest"]
-    digest.calculate_next(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
     # 09:00 in Paris in summer is 07:00 UTC, the next day.
-    assert digest.next_run.astimezone(UTC).replace(microsecond=0) == datetime(
+    assert next_run(digest, datetime(2026, 7, 1, 12, 0, tzinfo=UTC)) == datetime(
         2026, 7, 2, 7, 0, tzinfo=UTC
     )
-    digest.calculate_next(datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
-    assert digest.next_run.astimezone(UTC).replace(microsecond=0) == datetime(
+    assert next_run(digest, datetime(2026, 1, 1, 12, 0, tzinfo=UTC)) == datetime(
         2026, 1, 2, 8, 0, tzinfo=UTC
     )
 

@@ -42,13 +42,13 @@ local function priority_of(score)
 end
 
 -- The job's record: {id, queue, state, version, tries, cancel_requested,
--- priority, flow, started and ready (ms)}, with state 'queued' and version 1 (the job as submitted) for a
+-- priority, flow, started and ready (ms), token (its try's, see lib/claim.lua)}, with state 'queued' and version 1 (the job as submitted) for a
 -- job that has no hash yet, or nil when the job has no hash and `must_exist`
 -- is set. A job's first claim writes its priority into the record (from its
 -- score), so a retry or a put-back returns to the same band.
 local function load(id, queue, must_exist)
   local r = redis.call('HMGET', K.job .. id, 'state', 'version', 'tries', 'cancel_requested',
-    'queue', 'priority', 'flow', 'started_at_ms', 'ready_at_ms')
+    'queue', 'priority', 'flow', 'started_at_ms', 'ready_at_ms', 'token')
   if not r[1] then
     if must_exist then return nil end
     return {id = id, queue = queue, state = 'queued', version = 1, tries = 0, cancel = false,
@@ -57,7 +57,7 @@ local function load(id, queue, must_exist)
   return {id = id, queue = queue or r[5], state = r[1], version = tonumber(r[2]) or 0,
     tries = tonumber(r[3]) or 0, cancel = r[4] == '1',
     priority = tonumber(r[6]) or K.default_priority, flow = r[7] or nil, started = r[8],
-    ready = r[9]}
+    ready = r[9], token = r[10] or ''}
 end
 
 -- A limited job leaves in_progress: it no longer counts as running; when
@@ -88,27 +88,22 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   if to == 'in_progress' and rec.flow then fair_leave(queue, rec.flow, id) end
   local version = rec.version + 1
   redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
-  -- arq's keys, as arq's own start and finish would leave them.
-  if to == 'in_progress' then
-    -- rec.tries counts this try already. arq's run_job counts it by INCR of its
-    -- retry key: set that one lower, so arq's count is ours (a shutdown that
-    -- put the job back did not use a try up). A job's first claim (it has no
-    -- record yet) needs no SET: it has no retry key (every end of a job deletes
-    -- it with the record's expiry), and arq's INCR of none makes try 1.
-    if not rec.new then redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s) end
-  elseif TERMINAL[to] then
+  -- arq's keys, as arq's own start and finish would leave them (the claim
+  -- sets the lock; a try's count lives in the record, not in arq's retry key).
+  if TERMINAL[to] then
     redis.call('ZREM', queue, id)
     if rec.flow or rec.new then
       local flow = rec.flow or redis.call('HGET', qkey(queue, 'flow'), id)
       if flow then fair_leave(queue, flow, id) end
       redis.call('HDEL', qkey(queue, 'flow'), id)
     end
-    redis.call('DEL', K.arq_lock .. id, K.arq_retry .. id)
+    redis.call('DEL', K.arq_lock .. id)
     -- arq's job key (the payload) lives as long as the record: it also keeps
     -- arq from taking the same id again, as its result key would.
     redis.call('PEXPIRE', K.arq_job .. id, ttl_ms)
     redis.call('PEXPIRE', hash, ttl_ms)
-  else -- queued or retrying: back in arq's queue, due at `score`, in its band
+  elseif to ~= 'in_progress' then
+    -- queued or retrying: back in arq's queue, due at `score`, in its band
     local queued = fmt(band_base(rec.priority) + score)
     redis.call('ZADD', queue, queued, id)
     if rec.flow then fair_enter(queue, rec.flow, queued, id) end
