@@ -1,6 +1,8 @@
 """The worker's cron entries come from the job types' schedules; settings
 override or switch them off; bad schedules are refused."""
 
+import asyncio
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,12 +12,16 @@ from pydantic import ValidationError
 
 from conveyor_core import InvalidScheduleError, Schedule
 from conveyor_core.catalog import load_catalog
+from conveyor_core.enqueue import enqueue
+from conveyor_core.jobs import JobState
 from conveyor_core.settings import CatalogSettings, RedisSettings
+from conveyor_core.store import JobStore
 from conveyor_seed.settings import CronSettings
 from conveyor_worker.cron import next_run, run_id
 from conveyor_worker.settings import Settings
-from conveyor_worker.worker import worker_settings
+from conveyor_worker.worker import ConveyorWorker, worker_settings
 from tests.support import jobs
+from tests.worker.conftest import NO_SCHEDULES
 
 
 def cron_entries(
@@ -106,3 +112,61 @@ def test_bad_schedule_settings_are_refused(monkeypatch: pytest.MonkeyPatch, sche
 def test_bad_schedules_are_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(InvalidScheduleError):
         Schedule(**fields)
+
+
+async def test_scheduled_runs_enter_through_submit_with_their_limit_and_priority(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    """A scheduled type (priority 0, at most one running) on a schedule of every
+    second, with runs longer than a second, behind a backlog of priority-5 work."""
+    catalog_settings = CatalogSettings(
+        job_modules=jobs.MODULES,
+        schedules={**NO_SCHEDULES, "ticking": {"second": list(range(60))}},
+    )
+    settings = Settings(redis=RedisSettings(url=redis_url), catalog=catalog_settings, max_jobs=2)
+    catalog = load_catalog(catalog_settings.modules)
+    store = JobStore(redis, catalog)
+    backlog = [
+        (await enqueue(store, catalog["effect"], jobs.Effect(work_s=0.2), priority=5)).job_id
+        for _ in range(30)
+    ]
+    worker = ConveyorWorker(
+        **{**worker_settings(settings, redis, catalog), "handle_signals": False}
+    )
+    running = asyncio.create_task(worker.main())
+    try:
+        async with asyncio.timeout(15):
+            while await redis.llen("test:completed:ticking") < 2:  # type: ignore[misc]
+                await asyncio.sleep(0.05)
+    finally:
+        worker.request_stop()
+        await running
+        await worker.close()
+
+    run_ids = [i.decode() for i in await redis.lrange("test:completed:ticking", 0, -1)]  # type: ignore[misc]
+    runs = [await store.get(run_id) for run_id in run_ids]
+    first, second = runs[0], runs[1]
+    assert first is not None
+    assert second is not None
+    assert all(r.startswith("ticking:") for r in run_ids)
+    # Its type's priority, not the default, and ahead of the backlog due before it.
+    assert (first.priority, first.state) == (0, JobState.COMPLETE)
+    backlog_jobs = [await store.get(job_id) for job_id in backlog]
+    assert first.started_at is not None
+    assert any(
+        j is not None and (j.started_at is None or j.started_at > first.started_at)
+        for j in backlog_jobs
+    )
+    # Held by its limit: never two at once, though each run outlasts its second.
+    assert await redis.get("test:max_running:ticking") == b"1"
+    assert first.finished_at is not None
+    assert second.started_at is not None
+    assert second.started_at >= first.finished_at
+    assert second.started_at.timestamp() * 1000 > int(run_ids[1].rpartition(":")[2]) + 100
+    # Each run is in the history: enqueued (through submit) and completed.
+    counts: Counter[str] = Counter()
+    for key in await redis.keys("conveyor:{arq:queue}:history:*"):
+        for field, value in (await redis.hgetall(key)).items():  # type: ignore[misc]
+            counts[field.decode()] += int(value)
+    assert counts["ticking:enqueued"] >= 2
+    assert counts["ticking:completed"] >= 2

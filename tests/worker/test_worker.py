@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -10,7 +11,7 @@ from arq.connections import ArqRedis
 
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
-from conveyor_core.jobs import JobState
+from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.store import Claim, JobStore
 from conveyor_seed import CREATE_TASK, CreateTask
 from conveyor_worker.policy import Stop
@@ -246,3 +247,49 @@ async def started_worker(redis: ArqRedis, redis_url: str) -> ConveyorWorker:
 
 def running_tasks(worker: ConveyorWorker) -> list["asyncio.Task[None]"]:
     return [t.task for t in worker.running.values() if t.task is not None]
+
+
+async def test_a_retry_with_defer_is_retrying_then_completes_on_try_two(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    catalog = load_catalog(jobs.MODULES.split(","))
+    store = JobStore(redis, catalog)
+    worker = make_worker(redis, redis_url)
+    running = asyncio.create_task(worker.main())
+    try:
+        await ready(worker)
+        sent_s = time.time()
+        submitted = await enqueue(store, catalog["deferring"], jobs.Deferring(defer_s=1))
+        retrying = await state_of(store, submitted.job_id, JobState.RETRYING, timeout_s=2)
+        assert retrying.error is not None
+        assert (retrying.tries, retrying.error.type) == (1, "Retry")
+        assert retrying.next_try_at is not None
+        assert retrying.finished_at is None
+        # The delay it asked for, from the end of try 1.
+        (first,) = retrying.attempts
+        assert first.finished_at is not None
+        delay_s = (retrying.next_try_at - first.finished_at).total_seconds()
+        assert 0.95 <= delay_s <= 1.2
+        done = await state_of(store, submitted.job_id, JobState.COMPLETE, timeout_s=3)
+        assert time.time() - sent_s < 3
+        assert (done.tries, done.result) == (2, 2)
+    finally:
+        worker.request_stop()
+        await running
+        await worker.close()
+
+
+async def state_of(store: JobStore, job_id: str, state: JobState, timeout_s: float) -> JobPublic:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            job = await store.get(job_id)
+            if job is not None and job.state is state:
+                return job
+            await asyncio.sleep(0.01)
+
+
+async def ready(worker: ConveyorWorker) -> None:
+    """Until the worker's loop turns with its resources open."""
+    async with asyncio.timeout(10):
+        while not (worker.redis_ok and worker.processor.resources):
+            await asyncio.sleep(0.01)

@@ -23,10 +23,6 @@ class Stop(Enum):
     SHUTDOWN = "shutdown"  # the worker stops: the job goes back, the try not counted
 
 
-class JobTimeoutError(TimeoutError):
-    """The handler ran past its job type's timeout."""
-
-
 class TriesExhaustedError(RuntimeError):
     """The previous try never reported back (its worker died) and none are left."""
 
@@ -71,7 +67,8 @@ def decide(
         return COMPLETE
     if policy.is_permanent(error) or isinstance(error, ValidationError | TriesExhaustedError):
         return DEAD
-    if isinstance(error, JobTimeoutError) and not policy.retry_timeouts:
+    # A timeout: the job type's (process() raises it), or one the handler met.
+    if isinstance(error, TimeoutError) and not policy.retry_timeouts:
         return DEAD
     if job_try >= policy.max_tries:
         return DEAD

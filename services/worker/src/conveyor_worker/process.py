@@ -31,7 +31,6 @@ from conveyor_core.redis import REDIS_FAULT_ERRORS
 from conveyor_core.store import ArqJob, Claimed, Ended, JobStore, NextJobs
 from conveyor_worker.policy import (
     Decision,
-    JobTimeoutError,
     Stop,
     TriesExhaustedError,
     decide,
@@ -187,7 +186,7 @@ class Processor:
                 task.uncancel()
             return decide(policy, job_try, stop=try_.stop or Stop.SHUTDOWN), None, None
         except TimeoutError as exc:
-            timeout = JobTimeoutError(f"timed out after {job_type.timeout_s:g} s")
+            timeout = TimeoutError(f"timed out after {job_type.timeout_s:g} s")
             timeout.__cause__ = exc
             return decide(policy, job_try, timeout), None, timeout
         except Exception as exc:
