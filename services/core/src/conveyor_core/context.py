@@ -73,7 +73,7 @@ class JobContext:
 
 
 class JobHandler(Protocol[PayloadT_contra]):
-    """The shape of a job function: business logic only, the wrapper does the rest."""
+    """The shape of a job function: business logic only, the worker does the rest."""
 
     def __call__(self, ctx: JobContext, payload: PayloadT_contra, /) -> Awaitable[Any]: ...
 

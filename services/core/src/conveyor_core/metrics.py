@@ -54,7 +54,7 @@ REDIS_MEMORY_MAX = Gauge(
     "conveyor_redis_memory_max_bytes", "Redis' maxmemory as last read (0: no limit)."
 )
 
-# -- worker: the job wrapper --
+# -- worker: each try (process.py) --
 JOBS_STARTED = Counter("conveyor_jobs_started", "Job tries started.", ["job", "queue"])
 JOBS_FINISHED = Counter(
     "conveyor_jobs_finished",
