@@ -17,6 +17,7 @@ from conveyor_core.store import (
     Fetch,
     InvalidCursorError,
     JobStore,
+    Reported,
     decode_cursor,
     encode_cursor,
 )
@@ -115,7 +116,9 @@ async def test_submit_wakes_workers_for_a_due_job_and_tells_a_deferred_ones_due_
     ]
 
 
-async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqRedis) -> None:
+async def test_claim_starts_the_record_locks_with_a_token_and_returns_the_job(
+    redis: ArqRedis,
+) -> None:
     store = JobStore(redis)
     job_id = await submitted(store)
 
@@ -126,7 +129,12 @@ async def test_claim_starts_the_record_locks_and_sets_arqs_try_count(redis: ArqR
     assert job is not None
     assert (job.state, job.tries, job.version) == (JobState.IN_PROGRESS, 1, 2)
     assert await indexes_of(redis, job_id) == {"in_progress"}
-    # No retry key on a first claim: arq's INCR of none makes it try 1.
+    # The job's data comes with the claim; its token is the lock's and the record's.
+    assert claimed[0].job_bytes == await redis.get(f"arq:job:{job_id}")
+    token = claimed[0].token.encode()
+    assert await redis.get(f"arq:in-progress:{job_id}") == token
+    assert await redis.hget(f"conveyor:job:{job_id}", "token") == token  # type: ignore[misc]
+    # Tries live in the record: arq's retry key is never written.
     assert not await redis.exists(f"arq:retry:{job_id}")
     assert await redis.pttl(f"arq:in-progress:{job_id}") > 9_000
     assert await redis.zscore(QUEUE, job_id) is not None  # arq keeps it until it ends
@@ -273,7 +281,7 @@ async def test_put_back_after_a_shutdown_does_not_use_up_the_try(redis: ArqRedis
     assert not await redis.exists(f"arq:in-progress:{job_id}")
     claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [c.job_try for c in claimed] == [1]
-    assert await redis.get(f"arq:retry:{job_id}") == b"0"  # arq's INCR makes it try 1 again
+    assert not await redis.exists(f"arq:retry:{job_id}")  # tries live in the record only
 
 
 async def test_cancel_a_waiting_job_now_and_a_running_one_by_request(redis: ArqRedis) -> None:
@@ -716,3 +724,34 @@ async def test_a_job_keeps_each_try_and_its_workflow_parent_and_children(
     assert all(a.duration_s is not None and a.duration_s >= 0 for a in job.attempts)
     assert job.children == [child]
     assert (kid.parent_id, kid.children) == (parent, [])
+
+
+async def test_a_stale_trys_end_progress_and_renewal_are_refused_whole(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    (stale,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
+    # Its lock lapsed (a frozen worker) and another worker claimed the job again.
+    await redis.delete(f"arq:in-progress:{job_id}")
+    (live,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
+    assert (live.job_try, stale.token != live.token) == (2, True)
+    before = await redis.hgetall(f"conveyor:job:{job_id}")  # type: ignore[misc]
+
+    ended = await store.complete(CREATE_TASK, job_id, '"stale"', token=stale.token)
+    assert (ended.moved, ended.stale) == (False, True)
+    reported = await store.report_progress(job_id, 50, "stale", token=stale.token)
+    assert reported is Reported.STALE
+    assert await store.renew_locks([(job_id, stale.token)], 5_000) == [job_id]
+    assert await redis.hgetall(f"conveyor:job:{job_id}") == before  # type: ignore[misc]
+    assert await redis.get(f"arq:in-progress:{job_id}") == live.token.encode()
+
+    # The live try's calls go through; a lapsed lock of its own is set again.
+    await redis.delete(f"arq:in-progress:{job_id}")
+    assert await store.renew_locks([(job_id, live.token)], 5_000) == []
+    assert await redis.get(f"arq:in-progress:{job_id}") == live.token.encode()
+    reported = await store.report_progress(job_id, 50, "live", token=live.token)
+    assert reported is Reported.RECORDED
+    ended = await store.complete(CREATE_TASK, job_id, '"live"', token=live.token)
+    assert (ended.moved, ended.stale) == (True, False)
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.tries, job.result) == (JobState.COMPLETE, 2, "live")

@@ -3,9 +3,12 @@
 import signal
 import time
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Stack
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -63,3 +66,50 @@ def test_sigkilled_workers_lose_no_job_and_repeat_no_side_effect(stack: Stack) -
             assert restarts, f"job {job_id} killed at {killed_at} never restarted"
             assert restarts[0] - killed_at < RESTART_BOUND_S
     assert all(stack.job(j)["tries"] >= 2 for j in interrupted)
+
+
+def stale_calls(worker: ServiceProcess) -> dict[str, float]:
+    """The worker's conveyor_stale_calls_total by call."""
+    text = httpx.get(worker.base_url + "/metrics", timeout=5).text
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "conveyor_stale_calls":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["call"]] = sample.value
+    return counts
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_workers_stale_try_changes_nothing_of_the_live_one(stack: Stack) -> None:
+    """Worker A is frozen (SIGSTOP) past its lock's TTL while running a job;
+    worker B claims the job again and completes it; A resumes: its progress,
+    lock renewal and end are refused and counted, and the record keeps B's try."""
+    short_lock = {"CONVEYOR_WORKER_LOCK_TTL_S": "1", "CONVEYOR_WORKER_MAX_JOBS": "1"}
+    frozen = stack.start_worker(**short_lock)
+    job_id = stack.submit("slow", {"steps": 30, "step_s": 0.1})["id"]
+    deadline = time.monotonic() + 20
+    while not stack.starts(job_id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stack.starts(job_id), stack.logs()
+    assert frozen.process is not None
+    frozen.process.send_signal(signal.SIGSTOP)
+    try:
+        stack.start_worker(**short_lock)
+        done = stack.wait_for_state(job_id, "complete")
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+    assert (done["tries"], done["result"]) == (2, 30)
+
+    deadline = time.monotonic() + 30
+    while (calls := stale_calls(frozen)).keys() < {"end", "progress", "renew"}:
+        assert time.monotonic() < deadline, f"{calls}\n{frozen.output()[-3000:]}"
+        time.sleep(0.1)
+    assert all(n >= 1 for n in calls.values()), calls
+    assert "this try is stale" in frozen.output()
+
+    # The record is the live try's alone: unchanged by anything the stale try sent.
+    after = stack.job(job_id)
+    assert after == done
+    assert [a["number"] for a in after["attempts"]] == [2]
+    assert len(stack.starts(job_id)) == 2

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from arq.worker import Retry
 from pydantic import BaseModel, Field
 
 from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy
@@ -50,6 +51,16 @@ class Effect(BaseModel):
     work_s: float = Field(ge=0)
 
 
+class Tick(Effect):
+    """A scheduled run's payload: none given, so a default."""
+
+    work_s: float = Field(default=1.5, ge=0)
+
+
+class Deferring(BaseModel):
+    defer_s: float = Field(ge=0)
+
+
 async def _record_start(ctx: JobContext) -> None:
     await ctx.redis.rpush(f"test:starts:{ctx.job_id}", repr(time.time()))  # type: ignore[misc]
     await ctx.redis.rpush(f"test:tries:{ctx.job_id}", ctx.job_try)  # type: ignore[misc]
@@ -69,6 +80,14 @@ async def doomed(ctx: JobContext, payload: Nothing) -> str:
     if not await ctx.redis.exists(f"test:healed:{ctx.job_id}"):
         raise RuntimeError("boom")
     return "healed"
+
+
+async def deferring(ctx: JobContext, payload: Deferring) -> int:
+    """Asks arq's way for another try (`Retry(defer=...)`) on its first try."""
+    await _record_start(ctx)
+    if ctx.job_try == 1:
+        raise Retry(defer=payload.defer_s)
+    return ctx.job_try
 
 
 async def permanent(ctx: JobContext, payload: Nothing) -> None:
@@ -183,6 +202,7 @@ JOB_TYPES = [
     JobType("flaky", Flaky, f"{MODULE}:flaky", retry=_quick(5)),
     JobType("doomed", Nothing, f"{MODULE}:doomed", retry=_quick(2)),
     JobType("permanent", Nothing, f"{MODULE}:permanent", retry=_quick(5)),
+    JobType("deferring", Deferring, f"{MODULE}:deferring", retry=_quick(3)),
     JobType("slow", Slow, f"{MODULE}:slow", timeout_s=60),
     # One try only: a shutdown that cuts it short must not use it up.
     JobType("slow_once", Slow, f"{MODULE}:slow", timeout_s=60, retry=RetryPolicy(max_tries=1)),
@@ -219,6 +239,8 @@ JOB_TYPES = [
         f"{MODULE}:tracked_tenant",
         limits=Limits(key="tenant_id", rate_per_key=Rate(2, 1.0)),
     ),
+    # For a schedule (given in tests): highest priority, one running at a time.
+    JobType("ticking", Tick, f"{MODULE}:tracked", priority=0, limits=Limits(max_running=1)),
     # Keyed, no limit: tenants take turns.
     JobType("fair", Tenanted, f"{MODULE}:tracked_tenant", limits=Limits(key="tenant_id")),
 ]

@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,9 +11,10 @@ from arq.connections import ArqRedis
 
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
-from conveyor_core.jobs import JobState
+from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.store import Claim, JobStore
 from conveyor_seed import CREATE_TASK, CreateTask
+from conveyor_worker.policy import Stop
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import ConveyorWorker, worker_settings
 from tests.support import jobs
@@ -23,10 +26,9 @@ async def test_worker_registers_exactly_the_catalog_of_its_queue(
 ) -> None:
     worker = make_worker(redis, redis_url)
     catalog = load_catalog(jobs.MODULES.split(","))
-    assert set(worker.functions) == {t.name for t in catalog.for_queue(CREATE_TASK.queue)}
+    names = {t.name for t in catalog.for_queue(CREATE_TASK.queue)}
+    assert set(worker.processor.job_types) == set(worker.processor.handlers) == names
     assert worker.queue_name == CREATE_TASK.queue
-    # arq's own limit is above the policy's, so the wrapper decides the last try.
-    assert worker.functions["flaky"].max_tries == catalog["flaky"].retry.max_tries + 1
 
 
 def test_a_queue_without_job_types_is_refused(redis: ArqRedis) -> None:
@@ -57,7 +59,6 @@ async def test_a_busy_slot_takes_its_next_job_with_the_end_of_the_last(
     store = JobStore(redis)
     submitted = [await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0)) for _ in range(5)]
     worker = make_worker(redis, redis_url, burst=True, max_jobs=1)
-    free_slots = worker.sem._value  # arq's: max_jobs + 1
     polls = []
     claim = worker.store.claim
 
@@ -75,8 +76,8 @@ async def test_a_busy_slot_takes_its_next_job_with_the_end_of_the_last(
         assert (record.state, record.tries) == (JobState.COMPLETE, 1)
     # The poll loop claimed the first job; each end of a try claimed the next.
     assert sum(len(c.jobs) for c in polls) == 1
-    # Every slot handed on was given back once.
-    assert (worker.job_counter, worker.sem._value, worker.tasks) == (0, free_slots, {})
+    # Every try left the map of running tries.
+    assert worker.running == {}
 
 
 def test_a_deferred_jobs_wake_up_sets_the_timer_and_claims_nothing(
@@ -97,16 +98,14 @@ async def test_startup_opens_and_shutdown_closes_shared_resources(
     redis: ArqRedis, redis_url: str
 ) -> None:
     worker = make_worker(redis, redis_url)
-    worker.ctx["redis"] = redis
-    assert worker.on_startup is not None
-    await worker.on_startup(worker.ctx)
-    assert isinstance(worker.ctx["store"], JobStore)
-    assert worker.ctx["resources"]["test_ledger"] == jobs.Ledger(os.getpid())
+    await worker.startup()
+    assert worker.processor.resources["test_ledger"] == jobs.Ledger(os.getpid())
     assert await redis.get(f"test:ledger:opened:{os.getpid()}") == b"1"
 
-    await worker.ctx["open_resources"].close(timeout_s=1)
+    resources = worker.processor.resources
+    await worker.close()
     assert await redis.get(f"test:ledger:closed:{os.getpid()}") == b"1"
-    assert worker.ctx["resources"] == {}
+    assert resources == {}
 
 
 async def test_a_job_whose_last_try_never_finished_goes_dead_without_running(
@@ -134,60 +133,63 @@ async def test_a_job_whose_last_try_never_finished_goes_dead_without_running(
     assert never_ran
 
 
-async def test_the_claim_starts_the_record_and_sets_arqs_try_count_to_its_own(
+async def test_the_claim_starts_the_record_and_the_try_count_comes_from_it(
     redis: ArqRedis, redis_url: str
 ) -> None:
     store = JobStore(redis, load_catalog(jobs.MODULES.split(",")))
     catalog = store.catalog
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
-    # Two tries so far by the record; arq's own counter says more (shutdowns it
-    # counted, which put the job back and did not use a try).
+    # Two tries so far by the record (shutdowns that put the job back used none).
     await redis.hset(  # type: ignore[misc]
         f"conveyor:job:{submitted.job_id}", mapping={"state": "queued", "version": 5, "tries": 2}
     )
-    await redis.set(f"arq:retry:{submitted.job_id}", 7)
 
     worker = await started_worker(redis, redis_url)
     await worker._claim_and_start()
+    token = worker.running[submitted.job_id].fence.token
     record = await store.get(submitted.job_id)
-    await asyncio.gather(*worker.tasks.values())
+    await asyncio.gather(*running_tasks(worker))
     await worker.close()
 
     assert record is not None
     assert record.state is JobState.IN_PROGRESS
     assert record.tries == 3
+    # The record holds the try's token (as its lock did); arq's retry key is not used.
+    assert token
+    assert await redis.hget(f"conveyor:job:{submitted.job_id}", "token") == token.encode()  # type: ignore[misc]
+    assert not await redis.exists(f"arq:retry:{submitted.job_id}")
     finished = await store.get(submitted.job_id)
     assert finished is not None
     assert finished.state is JobState.COMPLETE
     assert finished.tries == 3
     assert finished.version == 7  # claimed, completed
-    # arq's run_job counted try 3 too: the effect job saw it.
     assert await redis.lrange(f"test:tries:{submitted.job_id}", 0, -1) == [b"3"]  # type: ignore[misc]
 
 
-async def test_a_job_arq_ends_without_running_is_settled_not_left_in_progress(
+async def test_a_job_whose_data_is_gone_is_settled_not_left_in_progress(
     redis: ArqRedis, redis_url: str
 ) -> None:
     catalog = load_catalog(jobs.MODULES.split(","))
     store = JobStore(redis, catalog)
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
     worker = await started_worker(redis, redis_url)
-    run_job = worker.run_job
+    claim = store.claim
 
-    async def expire_then_run(job_id: str, score: int) -> None:
-        await redis.delete(f"arq:job:{job_id}")  # its data expired between claim and start
-        await run_job(job_id, score)
+    async def claim_then_expire(*args: Any, **kwargs: Any) -> Claim:
+        claimed = await claim(*args, **kwargs)
+        # Its data expired just before the claim read it.
+        return Claim([replace(c, job_bytes=None) for c in claimed.jobs], claimed.next_due_ms)
 
-    worker.run_job = expire_then_run  # type: ignore[method-assign]
+    worker.store.claim = claim_then_expire  # type: ignore[method-assign]
     await worker._claim_and_start()
-    await asyncio.gather(*worker.tasks.values())
+    await asyncio.gather(*running_tasks(worker))
     await worker.close()
 
     record = await store.get(submitted.job_id)
     assert record is not None
     assert record.state is JobState.DEAD
     assert record.error is not None
-    assert record.error.type == "NotStarted"
+    assert record.error.type == "JobDataMissing"
     assert await redis.llen(f"test:starts:{submitted.job_id}") == 0  # type: ignore[misc]
     assert not await redis.zscore(CREATE_TASK.queue, submitted.job_id)
 
@@ -199,17 +201,10 @@ async def test_a_job_cancelled_between_its_claim_and_its_start_never_runs(
     store = JobStore(redis, catalog)
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
     worker = await started_worker(redis, redis_url)
-    run_job = worker.run_job
-
-    async def cancel_then_run(job_id: str, score: int) -> None:
-        assert (await store.cancel(job_id))[0] == "cancelling"
-        worker._on_wake_message(b"abort")  # as the cancel's announcement arrives
-        await worker._cancel_aborted_jobs()
-        await run_job(job_id, score)
-
-    worker.run_job = cancel_then_run  # type: ignore[method-assign]
-    await worker._claim_and_start()
-    await asyncio.gather(*worker.tasks.values())
+    await worker._claim_and_start()  # its task is created, not started yet
+    # As the cancel check finds it, before the task's first step.
+    worker._stop_try(worker.running[submitted.job_id], Stop.CANCELLED)
+    await asyncio.gather(*running_tasks(worker))
     await worker.close()
 
     record = await store.get(submitted.job_id)
@@ -226,7 +221,7 @@ async def test_a_job_whose_worker_died_with_a_cancel_pending_is_cancelled_not_ru
     submitted = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
     worker = await started_worker(redis, redis_url)
     await worker._claim_and_start()
-    await asyncio.gather(*worker.tasks.values())
+    await asyncio.gather(*running_tasks(worker))
     # As if it ran on a worker that was killed: in progress, lock gone, cancel asked.
     await redis.hset(f"conveyor:job:{submitted.job_id}", "state", "in_progress")  # type: ignore[misc]
     await redis.zadd(CREATE_TASK.queue, {submitted.job_id: 1})
@@ -234,7 +229,7 @@ async def test_a_job_whose_worker_died_with_a_cancel_pending_is_cancelled_not_ru
     assert outcome == "cancelling"
 
     await worker._claim_and_start()
-    await asyncio.gather(*worker.tasks.values())
+    await asyncio.gather(*running_tasks(worker))
     await worker.close()
 
     record = await store.get(submitted.job_id)
@@ -244,9 +239,57 @@ async def test_a_job_whose_worker_died_with_a_cancel_pending_is_cancelled_not_ru
 
 
 async def started_worker(redis: ArqRedis, redis_url: str) -> ConveyorWorker:
-    """A worker whose startup hook ran, driven by the test one poll at a time."""
+    """A worker whose resources are open, driven by the test one claim at a time."""
     worker = make_worker(redis, redis_url)
-    worker.ctx["redis"] = redis
-    assert worker.on_startup is not None
-    await worker.on_startup(worker.ctx)
+    await worker.startup()
     return worker
+
+
+def running_tasks(worker: ConveyorWorker) -> list["asyncio.Task[None]"]:
+    return [t.task for t in worker.running.values() if t.task is not None]
+
+
+async def test_a_retry_with_defer_is_retrying_then_completes_on_try_two(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    catalog = load_catalog(jobs.MODULES.split(","))
+    store = JobStore(redis, catalog)
+    worker = make_worker(redis, redis_url)
+    running = asyncio.create_task(worker.main())
+    try:
+        await ready(worker)
+        sent_s = time.time()
+        submitted = await enqueue(store, catalog["deferring"], jobs.Deferring(defer_s=1))
+        retrying = await state_of(store, submitted.job_id, JobState.RETRYING, timeout_s=2)
+        assert retrying.error is not None
+        assert (retrying.tries, retrying.error.type) == (1, "Retry")
+        assert retrying.next_try_at is not None
+        assert retrying.finished_at is None
+        # The delay it asked for, from the end of try 1.
+        (first,) = retrying.attempts
+        assert first.finished_at is not None
+        delay_s = (retrying.next_try_at - first.finished_at).total_seconds()
+        assert 0.95 <= delay_s <= 1.2
+        done = await state_of(store, submitted.job_id, JobState.COMPLETE, timeout_s=3)
+        assert time.time() - sent_s < 3
+        assert (done.tries, done.result) == (2, 2)
+    finally:
+        worker.request_stop()
+        await running
+        await worker.close()
+
+
+async def state_of(store: JobStore, job_id: str, state: JobState, timeout_s: float) -> JobPublic:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            job = await store.get(job_id)
+            if job is not None and job.state is state:
+                return job
+            await asyncio.sleep(0.01)
+
+
+async def ready(worker: ConveyorWorker) -> None:
+    """Until the worker's loop turns with its resources open."""
+    async with asyncio.timeout(10):
+        while not (worker.redis_ok and worker.processor.resources):
+            await asyncio.sleep(0.01)

@@ -14,8 +14,9 @@ from pydantic import BaseModel
 
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.enqueue import enqueue
+from conveyor_core.fencing import Fence
 from conveyor_core.resources import Resource, ResourceNotOpenError
-from conveyor_core.store import JobStore, Submitted
+from conveyor_core.store import JobStore, Reported, Submitted
 
 T = TypeVar("T")
 PayloadT_contra = TypeVar("PayloadT_contra", bound=BaseModel, contravariant=True)
@@ -33,6 +34,8 @@ class JobContext:
     meta: dict[str, str] = field(default_factory=dict)
     # Every resource the worker's job modules declare, by name, open.
     resources: Mapping[str, Any] = field(default_factory=dict)
+    # The try's token (fencing.py): a stale try's reports are refused.
+    fence: Fence | None = None
 
     @property
     def redis(self) -> ArqRedis:
@@ -51,7 +54,11 @@ class JobContext:
 
     async def progress(self, percent: int, message: str = "") -> None:
         """Report progress (0-100) to clients watching this job."""
-        await self.store.report_progress(self.job_id, max(0, min(100, int(percent))), message)
+        percent = max(0, min(100, int(percent)))
+        token = self.fence.token if self.fence else ""
+        reported = await self.store.report_progress(self.job_id, percent, message, token=token)
+        if reported is Reported.STALE and self.fence is not None:
+            self.fence.refused("progress")
 
     async def enqueue(
         self, job_type: str | JobType, payload: BaseModel | dict[str, Any], **options: Any
@@ -66,7 +73,7 @@ class JobContext:
 
 
 class JobHandler(Protocol[PayloadT_contra]):
-    """The shape of a job function: business logic only, the wrapper does the rest."""
+    """The shape of a job function: business logic only, the worker does the rest."""
 
     def __call__(self, ctx: JobContext, payload: PayloadT_contra, /) -> Awaitable[Any]: ...
 

@@ -86,6 +86,7 @@ async def enqueue(
     rate_limit: RateLimit | None = None,
     priority: int | None = None,
     parent_id: str | None = None,
+    job_id: str | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -96,11 +97,13 @@ async def enqueue(
     A `rate_limit` is spent in the same step; over it, nothing is enqueued and
     the answer says when to retry. `priority` (0 highest to 9 lowest)
     overrides the job type's. `parent_id` names the job that enqueues this one.
+    A `job_id` given (a scheduled run's, one per tick) is taken once: a second
+    submit under it enqueues nothing (`Submitted.created` is False).
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
-    job_id = uuid4().hex
+    job_id = job_id or uuid4().hex
     with tracer.start_as_current_span(
         f"send {job_type.queue}",
         kind=SpanKind.PRODUCER,

@@ -1,8 +1,10 @@
 """Conveyor's own Redis keys, next to arq's (`arq:job:`, `arq:result:`,
-`arq:in-progress:`, `arq:retry:`, `arq:abort`, and each queue's sorted set).
+`arq:in-progress:`, `arq:abort`, and each queue's sorted set).
 
-arq's layout is kept as it is, so bare arq clients still enqueue and arq's
-Worker still runs the jobs. A waiting job is only arq's: its job key (payload,
+arq's layout is kept as it is, so bare arq clients still enqueue. A running
+job's lock (`arq:in-progress:`) holds its try's token (fencing.py); arq's
+retry counter (`arq:retry:`) is not used: tries live in the job's hash.
+A waiting job is only arq's: its job key (payload,
 trace context) and its entry in the queue's sorted set. Conveyor adds the rest
 of a job's life: a small hash from its first claim on (state, tries, times,
 progress, result or error), per-queue indexes by state, idempotency, wake-ups
@@ -18,8 +20,6 @@ PREFIX = "conveyor:"
 
 # arq drops a job nobody started within this long after it was due.
 ARQ_EXPIRY_EXTRA_MS = 86_400_000
-# arq's own expiry of its retry counter (worker.run_job).
-ARQ_RETRY_TTL_S = 88_400
 
 # Hash per job, from its first claim (or its cancellation while waiting) on:
 # state, version, tries, times, progress, result or error. Its payload stays in

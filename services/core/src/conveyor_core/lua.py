@@ -22,7 +22,6 @@ from arq.constants import (
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
-    retry_key_prefix,
 )
 
 from conveyor_core import keys
@@ -49,8 +48,6 @@ def lua_constants() -> str:
         "arq_job": job_key_prefix,
         "arq_lock": in_progress_key_prefix,
         "arq_result": result_key_prefix,
-        "arq_retry": retry_key_prefix,
-        "arq_retry_ttl_s": keys.ARQ_RETRY_TTL_S,
         "arq_expiry_extra_ms": keys.ARQ_EXPIRY_EXTRA_MS,
         "history_ttl_s": HISTORY_TTL_S,
         "band_ms": PRIORITY_BAND_MS,

@@ -54,7 +54,7 @@ REDIS_MEMORY_MAX = Gauge(
     "conveyor_redis_memory_max_bytes", "Redis' maxmemory as last read (0: no limit)."
 )
 
-# -- worker: the job wrapper --
+# -- worker: each try (process.py) --
 JOBS_STARTED = Counter("conveyor_jobs_started", "Job tries started.", ["job", "queue"])
 JOBS_FINISHED = Counter(
     "conveyor_jobs_finished",
@@ -76,6 +76,13 @@ JOB_QUEUE_WAIT = Histogram(
     buckets=DURATION_BUCKETS_S,
 )
 JOBS_IN_PROGRESS = Gauge("conveyor_jobs_in_progress", "Job tries running now.", ["job", "queue"])
+STALE_CALLS = Counter(
+    "conveyor_stale_calls",
+    "Calls of a stale try refused: its lock lapsed and another worker claimed the job "
+    "again, so its end, progress report or lock renewal changes nothing. By call: end, "
+    "progress, renew.",
+    ["queue", "call"],
+)
 # -- worker: the claim (flow control) --
 QUEUE_PAUSED = Gauge(
     "conveyor_queue_paused", "1 while the queue is paused (its workers start nothing).", ["queue"]

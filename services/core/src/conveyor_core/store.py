@@ -17,15 +17,14 @@ import binascii
 import contextlib
 import json
 import math
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis
-from arq.constants import (
-    job_key_prefix,
-    result_key_prefix,
-)
+from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 from redis.asyncio.client import Pipeline
 from redis.exceptions import OutOfMemoryError
@@ -147,11 +146,15 @@ class Read:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A job a worker's claim started: its score in the queue and its try number."""
+    """A job a worker's claim started: its score in the queue, its try number,
+    the try's token (fencing: every later call of the try carries it) and arq's
+    job key as the claim read it (None when it was gone)."""
 
     job_id: str
     score_ms: int
     job_try: int
+    token: str = ""
+    job_bytes: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,8 @@ class Ended:
 
     moved: bool
     claim: Claim | None = None
+    # Refused: the try's token is no longer the record's (a stale try).
+    stale: bool = False
 
     def __bool__(self) -> bool:
         return self.moved
@@ -290,6 +295,19 @@ class _Segment:
     accepts: Callable[[JobPublic], bool] = lambda job: True
 
 
+class Reported(IntEnum):
+    """What a progress report did."""
+
+    STALE = -1  # refused: the try's token is no longer the record's
+    NOT_RUNNING = 0  # the job is not in progress: nothing recorded
+    RECORDED = 1
+
+
+def claim_nonce() -> str:
+    """A random nonce per claim call; the claim makes each job's token of it."""
+    return secrets.token_hex(8)
+
+
 def _waiting(job: JobPublic) -> bool:
     return job.state in (JobState.QUEUED, JobState.DEFERRED)
 
@@ -299,8 +317,8 @@ def _parse_claim(reply: list[Any]) -> Claim:
     claimed, next_due, paused_at, (held_limit, held_rate) = reply
     rows = iter(claimed)
     jobs = [
-        Claimed(job_id.decode(), int(float(score)), int(job_try))
-        for job_id, score, job_try in zip(rows, rows, rows, strict=True)
+        Claimed(job_id.decode(), int(float(score)), int(job_try), token.decode(), job or None)
+        for job_id, score, job_try, token, job in zip(rows, rows, rows, rows, rows, strict=True)
     ]
     return Claim(
         jobs,
@@ -326,6 +344,7 @@ class JobStore:
         self._finish_and_fetch = script(lua_script("finish", shebang="#!lua"))
         self._settle = script(lua_script("settle"))
         self._progress = script(lua_script("progress"))
+        self._renew = script(lua_script("renew"))
         self._cancel = script(lua_script("cancel"))
         self._requeue = script(lua_script("requeue"))
         self._trim = script(lua_script("trim"))
@@ -441,6 +460,7 @@ class JobStore:
                 scan_limit,
                 cancelled_retention_ms,
                 self._claim_limits.get(queue, ""),
+                claim_nonce(),
             ],
         )
         return _parse_claim(reply)
@@ -452,26 +472,30 @@ class JobStore:
         state: JobState,
         score: float,
         next_jobs: NextJobs | None = None,
+        token: str = "",
         **fields: Any,
     ) -> Ended:
+        """One end of a try. With the try's `token` (the worker always gives it), a
+        stale try's end is refused whole: `Ended.stale`, nothing moved or claimed."""
         fetch = next_jobs.fetch() if next_jobs is not None else None
-        args: list[Any] = [job_id, state.value, now_ms(), math.ceil(score), job_type.name]
+        args: list[Any] = [job_id, state.value, now_ms(), math.ceil(score), job_type.name, token]
         fields_ = _flatten(fields)
         reply: list[Any] | None = None
         if fetch is not None:
             limits = self._claim_limits.get(job_type.queue, "")
             fetch_args: list[Any] = [fetch.wanted, fetch.lock_ttl_ms, fetch.scan_limit]
-            fetch_args += [fetch.cancelled_retention_ms, limits]
+            fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
             with contextlib.suppress(OutOfMemoryError):
                 reply = await self._finish_and_fetch(
                     keys=[job_type.queue], args=[*args, *fetch_args, *fields_]
                 )
         if reply is None:
             reply = await self._finish(
-                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", *fields_]
+                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", "", *fields_]
             )
-        moved, _, *claim = reply
-        ended = Ended(bool(moved), _parse_claim(claim) if claim else None)
+        moved, state_now, *claim = reply
+        stale = not moved and state_now == b"stale"
+        ended = Ended(bool(moved), _parse_claim(claim) if claim else None, stale)
         if next_jobs is not None and ended.claim is not None:
             next_jobs.take(ended.claim)
         return ended
@@ -482,6 +506,8 @@ class JobStore:
         job_id: str,
         result_json: str,
         next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
     ) -> Ended:
         at_ms = now_ms()
         retention_ms = job_type.keep_result_s * 1000
@@ -491,6 +517,7 @@ class JobStore:
             JobState.COMPLETE,
             retention_ms,
             next_jobs,
+            token,
             finished_at_ms=at_ms,
             result=result_json,
             error="",
@@ -504,6 +531,8 @@ class JobStore:
         due_ms: int,
         error_json: str,
         next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
     ) -> Ended:
         return await self._end_try(
             job_type,
@@ -511,6 +540,7 @@ class JobStore:
             JobState.RETRYING,
             due_ms,
             next_jobs,
+            token,
             next_try_at_ms=due_ms,
             error=error_json,
         )
@@ -521,6 +551,8 @@ class JobStore:
         job_id: str,
         error_json: str,
         next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
     ) -> Ended:
         return await self._end_try(
             job_type,
@@ -528,33 +560,52 @@ class JobStore:
             JobState.DEAD,
             DEAD_RETENTION_S * 1000,
             next_jobs,
+            token,
             finished_at_ms=now_ms(),
             next_try_at_ms="",
             error=error_json,
         )
 
-    async def cancelled(self, job_type: JobType, job_id: str) -> Ended:
+    async def cancelled(self, job_type: JobType, job_id: str, *, token: str = "") -> Ended:
         """A running job's cancel took effect."""
         return await self._end_try(
             job_type,
             job_id,
             JobState.CANCELLED,
             job_type.keep_result_s * 1000,
+            token=token,
             finished_at_ms=now_ms(),
         )
 
-    async def put_back(self, job_type: JobType, job_id: str) -> Ended:
+    async def put_back(self, job_type: JobType, job_id: str, *, token: str = "") -> Ended:
         """A shutdown cut the try short: due again now, and the try does not count."""
         at_ms = now_ms()
-        return await self._end_try(job_type, job_id, JobState.QUEUED, at_ms, ready_at_ms=at_ms)
+        return await self._end_try(
+            job_type, job_id, JobState.QUEUED, at_ms, token=token, ready_at_ms=at_ms
+        )
 
     async def settle_unstarted(
-        self, queue: str, job_id: str, error_json: str, cancelled_retention_ms: int
+        self,
+        queue: str,
+        job_id: str,
+        error_json: str,
+        cancelled_retention_ms: int,
+        *,
+        token: str = "",
     ) -> str:
-        """A claimed job arq ended without running it: cancelled or dead; '' if not in progress."""
+        """A claimed job that cannot run (its data gone or not valid, its type
+        unknown here): cancelled if a cancel was pending, else dead; '' if not in
+        progress, 'stale' if the try's token is no longer the record's."""
         state = await self._settle(
             keys=[queue],
-            args=[job_id, now_ms(), DEAD_RETENTION_S * 1000, cancelled_retention_ms, error_json],
+            args=[
+                job_id,
+                now_ms(),
+                DEAD_RETENTION_S * 1000,
+                cancelled_retention_ms,
+                error_json,
+                token,
+            ],
         )
         return state.decode() if isinstance(state, bytes) else str(state)
 
@@ -571,11 +622,27 @@ class JobStore:
             keys=[keys.paused_key(queue)], args=["resume", now_ms(), keys.wake_channel(queue)]
         )
 
-    async def report_progress(self, job_id: str, percent: int, message: str) -> bool:
+    async def report_progress(
+        self, job_id: str, percent: int, message: str, *, token: str = ""
+    ) -> Reported:
+        """Record a running job's progress; with the try's `token`, a stale try's
+        report is refused."""
         done = await self._progress(
-            keys=[keys.job_key(job_id)], args=[percent, message, keys.events_channel(job_id)]
+            keys=[keys.job_key(job_id)],
+            args=[percent, message, keys.events_channel(job_id), token],
         )
-        return bool(done)
+        return Reported(int(done))
+
+    async def renew_locks(self, tries: Sequence[tuple[str, str]], lock_ttl_ms: int) -> list[str]:
+        """Renew the locks of running tries, (job id, token) each, in one call;
+        returns the ids of the stale ones (their token is no longer the record's),
+        whose locks were left alone."""
+        if not tries:
+            return []
+        stale = await self._renew(
+            keys=[], args=[lock_ttl_ms, *(part for pair in tries for part in pair)]
+        )
+        return [job_id.decode() for job_id in stale]
 
     async def cancel(self, job_id: str) -> tuple[str, JobPublic | None]:
         """'missing', the final state it was in, 'cancelling' or 'cancelled_now', and the record."""

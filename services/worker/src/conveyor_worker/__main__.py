@@ -1,7 +1,5 @@
 """`python -m conveyor_worker`: run the worker and its health server."""
 
-import asyncio
-import contextlib
 import logging
 import sys
 
@@ -20,14 +18,12 @@ logger = logging.getLogger("conveyor_worker")
 
 async def serve(settings: Settings) -> None:
     worker = create_worker(settings)
-    # arq's signal handlers cancel `main_task` once running jobs are done, so it
-    # must exist before anything (such as a ready probe) can prompt a SIGTERM.
-    worker.main_task = asyncio.create_task(worker.main())
+    # Before anything (such as a ready probe) can prompt a SIGTERM: it drains.
+    worker.install_signal_handlers()
     health = await start_health_server(worker, settings)
     logger.info("health server on http://%s:%d/healthz", settings.health_host, settings.health_port)
     try:
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.main_task
+        await worker.main()
     finally:
         await worker.close()
         await health.cleanup()

@@ -1,26 +1,29 @@
-"""Conveyor's arq worker: arq's `Worker` with the changes Conveyor needs, each explained.
+"""Conveyor's worker: its own loop around the store's claim, one try per task.
 
-- Pickup without polling lag: arq polls every `poll_delay`; here the worker
-  waits on a wake-up (pub/sub on enqueue, a freed slot, the next deferred job
-  falling due) with a slow poll as the safety net.
-- Crash recovery in seconds: arq locks a running job for its timeout + 10 s;
-  here the lock is short and renewed while the job runs.
-- Redis faults: arq dies on the first Redis error; here every fault (down,
-  hung, full, read-only, loading) is counted, logged once in a while, and the
-  loop goes on, unready while it cannot claim. A full Redis refuses claims
-  but lets running jobs finish, which frees memory. Each turn of the loop is
-  bounded by the Redis socket timeout, rather than every single reply (see
-  `create_redis`).
-- One owner of a job's state: the claim, the wrapper's outcome and the
-  settling of jobs arq ends without running (expired, unknown) are calls to
-  the store, whose scripts also do arq's key bookkeeping; arq's own finishing
-  steps are left with nothing to do.
-- Finish and fetch: the store's script that ends a try also claims the
-  slot's next job (`fetch`, `take`), so a busy worker refills a slot with no
-  claim round trip and no turn of the poll loop; the poll loop fills the
-  slots left free.
-- Cancelling a running job goes through Conveyor's record and wake-up channel
-  instead of arq's global abort set, which arq reads on every poll.
+arq stays the wire format (its job key and queue, so a bare arq client can
+enqueue), its `Retry` exception and its cron maths; the rest is the worker's:
+
+- The loop: it waits on a wake-up (pub/sub on enqueue, a freed slot, the
+  next deferred job or scheduled run falling due) with a slow poll as the
+  safety net, and one Lua call claims a job for every free slot.
+- Tries: one map of the running tries (job id -> `Try`); each runs in a task
+  of its own through `Processor.process()` (process.py), which ends it with
+  one call to the store. That call also claims the slot's next job (finish
+  and fetch), so a busy worker refills a slot with no claim round trip.
+- Fencing: each claim mints a token per try, held by the job's lock and
+  record; the try's end, progress and lock renewals carry it, and a stale
+  try's calls are refused (fencing.py).
+- Crash recovery in seconds: a job's lock is short and renewed while it runs.
+- Cancels: Conveyor's (the record's flag, announced by an 'abort' wake-up)
+  and arq's client abort (its abort set), read for the running tries at most
+  once per idle poll unless announced.
+- Redis faults: every fault (down, hung, full, read-only, loading) is counted,
+  logged once in a while, and the loop goes on, unready while it cannot
+  claim. A full Redis refuses claims but lets running jobs finish, which
+  frees memory. Each turn of the loop is bounded by the Redis socket timeout.
+- SIGTERM drains: no more claims, running tries may finish within
+  `shutdown_wait_s`, what does not is put back (its try not counted); then
+  the job modules' resources close within what is left of that wait.
 """
 
 import asyncio
@@ -31,19 +34,18 @@ import os
 import signal
 import socket
 import time
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
-from arq.cron import CronJob, cron
-from arq.worker import Function, Worker, func
+from arq.constants import abort_jobs_ss
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, JobModuleError, JobType, load_catalog
 from conveyor_core.context import AnyHandler
-from conveyor_core.jobs import JobError, now_ms
+from conveyor_core.fencing import Fence
+from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
 from conveyor_core.pubsub import Subscription
 from conveyor_core.redaction import Redactor
@@ -57,22 +59,20 @@ from conveyor_core.redis import (
 from conveyor_core.schedule import Schedule
 from conveyor_core.store import Claim, Claimed, Fetch, JobStore
 from conveyor_core.workers import ANNOUNCE_EVERY_S, WorkerCard, announce, withdraw
+from conveyor_worker.cron import Scheduler
 from conveyor_worker.flow import ClaimMetrics
+from conveyor_worker.policy import Stop
+from conveyor_worker.process import Processor, Try
 from conveyor_worker.resources import OpenResources, open_resources
 from conveyor_worker.settings import Settings
 from conveyor_worker.telemetry import declare_job_series
-from conveyor_worker.wrapper import JobRunner
 
 logger = logging.getLogger(__name__)
 
-# After a failed poll, wait this long (doubling, up to the cap) before the next one.
+# After a failed turn, wait this long (doubling, up to the cap) before the next one.
 OUTAGE_BACKOFF_S = 0.1
 OUTAGE_BACKOFF_CAP_S = 2.0
-# arq's own timeout is a backstop above the catalog's, which the wrapper enforces.
-ARQ_TIMEOUT_GRACE_S = 5.0
-# arq's heart_beat (its health record and cron) runs at most this often.
-HEART_BEAT_INTERVAL_S = 0.1
-# A poll reads at most this many due entries looking for unlocked ones.
+# A claim reads at most this many due entries looking for unlocked ones.
 CLAIM_SCAN_LIMIT = 1000
 # Every this many seconds one worker trims index entries of expired jobs.
 HOUSEKEEPING_INTERVAL_S = 10.0
@@ -80,15 +80,6 @@ HOUSEKEEPING_INTERVAL_S = 10.0
 HOUSEKEEPING_BUDGET_S = 2.0
 # Closing the resources gets what is left of the shutdown wait, and at least this.
 RESOURCE_CLOSE_MIN_S = 1.0
-# The error a job gets when arq ended it before its function ran.
-NOT_STARTED = JobError(
-    type="NotStarted",
-    message="the worker could not start the job (expired or unknown job type)",
-).model_dump_json()
-
-
-class CancelledBeforeStartError(Exception):
-    """A client cancelled a claimed job before arq started its function."""
 
 
 def _version() -> str:
@@ -101,43 +92,65 @@ def _version() -> str:
 WORKER_VERSION = _version()
 
 
-class ConveyorWorker(Worker):
-    """arq's Worker with near-instant pickup, renewed job locks and outage survival."""
+class ConveyorWorker:
+    """Claims and runs the jobs of one queue; see the module's docstring."""
 
     def __init__(
         self,
-        *args: Any,
+        *,
+        redis_pool: ArqRedis,
         store: JobStore,
+        queue_name: str,
+        handlers: dict[str, AnyHandler],
+        schedules: list[tuple[JobType, Schedule]] | None = None,
+        redact: Redactor | None = None,
+        instrument: bool = True,
+        max_jobs: int = 10,
         idle_poll_s: float = 1.0,
         lock_ttl_s: float = 10.0,
         redis_timeout_s: float = 2.0,
         cancelled_retention_s: float = 86_400.0,
-        **kwargs: Any,
+        shutdown_wait_s: float = 20.0,
+        handle_signals: bool = True,
+        burst: bool = False,
     ) -> None:
-        # When a signal asked the worker to stop (monotonic), for the resources' close.
-        self.stop_requested_s: float | None = None
-        # arq's poll loop then never sleeps by itself; _wait_for_work does.
-        # arq's abort set is not used (see _cancel_aborted_jobs); arq's
-        # on_job_start hook tells which claimed jobs arq really started.
-        super().__init__(
-            *args, poll_delay=0, allow_abort_jobs=False, on_job_start=self._started, **kwargs
-        )
+        self.pool = redis_pool
         self.store = store
-        self.cancelled_retention_ms = int(cancelled_retention_s * 1000)
-        # arq sizes the lock from the longest timeout; ours is short and renewed.
-        self.in_progress_timeout_s = lock_ttl_s
-        self.lock_ttl_s = lock_ttl_s
+        self.queue_name = queue_name
+        self.max_jobs = max_jobs
         self.idle_poll_s = idle_poll_s
+        self.lock_ttl_s = lock_ttl_s
         self.redis_timeout_s = redis_timeout_s
-        # Monotonic time of the poll loop's last turn, and whether Redis answered it.
+        self.cancelled_retention_ms = int(cancelled_retention_s * 1000)
+        self.shutdown_wait_s = shutdown_wait_s
+        self.handle_signals = handle_signals
+        # Stop once nothing is left to claim or run (tests, one-off drains).
+        self.burst = burst
+        self.processor = Processor(
+            queue_name,
+            store,
+            store.catalog,
+            handlers,
+            redact=redact,
+            instrument=instrument,
+            cancelled_retention_ms=self.cancelled_retention_ms,
+        )
+        self.processor.next_jobs = self
+        self.scheduler = Scheduler(store, schedules or [], datetime.now(UTC))
+        # The one map of running tries: job id -> its Try.
+        self.running: dict[str, Try] = {}
+        # When a signal asked the worker to stop (monotonic).
+        self.stop_requested_s: float | None = None
+        self._stopping = False
+        # Monotonic time of the loop's last turn, and whether Redis answered it.
         self.last_poll_s = time.monotonic()
         self.redis_ok = False
-        # Why the last poll failed, while it fails.
+        # Why the last turn failed, while it fails.
         self.redis_fault: RedisFault | None = None
         self._outage_backoff_s = 0.0
         self._wake = asyncio.Event()
-        # Whether the next turn of the poll loop claims: not when the only news
-        # is a deferred job's due time (then it only sets its timer).
+        # Whether the next turn claims: not when the only news is a deferred
+        # job's due time (then it only sets its timer).
         self._claim_due = True
         # When the next deferred job falls due, as the last claim or a
         # deferred job's wake-up said (ms), or None.
@@ -145,19 +158,10 @@ class ConveyorWorker(Worker):
         self._abort_announced = False
         self._slot_wake_pending = False
         self._last_abort_check_s = 0.0
-        self._last_heart_beat_s = 0.0
-        self._heartbeat_gauge = WORKER_HEARTBEAT.labels(self.queue_name)
-        self._background: list[asyncio.Task[None]] = []
-        # Claimed jobs whose function arq started (its on_job_start hook ran).
-        self._running: set[str] = set()
-        # Claimed jobs a client cancelled before arq started them.
-        self._cancel_before_start: set[str] = set()
-        self._claim_metrics = ClaimMetrics(self.queue_name)
-        # Slots passed on to a job claimed with the end of a try (finish and
-        # fetch): the next task to end frees no semaphore slot and wakes no one.
-        self._handovers = 0
-        # The wrapper's way to the slot's next job (see fetch and take).
-        self.ctx["next_jobs"] = self
+        self._heartbeat_gauge = WORKER_HEARTBEAT.labels(queue_name)
+        self._claim_metrics = ClaimMetrics(queue_name)
+        self._resources: OpenResources | None = None
+        self._signals_installed = False
         # This process's card in the registry of live workers (workers.py). In a
         # pod, HOSTNAME is the pod's name.
         host = os.environ.get("HOSTNAME") or socket.gethostname()
@@ -165,16 +169,22 @@ class ConveyorWorker(Worker):
             name=f"{host}-{os.getpid()}",
             host=host,
             pid=os.getpid(),
-            queue=self.queue_name,
-            concurrency=self.max_jobs,
+            queue=queue_name,
+            concurrency=max_jobs,
             version=WORKER_VERSION,
         )
         self._announced_s = 0.0
 
+    # -- the loop -------------------------------------------------------------
+
     async def main(self) -> None:
-        # arq's main() needs Redis at once and dies without it; wait for it here,
-        # inside the main task, so a signal during the wait still stops us.
+        """Run until a stop signal (or, in burst mode, until idle), then drain."""
+        if self.handle_signals:
+            self.install_signal_handlers()
         await self._wait_for_redis()
+        if self._stopping:
+            return
+        await self.startup()
         # Woken on every "work may be here" message for our queue, and after a
         # gap in the subscription, when one may have been missed.
         wakeups = Subscription(
@@ -184,64 +194,62 @@ class ConveyorWorker(Worker):
             on_gap=self._wake_to_claim,
         )
         wakeups.start()
-        self._background = [
+        background = [
             asyncio.create_task(self._renew_locks()),
             asyncio.create_task(self._housekeeping()),
         ]
         try:
-            await super().main()
+            while not self._stopping:
+                await self._turn()
+            await self._drain()
         finally:
-            for task in self._background:
+            for task in background:
                 task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.gather(*background, return_exceptions=True)
             await wakeups.stop()
+
+    async def startup(self) -> None:
+        """Open the job modules' resources; they live for the worker's life, and
+        close() closes them."""
+        if self._resources is None:
+            self._resources = await open_resources(self.store.catalog, self.pool)
+            self.processor.resources = self._resources.by_name
 
     async def _wait_for_redis(self) -> None:
         backoff_s = OUTAGE_BACKOFF_S
-        while True:
+        while not self._stopping:
             try:
                 async with self._bounded():
                     await self.pool.ping()
             except REDIS_FAULT_ERRORS as exc:
                 logger.warning("redis unreachable at start, retrying in %.1f s: %s", backoff_s, exc)
                 self.last_poll_s = time.monotonic()
-                await asyncio.sleep(backoff_s)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff_s):
+                        await self._wake.wait()
+                self._wake.clear()
                 backoff_s = min(backoff_s * 2, OUTAGE_BACKOFF_CAP_S)
             else:
                 self.redis_ok = True
                 return
 
-    async def _poll_iteration(self) -> None:
-        """Replaces arq's: claim and start due jobs, reap finished ones, then wait.
-
-        arq reads up to 100 due ids and claims them one by one with a WATCH/MULTI
-        transaction of four round trips each; here one Lua call claims a job for
-        every free slot and says when the next deferred job falls due. The
-        accounting (semaphore, job_counter, tasks) and the rest of the loop
-        (aborts, heartbeat, cron) are arq's own.
-        """
+    async def _turn(self) -> None:
+        """One turn: claim for the free slots, check cancels, submit scheduled
+        runs, announce this worker; then wait for a wake-up or the next timer."""
         # Cleared before the claim: a job enqueued from here on wakes the wait
         # below, so none waits for the safety-net poll.
         self._wake.clear()
         claim, self._claim_due = self._claim_due, False
+        claimed = 0
         try:
             async with self._bounded():
                 if claim:
-                    self._next_due_ms = await self._claim_and_start()
-                await self._cancel_aborted_jobs()
-                for job_id, task in list(self.tasks.items()):
-                    if task.done():
-                        del self.tasks[job_id]
-                        task.result()  # as arq does: errors in run_job surface here
-                if time.monotonic() - self._last_heart_beat_s >= HEART_BEAT_INTERVAL_S:
-                    # arq's health record and cron; its cron enqueues up to a second
-                    # ahead, so a turn every tenth of a second misses no run.
-                    self._last_heart_beat_s = time.monotonic()
-                    await self.heart_beat()
+                    claimed = await self._claim_and_start()
+                await self._check_cancels()
+                await self.scheduler.submit_due(datetime.now(UTC))
                 await self._announce()
         except REDIS_FAULT_ERRORS as exc:
-            # arq lets a Redis error escape its poll loop and the worker dies;
-            # here it is counted and logged (once in a while) and the loop goes on.
+            # Counted and logged (once in a while); the loop goes on.
             self.redis_fault = redis_fault(exc) or RedisFault.UNREACHABLE
             self._claim_due = True
             record_redis_fault(self.redis_fault, exc, "the worker's poll")
@@ -249,7 +257,7 @@ class ConveyorWorker(Worker):
             self._outage_backoff_s = min(
                 max(self._outage_backoff_s * 2, OUTAGE_BACKOFF_S), OUTAGE_BACKOFF_CAP_S
             )
-            await asyncio.sleep(self._outage_backoff_s)
+            await self._sleep(self._outage_backoff_s)
             return
         else:
             if not self.redis_ok:
@@ -262,15 +270,31 @@ class ConveyorWorker(Worker):
             # Up means answering: a full or read-only Redis answers.
             down = self.redis_fault in (RedisFault.UNREACHABLE, RedisFault.TIMED_OUT)
             REDIS_UP.set(0 if down else 1)
+        if self.burst and claim and not claimed and not self.running:
+            self._stopping = True  # nothing left to claim or run
+            return
         timeout_s = self.idle_poll_s
         if self._next_due_ms is not None:
-            timeout_s = max(0.0, min(timeout_s, (self._next_due_ms - now_ms()) / 1000))
-        # A timeout context rather than wait_for: no task of its own per turn.
+            timeout_s = min(timeout_s, (self._next_due_ms - now_ms()) / 1000)
+        if (submit_s := self.scheduler.next_submit_s()) is not None:
+            timeout_s = min(timeout_s, submit_s - time.time())
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(max(0.0, timeout_s)):
                 await self._wake.wait()
         except TimeoutError:
-            self._claim_due = True  # the safety-net poll, or a job fell due
+            self._claim_due = True  # the safety-net poll, or a job or a run fell due
+
+    async def _sleep(self, delay_s: float) -> None:
+        """Sleep, unless a stop signal comes first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                while not self._stopping:
+                    self._wake.clear()
+                    await self._wake.wait()
+
+    def _bounded(self) -> asyncio.Timeout:
+        """A time limit for one step of the worker's own Redis work."""
+        return asyncio.timeout(self.redis_timeout_s)
 
     async def _announce(self) -> None:
         """At most once per ANNOUNCE_EVERY_S: this worker's card, with the jobs it runs."""
@@ -278,109 +302,89 @@ class ConveyorWorker(Worker):
         if at_s - self._announced_s < ANNOUNCE_EVERY_S:
             return
         self._announced_s = at_s
-        self.card.running = sorted(self._running)
+        self.card.running = sorted(self.running)
         await announce(self.pool, self.card)
 
-    async def _claim_and_start(self) -> float | None:
-        """Claim due jobs for the free slots and start them; return the next due time."""
-        free = self.max_jobs - self.job_counter if self.allow_pick_jobs else 0
-        if free <= 0 and self.allow_pick_jobs:
+    # -- slots and tries ------------------------------------------------------
+
+    async def _claim_and_start(self) -> int:
+        """Claim due jobs for the free slots and start them; how many it started."""
+        free = self.max_jobs - len(self.running)
+        if free <= 0:
             # Every slot is busy (woken by an enqueue): nothing to claim, and a
             # freed slot wakes the loop anyway.
-            return None
+            return 0
         claim = await self.store.claim(
             self.queue_name,
             free,
-            lock_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            lock_ttl_ms=int(self.lock_ttl_s * 1000),
             cancelled_retention_ms=self.cancelled_retention_ms,
             scan_limit=CLAIM_SCAN_LIMIT,
         )
         self._claim_metrics.record(claim)
         for job in claim.jobs:
-            await self.sem.acquire()  # never waits: no more claimed than free slots
             self._start(job)
         # Paused: no next due time; resume wakes the worker.
-        return claim.next_due_ms
+        self._next_due_ms = claim.next_due_ms
+        return len(claim.jobs)
 
     def _start(self, job: Claimed) -> None:
-        """Run a claimed job in a task of its own, in a slot already taken for it."""
-        self.job_counter += 1
-        task = self.loop.create_task(self._run_claimed(job.job_id, job.score_ms))
-        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-        task.add_done_callback(lambda t: self._reap(job.job_id, t))
-        self.tasks[job.job_id] = task
+        """Run a claimed try in a task of its own."""
+        try_ = Try(job, Fence(self.queue_name, job.job_id, job.token))
+        self.running[job.job_id] = try_
+        try_.task = asyncio.create_task(self._run(try_), name=f"job {job.job_id}")
 
-    def _reap(self, job_id: str, task: "asyncio.Task[None]") -> None:
-        """Forget a task that ended well at once (arq leaves that to the poll loop,
-        which, with finish and fetch, may not turn for a second); one that failed
-        or was cancelled stays for the loop to surface, as arq does."""
-        if not task.cancelled() and task.exception() is None and self.tasks.get(job_id) is task:
-            del self.tasks[job_id]
+    async def _run(self, try_: Try) -> None:
+        try:
+            await self.processor.process(try_)
+        except Exception:
+            logger.exception("job %s: the worker failed around its try", try_.job_id)
+        finally:
+            # The same id may be running again already (claimed with this end).
+            if self.running.get(try_.job_id) is try_:
+                del self.running[try_.job_id]
+            if not self._stopping and len(self.running) < self.max_jobs:
+                self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """A slot is free: look for the next job at once. Slots that free up in
+        the same turn of the event loop are refilled by one claim."""
+        if not self._slot_wake_pending:
+            self._slot_wake_pending = True
+            asyncio.get_running_loop().call_soon(self._slot_wake)
+
+    def _slot_wake(self) -> None:
+        self._slot_wake_pending = False
+        self._wake_to_claim()
 
     def fetch(self) -> Fetch | None:
         """With the end of a try, claim one job for the slot it frees, unless
         stopping (a job claimed after a stop signal would only be put back)."""
-        if not self.allow_pick_jobs or self.stop_requested_s is not None:
+        if self._stopping:
             return None
         return Fetch(
             wanted=1,
-            lock_ttl_ms=int(self.in_progress_timeout_s * 1000),
+            lock_ttl_ms=int(self.lock_ttl_s * 1000),
             cancelled_retention_ms=self.cancelled_retention_ms,
             scan_limit=CLAIM_SCAN_LIMIT,
         )
 
     def take(self, claim: Claim) -> None:
-        """Start what a fetch claimed, in the slot of the try that just ended: that
-        try's task frees no slot when it ends (see _release_sem_dec_counter_on_complete)."""
+        """Start what a fetch claimed, in the slot of the try that just ended."""
         self._claim_metrics.record(claim)
         for job in claim.jobs:
-            self._handovers += 1
             self._start(job)
 
-    def _bounded(self) -> asyncio.Timeout:
-        """A time limit for one step of the worker's own Redis work."""
-        return asyncio.timeout(self.redis_timeout_s)
+    def _stop_try(self, try_: Try, stop: Stop) -> None:
+        """Stop a try: before its handler starts, it never runs; while it runs,
+        its task is cancelled; once its handler returned, it ends as decided."""
+        if try_.stop is not None:
+            return
+        try_.stop = stop
+        if try_.in_handler and try_.task is not None:
+            try_.task.cancel()
 
-    async def _started(self, ctx: dict[str, Any]) -> None:
-        """arq's on_job_start: the function is about to run, unless cancelled already."""
-        job_id = ctx["job_id"]
-        if job_id in self._cancel_before_start:
-            self._cancel_before_start.discard(job_id)
-            raise CancelledBeforeStartError(job_id)
-        self._running.add(job_id)
-
-    async def _run_claimed(self, job_id: str, score: int) -> None:
-        with contextlib.suppress(CancelledBeforeStartError):
-            await self.run_job(job_id, score)
-        if job_id in self._running:
-            self._running.discard(job_id)
-        else:
-            # arq ended the job without running its function (expired, unknown
-            # type, cancelled before it started): the claim started its record,
-            # so settle it.
-            await asyncio.shield(self._settle_unstarted(job_id))
-
-    async def _settle_unstarted(self, job_id: str) -> None:
-        try:
-            async with self._bounded():
-                state = await self.store.settle_unstarted(
-                    self.queue_name, job_id, NOT_STARTED, self.cancelled_retention_ms
-                )
-        except REDIS_FAULT_ERRORS as exc:
-            logger.warning("could not settle job %s, which never started: %s", job_id, exc)
-        else:
-            logger.info("job %s ended before it started: %s", job_id, state)
-
-    async def finish_job(self, job_id: str, *args: Any, **kwargs: Any) -> None:
-        """Replaces arq's: the store's script that ended the try (complete,
-        retrying, dead, cancelled, or back in the queue) did arq's bookkeeping
-        too (queue entry, lock, retry count, job key expiry). arq's own step
-        would undo a retry's new due time and delete the payload of a record
-        that is still kept, so it does nothing here."""
-
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """Replaces arq's for jobs it ended before their function ran: the
-        store's settle script does that bookkeeping (see _run_claimed)."""
+    # -- wake-ups and cancels -------------------------------------------------
 
     def _on_wake_message(self, data: bytes) -> None:
         if data.startswith(keys.DUE_MESSAGE):
@@ -398,69 +402,54 @@ class ConveyorWorker(Worker):
         self._claim_due = True
         self._wake.set()
 
-    async def _cancel_aborted_jobs(self) -> None:
-        """Replaces arq's, which reads its global abort set on every poll: a
-        cancel marks the job's record and announces 'abort' on the queue's
-        wake-up channel; then (or once per idle_poll_s, as the safety net) the
-        running jobs' records are read and the cancelled ones' tasks stopped.
-        The wrapper records `cancelled` as the task ends."""
+    async def _check_cancels(self) -> None:
+        """Stop the running tries a client cancelled: Conveyor's cancel marks the
+        record and announces 'abort' on the queue's wake-up channel; arq's
+        client abort adds the id to arq's abort set. Both are read for the
+        running tries only, when announced or once per idle_poll_s (the safety
+        net, and the only way to hear arq's abort). The try ends `cancelled`."""
         now_s = time.monotonic()
         if not self._abort_announced and now_s - self._last_abort_check_s < self.idle_poll_s:
             return
         self._abort_announced = False
         self._last_abort_check_s = now_s
-        claimed = list(self.tasks)
-        if not claimed:
+        ids = list(self.running)
+        if not ids:
             return
         async with self.pool.pipeline(transaction=False) as pipe:
-            for job_id in claimed:
+            for job_id in ids:
                 pipe.hget(keys.job_key(job_id), "cancel_requested")
-            flags = await pipe.execute()
-        for job_id, flag in zip(claimed, flags, strict=True):
-            if flag != b"1":
-                continue
-            task = self.job_tasks.get(job_id)
-            if task is not None and not task.done():
+            pipe.zmscore(abort_jobs_ss, ids)
+            *flags, aborted = await pipe.execute()
+        by_arq = [job_id for job_id, score in zip(ids, aborted, strict=True) if score is not None]
+        if by_arq:
+            await self.pool.zrem(abort_jobs_ss, *by_arq)
+        for job_id, flag in zip(ids, flags, strict=True):
+            try_ = self.running.get(job_id)
+            if try_ is not None and (flag == b"1" or job_id in by_arq):
                 logger.info("cancelling job %s at a client's request", job_id)
-                task.cancel()
-            elif job_id not in self._running:
-                self._cancel_before_start.add(job_id)
+                self._stop_try(try_, Stop.CANCELLED)
 
-    def _release_sem_dec_counter_on_complete(self) -> None:
-        if self._handovers:
-            # This slot went to a job claimed with the end of a try (take): it
-            # stays taken, and nothing needs waking.
-            self._handovers -= 1
-            self.job_counter -= 1
-            return
-        super()._release_sem_dec_counter_on_complete()
-        # A slot is free: look for the next job at once. Slots that free up in
-        # the same turn of the event loop are refilled by one poll. (Waiting 2 ms
-        # for more to free up saved a claim call per ~3 jobs but left slots idle:
-        # 0.77x bare arq's no-op throughput against 0.90x without the wait.)
-        if not self._slot_wake_pending:
-            self._slot_wake_pending = True
-            self.loop.call_soon(self._slot_wake)
-
-    def _slot_wake(self) -> None:
-        self._slot_wake_pending = False
-        self._wake_to_claim()
+    # -- background: locks and housekeeping -----------------------------------
 
     async def _renew_locks(self) -> None:
-        """Keep running jobs locked; a killed worker's locks lapse within lock_ttl_s."""
+        """Keep running tries locked (a killed worker's locks lapse within
+        lock_ttl_s); a stale try's renewal is refused and counted."""
         ttl_ms = int(self.lock_ttl_s * 1000)
         while True:
             await asyncio.sleep(self.lock_ttl_s / 3)
-            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
-            if not running:
+            tries = [(t.job_id, t.fence.token) for t in self.running.values()]
+            if not tries:
                 continue
             try:
-                async with self._bounded(), self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in running:
-                        pipe.pexpire(in_progress_key_prefix + job_id, ttl_ms)
-                    await pipe.execute()
+                async with self._bounded():
+                    stale = await self.store.renew_locks(tries, ttl_ms)
             except REDIS_FAULT_ERRORS as exc:
                 logger.warning("could not renew job locks: %s", exc)
+                continue
+            for job_id in stale:
+                if (try_ := self.running.get(job_id)) is not None:
+                    try_.fence.refused("renew")
 
     async def _housekeeping(self) -> None:
         """Trim index entries whose job record expired; one worker at a time."""
@@ -486,44 +475,66 @@ class ConveyorWorker(Worker):
         if removed:
             logger.info("housekeeping: trimmed %d expired index entries", removed)
 
-    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
-        self.stop_requested_s = self.stop_requested_s or time.monotonic()
-        super().handle_sig_wait_for_completion(signum)
+    # -- stopping -------------------------------------------------------------
 
-    def handle_sig(self, signum: signal.Signals) -> None:
-        self.stop_requested_s = self.stop_requested_s or time.monotonic()
-        super().handle_sig(signum)
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT drain the worker; a second signal cuts the drain short."""
+        if self._signals_installed:
+            return
+        self._signals_installed = True
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Stop claiming and drain: running tries may finish within shutdown_wait_s."""
+        if self._stopping and self.stop_requested_s is not None:
+            logger.info("second stop signal: cutting running jobs short")
+            for try_ in list(self.running.values()):
+                self._stop_try(try_, Stop.SHUTDOWN)
+            return
+        name = signal.Signals(signum).name if signum else "a stop request"
+        logger.info("%s: stopping; %d running job(s) may finish", name, len(self.running))
+        self.stop_requested_s = time.monotonic()
+        self._stopping = True
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        """Let running tries finish within what is left of shutdown_wait_s; put
+        back what does not (its try not counted)."""
+        started_s = self.stop_requested_s or time.monotonic()
+        while self.running:
+            tasks = [t.task for t in self.running.values() if t.task is not None]
+            left_s = self.shutdown_wait_s - (time.monotonic() - started_s)
+            _, pending = await asyncio.wait(tasks, timeout=max(left_s, 0))
+            if pending and self.running:
+                logger.info("cutting %d running job(s) short; they run again", len(pending))
+                for try_ in list(self.running.values()):
+                    self._stop_try(try_, Stop.SHUTDOWN)
+                await asyncio.gather(*pending, return_exceptions=True)
 
     def resource_close_budget_s(self) -> float:
         """What is left of the shutdown wait since the stop signal, at least a second."""
-        wait_s = float(self._job_completion_wait)
+        wait_s = self.shutdown_wait_s
         if self.stop_requested_s is not None:
             wait_s -= time.monotonic() - self.stop_requested_s
         return max(RESOURCE_CLOSE_MIN_S, wait_s)
 
     async def close(self) -> None:
-        # Replaces arq's close(), which deletes its health key before on_shutdown
-        # (with Redis down, on_shutdown never ran) and calls redis-py's
-        # deprecated close(). The job modules' resources close after the jobs
-        # ended, within what is left of the shutdown wait.
-        if not self._handle_signals:
-            self.handle_sig(signal.SIGUSR1)
-        if not self._pool:
-            return
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        """After main(): withdraw this worker's card, close the job modules'
+        resources (after the jobs ended, within what is left of the shutdown
+        wait) and the Redis connections."""
+        self._stopping = True
+        await self._drain()
         try:
             async with self._bounded():
-                await self.pool.delete(self.health_check_key)
                 await withdraw(self.pool, self.card.name)
         except REDIS_FAULT_ERRORS as exc:
             logger.warning("redis unreachable during shutdown: %s", exc)
-        if self.on_shutdown:
-            await self.on_shutdown(self.ctx)
-        resources: OpenResources | None = self.ctx.pop("open_resources", None)
-        if resources is not None:
-            await resources.close(self.resource_close_budget_s())
+        if self._resources is not None:
+            await self._resources.close(self.resource_close_budget_s())
+            self._resources = None
         await self.pool.aclose(close_connection_pool=True)
-        self._pool = None
 
 
 def resolve_handler(path: str) -> AnyHandler:
@@ -540,115 +551,46 @@ def resolve_handler(path: str) -> AnyHandler:
     return handler
 
 
-def arq_function(job_type: JobType, redact: Redactor, instrument: bool) -> Function:
-    """Register a catalog job type with arq, under the wrapper."""
-    runner = JobRunner(job_type, resolve_handler(job_type.handler), redact, instrument)
-    coroutine = runner.run
-    return func(
-        coroutine,  # type: ignore[arg-type]  # arq's WorkerCoroutine wants ctx positional
-        name=job_type.name,
-        # One above the policy's, so the wrapper sees and records the last try.
-        max_tries=job_type.retry.max_tries + 1,
-        timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
-        # The store keeps the result (as JSON, in the job's record); no pickle beside it.
-        keep_result=0,
-    )
-
-
-class ZonedCronJob(CronJob):
-    """arq's CronJob on one schedule's time zone: arq evaluates every entry on the
-    worker's clock (UTC here); this one turns the time into its own zone first,
-    so `hour=9` in Europe/Paris follows summer time."""
-
-    zone: tzinfo = UTC
-
-    def calculate_next(self, prev_run: datetime) -> None:
-        super().calculate_next(prev_run.astimezone(self.zone))
-
-
-def cron_entry(job_type: JobType, schedule: Schedule, runner: JobRunner) -> CronJob:
-    entry = cron(
-        runner.run,  # type: ignore[arg-type]  # as in arq_function
-        name=job_type.name,
-        **schedule.cron_fields(),  # type: ignore[arg-type]  # arq's fields, validated in Schedule
-        max_tries=job_type.retry.max_tries + 1,
-        timeout=job_type.timeout_s + ARQ_TIMEOUT_GRACE_S,
-        keep_result=0,  # as in arq_function
-    )
-    zoned = ZonedCronJob(**vars(entry))
-    zoned.zone = schedule.zone
-    return zoned
-
-
 def schedules_of(job_type: JobType, overrides: dict[str, tuple[Schedule, ...]]) -> list[Schedule]:
     """The job type's schedules, or CONVEYOR_SCHEDULES' for it; duplicates once."""
     schedules = overrides.get(job_type.name, job_type.schedules)
     return list(dict.fromkeys(schedules))
 
 
-def cron_jobs(settings: Settings, job_types: list[JobType], redact: Redactor) -> list[CronJob]:
-    """arq cron entries for the schedules of the job types on this worker's queue.
-
-    arq's cron (run from the poll loop's heart_beat, which ConveyorWorker's
-    _poll_iteration keeps calling) enqueues each run under the id
-    `{name}:{scheduled ms}`; arq refuses an id whose job exists, so among many
-    replicas one enqueue wins and the run happens once (two schedules of one
-    job type that fall on the same instant make one run). A run is an
-    ordinary job of its type: listed, retried, dead-lettered. Every entry of
-    a job type carries the same function (arq keeps one per name).
-    """
+def cron_schedules(settings: Settings, job_types: list[JobType]) -> list[tuple[JobType, Schedule]]:
+    """The schedules of the job types on this worker's queue (see cron.py). Two
+    schedules of one job type that fall on the same instant make one run."""
     overrides = settings.catalog.schedule_overrides()
-    entries: list[CronJob] = []
+    entries: list[tuple[JobType, Schedule]] = []
     for job_type in job_types:
-        schedules = schedules_of(job_type, overrides)
-        if not schedules:
-            continue
-        runner = JobRunner(job_type, resolve_handler(job_type.handler), redact)
-        for schedule in schedules:
-            entries.append(cron_entry(job_type, schedule, runner))
+        for schedule in schedules_of(job_type, overrides):
+            entries.append((job_type, schedule))
             logger.info("job type %s runs on schedule %s", job_type.name, schedule)
     return entries
 
 
 def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> dict[str, Any]:
-    """arq `WorkerSettings` (as keyword arguments) built from typed settings."""
+    """ConveyorWorker's keyword arguments, built from typed settings."""
     job_types = catalog.for_queue(settings.queue)
-    redact = Redactor(settings.observability.redacted)
     if not job_types:
         raise ValueError(f"the catalog has no job types on queue {settings.queue!r}")
     if settings.instrument_jobs:
         declare_job_series(job_types)
-
-    store = JobStore(redis, catalog)
-
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        """Open the job modules' resources; they live in `ctx` for the worker's
-        life, and ConveyorWorker.close() closes them."""
-        ctx["store"] = store
-        ctx["catalog"] = catalog
-        ctx["open_resources"] = opened = await open_resources(catalog, ctx["redis"])
-        ctx["resources"] = opened.by_name
-
     return {
-        "functions": [
-            arq_function(job_type, redact, settings.instrument_jobs) for job_type in job_types
-        ],
-        "cron_jobs": cron_jobs(settings, job_types, redact),
-        # Schedules mean UTC, whatever the machine's time zone.
-        "timezone": UTC,
-        "queue_name": settings.queue,
         "redis_pool": redis,
-        "store": store,
+        "store": JobStore(redis, catalog),
+        "queue_name": settings.queue,
+        "handlers": {t.name: resolve_handler(t.handler) for t in job_types},
+        "schedules": cron_schedules(settings, job_types),
+        "redact": Redactor(settings.observability.redacted),
+        "instrument": settings.instrument_jobs,
         "cancelled_retention_s": max(job_type.keep_result_s for job_type in job_types),
-        "on_startup": on_startup,
         "max_jobs": settings.max_jobs,
         "idle_poll_s": settings.idle_poll_s,
         "lock_ttl_s": settings.lock_ttl_s,
         "redis_timeout_s": settings.redis.socket_timeout_s,
-        # Let running jobs finish on SIGTERM; what does not finish is requeued.
-        "job_completion_wait": settings.shutdown_wait_s,
-        # arq's shared health key is useless per pod; /healthz replaces it.
-        "health_check_interval": 3600,
+        # Let running jobs finish on SIGTERM; what does not finish is put back.
+        "shutdown_wait_s": settings.shutdown_wait_s,
     }
 
 

@@ -29,8 +29,7 @@ local function delete(rec)
     fair_leave(queue, flow, id)
     redis.call('HDEL', qkey(queue, 'flow'), id)
   end
-  redis.call('DEL', K.job .. id, K.arq_job .. id, K.arq_result .. id, K.arq_retry .. id,
-    K.arq_lock .. id)
+  redis.call('DEL', K.job .. id, K.arq_job .. id, K.arq_result .. id, K.arq_lock .. id)
   redis.call('PUBLISH', K.events .. id, rec.version + 1)
 end
 

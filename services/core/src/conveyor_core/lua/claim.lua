@@ -7,10 +7,10 @@
 --
 -- KEYS: 1 queue, 2 the queue's paused flag, 3 its flow hash, 4 its waiting hash
 -- ARGV: 1 now ms, 2 lock ttl ms, 3 how many to claim, 4 scan limit,
---       5 cancelled retention ms, 6 limits JSON or ''
--- Returns {{id, due ms, try, ...}, next due ms or '', paused-at ms or '',
---   {passed over for a limit, passed over for a rate}}.
+--       5 cancelled retention ms, 6 limits JSON or '', 7 the claim's nonce (tokens)
+-- Returns {{id, due ms, try, token, arq job bytes, ...}, next due ms or '',
+--   paused-at ms or '', {passed over for a limit, passed over for a rate}}.
 local claimed, next_due, paused_at, held = claim_jobs(KEYS[1], tonumber(ARGV[1]), ARGV[2],
-  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6])
+  tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
 if paused_at then return {{}, '', paused_at, {0, 0}} end
 return {claimed, next_due and fmt(next_due) or '', '', {held.limit, held.rate}}

@@ -9,11 +9,13 @@
 -- cancelled (a client's cancel reached the running job) or queued (a shutdown
 -- cut it short: back in the queue, and the try it did not finish is not
 -- counted). Only a job still in progress moves: a record someone else moved
--- meanwhile is left as it is. A try that counts is kept in the record as
+-- meanwhile is left as it is. Fencing: a try whose token (ARGV[6], from its
+-- claim) is no longer the record's is stale (its lock lapsed and the job was
+-- claimed again): its end is refused whole, and it claims nothing. A try that counts is kept in the record as
 -- `try:{n}` = "started ms, ended ms, outcome" (in the same HSET, no extra
 -- command), so a job's page shows every try since its last requeue.
 --
--- Finish and fetch: with ARGV[6] > 0, the slot the try freed is filled in the
+-- Finish and fetch: with ARGV[7] > 0, the slot the try freed is filled in the
 -- same call, as claim.lua would (lib/claim.lua), so a busy worker takes its
 -- next job with no round trip and no poll of its own (as BullMQ's
 -- moveToFinished does).
@@ -21,28 +23,31 @@
 -- KEYS: 1 queue
 -- ARGV: 1 job id, 2 new state, 3 now ms, 4 score (due time for retrying and
 --       queued, retention ms for the final states), 5 job type for the
---       history ('' for none), 6 how many jobs to claim (0: none), 7 lock ttl
---       ms, 8 scan limit, 9 cancelled retention ms, 10 limits JSON or '' (as
---       claim.lua's), 11.. hash field/value pairs
--- Returns {1, version} when moved, {0, current state or ''} when not, then
--- what the claim returns (as claim.lua), or nothing when none was asked for.
+--       history ('' for none), 6 the try's token ('' to end any try), 7 how
+--       many jobs to claim (0: none), 8 lock ttl ms, 9 scan limit, 10
+--       cancelled retention ms, 11 limits JSON or '', 12 the claim's nonce
+--       (as claim.lua's), 13.. hash field/value pairs
+-- Returns {1, version} when moved, {0, 'stale'} when refused, {0, current
+-- state or ''} when not in progress, then what the claim returns (as
+-- claim.lua), or nothing when none was asked for.
 local id, to, now, arg = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local fetch = tonumber(ARGV[6])
+local token, fetch = ARGV[6], tonumber(ARGV[7])
 
 -- The slot's next job, after the end of this try (or instead of it).
 local function fetched(reply)
   if fetch <= 0 then return reply end
-  local claimed, next_due, paused_at, held = claim_jobs(KEYS[1], now, ARGV[7], fetch,
-    tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10])
+  local claimed, next_due, paused_at, held = claim_jobs(KEYS[1], now, ARGV[8], fetch,
+    tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12])
   if paused_at then return {reply[1], reply[2], {}, '', paused_at, {0, 0}} end
   return {reply[1], reply[2], claimed, next_due and fmt(next_due) or '', '',
     {held.limit, held.rate}}
 end
 
 local rec = load(id, KEYS[1], true)
+if rec and token ~= '' and rec.token ~= token then return {0, 'stale'} end
 if not rec or rec.state ~= 'in_progress' then return fetched({0, rec and rec.state or ''}) end
 local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
 local version
 if to == 'queued' or to == 'retrying' then
   if to == 'queued' then

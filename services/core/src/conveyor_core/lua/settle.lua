@@ -6,10 +6,13 @@
 -- cancelled when a cancel was pending, else dead with the error given.
 --
 -- KEYS: 1 queue
--- ARGV: 1 job id, 2 now ms, 3 dead retention ms, 4 cancelled retention ms, 5 error JSON
--- Returns the state it was left in, or '' when there was nothing to settle.
+-- ARGV: 1 job id, 2 now ms, 3 dead retention ms, 4 cancelled retention ms, 5 error JSON,
+--       6 the try's token ('' for any)
+-- Returns the state it was left in, 'stale' when the token is no longer the
+-- record's (refused, see finish.lua), or '' when there was nothing to settle.
 local id, now = ARGV[1], tonumber(ARGV[2])
 local rec = load(id, KEYS[1], true)
+if rec and ARGV[6] ~= '' and rec.token ~= ARGV[6] then return 'stale' end
 if not rec or rec.state ~= 'in_progress' then return '' end
 if rec.cancel then
   local ttl = tonumber(ARGV[4])

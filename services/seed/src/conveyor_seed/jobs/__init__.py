@@ -1,1 +1,1 @@
-"""Job functions: business logic only. The catalog names them; the wrapper runs them."""
+"""Job functions: business logic only. The catalog names them; the worker's process() runs them."""

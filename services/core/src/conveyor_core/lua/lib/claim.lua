@@ -32,10 +32,18 @@
 -- lapsed (a dead worker's) is dropped, each id checked at most once per lock
 -- ttl. Without limits none of this runs: unlimited queues cost what they did.
 --
--- Returns the claimed jobs ({id, due ms, try, ...}), the next due time (ms)
--- or nil, the time the queue was paused or nil, and the due jobs passed over
--- ({limit = n, rate = n}).
-local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json)
+-- Fencing: each job started gets a token, `{nonce}:{n}` (the worker's random
+-- nonce for this call, and the job's place in it), held by its lock and its
+-- record (`token`); every later call of that try (its end, progress, lock
+-- renewal) carries it, and one whose token is no longer the record's is
+-- refused (a stale try: its lock lapsed and the job was claimed again).
+--
+-- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
+-- ...}: the job's data comes with the claim, so nothing reads it before the
+-- run), the next due time (ms) or nil, the time the queue was paused or nil,
+-- and the due jobs passed over ({limit = n, rate = n}).
+local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
+    nonce)
   local waiting_key, flow_key = qkey(queue, 'waiting'), qkey(queue, 'flow')
   local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
   local claimed, count_, scanned = {}, 0, 0
@@ -171,10 +179,11 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       return
     end
     local due = fmt(tonumber(score) - base)
-    redis.call('PSETEX', K.arq_lock .. id, lock_ms, '1')
+    local token = nonce .. ':' .. (count_ + 1)
+    redis.call('PSETEX', K.arq_lock .. id, lock_ms, token)
     rec.tries = rec.tries + 1
     local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
-      'next_try_at_ms', '', 'priority', priority_of(score)}
+      'next_try_at_ms', '', 'priority', priority_of(score), 'token', token}
     if flow then
       if checks then count_start(id, rec.tries, checks) end
       rec.flow = flow
@@ -183,7 +192,8 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     end
     transition(rec, 'in_progress', now, now, fields)
     count_ = count_ + 1
-    for _, v in ipairs({id, due, rec.tries}) do claimed[#claimed + 1] = v end
+    local job = redis.call('GET', K.arq_job .. id) or ''
+    for _, v in ipairs({id, due, rec.tries, token, job}) do claimed[#claimed + 1] = v end
   end
 
   -- One due, unlocked entry of band `base`: start it, or a job of its key's

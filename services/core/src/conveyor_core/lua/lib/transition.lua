@@ -24,27 +24,22 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   if to == 'in_progress' and rec.flow then fair_leave(queue, rec.flow, id) end
   local version = rec.version + 1
   redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
-  -- arq's keys, as arq's own start and finish would leave them.
-  if to == 'in_progress' then
-    -- rec.tries counts this try already. arq's run_job counts it by INCR of its
-    -- retry key: set that one lower, so arq's count is ours (a shutdown that
-    -- put the job back did not use a try up). A job's first claim (it has no
-    -- record yet) needs no SET: it has no retry key (every end of a job deletes
-    -- it with the record's expiry), and arq's INCR of none makes try 1.
-    if not rec.new then redis.call('SET', K.arq_retry .. id, rec.tries - 1, 'EX', K.arq_retry_ttl_s) end
-  elseif TERMINAL[to] then
+  -- arq's keys, as arq's own start and finish would leave them (the claim
+  -- sets the lock; a try's count lives in the record, not in arq's retry key).
+  if TERMINAL[to] then
     redis.call('ZREM', queue, id)
     if rec.flow or rec.new then
       local flow = rec.flow or redis.call('HGET', qkey(queue, 'flow'), id)
       if flow then fair_leave(queue, flow, id) end
       redis.call('HDEL', qkey(queue, 'flow'), id)
     end
-    redis.call('DEL', K.arq_lock .. id, K.arq_retry .. id)
+    redis.call('DEL', K.arq_lock .. id)
     -- arq's job key (the payload) lives as long as the record: it also keeps
     -- arq from taking the same id again, as its result key would.
     redis.call('PEXPIRE', K.arq_job .. id, ttl_ms)
     redis.call('PEXPIRE', hash, ttl_ms)
-  else -- queued or retrying: back in arq's queue, due at `score`, in its band
+  elseif to ~= 'in_progress' then
+    -- queued or retrying: back in arq's queue, due at `score`, in its band
     local queued = fmt(band_base(rec.priority) + score)
     redis.call('ZADD', queue, queued, id)
     if rec.flow then fair_enter(queue, rec.flow, queued, id) end

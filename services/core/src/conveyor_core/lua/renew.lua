@@ -1,0 +1,21 @@
+#!lua flags=allow-oom
+-- Renew the locks of a worker's running tries, each given with its token (see
+-- lib/claim.lua): a lock is renewed only while the record's token is the
+-- try's, and set again if it lapsed meanwhile (the job was not claimed again:
+-- the record is still the try's). A try whose token is no longer the record's
+-- is stale: nothing of it is touched. It overwrites locks of the same size, so
+-- a full Redis lets it run: a running job keeps its lock.
+--
+-- KEYS: none (a lock and a record per job, by id)
+-- ARGV: 1 lock ttl ms, 2.. job id, token, ...
+-- Returns the ids of the stale tries.
+local ttl, stale = ARGV[1], {}
+for i = 2, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  if redis.call('HGET', K.job .. id, 'token') == token then
+    redis.call('SET', K.arq_lock .. id, token, 'PX', ttl)
+  else
+    stale[#stale + 1] = id
+  end
+end
+return stale

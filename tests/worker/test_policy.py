@@ -1,0 +1,82 @@
+"""The retry policy as a pure function: each way a try can end, and what becomes of the job."""
+
+import random
+
+import pytest
+from arq.worker import Retry
+from pydantic import BaseModel, ValidationError
+
+from conveyor_core.catalog import PermanentJobError, RetryPolicy
+from conveyor_core.jobs import JobState
+from conveyor_worker.policy import (
+    Decision,
+    Stop,
+    TriesExhaustedError,
+    decide,
+    tries_left,
+)
+
+POLICY = RetryPolicy(max_tries=3, backoff_base_s=2.0, backoff_cap_s=5.0)
+
+
+class Needs(BaseModel):
+    n: int
+
+
+def test_success_completes() -> None:
+    assert decide(POLICY, 1) == Decision(JobState.COMPLETE)
+
+
+def test_a_failure_with_tries_left_retries_with_growing_jittered_backoff() -> None:
+    rng = random.Random(7)
+    first = decide(POLICY, 1, RuntimeError("flaky"), rng=rng)
+    second = decide(POLICY, 2, RuntimeError("flaky"), rng=rng)
+    assert (first.state, second.state) == (JobState.RETRYING, JobState.RETRYING)
+    # Equal jitter: half the ceiling fixed, half random (ceiling 2 s, then 4 s).
+    assert 1.0 <= first.delay_s <= 2.0
+    assert 2.0 <= second.delay_s <= 4.0
+    assert {decide(POLICY, 1, RuntimeError(), rng=rng).delay_s for _ in range(5)} != {first.delay_s}
+
+
+def test_a_failure_on_the_last_try_is_dead() -> None:
+    assert decide(POLICY, 3, RuntimeError("still failing")) == Decision(JobState.DEAD)
+
+
+def test_a_permanent_error_is_dead_at_once() -> None:
+    assert decide(POLICY, 1, PermanentJobError("never works")).state is JobState.DEAD
+    own = RetryPolicy(permanent_errors=(KeyError,))
+    assert decide(own, 1, KeyError("x")).state is JobState.DEAD
+
+
+def test_an_invalid_payload_is_dead_at_once() -> None:
+    with pytest.raises(ValidationError) as invalid:
+        Needs.model_validate({"n": "many"})
+    assert decide(POLICY, 1, invalid.value).state is JobState.DEAD
+
+
+def test_no_tries_left_is_dead() -> None:
+    assert not tries_left(POLICY, 4)
+    assert tries_left(POLICY, 3)
+    assert decide(POLICY, 4, TriesExhaustedError("none left")).state is JobState.DEAD
+
+
+def test_a_timeout_retries_unless_the_policy_says_otherwise() -> None:
+    timeout = TimeoutError("timed out after 1 s")
+    assert decide(POLICY, 1, timeout).state is JobState.RETRYING
+    strict = RetryPolicy(max_tries=3, retry_timeouts=False)
+    assert decide(strict, 1, timeout).state is JobState.DEAD
+
+
+def test_arqs_retry_is_an_ordinary_failed_try_with_the_delay_it_asked_for() -> None:
+    assert decide(POLICY, 1, Retry(defer=1)) == Decision(JobState.RETRYING, 1.0)
+    assert decide(POLICY, 2, Retry(defer=0.25)) == Decision(JobState.RETRYING, 0.25)
+    # Without a delay of its own: the policy's backoff.
+    assert 1.0 <= decide(POLICY, 1, Retry()).delay_s <= 2.0
+    # It counts as a try: dead when they run out.
+    assert decide(POLICY, 3, Retry(defer=1)).state is JobState.DEAD
+
+
+def test_a_cancelled_try_is_cancelled_and_an_interrupted_one_goes_back() -> None:
+    assert decide(POLICY, 1, stop=Stop.CANCELLED).state is JobState.CANCELLED
+    # Even on the last try: a shutdown does not use the try up.
+    assert decide(POLICY, 3, stop=Stop.SHUTDOWN) == Decision(JobState.QUEUED)
