@@ -297,12 +297,12 @@ def test_existing_secrets_are_referenced_not_created() -> None:
     api = env_of(next(containers(rendered.one("Deployment", "conveyor-api"))))
     worker = env_of(next(containers(rendered.one("Deployment", "conveyor-worker-default"))))
     # Each service gets only the secrets it reads: mail and summarizer keys stay off the api.
+    # Each its own Redis ACL user's password, from the operator's Secret.
     assert _secret_refs(api) == {
-        "CONVEYOR_API_KEYS": ("conveyor-api-keys", "api-keys"),
-        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-password"),
+        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-api-password"),
     }
     assert _secret_refs(worker) == {
-        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-password"),
+        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-worker-password"),
         "CONVEYOR_SMTP_PASSWORD": ("conveyor-smtp", "smtp-password"),
         "CONVEYOR_SUMMARIZER_API_KEY": ("conveyor-summarizer", "api-key"),
     }
