@@ -208,7 +208,9 @@ def test_the_built_in_redis_over_tls() -> None:
     ]
     assert volume["secret"]["secretName"] == "conveyor-redis-tls"
     (container,) = containers(statefulset)
-    assert "--tls --cacert" in container["readinessProbe"]["exec"]["command"][-1]
+    assert (
+        '--tls --cacert "$REDIS_TLS_CA_FILE"' in container["readinessProbe"]["exec"]["command"][-1]
+    )
     for workload in ("conveyor-api", "conveyor-worker-default"):
         deployment = rendered.one("Deployment", workload)
         env = env_of(next(containers(deployment)))

@@ -22,6 +22,7 @@ import redis
 from tests.charts import jobs
 from tests.charts.chart import REPO_ROOT, Rendered, render, values_file
 from tests.charts.pods import Cluster, Container
+from tests.support.secure_redis import make_certificates
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("chart-pods")]
 
@@ -229,5 +230,38 @@ def test_a_wrong_password_keeps_the_services_unready(tmp_path: Path) -> None:
         api.wait_until("livenessProbe")
         with pytest.raises(AssertionError, match="503"):
             api.probe("readinessProbe")
+    finally:
+        cluster.stop_all()
+
+
+def test_the_built_in_redis_over_tls_serves_both_services(tmp_path: Path) -> None:
+    """redis.tls: Redis listens only for TLS with the Secret's certificate; the
+    api and the workers connect with rediss:// and verify it against its CA."""
+    certs = make_certificates(tmp_path)
+    tls_secret = {
+        "tls.crt": certs.cert_file.read_text(),
+        "tls.key": certs.key_file.read_text(),
+        "ca.crt": certs.ca_file.read_text(),
+    }
+    values = _merge(JOB_MODULE_VALUES, {"redis": {"tls": {"enabled": True, "secret": "r-tls"}}})
+    rendered = render(values)
+    cluster = Cluster(rendered, tmp_path / "cluster", {"r-tls": tls_secret})
+    cluster.workdir.mkdir()
+    try:
+        containers = cluster.start_all()
+        for container in containers:
+            container.wait_until("readinessProbe")
+        api = next(c for c in containers if c.pod == "conveyor-api")
+        assert api.env["REDIS_URL"].startswith("rediss://127.0.0.1:")
+        host, port = cluster.service_address("conveyor-redis", 6379).split(":")
+        # No plain-text port: a client without TLS gets no answer.
+        with (
+            redis.Redis(host=host, port=int(port), socket_timeout=2) as plain,
+            pytest.raises(redis.exceptions.ConnectionError),
+        ):
+            plain.ping()
+        api_url = "http://" + cluster.service_address("conveyor-api", 80)
+        job = _submit_and_wait(api_url, cluster.secrets["conveyor-api-keys"]["api-key"])
+        assert job["tries"] == 1
     finally:
         cluster.stop_all()
