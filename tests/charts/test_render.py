@@ -402,13 +402,21 @@ def test_monitoring_includes_the_repo_rule_file_and_dashboard() -> None:
     assert worker_metrics["spec"]["ports"][0]["name"] == "health"
 
 
-def test_helm_test_hook_submits_through_the_service() -> None:
+def test_helm_test_hook_reads_through_the_service_with_the_client_key() -> None:
     rendered = render_named("production")
     (hook,) = rendered.hooks()
     assert annotations(hook)["helm.sh/hook"] == "test"
     env = env_of(hook["spec"]["containers"][0])
     assert env["CONVEYOR_URL"]["value"] == "http://conveyor-api:80"
     assert env["CONVEYOR_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "conveyor-client-key"
+    # It only reads: GETs, and no job submitted.
+    script = hook["spec"]["containers"][0]["args"][0]
+    assert "/v1/jobs" not in script
+    assert "method=" not in script
+    # Pools that may scale to zero need no live worker.
+    assert json.loads(env["STAFFED_QUEUES"]["value"]) == ["arq:queue"]
+    to_zero = render({"worker": {"autoscaling": {"minReplicas": 0}}}).hooks()[0]
+    assert env_of(to_zero["spec"]["containers"][0])["STAFFED_QUEUES"]["value"] == "[]"
 
 
 def test_notes_say_how_to_reach_the_api_and_read_its_key() -> None:
