@@ -5,6 +5,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from conveyor_api.auth import Scope
@@ -24,18 +25,26 @@ def test_the_keys_come_from_the_environment_or_a_file_not_both(
     assert Settings().keys_file == tmp_path / "keys"
 
 
+def reloads(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("conveyor_api_keys_reloads_total", {"outcome": outcome})
+    assert value is not None, "every outcome is exported from the start"
+    return value
+
+
 async def test_a_changed_file_replaces_the_ring_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     path.write_text(keys_env(api_key("a", "key-a", {Scope.JOBS_READ})))
     reloader = KeyFileReloader(path, interval_s=60)
     state = SimpleNamespace(keyring=reloader.load())
     reloader.start(state)
+    before = {outcome: reloads(outcome) for outcome in ("applied", "invalid", "unreadable")}
     try:
         assert state.keyring.find("key-a") is not None
         assert await reloader.check() is False, "unchanged: the same ring"
 
         path.write_text(keys_env(api_key("b", "key-b")))
         assert await reloader.check() is True
+        assert REGISTRY.get_sample_value("conveyor_api_keys_file_rejected") == 0
         assert state.keyring.find("key-a") is None
         assert state.keyring.find("key-b") is not None
 
@@ -44,12 +53,21 @@ async def test_a_changed_file_replaces_the_ring_and_a_bad_one_keeps_it(tmp_path:
             path.write_text(broken)
             assert await reloader.check() is False
             assert state.keyring is good
+            assert REGISTRY.get_sample_value("conveyor_api_keys_file_rejected") == 1
         # Two keys of one name: refused as a whole, not half applied.
         path.write_text(keys_env(api_key("b", "key-1"), api_key("b", "key-2")))
         assert await reloader.check() is False
         path.unlink()
         assert await reloader.check() is False
+        assert await reloader.check() is False
         assert state.keyring is good
+        # Counted, so that an alert can say the file is broken while the old keys serve.
+        assert reloads("applied") - before["applied"] == 1
+        assert reloads("invalid") - before["invalid"] == 4
+        assert reloads("unreadable") - before["unreadable"] == 1, "once per outage"
+        path.write_text(keys_env(api_key("b", "key-b")))
+        assert await reloader.check() is True, "readable again: read anew"
+        assert REGISTRY.get_sample_value("conveyor_api_keys_file_rejected") == 0
     finally:
         await reloader.stop()
 

@@ -23,10 +23,15 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from conveyor_api.auth import ApiKey, KeyRing
+from conveyor_core.metrics import API_KEYS_FILE_REJECTED, API_KEYS_RELOADS
 
 logger = logging.getLogger("conveyor.api.keys")
 
 _KEY_LIST = TypeAdapter(list[ApiKey])
+
+# Every outcome exported at 0 from the start: an alert on increase() sees the first.
+for _outcome in ("applied", "invalid", "unreadable"):
+    API_KEYS_RELOADS.labels(_outcome)
 
 
 class KeyFileError(ValueError):
@@ -77,6 +82,7 @@ class KeyFileReloader:
             ) from None
         ring = KeyRing(parse_keys(self._path, content))
         self._seen = _digest(content)
+        API_KEYS_FILE_REJECTED.set(0)
         return ring
 
     def start(self, state: Any) -> None:
@@ -105,11 +111,15 @@ class KeyFileReloader:
         try:
             content = await asyncio.to_thread(self._path.read_bytes)
         except OSError as exc:
-            logger.error(
-                "api keys file %s cannot be read (%s); the keys in force stay",
-                self._path,
-                exc.strerror,
-            )
+            if self._seen is not None:  # once per outage, not every few seconds
+                API_KEYS_RELOADS.labels("unreadable").inc()
+                logger.error(
+                    "api keys file %s cannot be read (%s); the keys in force stay",
+                    self._path,
+                    exc.strerror,
+                )
+            self._seen = None
+            API_KEYS_FILE_REJECTED.set(1)
             return False
         digest = _digest(content)
         if digest == self._seen:
@@ -118,10 +128,14 @@ class KeyFileReloader:
         try:
             keys = parse_keys(self._path, content)
         except KeyFileError as exc:
+            API_KEYS_RELOADS.labels("invalid").inc()
+            API_KEYS_FILE_REJECTED.set(1)
             logger.error("%s; the keys in force stay", exc)
             return False
         before = {k.name for k in self._state.keyring.keys}
         self._state.keyring = KeyRing(keys)
+        API_KEYS_RELOADS.labels("applied").inc()
+        API_KEYS_FILE_REJECTED.set(0)
         after = {k.name for k in keys}
         # Names only (never a digest): who gained or lost access, for the audit trail.
         logger.info(
