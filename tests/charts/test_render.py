@@ -322,6 +322,7 @@ def test_external_redis_with_tls_ca() -> None:
         workload = rendered.one("Deployment", name)
         env = env_of(next(containers(workload)))
         assert env["REDIS_URL"]["value"] == "rediss://redis.example.com:6380/0"
+        assert env["REDIS_USERNAME"]["value"] == "conveyor"
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "managed-redis",
             "key": "password",

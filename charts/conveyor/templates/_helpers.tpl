@@ -132,6 +132,9 @@ ca.crt
 # Its own ACL user, which cannot run CONFIG, FLUSHALL, DEBUG or KEYS.
 - name: REDIS_USERNAME
   value: {{ .service | quote }}
+{{- else if and (not $values.redis.enabled) $values.externalRedis.username }}
+- name: REDIS_USERNAME
+  value: {{ $values.externalRedis.username | quote }}
 {{- end }}
 {{- $redisSecret := include "conveyor.redis.secretName" $root }}
 {{- if $redisSecret }}
