@@ -6,6 +6,7 @@ earlier render made: the templates' reuse logic runs in the real Helm engine.
 """
 
 import base64
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -197,6 +198,25 @@ def test_an_upgrade_keeps_the_generated_key_and_password(tmp_path: Path) -> None
     third = _render_chart(_chart_with_cluster_answer(tmp_path / "3", {}), {}, upgrade=True)
     api_keys = "templates/api/secret.yaml"
     assert _data(third[api_keys])["api-key"] != _data(first[api_keys])["api-key"]
+
+
+def test_an_upgrade_from_before_the_client_key_and_acl_users_adds_them(tmp_path: Path) -> None:
+    """Secrets an older chart made hold only the admin key and the Redis password:
+    the upgrade keeps both and generates what is new."""
+    first = _render_chart(_chart_with_cluster_answer(tmp_path / "1", {}), {}, upgrade=False)
+    older = copy.deepcopy(first)
+    api_data = older["templates/api/secret.yaml"]["data"]
+    redis_data = older["templates/redis/secret.yaml"]["data"]
+    del api_data["client-key"]
+    del redis_data["redis-api-password"], redis_data["redis-worker-password"]
+    upgraded = _render_chart(_chart_with_cluster_answer(tmp_path / "2", older), {}, upgrade=True)
+    api, redis = (_data(upgraded[t]) for t in SECRET_TEMPLATES)
+    assert api["api-key"] == _data(first["templates/api/secret.yaml"])["api-key"]
+    assert redis["redis-password"] == _data(first["templates/redis/secret.yaml"])["redis-password"]
+    assert len(api["client-key"]) == 48
+    assert len(redis["redis-api-password"]) == len(redis["redis-worker-password"]) == 32
+    names = [k["name"] for k in json.loads(api["api-keys"])]
+    assert names == ["admin", "cluster-reader"]
 
 
 def test_an_existing_secret_replaces_the_generated_one() -> None:
