@@ -31,6 +31,10 @@ def reloads(outcome: str) -> float:
     return value
 
 
+def rejected(path: Path) -> float | None:
+    return REGISTRY.get_sample_value("conveyor_api_keys_file_rejected", {"path": str(path)})
+
+
 async def test_a_changed_file_replaces_the_ring_and_a_bad_one_keeps_it(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     path.write_text(keys_env(api_key("a", "key-a", {Scope.JOBS_READ})))
@@ -44,7 +48,7 @@ async def test_a_changed_file_replaces_the_ring_and_a_bad_one_keeps_it(tmp_path:
 
         path.write_text(keys_env(api_key("b", "key-b")))
         assert await reloader.check() is True
-        assert REGISTRY.get_sample_value("conveyor_api_keys_file_rejected") == 0
+        assert rejected(path) == 0
         assert state.keyring.find("key-a") is None
         assert state.keyring.find("key-b") is not None
 
@@ -53,7 +57,7 @@ async def test_a_changed_file_replaces_the_ring_and_a_bad_one_keeps_it(tmp_path:
             path.write_text(broken)
             assert await reloader.check() is False
             assert state.keyring is good
-            assert REGISTRY.get_sample_value("conveyor_api_keys_file_rejected") == 1
+            assert rejected(path) == 1
         # Two keys of one name: refused as a whole, not half applied.
         path.write_text(keys_env(api_key("b", "key-1"), api_key("b", "key-2")))
         assert await reloader.check() is False
@@ -67,7 +71,7 @@ async def test_a_changed_file_replaces_the_ring_and_a_bad_one_keeps_it(tmp_path:
         assert reloads("unreadable") - before["unreadable"] == 1, "once per outage"
         path.write_text(keys_env(api_key("b", "key-b")))
         assert await reloader.check() is True, "readable again: read anew"
-        assert REGISTRY.get_sample_value("conveyor_api_keys_file_rejected") == 0
+        assert rejected(path) == 0
     finally:
         await reloader.stop()
 

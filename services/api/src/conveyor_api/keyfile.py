@@ -69,6 +69,7 @@ class KeyFileReloader:
         self._path = path
         self._interval_s = interval_s
         self._seen: bytes | None = None
+        self._rejected = API_KEYS_FILE_REJECTED.labels(str(path))
         self._state: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -82,7 +83,7 @@ class KeyFileReloader:
             ) from None
         ring = KeyRing(parse_keys(self._path, content))
         self._seen = _digest(content)
-        API_KEYS_FILE_REJECTED.set(0)
+        self._rejected.set(0)
         return ring
 
     def start(self, state: Any) -> None:
@@ -119,7 +120,7 @@ class KeyFileReloader:
                     exc.strerror,
                 )
             self._seen = None
-            API_KEYS_FILE_REJECTED.set(1)
+            self._rejected.set(1)
             return False
         digest = _digest(content)
         if digest == self._seen:
@@ -129,13 +130,13 @@ class KeyFileReloader:
             keys = parse_keys(self._path, content)
         except KeyFileError as exc:
             API_KEYS_RELOADS.labels("invalid").inc()
-            API_KEYS_FILE_REJECTED.set(1)
+            self._rejected.set(1)
             logger.error("%s; the keys in force stay", exc)
             return False
         before = {k.name for k in self._state.keyring.keys}
         self._state.keyring = KeyRing(keys)
         API_KEYS_RELOADS.labels("applied").inc()
-        API_KEYS_FILE_REJECTED.set(0)
+        self._rejected.set(0)
         after = {k.name for k in keys}
         # Names only (never a digest): who gained or lost access, for the audit trail.
         logger.info(

@@ -41,8 +41,9 @@ API_KEYS_RELOADS = Counter(
 )
 API_KEYS_FILE_REJECTED = Gauge(
     "conveyor_api_keys_file_rejected",
-    "1 while the api keys file as it is now is not in force (invalid or unreadable): "
-    "the keys last read serve, and a key removed since still works.",
+    "1 while the api keys file (its path) as it is now is not in force (invalid or "
+    "unreadable): the keys last read serve, and a key removed since still works.",
+    ["path"],
 )
 
 # -- both: the enqueue helper --
