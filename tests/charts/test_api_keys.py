@@ -6,6 +6,7 @@ earlier render made: the templates' reuse logic runs in the real Helm engine.
 """
 
 import base64
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.charts.chart import (
     NAMESPACE,
     RELEASE,
     Manifest,
+    Rendered,
     annotations,
     containers,
     env_of,
@@ -44,35 +46,113 @@ def _secret_ref(env: dict[str, Any], name: str) -> tuple[str, str]:
     return ref["name"], ref["key"]
 
 
-def test_generated_secret_holds_a_random_admin_key_and_only_its_hash_reaches_the_api() -> None:
+def _keys_file(rendered: Rendered) -> tuple[str, str]:
+    """The Secret and key the api's keys file (CONVEYOR_API_KEYS_FILE) is mounted from."""
+    api = rendered.one("Deployment", "conveyor-api")
+    (container,) = containers(api)
+    path = Path(env_of(container)["CONVEYOR_API_KEYS_FILE"]["value"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert "subPath" not in mount, "a subPath mount is never updated when the Secret changes"
+    (volume,) = [
+        v for v in api["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    ]
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == path.name
+    return volume["secret"]["secretName"], item["key"]
+
+
+def test_generated_secret_holds_an_admin_and_a_read_only_key_and_only_hashes_reach_the_api() -> (
+    None
+):
     rendered = render_named("defaults")
     secret = rendered.one("Secret", "conveyor-api-keys")
     # Uninstalling must not invalidate the key every client holds.
     assert annotations(secret)["helm.sh/resource-policy"] == "keep"
     data = _data(secret)
-    key = data["api-key"]
-    assert len(key) == 48
-    assert key.isalnum()
-    (entry,) = [ApiKey.model_validate(item) for item in json.loads(data["api-keys"])]
-    assert entry.name == "admin"
-    assert entry.sha256 == key_digest(key)
+    key, client_key = data["api-key"], data["client-key"]
+    for raw in (key, client_key):
+        assert len(raw) == 48
+        assert raw.isalnum()
+    assert key != client_key
+    admin, reader = [ApiKey.model_validate(item) for item in json.loads(data["api-keys"])]
+    assert (admin.name, admin.sha256) == ("admin", key_digest(key))
     # Every scope the api knows: a new scope in the code without the chart fails here.
-    assert entry.scopes == set(Scope)
+    assert admin.scopes == set(Scope)
+    # `helm test` and KEDA only read: their key can do nothing else.
+    assert (reader.name, reader.sha256) == ("cluster-reader", key_digest(client_key))
+    assert reader.scopes == {Scope.JOBS_READ}
 
-    other = _data(render({}).one("Secret", "conveyor-api-keys"))["api-key"]
-    assert other != key, "each install generates its own key"
+    other = _data(render({}).one("Secret", "conveyor-api-keys"))
+    assert other["api-key"] != key, "each install generates its own keys"
+    assert other["client-key"] != client_key
 
-    api = env_of(next(containers(rendered.one("Deployment", "conveyor-api"))))
-    assert _secret_ref(api, "CONVEYOR_API_KEYS") == ("conveyor-api-keys", "api-keys")
+    # The api gets the hash list as a file, and only that key of the Secret.
+    assert _keys_file(rendered) == ("conveyor-api-keys", "api-keys")
     (hook,) = rendered.hooks()
     assert _secret_ref(env_of(hook["spec"]["containers"][0]), "CONVEYOR_API_KEY") == (
         "conveyor-api-keys",
-        "api-key",
+        "client-key",
     )
-    # The key is in its Secret and nowhere else: not in other objects, not in NOTES.
+    # The keys are in their Secret and nowhere else: not in other objects, not in NOTES.
     everything_else = yaml.safe_dump([o for o in rendered.all() if o["kind"] != "Secret"])
     assert key not in everything_else + rendered.notes
+    assert client_key not in everything_else + rendered.notes
     assert "kubectl --namespace conveyor get secret conveyor-api-keys" in rendered.notes
+
+
+PERSONAL_KEYS = [
+    {"name": "alice", "sha256": key_digest("alice's key").upper(), "scopes": ["jobs:read"]},
+    {"name": "ci@build", "sha256": key_digest("ci's key"), "scopes": ["jobs:submit"]},
+]
+
+
+def test_each_person_gets_a_key_of_their_own_by_its_hash() -> None:
+    rendered = render({"auth": {"keys": PERSONAL_KEYS}})
+    listed = [
+        ApiKey.model_validate(item)
+        for item in json.loads(_data(rendered.one("Secret", "conveyor-api-keys"))["api-keys"])
+    ]
+    assert [k.name for k in listed] == ["admin", "cluster-reader", "alice", "ci@build"]
+    alice, ci = listed[2:]
+    assert alice.sha256 == key_digest("alice's key")
+    assert alice.scopes == {Scope.JOBS_READ}
+    assert ci.scopes == {Scope.JOBS_SUBMIT}
+    # Keys change without rolling the api: it re-reads the file.
+    checksum = "checksum/config"
+    pods = [
+        r.one("Deployment", "conveyor-api")["spec"]["template"]["metadata"]["annotations"]
+        for r in (rendered, render_named("defaults"))
+    ]
+    assert pods[0][checksum] == pods[1][checksum]
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"auth": {"keys": [{**PERSONAL_KEYS[0], "name": "admin"}]}}, "belongs to a key"),
+        (
+            {"auth": {"existingSecret": "mine", "keys": PERSONAL_KEYS}},
+            r"with auth\.existingSecret",
+        ),
+    ],
+)
+def test_personal_keys_that_cannot_work_are_refused(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=complaint):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "bob", "sha256": "not-hex", "scopes": ["jobs:read"]},
+        {"name": "bob", "sha256": key_digest("k"), "scopes": ["jobs:fly"]},
+        {"name": "bob smith", "sha256": key_digest("k"), "scopes": []},
+        {"name": "bob", "sha256": key_digest("k"), "scopes": [], "key": "raw"},
+    ],
+)
+def test_the_schema_refuses_a_malformed_personal_key(entry: dict[str, Any]) -> None:
+    with helm.Chart.load(CHART_DIR) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"auth": {"keys": [entry]}})
 
 
 def _chart_with_cluster_answer(tmp_path: Path, existing: dict[str, Manifest]) -> Path:
@@ -120,11 +200,29 @@ def test_an_upgrade_keeps_the_generated_key_and_password(tmp_path: Path) -> None
     assert _data(third[api_keys])["api-key"] != _data(first[api_keys])["api-key"]
 
 
+def test_an_upgrade_from_before_the_client_key_and_acl_users_adds_them(tmp_path: Path) -> None:
+    """Secrets an older chart made hold only the admin key and the Redis password:
+    the upgrade keeps both and generates what is new."""
+    first = _render_chart(_chart_with_cluster_answer(tmp_path / "1", {}), {}, upgrade=False)
+    older = copy.deepcopy(first)
+    api_data = older["templates/api/secret.yaml"]["data"]
+    redis_data = older["templates/redis/secret.yaml"]["data"]
+    del api_data["client-key"]
+    del redis_data["redis-api-password"], redis_data["redis-worker-password"]
+    upgraded = _render_chart(_chart_with_cluster_answer(tmp_path / "2", older), {}, upgrade=True)
+    api, redis = (_data(upgraded[t]) for t in SECRET_TEMPLATES)
+    assert api["api-key"] == _data(first["templates/api/secret.yaml"])["api-key"]
+    assert redis["redis-password"] == _data(first["templates/redis/secret.yaml"])["redis-password"]
+    assert len(api["client-key"]) == 48
+    assert len(redis["redis-api-password"]) == len(redis["redis-worker-password"]) == 32
+    names = [k["name"] for k in json.loads(api["api-keys"])]
+    assert names == ["admin", "cluster-reader"]
+
+
 def test_an_existing_secret_replaces_the_generated_one() -> None:
     rendered = render_named("keda-metrics-api")
     assert "conveyor-api-keys" not in [s["metadata"]["name"] for s in rendered.all("Secret")]
-    api = env_of(next(containers(rendered.one("Deployment", "conveyor-api"))))
-    assert _secret_ref(api, "CONVEYOR_API_KEYS") == ("conveyor-api-keys", "api-keys")
+    assert _keys_file(rendered) == ("conveyor-api-keys", "api-keys")
     auth = rendered.one("TriggerAuthentication", "conveyor-queues")
     assert auth["spec"]["secretTargetRef"][0]["name"] == "conveyor-client-key"
 
@@ -134,8 +232,9 @@ def test_keda_metrics_api_sends_the_generated_key() -> None:
     values["auth"] = {}
     rendered = render(values)
     auth = rendered.one("TriggerAuthentication", "conveyor-queues")
+    # The read-only key: KEDA reads /v1/queues and nothing else.
     assert auth["spec"]["secretTargetRef"] == [
-        {"parameter": "token", "name": "conveyor-api-keys", "key": "api-key"}
+        {"parameter": "token", "name": "conveyor-api-keys", "key": "client-key"}
     ]
 
 

@@ -297,12 +297,12 @@ def test_existing_secrets_are_referenced_not_created() -> None:
     api = env_of(next(containers(rendered.one("Deployment", "conveyor-api"))))
     worker = env_of(next(containers(rendered.one("Deployment", "conveyor-worker-default"))))
     # Each service gets only the secrets it reads: mail and summarizer keys stay off the api.
+    # Each its own Redis ACL user's password, from the operator's Secret.
     assert _secret_refs(api) == {
-        "CONVEYOR_API_KEYS": ("conveyor-api-keys", "api-keys"),
-        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-password"),
+        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-api-password"),
     }
     assert _secret_refs(worker) == {
-        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-password"),
+        "REDIS_PASSWORD": ("conveyor-redis-password", "redis-worker-password"),
         "CONVEYOR_SMTP_PASSWORD": ("conveyor-smtp", "smtp-password"),
         "CONVEYOR_SUMMARIZER_API_KEY": ("conveyor-summarizer", "api-key"),
     }
@@ -322,6 +322,7 @@ def test_external_redis_with_tls_ca() -> None:
         workload = rendered.one("Deployment", name)
         env = env_of(next(containers(workload)))
         assert env["REDIS_URL"]["value"] == "rediss://redis.example.com:6380/0"
+        assert env["REDIS_USERNAME"]["value"] == "conveyor"
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "managed-redis",
             "key": "password",
@@ -402,13 +403,21 @@ def test_monitoring_includes_the_repo_rule_file_and_dashboard() -> None:
     assert worker_metrics["spec"]["ports"][0]["name"] == "health"
 
 
-def test_helm_test_hook_submits_through_the_service() -> None:
+def test_helm_test_hook_reads_through_the_service_with_the_client_key() -> None:
     rendered = render_named("production")
     (hook,) = rendered.hooks()
     assert annotations(hook)["helm.sh/hook"] == "test"
     env = env_of(hook["spec"]["containers"][0])
     assert env["CONVEYOR_URL"]["value"] == "http://conveyor-api:80"
     assert env["CONVEYOR_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "conveyor-client-key"
+    # It only reads: GETs, and no job submitted.
+    script = hook["spec"]["containers"][0]["args"][0]
+    assert "/v1/jobs" not in script
+    assert "method=" not in script
+    # Pools that may scale to zero need no live worker.
+    assert json.loads(env["STAFFED_QUEUES"]["value"]) == ["arq:queue"]
+    to_zero = render({"worker": {"autoscaling": {"minReplicas": 0}}}).hooks()[0]
+    assert env_of(to_zero["spec"]["containers"][0])["STAFFED_QUEUES"]["value"] == "[]"
 
 
 def test_notes_say_how_to_reach_the_api_and_read_its_key() -> None:

@@ -19,9 +19,6 @@ from tests.charts.chart import Manifest, Rendered, containers, render, render_na
 
 pytestmark = pytest.mark.xdist_group("charts")
 
-# Stands in for the Secrets the pods reference: settings only need well-formed values.
-KEYS_JSON = '[{"name": "admin", "sha256": "' + "0" * 64 + '", "scopes": ["jobs:read"]}]'
-
 
 @contextmanager
 def rendered_environment(rendered: Rendered, workload: str) -> Iterator[dict[str, str]]:
@@ -31,9 +28,7 @@ def rendered_environment(rendered: Rendered, workload: str) -> Iterator[dict[str
     for item in container["env"]:
         if "value" in item:
             env[item["name"]] = str(item["value"])
-        elif item["name"] == "CONVEYOR_API_KEYS":
-            env[item["name"]] = KEYS_JSON
-        else:
+        else:  # stands in for a Secret: settings only need a well-formed value
             env[item["name"]] = "from-a-secret"
     saved = dict(os.environ)
     try:
@@ -73,7 +68,6 @@ API_DEFAULTS = (
     "max_upload_bytes",
     "max_filename_chars",
     "cors_origins",
-    "metrics_port",
 )
 
 
@@ -81,8 +75,12 @@ def test_chart_defaults_are_the_api_defaults() -> None:
     settings = _api(render_named("defaults"))
     for name in API_DEFAULTS:
         assert getattr(settings, name) == ApiSettings.model_fields[name].default, name
-    assert settings.keys
+    assert settings.keys_file is not None
+    assert not settings.keys, "keys come from the file only, which can change"
     assert not settings.development
+    # Unlike the api's default, /metrics on a port of its own, apart from the ingress's.
+    assert settings.metrics_port == 9464
+    assert settings.metrics_port != settings.port
 
 
 def test_production_values_reach_the_api() -> None:

@@ -85,17 +85,38 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* Call with the root, or with (dict "root" $ "service" "api") for that service's own ACL user's password. */}}
 {{- define "conveyor.redis.secretKey" -}}
-{{- if .Values.redis.enabled -}}
-{{- .Values.redis.auth.existingSecretKey -}}
+{{- $root := .root | default . -}}
+{{- if and $root.Values.redis.enabled $root.Values.redis.acl.enabled (has .service (list "api" "worker")) -}}
+{{- printf "redis-%s-password" .service -}}
+{{- else if $root.Values.redis.enabled -}}
+{{- $root.Values.redis.auth.existingSecretKey -}}
 {{- else -}}
-{{- .Values.externalRedis.existingSecretKey -}}
+{{- $root.Values.externalRedis.existingSecretKey -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The CA that signed Redis' certificate, when the services must verify one: the built-in Redis' or the external one's. */}}
+{{- define "conveyor.redis.caSecret" -}}
+{{- if and .Values.redis.enabled .Values.redis.tls.enabled -}}
+{{- required "redis.tls.secret names the Secret with the certificate (tls.crt, tls.key, ca.crt)" .Values.redis.tls.secret -}}
+{{- else if not .Values.redis.enabled -}}
+{{- .Values.externalRedis.tlsCaSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "conveyor.redis.caKey" -}}
+{{- if .Values.redis.enabled -}}
+ca.crt
+{{- else -}}
+{{- .Values.externalRedis.tlsCaSecretKey -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "conveyor.redis.url" -}}
 {{- if .Values.redis.enabled -}}
-{{- printf "redis://%s:%d/0" (include "conveyor.redis.fullname" .) (int .Values.redis.port) -}}
+{{- printf "%s://%s:%d/0" (ternary "rediss" "redis" .Values.redis.tls.enabled) (include "conveyor.redis.fullname" .) (int .Values.redis.port) -}}
 {{- else -}}
 {{- required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url -}}
 {{- end -}}
@@ -107,17 +128,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- $values := $root.Values -}}
 - name: REDIS_URL
   value: {{ include "conveyor.redis.url" $root | quote }}
+{{- if and $values.redis.enabled $values.redis.acl.enabled }}
+# Its own ACL user, which cannot run CONFIG, FLUSHALL, DEBUG or KEYS.
+- name: REDIS_USERNAME
+  value: {{ .service | quote }}
+{{- else if and (not $values.redis.enabled) $values.externalRedis.username }}
+- name: REDIS_USERNAME
+  value: {{ $values.externalRedis.username | quote }}
+{{- end }}
 {{- $redisSecret := include "conveyor.redis.secretName" $root }}
 {{- if $redisSecret }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $redisSecret }}
-      key: {{ include "conveyor.redis.secretKey" $root }}
+      key: {{ include "conveyor.redis.secretKey" . }}
 {{- end }}
-{{- if and (not $values.redis.enabled) $values.externalRedis.tlsCaSecret }}
+{{- if include "conveyor.redis.caSecret" $root }}
 - name: REDIS_TLS_CA_FILE
-  value: /etc/conveyor/redis-tls/{{ $values.externalRedis.tlsCaSecretKey }}
+  value: /etc/conveyor/redis-tls/{{ include "conveyor.redis.caKey" $root }}
 {{- end }}
 {{- if and (not $values.redis.enabled) $values.externalRedis.allowEviction }}
 - name: REDIS_ALLOW_EVICTION
@@ -256,22 +285,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* Volumes every Conveyor pod mounts: /tmp on a read-only root, the Redis CA. */}}
+{{/* Volumes every Conveyor pod mounts: /tmp on a read-only root, the Redis CA (only the CA: never the server's key). */}}
 {{- define "conveyor.volumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
-{{- if and (not .Values.redis.enabled) .Values.externalRedis.tlsCaSecret }}
+{{- with include "conveyor.redis.caSecret" . }}
 - name: redis-tls
   secret:
-    secretName: {{ .Values.externalRedis.tlsCaSecret }}
+    secretName: {{ . }}
+    items:
+      - key: {{ include "conveyor.redis.caKey" $ }}
+        path: {{ include "conveyor.redis.caKey" $ }}
 {{- end }}
 {{- end -}}
 
 {{- define "conveyor.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
-{{- if and (not .Values.redis.enabled) .Values.externalRedis.tlsCaSecret }}
+{{- if include "conveyor.redis.caSecret" . }}
 - name: redis-tls
   mountPath: /etc/conveyor/redis-tls
   readOnly: true
@@ -307,8 +339,9 @@ checkov.io/skip3: CKV_K8S_35=The services read their settings, secrets included,
 {{- end -}}
 
 {{/*
-The Secret with CONVEYOR_API_KEYS: auth.existingSecret, or the one the chart
-generates (templates/api/secret.yaml) with a random admin key.
+The Secret with the api's key list: auth.existingSecret, or the one the chart
+generates (templates/api/secret.yaml) with a random admin key. The api reads
+it as a file it re-reads while it runs (CONVEYOR_API_KEYS_FILE).
 */}}
 {{- define "conveyor.auth.secretName" -}}
 {{- default (printf "%s-api-keys" (include "conveyor.fullname" .) | trunc 63 | trimSuffix "-") .Values.auth.existingSecret -}}
@@ -322,7 +355,7 @@ api-keys
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret with one raw key for `helm test` and KEDA, or nothing when there is none. */}}
+{{/* The Secret with one raw, read-only key for `helm test` and KEDA, or nothing when there is none. */}}
 {{- define "conveyor.auth.clientSecretName" -}}
 {{- if .Values.auth.existingSecret -}}
 {{- .Values.auth.clientKeySecret -}}
@@ -337,6 +370,85 @@ api-keys
 {{- if .Values.auth.existingSecret -}}
 {{- .Values.auth.clientKeySecretKey -}}
 {{- else -}}
-api-key
+client-key
 {{- end -}}
+{{- end -}}
+
+{{/* A URL's port: the one it names, else its scheme's (https 443, http 80). */}}
+{{- define "conveyor.urlPort" -}}
+{{- $url := urlParse . -}}
+{{- $hostPort := splitList ":" $url.host -}}
+{{- if gt (len $hostPort) 1 -}}
+{{- last $hostPort -}}
+{{- else -}}
+{{- ternary "443" "80" (eq $url.scheme "https") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* One egress rule: call with (dict "to" $peers "ports" $ports); no peers means any address, on those ports only. */}}
+{{- define "conveyor.egressRule" -}}
+- {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    {{- range .ports }}
+    - port: {{ int . }}
+      protocol: TCP
+    {{- end }}
+{{- end -}}
+
+{{/*
+Where a service may connect to (networkPolicy.egress): call with
+(dict "root" $ "service" "api"). DNS, Redis, the OTLP collector and the blob
+store for both; SMTP and the summarizer for the workers, when configured.
+*/}}
+{{- define "conveyor.egressRules" -}}
+{{- $values := .root.Values -}}
+{{- $egress := $values.networkPolicy.egress -}}
+# DNS.
+- {{- with $egress.dns.to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    {{- range $egress.dns.ports }}
+    - port: {{ int . }}
+      protocol: UDP
+    - port: {{ int . }}
+      protocol: TCP
+    {{- end }}
+# Redis.
+{{- if $values.redis.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "conveyor.selectorLabels" (dict "root" .root "component" "redis") | nindent 10 }}
+  ports:
+    - port: {{ int $values.redis.port }}
+      protocol: TCP
+{{- else }}
+{{ include "conveyor.egressRule" $egress.redis }}
+{{- end }}
+{{- with $values.otel.endpoint }}
+# The OTLP collector.
+{{ include "conveyor.egressRule" (dict "to" $egress.otel.to "ports" (list (include "conveyor.urlPort" .))) }}
+{{- end }}
+{{- if $egress.blobStore.enabled }}
+# The blob store.
+{{ include "conveyor.egressRule" $egress.blobStore }}
+{{- end }}
+{{- if eq .service "worker" }}
+{{- with $values.smtp.host }}
+# The SMTP server.
+{{ include "conveyor.egressRule" (dict "to" $egress.smtp.to "ports" (list $values.smtp.port)) }}
+{{- end }}
+{{- with $values.summarizer.url }}
+# The summarizer.
+{{ include "conveyor.egressRule" (dict "to" $egress.summarizer.to "ports" (list (include "conveyor.urlPort" .))) }}
+{{- end }}
+{{- end }}
+{{- with $egress.extra }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}

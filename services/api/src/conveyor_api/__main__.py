@@ -6,6 +6,7 @@ import sys
 
 import uvicorn
 
+from conveyor_api.keyfile import KeyFileError
 from conveyor_api.main import create_app
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import JobModuleError
@@ -18,7 +19,7 @@ def main() -> None:
     configure_logging("api", settings.log_level)
     try:
         app = create_app(settings)
-    except JobModuleError as exc:
+    except (JobModuleError, KeyFileError) as exc:
         # One line that says which module and what is wrong; no traceback.
         sys.exit(f"conveyor-api: cannot start: {exc}")
     tracing = setup_tracing("conveyor-api")

@@ -24,6 +24,11 @@ SECURITY_HEADERS = (
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+    # HSTS: once a browser reached the api over https (behind the ingress's
+    # TLS), it uses only https for a year. Browsers ignore it on plain http
+    # (RFC 6797 8.1), so a local http run is unaffected; no includeSubDomains:
+    # the api does not speak for its parent domain's other hosts.
+    (b"strict-transport-security", b"max-age=31536000"),
 )
 # Every header the api adds unless the response set its own: for the
 # api, and for the docs pages.

@@ -12,6 +12,7 @@ from conveyor_api.bulk import BulkRunner
 from conveyor_api.deps import Services
 from conveyor_api.edge import Edge
 from conveyor_api.events import JobEvents
+from conveyor_api.keyfile import KeyFileError, KeyFileReloader
 from conveyor_api.problems import document_problems, install_problem_handlers
 from conveyor_api.routes import audit, bulk, dev, events, health, jobs, queues, ui, workers
 from conveyor_api.settings import Settings
@@ -29,6 +30,11 @@ logger = logging.getLogger("conveyor.api")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     catalog = load_catalog(settings.catalog.modules)
+    key_file = (
+        KeyFileReloader(settings.keys_file, settings.keys_reload_interval_s)
+        if settings.keys_file is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,9 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.start()
         app.state.bulk = bulk_runner = BulkRunner(redis, app.state.store, catalog)
         bulk_runner.start_adopting()
+        if key_file is not None:
+            key_file.start(app.state)
         try:
             yield
         finally:
+            if key_file is not None:
+                await key_file.stop()
             await bulk_runner.stop()
             await redis_health.stop()
             await events.stop()
@@ -69,13 +79,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.catalog = catalog
-    app.state.keyring = KeyRing(settings.keys)
+    # Requests look keys up here; a keys file's reloader replaces it when the file changes.
+    app.state.keyring = KeyRing(settings.keys) if key_file is None else key_file.load()
+    if key_file is not None and not app.state.keyring.keys and not settings.development:
+        raise KeyFileError(f"api keys file {settings.keys_file} lists no keys")
     app.state.rate_limiter = None  # set at start, when rate limits are on
     app.state.redact = Redactor(settings.observability.redacted)
     if settings.development:
         logger.warning(
             "development mode: %d api key(s); never run like this in production",
-            len(settings.keys),
+            len(app.state.keyring.keys),
         )
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
     setup_telemetry(app)

@@ -1,5 +1,6 @@
 """The api's settings, read from `CONVEYOR_API_*` (and `REDIS_*`) environment variables."""
 
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, model_validator
@@ -29,6 +30,13 @@ class Settings(BaseSettings):
     # The api keys (CONVEYOR_API_KEYS): a JSON list of {"name", "sha256", "scopes"}.
     # Without any, the api refuses to start, unless in development.
     keys: list[ApiKey] = Field(default_factory=list)
+    # Or a file holding that list (CONVEYOR_API_KEYS_FILE), e.g. a mounted
+    # Secret: the api re-reads it while it runs, so keys change without a
+    # restart (keyfile.py). Not both: a key in the environment could not be revoked.
+    keys_file: Path | None = None
+    # How often the api checks the keys file for a change (a revoked key works
+    # at most this long after the file changed).
+    keys_reload_interval_s: float = Field(default=5.0, gt=0, le=60)
     # Development mode (CONVEYOR_API_DEVELOPMENT): the api may start without
     # keys (every protected route then answers 401). Never in production.
     development: bool = False
@@ -64,9 +72,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys_unless_development(self) -> Self:
-        if not self.keys and not self.development:
+        if self.keys and self.keys_file is not None:
             raise ValueError(
-                "CONVEYOR_API_KEYS is empty: give at least one api key, or set "
-                "CONVEYOR_API_DEVELOPMENT=true to start without any (every /v1 request gets 401)"
+                "CONVEYOR_API_KEYS and CONVEYOR_API_KEYS_FILE are both set: give the keys "
+                "one way (the file can change while the api runs)"
+            )
+        if not self.keys and self.keys_file is None and not self.development:
+            raise ValueError(
+                "CONVEYOR_API_KEYS is empty: give at least one api key (or a file of them, "
+                "CONVEYOR_API_KEYS_FILE), or set CONVEYOR_API_DEVELOPMENT=true to start "
+                "without any (every /v1 request gets 401)"
             )
         return self

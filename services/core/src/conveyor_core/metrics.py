@@ -33,6 +33,18 @@ QUEUE_OLDEST_READY_AGE = Gauge(
     "How long the oldest ready job has waited since it was due (queue latency).",
     ["queue"],
 )
+API_KEYS_RELOADS = Counter(
+    "conveyor_api_keys_reloads",
+    "Changes of the api keys file (CONVEYOR_API_KEYS_FILE) seen, by outcome: applied, "
+    "invalid or unreadable (the keys in force then stay).",
+    ["outcome"],
+)
+API_KEYS_FILE_REJECTED = Gauge(
+    "conveyor_api_keys_file_rejected",
+    "1 while the api keys file (its path) as it is now is not in force (invalid or "
+    "unreadable): the keys last read serve, and a key removed since still works.",
+    ["path"],
+)
 
 # -- both: the enqueue helper --
 JOBS_ENQUEUED = Counter("conveyor_jobs_enqueued", "Jobs enqueued.", ["job", "queue"])

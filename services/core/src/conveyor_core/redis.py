@@ -121,7 +121,7 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
     Unlike `arq.create_pool` it does not PING on creation, so a service starts
     while Redis is down and serves again by itself once Redis is back. One
     quick retry hides a connection that went stale across a Redis restart.
-    REDIS_PASSWORD and, for rediss://, REDIS_TLS_CA_FILE apply here, so the
+    REDIS_USERNAME, REDIS_PASSWORD and, for rediss://, REDIS_TLS_CA_FILE apply here, so the
     api and the worker connect the same way.
 
     With `timeout_each_read`, every reply is awaited under the socket timeout;
@@ -144,6 +144,8 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
             supported_errors=(RedisConnectionError,),
         ),
     }
+    if settings.username:  # a username in the URL wins
+        options["username"] = settings.username
     if settings.tls:
         options |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
         if settings.tls_ca_file:

@@ -19,6 +19,9 @@ class RedisSettings(BaseSettings):
     url: str = "redis://localhost:6379/0"
     # Fills in (or overrides) the URL's password.
     password: SecretStr | None = None
+    # The ACL user to connect as (Redis 6+), when the URL names none; unset:
+    # `default`. Lets a Redis refuse the services commands they never need.
+    username: str | None = None
     # For rediss://: the CA bundle that signed the server's certificate
     # (else the system's trust store). The server's certificate is always verified.
     tls_ca_file: str | None = None
