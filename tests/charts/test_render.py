@@ -343,6 +343,30 @@ def test_sentinel_settings_reach_both_services() -> None:
         ]
 
 
+def test_blob_store_settings_reach_both_services() -> None:
+    rendered = render(
+        {
+            "blobs": {
+                "url": "s3://documents/prod",
+                "endpoint": "https://minio.storage.svc:9000",
+                "pathStyle": True,
+                "credentialsSecret": "minio-credentials",
+            }
+        }
+    )
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        env = env_of(next(containers(rendered.one("Deployment", name))))
+        assert env["CONVEYOR_BLOBS_URL"]["value"] == "s3://documents/prod"
+        assert env["CONVEYOR_BLOBS_ENDPOINT"]["value"] == "https://minio.storage.svc:9000"
+        assert env["CONVEYOR_BLOBS_PATH_STYLE"]["value"] == "true"
+        assert env["CONVEYOR_BLOBS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "minio-credentials",
+            "key": "secret-access-key",
+        }
+    default = env_of(next(containers(render().one("Deployment", "conveyor-api"))))
+    assert "CONVEYOR_BLOBS_URL" not in default  # the services' own default folder
+
+
 def test_network_policies_let_only_the_services_reach_redis() -> None:
     rendered = render_named("defaults")
     policy = rendered.one("NetworkPolicy", "conveyor-redis")

@@ -166,6 +166,34 @@ ca.crt
 - name: CONVEYOR_REDACT_KEYS
   value: {{ . | quote }}
 {{- end }}
+{{- with $values.blobs.url }}
+- name: CONVEYOR_BLOBS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.blobs.endpoint }}
+- name: CONVEYOR_BLOBS_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with $values.blobs.region }}
+- name: CONVEYOR_BLOBS_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- if $values.blobs.pathStyle }}
+- name: CONVEYOR_BLOBS_PATH_STYLE
+  value: "true"
+{{- end }}
+{{- with $values.blobs.credentialsSecret }}
+- name: CONVEYOR_BLOBS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $values.blobs.accessKeyIdKey }}
+- name: CONVEYOR_BLOBS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $values.blobs.secretAccessKeyKey }}
+{{- end }}
 {{- with $values.jobs.documentsMaxBytes }}
 - name: CONVEYOR_DOCUMENTS_MAX_BYTES
   value: {{ . | int64 | quote }}
