@@ -215,6 +215,11 @@ class ConveyorWorker:
             self._resources = await open_resources(self.store.catalog, self.pool)
             self.processor.resources = self._resources.by_name
 
+    @property
+    def started(self) -> bool:
+        """Whether the job modules' resources are open (until close())."""
+        return self._resources is not None
+
     async def _wait_for_redis(self) -> None:
         backoff_s = OUTAGE_BACKOFF_S
         while not self._stopping:
