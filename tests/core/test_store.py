@@ -755,3 +755,14 @@ async def test_a_stale_trys_end_progress_and_renewal_are_refused_whole(redis: Ar
     job = await store.get(job_id)
     assert job is not None
     assert (job.state, job.tries, job.result) == (JobState.COMPLETE, 2, "live")
+
+
+async def test_a_renewal_after_the_trys_end_sets_no_lock_again(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    (claimed,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
+    # The end ran first (retrying: back in the queue), then the renewal sent before it.
+    assert await store.retry_later(CREATE_TASK, job_id, now_ms(), ERROR, token=claimed.token)
+    assert await store.renew_locks([(job_id, claimed.token)], 5_000) == []
+    assert not await redis.exists(f"arq:in-progress:{job_id}")
+    assert [c.job_try for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs] == [2]

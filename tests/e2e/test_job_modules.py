@@ -78,6 +78,8 @@ def test_a_resource_that_hangs_on_close_does_not_hold_shutdown(
     )
     try:
         worker.start()
+        # Ready: its resources are open, so there is something to close.
+        worker.wait_for("/readyz")
         start_s = time.monotonic()
         assert worker.stop(timeout_s=15) == 0, worker.output()
         # No job ran, so closing gets the whole shutdown wait, and no more.

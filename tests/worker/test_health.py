@@ -17,8 +17,10 @@ HealthClient = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
-async def worker(redis: ArqRedis, redis_url: str) -> ConveyorWorker:
-    return make_worker(redis, redis_url)
+async def worker(redis: ArqRedis, redis_url: str) -> AsyncIterator[ConveyorWorker]:
+    worker = make_worker(redis, redis_url)
+    yield worker
+    await worker.close()
 
 
 @pytest.fixture
@@ -47,7 +49,18 @@ async def test_healthz_fails_when_the_poll_loop_stalls(
 
 
 async def test_readyz_follows_redis(client: HealthClient, worker: ConveyorWorker) -> None:
+    await worker.startup()
     worker.redis_ok = False
     assert (await client.get("/readyz")).status == 503
     worker.redis_ok = True
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_readyz_waits_for_the_job_modules_resources(
+    client: HealthClient, worker: ConveyorWorker
+) -> None:
+    worker.redis_ok = True
+    response = await client.get("/readyz")
+    assert (response.status, (await response.json())["status"]) == (503, "starting")
+    await worker.startup()
     assert (await client.get("/readyz")).status == 200

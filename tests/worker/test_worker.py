@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss
 
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
-from conveyor_core.jobs import JobPublic, JobState
+from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.store import Claim, JobStore
 from conveyor_seed import CREATE_TASK, CreateTask
 from conveyor_worker.policy import Stop
@@ -293,3 +294,25 @@ async def ready(worker: ConveyorWorker) -> None:
     async with asyncio.timeout(10):
         while not (worker.redis_ok and worker.processor.resources):
             await asyncio.sleep(0.01)
+
+
+async def test_arqs_client_abort_cancels_a_running_job(redis: ArqRedis, redis_url: str) -> None:
+    catalog = load_catalog(jobs.MODULES.split(","))
+    store = JobStore(redis, catalog)
+    worker = make_worker(redis, redis_url, idle_poll_s=0.2)
+    running = asyncio.create_task(worker.main())
+    try:
+        await ready(worker)
+        submitted = await enqueue(store, catalog["slow"], jobs.Slow(steps=100, step_s=0.1))
+        await state_of(store, submitted.job_id, JobState.IN_PROGRESS, timeout_s=5)
+        # As arq's Job.abort() asks: the id in arq's abort set.
+        await redis.zadd(abort_jobs_ss, {submitted.job_id: now_ms()})
+        cancelled = await state_of(store, submitted.job_id, JobState.CANCELLED, timeout_s=5)
+    finally:
+        worker.request_stop()
+        await running
+        await worker.close()
+    assert cancelled.tries == 1
+    assert not await redis.exists(f"test:finished:{submitted.job_id}")
+    # Heard once: the id left arq's abort set.
+    assert await redis.zscore(abort_jobs_ss, submitted.job_id) is None

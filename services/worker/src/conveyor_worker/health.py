@@ -36,6 +36,9 @@ def create_health_app(worker: ConveyorWorker, settings: Settings) -> web.Applica
             fault = worker.redis_fault.value if worker.redis_fault else "unreachable"
             body = {"status": "cannot claim jobs", "redis_fault": fault}
             return web.json_response(body, status=503)
+        if not worker.started:
+            # Its job modules' resources are not open yet: it cannot run a job.
+            return web.json_response({"status": "starting"}, status=503)
         if reason := redis_health.not_ready_reason:
             body = {"status": "redis may evict jobs", "detail": reason}
             return web.json_response(body, status=503)

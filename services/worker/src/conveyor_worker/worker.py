@@ -157,6 +157,8 @@ class ConveyorWorker:
         self._next_due_ms: float | None = None
         self._abort_announced = False
         self._slot_wake_pending = False
+        # Tries whose end found nothing due to fetch: their freed slot needs no claim.
+        self._slots_left_idle = 0
         self._last_abort_check_s = 0.0
         self._heartbeat_gauge = WORKER_HEARTBEAT.labels(queue_name)
         self._claim_metrics = ClaimMetrics(queue_name)
@@ -214,6 +216,11 @@ class ConveyorWorker:
         if self._resources is None:
             self._resources = await open_resources(self.store.catalog, self.pool)
             self.processor.resources = self._resources.by_name
+
+    @property
+    def started(self) -> bool:
+        """Whether the job modules' resources are open (until close())."""
+        return self._resources is not None
 
     async def _wait_for_redis(self) -> None:
         backoff_s = OUTAGE_BACKOFF_S
@@ -343,7 +350,9 @@ class ConveyorWorker:
             # The same id may be running again already (claimed with this end).
             if self.running.get(try_.job_id) is try_:
                 del self.running[try_.job_id]
-            if not self._stopping and len(self.running) < self.max_jobs:
+            if self._slots_left_idle:
+                self._slots_left_idle -= 1  # its end saw nothing due (see take)
+            elif not self._stopping and len(self.running) < self.max_jobs:
                 self._slot_freed()
 
     def _slot_freed(self) -> None:
@@ -370,10 +379,17 @@ class ConveyorWorker:
         )
 
     def take(self, claim: Claim) -> None:
-        """Start what a fetch claimed, in the slot of the try that just ended."""
+        """Start what a fetch claimed, in the slot of the try that just ended.
+        When it found nothing due, the slot waits for a wake-up or the next due
+        time, as after an empty claim: no claim of its own (the try's task ends
+        right after this, with no await in between)."""
         self._claim_metrics.record(claim)
         for job in claim.jobs:
             self._start(job)
+        if not claim.jobs:
+            self._slots_left_idle += 1
+            if claim.next_due_ms is not None:
+                self._due_at(claim.next_due_ms)
 
     def _stop_try(self, try_: Try, stop: Stop) -> None:
         """Stop a try: before its handler starts, it never runs; while it runs,
@@ -389,14 +405,17 @@ class ConveyorWorker:
     def _on_wake_message(self, data: bytes) -> None:
         if data.startswith(keys.DUE_MESSAGE):
             # A deferred job: nothing to claim yet, only maybe a sooner timer.
-            due_ms = float(data[len(keys.DUE_MESSAGE) :])
-            if self._next_due_ms is None or due_ms < self._next_due_ms:
-                self._next_due_ms = due_ms
-                self._wake.set()
+            self._due_at(float(data[len(keys.DUE_MESSAGE) :]))
             return
         if data == keys.ABORT_MESSAGE:
             self._abort_announced = True
         self._wake_to_claim()
+
+    def _due_at(self, due_ms: float) -> None:
+        """A job falls due then: set the loop's timer, if sooner."""
+        if self._next_due_ms is None or due_ms < self._next_due_ms:
+            self._next_due_ms = due_ms
+            self._wake.set()
 
     def _wake_to_claim(self) -> None:
         self._claim_due = True

@@ -3,8 +3,9 @@
 -- lib/claim.lua): a lock is renewed only while the record's token is the
 -- try's, and set again if it lapsed meanwhile (the job was not claimed again:
 -- the record is still the try's). A try whose token is no longer the record's
--- is stale: nothing of it is touched. It overwrites locks of the same size, so
--- a full Redis lets it run: a running job keeps its lock.
+-- is stale: nothing of it is touched. A try that just ended (its end ran
+-- before this renewal) gets no lock again. It overwrites locks of the same
+-- size, so a full Redis lets it run: a running job keeps its lock.
 --
 -- KEYS: none (a lock and a record per job, by id)
 -- ARGV: 1 lock ttl ms, 2.. job id, token, ...
@@ -12,10 +13,11 @@
 local ttl, stale = ARGV[1], {}
 for i = 2, #ARGV, 2 do
   local id, token = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', K.job .. id, 'token') == token then
-    redis.call('SET', K.arq_lock .. id, token, 'PX', ttl)
-  else
+  local r = redis.call('HMGET', K.job .. id, 'state', 'token')
+  if r[2] ~= token then
     stale[#stale + 1] = id
+  elseif r[1] == 'in_progress' then
+    redis.call('SET', K.arq_lock .. id, token, 'PX', ttl)
   end
 end
 return stale
