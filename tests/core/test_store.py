@@ -1,5 +1,6 @@
 """The lifecycle owner against a real Redis: each script's record, indexes and arq keys."""
 
+import pickle
 import time
 from typing import Any
 
@@ -732,3 +733,24 @@ async def test_a_job_keeps_each_try_and_its_workflow_parent_and_children(
     assert all(a.duration_s is not None and a.duration_s >= 0 for a in job.attempts)
     assert job.children == [child]
     assert (kid.parent_id, kid.children) == (parent, [])
+
+
+async def test_job_data_is_json_and_data_that_is_not_reads_with_an_error(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    raw = await redis.get(f"arq:job:{job_id}")
+    assert raw is not None
+    assert raw.startswith(b'{"t":null,"f":"create_task"')
+    # A pickle planted in its place: read, never unpickled, shown with an error.
+    await redis.set(f"arq:job:{job_id}", pickle.dumps({"f": "create_task", "k": {}, "et": 1}))
+    assert ArqJob.decode(await redis.get(f"arq:job:{job_id}") or b"") is None
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.payload, job.job_type) == (JobState.QUEUED, {}, "unknown")
+    assert job.error is not None
+    assert job.error.type == "InvalidJobData"
+    assert "not valid JSON job data" in job.error.message
+    listed = await store.list(state=JobState.QUEUED)
+    assert [(j.id, j.error == job.error) for j in listed.items] == [(job_id, True)]

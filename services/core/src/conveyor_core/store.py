@@ -31,11 +31,11 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
-from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
+from arq.jobs import SerializationError, serialize_job
 from redis.asyncio.client import Pipeline
 from redis.exceptions import OutOfMemoryError
 
-from conveyor_core import keys
+from conveyor_core import keys, serializer
 from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.flow import claim_limits, flow_entry
 from conveyor_core.jobs import (
@@ -43,6 +43,7 @@ from conveyor_core.jobs import (
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
     TERMINAL_STATES,
+    JobError,
     JobPublic,
     JobState,
     WaitingReason,
@@ -188,26 +189,58 @@ def decode_cursor(cursor: str) -> tuple[int, str, str]:
 
 @dataclass(frozen=True, slots=True)
 class ArqJob:
-    """arq's job key, decoded: what the job is."""
+    """arq's job key decoded: what the job is. From arq's result key (a
+    finished job, see lua/lib/arq_result.lua) also how it ended."""
 
     function: str
     payload: dict[str, Any]
     meta: dict[str, str]
     enqueued_at_ms: int
+    # From a result key: whether the job succeeded, and its result or its
+    # error object (`serializer.error_object`) as stored; None from a job key.
+    success: bool | None = None
+    result: Any = None
 
     @classmethod
     def decode(cls, raw: bytes) -> "ArqJob | None":
+        """None when `raw` is not JSON job data (a pickle, for one): such a
+        job is never run."""
         try:
-            function, _, kwargs, _, enqueued_at_ms = deserialize_job_raw(raw)
+            data = serializer.loads(raw)
         except SerializationError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        function, kwargs, enqueued_at_ms = data.get("f"), data.get("k"), data.get("et")
+        if (
+            not isinstance(function, str)
+            or not isinstance(kwargs, dict)
+            or not isinstance(enqueued_at_ms, int | float)
+            or isinstance(enqueued_at_ms, bool)
+        ):
             return None
         payload = dict(kwargs)
         meta = payload.pop(META_KWARG, None)
-        return cls(function, payload, meta if isinstance(meta, dict) else {}, enqueued_at_ms)
+        success = data.get("s")
+        return cls(
+            function,
+            payload,
+            meta if isinstance(meta, dict) else {},
+            int(enqueued_at_ms),
+            success if isinstance(success, bool) else None,
+            data.get("r"),
+        )
 
     def encode(self) -> bytes:
         kwargs = {**self.payload, META_KWARG: self.meta}
-        return serialize_job(self.function, (), kwargs, None, self.enqueued_at_ms)
+        return serialize_job(
+            self.function,
+            (),
+            kwargs,
+            None,
+            self.enqueued_at_ms,
+            serializer=serializer.job_serializer,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +420,33 @@ class _Segment:
     lo: str = "-inf"
     hi: str = "+inf"
     accepts: Callable[[JobPublic], bool] = lambda job: True
+
+
+# What a job whose data is not JSON job data (a pickle, for one) shows as its
+# error until a worker dead-letters it: it is never run.
+INVALID_JOB_DATA = JobError(
+    type="InvalidJobData",
+    message="job data is not valid JSON job data: it will not run (see the upgrade notes)",
+)
+
+
+def _with_outcome(
+    record: dict[str, str], arq_job: "ArqJob | None", job_bytes: bytes | None
+) -> dict[str, str]:
+    """The record with what arq's result key holds of a finished job (its
+    result, or a dead job's error: each is stored there, not in the record),
+    and with INVALID_JOB_DATA as its error when its job data cannot be read."""
+    if arq_job is None:
+        if job_bytes and not record.get("error"):
+            return {**record, "error": INVALID_JOB_DATA.model_dump_json()}
+        return record
+    if arq_job.success is True:
+        return {**record, "result": serializer.job_serializer(arq_job.result).decode()}
+    if arq_job.success is False and record.get("state") == JobState.DEAD.value:
+        error = arq_job.result
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return {**record, "error": serializer.job_serializer(error).decode()}
+    return record
 
 
 def _waiting(job: JobPublic) -> bool:
@@ -731,6 +791,7 @@ class JobStore:
                 rate_limit.key if rate_limit else "",
                 keys.job_key(job_id),
                 job_key_prefix + job_id,
+                result_key_prefix + job_id,
             ],
             args=[
                 rate_limit.interval_us if rate_limit else 0,
@@ -763,15 +824,17 @@ class JobStore:
 
     def _add_reads(self, pipe: Pipeline, rows: list[tuple[str, str | None]]) -> None:
         """Queue on `pipe` what reading jobs by (id, queue) takes: whether each
-        queue is paused, and per job its hash, arq's job key and its score in its
-        queue (in every queue of the catalog when not known). `_parse_reads` makes
-        the jobs of the replies."""
+        queue is paused, and per job its hash, arq's job key, arq's result key
+        (a finished job's payload and result) and its score in its queue (in
+        every queue of the catalog when not known). `_parse_reads` makes the
+        jobs of the replies."""
         queues = self.catalog.queues()
         for name in queues:
             pipe.exists(keys.paused_key(name))
         for job_id, queue in rows:
             pipe.hgetall(keys.job_key(job_id))
             pipe.get(job_key_prefix + job_id)
+            pipe.get(result_key_prefix + job_id)
             for q in [queue] if queue else queues:
                 pipe.zscore(q, job_id)
 
@@ -787,12 +850,16 @@ class JobStore:
         at_ms = at_ms or now_ms()
         out: list[tuple[ArqJob | None, JobPublic] | None] = []
         for job_id, queue in rows:
-            raw, job_bytes = next(replies), next(replies)
+            raw, job_bytes, result_bytes = next(replies), next(replies), next(replies)
             candidates = [queue] if queue else queues
             scores = {q: s for q in candidates if (s := next(replies)) is not None}
             record = _decode(raw)
             where = record.get("queue") or next(iter(scores), "")
-            out.append(self._found(job_id, record, job_bytes, scores, where in paused, at_ms))
+            out.append(
+                self._found(
+                    job_id, record, job_bytes or result_bytes, scores, where in paused, at_ms
+                )
+            )
         return out
 
     def _found(
@@ -804,12 +871,14 @@ class JobStore:
         paused: bool,
         at_ms: int,
     ) -> tuple[ArqJob | None, JobPublic] | None:
-        """A job from its record, arq's job key and (waiting, with no record yet)
-        its score in the queue it waits in; None when there is neither."""
+        """A job from its record, arq's job key (or, finished, its result key)
+        and (waiting, with no record yet) its score in the queue it waits in;
+        None when there is neither."""
         if not record and not scores:
             # Never ours (a bare arq worker finished it), or gone.
             return None
         arq_job = ArqJob.decode(job_bytes) if job_bytes else None
+        record = _with_outcome(record, arq_job, job_bytes)
         where = record.get("queue") or next(iter(scores), "")
         priority, score_ms = (
             (DEFAULT_PRIORITY, None) if record else split_score(float(scores[where]))

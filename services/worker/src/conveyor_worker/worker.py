@@ -638,6 +638,9 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         "timezone": UTC,
         "queue_name": settings.queue,
         "redis_pool": redis,
+        # Job data is JSON, as the pool's (conveyor_core.serializer): never pickle.
+        "job_serializer": redis.job_serializer,
+        "job_deserializer": redis.job_deserializer,
         "store": store,
         "cancelled_retention_s": max(job_type.keep_result_s for job_type in job_types),
         "on_startup": on_startup,
