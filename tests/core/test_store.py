@@ -1,16 +1,19 @@
 """The lifecycle owner against a real Redis: each script's record, indexes and arq keys."""
 
+import asyncio
 import pickle
 import time
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.jobs import deserialize_result
 
 from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue, fingerprint
-from conveyor_core.jobs import JobPublic, JobState, now_ms
+from conveyor_core.jobs import JobError, JobPublic, JobState, now_ms
+from conveyor_core.serializer import JobFailedError, job_deserializer
 from conveyor_core.store import (
     DEAD_RETENTION_S,
     ArqJob,
@@ -165,13 +168,24 @@ async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> N
     assert score == pytest.approx(now_ms() + CREATE_TASK.keep_result_s * 1000, abs=5_000)
     assert await redis.zscore(QUEUE, job_id) is None
     assert await arq_keys_of(redis, job_id) == {
-        "job": True,  # the payload, kept as long as the record
+        "job": False,
         "in-progress": False,
         "retry": False,
-        "result": False,
+        "result": True,  # the payload and the result, kept as long as the record
     }
-    for key in (keys.job_key(job_id), f"arq:job:{job_id}"):
+    for key in (keys.job_key(job_id), f"arq:result:{job_id}"):
         assert 0 < await redis.ttl(key) <= CREATE_TASK.keep_result_s
+    ttls_ms = [await redis.pttl(k) for k in (keys.job_key(job_id), f"arq:result:{job_id}")]
+    assert abs(ttls_ms[0] - ttls_ms[1]) < 1_000  # both set by the same script
+    # arq's result format, through the JSON serializer; stored once, not in the record too.
+    info = deserialize_result(
+        await redis.get(f"arq:result:{job_id}") or b"", deserializer=job_deserializer
+    )
+    assert (info.function, info.kwargs["sleep_s"], info.job_try) == ("create_task", 0, 1)
+    assert (info.success, info.result, info.queue_name) == (True, {"answer": 42}, QUEUE)
+    assert info.start_time <= info.finish_time
+    assert not await redis.hexists(keys.job_key(job_id), "result")  # type: ignore[misc]
+    assert job.payload == {"sleep_s": 0}
     assert not await store.complete(CREATE_TASK, job_id, "null")  # only from in progress
 
 
@@ -264,6 +278,18 @@ async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: A
     assert await indexes_of(redis, job_id) == {"dead"}
     assert await redis.zscore(QUEUE, job_id) is None
     assert 0 < await redis.ttl(keys.job_key(job_id)) <= DEAD_RETENTION_S
+    dead = await store.get(job_id)
+    assert dead is not None
+    assert (dead.error, dead.payload) == (JobError(type="E", message="m"), {"sleep_s": 0})
+    assert not await redis.hexists(keys.job_key(job_id), "error")  # type: ignore[misc]
+    info = deserialize_result(
+        await redis.get(f"arq:result:{job_id}") or b"", deserializer=job_deserializer
+    )
+    assert (info.success, info.result.__class__, str(info.result)) == (
+        False,
+        JobFailedError,
+        "E: m",
+    )
     outcome, job = await store.requeue(job_id, {"request_id": "again"})
     assert outcome == "requeued"
     assert job is not None
@@ -271,6 +297,13 @@ async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: A
     assert await indexes_of(redis, job_id) == set()
     assert await redis.zscore(QUEUE, job_id) is not None
     assert await redis.ttl(keys.job_key(job_id)) == -1
+    assert await arq_keys_of(redis, job_id) == {
+        "job": True,
+        "in-progress": False,
+        "retry": False,
+        "result": False,
+    }
+    assert job.payload == {"sleep_s": 0}
     claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
     assert (await store.requeue(job_id, {}))[0] == "in_progress"
@@ -306,12 +339,16 @@ async def test_cancel_a_waiting_job_now_and_a_running_one_by_request(redis: ArqR
     assert await indexes_of(redis, waiting) == {"cancelled"}
     assert await redis.zscore(QUEUE, waiting) is None
     assert await arq_keys_of(redis, waiting) == {
-        "job": True,  # kept as long as the record, so arq will not take the id again
+        "job": False,
         "in-progress": False,
         "retry": False,
-        "result": False,
+        "result": True,  # kept as long as the record, so arq will not take the id again
     }
-    assert await redis.ttl(f"arq:job:{waiting}") == await redis.ttl(keys.job_key(waiting))
+    assert await redis.ttl(f"arq:result:{waiting}") == await redis.ttl(keys.job_key(waiting))
+    info = deserialize_result(
+        await redis.get(f"arq:result:{waiting}") or b"", deserializer=job_deserializer
+    )
+    assert (info.success, type(info.result)) == (False, asyncio.CancelledError)
     assert (await store.cancel(waiting))[0] == "cancelled"
 
     outcome, job = await store.cancel(running)

@@ -119,7 +119,7 @@ def _lua_constants() -> str:
 
 
 # The shared functions of `lua/lib/`, in the order each needs the ones before.
-LUA_LIB = ("keys", "transition", "gcra", "claim")
+LUA_LIB = ("keys", "arq_result", "transition", "gcra", "claim")
 # What a lib file declares at its top level: its functions and tables.
 LUA_DECLARED = re.compile(r"^local (?:function )?(\w+)", re.MULTILINE)
 LUA_COMMENT = re.compile(r"--[^\n]*")
@@ -1088,12 +1088,30 @@ class JobStore:
             )
         if not job_ids:
             return BulkBatch(0, 0)
+        targets: list[str | bytes] = list(job_ids)
+        if action == "requeue":
+            targets = [x for pair in await self._job_data_of_results(job_ids) for x in pair]
         done, skipped = await self._bulk(
-            keys=[queue], args=[action, now_ms(), cancelled_retention_ms, *job_ids]
+            keys=[queue], args=[action, now_ms(), cancelled_retention_ms, *targets]
         )
         if action == "delete" and idempotency_keys:
             await self.redis.delete(*idempotency_keys)
         return BulkBatch(int(done), int(skipped))
+
+    async def _job_data_of_results(self, job_ids: Sequence[str]) -> Sequence[tuple[str, bytes]]:
+        """Per job: the job data its arq result key holds (a finished job's
+        payload and trace context, see lib/arq_result.lua), as arq's job key
+        holds it, or b'' when it has no readable result key."""
+        async with self.redis.pipeline(transaction=False) as pipe:  # the keys span slots
+            for job_id in job_ids:
+                pipe.get(result_key_prefix + job_id)
+            results = await pipe.execute()
+        out: list[tuple[str, bytes]] = []
+        for job_id, raw in zip(job_ids, results, strict=True):
+            job = ArqJob.decode(raw) if raw else None
+            again = ArqJob(job.function, job.payload, job.meta, job.enqueued_at_ms) if job else None
+            out.append((job_id, again.encode() if again else b""))
+        return out
 
     # -- housekeeping and statistics ---------------------------------------
 
