@@ -78,3 +78,8 @@ def test_a_failed_result_holds_its_exception_again() -> None:
     # A success's result is the value, even when it looks like an error.
     ok = {"s": True, "r": {"type": "ValueError", "message": "x"}}
     assert job_deserializer(job_serializer(ok))["r"] == ok["r"]
+
+
+def test_a_result_python_wrote_with_nan_still_reads() -> None:
+    data = job_deserializer(b'{"s":true,"r":[NaN,Infinity,1]}')
+    assert data["r"][1:] == [float("inf"), 1]

@@ -31,6 +31,7 @@ cancelled job's `asyncio.CancelledError`.
 
 import asyncio
 import builtins
+import json
 from typing import Any
 
 import orjson
@@ -103,6 +104,12 @@ def loads(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
+        pass
+    try:
+        # Python's own JSON also reads NaN and Infinity, which a result written
+        # by json.dumps may hold; it never runs code either.
+        return json.loads(raw)
+    except ValueError:  # JSONDecodeError, or bytes that are not text (a pickle)
         raise SerializationError("job data is not JSON (a pickle, or damaged)") from None
 
 
