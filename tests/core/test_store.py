@@ -14,6 +14,7 @@ from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue, fingerprint
 from conveyor_core.jobs import JobError, JobPublic, JobState, now_ms
 from conveyor_core.serializer import JobFailedError, job_deserializer
+from conveyor_core.upgrade_pickles import upgrade
 from conveyor_core.store import (
     DEAD_RETENTION_S,
     ArqJob,
@@ -791,3 +792,36 @@ async def test_job_data_is_json_and_data_that_is_not_reads_with_an_error(
     assert "not valid JSON job data" in job.error.message
     listed = await store.list(state=JobState.QUEUED)
     assert [(j.id, j.error == job.error) for j in listed.items] == [(job_id, True)]
+
+
+async def test_a_pickled_job_ends_with_its_job_key_kept_for_the_upgrade_rewrite(
+    redis: ArqRedis,
+) -> None:
+    """Job data that is not Conveyor's JSON is never spliced into a result key:
+    it stays as it is, expiring with the record, so the upgrade's rewrite can
+    still turn it into JSON and a requeue bring the job back."""
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    pickled = pickle.dumps({"t": None, "f": "create_task", "a": (), "k": {"sleep_s": 0}, "et": 1})
+    await redis.set(f"arq:job:{job_id}", pickled)
+
+    assert await store.dead(CREATE_TASK, job_id, ERROR)
+
+    assert await redis.get(f"arq:job:{job_id}") == pickled
+    assert 0 < await redis.ttl(f"arq:job:{job_id}") <= DEAD_RETENTION_S
+    assert not await redis.exists(f"arq:result:{job_id}")
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.payload, job.error) == (
+        JobState.DEAD,
+        {},
+        JobError(type="E", message="m"),
+    )
+    assert (await store.requeue(job_id, {}))[0] == "unknown_type"  # unreadable: not requeued
+
+    assert (await upgrade(redis, store.catalog)).rewritten == 1
+    outcome, again = await store.requeue(job_id, {})
+    assert outcome == "requeued"
+    assert again is not None
+    assert again.payload == {"sleep_s": 0}
