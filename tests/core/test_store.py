@@ -14,7 +14,6 @@ from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue, fingerprint
 from conveyor_core.jobs import JobError, JobPublic, JobState, now_ms
 from conveyor_core.serializer import JobFailedError, job_deserializer
-from conveyor_core.upgrade_pickles import upgrade
 from conveyor_core.store import (
     DEAD_RETENTION_S,
     ArqJob,
@@ -27,6 +26,7 @@ from conveyor_core.store import (
     encode_cursor,
     lua_script,
 )
+from conveyor_core.upgrade_pickles import upgrade
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
 
