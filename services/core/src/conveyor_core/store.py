@@ -4,12 +4,15 @@ A job that waits for its first try is arq's alone: its job key (what to run:
 function, payload, trace context) and its entry in the queue's sorted set,
 exactly as arq's own `enqueue_job` writes them, so a bare arq client can
 enqueue too. From its first claim on, a small hash records the rest of its
-life (state, version, tries, times, progress, result or error), and each
-state but waiting has an index per queue. Every script is built on one
-transition (`lua/lib/transition.lua`): it moves the index entries, writes the
-hash, does the arq key bookkeeping the new state implies (lock, retry count,
-queue entry, expiry) and announces the change, so arq's own finishing steps
-are left with nothing to do. See keys.py for the layout.
+life (state, version, tries, times, progress, the last error), and each
+state but waiting has an index per queue. A finished job's job key becomes
+arq's result key (`lua/lib/arq_result.lua`), which then holds its payload and
+its result (or a dead job's error), so arq's client reads it as its own.
+Every script is built on one transition (`lua/lib/transition.lua`): it moves
+the index entries, writes the hash, does the arq key bookkeeping the new
+state implies (lock, retry count, queue entry, result key, expiry) and
+announces the change, so arq's own finishing steps are left with nothing to
+do. See keys.py for the layout.
 """
 
 import base64
