@@ -201,6 +201,15 @@ async def wait_ready(contender: Contender, redis: ArqRedis, store: JobStore) -> 
             await asyncio.sleep(0.05)
 
 
+def client(contender: Contender, redis_url: str) -> ArqRedis:
+    """A client that enqueues as the contender's users do: Conveyor's pool writes
+    JSON job data; bare arq's client keeps arq's default serializer, pickle."""
+    redis = create_redis(RedisSettings(url=redis_url))
+    if contender.poll_delay_s is not None:
+        redis.job_serializer = redis.job_deserializer = None
+    return redis
+
+
 @asynccontextmanager
 async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[ArqRedis, JobStore]]:
     """The contender's worker as its own process, ready, with a client."""
@@ -209,7 +218,7 @@ async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[A
     log = (LOG_DIR / f"{contender.queue.replace(':', '-')}.log").open("ab")
     worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603, ASYNC220
     contender.pid = worker.pid
-    redis = create_redis(RedisSettings(url=redis_url))
+    redis = client(contender, redis_url)
     store = JobStore(redis, load_catalog(["bench.jobs"]))
     try:
         await wait_ready(contender, redis, store)
@@ -226,7 +235,7 @@ MEMORY_JOBS = 20_000
 
 async def measure_memory(contender: Contender, redis_url: str) -> None:
     """Redis memory a queued job costs: MEMORY_JOBS jobs due in a day, no worker."""
-    redis = create_redis(RedisSettings(url=redis_url))
+    redis = client(contender, redis_url)
     store = JobStore(redis, load_catalog(["bench.jobs"]))
     try:
         await redis.flushdb()

@@ -108,6 +108,10 @@ async def test_bulk_requeue_previews_then_requeues_each_match_once(
     for job_id in emails:
         job = (await client.get(f"/v1/jobs/{job_id}")).json()
         assert (job["state"], job["requeues"], job["tries"]) == ("queued", 1, 0)
+        # Its job key is back, rebuilt from arq's result key, which is gone.
+        assert await redis.exists(f"arq:job:{job_id}")
+        assert not await redis.exists(f"arq:result:{job_id}")
+        assert job["payload"]["subject"]
     for job_id in tasks:
         assert (await client.get(f"/v1/jobs/{job_id}")).json()["state"] == "dead"
     # Safe to run twice: the same key is the same action; a new one finds nothing dead.

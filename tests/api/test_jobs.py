@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import job_key_prefix, result_key_prefix
 
 from conveyor_seed import CREATE_TASK
 
@@ -215,9 +215,12 @@ async def test_cancelling_a_queued_job_takes_it_out_of_arq(
     assert response.json()["state"] == "cancelled"
     assert response.json()["finished_at"] is not None
     assert await redis.zscore(CREATE_TASK.queue, job_id) is None
-    # arq's job key (the payload) stays exactly as long as the record.
-    assert 0 < await redis.ttl(job_key_prefix + job_id) <= CREATE_TASK.keep_result_s
-    assert await redis.ttl(job_key_prefix + job_id) == await redis.ttl(f"conveyor:job:{job_id}")
+    # arq's job key became its result key (the payload, and arq's answer for
+    # the cancelled job), which stays exactly as long as the record.
+    assert not await redis.exists(job_key_prefix + job_id)
+    assert 0 < await redis.ttl(result_key_prefix + job_id) <= CREATE_TASK.keep_result_s
+    assert await redis.ttl(result_key_prefix + job_id) == await redis.ttl(f"conveyor:job:{job_id}")
+    assert (await client.get(f"/v1/jobs/{job_id}")).json()["payload"] == response.json()["payload"]
     problem = assert_problem(await client.delete(f"/v1/jobs/{job_id}"), 409)
     assert "cancelled" in problem["detail"]
 

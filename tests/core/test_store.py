@@ -1,16 +1,20 @@
 """The lifecycle owner against a real Redis: each script's record, indexes and arq keys."""
 
+import asyncio
+import pickle
 import time
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.jobs import deserialize_result
 
 from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue, fingerprint
-from conveyor_core.jobs import DEAD_RETENTION_S, JobPublic, JobState, now_ms
+from conveyor_core.jobs import DEAD_RETENTION_S, JobError, JobPublic, JobState, now_ms
 from conveyor_core.ratelimit import RateLimit
+from conveyor_core.serializer import JobFailedError, job_deserializer
 from conveyor_core.store import (
     ArqJob,
     Claim,
@@ -21,6 +25,7 @@ from conveyor_core.store import (
     decode_cursor,
     encode_cursor,
 )
+from conveyor_core.upgrade_pickles import upgrade
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
 
@@ -141,6 +146,22 @@ async def test_claim_starts_the_record_locks_with_a_token_and_returns_the_job(
     assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # locked: not claimed twice
 
 
+async def test_a_chosen_id_is_taken_once_also_after_its_job_finished(redis: ArqRedis) -> None:
+    """A scheduled run's id (one per tick) may be submitted by every replica,
+    some after the run already ended: its arq result key refuses it then."""
+    store = JobStore(redis)
+    tick = "create_task:1700000000000"
+    first = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), job_id=tick)
+    assert first.created
+    assert not (await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), job_id=tick)).created
+    await store.claim(QUEUE, 1, **CLAIM)
+    assert await store.complete(CREATE_TASK, tick, "null")
+    assert not await redis.exists(f"arq:job:{tick}")  # it became arq's result key
+    late = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), job_id=tick)
+    assert not late.created
+    assert await redis.zscore(QUEUE, tick) is None
+
+
 async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> None:
     store = JobStore(redis)
     job_id = await submitted(store)
@@ -156,13 +177,24 @@ async def test_complete_keeps_one_record_for_its_retention(redis: ArqRedis) -> N
     assert score == pytest.approx(now_ms() + CREATE_TASK.keep_result_s * 1000, abs=5_000)
     assert await redis.zscore(QUEUE, job_id) is None
     assert await arq_keys_of(redis, job_id) == {
-        "job": True,  # the payload, kept as long as the record
+        "job": False,
         "in-progress": False,
         "retry": False,
-        "result": False,
+        "result": True,  # the payload and the result, kept as long as the record
     }
-    for key in (keys.job_key(job_id), f"arq:job:{job_id}"):
+    for key in (keys.job_key(job_id), f"arq:result:{job_id}"):
         assert 0 < await redis.ttl(key) <= CREATE_TASK.keep_result_s
+    ttls_ms = [await redis.pttl(k) for k in (keys.job_key(job_id), f"arq:result:{job_id}")]
+    assert abs(ttls_ms[0] - ttls_ms[1]) < 1_000  # both set by the same script
+    # arq's result format, through the JSON serializer; stored once, not in the record too.
+    info = deserialize_result(
+        await redis.get(f"arq:result:{job_id}") or b"", deserializer=job_deserializer
+    )
+    assert (info.function, info.kwargs["sleep_s"], info.job_try) == ("create_task", 0, 1)
+    assert (info.success, info.result, info.queue_name) == (True, {"answer": 42}, QUEUE)
+    assert info.start_time <= info.finish_time
+    assert not await redis.hexists(keys.job_key(job_id), "result")  # type: ignore[misc]
+    assert job.payload == {"sleep_s": 0}
     assert not await store.complete(CREATE_TASK, job_id, "null")  # only from in progress
 
 
@@ -255,6 +287,18 @@ async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: A
     assert await indexes_of(redis, job_id) == {"dead"}
     assert await redis.zscore(QUEUE, job_id) is None
     assert 0 < await redis.ttl(keys.job_key(job_id)) <= DEAD_RETENTION_S
+    dead = await store.get(job_id)
+    assert dead is not None
+    assert (dead.error, dead.payload) == (JobError(type="E", message="m"), {"sleep_s": 0})
+    assert not await redis.hexists(keys.job_key(job_id), "error")  # type: ignore[misc]
+    info = deserialize_result(
+        await redis.get(f"arq:result:{job_id}") or b"", deserializer=job_deserializer
+    )
+    assert (info.success, info.result.__class__, str(info.result)) == (
+        False,
+        JobFailedError,
+        "E: m",
+    )
     outcome, job = await store.requeue(job_id, {"request_id": "again"})
     assert outcome == "requeued"
     assert job is not None
@@ -262,6 +306,13 @@ async def test_dead_goes_to_the_dead_letters_and_requeue_brings_it_back(redis: A
     assert await indexes_of(redis, job_id) == set()
     assert await redis.zscore(QUEUE, job_id) is not None
     assert await redis.ttl(keys.job_key(job_id)) == -1
+    assert await arq_keys_of(redis, job_id) == {
+        "job": True,
+        "in-progress": False,
+        "retry": False,
+        "result": False,
+    }
+    assert job.payload == {"sleep_s": 0}
     claimed = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert [(c.job_id, c.job_try) for c in claimed] == [(job_id, 1)]
     assert (await store.requeue(job_id, {}))[0] == "in_progress"
@@ -297,12 +348,16 @@ async def test_cancel_a_waiting_job_now_and_a_running_one_by_request(redis: ArqR
     assert await indexes_of(redis, waiting) == {"cancelled"}
     assert await redis.zscore(QUEUE, waiting) is None
     assert await arq_keys_of(redis, waiting) == {
-        "job": True,  # kept as long as the record, so arq will not take the id again
+        "job": False,
         "in-progress": False,
         "retry": False,
-        "result": False,
+        "result": True,  # kept as long as the record, so arq will not take the id again
     }
-    assert await redis.ttl(f"arq:job:{waiting}") == await redis.ttl(keys.job_key(waiting))
+    assert await redis.ttl(f"arq:result:{waiting}") == await redis.ttl(keys.job_key(waiting))
+    info = deserialize_result(
+        await redis.get(f"arq:result:{waiting}") or b"", deserializer=job_deserializer
+    )
+    assert (info.success, type(info.result)) == (False, asyncio.CancelledError)
     assert (await store.cancel(waiting))[0] == "cancelled"
 
     outcome, job = await store.cancel(running)
@@ -766,3 +821,57 @@ async def test_a_renewal_after_the_trys_end_sets_no_lock_again(redis: ArqRedis) 
     assert await store.renew_locks([(job_id, claimed.token)], 5_000) == []
     assert not await redis.exists(f"arq:in-progress:{job_id}")
     assert [c.job_try for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs] == [2]
+
+
+async def test_job_data_is_json_and_data_that_is_not_reads_with_an_error(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    raw = await redis.get(f"arq:job:{job_id}")
+    assert raw is not None
+    assert raw.startswith(b'{"t":null,"f":"create_task"')
+    # A pickle planted in its place: read, never unpickled, shown with an error.
+    await redis.set(f"arq:job:{job_id}", pickle.dumps({"f": "create_task", "k": {}, "et": 1}))
+    assert ArqJob.decode(await redis.get(f"arq:job:{job_id}") or b"") is None
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.payload, job.job_type) == (JobState.QUEUED, {}, "unknown")
+    assert job.error is not None
+    assert job.error.type == "InvalidJobData"
+    assert "not valid JSON job data" in job.error.message
+    listed = await store.list(state=JobState.QUEUED)
+    assert [(j.id, j.error == job.error) for j in listed.items] == [(job_id, True)]
+
+
+async def test_a_pickled_job_ends_with_its_job_key_kept_for_the_upgrade_rewrite(
+    redis: ArqRedis,
+) -> None:
+    """Job data that is not Conveyor's JSON is never spliced into a result key:
+    it stays as it is, expiring with the record, so the upgrade's rewrite can
+    still turn it into JSON and a requeue bring the job back."""
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await store.claim(QUEUE, 1, **CLAIM)
+    pickled = pickle.dumps({"t": None, "f": "create_task", "a": (), "k": {"sleep_s": 0}, "et": 1})
+    await redis.set(f"arq:job:{job_id}", pickled)
+
+    assert await store.dead(CREATE_TASK, job_id, ERROR)
+
+    assert await redis.get(f"arq:job:{job_id}") == pickled
+    assert 0 < await redis.ttl(f"arq:job:{job_id}") <= DEAD_RETENTION_S
+    assert not await redis.exists(f"arq:result:{job_id}")
+    job = await store.get(job_id)
+    assert job is not None
+    assert (job.state, job.payload, job.error) == (
+        JobState.DEAD,
+        {},
+        JobError(type="E", message="m"),
+    )
+    assert (await store.requeue(job_id, {}))[0] == "unknown_type"  # unreadable: not requeued
+
+    assert (await upgrade(redis, store.catalog)).rewritten == 1
+    outcome, again = await store.requeue(job_id, {})
+    assert outcome == "requeued"
+    assert again is not None
+    assert again.payload == {"sleep_s": 0}

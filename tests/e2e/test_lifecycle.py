@@ -4,9 +4,10 @@ import itertools
 import signal
 
 import pytest
-from arq.connections import ArqRedis
+from arq.connections import RedisSettings, create_pool
 
 from conveyor_core.catalog import DEFAULT_QUEUE
+from conveyor_core.serializer import job_deserializer, job_serializer
 from tests.e2e.conftest import Stack
 from tests.support import jobs
 
@@ -144,11 +145,18 @@ def test_a_job_enqueues_a_follow_up_that_keeps_the_request_id(stack: Stack) -> N
     assert child["request_id"] == done["request_id"] == "req-123"
 
 
-async def test_a_job_from_a_bare_arq_client_runs_and_is_tracked(
-    stack: Stack, redis: ArqRedis
-) -> None:
+async def test_a_job_from_a_bare_arq_client_runs_and_is_tracked(stack: Stack) -> None:
     stack.start_worker()
-    job = await redis.enqueue_job("effect", work_s=0, _queue_name=DEFAULT_QUEUE)
+    # arq's own client, with the serializer the docs tell a bare arq client to pass.
+    bare = await create_pool(
+        RedisSettings.from_dsn(stack.redis_url),
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+    )
+    try:
+        job = await bare.enqueue_job("effect", work_s=0, _queue_name=DEFAULT_QUEUE)
+    finally:
+        await bare.aclose()
     assert job is not None
 
     done = stack.wait_for_state(job.job_id, "complete")

@@ -222,11 +222,6 @@ class _Planted:
         return (Path.touch, (self.marker,))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ArqJob.decode still unpickles until job data is JSON (the serializer change of "
-    "issue 23): then this passes, and strict xfail fails until this mark goes",
-)
 async def test_a_planted_pickle_is_dead_lettered_and_never_unpickled(
     redis: ArqRedis, store: JobStore, processor: Processor, tmp_path: Path
 ) -> None:

@@ -45,8 +45,10 @@ async def test_worker_runs_create_task_to_completion(redis: ArqRedis, redis_url:
     await worker.main()
     await worker.close()
 
-    # One record: the result is kept in it as JSON, not also as arq's pickle.
-    assert not await redis.exists(f"arq:result:{submitted.job_id}")
+    # The result is stored once, as JSON, in arq's result key (the record holds no copy).
+    assert not await redis.exists(f"arq:job:{submitted.job_id}")
+    assert not await redis.hexists(f"conveyor:job:{submitted.job_id}", "result")  # type: ignore[misc]
+    assert (await redis.get(f"arq:result:{submitted.job_id}") or b"").startswith(b'{"t":1,')
     record = await JobStore(redis).get(submitted.job_id)
     assert record is not None
     assert record.state is JobState.COMPLETE

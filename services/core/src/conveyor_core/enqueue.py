@@ -103,6 +103,7 @@ async def enqueue(
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
+    id_may_repeat = job_id is not None
     job_id = job_id or uuid4().hex
     with tracer.start_as_current_span(
         f"send {job_type.queue}",
@@ -126,6 +127,7 @@ async def enqueue(
             fingerprint=fingerprint(data),
             rate_limit=rate_limit,
             priority=priority,
+            id_may_repeat=id_may_repeat,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()

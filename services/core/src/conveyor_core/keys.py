@@ -7,7 +7,7 @@ retry counter (`arq:retry:`) is not used: tries live in the job's hash.
 A waiting job is only arq's: its job key (payload,
 trace context) and its entry in the queue's sorted set. Conveyor adds the rest
 of a job's life: a small hash from its first claim on (state, tries, times,
-progress, result or error), per-queue indexes by state, idempotency, wake-ups
+progress, the last error), per-queue indexes by state, idempotency, wake-ups
 and change notices, per-minute history and the digest's counts. Job modules keep keys of their
 own under the same prefix (the seed app's documents and sent-mail marks).
 
@@ -22,8 +22,9 @@ PREFIX = "conveyor:"
 ARQ_EXPIRY_EXTRA_MS = 86_400_000
 
 # Hash per job, from its first claim (or its cancellation while waiting) on:
-# state, version, tries, times, progress, result or error. Its payload stays in
-# arq's job key, which lives exactly as long as the hash.
+# state, version, tries, times, progress, the last error. Its payload is in
+# arq's job key; once it finished, in arq's result key with its result (or a
+# dead job's error), which lives exactly as long as the hash.
 JOB_PREFIX = PREFIX + "job:"
 # Sorted sets of job ids per queue and state: `conveyor:{queue}:in_progress`
 # (by start time), `:retrying` (by next try time), and `:complete`, `:dead`

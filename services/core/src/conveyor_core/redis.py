@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor_core.metrics import REDIS_ERRORS
+from conveyor_core.serializer import job_deserializer, job_serializer
 from conveyor_core.settings import RedisSettings
 
 logger = logging.getLogger(__name__)
@@ -151,10 +152,14 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
         if settings.tls_ca_file:
             options["ssl_ca_certs"] = settings.tls_ca_file
     if settings.sentinel_hosts:
-        return _sentinel_master(settings, options)
-    return ArqRedis.from_url(  # type: ignore[no-any-return]
-        settings.connection_url(), health_check_interval=30, **options
-    )
+        redis = _sentinel_master(settings, options)
+    else:
+        redis = ArqRedis.from_url(settings.connection_url(), health_check_interval=30, **options)
+    # Job data is JSON, never pickle (serializer.py), also where arq's own
+    # client code runs on this connection (enqueue_job, Job).
+    redis.job_serializer = job_serializer
+    redis.job_deserializer = job_deserializer
+    return redis
 
 
 def _sentinel_master(settings: RedisSettings, options: dict[str, Any]) -> ArqRedis:

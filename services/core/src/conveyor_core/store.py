@@ -4,12 +4,15 @@ A job that waits for its first try is arq's alone: its job key (what to run:
 function, payload, trace context) and its entry in the queue's sorted set,
 exactly as arq's own `enqueue_job` writes them, so a bare arq client can
 enqueue too. From its first claim on, a small hash records the rest of its
-life (state, version, tries, times, progress, result or error), and each
-state but waiting has an index per queue. Every script is built on one
-transition (`lua/lib/transition.lua`): it moves the index entries, writes the
-hash, does the arq key bookkeeping the new state implies (lock, retry count,
-queue entry, expiry) and announces the change, so arq's own finishing steps
-are left with nothing to do. See keys.py for the layout.
+life (state, version, tries, times, progress, the last error), and each
+state but waiting has an index per queue. A finished job's job key becomes
+arq's result key (`lua/lib/arq_result.lua`), which then holds its payload and
+its result (or a dead job's error), so arq's client reads it as its own.
+Every script is built on one transition (`lua/lib/transition.lua`): it moves
+the index entries, writes the hash, does the arq key bookkeeping the new
+state implies (lock, retry count, queue entry, result key, expiry) and
+announces the change, so arq's own finishing steps are left with nothing to
+do. See keys.py for the layout.
 """
 
 import base64
@@ -25,11 +28,11 @@ from typing import Any, Protocol
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
-from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
+from arq.jobs import SerializationError, serialize_job
 from redis.asyncio.client import Pipeline
 from redis.exceptions import OutOfMemoryError
 
-from conveyor_core import keys
+from conveyor_core import keys, serializer
 from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.flow import claim_limits, flow_entry
 from conveyor_core.jobs import (
@@ -38,6 +41,7 @@ from conveyor_core.jobs import (
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
     TERMINAL_STATES,
+    JobError,
     JobPublic,
     JobState,
     WaitingReason,
@@ -98,26 +102,58 @@ def decode_cursor(cursor: str) -> tuple[int, str, str]:
 
 @dataclass(frozen=True, slots=True)
 class ArqJob:
-    """arq's job key, decoded: what the job is."""
+    """arq's job key decoded: what the job is. From arq's result key (a
+    finished job, see lua/lib/arq_result.lua) also how it ended."""
 
     function: str
     payload: dict[str, Any]
     meta: dict[str, str]
     enqueued_at_ms: int
+    # From a result key: whether the job succeeded, and its result or its
+    # error object (`serializer.error_object`) as stored; None from a job key.
+    success: bool | None = None
+    result: Any = None
 
     @classmethod
     def decode(cls, raw: bytes) -> "ArqJob | None":
+        """None when `raw` is not JSON job data (a pickle, for one): such a
+        job is never run."""
         try:
-            function, _, kwargs, _, enqueued_at_ms = deserialize_job_raw(raw)
+            data = serializer.loads(raw)
         except SerializationError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        function, kwargs, enqueued_at_ms = data.get("f"), data.get("k"), data.get("et")
+        if (
+            not isinstance(function, str)
+            or not isinstance(kwargs, dict)
+            or not isinstance(enqueued_at_ms, int | float)
+            or isinstance(enqueued_at_ms, bool)
+        ):
             return None
         payload = dict(kwargs)
         meta = payload.pop(META_KWARG, None)
-        return cls(function, payload, meta if isinstance(meta, dict) else {}, enqueued_at_ms)
+        success = data.get("s")
+        return cls(
+            function,
+            payload,
+            meta if isinstance(meta, dict) else {},
+            int(enqueued_at_ms),
+            success if isinstance(success, bool) else None,
+            data.get("r"),
+        )
 
     def encode(self) -> bytes:
         kwargs = {**self.payload, META_KWARG: self.meta}
-        return serialize_job(self.function, (), kwargs, None, self.enqueued_at_ms)
+        return serialize_job(
+            self.function,
+            (),
+            kwargs,
+            None,
+            self.enqueued_at_ms,
+            serializer=serializer.job_serializer,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +344,33 @@ def claim_nonce() -> str:
     return secrets.token_hex(8)
 
 
+# What a job whose data is not JSON job data (a pickle, for one) shows as its
+# error until a worker dead-letters it: it is never run.
+INVALID_JOB_DATA = JobError(
+    type="InvalidJobData",
+    message="job data is not valid JSON job data: it will not run (see the upgrade notes)",
+)
+
+
+def _with_outcome(
+    record: dict[str, str], arq_job: "ArqJob | None", job_bytes: bytes | None
+) -> dict[str, str]:
+    """The record with what arq's result key holds of a finished job (its
+    result, or a dead job's error: each is stored there, not in the record),
+    and with INVALID_JOB_DATA as its error when its job data cannot be read."""
+    if arq_job is None:
+        if job_bytes and not record.get("error"):
+            return {**record, "error": INVALID_JOB_DATA.model_dump_json()}
+        return record
+    if arq_job.success is True:
+        return {**record, "result": serializer.job_serializer(arq_job.result).decode()}
+    if arq_job.success is False and record.get("state") == JobState.DEAD.value:
+        error = arq_job.result
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return {**record, "error": serializer.job_serializer(error).decode()}
+    return record
+
+
 def _waiting(job: JobPublic) -> bool:
     return job.state in (JobState.QUEUED, JobState.DEFERRED)
 
@@ -375,9 +438,14 @@ class JobStore:
         fingerprint: str = "",
         rate_limit: RateLimit | None = None,
         priority: int | None = None,
+        id_may_repeat: bool = False,
     ) -> Submitted:
         """Enqueue the job as arq would, unless its Idempotency-Key names one
         already, or the caller's `rate_limit` refuses it (in the same step).
+
+        An id the caller chose (`id_may_repeat`: a scheduled run's, one per
+        tick) is refused while its job lives, also once it finished (when its
+        job key became arq's result key); a fresh random id needs no check.
 
         Its score is its due time in its priority's band (the job type's
         priority unless `priority` is given)."""
@@ -395,7 +463,7 @@ class JobStore:
         status, *existing = await self._submit(
             keys=[
                 job_key_prefix + job_id,
-                result_key_prefix + job_id,
+                result_key_prefix + job_id if id_may_repeat else "",
                 job_type.queue,
                 idem_key,
                 keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
@@ -699,6 +767,7 @@ class JobStore:
                 rate_limit.key if rate_limit else "",
                 keys.job_key(job_id),
                 job_key_prefix + job_id,
+                result_key_prefix + job_id,
             ],
             args=[
                 rate_limit.interval_us if rate_limit else 0,
@@ -731,15 +800,17 @@ class JobStore:
 
     def _add_reads(self, pipe: Pipeline, rows: list[tuple[str, str | None]]) -> None:
         """Queue on `pipe` what reading jobs by (id, queue) takes: whether each
-        queue is paused, and per job its hash, arq's job key and its score in its
-        queue (in every queue of the catalog when not known). `_parse_reads` makes
-        the jobs of the replies."""
+        queue is paused, and per job its hash, arq's job key, arq's result key
+        (a finished job's payload and result) and its score in its queue (in
+        every queue of the catalog when not known). `_parse_reads` makes the
+        jobs of the replies."""
         queues = self.catalog.queues()
         for name in queues:
             pipe.exists(keys.paused_key(name))
         for job_id, queue in rows:
             pipe.hgetall(keys.job_key(job_id))
             pipe.get(job_key_prefix + job_id)
+            pipe.get(result_key_prefix + job_id)
             for q in [queue] if queue else queues:
                 pipe.zscore(q, job_id)
 
@@ -755,12 +826,16 @@ class JobStore:
         at_ms = at_ms or now_ms()
         out: list[tuple[ArqJob | None, JobPublic] | None] = []
         for job_id, queue in rows:
-            raw, job_bytes = next(replies), next(replies)
+            raw, job_bytes, result_bytes = next(replies), next(replies), next(replies)
             candidates = [queue] if queue else queues
             scores = {q: s for q in candidates if (s := next(replies)) is not None}
             record = _decode(raw)
             where = record.get("queue") or next(iter(scores), "")
-            out.append(self._found(job_id, record, job_bytes, scores, where in paused, at_ms))
+            out.append(
+                self._found(
+                    job_id, record, job_bytes or result_bytes, scores, where in paused, at_ms
+                )
+            )
         return out
 
     def _found(
@@ -772,12 +847,14 @@ class JobStore:
         paused: bool,
         at_ms: int,
     ) -> tuple[ArqJob | None, JobPublic] | None:
-        """A job from its record, arq's job key and (waiting, with no record yet)
-        its score in the queue it waits in; None when there is neither."""
+        """A job from its record, arq's job key (or, finished, its result key)
+        and (waiting, with no record yet) its score in the queue it waits in;
+        None when there is neither."""
         if not record and not scores:
             # Never ours (a bare arq worker finished it), or gone.
             return None
         arq_job = ArqJob.decode(job_bytes) if job_bytes else None
+        record = _with_outcome(record, arq_job, job_bytes)
         where = record.get("queue") or next(iter(scores), "")
         priority, score_ms = (
             (DEFAULT_PRIORITY, None) if record else split_score(float(scores[where]))
@@ -987,12 +1064,30 @@ class JobStore:
             )
         if not job_ids:
             return BulkBatch(0, 0)
+        targets: list[str | bytes] = list(job_ids)
+        if action == "requeue":
+            targets = [x for pair in await self._job_data_of_results(job_ids) for x in pair]
         done, skipped = await self._bulk(
-            keys=[queue], args=[action, now_ms(), cancelled_retention_ms, *job_ids]
+            keys=[queue], args=[action, now_ms(), cancelled_retention_ms, *targets]
         )
         if action == "delete" and idempotency_keys:
             await self.redis.delete(*idempotency_keys)
         return BulkBatch(int(done), int(skipped))
+
+    async def _job_data_of_results(self, job_ids: Sequence[str]) -> Sequence[tuple[str, bytes]]:
+        """Per job: the job data its arq result key holds (a finished job's
+        payload and trace context, see lib/arq_result.lua), as arq's job key
+        holds it, or b'' when it has no readable result key."""
+        async with self.redis.pipeline(transaction=False) as pipe:  # the keys span slots
+            for job_id in job_ids:
+                pipe.get(result_key_prefix + job_id)
+            results = await pipe.execute()
+        out: list[tuple[str, bytes]] = []
+        for job_id, raw in zip(job_ids, results, strict=True):
+            job = ArqJob.decode(raw) if raw else None
+            again = ArqJob(job.function, job.payload, job.meta, job.enqueued_at_ms) if job else None
+            out.append((job_id, again.encode() if again else b""))
+        return out
 
     # -- housekeeping and statistics ---------------------------------------
 

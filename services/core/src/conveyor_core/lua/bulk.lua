@@ -15,7 +15,9 @@
 --
 -- KEYS: 1 queue
 -- ARGV: 1 'cancel', 'requeue' or 'delete', 2 now ms, 3 cancelled retention ms,
---       4.. job ids
+--       4.. job ids; for 'requeue' each id is followed by its job data, or ''
+--       (a finished job's payload is in arq's result key, lib/arq_result.lua:
+--       the caller rebuilds its job key from it; '': the job key is kept)
 -- Returns {done, skipped}.
 local action, queue, now, ttl = ARGV[1], KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local done, skipped, wake, abort = 0, 0, false, false
@@ -33,7 +35,7 @@ local function delete(rec)
   redis.call('PUBLISH', K.events .. id, rec.version + 1)
 end
 
-for i = 4, #ARGV do
+for i = 4, #ARGV, action == 'requeue' and 2 or 1 do
   local id = ARGV[i]
   local rec = load(id, queue, false)
   local exists = not rec.new or redis.call('ZSCORE', queue, id)
@@ -41,7 +43,10 @@ for i = 4, #ARGV do
   if not exists then
     applied = false
   elseif action == 'requeue' then
-    if rec.state == 'dead' and redis.call('EXISTS', K.arq_job .. id) == 1 then
+    local job = ARGV[i + 1]
+    if rec.state == 'dead' and (job ~= '' or redis.call('EXISTS', K.arq_job .. id) == 1) then
+      -- A dead job's data is in arq's result key: the caller rebuilt its job key.
+      if job ~= '' then redis.call('SET', K.arq_job .. id, job) end
       requeue_dead(rec, now)
       wake, applied = true, true
     end

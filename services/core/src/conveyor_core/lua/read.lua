@@ -7,11 +7,12 @@
 -- allow-oom: the limiter's one small key is rewritten in place, and a full
 -- Redis must still answer reads.
 --
--- KEYS: 1 rate limiter key or '', 2 the job's record, 3 arq's job key
+-- KEYS: 1 rate limiter key or '', 2 the job's record, 3 arq's job key, 4 arq's
+--       result key (a finished job's payload and result: lib/arq_result.lua)
 -- ARGV: 1 limiter interval us, 2 limiter burst, 3 job id, 4... the catalog's
 --       queues (where a waiting job, which has no record yet, is looked for)
 -- Returns {0, retry after us} when the rate refuses it, else {1, record as
--- field, value, ..., arq job bytes or nil, queue or nil, score or nil (a
+-- field, value, ..., arq job bytes (else result bytes) or nil, queue or nil, score or nil (a
 -- waiting job's), 1 when that queue is paused else 0}.
 if KEYS[1] ~= '' then
   local limit = gcra(KEYS[1], ARGV[1], ARGV[2])
@@ -19,6 +20,7 @@ if KEYS[1] ~= '' then
 end
 local record = redis.call('HGETALL', KEYS[2])
 local job = redis.call('GET', KEYS[3])
+if not job then job = redis.call('GET', KEYS[4]) end
 local where, score = false, false
 for i = 1, #record, 2 do
   if record[i] == 'queue' then where = record[i + 1] end

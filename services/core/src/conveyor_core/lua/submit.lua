@@ -5,17 +5,18 @@
 --- @include "lib/gcra"
 -- Create a job as arq's enqueue_job does (its job key and queue entry), with
 -- the Idempotency-Key and the wake-up. An id whose job key exists is refused
--- ('duplicate'): the key lives as long as the job's record, finished or not,
--- so it guards the id as arq's result key would (one SET NX, not a read and
--- a write). No record yet: the first claim makes it. Atomic: a failure leaves
--- nothing behind.
+-- ('duplicate', one SET NX); a finished job's job key has become arq's result
+-- key (lib/arq_result.lua), so an id the caller chose (a scheduled run's,
+-- which may come again) is also checked against that one. A random id needs
+-- neither check. No record yet: the first claim makes it. Atomic: a failure
+-- leaves nothing behind.
 --
 -- The caller's request rate is spent first, in the same step, when a limiter
 -- key is given: a refused request writes nothing else. A job of a limited
 -- type (flow.py) also gets its entry in the queue's flow hash: its type and
 -- key, for the claim; a keyed one waits in its key's queue too (see fair_enter).
 --
--- KEYS: 1 arq job key, 2 arq result key (unused), 3 queue, 4 idempotency key or '',
+-- KEYS: 1 arq job key, 2 arq result key or '' (a random id), 3 queue, 4 idempotency key or '',
 --       5 the queue's flow hash, 6 rate limiter key or '', 7 the parent job's
 --       record or '' (a job enqueued by a running job: its workflow's parent
 --       lists it as `child:{id}` = job type; the field goes with the parent)
@@ -33,6 +34,7 @@ if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'exists', existing} end
 end
+if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[4]) then return {'duplicate'} end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 if ARGV[8] ~= '' then

@@ -3,6 +3,7 @@
 --- @include "lib/record"
 --- @include "lib/fairness"
 --- @include "lib/flow"
+--- @include "lib/arq_result"
 
 -- The one transition every lifecycle script is built on: `transition` moves
 -- a job to a new state: its index entries, its hash, the arq keys the new
@@ -23,6 +24,9 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   if rec.state == 'in_progress' and to ~= 'in_progress' and rec.flow then release(rec) end
   if to == 'in_progress' and rec.flow then fair_leave(queue, rec.flow, id) end
   local version = rec.version + 1
+  -- A final state ends arq's keys: the job key becomes arq's result key, which
+  -- holds the result or error (lib/arq_result.lua), so the hash does not.
+  if TERMINAL[to] then fields = arq_finish(rec, to, now, ttl_ms, fields) end
   redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
   -- arq's keys, as arq's own start and finish would leave them (the claim
   -- sets the lock; a try's count lives in the record, not in arq's retry key).
@@ -33,10 +37,8 @@ local function transition(rec, to, now, score, fields, ttl_ms)
       if flow then fair_leave(queue, flow, id) end
       redis.call('HDEL', qkey(queue, 'flow'), id)
     end
-    redis.call('DEL', K.arq_lock .. id)
-    -- arq's job key (the payload) lives as long as the record: it also keeps
-    -- arq from taking the same id again, as its result key would.
-    redis.call('PEXPIRE', K.arq_job .. id, ttl_ms)
+    -- arq's result key (see arq_finish) lives as long as the record: it also
+    -- keeps arq (and submit) from taking the same id again.
     redis.call('PEXPIRE', hash, ttl_ms)
   elseif to ~= 'in_progress' then
     -- queued or retrying: back in arq's queue, due at `score`, in its band
