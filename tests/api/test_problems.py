@@ -5,12 +5,13 @@ and a raw keep-alive client: an in-process transport has no connection to lose."
 import asyncio
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
 from conveyor_core.local.redis_server import free_port
-from tests.api.conftest import make_app
+from tests.api.conftest import make_app, serve
 
 
 async def boom() -> None:
@@ -70,3 +71,34 @@ async def test_an_unhandled_error_is_a_problem_and_the_connection_stays_usable(
         assert (await exchange(reader, writer, "/healthz"))[0] == 200
     finally:
         writer.close()
+
+
+async def test_a_validation_problem_names_fields_but_never_echoes_the_input(
+    client: httpx.AsyncClient,
+) -> None:
+    payload = {"to_email": "ada@example.com@", "subject": "s" * 10_000, "body": "b"}
+    response = await client.post("/v1/jobs/quick_mail", json=payload)
+    assert response.status_code == 422
+    problem = response.json()
+    assert {e["field"] for e in problem["errors"]} == {"to_email", "subject"}
+    assert all(set(e) == {"field", "detail", "type"} for e in problem["errors"])
+    assert "ada@example.com" not in response.text
+    assert "sssssssss" not in response.text
+    assert len(response.content) < 2048
+
+
+async def numbers(body: list[int]) -> int:
+    return len(body)
+
+
+async def test_a_validation_problem_lists_a_bounded_number_of_errors(redis_url: str) -> None:
+    app = make_app(redis_url)
+    app.add_api_route("/test-numbers", numbers, methods=["POST"])
+    async for client in serve(app):
+        response = await client.post("/test-numbers", json=["ada@example.com"] * 5000)
+        assert response.status_code == 422
+        problem = response.json()
+        assert len(problem["errors"]) == 50
+        assert problem["detail"].startswith("5000 errors, the first 50 listed: body: ")
+        assert len(problem["detail"]) < 1100
+        assert "ada@example.com" not in response.text

@@ -3,6 +3,7 @@
 The client's timeout is the bound: a request that hangs fails the test.
 """
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -210,3 +211,30 @@ async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers
             assert time.monotonic() - started < redis.socket_timeout_s + 0.25
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def timed(client: httpx.AsyncClient, index: int) -> tuple[httpx.Response, float]:
+    """A submit or a listing (by `index`), and how long its answer took."""
+    method, path = [("POST", "/v1/jobs/create_task"), ("GET", "/v1/jobs")][index % 2]
+    started = time.monotonic()
+    response = await client.request(method, path, json={"sleep_s": 1})
+    return response, time.monotonic() - started
+
+
+async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bound(
+    own_redis: RedisProcess,
+) -> None:
+    # redis-py's own pool connected one new connection at a time, each waiting
+    # out the socket timeout while Redis hung: the 20th request waited ~17 s.
+    redis = RedisSettings(url=own_redis.url)
+    async for client in serve(make_app(own_redis.url, redis=redis)):
+        client.timeout = httpx.Timeout(30)  # the test measures; the client must not cut it short
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+
+        with frozen(own_redis.url):
+            answers = await asyncio.gather(*(timed(client, i) for i in range(20)))
+        for response, _ in answers:
+            assert_redis_unavailable(response)
+        slowest_s = max(elapsed_s for _, elapsed_s in answers)
+        assert slowest_s < 1.5, sorted(round(elapsed_s, 2) for _, elapsed_s in answers)
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
