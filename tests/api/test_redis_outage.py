@@ -238,3 +238,67 @@ async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bou
         slowest_s = max(elapsed_s for _, elapsed_s in answers)
         assert slowest_s < 1.5, sorted(round(elapsed_s, 2) for _, elapsed_s in answers)
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+
+
+def assert_redis_evicts(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) >= 1
+    problem = response.json()
+    assert problem["type"] == "urn:conveyor:problem:redis-evicts"
+    assert "allkeys-lru" in problem["detail"]
+
+
+def queued_jobs(url: str) -> int:
+    with redis_sync.Redis.from_url(url) as client:
+        return int(client.zcard("arq:queue"))
+
+
+async def test_an_evicting_redis_refuses_every_submit_and_acknowledges_none(
+    own_redis: RedisProcess,
+) -> None:
+    async for client in serve(make_app(own_redis.url)):
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+        with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
+            assert (await client.get("/readyz")).status_code == 503  # a fresh reading
+            # The fast route, the route itself (a query), the tutorial's.
+            assert_redis_evicts(await client.post("/v1/jobs/create_task", json={"sleep_s": 1}))
+            assert_redis_evicts(
+                await client.post("/v1/jobs/create_task?priority=1", json={"sleep_s": 1})
+            )
+            assert_redis_evicts(await client.post("/task", json={"count": 3}))
+            assert queued_jobs(own_redis.url) == 1
+            assert (await client.get("/v1/jobs")).status_code == 200  # reads go on
+        # Fixed: submits are taken again within about a second.
+        async with asyncio.timeout(5):
+            while (await client.post("/task", json={"count": 1})).status_code != 201:
+                await asyncio.sleep(0.1)
+        assert queued_jobs(own_redis.url) == 2
+
+
+async def test_with_the_opt_in_an_evicting_redis_takes_submits(own_redis: RedisProcess) -> None:
+    redis = RedisSettings(url=own_redis.url, allow_eviction=True)
+    with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
+        async for client in serve(make_app(own_redis.url, redis=redis)):
+            response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})
+            assert response.status_code == 201
+
+
+async def test_readyz_reads_redis_memory_afresh_and_reports_a_full_redis(
+    own_redis: RedisProcess,
+) -> None:
+    # The periodic reading is an hour apart: only /readyz's own can see the change.
+    redis = RedisSettings(url=own_redis.url, memory_check_interval_s=3600)
+    async for client in serve(make_app(own_redis.url, redis=redis)):
+        ready = (await client.get("/readyz")).json()
+        assert ready["redis"]["full"] is False
+        with full(own_redis.url):
+            response = await client.get("/readyz")
+            # Still ready: reads, cancels and deletes work on a full Redis.
+            assert response.status_code == 200
+            assert response.json()["redis"]["full"] is True
+            assert response.json()["redis"]["memory_used_ratio"] > 1
+        with configured(own_redis.url, maxmemory_policy="volatile-lru"):
+            problem = (await client.get("/readyz")).json()
+            assert problem["redis"]["maxmemory_policy"] == "volatile-lru"
+        assert (await client.get("/readyz")).status_code == 200

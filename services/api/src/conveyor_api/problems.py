@@ -20,6 +20,7 @@ from conveyor_core.redis import (
     record_redis_fault,
     redis_fault,
 )
+from conveyor_core.redis_health import RedisEvictsError
 
 logger = logging.getLogger("conveyor.api")
 
@@ -138,6 +139,18 @@ def redis_unavailable(
     )
 
 
+def redis_evicts(request: Request, retry_after_s: int, reason: str) -> JSONResponse:
+    """The answer to a submit while Redis may evict: 503, nothing acknowledged."""
+    return problem_response(
+        503,
+        "Redis may evict jobs",
+        f"{reason} No job is accepted until then; try again in {retry_after_s} s.",
+        instance=request.url.path,
+        problem_type=REDIS_EVICTS_PROBLEM,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 def _internal_error(request: Request) -> JSONResponse:
     """A bug: problem+json, and the connection closed (the app's state for it is unknown)."""
     return problem_response(
@@ -161,6 +174,10 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
         record_redis_fault(fault, exc, f"{request.method} {request.url.path}")
         return redis_unavailable(request, retry_after_s, fault)
 
+    async def _evicts(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RedisEvictsError)
+        return redis_evicts(request, retry_after_s, exc.reason)
+
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's last resort (ServerErrorMiddleware): it re-raises after we
         # answer, so uvicorn logs the traceback. A Redis fault raised outside the
@@ -171,6 +188,7 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
+    app.add_exception_handler(RedisEvictsError, _evicts)
     for error in (*REDIS_FAULT_ERRORS, ResponseError):
         app.add_exception_handler(error, _redis_fault)
     app.add_exception_handler(Exception, _unhandled)

@@ -28,6 +28,17 @@ logger = logging.getLogger(__name__)
 SAFE_POLICY = "noeviction"
 # After a failed check, try again this soon (doubling up to the interval).
 RETRY_AFTER_FAILURE_S = 1.0
+# While the last reading said Redis may evict, a submit reads the policy again
+# when that reading is older than this: submits resume soon after a fix.
+RECHECK_WHILE_UNSAFE_S = 1.0
+
+
+class RedisEvictsError(Exception):
+    """Redis may evict (and eviction is not allowed): a new job must not be acknowledged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +52,11 @@ class RedisMemory:
     @property
     def evicts(self) -> bool:
         return self.policy != SAFE_POLICY
+
+    @property
+    def full(self) -> bool:
+        """At maxmemory: a `noeviction` Redis refuses writes (reads still work)."""
+        return 0 < self.max_bytes <= self.used_bytes
 
     @property
     def used_ratio(self) -> float | None:
@@ -62,6 +78,7 @@ class RedisHealth:
         self.memory: RedisMemory | None = None
         self.checked_at_s: float | None = None  # monotonic time of the last good reading
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[RedisMemory] | None = None  # a read_now() under way
         self._stopping = asyncio.Event()
 
     @property
@@ -75,6 +92,25 @@ class RedisHealth:
             "knowingly, REDIS_ALLOW_EVICTION=true)."
         )
 
+    async def refuse_if_unsafe(self) -> None:
+        """Raise RedisEvictsError while Redis may drop what it is given: a job the
+        api acknowledged there could vanish. The api calls it before each submit.
+
+        Reads the last reading (refreshed every `memory_check_interval_s` and at
+        each /readyz), or reads now when there is none yet or when the last one
+        said "unsafe" more than a second ago. A Redis fault propagates.
+        """
+        now_s = time.monotonic()
+        stale_unsafe = (
+            self.not_ready_reason is not None
+            and self.checked_at_s is not None
+            and now_s - self.checked_at_s > RECHECK_WHILE_UNSAFE_S
+        )
+        if self.memory is None or stale_unsafe:
+            await self.read_now()
+        if reason := self.not_ready_reason:
+            raise RedisEvictsError(reason)
+
     def public(self) -> dict[str, Any]:
         """What the status page shows: the policy and how full Redis is (no addresses)."""
         if self.memory is None:
@@ -85,7 +121,15 @@ class RedisHealth:
             "evicts": self.memory.evicts,
             "eviction_allowed": self._settings.allow_eviction,
             "memory_used_ratio": round(ratio, 4) if ratio is not None else None,
+            "full": self.memory.full,
         }
+
+    async def read_now(self) -> RedisMemory:
+        """A fresh reading; callers at the same moment share one INFO call."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self.check())
+        # Shielded: one caller's cancel (its client went away) ends no one else's wait.
+        return await asyncio.shield(self._reading)
 
     async def check(self) -> RedisMemory:
         """Read INFO memory once (bounded by the socket timeout), export it, warn if unsafe."""

@@ -18,7 +18,7 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.resources import files
@@ -412,9 +412,18 @@ def _parse_claim(reply: list[Any]) -> Claim:
 class JobStore:
     """Submit, claim, finish, cancel, requeue and read jobs; nothing else writes them."""
 
-    def __init__(self, redis: ArqRedis, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        catalog: Catalog | None = None,
+        *,
+        admit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.redis = redis
         self.catalog = catalog or load_catalog()
+        # Awaited before each submit; raises to refuse it (the api's: not while
+        # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
+        self._admit = admit
         script = redis.register_script
         self._submit = script(lua_script("submit"))
         self._claim = script(lua_script("claim"))
@@ -460,7 +469,9 @@ class JobStore:
         already, or the caller's `rate_limit` refuses it (in the same step).
 
         Its score is its due time in its priority's band (the job type's
-        priority unless `priority` is given)."""
+        priority unless `priority` is given). The store's `admit` may refuse it first."""
+        if self._admit is not None:
+            await self._admit()
         at_ms = now_ms()
         priority = job_type.priority if priority is None else priority
         if priority not in PRIORITIES:
