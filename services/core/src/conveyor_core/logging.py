@@ -94,7 +94,7 @@ class JsonFormatter(logging.Formatter):
         line = _encoder.encode(entry)
         if len(line) > MAX_LINE_CHARS:  # a large structure: each such field as bounded text
             for key, value in entry.items():
-                if isinstance(value, dict | list | tuple):
+                if isinstance(value, dict | list | tuple):  # rare: the line is too long
                     entry[key] = bounded(_encoder.encode(value))
             line = _encoder.encode(entry)
         return line
@@ -102,21 +102,24 @@ class JsonFormatter(logging.Formatter):
 
 def _clean_fields(entry: dict[str, Any]) -> None:
     """Every string in a line's fields (any depth) bounded and scrubbed, in place:
-    a field may carry a request's or a job's text (an error, a payload's values)."""
+    a field may carry a request's or a job's text (an error, a payload's values).
+    Exact type tests, not isinstance: this runs for every line."""
     for key, value in entry.items():
-        if isinstance(value, str):
-            if key not in _CLEAN_ALREADY:
+        if key not in _CLEAN_ALREADY:
+            kind = type(value)
+            if kind is str:
                 entry[key] = clean(value)
-        elif isinstance(value, dict | list | tuple):
-            entry[key] = _cleaned(value)
+            elif kind is dict or kind is list or kind is tuple:
+                entry[key] = _cleaned(value)
 
 
 def _cleaned(value: Any) -> Any:
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         return clean(value)
-    if isinstance(value, dict):
+    if kind is dict:
         return {k: _cleaned(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [_cleaned(v) for v in value]
     return value
 

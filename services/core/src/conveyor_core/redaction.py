@@ -71,8 +71,10 @@ def scrub(text: str) -> str:
     `api_key=`-style pairs. For free text: error messages, tracebacks, log lines."""
     lowered = text.lower()
     for hints, pattern in _PATTERNS:
-        if any(hint in lowered for hint in hints):
-            text = pattern.sub(_mask, text)
+        for hint in hints:  # plain loops: a generator here doubled a log line's cost
+            if hint in lowered:
+                text = pattern.sub(_mask, text)
+                break
     return text
 
 
