@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from conveyor_core.metrics import REDIS_MAXMEMORY_POLICY, REDIS_MEMORY_MAX, REDIS_MEMORY_USED
-from conveyor_core.redis import redis_fault
+from conveyor_core.redis import describe_redis_error, redis_fault
 from conveyor_core.settings import RedisSettings
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class RedisHealth:
                 # Redis down is said elsewhere (readiness, redis_up); a refused INFO
                 # (a managed Redis may forbid it) is said here, once per failure run.
                 if redis_fault(exc) is None and retry_s == first_retry_s:
-                    logger.warning("cannot read redis INFO memory: %s: %s", type(exc).__name__, exc)
+                    logger.warning("cannot read redis INFO memory: %s", describe_redis_error(exc))
                 await self._pause(retry_s)
                 retry_s = min(retry_s * 2, interval_s)
 
