@@ -21,7 +21,7 @@ import pytest
 import redis as redis_sync
 from playwright.sync_api import expect
 
-from conveyor_core.local.redis_server import free_port
+from conveyor_core.local.redis_server import RedisProcess, free_port
 from conveyor_core.local.run import (
     MAX_LINE_BYTES,
     BoundedLines,
@@ -32,6 +32,7 @@ from conveyor_core.local.run import (
 )
 from tests.support.auth import bearer
 from tests.support.browser import open_page
+from tests.support.redis_faults import configured
 
 pytestmark = pytest.mark.e2e
 
@@ -398,3 +399,56 @@ def test_the_api_in_development_mode_refuses_to_start_inside_kubernetes() -> Non
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("conveyor-api: cannot start: ")
     assert "CONVEYOR_API_DEVELOPMENT is true inside Kubernetes" in line
+
+
+def test_a_refused_upload_leaves_the_runner_responsive_and_ctrl_c_stops_it(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    """The issue's case: a 5 MiB upload refused by a full Redis used to log the
+    whole document; under `make run` the copy stalled and the api hung."""
+    api_port, worker_port = free_port(), free_port()
+    env = {**runner_env(api_port, worker_port), "REDIS_URL": own_redis.url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        output.until(r"^\s+redis\s+redis://", timeout_s=60)
+        key = re.search(r"api key\s+(cvk_dev_\S+)", output.text())
+        assert key is not None
+        api = f"http://127.0.0.1:{api_port}"
+        with redis_sync.Redis.from_url(own_redis.url) as redis:
+            used_bytes = int(redis.info("memory")["used_memory"])
+        room: dict[str, str | int] = {"maxmemory": used_bytes + 2 * 1024 * 1024}
+        with configured(own_redis.url, **room):
+            for _ in range(3):
+                response = httpx.post(
+                    f"{api}/v1/documents",
+                    files={"file": ("notes.txt", b"Ada's notes. " * 400_000)},
+                    headers=bearer(key.group(1)),
+                    timeout=30,
+                )
+                assert response.status_code == 507, response.text
+            output.until(r"redis fault out_of_memory in POST /v1/documents", timeout_s=10)
+            started = time.monotonic()
+            assert httpx.get(f"{api}/healthz", timeout=2).status_code == 200
+            assert time.monotonic() - started < 1
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        output.close()
+        while not output.lines.empty():
+            output.seen.append(output.lines.get())
+        (log_dir / "run.log").write_text(output.text())
+        longest = max(len(line) for line in output.seen)
+        assert longest < 8192, f"a {longest}-character line"
+        assert "Ada's notes" not in output.text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        output.close()
