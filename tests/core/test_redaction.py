@@ -85,8 +85,11 @@ def test_bounded_says_how_much_was_cut() -> None:
         bounded("x" * 5000)
         == "x" * FIELD_MAX_CHARS + f"… [{5000 - FIELD_MAX_CHARS} more characters cut]"
     )
-    # Cut first, then scrubbed: a secret cut in half is not shown either.
     assert clean("ada@example.com " + "y" * 5000).startswith("*** yyy")
+    # A secret across the cut is masked whole, not shown in part.
+    across = clean("y" * (FIELD_MAX_CHARS - 5) + " ada@example.com and more")
+    assert "ada" not in across
+    assert across.startswith("y" * (FIELD_MAX_CHARS - 5) + " ***")
 
 
 def test_a_traceback_keeps_its_end_and_each_line_is_bounded() -> None:

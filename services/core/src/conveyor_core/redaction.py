@@ -29,6 +29,9 @@ DEFAULT_KEYS = (
 )
 # What one text (a log field, an error message) may keep: about 1 KB.
 FIELD_MAX_CHARS = 1024
+# Past the cut, how much more is scrubbed with the rest: the longest secret
+# (a JWT, a URL with credentials) recognized whole across the cut.
+_SCRUB_MARGIN_CHARS = 512
 
 # Names of `name=value` (or `name: value`) pairs whose value is a secret.
 _MASKED_NAMES = (
@@ -61,6 +64,10 @@ _PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
 )
 
 
+# Every pattern above needs one of these in the text (a pair needs its = or :).
+_TRIGGERS = ("@", ":", "=", "eyJ", "earer", "cvk_")
+
+
 def _mask(match: re.Match[str]) -> str:
     return (match.groupdict().get("keep") or "") + MASK
 
@@ -69,6 +76,11 @@ def scrub(text: str) -> str:
     """`text` with secret-looking values masked: e-mail addresses, bearer tokens,
     JWTs, Conveyor api keys, URL passwords and `password=`/`token=`/`secret=`/
     `api_key=`-style pairs. For free text: error messages, tracebacks, log lines."""
+    for trigger in _TRIGGERS:
+        if trigger in text:
+            break
+    else:  # most log messages: "job end", "request"
+        return text
     lowered = text.lower()
     for hints, pattern in _PATTERNS:
         for hint in hints:  # plain loops: a generator here doubled a log line's cost
@@ -86,21 +98,24 @@ def bounded(text: str, max_chars: int = FIELD_MAX_CHARS) -> str:
 
 
 def clean(text: str, max_chars: int = FIELD_MAX_CHARS) -> str:
-    """Bounded, then scrubbed: the form any outside text takes in a log line or an error.
+    """Scrubbed, then bounded: the form any outside text takes in a log line or an error.
 
-    Cut first, so a huge text costs no more to scrub than a small one.
+    Only the part kept (and a margin, so that a secret across the cut is still
+    recognized whole) is scrubbed: a huge text costs no more than a small one.
     """
-    return scrub(bounded(text, max_chars))
+    if len(text) <= max_chars:
+        return scrub(text)
+    kept = scrub(text[: max_chars + _SCRUB_MARGIN_CHARS])[:max_chars]
+    return f"{kept}… [{len(text) - max_chars} more characters cut]"
 
 
 def clean_traceback(text: str, max_chars: int = 4 * FIELD_MAX_CHARS) -> str:
-    """A formatted traceback, scrubbed, each line bounded, and the whole bounded
-    from its end (the exception and its innermost frames are what matter)."""
-    lines = [bounded(line) for line in text.splitlines()]
-    text = "\n".join(lines)
+    """A formatted traceback, each line cleaned, and the whole bounded from its
+    end (the exception and its innermost frames are what matter)."""
+    text = "\n".join(clean(line) for line in text.splitlines())
     if len(text) > max_chars:
         text = f"[{len(text) - max_chars} characters cut]…{text[-max_chars:]}"
-    return scrub(text)
+    return text
 
 
 def _key_form(key: str) -> str:

@@ -128,6 +128,8 @@ class RedisHealth:
         """A fresh reading; callers at the same moment share one INFO call."""
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self.check())
+            # Its error is each waiter's; retrieved here too, in case all gave up.
+            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())
         # Shielded: one caller's cancel (its client went away) ends no one else's wait.
         return await asyncio.shield(self._reading)
 
