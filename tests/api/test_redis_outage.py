@@ -15,6 +15,7 @@ import redis as redis_sync
 
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.settings import RedisSettings
+from conveyor_seed.keys import document_key
 from tests.api.conftest import make_app, serve
 from tests.support.auth import AUTH_HEADERS
 from tests.support.processes import api_process, stop_all
@@ -267,7 +268,11 @@ async def test_an_evicting_redis_refuses_every_submit_and_acknowledges_none(
                 await client.post("/v1/jobs/create_task?priority=1", json={"sleep_s": 1})
             )
             assert_redis_evicts(await client.post("/task", json={"count": 3}))
+            upload = {"file": ("notes.txt", b"Notes. " * 1000)}
+            assert_redis_evicts(await client.post("/v1/documents", files=upload))
             assert queued_jobs(own_redis.url) == 1
+            with redis_sync.Redis.from_url(own_redis.url) as redis:  # nor its document
+                assert redis.keys(document_key("*")) == []
             assert (await client.get("/v1/jobs")).status_code == 200  # reads go on
         # Fixed: submits are taken again within about a second.
         async with asyncio.timeout(5):

@@ -452,6 +452,12 @@ class JobStore:
 
     # -- the lifecycle ------------------------------------------------------
 
+    async def admit(self) -> None:
+        """Raise unless a job may be acknowledged now (the `admit` given, if any).
+        Every submit asks; a route that writes other data first asks before that."""
+        if self._admit is not None:
+            await self._admit()
+
     async def submit(
         self,
         job_type: JobType,
@@ -470,8 +476,7 @@ class JobStore:
 
         Its score is its due time in its priority's band (the job type's
         priority unless `priority` is given). The store's `admit` may refuse it first."""
-        if self._admit is not None:
-            await self._admit()
+        await self.admit()
         at_ms = now_ms()
         priority = job_type.priority if priority is None else priority
         if priority not in PRIORITIES:

@@ -122,6 +122,7 @@ async def upload_document(
         raise HTTPException(exc.status, str(exc)) from None
 
     document_id = uuid4().hex
+    await store.admit()  # refused (Redis may evict): before the document is written
     await documents.create(
         document_id,
         name=name,
