@@ -92,7 +92,7 @@ def _clean_name(filename: str | None) -> str:
         413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
         415: {"description": "Not text, Markdown or PDF (judged by content)"},
         422: {"description": "Empty file, corrupt PDF, missing field or bad address"},
-        503: {"description": "Redis is unavailable; retry after Retry-After"},
+        503: {"description": "Redis is unavailable or may evict; retry after Retry-After"},
     },
 )
 async def upload_document(

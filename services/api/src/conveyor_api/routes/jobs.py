@@ -259,7 +259,7 @@ def add_routes(api: APIRouter, job_types: list[JobType]) -> None:
                 },
                 409: {"description": "Same Idempotency-Key, different payload"},
                 413: {"description": "The payload is over the size limit"},
-                503: {"description": "Redis is unavailable; retry after Retry-After"},
+                503: {"description": "Redis is unavailable or may evict; retry after Retry-After"},
             },
         )
 
