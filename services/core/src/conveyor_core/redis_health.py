@@ -177,6 +177,8 @@ class RedisHealth:
     async def stop(self) -> None:
         """End the checks. The stop flag, not only a cancel, ends the loop: a cancel
         that lands while redis-py handles a reply can be lost (seen with 5.3)."""
+        if self._reading is not None:  # a fresh reading no one waits for any more
+            self._reading.cancel()
         if self._task is None:
             return
         self._stopping.set()
