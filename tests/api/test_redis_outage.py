@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -307,3 +308,30 @@ async def test_readyz_reads_redis_memory_afresh_and_reports_a_full_redis(
             problem = (await client.get("/readyz")).json()
             assert problem["redis"]["maxmemory_policy"] == "volatile-lru"
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_redis_that_refuses_info_still_takes_submits(own_redis: RedisProcess) -> None:
+    # A managed Redis may forbid INFO: the policy cannot be read, so it cannot refuse.
+    with redis_sync.Redis.from_url(own_redis.url) as admin:
+        admin.acl_setuser(
+            "limited",
+            enabled=True,
+            passwords=["+limited-password"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-info"],
+        )
+    url = urlsplit(own_redis.url)
+    limited = url._replace(netloc=f"limited:limited-password@{url.netloc}").geturl()
+    with (
+        redis_sync.Redis.from_url(limited) as probe,
+        pytest.raises(redis_sync.exceptions.NoPermissionError),
+    ):
+        probe.info("memory")
+    async for client in serve(make_app(limited)):
+        assert (await client.get("/readyz")).status_code == 200
+        for _ in range(2):
+            response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})
+            assert response.status_code == 201, response.text
+        assert (await client.post("/task", json={"count": 2})).status_code == 201
+    assert queued_jobs(own_redis.url) == 4

@@ -79,6 +79,7 @@ class RedisHealth:
         self.checked_at_s: float | None = None  # monotonic time of the last good reading
         self._task: asyncio.Task[None] | None = None
         self._reading: asyncio.Future[RedisMemory] | None = None  # a read_now() under way
+        self._info_refused_at_s: float | None = None  # when a submit's INFO was last refused
         self._stopping = asyncio.Event()
 
     @property
@@ -98,7 +99,9 @@ class RedisHealth:
 
         Reads the last reading (refreshed every `memory_check_interval_s` and at
         each /readyz), or reads now when there is none yet or when the last one
-        said "unsafe" more than a second ago. A Redis fault propagates.
+        said "unsafe" more than a second ago. A Redis fault propagates. A Redis
+        that refuses INFO (a managed one may) cannot say: submits go on, and the
+        periodic check says so in the log.
         """
         now_s = time.monotonic()
         stale_unsafe = (
@@ -106,8 +109,17 @@ class RedisHealth:
             and self.checked_at_s is not None
             and now_s - self.checked_at_s > RECHECK_WHILE_UNSAFE_S
         )
-        if self.memory is None or stale_unsafe:
-            await self.read_now()
+        refused_lately = (
+            self._info_refused_at_s is not None
+            and now_s - self._info_refused_at_s < self._settings.memory_check_interval_s
+        )
+        if (self.memory is None or stale_unsafe) and not refused_lately:
+            try:
+                await self.read_now()
+            except Exception as exc:
+                if redis_fault(exc) is not None:
+                    raise
+                self._info_refused_at_s = now_s
         if reason := self.not_ready_reason:
             raise RedisEvictsError(reason)
 
