@@ -3,10 +3,12 @@
 The client's timeout is the bound: a request that hangs fails the test.
 """
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ import redis as redis_sync
 
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.settings import RedisSettings
+from conveyor_seed.keys import document_key
 from tests.api.conftest import make_app, serve
 from tests.support.auth import AUTH_HEADERS
 from tests.support.processes import api_process, stop_all
@@ -210,3 +213,125 @@ async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers
             assert time.monotonic() - started < redis.socket_timeout_s + 0.25
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def timed(client: httpx.AsyncClient, index: int) -> tuple[httpx.Response, float]:
+    """A submit or a listing (by `index`), and how long its answer took."""
+    method, path = [("POST", "/v1/jobs/create_task"), ("GET", "/v1/jobs")][index % 2]
+    started = time.monotonic()
+    response = await client.request(method, path, json={"sleep_s": 1})
+    return response, time.monotonic() - started
+
+
+async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bound(
+    own_redis: RedisProcess,
+) -> None:
+    # redis-py's own pool connected one new connection at a time, each waiting
+    # out the socket timeout while Redis hung: the 20th request waited ~17 s.
+    redis = RedisSettings(url=own_redis.url)
+    async for client in serve(make_app(own_redis.url, redis=redis)):
+        client.timeout = httpx.Timeout(30)  # the test measures; the client must not cut it short
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+
+        with frozen(own_redis.url):
+            answers = await asyncio.gather(*(timed(client, i) for i in range(20)))
+        for response, _ in answers:
+            assert_redis_unavailable(response)
+        slowest_s = max(elapsed_s for _, elapsed_s in answers)
+        assert slowest_s < 1.5, sorted(round(elapsed_s, 2) for _, elapsed_s in answers)
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+
+
+def assert_redis_evicts(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) >= 1
+    problem = response.json()
+    assert problem["type"] == "urn:conveyor:problem:redis-evicts"
+    assert "allkeys-lru" in problem["detail"]
+
+
+def queued_jobs(url: str) -> int:
+    with redis_sync.Redis.from_url(url) as client:
+        return int(client.zcard("arq:queue"))
+
+
+async def test_an_evicting_redis_refuses_every_submit_and_acknowledges_none(
+    own_redis: RedisProcess,
+) -> None:
+    async for client in serve(make_app(own_redis.url)):
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+        with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
+            assert (await client.get("/readyz")).status_code == 503  # a fresh reading
+            # The fast route, the route itself (a query), the tutorial's.
+            assert_redis_evicts(await client.post("/v1/jobs/create_task", json={"sleep_s": 1}))
+            assert_redis_evicts(
+                await client.post("/v1/jobs/create_task?priority=1", json={"sleep_s": 1})
+            )
+            assert_redis_evicts(await client.post("/task", json={"count": 3}))
+            upload = {"file": ("notes.txt", b"Notes. " * 1000)}
+            assert_redis_evicts(await client.post("/v1/documents", files=upload))
+            assert queued_jobs(own_redis.url) == 1
+            with redis_sync.Redis.from_url(own_redis.url) as redis:  # nor its document
+                assert redis.keys(document_key("*")) == []
+            assert (await client.get("/v1/jobs")).status_code == 200  # reads go on
+        # Fixed: submits are taken again within about a second.
+        async with asyncio.timeout(5):
+            while (await client.post("/task", json={"count": 1})).status_code != 201:
+                await asyncio.sleep(0.1)
+        assert queued_jobs(own_redis.url) == 2
+
+
+async def test_with_the_opt_in_an_evicting_redis_takes_submits(own_redis: RedisProcess) -> None:
+    redis = RedisSettings(url=own_redis.url, allow_eviction=True)
+    with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
+        async for client in serve(make_app(own_redis.url, redis=redis)):
+            response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})
+            assert response.status_code == 201
+
+
+async def test_readyz_reads_redis_memory_afresh_and_reports_a_full_redis(
+    own_redis: RedisProcess,
+) -> None:
+    # The periodic reading is an hour apart: only /readyz's own can see the change.
+    redis = RedisSettings(url=own_redis.url, memory_check_interval_s=3600)
+    async for client in serve(make_app(own_redis.url, redis=redis)):
+        ready = (await client.get("/readyz")).json()
+        assert ready["redis"]["full"] is False
+        with full(own_redis.url):
+            response = await client.get("/readyz")
+            # Still ready: reads, cancels and deletes work on a full Redis.
+            assert response.status_code == 200
+            assert response.json()["redis"]["full"] is True
+            assert response.json()["redis"]["memory_used_ratio"] > 1
+        with configured(own_redis.url, maxmemory_policy="volatile-lru"):
+            problem = (await client.get("/readyz")).json()
+            assert problem["redis"]["maxmemory_policy"] == "volatile-lru"
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_redis_that_refuses_info_still_takes_submits(own_redis: RedisProcess) -> None:
+    # A managed Redis may forbid INFO: the policy cannot be read, so it cannot refuse.
+    with redis_sync.Redis.from_url(own_redis.url) as admin:
+        admin.acl_setuser(
+            "limited",
+            enabled=True,
+            passwords=["+limited-password"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-info"],
+        )
+    url = urlsplit(own_redis.url)
+    limited = url._replace(netloc=f"limited:limited-password@{url.netloc}").geturl()
+    with (
+        redis_sync.Redis.from_url(limited) as probe,
+        pytest.raises(redis_sync.exceptions.NoPermissionError),
+    ):
+        probe.info("memory")
+    async for client in serve(make_app(limited)):
+        assert (await client.get("/readyz")).status_code == 200
+        for _ in range(2):
+            response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})
+            assert response.status_code == 201, response.text
+        assert (await client.post("/task", json={"count": 2})).status_code == 201
+    assert queued_jobs(own_redis.url) == 4

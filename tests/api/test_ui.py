@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor_core.redaction import DEFAULT_KEYS
 from conveyor_core.settings import CatalogSettings
 from tests.api.conftest import make_app, serve
 from tests.support import jobs
@@ -109,7 +110,7 @@ async def test_an_unknown_file_is_a_404_problem(client: httpx.AsyncClient) -> No
 async def test_config_names_the_keys_the_page_masks(client: httpx.AsyncClient) -> None:
     config = (await client.get("/ui/config.json")).json()
 
-    assert config["redact_keys"] == ["password", "token", "secret", "authorization", "email"]
+    assert config["redact_keys"] == list(DEFAULT_KEYS)
     assert config["refresh_s"] > 0
     assert config["submit_tasks"]  # the seed app's module mounts POST /task
 

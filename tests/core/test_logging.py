@@ -1,5 +1,6 @@
 import json
 import logging
+import sys
 from datetime import UTC, datetime
 
 from opentelemetry import trace
@@ -56,3 +57,45 @@ def test_timestamps_are_utc_iso_to_the_millisecond_as_datetime_writes_them() -> 
     ):
         expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
         assert formatter.timestamp(created) == expected
+
+
+def test_every_text_in_a_line_is_scrubbed_and_bounded() -> None:
+    formatter = JsonFormatter("api")
+    rec = record(
+        "mail to %s refused: %s",
+        error="SMTPRecipientsRefused: ada@example.com",
+        args={"to": ["ada@example.com"], "note": "n" * 5000, "count": 3},
+    )
+    rec.args = ("ada@example.com", "x" * 5000)
+    line = formatter.format(rec)
+    entry = json.loads(line)
+    assert "ada@example.com" not in line
+    assert entry["message"].startswith("mail to *** refused: xxx")
+    assert entry["message"].endswith("more characters cut]")
+    assert entry["error"] == "SMTPRecipientsRefused: ***"
+    assert entry["args"]["to"] == ["***"]
+    assert entry["args"]["count"] == 3
+    assert len(entry["args"]["note"]) < 1100
+    assert len(line) < 4 * 1024
+
+
+def test_an_exception_in_a_line_is_scrubbed_and_bounded() -> None:
+    try:
+        raise ValueError("password=hunter2 " + "z" * 100_000)
+    except ValueError:
+        rec = logging.LogRecord(
+            "conveyor.test", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    line = JsonFormatter("worker").format(rec)
+    exception = json.loads(line)["exception"]
+    assert "hunter2" not in exception
+    assert "ValueError: password=***" in exception
+    assert len(line) < 8 * 1024
+
+
+def test_a_large_structure_in_a_line_is_cut_as_text() -> None:
+    line = JsonFormatter("worker").format(record("job start", args={"ids": list(range(10_000))}))
+    entry = json.loads(line)
+    assert entry["args"].startswith('{"ids": [0, 1, 2')
+    assert entry["args"].endswith("more characters cut]")
+    assert len(line) < 4 * 1024

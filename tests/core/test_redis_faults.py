@@ -9,11 +9,13 @@ from arq.connections import ArqRedis
 from prometheus_client import REGISTRY
 from redis.exceptions import BusyLoadingError, ResponseError
 
+import conveyor_core.redis
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.redis import (
     REDIS_FAULT_ERRORS,
     RedisFault,
     create_redis,
+    describe_redis_error,
     record_redis_fault,
     redis_fault,
 )
@@ -102,3 +104,40 @@ def test_the_docs_state_the_default_hang_bound() -> None:
     assert f"| `REDIS_SOCKET_TIMEOUT_S` | `float` | `{default_s}` |" in settings
     design = (docs / "explanation" / "design.md").read_text()
     assert f"`REDIS_SOCKET_TIMEOUT_S` ({default_s:g} s" in design
+
+
+async def test_a_refused_pipeline_is_logged_small_without_its_arguments(
+    own_client: ArqRedis,
+    own_redis: RedisProcess,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # redis-py puts each failed pipeline command with its arguments in the
+    # error's message: a refused upload's whole document.
+    monkeypatch.setattr(conveyor_core.redis, "FAULT_LOG_INTERVAL_S", 0.0)
+    document = b"ada@example.com wrote this. " * 200_000  # ~5.6 MB
+    pipe = own_client.pipeline(transaction=True)
+    pipe.set("conveyor:test:doc", document)
+    pipe.expire("conveyor:test:doc", 60)
+    with full(own_redis.url), pytest.raises(REDIS_FAULT_ERRORS) as caught:
+        await pipe.execute()
+    await pipe.reset()  # type: ignore[no-untyped-call]
+    assert len(str(caught.value)) > len(document)  # what redis-py made of it
+    fault = redis_fault(caught.value)
+    assert fault == RedisFault.OUT_OF_MEMORY
+
+    described = describe_redis_error(caught.value)
+    assert described == (
+        "OutOfMemoryError: command not allowed when used memory > 'maxmemory'. "
+        "(pipeline command #1, SET)"
+    )
+    record_redis_fault(fault, caught.value, "POST /v1/documents")
+    (line,) = [r.getMessage() for r in caplog.records if "redis fault" in r.getMessage()]
+    assert line == f"redis fault out_of_memory in POST /v1/documents: {described}"
+
+
+def test_a_long_error_is_described_bounded_and_scrubbed() -> None:
+    error = ResponseError("ERR bad value for ada@example.com " + "v" * 10_000)
+    described = describe_redis_error(error)
+    assert described.startswith("ResponseError: ERR bad value for *** vvv")
+    assert len(described) < 400

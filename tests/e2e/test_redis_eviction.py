@@ -2,6 +2,8 @@
 warn in their log, export the policy, and refuse to be ready unless told otherwise."""
 
 import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -9,6 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conveyor_core.local.redis_server import RedisProcess
+from tests.e2e.conftest import Stack, running
 from tests.support.auth import TEST_KEY
 from tests.support.browser import open_page
 from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
@@ -86,3 +89,29 @@ def test_the_status_page_shows_the_policy_and_warns_when_redis_may_evict(
         assert errors.console == []
     finally:
         stop_all(api)
+
+
+def test_an_evicting_redis_acknowledges_no_submit_and_loses_no_acknowledged_job(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    """A client that ignores /readyz: while Redis may evict, every submit gets a
+    503 (nothing acknowledged, so nothing to lose); what was acknowledged runs."""
+    stack = Stack(own_redis.url, log_dir, CONVEYOR_API_RATE_LIMIT_PER_S="0")
+    with running(stack, workers=1):
+        acknowledged = [stack.submit("create_task", {"sleep_s": 0.01})["id"] for _ in range(20)]
+        with configured(own_redis.url, maxmemory_policy="allkeys-lru", maxmemory="8mb"):
+            stack.api.wait_for("/readyz", status=503)
+
+            def submit(_: int) -> httpx.Response:
+                return stack.http.post("/v1/jobs/create_task", json={"sleep_s": 0.01})
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                answers = list(pool.map(submit, range(300)))
+            statuses = Counter(a.status_code for a in answers)
+            assert statuses == {503: 300}, statuses
+            for answer in answers[:3]:
+                assert answer.headers["content-type"] == "application/problem+json"
+                assert answer.json()["type"] == "urn:conveyor:problem:redis-evicts"
+                assert int(answer.headers["retry-after"]) >= 1
+        for job_id in acknowledged:
+            stack.wait_for_state(job_id, "complete")

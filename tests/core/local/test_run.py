@@ -1,5 +1,7 @@
 """`make run`'s runner as a real process: it serves, it refuses a busy port, Ctrl-C stops all."""
 
+import asyncio
+import io
 import json
 import os
 import queue
@@ -19,10 +21,18 @@ import pytest
 import redis as redis_sync
 from playwright.sync_api import expect
 
-from conveyor_core.local.redis_server import free_port
-from conveyor_core.local.run import busy_port_error
+from conveyor_core.local.redis_server import RedisProcess, free_port
+from conveyor_core.local.run import (
+    MAX_LINE_BYTES,
+    BoundedLines,
+    busy_port_error,
+    pump,
+    start,
+    stop,
+)
 from tests.support.auth import bearer
 from tests.support.browser import open_page
+from tests.support.redis_faults import configured
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +46,7 @@ def busy_port() -> Iterator[int]:
 
 
 def runner_env(api_port: int, worker_port: int) -> dict[str, str]:
-    unset = ("REDIS_URL", "CONVEYOR_API_KEYS", "CONVEYOR_SMTP_HOST")
+    unset = ("REDIS_URL", "CONVEYOR_API_KEYS", "CONVEYOR_SMTP_HOST", "KUBERNETES_SERVICE_HOST")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         CONVEYOR_API_PORT=str(api_port),
@@ -126,17 +136,20 @@ def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(log_dir: Path
     try:
         output.until(r"^\s+redis\s+redis://", timeout_s=60)
         banner = output.text()
-        assert f"http://localhost:{api_port}/docs" in banner
-        assert f"http://localhost:{api_port}/ui/" in banner
-        assert httpx.get(f"http://localhost:{api_port}/ui/").status_code == 200
-        assert f"http://localhost:{worker_port}/healthz" in banner
+        assert f"http://127.0.0.1:{api_port}/docs" in banner
+        assert f"http://127.0.0.1:{api_port}/ui/" in banner
+        assert httpx.get(f"http://127.0.0.1:{api_port}/ui/").status_code == 200
+        assert f"http://127.0.0.1:{worker_port}/healthz" in banner
+        # This machine only: the development key has every scope.
+        assert listening_addresses(api_port) == {"127.0.0.1"}
+        assert listening_addresses(worker_port) == {"127.0.0.1"}
         redis_url = re.search(r"redis\s+(redis://\S+)", banner)
         assert redis_url is not None
         key = re.search(r"api key\s+(cvk_dev_\S+)", banner)
         assert key is not None, banner
 
         # Development mode still needs a key: the one the banner printed.
-        task = f"http://localhost:{api_port}/task"
+        task = f"http://127.0.0.1:{api_port}/task"
         assert httpx.post(task, json={"count": 1}).status_code == 401
         response = httpx.post(task, json={"count": 5}, headers=bearer(key.group(1)))
         assert response.status_code == 201
@@ -246,7 +259,7 @@ def test_make_run_finishes_the_seed_workflow_with_nothing_configured(
         key_match = re.search(r"api key\s+(cvk_dev_\S+)", banner)
         assert key_match is not None, banner
         key = key_match.group(1)
-        with httpx.Client(base_url=f"http://localhost:{api_port}", headers=bearer(key)) as api:
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=bearer(key)) as api:
             response = api.post(
                 "/v1/documents",
                 files={"file": ("notes.txt", DOCUMENT)},
@@ -269,7 +282,7 @@ def test_make_run_finishes_the_seed_workflow_with_nothing_configured(
         # The status page lists it: subject, recipient, time and body.
         with open_page(tmp_path / "profile") as (page, errors):
             page.add_init_script(f"sessionStorage.setItem('conveyor.apiKey', {key!r})")
-            page.goto(f"http://localhost:{api_port}/ui/")
+            page.goto(f"http://127.0.0.1:{api_port}/ui/")
             row = page.locator("#mail-list li")
             expect(row).to_have_count(1, timeout=15_000)
             expect(row.locator(".mail-subject")).to_have_text(mail["subject"])
@@ -281,6 +294,159 @@ def test_make_run_finishes_the_seed_workflow_with_nothing_configured(
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         (log_dir / "run-mail.log").write_text(output.text())
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        output.close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on at `port` (Linux's /proc/net/tcp)."""
+    addresses = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            addresses.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return addresses
+
+
+def test_bounded_lines_cut_a_long_line_and_keep_the_rest_whole() -> None:
+    lines = BoundedLines(max_bytes=10)
+    assert lines.feed(b"short\nsplit ") == ["short"]
+    assert lines.feed(b"acr") == []
+    assert lines.feed(b"oss\n" + b"x" * 5_000_000) == ["split acro … [2 more bytes cut]"]
+    assert lines.feed(b"y" * 1000 + b"\nlast") == ["x" * 10 + " … [5000990 more bytes cut]"]
+    assert lines.flush() == ["last"]
+    assert lines.flush() == []
+
+
+# A service gone wild: 12 MB of output in long lines on both streams, then a last word.
+LOUD = """
+import sys
+for stream in (sys.stdout, sys.stderr) * 3:
+    stream.write("x" * 2_000_000 + "\\n")
+    stream.flush()
+print("done", flush=True)
+"""
+
+
+async def test_a_service_that_prints_megabyte_lines_never_blocks_on_its_pipe() -> None:
+    process = await start([sys.executable, "-c", LOUD])
+    assert process.stdout is not None
+    out = io.StringIO()
+    copying = asyncio.create_task(pump("loud  ", process.stdout, out))
+    try:
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
+            await copying
+    finally:
+        await stop(process, asyncio.Event())
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "loud   | done"
+    assert len(lines) == 7
+    assert all(len(line) < MAX_LINE_BYTES + 100 for line in lines)
+    assert lines[0].endswith(f"[{2_000_000 - MAX_LINE_BYTES} more bytes cut]")
+
+
+async def test_stop_kills_a_service_that_ignores_sigterm_when_hurried() -> None:
+    ignores = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(60)"
+    )
+    process = await start([sys.executable, "-c", ignores])
+    assert process.stdout is not None
+    assert await process.stdout.readline() == b"up\n"
+    hurry = asyncio.Event()
+    stopping = asyncio.create_task(stop(process, hurry))
+    await asyncio.sleep(0.3)
+    assert not stopping.done()  # SIGTERM ignored: still waiting
+    hurry.set()  # a second Ctrl-C
+    async with asyncio.timeout(5):
+        await stopping
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_runner_refuses_to_start_inside_kubernetes() -> None:
+    env = {**runner_env(free_port(), free_port()), "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "KUBERNETES_SERVICE_HOST is set" in line
+    assert "development mode" in line
+
+
+def test_the_api_in_development_mode_refuses_to_start_inside_kubernetes() -> None:
+    env = {**runner_env(free_port(), free_port()), "CONVEYOR_API_DEVELOPMENT": "true"}
+    env["KUBERNETES_SERVICE_HOST"] = "10.96.0.1"
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor_api"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("conveyor-api: cannot start: ")
+    assert "CONVEYOR_API_DEVELOPMENT is true inside Kubernetes" in line
+
+
+def test_a_refused_upload_leaves_the_runner_responsive_and_ctrl_c_stops_it(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    """The issue's case: a 5 MiB upload refused by a full Redis used to log the
+    whole document; under `make run` the copy stalled and the api hung."""
+    api_port, worker_port = free_port(), free_port()
+    env = {**runner_env(api_port, worker_port), "REDIS_URL": own_redis.url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        output.until(r"^\s+redis\s+redis://", timeout_s=60)
+        key = re.search(r"api key\s+(cvk_dev_\S+)", output.text())
+        assert key is not None
+        api = f"http://127.0.0.1:{api_port}"
+        with redis_sync.Redis.from_url(own_redis.url) as redis:
+            used_bytes = int(redis.info("memory")["used_memory"])
+        room: dict[str, str | int] = {"maxmemory": used_bytes + 2 * 1024 * 1024}
+        with configured(own_redis.url, **room):
+            for _ in range(3):
+                response = httpx.post(
+                    f"{api}/v1/documents",
+                    files={"file": ("notes.txt", b"Ada's notes. " * 400_000)},
+                    headers=bearer(key.group(1)),
+                    timeout=30,
+                )
+                assert response.status_code == 507, response.text
+            output.until(r"redis fault out_of_memory in POST /v1/documents", timeout_s=10)
+            started = time.monotonic()
+            assert httpx.get(f"{api}/healthz", timeout=2).status_code == 200
+            assert time.monotonic() - started < 1
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        output.close()
+        while not output.lines.empty():
+            output.seen.append(output.lines.get())
+        (log_dir / "run.log").write_text(output.text())
+        longest = max(len(line) for line in output.seen)
+        assert longest < 8192, f"a {longest}-character line"
+        assert "Ada's notes" not in output.text()
     finally:
         if process.poll() is None:
             process.kill()

@@ -5,6 +5,7 @@ import socket
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from conveyor_api.keyfile import KeyFileError
 from conveyor_api.main import create_app
@@ -15,7 +16,16 @@ from conveyor_core.tracing import setup_tracing
 
 
 def main() -> None:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # One line, naming each setting; never its value (a URL's password).
+        errors = [
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        ]
+        sys.exit(f"conveyor-api: cannot start: {'; '.join(errors)}")
     configure_logging("api", settings.log_level)
     try:
         app = create_app(settings)

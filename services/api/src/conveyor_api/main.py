@@ -40,7 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One client (and connection pool) for the process, not one per request.
         app.state.redis = redis = create_redis(settings.redis)
-        app.state.store = JobStore(redis, catalog)
+        # Redis' memory policy and usage: warned about, exported, read by /readyz,
+        # and no job acknowledged while Redis may evict it.
+        app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
+        app.state.store = JobStore(redis, catalog, admit=redis_health.refuse_if_unsafe)
         app.state.events = events = JobEvents(redis)
         if settings.rate_limit_per_s > 0:
             app.state.rate_limiter = RateLimiter(
@@ -49,8 +52,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(
             redis, app.state.store, settings, app.state.redact, app.state.rate_limiter
         )
-        # Redis' memory policy and usage: warned about, exported, and read by /readyz.
-        app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
         redis_health.start()
         events.start()
         app.state.bulk = bulk_runner = BulkRunner(redis, app.state.store, catalog)

@@ -12,7 +12,15 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ResponseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisFault, record_redis_fault, redis_fault
+from conveyor_core.redaction import clean
+from conveyor_core.redis import (
+    REDIS_FAULT_ERRORS,
+    RedisFault,
+    describe_redis_error,
+    record_redis_fault,
+    redis_fault,
+)
+from conveyor_core.redis_health import RedisEvictsError
 
 logger = logging.getLogger("conveyor.api")
 
@@ -22,6 +30,10 @@ REDIS_UNAVAILABLE_PROBLEM = "urn:conveyor:problem:redis-unavailable"
 REDIS_FULL_PROBLEM = "urn:conveyor:problem:redis-full"
 REDIS_EVICTS_PROBLEM = "urn:conveyor:problem:redis-evicts"
 INTERNAL_PROBLEM = "urn:conveyor:problem:internal"
+# A field's name in a validation problem (a JSON body's keys are the client's).
+FIELD_NAME_MAX_CHARS = 200
+# A validation problem lists at most this many errors (a body may hold thousands).
+MAX_ERRORS = 50
 
 # Per Redis fault: the title and detail of its problem answer. Every transient
 # one is a 503 with Retry-After (redis-unavailable, as clients already know it);
@@ -54,7 +66,8 @@ def problem_response(
     **extensions: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {"type": problem_type, "title": title, "status": status}
-    body["detail"] = detail
+    # A detail may quote what the client sent (a name, an address): bounded, scrubbed.
+    body["detail"] = clean(detail)
     if instance is not None:
         body["instance"] = instance
     body.update(extensions)
@@ -75,12 +88,20 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 
 
 async def _validation_problem(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each field, its message and its error type; never the input
+    (pydantic's `input`): the answer, and any log of it, stays small and clean."""
     assert isinstance(exc, RequestValidationError)
     errors = [
-        {"field": _field_name(tuple(err["loc"])), "detail": err["msg"], "type": err["type"]}
-        for err in exc.errors()
+        {
+            "field": clean(_field_name(tuple(err["loc"])), FIELD_NAME_MAX_CHARS),
+            "detail": clean(err["msg"]),
+            "type": err["type"],
+        }
+        for err in exc.errors()[:MAX_ERRORS]
     ]
     summary = "; ".join(f"{e['field']}: {e['detail']}" for e in errors)
+    if (total := len(exc.errors())) > len(errors):
+        summary = f"{total} errors, the first {len(errors)} listed: {summary}"
     return problem_response(
         422,
         "Request validation failed",
@@ -118,6 +139,18 @@ def redis_unavailable(
     )
 
 
+def redis_evicts(request: Request, retry_after_s: int, reason: str) -> JSONResponse:
+    """The answer to a submit while Redis may evict: 503, nothing acknowledged."""
+    return problem_response(
+        503,
+        "Redis may evict jobs",
+        f"{reason} No job is accepted until then; try again in {retry_after_s} s.",
+        instance=request.url.path,
+        problem_type=REDIS_EVICTS_PROBLEM,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 def _internal_error(request: Request) -> JSONResponse:
     """A bug: problem+json, and the connection closed (the app's state for it is unknown)."""
     return problem_response(
@@ -136,10 +169,14 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def _redis_fault(request: Request, exc: Exception) -> JSONResponse:
         fault = redis_fault(exc)
         if fault is None:  # a reply error that is not a fault: a bug
-            logger.error("unhandled redis error", exc_info=exc)
+            logger.error("unhandled redis error: %s", describe_redis_error(exc), exc_info=exc)
             return _internal_error(request)
         record_redis_fault(fault, exc, f"{request.method} {request.url.path}")
         return redis_unavailable(request, retry_after_s, fault)
+
+    async def _evicts(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RedisEvictsError)
+        return redis_evicts(request, retry_after_s, exc.reason)
 
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's last resort (ServerErrorMiddleware): it re-raises after we
@@ -151,6 +188,7 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
+    app.add_exception_handler(RedisEvictsError, _evicts)
     for error in (*REDIS_FAULT_ERRORS, ResponseError):
         app.add_exception_handler(error, _redis_fault)
     app.add_exception_handler(Exception, _unhandled)

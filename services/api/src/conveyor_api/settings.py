@@ -1,5 +1,6 @@
 """The api's settings, read from `CONVEYOR_API_*` (and `REDIS_*`) environment variables."""
 
+import os
 from pathlib import Path
 from typing import Self
 
@@ -69,6 +70,18 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @model_validator(mode="after")
+    def _development_not_in_kubernetes(self) -> Self:
+        # Kubernetes sets this in every pod: a development api (started without
+        # keys, or with `make run`'s all-scope key) must not serve there.
+        if self.development and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise ValueError(
+                "CONVEYOR_API_DEVELOPMENT is true inside Kubernetes (KUBERNETES_SERVICE_HOST "
+                "is set): development mode is for a developer's machine only; give "
+                "CONVEYOR_API_KEYS and unset CONVEYOR_API_DEVELOPMENT"
+            )
+        return self
 
     @model_validator(mode="after")
     def _keys_unless_development(self) -> Self:

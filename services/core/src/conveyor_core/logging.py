@@ -15,10 +15,15 @@ from typing import Any
 
 from opentelemetry import trace
 
+from conveyor_core.redaction import FIELD_MAX_CHARS, bounded, clean, clean_traceback
+
 _bound: ContextVar[dict[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039
 
 # Always present, null when unknown, so every line has one shape.
 ALWAYS = ("trace_id", "span_id", "request_id")
+# Every text in a line is bounded (redaction.FIELD_MAX_CHARS); a line longer than
+# this has a large structure in it (a payload), which is then cut as text too.
+MAX_LINE_CHARS = 16 * FIELD_MAX_CHARS
 
 
 @contextmanager
@@ -74,7 +79,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self.service,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": clean(record.getMessage()),
             **dict.fromkeys(ALWAYS),
         }
         span = trace.get_current_span().get_span_context()
@@ -84,8 +89,49 @@ class JsonFormatter(logging.Formatter):
         entry.update(_bound.get())
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return _encoder.encode(entry)
+            entry["exception"] = clean_traceback(self.formatException(record.exc_info))
+        _clean_fields(entry)
+        line = _encoder.encode(entry)
+        if len(line) > MAX_LINE_CHARS:  # a large structure: each such field as bounded text
+            for key, value in entry.items():
+                if isinstance(value, dict | list | tuple):  # rare: the line is too long
+                    entry[key] = bounded(_encoder.encode(value))
+            line = _encoder.encode(entry)
+        return line
+
+
+def _clean_fields(entry: dict[str, Any]) -> None:
+    """Every string in a line's fields (any depth) bounded and scrubbed, in place:
+    a field may carry a request's or a job's text (an error, a payload's values).
+    Exact type tests, not isinstance: this runs for every line."""
+    for key, value in entry.items():
+        if key not in _CLEAN_ALREADY:
+            kind = type(value)
+            if kind is str:
+                entry[key] = clean(value)
+            elif kind is dict or kind is list or kind is tuple:
+                entry[key] = _cleaned(value)
+
+
+def _cleaned(value: Any) -> Any:
+    kind = type(value)
+    if kind is str:
+        return clean(value)
+    if kind is dict:
+        return {k: _cleaned(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_cleaned(v) for v in value]
+    return value
+
+
+# Cleaned where they are made, or Conveyor's own names and checked ids: the
+# rest may carry outside text (each clean costs a few microseconds a line).
+_CLEAN_ALREADY = frozenset(
+    {
+        *("message", "exception", "timestamp", "level", "service", "logger", *ALWAYS),
+        *("job_id", "job_name", "job_try", "queue", "method", "route", "outcome"),
+    }
+)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

@@ -2,20 +2,23 @@
 
 import builtins
 import logging
+import re
 import time
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
 from arq.connections import ArqRedis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor_core.metrics import REDIS_ERRORS
+from conveyor_core.redaction import clean
 from conveyor_core.serializer import job_deserializer, job_serializer
 from conveyor_core.settings import RedisSettings
 
@@ -90,6 +93,31 @@ def redis_fault(exc: BaseException) -> RedisFault | None:
     return None
 
 
+# What redis-py makes of an error in a pipeline: the command with all its
+# arguments (a whole uploaded document), then the reply.
+_PIPELINE_ERROR = re.compile(r"Command # (\d+) \((\S{0,64})")
+_PIPELINE_REPLY = " of pipeline caused error: "
+# A description of a Redis error keeps this much of its reply.
+ERROR_MAX_CHARS = 256
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """`exc` as a log line or a span may show it: its class and Redis' reply,
+    bounded and scrubbed, never the command's arguments.
+
+    redis-py puts a failed pipeline command's arguments in the message (so one
+    refused 5 MiB upload made a 5 MiB log line); the reply alone says what
+    went wrong, and the command's name says where.
+    """
+    message = str(exc)
+    if (found := _PIPELINE_ERROR.match(message)) and _PIPELINE_REPLY in message:
+        reply = message.rpartition(_PIPELINE_REPLY)[2]
+        if reply.startswith("(") and reply.endswith(",)"):  # the error's args, as a tuple
+            reply = reply[1:-2].strip("'\"")
+        message = f"{reply} (pipeline command #{found[1]}, {found[2] or '?'})"
+    return f"{type(exc).__name__}: {clean(message, ERROR_MAX_CHARS)}"
+
+
 # A fault is logged at most once per kind in this many seconds; the metric counts every one.
 FAULT_LOG_INTERVAL_S = 5.0
 _last_logged_s: dict[RedisFault, float] = {}
@@ -106,14 +134,50 @@ def record_redis_fault(fault: RedisFault, exc: BaseException, where: str) -> Non
     _last_logged_s[fault] = now_s
     more = _unlogged.pop(fault, 0)
     logger.warning(
-        "redis fault %s in %s: %s: %s%s",
+        "redis fault %s in %s: %s%s",
         fault.value,
-        where,
-        type(exc).__name__,
-        exc,
+        clean(where, ERROR_MAX_CHARS),
+        describe_redis_error(exc),
         f" ({more} more since the last such line)" if more else "",
         extra={"redis_fault": fault.value},
     )
+
+
+async def _connection_connected_outside_any_lock(pool: ConnectionPool) -> AbstractConnection:
+    """A connection of `pool`, connected (if new) side by side with any other.
+
+    redis-py 5's pool holds one lock across a new connection's connect and
+    handshake: while Redis hangs, each waiting request queues behind every
+    earlier one's socket timeout (20 concurrent requests: the last 503 after
+    ~17 s). Taking a connection is synchronous, so on one event loop it needs
+    no lock; the connect is awaited outside any, as redis-py's own
+    BlockingConnectionPool does it.
+    """
+    connection: AbstractConnection = pool.get_available_connection()  # type: ignore[no-untyped-call]
+    try:
+        await pool.ensure_connection(connection)
+    except BaseException:
+        await pool.release(connection)
+        raise
+    return connection
+
+
+class ParallelConnectionPool(ConnectionPool):
+    """redis-py's pool, but new connections connect side by side."""
+
+    async def get_connection(  # type: ignore[no-untyped-def]
+        self, command_name=None, *keys, **options
+    ) -> AbstractConnection:
+        return await _connection_connected_outside_any_lock(self)
+
+
+class ParallelSentinelConnectionPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool, but new connections connect side by side."""
+
+    async def get_connection(  # type: ignore[no-untyped-def]
+        self, command_name=None, *keys, **options
+    ) -> AbstractConnection:
+        return await _connection_connected_outside_any_lock(self)
 
 
 def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> ArqRedis:
@@ -154,7 +218,10 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
     if settings.sentinel_hosts:
         redis = _sentinel_master(settings, options)
     else:
-        redis = ArqRedis.from_url(settings.connection_url(), health_check_interval=30, **options)
+        pool = ParallelConnectionPool.from_url(
+            settings.connection_url(), health_check_interval=30, **options
+        )
+        redis = ArqRedis.from_pool(pool)  # type: ignore[assignment]
     # Job data is JSON, never pickle (serializer.py), also where arq's own
     # client code runs on this connection (enqueue_job, Job).
     redis.job_serializer = job_serializer
@@ -174,6 +241,7 @@ def _sentinel_master(settings: RedisSettings, options: dict[str, Any]) -> ArqRed
     client: ArqRedis = sentinel.master_for(
         settings.sentinel_master,
         redis_class=ArqRedis,
+        connection_pool_class=ParallelSentinelConnectionPool,
         db=int(url.path.strip("/") or 0),
         password=password,
         **options,

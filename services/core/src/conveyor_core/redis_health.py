@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from conveyor_core.metrics import REDIS_MAXMEMORY_POLICY, REDIS_MEMORY_MAX, REDIS_MEMORY_USED
-from conveyor_core.redis import redis_fault
+from conveyor_core.redis import describe_redis_error, redis_fault
 from conveyor_core.settings import RedisSettings
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,17 @@ logger = logging.getLogger(__name__)
 SAFE_POLICY = "noeviction"
 # After a failed check, try again this soon (doubling up to the interval).
 RETRY_AFTER_FAILURE_S = 1.0
+# While the last reading said Redis may evict, a submit reads the policy again
+# when that reading is older than this: submits resume soon after a fix.
+RECHECK_WHILE_UNSAFE_S = 1.0
+
+
+class RedisEvictsError(Exception):
+    """Redis may evict (and eviction is not allowed): a new job must not be acknowledged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +52,11 @@ class RedisMemory:
     @property
     def evicts(self) -> bool:
         return self.policy != SAFE_POLICY
+
+    @property
+    def full(self) -> bool:
+        """At maxmemory: a `noeviction` Redis refuses writes (reads still work)."""
+        return 0 < self.max_bytes <= self.used_bytes
 
     @property
     def used_ratio(self) -> float | None:
@@ -62,6 +78,8 @@ class RedisHealth:
         self.memory: RedisMemory | None = None
         self.checked_at_s: float | None = None  # monotonic time of the last good reading
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Future[RedisMemory] | None = None  # a read_now() under way
+        self._info_refused_at_s: float | None = None  # when a submit's INFO was last refused
         self._stopping = asyncio.Event()
 
     @property
@@ -75,6 +93,36 @@ class RedisHealth:
             "knowingly, REDIS_ALLOW_EVICTION=true)."
         )
 
+    async def refuse_if_unsafe(self) -> None:
+        """Raise RedisEvictsError while Redis may drop what it is given: a job the
+        api acknowledged there could vanish. The api calls it before each submit.
+
+        Reads the last reading (refreshed every `memory_check_interval_s` and at
+        each /readyz), or reads now when there is none yet or when the last one
+        said "unsafe" more than a second ago. A Redis fault propagates. A Redis
+        that refuses INFO (a managed one may) cannot say: submits go on, and the
+        periodic check says so in the log.
+        """
+        now_s = time.monotonic()
+        stale_unsafe = (
+            self.not_ready_reason is not None
+            and self.checked_at_s is not None
+            and now_s - self.checked_at_s > RECHECK_WHILE_UNSAFE_S
+        )
+        refused_lately = (
+            self._info_refused_at_s is not None
+            and now_s - self._info_refused_at_s < self._settings.memory_check_interval_s
+        )
+        if (self.memory is None or stale_unsafe) and not refused_lately:
+            try:
+                await self.read_now()
+            except Exception as exc:
+                if redis_fault(exc) is not None:
+                    raise
+                self._info_refused_at_s = now_s
+        if reason := self.not_ready_reason:
+            raise RedisEvictsError(reason)
+
     def public(self) -> dict[str, Any]:
         """What the status page shows: the policy and how full Redis is (no addresses)."""
         if self.memory is None:
@@ -85,7 +133,17 @@ class RedisHealth:
             "evicts": self.memory.evicts,
             "eviction_allowed": self._settings.allow_eviction,
             "memory_used_ratio": round(ratio, 4) if ratio is not None else None,
+            "full": self.memory.full,
         }
+
+    async def read_now(self) -> RedisMemory:
+        """A fresh reading; callers at the same moment share one INFO call."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self.check())
+            # Its error is each waiter's; retrieved here too, in case all gave up.
+            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # Shielded: one caller's cancel (its client went away) ends no one else's wait.
+        return await asyncio.shield(self._reading)
 
     async def check(self) -> RedisMemory:
         """Read INFO memory once (bounded by the socket timeout), export it, warn if unsafe."""
@@ -131,6 +189,8 @@ class RedisHealth:
     async def stop(self) -> None:
         """End the checks. The stop flag, not only a cancel, ends the loop: a cancel
         that lands while redis-py handles a reply can be lost (seen with 5.3)."""
+        if self._reading is not None:  # a fresh reading no one waits for any more
+            self._reading.cancel()
         if self._task is None:
             return
         self._stopping.set()
@@ -153,7 +213,7 @@ class RedisHealth:
                 # Redis down is said elsewhere (readiness, redis_up); a refused INFO
                 # (a managed Redis may forbid it) is said here, once per failure run.
                 if redis_fault(exc) is None and retry_s == first_retry_s:
-                    logger.warning("cannot read redis INFO memory: %s: %s", type(exc).__name__, exc)
+                    logger.warning("cannot read redis INFO memory: %s", describe_redis_error(exc))
                 await self._pause(retry_s)
                 retry_s = min(retry_s * 2, interval_s)
 

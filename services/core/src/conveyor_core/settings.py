@@ -6,6 +6,7 @@ from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from conveyor_core.redaction import DEFAULT_KEYS
 from conveyor_core.schedule import InvalidScheduleError, Schedule
 
 
@@ -158,8 +159,10 @@ class ObservabilitySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
 
-    # Comma-separated; a key that contains any of these (any case) is masked.
-    redact_keys: str = "password,token,secret,authorization,email"
+    # Comma-separated; a key that contains any of these (any case, `-` as `_`)
+    # is masked. Secret-looking values (e-mail addresses, bearer tokens, JWTs,
+    # URL passwords, `password=...`) are masked in any field and in free text.
+    redact_keys: str = ",".join(DEFAULT_KEYS)
 
     @property
     def redacted(self) -> list[str]:

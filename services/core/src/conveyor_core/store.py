@@ -21,7 +21,7 @@ import contextlib
 import json
 import math
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
@@ -394,9 +394,18 @@ def _parse_claim(reply: list[Any]) -> Claim:
 class JobStore:
     """Submit, claim, finish, cancel, requeue and read jobs; nothing else writes them."""
 
-    def __init__(self, redis: ArqRedis, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        catalog: Catalog | None = None,
+        *,
+        admit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.redis = redis
         self.catalog = catalog or load_catalog()
+        # Awaited before each submit; raises to refuse it (the api's: not while
+        # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
+        self._admit = admit
         script = redis.register_script
         self._submit = script(lua_script("submit"))
         self._claim = script(lua_script("claim"))
@@ -426,6 +435,12 @@ class JobStore:
 
     # -- the lifecycle ------------------------------------------------------
 
+    async def admit(self) -> None:
+        """Raise unless a job may be acknowledged now (the `admit` given, if any).
+        Every submit asks; a route that writes other data first asks before that."""
+        if self._admit is not None:
+            await self._admit()
+
     async def submit(
         self,
         job_type: JobType,
@@ -448,7 +463,8 @@ class JobStore:
         job key became arq's result key); a fresh random id needs no check.
 
         Its score is its due time in its priority's band (the job type's
-        priority unless `priority` is given)."""
+        priority unless `priority` is given). The store's `admit` may refuse it first."""
+        await self.admit()
         at_ms = now_ms()
         priority = job_type.priority if priority is None else priority
         if priority not in PRIORITIES:

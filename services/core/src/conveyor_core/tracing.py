@@ -15,6 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from conveyor_core.span_redaction import ScrubbingSpanExporter
+
 _propagator = TraceContextTextMapPropagator()
 tracer = trace.get_tracer("conveyor")
 
@@ -48,7 +50,8 @@ def setup_tracing(service_name: str) -> TracerProvider:
     ):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        # Scrubbed and bounded on the way out, as log lines are (span_redaction.py).
+        provider.add_span_processor(BatchSpanProcessor(ScrubbingSpanExporter(OTLPSpanExporter())))
     trace.set_tracer_provider(provider)
     return provider
 

@@ -107,7 +107,7 @@ def _clean_name(filename: str | None) -> str:
         413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
         415: {"description": "Not text, Markdown or PDF (judged by content)"},
         422: {"description": "Empty file, corrupt PDF, missing field or bad address"},
-        503: {"description": "Redis is unavailable; retry after Retry-After"},
+        503: {"description": "Redis is unavailable or may evict; retry after Retry-After"},
     },
 )
 async def upload_document(
@@ -138,6 +138,7 @@ async def upload_document(
             yield chunk
 
     document_id = uuid4().hex
+    await store.admit()  # refused (Redis may evict): before the document is written
     try:
         await documents.create(
             document_id,
@@ -312,6 +313,7 @@ async def register_direct_upload(
                     yield chunk
 
             document_id = uuid4().hex
+            await store.admit()  # refused (Redis may evict): before the document is written
             await documents.create(
                 document_id,
                 name=name,

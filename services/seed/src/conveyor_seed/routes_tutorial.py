@@ -47,7 +47,7 @@ async def index() -> dict[str, str]:
     status_code=201,
     summary="Enqueue `count` create_task jobs",
     dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
-    responses={503: {"description": "Redis is unavailable; retry after Retry-After"}},
+    responses={503: {"description": "Redis is unavailable or may evict; retry after Retry-After"}},
 )
 async def create_tasks(body: TaskCreate, store: StoreDep, request: Request) -> TasksQueued:
     settings = tutorial_settings(request)

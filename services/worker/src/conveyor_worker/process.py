@@ -26,7 +26,7 @@ from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.context import AnyHandler, JobContext
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobError, JobState, now_ms
-from conveyor_core.redaction import Redactor
+from conveyor_core.redaction import Redactor, clean, clean_traceback
 from conveyor_core.redis import REDIS_FAULT_ERRORS
 from conveyor_core.store import ArqJob, Claimed, Ended, JobStore, NextJobs
 from conveyor_worker.policy import (
@@ -40,7 +40,6 @@ from conveyor_worker.telemetry import JobObservation, Outcome, Unobserved
 
 logger = logging.getLogger(__name__)
 
-TRACEBACK_LIMIT_CHARS = 4000
 # The metric outcome of each decision.
 OUTCOMES = {
     JobState.COMPLETE: Outcome.SUCCESS,
@@ -69,11 +68,13 @@ class Try:
 
 
 def describe(error: BaseException) -> JobError:
+    """The error as the record keeps it: bounded, and masked by value (an
+    address or a token in a message never reaches the record, logs or spans)."""
     trace = "".join(traceback.format_exception(error))
     return JobError(
         type=type(error).__name__,
-        message=str(error) or type(error).__name__,
-        traceback=trace[-TRACEBACK_LIMIT_CHARS:],
+        message=clean(str(error) or type(error).__name__),
+        traceback=clean_traceback(trace),
     )
 
 

@@ -4,6 +4,7 @@ import asyncio
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from redis.exceptions import ResponseError
 
 from conveyor_api.deps import RedisDep, SettingsDep
 from conveyor_api.problems import REDIS_EVICTS_PROBLEM, problem_response, redis_unavailable
@@ -11,6 +12,9 @@ from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisFault, record_redis_fau
 from conveyor_core.redis_health import RedisHealth
 
 router = APIRouter(tags=["health"])
+
+# What the probe's two calls may raise: a fault, or INFO refused by the server.
+_PROBE_ERRORS: tuple[type[Exception], ...] = (*REDIS_FAULT_ERRORS, ResponseError)
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -29,15 +33,22 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(request: Request, redis: RedisDep, settings: SettingsDep) -> Response:
+    """Ready while Redis answers and keeps what it is given. A full Redis (read
+    afresh here: `redis.full`) leaves the api ready: reads, cancels and deletes
+    still work there, and only writes get their 507."""
     health: RedisHealth = request.app.state.redis_health
     try:
         await asyncio.wait_for(redis.ping(), timeout=settings.readiness_timeout_s)
-        if health.memory is None:  # not read yet (Redis was down at start): read it now
-            await asyncio.wait_for(health.check(), timeout=settings.readiness_timeout_s)
-    except REDIS_FAULT_ERRORS as exc:
-        fault = redis_fault(exc) or RedisFault.UNREACHABLE
-        record_redis_fault(fault, exc, "GET /readyz")
-        return redis_unavailable(request, settings.retry_after_s, fault)
+        # A fresh reading, not the last periodic one: the policy and how full Redis is now.
+        await asyncio.wait_for(health.read_now(), timeout=settings.readiness_timeout_s)
+    except _PROBE_ERRORS as exc:
+        fault = redis_fault(exc)
+        if fault is not None or not isinstance(exc, ResponseError):
+            fault = fault or RedisFault.UNREACHABLE
+            record_redis_fault(fault, exc, "GET /readyz")
+            return redis_unavailable(request, settings.retry_after_s, fault)
+        # INFO refused (a managed Redis may forbid it) though PING answered: go on
+        # with the last reading (the periodic check says why in the log).
     if reason := health.not_ready_reason:
         return problem_response(
             503,

@@ -51,7 +51,7 @@ from conveyor_core.jobs import (
     JobState,
 )
 from conveyor_core.logging import bound
-from conveyor_core.redaction import Redactor
+from conveyor_core.redaction import Redactor, clean, clean_traceback
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import InvalidCursorError, JobFilter
 
@@ -100,8 +100,18 @@ async def _existing(store: StoreDep, job_id: str) -> JobPublic:
 
 
 def masked(job: JobPublic, redact: Redactor) -> JobPublic:
-    """The job as clients see it: secret-looking payload and result fields masked."""
-    return job.model_copy(update={"payload": redact(job.payload), "result": redact(job.result)})
+    """The job as clients see it: secret-looking payload and result fields masked,
+    and its error's message and traceback scrubbed and bounded (a refused
+    recipient's address, a command's arguments), however the worker stored them."""
+    update: dict[str, Any] = {"payload": redact(job.payload), "result": redact(job.result)}
+    if job.error is not None:
+        update["error"] = job.error.model_copy(
+            update={
+                "message": clean(job.error.message),
+                "traceback": clean_traceback(job.error.traceback),
+            }
+        )
+    return job.model_copy(update=update)
 
 
 def job_response(
@@ -249,7 +259,7 @@ def add_routes(api: APIRouter, job_types: list[JobType]) -> None:
                 },
                 409: {"description": "Same Idempotency-Key, different payload"},
                 413: {"description": "The payload is over the size limit"},
-                503: {"description": "Redis is unavailable; retry after Retry-After"},
+                503: {"description": "Redis is unavailable or may evict; retry after Retry-After"},
             },
         )
 

@@ -1,0 +1,69 @@
+"""Spans leave the process scrubbed and bounded, as log lines do.
+
+A span's attributes and its events' (an exception's message and stack trace,
+recorded whole by `record_exception`) may carry a request's or a job's text.
+The exporter wrapper cleans each string on the way out, in the export
+thread, so the request or the job pays nothing for it.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
+
+from conveyor_core.redaction import clean, clean_traceback
+
+# OpenTelemetry's name for a recorded exception's stack trace: kept from its end.
+STACKTRACE = "exception.stacktrace"
+
+
+def cleaned_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, value in (attributes or {}).items():
+        if isinstance(value, str):
+            cleaned[key] = clean_traceback(value) if key == STACKTRACE else clean(value)
+        elif isinstance(value, Sequence) and not isinstance(value, bytes):
+            cleaned[key] = tuple(clean(v) if isinstance(v, str) else v for v in value)
+        else:
+            cleaned[key] = value
+    return cleaned
+
+
+def scrubbed(span: ReadableSpan) -> ReadableSpan:
+    """A copy of `span` with every string attribute (its own and its events')
+    bounded and scrubbed (redaction.clean), and its status description too."""
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, clean(status.description))
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=cleaned_attributes(span.attributes),
+        events=[Event(e.name, cleaned_attributes(e.attributes), e.timestamp) for e in span.events],
+        links=span.links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class ScrubbingSpanExporter(SpanExporter):
+    """Exports through `exporter` what `scrubbed` makes of each span."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self._exporter = exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._exporter.export([scrubbed(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
