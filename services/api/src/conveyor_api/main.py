@@ -15,7 +15,18 @@ from conveyor_api.events import JobEvents
 from conveyor_api.gate import Gate
 from conveyor_api.limits import upload_routes
 from conveyor_api.problems import document_problems, install_problem_handlers
-from conveyor_api.routes import audit, bulk, dev, events, health, jobs, queues, ui, workers
+from conveyor_api.routes import (
+    audit,
+    bulk,
+    dev,
+    docs,
+    events,
+    health,
+    jobs,
+    queues,
+    ui,
+    workers,
+)
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
@@ -68,6 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # metrics (telemetry.py); FastAPI's would make a second set, and spans
         # for every dependency and serialization besides.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Our own /docs, its files served from the package (routes/docs.py), not
+        # FastAPI's, which loads them from a CDN and starts them with inline
+        # script; no /redoc, which does the same.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.catalog = catalog
@@ -84,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The busiest routes first: requests are matched against routes in order.
     jobs.add_routes(app.router, list(catalog))
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(queues.router)
     app.include_router(bulk.router)
     app.include_router(audit.router)
