@@ -120,10 +120,11 @@ async def test_only_protected_routes_and_not_preflights_are_gated() -> None:
         refused = await client.post(
             "/task", content=b"{}", headers={"Origin": "https://app.example"}
         )
+        not_a_preflight = await client.request("OPTIONS", "/v1/jobs/x", content=b"{}")
     assert open_route.status_code == 204
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
-    assert refused.status_code == 401
+    assert refused.status_code == not_a_preflight.status_code == 401
     # A browser client may read the 401 (and its challenge).
     assert refused.headers["access-control-allow-origin"] == "https://app.example"
     assert app.reads == 1

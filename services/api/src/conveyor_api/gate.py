@@ -90,10 +90,12 @@ class Gate:
     def check(self, scope: Scope, headers: dict[bytes, bytes]) -> Refusal | None:
         """None to let the request in (its key left in the scope for the route),
         or the refusal to send. Only protected routes are checked; a CORS
-        preflight (OPTIONS, which never carries a key) goes on to CORS."""
+        preflight (which never carries a key) goes on to CORS."""
         path, root_path = scope["path"], scope.get("root_path", "")
         route_path = path[len(root_path) :] if path.startswith(root_path) else path
-        if not is_protected(route_path) or scope["method"] == "OPTIONS":
+        if not is_protected(route_path):
+            return None
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
             return None
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         found = identify(self.keyring(), authorization)
