@@ -112,7 +112,7 @@ class Unauthenticated:
     invalid_key: bool  # a key was sent, and matched none
 
 
-def identify(keyring: KeyRing, authorization: str) -> "ApiKey | Unauthenticated":
+def identify(keyring: KeyRing, authorization: str) -> ApiKey | Unauthenticated:
     """The key an `Authorization` header value sends, or why there is none."""
     scheme, _, credentials = authorization.partition(" ")
     credentials = credentials.strip()

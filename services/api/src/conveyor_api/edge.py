@@ -208,13 +208,13 @@ class Edge:
     async def _json(
         self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send, limit: int
     ) -> None:
-        messages: list[Message] = []
         chunks: list[bytes] = []  # joined once: `body += chunk` is quadratic
         received = 0
+        went_away: Message | None = None
         while True:
             message = await receive()
-            messages.append(message)
             if message["type"] != "http.request":
+                went_away = message  # the client disconnected: the app hears it
                 break
             chunk = message.get("body", b"")
             chunks.append(chunk)
@@ -228,9 +228,11 @@ class Edge:
         if problem := json_problem(body, self.max_json_depth):
             await send_problem(send, scope, 422, "Unacceptable JSON body", problem)
             return
+        # The app reads the body as one message (or the disconnect), then the client.
+        pending = [went_away or {"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
+            return pending.pop() if pending else await receive()
 
         await self._route(scope, headers, body, replay, send)
 
