@@ -16,7 +16,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from conveyor_api.auth import AUTHENTICATED_KEY, KeyRing
 from conveyor_api.edge import Edge
-from conveyor_api.gate import LOG_INTERVAL_S, Gate, client_address
+from conveyor_api.gate import LOG_INTERVAL_S, Gate, client_address, rate_group
 from tests.api.conftest import make_app, serve
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, bearer
 
@@ -292,3 +292,17 @@ async def test_a_json_body_in_one_byte_chunks_is_checked_whole() -> None:
     await edge(scope, receive, send)
     assert sent[0]["status"] == 422
     assert b"deeper than 8" in sent[1]["body"]
+
+
+@pytest.mark.parametrize(
+    ("address", "group"),
+    [
+        ("203.0.113.5", "203.0.113.5"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),  # the same /64: one budget
+        ("::ffff:203.0.113.5", "203.0.113.5"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_an_ipv6_client_is_counted_by_its_64(address: str, group: str) -> None:
+    assert rate_group(address) == group

@@ -11,11 +11,14 @@ bounded table of addresses that forgets the least recently seen), no span,
 and at most one log line per address per `LOG_INTERVAL_S`, which counts the
 refusals it stands for.
 
-The address is the connection's peer, or, only when the api is told how
+An IPv6 client is counted by its /64 network, which one host or one
+customer commonly holds whole (so a client cannot take a fresh budget with
+each of its addresses). The address is the connection's peer, or, only when the api is told how
 many proxies it sits behind (`trusted_proxy_hops`), the one those proxies
 recorded in `X-Forwarded-For`: a client can write anything there itself.
 """
 
+import ipaddress
 import logging
 import math
 import time
@@ -105,7 +108,7 @@ class Gate:
         return self._refuse(scope, found, route_path)
 
     def _refuse(self, scope: Scope, why: Unauthenticated, route_path: str) -> Refusal:
-        address = client_address(scope, self.trusted_proxy_hops)
+        address = rate_group(client_address(scope, self.trusted_proxy_hops))
         now_s = self.clock()
         client = self._client(address, now_s)
         retry_after_s = self._spend(client, now_s)
@@ -199,3 +202,16 @@ def client_address(scope: Scope, trusted_proxy_hops: int) -> str:
         if forwarded:
             address = forwarded[-min(trusted_proxy_hops, len(forwarded))]
     return address[:MAX_ADDRESS_CHARS] or "unknown"
+
+
+def rate_group(address: str) -> str:
+    """What shares one budget: an IPv4 address, or an IPv6 address's /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # not an address (a proxy wrote something else): as it is
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is an IPv4 client
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
