@@ -11,11 +11,11 @@ bounded table of addresses that forgets the least recently seen), no span,
 and at most one log line per address per `LOG_INTERVAL_S`, which counts the
 refusals it stands for.
 
-An IPv6 client is counted by its /64 network, which one host or one
-customer commonly holds whole (so a client cannot take a fresh budget with
-each of its addresses). The address is the connection's peer, or, only when the api is told how
+The address is the connection's peer, or, only when the api is told how
 many proxies it sits behind (`trusted_proxy_hops`), the one those proxies
 recorded in `X-Forwarded-For`: a client can write anything there itself.
+An IPv6 client is counted by its /64 network, which one host commonly holds
+whole: it cannot take a fresh budget with each of its addresses.
 """
 
 import ipaddress
