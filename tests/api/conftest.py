@@ -20,6 +20,9 @@ def make_app(redis_url: str, **overrides: Any) -> FastAPI:
         "keys": [api_key(TEST_KEY_NAME, TEST_KEY)],
         "rate_limit_per_s": 1000,
         "rate_limit_burst": 1000,
+        # The tests send many requests without a key, all from one address.
+        "unauthenticated_rate_per_s": 1000,
+        "unauthenticated_burst": 1000,
     }
     return create_app(Settings(**{**settings, **overrides}))
 

@@ -87,7 +87,6 @@ async def test_a_valid_submit_and_read_skip_fastapi(
         ({"json": {"sleep_s": "soon"}}, 422),  # the payload model refuses it
         ({"content": b"", "headers": {"content-type": "application/json"}}, 422),
         ({"content": b"sleep_s=0", "headers": {"content-type": "text/plain"}}, 422),
-        ({"json": {"sleep_s": 0}, "headers": {"Authorization": "Bearer nope"}}, 401),
         ({"json": {"sleep_s": 0}, "headers": {"Idempotency-Key": "x" * 256}}, 422),
     ],
 )
@@ -101,6 +100,22 @@ async def test_other_submits_reach_the_documented_route(
     if status == 422:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["field"]
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic dGVzdHM6eA=="])
+async def test_a_submit_without_a_valid_key_never_reaches_its_route(
+    app: FastAPI, client: httpx.AsyncClient, authorization: str | None
+) -> None:
+    submits = RouteCalls(app, "POST", "/v1/jobs/create_task")
+    client.headers.pop("Authorization")
+    headers = {"Authorization": authorization} if authorization else {}
+    response = await client.post("/v1/jobs/create_task", json={"sleep_s": 0}, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["www-authenticate"].startswith('Bearer realm="conveyor"')
+    assert response.headers["connection"] == "close"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert submits.count == 0
 
 
 async def test_a_bad_job_id_reaches_the_documented_route(

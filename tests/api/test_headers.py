@@ -12,7 +12,7 @@ PREFLIGHT = {
 }
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs", "/healthz", "/v1/jobs/nope", "/nowhere"])
+@pytest.mark.parametrize("path", ["/v1/jobs", "/healthz", "/v1/jobs/nope", "/nowhere", "/docs"])
 async def test_security_headers_on_answers_good_and_bad(
     client: httpx.AsyncClient, path: str
 ) -> None:
@@ -35,12 +35,6 @@ async def test_unauthenticated_answers_have_them_too(redis_url: str) -> None:
         assert response.status_code == 401
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["cache-control"] == "no-store"
-
-
-async def test_the_docs_page_may_load_its_scripts(client: httpx.AsyncClient) -> None:
-    response = await client.get("/docs")
-    assert response.status_code == 200
-    assert "https://cdn.jsdelivr.net" in response.headers["content-security-policy"]
 
 
 async def test_cors_is_off_by_default(client: httpx.AsyncClient) -> None:

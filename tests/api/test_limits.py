@@ -4,19 +4,19 @@ answered as problem+json."""
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
 import redis as redis_sync
 from arq.connections import ArqRedis
-from fastapi import FastAPI
+from fastapi import FastAPI, File, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from conveyor_api.auth import Scope
 from conveyor_api.edge import Edge
-from conveyor_api.limits import check_filename, json_problem
+from conveyor_api.limits import check_filename, json_problem, upload_routes
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.ratelimit import RateLimiter
 from tests.api.conftest import make_app, serve
@@ -218,24 +218,40 @@ async def echo_size(request: Request) -> JSONResponse:
     return JSONResponse({"bytes": len(await request.body())})
 
 
+async def upload_size(file: Annotated[UploadFile, File()]) -> dict[str, int]:
+    return {"bytes": len(await file.read())}
+
+
 @pytest.mark.parametrize(
-    ("content_type", "size", "status"),
+    ("path", "body", "size", "status"),
     [
-        ("application/json", 2048, 413),
-        ("multipart/form-data; boundary=x", 2048, 200),
-        ("multipart/form-data; boundary=x", 5000, 413),
+        ("/upload", "file", 2048, 200),
+        ("/upload", "file", 5000, 413),
+        ("/echo", "file", 2048, 413),  # multipart, to a route that takes no file
+        ("/echo", "json", 2048, 413),
+        ("/echo", "json", 512, 200),
     ],
 )
-async def test_uploads_have_their_own_body_limit(content_type: str, size: int, status: int) -> None:
+async def test_only_upload_routes_have_the_upload_body_limit(
+    path: str, body: str, size: int, status: int
+) -> None:
     app = FastAPI()
-    app.add_api_route("/upload", echo_size, methods=["POST"])
-    limited = Edge(app, max_body_bytes=1024, max_upload_bytes=4096, max_json_depth=32)
+    app.add_api_route("/upload", upload_size, methods=["POST"])
+    app.add_api_route("/echo", echo_size, methods=["POST"])
+    limited = Edge(
+        app,
+        max_body_bytes=1024,
+        max_upload_bytes=4096,
+        max_json_depth=32,
+        upload_routes=upload_routes(app),
+    )
     transport = httpx.ASGITransport(app=limited)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-        response = await client.post(
-            "/upload", content=b"x" * size, headers={"content-type": content_type}
-        )
-    assert response.status_code == status
+        if body == "file":
+            response = await client.post(path, files={"file": ("a.txt", b"x" * size)})
+        else:
+            response = await client.post(path, json="x" * size)
+    assert response.status_code == status, response.text
     if status == 413:
         assert json.loads(response.text)["status"] == 413
 

@@ -367,6 +367,17 @@ def test_blob_store_settings_reach_both_services() -> None:
     assert "CONVEYOR_BLOBS_URL" not in default  # the services' own default folder
 
 
+def test_the_api_trusts_the_ingress_for_client_addresses() -> None:
+    def hops(values: dict[str, Any]) -> str:
+        env = env_of(next(containers(render(values).one("Deployment", "conveyor-api"))))
+        return str(env["CONVEYOR_API_TRUSTED_PROXY_HOPS"]["value"])
+
+    assert hops({}) == "0"
+    ingress = {"enabled": True, "tls": [{"hosts": ["conveyor.example.com"], "secretName": "t"}]}
+    assert hops({"api": {"ingress": ingress}}) == "1"
+    assert hops({"api": {"ingress": ingress, "trustedProxyHops": 2}}) == "2"
+
+
 def test_network_policies_let_only_the_services_reach_redis() -> None:
     rendered = render_named("defaults")
     policy = rendered.one("NetworkPolicy", "conveyor-redis")

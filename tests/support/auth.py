@@ -11,7 +11,13 @@ TEST_KEY_NAME = "tests"
 ALL_SCOPES = frozenset(Scope)
 AUTH_HEADERS = {"Authorization": f"Bearer {TEST_KEY}"}
 # Generous, so polling tests never meet it; the Lua script still runs per request.
-RATE_LIMIT_ENV = {"CONVEYOR_API_RATE_LIMIT_PER_S": "1000", "CONVEYOR_API_RATE_LIMIT_BURST": "1000"}
+# So too the limit on requests without a valid key: the tests send many from one address.
+RATE_LIMIT_ENV = {
+    "CONVEYOR_API_RATE_LIMIT_PER_S": "1000",
+    "CONVEYOR_API_RATE_LIMIT_BURST": "1000",
+    "CONVEYOR_API_UNAUTHENTICATED_RATE_PER_S": "1000",
+    "CONVEYOR_API_UNAUTHENTICATED_BURST": "1000",
+}
 
 
 def api_key(name: str, key: str, scopes: Iterable[Scope] = ALL_SCOPES) -> ApiKey:

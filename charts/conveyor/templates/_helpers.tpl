@@ -233,6 +233,10 @@ ca.crt
 - name: CONVEYOR_API_METRICS_PORT
   value: {{ . | quote }}
 {{- end }}
+{{- $hops := $api.trustedProxyHops }}
+{{- if kindIs "invalid" $hops }}{{ $hops = ternary 1 0 $api.ingress.enabled }}{{ end }}
+- name: CONVEYOR_API_TRUSTED_PROXY_HOPS
+  value: {{ $hops | quote }}
 - name: CONVEYOR_API_RATE_LIMIT_PER_S
   value: {{ $api.rateLimit.perSecond | quote }}
 - name: CONVEYOR_API_RATE_LIMIT_BURST

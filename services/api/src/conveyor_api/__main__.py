@@ -39,6 +39,9 @@ def main() -> None:
         port=settings.port,
         log_config=None,  # keep our log format
         access_log=False,  # telemetry.RequestTelemetry logs each request
+        # The client's address is the peer's, or X-Forwarded-For's only as
+        # CONVEYOR_API_TRUSTED_PROXY_HOPS says (gate.py); not uvicorn's guess.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
     # One server on one or two ports: one lifespan, one signal handler.

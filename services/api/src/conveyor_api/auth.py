@@ -95,26 +95,50 @@ class KeyRing:
         return found
 
 
-def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
-    challenge = CHALLENGE + (f', error="{error}"' if error else "")
-    return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
+# Where the api's middleware (gate.Gate) leaves the key it found, so the route
+# does not look it up again.
+AUTHENTICATED_KEY = "conveyor.api_key"
+NO_KEY_DETAIL = "Send an api key: `Authorization: Bearer <key>`."
+BAD_KEY_DETAIL = "The api key is not valid."
+
+
+@dataclass(frozen=True, slots=True)
+class Unauthenticated:
+    """Why a request has no valid key: its 401's detail and challenge."""
+
+    detail: str
+    challenge: str  # the WWW-Authenticate header (RFC 6750)
+    invalid_key: bool  # a key was sent, and matched none
+
+
+def identify(keyring: KeyRing, authorization: str) -> ApiKey | Unauthenticated:
+    """The key an `Authorization` header value sends, or why there is none."""
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    if not credentials or scheme.lower() != "bearer":
+        return Unauthenticated(NO_KEY_DETAIL, CHALLENGE, invalid_key=False)
+    key = keyring.find(credentials)
+    if key is None:
+        challenge = f'{CHALLENGE}, error="invalid_token"'
+        return Unauthenticated(BAD_KEY_DETAIL, challenge, invalid_key=True)
+    return key
 
 
 def authenticate(request: Request) -> ApiKey:
     """The caller's key, or 401. Names the caller in the request's logs and span.
 
-    Reads `Authorization: Bearer <key>` itself rather than through FastAPI's
-    HTTPBearer dependency: one dependency less to solve on every request. The
-    OpenAPI schema declares the scheme all the same (see `secure_routes`).
+    The api's middleware has found the key already (and answered 401 itself
+    if there was none); without it, the `Authorization: Bearer <key>` header
+    is read here. Not through FastAPI's HTTPBearer dependency: one dependency
+    less to solve on every request. The OpenAPI schema declares the scheme
+    all the same (see `secure_routes`).
     """
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    credentials = credentials.strip()
-    if not credentials or scheme.lower() != "bearer":
-        raise _unauthorized("Send an api key: `Authorization: Bearer <key>`.")
-    keyring: KeyRing = request.app.state.keyring
-    key = keyring.find(credentials)
+    key: ApiKey | Unauthenticated | None = request.scope.get(AUTHENTICATED_KEY)
     if key is None:
-        raise _unauthorized("The api key is not valid.", "invalid_token")
+        keyring: KeyRing = request.app.state.keyring
+        key = identify(keyring, request.headers.get("authorization", ""))
+    if isinstance(key, Unauthenticated):
+        raise HTTPException(401, key.detail, headers={"WWW-Authenticate": key.challenge})
     request.state.api_key = key.name
     name_the_caller(key)
     return key
@@ -123,11 +147,8 @@ def authenticate(request: Request) -> ApiKey:
 def bearer_key(keyring: KeyRing, authorization: bytes | None) -> ApiKey | None:
     """The key an `Authorization: Bearer <key>` header value sends, if valid: for
     a fast route, which leaves any other answer (401) to its FastAPI route."""
-    scheme, _, credentials = (authorization or b"").decode("latin-1").partition(" ")
-    credentials = credentials.strip()
-    if not credentials or scheme.lower() != "bearer":
-        return None
-    return keyring.find(credentials)
+    key = identify(keyring, (authorization or b"").decode("latin-1"))
+    return None if isinstance(key, Unauthenticated) else key
 
 
 def name_the_caller(key: ApiKey) -> None:

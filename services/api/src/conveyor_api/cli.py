@@ -11,8 +11,12 @@
     conveyor audit
 
 The api's address comes from `--url` or CONVEYOR_URL (default
-http://localhost:8000), the key from `--key` or CONVEYOR_API_KEY. Output is
-a table, or JSON with `--json`. Exit codes, for scripts: 0 done, 1 the api
+http://localhost:8000), the key from CONVEYOR_API_KEY or `--key-file PATH`
+(`-`: standard input), never from the command line, where every user of the
+machine can read it (`ps`, shell history). Output is a table, or JSON with
+`--json`; whatever the api sends is printed without its control characters
+(terminal escape sequences among them), so a job's error message cannot
+rewrite the operator's screen. Exit codes, for scripts: 0 done, 1 the api
 refused or failed (4xx/5xx other than below), 2 bad usage, 3 the key is
 missing, wrong or lacks the scope (401/403), 4 not found (404), 5 conflict
 (409: e.g. the job is not dead), 6 the api or Redis is unavailable.
@@ -40,6 +44,28 @@ EXIT_UNAVAILABLE = 6
 # How often a bulk action's progress is polled.
 POLL_S = 0.5
 DEFAULT_URL = "http://localhost:8000"
+KEY_ENV = "CONVEYOR_API_KEY"
+# Terminal escape sequences: CSI (`ESC [ ... final`), OSC and other strings
+# (`ESC ] ... BEL or ESC \`), and the two-byte ones (`ESC` + one character).
+ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[ -~]?"
+)
+# C0 controls but tab and newline, DEL, C1 controls, and the bidirectional
+# overrides and isolates (which reorder what follows them on screen).
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` without terminal escape sequences and control characters (tab and
+    newline kept): what the api sends is data, never commands to the terminal."""
+    return CONTROL_CHARACTER.sub("", ESCAPE_SEQUENCE.sub("", text))
+
+
+def say(text: str = "", *, end: str = "\n", err: bool = False) -> None:
+    """Print, made printable: the only way this command writes to the terminal."""
+    print(printable(text), end=end, file=sys.stderr if err else sys.stdout)
 
 
 class CliError(Exception):
@@ -61,9 +87,18 @@ def _exit_code(status: int) -> int:
 
 
 class Api:
-    def __init__(self, url: str, key: str, timeout_s: float = 30) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        timeout_s: float = 30,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.http = httpx.Client(
-            base_url=url, timeout=timeout_s, headers={"Authorization": f"Bearer {key}"}
+            base_url=url,
+            timeout=timeout_s,
+            headers={"Authorization": f"Bearer {key}"},
+            transport=transport,
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -131,20 +166,21 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _cell(value: Any) -> str:
+    """One table cell: one line, whatever the value holds."""
     if value is None:
         return "-"
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return " ".join(printable(str(value)).split())
 
 
 def _out(
     args: argparse.Namespace, data: Any, rows: list[dict[str, Any]], cols: Sequence[str]
 ) -> None:
     if args.json:
-        print(json.dumps(data, indent=2))
+        say(json.dumps(data, indent=2))  # ASCII: every control character escaped
     else:
-        print(table(rows, cols) if rows else "(none)")
+        say(table(rows, cols) if rows else "(none)")
 
 
 JOB_COLUMNS = ("id", "job_type", "queue", "state", "tries", "error", "enqueued_at", "finished_at")
@@ -178,18 +214,18 @@ def cmd_jobs_list(api: Api, args: argparse.Namespace) -> int:
 def cmd_jobs_show(api: Api, args: argparse.Namespace) -> int:
     job = api.call("GET", f"/v1/jobs/{args.id}")
     if args.json:
-        print(json.dumps(job, indent=2))
+        say(json.dumps(job, indent=2))
         return EXIT_OK
     for name in ("id", "job_type", "queue", "state", "priority", "tries", "max_tries",
                  "requeues", "enqueued_at", "started_at", "finished_at", "next_try_at",
                  "trace_id", "parent_id", "children", "progress", "payload", "result"):  # fmt: skip
-        print(f"{name:>12}: {_cell(job.get(name))}")
+        say(f"{name:>12}: {_cell(job.get(name))}")
     if job.get("error"):
-        print(f"{'error':>12}: {job['error']['type']}: {job['error']['message']}")
+        say(f"{'error':>12}: {job['error']['type']}: {job['error']['message']}")
         if job["error"].get("traceback"):
-            print(job["error"]["traceback"])
+            say(job["error"]["traceback"])
     if job.get("attempts"):
-        print(table(job["attempts"], ("number", "started_at", "duration_s", "outcome")))
+        say(table(job["attempts"], ("number", "started_at", "duration_s", "outcome")))
     return EXIT_OK
 
 
@@ -207,26 +243,24 @@ def cmd_jobs_requeue(api: Api, args: argparse.Namespace) -> int:
 
 def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, Any]) -> int:
     count = api.call("POST", "/v1/bulk/preview", json=where)["count"]
-    print(f"{action}: {count} job(s) match {json.dumps(where)}", file=sys.stderr)
+    say(f"{action}: {count} job(s) match {json.dumps(where)}", err=True)
     if count == 0 and not args.json:
         return EXIT_OK
     if not args.yes:
         if not sys.stdin.isatty():
             raise CliError("not confirmed: pass --yes to act without a prompt", EXIT_USAGE)
         if input(f"{action} them? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing done", file=sys.stderr)
+            say("nothing done", err=True)
             return EXIT_OK
     status = api.call("POST", "/v1/bulk", json={"action": action, "filter": where})
     while status["state"] == "running":
         time.sleep(POLL_S)
         status = api.call("GET", f"/v1/bulk/{status['id']}")
-        print(
-            f"\r{action}: {status['done']} done, {status['skipped']} skipped, "
-            f"{status['matched']} matched",
-            end="",
-            file=sys.stderr,
+        progress = (
+            f"{status['done']} done, {status['skipped']} skipped, {status['matched']} matched"
         )
-    print(file=sys.stderr)
+        say(f"{action}: {progress}", end="\r", err=True)  # the next overwrites it
+    say(err=True)
     _out(args, status, [status], ("id", "action", "state", "matched", "done", "skipped", "error"))
     return EXIT_OK if status["state"] == "done" else EXIT_FAILED
 
@@ -272,8 +306,10 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="conveyor", description="Operate Conveyor through its api.")
     top.add_argument("--url", default=os.environ.get("CONVEYOR_URL", DEFAULT_URL))
     top.add_argument(
-        "--key", default=os.environ.get("CONVEYOR_API_KEY"), help="or CONVEYOR_API_KEY"
+        "--key-file", help=f"read the api key from this file (-: stdin), or set {KEY_ENV}"
     )
+    # Refused (see `api_key`): kept so that its users are told what to do instead.
+    top.add_argument("--key", help=argparse.SUPPRESS)
     top.add_argument("--json", action="store_true", help="JSON output")
     sub = top.add_subparsers(dest="command", required=True)
 
@@ -317,17 +353,40 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def api_key(args: argparse.Namespace) -> str:
+    """The key, from `--key-file` or the environment; never from the command line."""
+    if args.key is not None:
+        raise CliError(
+            "--key is not accepted: a key on the command line is visible to every user "
+            f"of this machine (ps, shell history). Set {KEY_ENV}, or pass --key-file PATH",
+            EXIT_USAGE,
+        )
+    if args.key_file:
+        try:
+            if args.key_file == "-":
+                key = sys.stdin.readline()
+            else:
+                with open(args.key_file, encoding="utf-8") as file:
+                    key = file.readline()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"cannot read the key file: {exc}", EXIT_USAGE) from exc
+        if not key.strip():
+            raise CliError(f"the key file {args.key_file} is empty", EXIT_AUTH)
+        return key.strip()
+    key = os.environ.get(KEY_ENV, "").strip()
+    if not key:
+        raise CliError(f"no api key: set {KEY_ENV}, or pass --key-file PATH", EXIT_AUTH)
+    return key
+
+
+def main(argv: Sequence[str] | None = None, transport: httpx.BaseTransport | None = None) -> int:
     args = parser().parse_args(argv)
-    if not args.key:
-        print("conveyor: no api key: pass --key or set CONVEYOR_API_KEY", file=sys.stderr)
-        return EXIT_AUTH
-    api = Api(args.url, args.key)
     try:
+        api = Api(args.url, api_key(args), transport=transport)
         code: int = args.run(api, args)
         return code
     except CliError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
+        say(f"conveyor: {exc}", err=True)
         return exc.code
     except KeyboardInterrupt:
         return 130

@@ -1,12 +1,15 @@
 """The api's one middleware: what every request gets, whatever its route, in
 one layer with one wrapper of `send`.
 
-In order: `/metrics` kept to its own port (when it has one); the request id,
-in and out; the server span (continuing the client's W3C trace context), one
-log line and the HTTP metrics (telemetry.py); the security headers
-(headers.py); CORS where configured; the body limit (413) and, for a JSON
-body, the guard against bodies no parser should meet (422, limits.py). Then
-the app, unless a fast route answers first (see `FastRoute`).
+In order: `/metrics` kept to its own port (when it has one); requests to
+protected routes without a valid key answered 401 (or 429) before their body
+is read, with no span (gate.py); the request id, in and out; the server span
+(continuing the client's W3C trace context), one log line and the HTTP
+metrics (telemetry.py); the security headers (headers.py); CORS where
+configured; the body limit (413: the large one only for routes that take a
+file upload) and, for a JSON body, the guard against bodies no parser should
+meet (422, limits.py). Then the app, unless a fast route answers first (see
+`FastRoute`).
 
 Five middleware did this before, each a layer of calls and most a wrapper
 of `send` on every request: with FastAPI's layers between them and the
@@ -19,6 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from conveyor_api.gate import Gate, Refusal
 from conveyor_api.headers import (
     CORS_ALLOW_HEADERS,
     CORS_EXPOSE_HEADERS,
@@ -26,7 +30,13 @@ from conveyor_api.headers import (
     security_headers,
 )
 from conveyor_api.limits import BodyTooLargeError, json_problem, send_problem
-from conveyor_api.telemetry import QUIET_PATHS, RequestRecord
+from conveyor_api.telemetry import (
+    QUIET_PATHS,
+    REQUEST_ID_HEADER,
+    VALID_REQUEST_ID,
+    RequestRecord,
+    new_request_id,
+)
 from conveyor_core.logging import log_context
 
 # A fast route: answers the request itself (True), or leaves it to the app (False)
@@ -36,12 +46,20 @@ from conveyor_core.logging import log_context
 FastRoute = Callable[[Scope, dict[bytes, bytes], bytes, Receive, Send], Awaitable[bool]]
 # Finds the fast route for a method and path, if there is one.
 FastRoutes = Callable[[str, str], FastRoute | None]
+# Does this request go to a route that takes a file upload (the large body limit)?
+UploadRoutes = Callable[[Scope], bool]
 # Where the request's headers, read once, wait for the inner layers.
 HEADERS_KEY = "conveyor.headers"
+# Where a refusal of the gate waits for its answer (sent through CORS).
+REFUSAL_KEY = "conveyor.refusal"
 
 
 def _no_fast_routes(method: str, path: str) -> None:
     return None
+
+
+def _no_upload_routes(scope: Scope) -> bool:
+    return False
 
 
 class Edge:
@@ -57,6 +75,8 @@ class Edge:
         cors_origins: list[str] | None = None,
         metrics_port: int | None = None,
         fast_routes: FastRoutes = _no_fast_routes,
+        upload_routes: UploadRoutes = _no_upload_routes,
+        gate: Gate | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -64,17 +84,24 @@ class Edge:
         self.max_json_depth = max_json_depth
         self.metrics_port = metrics_port
         self.fast_routes = fast_routes
+        self.upload_routes = upload_routes
+        self.gate = gate  # None: the routes alone authenticate (after the body)
         # Outside the limits, so preflights and every answer get CORS headers;
-        # inside the security headers, so preflights get those too.
+        # inside the security headers, so preflights get those too. Around the
+        # gate's refusals too, so a browser client can read its 401.
         self.inner: ASGIApp = self._limited
+        self.refuse: ASGIApp = self._refuse
         if cors_origins:
-            self.inner = CORSMiddleware(
-                self._limited,
-                allow_origins=cors_origins,
-                allow_methods=["GET", "POST", "DELETE"],
-                allow_headers=CORS_ALLOW_HEADERS,
-                expose_headers=CORS_EXPOSE_HEADERS,
-                max_age=600,
+            self.inner, self.refuse = (
+                CORSMiddleware(
+                    inner,
+                    allow_origins=cors_origins,
+                    allow_methods=["GET", "POST", "DELETE"],
+                    allow_headers=CORS_ALLOW_HEADERS,
+                    expose_headers=CORS_EXPOSE_HEADERS,
+                    max_age=600,
+                )
+                for inner in (self._limited, self._refuse)
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,6 +111,9 @@ class Edge:
         headers = dict(reversed(scope["headers"]))  # the first of repeated ones wins
         scope[HEADERS_KEY] = headers
         path = scope["path"]
+        if self.gate is not None and (refusal := self.gate.check(scope, headers)):
+            await self._refused(scope, headers, refusal, receive, send)
+            return
         record = RequestRecord(scope, headers, quiet=path in QUIET_PATHS)
         added = (*security_headers(path), record.request_id_header)
 
@@ -114,6 +144,34 @@ class Edge:
         finally:
             record.detach()
 
+    async def _refused(
+        self,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        refusal: Refusal,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """The gate's answer, with the security headers and a request id (but no
+        span and no request log line: the gate counts and logs refusals)."""
+        incoming = headers.get(REQUEST_ID_HEADER, b"").decode("latin-1")
+        request_id = incoming if VALID_REQUEST_ID.match(incoming) else new_request_id()
+        added = (*security_headers(scope["path"]), (REQUEST_ID_HEADER, request_id.encode()))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *added]}
+            await send(message)
+
+        scope[REFUSAL_KEY] = refusal
+        await self.refuse(scope, receive, send_with_headers)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal: Refusal = scope[REFUSAL_KEY]
+        await send_problem(
+            send, scope, refusal.status, refusal.title, refusal.detail, refusal.headers
+        )
+
     def _on_its_port(self, scope: Scope) -> bool:
         """With a metrics port, `/metrics` is served there and only there, so the
         api's public port (behind the ingress) does not expose it."""
@@ -123,7 +181,8 @@ class Edge:
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         """413 for a body over its limit, by its Content-Length or as it streams
-        in (multipart uploads: `max_upload_bytes`); a JSON body is read whole
+        in (`max_upload_bytes` for a route that takes a file upload, whatever
+        the body's type; `max_body_bytes` for every other); a JSON body is read whole
         (it is bounded) and refused with 422 if `json_problem` finds it unfit.
         A fast route then answers, or the app."""
         headers: dict[bytes, bytes] = scope[HEADERS_KEY]
@@ -137,8 +196,7 @@ class Edge:
             await self._route(scope, headers, b"", receive, send)
             return
         content_type = headers.get(b"content-type", b"").lower()
-        upload = content_type.startswith(b"multipart/form-data")
-        limit = self.max_upload_bytes if upload else self.max_body_bytes
+        limit = self.max_upload_bytes if self.upload_routes(scope) else self.max_body_bytes
         if declared.isdigit() and int(declared) > limit:
             await self._too_large(scope, send, limit)
             return
@@ -150,25 +208,31 @@ class Edge:
     async def _json(
         self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send, limit: int
     ) -> None:
-        messages: list[Message] = []
-        body = b""
+        chunks: list[bytes] = []  # joined once: `body += chunk` is quadratic
+        received = 0
+        went_away: Message | None = None
         while True:
             message = await receive()
-            messages.append(message)
             if message["type"] != "http.request":
+                went_away = message  # the client disconnected: the app hears it
                 break
-            body += message.get("body", b"")
-            if len(body) > limit:
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > limit:
                 await self._too_large(scope, send, limit)
                 return
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
         if problem := json_problem(body, self.max_json_depth):
             await send_problem(send, scope, 422, "Unacceptable JSON body", problem)
             return
+        # The app reads the body as one message (or the disconnect), then the client.
+        pending = [went_away or {"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
+            return pending.pop() if pending else await receive()
 
         await self._route(scope, headers, body, replay, send)
 

@@ -2,21 +2,12 @@
 (both added by the api's middleware, edge.Edge)."""
 
 # Same-origin scripts, styles and fetches only: no inline code, no framing.
-# The status page (static files from this origin) works under it.
+# The status page and the docs page (static files from this origin) work under it.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors 'none'"
 )
-# FastAPI's /docs and /redoc load their scripts from a CDN and start them inline.
-DOCS_CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
-    "https://cdn.redoc.ly; worker-src blob:; connect-src 'self'; object-src 'none'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-)
-DOCS_PATHS = ("/docs", "/redoc")
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -30,16 +21,10 @@ SECURITY_HEADERS = (
     # the api does not speak for its parent domain's other hosts.
     (b"strict-transport-security", b"max-age=31536000"),
 )
-# Every header the api adds unless the response set its own: for the
-# api, and for the docs pages.
+# Every header the api adds unless the response set its own.
 API_DEFAULTS = (
     *SECURITY_HEADERS,
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-    (b"cache-control", b"no-store"),
-)
-DOCS_DEFAULTS = (
-    *SECURITY_HEADERS,
-    (b"content-security-policy", DOCS_CONTENT_SECURITY_POLICY.encode()),
     (b"cache-control", b"no-store"),
 )
 DEFAULT_NAMES = frozenset(name for name, _ in API_DEFAULTS)
@@ -51,5 +36,7 @@ CORS_EXPOSE_HEADERS = ["Location", "Retry-After", "X-Request-Id", "WWW-Authentic
 def security_headers(path: str) -> tuple[tuple[bytes, bytes], ...]:
     """The headers every answer at `path` gets, unless it set its own;
     `Cache-Control: no-store` among them, since job data (payloads, results)
-    must not sit in shared caches. Added by the api's middleware (edge.Edge)."""
-    return DOCS_DEFAULTS if path.startswith(DOCS_PATHS) else API_DEFAULTS
+    must not sit in shared caches. Added by the api's middleware (edge.Edge).
+    The same at every path: the docs page too is served from this origin
+    (routes/docs.py)."""
+    return API_DEFAULTS

@@ -3,9 +3,15 @@ problem+json (Starlette's own answers are plain text, and Python's JSON parser
 dies of RecursionError, a 500, on deeply nested input)."""
 
 import json
+import re
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI, params
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import compile_path
 from starlette.types import Scope, Send
 
 from conveyor_api.problems import PROBLEM_JSON
@@ -15,7 +21,14 @@ class BodyTooLargeError(Exception):
     pass
 
 
-async def send_problem(send: Send, scope: Scope, status: int, title: str, detail: str) -> None:
+async def send_problem(
+    send: Send,
+    scope: Scope,
+    status: int,
+    title: str,
+    detail: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     """A problem+json answer from ASGI middleware, below FastAPI's exception handlers."""
     body = json.dumps(
         {
@@ -26,8 +39,8 @@ async def send_problem(send: Send, scope: Scope, status: int, title: str, detail
             "instance": scope["path"],
         }
     ).encode()
-    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    framing = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": [*framing, *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -76,6 +89,38 @@ def json_depth_exceeds(value: Any, max_depth: int) -> bool:
             return True
         children = node.values() if isinstance(node, dict) else node
         pending.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def upload_routes(app: FastAPI) -> Callable[[Scope], bool]:
+    """Does a request go to one of the app's routes that take a file upload?
+    Those, and only those, get the large body limit (`max_upload_bytes`). A
+    route declares it by its signature: a `File()` (`UploadFile`) parameter."""
+    uploads: list[tuple[frozenset[str], re.Pattern[str]]] = []
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute) or not route.path:
+            continue
+        if _takes_a_file(route.dependant):
+            uploads.append((frozenset(route.methods or ()), compile_path(route.path)[0]))
+
+    def takes_upload(scope: Scope) -> bool:
+        path, root_path = scope["path"], scope.get("root_path", "")
+        path = path[len(root_path) :] if path.startswith(root_path) else path
+        return any(
+            scope["method"] in methods and pattern.match(path) for methods, pattern in uploads
+        )
+
+    return takes_upload
+
+
+def _takes_a_file(dependant: Dependant) -> bool:
+    """Is a body parameter of the route, or of a dependency at any depth, a file?"""
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        if any(isinstance(field.field_info, params.File) for field in current.body_params):
+            return True
+        pending.extend(current.dependencies)
     return False
 
 

@@ -12,9 +12,22 @@ from conveyor_api.bulk import BulkRunner
 from conveyor_api.deps import Services
 from conveyor_api.edge import Edge
 from conveyor_api.events import JobEvents
+from conveyor_api.gate import Gate
 from conveyor_api.keyfile import KeyFileError, KeyFileReloader
+from conveyor_api.limits import upload_routes
 from conveyor_api.problems import document_problems, install_problem_handlers
-from conveyor_api.routes import audit, bulk, dev, events, health, jobs, queues, ui, workers
+from conveyor_api.routes import (
+    audit,
+    bulk,
+    dev,
+    docs,
+    events,
+    health,
+    jobs,
+    queues,
+    ui,
+    workers,
+)
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
@@ -77,6 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # metrics (telemetry.py); FastAPI's would make a second set, and spans
         # for every dependency and serialization besides.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Our own /docs, its files served from the package (routes/docs.py), not
+        # FastAPI's, which loads them from a CDN and starts them with inline
+        # script; no /redoc, which does the same.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.catalog = catalog
@@ -96,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The busiest routes first: requests are matched against routes in order.
     jobs.add_routes(app.router, list(catalog))
     app.include_router(health.router)
+    app.include_router(docs.router)
     app.include_router(queues.router)
     app.include_router(bulk.router)
     app.include_router(audit.router)
@@ -108,9 +127,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(dev.router)
     secure_routes(app)
     document_problems(app)
-    # One middleware for what every request gets: the request id, span, log line
-    # and metrics, security headers, CORS, body limits (edge.py); and the two
-    # busiest routes answered there when FastAPI has nothing to add.
+    # One middleware for what every request gets: the key checked before the
+    # body is read (gate.py), the request id, span, log line and metrics,
+    # security headers, CORS, body limits (edge.py); and the two busiest routes
+    # answered there when FastAPI has nothing to add.
+    gate = Gate(
+        lambda: app.state.keyring,  # looked up per request: the keys may be replaced
+        rate_per_s=settings.unauthenticated_rate_per_s,
+        burst=settings.unauthenticated_burst,
+        max_clients=settings.unauthenticated_max_clients,
+        trusted_proxy_hops=settings.trusted_proxy_hops,
+    )
     app.add_middleware(
         Edge,
         max_body_bytes=settings.max_body_bytes,
@@ -119,6 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cors_origins=settings.cors_origin_list,
         metrics_port=settings.metrics_port,
         fast_routes=jobs.FastJobRoutes(app, list(catalog)),
+        upload_routes=upload_routes(app),
+        gate=gate,
     )
     # Last: the page's static files, open to all (the page holds no data).
     ui.install(app)

@@ -46,7 +46,21 @@ class Settings(BaseSettings):
     rate_limit_per_s: float = Field(default=50.0, ge=0)
     # Requests a key may make at once, above the average.
     rate_limit_burst: int = Field(default=100, ge=1)
-    # Request bodies above this size get 413 (multipart uploads: max_upload_bytes).
+    # Requests without a valid key, per client address per second on average
+    # (0: no limit), counted in each api process; beyond it: 429. Such requests
+    # are answered before their body is read, whatever the limit.
+    unauthenticated_rate_per_s: float = Field(default=5.0, ge=0)
+    # Requests without a valid key a client address may make at once.
+    unauthenticated_burst: int = Field(default=20, ge=1)
+    # How many client addresses the limit above remembers (least recent forgotten).
+    unauthenticated_max_clients: int = Field(default=10_000, ge=1)
+    # How many proxies (an ingress, a load balancer) the api sits behind, each
+    # appending the address it was called from to X-Forwarded-For: the client
+    # is the address the outermost one wrote. 0: the connection's peer, and
+    # X-Forwarded-For is ignored (a client can write anything there).
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
+    # Request bodies above this size get 413 (routes that take a file upload:
+    # max_upload_bytes).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # JSON bodies nested deeper than this get 422 (deep nesting crashes parsers).
     max_json_depth: int = Field(default=32, ge=2, le=500)
@@ -56,8 +70,9 @@ class Settings(BaseSettings):
     # How far ahead a job may be scheduled (defer_by_s, run_at); later gets 422.
     # At most ~100 years, so every due time stays one the api can read back.
     max_defer_s: float = Field(default=MAX_DEFER_S, gt=0, le=100 * 366 * 86_400)
-    # Multipart (file upload) request bodies above this size get 413: keep it
-    # above the largest upload a job module's routes accept (with its framing).
+    # Request bodies to routes that take a file upload (a File parameter) above
+    # this size get 413: keep it above the largest upload a job module's routes
+    # accept (with its multipart framing). Every other route: max_body_bytes.
     max_upload_bytes: int = Field(default=10 * 1_048_576, ge=1024)
     # Uploaded file names longer than this (in characters) are refused.
     max_filename_chars: int = Field(default=255, ge=1, le=1024)

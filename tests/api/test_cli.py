@@ -1,0 +1,127 @@
+"""The `conveyor` command against a hostile or careless api: what it prints is
+never a command to the terminal, and its key never comes from the command
+line. (tests/e2e/test_cli.py runs it against a live api.)"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conveyor_api.cli import EXIT_AUTH, EXIT_OK, EXIT_USAGE, main, printable
+
+KEY = "cvk_cli_test_key"
+# What a job's error message (or any text the api echoes) might carry.
+HOSTILE = (
+    "boom\x1b[2J\x1b[31mred\x1b[0m"  # clear the screen, colours
+    "\x1b]0;owned\x07"  # set the window title
+    "\x1b]8;;http://evil.example/\x1b\\link\x1b]8;;\x1b\\"  # a hyperlink
+    "\x9b31m\x07\x08\x00\r"  # C1 CSI, bell, backspace, NUL, carriage return
+    "\u202eevil"  # right-to-left override
+    "\tend"
+)
+CLEAN = "boomredlink31mevil\tend"
+
+JOB = {
+    "id": "job-1",
+    "job_type": "send\x1b[8m_email",
+    "queue": "default",
+    "state": "dead",
+    "tries": 3,
+    "error": {"type": "SMTPError", "message": HOSTILE, "traceback": f"line 1\n{HOSTILE}"},
+    "enqueued_at": "2026-12-05T08:00:00Z",
+    "finished_at": None,
+}
+
+
+def test_printable_strips_escapes_and_controls_but_keeps_tabs_and_newlines() -> None:
+    assert printable(HOSTILE) == CLEAN
+    assert printable("a\nb\tc") == "a\nb\tc"
+    assert printable("naïve — ok ✓") == "naïve — ok ✓"
+    assert printable("\x1b") == ""
+
+
+def api(seen: list[httpx.Request], status: int = 200, body: Any = None) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, json=body)
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONVEYOR_API_KEY", raising=False)
+
+
+@pytest.mark.parametrize("command", [["jobs", "show", "job-1"], ["jobs", "list"]])
+def test_what_the_api_sends_reaches_the_terminal_without_control_characters(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("CONVEYOR_API_KEY", KEY)
+    body = JOB if command[1] == "show" else {"items": [JOB], "next_cursor": None}
+    assert main(command, transport=api([], body=body)) == EXIT_OK
+    out = capsys.readouterr().out
+    for control in ("\x1b", "\x9b", "\x07", "\u202e", "\r", "\x00"):
+        assert control not in out
+    assert "send_email" in out
+    assert "boomred" in out
+
+
+def test_an_error_detail_reaches_the_terminal_without_control_characters(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_API_KEY", KEY)
+    transport = api([], status=401, body={"detail": HOSTILE})
+    assert main(["jobs", "show", "job-1"], transport=transport) == EXIT_AUTH
+    err = capsys.readouterr().err
+    assert CLEAN in err
+    assert "\x1b" not in err
+
+
+def test_json_output_escapes_every_control_character(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_API_KEY", KEY)
+    assert main(["--json", "jobs", "show", "job-1"], transport=api([], body=JOB)) == EXIT_OK
+    out = capsys.readouterr().out
+    assert json.loads(out) == JOB  # nothing lost: escaped, not stripped
+    assert "\x1b" not in out
+    assert "\u202e" not in out
+
+
+def test_a_key_on_the_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[httpx.Request] = []
+    assert main(["--key", KEY, "queues"], transport=api(seen)) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--key is not accepted" in err
+    assert "CONVEYOR_API_KEY" in err
+    assert "--key-file" in err
+    assert seen == []
+
+
+def test_the_key_comes_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[httpx.Request] = []
+    body: dict[str, Any] = {"queues": []}
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{KEY}-from-file\n")
+    assert main(["--key-file", str(key_file), "queues"], transport=api(seen, body=body)) == 0
+    monkeypatch.setenv("CONVEYOR_API_KEY", KEY)
+    assert main(["queues"], transport=api(seen, body=body)) == 0
+    assert [r.headers["authorization"] for r in seen] == [
+        f"Bearer {KEY}-from-file",
+        f"Bearer {KEY}",
+    ]
+
+    monkeypatch.delenv("CONVEYOR_API_KEY")
+    assert main(["queues"], transport=api(seen, body=body)) == EXIT_AUTH
+    (tmp_path / "empty").write_text("\n")
+    assert main(["--key-file", str(tmp_path / "empty"), "queues"]) == EXIT_AUTH
+    assert main(["--key-file", str(tmp_path / "missing"), "queues"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    for why in ("no api key", "is empty", "cannot read the key file"):
+        assert why in err
+    assert len(seen) == 2
