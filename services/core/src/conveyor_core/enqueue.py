@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
-from conveyor_core.store import JobStore, RateLimit, Submitted
+from conveyor_core.store import SUBMITTED_BY, JobStore, Quota, RateLimit, Submitted
 from conveyor_core.tracing import inject, messaging_attributes, tracer
 
 
@@ -85,6 +85,8 @@ async def enqueue(
     rate_limit: RateLimit | None = None,
     priority: int | None = None,
     parent_id: str | None = None,
+    submitted_by: str | None = None,
+    quota: Quota | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -95,6 +97,9 @@ async def enqueue(
     A `rate_limit` is spent in the same step; over it, nothing is enqueued and
     the answer says when to retry. `priority` (0 highest to 9 lowest)
     overrides the job type's. `parent_id` names the job that enqueues this one.
+    `submitted_by` names the api key the job is submitted for (it scopes the
+    Idempotency-Key; own-jobs keys read only theirs); over its `quota` of
+    outstanding jobs, nothing is enqueued (`Submitted.over_quota`).
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
@@ -112,6 +117,8 @@ async def enqueue(
             meta["request_id"] = request_id
         if parent_id:
             meta["parent_id"] = parent_id
+        if submitted_by:
+            meta[SUBMITTED_BY] = submitted_by
         submitted = await store.submit(
             job_type,
             job_id,
@@ -122,6 +129,7 @@ async def enqueue(
             fingerprint=fingerprint(data),
             rate_limit=rate_limit,
             priority=priority,
+            quota=quota,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()
