@@ -137,6 +137,14 @@ app.kubernetes.io/component: {{ .component }}
 - name: CONVEYOR_REDACT_KEYS
   value: {{ . | quote }}
 {{- end }}
+{{- /* Both: the workers' mail jobs and the api's uploads (a summary's address) check it. */ -}}
+{{- if and $values.smtp.host (not $values.smtp.allowedDomains) }}
+{{- fail "smtp.allowedDomains is empty: with smtp.host set, name the domains mail may go to (e.g. [example.com]); mail to any other domain is refused" }}
+{{- end }}
+{{- with $values.smtp.allowedDomains }}
+- name: CONVEYOR_MAIL_ALLOWED_DOMAINS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- with $values.jobs.documentsMaxBytes }}
 - name: CONVEYOR_DOCUMENTS_MAX_BYTES
   value: {{ . | int64 | quote }}
@@ -315,7 +323,9 @@ generates (templates/api/secret.yaml) with a random admin key.
 {{- end -}}
 
 {{- define "conveyor.auth.secretKey" -}}
-{{- if .Values.auth.existingSecret -}}
+{{- if and .Values.auth.existingSecret .Values.auth.apiKeys -}}
+{{- fail "auth.apiKeys is only used without auth.existingSecret: put those entries in your Secret's CONVEYOR_API_KEYS list" -}}
+{{- else if .Values.auth.existingSecret -}}
 {{- .Values.auth.existingSecretKey -}}
 {{- else -}}
 api-keys

@@ -92,7 +92,13 @@ def over_quota(key: ApiKey, retry_after_s: int) -> PolicyRefusal:
 
 def reads(key: ApiKey, job: JobPublic) -> bool:
     """Whether `key` may see `job` (an own-jobs key sees only its own)."""
-    return key.reads is Reads.ALL or job.submitted_by == key.name
+    return reads_owned_by(key, job.submitted_by)
+
+
+def reads_owned_by(key: ApiKey, submitter: str | None) -> bool:
+    """Whether `key` may see what `submitter` (an api key's name, or None:
+    no key's) submitted or uploaded."""
+    return key.reads is Reads.ALL or submitter == key.name
 
 
 def owner(key: ApiKey) -> str | None:

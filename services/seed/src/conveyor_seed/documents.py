@@ -226,7 +226,10 @@ class DocumentStore:
         content: bytes,
         notify_email: str,
         retention_s: int,
+        uploaded_by: str = "",
     ) -> Document:
+        """Store a document; `uploaded_by` names the api key that uploaded it
+        (an own-jobs key reads only its own documents)."""
         at_ms = now_ms()
         expires_at_ms = at_ms + retention_s * 1000
         fields = {
@@ -235,6 +238,7 @@ class DocumentStore:
             "content_type": content_type,
             "size_bytes": len(content),
             "notify_email": notify_email,
+            "uploaded_by": uploaded_by,
             "uploaded_at_ms": at_ms,
             "expires_at_ms": expires_at_ms,
         }
@@ -279,6 +283,13 @@ class DocumentStore:
             expires_at_ms=expires_at_ms,
             fields=fields,
         )
+
+    async def remove(self, document_id: str) -> None:
+        """Remove a document at once (an upload whose job was refused)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.document_key(document_id), keys.document_content_key(document_id))
+            pipe.zrem(keys.DOCUMENTS_BY_EXPIRY, document_id)
+            await pipe.execute()
 
     async def content(self, document_id: str) -> bytes | None:
         data: bytes | None = await self.redis.get(keys.document_content_key(document_id))

@@ -21,11 +21,13 @@ from fastapi import (
     Response,
     UploadFile,
 )
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, EmailStr
 from starlette.concurrency import run_in_threadpool
 
-from conveyor_api.auth import Scope, require
-from conveyor_api.deps import RedisDep, StoreDep
+from conveyor_api import tenants
+from conveyor_api.auth import ApiKey, Scope, require
+from conveyor_api.deps import RedisDep, SettingsDep, StoreDep
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobPublic, JobState
@@ -38,7 +40,7 @@ from conveyor_seed.documents import (
     retention_for,
     sniff,
 )
-from conveyor_seed.settings import DocumentSettings
+from conveyor_seed.settings import DocumentSettings, MailPolicySettings, domain_of
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
@@ -65,8 +67,19 @@ def get_document_settings(request: Request) -> DocumentSettings:
     return settings
 
 
+def get_mail_policy(request: Request) -> MailPolicySettings:
+    """Read once per app, at its first upload."""
+    policy: MailPolicySettings | None = getattr(request.app.state, "seed_mail_policy", None)
+    if policy is None:
+        policy = request.app.state.seed_mail_policy = MailPolicySettings()
+    return policy
+
+
 DocumentsDep = Annotated[DocumentStore, Depends(get_documents)]
 DocumentSettingsDep = Annotated[DocumentSettings, Depends(get_document_settings)]
+MailPolicyDep = Annotated[MailPolicySettings, Depends(get_mail_policy)]
+UploaderDep = Annotated[ApiKey, Depends(require(Scope.DOCUMENTS_WRITE))]
+ReaderDep = Annotated[ApiKey, Depends(require(Scope.DOCUMENTS_READ))]
 
 
 class DocumentAccepted(BaseModel):
@@ -84,14 +97,17 @@ def _clean_name(filename: str | None) -> str:
 
 @router.post(
     "",
-    dependencies=[Depends(require(Scope.DOCUMENTS_WRITE))],
     status_code=202,
     summary="Upload a document to process",
     responses={
         400: {"description": "The body is not well-formed multipart/form-data"},
         413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
         415: {"description": "Not text, Markdown or PDF (judged by content)"},
-        422: {"description": "Empty file, corrupt PDF, missing field or bad address"},
+        422: {
+            "description": "Empty file, corrupt PDF, missing field, or an address that is "
+            "not valid or not in an allowed domain (CONVEYOR_MAIL_ALLOWED_DOMAINS)"
+        },
+        429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
         503: {"description": "Redis is unavailable; retry after Retry-After"},
     },
 )
@@ -101,6 +117,9 @@ async def upload_document(
     store: StoreDep,
     documents: DocumentsDep,
     limits: DocumentSettingsDep,
+    mail_policy: MailPolicyDep,
+    uploader: UploaderDep,
+    api_settings: SettingsDep,
     notify_email: Annotated[
         EmailStr | None, Form(description="Mail the summary here when it is ready.")
     ] = None,
@@ -109,6 +128,17 @@ async def upload_document(
         Form(ge=1, description="Keep the document this long (at most the configured retention)."),
     ] = None,
 ) -> DocumentAccepted:
+    if notify_email is not None and not mail_policy.allows(notify_email):
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "notify_email"),
+                    "msg": f"mail to {domain_of(notify_email)!r} addresses is not allowed "
+                    "(CONVEYOR_MAIL_ALLOWED_DOMAINS)",
+                    "type": "value_error",
+                }
+            ]
+        )
     if file.size is not None and file.size > limits.max_bytes:
         raise HTTPException(413, f"The file is over the limit of {limits.max_bytes} bytes.")
     content = await file.read(limits.max_bytes + 1)
@@ -129,6 +159,7 @@ async def upload_document(
         content=content,
         notify_email=str(notify_email or ""),
         retention_s=retention_for(retention_s, limits.retention_s),
+        uploaded_by=uploader.name,
     )
     submitted = await enqueue(
         store,
@@ -136,7 +167,12 @@ async def upload_document(
         DocumentRef(document_id=document_id),
         idempotency_key=document_id,
         request_id=bound("request_id"),
+        submitted_by=uploader.name,
+        quota=tenants.quota_of(uploader),
     )
+    if submitted.over_quota:  # nothing would process it: keep nothing
+        await documents.remove(document_id)
+        raise tenants.over_quota(uploader, api_settings.retry_after_s)
     await documents.update(document_id, job_id=submitted.job_id)
     document = await documents.get(document_id)
     job = await store.get(submitted.job_id)
@@ -148,7 +184,6 @@ async def upload_document(
 
 @router.get(
     "/{document_id}",
-    dependencies=[Depends(require(Scope.DOCUMENTS_READ))],
     summary="Read a document",
     responses={404: {"description": "None"}},
 )
@@ -157,12 +192,14 @@ async def read_document(
     documents: DocumentsDep,
     store: StoreDep,
     settings: DocumentSettingsDep,
+    reader: ReaderDep,
     text_chars: Annotated[
         int, Query(ge=0, description="Show at most this many characters of the text.")
     ] = DEFAULT_TEXT_CHARS,
 ) -> DocumentPublic:
     document = await documents.get(document_id)
-    if document is None:
+    # Another key's document, to an own-jobs key, is as absent as an expired one.
+    if document is None or not tenants.reads_owned_by(reader, document.get("uploaded_by")):
         raise HTTPException(404, f"No document with id {document_id!r} (it may have expired).")
     job_dead = False
     if not document.processed and (job_id := document.get("job_id")):
