@@ -2,6 +2,7 @@
 queues, highest priority, quota of outstanding jobs, own-jobs reads, scoped
 Idempotency-Keys), against a real Redis."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -219,3 +220,23 @@ async def test_idempotency_keys_of_two_api_keys_do_not_collide(client: httpx.Asy
     assert a.json()["id"] != b.json()["id"]
     again = await submit(client, OWN_A, headers=same)
     assert (again.status_code, again.json()["id"]) == (200, a.json()["id"])
+
+
+async def test_an_own_jobs_admin_key_acts_in_bulk_on_its_own_jobs_only(
+    client: httpx.AsyncClient,
+) -> None:
+    mine = (await submit(client, OWN_A)).json()["id"]
+    theirs = (await submit(client, OWN_B)).json()["id"]
+    started = await client.post(
+        "/v1/bulk", json={"action": "cancel", "filter": {}}, headers=bearer(OWN_A)
+    )
+    assert started.status_code == 202, started.text
+    assert started.json()["filter"] == {"submitted_by": "own-a"}
+    async with asyncio.timeout(10):
+        while (
+            status := (await client.get(f"/v1/bulk/{started.json()['id']}", headers=ADMIN)).json()
+        )["state"] == "running":
+            await asyncio.sleep(0.05)
+    assert (status["state"], status["done"]) == ("done", 1)
+    assert (await client.get(f"/v1/jobs/{mine}", headers=ADMIN)).json()["state"] == "cancelled"
+    assert (await client.get(f"/v1/jobs/{theirs}", headers=ADMIN)).json()["state"] == "queued"
