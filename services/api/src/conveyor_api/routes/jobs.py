@@ -78,7 +78,8 @@ SubmitterDep = Annotated[Caller, Depends(authorize(Scope.JOBS_SUBMIT))]
 ReaderDep = Annotated[Caller, Depends(authorize(Scope.JOBS_READ))]
 # An operator's action: needs jobs:admin, and is written to the audit log by name.
 AdminDep = Annotated[ApiKey, Depends(require(Scope.JOBS_ADMIN))]
-# A reader whose rate is spent by the dependency (routes that read more than one key).
+# A reader's key, its rate spent by the dependency itself (for the routes that
+# read more than the read script does): its policy says which jobs it sees.
 ReadKeyDep = Annotated[ApiKey, Depends(require(Scope.JOBS_READ))]
 
 
