@@ -121,6 +121,7 @@ def test_allowed_domains_are_required_with_a_mail_server_outside_development(
 ) -> None:
     monkeypatch.delenv("CONVEYOR_MAIL_ALLOWED_DOMAINS", raising=False)
     monkeypatch.delenv("CONVEYOR_API_DEVELOPMENT", raising=False)
+    monkeypatch.delenv("CONVEYOR_MAIL_DEVELOPMENT", raising=False)
     assert not MailPolicySettings().allows("a@example.com")  # none allowed: no mail at all
     SeedSettings()  # no mail server: nothing could be sent anyway
     monkeypatch.setenv("CONVEYOR_SMTP_HOST", "mail.example.com")
@@ -134,6 +135,9 @@ def test_allowed_domains_are_required_with_a_mail_server_outside_development(
 
     monkeypatch.delenv("CONVEYOR_MAIL_ALLOWED_DOMAINS")
     monkeypatch.setenv("CONVEYOR_API_DEVELOPMENT", "true")  # as `make run` sets it
+    assert SeedSettings().mail.allows("anyone@anywhere.example")
+    monkeypatch.delenv("CONVEYOR_API_DEVELOPMENT")
+    monkeypatch.setenv("CONVEYOR_MAIL_DEVELOPMENT", "true")  # `make run`'s mail catcher
     assert SeedSettings().mail.allows("anyone@anywhere.example")
 
 

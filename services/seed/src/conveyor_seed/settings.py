@@ -8,7 +8,14 @@ document routes only `CONVEYOR_DOCUMENTS_*`.
 import re
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor_core import Schedule
@@ -61,8 +68,9 @@ class MailPolicySettings(BaseSettings):
     job checks its recipient) and by the api (an upload's summary address).
 
     Without allowed domains, no mail goes anywhere, except in development
-    (`CONVEYOR_API_DEVELOPMENT`, which `make run` sets for both services), where
-    any address is fine; a worker with a mail server but no allowed domains
+    (`CONVEYOR_MAIL_DEVELOPMENT`, which `make run` sets while its local mail
+    catcher keeps every mail, or else `CONVEYOR_API_DEVELOPMENT`), where any
+    address is fine; a worker with a mail server but no allowed domains
     refuses to start outside development.
     """
 
@@ -71,8 +79,11 @@ class MailPolicySettings(BaseSettings):
     # The recipients' domains mail is sent to, comma-separated (e.g.
     # `example.com,example.org`); each matches exactly: a subdomain needs its own.
     allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Development: no allowed domains means any domain.
-    development: bool = Field(default=False, validation_alias="CONVEYOR_API_DEVELOPMENT")
+    # Development (or CONVEYOR_API_DEVELOPMENT): no allowed domains means any domain.
+    development: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("CONVEYOR_MAIL_DEVELOPMENT", "CONVEYOR_API_DEVELOPMENT"),
+    )
 
     @field_validator("allowed_domains", mode="before")
     @classmethod
