@@ -16,7 +16,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from conveyor_api.auth import ApiKey, Scope, key_digest
+from conveyor_api.auth import ApiKey, Reads, Scope, key_digest
 from tests.charts.chart import (
     CHART_DIR,
     NAMESPACE,
@@ -241,3 +241,54 @@ def test_keda_metrics_api_sends_the_generated_key() -> None:
 def test_a_client_key_without_the_keys_it_belongs_to_is_refused() -> None:
     with pytest.raises(helm.HelmRenderError, match=r"auth\.clientKeySecret"):
         render({"auth": {"clientKeySecret": "my-client-key"}})
+
+
+def test_keys_of_their_own_join_the_generated_list_with_their_policies() -> None:
+    """auth.keys: one entry per person or client, with only the key's hash, and its policy."""
+    people = [
+        {"name": "ada", "sha256": key_digest("ada's key"), "scopes": ["jobs:read"], "reads": "own"},
+        {
+            "name": "billing",
+            "sha256": key_digest("billing's key"),
+            "scopes": ["jobs:submit", "jobs:read"],
+            "job_types": ["create_task"],
+            "queues": ["arq:queue"],
+            "highest_priority": 3,
+            "max_outstanding_jobs": 100,
+            "reads": "own",
+        },
+    ]
+    rendered = render({"auth": {"keys": people}})
+    listed = json.loads(_data(rendered.one("Secret", "conveyor-api-keys"))["api-keys"])
+    keys = {k.name: k for k in (ApiKey.model_validate(item) for item in listed)}
+    assert set(keys) == {"admin", "ada", "billing"}
+    assert keys["admin"].scopes == set(Scope)
+    assert keys["ada"].reads is Reads.OWN
+    billing = keys["billing"]
+    assert billing.job_types == frozenset({"create_task"})
+    assert billing.queues == frozenset({"arq:queue"})
+    assert (billing.highest_priority, billing.max_outstanding_jobs) == (3, 100)
+    assert "billing's key" not in json.dumps(listed)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "x", "sha256": "0" * 64, "scopes": ["jobs:read"], "reads": "mine"},
+        {"name": "x", "sha256": "0" * 64, "scopes": ["jobs:fly"]},
+        {"name": "x", "sha256": "0" * 64, "scopes": [], "highest_priority": 10},
+        {"name": "x", "sha256": "0" * 64, "scopes": [], "max_outstanding_jobs": 0},
+        {"name": "x", "sha256": "0" * 64, "scopes": [], "jobTypes": ["typo"]},
+        {"name": "x", "sha256": "not a hash", "scopes": []},
+        {"name": "admin", "sha256": "0" * 64, "scopes": []},  # the generated key's name
+    ],
+)
+def test_the_schema_refuses_a_bad_key_entry(entry: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render({"auth": {"keys": [entry]}})
+
+
+def test_keys_of_their_own_with_an_existing_secret_are_refused() -> None:
+    entry = {"name": "ada", "sha256": "0" * 64, "scopes": ["jobs:read"]}
+    with pytest.raises(helm.HelmRenderError, match=r"auth\.keys"):
+        render({"auth": {"existingSecret": "mine", "keys": [entry]}})

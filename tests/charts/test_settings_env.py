@@ -10,12 +10,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import helm_python as helm
 import pytest
 
 from conveyor_api.settings import Settings as ApiSettings
-from conveyor_seed.settings import SeedSettings
+from conveyor_seed.settings import MailPolicySettings, SeedSettings
 from conveyor_worker.settings import Settings as WorkerSettings
-from tests.charts.chart import Manifest, Rendered, containers, render, render_named
+from tests.charts.chart import (
+    Manifest,
+    Rendered,
+    containers,
+    render,
+    render_named,
+    values_file,
+)
 
 pytestmark = pytest.mark.xdist_group("charts")
 
@@ -115,6 +123,20 @@ def test_production_values_reach_the_workers() -> None:
         "second": 0,
     }
     assert settings.cron.cleanup_schedule is None
+    assert settings.mail.allowed_domains == ["example.com"]
+    assert not settings.mail.allows("someone@elsewhere.example")
+
+
+def test_the_allowed_mail_domains_reach_the_api_too_and_a_host_needs_them() -> None:
+    """The api checks a document's summary address at upload, the workers every mail."""
+    rendered = render_named("production")
+    with rendered_environment(rendered, "conveyor-api") as env:
+        assert env["CONVEYOR_MAIL_ALLOWED_DOMAINS"] == "example.com"
+        assert MailPolicySettings().allows("a@example.com")
+    values = values_file("production")
+    values["smtp"]["allowedDomains"] = []
+    with pytest.raises(helm.HelmRenderError, match=r"smtp\.allowedDomains is empty"):
+        render(values)
 
 
 def test_chart_defaults_keep_the_worker_schedules() -> None:

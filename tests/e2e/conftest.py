@@ -1,5 +1,6 @@
 """A running stack for end-to-end tests: the api and workers as real processes."""
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -12,6 +13,12 @@ import pytest
 import redis as redis_sync
 
 from conveyor_api.auth import Scope
+from conveyor_core.catalog import load_catalog
+from conveyor_core.enqueue import enqueue
+from conveyor_core.redis import create_redis
+from conveyor_core.settings import RedisSettings
+from conveyor_core.store import JobStore
+from tests.support import jobs
 from tests.support.auth import AUTH_HEADERS, TEST_KEY, TEST_KEY_NAME, api_key, keys_env
 from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
 
@@ -44,6 +51,20 @@ class Stack:
         assert response.status_code == 201, response.text
         job: dict[str, Any] = response.json()
         return job
+
+    def enqueue(self, job_type: str, payload: dict[str, Any]) -> str:
+        """Enqueue a job as a job or a schedule would (internal types have no
+        submit route); its id."""
+
+        async def enqueued() -> str:
+            client = create_redis(RedisSettings(url=self.redis_url))
+            try:
+                store = JobStore(client, load_catalog(jobs.MODULES.split(",")))
+                return (await enqueue(store, store.catalog[job_type], payload)).job_id
+            finally:
+                await client.aclose()
+
+        return asyncio.run(enqueued())
 
     def job(self, job_id: str) -> dict[str, Any]:
         response = self.http.get(f"/v1/jobs/{job_id}")

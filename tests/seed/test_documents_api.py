@@ -9,6 +9,7 @@ import httpx
 import pytest
 from arq.connections import ArqRedis
 
+from conveyor_api.auth import Reads, Scope
 from conveyor_core.blobs import BlobSettings, BlobStore
 from conveyor_core.catalog import DEFAULT_QUEUE
 from conveyor_core.store import JobStore
@@ -16,10 +17,20 @@ from conveyor_seed import PROCESS_DOCUMENT
 from conveyor_seed.documents import DocumentStore
 from conveyor_seed.settings import DocumentSettings
 from tests.api.conftest import make_app, serve
+from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, bearer
 from tests.support.pdf import make_pdf
 from tests.support.s3 import s3_server
 
 MAX_BYTES = 64 * 1024
+# Keys that read only their own documents; one that may have one job outstanding.
+OWN_A, OWN_B, ONE = "cvk_docs_a", "cvk_docs_b", "cvk_docs_one"
+DOCUMENT_SCOPES = [Scope.DOCUMENTS_WRITE, Scope.DOCUMENTS_READ]
+KEYS = [
+    api_key(TEST_KEY_NAME, TEST_KEY),
+    api_key("docs-a", OWN_A, DOCUMENT_SCOPES, reads=Reads.OWN),
+    api_key("docs-b", OWN_B, DOCUMENT_SCOPES, reads=Reads.OWN),
+    api_key("docs-one", ONE, DOCUMENT_SCOPES, max_outstanding_jobs=1),
+]
 
 
 @pytest.fixture
@@ -47,8 +58,9 @@ async def client(
     monkeypatch.setenv("CONVEYOR_DOCUMENTS_MAX_BYTES", str(MAX_BYTES))
     monkeypatch.setenv("CONVEYOR_DOCUMENTS_RETENTION_S", "3600")
     monkeypatch.setenv("CONVEYOR_DOCUMENTS_TEXT_MAX_CHARS", "1000")
+    monkeypatch.setenv("CONVEYOR_MAIL_ALLOWED_DOMAINS", "example.com")
     assert DocumentSettings().max_bytes == MAX_BYTES
-    async for c in serve(make_app(redis_url)):
+    async for c in serve(make_app(redis_url, keys=KEYS)):
         yield c
 
 
@@ -134,6 +146,13 @@ async def test_read_shows_text_bounded(
         ({"file": ("a.txt", b"x" * (MAX_BYTES + 1))}, {}, 413, "limit"),
         (None, {"notify_email": "a@example.com"}, 422, "file"),
         ({"file": ("a.txt", b"text")}, {"notify_email": "not an address"}, 422, "notify_email"),
+        # A summary mail outside the allowed domains: refused before anything is stored.
+        (
+            {"file": ("a.txt", b"text")},
+            {"notify_email": "a@elsewhere.example"},
+            422,
+            "notify_email",
+        ),
         ({"file": ("a.txt", b"text")}, {"retention_s": "0"}, 422, "retention_s"),
     ],
 )
@@ -252,3 +271,46 @@ async def test_a_direct_upload_that_is_not_a_document_is_refused_and_removed(
     assert await redis.keys("conveyor:document*") == []
     again = await client.post(upload["register_url"], json={"name": "a.png"})
     assert again.status_code == 404
+
+
+async def test_the_outside_domain_refusal_names_the_field(client: httpx.AsyncClient) -> None:
+    response = await post(client, {"file": ("a.txt", b"text")}, notify_email="a@elsewhere.example")
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == "notify_email"
+    assert "'elsewhere.example'" in error["detail"]
+    assert "CONVEYOR_MAIL_ALLOWED_DOMAINS" in error["detail"]
+
+
+async def test_an_own_jobs_key_reads_only_its_own_documents(client: httpx.AsyncClient) -> None:
+    def upload(key: str) -> Any:
+        return client.post("/v1/documents", files={"file": ("a.txt", b"text")}, headers=bearer(key))
+
+    mine = (await upload(OWN_A)).json()
+    theirs = (await upload(OWN_B)).json()["document"]["id"]
+    assert mine["job"]["submitted_by"] == "docs-a"
+
+    read = await client.get(f"/v1/documents/{mine['document']['id']}", headers=bearer(OWN_A))
+    assert read.status_code == 200
+    other = await client.get(f"/v1/documents/{theirs}", headers=bearer(OWN_A))
+    assert other.status_code == 404
+    assert other.headers["content-type"] == "application/problem+json"
+    # A key that reads everything reads both; the own key reads its job too.
+    assert (await client.get(f"/v1/documents/{theirs}")).status_code == 200
+    job = await client.get(f"/v1/jobs/{mine['job']['id']}")
+    assert job.json()["submitted_by"] == "docs-a"
+
+
+async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    files = {"file": ("a.txt", b"text")}
+    first = await client.post("/v1/documents", files=files, headers=bearer(ONE))
+    assert first.status_code == 202
+    refused = await client.post("/v1/documents", files=files, headers=bearer(ONE))
+    assert refused.status_code == 429
+    assert refused.json()["field"] == "max_outstanding_jobs"
+    assert "retry-after" in refused.headers
+    # Only the first document is kept.
+    stored = {k.decode() for k in await redis.keys("conveyor:document:*") if b":content" not in k}
+    assert stored == {f"conveyor:document:{first.json()['document']['id']}"}

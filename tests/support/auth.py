@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 from conveyor_api.auth import ApiKey, Scope, key_digest
 
@@ -20,8 +21,9 @@ RATE_LIMIT_ENV = {
 }
 
 
-def api_key(name: str, key: str, scopes: Iterable[Scope] = ALL_SCOPES) -> ApiKey:
-    return ApiKey(name=name, sha256=key_digest(key), scopes=frozenset(scopes))
+def api_key(name: str, key: str, scopes: Iterable[Scope] = ALL_SCOPES, **policy: Any) -> ApiKey:
+    """A key's entry; `policy` sets its tenant fields (job_types, reads, ...)."""
+    return ApiKey(name=name, sha256=key_digest(key), scopes=frozenset(scopes), **policy)
 
 
 def keys_env(*keys: ApiKey) -> str:

@@ -23,6 +23,8 @@ TEST_ENV = {
     "PYTHONPATH": str(REPO_ROOT),
     "CONVEYOR_DIGEST_SCHEDULE": "null",
     "CONVEYOR_CLEANUP_SCHEDULE": "null",
+    # Where test mail may go (the seed refuses other domains).
+    "CONVEYOR_MAIL_ALLOWED_DOMAINS": "example.com",
     # The name workers give themselves (as a pod's is): pages and logs show it.
     "HOSTNAME": "conveyor-worker-0",
 }

@@ -193,6 +193,13 @@ ca.crt
     secretKeyRef:
       name: {{ . }}
       key: {{ $values.blobs.secretAccessKeyKey }}
+{{- /* Both: the workers' mail jobs and the api's uploads (a summary's address) check it. */ -}}
+{{- if and $values.smtp.host (not $values.smtp.allowedDomains) }}
+{{- fail "smtp.allowedDomains is empty: with smtp.host set, name the domains mail may go to (e.g. [example.com]); mail to any other domain is refused" }}
+{{- end }}
+{{- with $values.smtp.allowedDomains }}
+- name: CONVEYOR_MAIL_ALLOWED_DOMAINS
+  value: {{ join "," . | quote }}
 {{- end }}
 {{- with $values.jobs.documentsMaxBytes }}
 - name: CONVEYOR_DOCUMENTS_MAX_BYTES

@@ -35,6 +35,7 @@ def test_caught_mails_are_kept_newest_first_bounded_and_expiring(redis_url: str)
                 "CONVEYOR_SMTP_HOST": "127.0.0.1",
                 "CONVEYOR_SMTP_PORT": str(port),
                 "CONVEYOR_SMTP_TLS": "none",
+                "CONVEYOR_MAIL_DEVELOPMENT": "true",
             }
             for n in range(3):
                 send(port, f"mail-{n}", "x" * (mail_catcher.MAX_BODY_CHARS + 10))

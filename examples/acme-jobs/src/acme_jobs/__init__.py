@@ -33,6 +33,8 @@ RECONCILE = JobType(
     timeout_s=120,
     description="Enqueue an invoice for every order that has none. Hourly.",
     schedules=(Schedule(minute=0),),
+    # Its schedule runs it; clients get no submit route for it.
+    public=False,
 )
 
 INVOICE = JobType(

@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from opentelemetry import trace
 from pydantic import BaseModel, Field, field_validator
 
+from conveyor_core.jobs import HIGHEST_PRIORITY, LOWEST_PRIORITY
 from conveyor_core.logging import bind
 from conveyor_core.ratelimit import RateDecision, RateLimit, RateLimiter
 
@@ -51,12 +52,38 @@ class Scope(StrEnum):
     DOCUMENTS_READ = "documents:read"  # read documents: their text and summary
 
 
+class Reads(StrEnum):
+    """Which jobs (and documents) a key reads."""
+
+    ALL = "all"  # every one
+    OWN = "own"  # only those it submitted (uploaded); another key's are 404
+
+
 class ApiKey(BaseModel):
-    """One entry of `CONVEYOR_API_KEYS`."""
+    """One entry of `CONVEYOR_API_KEYS`: who, what it may do, and its tenant
+    policy (see tenants.py; every policy field is optional: unset, no limit)."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
     sha256: str = Field(description="Hex SHA-256 of the key: the key itself is never stored.")
     scopes: frozenset[Scope]
+    job_types: frozenset[str] | None = Field(
+        default=None, description="The job types it may submit; unset: every public one."
+    )
+    queues: frozenset[str] | None = Field(
+        default=None, description="The queues it may submit to; unset: every queue."
+    )
+    highest_priority: int | None = Field(
+        default=None,
+        ge=HIGHEST_PRIORITY,
+        le=LOWEST_PRIORITY,
+        description="The highest priority (lowest number) its jobs may have; unset: any.",
+    )
+    max_outstanding_jobs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Jobs it submitted that may be waiting, running or retrying at once.",
+    )
+    reads: Reads = Field(default=Reads.ALL, description="Every job and document, or only its own.")
 
     @field_validator("sha256")
     @classmethod
@@ -181,10 +208,10 @@ class Caller:
     def over_rate(self, retry_after_s: float) -> HTTPException:
         return over_rate(self.key, RateDecision(False, retry_after_s, 0))
 
-    async def spend(self) -> None:
-        """Spend one request of the key's rate (one round trip), or 429."""
+    async def spend(self, cost: int = 1) -> None:
+        """Spend `cost` requests of the key's rate (one round trip), or 429."""
         if (limiter := self.services.rate_limiter) is not None:
-            decision = await limiter.hit(self.key.name)
+            decision = await limiter.hit(self.key.name, cost)
             if not decision.allowed:
                 raise over_rate(self.key, decision)
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
+from conveyor_api import tenants
 from conveyor_api.auth import KeyRing, secure_routes
 from conveyor_api.bulk import BulkRunner
 from conveyor_api.deps import Services
@@ -43,6 +44,7 @@ logger = logging.getLogger("conveyor.api")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     catalog = load_catalog(settings.catalog.modules)
+    tenants.check_policies(settings.keys, catalog)
     key_file = (
         KeyFileReloader(settings.keys_file, settings.keys_reload_interval_s)
         if settings.keys_file is not None
@@ -112,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app, retry_after_s=settings.retry_after_s)
     setup_telemetry(app)
     # The busiest routes first: requests are matched against routes in order.
-    jobs.add_routes(app.router, list(catalog))
+    jobs.add_routes(app.router, catalog.public())
     app.include_router(health.router)
     app.include_router(docs.router)
     app.include_router(queues.router)
@@ -145,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_json_depth=settings.max_json_depth,
         cors_origins=settings.cors_origin_list,
         metrics_port=settings.metrics_port,
-        fast_routes=jobs.FastJobRoutes(app, list(catalog)),
+        fast_routes=jobs.FastJobRoutes(app, catalog.public()),
         upload_routes=upload_routes(app),
         gate=gate,
     )

@@ -114,12 +114,15 @@ async def _validation_problem(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    # A refusal may name its problem type and add members (tenants.PolicyRefusal).
     return problem_response(
         exc.status_code,
         HTTPStatus(exc.status_code).phrase,
         str(exc.detail),
         instance=request.url.path,
+        problem_type=getattr(exc, "problem_type", "about:blank"),
         headers=exc.headers,
+        **getattr(exc, "extensions", {}),
     )
 
 

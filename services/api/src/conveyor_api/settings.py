@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     readiness_timeout_s: float = Field(default=0.5, gt=0)
     # What a 503 tells clients to wait before they try again.
     retry_after_s: int = Field(default=2, ge=1)
-    # The api keys (CONVEYOR_API_KEYS): a JSON list of {"name", "sha256", "scopes"}.
+    # The api keys (CONVEYOR_API_KEYS): a JSON list of {"name", "sha256", "scopes"},
+    # each optionally with its tenant policy: "job_types", "queues",
+    # "highest_priority", "max_outstanding_jobs", "reads" ("all" or "own").
     # Without any, the api refuses to start, unless in development.
     keys: list[ApiKey] = Field(default_factory=list)
     # Or a file holding that list (CONVEYOR_API_KEYS_FILE), e.g. a mounted

@@ -94,6 +94,12 @@ class JobType:
     priority: int = DEFAULT_PRIORITY
     # Concurrency and rate limits, per type and per key, across all workers.
     limits: Limits | None = None
+    # Whether clients may submit it over HTTP (`POST /v1/jobs/{name}`). False
+    # for an internal step that only jobs, schedules and the module's own
+    # routes enqueue (a mail, a cleanup): it gets no submit route, yet jobs
+    # still enqueue it and workers run it. True by default, so a module's types
+    # stay its api; each api key may be limited further (its `job_types`).
+    public: bool = True
 
     def __post_init__(self) -> None:
         if not JOB_NAME.fullmatch(self.name):
@@ -183,6 +189,10 @@ class Catalog:
 
     def __iter__(self) -> Iterator[JobType]:
         return iter(self._types.values())
+
+    def public(self) -> list[JobType]:
+        """The job types clients may submit over HTTP."""
+        return [job_type for job_type in self if job_type.public]
 
     def queues(self) -> list[str]:
         return sorted({job_type.queue for job_type in self})

@@ -16,7 +16,7 @@ from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.resources import Resource, ResourceNotOpenError
-from conveyor_core.store import JobStore, Reported, Submitted
+from conveyor_core.store import SUBMITTED_BY, JobStore, Reported, Submitted
 
 T = TypeVar("T")
 PayloadT_contra = TypeVar("PayloadT_contra", bound=BaseModel, contravariant=True)
@@ -63,11 +63,12 @@ class JobContext:
     async def enqueue(
         self, job_type: str | JobType, payload: BaseModel | dict[str, Any], **options: Any
     ) -> Submitted:
-        """Enqueue a follow-up job; it carries this job's request id, and this
-        job's id as its parent."""
+        """Enqueue a follow-up job; it carries this job's request id and api key
+        (whose job it is too), and this job's id as its parent."""
         if isinstance(job_type, str):
             job_type = self.catalog[job_type]
         options.setdefault("request_id", self.meta.get("request_id"))
+        options.setdefault("submitted_by", self.meta.get(SUBMITTED_BY))
         options.setdefault("parent_id", self.job_id)
         return await enqueue(self.store, job_type, payload, **options)
 

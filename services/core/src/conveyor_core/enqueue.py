@@ -13,7 +13,7 @@ from conveyor_core.catalog import JobType
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.ratelimit import RateLimit
-from conveyor_core.store import JobStore, Submitted
+from conveyor_core.store import SUBMITTED_BY, JobStore, Quota, Submitted
 from conveyor_core.tracing import inject, messaging_attributes, tracer
 
 
@@ -87,6 +87,8 @@ async def enqueue(
     priority: int | None = None,
     parent_id: str | None = None,
     job_id: str | None = None,
+    submitted_by: str | None = None,
+    quota: Quota | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -99,6 +101,9 @@ async def enqueue(
     overrides the job type's. `parent_id` names the job that enqueues this one.
     A `job_id` given (a scheduled run's, one per tick) is taken once: a second
     submit under it enqueues nothing (`Submitted.created` is False).
+    `submitted_by` names the api key the job is submitted for (it scopes the
+    Idempotency-Key; own-jobs keys read only theirs); over its `quota` of
+    outstanding jobs, nothing is enqueued (`Submitted.over_quota`).
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
@@ -117,6 +122,8 @@ async def enqueue(
             meta["request_id"] = request_id
         if parent_id:
             meta["parent_id"] = parent_id
+        if submitted_by:
+            meta[SUBMITTED_BY] = submitted_by
         submitted = await store.submit(
             job_type,
             job_id,
@@ -128,6 +135,7 @@ async def enqueue(
             rate_limit=rate_limit,
             priority=priority,
             id_may_repeat=id_may_repeat,
+            quota=quota,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()

@@ -145,6 +145,9 @@ class JobPublic(BaseModel):
     next_try_at: datetime | None = None
     trace_id: str | None = None
     request_id: str | None = None
+    submitted_by: str | None = Field(
+        default=None, description="The api key (its name) the job was submitted with."
+    )
     idempotency_key: str | None = None
     parent_id: str | None = Field(
         default=None, description="The job that enqueued this one, in a workflow."
@@ -215,6 +218,7 @@ class JobPublic(BaseModel):
             next_try_at=ms_to_datetime(record.get("next_try_at_ms")),
             trace_id=trace_id_of(meta.get("traceparent")),
             request_id=meta.get("request_id") or None,
+            submitted_by=meta.get("submitted_by") or None,
             idempotency_key=meta.get("idempotency_key") or None,
             parent_id=meta.get("parent_id") or None,
             children=[k.removeprefix("child:") for k in record if k.startswith("child:")],

@@ -32,7 +32,9 @@ JOB_PREFIX = PREFIX + "job:"
 # housekeeping trims expired entries from the front. Waiting jobs need no
 # index: arq's queue holds them by due time.
 INDEXED_STATES = ("in_progress", "retrying", "complete", "dead", "cancelled")
-# Idempotency-Key -> "job id, payload fingerprint", per job type.
+# Idempotency-Key -> "job id, payload fingerprint", per job type and per api
+# key that submitted it, so one key can neither reach nor detect another's
+# jobs through it (a job enqueued with no api key: per job type only).
 IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
 # Pub/sub per job: its version on every change, for SSE streams. A channel per
 # job, so an api replica hears only the jobs its streams watch.
@@ -44,6 +46,11 @@ EVENTS_PREFIX = PREFIX + "events:"
 WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
 DUE_MESSAGE = b"due "
+# Sorted set per api key with a quota of outstanding jobs (its name): ids of
+# the jobs it submitted that may not have ended, scored by when each was last
+# checked. The submit script adds to it and, when it is full, drops the ended
+# jobs among the least recently checked, a bounded number per call.
+OUTSTANDING_PREFIX = PREFIX + "outstanding:"
 # GCRA state per api key (its name): when the key's next request is "due".
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # String per paused queue: when it was paused (ms). The claim reads it once per
@@ -119,8 +126,15 @@ def events_channel(job_id: str) -> str:
     return EVENTS_PREFIX + job_id
 
 
-def idempotency_key(job_type: str, key: str) -> str:
-    return f"{IDEMPOTENCY_PREFIX}{job_type}:{key}"
+def idempotency_key(job_type: str, key: str, submitted_by: str | None = None) -> str:
+    """The key's record for this job type, and for the api key that used it (a
+    name has no `/`, a job type neither, so no scope can pose as another)."""
+    scope = f"{submitted_by}/" if submitted_by else ""
+    return f"{IDEMPOTENCY_PREFIX}{scope}{job_type}:{key}"
+
+
+def outstanding_key(api_key_name: str) -> str:
+    return OUTSTANDING_PREFIX + api_key_name
 
 
 def wake_channel(queue: str) -> str:

@@ -61,10 +61,11 @@ class RateLimiter:
         """`subject`'s rate, for a script that spends it itself (JobStore.submit, .read)."""
         return RateLimit(rate_limit_key(subject), self.interval_us, self.burst)
 
-    async def hit(self, subject: str) -> RateDecision:
-        """Spend one request of `subject`'s rate: one round trip."""
+    async def hit(self, subject: str, cost: int = 1) -> RateDecision:
+        """Spend `cost` requests of `subject`'s rate, all or none: one round trip.
+        (A cost above the burst is never allowed.)"""
         reply = await self._script(
-            keys=[rate_limit_key(subject)], args=[self.interval_us, self.burst]
+            keys=[rate_limit_key(subject)], args=[self.interval_us, self.burst, cost]
         )
         allowed, retry_after_us, remaining = reply
         return RateDecision(bool(allowed), int(retry_after_us) / US_PER_S, int(remaining))

@@ -59,6 +59,11 @@ META_KWARG = "__conveyor__"
 SCAN_BUDGET_PER_ITEM = 5
 # Housekeeping removes at most this many expired entries per index and call.
 TRIM_BATCH = 10_000
+# A submit over its key's quota checks at most this many of the key's
+# outstanding jobs for ones that ended (lua/submit.lua).
+QUOTA_PRUNE_PER_CALL = 16
+# The job's metadata field that names the api key that submitted it.
+SUBMITTED_BY = "submitted_by"
 # A bulk action's Lua call acts on at most this many jobs.
 BULK_BATCH_MAX = 500
 BULK_ACTIONS = ("cancel", "requeue", "delete")
@@ -168,6 +173,8 @@ class Submitted:
     job: JobPublic | None = None
     # Refused by the caller's rate limit: when to try again; nothing was written.
     retry_after_s: float | None = None
+    # Refused: the caller has its quota of outstanding jobs; nothing was written.
+    over_quota: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +185,15 @@ class Read:
     found: tuple[ArqJob | None, JobPublic] | None = None
     # Refused by the caller's rate limit: when to try again; nothing was read.
     retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A caller's cap on outstanding jobs (waiting, running or retrying), kept
+    by the submit script in the caller's sorted set (keys.outstanding_key)."""
+
+    key: str
+    max_jobs: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +262,9 @@ class JobFilter:
     `state`, `queue` and `job_type` choose the indexes to read; the rest is
     checked on each job read: `error_type` (the last error's type, exact),
     `text` (a case-insensitive part of the job id or the last error's
-    message) and a time range (`since_ms` <= the job's time < `until_ms`,
-    where its time is when it finished, else started, else was enqueued).
+    message), a time range (`since_ms` <= the job's time < `until_ms`,
+    where its time is when it finished, else started, else was enqueued) and
+    the api key that submitted it (`submitted_by`).
     """
 
     state: JobState | None = None
@@ -257,9 +274,13 @@ class JobFilter:
     text: str | None = None
     since_ms: int | None = None
     until_ms: int | None = None
+    # Only the jobs this api key submitted (an own-jobs key's reads).
+    submitted_by: str | None = None
 
     def matches(self, job: JobPublic) -> bool:
         if self.job_type is not None and job.job_type != self.job_type:
+            return False
+        if self.submitted_by is not None and job.submitted_by != self.submitted_by:
             return False
         if self.error_type is not None and (job.error is None or job.error.type != self.error_type):
             return False
@@ -454,9 +475,12 @@ class JobStore:
         rate_limit: RateLimit | None = None,
         priority: int | None = None,
         id_may_repeat: bool = False,
+        quota: Quota | None = None,
     ) -> Submitted:
         """Enqueue the job as arq would, unless its Idempotency-Key names one
-        already, or the caller's `rate_limit` refuses it (in the same step).
+        already, or the caller's `rate_limit` or `quota` refuses it (in the
+        same step). An Idempotency-Key is the submitting api key's own
+        (`meta["submitted_by"]`).
 
         An id the caller chose (`id_may_repeat`: a scheduled run's, one per
         tick) is refused while its job lives, also once it finished (when its
@@ -475,7 +499,11 @@ class JobStore:
         if idempotency_key:
             meta = {**meta, "idempotency_key": idempotency_key}
         job = ArqJob(job_type.name, payload, meta, at_ms)
-        idem_key = keys.idempotency_key(job_type.name, idempotency_key) if idempotency_key else ""
+        idem_key = (
+            keys.idempotency_key(job_type.name, idempotency_key, meta.get(SUBMITTED_BY))
+            if idempotency_key
+            else ""
+        )
         status, *existing = await self._submit(
             keys=[
                 job_key_prefix + job_id,
@@ -485,6 +513,7 @@ class JobStore:
                 keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
                 rate_limit.key if rate_limit else "",
                 keys.job_key(meta["parent_id"]) if meta.get("parent_id") else "",
+                quota.key if quota else "",
             ],
             args=[
                 job_id,
@@ -499,8 +528,12 @@ class JobStore:
                 rate_limit.burst if rate_limit else 0,
                 job_type.name,
                 at_ms,
+                quota.max_jobs if quota else 0,
+                QUOTA_PRUNE_PER_CALL,
             ],
         )
+        if status == b"over_quota":
+            return Submitted(job_id, False, over_quota=True)
         if status == b"limited":
             return Submitted(job_id, False, retry_after_s=int(existing[0]) / 1_000_000)
         if status == b"exists":
@@ -754,6 +787,8 @@ class JobStore:
         if arq_job is None or arq_job.function not in self.catalog:
             return "unknown_type", job
         at_ms = now_ms()
+        if submitted_by := arq_job.meta.get(SUBMITTED_BY):  # still the same key's job
+            meta = {**meta, SUBMITTED_BY: submitted_by}
         again = ArqJob(arq_job.function, arq_job.payload, meta, at_ms)
         outcome, flat = await self._requeue(
             keys=[job.queue, job_key_prefix + job_id, result_key_prefix + job_id],

@@ -50,9 +50,14 @@ CREATE_TASK = JobType(
 # Mail servers go away for minutes, not seconds: back off up to 10 minutes.
 MAIL_RETRY = RetryPolicy(max_tries=8, backoff_base_s=2.0, backoff_cap_s=600.0)
 
+# Only the seed's own code enqueues its mails, documents' jobs and scheduled
+# runs (public=False): a client that could submit send_email would have the
+# platform mail anyone anything.
+
 # The seed's welcome mail, or any other single mail.
 SEND_EMAIL = JobType(
     name="send_email",
+    public=False,
     payload=SendEmail,
     handler="conveyor_seed.jobs.email:send_email",
     retry=MAIL_RETRY,
@@ -62,6 +67,7 @@ SEND_EMAIL = JobType(
 
 PROCESS_DOCUMENT = JobType(
     name="process_document",
+    public=False,
     payload=DocumentRef,
     handler="conveyor_seed.jobs.documents:process_document",
     retry=RetryPolicy(max_tries=5, backoff_base_s=2.0, backoff_cap_s=300.0),
@@ -71,6 +77,7 @@ PROCESS_DOCUMENT = JobType(
 
 EMAIL_USER = JobType(
     name="email_user",
+    public=False,
     payload=DocumentRef,
     handler="conveyor_seed.jobs.email:email_user",
     retry=MAIL_RETRY,
@@ -80,6 +87,7 @@ EMAIL_USER = JobType(
 
 SEND_DIGEST = JobType(
     name="send_digest",
+    public=False,
     payload=ScheduledRun,
     handler="conveyor_seed.jobs.scheduled:send_digest",
     retry=RetryPolicy(max_tries=5, backoff_base_s=5.0, backoff_cap_s=300.0),
@@ -92,6 +100,7 @@ SEND_DIGEST = JobType(
 
 CLEANUP_TEMP_UPLOADS = JobType(
     name="cleanup_temp_uploads",
+    public=False,
     payload=ScheduledRun,
     handler="conveyor_seed.jobs.scheduled:cleanup_temp_uploads",
     retry=RetryPolicy(max_tries=3),

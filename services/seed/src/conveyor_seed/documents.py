@@ -300,9 +300,12 @@ class DocumentStore:
         notify_email: str,
         retention_s: int,
         max_bytes: int | None = None,
+        uploaded_by: str = "",
     ) -> Document:
         """Store the bytes (streamed) in the blob store, then the record: a
-        crash in between leaves an orphan blob, which cleanup deletes."""
+        crash in between leaves an orphan blob, which cleanup deletes.
+        `uploaded_by` names the api key that uploaded it (an own-jobs key reads
+        only its own documents)."""
         ref = await self.blobs.put(content_blob_key(document_id), content, max_bytes)
         at_ms = now_ms()
         expires_at_ms = at_ms + retention_s * 1000
@@ -312,6 +315,7 @@ class DocumentStore:
             "content_type": content_type,
             "size_bytes": ref.size,
             "notify_email": notify_email,
+            "uploaded_by": uploaded_by,
             "uploaded_at_ms": at_ms,
             "expires_at_ms": expires_at_ms,
             "blob_store": ref.store,
@@ -357,6 +361,15 @@ class DocumentStore:
             expires_at_ms=expires_at_ms,
             fields=fields,
         )
+
+    async def remove(self, document_id: str) -> None:
+        """Remove a document at once (an upload whose job was refused): its
+        record, then its blobs."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.document_key(document_id))
+            pipe.zrem(keys.DOCUMENTS_BY_EXPIRY, document_id)
+            await pipe.execute()
+        await self.blobs.delete(content_blob_key(document_id), text_blob_key(document_id))
 
     async def content(self, document: Document) -> bytes:
         """The uploaded bytes, checked against the record (BlobIntegrityError,

@@ -21,7 +21,7 @@ from arq.connections import ArqRedis
 from conveyor_core import PermanentJobError
 from conveyor_core.jobs import DEAD_RETENTION_S
 from conveyor_seed import keys
-from conveyor_seed.settings import SmtpSettings
+from conveyor_seed.settings import MailPolicySettings, SmtpSettings, domain_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ class MailRejectedError(PermanentJobError):
     """The server refused the mail for good (a 5xx reply)."""
 
 
+class RecipientNotAllowedError(PermanentJobError):
+    """The recipient's domain is not in CONVEYOR_MAIL_ALLOWED_DOMAINS: no retry
+    can change that, and nothing is sent."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sent:
     message_id: str
@@ -54,11 +59,12 @@ def message_id_for(mail_key: str, sender: str) -> str:
 
 
 class Mailer:
-    """SMTP per settings, with the sent marks in Redis."""
+    """SMTP per settings, to the allowed domains only, with the sent marks in Redis."""
 
-    def __init__(self, settings: SmtpSettings, redis: ArqRedis) -> None:
+    def __init__(self, settings: SmtpSettings, redis: ArqRedis, policy: MailPolicySettings) -> None:
         self.settings = settings
         self.redis = redis
+        self.policy = policy
 
     async def send_once(
         self,
@@ -69,7 +75,14 @@ class Mailer:
         body: str,
         headers: dict[str, str] | None = None,
     ) -> Sent:
-        """Send the mail unless the one with this key was sent before."""
+        """Send the mail unless the one with this key was sent before, or its
+        recipient's domain is not allowed (RecipientNotAllowedError)."""
+        if not self.policy.allows(to):
+            # The domain only: the address is personal data, and errors are kept and shown.
+            raise RecipientNotAllowedError(
+                f"mail to a {domain_of(to)!r} address refused: that domain is not in "
+                "CONVEYOR_MAIL_ALLOWED_DOMAINS"
+            )
         mark = keys.mail_sent_key(mail_key)
         earlier: bytes | None = await self.redis.get(mark)
         if earlier is not None:

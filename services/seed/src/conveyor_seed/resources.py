@@ -44,7 +44,7 @@ async def open_workflow(scope: ResourceScope) -> AsyncIterator[Workflow]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
         yield Workflow(
             documents=DocumentStore(scope.redis, BlobStore.from_settings(settings.blobs)),
-            mailer=Mailer(settings.smtp, scope.redis),
+            mailer=Mailer(settings.smtp, scope.redis, settings.mail),
             summarizer=make_summarizer(settings.summarizer, http),
             settings=settings,
         )

@@ -30,12 +30,15 @@ from fastapi import (
     Response,
     UploadFile,
 )
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, EmailStr, Field
 from starlette.concurrency import run_in_threadpool
 
-from conveyor_api.auth import Scope, require
-from conveyor_api.deps import RedisDep, StoreDep
+from conveyor_api import tenants
+from conveyor_api.auth import ApiKey, Scope, require
+from conveyor_api.deps import RedisDep, SettingsDep, StoreDep
+from conveyor_api.settings import Settings as ApiSettings
 from conveyor_core.blobs import BlobNotFoundError, BlobSettings, BlobStore, BlobTooLargeError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.enqueue import enqueue
@@ -52,7 +55,7 @@ from conveyor_seed.documents import (
     sniff,
     upload_blob_key,
 )
-from conveyor_seed.settings import DocumentSettings
+from conveyor_seed.settings import DocumentSettings, MailPolicySettings, domain_of
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
@@ -80,8 +83,19 @@ def get_document_settings(request: Request) -> DocumentSettings:
     return settings
 
 
+def get_mail_policy(request: Request) -> MailPolicySettings:
+    """Read once per app, at its first upload."""
+    policy: MailPolicySettings | None = getattr(request.app.state, "seed_mail_policy", None)
+    if policy is None:
+        policy = request.app.state.seed_mail_policy = MailPolicySettings()
+    return policy
+
+
 DocumentsDep = Annotated[DocumentStore, Depends(get_documents)]
 DocumentSettingsDep = Annotated[DocumentSettings, Depends(get_document_settings)]
+MailPolicyDep = Annotated[MailPolicySettings, Depends(get_mail_policy)]
+UploaderDep = Annotated[ApiKey, Depends(require(Scope.DOCUMENTS_WRITE))]
+ReaderDep = Annotated[ApiKey, Depends(require(Scope.DOCUMENTS_READ))]
 
 
 class DocumentAccepted(BaseModel):
@@ -99,14 +113,17 @@ def _clean_name(filename: str | None) -> str:
 
 @router.post(
     "",
-    dependencies=[Depends(require(Scope.DOCUMENTS_WRITE))],
     status_code=202,
     summary="Upload a document to process",
     responses={
         400: {"description": "The body is not well-formed multipart/form-data"},
         413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
         415: {"description": "Not text, Markdown or PDF (judged by content)"},
-        422: {"description": "Empty file, corrupt PDF, missing field or bad address"},
+        422: {
+            "description": "Empty file, corrupt PDF, missing field, or an address that is "
+            "not valid or not in an allowed domain (CONVEYOR_MAIL_ALLOWED_DOMAINS)"
+        },
+        429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
         503: {"description": "Redis is unavailable or may evict; retry after Retry-After"},
     },
 )
@@ -116,6 +133,9 @@ async def upload_document(
     store: StoreDep,
     documents: DocumentsDep,
     limits: DocumentSettingsDep,
+    mail_policy: MailPolicyDep,
+    uploader: UploaderDep,
+    api_settings: SettingsDep,
     notify_email: Annotated[
         EmailStr | None, Form(description="Mail the summary here when it is ready.")
     ] = None,
@@ -124,6 +144,7 @@ async def upload_document(
         Form(ge=1, description="Keep the document this long (at most the configured retention)."),
     ] = None,
 ) -> DocumentAccepted:
+    _check_address(notify_email, mail_policy)
     if file.size is not None and file.size > limits.max_bytes:
         raise HTTPException(413, f"The file is over the limit of {limits.max_bytes} bytes.")
     name = _clean_name(file.filename)
@@ -148,16 +169,37 @@ async def upload_document(
             notify_email=str(notify_email or ""),
             retention_s=retention_for(retention_s, limits.retention_s),
             max_bytes=limits.max_bytes,
+            uploaded_by=uploader.name,
         )
     except BlobTooLargeError:
         raise HTTPException(
             413, f"The file is over the limit of {limits.max_bytes} bytes."
         ) from None
-    return await _process(document_id, documents, store, response)
+    return await _process(document_id, documents, store, uploader, api_settings, response)
+
+
+def _check_address(notify_email: str | None, mail_policy: MailPolicySettings) -> None:
+    """A summary may be mailed only to an allowed domain: 422 naming the field."""
+    if notify_email is not None and not mail_policy.allows(notify_email):
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "notify_email"),
+                    "msg": f"mail to {domain_of(notify_email)!r} addresses is not allowed "
+                    "(CONVEYOR_MAIL_ALLOWED_DOMAINS)",
+                    "type": "value_error",
+                }
+            ]
+        )
 
 
 async def _process(
-    document_id: str, documents: DocumentStore, store: JobStore, response: Response
+    document_id: str,
+    documents: DocumentStore,
+    store: JobStore,
+    uploader: ApiKey,
+    api_settings: ApiSettings,
+    response: Response,
 ) -> "DocumentAccepted":
     """Enqueue a stored document's processing; the answer to an upload."""
     submitted = await enqueue(
@@ -166,7 +208,12 @@ async def _process(
         DocumentRef(document_id=document_id),
         idempotency_key=document_id,
         request_id=bound("request_id"),
+        submitted_by=uploader.name,
+        quota=tenants.quota_of(uploader),
     )
+    if submitted.over_quota:  # nothing would process it: keep nothing
+        await documents.remove(document_id)
+        raise tenants.over_quota(uploader, api_settings.retry_after_s)
     await documents.update(document_id, job_id=submitted.job_id)
     document = await documents.get(document_id)
     job = await store.get(submitted.job_id)
@@ -178,7 +225,6 @@ async def _process(
 
 @router.get(
     "/{document_id}",
-    dependencies=[Depends(require(Scope.DOCUMENTS_READ))],
     summary="Read a document",
     responses={404: {"description": "None"}},
 )
@@ -187,12 +233,14 @@ async def read_document(
     documents: DocumentsDep,
     store: StoreDep,
     settings: DocumentSettingsDep,
+    reader: ReaderDep,
     text_chars: Annotated[
         int, Query(ge=0, description="Show at most this many characters of the text.")
     ] = DEFAULT_TEXT_CHARS,
 ) -> DocumentPublic:
     document = await documents.get(document_id)
-    if document is None:
+    # Another key's document, to an own-jobs key, is as absent as an expired one.
+    if document is None or not tenants.reads_owned_by(reader, document.get("uploaded_by")):
         raise HTTPException(404, f"No document with id {document_id!r} (it may have expired).")
     job_dead = False
     if not document.processed and (job_id := document.get("job_id")):
@@ -205,7 +253,6 @@ async def read_document(
 
 @router.get(
     "/{document_id}/content",
-    dependencies=[Depends(require(Scope.DOCUMENTS_READ))],
     summary="Download a document's file",
     response_class=StreamingResponse,
     responses={
@@ -214,9 +261,11 @@ async def read_document(
         404: {"description": "None"},
     },
 )
-async def download_document(document_id: DocumentId, documents: DocumentsDep) -> Response:
+async def download_document(
+    document_id: DocumentId, documents: DocumentsDep, reader: ReaderDep
+) -> Response:
     document = await documents.get(document_id)
-    if document is None:
+    if document is None or not tenants.reads_owned_by(reader, document.get("uploaded_by")):
         raise HTTPException(404, f"No document with id {document_id!r} (it may have expired).")
     url = await documents.blobs.presign("GET", document.content.key)
     if url is not None:
@@ -250,12 +299,13 @@ class DirectUploadRegistration(BaseModel):
 
 @router.post(
     "/uploads",
-    dependencies=[Depends(require(Scope.DOCUMENTS_WRITE))],
     status_code=201,
     summary="Start a direct upload to the blob store",
     responses={409: {"description": "This blob store cannot presign: upload through the api"}},
 )
-async def start_direct_upload(documents: DocumentsDep, limits: DocumentSettingsDep) -> DirectUpload:
+async def start_direct_upload(
+    documents: DocumentsDep, limits: DocumentSettingsDep, uploader: UploaderDep
+) -> DirectUpload:
     upload_id = uuid4().hex
     url = await documents.blobs.presign("PUT", upload_blob_key(upload_id))
     if url is None:
@@ -274,7 +324,6 @@ async def start_direct_upload(documents: DocumentsDep, limits: DocumentSettingsD
 
 @router.post(
     "/uploads/{upload_id}",
-    dependencies=[Depends(require(Scope.DOCUMENTS_WRITE))],
     status_code=202,
     summary="Register a file uploaded straight to the blob store, and process it",
     responses={
@@ -282,6 +331,7 @@ async def start_direct_upload(documents: DocumentsDep, limits: DocumentSettingsD
         413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
         415: {"description": "Not text, Markdown or PDF (judged by content)"},
         422: {"description": "Empty file, corrupt PDF, or a bad field"},
+        429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
     },
 )
 async def register_direct_upload(
@@ -291,7 +341,11 @@ async def register_direct_upload(
     store: StoreDep,
     documents: DocumentsDep,
     limits: DocumentSettingsDep,
+    mail_policy: MailPolicyDep,
+    uploader: UploaderDep,
+    api_settings: SettingsDep,
 ) -> "DocumentAccepted":
+    _check_address(registration.notify_email, mail_policy)
     name = _clean_name(registration.name)
     key = upload_blob_key(upload_id)
     try:
@@ -322,6 +376,7 @@ async def register_direct_upload(
                 notify_email=str(registration.notify_email or ""),
                 retention_s=retention_for(registration.retention_s, limits.retention_s),
                 max_bytes=limits.max_bytes,
+                uploaded_by=uploader.name,
             )
     except BlobNotFoundError:
         raise HTTPException(404, f"Nothing was uploaded as {upload_id!r}.") from None
@@ -329,4 +384,4 @@ async def register_direct_upload(
         raise HTTPException(exc.status, str(exc)) from None
     finally:
         await documents.blobs.delete(key)
-    return await _process(document_id, documents, store, response)
+    return await _process(document_id, documents, store, uploader, api_settings, response)

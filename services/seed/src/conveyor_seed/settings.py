@@ -5,10 +5,18 @@ loads the seed's module; the worker's jobs use all of them, the api's
 document routes only `CONVEYOR_DOCUMENTS_*`.
 """
 
-from typing import Literal, Self
+import re
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor_core import Schedule
 from conveyor_core.blobs import BlobSettings
@@ -55,6 +63,65 @@ class SmtpSettings(BaseSettings):
     @property
     def configured(self) -> bool:
         return bool(self.host)
+
+
+class MailPolicySettings(BaseSettings):
+    """Where mail may go. Read from `CONVEYOR_MAIL_*`, by the workers (every mail
+    job checks its recipient) and by the api (an upload's summary address).
+
+    Without allowed domains, no mail goes anywhere, except in development
+    (`CONVEYOR_MAIL_DEVELOPMENT`, which `make run` sets while its local mail
+    catcher keeps every mail, or else `CONVEYOR_API_DEVELOPMENT`), where any
+    address is fine; a worker with a mail server but no allowed domains
+    refuses to start outside development.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_MAIL_", extra="ignore")
+
+    # The recipients' domains mail is sent to, comma-separated (e.g.
+    # `example.com,example.org`); each matches exactly: a subdomain needs its own.
+    allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Development (or CONVEYOR_API_DEVELOPMENT): no allowed domains means any domain.
+    development: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("CONVEYOR_MAIL_DEVELOPMENT", "CONVEYOR_API_DEVELOPMENT"),
+    )
+
+    @field_validator("allowed_domains", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _are_domains(cls, domains: list[str]) -> list[str]:
+        cleaned = [d.strip().lower().rstrip(".") for d in domains]
+        for domain in cleaned:
+            if not DOMAIN.fullmatch(domain):
+                raise ValueError(
+                    f"CONVEYOR_MAIL_ALLOWED_DOMAINS: {domain!r} is not a domain name "
+                    "(give names like example.com, comma-separated)"
+                )
+        return cleaned
+
+    def allows(self, address: str) -> bool:
+        """Whether mail may go to `address` (by its domain)."""
+        if not self.allowed_domains:
+            return self.development
+        return domain_of(address) in self.allowed_domains
+
+
+# A domain name: labels of letters, digits and inner hyphens, with a dot between.
+DOMAIN = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
+def domain_of(address: str) -> str:
+    """The domain of an e-mail address, as the allowlist compares it."""
+    return address.rpartition("@")[2].strip().lower().rstrip(".")
 
 
 class SummarizerSettings(BaseSettings):
@@ -152,6 +219,17 @@ class SeedSettings(BaseSettings):
     documents: DocumentSettings = Field(default_factory=DocumentSettings)
     blobs: BlobSettings = Field(default_factory=BlobSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    mail: MailPolicySettings = Field(default_factory=MailPolicySettings)
     summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
     cron: CronSettings = Field(default_factory=CronSettings)
     tutorial: TutorialSettings = Field(default_factory=TutorialSettings)
+
+    @model_validator(mode="after")
+    def _mail_goes_only_where_allowed(self) -> Self:
+        mail = self.mail
+        if self.smtp.configured and not mail.allowed_domains and not mail.development:
+            raise ValueError(
+                "CONVEYOR_MAIL_ALLOWED_DOMAINS is empty: with a mail server "
+                "(CONVEYOR_SMTP_HOST), name the domains mail may go to, e.g. example.com"
+            )
+        return self

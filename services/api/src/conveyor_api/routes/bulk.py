@@ -1,6 +1,7 @@
 """`/v1/bulk`: preview, start, follow and resume a bulk action (cancel, requeue
 or delete every job a filter matches); see bulk.py for how it runs."""
 
+from dataclasses import replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -8,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
+from conveyor_api import tenants
 from conveyor_api.auth import ApiKey, Scope, require
 from conveyor_api.bulk import BulkRunner, BulkStatus
 from conveyor_api.deps import CatalogDep
@@ -143,9 +145,9 @@ async def start(
 ) -> BulkPublic:
     """Runs in the api in batches; poll `GET /v1/bulk/{id}` for its progress.
     Starting again with the same `Idempotency-Key` returns the same action."""
-    status = await bulk.start(
-        body.action.value, body.filter.to_filter(catalog), caller.name, idempotency_key
-    )
+    # An own-jobs key acts on its own jobs only.
+    where = replace(body.filter.to_filter(catalog), submitted_by=tenants.owner(caller))
+    status = await bulk.start(body.action.value, where, caller.name, idempotency_key)
     return BulkPublic.of(status)
 
 

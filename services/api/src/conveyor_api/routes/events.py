@@ -15,7 +15,8 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import StringConstraints
 
-from conveyor_api.auth import Scope, require
+from conveyor_api import tenants
+from conveyor_api.auth import ApiKey, Scope, require
 from conveyor_api.deps import EventsDep, RedactorDep, StoreDep
 from conveyor_api.events import JobChanges
 from conveyor_api.routes.jobs import SSE_KEEPALIVE_S, masked
@@ -24,9 +25,8 @@ from conveyor_core.jobs import TERMINAL_STATES, JobPublic
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 
-router = APIRouter(
-    prefix="/v1/events", tags=["jobs"], dependencies=[Depends(require(Scope.JOBS_READ))]
-)
+router = APIRouter(prefix="/v1/events", tags=["jobs"])
+ReaderDep = Annotated[ApiKey, Depends(require(Scope.JOBS_READ))]
 
 # Bounds one stream's cost per wake-up and its URL's length (about 4 KB of ids).
 MAX_JOBS_PER_STREAM = 100
@@ -58,19 +58,19 @@ with a problem if the stream cannot go on. Comments keep an idle stream open.
     responses={200: {"content": {"text/event-stream": {}}, "description": STREAM_DESCRIPTION}},
 )
 async def watch_jobs(
-    job_id: JobIds, store: StoreDep, events: EventsDep, redact: RedactorDep
+    job_id: JobIds, store: StoreDep, events: EventsDep, redact: RedactorDep, reader: ReaderDep
 ) -> StreamingResponse:
     # Read once up front, so Redis being down is a 503 answer rather than a stream.
     await store.get_many(job_id[:1])
     return StreamingResponse(
-        _stream(list(dict.fromkeys(job_id)), store, events, redact),
+        _stream(list(dict.fromkeys(job_id)), store, events, redact, reader),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
 async def _stream(
-    job_ids: list[str], store: StoreDep, events: EventsDep, redact: Redactor
+    job_ids: list[str], store: StoreDep, events: EventsDep, redact: Redactor, reader: ApiKey
 ) -> AsyncIterator[bytes]:
     with events.watch_many(job_ids) as changes:
         sent_versions: dict[str, int] = {}
@@ -84,7 +84,11 @@ async def _stream(
                         503, "Redis unavailable", "The job broker stopped answering."
                     )
                     return
-                public = [job and masked(job, redact) for job in jobs]
+                # Another key's job, to an own-jobs key, is as missing as a gone one.
+                public = [
+                    masked(job, redact) if job and tenants.reads(reader, job) else None
+                    for job in jobs
+                ]
                 for event in _events_for(marked, public, changes, sent_versions):
                     yield event
             if changes.watching and not await changes.wait(SSE_KEEPALIVE_S):

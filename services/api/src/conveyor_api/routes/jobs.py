@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from conveyor_api import audit
+from conveyor_api import audit, tenants
 from conveyor_api.auth import (
     ApiKey,
     Caller,
@@ -78,6 +78,9 @@ SubmitterDep = Annotated[Caller, Depends(authorize(Scope.JOBS_SUBMIT))]
 ReaderDep = Annotated[Caller, Depends(authorize(Scope.JOBS_READ))]
 # An operator's action: needs jobs:admin, and is written to the audit log by name.
 AdminDep = Annotated[ApiKey, Depends(require(Scope.JOBS_ADMIN))]
+# A reader's key, its rate spent by the dependency itself (for the routes that
+# read more than the read script does): its policy says which jobs it sees.
+ReadKeyDep = Annotated[ApiKey, Depends(require(Scope.JOBS_READ))]
 
 
 class JobList(BaseModel):
@@ -91,10 +94,10 @@ def _not_found(job_id: str) -> HTTPException:
     return HTTPException(404, f"No job with id {job_id!r} (it may have expired).")
 
 
-async def _existing(store: StoreDep, job_id: str) -> JobPublic:
-    """The job, or a 404 problem."""
+async def _existing(store: StoreDep, job_id: str, key: ApiKey) -> JobPublic:
+    """The job, or a 404 problem (also for another key's job, to an own-jobs key)."""
     job = await store.get(job_id)
-    if job is None:
+    if job is None or not tenants.reads(key, job):
         raise _not_found(job_id)
     return job
 
@@ -145,10 +148,11 @@ async def submitted_job(
 ) -> Response:
     """A submit's answer, once the request is valid (its route's, or its fast route's).
 
-    One round trip to Redis: the submit script spends the caller's rate and
-    answers with the record as created (no read back).
+    One round trip to Redis: the submit script spends the caller's rate, keeps
+    its quota and answers with the record as created (no read back).
     """
     store, settings = caller.services.store, caller.services.settings
+    priority = tenants.submit_priority(caller.key, job_type, priority)
     try:  # the schedule's range, before anything is written
         ready_at_ms(defer_by_s, run_at, max_defer_s=settings.max_defer_s)
     except ScheduleError as exc:
@@ -171,9 +175,13 @@ async def submitted_job(
         max_defer_s=settings.max_defer_s,
         rate_limit=caller.rate_limit(),  # spent by the submit script, in its step
         priority=priority,
+        submitted_by=caller.key.name,
+        quota=tenants.quota_of(caller.key),
     )
     if submitted.retry_after_s is not None:
         raise caller.over_rate(submitted.retry_after_s)
+    if submitted.over_quota:
+        raise tenants.over_quota(caller.key, settings.retry_after_s)
     if not submitted.same_payload:
         raise HTTPException(
             409,
@@ -257,8 +265,10 @@ def add_routes(api: APIRouter, job_types: list[JobType]) -> None:
                 404: {
                     "description": "The job under this Idempotency-Key is gone (expired or deleted)"
                 },
+                403: {"description": "The key may not submit this type, or at this priority"},
                 409: {"description": "Same Idempotency-Key, different payload"},
                 413: {"description": "The payload is over the size limit"},
+                429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
                 503: {"description": "Redis is unavailable or may evict; retry after Retry-After"},
             },
         )
@@ -273,7 +283,11 @@ def add_routes(api: APIRouter, job_types: list[JobType]) -> None:
         dependencies=[Depends(require(Scope.JOBS_SUBMIT))],
     )
     async def unknown_job_type(job_type: str, catalog: CatalogDep) -> None:
-        known = ", ".join(t.name for t in catalog)
+        if job_type in catalog:  # internal: only jobs, schedules and module routes enqueue it
+            raise HTTPException(
+                404, f"Job type {job_type!r} is internal: clients cannot submit it."
+            )
+        known = ", ".join(t.name for t in catalog.public())
         raise HTTPException(404, f"Unknown job type {job_type!r}; known types: {known}.")
 
 
@@ -281,6 +295,7 @@ async def list_jobs(
     store: StoreDep,
     redact: RedactorDep,
     catalog: CatalogDep,
+    reader: ReadKeyDep,
     state: JobState | None = None,
     queue: Annotated[str | None, Query(max_length=200)] = None,
     job_type: Annotated[str | None, Query(max_length=200)] = None,
@@ -315,6 +330,7 @@ async def list_jobs(
         text=q or None,
         since_ms=int(since.timestamp() * 1000) if since else None,
         until_ms=int(until.timestamp() * 1000) if until else None,
+        submitted_by=tenants.owner(reader),
     )
     try:
         page = await store.list(where=where, limit=limit, cursor=cursor)
@@ -334,7 +350,7 @@ async def job_read(caller: Caller, job_id: str) -> Response:
     read = await caller.services.store.read(job_id, caller.rate_limit())
     if read.retry_after_s is not None:
         raise caller.over_rate(read.retry_after_s)
-    if read.found is None:
+    if read.found is None or not tenants.reads(caller.key, read.found[1]):
         raise _not_found(job_id)
     return job_response(read.found[1], caller.services.redact)
 
@@ -342,6 +358,8 @@ async def job_read(caller: Caller, job_id: str) -> Response:
 async def cancel_job(
     job_id: JobId, store: StoreDep, redact: RedactorDep, response: Response, caller: AdminDep
 ) -> JobPublic:
+    if tenants.owner(caller):
+        await _existing(store, job_id, caller)
     outcome, job = await store.cancel(job_id)
     if job is None:
         raise _not_found(job_id)
@@ -355,6 +373,8 @@ async def cancel_job(
 async def retry_job(
     job_id: JobId, store: StoreDep, redact: RedactorDep, caller: AdminDep
 ) -> JobPublic:
+    if tenants.owner(caller):
+        await _existing(store, job_id, caller)
     meta = {"request_id": bound("request_id")} if bound("request_id") else {}
     outcome, job = await store.requeue(job_id, meta)
     if job is None:
@@ -368,9 +388,9 @@ async def retry_job(
 
 
 async def job_events(
-    job_id: JobId, store: StoreDep, events: EventsDep, redact: RedactorDep
+    job_id: JobId, store: StoreDep, events: EventsDep, redact: RedactorDep, reader: ReadKeyDep
 ) -> StreamingResponse:
-    await _existing(store, job_id)
+    await _existing(store, job_id, reader)
     return StreamingResponse(
         _stream(job_id, store, events, redact),
         media_type="text/event-stream",
@@ -420,7 +440,6 @@ def _add_single_job_routes(api: APIRouter) -> None:
         methods=["GET"],
         tags=TAGS,
         summary="List jobs",
-        dependencies=[Depends(require(Scope.JOBS_READ))],
     )
 
     api.add_api_route(
@@ -475,7 +494,6 @@ def _add_single_job_routes(api: APIRouter) -> None:
             },
             404: {"description": "No such job"},
         },
-        dependencies=[Depends(require(Scope.JOBS_READ))],
     )
 
 

@@ -106,9 +106,11 @@ class MailCatcher:
         self.client.close()
 
     def smtp_env(self) -> dict[str, str]:
-        """The services' mail settings that send to this catcher."""
+        """The services' mail settings that send to this catcher: to any domain,
+        since nothing it catches leaves the machine."""
         return {
             "CONVEYOR_SMTP_HOST": "127.0.0.1",
             "CONVEYOR_SMTP_PORT": str(self.port),
             "CONVEYOR_SMTP_TLS": "none",
+            "CONVEYOR_MAIL_DEVELOPMENT": "true",
         }

@@ -19,13 +19,16 @@
 -- KEYS: 1 arq job key, 2 arq result key or '' (a random id), 3 queue, 4 idempotency key or '',
 --       5 the queue's flow hash, 6 rate limiter key or '', 7 the parent job's
 --       record or '' (a job enqueued by a running job: its workflow's parent
---       lists it as `child:{id}` = job type; the field goes with the parent)
+--       lists it as `child:{id}` = job type; the field goes with the parent),
+--       8 the caller's outstanding jobs (a sorted set) or '' (no quota)
 -- ARGV: 1 job id, 2 arq job bytes, 3 score (priority band + ready-at ms),
 --       4 arq expiry ms, 5 idempotency value, 6 idempotency ttl s, 7 wake channel,
 --       8 flow entry or '', 9 limiter interval us, 10 limiter burst,
---       11 job type (for the parent's record and the history), 12 now ms
--- Returns {'created'}, {'duplicate'}, {'exists', idempotency value} or
--- {'limited', retry after us}.
+--       11 job type (for the parent's record and the history), 12 now ms,
+--       13 the caller's quota of outstanding jobs, 14 how many of them a full
+--       quota checks for ended jobs
+-- Returns {'created'}, {'duplicate'}, {'exists', idempotency value},
+-- {'limited', retry after us} or {'over_quota'}.
 if KEYS[6] ~= '' then
   local limit = gcra(KEYS[6], ARGV[9], ARGV[10])
   if limit[1] == 0 then return {'limited', limit[2]} end
@@ -35,6 +38,20 @@ if KEYS[4] ~= '' then
   if existing then return {'exists', existing} end
 end
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
+if KEYS[8] ~= '' and redis.call('ZCARD', KEYS[8]) >= tonumber(ARGV[13]) then
+  -- Full: drop the ended (or gone) jobs among the least recently checked; one
+  -- still outstanding goes to the back, so the next full submit checks others.
+  -- Bounded: ARGV[14] jobs, two reads each (job keys are found by id).
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[8], 0, tonumber(ARGV[14]) - 1)) do
+    local state = redis.call('HGET', K.job .. id, 'state')
+    local ended
+    if state then ended = state == 'complete' or state == 'dead' or state == 'cancelled'
+    else ended = redis.call('EXISTS', K.arq_job .. id) == 0 end
+    if ended then redis.call('ZREM', KEYS[8], id)
+    else redis.call('ZADD', KEYS[8], ARGV[12], id) end
+  end
+  if redis.call('ZCARD', KEYS[8]) >= tonumber(ARGV[13]) then return {'over_quota'} end
+end
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[4]) then return {'duplicate'} end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 if ARGV[8] ~= '' then
@@ -42,6 +59,13 @@ if ARGV[8] ~= '' then
   fair_enter(KEYS[3], ARGV[8], ARGV[3], ARGV[1])
 end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
+if KEYS[8] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[12], ARGV[1])
+  -- The set lives at least as long as its newest job may wait to start.
+  if redis.call('PTTL', KEYS[8]) < tonumber(ARGV[4]) then
+    redis.call('PEXPIRE', KEYS[8], ARGV[4])
+  end
+end
 if KEYS[7] ~= '' and redis.call('EXISTS', KEYS[7]) == 1 then
   redis.call('HSET', KEYS[7], 'child:' .. ARGV[1], ARGV[11])
 end
