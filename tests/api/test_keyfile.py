@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from conveyor_api.auth import Scope
+from conveyor_api.auth import ApiKey, Scope
 from conveyor_api.keyfile import KeyFileError, KeyFileReloader
 from conveyor_api.settings import Settings
 from tests.support.auth import api_key, keys_env
@@ -83,3 +83,31 @@ def test_a_missing_or_invalid_file_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match=r"0\.sha256") as caught:
         KeyFileReloader(tmp_path / "keys", 5).load()
     assert "secret-ish" not in str(caught.value), "the error names the field, not its value"
+
+
+async def test_keys_whose_policy_the_catalog_refuses_are_refused_at_start_and_on_reload(
+    tmp_path: Path,
+) -> None:
+    """A policy naming an unknown job type is a typo: never applied, start or reload."""
+
+    def no_unknown_types(keys: list[ApiKey]) -> None:
+        for key in keys:
+            if key.job_types and not key.job_types <= {"known"}:
+                raise ValueError(f"api key {key.name!r}: job_types names an unknown type")
+
+    path = tmp_path / "keys"
+    path.write_text(keys_env(api_key("a", "key-a", job_types={"nowhere"})))
+    with pytest.raises(KeyFileError, match="unknown type"):
+        KeyFileReloader(path, 60, validate=no_unknown_types).load()
+    path.write_text(keys_env(api_key("a", "key-a", job_types={"known"})))
+    reloader = KeyFileReloader(path, 60, validate=no_unknown_types)
+    state = SimpleNamespace(keyring=reloader.load())
+    reloader.start(state)
+    try:
+        good = state.keyring
+        path.write_text(keys_env(api_key("b", "key-b", job_types={"nowhere"})))
+        assert await reloader.check() is False
+        assert state.keyring is good
+        assert rejected(path) == 1
+    finally:
+        await reloader.stop()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,15 @@ class KeyFileReloader:
     """Re-reads the keys file every `interval_s`; a changed, valid file replaces
     `state.keyring` (the one place requests find the keys)."""
 
-    def __init__(self, path: Path, interval_s: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        interval_s: float,
+        validate: Callable[[list[ApiKey]], None] = lambda keys: None,
+    ) -> None:
+        # `validate` refuses keys the file may not hold (their policies name
+        # an unknown type, say) with a ValueError, at start and on each reload.
+        self._validate = validate
         self._path = path
         self._interval_s = interval_s
         self._seen: bytes | None = None
@@ -81,7 +90,12 @@ class KeyFileReloader:
             raise KeyFileError(
                 f"api keys file {self._path} cannot be read: {exc.strerror}"
             ) from None
-        ring = KeyRing(parse_keys(self._path, content))
+        keys = parse_keys(self._path, content)
+        try:
+            self._validate(keys)
+        except ValueError as exc:
+            raise KeyFileError(f"api keys file {self._path}: {exc}") from None
+        ring = KeyRing(keys)
         self._seen = _digest(content)
         self._rejected.set(0)
         return ring
@@ -128,6 +142,10 @@ class KeyFileReloader:
         self._seen = digest
         try:
             keys = parse_keys(self._path, content)
+            try:
+                self._validate(keys)
+            except ValueError as exc:
+                raise KeyFileError(f"api keys file {self._path}: {exc}") from None
         except KeyFileError as exc:
             API_KEYS_RELOADS.labels("invalid").inc()
             self._rejected.set(1)

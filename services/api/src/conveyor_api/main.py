@@ -46,7 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     catalog = load_catalog(settings.catalog.modules)
     tenants.check_policies(settings.keys, catalog)
     key_file = (
-        KeyFileReloader(settings.keys_file, settings.keys_reload_interval_s)
+        KeyFileReloader(
+            settings.keys_file,
+            settings.keys_reload_interval_s,
+            validate=lambda keys: tenants.check_policies(keys, catalog),
+        )
         if settings.keys_file is not None
         else None
     )
