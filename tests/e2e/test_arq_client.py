@@ -255,3 +255,32 @@ async def test_a_job_cancelled_through_conveyor_answers_arqs_client_as_an_aborte
             )
             assert not await redis.exists(f"test:finished:{job.job_id}")
         assert stack.job(job.job_id)["state"] == "cancelled"
+
+
+async def test_a_job_submitted_through_the_api_answers_arqs_client(
+    redis_url: str, log_dir: Path
+) -> None:
+    """Not only jobs arq's client enqueued: any job's id works with arq's `Job`."""
+    with running(Stack(redis_url, log_dir), workers=1) as stack:
+        async with arq_client(redis_url) as redis:
+            later = stack.submit("effect", {"work_s": 0}, params={"defer_by_s": 30})
+            job = Job(later["id"], redis, _queue_name=DEFAULT_QUEUE, _deserializer=job_deserializer)
+            assert await job.status() is JobStatus.deferred
+            submitted = stack.submit("slow", {"steps": 5, "step_s": 0.1})
+            job = Job(
+                submitted["id"], redis, _queue_name=DEFAULT_QUEUE, _deserializer=job_deserializer
+            )
+            assert await status_once_started(job) is JobStatus.in_progress
+            assert await job.result(timeout=10, poll_delay=POLL_S) == 5
+            info = await job.result_info()
+            assert info is not None
+            assert (info.success, info.job_try, info.kwargs["steps"]) == (True, 1, 5)
+            assert "__conveyor__" in info.kwargs  # the request's trace context rides along
+            failed = stack.submit("permanent", {})
+            job = Job(
+                failed["id"], redis, _queue_name=DEFAULT_QUEUE, _deserializer=job_deserializer
+            )
+            with pytest.raises(JobFailedError, match="this input can never work"):
+                await job.result(timeout=10, poll_delay=POLL_S)
+            assert await Job("no-such-job", redis).status() is JobStatus.not_found
+        assert stack.job(submitted["id"])["result"] == 5
