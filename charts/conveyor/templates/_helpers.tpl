@@ -193,6 +193,7 @@ ca.crt
     secretKeyRef:
       name: {{ . }}
       key: {{ $values.blobs.secretAccessKeyKey }}
+{{- end }}
 {{- /* Both: the workers' mail jobs and the api's uploads (a summary's address) check it. */ -}}
 {{- if and $values.smtp.host (not $values.smtp.allowedDomains) }}
 {{- fail "smtp.allowedDomains is empty: with smtp.host set, name the domains mail may go to (e.g. [example.com]); mail to any other domain is refused" }}
