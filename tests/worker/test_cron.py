@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from pydantic import ValidationError
 
 from conveyor_core import InvalidScheduleError, Schedule
-from conveyor_core.catalog import load_catalog
+from conveyor_core.catalog import JobModuleError, load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobState
 from conveyor_core.settings import CatalogSettings, RedisSettings
@@ -170,3 +170,14 @@ async def test_scheduled_runs_enter_through_submit_with_their_limit_and_priority
             counts[field.decode()] += int(value)
     assert counts["ticking:enqueued"] >= 2
     assert counts["ticking:completed"] >= 2
+
+
+def test_a_schedule_on_a_type_whose_payload_needs_fields_is_refused(redis: ArqRedis) -> None:
+    with pytest.raises(JobModuleError, match="'flaky' has a schedule, but its payload needs"):
+        ConveyorWorker(**worker_settings_with(redis, {"flaky": {"second": 0}}))
+
+
+def worker_settings_with(redis: ArqRedis, schedules: dict[str, Any]) -> dict[str, Any]:
+    catalog_settings = CatalogSettings(job_modules=jobs.MODULES, schedules=schedules)
+    settings = Settings(redis=RedisSettings(), catalog=catalog_settings)
+    return worker_settings(settings, redis, load_catalog(catalog_settings.modules))

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from arq.cron import next_cron
+from pydantic import ValidationError
 
-from conveyor_core.catalog import JobType
+from conveyor_core.catalog import JobModuleError, JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.schedule import Schedule
 from conveyor_core.store import JobStore
@@ -37,6 +38,18 @@ def next_run(schedule: Schedule, after: datetime) -> datetime:
     return next_cron(after.astimezone(schedule.zone), microsecond=0, **fields)
 
 
+def check_runnable(job_type: JobType) -> None:
+    """A scheduled run has no payload: its type's model must accept `{}`."""
+    try:
+        job_type.payload.model_validate({})
+    except ValidationError as exc:
+        raise JobModuleError(
+            job_type.handler.partition(":")[0],
+            f"job type {job_type.name!r} has a schedule, but its payload needs fields "
+            f"(a scheduled run has none): {exc}",
+        ) from exc
+
+
 @dataclass(slots=True)
 class Entry:
     """One schedule of one job type, and its next run."""
@@ -53,6 +66,8 @@ class Scheduler:
         self, store: JobStore, schedules: list[tuple[JobType, Schedule]], now: datetime
     ) -> None:
         self.store = store
+        for job_type, _ in schedules:
+            check_runnable(job_type)
         self.entries = [Entry(t, s, next_run(s, now)) for t, s in schedules]
 
     def next_submit_s(self) -> float | None:
