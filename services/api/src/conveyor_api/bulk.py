@@ -21,7 +21,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +35,13 @@ from conveyor_core import keys
 from conveyor_core.catalog import Catalog
 from conveyor_core.jobs import JobPublic, JobState, now_ms
 from conveyor_core.redis import REDIS_DOWN_ERRORS
-from conveyor_core.store import BULK_BATCH_MAX, DEAD_RETENTION_S, JobFilter, JobStore
+from conveyor_core.store import (
+    BULK_BATCH_MAX,
+    DEAD_RETENTION_S,
+    SCAN_BUDGET_PER_ITEM,
+    JobFilter,
+    JobStore,
+)
 
 logger = logging.getLogger("conveyor.api.bulk")
 
@@ -45,8 +54,13 @@ BULK_LOCK_TTL_MS = 15_000
 BULK_ADOPT_EVERY_S = BULK_LOCK_TTL_MS / 1000
 # Jobs per batch (one listing page, then one Lua call per queue and type).
 DEFAULT_BATCH = 200
-# A preview counts at most this many matching jobs.
-PREVIEW_MAX = 1_000_000
+# A preview reads the listing in pages of at most this many matches (and
+# SCAN_BUDGET_PER_ITEM times as many index entries): between two pages it
+# checks its budget and its client, and other requests get their turn.
+PREVIEW_PAGE = 100
+# A preview's lock outlives its time limit by this much, so a process that
+# died mid-preview frees its key soon after.
+PREVIEW_LOCK_EXTRA_S = 5.0
 
 
 # The record, unless one exists under that id (a client's retried start).
@@ -56,6 +70,23 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+
+
+# Delete a lock only while it is still the holder's (its token).
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """What a preview counted: `count` matches, all of them (`exact`) or at
+    least that many (its budget ran out first), in `scanned` index entries."""
+
+    count: int
+    exact: bool
+    scanned: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,20 +137,52 @@ class BulkRunner:
         self.batch = min(batch, BULK_BATCH_MAX)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._create = redis.register_script(CREATE_RECORD)
+        self._release = redis.register_script(RELEASE_LOCK)
         self._adopter: asyncio.Task[None] | None = None
         self._stopping = False
 
-    async def count(self, where: JobFilter) -> int:
-        """How many jobs match now (a preview), reading pages of the listing."""
-        total, cursor = 0, None
-        while total < PREVIEW_MAX:
-            page = await self.store.list(where=where, limit=BULK_BATCH_MAX, cursor=cursor)
+    async def count(
+        self,
+        where: JobFilter,
+        *,
+        max_rows: int,
+        timeout_s: float,
+        gone: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Count:
+        """How many jobs match now (a preview), reading pages of the listing:
+        at most about `max_rows` index entries, for at most about `timeout_s`,
+        and no further once `gone()` says the client left."""
+        deadline = time.monotonic() + timeout_s
+        total = scanned = 0
+        cursor = None
+        while True:
+            rows_left = max(max_rows - scanned, 1)
+            limit = min(PREVIEW_PAGE, math.ceil(rows_left / SCAN_BUDGET_PER_ITEM))
+            page = await self.store.list(where=where, limit=limit, cursor=cursor)
             total += len(page.items)
+            scanned += page.scanned
             if page.next_cursor is None:
-                break
+                return Count(total, True, scanned)
+            if scanned >= max_rows or time.monotonic() >= deadline:
+                return Count(total, False, scanned)
+            if gone is not None and await gone():
+                logger.info("bulk preview stopped: the client went away")
+                return Count(total, False, scanned)
             cursor = page.next_cursor
-            await asyncio.sleep(0)
-        return total
+
+    @contextlib.asynccontextmanager
+    async def previewing(self, who: str, timeout_s: float) -> AsyncIterator[bool]:
+        """Whether `who` may preview now (one preview at a time per key, across
+        replicas): holds the key's preview lock while the block runs."""
+        lock, token = keys.preview_lock_key(who), secrets.token_hex(8)
+        ttl_ms = int((timeout_s + PREVIEW_LOCK_EXTRA_S) * 1000)
+        taken = bool(await self.redis.set(lock, token, px=ttl_ms, nx=True))
+        try:
+            yield taken
+        finally:
+            if taken:
+                with contextlib.suppress(*REDIS_DOWN_ERRORS):  # it lapses by itself
+                    await self._release(keys=[lock], args=[token])
 
     async def start(
         self, action: str, where: JobFilter, who: str, bulk_id: str | None = None

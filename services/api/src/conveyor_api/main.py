@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from conveyor_api.auth import KeyRing, secure_routes
 from conveyor_api.bulk import BulkRunner
+from conveyor_api.cursors import CursorSigner, cursor_secret
 from conveyor_api.deps import Services
 from conveyor_api.edge import Edge
 from conveyor_api.events import JobEvents
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = KeyRing(settings.keys)
     app.state.rate_limiter = None  # set at start, when rate limits are on
     app.state.redact = Redactor(settings.observability.redacted)
+    app.state.cursors = CursorSigner(cursor_secret(settings))
     if settings.development:
         logger.warning(
             "development mode: %d api key(s); never run like this in production",

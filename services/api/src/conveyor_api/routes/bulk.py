@@ -1,6 +1,7 @@
 """`/v1/bulk`: preview, start, follow and resume a bulk action (cancel, requeue
 or delete every job a filter matches); see bulk.py for how it runs."""
 
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -10,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from conveyor_api.auth import ApiKey, Scope, require
 from conveyor_api.bulk import BulkRunner, BulkStatus
-from conveyor_api.deps import CatalogDep
+from conveyor_api.deps import CatalogDep, SettingsDep
 from conveyor_core.catalog import ID_PATTERN, Catalog
 from conveyor_core.jobs import JobState, ms_to_datetime
 from conveyor_core.store import JobFilter
@@ -63,7 +64,12 @@ def _ms(at: datetime | None) -> int | None:
 
 
 class BulkPreview(BaseModel):
-    count: int = Field(description="Jobs the filter matches now.")
+    count: int = Field(description="Jobs the filter matches now (at least, unless `exact`).")
+    exact: bool = Field(
+        description="False when the preview's budget (rows read, time) ran out before the "
+        "listing did: then `count` is a lower bound."
+    )
+    scanned: int = Field(description="Jobs read to count them.")
 
 
 class BulkRequest(BaseModel):
@@ -118,11 +124,35 @@ BulkDep = Annotated[BulkRunner, Depends(get_bulk)]
 @router.post(
     "/preview",
     summary="Count the jobs a filter matches",
-    dependencies=[Depends(require(Scope.JOBS_READ))],
+    responses={429: {"description": "This api key has a preview running; one at a time"}},
 )
-async def preview(body: JobFilterIn, bulk: BulkDep, catalog: CatalogDep) -> BulkPreview:
-    """A filter that matches nothing counts 0."""
-    return BulkPreview(count=await bulk.count(body.to_filter(catalog)))
+async def preview(
+    body: JobFilterIn,
+    caller: AdminDep,
+    bulk: BulkDep,
+    catalog: CatalogDep,
+    settings: SettingsDep,
+    request: Request,
+) -> BulkPreview:
+    """A filter that matches nothing counts 0. The cost is bounded: a preview
+    reads at most `CONVEYOR_API_PREVIEW_MAX_ROWS` jobs, for at most
+    `CONVEYOR_API_PREVIEW_TIMEOUT_S`, one at a time per api key, and stops
+    when its client goes away; beyond its budget it answers a lower bound."""
+    where = body.to_filter(catalog)
+    async with bulk.previewing(caller.name, settings.preview_timeout_s) as allowed:
+        if not allowed:
+            raise HTTPException(
+                429,
+                f"Api key {caller.name!r} has a bulk preview running; one at a time per key.",
+                headers={"Retry-After": str(math.ceil(settings.preview_timeout_s))},
+            )
+        counted = await bulk.count(
+            where,
+            max_rows=settings.preview_max_rows,
+            timeout_s=settings.preview_timeout_s,
+            gone=request.is_disconnected,
+        )
+    return BulkPreview(count=counted.count, exact=counted.exact, scanned=counted.scanned)
 
 
 @router.post(

@@ -39,8 +39,10 @@ from conveyor_api.auth import (
     name_the_caller,
     require,
 )
-from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, StoreDep
+from conveyor_api.cursors import TamperedCursorError
+from conveyor_api.deps import CatalogDep, CursorsDep, EventsDep, RedactorDep, StoreDep
 from conveyor_api.edge import FastRoute
+from conveyor_api.problems import FieldError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN, JobType
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
 from conveyor_core.jobs import (
@@ -271,8 +273,9 @@ async def list_jobs(
     store: StoreDep,
     redact: RedactorDep,
     catalog: CatalogDep,
+    cursors: CursorsDep,
     state: JobState | None = None,
-    queue: Annotated[str | None, Query(max_length=200)] = None,
+    queue: Annotated[str | None, Query(max_length=200, description="A catalog queue.")] = None,
     job_type: Annotated[str | None, Query(max_length=200)] = None,
     error_type: Annotated[
         str | None, Query(max_length=200, description="The last error's type, exactly.")
@@ -287,7 +290,9 @@ async def list_jobs(
     ] = None,
     until: Annotated[AwareDatetime | None, Query(description="... and before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=1000, description="A previous page's `next_cursor`.")
+    ] = None,
 ) -> JobList:
     """Newest first; queued, deferred and in-progress jobs oldest first (next to run first).
 
@@ -297,6 +302,12 @@ async def list_jobs(
     """
     if job_type is not None and job_type not in catalog:
         raise _query_error("job_type", f"unknown job type {job_type!r}")
+    if queue is not None and queue not in catalog.queues():
+        raise _query_error("queue", f"no queue named {queue!r} in the catalog")
+    try:
+        store_cursor = cursors.verify(cursor)
+    except TamperedCursorError:
+        raise FieldError(400, "cursor", "not a cursor from a previous page") from None
     where = JobFilter(
         state=state,
         queue=queue,
@@ -307,11 +318,11 @@ async def list_jobs(
         until_ms=int(until.timestamp() * 1000) if until else None,
     )
     try:
-        page = await store.list(where=where, limit=limit, cursor=cursor)
-    except InvalidCursorError:
-        raise _query_error("cursor", "not a cursor from a previous page") from None
+        page = await store.list(where=where, limit=limit, cursor=store_cursor)
+    except InvalidCursorError:  # signed, yet not readable: issued by an older version
+        raise FieldError(400, "cursor", "not a cursor from a previous page") from None
     items = [masked(job, redact) for job in page.items]
-    return JobList(items=items, next_cursor=page.next_cursor)
+    return JobList(items=items, next_cursor=cursors.sign(page.next_cursor))
 
 
 async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
@@ -410,6 +421,7 @@ def _add_single_job_routes(api: APIRouter) -> None:
         methods=["GET"],
         tags=TAGS,
         summary="List jobs",
+        responses={400: {"description": "The cursor is not one a previous page gave"}},
         dependencies=[Depends(require(Scope.JOBS_READ))],
     )
 

@@ -98,10 +98,11 @@ async function preview(event) {
   event.preventDefault();
   state.filter = readFilter();
   try {
-    const { count } = await call("POST", "/v1/bulk/preview", { body: state.filter });
+    const { count, exact } = await call("POST", "/v1/bulk/preview", { body: state.filter });
     const action = $("bulk-action").value;
     state.preview = { action, filter: state.filter, count };
-    $("bulk-count").textContent = `${count} job(s) match.`;
+    // Past its budget a preview counts a lower bound.
+    $("bulk-count").textContent = exact ? `${count} job(s) match.` : `At least ${count} job(s) match.`;
     $("bulk-confirm").textContent = `Confirm: ${action} ${count} job(s)`;
     $("bulk-confirm").hidden = count === 0;
   } catch (err) {
