@@ -12,7 +12,7 @@ from conveyor_api.bulk import BulkRunner
 from conveyor_api.cursors import CursorSigner, cursor_secret
 from conveyor_api.deps import Services
 from conveyor_api.edge import Edge
-from conveyor_api.events import JobEvents
+from conveyor_api.events import JobEvents, StreamLimits
 from conveyor_api.problems import document_problems, install_problem_handlers
 from conveyor_api.routes import audit, bulk, dev, events, health, jobs, queues, ui, workers
 from conveyor_api.settings import Settings
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter = None  # set at start, when rate limits are on
     app.state.redact = Redactor(settings.observability.redacted)
     app.state.cursors = CursorSigner(cursor_secret(settings))
+    app.state.stream_limits = StreamLimits(settings.sse_streams_per_key, settings.sse_streams_max)
     if settings.development:
         logger.warning(
             "development mode: %d api key(s); never run like this in production",

@@ -7,17 +7,18 @@ wake-up, whichever of its jobs changed.
 """
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 from pydantic import StringConstraints
 
 from conveyor_api.auth import Scope, require
 from conveyor_api.deps import EventsDep, RedactorDep, StoreDep
-from conveyor_api.events import JobChanges
+from conveyor_api.events import JobChanges, live_stream, stream_deadline
 from conveyor_api.routes.jobs import SSE_KEEPALIVE_S, masked
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.jobs import TERMINAL_STATES, JobPublic
@@ -46,8 +47,10 @@ JobIds = Annotated[
 STREAM_DESCRIPTION = """\
 `event: job` with a job as JSON whenever it changes (each job's current state
 first); `event: missing` with `{"id": ...}` for a job that does not exist or
-expired; `event: end` once every job is finished or missing; `event: error`
-with a problem if the stream cannot go on. Comments keep an idle stream open.
+expired (it is not watched); `event: end` once every job is finished or
+missing; `event: error` with a problem if the stream cannot go on. Comments
+keep an idle stream open. The server ends a stream after its maximum lifetime
+(`CONVEYOR_API_SSE_MAX_LIFETIME_S`) without `end`: reconnect to go on.
 """
 
 
@@ -55,25 +58,35 @@ with a problem if the stream cannot go on. Comments keep an idle stream open.
     "",
     summary="Stream the changes of many jobs (Server-Sent Events) until they all finish",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": STREAM_DESCRIPTION}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": STREAM_DESCRIPTION},
+        429: {"description": "The api key, or this api process, holds its most live streams"},
+    },
 )
 async def watch_jobs(
-    job_id: JobIds, store: StoreDep, events: EventsDep, redact: RedactorDep
+    job_id: JobIds, request: Request, store: StoreDep, events: EventsDep, redact: RedactorDep
 ) -> StreamingResponse:
-    # Read once up front, so Redis being down is a 503 answer rather than a stream.
-    await store.get_many(job_id[:1])
-    return StreamingResponse(
-        _stream(list(dict.fromkeys(job_id)), store, events, redact),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    job_ids = list(dict.fromkeys(job_id))
+    # Read up front: Redis being down is a 503 answer rather than a stream, and
+    # only the jobs that exist and are not finished are watched.
+    first = [job and masked(job, redact) for job in await store.get_many(job_ids)]
+    body = _stream(job_ids, first, store, events, redact, stream_deadline(request))
+    return live_stream(request, body)
 
 
 async def _stream(
-    job_ids: list[str], store: StoreDep, events: EventsDep, redact: Redactor
+    job_ids: list[str],
+    first: list[JobPublic | None],
+    store: StoreDep,
+    events: EventsDep,
+    redact: Redactor,
+    deadline: float,
 ) -> AsyncIterator[bytes]:
-    with events.watch_many(job_ids) as changes:
-        sent_versions: dict[str, int] = {}
+    sent_versions: dict[str, int] = {}
+    live = [j for j, job in zip(job_ids, first, strict=True) if job and not _finished(job)]
+    with events.watch_many(live) as changes:
+        for event in _events_for(job_ids, first, changes, sent_versions):
+            yield event
         while changes.watching:
             marked = changes.take()
             if marked:
@@ -87,9 +100,18 @@ async def _stream(
                 public = [job and masked(job, redact) for job in jobs]
                 for event in _events_for(marked, public, changes, sent_versions):
                     yield event
-            if changes.watching and not await changes.wait(SSE_KEEPALIVE_S):
+            if not changes.watching:
+                break
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return  # its lifetime is over: the client reconnects
+            if not await changes.wait(min(SSE_KEEPALIVE_S, left_s)):
                 yield format_sse_event(comment="keep-alive")
         yield format_sse_event(data_str="{}", event="end")
+
+
+def _finished(job: JobPublic) -> bool:
+    return job.state in TERMINAL_STATES
 
 
 def _events_for(
@@ -108,7 +130,7 @@ def _events_for(
         if job.version != sent_versions.get(job_id):
             sent_versions[job_id] = job.version
             out.append(format_sse_event(data_str=job.model_dump_json(), event="job"))
-        if job.state in TERMINAL_STATES:
+        if _finished(job):
             changes.forget(job_id)
     return out
 

@@ -4,6 +4,7 @@ import asyncio
 import inspect
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
 from enum import Enum
@@ -42,6 +43,7 @@ from conveyor_api.auth import (
 from conveyor_api.cursors import TamperedCursorError
 from conveyor_api.deps import CatalogDep, CursorsDep, EventsDep, RedactorDep, StoreDep
 from conveyor_api.edge import FastRoute
+from conveyor_api.events import live_stream, stream_deadline
 from conveyor_api.problems import FieldError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN, JobType
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
@@ -369,21 +371,35 @@ async def retry_job(
 
 
 async def job_events(
-    job_id: JobId, store: StoreDep, events: EventsDep, redact: RedactorDep
+    job_id: JobId,
+    request: Request,
+    store: StoreDep,
+    events: EventsDep,
+    redact: RedactorDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=20,
+            description="The last event's id, when reconnecting: its version is not sent again.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     await _existing(store, job_id)
-    return StreamingResponse(
-        _stream(job_id, store, events, redact),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    sent_version = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    body = _stream(job_id, store, events, redact, sent_version, stream_deadline(request))
+    return live_stream(request, body)
 
 
 async def _stream(
-    job_id: str, store: StoreDep, events: EventsDep, redact: Redactor
+    job_id: str,
+    store: StoreDep,
+    events: EventsDep,
+    redact: Redactor,
+    sent_version: int,
+    deadline: float,
 ) -> AsyncIterator[bytes]:
     with events.watch(job_id) as changed:
-        sent_version = 0
         while True:
             changed.clear()  # before the read: a change after it wakes the wait below
             try:
@@ -403,8 +419,11 @@ async def _stream(
                 )
             if job.state in TERMINAL_STATES:
                 return
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return  # its lifetime is over: the client reconnects with Last-Event-ID
             try:
-                await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S)
+                await asyncio.wait_for(changed.wait(), min(SSE_KEEPALIVE_S, left_s))
             except TimeoutError:
                 yield format_sse_event(comment="keep-alive")
 
@@ -472,10 +491,13 @@ def _add_single_job_routes(api: APIRouter) -> None:
         responses={
             200: {
                 "content": {"text/event-stream": {}},
-                "description": "`event: job` with the job as JSON on every change; "
-                "`event: error` with a problem if the stream cannot go on.",
+                "description": "`event: job` with the job as JSON on every change (its "
+                "`id` is the job's version); `event: error` with a problem if the stream "
+                "cannot go on. The server ends a stream after its maximum lifetime: "
+                "reconnect with `Last-Event-ID` to go on.",
             },
             404: {"description": "No such job"},
+            429: {"description": "The api key, or this api process, holds its most live streams"},
         },
         dependencies=[Depends(require(Scope.JOBS_READ))],
     )
