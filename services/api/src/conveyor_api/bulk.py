@@ -14,7 +14,11 @@ page is acted on by one bounded Lua call per queue and job type
 - it is safe to run twice: a lock (refreshed per batch) lets one process at
   a time run an action, and each job is acted on only in a state the action
   applies to (a requeued job is no longer dead), so a batch repeated after a
-  crash does nothing the second time.
+  crash does nothing the second time;
+- it can be stopped: cancelling marks the record `cancelled`, and the process
+  running it stops after the batch in flight (each batch reads the state);
+- it can be bounded: `at_most` stops it after that many matches (a delete
+  of every job must name the count its preview showed).
 """
 
 import asyncio
@@ -34,6 +38,7 @@ from conveyor_api import audit
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog
 from conveyor_core.jobs import JobPublic, JobState, now_ms
+from conveyor_core.logging import bound
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 from conveyor_core.store import (
     BULK_BATCH_MAX,
@@ -72,6 +77,22 @@ return 1
 """
 
 
+# End a running action (done or failed), unless it was cancelled meanwhile;
+# returns the state it is left in.
+END_RECORD = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'running' then return state end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'error', ARGV[2],
+  'finished_at_ms', ARGV[3], 'updated_at_ms', ARGV[3])
+return ARGV[1]
+"""
+# Cancel a running action; 1 if it was running, else 0.
+CANCEL_RECORD = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancelled_by', ARGV[1],
+  'finished_at_ms', ARGV[2], 'updated_at_ms', ARGV[2])
+return 1
+"""
 # Delete a lock only while it is still the holder's (its token).
 RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -95,7 +116,7 @@ class BulkStatus:
     action: str
     filter: dict[str, Any]
     who: str
-    state: str  # running, done or failed
+    state: str  # running, done, failed or cancelled
     matched: int  # jobs the filter matched so far
     done: int  # jobs acted on
     skipped: int  # jobs the action did not apply to (already moved on)
@@ -104,6 +125,9 @@ class BulkStatus:
     updated_at_ms: int
     finished_at_ms: int | None
     error: str
+    at_most: int | None = None  # stop after this many matches
+    request_id: str = ""  # the request that started it
+    cancelled_by: str = ""
 
     @classmethod
     def of(cls, bulk_id: str, raw: dict[bytes, bytes]) -> "BulkStatus":
@@ -122,6 +146,9 @@ class BulkStatus:
             updated_at_ms=int(f.get("updated_at_ms") or 0),
             finished_at_ms=int(f["finished_at_ms"]) if f.get("finished_at_ms") else None,
             error=f.get("error", ""),
+            at_most=int(f["at_most"]) if f.get("at_most") else None,
+            request_id=f.get("request_id", ""),
+            cancelled_by=f.get("cancelled_by", ""),
         )
 
 
@@ -138,6 +165,8 @@ class BulkRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._create = redis.register_script(CREATE_RECORD)
         self._release = redis.register_script(RELEASE_LOCK)
+        self._end = redis.register_script(END_RECORD)
+        self._cancel = redis.register_script(CANCEL_RECORD)
         self._adopter: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -185,12 +214,19 @@ class BulkRunner:
                     await self._release(keys=[lock], args=[token])
 
     async def start(
-        self, action: str, where: JobFilter, who: str, bulk_id: str | None = None
+        self,
+        action: str,
+        where: JobFilter,
+        who: str,
+        bulk_id: str | None = None,
+        at_most: int | None = None,
     ) -> BulkStatus:
         """Create the record and run it; an existing `bulk_id` is returned as it is
-        (so a client retrying its start starts nothing twice)."""
+        (so a client retrying its start starts nothing twice). `at_most`: stop
+        after that many matches."""
         bulk_id = bulk_id or secrets.token_hex(8)
         at_ms = now_ms()
+        request_id = bound("request_id") or ""
         record = {
             "action": action,
             "filter": json.dumps(where.as_dict()),
@@ -203,6 +239,8 @@ class BulkRunner:
             "cursor": "",
             "started_at_ms": at_ms,
             "updated_at_ms": at_ms,
+            "at_most": "" if at_most is None else at_most,
+            "request_id": request_id,
         }
         flat = [str(v) for pair in record.items() for v in pair]
         created = await self._create(keys=[keys.bulk_key(bulk_id)], args=[BULK_RECORD_TTL_S, *flat])
@@ -211,11 +249,21 @@ class BulkRunner:
             assert existing is not None
             return existing
         await self.redis.zadd(keys.BULK_RUNNING, {bulk_id: at_ms})
-        await audit.record(self.redis, who, f"bulk_{action}", "filter", 0, where.as_dict())
+        detail = {**where.as_dict(), **({"at_most": at_most} if at_most is not None else {})}
+        await audit.record(self.redis, who, f"bulk_{action}", "filter", 0, detail)
         self.spawn(bulk_id)
         status = await self.get(bulk_id)
         assert status is not None
         return status
+
+    async def cancel(self, bulk_id: str, who: str) -> bool:
+        """Stop a running action (its process stops after the batch in flight);
+        whether it was running."""
+        if not await self._cancel(keys=[keys.bulk_key(bulk_id)], args=[who, now_ms()]):
+            return False
+        await self.redis.zrem(keys.BULK_RUNNING, bulk_id)
+        await audit.record(self.redis, who, "cancel_bulk", bulk_id, 0)
+        return True
 
     async def get(self, bulk_id: str) -> BulkStatus | None:
         raw = await self.redis.hgetall(keys.bulk_key(bulk_id))  # type: ignore[misc]
@@ -275,19 +323,24 @@ class BulkRunner:
             raw_cursor = await self.redis.hget(key, "cursor")  # type: ignore[misc]
             cursor = raw_cursor.decode() if raw_cursor else None
             where = JobFilter.from_dict(status.filter)
+            matched = status.matched
             while True:
                 page = await self.store.list(where=where, limit=self.batch, cursor=cursor)
-                done, skipped = await self._act(status.action, page.items)
-                cursor = page.next_cursor
+                jobs, cursor = page.items, page.next_cursor
+                if status.at_most is not None and matched + len(jobs) >= status.at_most:
+                    jobs, cursor = jobs[: status.at_most - matched], None  # its bound
+                done, skipped = await self._act(status.action, jobs)
+                matched += len(jobs)
                 async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hincrby(key, "matched", len(page.items))
+                    pipe.hincrby(key, "matched", len(jobs))
                     pipe.hincrby(key, "done", done)
                     pipe.hincrby(key, "skipped", skipped)
                     pipe.hincrby(key, "batches", 1)
                     pipe.hset(key, mapping={"cursor": cursor or "", "updated_at_ms": now_ms()})
                     pipe.pexpire(lock, BULK_LOCK_TTL_MS)
-                    await pipe.execute()
-                if cursor is None:
+                    pipe.hget(key, "state")
+                    *_, state = await pipe.execute()
+                if cursor is None or state != b"running":  # done, or cancelled
                     break
                 await asyncio.sleep(0)  # let requests in between batches
             await self._finish(bulk_id, "done", "")
@@ -304,17 +357,9 @@ class BulkRunner:
                     await self.redis.delete(lock)
 
     async def _finish(self, bulk_id: str, state: str, error: str) -> None:
-        key = keys.bulk_key(bulk_id)
-        at_ms = now_ms()
-        await self.redis.hset(  # type: ignore[misc]
-            key,
-            mapping={
-                "state": state,
-                "error": error,
-                "finished_at_ms": at_ms,
-                "updated_at_ms": at_ms,
-            },
-        )
+        """End the action as `state` (unless it was cancelled: it stays so) and
+        log how it ended, under the request that started it."""
+        await self._end(keys=[keys.bulk_key(bulk_id)], args=[state, error, now_ms()])
         await self.redis.zrem(keys.BULK_RUNNING, bulk_id)
         status = await self.get(bulk_id)
         if status is not None:
@@ -322,9 +367,10 @@ class BulkRunner:
                 self.redis,
                 status.who,
                 f"bulk_{status.action}",
-                f"bulk {bulk_id} {state}",
+                f"bulk {bulk_id} {status.state}",
                 status.done,
-                {"filter": status.filter, "skipped": status.skipped, "error": error},
+                {"filter": status.filter, "skipped": status.skipped, "error": status.error},
+                request_id=status.request_id,
             )
 
     async def _act(self, action: str, jobs: list[JobPublic]) -> tuple[int, int]:

@@ -206,8 +206,10 @@ def cmd_jobs_requeue(api: Api, args: argparse.Namespace) -> int:
 
 
 def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, Any]) -> int:
-    count = api.call("POST", "/v1/bulk/preview", json=where)["count"]
-    print(f"{action}: {count} job(s) match {json.dumps(where)}", file=sys.stderr)
+    preview = api.call("POST", "/v1/bulk/preview", json=where)
+    count = preview["count"]
+    at_least = "" if preview.get("exact", True) else "at least "
+    print(f"{action}: {at_least}{count} job(s) match {json.dumps(where)}", file=sys.stderr)
     if count == 0 and not args.json:
         return EXIT_OK
     if not args.yes:
@@ -216,7 +218,13 @@ def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, A
         if input(f"{action} them? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing done", file=sys.stderr)
             return EXIT_OK
-    status = api.call("POST", "/v1/bulk", json={"action": action, "filter": where})
+    # It acts on at most the jobs the preview counted; deleting every job says so.
+    request: dict[str, Any] = {"action": action, "filter": where}
+    if count:
+        request["count"] = count
+    if action == "delete" and not where:
+        request["all"] = True
+    status = api.call("POST", "/v1/bulk", json=request)
     while status["state"] == "running":
         time.sleep(POLL_S)
         status = api.call("GET", f"/v1/bulk/{status['id']}")

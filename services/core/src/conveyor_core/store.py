@@ -373,6 +373,14 @@ class JobFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Paused:
+    """A queue's pause: since when (ms), and whether the call that said so paused it."""
+
+    at_ms: int
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BulkBatch:
     """What one batch of a bulk action did."""
 
@@ -681,18 +689,20 @@ class JobStore:
         )
         return state.decode() if isinstance(state, bytes) else str(state)
 
-    async def pause(self, queue: str) -> int:
-        """Stop workers starting jobs from `queue`; returns when it was paused (ms)."""
-        paused_at = await self._pause(
+    async def pause(self, queue: str) -> Paused:
+        """Stop workers starting jobs from `queue`; says when it was paused (ms),
+        and whether this call paused it."""
+        paused_at, changed = await self._pause(
             keys=[keys.paused_key(queue)], args=["pause", now_ms(), keys.wake_channel(queue)]
         )
-        return int(paused_at)
+        return Paused(int(paused_at), changed == 1)
 
-    async def resume(self, queue: str) -> None:
-        """Let workers start jobs from `queue` again, at once."""
-        await self._pause(
+    async def resume(self, queue: str) -> bool:
+        """Let workers start jobs from `queue` again, at once; whether it was paused."""
+        _, changed = await self._pause(
             keys=[keys.paused_key(queue)], args=["resume", now_ms(), keys.wake_channel(queue)]
         )
+        return bool(changed == 1)
 
     async def report_progress(self, job_id: str, percent: int, message: str) -> bool:
         done = await self._progress(
@@ -701,7 +711,8 @@ class JobStore:
         return bool(done)
 
     async def cancel(self, job_id: str) -> tuple[str, JobPublic | None]:
-        """'missing', the final state it was in, 'cancelling' or 'cancelled_now', and the record."""
+        """'missing', the final state it was in, 'cancelling', 'cancel_requested' (asked
+        before) or 'cancelled_now', and the record."""
         found = await self._read(job_id)
         if found is None:
             return "missing", None

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, Field
 
 from conveyor_api.auth import ApiKey, Scope, require
@@ -75,6 +76,34 @@ class BulkPreview(BaseModel):
 class BulkRequest(BaseModel):
     action: BulkAction
     filter: JobFilterIn
+    all: bool = Field(
+        default=False,
+        description="Required (true) to delete with an empty filter: every job.",
+    )
+    count: int | None = Field(
+        default=None,
+        ge=1,
+        description="Act on at most this many matching jobs: the count the preview "
+        "showed. Required to delete with an empty filter.",
+    )
+
+    def checked(self, catalog: Catalog) -> JobFilter:
+        """The filter, once the request is sound: deleting every job takes an
+        explicit `all` and the count the preview showed."""
+        where = self.filter.to_filter(catalog)
+        errors = []
+        if self.all and where.as_dict():
+            errors.append(("all", "only with an empty filter (every job)"))
+        if self.action is BulkAction.DELETE and not where.as_dict():
+            if not self.all:
+                errors.append(("all", 'an empty filter deletes every job: send "all": true'))
+            if self.count is None:
+                errors.append(("count", "deleting every job needs the count the preview showed"))
+        if errors:
+            raise RequestValidationError(
+                [{"loc": ("body", name), "msg": msg, "type": "value_error"} for name, msg in errors]
+            )
+        return where
 
 
 class BulkPublic(BaseModel):
@@ -84,7 +113,7 @@ class BulkPublic(BaseModel):
     action: str
     filter: dict[str, Any]
     who: str
-    state: str = Field(description="running, done or failed")
+    state: str = Field(description="running, done, failed or cancelled")
     matched: int = Field(description="Jobs the filter matched so far.")
     done: int = Field(description="Jobs acted on.")
     skipped: int = Field(description="Matched jobs the action no longer applied to.")
@@ -93,6 +122,8 @@ class BulkPublic(BaseModel):
     updated_at: datetime | None
     finished_at: datetime | None
     error: str = ""
+    at_most: int | None = Field(default=None, description="It stops after this many matches.")
+    cancelled_by: str = Field(default="", description="Who cancelled it, if anyone did.")
 
     @classmethod
     def of(cls, s: BulkStatus) -> "BulkPublic":
@@ -110,6 +141,8 @@ class BulkPublic(BaseModel):
             updated_at=ms_to_datetime(s.updated_at_ms),
             finished_at=ms_to_datetime(s.finished_at_ms),
             error=s.error,
+            at_most=s.at_most,
+            cancelled_by=s.cancelled_by,
         )
 
 
@@ -172,10 +205,11 @@ async def start(
     ] = None,
 ) -> BulkPublic:
     """Runs in the api in batches; poll `GET /v1/bulk/{id}` for its progress.
-    Starting again with the same `Idempotency-Key` returns the same action."""
-    status = await bulk.start(
-        body.action.value, body.filter.to_filter(catalog), caller.name, idempotency_key
-    )
+    Starting again with the same `Idempotency-Key` returns the same action.
+    A delete with an empty filter (every job) needs `"all": true` and `count`,
+    the count the preview showed: it deletes at most that many."""
+    where = body.checked(catalog)
+    status = await bulk.start(body.action.value, where, caller.name, idempotency_key, body.count)
     return BulkPublic.of(status)
 
 
@@ -186,6 +220,29 @@ async def start(
     responses={404: {"description": "No such bulk action"}},
 )
 async def read(bulk_id: BulkId, bulk: BulkDep) -> BulkPublic:
+    status = await bulk.get(bulk_id)
+    if status is None:
+        raise HTTPException(404, f"No bulk action {bulk_id!r} (it may have expired).")
+    return BulkPublic.of(status)
+
+
+@router.post(
+    "/{bulk_id}/cancel",
+    summary="Stop a running bulk action",
+    responses={
+        404: {"description": "No such bulk action"},
+        409: {"description": "It has finished already"},
+    },
+)
+async def cancel(bulk_id: BulkId, caller: AdminDep, bulk: BulkDep) -> BulkPublic:
+    """The process running it stops after the batch in flight; what was done
+    stays done. Cancelling a cancelled action changes nothing."""
+    if not await bulk.cancel(bulk_id, caller.name):
+        status = await bulk.get(bulk_id)
+        if status is None:
+            raise HTTPException(404, f"No bulk action {bulk_id!r} (it may have expired).")
+        if status.state != "cancelled":
+            raise HTTPException(409, f"Bulk action {bulk_id} is {status.state} already.")
     status = await bulk.get(bulk_id)
     if status is None:
         raise HTTPException(404, f"No bulk action {bulk_id!r} (it may have expired).")

@@ -348,10 +348,11 @@ async def cancel_job(
     outcome, job = await store.cancel(job_id)
     if job is None:
         raise _not_found(job_id)
-    if outcome not in ("cancelled_now", "cancelling"):
+    if outcome not in ("cancelled_now", "cancelling", "cancel_requested"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
-    await audit.record(store.redis, caller.name, "cancel", job_id, 1)
-    response.status_code = 202 if outcome == "cancelling" else 200
+    if outcome != "cancel_requested":  # asked before: no change to record
+        await audit.record(store.redis, caller.name, "cancel", job_id, 1)
+    response.status_code = 200 if outcome == "cancelled_now" else 202
     return masked(job, redact)
 
 

@@ -97,9 +97,10 @@ async def pause_queue(
     name: QueueName, store: StoreDep, catalog: CatalogDep, caller: AdminDep
 ) -> QueuePublic:
     """Every worker of the queue stops starting jobs at its next claim; running
-    jobs finish; enqueueing goes on. Pausing a paused queue changes nothing."""
-    await store.pause(_known(name, catalog))
-    await audit.record(store.redis, caller.name, "pause", name, 0)
+    jobs finish; enqueueing goes on. Pausing a paused queue changes nothing
+    (and is not in the audit log)."""
+    if (await store.pause(_known(name, catalog))).changed:
+        await audit.record(store.redis, caller.name, "pause", name, 0)
     return QueuePublic.of(await store.queue_stats(name), catalog)
 
 
@@ -107,9 +108,10 @@ async def pause_queue(
 async def resume_queue(
     name: QueueName, store: StoreDep, catalog: CatalogDep, caller: AdminDep
 ) -> QueuePublic:
-    """The queue's workers are woken and start its jobs at once."""
-    await store.resume(_known(name, catalog))
-    await audit.record(store.redis, caller.name, "resume", name, 0)
+    """The queue's workers are woken and start its jobs at once. Resuming a
+    running queue changes nothing (and is not in the audit log)."""
+    if await store.resume(_known(name, catalog)):
+        await audit.record(store.redis, caller.name, "resume", name, 0)
     return QueuePublic.of(await store.queue_stats(name), catalog)
 
 

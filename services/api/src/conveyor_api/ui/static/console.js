@@ -111,10 +111,13 @@ async function preview(event) {
 }
 
 async function confirmBulk() {
-  const { action, filter } = state.preview;
+  const { action, filter, count } = state.preview;
   $("bulk-confirm").hidden = true;
+  // It acts on at most the jobs the preview counted; deleting every job says so.
+  const everything = action === "delete" && Object.keys(filter).length === 0;
+  const body = { action, filter, count, ...(everything ? { all: true } : {}) };
   try {
-    const started = await call("POST", "/v1/bulk", { body: { action, filter } });
+    const started = await call("POST", "/v1/bulk", { body });
     state.bulkId = started.id;
     await followBulk();
   } catch (err) {
