@@ -18,6 +18,7 @@ from conveyor_api.routes import audit, bulk, dev, events, health, jobs, queues, 
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
+from conveyor_core.history import HistoryReader
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import create_redis
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis = create_redis(settings.redis)
         app.state.store = JobStore(redis, catalog)
         app.state.events = events = JobEvents(redis)
+        app.state.history = HistoryReader(redis)
         if settings.rate_limit_per_s > 0:
             app.state.rate_limiter = RateLimiter(
                 redis, settings.rate_limit_per_s, settings.rate_limit_burst

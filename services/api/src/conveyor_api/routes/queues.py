@@ -6,14 +6,14 @@ import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from conveyor_api import audit
 from conveyor_api.auth import ApiKey, Scope, require
-from conveyor_api.deps import CatalogDep, RedisDep, StoreDep
+from conveyor_api.deps import CatalogDep, StoreDep
 from conveyor_core.catalog import Catalog
-from conveyor_core.history import EVENTS, MAX_MINUTES, MINUTE_MS, read_history
+from conveyor_core.history import EVENTS, MAX_MINUTES, MINUTE_MS, HistoryReader
 from conveyor_core.jobs import ms_to_datetime
 from conveyor_core.store import QueueStats
 
@@ -137,12 +137,15 @@ class QueueHistory(BaseModel):
 )
 async def queue_history(
     name: QueueName,
-    redis: RedisDep,
+    request: Request,
     catalog: CatalogDep,
     minutes: Annotated[int, Query(ge=1, le=MAX_MINUTES)] = 60,
 ) -> QueueHistory:
-    """Oldest minute first, up to 72 hours back."""
-    found = await read_history(redis, _known(name, catalog), minutes)
+    """Oldest minute first, up to 72 hours back. The api keeps the minutes that
+    can no longer change: a query costs Redis only the minutes it has not read
+    before (about one a minute for a polled chart), whatever its span."""
+    history: HistoryReader = request.app.state.history
+    found = await history.read(_known(name, catalog), minutes)
     return QueueHistory(
         queue=name,
         minutes=[
