@@ -59,13 +59,15 @@ class Settings(BaseSettings):
     # another). Unset: derived from the api keys' digests (random per process
     # in development without keys).
     cursor_secret: SecretStr | None = None
-    # A bulk preview reads at most this many jobs per call, for at most
-    # `preview_timeout_s`; beyond either it answers a lower bound ("at least").
+    # A bulk preview reads at most this many jobs per call; beyond it, it
+    # answers a lower bound ("at least").
     preview_max_rows: int = Field(default=10_000, ge=100)
+    # A bulk preview takes at most about this long; then it answers a lower bound too.
     preview_timeout_s: float = Field(default=2.0, gt=0, le=60)
-    # Live streams (SSE) one key may hold open at once on one api process,
-    # and all keys together; beyond either a new stream gets 429.
+    # Live streams (SSE) one key may hold open at once on one api process;
+    # one more gets 429.
     sse_streams_per_key: int = Field(default=100, ge=1)
+    # Live streams one api process serves at once, all keys together.
     sse_streams_max: int = Field(default=1000, ge=1)
     # The server ends a live stream after this long; the client reconnects
     # (with Last-Event-ID), so no stream pins a process or a key for ever.
