@@ -154,6 +154,19 @@ async def test_a_bulk_preview_over_20000_jobs_is_an_admins_and_has_a_budget(
             stop.set()
             prober.join()
 
+        # A client that gives up: its preview stops at the next page (a time range
+        # is checked on whole jobs, so each page costs the api real work).
+        whole_jobs = {"until": "2100-01-01T00:00:00Z"}
+        with pytest.raises(httpx.ReadTimeout):
+            stack.http.post("/v1/bulk/preview", json=whole_jobs, timeout=0.2)
+        deadline = time.monotonic() + 5
+        while not any(
+            line["message"] == "bulk preview stopped: the client went away"
+            for line in stack.log_lines(stack.api)
+        ):
+            assert time.monotonic() < deadline, "the preview went on without its client"
+            await asyncio.sleep(0.1)
+
     for counted in answers:  # a lower bound: its budget ran out before the 20,000 jobs did
         assert (counted["count"], counted["exact"]) == (0, False)
         assert 0 < counted["scanned"] <= 10_000
