@@ -26,15 +26,16 @@ class TamperedCursorError(ValueError):
 
 
 def cursor_secret(settings: Settings) -> bytes:
-    """The configured secret; else one every replica derives alike from the api
-    keys' digests; else (development without keys) a random one for this process."""
+    """The configured secret; in development, else a random one for this process;
+    else one every replica derives alike from the api keys' digests (a secret
+    they already share: changing the keys voids the cursors in flight)."""
     if settings.cursor_secret is not None:
         return settings.cursor_secret.get_secret_value().encode()
-    if settings.keys:
-        digests = "\n".join(sorted(k.sha256 for k in settings.keys))
-        return hashlib.sha256(b"conveyor cursor\n" + digests.encode()).digest()
-    logger.info("no cursor secret and no api keys: cursors are signed with a per-process secret")
-    return secrets.token_bytes(32)
+    if settings.development or not settings.keys:
+        logger.info("no cursor secret: cursors are signed with a secret of this process")
+        return secrets.token_bytes(32)
+    digests = "\n".join(sorted(k.sha256 for k in settings.keys))
+    return hashlib.sha256(b"conveyor cursor\n" + digests.encode()).digest()
 
 
 class CursorSigner:

@@ -56,8 +56,8 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     # Signs the listing cursors (HMAC), so a client cannot forge a cursor's
     # position: the same secret on every replica (a cursor from one is read by
-    # another). Unset: derived from the api keys' digests (random per process
-    # in development without keys).
+    # another). Unset: random per process in development, else derived from
+    # the api keys' digests.
     cursor_secret: SecretStr | None = None
     # A bulk preview reads at most this many jobs per call; beyond it, it
     # answers a lower bound ("at least").
