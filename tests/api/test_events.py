@@ -276,7 +276,7 @@ def test_a_key_past_its_live_streams_is_refused_until_one_closes(
         assert "process serves 5 live streams" in full["detail"]
 
         held[0].close()  # the client goes away: its slot comes back
-        wait_until(lambda: stream_status(mine, "/v1/events", job_id=job_id) == 200)
+        wait_until(lambda: stream_status(mine, "/v1/events", job_id=job_id) == 200, timeout_s=20)
     mine.close()
     theirs.close()
 
