@@ -21,6 +21,34 @@ from conveyor_core.redis import REDIS_DOWN_ERRORS
 logger = logging.getLogger(__name__)
 
 
+class StreamLimits:
+    """How many live streams each api key, and this process, hold open.
+
+    Counted per process: a key's streams on another replica are that
+    replica's. A stream takes its slot before it answers and gives it back
+    when its response ends, however it ends.
+    """
+
+    def __init__(self, per_key: int, total: int) -> None:
+        self.per_key = per_key
+        self.total = total
+        self._by_key: Counter[str] = Counter()
+
+    def open(self, key_name: str) -> str | None:
+        """Take a slot for `key_name`; or why not (the slot is not taken)."""
+        if self._by_key[key_name] >= self.per_key:
+            return f"Api key {key_name!r} holds {self.per_key} live streams, its most"
+        if self._by_key.total() >= self.total:
+            return f"This api process serves {self.total} live streams, its most"
+        self._by_key[key_name] += 1
+        return None
+
+    def close(self, key_name: str) -> None:
+        self._by_key[key_name] -= 1
+        if self._by_key[key_name] <= 0:
+            del self._by_key[key_name]
+
+
 # What a refused stream tells its client to wait before it tries again.
 STREAM_RETRY_AFTER_S = 5
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -68,37 +96,6 @@ def stream_deadline(request: Request) -> float:
     """When (time.monotonic) a stream opened now ends: its client then reconnects."""
     lifetime_s: float = request.app.state.settings.sse_max_lifetime_s
     return time.monotonic() + lifetime_s
-
-
-class StreamLimits:
-    """How many live streams each api key, and this process, hold open.
-
-    Counted per process: a key's streams on another replica are that
-    replica's. A stream takes its slot before it answers and gives it back
-    when its response ends, however it ends.
-    """
-
-    def __init__(self, per_key: int, total: int) -> None:
-        self.per_key = per_key
-        self.total = total
-        self._by_key: Counter[str] = Counter()
-
-    def open(self, key_name: str) -> str | None:
-        """Take a slot for `key_name`; or why not (the slot is not taken)."""
-        if self._by_key[key_name] >= self.per_key:
-            return f"Api key {key_name!r} holds {self.per_key} live streams, its most"
-        if self._by_key.total() >= self.total:
-            return f"This api process serves {self.total} live streams, its most"
-        self._by_key[key_name] += 1
-        return None
-
-    def close(self, key_name: str) -> None:
-        self._by_key[key_name] -= 1
-        if self._by_key[key_name] <= 0:
-            del self._by_key[key_name]
-
-    def held(self, key_name: str) -> int:
-        return self._by_key[key_name]
 
 
 class JobChanges:
