@@ -275,6 +275,11 @@ def test_a_key_past_its_live_streams_is_refused_until_one_closes(
         full = assert_problem(theirs.get("/v1/events", params={"job_id": job_id}), 429)
         assert "process serves 5 live streams" in full["detail"]
 
+        metrics = mine.get("/metrics").text
+        assert "conveyor_api_live_streams 5.0" in metrics
+        assert 'conveyor_api_live_streams_refused_total{limit="key"} 2.0' in metrics
+        assert 'conveyor_api_live_streams_refused_total{limit="process"} 1.0' in metrics
+
         held[0].close()  # the client goes away: its slot comes back
         wait_until(lambda: stream_status(mine, "/v1/events", job_id=job_id) == 200, timeout_s=20)
     mine.close()

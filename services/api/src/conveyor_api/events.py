@@ -15,6 +15,7 @@ from redis.asyncio.client import PubSub
 from starlette.types import Receive, Scope, Send
 
 from conveyor_core import keys
+from conveyor_core.metrics import LIVE_STREAMS, LIVE_STREAMS_REFUSED
 from conveyor_core.pubsub import READ_WAIT_S, RECONNECT_DELAY_S
 from conveyor_core.redis import REDIS_DOWN_ERRORS
 
@@ -37,14 +38,18 @@ class StreamLimits:
     def open(self, key_name: str) -> str | None:
         """Take a slot for `key_name`; or why not (the slot is not taken)."""
         if self._by_key[key_name] >= self.per_key:
+            LIVE_STREAMS_REFUSED.labels("key").inc()
             return f"Api key {key_name!r} holds {self.per_key} live streams, its most"
         if self._by_key.total() >= self.total:
+            LIVE_STREAMS_REFUSED.labels("process").inc()
             return f"This api process serves {self.total} live streams, its most"
         self._by_key[key_name] += 1
+        LIVE_STREAMS.inc()
         return None
 
     def close(self, key_name: str) -> None:
         self._by_key[key_name] -= 1
+        LIVE_STREAMS.dec()
         if self._by_key[key_name] <= 0:
             del self._by_key[key_name]
 

@@ -33,6 +33,12 @@ QUEUE_OLDEST_READY_AGE = Gauge(
     "How long the oldest ready job has waited since it was due (queue latency).",
     ["queue"],
 )
+LIVE_STREAMS = Gauge("conveyor_api_live_streams", "Live (SSE) streams this api process serves now.")
+LIVE_STREAMS_REFUSED = Counter(
+    "conveyor_api_live_streams_refused",
+    "Live streams refused (429): over the key's limit or the process's.",
+    ["limit"],
+)
 
 # -- both: the enqueue helper --
 JOBS_ENQUEUED = Counter("conveyor_jobs_enqueued", "Jobs enqueued.", ["job", "queue"])
