@@ -157,7 +157,12 @@ BulkDep = Annotated[BulkRunner, Depends(get_bulk)]
 @router.post(
     "/preview",
     summary="Count the jobs a filter matches",
-    responses={429: {"description": "This api key has a preview running; one at a time"}},
+    responses={
+        429: {
+            "description": "The api key is over its rate, or has a preview running "
+            "(one at a time); retry after Retry-After"
+        }
+    },
 )
 async def preview(
     body: JobFilterIn,

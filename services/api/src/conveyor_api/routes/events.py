@@ -60,7 +60,10 @@ keep an idle stream open. The server ends a stream after its maximum lifetime
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": STREAM_DESCRIPTION},
-        429: {"description": "The api key, or this api process, holds its most live streams"},
+        429: {
+            "description": "The api key is over its rate, or it (or this api process) "
+            "holds its most live streams; retry after Retry-After"
+        },
     },
 )
 async def watch_jobs(

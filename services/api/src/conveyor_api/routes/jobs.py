@@ -498,7 +498,10 @@ def _add_single_job_routes(api: APIRouter) -> None:
                 "reconnect with `Last-Event-ID` to go on.",
             },
             404: {"description": "No such job"},
-            429: {"description": "The api key, or this api process, holds its most live streams"},
+            429: {
+                "description": "The api key is over its rate, or it (or this api process) "
+                "holds its most live streams; retry after Retry-After"
+            },
         },
         dependencies=[Depends(require(Scope.JOBS_READ))],
     )
