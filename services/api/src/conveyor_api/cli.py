@@ -218,12 +218,10 @@ def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, A
         if input(f"{action} them? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing done", file=sys.stderr)
             return EXIT_OK
-    # It acts on at most the jobs the preview counted; deleting every job says so.
+    # Deleting every job says so, and deletes at most the jobs the preview counted.
     request: dict[str, Any] = {"action": action, "filter": where}
-    if count:
-        request["count"] = count
     if action == "delete" and not where:
-        request["all"] = True
+        request.update({"all": True, "count": count})
     status = api.call("POST", "/v1/bulk", json=request)
     while status["state"] == "running":
         time.sleep(POLL_S)

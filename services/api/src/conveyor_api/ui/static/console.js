@@ -113,9 +113,9 @@ async function preview(event) {
 async function confirmBulk() {
   const { action, filter, count } = state.preview;
   $("bulk-confirm").hidden = true;
-  // It acts on at most the jobs the preview counted; deleting every job says so.
+  // Deleting every job says so, and deletes at most the jobs the preview counted.
   const everything = action === "delete" && Object.keys(filter).length === 0;
-  const body = { action, filter, count, ...(everything ? { all: true } : {}) };
+  const body = { action, filter, ...(everything ? { all: true, count } : {}) };
   try {
     const started = await call("POST", "/v1/bulk", { body });
     state.bulkId = started.id;
