@@ -2,6 +2,7 @@
 against a real Redis, without a worker."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,12 +14,15 @@ from arq.connections import ArqRedis
 from conveyor_api.auth import Scope
 from conveyor_api.bulk import BulkRunner
 from conveyor_core import keys
-from conveyor_core.store import JobFilter
+from conveyor_core.catalog import load_catalog
+from conveyor_core.jobs import JobPublic
+from conveyor_core.store import JobFilter, JobStore
 from conveyor_seed import CREATE_TASK, SEND_EMAIL
 from tests.api.conftest import make_app, serve
 from tests.api.test_jobs import assert_problem, submit
-from tests.support.auth import api_key, bearer
-from tests.support.dead import make_dead
+from tests.support import jobs
+from tests.support.auth import TEST_KEY_NAME, api_key, bearer
+from tests.support.dead import CLAIM, make_dead
 
 READER_KEY = "cvk_test_reader_0123456789abcdef0123456789"
 EMAIL = {"to_email": "a@example.com", "subject": "hi", "body": "b"}
@@ -66,6 +70,27 @@ async def test_listing_filters_by_error_type_text_and_time(
     assert await ids(client, state="dead", until=hour_ago) == set()
 
 
+async def arq_job_reads(redis: ArqRedis) -> int:
+    """GETs Redis has run: with no rate limit, the api GETs only arq's job keys."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+async def test_a_search_reads_whole_jobs_only_for_its_likely_matches(
+    redis_url: str, redis: ArqRedis
+) -> None:
+    tasks, emails = await dead_jobs(redis)
+    async for client in serve(make_app(redis_url, rate_limit_per_s=0)):
+        before = await arq_job_reads(redis)
+        assert await ids(client, q="smtp server") == set(emails)
+        assert await arq_job_reads(redis) - before == len(emails)
+        before = await arq_job_reads(redis)
+        assert await ids(client, q="no such text") == set()
+        assert await ids(client, error_type="NoSuchError") == set()
+        assert await arq_job_reads(redis) == before  # no payload read at all
+        assert await ids(client, q=tasks[1][-12:]) == {tasks[1]}  # in the id, not the error
+
+
 async def test_a_filter_that_matches_nothing_is_an_empty_result(
     client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
@@ -74,7 +99,7 @@ async def test_a_filter_that_matches_nothing_is_an_empty_result(
     assert response.status_code == 200
     assert response.json() == {"items": [], "next_cursor": None}
     preview = await client.post("/v1/bulk/preview", json={"error_type": "NoSuchError"})
-    assert preview.json() == {"count": 0}
+    assert preview.json() == {"count": 0, "exact": True, "scanned": 7}
     started = await client.post(
         "/v1/bulk", json={"action": "requeue", "filter": {"error_type": "NoSuchError"}}
     )
@@ -90,7 +115,7 @@ async def test_bulk_requeue_previews_then_requeues_each_match_once(
     dead_filter = {"state": "dead", "job_type": "send_email", "since": "2020-01-01T00:00:00Z"}
 
     preview = await client.post("/v1/bulk/preview", json=dead_filter)
-    assert preview.json() == {"count": 4}
+    assert (preview.json()["count"], preview.json()["exact"]) == (4, True)
     started = await client.post(
         "/v1/bulk",
         json={"action": "requeue", "filter": dead_filter},
@@ -179,7 +204,7 @@ async def test_bulk_action_resumes_where_a_stopped_api_left_it(
 @pytest.fixture
 async def reader(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client with a read-only key (jobs:read) beside the test key."""
-    from tests.support.auth import TEST_KEY, TEST_KEY_NAME
+    from tests.support.auth import TEST_KEY
 
     app = make_app(
         redis_url,
@@ -198,9 +223,9 @@ async def test_a_read_only_key_sees_everything_and_acts_on_nothing(
     assert whoami == {"name": "viewer", "scopes": ["jobs:read"]}
     assert (await reader.get("/v1/queues")).status_code == 200
     assert await ids(reader, state="dead") >= set(tasks)
-    assert (await reader.post("/v1/bulk/preview", json={"state": "dead"})).json()["count"] == 7
     assert (await reader.get("/v1/audit")).status_code == 200
     for method, path, body in [
+        ("POST", "/v1/bulk/preview", {"state": "dead"}),  # a scan: an operator's tool
         ("POST", "/v1/bulk", {"action": "requeue", "filter": {"state": "dead"}}),
         ("POST", f"/v1/jobs/{tasks[0]}/retry", None),
         ("DELETE", f"/v1/jobs/{tasks[0]}", None),
@@ -246,3 +271,195 @@ async def test_queues_show_the_limits_in_force(client: httpx.AsyncClient) -> Non
     queues = (await client.get("/v1/queues")).json()["queues"]
     limits = {t: lim for q in queues for t, lim in q["limits"].items()}
     assert limits["per_tenant"]["key"] == "tenant_id"
+
+
+async def test_a_preview_past_its_row_budget_answers_a_lower_bound(
+    redis_url: str, redis: ArqRedis
+) -> None:
+    await make_dead(redis, CREATE_TASK, {"sleep_s": 0}, 180)
+    async for client in serve(make_app(redis_url, preview_max_rows=100)):
+        nothing = (await client.post("/v1/bulk/preview", json={"error_type": "NoSuch"})).json()
+        assert (nothing["count"], nothing["exact"]) == (0, False)
+        assert 100 <= nothing["scanned"] < 180
+        every = (await client.post("/v1/bulk/preview", json={"state": "dead"})).json()
+        assert every["count"] >= 100
+        assert (every["count"] < 180, every["exact"]) == (True, False)
+        within = (await client.post("/v1/bulk/preview", json={"state": "cancelled"})).json()
+        assert within == {"count": 0, "exact": True, "scanned": 0}
+
+
+async def test_a_preview_past_its_time_limit_answers_a_lower_bound(
+    redis_url: str, redis: ArqRedis
+) -> None:
+    await make_dead(redis, CREATE_TASK, {"sleep_s": 0}, 600)
+    async for client in serve(make_app(redis_url, preview_timeout_s=0.001)):
+        counted = (await client.post("/v1/bulk/preview", json={"error_type": "NoSuch"})).json()
+        assert (counted["count"], counted["exact"]) == (0, False)
+        assert counted["scanned"] < 600  # one page, then the clock said stop
+
+
+async def test_a_preview_stops_when_its_client_goes_away(redis_url: str, redis: ArqRedis) -> None:
+    await make_dead(redis, CREATE_TASK, {"sleep_s": 0}, 600)
+    catalog = load_catalog(jobs.MODULES.split(","))
+    runner = BulkRunner(redis, JobStore(redis, catalog), catalog)
+    asked = 0
+
+    async def gone() -> bool:
+        nonlocal asked
+        asked += 1
+        return True
+
+    where = JobFilter(error_type="NoSuch")
+    counted = await runner.count(where, max_rows=10**6, timeout_s=60, gone=gone)
+    assert (counted.count, counted.exact, asked) == (0, False, 1)
+    assert counted.scanned < 600
+    whole = await runner.count(where, max_rows=10**6, timeout_s=60)
+    assert (whole.exact, whole.scanned) == (True, 600)
+
+
+async def test_one_preview_at_a_time_per_key(redis_url: str) -> None:
+    app = make_app(redis_url)
+    async for client in serve(app):
+        await previews_one_at_a_time(client, app.state.bulk)
+
+
+async def previews_one_at_a_time(client: httpx.AsyncClient, runner: BulkRunner) -> None:
+    async with runner.previewing(TEST_KEY_NAME, timeout_s=5) as allowed:
+        assert allowed  # as if this key's preview ran on some replica
+        refused = await client.post("/v1/bulk/preview", json={"state": "dead"})
+        problem = assert_problem(refused, 429)
+        assert "one at a time" in problem["detail"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        async with runner.previewing("someone-else", timeout_s=5) as others:
+            assert others  # another key's preview is its own
+    after = await client.post("/v1/bulk/preview", json={"state": "dead"})
+    assert after.status_code == 200, after.text
+
+
+async def audit_entries(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """The audit log, oldest first."""
+    entries: list[dict[str, Any]] = (await client.get("/v1/audit")).json()["items"]
+    return entries[::-1]
+
+
+async def test_each_audit_entry_is_logged_with_the_request_that_asked_for_it(
+    client: httpx.AsyncClient, redis: ArqRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    tasks, _ = await dead_jobs(redis)
+    caplog.set_level(logging.INFO, logger="conveyor.audit")
+    asked = await client.post(f"/v1/jobs/{tasks[0]}/retry", headers={"X-Request-ID": "a" * 32})
+    assert asked.status_code == 202
+    bulk = await client.post(
+        "/v1/bulk",
+        json={"action": "delete", "filter": {"job_type": "send_email"}},
+        headers={"X-Request-ID": "b" * 32},
+    )
+    await wait_done(client, bulk.json()["id"])
+
+    entries = await audit_entries(client)
+    assert [(e["action"], e["request_id"]) for e in entries] == [
+        ("requeue", "a" * 32),
+        ("bulk_delete", "b" * 32),
+        ("bulk_delete", "b" * 32),  # its end, under the request that started it
+    ]
+    logged = [r.fields for r in caplog.records if r.name == "conveyor.audit"]  # type: ignore[attr-defined]
+    assert [(f["action"], f["target"], f["count"], f["request_id"]) for f in logged] == [
+        (e["action"], e["target"], e["count"], e["request_id"]) for e in entries
+    ]
+    assert [f["audit_id"] for f in logged] == [e["id"] for e in entries]
+
+
+async def test_actions_that_change_nothing_are_not_audited_as_changes(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    queue = CREATE_TASK.queue
+    for _ in range(2):
+        assert (await client.post(f"/v1/queues/{queue}/pause")).json()["paused"]
+    for _ in range(2):
+        assert not (await client.post(f"/v1/queues/{queue}/resume")).json()["paused"]
+    job_id = (await submit(client)).json()["id"]
+    store = JobStore(redis, load_catalog(jobs.MODULES.split(",")))
+    (claimed,) = (await store.claim(queue, 1, **CLAIM)).jobs  # now it runs
+    assert claimed.job_id == job_id
+    for _ in range(2):  # asked to stop twice: one change
+        assert (await client.delete(f"/v1/jobs/{job_id}")).status_code == 202
+
+    entries = await audit_entries(client)
+    assert [(e["action"], e["target"]) for e in entries] == [
+        ("pause", queue),
+        ("resume", queue),
+        ("cancel", job_id),
+    ]
+
+
+async def test_a_running_bulk_action_can_be_cancelled(redis_url: str, redis: ArqRedis) -> None:
+    _, emails = await dead_jobs(redis)
+    app = make_app(redis_url)
+    async for client in serve(app):
+        await cancelled_midway(client, app.state.bulk, emails)
+
+
+async def cancelled_midway(
+    client: httpx.AsyncClient, runner: BulkRunner, emails: list[str]
+) -> None:
+    bulk_id = "stop-me"
+    runner.batch = 2
+    act = runner._act
+
+    async def act_then_cancel(action: str, jobs: list[JobPublic]) -> tuple[int, int]:
+        done = await act(action, jobs)  # the batch in flight finishes
+        assert (await client.post(f"/v1/bulk/{bulk_id}/cancel")).status_code == 200
+        return done
+
+    runner._act = act_then_cancel  # type: ignore[method-assign]
+    where = {"action": "requeue", "filter": {"job_type": "send_email"}}
+    started = await client.post("/v1/bulk", json=where, headers={"Idempotency-Key": bulk_id})
+    assert started.status_code == 202
+    status = await wait_done(client, bulk_id)
+
+    assert (status["state"], status["done"], status["cancelled_by"]) == ("cancelled", 2, "tests")
+    states = [(await client.get(f"/v1/jobs/{j}")).json()["state"] for j in emails]
+    assert sorted(states) == ["dead", "dead", "queued", "queued"]
+    again = await client.post(f"/v1/bulk/{bulk_id}/cancel")  # changes nothing
+    assert (again.status_code, again.json()["state"]) == (200, "cancelled")
+    entries = [(e["action"], e["target"], e["count"]) for e in await audit_entries(client)]
+    assert entries == [
+        ("bulk_requeue", "filter", 0),
+        ("cancel_bulk", bulk_id, 0),
+        ("bulk_requeue", f"bulk {bulk_id} cancelled", 2),
+    ]
+    runner._act = act  # type: ignore[method-assign]
+    done = await client.post("/v1/bulk", json=where)
+    assert (await wait_done(client, done.json()["id"]))["state"] == "done"
+    problem = assert_problem(await client.post(f"/v1/bulk/{done.json()['id']}/cancel"), 409)
+    assert "done" in problem["detail"]
+    assert_problem(await client.post("/v1/bulk/no-such-action/cancel"), 404)
+
+
+async def test_deleting_every_job_takes_all_and_the_count_the_preview_showed(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    await dead_jobs(redis)
+    everything: dict[str, Any] = {"action": "delete", "filter": {}}
+
+    problem = assert_problem(await client.post("/v1/bulk", json=everything), 422)
+    assert sorted(e["field"] for e in problem["errors"]) == ["all", "count"]
+    problem = assert_problem(await client.post("/v1/bulk", json={**everything, "all": True}), 422)
+    assert [e["field"] for e in problem["errors"]] == ["count"]
+    some = {"action": "requeue", "filter": {"state": "dead"}, "all": True}
+    problem = assert_problem(await client.post("/v1/bulk", json=some), 422)
+    assert [e["field"] for e in problem["errors"]] == ["all"]  # "all" means an empty filter
+
+    preview = (await client.post("/v1/bulk/preview", json={})).json()
+    assert (preview["count"], preview["exact"]) == (7, True)
+    await make_dead(redis, CREATE_TASK, {"sleep_s": 0}, 2)  # more since the preview
+    started = await client.post("/v1/bulk", json={**everything, "all": True, "count": 7})
+    assert started.status_code == 202, started.text
+    status = await wait_done(client, started.json()["id"])
+    assert (status["state"], status["matched"], status["done"], status["at_most"]) == (
+        "done",
+        7,
+        7,
+        7,
+    )
+    assert len(await ids(client)) == 2  # what the preview did not show is left

@@ -1,17 +1,27 @@
 """`/v1/events`: many jobs' changes on one SSE stream, against a real Redis."""
 
+import contextlib
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import redis as redis_sync
 
 from conveyor_api.routes.events import MAX_JOBS_PER_STREAM
-from tests.support.auth import AUTH_HEADERS
+from conveyor_core import keys
+from tests.support.auth import (
+    AUTH_HEADERS,
+    TEST_KEY,
+    TEST_KEY_NAME,
+    api_key,
+    bearer,
+    keys_env,
+)
 from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
 
 Event = tuple[str, dict[str, Any]]
@@ -188,3 +198,140 @@ def test_an_idle_stream_stays_open_until_its_job_changes(
     assert not reader.is_alive()
     states = [data.get("state") for name, data in parse(lines) if name == "job"]
     assert states == ["deferred", "cancelled"]
+
+
+OTHER_KEY = "cvk_test_other_0123456789abcdef0123456789ab"
+
+
+def limited_api(redis_url: str, log_dir: Path, **env: str) -> Iterator[ServiceProcess]:
+    """An api (no worker) that takes the test key and `other`, with `env`'s stream limits."""
+    keys = keys_env(api_key(TEST_KEY_NAME, TEST_KEY), api_key("other", OTHER_KEY))
+    api = api_process(redis_url, log_dir, CONVEYOR_API_KEYS=keys, **env)
+    try:
+        yield api.start()
+    finally:
+        stop_all(api)
+
+
+@pytest.fixture
+def few_streams(redis_url: str, log_dir: Path) -> Iterator[ServiceProcess]:
+    yield from limited_api(
+        redis_url,
+        log_dir,
+        CONVEYOR_API_SSE_STREAMS_PER_KEY="3",
+        CONVEYOR_API_SSE_STREAMS_MAX="5",
+        CONVEYOR_API_SSE_MAX_LIFETIME_S="120",
+    )
+
+
+@pytest.fixture
+def short_streams(redis_url: str, log_dir: Path) -> Iterator[ServiceProcess]:
+    yield from limited_api(redis_url, log_dir, CONVEYOR_API_SSE_MAX_LIFETIME_S="1")
+
+
+def deferred_job(http: httpx.Client) -> str:
+    """A job that waits ten minutes: its streams stay open meanwhile."""
+    response = http.post("/v1/jobs/effect", json={"work_s": 0}, params={"defer_by_s": 600})
+    assert response.status_code == 201, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def stream_status(http: httpx.Client, path: str, **params: Any) -> int:
+    """The status a new stream gets (closed at once)."""
+    with http.stream("GET", path, params=params) as stream:
+        return stream.status_code
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.e2e
+def test_a_key_past_its_live_streams_is_refused_until_one_closes(
+    few_streams: ServiceProcess,
+) -> None:
+    mine = httpx.Client(base_url=few_streams.base_url, headers=AUTH_HEADERS, timeout=10)
+    theirs = httpx.Client(base_url=few_streams.base_url, headers=bearer(OTHER_KEY), timeout=10)
+    job_id = deferred_job(mine)
+    with contextlib.ExitStack() as open_streams:
+        held = [
+            open_streams.enter_context(mine.stream("GET", "/v1/events", params={"job_id": job_id}))
+            for _ in range(3)
+        ]
+        assert [s.status_code for s in held] == [200, 200, 200]
+
+        refused = mine.get("/v1/events", params={"job_id": job_id})  # the key's 4th
+        problem = assert_problem(refused, 429)
+        assert "'tests' holds 3 live streams" in problem["detail"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert mine.get(f"/v1/jobs/{job_id}/events").status_code == 429  # every kind of stream
+
+        for _ in range(2):  # another key has its own slots, up to the process's 5
+            open_streams.enter_context(theirs.stream("GET", f"/v1/jobs/{job_id}/events"))
+        full = assert_problem(theirs.get("/v1/events", params={"job_id": job_id}), 429)
+        assert "process serves 5 live streams" in full["detail"]
+
+        metrics = mine.get("/metrics").text
+        assert "conveyor_api_live_streams 5.0" in metrics
+        assert 'conveyor_api_live_streams_refused_total{limit="key"} 2.0' in metrics
+        assert 'conveyor_api_live_streams_refused_total{limit="process"} 1.0' in metrics
+
+        held[0].close()  # the client goes away: its slot comes back
+        wait_until(lambda: stream_status(mine, "/v1/events", job_id=job_id) == 200, timeout_s=20)
+    mine.close()
+    theirs.close()
+
+
+@pytest.mark.e2e
+def test_a_stream_ends_at_its_lifetime_and_a_reconnect_resumes_after_its_last_event(
+    short_streams: ServiceProcess,
+) -> None:
+    http = httpx.Client(base_url=short_streams.base_url, headers=AUTH_HEADERS, timeout=10)
+    job_id = deferred_job(http)
+
+    with http.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+        first = list(stream.iter_lines())  # ends by itself, after about a second
+    assert [name for name, _ in parse(first)] == ["job"]
+    (last_id,) = [line.removeprefix("id:").strip() for line in first if line.startswith("id:")]
+
+    headers = {"Last-Event-ID": last_id}
+    with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as stream:
+        again = list(stream.iter_lines())
+    assert parse(again) == []  # nothing changed since that event: nothing sent again
+
+    with http.stream("GET", "/v1/events", params={"job_id": job_id}) as stream:
+        many = parse(list(stream.iter_lines()))
+    assert [name for name, _ in many] == ["job"]  # ended without `end`: reconnect
+    http.close()
+
+
+@pytest.mark.e2e
+def test_a_stream_hears_only_jobs_that_exist_and_drops_each_as_it_finishes(
+    few_streams: ServiceProcess, redis_url: str
+) -> None:
+    http = httpx.Client(base_url=few_streams.base_url, headers=AUTH_HEADERS, timeout=10)
+    first, second = deferred_job(http), deferred_job(http)
+    direct = redis_sync.Redis.from_url(redis_url)
+
+    def heard() -> set[str]:
+        channels = cast(list[bytes], direct.pubsub_channels(f"{keys.EVENTS_PREFIX}*"))
+        return {c.decode().removeprefix(keys.EVENTS_PREFIX) for c in channels}
+
+    ids = [first, "no-such-job", second]
+    with http.stream("GET", "/v1/events", params={"job_id": ids}) as stream:
+        lines = stream.iter_lines()
+        data = (line for line in lines if line.startswith("data:"))
+        seen = [json.loads(next(data).removeprefix("data:")) for _ in range(3)]
+        assert {d["id"] for d in seen} == set(ids)
+        wait_until(lambda: heard() == {first, second})  # never the job that does not exist
+
+        assert http.delete(f"/v1/jobs/{second}").status_code == 200
+        assert json.loads(next(data).removeprefix("data:"))["state"] == "cancelled"
+        wait_until(lambda: heard() == {first})  # a finished job is no longer heard
+    wait_until(lambda: heard() == set())
+    direct.close()
+    http.close()

@@ -9,7 +9,9 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 
+from conveyor_core.store import encode_cursor
 from conveyor_seed import CREATE_TASK
+from tests.api.conftest import make_app, serve
 
 
 async def submit(
@@ -183,14 +185,13 @@ async def test_listing_filters_by_state_queue_and_type(client: httpx.AsyncClient
     assert await ids(state="queued") == {queued, effect}
     assert await ids(job_type="effect") == {effect}
     assert await ids(queue=CREATE_TASK.queue) == {queued, deferred, effect}
-    assert await ids(queue="elsewhere") == set()
     assert await ids(state="dead") == set()
 
 
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"queue": "elsewhere"}, "queue"),
         ({"job_type": "no_such_type"}, "job_type"),
         ({"state": "sleeping"}, "state"),
         ({"limit": 0}, "limit"),
@@ -202,6 +203,31 @@ async def test_bad_listing_query_is_a_422_naming_the_field(
 ) -> None:
     problem = assert_problem(await client.get("/v1/jobs", params=params), 422)
     assert field in [e["field"] for e in problem["errors"]]
+
+
+async def test_a_cursor_the_api_did_not_issue_is_a_400_naming_the_cursor(
+    client: httpx.AsyncClient, redis_url: str
+) -> None:
+    for _ in range(3):
+        await submit(client)
+    cursor = (await client.get("/v1/jobs", params={"limit": 1})).json()["next_cursor"]
+    assert (await client.get("/v1/jobs", params={"cursor": cursor})).status_code == 200
+    position, _, signature = cursor.rpartition(".")
+    other_position = encode_cursor(0, "0", "")  # a well-formed position of one's choosing
+    other_deployment = make_app(redis_url, cursor_secret="another deployment's secret")
+    async for other in serve(other_deployment):
+        foreign = (await other.get("/v1/jobs", params={"limit": 1})).json()["next_cursor"]
+    for forged in (
+        "not-a-cursor",
+        position,
+        f"{other_position}.{signature}",
+        f"{position}.{signature[:-1]}A"
+        if signature[-1] != "A"
+        else f"{position}.{signature[:-1]}B",
+        foreign,
+    ):
+        problem = assert_problem(await client.get("/v1/jobs", params={"cursor": forged}), 400)
+        assert [e["field"] for e in problem["errors"]] == ["cursor"], forged
 
 
 async def test_cancelling_a_queued_job_takes_it_out_of_arq(

@@ -480,8 +480,11 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
 ) -> None:
     store = JobStore(redis)
     job_id = await submitted(store)
-    paused_at = await store.pause(QUEUE)
-    assert await store.pause(QUEUE) == paused_at  # pausing again keeps the first time
+    paused = await store.pause(QUEUE)
+    assert paused.changed
+    paused_at = paused.at_ms
+    again = await store.pause(QUEUE)
+    assert (again.at_ms, again.changed) == (paused_at, False)  # it keeps the first time
 
     claim = await store.claim(QUEUE, 5, **CLAIM)
 
@@ -494,9 +497,10 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
     async with redis.pubsub() as pubsub:
         await pubsub.subscribe(keys.wake_channel(QUEUE))
         await pubsub.get_message(timeout=1)  # the subscription's confirmation
-        await store.resume(QUEUE)
+        assert await store.resume(QUEUE)
         woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
     assert woken is not None
+    assert not await store.resume(QUEUE)  # it runs already
 
     claim = await store.claim(QUEUE, 5, **CLAIM)
     assert [c.job_id for c in claim.jobs] == [job_id]

@@ -84,6 +84,12 @@ def test_an_operator_finds_dead_jobs_and_requeues_them_with_the_cli(cli_stack: S
         job = stack.wait_for_state(job_id, "complete")
         assert (job["requeues"], job["result"]) == (1, "healed")
 
+    # Every job: the CLI says "all" and the count its preview showed, as the api asks.
+    everything = conveyor(stack, "bulk", "delete", "--yes")
+    assert everything.returncode == 0, everything.stderr
+    for job_id in doomed:
+        assert stack.http.get(f"/v1/jobs/{job_id}").status_code == 404
+
 
 def test_an_operator_pauses_and_resumes_a_queue_and_sees_the_workers(cli_stack: Stack) -> None:
     stack = cli_stack

@@ -1,13 +1,18 @@
 """The audit log: every operator action (cancel, requeue, delete, pause,
-resume, bulk) as one entry of a capped Redis stream, readable through the api.
+resume, bulk) as one entry of a capped Redis stream, readable through the api,
+and the same entry as a log line (logger `conveyor.audit`), so the log
+pipeline keeps it as long as it keeps logs.
 
 An entry is who (the api key's name), what (the action), the target (a job
-id, a queue, or a bulk action's filter as JSON), how many jobs it touched and
-when. The stream keeps about AUDIT_MAX_ENTRIES entries (XADD MAXLEN ~), so
-its size is bounded whatever the rate of actions.
+id, a queue, or a bulk action's filter as JSON), how many jobs it touched,
+the request that asked for it (its request id) and when. Only changes are
+entries: an action that changed nothing (pausing a paused queue) is not.
+The stream keeps about AUDIT_MAX_ENTRIES entries (XADD MAXLEN ~), so its
+size is bounded whatever the rate of actions.
 """
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +21,9 @@ from redis.asyncio import Redis
 
 from conveyor_core import keys
 from conveyor_core.jobs import ms_to_datetime
+from conveyor_core.logging import bound
+
+logger = logging.getLogger("conveyor.audit")
 
 AUDIT_MAX_ENTRIES = 10_000
 
@@ -30,6 +38,7 @@ class AuditEntry(BaseModel):
     target: str
     count: int
     detail: dict[str, Any]
+    request_id: str | None = None
 
 
 async def record(
@@ -39,9 +48,12 @@ async def record(
     target: str,
     count: int,
     detail: dict[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> None:
-    """Append one entry (one XADD)."""
-    await redis.xadd(
+    """Append one entry (one XADD) and log it. `request_id`: the request that
+    asked for the action (by default the current one's)."""
+    request_id = request_id or bound("request_id") or ""
+    entry_id = await redis.xadd(
         keys.AUDIT_LOG,
         {
             "who": who,
@@ -49,10 +61,21 @@ async def record(
             "target": target,
             "count": count,
             "detail": json.dumps(detail or {}),
+            "request_id": request_id,
         },
         maxlen=AUDIT_MAX_ENTRIES,
         approximate=True,
     )
+    fields = {
+        "audit_id": entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+        "who": who,
+        "action": action,
+        "target": target,
+        "count": count,
+        "detail": detail or {},
+        "request_id": request_id or None,
+    }
+    logger.info("audit: %s %s %s (%d)", who, action, target, count, extra={"fields": fields})
 
 
 async def read(redis: "Redis", limit: int, before: str | None = None) -> list[AuditEntry]:
@@ -74,6 +97,7 @@ async def read(redis: "Redis", limit: int, before: str | None = None) -> list[Au
                 target=fields.get("target", ""),
                 count=int(fields.get("count") or 0),
                 detail=json.loads(fields.get("detail") or "{}"),
+                request_id=fields.get("request_id") or None,
             )
         )
     return out

@@ -242,8 +242,10 @@ def cmd_jobs_requeue(api: Api, args: argparse.Namespace) -> int:
 
 
 def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, Any]) -> int:
-    count = api.call("POST", "/v1/bulk/preview", json=where)["count"]
-    say(f"{action}: {count} job(s) match {json.dumps(where)}", err=True)
+    preview = api.call("POST", "/v1/bulk/preview", json=where)
+    count = preview["count"]
+    at_least = "" if preview.get("exact", True) else "at least "
+    say(f"{action}: {at_least}{count} job(s) match {json.dumps(where)}", err=True)
     if count == 0 and not args.json:
         return EXIT_OK
     if not args.yes:
@@ -252,7 +254,11 @@ def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, A
         if input(f"{action} them? [y/N] ").strip().lower() not in ("y", "yes"):
             say("nothing done", err=True)
             return EXIT_OK
-    status = api.call("POST", "/v1/bulk", json={"action": action, "filter": where})
+    # Deleting every job says so, and deletes at most the jobs the preview counted.
+    request: dict[str, Any] = {"action": action, "filter": where}
+    if action == "delete" and not where:
+        request.update({"all": True, "count": count})
+    status = api.call("POST", "/v1/bulk", json=request)
     while status["state"] == "running":
         time.sleep(POLL_S)
         status = api.call("GET", f"/v1/bulk/{status['id']}")

@@ -10,6 +10,7 @@ from typing import Annotated
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
+from conveyor_api.cursors import CursorSigner
 from conveyor_api.events import JobEvents
 from conveyor_api.settings import Settings
 from conveyor_core.catalog import Catalog
@@ -61,9 +62,15 @@ async def get_redactor(request: Request) -> Redactor:
     return redactor
 
 
+async def get_cursors(request: Request) -> CursorSigner:
+    cursors: CursorSigner = request.app.state.cursors
+    return cursors
+
+
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 EventsDep = Annotated[JobEvents, Depends(get_events)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedactorDep = Annotated[Redactor, Depends(get_redactor)]
+CursorsDep = Annotated[CursorSigner, Depends(get_cursors)]

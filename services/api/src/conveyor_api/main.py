@@ -10,9 +10,10 @@ from fastapi import APIRouter, FastAPI
 from conveyor_api import tenants
 from conveyor_api.auth import KeyRing, secure_routes
 from conveyor_api.bulk import BulkRunner
+from conveyor_api.cursors import CursorSigner, cursor_secret
 from conveyor_api.deps import Services
 from conveyor_api.edge import Edge
-from conveyor_api.events import JobEvents
+from conveyor_api.events import JobEvents, StreamLimits
 from conveyor_api.gate import Gate
 from conveyor_api.keyfile import KeyFileError, KeyFileReloader
 from conveyor_api.limits import upload_routes
@@ -32,6 +33,7 @@ from conveyor_api.routes import (
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
+from conveyor_core.history import HistoryReader
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import create_redis
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
         app.state.store = JobStore(redis, catalog, admit=redis_health.refuse_if_unsafe)
         app.state.events = events = JobEvents(redis)
+        app.state.history = HistoryReader(redis)
         if settings.rate_limit_per_s > 0:
             app.state.rate_limiter = RateLimiter(
                 redis, settings.rate_limit_per_s, settings.rate_limit_burst
@@ -110,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise KeyFileError(f"api keys file {settings.keys_file} lists no keys")
     app.state.rate_limiter = None  # set at start, when rate limits are on
     app.state.redact = Redactor(settings.observability.redacted)
+    app.state.cursors = CursorSigner(cursor_secret(settings))
+    app.state.stream_limits = StreamLimits(settings.sse_streams_per_key, settings.sse_streams_max)
     if settings.development:
         logger.warning(
             "development mode: %d api key(s); never run like this in production",

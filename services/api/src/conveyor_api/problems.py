@@ -126,6 +126,26 @@ async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+class FieldError(Exception):
+    """A request whose `field` is wrong in a way validation cannot see (a forged
+    cursor: 400): a problem naming the field, as a validation problem does."""
+
+    def __init__(self, status: int, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.status, self.field, self.detail = status, field, detail
+
+
+async def _field_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FieldError)
+    return problem_response(
+        exc.status,
+        HTTPStatus(exc.status).phrase,
+        f"{exc.field}: {exc.detail}",
+        instance=request.url.path,
+        errors=[{"field": exc.field, "detail": exc.detail, "type": "value_error"}],
+    )
+
+
 def redis_unavailable(
     request: Request, retry_after_s: int, fault: RedisFault = RedisFault.UNREACHABLE
 ) -> JSONResponse:
@@ -192,6 +212,7 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
     app.add_exception_handler(RedisEvictsError, _evicts)
+    app.add_exception_handler(FieldError, _field_error)
     for error in (*REDIS_FAULT_ERRORS, ResponseError):
         app.add_exception_handler(error, _redis_fault)
     app.add_exception_handler(Exception, _unhandled)

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_api.auth import ApiKey
@@ -80,6 +80,24 @@ class Settings(BaseSettings):
     max_filename_chars: int = Field(default=255, ge=1, le=1024)
     # Origins allowed to call the api from a browser (comma-separated); none: CORS off.
     cors_origins: str = ""
+    # Signs the listing cursors (HMAC), so a client cannot forge a cursor's
+    # position: the same secret on every replica (a cursor from one is read by
+    # another). Unset: random per process in development, else derived from
+    # the api keys' digests.
+    cursor_secret: SecretStr | None = None
+    # A bulk preview reads at most this many jobs per call; beyond it, it
+    # answers a lower bound ("at least").
+    preview_max_rows: int = Field(default=10_000, ge=100)
+    # A bulk preview takes at most about this long; then it answers a lower bound too.
+    preview_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # Live streams (SSE) one key may hold open at once on one api process;
+    # one more gets 429.
+    sse_streams_per_key: int = Field(default=100, ge=1)
+    # Live streams one api process serves at once, all keys together.
+    sse_streams_max: int = Field(default=1000, ge=1)
+    # The server ends a live stream after this long; the client reconnects
+    # (with Last-Event-ID), so no stream pins a process or a key for ever.
+    sse_max_lifetime_s: float = Field(default=1800.0, gt=0)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)

@@ -10,6 +10,11 @@ ends: the last few seconds lack the tries still running) and the queue
 latency of a minute is `wait_ms` / `started`. Keeping `started` apart would
 cost a command per job more (the claim does not know job types).
 
+A minute is final once it has passed (give or take a worker's clock): the
+api's `HistoryReader` keeps final minutes, so a history query costs Redis
+the minutes it has not read before, and a chart polled by many clients costs
+about one read per queue per minute whatever its span.
+
 Layout (keys.py): `conveyor:{queue}:history:{minute}` (minute = Unix ms //
 60,000), a hash of `{job type}:{event}` -> count (`wait_ms`: the sum of queue
 waits, due to start, of the tries started that minute), expiring
@@ -19,6 +24,7 @@ such hashes, each of at most 6 fields per job type: about
 queue at the most (a small hash is a listpack in Redis), whatever the job rate.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -55,28 +61,80 @@ class Minute:
         return sum(self.wait_ms.values()) / started if started else None
 
 
+# A minute that ended this long ago gets no more counts (a worker's clock may
+# run a little behind the api's), so a reader may keep it.
+FINAL_AFTER_MS = 2 * MINUTE_MS
+# Minutes read per round trip: a long span is a few bounded replies, with
+# other requests served in between.
+READ_CHUNK_MINUTES = 360
+
+
+def _minute(minute: int, raw: dict[bytes, bytes]) -> Minute:
+    entry = Minute(minute)
+    for name, value in raw.items():
+        job_type, _, event = name.decode().rpartition(":")
+        if event == "wait_ms":
+            entry.wait_ms[job_type] = int(value)
+        else:
+            entry.counts.setdefault(job_type, {})[event] = int(value)
+    for counts in entry.counts.values():
+        if started := sum(counts.get(e, 0) for e in OUTCOMES):
+            counts["started"] = started
+    return entry
+
+
+async def _read(redis: "Redis", queue: str, minutes: Sequence[int]) -> list[Minute]:
+    """These minutes of `queue`, READ_CHUNK_MINUTES per round trip."""
+    out: list[Minute] = []
+    for start in range(0, len(minutes), READ_CHUNK_MINUTES):
+        chunk = minutes[start : start + READ_CHUNK_MINUTES]
+        async with redis.pipeline(transaction=False) as pipe:
+            for minute in chunk:
+                pipe.hgetall(history_key(queue, minute))
+            replies = await pipe.execute()
+        out += [_minute(m, raw) for m, raw in zip(chunk, replies, strict=True)]
+    return out
+
+
+def _span(minutes: int, until_ms: int | None) -> range:
+    minutes = max(1, min(minutes, MAX_MINUTES))
+    last = (until_ms if until_ms is not None else now_ms()) // MINUTE_MS
+    return range(last - minutes + 1, last + 1)
+
+
 async def read_history(
     redis: "Redis", queue: str, minutes: int, until_ms: int | None = None
 ) -> list[Minute]:
-    """The last `minutes` minutes of `queue` (to `until_ms`), oldest first; one round trip."""
-    minutes = max(1, min(minutes, MAX_MINUTES))
-    last = (until_ms if until_ms is not None else now_ms()) // MINUTE_MS
-    span = range(last - minutes + 1, last + 1)
-    async with redis.pipeline(transaction=False) as pipe:
-        for minute in span:
-            pipe.hgetall(history_key(queue, minute))
-        replies = await pipe.execute()
-    out = []
-    for minute, raw in zip(span, replies, strict=True):
-        entry = Minute(minute)
-        for name, value in raw.items():
-            job_type, _, event = name.decode().rpartition(":")
-            if event == "wait_ms":
-                entry.wait_ms[job_type] = int(value)
-            else:
-                entry.counts.setdefault(job_type, {})[event] = int(value)
-        for counts in entry.counts.values():
-            if started := sum(counts.get(e, 0) for e in OUTCOMES):
-                counts["started"] = started
-        out.append(entry)
-    return out
+    """The last `minutes` minutes of `queue` (to `until_ms`), oldest first."""
+    return await _read(redis, queue, _span(minutes, until_ms))
+
+
+class HistoryReader:
+    """Reads queues' history, keeping each minute that can no longer change: a
+    chart of the last 72 hours, polled every few seconds by any number of
+    clients, costs Redis only its newest minutes, not its whole span. Keeps
+    at most about MAX_MINUTES minutes per queue."""
+
+    def __init__(self, redis: "Redis") -> None:
+        self.redis = redis
+        self._final: dict[str, dict[int, Minute]] = {}
+
+    async def read(self, queue: str, minutes: int, until_ms: int | None = None) -> list[Minute]:
+        """As `read_history`; the minutes kept are shared: do not change them."""
+        at_ms = now_ms()
+        span = _span(minutes, until_ms)
+        final_before = (at_ms - FINAL_AFTER_MS) // MINUTE_MS
+        kept = self._final.setdefault(queue, {})
+        fresh = {
+            m.minute: m for m in await _read(self.redis, queue, [m for m in span if m not in kept])
+        }
+        kept.update((minute, m) for minute, m in fresh.items() if minute < final_before)
+        if len(kept) > MAX_MINUTES:  # out of every span now: forget them
+            oldest = at_ms // MINUTE_MS - MAX_MINUTES
+            for minute in [m for m in kept if m < oldest]:
+                del kept[minute]
+        return [kept[m] if m in kept else fresh[m] for m in span]
+
+    def kept(self, queue: str) -> int:
+        """How many minutes of `queue` this reader keeps."""
+        return len(self._final.get(queue, {}))

@@ -96,6 +96,9 @@ BULK_LOCK_PREFIX = PREFIX + "bulk-lock:"
 # Sorted set of bulk actions not finished yet (by start ms): what a starting
 # api resumes.
 BULK_RUNNING = PREFIX + "bulk:running"
+# Lock per api key (its name) while it runs a bulk preview, expiring with the
+# preview's time limit: one preview at a time per key, across replicas.
+PREVIEW_LOCK_PREFIX = PREFIX + "preview-lock:"
 # A live worker process's card (workers.py), expiring unless renewed, and a
 # sorted set of worker names by when each was last heard from.
 WORKER_PREFIX = PREFIX + "worker:"
@@ -155,6 +158,10 @@ def bulk_key(bulk_id: str) -> str:
 
 def bulk_lock_key(bulk_id: str) -> str:
     return BULK_LOCK_PREFIX + bulk_id
+
+
+def preview_lock_key(key_name: str) -> str:
+    return PREVIEW_LOCK_PREFIX + key_name
 
 
 def worker_key(name: str) -> str:

@@ -45,6 +45,12 @@ API_KEYS_FILE_REJECTED = Gauge(
     "unreadable): the keys last read serve, and a key removed since still works.",
     ["path"],
 )
+LIVE_STREAMS = Gauge("conveyor_api_live_streams", "Live (SSE) streams this api process serves now.")
+LIVE_STREAMS_REFUSED = Counter(
+    "conveyor_api_live_streams_refused",
+    "Live streams refused (429): over the key's limit or the process's.",
+    ["limit"],
+)
 
 # -- both: the enqueue helper --
 JOBS_ENQUEUED = Counter("conveyor_jobs_enqueued", "Jobs enqueued.", ["job", "queue"])

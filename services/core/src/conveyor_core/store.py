@@ -298,6 +298,28 @@ class JobFilter:
                 return False
         return True
 
+    def screens_by_error(self) -> bool:
+        """Whether a job's last error alone can rule it out (`error_type`, or
+        `text` not in its id): a listing then reads that one field of each
+        entry first, and whole jobs (payloads included) only for the rest."""
+        return self.error_type is not None or bool(self.text)
+
+    def may_match(self, job_id: str, error_json: bytes | None) -> bool:
+        """False when the job's id and last error (its record's field) rule it out."""
+        error: dict[str, Any] = {}
+        if error_json:
+            try:
+                error = json.loads(error_json)
+            except ValueError:
+                return True  # let the whole job decide
+        if self.error_type is not None and error.get("type") != self.error_type:
+            return False
+        if self.text:
+            needle = self.text.lower()
+            message = str(error.get("message", "")).lower()
+            return needle in job_id.lower() or needle in message
+        return True
+
     def as_dict(self) -> dict[str, Any]:
         """The fields given, as JSON-ready values (for bulk records and the audit log)."""
         out: dict[str, Any] = {}
@@ -314,6 +336,14 @@ class JobFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Paused:
+    """A queue's pause: since when (ms), and whether the call that said so paused it."""
+
+    at_ms: int
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class BulkBatch:
     """What one batch of a bulk action did."""
 
@@ -325,6 +355,8 @@ class BulkBatch:
 class Page:
     items: list[JobPublic]
     next_cursor: str | None
+    # Index entries read to fill it (the matches and the rest).
+    scanned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -726,18 +758,20 @@ class JobStore:
         )
         return state.decode() if isinstance(state, bytes) else str(state)
 
-    async def pause(self, queue: str) -> int:
-        """Stop workers starting jobs from `queue`; returns when it was paused (ms)."""
-        paused_at = await self._pause(
+    async def pause(self, queue: str) -> Paused:
+        """Stop workers starting jobs from `queue`; says when it was paused (ms),
+        and whether this call paused it."""
+        paused_at, changed = await self._pause(
             keys=[keys.paused_key(queue)], args=["pause", now_ms(), keys.wake_channel(queue)]
         )
-        return int(paused_at)
+        return Paused(int(paused_at), changed == 1)
 
-    async def resume(self, queue: str) -> None:
-        """Let workers start jobs from `queue` again, at once."""
-        await self._pause(
+    async def resume(self, queue: str) -> bool:
+        """Let workers start jobs from `queue` again, at once; whether it was paused."""
+        _, changed = await self._pause(
             keys=[keys.paused_key(queue)], args=["resume", now_ms(), keys.wake_channel(queue)]
         )
+        return bool(changed == 1)
 
     async def report_progress(
         self, job_id: str, percent: int, message: str, *, token: str = ""
@@ -762,7 +796,8 @@ class JobStore:
         return [job_id.decode() for job_id in stale]
 
     async def cancel(self, job_id: str) -> tuple[str, JobPublic | None]:
-        """'missing', the final state it was in, 'cancelling' or 'cancelled_now', and the record."""
+        """'missing', the final state it was in, 'cancelling', 'cancel_requested' (asked
+        before) or 'cancelled_now', and the record."""
         found = await self._read(job_id)
         if found is None:
             return "missing", None
@@ -1046,6 +1081,20 @@ class JobStore:
         rows.sort(key=lambda r: (float(r[1]), r[0]), reverse=segment.descending)
         return rows[:count]
 
+    async def _screen(
+        self, rows: list[tuple[str, str, str]], where: JobFilter | None
+    ) -> list[tuple[str, str, str]]:
+        """The rows `where` may match, judged by each job's last error (one round
+        trip, one field per job), when that can rule jobs out: so a search reads
+        whole jobs, payloads included, only for its likely matches."""
+        if where is None or not where.screens_by_error() or not rows:
+            return rows
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, _, _ in rows:
+                pipe.hget(keys.job_key(job_id), "error")
+            errors = await pipe.execute()
+        return [r for r, e in zip(rows, errors, strict=True) if where.may_match(r[0], e)]
+
     async def list(
         self,
         *,
@@ -1063,7 +1112,9 @@ class JobStore:
         order they finished in). Reads at most `limit * SCAN_BUDGET_PER_ITEM`
         entries, so a rare `job_type` can give a short page; `next_cursor`
         then goes on from there. `where` filters further (its state, queue and
-        type stand in for the arguments), with the same bound.
+        type stand in for the arguments), with the same bound; a filter on
+        the last error (its type, or a text) reads whole jobs only for the
+        entries that error may match (see `_screen`).
         """
         if where is not None:
             state, queue, job_type = where.state, where.queue, where.job_type
@@ -1077,8 +1128,10 @@ class JobStore:
             segment = segments[segment_no]
             batch = min(budget, max(limit - len(items), 10))
             rows = await self._rows(segment, (score, after_id), batch)
-            found = await self._read_many(((r[0], r[2]) for r in rows), at_ms)
-            jobs = [f[1] if f else None for f in found]
+            screened = await self._screen(rows, where)
+            found = await self._read_many(((r[0], r[2]) for r in screened), at_ms)
+            read = {r[0]: f[1] for r, f in zip(screened, found, strict=True) if f}
+            jobs = [read.get(r[0]) for r in rows]
             for (row_id, row_score, _), job in zip(rows, jobs, strict=True):
                 budget -= 1
                 score, after_id = row_score, row_id
@@ -1088,12 +1141,14 @@ class JobStore:
                 if job is not None and wanted and segment.accepts(job):
                     items.append(job)
                 if len(items) == limit:
-                    return Page(items, encode_cursor(segment_no, score, after_id))
+                    scanned = limit * SCAN_BUDGET_PER_ITEM - budget
+                    return Page(items, encode_cursor(segment_no, score, after_id), scanned)
             if len(rows) < batch:  # this segment is exhausted: on to the next
                 segment_no, score, after_id = segment_no + 1, "", ""
+        scanned = limit * SCAN_BUDGET_PER_ITEM - budget
         if segment_no >= len(segments):
-            return Page(items, None)
-        return Page(items, encode_cursor(segment_no, score, after_id))
+            return Page(items, None, scanned)
+        return Page(items, encode_cursor(segment_no, score, after_id), scanned)
 
     async def bulk_batch(
         self,

@@ -4,6 +4,7 @@ import asyncio
 import inspect
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime
 from enum import Enum
@@ -39,8 +40,11 @@ from conveyor_api.auth import (
     name_the_caller,
     require,
 )
-from conveyor_api.deps import CatalogDep, EventsDep, RedactorDep, StoreDep
+from conveyor_api.cursors import TamperedCursorError
+from conveyor_api.deps import CatalogDep, CursorsDep, EventsDep, RedactorDep, StoreDep
 from conveyor_api.edge import FastRoute
+from conveyor_api.events import live_stream, stream_deadline
+from conveyor_api.problems import FieldError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN, JobType
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
 from conveyor_core.jobs import (
@@ -296,8 +300,9 @@ async def list_jobs(
     redact: RedactorDep,
     catalog: CatalogDep,
     reader: ReadKeyDep,
+    cursors: CursorsDep,
     state: JobState | None = None,
-    queue: Annotated[str | None, Query(max_length=200)] = None,
+    queue: Annotated[str | None, Query(max_length=200, description="A catalog queue.")] = None,
     job_type: Annotated[str | None, Query(max_length=200)] = None,
     error_type: Annotated[
         str | None, Query(max_length=200, description="The last error's type, exactly.")
@@ -312,7 +317,9 @@ async def list_jobs(
     ] = None,
     until: Annotated[AwareDatetime | None, Query(description="... and before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=1000, description="A previous page's `next_cursor`.")
+    ] = None,
 ) -> JobList:
     """Newest first; queued, deferred and in-progress jobs oldest first (next to run first).
 
@@ -322,6 +329,12 @@ async def list_jobs(
     """
     if job_type is not None and job_type not in catalog:
         raise _query_error("job_type", f"unknown job type {job_type!r}")
+    if queue is not None and queue not in catalog.queues():
+        raise _query_error("queue", f"no queue named {queue!r} in the catalog")
+    try:
+        store_cursor = cursors.verify(cursor)
+    except TamperedCursorError:
+        raise FieldError(400, "cursor", "not a cursor from a previous page") from None
     where = JobFilter(
         state=state,
         queue=queue,
@@ -333,11 +346,11 @@ async def list_jobs(
         submitted_by=tenants.owner(reader),
     )
     try:
-        page = await store.list(where=where, limit=limit, cursor=cursor)
-    except InvalidCursorError:
-        raise _query_error("cursor", "not a cursor from a previous page") from None
+        page = await store.list(where=where, limit=limit, cursor=store_cursor)
+    except InvalidCursorError:  # signed, yet not readable: issued by an older version
+        raise FieldError(400, "cursor", "not a cursor from a previous page") from None
     items = [masked(job, redact) for job in page.items]
-    return JobList(items=items, next_cursor=page.next_cursor)
+    return JobList(items=items, next_cursor=cursors.sign(page.next_cursor))
 
 
 async def read_job(job_id: JobId, caller: ReaderDep) -> Response:
@@ -363,10 +376,11 @@ async def cancel_job(
     outcome, job = await store.cancel(job_id)
     if job is None:
         raise _not_found(job_id)
-    if outcome not in ("cancelled_now", "cancelling"):
+    if outcome not in ("cancelled_now", "cancelling", "cancel_requested"):
         raise HTTPException(409, f"Job {job_id} is already {outcome}.")
-    await audit.record(store.redis, caller.name, "cancel", job_id, 1)
-    response.status_code = 202 if outcome == "cancelling" else 200
+    if outcome != "cancel_requested":  # asked before: no change to record
+        await audit.record(store.redis, caller.name, "cancel", job_id, 1)
+    response.status_code = 200 if outcome == "cancelled_now" else 202
     return masked(job, redact)
 
 
@@ -388,21 +402,36 @@ async def retry_job(
 
 
 async def job_events(
-    job_id: JobId, store: StoreDep, events: EventsDep, redact: RedactorDep, reader: ReadKeyDep
+    job_id: JobId,
+    request: Request,
+    store: StoreDep,
+    events: EventsDep,
+    redact: RedactorDep,
+    reader: ReadKeyDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=20,
+            description="The last event's id, when reconnecting: its version is not sent again.",
+        ),
+    ] = None,
 ) -> StreamingResponse:
     await _existing(store, job_id, reader)
-    return StreamingResponse(
-        _stream(job_id, store, events, redact),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    sent_version = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    body = _stream(job_id, store, events, redact, sent_version, stream_deadline(request))
+    return live_stream(request, body)
 
 
 async def _stream(
-    job_id: str, store: StoreDep, events: EventsDep, redact: Redactor
+    job_id: str,
+    store: StoreDep,
+    events: EventsDep,
+    redact: Redactor,
+    sent_version: int,
+    deadline: float,
 ) -> AsyncIterator[bytes]:
     with events.watch(job_id) as changed:
-        sent_version = 0
         while True:
             changed.clear()  # before the read: a change after it wakes the wait below
             try:
@@ -422,8 +451,11 @@ async def _stream(
                 )
             if job.state in TERMINAL_STATES:
                 return
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return  # its lifetime is over: the client reconnects with Last-Event-ID
             try:
-                await asyncio.wait_for(changed.wait(), SSE_KEEPALIVE_S)
+                await asyncio.wait_for(changed.wait(), min(SSE_KEEPALIVE_S, left_s))
             except TimeoutError:
                 yield format_sse_event(comment="keep-alive")
 
@@ -440,6 +472,7 @@ def _add_single_job_routes(api: APIRouter) -> None:
         methods=["GET"],
         tags=TAGS,
         summary="List jobs",
+        responses={400: {"description": "The cursor is not one a previous page gave"}},
     )
 
     api.add_api_route(
@@ -489,10 +522,16 @@ def _add_single_job_routes(api: APIRouter) -> None:
         responses={
             200: {
                 "content": {"text/event-stream": {}},
-                "description": "`event: job` with the job as JSON on every change; "
-                "`event: error` with a problem if the stream cannot go on.",
+                "description": "`event: job` with the job as JSON on every change (its "
+                "`id` is the job's version); `event: error` with a problem if the stream "
+                "cannot go on. The server ends a stream after its maximum lifetime: "
+                "reconnect with `Last-Event-ID` to go on.",
             },
             404: {"description": "No such job"},
+            429: {
+                "description": "The api key is over its rate, or it (or this api process) "
+                "holds its most live streams; retry after Retry-After"
+            },
         },
     )
 

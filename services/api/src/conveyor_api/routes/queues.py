@@ -6,14 +6,14 @@ import dataclasses
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from conveyor_api import audit
 from conveyor_api.auth import ApiKey, Scope, require
-from conveyor_api.deps import CatalogDep, RedisDep, StoreDep
+from conveyor_api.deps import CatalogDep, StoreDep
 from conveyor_core.catalog import Catalog
-from conveyor_core.history import EVENTS, MAX_MINUTES, MINUTE_MS, read_history
+from conveyor_core.history import EVENTS, MAX_MINUTES, MINUTE_MS, HistoryReader
 from conveyor_core.jobs import ms_to_datetime
 from conveyor_core.store import QueueStats
 
@@ -97,9 +97,10 @@ async def pause_queue(
     name: QueueName, store: StoreDep, catalog: CatalogDep, caller: AdminDep
 ) -> QueuePublic:
     """Every worker of the queue stops starting jobs at its next claim; running
-    jobs finish; enqueueing goes on. Pausing a paused queue changes nothing."""
-    await store.pause(_known(name, catalog))
-    await audit.record(store.redis, caller.name, "pause", name, 0)
+    jobs finish; enqueueing goes on. Pausing a paused queue changes nothing
+    (and is not in the audit log)."""
+    if (await store.pause(_known(name, catalog))).changed:
+        await audit.record(store.redis, caller.name, "pause", name, 0)
     return QueuePublic.of(await store.queue_stats(name), catalog)
 
 
@@ -107,9 +108,10 @@ async def pause_queue(
 async def resume_queue(
     name: QueueName, store: StoreDep, catalog: CatalogDep, caller: AdminDep
 ) -> QueuePublic:
-    """The queue's workers are woken and start its jobs at once."""
-    await store.resume(_known(name, catalog))
-    await audit.record(store.redis, caller.name, "resume", name, 0)
+    """The queue's workers are woken and start its jobs at once. Resuming a
+    running queue changes nothing (and is not in the audit log)."""
+    if await store.resume(_known(name, catalog)):
+        await audit.record(store.redis, caller.name, "resume", name, 0)
     return QueuePublic.of(await store.queue_stats(name), catalog)
 
 
@@ -135,12 +137,15 @@ class QueueHistory(BaseModel):
 )
 async def queue_history(
     name: QueueName,
-    redis: RedisDep,
+    request: Request,
     catalog: CatalogDep,
     minutes: Annotated[int, Query(ge=1, le=MAX_MINUTES)] = 60,
 ) -> QueueHistory:
-    """Oldest minute first, up to 72 hours back."""
-    found = await read_history(redis, _known(name, catalog), minutes)
+    """Oldest minute first, up to 72 hours back. The api keeps the minutes that
+    can no longer change: a query costs Redis only the minutes it has not read
+    before (about one a minute for a polled chart), whatever its span."""
+    history: HistoryReader = request.app.state.history
+    found = await history.read(_known(name, catalog), minutes)
     return QueueHistory(
         queue=name,
         minutes=[

@@ -8,11 +8,17 @@
 -- KEYS: 1 queue
 -- ARGV: 1 job id, 2 now ms, 3 cancelled retention ms
 -- Returns {outcome, the record as left, as field, value, ...}: outcome is
--- 'missing', the final state it was already in, 'cancelling' or 'cancelled_now'.
+-- 'missing', the final state it was already in, 'cancelling', 'cancel_requested'
+-- (a running job asked to stop before: asked again, nothing else changes) or
+-- 'cancelled_now'.
 local id, queue, now = ARGV[1], KEYS[1], tonumber(ARGV[2])
 local rec = load(id, queue, false)
 if rec.new and not redis.call('ZSCORE', queue, id) then return {'missing', {}} end
-local outcome = cancel_job(rec, now, tonumber(ARGV[3]))
--- Asked again, the worker is told again: it may have missed the first word.
-if outcome == 'cancelling' then redis.call('PUBLISH', K.wake .. queue, 'abort') end
+local outcome, changed = cancel_job(rec, now, tonumber(ARGV[3]))
+-- Asked again, the worker is told again: it may have missed the first word;
+-- the outcome says the job had been asked already (nothing changed).
+if outcome == 'cancelling' then
+  redis.call('PUBLISH', K.wake .. queue, 'abort')
+  if not changed then outcome = 'cancel_requested' end
+end
 return {outcome, redis.call('HGETALL', K.job .. id)}

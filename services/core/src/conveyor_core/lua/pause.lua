@@ -5,10 +5,12 @@
 --
 -- KEYS: 1 the queue's paused flag
 -- ARGV: 1 'pause' or 'resume', 2 now ms, 3 wake channel
--- Returns when the queue was paused (ms), or '' when it runs.
+-- Returns {when the queue was paused (ms), or '' when it runs; 1 if this call
+-- changed that, else 0 (it was paused, or running, already)}.
 if ARGV[1] == 'pause' then
-  redis.call('SET', KEYS[1], ARGV[2], 'NX')
-  return redis.call('GET', KEYS[1])
+  local changed = redis.call('SET', KEYS[1], ARGV[2], 'NX') and 1 or 0
+  return {redis.call('GET', KEYS[1]), changed}
 end
-if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[3], 'resume') end
-return ''
+local changed = redis.call('DEL', KEYS[1])
+if changed == 1 then redis.call('PUBLISH', ARGV[3], 'resume') end
+return {'', changed}

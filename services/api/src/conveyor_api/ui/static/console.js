@@ -98,10 +98,11 @@ async function preview(event) {
   event.preventDefault();
   state.filter = readFilter();
   try {
-    const { count } = await call("POST", "/v1/bulk/preview", { body: state.filter });
+    const { count, exact } = await call("POST", "/v1/bulk/preview", { body: state.filter });
     const action = $("bulk-action").value;
     state.preview = { action, filter: state.filter, count };
-    $("bulk-count").textContent = `${count} job(s) match.`;
+    // Past its budget a preview counts a lower bound.
+    $("bulk-count").textContent = exact ? `${count} job(s) match.` : `At least ${count} job(s) match.`;
     $("bulk-confirm").textContent = `Confirm: ${action} ${count} job(s)`;
     $("bulk-confirm").hidden = count === 0;
   } catch (err) {
@@ -110,10 +111,13 @@ async function preview(event) {
 }
 
 async function confirmBulk() {
-  const { action, filter } = state.preview;
+  const { action, filter, count } = state.preview;
   $("bulk-confirm").hidden = true;
+  // Deleting every job says so, and deletes at most the jobs the preview counted.
+  const everything = action === "delete" && Object.keys(filter).length === 0;
+  const body = { action, filter, ...(everything ? { all: true, count } : {}) };
   try {
-    const started = await call("POST", "/v1/bulk", { body: { action, filter } });
+    const started = await call("POST", "/v1/bulk", { body });
     state.bulkId = started.id;
     await followBulk();
   } catch (err) {
