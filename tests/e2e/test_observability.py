@@ -104,7 +104,7 @@ def test_one_trace_from_the_request_through_a_job_and_the_job_it_enqueues(
     assert consumer.name == "process arq:queue"
     assert consumer.parent_span_id == producer.span_id
     assert consumer.attributes["conveyor.job.name"] == "parent"
-    assert consumer.attributes["conveyor.job.outcome"] == "success"
+    assert consumer.attributes["conveyor.job.outcome"] == "complete"
     assert consumer.attributes["conveyor.request_id"] == "req-7"
     assert consumer.attributes["conveyor.queue_wait_s"] >= 0
 
@@ -134,7 +134,7 @@ def test_one_trace_from_the_request_through_a_job_and_the_job_it_enqueues(
     assert {e["trace_id"] for e in job_lines} == {TRACE_ID}
     assert {e["request_id"] for e in job_lines} == {"req-7"}
     end = only_line(job_lines, message="job end", job_id=child_id)
-    assert end["outcome"] == "success"
+    assert end["outcome"] == "complete"
     assert end["job_name"] == "effect"
     assert end["args"] == {"work_s": 0.0}
     assert end["elapsed_s"] >= 0
@@ -239,14 +239,14 @@ def test_metrics_count_exactly_what_happened_with_trace_exemplars(
     assert value(worker, "conveyor_jobs_started_total", job="flaky", **q) == 2
     assert value(worker, "conveyor_jobs_started_total", job="doomed", **q) == 2
     finished = "conveyor_jobs_finished_total"
-    assert value(worker, finished, job="effect", outcome="success", **q) == 3
-    assert value(worker, finished, job="flaky", outcome="retry", **q) == 1
-    assert value(worker, finished, job="flaky", outcome="success", **q) == 1
-    assert value(worker, finished, job="doomed", outcome="retry", **q) == 1
+    assert value(worker, finished, job="effect", outcome="complete", **q) == 3
+    assert value(worker, finished, job="flaky", outcome="retrying", **q) == 1
+    assert value(worker, finished, job="flaky", outcome="complete", **q) == 1
+    assert value(worker, finished, job="doomed", outcome="retrying", **q) == 1
     assert value(worker, finished, job="doomed", outcome="dead", **q) == 1
     assert value(worker, finished, job="permanent", outcome="dead", **q) == 1
     assert (
-        value(worker, "conveyor_job_duration_seconds_count", job="effect", outcome="success", **q)
+        value(worker, "conveyor_job_duration_seconds_count", job="effect", outcome="complete", **q)
         == 3
     )
     assert value(worker, "conveyor_job_queue_wait_seconds_count", job="flaky", **q) == 2

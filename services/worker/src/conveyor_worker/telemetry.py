@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Gauge, Histogram
 
 from conveyor_core.catalog import JobType
-from conveyor_core.jobs import now_ms
+from conveyor_core.jobs import TryOutcome, now_ms
 from conveyor_core.logging import log_context
 from conveyor_core.metrics import (
     JOB_DURATION,
@@ -37,15 +37,16 @@ logger = logging.getLogger("conveyor.jobs")
 
 
 class Outcome:
-    """How a try ended; the `outcome` label of conveyor_jobs_finished_total."""
+    """How a try ended (conveyor_core.jobs.TryOutcome): the `outcome` label of
+    conveyor_jobs_finished_total, the history's and the logs' name for it."""
 
-    SUCCESS = "success"  # the job is complete
-    RETRY = "retry"  # failed; the job is retrying: another try is due later
-    DEAD = "dead"  # a permanent error or no tries left: to the dead letters
-    CANCELLED = "cancelled"  # a client's cancel stopped it
-    INTERRUPTED = "interrupted"  # cut short by a shutdown; runs again, the try not counted
+    SUCCESS = TryOutcome.COMPLETE
+    RETRY = TryOutcome.RETRYING  # failed; another try is due later
+    DEAD = TryOutcome.DEAD  # a permanent error or no tries left: to the dead letters
+    CANCELLED = TryOutcome.CANCELLED  # a client's cancel stopped it
+    INTERRUPTED = TryOutcome.INTERRUPTED  # cut short by a shutdown; runs again, the try not counted
 
-    ALL = (SUCCESS, RETRY, DEAD, CANCELLED, INTERRUPTED)
+    ALL = tuple(TryOutcome)
 
 
 def declare_job_series(job_types: Iterable[JobType]) -> None:
@@ -103,7 +104,7 @@ class JobObservation:
         self.meta = meta
         self.args = args
         self.redact = redact
-        self.outcome = Outcome.DEAD  # until told otherwise: an unexpected error
+        self.outcome: str = Outcome.DEAD  # until told otherwise: an unexpected error
         self.error: BaseException | None = None
         self._series = JobSeries.of(job_type.name, job_type.queue)
 
