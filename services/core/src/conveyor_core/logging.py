@@ -13,7 +13,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 from opentelemetry import trace
+
+from conveyor_core.logstream import TurnFlushingHandler
 
 _bound: ContextVar[dict[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039
 
@@ -44,8 +47,16 @@ def bound(name: str) -> Any:
     return _bound.get().get(name)
 
 
-# One encoder for every line: json.dumps with `default` builds a new one per call.
+# For what orjson refuses (an int beyond 64 bits, a key that is not a string).
 _encoder = json.JSONEncoder(default=str)
+
+
+def encode(entry: dict[str, Any]) -> str:
+    """One compact JSON line; orjson writes one several times faster than json."""
+    try:
+        return orjson.dumps(entry, default=str).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _encoder.encode(entry)
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,7 +64,7 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.service = service
         # The timestamp's second, formatted once per second (the worker writes
-        # two lines per job: formatting a datetime for each costs a no-op job).
+        # a line per job: formatting a datetime for each costs a no-op job).
         self._second = -1
         self._second_text = ""
 
@@ -85,12 +96,12 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return _encoder.encode(entry)
+        return encode(entry)
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines to stdout, where container runtimes collect them."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = TurnFlushingHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
