@@ -234,7 +234,8 @@ async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[A
     finally:
         await redis.aclose()
         worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
+        # In a thread: the loop keeps answering the worker's last span export.
+        await asyncio.to_thread(worker.wait, 30)
         log.close()
 
 
