@@ -17,7 +17,8 @@ def main() -> None:
 
     run_worker(
         {
-            "functions": [func(arq_noop, name="noop")],
+            # One try per job, as Conveyor's no-op job type has (bench/jobs.py).
+            "functions": [func(arq_noop, name="noop", max_tries=1)],
             "queue_name": queue,
             "poll_delay": poll_delay_s,
             "redis_settings": RedisSettings.from_dsn(redis_url),

@@ -1,9 +1,18 @@
 """Pickup latency, throughput, Redis cost and memory: Conveyor's worker against bare arq.
 
 `make bench` runs each worker as its own process on the same Redis, one after
-the other in one run, and prints the figures side by side with ratios. Conveyor
-runs as shipped: JSON logs, metrics, and spans exported over OTLP/HTTP to a
-local receiver that drops them.
+the other in one run, and prints the figures side by side with ratios, then
+each target of the worker with its figure. Conveyor runs as shipped: JSON
+logs, metrics, and spans exported over OTLP/HTTP to a local receiver that
+drops them.
+
+The throughput rounds measure the case that shows Conveyor's Redis cost at its
+worst: a queue other than arq's default for both, one try per job (max_tries
+1), and a client polling a counter every 5 ms while the queue drains. The cost
+per job (Redis CPU and commands) is taken over the drain alone, from just
+before the jobs fall due to the last one's end: a window that also held the
+enqueueing head start would add a polling worker's idle cost (bare arq's) to
+its cost per job.
 """
 
 import asyncio
@@ -40,6 +49,12 @@ THROUGHPUT_JOBS = 3000
 THROUGHPUT_ROUNDS = 3
 # Time to enqueue a round's jobs before they fall due, ample on a busy machine.
 ENQUEUE_HEAD_START_S = 10.0
+# The drain window opens this long before the jobs fall due (nothing runs yet).
+DRAIN_LEAD_S = 0.05
+# How often the client reads the done counter while the queue drains: a
+# dashboard or a waiting client, as in a real deployment (and its cost in
+# Redis CPU is the same for both contenders).
+DRAIN_POLL_S = 0.005
 NOOP = JOB_TYPES[0]
 
 
@@ -166,16 +181,18 @@ async def measure_throughput(contender: Contender, redis: ArqRedis, store: JobSt
     for start in range(0, THROUGHPUT_JOBS, 100):
         batch = range(start, min(start + 100, THROUGHPUT_JOBS))
         await asyncio.gather(*(submit(contender, redis, store, run_at=due) for _ in batch))
-    assert time.time() < due, "enqueueing took longer than the head start"
+    assert time.time() < due - DRAIN_LEAD_S, "enqueueing took longer than the head start"
     # Less our INFO; with what the worker does when an enqueue wakes it.
     enqueued = await total_commands(redis) - before_enqueue - 1
     contender.enqueue_commands.append(enqueued / THROUGHPUT_JOBS)
+    # The drain window: from just before the jobs fall due.
+    await asyncio.sleep(max(0.0, due - DRAIN_LEAD_S - time.time()))
     worker_cpu_s, server_cpu_s = process_cpu_s(contender.pid), await redis_cpu_s(redis)
     api_cpu_s = process_cpu_s(contender.api_pid) if contender.api_pid else 0.0
     commands, polls = await total_commands(redis), 0
     while int(await redis.get(done_key) or 0) < THROUGHPUT_JOBS:
         polls += 1
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(DRAIN_POLL_S)
     elapsed_s = time.time() - due
     contender.throughputs.append(THROUGHPUT_JOBS / elapsed_s)
     if contender.api_pid:
@@ -226,7 +243,8 @@ async def running(contender: Contender, redis_url: str) -> AsyncIterator[tuple[A
     finally:
         await redis.aclose()
         worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
+        # In a thread: the loop keeps answering the worker's last span export.
+        await asyncio.to_thread(worker.wait, 30)
         log.close()
 
 
@@ -344,16 +362,87 @@ def cost_ratios(ours: Contender, theirs: Contender) -> list[str]:
     api = f"{med(ours.api_cpu_pct):.1f} %" if ours.api_cpu_pct else "not measured"
     return [
         f"per job, {ours.name} / {theirs.name}:",
-        f"  Redis CPU {med(ours.redis_cpu_ms) / med(theirs.redis_cpu_ms):.2f} (target <= 1.0)",
+        f"  Redis CPU {med(ours.redis_cpu_ms) / med(theirs.redis_cpu_ms):.2f}",
         f"  Redis commands {commands_per_job(ours)[2]:.1f} / {commands_per_job(theirs)[2]:.1f} "
-        f"= {commands_per_job(ours)[2] / commands_per_job(theirs)[2]:.2f} "
-        "(target <= 30 commands, enqueue and processing)",
+        f"= {commands_per_job(ours)[2] / commands_per_job(theirs)[2]:.2f}",
         f"  worker CPU {med(ours.worker_cpu_ms) / med(theirs.worker_cpu_ms):.2f}",
-        f"  jobs/s {ours.jobs_per_s / theirs.jobs_per_s:.2f} (target >= 1.0)",
+        f"  jobs/s {ours.jobs_per_s / theirs.jobs_per_s:.2f}",
         f"  memory per queued job "
-        f"{ours.memory_per_queued_job_b / theirs.memory_per_queued_job_b:.2f} (target <= 2.0)",
+        f"{ours.memory_per_queued_job_b / theirs.memory_per_queued_job_b:.2f}",
         f"api CPU with no SSE client while the worker runs flat out: {api} of a core "
         "(target < 5 %)",
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One of the worker's targets, with what this run measured."""
+
+    name: str
+    figure: float
+    bound: float
+    at_least: bool  # the figure must be >= bound (else <=)
+    unit: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.figure >= self.bound if self.at_least else self.figure <= self.bound
+
+    def line(self) -> str:
+        sign = ">=" if self.at_least else "<="
+        figure = f"{self.figure:.2f}{self.unit}"
+        bound = f"{sign} {self.bound:g}{self.unit}"
+        return f"  {self.name:<58} {figure:>10}  {bound:<11} {'met' if self.met else 'MISSED'}"
+
+
+def targets(
+    fast: Contender, ours: Contender, instrumented: Contender, bare: Contender
+) -> list[Target]:
+    """The worker's targets against bare arq at a 0.01 s poll (`fast`)."""
+    med = statistics.median
+    return [
+        Target(
+            "jobs/s, every span exported over OTLP / arq poll 0.01 s",
+            ours.jobs_per_s / fast.jobs_per_s,
+            1.3,
+            at_least=True,
+        ),
+        Target(
+            "jobs/s, instrumentation on / off",
+            instrumented.jobs_per_s / bare.jobs_per_s,
+            0.75,
+            at_least=True,
+        ),
+        Target(
+            "Redis CPU per job over the drain / arq poll 0.01 s",
+            med(ours.redis_cpu_ms) / med(fast.redis_cpu_ms),
+            0.9,
+            at_least=False,
+        ),
+        Target(
+            "Redis commands per job, enqueue and processing",
+            commands_per_job(ours)[2],
+            26,
+            at_least=False,
+        ),
+        Target(
+            "Redis memory per queued job / arq",
+            ours.memory_per_queued_job_b / fast.memory_per_queued_job_b,
+            1.2,
+            at_least=False,
+        ),
+        Target("idle pickup p50", ours.percentile_ms(0.5), 3, at_least=False, unit=" ms"),
+        Target("idle Redis commands/s", ours.idle_commands_per_s, 10, at_least=False),
+    ]
+
+
+def target_lines(found: list[Target]) -> list[str]:
+    missed = [t.name for t in found if not t.met]
+    return [
+        "targets (conveyor with spans over OTLP, against arq at a 0.01 s poll):",
+        *(t.line() for t in found),
+        f"{len(found) - len(missed)} of {len(found)} met"
+        + (f"; missed: {', '.join(missed)}" if missed else ""),
     ]
 
 
@@ -379,12 +468,10 @@ def report(contenders: list[Contender]) -> str:
         f"pickup p50: conveyor / arq default = {ratio(ours, default):.3f}",
         f"pickup p50: conveyor / arq poll 0.01 s = {ratio(ours, fast):.3f}",
         f"throughput (median of {THROUGHPUT_ROUNDS} alternating rounds): "
-        f"conveyor / arq poll 0.01 s = {ours.jobs_per_s / fast.jobs_per_s:.2f} (target >= 1.0)",
+        f"conveyor / arq poll 0.01 s = {ours.jobs_per_s / fast.jobs_per_s:.2f}",
         f"throughput: conveyor / arq default = {ours.jobs_per_s / default.jobs_per_s:.2f}",
-        f"idle Redis commands/s: conveyor {ours.idle_commands_per_s:.1f} (target <= 10), "
+        f"idle Redis commands/s: conveyor {ours.idle_commands_per_s:.1f}, "
         f"arq poll 0.01 s {fast.idle_commands_per_s:.1f}",
-        f"targets: p50 <= 5 ms: {ours.percentile_ms(0.5) <= 5}, "
-        f"p99 <= 10 ms: {ours.percentile_ms(0.99) <= 10}",
     ]
     return "\n".join(lines)
 
@@ -409,8 +496,7 @@ async def instrumentation_cost(redis_url: str) -> str:
                 await measure_throughput(contender, redis, store)
     return (
         f"no-op jobs/s with tracing, JSON job logs and metrics: {INSTRUMENTED.jobs_per_s:.0f}; "
-        f"without: {BARE.jobs_per_s:.0f}; ratio {INSTRUMENTED.jobs_per_s / BARE.jobs_per_s:.2f} "
-        "(target >= 0.8)"
+        f"without: {BARE.jobs_per_s:.0f}; ratio {INSTRUMENTED.jobs_per_s / BARE.jobs_per_s:.2f}"
     )
 
 
@@ -429,8 +515,16 @@ async def throughput_only(contenders: list["Contender"]) -> None:
         "\n".join([*cost_lines([fast, ours]), *cost_ratios(ours, fast)]),
         f"\njobs/s per round, conveyor/arq: {rounds}\n"
         f"throughput (median of {THROUGHPUT_ROUNDS} alternating rounds): "
-        f"conveyor / arq poll 0.01 s = {ours.jobs_per_s / fast.jobs_per_s:.2f} (target >= 1.0)",
+        f"conveyor / arq poll 0.01 s = {ours.jobs_per_s / fast.jobs_per_s:.2f} (target >= 1.3)",
     )
+
+
+async def instrumentation_only() -> None:
+    """`python -m bench.pickup instrumentation`: only the on/off rounds."""
+    with resolve_redis() as resolved:
+        cost = await instrumentation_cost(resolved.url)
+    print("\n".join(cost_lines([INSTRUMENTED, BARE])))
+    print(cost, "(target >= 0.75)")
 
 
 async def throughput_rounds(fast: Contender, ours: Contender, redis_url: str) -> None:
@@ -456,6 +550,9 @@ async def main() -> None:
         if sys.argv[1:] == ["throughput"]:
             await throughput_only(contenders)
             return
+        if sys.argv[1:] == ["instrumentation"]:
+            await instrumentation_only()
+            return
         await all_rounds(contenders)
 
 
@@ -479,6 +576,8 @@ async def all_rounds(contenders: list[Contender]) -> None:
     print("\n".join(cost_lines([*contenders, INSTRUMENTED, BARE])))
     print("\n".join(cost_ratios(contenders[2], contenders[1])))
     print(cost)
+    print()
+    print("\n".join(target_lines(targets(contenders[1], contenders[2], INSTRUMENTED, BARE))))
 
 
 if __name__ == "__main__":

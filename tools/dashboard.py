@@ -220,9 +220,9 @@ ROWS = [
             ),
             Panel(
                 "Flow control: paused queues and held jobs",
-                "1 while a queue is paused (ConveyorQueuePausedTooLong); due jobs a worker's "
-                "last claim passed over because of a running limit or a rate of their type "
-                "or key.",
+                "1 while a queue is paused (ConveyorQueuePausedTooLong); held jobs: due jobs "
+                "a worker's last claim passed over because of a running limit or a rate of "
+                "their type or key.",
                 [
                     Query(
                         f"max by (queue) (conveyor_queue_paused{{{QUEUE}}})",
@@ -241,11 +241,11 @@ ROWS = [
         [
             Panel(
                 "Throughput by job",
-                "Tries that succeeded per second.",
+                "Tries that completed their job per second.",
                 [
                     Query(
                         "sum by (job) (rate(conveyor_jobs_finished_total"
-                        f'{{{JOB}, outcome="success"}}{RATE}))',
+                        f'{{{JOB}, outcome="complete"}}{RATE}))',
                         "{{job}}",
                     )
                 ],
@@ -253,9 +253,9 @@ ROWS = [
             ),
             Panel(
                 "Outcomes",
-                "Tries finished per second by outcome: success, retry (another try is due), "
-                "dead (a permanent error or no tries left), cancelled, interrupted (cut "
-                "short by a shutdown; runs again, the try not counted).",
+                "Tries finished per second by outcome: complete, retrying (failed, another "
+                "try is due), dead (a permanent error or no tries left), cancelled, "
+                "interrupted (cut short by a shutdown; queued again, the try not counted).",
                 [
                     Query(
                         f"sum by (outcome) (rate(conveyor_jobs_finished_total{{{JOB}}}{RATE}))",
@@ -267,12 +267,12 @@ ROWS = [
             ),
             Panel(
                 "Retries and dead letters by job",
-                "Failed tries per second: retry means another try is due; dead went to "
+                "Failed tries per second: retrying means another try is due; dead went to "
                 "the dead letters.",
                 [
                     Query(
                         "sum by (job, outcome) (rate(conveyor_jobs_finished_total"
-                        f'{{{JOB}, outcome=~"retry|dead"}}{RATE}))',
+                        f'{{{JOB}, outcome=~"retrying|dead"}}{RATE}))',
                         "{{job}} {{outcome}}",
                     )
                 ],

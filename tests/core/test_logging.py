@@ -29,8 +29,8 @@ def test_every_line_has_one_shape() -> None:
 def test_bound_fields_and_extra_fields_join_the_line() -> None:
     formatter = JsonFormatter("worker")
     with log_context(request_id="r-1", job_id="j-1"):
-        line = json.loads(formatter.format(record("job end", outcome="success")))
-    assert (line["request_id"], line["job_id"], line["outcome"]) == ("r-1", "j-1", "success")
+        line = json.loads(formatter.format(record("job end", outcome="complete")))
+    assert (line["request_id"], line["job_id"], line["outcome"]) == ("r-1", "j-1", "complete")
     after = json.loads(formatter.format(record("later")))
     assert after["request_id"] is None
     assert "job_id" not in after
@@ -99,3 +99,16 @@ def test_a_large_structure_in_a_line_is_cut_as_text() -> None:
     assert entry["args"].startswith('{"ids": [0, 1, 2')
     assert entry["args"].endswith("more characters cut]")
     assert len(line) < 4 * 1024
+
+
+def test_any_value_makes_a_line() -> None:
+    """What orjson refuses (an int beyond 64 bits, a key that is not a string)
+    and what JSON cannot hold (a set, an object) still make one line."""
+    huge = 2**70
+    line = JsonFormatter("worker").format(
+        record("odd", huge=huge, by_number={1: "one"}, tags={"a"}, when=datetime(2026, 1, 2))
+    )
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert (entry["huge"], entry["by_number"], entry["tags"]) == (huge, {"1": "one"}, "{'a'}")
+    assert entry["when"].startswith("2026-01-02")

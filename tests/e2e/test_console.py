@@ -83,7 +83,7 @@ def test_an_operator_finds_dead_jobs_requeues_them_and_sees_them_complete(
 
         # Charts drawn from the real history: 4 + 3 completed, 3 dead, 10 enqueued.
         chart = page.locator(f'.queue-control[data-queue="{queue}"] svg.chart')
-        expect(chart.locator('[data-series="completed"]')).to_have_attribute("data-total", "7")
+        expect(chart.locator('[data-series="complete"]')).to_have_attribute("data-total", "7")
         expect(chart.locator('[data-series="dead"]')).to_have_attribute("data-total", "3")
         expect(chart.locator('[data-series="enqueued"]')).to_have_attribute("data-total", "7")
         # Each legend entry wears its line's colour.

@@ -9,9 +9,9 @@ from tests.e2e.conftest import Stack
 # Per job type: how many jobs, and what each does (fail_times for flaky).
 WORKLOAD = {"flaky": 5, "doomed": 3, "effect": 4}
 EXPECTED = {
-    "flaky": {"enqueued": 5, "started": 10, "retried": 5, "completed": 5},
-    "doomed": {"enqueued": 3, "started": 6, "retried": 3, "dead": 3},
-    "effect": {"enqueued": 4, "started": 4, "completed": 4},
+    "flaky": {"enqueued": 5, "started": 10, "retrying": 5, "complete": 5},
+    "doomed": {"enqueued": 3, "started": 6, "retrying": 3, "dead": 3},
+    "effect": {"enqueued": 4, "started": 4, "complete": 4},
 }
 PAYLOADS: dict[str, dict[str, Any]] = {
     "flaky": {"fail_times": 1},

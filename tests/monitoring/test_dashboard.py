@@ -172,7 +172,7 @@ def test_outcome_counters_start_at_zero_before_any_job(stack: Stack) -> None:
     worker = samples(
         httpx.get(f"{stack.workers[0].base_url}/metrics").text, "conveyor_jobs_finished_total"
     )
-    for outcome in ("success", "retry", "dead", "cancelled", "interrupted"):
+    for outcome in ("complete", "retrying", "dead", "cancelled", "interrupted"):
         labels = (("job", "doomed"), ("outcome", outcome), ("queue", "arq:queue"))
         assert worker.get(labels) == 0, (outcome, worker)
     api = samples(stack.http.get("/metrics").text, "conveyor_jobs_enqueued_total")

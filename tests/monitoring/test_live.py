@@ -147,7 +147,7 @@ def test_every_panel_has_data_and_failure_alerts_go_off(
 
     # The numbers on the dashboard are the workload's.
     success = prometheus.query(
-        f'sum(conveyor_jobs_finished_total{{namespace="{NAMESPACE}", outcome="success"}})'
+        f'sum(conveyor_jobs_finished_total{{namespace="{NAMESPACE}", outcome="complete"}})'
     )
     assert float(success[0]["value"][1]) == 2 * (EFFECTS + FLAKY)
     # The api reads queue depths from Redis when scraped: wait for a scrape after

@@ -1,10 +1,12 @@
-"""Per-minute history of each queue: what was enqueued, started, completed,
-retried, dead and cancelled, per job type, and how long started jobs waited.
+"""Per-minute history of each queue: how many jobs were enqueued and how many
+tries started and ended by each outcome (complete, retrying, dead, cancelled),
+per job type, and how long started jobs waited.
 
 Written by the lifecycle scripts where each change happens, one HINCRBY per
-event: submit.lua counts `enqueued`; finish.lua counts a try's outcome
-(`completed`, `retried`, `dead`, `cancelled`) and adds its queue wait (due to
-start) to `wait_ms`, in the minute the try ended. Every try that ran ends in
+event: submit.lua counts `enqueued`; finish.lua counts a try's outcome (named
+as the state it left the job in: jobs.TryOutcome) and adds its queue wait (due
+to start) to `wait_ms`, in the minute the try ended. A try a shutdown cut short
+(`interrupted`) does not count and is not in the history. Every try that ran ends in
 exactly one outcome, so `started` is their sum (a try is counted when it
 ends: the last few seconds lack the tries still running) and the queue
 latency of a minute is `wait_ms` / `started`. Keeping `started` apart would
@@ -30,19 +32,29 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from conveyor_core import keys
-from conveyor_core.jobs import now_ms
+from conveyor_core.jobs import TryOutcome, now_ms
 
 # Per-minute history is kept this long.
 HISTORY_TTL_S = 72 * 3600
-EVENTS = ("enqueued", "started", "completed", "retried", "dead", "cancelled")
-# The outcomes of a try that ran: `started` is their sum.
-OUTCOMES = ("completed", "retried", "dead", "cancelled")
+
+# The outcomes of a try that counts: `started` is their sum.
+OUTCOMES: tuple[str, ...] = tuple(o.value for o in TryOutcome if o is not TryOutcome.INTERRUPTED)
+EVENTS = ("enqueued", "started", *OUTCOMES)
+# Outcome names written before they were the states' names; minutes that hold
+# them (for the history's 72 h after an upgrade) read as today's names.
+FORMER_NAMES = {"completed": TryOutcome.COMPLETE.value, "retried": TryOutcome.RETRYING.value}
 MINUTE_MS = 60_000
 MAX_MINUTES = HISTORY_TTL_S // 60
 
 
 def history_key(queue: str, minute: int) -> str:
     return keys.queue_key(queue, f"history:{minute}")
+
+
+def parse_field(name: bytes | str) -> tuple[str, str]:
+    """A history field, `{job type}:{event}`, as (job type, event by today's name)."""
+    job_type, _, event = (name.decode() if isinstance(name, bytes) else name).rpartition(":")
+    return job_type, FORMER_NAMES.get(event, event)
 
 
 @dataclass(slots=True)
@@ -72,11 +84,12 @@ READ_CHUNK_MINUTES = 360
 def _minute(minute: int, raw: dict[bytes, bytes]) -> Minute:
     entry = Minute(minute)
     for name, value in raw.items():
-        job_type, _, event = name.decode().rpartition(":")
+        job_type, event = parse_field(name)
         if event == "wait_ms":
             entry.wait_ms[job_type] = int(value)
-        else:
-            entry.counts.setdefault(job_type, {})[event] = int(value)
+        else:  # a minute of an upgrade may hold an outcome under both names
+            counts = entry.counts.setdefault(job_type, {})
+            counts[event] = counts.get(event, 0) + int(value)
     for counts in entry.counts.values():
         if started := sum(counts.get(e, 0) for e in OUTCOMES):
             counts["started"] = started

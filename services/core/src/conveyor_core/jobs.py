@@ -30,10 +30,19 @@ TERMINAL_STATES = frozenset({JobState.COMPLETE, JobState.DEAD, JobState.CANCELLE
 # Dead jobs stay readable (and requeueable) this long.
 DEAD_RETENTION_S = 7 * 86_400
 
-# The stored state of a job that waits in arq's queue (until it is due, the
-# public state is `deferred`): what a record says after a requeue or a
-# shutdown put the job back. A job with no record yet is waiting too.
-WAITING = JobState.QUEUED.value
+
+class TryOutcome(StrEnum):
+    """How a try ended, named as the state it left the job in. The one set of
+    names for the end of a try: the metrics' `outcome` label, the history, the
+    digest's counts, the dashboard, the alerts, a job's attempts and its logs."""
+
+    COMPLETE = JobState.COMPLETE.value
+    RETRYING = JobState.RETRYING.value  # it failed; another try is due at next_try_at
+    DEAD = JobState.DEAD.value  # a permanent error or no tries left
+    CANCELLED = JobState.CANCELLED.value  # a client's cancel stopped it
+    # Not a state: a shutdown cut the try short, so the job is queued again
+    # and the try does not count. Only the metrics and logs show it.
+    INTERRUPTED = "interrupted"
 
 
 # Priorities: 0 runs first, 9 last; a job type's default unless it says otherwise.
@@ -43,8 +52,9 @@ LOWEST_PRIORITY = 9
 DEFAULT_PRIORITY = 5
 
 
-class WaitingReason(StrEnum):
-    """Why a queued (due) job has not started though a worker may be free."""
+class HoldReason(StrEnum):
+    """Why a job is held: due, yet not started though a worker may be free.
+    A job's `waiting_reason` (the api's name) is its hold reason."""
 
     PAUSED = "paused"  # its queue is paused
     LIMIT = "limit"  # its job type (or key) has as many jobs running as its limit allows
@@ -158,9 +168,10 @@ class JobPublic(BaseModel):
     attempts: list[Attempt] = Field(
         default_factory=list, description="Each finished try since the last requeue."
     )
-    waiting_reason: WaitingReason | None = Field(
+    waiting_reason: HoldReason | None = Field(
         default=None,
-        description="Why a queued job waits beyond a free worker: paused, limit or rate.",
+        description="Why a due job is held (not started though a worker may be free): its "
+        "queue is paused, or its type or key is at its running limit or its rate.",
     )
 
     @classmethod
@@ -174,19 +185,21 @@ class JobPublic(BaseModel):
         queue: str,
         max_tries: int,
         at_ms: int | None = None,
-        waiting_reason: WaitingReason | None = None,
+        waiting_reason: HoldReason | None = None,
         priority: int = DEFAULT_PRIORITY,
     ) -> "JobPublic":
         """Build from arq's job (payload, trace context), Conveyor's record (empty
         while the job waits for its first try) and the job's score in its queue."""
-        state = record.get("state") or WAITING
+        # No record yet: the job waits for its first try. A record says queued
+        # again after a requeue or a shutdown put the job back.
+        state = record.get("state") or JobState.QUEUED
         ready_at_ms = score_ms if score_ms is not None else _int(record.get("ready_at_ms"))
-        if state == WAITING:
+        if state == JobState.QUEUED:
             due = ready_at_ms <= (at_ms if at_ms is not None else now_ms())
             public_state = JobState.QUEUED if due else JobState.DEFERRED
         else:
             public_state = JobState(state)
-        # Due, yet not started: the jobs a waiting reason can apply to.
+        # Due, yet not started: the jobs a hold can apply to.
         due_to_start = public_state is JobState.QUEUED or (
             public_state is JobState.RETRYING
             and _int(record.get("next_try_at_ms")) <= (at_ms if at_ms is not None else now_ms())

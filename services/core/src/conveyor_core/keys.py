@@ -57,20 +57,21 @@ RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # call and starts nothing while it exists; resume deletes it and wakes workers.
 PAUSED_SUFFIX = "paused"
 # Flow control (flow.py), per queue, only for job types with limits:
-# a hash of waiting job id -> "job type\nkey", written at submit, removed when
+# a hash of queued job id -> "job type\nkey", written at submit, removed when
 # the job ends; sorted sets of running job ids per type (`running:{type}`) and
 # per key (`running-key:{type}:{key}`), scored by start time, updated by the
 # claim and by the transition out of in_progress, and self-healing (the claim
 # drops ids whose lock lapsed: a dead worker's); sorted sets of recent starts
 # per type (`starts:{type}`) and per key (`starts-key:{type}:{key}`), the
-# sliding window of a rate, expiring with it; a hash of what the claim
-# found blocked (type, or "type\nkey" -> limit or rate), read to say why a job
-# waits and to wake workers when a blocked type frees a slot; and for types
-# with a key, so that keys take turns: each key's waiting jobs
-# (`keyq:{type}:{key}`, scored as in arq's queue) and a list of the keys with
-# waiting jobs (`ring:{type}`), which the claim rotates. Each goes when empty.
+# sliding window of a rate, expiring with it; the holds: a hash of what the
+# claim found held (type, or "type\nkey" -> limit or rate), read to say why a
+# job is held (`waiting_reason`) and to wake workers when a held type frees a
+# slot (its Redis name, `waiting`, predates the word); and for types with a
+# key, so that keys take turns: each key's queued jobs (`keyq:{type}:{key}`,
+# scored as in arq's queue) and a list of the keys with queued jobs
+# (`ring:{type}`), which the claim rotates. Each goes when empty.
 FLOW_SUFFIX = "flow"
-WAITING_SUFFIX = "waiting"
+HELD_SUFFIX = "waiting"
 # List of mails caught by `make run`'s local mail catcher (local/mail_catcher.py),
 # newest first, bounded and expiring; never written in production.
 CAUGHT_MAIL_KEY = PREFIX + "dev:caught-mail"

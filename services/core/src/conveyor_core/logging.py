@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 
+from conveyor_core.logstream import TurnFlushingHandler
 from conveyor_core.redaction import FIELD_MAX_CHARS, bounded, clean, clean_traceback
 
 _bound: ContextVar[dict[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039
@@ -49,8 +51,16 @@ def bound(name: str) -> Any:
     return _bound.get().get(name)
 
 
-# One encoder for every line: json.dumps with `default` builds a new one per call.
+# For what orjson refuses (an int beyond 64 bits, a key that is not a string).
 _encoder = json.JSONEncoder(default=str)
+
+
+def encode(entry: Any) -> str:
+    """One compact JSON line; orjson writes one several times faster than json."""
+    try:
+        return orjson.dumps(entry, default=str).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _encoder.encode(entry)
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,7 +68,7 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.service = service
         # The timestamp's second, formatted once per second (the worker writes
-        # two lines per job: formatting a datetime for each costs a no-op job).
+        # a line per job: formatting a datetime for each costs a no-op job).
         self._second = -1
         self._second_text = ""
 
@@ -91,12 +101,12 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = clean_traceback(self.formatException(record.exc_info))
         _clean_fields(entry)
-        line = _encoder.encode(entry)
+        line = encode(entry)
         if len(line) > MAX_LINE_CHARS:  # a large structure: each such field as bounded text
             for key, value in entry.items():
                 if isinstance(value, dict | list | tuple):  # rare: the line is too long
-                    entry[key] = bounded(_encoder.encode(value))
-            line = _encoder.encode(entry)
+                    entry[key] = bounded(encode(value))
+            line = encode(entry)
         return line
 
 
@@ -136,7 +146,7 @@ _CLEAN_ALREADY = frozenset(
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines to stdout, where container runtimes collect them."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = TurnFlushingHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]

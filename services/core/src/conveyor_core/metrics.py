@@ -76,9 +76,9 @@ REDIS_MEMORY_MAX = Gauge(
 JOBS_STARTED = Counter("conveyor_jobs_started", "Job tries started.", ["job", "queue"])
 JOBS_FINISHED = Counter(
     "conveyor_jobs_finished",
-    "Job tries finished, by outcome: success; retry (failed, another try is scheduled); "
+    "Job tries finished, by outcome: complete; retrying (failed, another try is due); "
     "dead (a permanent error or no tries left: to the dead letters); cancelled; "
-    "interrupted (cut short by a shutdown: runs again, the try not counted).",
+    "interrupted (cut short by a shutdown: queued again, the try not counted).",
     ["job", "queue", "outcome"],
 )
 JOB_DURATION = Histogram(
@@ -112,8 +112,8 @@ QUEUE_PAUSED_SECONDS = Gauge(
 )
 JOBS_HELD = Gauge(
     "conveyor_jobs_held",
-    "Due jobs the worker's last claim passed over, by why: limit (a running limit of "
-    "their type or key) or rate (their type or key started as many as its rate allows).",
+    "Held jobs: due jobs the worker's last claim passed over, by why: limit (their type "
+    "or key is at its running limit) or rate (it started as many as its rate allows).",
     ["queue", "reason"],
 )
 WORKER_HEARTBEAT = Gauge(

@@ -25,14 +25,12 @@ from dataclasses import dataclass, field
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
-from conveyor_core.history import HISTORY_TTL_S, MAX_MINUTES, MINUTE_MS, history_key
-from conveyor_core.jobs import DEAD_RETENTION_S, now_ms
+from conveyor_core.history import HISTORY_TTL_S, MAX_MINUTES, MINUTE_MS, history_key, parse_field
+from conveyor_core.jobs import DEAD_RETENTION_S, TryOutcome, now_ms
 from conveyor_core.lua import lua_script
 
-# The outcomes counted per job type.
-OUTCOMES = ("complete", "retried", "dead")
-# The history's name of each (history.py).
-HISTORY_EVENTS = {"completed": "complete", "retried": "retried", "dead": "dead"}
+# The outcomes counted per job type, by the history's names for them.
+OUTCOMES: tuple[str, ...] = (TryOutcome.COMPLETE, TryOutcome.RETRYING, TryOutcome.DEAD)
 # The hash of a job module's own `{name}:{event}` counts since the last take.
 COUNTS_KEY = keys.STATS_PENDING
 # A take whose mark another take moved meanwhile reads again, at most this often.
@@ -43,7 +41,7 @@ TAKE_ATTEMPTS = 5
 class Counts:
     """What was counted between two takes."""
 
-    # name (a job type, or a module's own) -> event (complete, retried, dead, ...) -> count
+    # name (a job type, or a module's own) -> event (complete, retrying, dead, ...) -> count
     by_name: dict[str, dict[str, int]] = field(default_factory=dict)
     taken_at_ms: int = 0
 
@@ -68,9 +66,10 @@ def _outcomes(raw: dict[bytes, bytes]) -> dict[str, int]:
     """A history minute's outcome counts, as `{job type}:{outcome}` -> count."""
     out: dict[str, int] = {}
     for name, value in raw.items():
-        job_type, _, event = name.decode().rpartition(":")
-        if outcome := HISTORY_EVENTS.get(event):
-            out[f"{job_type}:{outcome}"] = int(value)
+        job_type, event = parse_field(name)
+        if event in OUTCOMES:  # an upgrade's minute may hold one under both names
+            field_name = f"{job_type}:{event}"
+            out[field_name] = out.get(field_name, 0) + int(value)
     return out
 
 
@@ -82,7 +81,11 @@ async def outcomes_since(
     first = int(str(mark.get("minute", current - MAX_MINUTES + 1)))
     first = max(first, current - MAX_MINUTES + 1)
     seen = mark.get("counts") if first == mark.get("minute") else {}
-    taken: dict[str, dict[str, int]] = seen if isinstance(seen, dict) else {}
+    taken: dict[str, dict[str, int]] = {
+        # A mark left before an upgrade names outcomes as the history did then.
+        queue: {":".join(parse_field(name)): n for name, n in counts.items()}
+        for queue, counts in (seen.items() if isinstance(seen, dict) else ())
+    }
     minutes = range(first, current + 1)
     async with redis.pipeline(transaction=False) as pipe:
         for queue in queues:

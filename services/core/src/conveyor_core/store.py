@@ -41,10 +41,10 @@ from conveyor_core.jobs import (
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
     TERMINAL_STATES,
+    HoldReason,
     JobError,
     JobPublic,
     JobState,
-    WaitingReason,
     now_ms,
 )
 from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS
@@ -218,7 +218,7 @@ class Claim:
     next_due_ms: float | None
     paused_at_ms: int | None = None
     # Due jobs this claim passed over, by why: a running limit, a rate.
-    held: dict[WaitingReason, int] = field(default_factory=dict)
+    held: dict[HoldReason, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +440,7 @@ def _parse_claim(reply: list[Any]) -> Claim:
         jobs,
         float(next_due) if next_due else None,
         int(paused_at) if paused_at else None,
-        {WaitingReason.LIMIT: held_limit, WaitingReason.RATE: held_rate},
+        {HoldReason.LIMIT: held_limit, HoldReason.RATE: held_rate},
     )
 
 
@@ -600,7 +600,7 @@ class JobStore:
                 queue,
                 keys.paused_key(queue),
                 keys.queue_key(queue, keys.FLOW_SUFFIX),
-                keys.queue_key(queue, keys.WAITING_SUFFIX),
+                keys.queue_key(queue, keys.HELD_SUFFIX),
             ],
             args=[
                 now_ms(),
@@ -945,7 +945,7 @@ class JobStore:
         priority, score_ms = (
             (DEFAULT_PRIORITY, None) if record else split_score(float(scores[where]))
         )
-        reason = WaitingReason.PAUSED if paused else None
+        reason = HoldReason.PAUSED if paused else None
         job = self._public(job_id, arq_job, record, where, score_ms, at_ms, reason, priority)
         return arq_job, job
 
@@ -973,7 +973,7 @@ class JobStore:
                     "\n"
                 )
                 fields = [job_type.name, *([f"{job_type.name}\n{key}"] if key else [])]
-                asked.append((i, keys.queue_key(job.queue, keys.WAITING_SUFFIX), fields))
+                asked.append((i, keys.queue_key(job.queue, keys.HELD_SUFFIX), fields))
         if not asked:
             return found
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -985,7 +985,7 @@ class JobStore:
             reason = next((r.decode() for r in reasons if r), None)
             item = out[i]
             if reason and item is not None:
-                update = {"waiting_reason": WaitingReason(reason)}
+                update = {"waiting_reason": HoldReason(reason)}
                 out[i] = (item[0], item[1].model_copy(update=update))
         return out
 
@@ -997,7 +997,7 @@ class JobStore:
         queue: str,
         score_ms: int | None,
         at_ms: int | None = None,
-        waiting_reason: WaitingReason | None = None,
+        waiting_reason: HoldReason | None = None,
         priority: int = DEFAULT_PRIORITY,
     ) -> JobPublic:
         job_type = self.catalog.get(arq_job.function) if arq_job else None

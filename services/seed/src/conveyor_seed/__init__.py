@@ -92,8 +92,8 @@ SEND_DIGEST = JobType(
     handler="conveyor_seed.jobs.scheduled:send_digest",
     retry=RetryPolicy(max_tries=5, backoff_base_s=5.0, backoff_cap_s=300.0),
     timeout_s=60.0,
-    description="Mail the operator the jobs completed, failed and dead per type since the last "
-    "digest, and the documents processed. Daily at 09:00 UTC unless CONVEYOR_DIGEST_SCHEDULE "
+    description="Mail the operator the tries complete, retrying and dead per job type since the "
+    "last digest, and the documents processed. Daily at 09:00 UTC unless CONVEYOR_DIGEST_SCHEDULE "
     "says otherwise.",
     schedules=as_schedules(_cron.digest_schedule),
 )

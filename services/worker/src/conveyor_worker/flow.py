@@ -5,7 +5,7 @@ rules keep the largest per queue. A worker claims at least once per idle poll,
 so the figures are at most that old.
 """
 
-from conveyor_core.jobs import WaitingReason, now_ms
+from conveyor_core.jobs import HoldReason, now_ms
 from conveyor_core.metrics import JOBS_HELD, QUEUE_PAUSED, QUEUE_PAUSED_SECONDS
 from conveyor_core.store import Claim
 
@@ -18,7 +18,7 @@ class ClaimMetrics:
     def __init__(self, queue: str) -> None:
         self.paused = QUEUE_PAUSED.labels(queue)
         self.paused_s = QUEUE_PAUSED_SECONDS.labels(queue)
-        self.held = {reason: JOBS_HELD.labels(queue, reason.value) for reason in WaitingReason}
+        self.held = {reason: JOBS_HELD.labels(queue, reason.value) for reason in HoldReason}
         self._last: tuple[int | None, tuple[int, ...]] | None = None
 
     def record(self, claim: Claim) -> None:

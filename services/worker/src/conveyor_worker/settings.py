@@ -10,8 +10,8 @@ from conveyor_core.settings import CatalogSettings, ObservabilitySettings, Redis
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_WORKER_", extra="ignore")
 
-    # DEBUG, INFO, WARNING, ERROR or CRITICAL; WARNING drops the two log lines
-    # of every job that succeeds.
+    # DEBUG, INFO, WARNING, ERROR or CRITICAL; DEBUG adds a `job start` line per
+    # try, WARNING drops the `job end` line of every try that completes.
     log_level: str = "INFO"
     # The queue this worker pool takes jobs from.
     queue: str = DEFAULT_QUEUE

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Gauge, Histogram
 
 from conveyor_core.catalog import JobType
-from conveyor_core.jobs import now_ms
+from conveyor_core.jobs import TryOutcome, now_ms
 from conveyor_core.logging import log_context
 from conveyor_core.metrics import (
     JOB_DURATION,
@@ -31,21 +31,28 @@ from conveyor_core.metrics import (
     JOBS_STARTED,
 )
 from conveyor_core.redaction import Redactor
-from conveyor_core.tracing import exemplar, extract, messaging_attributes, tracer
+from conveyor_core.tracing import (
+    MESSAGING_MESSAGE_ID,
+    exemplar,
+    extract,
+    messaging_attributes,
+    tracer,
+)
 
 logger = logging.getLogger("conveyor.jobs")
 
 
 class Outcome:
-    """How a try ended; the `outcome` label of conveyor_jobs_finished_total."""
+    """How a try ended (conveyor_core.jobs.TryOutcome): the `outcome` label of
+    conveyor_jobs_finished_total, the history's and the logs' name for it."""
 
-    SUCCESS = "success"  # the job is complete
-    RETRY = "retry"  # failed; the job is retrying: another try is due later
-    DEAD = "dead"  # a permanent error or no tries left: to the dead letters
-    CANCELLED = "cancelled"  # a client's cancel stopped it
-    INTERRUPTED = "interrupted"  # cut short by a shutdown; runs again, the try not counted
+    SUCCESS = TryOutcome.COMPLETE
+    RETRY = TryOutcome.RETRYING  # failed; another try is due later
+    DEAD = TryOutcome.DEAD  # a permanent error or no tries left: to the dead letters
+    CANCELLED = TryOutcome.CANCELLED  # a client's cancel stopped it
+    INTERRUPTED = TryOutcome.INTERRUPTED  # cut short by a shutdown; runs again, the try not counted
 
-    ALL = (SUCCESS, RETRY, DEAD, CANCELLED, INTERRUPTED)
+    ALL = tuple(TryOutcome)
 
 
 def declare_job_series(job_types: Iterable[JobType]) -> None:
@@ -62,29 +69,42 @@ def declare_job_series(job_types: Iterable[JobType]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class JobSeries:
-    """One job type's metric series, looked up once: `labels()` costs a lock and a
-    dict lookup per call, which a no-op job feels."""
+    """One job type's metric series and span constants, made once: `labels()`
+    costs a lock and a dict lookup per call, which a no-op job feels."""
 
     queue_wait: Histogram
     started: Counter
     in_progress: Gauge
     finished: dict[str, Counter]
     duration: dict[str, Histogram]
+    span_name: str
+    # The span attributes every try of the type has; a try adds its own.
+    attributes: dict[str, Any]
 
     @staticmethod
     @functools.cache
     def of(job: str, queue: str) -> "JobSeries":
+        attributes = messaging_attributes("process", queue, "", job)
+        del attributes[MESSAGING_MESSAGE_ID]
         return JobSeries(
             queue_wait=JOB_QUEUE_WAIT.labels(job, queue),
             started=JOBS_STARTED.labels(job, queue),
             in_progress=JOBS_IN_PROGRESS.labels(job, queue),
             finished={o: JOBS_FINISHED.labels(job, queue, o) for o in Outcome.ALL},
             duration={o: JOB_DURATION.labels(job, queue, o) for o in Outcome.ALL},
+            span_name=f"process {queue}",
+            attributes=attributes,
         )
 
 
 class JobObservation:
-    """A context manager around one try: set `outcome` (and `error`) before it exits."""
+    """A context manager around one try: set `outcome` (and `error`) before it exits.
+
+    What it costs is a share of every job's, so it does each thing once: the
+    span gets its attributes when it starts (but the outcome, known at the
+    end), the arguments are redacted once, the trace's exemplar is made once,
+    and one line at INFO tells the try's end (its start is at DEBUG).
+    """
 
     def __init__(
         self,
@@ -103,51 +123,48 @@ class JobObservation:
         self.meta = meta
         self.args = args
         self.redact = redact
-        self.outcome = Outcome.DEAD  # until told otherwise: an unexpected error
+        self.outcome: str = Outcome.DEAD  # until told otherwise: an unexpected error
         self.error: BaseException | None = None
         self._series = JobSeries.of(job_type.name, job_type.queue)
 
     def __enter__(self) -> "JobObservation":
-        queue = self.job_type.queue
+        series = self._series
+        # From when this try was due: a deliberate deferral or backoff is not waiting.
+        self._wait_s = wait_s = max(0.0, (now_ms() - self.due_ms) / 1000)
+        attributes = {
+            **series.attributes,
+            MESSAGING_MESSAGE_ID: self.job_id,
+            "conveyor.job.try": self.job_try,
+            "conveyor.queue_wait_s": wait_s,
+        }
+        request_id = self.meta.get("request_id")
+        if request_id:  # each attribute is encoded per span, in the export thread
+            attributes["conveyor.request_id"] = request_id
         self._span = tracer.start_span(
-            f"process {queue}",
+            series.span_name,
             context=extract(self.meta),
             kind=SpanKind.CONSUMER,
-            attributes=self._attributes(queue),
+            attributes=attributes,
         )
         self._context_token = context.attach(trace.set_span_in_context(self._span))
         self._log_context = log_context(
             job_id=self.job_id,
             job_name=self.job_type.name,
             job_try=self.job_try,
-            queue=queue,
-            request_id=self.meta.get("request_id"),
+            queue=self.job_type.queue,
+            request_id=request_id,
         )
         self._log_context.__enter__()
         self._started_s = time.monotonic()
-        # From when this try was due: a deliberate deferral or backoff is not waiting.
-        wait_s = max(0.0, (now_ms() - self.due_ms) / 1000)
-        self._span.set_attribute("conveyor.queue_wait_s", wait_s)
-        self._series.queue_wait.observe(wait_s, exemplar())
-        self._series.started.inc()
-        self._series.in_progress.inc()
-        logger.info(
-            "job start",
-            extra={"fields": {"args": self.redact(self.args), "queue_wait_s": round(wait_s, 4)}},
-        )
+        self._exemplar = exemplar()
+        series.queue_wait.observe(wait_s, self._exemplar)
+        series.started.inc()
+        series.in_progress.inc()
+        self._args = self.redact(self.args)
+        if logger.isEnabledFor(logging.DEBUG):
+            fields = {"args": self._args, "queue_wait_s": round(wait_s, 4)}
+            logger.debug("job start", extra={"fields": fields})
         return self
-
-    def _attributes(self, queue: str) -> dict[str, Any]:
-        """The span's attributes; a request id only when the job has one (each
-        attribute is encoded per span, in the export thread)."""
-        attributes: dict[str, Any] = {
-            **messaging_attributes("process", queue, self.job_id, self.job_type.name),
-            "messaging.message.delivery_count": self.job_try - 1,
-            "conveyor.job.try": self.job_try,
-        }
-        if request_id := self.meta.get("request_id"):
-            attributes["conveyor.request_id"] = request_id
-        return attributes
 
     def __exit__(
         self,
@@ -156,26 +173,29 @@ class JobObservation:
         tb: TracebackType | None,
     ) -> None:
         elapsed_s = time.monotonic() - self._started_s
-        error = self.error or (exc if self.outcome != Outcome.SUCCESS else None)
+        outcome = self.outcome
+        error = self.error or (exc if outcome != Outcome.SUCCESS else None)
         fields: dict[str, Any] = {
-            "outcome": self.outcome,
+            "outcome": outcome,
             "elapsed_s": round(elapsed_s, 4),
-            "args": self.redact(self.args),
+            "queue_wait_s": round(self._wait_s, 4),
+            "args": self._args,
         }
-        self._span.set_attribute("conveyor.job.outcome", self.outcome)
-        if error is not None and self.outcome not in (Outcome.CANCELLED, Outcome.INTERRUPTED):
+        span = self._span
+        span.set_attribute("conveyor.job.outcome", outcome)
+        if error is not None and outcome not in (Outcome.CANCELLED, Outcome.INTERRUPTED):
             fields["error"] = f"{type(error).__name__}: {error}"
-            self._span.record_exception(error)
-            self._span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        trace_exemplar = exemplar()
-        self._series.finished[self.outcome].inc(exemplar=trace_exemplar)
-        self._series.duration[self.outcome].observe(elapsed_s, trace_exemplar)
-        self._series.in_progress.dec()
-        calm = self.outcome in (Outcome.SUCCESS, Outcome.CANCELLED)
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        series = self._series
+        series.finished[outcome].inc()
+        series.duration[outcome].observe(elapsed_s, self._exemplar)
+        series.in_progress.dec()
+        calm = outcome in (Outcome.SUCCESS, Outcome.CANCELLED)
         logger.log(logging.INFO if calm else logging.WARNING, "job end", extra={"fields": fields})
         self._log_context.__exit__(None, None, None)
         context.detach(self._context_token)
-        self._span.end()
+        span.end()
 
 
 class Unobserved(JobObservation):

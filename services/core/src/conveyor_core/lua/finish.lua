@@ -66,13 +66,13 @@ else
   version = transition(rec, to, now, now + arg, fields, arg)
 end
 if to == 'queued' then redis.call('PUBLISH', K.wake .. rec.queue, id) end
--- History: a try that counts is counted by its outcome in the minute it
--- ended, with its queue wait (due to start); `started` is their sum.
+-- History: a try that counts is counted by its outcome, named as the state
+-- it left the job in, in the minute it ended, with its queue wait (due to
+-- start); `started` is their sum.
 if to ~= 'queued' and ARGV[5] ~= '' then
   local started = tonumber(rec.started) or now
   local wait = math.max(started - (tonumber(rec.ready) or started), 0)
   if wait > 0 then history(rec.queue, now, ARGV[5] .. ':wait_ms', wait) end
-  local event = to == 'complete' and 'completed' or (to == 'retrying' and 'retried' or to)
-  history(rec.queue, now, ARGV[5] .. ':' .. event, 1)
+  history(rec.queue, now, ARGV[5] .. ':' .. to, 1)
 end
 return fetched({1, version})

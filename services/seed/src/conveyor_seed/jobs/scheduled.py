@@ -25,7 +25,7 @@ DOCUMENTS, _, PROCESSED = DOCUMENTS_PROCESSED.partition(":")
 class DigestCounts:
     """What happened between two digests."""
 
-    # job type -> outcome (complete, retried tries, dead) -> count
+    # job type -> outcome (complete, retrying: tries that failed, dead) -> count
     jobs: dict[str, dict[str, int]] = field(default_factory=dict)
     documents_processed: int = 0
     taken_at_ms: int = 0
@@ -49,8 +49,8 @@ def render_digest(counts: DigestCounts, at: datetime) -> str:
     header = "job type".ljust(width) + "".join(f"{o:>10}" for o in OUTCOMES)
     lines = [
         f"Conveyor digest, {at:%Y-%m-%d %H:%M:%S} UTC",
-        "What happened since the previous digest. 'retried' counts tries that",
-        "failed and were retried; 'dead' counts jobs that gave up.",
+        "What happened since the previous digest. 'retrying' counts tries that",
+        "failed and were to be tried again; 'dead' counts jobs that gave up.",
         "",
         header,
     ]
@@ -71,8 +71,9 @@ async def send_digest(ctx: JobContext, payload: ScheduledRun) -> dict[str, Any]:
     counts = await take_digest_counts(ctx)
     at = datetime.fromtimestamp(counts.taken_at_ms / 1000, tz=UTC)
     subject = (
-        f"Conveyor digest: {counts.total('complete')} complete, {counts.total('retried')} retried, "
-        f"{counts.total('dead')} dead, {counts.documents_processed} documents"
+        f"Conveyor digest: {counts.total('complete')} complete, "
+        f"{counts.total('retrying')} retrying, {counts.total('dead')} dead, "
+        f"{counts.documents_processed} documents"
     )
     sent = await flow.mailer.send_once(
         f"send_digest:{ctx.job_id}",

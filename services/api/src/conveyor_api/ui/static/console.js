@@ -9,7 +9,7 @@ import { shortId, stateLabel, time } from "./format.js";
 
 const REFRESH_S = 3;
 const HISTORY_MINUTES = 60;
-const SERIES = ["enqueued", "completed", "retried", "dead"];
+const SERIES = ["enqueued", "complete", "retrying", "dead"];
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = { admin: false, filter: {}, cursor: null, preview: null, bulkId: null };

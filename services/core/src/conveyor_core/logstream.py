@@ -1,0 +1,38 @@
+"""Where log lines go: stdout, flushed once per turn of the event loop.
+
+A StreamHandler flushes after every line, one write to the pipe per line: on
+a worker running small jobs flat out that write is a large share of what a
+log line costs. Here a line is written to the stream's buffer at once and the
+buffer is flushed at the end of the event loop's current turn, so a busy turn
+writes all its lines in one go and no line waits longer than that turn. Lines
+from a thread without a running loop (an exporter's, or a process before its
+loop starts) are flushed at once, as StreamHandler does; what is buffered at
+exit is flushed by logging's own shutdown.
+"""
+
+import asyncio
+import logging
+from typing import TextIO
+
+
+class TurnFlushingHandler(logging.StreamHandler[TextIO]):
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        # The loop a flush is due on; a loop that stopped before its turn
+        # ended is not waited for.
+        self._due_on: asyncio.AbstractEventLoop | None = None
+
+    def flush(self) -> None:
+        """Called after each line (and by logging's shutdown)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: now
+            super().flush()
+            return
+        if self._due_on is not loop:
+            self._due_on = loop
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._due_on = None
+        super().flush()

@@ -1,0 +1,74 @@
+"""Log lines reach the stream by the end of the loop's turn, one flush per turn."""
+
+import asyncio
+import io
+import logging
+
+from conveyor_core.logstream import TurnFlushingHandler
+
+
+class Pipe(io.StringIO):
+    """A stream that keeps only what was flushed, as a pipe's reader sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed = ""
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushed = self.getvalue()
+        self.flushes += 1
+
+
+def logger_to(stream: Pipe) -> logging.Logger:
+    logger = logging.getLogger(f"test.logstream.{id(stream)}")
+    logger.propagate = False
+    logger.handlers[:] = [TurnFlushingHandler(stream)]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+async def test_a_turns_lines_are_flushed_together_at_its_end() -> None:
+    pipe = Pipe()
+    logger = logger_to(pipe)
+    for n in range(3):
+        logger.info("line %d", n)
+    assert pipe.flushed == ""  # still this turn
+    await asyncio.sleep(0)
+    assert pipe.flushed == "line 0\nline 1\nline 2\n"
+    assert pipe.flushes == 1
+    logger.info("next turn")
+    await asyncio.sleep(0)
+    assert pipe.flushed.endswith("next turn\n")
+    assert pipe.flushes == 2
+
+
+def test_without_a_running_loop_each_line_is_flushed_at_once() -> None:
+    pipe = Pipe()
+    logger = logger_to(pipe)
+    logger.info("one")
+    assert pipe.flushed == "one\n"
+
+
+def test_a_loop_that_stopped_mid_turn_does_not_hold_the_next_loops_lines() -> None:
+    pipe = Pipe()
+    logger = logger_to(pipe)
+
+    async def log_and_stop(message: str) -> None:
+        logger.info(message)
+        asyncio.get_running_loop().stop()  # the flush's turn never comes
+
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(log_and_stop("first"))
+        loop.run_forever()
+        assert task.done()
+    finally:
+        loop.close()
+
+    async def log(message: str) -> None:
+        logger.info(message)
+        await asyncio.sleep(0)
+
+    asyncio.run(log("second"))
+    assert pipe.flushed == "first\nsecond\n"
