@@ -3,7 +3,7 @@
 -- Depth of one queue by state, and the oldest ready job's due time.
 -- arq keeps running jobs in the queue until they finish, so they are taken out
 -- of "ready" here, as are due retries; the scan for the oldest ready job is
--- bounded by how many run. Each priority is a band of scores (see store.py,
+-- bounded by how many run. Each priority is a band of scores (see scores.py,
 -- queue_score): due and later are counted per band.
 --
 -- KEYS: 1 queue, 2 in_progress index, 3 retrying index, 4 dead index, 5 paused flag

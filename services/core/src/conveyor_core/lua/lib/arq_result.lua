@@ -6,7 +6,7 @@
 -- re-encoded (cjson would round numbers), and becomes the result key: the
 -- payload and the result are each stored once, in it, for as long as the
 -- record lives; the hash keeps neither. Reads take a finished job's payload
--- and result from it (read.lua, store.py).
+-- and result from it (read.lua, store/reads.py).
 --
 -- `r` is the result JSON (complete), the error object (dead: the record's
 -- error, {type, message, traceback}) or a CancelledError (cancelled), which

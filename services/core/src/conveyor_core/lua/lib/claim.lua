@@ -17,7 +17,7 @@
 -- pending is cancelled here, not started. A paused queue starts nothing, and
 -- the next due time is left out: its workers sleep until resume wakes them.
 --
--- Priorities are bands of scores (see store.py, queue_score): the scan reads
+-- Priorities are bands of scores (see scores.py, queue_score): the scan reads
 -- arq's queue in score order, highest priority first; the first entry of a
 -- band that is not due yet is that band's next due time, and the scan jumps to
 -- the next band (a lookup of its first entry). A queue of one priority costs

@@ -3,7 +3,7 @@
 -- A score as Redis should read it: an integer, never in exponent notation.
 local function fmt(n) return string.format('%.0f', n) end
 
--- Priorities are bands of scores in arq's queue (see store.py, queue_score):
+-- Priorities are bands of scores in arq's queue (see scores.py, queue_score):
 -- the lowest score of a priority's band, and the priority of a score.
 local function band_base(priority) return (priority - K.default_priority) * K.band_ms end
 local function priority_of(score)

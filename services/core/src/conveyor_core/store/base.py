@@ -1,0 +1,52 @@
+"""The parts of the store share one Redis client, one catalog and the scripts."""
+
+from collections.abc import Awaitable, Callable
+
+from arq.connections import ArqRedis
+
+from conveyor_core.catalog import Catalog, load_catalog
+from conveyor_core.flow import claim_limits
+from conveyor_core.lua import lua_script
+
+
+class StoreBase:
+    """The store's connection, catalog and scripts, which every part shares."""
+
+    def __init__(
+        self,
+        redis: ArqRedis,
+        catalog: Catalog | None = None,
+        *,
+        admit: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.catalog = catalog or load_catalog()
+        # Awaited before each submit; raises to refuse it (the api's: not while
+        # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
+        self._admit = admit
+        script = redis.register_script
+        self._submit = script(lua_script("submit"))
+        self._claim = script(lua_script("claim"))
+        self._finish = script(lua_script("finish"))
+        # The same end of a try that also claims (finish and fetch) adds data:
+        # without allow-oom, so a full Redis refuses it whole (then the try ends
+        # with no claim, as a full Redis refuses claims).
+        self._finish_and_fetch = script(lua_script("finish", shebang="#!lua"))
+        self._settle = script(lua_script("settle"))
+        self._progress = script(lua_script("progress"))
+        self._renew = script(lua_script("renew"))
+        self._cancel = script(lua_script("cancel"))
+        self._requeue = script(lua_script("requeue"))
+        self._trim = script(lua_script("trim"))
+        self._page = script(lua_script("page"))
+        self._read_one = script(lua_script("read"))
+        self._queue_stats = script(lua_script("queue_stats"))
+        self._pause = script(lua_script("pause"))
+        self._bulk = script(lua_script("bulk"))
+        # Per queue: its limited job types as the claim reads them ('' for none).
+        self._claim_limits = {
+            queue: claim_limits(
+                (t.name, t.limits) for t in self.catalog.for_queue(queue) if t.limits
+            )
+            for queue in self.catalog.queues()
+        }

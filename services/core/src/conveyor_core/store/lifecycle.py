@@ -1,0 +1,377 @@
+"""Every change of a job's state: submit, claim, the end of a try, progress,
+lock renewal, cancel and requeue; each one Lua script built on the one
+transition (lua/lib/transition.lua)."""
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from arq.constants import job_key_prefix, result_key_prefix
+from redis.exceptions import OutOfMemoryError
+
+from conveyor_core import keys
+from conveyor_core.catalog import JobType
+from conveyor_core.flow import flow_entry
+from conveyor_core.jobs import (
+    DEAD_RETENTION_S,
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    JobPublic,
+    JobState,
+    now_ms,
+)
+from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS
+from conveyor_core.ratelimit import RateLimit
+from conveyor_core.scores import PRIORITIES, queue_score
+from conveyor_core.store.fields import _flatten, _pairs
+from conveyor_core.store.reads import Reads
+from conveyor_core.store.results import (
+    Claim,
+    Ended,
+    NextJobs,
+    Quota,
+    Reported,
+    Submitted,
+    _parse_claim,
+    claim_nonce,
+)
+from conveyor_core.store.wire import SUBMITTED_BY, ArqJob
+
+# A submit over its key's quota checks at most this many of the key's
+# outstanding jobs for ones that ended (lua/submit.lua).
+QUOTA_PRUNE_PER_CALL = 16
+
+
+class Lifecycle(Reads):
+    """What writes a job's state."""
+
+    async def admit(self) -> None:
+        """Raise unless a job may be acknowledged now (the `admit` given, if any).
+        Every submit asks; a route that writes other data first asks before that."""
+        if self._admit is not None:
+            await self._admit()
+
+    async def submit(
+        self,
+        job_type: JobType,
+        job_id: str,
+        payload: dict[str, Any],
+        *,
+        ready_at_ms: int,
+        meta: dict[str, str],
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+        rate_limit: RateLimit | None = None,
+        priority: int | None = None,
+        id_may_repeat: bool = False,
+        quota: Quota | None = None,
+    ) -> Submitted:
+        """Enqueue the job as arq would, unless its Idempotency-Key names one
+        already, or the caller's `rate_limit` or `quota` refuses it (in the
+        same step). An Idempotency-Key is the submitting api key's own
+        (`meta["submitted_by"]`).
+
+        An id the caller chose (`id_may_repeat`: a scheduled run's, one per
+        tick) is refused while its job lives, also once it finished (when its
+        job key became arq's result key); a fresh random id needs no check.
+
+        Its score is its due time in its priority's band (the job type's
+        priority unless `priority` is given). The store's `admit` may refuse it first."""
+        await self.admit()
+        at_ms = now_ms()
+        priority = job_type.priority if priority is None else priority
+        if priority not in PRIORITIES:
+            raise ValueError(
+                f"priority must be {HIGHEST_PRIORITY} (highest) to {LOWEST_PRIORITY} (lowest), "
+                f"not {priority!r}"
+            )
+        if idempotency_key:
+            meta = {**meta, "idempotency_key": idempotency_key}
+        job = ArqJob(job_type.name, payload, meta, at_ms)
+        idem_key = (
+            keys.idempotency_key(job_type.name, idempotency_key, meta.get(SUBMITTED_BY))
+            if idempotency_key
+            else ""
+        )
+        status, *existing = await self._submit(
+            keys=[
+                job_key_prefix + job_id,
+                result_key_prefix + job_id if id_may_repeat else "",
+                job_type.queue,
+                idem_key,
+                keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
+                rate_limit.key if rate_limit else "",
+                keys.job_key(meta["parent_id"]) if meta.get("parent_id") else "",
+                quota.key if quota else "",
+            ],
+            args=[
+                job_id,
+                job.encode(),
+                queue_score(priority, ready_at_ms),
+                max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS,  # a past run_at: due now
+                f"{job_id} {fingerprint}",
+                math.ceil(job_type.keep_result_s),
+                keys.wake_channel(job_type.queue),
+                flow_entry(job_type.name, job_type.limits, payload),
+                rate_limit.interval_us if rate_limit else 0,
+                rate_limit.burst if rate_limit else 0,
+                job_type.name,
+                at_ms,
+                quota.max_jobs if quota else 0,
+                QUOTA_PRUNE_PER_CALL,
+            ],
+        )
+        if status == b"over_quota":
+            return Submitted(job_id, False, over_quota=True)
+        if status == b"limited":
+            return Submitted(job_id, False, retry_after_s=int(existing[0]) / 1_000_000)
+        if status == b"exists":
+            existing_id, _, existing_fingerprint = existing[0].decode().partition(" ")
+            return Submitted(existing_id, False, existing_fingerprint == fingerprint)
+        if status == b"duplicate":
+            return Submitted(job_id, False)
+        record = JobPublic.from_parts(
+            job_id,
+            job,
+            {},
+            score_ms=ready_at_ms,
+            queue=job_type.queue,
+            max_tries=job_type.retry.max_tries,
+            at_ms=at_ms,
+            priority=priority,
+        )
+        return Submitted(job_id, True, job=record)
+
+    async def claim(
+        self,
+        queue: str,
+        wanted: int,
+        *,
+        lock_ttl_ms: int,
+        cancelled_retention_ms: int,
+        scan_limit: int,
+    ) -> Claim:
+        """Lock and start up to `wanted` due jobs; also say when the next one falls due."""
+        reply = await self._claim(
+            keys=[
+                queue,
+                keys.paused_key(queue),
+                keys.queue_key(queue, keys.FLOW_SUFFIX),
+                keys.queue_key(queue, keys.HELD_SUFFIX),
+            ],
+            args=[
+                now_ms(),
+                lock_ttl_ms,
+                wanted,
+                scan_limit,
+                cancelled_retention_ms,
+                self._claim_limits.get(queue, ""),
+                claim_nonce(),
+            ],
+        )
+        return _parse_claim(reply)
+
+    async def _end_try(
+        self,
+        job_type: JobType,
+        job_id: str,
+        state: JobState,
+        score: float,
+        next_jobs: NextJobs | None = None,
+        token: str = "",
+        **fields: Any,
+    ) -> Ended:
+        """One end of a try. With the try's `token` (the worker always gives it), a
+        stale try's end is refused whole: `Ended.stale`, nothing moved or claimed."""
+        fetch = next_jobs.fetch() if next_jobs is not None else None
+        args: list[Any] = [job_id, state.value, now_ms(), math.ceil(score), job_type.name, token]
+        fields_ = _flatten(fields)
+        reply: list[Any] | None = None
+        if fetch is not None:
+            limits = self._claim_limits.get(job_type.queue, "")
+            fetch_args: list[Any] = [fetch.wanted, fetch.lock_ttl_ms, fetch.scan_limit]
+            fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
+            with contextlib.suppress(OutOfMemoryError):
+                reply = await self._finish_and_fetch(
+                    keys=[job_type.queue], args=[*args, *fetch_args, *fields_]
+                )
+        if reply is None:
+            reply = await self._finish(
+                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", "", *fields_]
+            )
+        moved, state_now, *claim = reply
+        stale = not moved and state_now == b"stale"
+        ended = Ended(bool(moved), _parse_claim(claim) if claim else None, stale)
+        if next_jobs is not None and ended.claim is not None:
+            next_jobs.take(ended.claim)
+        return ended
+
+    async def complete(
+        self,
+        job_type: JobType,
+        job_id: str,
+        result_json: str,
+        next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
+    ) -> Ended:
+        at_ms = now_ms()
+        retention_ms = job_type.keep_result_s * 1000
+        return await self._end_try(
+            job_type,
+            job_id,
+            JobState.COMPLETE,
+            retention_ms,
+            next_jobs,
+            token,
+            finished_at_ms=at_ms,
+            result=result_json,
+            error="",
+            progress=100,
+        )
+
+    async def retry_later(
+        self,
+        job_type: JobType,
+        job_id: str,
+        due_ms: int,
+        error_json: str,
+        next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
+    ) -> Ended:
+        return await self._end_try(
+            job_type,
+            job_id,
+            JobState.RETRYING,
+            due_ms,
+            next_jobs,
+            token,
+            next_try_at_ms=due_ms,
+            error=error_json,
+        )
+
+    async def dead(
+        self,
+        job_type: JobType,
+        job_id: str,
+        error_json: str,
+        next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
+    ) -> Ended:
+        return await self._end_try(
+            job_type,
+            job_id,
+            JobState.DEAD,
+            DEAD_RETENTION_S * 1000,
+            next_jobs,
+            token,
+            finished_at_ms=now_ms(),
+            next_try_at_ms="",
+            error=error_json,
+        )
+
+    async def cancelled(self, job_type: JobType, job_id: str, *, token: str = "") -> Ended:
+        """A running job's cancel took effect."""
+        return await self._end_try(
+            job_type,
+            job_id,
+            JobState.CANCELLED,
+            job_type.keep_result_s * 1000,
+            token=token,
+            finished_at_ms=now_ms(),
+        )
+
+    async def put_back(self, job_type: JobType, job_id: str, *, token: str = "") -> Ended:
+        """A shutdown cut the try short: due again now, and the try does not count."""
+        at_ms = now_ms()
+        return await self._end_try(
+            job_type, job_id, JobState.QUEUED, at_ms, token=token, ready_at_ms=at_ms
+        )
+
+    async def settle_unstarted(
+        self,
+        queue: str,
+        job_id: str,
+        error_json: str,
+        cancelled_retention_ms: int,
+        *,
+        token: str = "",
+    ) -> str:
+        """A claimed job that cannot run (its data gone or not valid, its type
+        unknown here): cancelled if a cancel was pending, else dead; '' if not in
+        progress, 'stale' if the try's token is no longer the record's."""
+        state = await self._settle(
+            keys=[queue],
+            args=[
+                job_id,
+                now_ms(),
+                DEAD_RETENTION_S * 1000,
+                cancelled_retention_ms,
+                error_json,
+                token,
+            ],
+        )
+        return state.decode() if isinstance(state, bytes) else str(state)
+
+    async def report_progress(
+        self, job_id: str, percent: int, message: str, *, token: str = ""
+    ) -> Reported:
+        """Record a running job's progress; with the try's `token`, a stale try's
+        report is refused."""
+        done = await self._progress(
+            keys=[keys.job_key(job_id)],
+            args=[percent, message, keys.events_channel(job_id), token],
+        )
+        return Reported(int(done))
+
+    async def renew_locks(self, tries: Sequence[tuple[str, str]], lock_ttl_ms: int) -> list[str]:
+        """Renew the locks of running tries, (job id, token) each, in one call;
+        returns the ids of the stale ones (their token is no longer the record's),
+        whose locks were left alone."""
+        if not tries:
+            return []
+        stale = await self._renew(
+            keys=[], args=[lock_ttl_ms, *(part for pair in tries for part in pair)]
+        )
+        return [job_id.decode() for job_id in stale]
+
+    async def cancel(self, job_id: str) -> tuple[str, JobPublic | None]:
+        """'missing', the final state it was in, 'cancelling', 'cancel_requested' (asked
+        before) or 'cancelled_now', and the record."""
+        found = await self._read(job_id)
+        if found is None:
+            return "missing", None
+        arq_job, job = found
+        job_type = self.catalog.get(job.job_type)
+        retention_s = job_type.keep_result_s if job_type else DEAD_RETENTION_S
+        outcome, flat = await self._cancel(
+            keys=[job.queue], args=[job_id, now_ms(), math.ceil(retention_s * 1000)]
+        )
+        if not flat:
+            return "missing", None
+        return outcome.decode(), self._public(job_id, arq_job, _pairs(flat), job.queue, None)
+
+    async def requeue(self, job_id: str, meta: dict[str, str]) -> tuple[str, JobPublic | None]:
+        """'requeued' and the record as requeued, or 'missing' or the state it was in."""
+        found = await self._read(job_id)
+        if found is None:
+            return "missing", None
+        arq_job, job = found
+        if job.state is not JobState.DEAD:
+            return job.state.value, job
+        if arq_job is None or arq_job.function not in self.catalog:
+            return "unknown_type", job
+        at_ms = now_ms()
+        if submitted_by := arq_job.meta.get(SUBMITTED_BY):  # still the same key's job
+            meta = {**meta, SUBMITTED_BY: submitted_by}
+        again = ArqJob(arq_job.function, arq_job.payload, meta, at_ms)
+        outcome, flat = await self._requeue(
+            keys=[job.queue, job_key_prefix + job_id, result_key_prefix + job_id],
+            args=[job_id, at_ms, again.encode()],
+        )
+        if not flat:
+            return "missing", None
+        return outcome.decode(), self._public(job_id, again, _pairs(flat), job.queue, None)
