@@ -23,7 +23,7 @@ async def minute_reads(redis: ArqRedis) -> int:
 
 async def test_a_reader_asks_redis_for_each_final_minute_once(redis: ArqRedis) -> None:
     minute = now_ms() // MINUTE_MS
-    await redis.hset(history_key(QUEUE, minute - 30), mapping={"t:completed": 3, "t:wait_ms": 90})  # type: ignore[misc]
+    await redis.hset(history_key(QUEUE, minute - 30), mapping={"t:complete": 3, "t:wait_ms": 90})  # type: ignore[misc]
     await redis.hset(history_key(QUEUE, minute), mapping={"t:enqueued": 1})  # type: ignore[misc]
     reader = HistoryReader(redis)
 
@@ -31,7 +31,7 @@ async def test_a_reader_asks_redis_for_each_final_minute_once(redis: ArqRedis) -
     first = await reader.read(QUEUE, 60)
     assert await minute_reads(redis) - before == 60
     assert [m.minute for m in first] == list(range(minute - 59, minute + 1))
-    assert first[-31].counts == {"t": {"completed": 3, "started": 3}}
+    assert first[-31].counts == {"t": {"complete": 3, "started": 3}}
     assert first[-31].mean_wait_ms() == 30
     assert [(m.counts, m.wait_ms) for m in first] == [
         (m.counts, m.wait_ms) for m in await read_history(redis, QUEUE, 60)

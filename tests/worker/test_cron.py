@@ -163,13 +163,13 @@ async def test_scheduled_runs_enter_through_submit_with_their_limit_and_priority
     assert second.started_at is not None
     assert second.started_at >= first.finished_at
     assert second.started_at.timestamp() * 1000 > int(run_ids[1].rpartition(":")[2]) + 100
-    # Each run is in the history: enqueued (through submit) and completed.
+    # Each run is in the history: enqueued (through submit) and complete.
     counts: Counter[str] = Counter()
     for key in await redis.keys("conveyor:{arq:queue}:history:*"):
         for field, value in (await redis.hgetall(key)).items():  # type: ignore[misc]
             counts[field.decode()] += int(value)
     assert counts["ticking:enqueued"] >= 2
-    assert counts["ticking:completed"] >= 2
+    assert counts["ticking:complete"] >= 2
 
 
 def test_a_schedule_on_a_type_whose_payload_needs_fields_is_refused(redis: ArqRedis) -> None:
