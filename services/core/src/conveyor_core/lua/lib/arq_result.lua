@@ -5,12 +5,13 @@
 -- the outcome spliced on (s, r, st, ft, q) as text, never decoded and
 -- re-encoded (cjson would round numbers), and becomes the result key: the
 -- payload and the result are each stored once, in it, for as long as the
--- record lives; the hash keeps neither. Reads take a finished job's payload
+-- record lives; the hash keeps neither (a dead job's error stays in the hash). Reads take a finished job's payload
 -- and result from it (read.lua, store/reads.py).
 --
--- `r` is the result JSON (complete), the error object (dead: the record's
--- error, {type, message, traceback}) or a CancelledError (cancelled), which
--- conveyor_core.serializer's deserializer turns back into exceptions.
+-- `r` is the result JSON (complete), the error's type and message (dead: the
+-- record keeps the whole error, traceback included, as a job's last error) or a
+-- CancelledError (cancelled), which conveyor_core.serializer's deserializer
+-- turns back into exceptions.
 
 local JOB_JSON_START = '{"t":'
 
@@ -41,8 +42,15 @@ local function arq_finish(rec, to, now, ttl_ms, fields)
     r, fields = take_field(fields, 'result')
     r = (r and r ~= '') and r or 'null'
   elseif to == 'dead' then
-    r, fields = take_field(fields, 'error')
-    r = (r and r ~= '') and r or '{"type":"Error","message":""}'
+    -- The error stays in the record too (a job's last error, which listings
+    -- filter on); arq's client gets its type and message, not the traceback.
+    local error_json = take_field(fields, 'error')
+    local ok, e = pcall(cjson.decode, error_json or '')
+    if ok and type(e) == 'table' and type(e.type) == 'string' then
+      r = cjson.encode({type = e.type, message = type(e.message) == 'string' and e.message or ''})
+    else
+      r = '{"type":"Error","message":""}'
+    end
   else
     r = '{"type":"CancelledError","message":""}'
   end
