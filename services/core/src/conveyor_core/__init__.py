@@ -20,6 +20,7 @@ from conveyor_core.context import AnyHandler, JobContext, JobHandler
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceNotOpenError, ResourceScope
 from conveyor_core.schedule import InvalidScheduleError, Schedule
+from conveyor_core.snooze import RateLimited, Snooze
 from conveyor_core.store import JobStore, Submitted
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "JobStore",
     "JobType",
     "PermanentJobError",
+    "RateLimited",
     "RecordId",
     "Resource",
     "ResourceNotOpenError",
@@ -40,5 +42,6 @@ __all__ = [
     "RetryPolicy",
     "Schedule",
     "ScheduledRun",
+    "Snooze",
     "Submitted",
 ]

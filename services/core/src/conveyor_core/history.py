@@ -1,9 +1,9 @@
 """Per-minute history of each queue: what was enqueued, started, completed,
-retried, dead and cancelled, per job type, and how long started jobs waited.
+retried, snoozed, dead and cancelled, per job type, and how long started jobs waited.
 
 Written by the lifecycle scripts where each change happens, one HINCRBY per
 event: submit.lua counts `enqueued`; finish.lua counts a try's outcome
-(`completed`, `retried`, `dead`, `cancelled`) and adds its queue wait (due to
+(`completed`, `retried`, `snoozed`, `dead`, `cancelled`) and adds its queue wait (due to
 start) to `wait_ms`, in the minute the try ended. Every try that ran ends in
 exactly one outcome, so `started` is their sum (a try is counted when it
 ends: the last few seconds lack the tries still running) and the queue
@@ -14,8 +14,8 @@ Layout (keys.py): `conveyor:{queue}:history:{minute}` (minute = Unix ms //
 60,000), a hash of `{job type}:{event}` -> count (`wait_ms`: the sum of queue
 waits, due to start, of the tries started that minute), expiring
 HISTORY_TTL_S (72 h) after its first write. So a queue holds at most 4,320
-such hashes, each of at most 6 fields per job type: about
-4,320 x (90 + 6 x 35 x job types) bytes: under 1 MB per job type of the
+such hashes, each of at most 7 fields per job type: about
+4,320 x (90 + 7 x 35 x job types) bytes: under 1 MB per job type of the
 queue at the most (a small hash is a listpack in Redis), whatever the job rate.
 """
 
@@ -28,9 +28,9 @@ from conveyor_core.jobs import now_ms
 
 # Per-minute history is kept this long.
 HISTORY_TTL_S = 72 * 3600
-EVENTS = ("enqueued", "started", "completed", "retried", "dead", "cancelled")
+EVENTS = ("enqueued", "started", "completed", "retried", "snoozed", "dead", "cancelled")
 # The outcomes of a try that ran: `started` is their sum.
-OUTCOMES = ("completed", "retried", "dead", "cancelled")
+OUTCOMES = ("completed", "retried", "snoozed", "dead", "cancelled")
 MINUTE_MS = 60_000
 MAX_MINUTES = HISTORY_TTL_S // 60
 

@@ -51,6 +51,7 @@ from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS
 from conveyor_core.lua import lua_script
 from conveyor_core.ratelimit import RateLimit
 from conveyor_core.scores import PRIORITIES, band_range, queue_score, split_score
+from conveyor_core.snooze import Hold
 
 # The reserved job kwarg: Conveyor's metadata (trace context, request id,
 # idempotency key).
@@ -64,6 +65,8 @@ TRIM_BATCH = 10_000
 QUOTA_PRUNE_PER_CALL = 16
 # The job's metadata field that names the api key that submitted it.
 SUBMITTED_BY = "submitted_by"
+# finish.lua's end of a try that does not count and leaves the job retrying.
+SNOOZED = "snoozed"
 # A bulk action's Lua call acts on at most this many jobs.
 BULK_BATCH_MAX = 500
 BULK_ACTIONS = ("cancel", "requeue", "delete")
@@ -217,7 +220,7 @@ class Claim:
     jobs: list[Claimed]
     next_due_ms: float | None
     paused_at_ms: int | None = None
-    # Due jobs this claim passed over, by why: a running limit, a rate.
+    # Due jobs this claim passed over, by why: a running limit, a rate, a hold.
     held: dict[WaitingReason, int] = field(default_factory=dict)
 
 
@@ -398,7 +401,7 @@ def _waiting(job: JobPublic) -> bool:
 
 def _parse_claim(reply: list[Any]) -> Claim:
     """A claim's reply (claim.lua, or finish.lua's after the end of a try)."""
-    claimed, next_due, paused_at, (held_limit, held_rate) = reply
+    claimed, next_due, paused_at, (held_limit, held_rate, held_hold) = reply
     rows = iter(claimed)
     jobs = [
         Claimed(job_id.decode(), int(float(score)), int(job_try), token.decode(), job or None)
@@ -408,7 +411,11 @@ def _parse_claim(reply: list[Any]) -> Claim:
         jobs,
         float(next_due) if next_due else None,
         int(paused_at) if paused_at else None,
-        {WaitingReason.LIMIT: held_limit, WaitingReason.RATE: held_rate},
+        {
+            WaitingReason.LIMIT: held_limit,
+            WaitingReason.RATE: held_rate,
+            WaitingReason.HELD: held_hold,
+        },
     )
 
 
@@ -586,16 +593,18 @@ class JobStore:
         self,
         job_type: JobType,
         job_id: str,
-        state: JobState,
+        state: JobState | str,
         score: float,
         next_jobs: NextJobs | None = None,
         token: str = "",
+        hold: str = "",
         **fields: Any,
     ) -> Ended:
         """One end of a try. With the try's `token` (the worker always gives it), a
         stale try's end is refused whole: `Ended.stale`, nothing moved or claimed."""
         fetch = next_jobs.fetch() if next_jobs is not None else None
-        args: list[Any] = [job_id, state.value, now_ms(), math.ceil(score), job_type.name, token]
+        to = state.value if isinstance(state, JobState) else state
+        args: list[Any] = [job_id, to, now_ms(), math.ceil(score), job_type.name, token]
         fields_ = _flatten(fields)
         reply: list[Any] | None = None
         if fetch is not None:
@@ -604,11 +613,11 @@ class JobStore:
             fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
             with contextlib.suppress(OutOfMemoryError):
                 reply = await self._finish_and_fetch(
-                    keys=[job_type.queue], args=[*args, *fetch_args, *fields_]
+                    keys=[job_type.queue], args=[*args, *fetch_args, hold, *fields_]
                 )
         if reply is None:
             reply = await self._finish(
-                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", "", *fields_]
+                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", "", hold, *fields_]
             )
         moved, state_now, *claim = reply
         stale = not moved and state_now == b"stale"
@@ -661,6 +670,35 @@ class JobStore:
             next_try_at_ms=due_ms,
             error=error_json,
         )
+
+    async def snooze(
+        self,
+        job_type: JobType,
+        job_id: str,
+        due_ms: int,
+        next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
+        hold: Hold | None = None,
+    ) -> Ended:
+        """The handler asked to run again at `due_ms` (or met a partner's limit):
+        retrying, the try not counted, kept in the record as a snooze; with a
+        `hold`, the job's type or key starts nothing for that long."""
+        return await self._end_try(
+            job_type,
+            job_id,
+            SNOOZED,
+            due_ms,
+            next_jobs,
+            token,
+            hold.encode() if hold is not None else "",
+            next_try_at_ms=due_ms,
+        )
+
+    async def snoozes(self, job_id: str) -> int:
+        """How often the job snoozed since its last requeue."""
+        found = await self.redis.hget(keys.job_key(job_id), "snoozes")  # type: ignore[misc]
+        return int(found) if found else 0
 
     async def dead(
         self,

@@ -44,8 +44,9 @@ class Outcome:
     DEAD = "dead"  # a permanent error or no tries left: to the dead letters
     CANCELLED = "cancelled"  # a client's cancel stopped it
     INTERRUPTED = "interrupted"  # cut short by a shutdown; runs again, the try not counted
+    SNOOZED = "snoozed"  # asked to run later (Snooze, RateLimited); the try not counted
 
-    ALL = (SUCCESS, RETRY, DEAD, CANCELLED, INTERRUPTED)
+    ALL = (SUCCESS, RETRY, DEAD, CANCELLED, INTERRUPTED, SNOOZED)
 
 
 def declare_job_series(job_types: Iterable[JobType]) -> None:
@@ -171,7 +172,7 @@ class JobObservation:
         self._series.finished[self.outcome].inc(exemplar=trace_exemplar)
         self._series.duration[self.outcome].observe(elapsed_s, trace_exemplar)
         self._series.in_progress.dec()
-        calm = self.outcome in (Outcome.SUCCESS, Outcome.CANCELLED)
+        calm = self.outcome in (Outcome.SUCCESS, Outcome.CANCELLED, Outcome.SNOOZED)
         logger.log(logging.INFO if calm else logging.WARNING, "job end", extra={"fields": fields})
         self._log_context.__exit__(None, None, None)
         context.detach(self._context_token)
