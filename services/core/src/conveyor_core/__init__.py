@@ -17,6 +17,7 @@ from conveyor_core.catalog import (
     ScheduledRun,
 )
 from conveyor_core.context import AnyHandler, JobContext, JobHandler
+from conveyor_core.debounce import Debounce
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceNotOpenError, ResourceScope
 from conveyor_core.schedule import InvalidScheduleError, Schedule
@@ -26,6 +27,7 @@ from conveyor_core.store import JobStore, Submitted
 __all__ = [
     "DEFAULT_QUEUE",
     "AnyHandler",
+    "Debounce",
     "InvalidScheduleError",
     "JobContext",
     "JobHandler",

@@ -34,6 +34,7 @@ from redis.exceptions import OutOfMemoryError
 
 from conveyor_core import keys, serializer
 from conveyor_core.catalog import Catalog, JobType, load_catalog
+from conveyor_core.debounce import Debounce
 from conveyor_core.flow import claim_limits, flow_entry
 from conveyor_core.jobs import (
     DEAD_RETENTION_S,
@@ -178,6 +179,10 @@ class Submitted:
     retry_after_s: float | None = None
     # Refused: the caller has its quota of outstanding jobs; nothing was written.
     over_quota: bool = False
+    # A debounce key's window kept an earlier job (`job_id`): no job was created;
+    # `replaced` when the kept job took this submit's payload.
+    debounced: bool = False
+    replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +488,7 @@ class JobStore:
         priority: int | None = None,
         id_may_repeat: bool = False,
         quota: Quota | None = None,
+        debounce: Debounce | None = None,
     ) -> Submitted:
         """Enqueue the job as arq would, unless its Idempotency-Key names one
         already, or the caller's `rate_limit` or `quota` refuses it (in the
@@ -492,6 +498,7 @@ class JobStore:
         An id the caller chose (`id_may_repeat`: a scheduled run's, one per
         tick) is refused while its job lives, also once it finished (when its
         job key became arq's result key); a fresh random id needs no check.
+        A `debounce` key's window may keep an earlier job instead (debounce.py).
 
         Its score is its due time in its priority's band (the job type's
         priority unless `priority` is given). The store's `admit` may refuse it first."""
@@ -521,6 +528,9 @@ class JobStore:
                 rate_limit.key if rate_limit else "",
                 keys.job_key(meta["parent_id"]) if meta.get("parent_id") else "",
                 quota.key if quota else "",
+                keys.debounce_key(job_type.name, debounce.key, meta.get(SUBMITTED_BY))
+                if debounce
+                else "",
             ],
             args=[
                 job_id,
@@ -537,8 +547,13 @@ class JobStore:
                 at_ms,
                 quota.max_jobs if quota else 0,
                 QUOTA_PRUNE_PER_CALL,
+                debounce.script_mode if debounce else "",
+                debounce.window_ms if debounce else 0,
             ],
         )
+        if status == b"debounced":
+            kept_id, replaced = existing
+            return Submitted(kept_id.decode(), False, debounced=True, replaced=replaced == b"1")
         if status == b"over_quota":
             return Submitted(job_id, False, over_quota=True)
         if status == b"limited":
