@@ -72,7 +72,8 @@ JOBS_FINISHED = Counter(
     "conveyor_jobs_finished",
     "Job tries finished, by outcome: success; retry (failed, another try is scheduled); "
     "dead (a permanent error or no tries left: to the dead letters); cancelled; "
-    "interrupted (cut short by a shutdown: runs again, the try not counted).",
+    "interrupted (cut short by a shutdown: runs again, the try not counted); "
+    "snoozed (asked to run later, or met a partner's rate limit: the try not counted).",
     ["job", "queue", "outcome"],
 )
 JOB_DURATION = Histogram(
@@ -107,7 +108,8 @@ QUEUE_PAUSED_SECONDS = Gauge(
 JOBS_HELD = Gauge(
     "conveyor_jobs_held",
     "Due jobs the worker's last claim passed over, by why: limit (a running limit of "
-    "their type or key) or rate (their type or key started as many as its rate allows).",
+    "their type or key), rate (their type or key started as many as its rate allows) "
+    "or held (a handler met a partner's rate limit and held their type or key).",
     ["queue", "reason"],
 )
 WORKER_HEARTBEAT = Gauge(
