@@ -282,6 +282,8 @@ JOB_TYPES = [
     JobType(
         "partner", Partner, f"{MODULE}:partner", retry=_quick(1), limits=Limits(key="tenant_id")
     ),
+    # The same, with no limits: a 429 snoozes the job and holds nothing.
+    JobType("partner_unlimited", Partner, f"{MODULE}:partner", retry=_quick(1)),
     # Keyed, no limit: tenants take turns.
     JobType("fair", Tenanted, f"{MODULE}:tracked_tenant", limits=Limits(key="tenant_id")),
 ]

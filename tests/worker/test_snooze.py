@@ -90,6 +90,13 @@ async def test_a_job_that_snoozes_past_its_cap_is_dead(
     assert job.error.type == "TooManySnoozesError"
     assert "max_snoozes" in job.error.message
 
+    # A requeue starts its count again.
+    outcome, _ = await store.requeue(submitted.job_id, {})
+    assert outcome == "requeued"
+    assert await processor.process(await claim_due(store)) is JobState.RETRYING
+    job = await record(store, submitted.job_id)
+    assert [a.outcome for a in job.attempts] == ["snoozed"]
+
 
 async def test_a_429_holds_its_key_uses_no_try_and_the_hold_ends(
     store: JobStore, processor: Processor
@@ -151,3 +158,17 @@ async def test_a_429_of_scope_type_holds_every_job_of_the_type(
         await asyncio.sleep(0.05)
     job = await record(store, limited.job_id)
     assert job.tries == 1  # its try after the hold: the first that counted
+
+
+async def test_a_429_of_a_type_without_limits_snoozes_and_holds_nothing(
+    store: JobStore, processor: Processor
+) -> None:
+    unlimited = CATALOG["partner_unlimited"]
+    payload = jobs.Partner(tenant_id="a", retry_after_s=5, scope="type")
+    limited = await enqueue(store, unlimited, payload)
+    assert await processor.process(await claim_due(store)) is JobState.RETRYING
+    job = await record(store, limited.job_id)
+    assert (job.state, job.tries) == (JobState.RETRYING, 0)
+
+    other = await enqueue(store, unlimited, jobs.Partner(tenant_id="a"))
+    assert [c.job_id for c in (await claim(store)).jobs] == [other.job_id]
