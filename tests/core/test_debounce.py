@@ -150,3 +150,17 @@ def test_a_debounce_that_cannot_be_names_its_field(options: dict[str, object], f
     with pytest.raises(DebounceError) as caught:
         Debounce(**options)  # type: ignore[arg-type]
     assert caught.value.field == field
+
+
+async def test_replace_with_delay_creates_its_job_a_window_ahead(
+    store: JobStore, redis: ArqRedis
+) -> None:
+    before_ms = now_ms()
+    first = await enqueue(
+        store, EFFECT, jobs.Effect(work_s=0), debounce=Debounce("k", 2, "replace", delay=True)
+    )
+    assert first.job is not None
+    assert first.job.state is JobState.DEFERRED
+    score = await redis.zscore(QUEUE, first.job_id)
+    assert score is not None
+    assert 1950 <= split_score(score)[1] - before_ms <= 2300

@@ -6,8 +6,9 @@ collapse into one job (as BullMQ's debounce), atomically in the submit script
 submit and every submit within it answers with that job (a throttle: at most
 one job per window). Mode "replace": while the kept job has not started, each
 submit within the window replaces its payload with the latest and starts the
-window again; with `delay`, it also pushes the job's start back to a window
-from now (a trailing debounce: the job runs once the burst is quiet). A kept
+window again; with `delay`, the job it creates is due a window from now, and
+each replace pushes its start back to a window from now (a trailing debounce:
+the job runs once the burst is quiet). A kept
 job that already started is not changed: the submit creates a new one, which
 the window then keeps. Keys are per job type, and per api key where the api
 applies them (as Idempotency-Keys are).
@@ -39,7 +40,7 @@ class Debounce:
     key: str
     window_s: float
     mode: DebounceMode = "keep-first"
-    # "replace" only: push the kept job's start back to a window from now.
+    # "replace" only: the job starts a window after the last submit of the burst.
     delay: bool = False
 
     def __post_init__(self) -> None:

@@ -504,6 +504,8 @@ class JobStore:
         priority unless `priority` is given). The store's `admit` may refuse it first."""
         await self.admit()
         at_ms = now_ms()
+        if debounce is not None and debounce.delay:  # a trailing debounce: due after its window
+            ready_at_ms = max(ready_at_ms, at_ms + debounce.window_ms)
         priority = job_type.priority if priority is None else priority
         if priority not in PRIORITIES:
             raise ValueError(

@@ -278,7 +278,9 @@ def submit_endpoint(
         ] = "keep-first",
         debounce_delay: Annotated[
             bool,
-            Query(description="replace only: push the job's start back to a window from now."),
+            Query(
+                description="replace only: the job starts a window after the burst's last submit."
+            ),
         ] = False,
     ) -> Response:
         return await submitted_job(
