@@ -72,6 +72,9 @@ PAUSED_SUFFIX = "paused"
 # with a key, so that keys take turns: each key's waiting jobs
 # (`keyq:{type}:{key}`, scored as in arq's queue) and a list of the keys with
 # waiting jobs (`ring:{type}`), which the claim rotates. Each goes when empty.
+# A hold (snooze.py, RateLimited): a string per held type (`hold:{type}`) or
+# key (`hold-key:{type}:{key}`), expiring when the hold ends; the claim starts
+# no job of it meanwhile.
 FLOW_SUFFIX = "flow"
 WAITING_SUFFIX = "waiting"
 # List of mails caught by `make run`'s local mail catcher (local/mail_catcher.py),
