@@ -164,3 +164,17 @@ async def test_replace_with_delay_creates_its_job_a_window_ahead(
     score = await redis.zscore(QUEUE, first.job_id)
     assert score is not None
     assert 1950 <= split_score(score)[1] - before_ms <= 2300
+
+
+async def test_a_kept_job_deleted_meanwhile_is_not_kept(store: JobStore, redis: ArqRedis) -> None:
+    debounce = Debounce("burst", 30)
+    first = await enqueue(store, EFFECT, jobs.Effect(work_s=0), debounce=debounce)
+    await redis.delete(f"arq:job:{first.job_id}")
+    await redis.zrem(QUEUE, first.job_id)
+
+    again = await enqueue(store, EFFECT, jobs.Effect(work_s=1), debounce=debounce)
+    third = await enqueue(store, EFFECT, jobs.Effect(work_s=2), debounce=debounce)
+
+    assert again.created
+    assert again.job_id != first.job_id
+    assert (third.job_id, third.debounced) == (again.job_id, True)

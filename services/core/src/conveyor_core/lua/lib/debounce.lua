@@ -2,7 +2,7 @@
 --- @include "lib/scores"
 --- @include "lib/fairness"
 
--- Debounce (enqueue.py, Debounce), for submit.lua: a debounce key names the
+-- Debounce (debounce.py), for submit.lua: a debounce key names the
 -- job its window keeps, and expires with the window. Within it, a submit in
 -- mode 'keep-first' answers with that job; in mode 'replace' (or
 -- 'replace-delay') it gives that job, while it has not started, the new
@@ -15,7 +15,12 @@
 local function debounce(dkey, mode, window_ms, now, queue, flow_hash, job, flow)
   local kept = redis.call('GET', dkey)
   if not kept then return nil end
-  if mode == 'keep-first' then return {'debounced', kept, '0'} end
+  if mode == 'keep-first' then
+    -- Its data or its record, whatever its state; a job deleted meanwhile is
+    -- not kept (the submit creates one, which the window then keeps).
+    if redis.call('EXISTS', K.arq_job .. kept, K.job .. kept) == 0 then return nil end
+    return {'debounced', kept, '0'}
+  end
   if redis.call('EXISTS', K.job .. kept) == 1 then return nil end -- started, or finished
   local score = redis.call('ZSCORE', queue, kept)
   if not score or redis.call('EXISTS', K.arq_job .. kept) == 0 then return nil end
