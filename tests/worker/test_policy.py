@@ -8,7 +8,13 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor_core.catalog import PermanentJobError, RetryPolicy
 from conveyor_core.jobs import JobState
-from conveyor_core.snooze import HoldScope, RateLimited, Snooze, TooManySnoozesError
+from conveyor_core.snooze import (
+    HoldScope,
+    RateLimited,
+    Snooze,
+    TooManySnoozesError,
+    retry_after_s,
+)
 from conveyor_worker.policy import (
     Decision,
     Stop,
@@ -110,3 +116,21 @@ def test_a_snooze_needs_a_delay_of_zero_or_more(delay_s: float) -> None:
 def test_a_hold_has_a_scope_of_type_or_key() -> None:
     with pytest.raises(ValueError, match="scope"):
         RateLimited(1, scope="queue")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # 30 s after now_s below
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past
+        (None, 45.0),
+        ("", 45.0),
+        ("soon", 45.0),
+        ("-5", 45.0),
+    ],
+)
+def test_retry_after_reads_seconds_or_an_http_date(header: str | None, seconds: float) -> None:
+    now_s = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_s(header, default_s=45, now_s=now_s) == seconds

@@ -21,7 +21,7 @@ from conveyor_core.debounce import Debounce
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceNotOpenError, ResourceScope
 from conveyor_core.schedule import InvalidScheduleError, Schedule
-from conveyor_core.snooze import RateLimited, Snooze
+from conveyor_core.snooze import RateLimited, Snooze, retry_after_s
 from conveyor_core.store import JobStore, Submitted
 
 __all__ = [
@@ -46,4 +46,5 @@ __all__ = [
     "ScheduledRun",
     "Snooze",
     "Submitted",
+    "retry_after_s",
 ]

@@ -10,7 +10,9 @@ attempts as `snoozed`; a job type's `max_snoozes` caps how often a job may
 """
 
 import math
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Literal
 
 HoldScope = Literal["type", "key"]
@@ -53,6 +55,26 @@ class RateLimited(Snooze):
     @property
     def retry_after_s(self) -> float:
         return self.delay_s
+
+
+def retry_after_s(
+    value: str | None, default_s: float = 60.0, *, now_s: float | None = None
+) -> float:
+    """An HTTP Retry-After header as seconds from now: delay-seconds or an
+    HTTP-date (RFC 9110); `default_s` when it is missing or unreadable, 0 for
+    a date in the past."""
+    if value is None or not value.strip():
+        return default_s
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        at = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return default_s
+    if at.tzinfo is None:  # an HTTP-date is GMT
+        return default_s
+    return max(at.timestamp() - (time.time() if now_s is None else now_s), 0.0)
 
 
 class TooManySnoozesError(RuntimeError):
