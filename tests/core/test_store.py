@@ -613,7 +613,7 @@ async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
     claim = await store.claim(QUEUE, 5, **CLAIM)
 
     assert [c.job_id for c in claim.jobs] == [first, second]
-    assert claim.held == {"limit": 1, "rate": 0}
+    assert claim.held == {"limit": 1, "rate": 0, "held": 0}
     held = await store.get(third)
     assert held is not None
     assert (held.state, held.waiting_reason, held.tries) == (JobState.QUEUED, "limit", 0)
@@ -663,7 +663,7 @@ async def test_a_rate_holds_starts_and_says_when_the_next_may_begin(redis: ArqRe
     claim = await store.claim(QUEUE, 20, **CLAIM)
 
     assert [c.job_id for c in claim.jobs] == ids[:10]
-    assert claim.held == {"limit": 0, "rate": 2}
+    assert claim.held == {"limit": 0, "rate": 2, "held": 0}
     assert claim.next_due_ms is not None
     assert began_ms + 900 <= claim.next_due_ms <= now_ms() + 1000
     job = await store.get(ids[10])
@@ -732,7 +732,7 @@ async def test_a_per_key_rate_holds_only_that_keys_starts(redis: ArqRedis) -> No
     claim = await store.claim(QUEUE, 10, **CLAIM)
 
     assert sorted(c.job_id for c in claim.jobs) == sorted([a1, a2, b1])
-    assert claim.held == {"limit": 0, "rate": 1}
+    assert claim.held == {"limit": 0, "rate": 1, "held": 0}
     assert claim.next_due_ms is not None
     assert claim.next_due_ms > now_ms() + 500  # a's window opens a second after its starts
     held = await store.get(a3)

@@ -20,6 +20,7 @@ from conveyor_core.context import JobContext
 from conveyor_core.flow import Limits, Rate
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceScope
+from conveyor_core.snooze import RateLimited, Snooze
 from conveyor_core.store import JobStore
 from conveyor_seed import SendEmail
 
@@ -156,6 +157,40 @@ async def tracked_tenant(ctx: JobContext, payload: Tenanted) -> str:
     return await tracked(ctx, payload)
 
 
+class Snoozing(BaseModel):
+    snoozes: int = Field(ge=0)
+    delay_s: float = Field(default=0.05, ge=0)
+
+
+async def snoozing(ctx: JobContext, payload: Snoozing) -> int:
+    """Snoozes `snoozes` times (raising, then returning the request), then completes."""
+    await _record_start(ctx)
+    n = await ctx.redis.incr(f"test:snoozed:{ctx.job_id}")
+    if n <= payload.snoozes:
+        if n % 2:
+            raise Snooze(payload.delay_s, f"waiting, {n}")
+        return Snooze(payload.delay_s)  # type: ignore[return-value]
+    return ctx.job_try
+
+
+class Partner(BaseModel):
+    tenant_id: str
+    # The partner answers 429 with this Retry-After to the job's first try; 0: never.
+    retry_after_s: float = Field(default=0, ge=0)
+    scope: str = "key"
+
+
+async def partner(ctx: JobContext, payload: Partner) -> str:
+    """Calls a partner that may answer 429 once: records each start (as
+    `test:partner_starts`, "job id time"), and holds its key or type when told."""
+    await ctx.redis.rpush("test:partner_starts", f"{ctx.job_id} {time.time()!r}")  # type: ignore[misc]
+    await _record_start(ctx)
+    first = await ctx.redis.set(f"test:limited:{ctx.job_id}", "1", nx=True)
+    if payload.retry_after_s and first:
+        raise RateLimited(payload.retry_after_s, scope="type" if payload.scope == "type" else "key")
+    return "done"
+
+
 async def parent(ctx: JobContext, payload: Nothing) -> str:
     """Enqueues a child job: workflows are jobs that enqueue jobs."""
     child = await ctx.enqueue("effect", Effect(work_s=0))
@@ -241,6 +276,14 @@ JOB_TYPES = [
     ),
     # For a schedule (given in tests): highest priority, one running at a time.
     JobType("ticking", Tick, f"{MODULE}:tracked", priority=0, limits=Limits(max_running=1)),
+    # Snoozes, at most 3 times.
+    JobType("snoozing", Snoozing, f"{MODULE}:snoozing", retry=_quick(1), max_snoozes=3),
+    # A partner's client: keyed (so a 429 may hold its key, or the whole type).
+    JobType(
+        "partner", Partner, f"{MODULE}:partner", retry=_quick(1), limits=Limits(key="tenant_id")
+    ),
+    # The same, with no limits: a 429 snoozes the job and holds nothing.
+    JobType("partner_unlimited", Partner, f"{MODULE}:partner", retry=_quick(1)),
     # Keyed, no limit: tenants take turns.
     JobType("fair", Tenanted, f"{MODULE}:tracked_tenant", limits=Limits(key="tenant_id")),
 ]

@@ -8,6 +8,13 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor_core.catalog import PermanentJobError, RetryPolicy
 from conveyor_core.jobs import JobState
+from conveyor_core.snooze import (
+    HoldScope,
+    RateLimited,
+    Snooze,
+    TooManySnoozesError,
+    retry_after_s,
+)
 from conveyor_worker.policy import (
     Decision,
     Stop,
@@ -80,3 +87,50 @@ def test_a_cancelled_try_is_cancelled_and_an_interrupted_one_goes_back() -> None
     assert decide(POLICY, 1, stop=Stop.CANCELLED).state is JobState.CANCELLED
     # Even on the last try: a shutdown does not use the try up.
     assert decide(POLICY, 3, stop=Stop.SHUTDOWN) == Decision(JobState.QUEUED)
+
+
+def test_a_snooze_retries_after_its_delay_without_counting_even_on_the_last_try() -> None:
+    # The last try, and a policy that would call any Exception permanent: still a snooze.
+    policy = RetryPolicy(max_tries=3, permanent_errors=(Exception,))
+    assert decide(policy, 3, Snooze(7.5)) == Decision(JobState.RETRYING, 7.5, snoozed=True)
+
+
+@pytest.mark.parametrize("scope", ["type", "key"])
+def test_a_partners_rate_limit_snoozes_and_holds_its_scope(scope: HoldScope) -> None:
+    decision = decide(POLICY, 1, RateLimited(30, scope=scope))
+    assert decision == Decision(JobState.RETRYING, 30.0, snoozed=True, hold=scope)
+
+
+def test_too_many_snoozes_is_dead() -> None:
+    assert decide(POLICY, 1, TooManySnoozesError("100 snoozes")) == Decision(JobState.DEAD)
+
+
+@pytest.mark.parametrize("delay_s", [-1, float("nan"), float("inf")])
+def test_a_snooze_needs_a_delay_of_zero_or_more(delay_s: float) -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        Snooze(delay_s)
+    with pytest.raises(ValueError, match="seconds"):
+        RateLimited(delay_s)
+
+
+def test_a_hold_has_a_scope_of_type_or_key() -> None:
+    with pytest.raises(ValueError, match="scope"):
+        RateLimited(1, scope="queue")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # 30 s after now_s below
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past
+        (None, 45.0),
+        ("", 45.0),
+        ("soon", 45.0),
+        ("-5", 45.0),
+    ],
+)
+def test_retry_after_reads_seconds_or_an_http_date(header: str | None, seconds: float) -> None:
+    now_s = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_s(header, default_s=45, now_s=now_s) == seconds

@@ -17,14 +17,17 @@ from conveyor_core.catalog import (
     ScheduledRun,
 )
 from conveyor_core.context import AnyHandler, JobContext, JobHandler
+from conveyor_core.debounce import Debounce
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceNotOpenError, ResourceScope
 from conveyor_core.schedule import InvalidScheduleError, Schedule
+from conveyor_core.snooze import RateLimited, Snooze, retry_after_s
 from conveyor_core.store import JobStore, Submitted
 
 __all__ = [
     "DEFAULT_QUEUE",
     "AnyHandler",
+    "Debounce",
     "InvalidScheduleError",
     "JobContext",
     "JobHandler",
@@ -33,6 +36,7 @@ __all__ = [
     "JobStore",
     "JobType",
     "PermanentJobError",
+    "RateLimited",
     "RecordId",
     "Resource",
     "ResourceNotOpenError",
@@ -40,5 +44,7 @@ __all__ = [
     "RetryPolicy",
     "Schedule",
     "ScheduledRun",
+    "Snooze",
     "Submitted",
+    "retry_after_s",
 ]

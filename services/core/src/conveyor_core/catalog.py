@@ -31,6 +31,7 @@ from conveyor_core.jobs import DEFAULT_PRIORITY, HIGHEST_PRIORITY, LOWEST_PRIORI
 from conveyor_core.resources import Resource
 from conveyor_core.schedule import Schedule
 from conveyor_core.settings import CatalogSettings
+from conveyor_core.snooze import DEFAULT_MAX_SNOOZES
 
 # arq's own default queue, so a bare arq client or worker interoperates.
 DEFAULT_QUEUE = "arq:queue"
@@ -100,6 +101,9 @@ class JobType:
     # still enqueue it and workers run it. True by default, so a module's types
     # stay its api; each api key may be limited further (its `job_types`).
     public: bool = True
+    # How often a job may snooze (Snooze, RateLimited) since its last requeue;
+    # the next snooze makes it dead, so nothing snoozes for ever.
+    max_snoozes: int = DEFAULT_MAX_SNOOZES
 
     def __post_init__(self) -> None:
         if not JOB_NAME.fullmatch(self.name):
@@ -118,6 +122,12 @@ class JobType:
             raise ValueError(
                 f"job type {self.name!r}: priority must be {HIGHEST_PRIORITY} (highest) to "
                 f"{LOWEST_PRIORITY} (lowest), not {self.priority!r}"
+            )
+        snoozes_ok = isinstance(self.max_snoozes, int) and not isinstance(self.max_snoozes, bool)
+        if not snoozes_ok or self.max_snoozes < 0:
+            raise ValueError(
+                f"job type {self.name!r}: max_snoozes must be an integer >= 0, "
+                f"not {self.max_snoozes!r}"
             )
         if self.limits is not None and (problems := self.limits.problems(self.payload)):
             raise ValueError(f"job type {self.name!r}: " + "; ".join(problems))

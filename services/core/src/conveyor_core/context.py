@@ -7,7 +7,7 @@ worker code) imports it too.
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from arq.connections import ArqRedis
 from pydantic import BaseModel
@@ -16,6 +16,7 @@ from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.resources import Resource, ResourceNotOpenError
+from conveyor_core.snooze import HoldScope, RateLimited, Snooze
 from conveyor_core.store import SUBMITTED_BY, JobStore, Reported, Submitted
 
 T = TypeVar("T")
@@ -59,6 +60,17 @@ class JobContext:
         reported = await self.store.report_progress(self.job_id, percent, message, token=token)
         if reported is Reported.STALE and self.fence is not None:
             self.fence.refused("progress")
+
+    def snooze(self, delay_s: float, reason: str = "") -> NoReturn:
+        """Run again in `delay_s` seconds, this try not counted (raises `Snooze`)."""
+        raise Snooze(delay_s, reason)
+
+    def rate_limited(
+        self, retry_after_s: float, scope: HoldScope = "type", reason: str = ""
+    ) -> NoReturn:
+        """A partner's 429: run again after `retry_after_s`, this try not counted,
+        and hold the job type's (or key's) jobs as long (raises `RateLimited`)."""
+        raise RateLimited(retry_after_s, scope, reason)
 
     async def enqueue(
         self, job_type: str | JobType, payload: BaseModel | dict[str, Any], **options: Any

@@ -10,6 +10,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from conveyor_core.catalog import JobType
+from conveyor_core.debounce import Debounce
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.ratelimit import RateLimit
@@ -89,6 +90,7 @@ async def enqueue(
     job_id: str | None = None,
     submitted_by: str | None = None,
     quota: Quota | None = None,
+    debounce: Debounce | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -103,7 +105,9 @@ async def enqueue(
     submit under it enqueues nothing (`Submitted.created` is False).
     `submitted_by` names the api key the job is submitted for (it scopes the
     Idempotency-Key; own-jobs keys read only theirs); over its `quota` of
-    outstanding jobs, nothing is enqueued (`Submitted.over_quota`).
+    outstanding jobs, nothing is enqueued (`Submitted.over_quota`). Within a
+    `debounce` key's window, an earlier job may be kept (`Submitted.debounced`,
+    and `replaced` when it took this payload; debounce.py).
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
@@ -136,6 +140,7 @@ async def enqueue(
             priority=priority,
             id_may_repeat=id_may_repeat,
             quota=quota,
+            debounce=debounce,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()

@@ -1,5 +1,6 @@
 """Per-minute history of each queue: how many jobs were enqueued and how many
-tries started and ended by each outcome (complete, retrying, dead, cancelled),
+tries started and ended by each outcome (complete, retrying, snoozed, dead,
+cancelled),
 per job type, and how long started jobs waited.
 
 Written by the lifecycle scripts where each change happens, one HINCRBY per
@@ -21,8 +22,8 @@ Layout (keys.py): `conveyor:{queue}:history:{minute}` (minute = Unix ms //
 60,000), a hash of `{job type}:{event}` -> count (`wait_ms`: the sum of queue
 waits, due to start, of the tries started that minute), expiring
 HISTORY_TTL_S (72 h) after its first write. So a queue holds at most 4,320
-such hashes, each of at most 6 fields per job type: about
-4,320 x (90 + 6 x 35 x job types) bytes: under 1 MB per job type of the
+such hashes, each of at most 7 fields per job type: about
+4,320 x (90 + 7 x 35 x job types) bytes: under 1 MB per job type of the
 queue at the most (a small hash is a listpack in Redis), whatever the job rate.
 """
 

@@ -43,6 +43,9 @@ class TryOutcome(StrEnum):
     # Not a state: a shutdown cut the try short, so the job is queued again
     # and the try does not count. Only the metrics and logs show it.
     INTERRUPTED = "interrupted"
+    # Not a state either: the handler asked to run later (Snooze, RateLimited):
+    # the job is retrying, and the try does not count.
+    SNOOZED = "snoozed"
 
 
 # Priorities: 0 runs first, 9 last; a job type's default unless it says otherwise.
@@ -59,6 +62,7 @@ class HoldReason(StrEnum):
     PAUSED = "paused"  # its queue is paused
     LIMIT = "limit"  # its job type (or key) has as many jobs running as its limit allows
     RATE = "rate"  # its job type (or key) started as many jobs as its rate allows, for now
+    HELD = "held"  # its job type (or key) is held: a handler met a partner's limit (429)
 
 
 def now_ms() -> int:
@@ -101,11 +105,27 @@ class Attempt(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None
-    outcome: str = Field(description="complete, retrying (it failed), dead or cancelled.")
+    outcome: str = Field(
+        description="complete, retrying (it failed), dead, cancelled, or snoozed (it asked "
+        "to run later, or met a partner's rate limit: the try did not count, and the "
+        "next one has the same number)."
+    )
+
+
+def _attempt(number: int, started: str, ended: str, outcome: str) -> Attempt:
+    duration = (int(ended) - int(started)) / 1000 if started and ended else None
+    return Attempt(
+        number=number,
+        started_at=ms_to_datetime(started),
+        finished_at=ms_to_datetime(ended),
+        duration_s=duration,
+        outcome=outcome,
+    )
 
 
 def attempts_of(record: dict[str, str], tries: int) -> list[Attempt]:
-    """The record's `try:{n}` fields (finish.lua), in order, up to `tries`."""
+    """The record's `try:{n}` fields (finish.lua) up to `tries`, and its
+    `snooze:{k}` fields (tries that did not count), in the order they started."""
     out = []
     for n in range(1, tries + 1):
         raw = record.get(f"try:{n}")
@@ -113,16 +133,13 @@ def attempts_of(record: dict[str, str], tries: int) -> list[Attempt]:
             continue
         started, _, rest = raw.partition(" ")
         ended, _, outcome = rest.partition(" ")
-        duration = (int(ended) - int(started)) / 1000 if started and ended else None
-        out.append(
-            Attempt(
-                number=n,
-                started_at=ms_to_datetime(started),
-                finished_at=ms_to_datetime(ended),
-                duration_s=duration,
-                outcome=outcome,
-            )
-        )
+        out.append(_attempt(n, started, ended, outcome))
+    for k in range(1, _int(record.get("snoozes")) + 1):
+        started, ended, number = ([*record.get(f"snooze:{k}", "").split(" "), "", "", ""])[:3]
+        if number.isdigit():
+            out.append(_attempt(int(number), started, ended, "snoozed"))
+    if len(out) > 1:
+        out.sort(key=lambda a: (a.started_at is None, a.started_at or EARLIEST, a.number))
     return out
 
 

@@ -36,6 +36,9 @@ INDEXED_STATES = ("in_progress", "retrying", "complete", "dead", "cancelled")
 # key that submitted it, so one key can neither reach nor detect another's
 # jobs through it (a job enqueued with no api key: per job type only).
 IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
+# Debounce key -> the id of the job its window keeps (enqueue.py, Debounce),
+# per job type and api key as an Idempotency-Key is, expiring with the window.
+DEBOUNCE_PREFIX = PREFIX + "debounce:"
 # Pub/sub per job: its version on every change, for SSE streams. A channel per
 # job, so an api replica hears only the jobs its streams watch.
 EVENTS_PREFIX = PREFIX + "events:"
@@ -70,6 +73,9 @@ PAUSED_SUFFIX = "paused"
 # key, so that keys take turns: each key's queued jobs (`keyq:{type}:{key}`,
 # scored as in arq's queue) and a list of the keys with queued jobs
 # (`ring:{type}`), which the claim rotates. Each goes when empty.
+# A hold (snooze.py, RateLimited): a string per held type (`hold:{type}`) or
+# key (`hold-key:{type}:{key}`), expiring when the hold ends; the claim starts
+# no job of it meanwhile.
 FLOW_SUFFIX = "flow"
 HELD_SUFFIX = "waiting"
 # List of mails caught by `make run`'s local mail catcher (local/mail_catcher.py),
@@ -135,6 +141,12 @@ def idempotency_key(job_type: str, key: str, submitted_by: str | None = None) ->
     name has no `/`, a job type neither, so no scope can pose as another)."""
     scope = f"{submitted_by}/" if submitted_by else ""
     return f"{IDEMPOTENCY_PREFIX}{scope}{job_type}:{key}"
+
+
+def debounce_key(job_type: str, key: str, submitted_by: str | None = None) -> str:
+    """A debounce key's record for this job type and api key (as idempotency_key)."""
+    scope = f"{submitted_by}/" if submitted_by else ""
+    return f"{DEBOUNCE_PREFIX}{scope}{job_type}:{key}"
 
 
 def outstanding_key(api_key_name: str) -> str:

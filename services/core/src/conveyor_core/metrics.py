@@ -78,7 +78,8 @@ JOBS_FINISHED = Counter(
     "conveyor_jobs_finished",
     "Job tries finished, by outcome: complete; retrying (failed, another try is due); "
     "dead (a permanent error or no tries left: to the dead letters); cancelled; "
-    "interrupted (cut short by a shutdown: queued again, the try not counted).",
+    "interrupted (cut short by a shutdown: queued again, the try not counted); "
+    "snoozed (asked to run later, or met a partner's rate limit: the try not counted).",
     ["job", "queue", "outcome"],
 )
 JOB_DURATION = Histogram(
@@ -113,7 +114,8 @@ QUEUE_PAUSED_SECONDS = Gauge(
 JOBS_HELD = Gauge(
     "conveyor_jobs_held",
     "Held jobs: due jobs the worker's last claim passed over, by why: limit (their type "
-    "or key is at its running limit) or rate (it started as many as its rate allows).",
+    "or key is at its running limit), rate (it started as many as its rate allows) or "
+    "held (a handler met a partner's rate limit and held their type or key).",
     ["queue", "reason"],
 )
 WORKER_HEARTBEAT = Gauge(

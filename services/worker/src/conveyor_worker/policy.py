@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from conveyor_core.catalog import RetryPolicy
 from conveyor_core.jobs import JobState
+from conveyor_core.snooze import HoldScope, RateLimited, Snooze, TooManySnoozesError
 
 
 class Stop(Enum):
@@ -30,10 +31,13 @@ class TriesExhaustedError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What becomes of the job: its next state, and for `retrying`, the delay
-    before its next try."""
+    before its next try; a snooze (retrying, the try not counted) may hold its
+    type or key for that delay."""
 
     state: JobState
     delay_s: float = 0.0
+    snoozed: bool = False
+    hold: HoldScope | None = None
 
 
 COMPLETE = Decision(JobState.COMPLETE)
@@ -58,6 +62,9 @@ def decide(
     goes dead when they run out, on a permanent error (the policy's, an
     invalid payload) and on a timeout the policy does not retry. arq's
     `Retry(defer=...)` is an ordinary failure with the delay it asked for.
+    A snooze (`Snooze`, `RateLimited`) is no failure: retrying after its delay,
+    the try not counted; past the job type's cap (process() raises
+    TooManySnoozesError instead), dead.
     """
     if stop is Stop.CANCELLED:
         return CANCELLED
@@ -65,7 +72,12 @@ def decide(
         return PUT_BACK
     if error is None:
         return COMPLETE
-    if policy.is_permanent(error) or isinstance(error, ValidationError | TriesExhaustedError):
+    if isinstance(error, Snooze):
+        hold = error.scope if isinstance(error, RateLimited) else None
+        return Decision(JobState.RETRYING, error.delay_s, snoozed=True, hold=hold)
+    if policy.is_permanent(error) or isinstance(
+        error, ValidationError | TriesExhaustedError | TooManySnoozesError
+    ):
         return DEAD
     # A timeout: the job type's (process() raises it), or one the handler met.
     if isinstance(error, TimeoutError) and not policy.retry_timeouts:

@@ -28,6 +28,7 @@ from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobError, JobState, now_ms
 from conveyor_core.redaction import Redactor, clean, clean_traceback
 from conveyor_core.redis import REDIS_FAULT_ERRORS
+from conveyor_core.snooze import Hold, Snooze, TooManySnoozesError
 from conveyor_core.store import ArqJob, Claimed, Ended, JobStore, NextJobs
 from conveyor_worker.policy import (
     Decision,
@@ -145,8 +146,8 @@ class Processor:
         )
         with observed:
             decision, result, error = await self._run(try_, job_type, job)
-            observed.outcome = OUTCOMES[decision.state]
-            if decision.state not in (JobState.CANCELLED, JobState.QUEUED):
+            observed.outcome = Outcome.SNOOZED if decision.snoozed else OUTCOMES[decision.state]
+            if decision.state not in (JobState.CANCELLED, JobState.QUEUED) and not decision.snoozed:
                 observed.error = error
             return await self._end(try_, job_type, decision, result, error)
 
@@ -190,11 +191,33 @@ class Processor:
             timeout = TimeoutError(f"timed out after {job_type.timeout_s:g} s")
             timeout.__cause__ = exc
             return decide(policy, job_try, timeout), None, timeout
+        except Snooze as exc:
+            return await self._snooze(try_, job_type, exc)
         except Exception as exc:
             return decide(policy, job_try, exc), None, exc
         finally:
             try_.in_handler = False
+        if isinstance(result, Snooze):  # `return ctx.snooze(...)` works too
+            return await self._snooze(try_, job_type, result)
         return decide(policy, job_try), result, None
+
+    async def _snooze(
+        self, try_: Try, job_type: JobType, snooze: Snooze
+    ) -> tuple[Decision, Any, BaseException | None]:
+        """A snooze, unless the job has snoozed as often as its type allows."""
+        policy, job_try = job_type.retry, try_.claimed.job_try
+        try:
+            snoozes = await self.store.snoozes(try_.job_id)
+        except REDIS_FAULT_ERRORS:
+            snoozes = 0  # its end will not be recorded either: it runs again
+        if snoozes < job_type.max_snoozes:
+            return decide(policy, job_try, snooze), None, snooze
+        error = TooManySnoozesError(
+            f"snoozed {snoozes} times, as often as job type {job_type.name!r} allows "
+            f"(max_snoozes); the last asked: {snooze}"
+        )
+        error.__cause__ = snooze
+        return decide(policy, job_try, error), None, error
 
     async def _end(
         self,
@@ -214,6 +237,12 @@ class Processor:
                 case JobState.COMPLETE:
                     ended = await store.complete(
                         job_type, job_id, _as_json(result), next_jobs, token=token
+                    )
+                case JobState.RETRYING if decision.snoozed:
+                    delay_ms = int(decision.delay_s * 1000)
+                    hold = Hold(decision.hold, delay_ms) if decision.hold else None
+                    ended = await store.snooze(
+                        job_type, job_id, now_ms() + delay_ms, next_jobs, token=token, hold=hold
                     )
                 case JobState.RETRYING:
                     due_ms = now_ms() + int(decision.delay_s * 1000)

@@ -51,6 +51,7 @@ class Outcome:
     DEAD = TryOutcome.DEAD  # a permanent error or no tries left: to the dead letters
     CANCELLED = TryOutcome.CANCELLED  # a client's cancel stopped it
     INTERRUPTED = TryOutcome.INTERRUPTED  # cut short by a shutdown; runs again, the try not counted
+    SNOOZED = TryOutcome.SNOOZED  # asked to run later (Snooze, RateLimited); the try not counted
 
     ALL = tuple(TryOutcome)
 
@@ -191,7 +192,7 @@ class JobObservation:
         series.finished[outcome].inc()
         series.duration[outcome].observe(elapsed_s, self._exemplar)
         series.in_progress.dec()
-        calm = outcome in (Outcome.SUCCESS, Outcome.CANCELLED)
+        calm = outcome in (Outcome.SUCCESS, Outcome.CANCELLED, Outcome.SNOOZED)
         logger.log(logging.INFO if calm else logging.WARNING, "job end", extra={"fields": fields})
         self._log_context.__exit__(None, None, None)
         context.detach(self._context_token)

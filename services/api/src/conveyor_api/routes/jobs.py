@@ -46,6 +46,13 @@ from conveyor_api.edge import FastRoute
 from conveyor_api.events import live_stream, stream_deadline
 from conveyor_api.problems import FieldError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN, JobType
+from conveyor_core.debounce import (
+    DEBOUNCE_KEY_MAX_CHARS,
+    MAX_DEBOUNCE_WINDOW_S,
+    Debounce,
+    DebounceError,
+    DebounceMode,
+)
 from conveyor_core.enqueue import ScheduleError, enqueue, ready_at_ms
 from conveyor_core.jobs import (
     HIGHEST_PRIORITY,
@@ -75,6 +82,10 @@ IdempotencyKey = Annotated[
         description="Resubmitting with the same key returns the first job instead of a new one.",
     ),
 ]
+
+# Which job a debounced submit answers with: the window's job, kept as it was
+# or given this submit's payload (absent when the submit created the job).
+DEBOUNCE_HEADER = "Conveyor-Debounce"
 
 
 # The caller of a route that spends its rate in its own round trip to Redis.
@@ -149,6 +160,7 @@ async def submitted_job(
     run_at: datetime | None = None,
     idempotency_key: str | None = None,
     priority: int | None = None,
+    debounce: Debounce | None = None,
 ) -> Response:
     """A submit's answer, once the request is valid (its route's, or its fast route's).
 
@@ -181,6 +193,7 @@ async def submitted_job(
         priority=priority,
         submitted_by=caller.key.name,
         quota=tenants.quota_of(caller.key),
+        debounce=debounce,
     )
     if submitted.retry_after_s is not None:
         raise caller.over_rate(submitted.retry_after_s)
@@ -197,9 +210,27 @@ async def submitted_job(
         job = await store.get(submitted.job_id)
     if job is None:  # its retention ran out since the key was used
         raise _not_found(submitted.job_id)
-    location = {"Location": f"/v1/jobs/{job.id}"}
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if submitted.debounced:
+        headers[DEBOUNCE_HEADER] = "replaced" if submitted.replaced else "kept"
     status = 201 if submitted.created else 200
-    return job_response(job, caller.services.redact, status, location)
+    return job_response(job, caller.services.redact, status, headers)
+
+
+def debounce_of(
+    key: str | None, window_s: float | None, mode: DebounceMode, delay: bool
+) -> Debounce | None:
+    """A submit's debounce from its query, or a 422 naming the field at fault."""
+    if key is None:
+        if window_s is not None or delay:
+            raise _query_error("debounce_key", "give a debounce_key with a debounce window")
+        return None
+    if window_s is None:
+        raise _query_error("debounce_window_s", "a debounce_key needs its window")
+    try:
+        return Debounce(key, window_s, mode, delay)
+    except DebounceError as exc:
+        raise _query_error(exc.field, exc.message) from None
 
 
 def submit_endpoint(
@@ -228,6 +259,33 @@ def submit_endpoint(
                 description=f"0 (highest) to 9 (lowest); the job type's is {job_type.priority}.",
             ),
         ] = None,
+        debounce_key: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=DEBOUNCE_KEY_MAX_CHARS,
+                description="Collapse submits of this type with this key within a window "
+                "into one job (see debounce_mode); answered with `Conveyor-Debounce: kept` "
+                "or `replaced` when an earlier job was.",
+            ),
+        ] = None,
+        debounce_window_s: Annotated[
+            float | None,
+            Query(gt=0, le=MAX_DEBOUNCE_WINDOW_S, description="The debounce window, seconds."),
+        ] = None,
+        debounce_mode: Annotated[
+            DebounceMode,
+            Query(
+                description="keep-first: the window's first job answers every submit in it. "
+                "replace: the waiting job takes the latest payload, and the window starts again."
+            ),
+        ] = "keep-first",
+        debounce_delay: Annotated[
+            bool,
+            Query(
+                description="replace only: the job starts a window after the burst's last submit."
+            ),
+        ] = False,
     ) -> Response:
         return await submitted_job(
             caller,
@@ -237,6 +295,7 @@ def submit_endpoint(
             run_at=run_at,
             idempotency_key=idempotency_key,
             priority=priority,
+            debounce=debounce_of(debounce_key, debounce_window_s, debounce_mode, debounce_delay),
         )
 
     submit.__name__ = f"submit_{job_type.name}"

@@ -9,8 +9,8 @@
 -- ARGV: 1 now ms, 2 lock ttl ms, 3 how many to claim, 4 scan limit,
 --       5 cancelled retention ms, 6 limits JSON or '', 7 the claim's nonce (tokens)
 -- Returns {{id, due ms, try, token, arq job bytes, ...}, next due ms or '',
---   paused-at ms or '', {passed over for a limit, passed over for a rate}}.
+--   paused-at ms or '', {passed over for a limit, for a rate, for a hold}}.
 local claimed, next_due, paused_at, held = claim_jobs(KEYS[1], tonumber(ARGV[1]), ARGV[2],
   tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7])
-if paused_at then return {{}, '', paused_at, {0, 0}} end
-return {claimed, next_due and fmt(next_due) or '', '', {held.limit, held.rate}}
+if paused_at then return {{}, '', paused_at, {0, 0, 0}} end
+return {claimed, next_due and fmt(next_due) or '', '', {held.limit, held.rate, held.held}}

@@ -20,13 +20,22 @@
 -- next job with no round trip and no poll of its own (as BullMQ's
 -- moveToFinished does).
 --
+-- Snoozed: the handler asked to run again later (Snooze), or met a partner's
+-- limit (RateLimited): the job is retrying, due at the score, and the try is
+-- not counted (as a put-back); it is kept as `snooze:{k}` = "started ms, ended
+-- ms, try" (k counts the job's snoozes, `snoozes`). With a hold (ARGV[13],
+-- "type {ms}" or "key {ms}"), the job's type or its key (a limited type's,
+-- lib/claim.lua) is held that long: no job of it starts meanwhile (a longer
+-- hold in force stays).
+--
 -- KEYS: 1 queue
--- ARGV: 1 job id, 2 new state, 3 now ms, 4 score (due time for retrying and
---       queued, retention ms for the final states), 5 job type for the
---       history ('' for none), 6 the try's token ('' to end any try), 7 how
---       many jobs to claim (0: none), 8 lock ttl ms, 9 scan limit, 10
---       cancelled retention ms, 11 limits JSON or '', 12 the claim's nonce
---       (as claim.lua's), 13.. hash field/value pairs
+-- ARGV: 1 job id, 2 new state (or 'snoozed'), 3 now ms, 4 score (due time for
+--       retrying, snoozed and queued, retention ms for the final states), 5
+--       job type for the history ('' for none), 6 the try's token ('' to end
+--       any try), 7 how many jobs to claim (0: none), 8 lock ttl ms, 9 scan
+--       limit, 10 cancelled retention ms, 11 limits JSON or '', 12 the
+--       claim's nonce (as claim.lua's), 13 the hold ('' for none), 14.. hash
+--       field/value pairs
 -- Returns {1, version} when moved, {0, 'stale'} when refused, {0, current
 -- state or ''} when not in progress, then what the claim returns (as
 -- claim.lua), or nothing when none was asked for.
@@ -38,18 +47,35 @@ local function fetched(reply)
   if fetch <= 0 then return reply end
   local claimed, next_due, paused_at, held = claim_jobs(KEYS[1], now, ARGV[8], fetch,
     tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12])
-  if paused_at then return {reply[1], reply[2], {}, '', paused_at, {0, 0}} end
+  if paused_at then return {reply[1], reply[2], {}, '', paused_at, {0, 0, 0}} end
   return {reply[1], reply[2], claimed, next_due and fmt(next_due) or '', '',
-    {held.limit, held.rate}}
+    {held.limit, held.rate, held.held}}
 end
 
 local rec = load(id, KEYS[1], true)
 if rec and token ~= '' and rec.token ~= token then return {0, 'stale'} end
 if not rec or rec.state ~= 'in_progress' then return fetched({0, rec and rec.state or ''}) end
 local fields = {}
-for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
 local version
-if to == 'queued' or to == 'retrying' then
+if to == 'snoozed' then
+  local snoozes = redis.call('HINCRBY', K.job .. id, 'snoozes', 1)
+  for _, v in ipairs({'tries', rec.tries - 1, 'snooze:' .. snoozes,
+      (rec.started or '') .. ' ' .. now .. ' ' .. rec.tries}) do
+    fields[#fields + 1] = v
+  end
+  local scope, hold_ms = string.match(ARGV[13], '^(%a+) (%d+)$')
+  local t, key = nil, ''
+  if rec.flow then t, key = flow_parts(rec.flow) end
+  if t and hold_ms then
+    local hold = scope == 'key' and key ~= '' and hold_key_of(rec.queue, t, key)
+      or hold_key(rec.queue, t)
+    if redis.call('PTTL', hold) < tonumber(hold_ms) then
+      redis.call('SET', hold, now, 'PX', hold_ms)
+    end
+  end
+  version = transition(rec, 'retrying', now, arg, fields, 0)
+elseif to == 'queued' or to == 'retrying' then
   if to == 'queued' then
     rec.tries = rec.tries - 1
     for _, v in ipairs({'tries', rec.tries}) do fields[#fields + 1] = v end

@@ -3,6 +3,7 @@
 --- @include "lib/fairness"
 --- @include "lib/history"
 --- @include "lib/gcra"
+--- @include "lib/debounce"
 -- Create a job as arq's enqueue_job does (its job key and queue entry), with
 -- the Idempotency-Key and the wake-up. An id whose job key exists is refused
 -- ('duplicate', one SET NX); a finished job's job key has become arq's result
@@ -20,15 +21,18 @@
 --       5 the queue's flow hash, 6 rate limiter key or '', 7 the parent job's
 --       record or '' (a job enqueued by a running job: its workflow's parent
 --       lists it as `child:{id}` = job type; the field goes with the parent),
---       8 the caller's outstanding jobs (a sorted set) or '' (no quota)
+--       8 the caller's outstanding jobs (a sorted set) or '' (no quota), 9 the
+--       debounce key or '' (lib/debounce.lua)
 -- ARGV: 1 job id, 2 arq job bytes, 3 score (priority band + ready-at ms),
 --       4 arq expiry ms, 5 idempotency value, 6 idempotency ttl s, 7 wake channel,
 --       8 flow entry or '', 9 limiter interval us, 10 limiter burst,
 --       11 job type (for the parent's record and the history), 12 now ms,
 --       13 the caller's quota of outstanding jobs, 14 how many of them a full
---       quota checks for ended jobs
+--       quota checks for ended jobs, 15 debounce mode ('keep-first', 'replace'
+--       or 'replace-delay'), 16 debounce window ms
 -- Returns {'created'}, {'duplicate'}, {'exists', idempotency value},
--- {'limited', retry after us} or {'over_quota'}.
+-- {'limited', retry after us}, {'over_quota'} or {'debounced', job id,
+-- replaced '1' or '0'}.
 if KEYS[6] ~= '' then
   local limit = gcra(KEYS[6], ARGV[9], ARGV[10])
   if limit[1] == 0 then return {'limited', limit[2]} end
@@ -36,6 +40,11 @@ end
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {'exists', existing} end
+end
+if KEYS[9] ~= '' then
+  local kept = debounce(KEYS[9], ARGV[15], tonumber(ARGV[16]), tonumber(ARGV[12]), KEYS[3],
+    KEYS[5], ARGV[2], ARGV[8])
+  if kept then return kept end
 end
 if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate'} end
 if KEYS[8] ~= '' and redis.call('ZCARD', KEYS[8]) >= tonumber(ARGV[13]) then
@@ -59,6 +68,7 @@ if ARGV[8] ~= '' then
   fair_enter(KEYS[3], ARGV[8], ARGV[3], ARGV[1])
 end
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6]) end
+if KEYS[9] ~= '' then redis.call('SET', KEYS[9], ARGV[1], 'PX', ARGV[16]) end
 if KEYS[8] ~= '' then
   redis.call('ZADD', KEYS[8], ARGV[12], ARGV[1])
   -- The set lives at least as long as its newest job may wait to start.

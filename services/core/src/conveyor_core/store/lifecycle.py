@@ -12,6 +12,7 @@ from redis.exceptions import OutOfMemoryError
 
 from conveyor_core import keys
 from conveyor_core.catalog import JobType
+from conveyor_core.debounce import Debounce
 from conveyor_core.flow import flow_entry
 from conveyor_core.jobs import (
     DEAD_RETENTION_S,
@@ -24,6 +25,7 @@ from conveyor_core.jobs import (
 from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS
 from conveyor_core.ratelimit import RateLimit
 from conveyor_core.scores import PRIORITIES, queue_score
+from conveyor_core.snooze import Hold
 from conveyor_core.store.fields import _flatten, _pairs
 from conveyor_core.store.reads import Reads
 from conveyor_core.store.results import (
@@ -41,6 +43,8 @@ from conveyor_core.store.wire import SUBMITTED_BY, ArqJob
 # A submit over its key's quota checks at most this many of the key's
 # outstanding jobs for ones that ended (lua/submit.lua).
 QUOTA_PRUNE_PER_CALL = 16
+# finish.lua's end of a try that does not count and leaves the job retrying.
+SNOOZED = "snoozed"
 
 
 class Lifecycle(Reads):
@@ -66,6 +70,7 @@ class Lifecycle(Reads):
         priority: int | None = None,
         id_may_repeat: bool = False,
         quota: Quota | None = None,
+        debounce: Debounce | None = None,
     ) -> Submitted:
         """Enqueue the job as arq would, unless its Idempotency-Key names one
         already, or the caller's `rate_limit` or `quota` refuses it (in the
@@ -75,11 +80,14 @@ class Lifecycle(Reads):
         An id the caller chose (`id_may_repeat`: a scheduled run's, one per
         tick) is refused while its job lives, also once it finished (when its
         job key became arq's result key); a fresh random id needs no check.
+        A `debounce` key's window may keep an earlier job instead (debounce.py).
 
         Its score is its due time in its priority's band (the job type's
         priority unless `priority` is given). The store's `admit` may refuse it first."""
         await self.admit()
         at_ms = now_ms()
+        if debounce is not None and debounce.delay:  # a trailing debounce: due after its window
+            ready_at_ms = max(ready_at_ms, at_ms + debounce.window_ms)
         priority = job_type.priority if priority is None else priority
         if priority not in PRIORITIES:
             raise ValueError(
@@ -104,6 +112,9 @@ class Lifecycle(Reads):
                 rate_limit.key if rate_limit else "",
                 keys.job_key(meta["parent_id"]) if meta.get("parent_id") else "",
                 quota.key if quota else "",
+                keys.debounce_key(job_type.name, debounce.key, meta.get(SUBMITTED_BY))
+                if debounce
+                else "",
             ],
             args=[
                 job_id,
@@ -120,8 +131,13 @@ class Lifecycle(Reads):
                 at_ms,
                 quota.max_jobs if quota else 0,
                 QUOTA_PRUNE_PER_CALL,
+                debounce.script_mode if debounce else "",
+                debounce.window_ms if debounce else 0,
             ],
         )
+        if status == b"debounced":
+            kept_id, replaced = existing
+            return Submitted(kept_id.decode(), False, debounced=True, replaced=replaced == b"1")
         if status == b"over_quota":
             return Submitted(job_id, False, over_quota=True)
         if status == b"limited":
@@ -176,16 +192,18 @@ class Lifecycle(Reads):
         self,
         job_type: JobType,
         job_id: str,
-        state: JobState,
+        state: JobState | str,
         score: float,
         next_jobs: NextJobs | None = None,
         token: str = "",
+        hold: str = "",
         **fields: Any,
     ) -> Ended:
         """One end of a try. With the try's `token` (the worker always gives it), a
         stale try's end is refused whole: `Ended.stale`, nothing moved or claimed."""
         fetch = next_jobs.fetch() if next_jobs is not None else None
-        args: list[Any] = [job_id, state.value, now_ms(), math.ceil(score), job_type.name, token]
+        to = state.value if isinstance(state, JobState) else state
+        args: list[Any] = [job_id, to, now_ms(), math.ceil(score), job_type.name, token]
         fields_ = _flatten(fields)
         reply: list[Any] | None = None
         if fetch is not None:
@@ -194,11 +212,11 @@ class Lifecycle(Reads):
             fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
             with contextlib.suppress(OutOfMemoryError):
                 reply = await self._finish_and_fetch(
-                    keys=[job_type.queue], args=[*args, *fetch_args, *fields_]
+                    keys=[job_type.queue], args=[*args, *fetch_args, hold, *fields_]
                 )
         if reply is None:
             reply = await self._finish(
-                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", "", *fields_]
+                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", "", hold, *fields_]
             )
         moved, state_now, *claim = reply
         stale = not moved and state_now == b"stale"
@@ -251,6 +269,35 @@ class Lifecycle(Reads):
             next_try_at_ms=due_ms,
             error=error_json,
         )
+
+    async def snooze(
+        self,
+        job_type: JobType,
+        job_id: str,
+        due_ms: int,
+        next_jobs: NextJobs | None = None,
+        *,
+        token: str = "",
+        hold: Hold | None = None,
+    ) -> Ended:
+        """The handler asked to run again at `due_ms` (or met a partner's limit):
+        retrying, the try not counted, kept in the record as a snooze; with a
+        `hold`, the job's type or key starts nothing for that long."""
+        return await self._end_try(
+            job_type,
+            job_id,
+            SNOOZED,
+            due_ms,
+            next_jobs,
+            token,
+            hold.encode() if hold is not None else "",
+            next_try_at_ms=due_ms,
+        )
+
+    async def snoozes(self, job_id: str) -> int:
+        """How often the job snoozed since its last requeue."""
+        found = await self.redis.hget(keys.job_key(job_id), "snoozes")  # type: ignore[misc]
+        return int(found) if found else 0
 
     async def dead(
         self,

@@ -26,6 +26,10 @@ class Submitted:
     retry_after_s: float | None = None
     # Refused: the caller has its quota of outstanding jobs; nothing was written.
     over_quota: bool = False
+    # A debounce key's window kept an earlier job (`job_id`): no job was created;
+    # `replaced` when the kept job took this submit's payload.
+    debounced: bool = False
+    replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,7 @@ class Claim:
     jobs: list[Claimed]
     next_due_ms: float | None
     paused_at_ms: int | None = None
-    # Due jobs this claim passed over, by why: a running limit, a rate.
+    # Due jobs this claim passed over, by why: a running limit, a rate, a hold.
     held: dict[HoldReason, int] = field(default_factory=dict)
 
 
@@ -158,7 +162,7 @@ def claim_nonce() -> str:
 
 def _parse_claim(reply: list[Any]) -> Claim:
     """A claim's reply (claim.lua, or finish.lua's after the end of a try)."""
-    claimed, next_due, paused_at, (held_limit, held_rate) = reply
+    claimed, next_due, paused_at, (held_limit, held_rate, held_hold) = reply
     rows = iter(claimed)
     jobs = [
         Claimed(job_id.decode(), int(float(score)), int(job_try), token.decode(), job or None)
@@ -168,5 +172,9 @@ def _parse_claim(reply: list[Any]) -> Claim:
         jobs,
         float(next_due) if next_due else None,
         int(paused_at) if paused_at else None,
-        {HoldReason.LIMIT: held_limit, HoldReason.RATE: held_rate},
+        {
+            HoldReason.LIMIT: held_limit,
+            HoldReason.RATE: held_rate,
+            HoldReason.HELD: held_hold,
+        },
     )

@@ -41,21 +41,21 @@
 -- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
 -- ...}: the job's data comes with the claim, so nothing reads it before the
 -- run), the next due time (ms) or nil, the time the queue was paused or nil,
--- and the due jobs passed over ({limit = n, rate = n}).
+-- and the due jobs passed over ({limit = n, rate = n, held = n}).
 local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
     nonce)
   local waiting_key, flow_key = qkey(queue, 'waiting'), qkey(queue, 'flow')
   local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
   local claimed, count_, scanned = {}, 0, 0
   local next_due = nil
-  local held = {limit = 0, rate = 0}
+  local held = {limit = 0, rate = 0, held = 0}
   -- Jobs started in this call (a key's turn may start one the scan reads later).
   local started = {}
 
   local function sooner(due) if not next_due or due < next_due then next_due = due end end
 
-  -- Per call: what each running set and start window holds, read once.
-  local running, windows, marked = {}, {}, {}
+  -- Per call: what each running set, start window and hold holds, read once.
+  local running, windows, marked, holds = {}, {}, {}, {}
 
   local function running_count(key, max)
     local n = running[key]
@@ -95,12 +95,30 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     end
   end
 
+  -- A hold on the type or key (a partner's 429): its time left (ms), or nil.
+  local function hold_left(hkey)
+    local left = holds[hkey]
+    if left == nil then
+      left = redis.call('PTTL', hkey)
+      holds[hkey] = left
+    end
+    if left > 0 then return left end
+    return nil
+  end
+
   -- The checks a job of a limited type must pass: nil when it may start now,
-  -- else the reason; `starts` collects what to count if it does start.
+  -- else the reason; `starts` collects what to count if it does start. A hold
+  -- comes first; its end becomes a due time for the worker's sleep.
   local function gate(flow)
     local t, key = flow_parts(flow)
     local l = t and limits[t]
     if not l then return nil, nil end
+    local left = hold_left(hold_key(queue, t))
+    if left then sooner(now + left) mark(t, 'held') return 'held', nil end
+    if key ~= '' then
+      left = hold_left(hold_key_of(queue, t, key))
+      if left then sooner(now + left) mark(t .. '\n' .. key, 'held') return 'held', nil end
+    end
     local checks = {}
     if l.n then checks[#checks + 1] = {'n', running_key(queue, t), l.n, t} end
     if l.r then checks[#checks + 1] = {'r', starts_key(queue, t), l.r, t} end

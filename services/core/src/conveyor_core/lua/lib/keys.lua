@@ -11,6 +11,10 @@ local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
 local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .. t .. ':' .. key) end
 local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
 local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
+-- A hold (a partner's 429, see finish.lua): while it lives (PX), no job of the
+-- type (or of the key) starts.
+local function hold_key(queue, t) return qkey(queue, 'hold:' .. t) end
+local function hold_key_of(queue, t, key) return qkey(queue, 'hold-key:' .. t .. ':' .. key) end
 
 -- Keys take turns (flow.py): a keyed job (its type has a key) also waits in
 -- its key's own queue, `keyq:{type}:{key}` (same score as in arq's queue),

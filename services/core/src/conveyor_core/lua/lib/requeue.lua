@@ -2,8 +2,8 @@
 --- @include "lib/transition"
 
 -- Put a dead job back on its queue under the same id, for requeue.lua and
--- bulk.lua alike: a new first try (tries, progress, times and a pending
--- cancel reset, `requeues` counted), its flow entry back. Its arq job key
+-- bulk.lua alike: a new first try (tries, snoozes, progress, times and a
+-- pending cancel reset, `requeues` counted), its flow entry back. Its arq job key
 -- must exist; the caller may rewrite it first (a new trace context).
 local function requeue_dead(rec, now)
   local id = rec.id
@@ -11,6 +11,6 @@ local function requeue_dead(rec, now)
   redis.call('PERSIST', K.job .. id)
   redis.call('HINCRBY', K.job .. id, 'requeues', 1)
   transition(rec, 'queued', now, now, {'ready_at_ms', now, 'tries', 0, 'finished_at_ms', '',
-    'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', ''}, 0)
+    'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', '', 'snoozes', 0}, 0)
   if rec.flow then redis.call('HSET', qkey(rec.queue, 'flow'), id, rec.flow) end
 end
