@@ -100,6 +100,10 @@ class JobType:
     # still enqueue it and workers run it. True by default, so a module's types
     # stay its api; each api key may be limited further (its `job_types`).
     public: bool = True
+    # Claim-check (claimcheck.py): a payload or result whose JSON is larger than
+    # this many bytes is kept in the blob store, the job keeps a reference.
+    # None: always inline (at most the api's max_payload_bytes).
+    offload_above_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not JOB_NAME.fullmatch(self.name):
@@ -119,6 +123,8 @@ class JobType:
                 f"job type {self.name!r}: priority must be {HIGHEST_PRIORITY} (highest) to "
                 f"{LOWEST_PRIORITY} (lowest), not {self.priority!r}"
             )
+        if self.offload_above_bytes is not None and self.offload_above_bytes < 0:
+            raise ValueError(f"job type {self.name!r}: offload_above_bytes must be 0 or more")
         if self.limits is not None and (problems := self.limits.problems(self.payload)):
             raise ValueError(f"job type {self.name!r}: " + "; ".join(problems))
 

@@ -33,6 +33,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import OutOfMemoryError
 
 from conveyor_core import keys, serializer
+from conveyor_core.blobs import BlobStore
 from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.flow import claim_limits, flow_entry
 from conveyor_core.jobs import (
@@ -421,9 +422,13 @@ class JobStore:
         catalog: Catalog | None = None,
         *,
         admit: Callable[[], Awaitable[None]] | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.redis = redis
         self.catalog = catalog or load_catalog()
+        # Where offloaded payloads and results go (claimcheck.py); None: every
+        # job keeps its payload and result inline.
+        self.blobs = blobs
         # Awaited before each submit; raises to refuse it (the api's: not while
         # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
         self._admit = admit
@@ -476,6 +481,7 @@ class JobStore:
         priority: int | None = None,
         id_may_repeat: bool = False,
         quota: Quota | None = None,
+        stored_payload: dict[str, Any] | None = None,
     ) -> Submitted:
         """Enqueue the job as arq would, unless its Idempotency-Key names one
         already, or the caller's `rate_limit` or `quota` refuses it (in the
@@ -487,7 +493,9 @@ class JobStore:
         job key became arq's result key); a fresh random id needs no check.
 
         Its score is its due time in its priority's band (the job type's
-        priority unless `priority` is given). The store's `admit` may refuse it first."""
+        priority unless `priority` is given). The store's `admit` may refuse it first.
+        `stored_payload` is what the job keeps in place of `payload` (an
+        offloaded one's reference, see claimcheck.py); flow limits read `payload`."""
         await self.admit()
         at_ms = now_ms()
         priority = job_type.priority if priority is None else priority
@@ -498,7 +506,8 @@ class JobStore:
             )
         if idempotency_key:
             meta = {**meta, "idempotency_key": idempotency_key}
-        job = ArqJob(job_type.name, payload, meta, at_ms)
+        kept = payload if stored_payload is None else stored_payload
+        job = ArqJob(job_type.name, kept, meta, at_ms)
         idem_key = (
             keys.idempotency_key(job_type.name, idempotency_key, meta.get(SUBMITTED_BY))
             if idempotency_key
