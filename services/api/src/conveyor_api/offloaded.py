@@ -1,0 +1,47 @@
+"""Offloaded payloads and results (claim-check) as clients see them.
+
+`GET /v1/jobs/{id}` shows a job's payload and result as they were submitted
+and returned, read back from the blob store (and checked), up to
+`inline_blob_bytes`; a larger one is shown as its reference with an `href`:
+`GET /v1/jobs/{id}/payload` (or `/result`) streams it, or redirects to a
+presigned URL where the store can presign. Listings show references only.
+"""
+
+from typing import Any, Literal
+
+import orjson
+
+from conveyor_core.blobs import BlobIntegrityError, BlobNotFoundError, BlobRef, BlobStore
+from conveyor_core.claimcheck import BLOB_FIELD, reference_of
+from conveyor_core.jobs import JobPublic
+
+Part = Literal["payload", "result"]
+
+
+def link(job_id: str, part: Part, ref: BlobRef) -> dict[str, Any]:
+    """A reference as a client reads it: where to fetch the bytes."""
+    return {BLOB_FIELD: {**ref.as_dict(), "href": f"/v1/jobs/{job_id}/{part}"}}
+
+
+async def _shown(
+    blobs: BlobStore | None, job_id: str, part: Part, value: Any, inline_max_bytes: int
+) -> Any:
+    ref = reference_of(value)
+    if ref is None:
+        return value
+    if blobs is None or ref.size > inline_max_bytes:
+        return link(job_id, part, ref)
+    try:
+        return orjson.loads(await blobs.get(ref))
+    except (BlobNotFoundError, BlobIntegrityError, orjson.JSONDecodeError):
+        # Gone or changed: the reference tells what was there; fetching it says why.
+        return link(job_id, part, ref)
+
+
+async def shown(job: JobPublic, blobs: BlobStore | None, inline_max_bytes: int) -> JobPublic:
+    """The job with its offloaded payload and result read back (or linked)."""
+    if reference_of(job.payload) is None and reference_of(job.result) is None:
+        return job
+    payload = await _shown(blobs, job.id, "payload", job.payload, inline_max_bytes)
+    result = await _shown(blobs, job.id, "result", job.result, inline_max_bytes)
+    return job.model_copy(update={"payload": payload, "result": result})
