@@ -1,8 +1,10 @@
 """Claim-check through the api: an offloaded payload and result read back as
 they were (or as a link when very large), and a key's quota of stored bytes."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -128,3 +130,34 @@ async def test_a_key_over_its_quota_of_stored_bytes_is_refused(client: httpx.Asy
     assert tiny.status_code == 201
     # Another key is not held back by it.
     assert (await client.post("/v1/jobs/bulky", json=half, headers=ADMIN)).status_code == 201
+
+
+async def test_a_bulk_delete_takes_the_jobs_blobs_with_it(
+    client: httpx.AsyncClient, blob_settings: BlobSettings
+) -> None:
+    big = {"data": "b" * 5000}
+    job_ids = [
+        (await client.post("/v1/jobs/bulky", json=big, headers=ADMIN)).json()["id"]
+        for _ in range(3)
+    ]
+    folder = Path(blob_settings.url.removeprefix("file://")) / "jobs"
+    assert {p.name for p in folder.iterdir()} == set(job_ids)
+    cancel = {"action": "cancel", "filter": {"job_type": "bulky", "state": "queued"}}
+    assert (await bulk(client, cancel))["done"] == 3
+
+    delete = {"action": "delete", "filter": {"job_type": "bulky"}}
+    assert (await bulk(client, delete))["done"] == 3
+    assert [p for p in folder.rglob("*") if p.is_file()] == []
+
+
+async def bulk(client: httpx.AsyncClient, action: dict[str, Any]) -> dict[str, Any]:
+    """Run a bulk action; its status once it finished."""
+    started = await client.post("/v1/bulk", json=action, headers=ADMIN)
+    assert started.status_code == 202, started.text
+    bulk_id = started.json()["id"]
+    for _ in range(500):
+        status: dict[str, Any] = (await client.get(f"/v1/bulk/{bulk_id}", headers=ADMIN)).json()
+        if status["state"] != "running":
+            return status
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"bulk action {bulk_id} never finished: {status}")

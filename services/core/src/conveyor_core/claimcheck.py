@@ -134,6 +134,24 @@ async def resolve(blobs: BlobStore, value: Any) -> Any:
     return orjson.loads(await blobs.get(ref))
 
 
+async def _record_exists(redis: ArqRedis, job_id: str) -> bool:
+    # Waiting for its first try a job has only arq's job key; finished, arq's
+    # result key and the record (the keys of one job share a slot).
+    found = await redis.exists(
+        job_key_prefix + job_id, keys.job_key(job_id), result_key_prefix + job_id
+    )
+    return bool(found)
+
+
+async def delete_if_gone(blobs: BlobStore, redis: ArqRedis, job_ids: list[str]) -> int:
+    """Delete the blobs of these jobs whose record is gone (a bulk delete's);
+    returns how many jobs' blobs went."""
+    gone = [job_id for job_id in job_ids if not await _record_exists(redis, job_id)]
+    for job_id in gone:
+        await blobs.delete(payload_blob_key(job_id), result_blob_key(job_id))
+    return len(gone)
+
+
 async def sweep(
     blobs: BlobStore, redis: ArqRedis, older_than_s: float = SWEEP_GRACE_S, budget: int = 1000
 ) -> int:
@@ -141,12 +159,6 @@ async def sweep(
     they are `older_than_s` old; returns how many went."""
 
     async def referenced(blob_key: str) -> bool:
-        # Waiting for its first try a job has only arq's job key; finished,
-        # arq's result key and the record (the keys of one job share a slot).
-        job_id = job_id_of(blob_key)
-        found = await redis.exists(
-            job_key_prefix + job_id, keys.job_key(job_id), result_key_prefix + job_id
-        )
-        return bool(found)
+        return await _record_exists(redis, job_id_of(blob_key))
 
     return await blobs.sweep(JOBS_PREFIX, referenced, older_than_s, budget)
