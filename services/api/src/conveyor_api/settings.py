@@ -68,12 +68,11 @@ class Settings(BaseSettings):
     # JSON bodies nested deeper than this get 422 (deep nesting crashes parsers).
     max_json_depth: int = Field(default=32, ge=2, le=500)
     # A job's payload, as compact JSON, above this size gets 413: payloads
-    # travel through Redis on every try; large data belongs in a document.
+    # travel through Redis on every try; large data belongs in a document, or
+    # in a job type that offloads (offload_above_bytes): up to max_upload_bytes.
     max_payload_bytes: int = Field(default=65_536, ge=256)
-    # A job type that offloads (its offload_above_bytes) takes payloads up to
-    # max_upload_bytes instead: they go to the blob store, not through Redis.
-    # Reading a job shows an offloaded payload or result inline up to this
-    # size; a larger one as a link (GET /v1/jobs/{id}/payload or /result).
+    # Reading a job shows an offloaded payload or result (claim-check) inline
+    # up to this size; a larger one as a link (GET /v1/jobs/{id}/payload or /result).
     inline_blob_bytes: int = Field(default=1_048_576, ge=0)
     # How far ahead a job may be scheduled (defer_by_s, run_at); later gets 422.
     # At most ~100 years, so every due time stays one the api can read back.
