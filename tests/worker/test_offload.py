@@ -3,6 +3,7 @@ blob store: an offloaded payload runs intact, a changed or missing blob fails
 the job at once (dead, never retried), a large result is offloaded too."""
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobPublic, JobState
-from conveyor_core.store import JobStore
+from conveyor_core.store import ArqJob, JobStore
 from conveyor_worker.process import Processor, Try
 from conveyor_worker.worker import resolve_handler
 from tests.support import jobs
@@ -111,7 +112,7 @@ async def test_a_large_result_is_offloaded_and_reads_back(
     assert ref is not None
     assert ref.key == f"jobs/{try_.job_id}/result"
     assert store.blobs is not None
-    result = await claimcheck.resolve(store.blobs, job.result)
+    result = await claimcheck.resolve(store.blobs, job.result, try_.job_id)
     assert result["echo"] == data
 
 
@@ -126,3 +127,24 @@ async def test_the_sweep_deletes_blobs_whose_record_is_gone(
     assert await claimcheck.sweep(store.blobs, redis, older_than_s=0) == 1
     assert (blob_dir / "jobs" / kept.job_id / "payload").exists()
     assert not (blob_dir / "jobs" / gone.job_id / "payload").exists()
+
+
+async def test_a_reference_to_another_jobs_blob_is_refused(
+    store: JobStore, processor: Processor, redis: ArqRedis
+) -> None:
+    """A job written to Redis by hand cannot make the worker read another's bytes."""
+    other = await enqueue(store, CATALOG["bulky"], jobs.Bulky(data="s" * 4096), defer_by_s=3600)
+    raw = await redis.get(job_key_prefix + other.job_id)
+    try_ = await submit_and_claim(store, jobs.Bulky(data="t" * 4096))
+    assert try_.job_id != other.job_id
+    assert raw is not None
+    borrowed = ArqJob.decode(raw)
+    assert borrowed is not None
+    planted = replace(try_.claimed, job_bytes=borrowed.encode())
+    try_ = Try(planted, try_.fence)
+
+    assert await processor.process(try_) is JobState.DEAD
+    job = await record(store, try_.job_id)
+    assert job.error is not None
+    assert job.error.type == "OffloadedBlobError"
+    assert "not job" in job.error.message

@@ -26,8 +26,8 @@ def link(job_id: str, part: Part, ref: BlobRef) -> dict[str, Any]:
 async def _shown(
     blobs: BlobStore | None, job_id: str, part: Part, value: Any, inline_max_bytes: int
 ) -> Any:
-    ref = reference_of(value)
-    if ref is None:
+    ref = reference_of(value, job_id)
+    if ref is None:  # inline (or not a reference to this job's own blob)
         return value
     if blobs is None or ref.size > inline_max_bytes:
         return link(job_id, part, ref)

@@ -59,15 +59,20 @@ def as_reference(ref: BlobRef) -> dict[str, Any]:
     return {BLOB_FIELD: ref.as_dict()}
 
 
-def reference_of(value: Any) -> BlobRef | None:
-    """The blob an offloaded payload or result refers to; None for an inline value."""
+def reference_of(value: Any, job_id: str | None = None) -> BlobRef | None:
+    """The blob an offloaded payload or result refers to; None for an inline
+    value. With `job_id`, only a reference to that job's own blobs counts: a
+    job written to Redis by hand cannot point the worker at another's bytes."""
     if not isinstance(value, dict) or len(value) != 1 or BLOB_FIELD not in value:
         return None
     raw = value[BLOB_FIELD]
     try:
-        return BlobRef.from_dict(raw)
+        ref = BlobRef.from_dict(raw)
     except (KeyError, TypeError, ValueError):
         return None
+    if job_id is not None and ref.key not in (payload_blob_key(job_id), result_blob_key(job_id)):
+        return None
+    return ref
 
 
 def offloads(job_type: JobType, size_bytes: int) -> bool:
@@ -103,12 +108,19 @@ async def offload_result(
     return orjson.dumps(as_reference(ref)).decode()
 
 
-async def resolve_payload(blobs: BlobStore | None, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload a job was submitted with: read back and checked when it was
-    offloaded (OffloadedBlobError when it is gone or changed)."""
-    ref = reference_of(payload)
-    if ref is None:
+async def resolve_payload(
+    blobs: BlobStore | None, payload: dict[str, Any], job_id: str
+) -> dict[str, Any]:
+    """The payload job `job_id` was submitted with: read back and checked when
+    it was offloaded (OffloadedBlobError when it is gone or changed, or the
+    reference names a blob not the job's own)."""
+    if reference_of(payload) is None:
         return payload
+    ref = reference_of(payload, job_id)
+    if ref is None:
+        raise OffloadedBlobError(
+            f"the payload refers to a blob that is not job {job_id}'s own payload"
+        )
     if blobs is None:
         raise OffloadedBlobError(
             f"the payload is offloaded to blob {ref.key}, and this process has no blob store"
@@ -126,9 +138,9 @@ async def resolve_payload(blobs: BlobStore | None, payload: dict[str, Any]) -> d
     return data
 
 
-async def resolve(blobs: BlobStore, value: Any) -> Any:
-    """An offloaded value read back (checked); an inline one as it is."""
-    ref = reference_of(value)
+async def resolve(blobs: BlobStore, value: Any, job_id: str) -> Any:
+    """Job `job_id`'s offloaded value read back (checked); an inline one as it is."""
+    ref = reference_of(value, job_id)
     if ref is None:
         return value
     return orjson.loads(await blobs.get(ref))

@@ -165,7 +165,7 @@ class Processor:
             )
             return decide(policy, job_try, error), None, error
         try:  # an offloaded payload (claimcheck.py), read back and checked
-            data = await claimcheck.resolve_payload(self.store.blobs, job.payload)
+            data = await claimcheck.resolve_payload(self.store.blobs, job.payload, try_.job_id)
         except Exception as exc:  # OffloadedBlobError is permanent; a store fault is not
             return decide(policy, job_try, exc), None, exc
         try:

@@ -402,7 +402,7 @@ async def _offloaded_part(caller: Caller, job_id: str, part: offloaded.Part) -> 
     if read.found is None or not tenants.reads(caller.key, read.found[1]):
         raise _not_found(job_id)
     job, blobs = read.found[1], caller.services.store.blobs
-    ref = reference_of(job.payload if part == "payload" else job.result)
+    ref = reference_of(job.payload if part == "payload" else job.result, job_id)
     if ref is None or blobs is None:
         raise HTTPException(404, f"Job {job_id!r} has no offloaded {part}: read the job itself.")
     if (url := await blobs.presign("GET", ref.key)) is not None:
