@@ -2,6 +2,7 @@
 they were (or as a link when very large), and a key's quota of stored bytes."""
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,29 @@ async def bulk(client: httpx.AsyncClient, action: dict[str, Any]) -> dict[str, A
             return status
         await asyncio.sleep(0.02)
     raise AssertionError(f"bulk action {bulk_id} never finished: {status}")
+
+
+async def test_a_blob_store_fault_is_a_503_and_jobs_stay_readable(
+    client: httpx.AsyncClient, redis: ArqRedis, blob_settings: BlobSettings
+) -> None:
+    payload = {"data": "f" * 5000, "echo": True}
+    submitted = await client.post("/v1/jobs/bulky", json=payload, headers=ADMIN)
+    job_id = submitted.json()["id"]
+    assert await run_one(redis, blob_settings) is JobState.COMPLETE
+    # The store's folder becomes a file: every read and write of it fails.
+    folder = Path(blob_settings.url.removeprefix("file://"))
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+
+    refused = await client.post("/v1/jobs/bulky", json=payload, headers=ADMIN)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert str(folder) not in refused.text  # the store's own message stays in the logs
+    read = await client.get(f"/v1/jobs/{job_id}", headers=ADMIN)
+    assert read.status_code == 200
+    assert read.json()["result"][BLOB_FIELD]["href"] == f"/v1/jobs/{job_id}/result"
+    assert (await client.get(f"/v1/jobs/{job_id}/result", headers=ADMIN)).status_code == 503
+    # Small payloads stay inline: they need no store.
+    tiny = await client.post("/v1/jobs/bulky", json={"data": "t"}, headers=ADMIN)
+    assert tiny.status_code == 201

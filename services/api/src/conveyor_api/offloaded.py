@@ -11,11 +11,24 @@ from typing import Any, Literal
 
 import orjson
 
-from conveyor_core.blobs import BlobIntegrityError, BlobNotFoundError, BlobRef, BlobStore
+from conveyor_core.blobs import (
+    BLOB_STORE_ERRORS,
+    BlobIntegrityError,
+    BlobNotFoundError,
+    BlobRef,
+    BlobStore,
+)
 from conveyor_core.claimcheck import BLOB_FIELD, reference_of
 from conveyor_core.jobs import JobPublic
 
 Part = Literal["payload", "result"]
+# Why a blob cannot be shown: gone, changed, not JSON, or the store out of reach.
+UNREADABLE: tuple[type[Exception], ...] = (
+    BlobNotFoundError,
+    BlobIntegrityError,
+    orjson.JSONDecodeError,
+    *BLOB_STORE_ERRORS,
+)
 
 
 def link(job_id: str, part: Part, ref: BlobRef) -> dict[str, Any]:
@@ -33,8 +46,9 @@ async def _shown(
         return link(job_id, part, ref)
     try:
         return orjson.loads(await blobs.get(ref))
-    except (BlobNotFoundError, BlobIntegrityError, orjson.JSONDecodeError):
-        # Gone or changed: the reference tells what was there; fetching it says why.
+    except UNREADABLE:
+        # Gone, changed or out of reach: the reference tells what was there,
+        # and fetching it says why; the job itself stays readable.
         return link(job_id, part, ref)
 
 
