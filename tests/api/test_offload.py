@@ -134,17 +134,19 @@ async def test_a_key_over_its_quota_of_stored_bytes_is_refused(client: httpx.Asy
 
 
 async def test_a_bulk_delete_takes_the_jobs_blobs_with_it(
-    client: httpx.AsyncClient, blob_settings: BlobSettings
+    client: httpx.AsyncClient, redis: ArqRedis, blob_settings: BlobSettings
 ) -> None:
-    big = {"data": "b" * 5000}
+    big = {"data": "b" * 5000, "echo": True}
     job_ids = [
         (await client.post("/v1/jobs/bulky", json=big, headers=ADMIN)).json()["id"]
         for _ in range(3)
     ]
+    assert await run_one(redis, blob_settings) is JobState.COMPLETE  # a result blob too
     folder = Path(blob_settings.url.removeprefix("file://")) / "jobs"
     assert {p.name for p in folder.iterdir()} == set(job_ids)
+    assert len([p for p in folder.rglob("result.*") if p.is_file()]) == 1
     cancel = {"action": "cancel", "filter": {"job_type": "bulky", "state": "queued"}}
-    assert (await bulk(client, cancel))["done"] == 3
+    assert (await bulk(client, cancel))["done"] == 2
 
     delete = {"action": "delete", "filter": {"job_type": "bulky"}}
     assert (await bulk(client, delete))["done"] == 3

@@ -110,7 +110,7 @@ async def test_a_large_result_is_offloaded_and_reads_back(
     job = await record(store, try_.job_id)
     ref = claimcheck.reference_of(job.result)
     assert ref is not None
-    assert ref.key == f"jobs/{try_.job_id}/result"
+    assert ref.key == f"jobs/{try_.job_id}/result.{try_.fence.token.replace(':', '-')}"
     assert store.blobs is not None
     result = await claimcheck.resolve(store.blobs, job.result, try_.job_id)
     assert result["echo"] == data

@@ -2,7 +2,8 @@
 
 A job type with `offload_above_bytes` set has its payload (at submit) and its
 result (at the end of its try) written as a blob when their JSON is larger:
-`jobs/{job id}/payload` and `jobs/{job id}/result`. arq's job key and the
+`jobs/{job id}/payload` and `jobs/{job id}/result.{try token}` (a stale
+try's late result never overwrites the one the record refers to). arq's job key and the
 record then hold only `{"__conveyor_blob__": {store, key, size, sha256}}`,
 which the worker resolves (and checks) before validating the payload, and the
 api shows transparently. Jobs of other types, or under the threshold, are
@@ -46,8 +47,15 @@ def payload_blob_key(job_id: str) -> str:
     return f"{JOBS_PREFIX}{job_id}/payload"
 
 
-def result_blob_key(job_id: str) -> str:
-    return f"{JOBS_PREFIX}{job_id}/result"
+def result_blob_key(job_id: str, token: str = "") -> str:
+    """A try's result: one key per try (its fencing token), so a stale try's
+    result cannot overwrite the blob the record refers to."""
+    suffix = "." + token.replace(":", "-") if token else ""
+    return f"{JOBS_PREFIX}{job_id}/result{suffix}"
+
+
+def job_blobs_prefix(job_id: str) -> str:
+    return f"{JOBS_PREFIX}{job_id}/"
 
 
 def job_id_of(blob_key: str) -> str:
@@ -70,7 +78,7 @@ def reference_of(value: Any, job_id: str | None = None) -> BlobRef | None:
         ref = BlobRef.from_dict(raw)
     except (KeyError, TypeError, ValueError):
         return None
-    if job_id is not None and ref.key not in (payload_blob_key(job_id), result_blob_key(job_id)):
+    if job_id is not None and not ref.key.startswith(job_blobs_prefix(job_id)):
         return None
     return ref
 
@@ -97,12 +105,13 @@ async def offload_payload(
 
 
 async def offload_result(
-    blobs: BlobStore | None, job_type: JobType, job_id: str, result_json: str
+    blobs: BlobStore | None, job_type: JobType, job_id: str, result_json: str, token: str = ""
 ) -> str:
-    """The result as the record keeps it (JSON): itself, or a reference."""
+    """The result of the try holding `token`, as the record keeps it (JSON):
+    itself, or a reference."""
     if blobs is None or not offloads(job_type, len(result_json)):
         return result_json
-    ref = await blobs.put(result_blob_key(job_id), result_json.encode())
+    ref = await blobs.put(result_blob_key(job_id, token), result_json.encode())
     BLOB_BYTES_WRITTEN.labels("result").inc(ref.size)
     BLOB_OFFLOADS.labels("result").inc()
     return orjson.dumps(as_reference(ref)).decode()
@@ -160,7 +169,7 @@ async def delete_if_gone(blobs: BlobStore, redis: ArqRedis, job_ids: list[str]) 
     returns how many jobs' blobs went."""
     gone = [job_id for job_id in job_ids if not await _record_exists(redis, job_id)]
     for job_id in gone:
-        await blobs.delete(payload_blob_key(job_id), result_blob_key(job_id))
+        await blobs.delete(*[info.key async for info in blobs.list(job_blobs_prefix(job_id))])
     return len(gone)
 
 

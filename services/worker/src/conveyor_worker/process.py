@@ -212,7 +212,7 @@ class Processor:
         result_json = _as_json(result)
         try:
             kept = await claimcheck.offload_result(
-                self.store.blobs, job_type, try_.job_id, result_json
+                self.store.blobs, job_type, try_.job_id, result_json, try_.fence.token
             )
         except Exception as exc:
             return decide(job_type.retry, try_.claimed.job_try, exc), None, exc
