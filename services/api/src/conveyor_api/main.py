@@ -31,7 +31,7 @@ from conveyor_api.routes import (
 )
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
-from conveyor_core.blobs import BlobStore
+from conveyor_core import claimcheck
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis,
             catalog,
             admit=redis_health.refuse_if_unsafe,
-            blobs=BlobStore.from_settings(settings.blobs),
+            blobs=claimcheck.open_blob_store(settings.blobs),
         )
         app.state.events = events = JobEvents(redis)
         if settings.rate_limit_per_s > 0:

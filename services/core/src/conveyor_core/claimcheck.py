@@ -13,6 +13,7 @@ A job's blobs live as long as its record: once the record is gone (its
 retention ran out, a bulk delete), `sweep` deletes them after a grace.
 """
 
+import logging
 from typing import Any
 
 import orjson
@@ -24,10 +25,13 @@ from conveyor_core.blobs import (
     BlobIntegrityError,
     BlobNotFoundError,
     BlobRef,
+    BlobSettings,
     BlobStore,
 )
 from conveyor_core.catalog import JobType, PermanentJobError
 from conveyor_core.metrics import BLOB_BYTES_WRITTEN, BLOB_OFFLOADS
+
+logger = logging.getLogger(__name__)
 
 # The one field of an offloaded payload or result: its blob's reference.
 BLOB_FIELD = "__conveyor_blob__"
@@ -41,6 +45,27 @@ SWEEP_GRACE_S = 3600.0
 class OffloadedBlobError(PermanentJobError):
     """A job's offloaded payload is missing or not what its reference says:
     no retry can bring it back, so the job goes dead at once."""
+
+
+class NoBlobStoreError(RuntimeError):
+    """This process has no blob store to read an offloaded payload from: a
+    setting to fix (CONVEYOR_BLOBS_*), so the job is retried, not dead."""
+
+
+def open_blob_store(settings: BlobSettings) -> BlobStore | None:
+    """The service's blob store, or None (logged) when its folder cannot be
+    made: the service still starts, and job types that offload keep their
+    payloads inline (the api) or retry them (the worker) until it is fixed."""
+    try:
+        return BlobStore.from_settings(settings)
+    except OSError as exc:
+        logger.warning(
+            "no blob store (CONVEYOR_BLOBS_URL %s): %s; job types that offload "
+            "keep their payloads inline until it is set",
+            settings.url,
+            exc,
+        )
+        return None
 
 
 def payload_blob_key(job_id: str) -> str:
@@ -131,8 +156,9 @@ async def resolve_payload(
             f"the payload refers to a blob that is not job {job_id}'s own payload"
         )
     if blobs is None:
-        raise OffloadedBlobError(
-            f"the payload is offloaded to blob {ref.key}, and this process has no blob store"
+        raise NoBlobStoreError(
+            f"the payload is offloaded to blob {ref.key}, and this worker has no blob store "
+            "(CONVEYOR_BLOBS_URL)"
         )
     try:
         data = orjson.loads(await blobs.get(ref))

@@ -42,7 +42,6 @@ from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
 
 from conveyor_core import claimcheck, keys
-from conveyor_core.blobs import BlobStore
 from conveyor_core.catalog import Catalog, JobModuleError, JobType, load_catalog
 from conveyor_core.context import AnyHandler
 from conveyor_core.fencing import Fence
@@ -620,7 +619,7 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         declare_job_series(job_types)
     return {
         "redis_pool": redis,
-        "store": JobStore(redis, catalog, blobs=BlobStore.from_settings(settings.blobs)),
+        "store": JobStore(redis, catalog, blobs=claimcheck.open_blob_store(settings.blobs)),
         "queue_name": settings.queue,
         "handlers": {t.name: resolve_handler(t.handler) for t in job_types},
         "schedules": cron_schedules(settings, job_types),
