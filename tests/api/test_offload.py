@@ -190,3 +190,21 @@ async def test_a_blob_store_fault_is_a_503_and_jobs_stay_readable(
     # Small payloads stay inline: they need no store.
     tiny = await client.post("/v1/jobs/bulky", json={"data": "t"}, headers=ADMIN)
     assert tiny.status_code == 201
+
+
+async def test_a_type_that_offloads_takes_payloads_past_the_body_limit(
+    client: httpx.AsyncClient, redis: ArqRedis, blob_settings: BlobSettings
+) -> None:
+    """Up to max_upload_bytes (10 MiB), where other types stop at max_body_bytes (1 MiB)."""
+    data = "m" * (2 * 1024 * 1024)
+    accepted = await client.post("/v1/jobs/bulky", json={"data": data}, headers=ADMIN)
+    assert accepted.status_code == 201, accepted.text[:200]
+    assert await run_one(redis, blob_settings) is JobState.COMPLETE
+    read = (await client.get(f"/v1/jobs/{accepted.json()['id']}", headers=ADMIN)).json()
+    assert read["result"]["size"] == len(data)
+
+    refused = await client.post(
+        "/v1/jobs/flaky", json={"fail_times": 0, "pad": data}, headers=ADMIN
+    )
+    assert refused.status_code == 413
+    assert refused.headers["content-type"] == "application/problem+json"
