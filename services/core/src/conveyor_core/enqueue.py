@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from conveyor_core import claimcheck, stored_bytes
 from conveyor_core.blobs import BlobRef
 from conveyor_core.catalog import JobType
-from conveyor_core.jobs import now_ms
+from conveyor_core.jobs import DEAD_RETENTION_S, now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.ratelimit import RateLimit
 from conveyor_core.store import SUBMITTED_BY, JobStore, Quota, Submitted
@@ -153,9 +153,10 @@ async def enqueue(
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()
-        if blob is not None and submitted_by and byte_quota is not None:
-            until_s = due_ms / 1000 + job_type.keep_result_s
-            await stored_bytes.count(store.redis, submitted_by, blob.size, until_s)
+        if blob is not None and byte_quota is not None:
+            # Counted as long as its record may live: kept, or dead (and requeueable).
+            until_s = due_ms / 1000 + max(job_type.keep_result_s, DEAD_RETENTION_S)
+            await stored_bytes.count(store.redis, byte_quota.api_key, blob.size, until_s)
     elif blob is not None and store.blobs is not None:
         await store.blobs.delete(blob.key)  # nothing refers to it
     return submitted
