@@ -3,6 +3,8 @@ blob store: an offloaded payload runs intact, a changed or missing blob fails
 the job at once (dead, never retried), a large result is offloaded too."""
 
 import hashlib
+import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from conveyor_core.store import ArqJob, JobStore
 from conveyor_worker.process import Processor, Try
 from conveyor_worker.worker import resolve_handler
 from tests.support import jobs
+from tests.worker.conftest import make_worker
 
 CATALOG = load_catalog(jobs.MODULES.split(","))
 QUEUE = CATALOG["bulky"].queue
@@ -148,3 +151,25 @@ async def test_a_reference_to_another_jobs_blob_is_refused(
     assert job.error is not None
     assert job.error.type == "OffloadedBlobError"
     assert "not job" in job.error.message
+
+
+async def test_housekeeping_sweeps_blobs_of_gone_records_once_per_interval(
+    store: JobStore, redis: ArqRedis, redis_url: str, blob_dir: Path
+) -> None:
+    live = await enqueue(store, CATALOG["bulky"], jobs.Bulky(data="l" * 4096))
+    assert store.blobs is not None
+    await store.blobs.put(claimcheck.payload_blob_key("gone"), b"{}")
+    hour_ago_s = time.time() - 2 * claimcheck.SWEEP_GRACE_S
+    for blob in (blob_dir / "jobs").rglob("payload"):
+        os.utime(blob, (hour_ago_s, hour_ago_s))
+    worker = make_worker(redis, redis_url, store=store)
+
+    await worker._sweep_blobs()
+    assert (blob_dir / "jobs" / live.job_id / "payload").exists()
+    assert not (blob_dir / "jobs" / "gone" / "payload").exists()
+
+    # One sweep per interval across all workers: a second one now does nothing.
+    await store.blobs.put(claimcheck.payload_blob_key("gone-too"), b"{}")
+    os.utime(blob_dir / "jobs" / "gone-too" / "payload", (hour_ago_s, hour_ago_s))
+    await worker._sweep_blobs()
+    assert (blob_dir / "jobs" / "gone-too" / "payload").exists()
