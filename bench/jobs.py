@@ -59,6 +59,19 @@ async def record(redis: ArqRedis, queue: str, started: float) -> None:
         await pipe.execute()
 
 
+class Carry(BaseModel):
+    """A payload with data in it: the claim-check bench's 1 MiB jobs."""
+
+    data: str
+
+
+async def carry(ctx: JobContext, payload: Carry) -> int:
+    return len(payload.data)
+
+
+# Payloads over this go to the blob store (bench/blobs.py).
+OFFLOAD_ABOVE_BYTES = 64 * 1024
+
 JOB_TYPES = [
     JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
     JobType("nap", Nap, "bench.jobs:nap", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
@@ -71,5 +84,13 @@ JOB_TYPES = [
         queue=LIMITED_QUEUE,
         retry=RetryPolicy(max_tries=1),
         limits=Limits(max_running=1000, rate=Rate(1_000_000, 1.0)),
+    ),
+    JobType(
+        "carry",
+        Carry,
+        "bench.jobs:carry",
+        queue=CONVEYOR_QUEUE,
+        retry=RetryPolicy(max_tries=1),
+        offload_above_bytes=OFFLOAD_ABOVE_BYTES,
     ),
 ]

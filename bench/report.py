@@ -23,6 +23,7 @@ BENCHES = (
     ("Worker: pickup, throughput and cost against bare arq", "bench.pickup"),
     ("Flow control: priority pickup under a backlog, and the cost of limits", "bench.flow"),
     ("HTTP: the api against a bare FastAPI + arq app", "bench.http"),
+    ("Blobs: Redis memory per stored byte, and uploads through the api", "bench.blobs"),
 )
 
 INTRO = """\

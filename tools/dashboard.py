@@ -338,6 +338,40 @@ ROWS = [
             ),
         ],
     ),
+    Row(
+        "Blob store",
+        [
+            Panel(
+                "Bytes written to the blob store by kind",
+                "Documents, and payloads and results offloaded by their job type's "
+                "offload_above_bytes (claim-check).",
+                [
+                    Query(
+                        f"sum by (kind) (rate(conveyor_blob_bytes_written_total{{{NS}}}{RATE}))",
+                        "{{kind}}",
+                    )
+                ],
+                unit="Bps",
+                stacked=True,
+                width=12,
+            ),
+            Panel(
+                "Stored bytes of quota by api key",
+                "What each key with max_stored_bytes keeps in the blob store, of its quota; "
+                "over 90 %, ConveyorStoredBytesNearQuota.",
+                [
+                    Query(
+                        f"max by (api_key) (conveyor_stored_bytes{{{NS}}}) / "
+                        f"max by (api_key) (conveyor_stored_bytes_limit{{{NS}}})",
+                        "{{api_key}}",
+                    )
+                ],
+                unit="percentunit",
+                max_value=1,
+                width=12,
+            ),
+        ],
+    ),
 ]
 
 

@@ -7,13 +7,21 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Stack, running
+from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, keys_env
 from tests.support.prometheus import PrometheusProcess
+
+# A key with a quota of stored bytes, so the per-key quota series appear.
+QUOTA_KEY = "cvk_monitoring_quota"
 
 
 @pytest.fixture
 def stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
-    """The api and one worker, started."""
-    with running(Stack(redis_url, log_dir), workers=1) as stack:
+    """The api (the test key, and one with a quota of stored bytes) and one worker, started."""
+    keys = keys_env(
+        api_key(TEST_KEY_NAME, TEST_KEY),
+        api_key("quota", QUOTA_KEY, max_stored_bytes=10 * 1024 * 1024),
+    )
+    with running(Stack(redis_url, log_dir, CONVEYOR_API_KEYS=keys), workers=1) as stack:
         yield stack
 
 

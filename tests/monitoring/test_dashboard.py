@@ -9,6 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Stack
+from tests.monitoring.conftest import QUOTA_KEY
+from tests.support.auth import bearer
 from tests.support.prometheus import DASHBOARD_FILE, load_rules
 from tests.support.promql import metric_names, panel_queries
 from tools import dashboard as generator
@@ -136,6 +138,11 @@ def test_every_query_uses_only_metrics_the_services_export(
     done = stack.submit("effect", {"work_s": 0})["id"]
     retried = stack.submit("flaky", {"fail_times": 1})["id"]
     dead = stack.submit("permanent", {})["id"]
+    # An offloaded payload and result, by a key with a quota of stored bytes.
+    offloaded = stack.submit(
+        "bulky", {"data": "o" * 4096, "echo": True}, headers=bearer(QUOTA_KEY)
+    )["id"]
+    stack.wait_for_state(offloaded, "complete")
     stack.wait_for_state(done, "complete")
     stack.wait_for_state(retried, "complete")
     stack.wait_for_state(dead, "dead")

@@ -24,12 +24,15 @@ from tests.support.s3 import s3_server
 MAX_BYTES = 64 * 1024
 # Keys that read only their own documents; one that may have one job outstanding.
 OWN_A, OWN_B, ONE = "cvk_docs_a", "cvk_docs_b", "cvk_docs_one"
+# A key that may keep this many bytes in the blob store.
+BYTES_KEY, BYTES_QUOTA = "cvk_docs_bytes", 10_000
 DOCUMENT_SCOPES = [Scope.DOCUMENTS_WRITE, Scope.DOCUMENTS_READ]
 KEYS = [
     api_key(TEST_KEY_NAME, TEST_KEY),
     api_key("docs-a", OWN_A, DOCUMENT_SCOPES, reads=Reads.OWN),
     api_key("docs-b", OWN_B, DOCUMENT_SCOPES, reads=Reads.OWN),
     api_key("docs-one", ONE, DOCUMENT_SCOPES, max_outstanding_jobs=1),
+    api_key("docs-bytes", BYTES_KEY, DOCUMENT_SCOPES, max_stored_bytes=BYTES_QUOTA),
 ]
 
 
@@ -314,3 +317,24 @@ async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
     # Only the first document is kept.
     stored = {k.decode() for k in await redis.keys("conveyor:document:*") if b":content" not in k}
     assert stored == {f"conveyor:document:{first.json()['document']['id']}"}
+
+
+async def test_uploads_over_the_keys_quota_of_stored_bytes_are_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    text = b"word " * (BYTES_QUOTA // 10)  # half the quota
+    files = {"file": ("a.txt", text)}
+    first = await client.post("/v1/documents", files=files, headers=bearer(BYTES_KEY))
+    assert first.status_code == 202, first.text
+    second = await client.post("/v1/documents", files=files, headers=bearer(BYTES_KEY))
+    assert second.status_code == 202, second.text
+    refused = await client.post("/v1/documents", files=files, headers=bearer(BYTES_KEY))
+    assert refused.status_code == 429
+    assert refused.json()["field"] == "max_stored_bytes"
+    assert int(refused.headers["retry-after"]) >= 1
+    whole = {"file": ("b.txt", b"word " * (BYTES_QUOTA // 4))}
+    too_large = await client.post("/v1/documents", files=whole, headers=bearer(BYTES_KEY))
+    assert too_large.status_code == 413
+    assert too_large.json()["field"] == "max_stored_bytes"
+    # Other keys store on.
+    assert (await client.post("/v1/documents", files=files)).status_code == 202

@@ -5,6 +5,7 @@ truth from Redis rather than from logs.
 """
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
@@ -120,6 +121,26 @@ async def effect(ctx: JobContext, payload: Effect) -> str:
     await ctx.redis.eval(APPLY_ONCE, 2, f"test:effect:{ctx.job_id}", "test:effects")  # type: ignore[misc]
     await ctx.redis.set(f"test:done_at:{ctx.job_id}", repr(time.time()), nx=True)
     return "done"
+
+
+class Bulky(BaseModel):
+    data: str
+    # Return the data as the result too (a large result, offloaded as well).
+    echo: bool = False
+
+
+# Above this, a `bulky` job's payload and result are offloaded to the blob store.
+BULKY_OFFLOAD_BYTES = 1024
+
+
+async def bulky(ctx: JobContext, payload: Bulky) -> dict[str, Any]:
+    """What the handler got: its payload's size and checksum (and the data, echoed)."""
+    digest = hashlib.sha256(payload.data.encode()).hexdigest()
+    return {
+        "size": len(payload.data),
+        "sha256": digest,
+        "echo": payload.data if payload.echo else "",
+    }
 
 
 class Tenanted(BaseModel):
@@ -286,6 +307,14 @@ JOB_TYPES = [
     JobType("partner_unlimited", Partner, f"{MODULE}:partner", retry=_quick(1)),
     # Keyed, no limit: tenants take turns.
     JobType("fair", Tenanted, f"{MODULE}:tracked_tenant", limits=Limits(key="tenant_id")),
+    # Claim-check: a payload or result over 1 KiB is kept in the blob store.
+    JobType(
+        "bulky",
+        Bulky,
+        f"{MODULE}:bulky",
+        retry=_quick(3),
+        offload_above_bytes=BULKY_OFFLOAD_BYTES,
+    ),
 ]
 
 

@@ -83,6 +83,12 @@ class ApiKey(BaseModel):
         ge=1,
         description="Jobs it submitted that may be waiting, running or retrying at once.",
     )
+    max_stored_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Bytes it may keep in the blob store at once: its documents and its "
+        "jobs' offloaded payloads, counted until their records expire.",
+    )
     reads: Reads = Field(default=Reads.ALL, description="Every job and document, or only its own.")
 
     @field_validator("sha256")

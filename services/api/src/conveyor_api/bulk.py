@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from conveyor_api import audit
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog
+from conveyor_core.claimcheck import delete_if_gone, reference_of
 from conveyor_core.jobs import DEAD_RETENTION_S, JobPublic, JobState, now_ms
 from conveyor_core.logging import bound
 from conveyor_core.redis import REDIS_DOWN_ERRORS, describe_redis_error
@@ -391,4 +392,17 @@ class BulkRunner:
             )
             done += result.done
             skipped += result.skipped
+            if action == "delete":
+                await self._delete_blobs(group)
         return done, skipped
+
+    async def _delete_blobs(self, group: list[JobPublic]) -> None:
+        """A deleted job's offloaded payload and result go with it (claimcheck.py)."""
+        blobs = self.store.blobs
+        offloaded = [
+            j.id
+            for j in group
+            if reference_of(j.payload) is not None or reference_of(j.result) is not None
+        ]
+        if blobs is not None and offloaded:
+            await delete_if_gone(blobs, self.store.redis, offloaded)

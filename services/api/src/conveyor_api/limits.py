@@ -5,7 +5,7 @@ dies of RecursionError, a 500, on deeply nested input)."""
 import json
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI, params
@@ -15,6 +15,7 @@ from starlette.routing import compile_path
 from starlette.types import Scope, Send
 
 from conveyor_api.problems import PROBLEM_JSON
+from conveyor_core.catalog import Catalog
 
 
 class BodyTooLargeError(Exception):
@@ -92,11 +93,19 @@ def json_depth_exceeds(value: Any, max_depth: int) -> bool:
     return False
 
 
-def upload_routes(app: FastAPI) -> Callable[[Scope], bool]:
-    """Does a request go to one of the app's routes that take a file upload?
-    Those, and only those, get the large body limit (`max_upload_bytes`). A
-    route declares it by its signature: a `File()` (`UploadFile`) parameter."""
-    uploads: list[tuple[frozenset[str], re.Pattern[str]]] = []
+def offloading_submits(catalog: Catalog) -> list[str]:
+    """The submit paths of job types whose large payloads go to the blob store."""
+    return [f"/v1/jobs/{t.name}" for t in catalog.public() if t.offload_above_bytes is not None]
+
+
+def upload_routes(app: FastAPI, submits: Iterable[str] = ()) -> Callable[[Scope], bool]:
+    """Does a request go to one of the app's routes that take a file upload (or
+    a large payload, to the blob store: the `submits` paths, POST)? Those, and
+    only those, get the large body limit (`max_upload_bytes`). A route declares
+    a file by its signature: a `File()` (`UploadFile`) parameter."""
+    uploads: list[tuple[frozenset[str], re.Pattern[str]]] = [
+        (frozenset({"POST"}), re.compile(re.escape(path) + "$")) for path in submits
+    ]
     for route in iter_route_contexts(app.routes):
         if not isinstance(route.original_route, APIRoute) or not route.path:
             continue

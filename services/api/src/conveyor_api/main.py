@@ -16,7 +16,7 @@ from conveyor_api.edge import Edge
 from conveyor_api.events import JobEvents, StreamLimits
 from conveyor_api.gate import Gate
 from conveyor_api.keyfile import KeyFileError, KeyFileReloader
-from conveyor_api.limits import upload_routes
+from conveyor_api.limits import offloading_submits, upload_routes
 from conveyor_api.problems import document_problems, install_problem_handlers
 from conveyor_api.routes import (
     audit,
@@ -32,6 +32,7 @@ from conveyor_api.routes import (
 )
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
+from conveyor_core import claimcheck
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
 from conveyor_core.history import HistoryReader
 from conveyor_core.ratelimit import RateLimiter
@@ -64,7 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Redis' memory policy and usage: warned about, exported, read by /readyz,
         # and no job acknowledged while Redis may evict it.
         app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
-        app.state.store = JobStore(redis, catalog, admit=redis_health.refuse_if_unsafe)
+        app.state.store = JobStore(
+            redis,
+            catalog,
+            admit=redis_health.refuse_if_unsafe,
+            blobs=claimcheck.open_blob_store(settings.blobs),
+        )
         app.state.events = events = JobEvents(redis)
         app.state.history = HistoryReader(redis)
         if settings.rate_limit_per_s > 0:
@@ -157,7 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cors_origins=settings.cors_origin_list,
         metrics_port=settings.metrics_port,
         fast_routes=jobs.FastJobRoutes(app, catalog.public()),
-        upload_routes=upload_routes(app),
+        upload_routes=upload_routes(app, offloading_submits(catalog)),
         gate=gate,
     )
     # Last: the page's static files, open to all (the page holds no data).

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ResponseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conveyor_core.blobs import BLOB_STORE_ERRORS
 from conveyor_core.redaction import clean
 from conveyor_core.redis import (
     REDIS_FAULT_ERRORS,
@@ -30,6 +31,7 @@ REDIS_UNAVAILABLE_PROBLEM = "urn:conveyor:problem:redis-unavailable"
 REDIS_FULL_PROBLEM = "urn:conveyor:problem:redis-full"
 REDIS_EVICTS_PROBLEM = "urn:conveyor:problem:redis-evicts"
 INTERNAL_PROBLEM = "urn:conveyor:problem:internal"
+BLOB_STORE_PROBLEM = "urn:conveyor:problem:blob-store-unavailable"
 # A field's name in a validation problem (a JSON body's keys are the client's).
 FIELD_NAME_MAX_CHARS = 200
 # A validation problem lists at most this many errors (a body may hold thousands).
@@ -201,6 +203,18 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
         assert isinstance(exc, RedisEvictsError)
         return redis_evicts(request, retry_after_s, exc.reason)
 
+    async def _blob_store_fault(request: Request, exc: Exception) -> JSONResponse:
+        # The store's own message names paths and endpoints: logged, not answered.
+        logger.warning("blob store fault on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            503,
+            "Blob store unavailable",
+            f"The blob store did not answer; try again in {retry_after_s} s.",
+            instance=request.url.path,
+            problem_type=BLOB_STORE_PROBLEM,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's last resort (ServerErrorMiddleware): it re-raises after we
         # answer, so uvicorn logs the traceback. A Redis fault raised outside the
@@ -215,6 +229,8 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(FieldError, _field_error)
     for error in (*REDIS_FAULT_ERRORS, ResponseError):
         app.add_exception_handler(error, _redis_fault)
+    for error in BLOB_STORE_ERRORS:
+        app.add_exception_handler(error, _blob_store_fault)
     app.add_exception_handler(Exception, _unhandled)
 
 

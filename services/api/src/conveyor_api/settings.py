@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_api.auth import ApiKey
+from conveyor_core.blobs import BlobSettings
 from conveyor_core.enqueue import MAX_DEFER_S
 from conveyor_core.settings import CatalogSettings, ObservabilitySettings, RedisSettings
 
@@ -67,8 +68,12 @@ class Settings(BaseSettings):
     # JSON bodies nested deeper than this get 422 (deep nesting crashes parsers).
     max_json_depth: int = Field(default=32, ge=2, le=500)
     # A job's payload, as compact JSON, above this size gets 413: payloads
-    # travel through Redis on every try; large data belongs in a document.
+    # travel through Redis on every try; large data belongs in a document, or
+    # in a job type that offloads (offload_above_bytes): up to max_upload_bytes.
     max_payload_bytes: int = Field(default=65_536, ge=256)
+    # Reading a job shows an offloaded payload or result (claim-check) inline
+    # up to this size; a larger one as a link (GET /v1/jobs/{id}/payload or /result).
+    inline_blob_bytes: int = Field(default=1_048_576, ge=0)
     # How far ahead a job may be scheduled (defer_by_s, run_at); later gets 422.
     # At most ~100 years, so every due time stays one the api can read back.
     max_defer_s: float = Field(default=MAX_DEFER_S, gt=0, le=100 * 366 * 86_400)
@@ -101,6 +106,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    # Where offloaded payloads and results go (CONVEYOR_BLOBS_*, as the worker's).
+    blobs: BlobSettings = Field(default_factory=BlobSettings)
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -19,6 +19,7 @@ from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.jobs import JobPublic
 from conveyor_core.keys import outstanding_key
 from conveyor_core.store import Quota
+from conveyor_core.stored_bytes import ByteQuota, ByteQuotaError
 
 POLICY_PROBLEM = "urn:conveyor:problem:key-policy"
 QUOTA_PROBLEM = "urn:conveyor:problem:quota"
@@ -87,6 +88,35 @@ def over_quota(key: ApiKey, retry_after_s: int) -> PolicyRefusal:
         status=429,
         problem_type=QUOTA_PROBLEM,
         headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def byte_quota_of(key: ApiKey) -> ByteQuota | None:
+    """The key's quota of stored bytes (documents, offloaded payloads)."""
+    if key.max_stored_bytes is None:
+        return None
+    return ByteQuota(key.name, key.max_stored_bytes)
+
+
+def over_byte_quota(key: ApiKey, error: ByteQuotaError) -> PolicyRefusal:
+    """413 for one thing larger than the whole quota (waiting cannot help),
+    else 429 with Retry-After: when some of what the key stores stops counting."""
+    if error.too_large:
+        return PolicyRefusal(
+            key,
+            "max_stored_bytes",
+            f"may store {key.max_stored_bytes} bytes in all; this is {error.size_bytes}.",
+            status=413,
+            problem_type=QUOTA_PROBLEM,
+        )
+    return PolicyRefusal(
+        key,
+        "max_stored_bytes",
+        f"stores {error.used_bytes} bytes of its quota of {key.max_stored_bytes}; "
+        f"{error.size_bytes} more do not fit until what it stored expires.",
+        status=429,
+        problem_type=QUOTA_PROBLEM,
+        headers={"Retry-After": str(error.retry_after_s)},
     )
 
 

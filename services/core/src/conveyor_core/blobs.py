@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import obstore
+import obstore.exceptions
 from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, ObjectStore, S3Store, from_url
 from pydantic import Field, SecretStr
@@ -72,6 +73,11 @@ class BlobInfo:
     key: str
     size: int
     last_modified: datetime
+
+
+# What a store that cannot be reached (or refuses) raises: a transient fault,
+# answered 503 by the api and retried by the worker.
+BLOB_STORE_ERRORS: tuple[type[Exception], ...] = (obstore.exceptions.BaseError,)
 
 
 class BlobNotFoundError(LookupError):

@@ -104,6 +104,10 @@ class JobType:
     # How often a job may snooze (Snooze, RateLimited) since its last requeue;
     # the next snooze makes it dead, so nothing snoozes for ever.
     max_snoozes: int = DEFAULT_MAX_SNOOZES
+    # Claim-check (claimcheck.py): a payload or result whose JSON is larger than
+    # this many bytes is kept in the blob store, the job keeps a reference.
+    # None: always inline (at most the api's max_payload_bytes).
+    offload_above_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not JOB_NAME.fullmatch(self.name):
@@ -129,6 +133,8 @@ class JobType:
                 f"job type {self.name!r}: max_snoozes must be an integer >= 0, "
                 f"not {self.max_snoozes!r}"
             )
+        if self.offload_above_bytes is not None and self.offload_above_bytes < 0:
+            raise ValueError(f"job type {self.name!r}: offload_above_bytes must be 0 or more")
         if self.limits is not None and (problems := self.limits.problems(self.payload)):
             raise ValueError(f"job type {self.name!r}: " + "; ".join(problems))
 

@@ -6,15 +6,19 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+import orjson
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
+from conveyor_core import claimcheck, stored_bytes
+from conveyor_core.blobs import BlobRef
 from conveyor_core.catalog import JobType
-from conveyor_core.debounce import Debounce
-from conveyor_core.jobs import now_ms
+from conveyor_core.debounce import Debounce, DebounceError
+from conveyor_core.jobs import DEAD_RETENTION_S, now_ms
 from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.ratelimit import RateLimit
 from conveyor_core.store import SUBMITTED_BY, JobStore, Quota, Submitted
+from conveyor_core.stored_bytes import ByteQuota
 from conveyor_core.tracing import inject, messaging_attributes, tracer
 
 
@@ -91,6 +95,7 @@ async def enqueue(
     submitted_by: str | None = None,
     quota: Quota | None = None,
     debounce: Debounce | None = None,
+    byte_quota: ByteQuota | None = None,
 ) -> Submitted:
     """Validate `payload` against the job type's model and enqueue one job.
 
@@ -108,12 +113,25 @@ async def enqueue(
     outstanding jobs, nothing is enqueued (`Submitted.over_quota`). Within a
     `debounce` key's window, an earlier job may be kept (`Submitted.debounced`,
     and `replaced` when it took this payload; debounce.py).
+
+    A payload over its job type's `offload_above_bytes` goes to the store's
+    blob store first (claimcheck.py), counted against `byte_quota` (over it,
+    stored_bytes.ByteQuotaError and nothing is written).
     """
     due_ms = ready_at_ms(defer_by_s, run_at, max_defer_s=max_defer_s)
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
     id_may_repeat = job_id is not None
     job_id = job_id or uuid4().hex
+    stored_payload, blob = None, None
+    # A repeatable id (a scheduled run's) may name a live job: never overwrite its blob.
+    if debounce is not None and debounce.mode == "replace" and job_type.offload_above_bytes:
+        # The kept job would take a payload stored under another job's id.
+        raise DebounceError(
+            "debounce_mode", f"replace is not offered for {job_type.name}, whose payloads offload"
+        )
+    if not id_may_repeat and job_type.offload_above_bytes is not None:
+        stored_payload, blob = await _offloaded(store, job_type, job_id, data, byte_quota)
     with tracer.start_as_current_span(
         f"send {job_type.queue}",
         kind=SpanKind.PRODUCER,
@@ -141,7 +159,32 @@ async def enqueue(
             id_may_repeat=id_may_repeat,
             quota=quota,
             debounce=debounce,
+            stored_payload=stored_payload,
         )
     if submitted.created:
         JOBS_ENQUEUED.labels(job_type.name, job_type.queue).inc()
+        if blob is not None and byte_quota is not None:
+            # Counted as long as its record may live: kept, or dead (and requeueable).
+            until_s = due_ms / 1000 + max(job_type.keep_result_s, DEAD_RETENTION_S)
+            await stored_bytes.count(store.redis, byte_quota.api_key, blob.size, until_s)
+    elif blob is not None and store.blobs is not None:
+        await store.blobs.delete(blob.key)  # nothing refers to it
     return submitted
+
+
+async def _offloaded(
+    store: JobStore,
+    job_type: JobType,
+    job_id: str,
+    data: dict[str, Any],
+    byte_quota: ByteQuota | None,
+) -> tuple[dict[str, Any] | None, BlobRef | None]:
+    """The payload the job keeps and its blob, when it is offloaded; else (None, None)."""
+    if store.blobs is None:
+        return None, None
+    if byte_quota is not None:
+        size_bytes = len(orjson.dumps(data))
+        if claimcheck.offloads(job_type, size_bytes):
+            await stored_bytes.check(store.redis, byte_quota, size_bytes)
+    kept, blob = await claimcheck.offload_payload(store.blobs, job_type, job_id, data)
+    return (kept, blob) if blob is not None else (None, None)

@@ -72,6 +72,30 @@ REDIS_MEMORY_MAX = Gauge(
     "conveyor_redis_memory_max_bytes", "Redis' maxmemory as last read (0: no limit)."
 )
 
+# -- both: bytes out of the broker (claimcheck.py, stored_bytes.py) --
+BLOB_BYTES_WRITTEN = Counter(
+    "conveyor_blob_bytes_written",
+    "Bytes written to the blob store, by kind: payload, result (offloaded by a job "
+    "type's offload_above_bytes) or document.",
+    ["kind"],
+)
+BLOB_OFFLOADS = Counter(
+    "conveyor_blob_offloads",
+    "Payloads and results kept in the blob store instead of Redis (claim-check), by kind.",
+    ["kind"],
+)
+STORED_BYTES = Gauge(
+    "conveyor_stored_bytes",
+    "Bytes an api key has in the blob store (documents, offloaded payloads), as its "
+    "quota counts them when last checked.",
+    ["api_key"],
+)
+STORED_BYTES_LIMIT = Gauge(
+    "conveyor_stored_bytes_limit",
+    "An api key's quota of stored bytes (max_stored_bytes); unset: no series.",
+    ["api_key"],
+)
+
 # -- worker: each try (process.py) --
 JOBS_STARTED = Counter("conveyor_jobs_started", "Job tries started.", ["job", "queue"])
 JOBS_FINISHED = Counter(

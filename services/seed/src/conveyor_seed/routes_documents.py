@@ -12,6 +12,7 @@ else a stream checked against the document's checksum.
 """
 
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, BinaryIO, cast
@@ -39,12 +40,15 @@ from conveyor_api import tenants
 from conveyor_api.auth import ApiKey, Scope, require
 from conveyor_api.deps import RedisDep, SettingsDep, StoreDep
 from conveyor_api.settings import Settings as ApiSettings
+from conveyor_core import stored_bytes
 from conveyor_core.blobs import BlobNotFoundError, BlobSettings, BlobStore, BlobTooLargeError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.logging import bound
+from conveyor_core.metrics import BLOB_BYTES_WRITTEN
 from conveyor_core.store import JobStore
+from conveyor_core.stored_bytes import ByteQuotaError
 from conveyor_seed import PROCESS_DOCUMENT, DocumentRef
 from conveyor_seed.documents import (
     CHUNK_BYTES,
@@ -123,7 +127,7 @@ def _clean_name(filename: str | None) -> str:
             "description": "Empty file, corrupt PDF, missing field, or an address that is "
             "not valid or not in an allowed domain (CONVEYOR_MAIL_ALLOWED_DOMAINS)"
         },
-        429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
+        429: {"description": "Over the key's rate, or its quota of outstanding jobs or bytes"},
         503: {"description": "Redis is unavailable or may evict; retry after Retry-After"},
     },
 )
@@ -160,14 +164,16 @@ async def upload_document(
 
     document_id = uuid4().hex
     await store.admit()  # refused (Redis may evict): before the document is written
+    await _may_store(store, uploader, file.size or 0)
+    retention_s = retention_for(retention_s, limits.retention_s)
     try:
-        await documents.create(
+        document = await documents.create(
             document_id,
             name=name,
             content_type=content_type,
             content=chunks(),
             notify_email=str(notify_email or ""),
-            retention_s=retention_for(retention_s, limits.retention_s),
+            retention_s=retention_s,
             max_bytes=limits.max_bytes,
             uploaded_by=uploader.name,
         )
@@ -175,7 +181,28 @@ async def upload_document(
         raise HTTPException(
             413, f"The file is over the limit of {limits.max_bytes} bytes."
         ) from None
-    return await _process(document_id, documents, store, uploader, api_settings, response)
+    accepted = await _process(document_id, documents, store, uploader, api_settings, response)
+    await _stored(store, uploader, document.size_bytes, retention_s)
+    return accepted
+
+
+async def _may_store(store: JobStore, uploader: ApiKey, size_bytes: int) -> None:
+    """Refuse an upload the key's quota of stored bytes has no room for."""
+    quota = tenants.byte_quota_of(uploader)
+    if quota is None:
+        return
+    try:
+        await stored_bytes.check(store.redis, quota, size_bytes)
+    except ByteQuotaError as exc:
+        raise tenants.over_byte_quota(uploader, exc) from None
+
+
+async def _stored(store: JobStore, uploader: ApiKey, size_bytes: int, retention_s: int) -> None:
+    """Count a stored document's bytes (and against its key's quota, if it has one)."""
+    BLOB_BYTES_WRITTEN.labels("document").inc(size_bytes)
+    if uploader.max_stored_bytes is not None:
+        until_s = time.time() + retention_s
+        await stored_bytes.count(store.redis, uploader.name, size_bytes, until_s)
 
 
 def _check_address(notify_email: str | None, mail_policy: MailPolicySettings) -> None:
@@ -331,7 +358,7 @@ async def start_direct_upload(
         413: {"description": "The file is over CONVEYOR_DOCUMENTS_MAX_BYTES"},
         415: {"description": "Not text, Markdown or PDF (judged by content)"},
         422: {"description": "Empty file, corrupt PDF, or a bad field"},
-        429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
+        429: {"description": "Over the key's rate, or its quota of outstanding jobs or bytes"},
     },
 )
 async def register_direct_upload(
@@ -368,13 +395,15 @@ async def register_direct_upload(
 
             document_id = uuid4().hex
             await store.admit()  # refused (Redis may evict): before the document is written
+            await _may_store(store, uploader, size)
+            retention_s = retention_for(registration.retention_s, limits.retention_s)
             await documents.create(
                 document_id,
                 name=name,
                 content_type=content_type,
                 content=chunks(),
                 notify_email=str(registration.notify_email or ""),
-                retention_s=retention_for(registration.retention_s, limits.retention_s),
+                retention_s=retention_s,
                 max_bytes=limits.max_bytes,
                 uploaded_by=uploader.name,
             )
@@ -384,4 +413,6 @@ async def register_direct_upload(
         raise HTTPException(exc.status, str(exc)) from None
     finally:
         await documents.blobs.delete(key)
-    return await _process(document_id, documents, store, uploader, api_settings, response)
+    accepted = await _process(document_id, documents, store, uploader, api_settings, response)
+    await _stored(store, uploader, size, retention_s)
+    return accepted

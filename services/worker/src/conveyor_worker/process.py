@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
+from conveyor_core import claimcheck
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.context import AnyHandler, JobContext
 from conveyor_core.fencing import Fence
@@ -146,6 +147,8 @@ class Processor:
         )
         with observed:
             decision, result, error = await self._run(try_, job_type, job)
+            if decision.state is JobState.COMPLETE and job_type.offload_above_bytes is not None:
+                decision, result, error = await self._offloaded(try_, job_type, result)
             observed.outcome = Outcome.SNOOZED if decision.snoozed else OUTCOMES[decision.state]
             if decision.state not in (JobState.CANCELLED, JobState.QUEUED) and not decision.snoozed:
                 observed.error = error
@@ -162,8 +165,12 @@ class Processor:
                 f"no tries left after {policy.max_tries}; the last never finished"
             )
             return decide(policy, job_try, error), None, error
+        try:  # an offloaded payload (claimcheck.py), read back and checked
+            data = await claimcheck.resolve_payload(self.store.blobs, job.payload, try_.job_id)
+        except Exception as exc:  # OffloadedBlobError is permanent; a store fault is not
+            return decide(policy, job_try, exc), None, exc
         try:
-            payload = job_type.payload.model_validate(job.payload)
+            payload = job_type.payload.model_validate(data)
         except ValidationError as exc:
             return decide(policy, job_try, exc), None, exc
         ctx = JobContext(
@@ -218,6 +225,21 @@ class Processor:
         )
         error.__cause__ = snooze
         return decide(policy, job_try, error), None, error
+
+    async def _offloaded(
+        self, try_: Try, job_type: JobType, result: Any
+    ) -> tuple[Decision, Any, BaseException | None]:
+        """A successful try's result as the record keeps it: itself, or the
+        reference to its blob when it is over the type's offload_above_bytes
+        (a blob store fault: the try fails, and is retried)."""
+        result_json = _as_json(result)
+        try:
+            kept = await claimcheck.offload_result(
+                self.store.blobs, job_type, try_.job_id, result_json, try_.fence.token
+            )
+        except Exception as exc:
+            return decide(job_type.retry, try_.claimed.job_try, exc), None, exc
+        return decide(job_type.retry, try_.claimed.job_try), json.loads(kept), None
 
     async def _end(
         self,

@@ -3,6 +3,7 @@
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from conveyor_core.blobs import BlobSettings
 from conveyor_core.catalog import DEFAULT_QUEUE
 from conveyor_core.settings import CatalogSettings, ObservabilitySettings, RedisSettings
 
@@ -38,3 +39,5 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    # Where offloaded payloads and results are (CONVEYOR_BLOBS_*, as the api's).
+    blobs: BlobSettings = Field(default_factory=BlobSettings)

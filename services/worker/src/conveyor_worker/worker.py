@@ -41,7 +41,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
 
-from conveyor_core import keys
+from conveyor_core import claimcheck, keys
 from conveyor_core.catalog import Catalog, JobModuleError, JobType, load_catalog
 from conveyor_core.context import AnyHandler
 from conveyor_core.fencing import Fence
@@ -78,6 +78,8 @@ CLAIM_SCAN_LIMIT = 1000
 HOUSEKEEPING_INTERVAL_S = 10.0
 # One housekeeping run stops after this long, even if entries are left.
 HOUSEKEEPING_BUDGET_S = 2.0
+# Every this many seconds one worker deletes job blobs whose record is gone.
+BLOB_SWEEP_INTERVAL_S = 600.0
 # Closing the resources gets what is left of the shutdown wait, and at least this.
 RESOURCE_CLOSE_MIN_S = 1.0
 
@@ -480,6 +482,7 @@ class ConveyorWorker:
                     await self._trim_once(lock)
             except REDIS_FAULT_ERRORS as exc:
                 logger.warning("housekeeping skipped: %s", exc)
+            await self._sweep_blobs()
 
     async def _trim_once(self, lock: str) -> None:
         ttl_ms = int(HOUSEKEEPING_INTERVAL_S * 1000) - 100
@@ -493,6 +496,25 @@ class ConveyorWorker:
                 break
         if removed:
             logger.info("housekeeping: trimmed %d expired index entries", removed)
+
+    async def _sweep_blobs(self) -> None:
+        """Delete offloaded payloads and results whose job record is gone (its
+        retention ran out, or it was deleted): one worker, every so often."""
+        blobs = self.store.blobs
+        if blobs is None or not any(
+            t.offload_above_bytes is not None for t in self.processor.job_types.values()
+        ):
+            return
+        lock = keys.PREFIX + "blob-sweep-lock"
+        try:
+            if not await self.pool.set(lock, b"1", nx=True, px=int(BLOB_SWEEP_INTERVAL_S * 1000)):
+                return
+            deleted = await claimcheck.sweep(blobs, self.pool)
+        except Exception as exc:  # Redis' or the store's fault: the next sweep tries again
+            logger.warning("blob sweep skipped: %s", exc)
+            return
+        if deleted:
+            logger.info("housekeeping: deleted %d blobs of jobs whose record is gone", deleted)
 
     # -- stopping -------------------------------------------------------------
 
@@ -597,7 +619,7 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         declare_job_series(job_types)
     return {
         "redis_pool": redis,
-        "store": JobStore(redis, catalog),
+        "store": JobStore(redis, catalog, blobs=claimcheck.open_blob_store(settings.blobs)),
         "queue_name": settings.queue,
         "handlers": {t.name: resolve_handler(t.handler) for t in job_types},
         "schedules": cron_schedules(settings, job_types),

@@ -22,7 +22,7 @@ from fastapi import (
     Response,
 )
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.sse import format_sse_event
 from pydantic import AwareDatetime, BaseModel, Field, ValidationError
@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from conveyor_api import audit, tenants
+from conveyor_api import audit, offloaded, tenants
 from conveyor_api.auth import (
     ApiKey,
     Caller,
@@ -41,11 +41,13 @@ from conveyor_api.auth import (
     require,
 )
 from conveyor_api.cursors import TamperedCursorError
-from conveyor_api.deps import CatalogDep, CursorsDep, EventsDep, RedactorDep, StoreDep
+from conveyor_api.deps import CatalogDep, CursorsDep, EventsDep, RedactorDep, Services, StoreDep
 from conveyor_api.edge import FastRoute
 from conveyor_api.events import live_stream, stream_deadline
 from conveyor_api.problems import FieldError
+from conveyor_core.blobs import BlobIntegrityError, BlobNotFoundError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN, JobType
+from conveyor_core.claimcheck import reference_of
 from conveyor_core.debounce import (
     DEBOUNCE_KEY_MAX_CHARS,
     MAX_DEBOUNCE_WINDOW_S,
@@ -64,7 +66,8 @@ from conveyor_core.jobs import (
 from conveyor_core.logging import bound
 from conveyor_core.redaction import Redactor, clean, clean_traceback
 from conveyor_core.redis import REDIS_DOWN_ERRORS
-from conveyor_core.store import InvalidCursorError, JobFilter
+from conveyor_core.store import InvalidCursorError, JobFilter, Submitted
+from conveyor_core.stored_bytes import ByteQuotaError
 
 TAGS: list[str | Enum] = ["jobs"]
 
@@ -132,13 +135,18 @@ def masked(job: JobPublic, redact: Redactor) -> JobPublic:
     return job.model_copy(update=update)
 
 
-def job_response(
-    job: JobPublic, redact: Redactor, status_code: int = 200, headers: dict[str, str] | None = None
+async def job_response(
+    job: JobPublic,
+    services: Services,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """The job as clients see it, serialized once (by pydantic, to JSON bytes):
-    FastAPI would validate the returned model again, then encode it twice."""
+    """The job as clients see it (an offloaded payload or result read back, see
+    offloaded.py), serialized once (by pydantic, to JSON bytes): FastAPI would
+    validate the returned model again, then encode it twice."""
+    job = await offloaded.shown(job, services.store.blobs, services.settings.inline_blob_bytes)
     return Response(
-        masked(job, redact).model_dump_json(),
+        masked(job, services.redact).model_dump_json(),
         status_code=status_code,
         headers=headers,
         media_type="application/json",
@@ -174,27 +182,23 @@ async def submitted_job(
     except ScheduleError as exc:
         raise _query_error(exc.field, exc.message) from None
     size_bytes = len(payload.model_dump_json())
-    if size_bytes > settings.max_payload_bytes:
+    # A type that offloads keeps large payloads in the blob store, not in Redis.
+    offloads = job_type.offload_above_bytes is not None and store.blobs is not None
+    max_bytes = settings.max_upload_bytes if offloads else settings.max_payload_bytes
+    if size_bytes > max_bytes:
         raise HTTPException(
             413,
             f"The {job_type.name} payload is {size_bytes} bytes as JSON, over the limit of "
-            f"{settings.max_payload_bytes}; pass large data as a document instead.",
+            f"{max_bytes}; pass large data as a document instead.",
         )
-    submitted = await enqueue(
-        store,
-        job_type,
-        payload,
-        defer_by_s=defer_by_s,
-        run_at=run_at,
-        idempotency_key=idempotency_key,
-        request_id=bound("request_id"),
-        max_defer_s=settings.max_defer_s,
-        rate_limit=caller.rate_limit(),  # spent by the submit script, in its step
-        priority=priority,
-        submitted_by=caller.key.name,
-        quota=tenants.quota_of(caller.key),
-        debounce=debounce,
-    )
+    try:
+        submitted = await _enqueued(
+            caller, job_type, payload, defer_by_s, run_at, idempotency_key, priority, debounce
+        )
+    except ByteQuotaError as exc:
+        raise tenants.over_byte_quota(caller.key, exc) from None
+    except DebounceError as exc:  # a debounce this job type does not offer
+        raise _query_error(exc.field, exc.message) from None
     if submitted.retry_after_s is not None:
         raise caller.over_rate(submitted.retry_after_s)
     if submitted.over_quota:
@@ -214,7 +218,7 @@ async def submitted_job(
     if submitted.debounced:
         headers[DEBOUNCE_HEADER] = "replaced" if submitted.replaced else "kept"
     status = 201 if submitted.created else 200
-    return job_response(job, caller.services.redact, status, headers)
+    return await job_response(job, caller.services, status, headers)
 
 
 def debounce_of(
@@ -231,6 +235,35 @@ def debounce_of(
         return Debounce(key, window_s, mode, delay)
     except DebounceError as exc:
         raise _query_error(exc.field, exc.message) from None
+
+
+async def _enqueued(
+    caller: Caller,
+    job_type: JobType,
+    payload: BaseModel,
+    defer_by_s: float | None,
+    run_at: datetime | None,
+    idempotency_key: str | None,
+    priority: int | None,
+    debounce: Debounce | None,
+) -> Submitted:
+    store, settings = caller.services.store, caller.services.settings
+    return await enqueue(
+        store,
+        job_type,
+        payload,
+        defer_by_s=defer_by_s,
+        run_at=run_at,
+        idempotency_key=idempotency_key,
+        request_id=bound("request_id"),
+        max_defer_s=settings.max_defer_s,
+        rate_limit=caller.rate_limit(),  # spent by the submit script, in its step
+        priority=priority,
+        submitted_by=caller.key.name,
+        quota=tenants.quota_of(caller.key),
+        byte_quota=tenants.byte_quota_of(caller.key),
+        debounce=debounce,
+    )
 
 
 def submit_endpoint(
@@ -424,7 +457,51 @@ async def job_read(caller: Caller, job_id: str) -> Response:
         raise caller.over_rate(read.retry_after_s)
     if read.found is None or not tenants.reads(caller.key, read.found[1]):
         raise _not_found(job_id)
-    return job_response(read.found[1], caller.services.redact)
+    return await job_response(read.found[1], caller.services)
+
+
+async def read_job_payload(job_id: JobId, caller: ReaderDep) -> Response:
+    return await _offloaded_part(caller, job_id, "payload")
+
+
+async def read_job_result(job_id: JobId, caller: ReaderDep) -> Response:
+    return await _offloaded_part(caller, job_id, "result")
+
+
+async def _offloaded_part(caller: Caller, job_id: str, part: offloaded.Part) -> Response:
+    """An offloaded payload or result as JSON: a redirect to a presigned URL
+    where the store can presign, else streamed from the store (and checked)."""
+    read = await caller.services.store.read(job_id, caller.rate_limit())
+    if read.retry_after_s is not None:
+        raise caller.over_rate(read.retry_after_s)
+    if read.found is None or not tenants.reads(caller.key, read.found[1]):
+        raise _not_found(job_id)
+    job, blobs = read.found[1], caller.services.store.blobs
+    ref = reference_of(job.payload if part == "payload" else job.result, job_id)
+    if ref is None or blobs is None:
+        raise HTTPException(404, f"Job {job_id!r} has no offloaded {part}: read the job itself.")
+    if (url := await blobs.presign("GET", ref.key)) is not None:
+        return RedirectResponse(url, status_code=307)
+    stream = blobs.stream(ref)
+    try:  # the first chunk, so a missing blob is a 404 rather than a cut stream
+        first = await anext(stream)
+    except BlobNotFoundError:
+        raise HTTPException(404, f"Job {job_id!r}'s {part} is gone from the blob store.") from None
+    except BlobIntegrityError:
+        raise HTTPException(
+            409, f"Job {job_id!r}'s {part} in the blob store is not what the job refers to."
+        ) from None
+    except StopAsyncIteration:
+        first = b""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in stream:
+            yield chunk
+
+    return StreamingResponse(
+        chunks(), media_type="application/json", headers={"Content-Length": str(ref.size)}
+    )
 
 
 async def cancel_job(
@@ -557,6 +634,21 @@ def _add_single_job_routes(api: APIRouter) -> None:
             409: {"description": "Already finished"},
         },
     )
+
+    for part, endpoint in (("payload", read_job_payload), ("result", read_job_result)):
+        api.add_api_route(
+            f"/v1/jobs/{{job_id}}/{part}",
+            endpoint,
+            methods=["GET"],
+            tags=TAGS,
+            summary=f"Read a job's offloaded {part} (a large one, kept in the blob store)",
+            response_class=StreamingResponse,
+            responses={
+                200: {"content": {"application/json": {}}, "description": f"The {part}"},
+                307: {"description": "Fetch it from the presigned URL in Location"},
+                404: {"description": f"No such job, or its {part} is not offloaded"},
+            },
+        )
 
     api.add_api_route(
         "/v1/jobs/{job_id}/retry",

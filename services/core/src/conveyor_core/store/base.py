@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable
 
 from arq.connections import ArqRedis
 
+from conveyor_core.blobs import BlobStore
 from conveyor_core.catalog import Catalog, load_catalog
 from conveyor_core.flow import claim_limits
 from conveyor_core.lua import lua_script
@@ -18,9 +19,13 @@ class StoreBase:
         catalog: Catalog | None = None,
         *,
         admit: Callable[[], Awaitable[None]] | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.redis = redis
         self.catalog = catalog or load_catalog()
+        # Where offloaded payloads and results go (claimcheck.py); None: every
+        # job keeps its payload and result inline.
+        self.blobs = blobs
         # Awaited before each submit; raises to refuse it (the api's: not while
         # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
         self._admit = admit

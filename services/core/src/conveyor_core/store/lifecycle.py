@@ -71,6 +71,7 @@ class Lifecycle(Reads):
         id_may_repeat: bool = False,
         quota: Quota | None = None,
         debounce: Debounce | None = None,
+        stored_payload: dict[str, Any] | None = None,
     ) -> Submitted:
         """Enqueue the job as arq would, unless its Idempotency-Key names one
         already, or the caller's `rate_limit` or `quota` refuses it (in the
@@ -83,7 +84,9 @@ class Lifecycle(Reads):
         A `debounce` key's window may keep an earlier job instead (debounce.py).
 
         Its score is its due time in its priority's band (the job type's
-        priority unless `priority` is given). The store's `admit` may refuse it first."""
+        priority unless `priority` is given). The store's `admit` may refuse it first.
+        `stored_payload` is what the job keeps in place of `payload` (an
+        offloaded one's reference, see claimcheck.py); flow limits read `payload`."""
         await self.admit()
         at_ms = now_ms()
         if debounce is not None and debounce.delay:  # a trailing debounce: due after its window
@@ -96,7 +99,8 @@ class Lifecycle(Reads):
             )
         if idempotency_key:
             meta = {**meta, "idempotency_key": idempotency_key}
-        job = ArqJob(job_type.name, payload, meta, at_ms)
+        kept = payload if stored_payload is None else stored_payload
+        job = ArqJob(job_type.name, kept, meta, at_ms)
         idem_key = (
             keys.idempotency_key(job_type.name, idempotency_key, meta.get(SUBMITTED_BY))
             if idempotency_key
