@@ -12,6 +12,9 @@ exit is flushed by logging's own shutdown.
 
 import asyncio
 import logging
+import signal
+from collections.abc import Callable
+from types import FrameType
 from typing import TextIO
 
 
@@ -36,3 +39,29 @@ class TurnFlushingHandler(logging.StreamHandler[TextIO]):
     def _flush_now(self) -> None:
         self._due_on = None
         super().flush()
+
+    def flush_now(self) -> None:
+        """Write what is buffered at once, whatever loop runs (a process about to die)."""
+        self._flush_now()
+
+
+def flush_then_die_by(*signals: signal.Signals, before: Callable[[], None] = lambda: None) -> None:
+    """Make these signals, when they end the process, flush what is buffered
+    first. A server that re-raises the signal it stopped on (uvicorn does, after
+    its graceful shutdown) dies by it, and a death by a signal runs no exit
+    handler: the lines of the last turn, shutdown's own among them, and the
+    spans still buffered would be lost."""
+
+    def flush_and_die(signum: int, frame: FrameType | None) -> None:
+        before()
+        # The loop may still run here (uvicorn re-raises from inside it): a
+        # flush due at the end of its turn would never come.
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, TurnFlushingHandler):
+                handler.flush_now()
+        logging.shutdown()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    for sig in signals:
+        signal.signal(sig, flush_and_die)
