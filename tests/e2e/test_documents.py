@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Stack, running
 from tests.support.chat import SUMMARY_PREFIX, ChatServer
 from tests.support.pdf import make_pdf
+from tests.support.s3 import s3_server
 from tests.support.smtp import Received, SmtpServer
 
 pytestmark = pytest.mark.e2e
@@ -227,3 +229,34 @@ def test_send_email_delivers_the_welcome_mail(flow: Stack, smtp: SmtpServer) -> 
     mails = smtp.wait_for(1, **{"X-Conveyor-Job-Id": done["id"]})
     assert [m.subject for m in mails] == ["Welcome"]
     assert mails[0].body.strip() == "Hi Ada"
+
+
+def test_the_document_flow_over_an_s3_store_with_direct_upload_and_download(
+    redis_url: str, log_dir: Path, smtp: SmtpServer
+) -> None:
+    """The api and the worker as processes on one S3-protocol store (moto's
+    server): a presigned PUT straight to the store, registered, summarized and
+    mailed; the download a presigned GET of the same bytes."""
+    with (
+        s3_server() as s3,
+        running(Stack(redis_url, log_dir, **smtp.env, **s3.environment("e2e")), workers=1) as stack,
+    ):
+        started = stack.http.post("/v1/documents/uploads")
+        assert started.status_code == 201, started.text
+        upload_ = started.json()
+        httpx.put(upload_["url"], content=TEXT.encode(), timeout=10).raise_for_status()
+        registered = stack.http.post(
+            upload_["register_url"], json={"name": "notes.txt", "notify_email": UPLOADER}
+        )
+        assert registered.status_code == 202, registered.text
+        document = wait_processed(stack, registered.json()["document"]["id"])
+        assert "Redis" in document["summary"]
+        mails = settle_and_count(stack, smtp, document)
+        assert [m.recipients for m in mails] == [[UPLOADER]]
+        download = stack.http.get(f"/v1/documents/{document['id']}/content")
+        assert download.status_code == 307
+        assert httpx.get(download.headers["location"], timeout=10).content == TEXT.encode()
+        # Redis holds the record; the bytes and the text are objects in the bucket.
+        assert stack.redis.keys(f"conveyor:document:{document['id']}*") == [
+            f"conveyor:document:{document['id']}".encode()
+        ]
