@@ -251,6 +251,8 @@ class Processor:
     ) -> JobState | None:
         """The one end-of-try call to the store, with the try's token."""
         store, job_id, token = self.store, try_.job_id, try_.fence.token
+        # The job's data as claimed: a final state makes it arq's result key unread.
+        data = try_.claimed.job_bytes or b""
         # A stopping worker fetches nothing (see the worker's fetch()).
         next_jobs = self.next_jobs
         try:
@@ -258,7 +260,7 @@ class Processor:
             match decision.state:
                 case JobState.COMPLETE:
                     ended = await store.complete(
-                        job_type, job_id, _as_json(result), next_jobs, token=token
+                        job_type, job_id, _as_json(result), next_jobs, token=token, job_data=data
                     )
                 case JobState.RETRYING if decision.snoozed:
                     delay_ms = int(decision.delay_s * 1000)
@@ -274,9 +276,11 @@ class Processor:
                     )
                 case JobState.DEAD:
                     error_json = describe(error or RuntimeError("dead")).model_dump_json()
-                    ended = await store.dead(job_type, job_id, error_json, next_jobs, token=token)
+                    ended = await store.dead(
+                        job_type, job_id, error_json, next_jobs, token=token, job_data=data
+                    )
                 case JobState.CANCELLED:
-                    ended = await store.cancelled(job_type, job_id, token=token)
+                    ended = await store.cancelled(job_type, job_id, token=token, job_data=data)
                 case _:
                     ended = await store.put_back(job_type, job_id, token=token)
         except REDIS_FAULT_ERRORS as exc:

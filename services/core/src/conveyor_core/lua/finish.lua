@@ -34,8 +34,9 @@
 --       job type for the history ('' for none), 6 the try's token ('' to end
 --       any try), 7 how many jobs to claim (0: none), 8 lock ttl ms, 9 scan
 --       limit, 10 cancelled retention ms, 11 limits JSON or '', 12 the
---       claim's nonce (as claim.lua's), 13 the hold ('' for none), 14.. hash
---       field/value pairs
+--       claim's nonce (as claim.lua's), 13 the hold ('' for none), 14 the job's
+--       data as its claim returned it ('' to read it: lib/arq_result.lua), 15..
+--       hash field/value pairs
 -- Returns {1, version} when moved, {0, 'stale'} when refused, {0, current
 -- state or ''} when not in progress, then what the claim returns (as
 -- claim.lua), or nothing when none was asked for.
@@ -55,8 +56,11 @@ end
 local rec = load(id, KEYS[1], true)
 if rec and token ~= '' and rec.token ~= token then return {0, 'stale'} end
 if not rec or rec.state ~= 'in_progress' then return fetched({0, rec and rec.state or ''}) end
+-- The job's data as the claim read it: a final state turns it into arq's
+-- result key without reading it again (the try is the live one: unchanged).
+if ARGV[14] ~= '' then rec.job_data = ARGV[14] end
 local fields = {}
-for i = 14, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 15, #ARGV do fields[#fields + 1] = ARGV[i] end
 local version
 if to == 'snoozed' then
   local snoozes = redis.call('HINCRBY', K.job .. id, 'snoozes', 1)

@@ -201,10 +201,13 @@ class Lifecycle(Reads):
         next_jobs: NextJobs | None = None,
         token: str = "",
         hold: str = "",
+        job_data: bytes = b"",
         **fields: Any,
     ) -> Ended:
         """One end of a try. With the try's `token` (the worker always gives it), a
-        stale try's end is refused whole: `Ended.stale`, nothing moved or claimed."""
+        stale try's end is refused whole: `Ended.stale`, nothing moved or claimed.
+        `job_data` is the job's data as the claim returned it: a final state makes
+        it arq's result key without reading it again (b"": read it)."""
         fetch = next_jobs.fetch() if next_jobs is not None else None
         to = state.value if isinstance(state, JobState) else state
         args: list[Any] = [job_id, to, now_ms(), math.ceil(score), job_type.name, token]
@@ -216,11 +219,12 @@ class Lifecycle(Reads):
             fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
             with contextlib.suppress(OutOfMemoryError):
                 reply = await self._finish_and_fetch(
-                    keys=[job_type.queue], args=[*args, *fetch_args, hold, *fields_]
+                    keys=[job_type.queue], args=[*args, *fetch_args, hold, job_data, *fields_]
                 )
         if reply is None:
             reply = await self._finish(
-                keys=[job_type.queue], args=[*args, 0, 0, 0, 0, "", "", hold, *fields_]
+                keys=[job_type.queue],
+                args=[*args, 0, 0, 0, 0, "", "", hold, job_data, *fields_],
             )
         moved, state_now, *claim = reply
         stale = not moved and state_now == b"stale"
@@ -237,6 +241,7 @@ class Lifecycle(Reads):
         next_jobs: NextJobs | None = None,
         *,
         token: str = "",
+        job_data: bytes = b"",
     ) -> Ended:
         at_ms = now_ms()
         retention_ms = job_type.keep_result_s * 1000
@@ -247,6 +252,7 @@ class Lifecycle(Reads):
             retention_ms,
             next_jobs,
             token,
+            job_data=job_data,
             finished_at_ms=at_ms,
             result=result_json,
             error="",
@@ -311,6 +317,7 @@ class Lifecycle(Reads):
         next_jobs: NextJobs | None = None,
         *,
         token: str = "",
+        job_data: bytes = b"",
     ) -> Ended:
         return await self._end_try(
             job_type,
@@ -319,12 +326,15 @@ class Lifecycle(Reads):
             DEAD_RETENTION_S * 1000,
             next_jobs,
             token,
+            job_data=job_data,
             finished_at_ms=now_ms(),
             next_try_at_ms="",
             error=error_json,
         )
 
-    async def cancelled(self, job_type: JobType, job_id: str, *, token: str = "") -> Ended:
+    async def cancelled(
+        self, job_type: JobType, job_id: str, *, token: str = "", job_data: bytes = b""
+    ) -> Ended:
         """A running job's cancel took effect."""
         return await self._end_try(
             job_type,
@@ -332,6 +342,7 @@ class Lifecycle(Reads):
             JobState.CANCELLED,
             job_type.keep_result_s * 1000,
             token=token,
+            job_data=job_data,
             finished_at_ms=now_ms(),
         )
 

@@ -31,7 +31,7 @@ end
 -- key until the record expires, as it is, with the error in the record.
 local function arq_finish(rec, to, now, ttl_ms, fields)
   local id = rec.id
-  local job = redis.call('GET', K.arq_job .. id)
+  local job = rec.job_data or redis.call('GET', K.arq_job .. id)
   if not job or string.sub(job, 1, #JOB_JSON_START) ~= JOB_JSON_START then
     redis.call('DEL', K.arq_lock .. id)
     if job then redis.call('PEXPIRE', K.arq_job .. id, ttl_ms) end
