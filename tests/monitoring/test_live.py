@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Stack
+from tests.monitoring.conftest import QUOTA_KEY
+from tests.support.auth import bearer
 from tests.support.prometheus import DASHBOARD_FILE, NAMESPACE, PrometheusProcess
 from tests.support.promql import panel_queries, substitute
 
@@ -18,6 +20,7 @@ pytestmark = pytest.mark.e2e
 
 EFFECTS = 12
 FLAKY = 4  # one retry each, then success
+OFFLOADED = 1  # a payload and a result in the blob store
 DOOMED = 3  # out of tries: retry, then dead
 PERMANENT = 2  # a permanent error: dead at once
 DEAD = DOOMED + PERMANENT
@@ -31,6 +34,11 @@ def run_workload(stack: Stack) -> None:
     ids += [stack.submit("flaky", {"fail_times": 1})["id"] for _ in range(FLAKY)]
     dead = [stack.submit("doomed", {})["id"] for _ in range(DOOMED)]
     dead += [stack.submit("permanent", {})["id"] for _ in range(PERMANENT)]
+    # An offloaded payload and result by a key with a quota: the blob store's panels.
+    ids += [
+        stack.submit("bulky", {"data": "o" * 4096, "echo": True}, headers=bearer(QUOTA_KEY))["id"]
+        for _ in range(OFFLOADED)
+    ]
     # Client mistakes, so the errors panel has something to show.
     assert stack.http.get("/v1/jobs/no-such-job").status_code == 404
     assert stack.http.post("/v1/jobs/flaky", json={"fail_times": -1}).status_code == 422
@@ -149,7 +157,7 @@ def test_every_panel_has_data_and_failure_alerts_go_off(
     success = prometheus.query(
         f'sum(conveyor_jobs_finished_total{{namespace="{NAMESPACE}", outcome="complete"}})'
     )
-    assert float(success[0]["value"][1]) == 2 * (EFFECTS + FLAKY)
+    assert float(success[0]["value"][1]) == 2 * (EFFECTS + FLAKY + OFFLOADED)
     # The api reads queue depths from Redis when scraped: wait for a scrape after
     # the last job died. A wrong count never matches, and the wait fails.
     dead_letters = f'max(conveyor_queue_jobs{{namespace="{NAMESPACE}", state="dead"}})'

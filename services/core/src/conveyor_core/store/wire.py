@@ -87,15 +87,17 @@ def _with_outcome(
     record: dict[str, str], arq_job: "ArqJob | None", job_bytes: bytes | None
 ) -> dict[str, str]:
     """The record with what arq's result key holds of a finished job (its
-    result, or a dead job's error: each is stored there, not in the record),
-    and with INVALID_JOB_DATA as its error when its job data cannot be read."""
+    result, stored there, not in the record; a dead job's error only where the
+    record has none: the record keeps it whole, traceback included), and with
+    INVALID_JOB_DATA as its error when its job data cannot be read."""
     if arq_job is None:
         if job_bytes and not record.get("error"):
             return {**record, "error": INVALID_JOB_DATA.model_dump_json()}
         return record
     if arq_job.success is True:
         return {**record, "result": serializer.job_serializer(arq_job.result).decode()}
-    if arq_job.success is False and record.get("state") == JobState.DEAD.value:
+    dead = record.get("state") == JobState.DEAD.value
+    if arq_job.success is False and dead and not record.get("error"):
         error = arq_job.result
         if isinstance(error, dict) and isinstance(error.get("type"), str):
             return {**record, "error": serializer.job_serializer(error).decode()}
