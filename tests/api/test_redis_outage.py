@@ -129,8 +129,10 @@ def own_redis_running(server: RedisProcess) -> bool:
 async def test_an_evicting_redis_makes_the_api_unready_and_says_why(
     own_redis: RedisProcess,
 ) -> None:
+    # A patient client: this is about the policy, not a slow machine's timeouts.
+    redis = RedisSettings(url=own_redis.url, socket_timeout_s=5, connect_timeout_s=5)
     with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
-        async for client in serve(make_app(own_redis.url)):
+        async for client in serve(make_app(own_redis.url, redis=redis)):
             response = await client.get("/readyz")
             assert response.status_code == 503
             assert response.headers["content-type"] == "application/problem+json"
@@ -145,7 +147,9 @@ async def test_an_evicting_redis_makes_the_api_unready_and_says_why(
 async def test_with_the_explicit_opt_in_an_evicting_redis_is_ready(
     own_redis: RedisProcess,
 ) -> None:
-    redis = RedisSettings(url=own_redis.url, allow_eviction=True)
+    redis = RedisSettings(
+        url=own_redis.url, allow_eviction=True, socket_timeout_s=5, connect_timeout_s=5
+    )
     with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
         async for client in serve(make_app(own_redis.url, redis=redis)):
             response = await client.get("/readyz")
@@ -283,7 +287,9 @@ async def test_an_evicting_redis_refuses_every_submit_and_acknowledges_none(
 
 
 async def test_with_the_opt_in_an_evicting_redis_takes_submits(own_redis: RedisProcess) -> None:
-    redis = RedisSettings(url=own_redis.url, allow_eviction=True)
+    redis = RedisSettings(
+        url=own_redis.url, allow_eviction=True, socket_timeout_s=5, connect_timeout_s=5
+    )
     with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
         async for client in serve(make_app(own_redis.url, redis=redis)):
             response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})
