@@ -32,7 +32,9 @@ def cursor_secret(settings: Settings) -> bytes:
     if settings.cursor_secret is not None:
         return settings.cursor_secret.get_secret_value().encode()
     if settings.development or not settings.keys:
-        logger.info("no cursor secret: cursors are signed with a secret of this process")
+        logger.info(
+            "CONVEYOR_API_CURSOR_SECRET is unset: this process signs cursors with a key of its own"
+        )
         return secrets.token_bytes(32)
     digests = "\n".join(sorted(k.sha256 for k in settings.keys))
     return hashlib.sha256(b"conveyor cursor\n" + digests.encode()).digest()
