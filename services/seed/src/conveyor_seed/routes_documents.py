@@ -14,6 +14,7 @@ else a stream checked against the document's checksum.
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, BinaryIO, cast
 from urllib.parse import quote
@@ -162,17 +163,52 @@ async def upload_document(
         while chunk := await file.read(CHUNK_BYTES):
             yield chunk
 
-    document_id = uuid4().hex
+    return await _accept(
+        Upload(name, content_type, chunks(), file.size or 0, notify_email, retention_s),
+        documents,
+        store,
+        limits,
+        uploader,
+        api_settings,
+        response,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A checked file to store as a document: its name, type, bytes (streamed),
+    size as far as known, and what the uploader asked for."""
+
+    name: str
+    content_type: str
+    chunks: AsyncIterator[bytes]
+    size_bytes: int
+    notify_email: str | None
+    retention_s: int | None
+
+
+async def _accept(
+    upload: Upload,
+    documents: DocumentStore,
+    store: JobStore,
+    limits: DocumentSettings,
+    uploader: ApiKey,
+    api_settings: ApiSettings,
+    response: Response,
+) -> "DocumentAccepted":
+    """Store a checked upload and enqueue its processing: the one way both
+    upload routes make a document (admitted, within the key's byte quota)."""
     await store.admit()  # refused (Redis may evict): before the document is written
-    await _may_store(store, uploader, file.size or 0)
-    retention_s = retention_for(retention_s, limits.retention_s)
+    await _may_store(store, uploader, upload.size_bytes)
+    retention_s = retention_for(upload.retention_s, limits.retention_s)
+    document_id = uuid4().hex
     try:
         document = await documents.create(
             document_id,
-            name=name,
-            content_type=content_type,
-            content=chunks(),
-            notify_email=str(notify_email or ""),
+            name=upload.name,
+            content_type=upload.content_type,
+            content=upload.chunks,
+            notify_email=str(upload.notify_email or ""),
             retention_s=retention_s,
             max_bytes=limits.max_bytes,
             uploaded_by=uploader.name,
@@ -393,26 +429,18 @@ async def register_direct_upload(
                 while chunk := await run_in_threadpool(spooled.read, CHUNK_BYTES):
                     yield chunk
 
-            document_id = uuid4().hex
-            await store.admit()  # refused (Redis may evict): before the document is written
-            await _may_store(store, uploader, size)
-            retention_s = retention_for(registration.retention_s, limits.retention_s)
-            await documents.create(
-                document_id,
-                name=name,
-                content_type=content_type,
-                content=chunks(),
-                notify_email=str(registration.notify_email or ""),
-                retention_s=retention_s,
-                max_bytes=limits.max_bytes,
-                uploaded_by=uploader.name,
+            upload = Upload(
+                name,
+                content_type,
+                chunks(),
+                size,
+                registration.notify_email,
+                registration.retention_s,
             )
+            return await _accept(upload, documents, store, limits, uploader, api_settings, response)
     except BlobNotFoundError:
         raise HTTPException(404, f"Nothing was uploaded as {upload_id!r}.") from None
     except DocumentError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     finally:
         await documents.blobs.delete(key)
-    accepted = await _process(document_id, documents, store, uploader, api_settings, response)
-    await _stored(store, uploader, size, retention_s)
-    return accepted
