@@ -25,9 +25,14 @@ from tests.support.redis_faults import configured, frozen, full, read_only_repli
 QUICK_S = 1.0
 
 
+def tight(url: str) -> RedisSettings:
+    """Short bounds, so a Redis that is down or hung answers 503 quickly."""
+    return RedisSettings(url=url, connect_timeout_s=0.5, socket_timeout_s=0.5)
+
+
 @pytest.fixture
 async def outage_client(own_redis: RedisProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in serve(make_app(own_redis.url)):
+    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
         client.timeout = httpx.Timeout(QUICK_S)
         yield client
 
@@ -58,7 +63,7 @@ async def test_redis_outage_gives_503_then_recovers_without_restart(
 
 async def test_api_starts_while_redis_is_down(own_redis: RedisProcess) -> None:
     own_redis.stop()
-    async for client in serve(make_app(own_redis.url)):
+    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
         client.timeout = httpx.Timeout(QUICK_S)
         assert_redis_unavailable(await client.get("/readyz"))
         own_redis.start()
@@ -188,7 +193,9 @@ def test_a_full_redis_refuses_submits_with_a_507_problem_and_reads_still_work(
 
 
 async def test_a_read_only_replica_is_a_503_problem(own_redis: RedisProcess) -> None:
-    async for client in serve(make_app(own_redis.url, rate_limit_per_s=0)):
+    async for client in serve(
+        make_app(own_redis.url, redis=tight(own_redis.url), rate_limit_per_s=0)
+    ):
         with read_only_replica(own_redis.url):
             response = await client.post("/task", json={"count": 1})
         assert_redis_unavailable(response)
@@ -263,7 +270,7 @@ def queued_jobs(url: str) -> int:
 async def test_an_evicting_redis_refuses_every_submit_and_acknowledges_none(
     own_redis: RedisProcess,
 ) -> None:
-    async for client in serve(make_app(own_redis.url)):
+    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
         with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
             assert (await client.get("/readyz")).status_code == 503  # a fresh reading
@@ -334,7 +341,7 @@ async def test_a_redis_that_refuses_info_still_takes_submits(own_redis: RedisPro
         pytest.raises(redis_sync.exceptions.NoPermissionError),
     ):
         probe.info("memory")
-    async for client in serve(make_app(limited)):
+    async for client in serve(make_app(limited, redis=tight(limited))):
         assert (await client.get("/readyz")).status_code == 200
         for _ in range(2):
             response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})
