@@ -218,12 +218,19 @@ async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers
                 elapsed_s = time.monotonic() - started
                 assert_redis_unavailable(response)
                 assert response.json()["redis_fault"] == "timed_out"
-                assert elapsed_s < redis.socket_timeout_s + 0.25, f"{method} {path}: {elapsed_s}"
+                assert elapsed_s < bound_s(redis), f"{method} {path}: {elapsed_s}"
             started = time.monotonic()
             assert_redis_unavailable(await client.get("/readyz"))
-            assert time.monotonic() - started < redis.socket_timeout_s + 0.25
+            assert time.monotonic() - started < bound_s(redis)
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
         assert (await client.get("/readyz")).status_code == 200
+
+
+def bound_s(redis: RedisSettings) -> float:
+    """Under one socket timeout and a busy machine's slack, short of two: a
+    fault bound, not a speed target. What it catches is a second wait (a
+    retried timeout, or a request queued behind another's connect)."""
+    return redis.socket_timeout_s * 1.9
 
 
 async def timed(client: httpx.AsyncClient, index: int) -> tuple[httpx.Response, float]:
@@ -248,8 +255,8 @@ async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bou
             answers = await asyncio.gather(*(timed(client, i) for i in range(20)))
         for response, _ in answers:
             assert_redis_unavailable(response)
-        slowest_s = max(elapsed_s for _, elapsed_s in answers)
-        assert slowest_s < 1.5, sorted(round(elapsed_s, 2) for _, elapsed_s in answers)
+        elapsed = sorted(round(elapsed_s, 2) for _, elapsed_s in answers)
+        assert elapsed[-1] < bound_s(redis), elapsed
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
 
 
