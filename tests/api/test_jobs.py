@@ -281,6 +281,12 @@ async def test_a_requeued_job_keeps_its_checkpoint_unless_it_is_to_start_over(
         checkpoint = response.json()["checkpoint"]
         assert (checkpoint and {k: checkpoint[k] for k in ("cursor", "done", "total")}) == kept
         assert (await client.get(f"/v1/jobs/{job_id}")).json()["checkpoint"] == checkpoint
+    # A cursor is the handler's data: secret-looking fields are masked, as a payload's are.
+    (claimed,) = (await store.claim(iterating.queue, 1, **claim)).jobs
+    secret = new_checkpoint({"page_token": "t-1", "page": 2}, done=None, total=None, job_try=1)
+    await store.save_checkpoint(job_id, secret, token=claimed.token)
+    shown = (await client.get(f"/v1/jobs/{job_id}")).json()["checkpoint"]
+    assert shown["cursor"] == {"page_token": "***", "page": 2}
     bad = await client.post(f"/v1/jobs/{job_id}/retry", params={"start_over": "maybe"})
     assert [e["field"] for e in assert_problem(bad, 422)["errors"]] == ["start_over"]
 

@@ -302,9 +302,15 @@ async def test_iterate_hands_the_job_back_once_its_budget_is_spent(store: JobSto
     assert saved.cursor == 1
 
 
-async def test_iterate_refuses_a_bad_every(store: JobStore) -> None:
+async def test_iterate_refuses_a_bad_every_or_a_cursor_it_cannot_resume_from(
+    store: JobStore,
+) -> None:
     await submitted(store)
     ctx = context(store, await claimed(store))
     with pytest.raises(ValueError, match="every must be an int >= 1"):
         async for _ in ctx.iterate([1], every=0):
+            pass
+    assert await ctx.checkpoint("page-7")  # saved by hand
+    with pytest.raises(CheckpointError, match=r"'page-7'.* is not a count of items done"):
+        async for _ in ctx.iterate([1, 2]):
             pass

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sized
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -113,13 +114,31 @@ class Checkpointing(Protocol):
     async def last_checkpoint(self) -> Checkpoint | None: ...
 
 
-async def _items(source: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+async def _items(source: Iterable[T] | AsyncIterable[T], skip: int) -> AsyncIterator[T]:
+    """The items of `source` after its first `skip`."""
     if isinstance(source, AsyncIterable):
         async for item in source:
+            if skip:
+                skip -= 1
+                continue
             yield item
     else:
-        for item in source:
+        for item in islice(source, skip, None):
             yield item
+
+
+def _resumed(last: Checkpoint | None, keyed: bool) -> tuple[int, Any]:
+    """(items to skip by position, the key done last) from the last checkpoint."""
+    if last is None or last.cursor is None:
+        return 0, None
+    if keyed:
+        return 0, last.cursor
+    if isinstance(last.cursor, bool) or not isinstance(last.cursor, int) or last.cursor < 0:
+        raise CheckpointError(
+            f"the job's last checkpoint ({last.cursor!r}) is not a count of items done: "
+            "was it saved by hand, or by a loop with a key? Pass that key, or resume it by hand"
+        )
+    return last.cursor, None
 
 
 async def iterate(
@@ -136,21 +155,17 @@ async def iterate(
         raise ValueError(f"every must be an int >= 1, not {every!r}")
     total = len(items) if isinstance(items, Sized) else None
     last = await ctx.last_checkpoint()
-    done = (last.done or 0) if last is not None else 0
-    # Without a key the cursor is the count of items done; with one, the key of
-    # the last item done, and items come in ascending key order.
-    after: Any = last.cursor if last is not None else None
+    # Without a key the cursor is the count of items done (skipped by
+    # position); with one, the key of the last item done, and items come in
+    # ascending key order (skipped up to it).
+    position, after = _resumed(last, key is not None)
+    done = last.done if last is not None and last.done is not None else position
     started_s = time.monotonic()
     since_saved = 0
-    position = 0
-    cursor: Any = after
-    async for item in _items(items):
-        if last is not None:
-            if key is None and position < after:
-                position += 1
-                continue
-            if key is not None and key(item) <= after:
-                continue
+    cursor: Any = None
+    async for item in _items(items, position):
+        if after is not None and key is not None and key(item) <= after:
+            continue
         yield item  # the handler works on it: back here, it is done
         done += 1
         position += 1

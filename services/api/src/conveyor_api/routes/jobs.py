@@ -121,10 +121,14 @@ async def _existing(store: StoreDep, job_id: str, key: ApiKey) -> JobPublic:
 
 
 def masked(job: JobPublic, redact: Redactor) -> JobPublic:
-    """The job as clients see it: secret-looking payload and result fields masked,
+    """The job as clients see it: secret-looking payload, result and checkpoint fields masked,
     and its error's message and traceback scrubbed and bounded (a refused
     recipient's address, a command's arguments), however the worker stored them."""
     update: dict[str, Any] = {"payload": redact(job.payload), "result": redact(job.result)}
+    if job.checkpoint is not None:  # the handler's data too (the next try reads it unmasked)
+        update["checkpoint"] = job.checkpoint.model_copy(
+            update={"cursor": redact(job.checkpoint.cursor)}
+        )
     if job.error is not None:
         update["error"] = job.error.model_copy(
             update={
