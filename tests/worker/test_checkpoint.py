@@ -5,6 +5,7 @@ its last checkpoint says, and the next try resumes there."""
 import asyncio
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis
@@ -13,6 +14,8 @@ from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobPublic, JobState
+from conveyor_core.redis import create_redis
+from conveyor_core.settings import RedisSettings
 from conveyor_core.store import JobStore
 from conveyor_worker.policy import Stop
 from conveyor_worker.process import Processor, Try
@@ -25,8 +28,13 @@ CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 
 
 
 @pytest.fixture
-def store(redis: ArqRedis) -> JobStore:
-    return JobStore(redis, CATALOG)
+async def store(redis_url: str) -> AsyncIterator[JobStore]:
+    """A store on a client made as the worker makes its own: with a socket
+    timeout on each read, redis-py 5 lets a cancellation that lands during a
+    command go unnoticed now and then, and these tests cancel tries."""
+    client = create_redis(RedisSettings(url=redis_url), timeout_each_read=False)
+    yield JobStore(client, CATALOG)
+    await client.aclose()
 
 
 @pytest.fixture
