@@ -21,7 +21,10 @@ from conveyor_core.context import JobContext
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobPublic, JobState, now_ms
+from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.metrics import STALE_CALLS
+from conveyor_core.redis import create_redis
+from conveyor_core.settings import RedisSettings
 from conveyor_core.store import Claimed, JobStore, Reported
 from tests.support import jobs
 
@@ -314,3 +317,28 @@ async def test_iterate_refuses_a_bad_every_or_a_cursor_it_cannot_resume_from(
     with pytest.raises(CheckpointError, match=r"'page-7'.* is not a count of items done"):
         async for _ in ctx.iterate([1, 2]):
             pass
+
+
+async def test_a_try_reads_the_checkpoint_once_and_only_when_asked(
+    own_redis: RedisProcess,
+) -> None:
+    """Counted on a Redis of its own: the shared one serves other tests too."""
+    client = create_redis(RedisSettings(url=own_redis.url))
+    try:
+        store = JobStore(client, CATALOG)
+        await submitted(store)
+        ctx = context(store, await claimed(store))
+        before = await _hgets(client)
+        assert not ctx.stopping  # asks nothing of Redis
+        assert await _hgets(client) == before
+
+        assert await ctx.last_checkpoint() is None
+        assert await ctx.last_checkpoint() is None
+        assert await _hgets(client) == before + 1
+    finally:
+        await client.aclose()
+
+
+async def _hgets(redis: ArqRedis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_hget", {}).get("calls", 0))
