@@ -84,8 +84,7 @@ class JobContext:
         the data); the job's next try resumes from it (`last_checkpoint`). With
         `done` and `total`, the job's progress is derived from them. False when
         refused: this try is stale (another worker owns the job now)."""
-        job_try = self.job_try
-        saved = new_checkpoint(cursor, done=done, total=total, job_try=job_try)
+        saved = new_checkpoint(cursor, done=done, total=total, job_try=self.job_try)
         token = self.fence.token if self.fence else ""
         reported = await self.store.save_checkpoint(self.job_id, saved, token=token)
         if reported is Reported.STALE and self.fence is not None:

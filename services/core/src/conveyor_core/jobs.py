@@ -104,7 +104,7 @@ class CheckpointPublic(BaseModel):
     """Where a long job got to: its last checkpoint, from which its next try resumes."""
 
     cursor: Any = Field(description="What the handler saved (JSON, a few KiB at most).")
-    saved_at: datetime
+    saved_at: datetime = Field(description="When the try saved it.")
     done: int | None = Field(default=None, description="Items done, when the handler said.")
     total: int | None = Field(default=None, description="Items in all, when the handler said.")
     try_number: int = Field(description="The try that saved it.")
