@@ -125,3 +125,14 @@ def test_the_key_comes_from_a_file_or_the_environment(
     for why in ("no api key", "is empty", "cannot read the key file"):
         assert why in err
     assert len(seen) == 2
+
+
+def test_requeue_resumes_unless_asked_to_start_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_API_KEY", KEY)
+    seen: list[httpx.Request] = []
+    assert main(["jobs", "requeue", "job-1"], transport=api(seen, body=JOB)) == EXIT_OK
+    assert main(["jobs", "requeue", "job-1", "--start-over"], transport=api(seen, body=JOB)) == 0
+    assert [(r.method, r.url.path, dict(r.url.params)) for r in seen] == [
+        ("POST", "/v1/jobs/job-1/retry", {}),
+        ("POST", "/v1/jobs/job-1/retry", {"start_over": "true"}),
+    ]

@@ -9,9 +9,13 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 
-from conveyor_core.store import encode_cursor
+from conveyor_core.catalog import load_catalog
+from conveyor_core.checkpoint import new_checkpoint
+from conveyor_core.enqueue import enqueue
+from conveyor_core.store import JobStore, encode_cursor
 from conveyor_seed import CREATE_TASK
 from tests.api.conftest import make_app, serve
+from tests.support import jobs
 
 
 async def submit(
@@ -255,6 +259,36 @@ async def test_only_dead_jobs_can_be_requeued(client: httpx.AsyncClient) -> None
     job_id = (await submit(client)).json()["id"]
     problem = assert_problem(await client.post(f"/v1/jobs/{job_id}/retry"), 409)
     assert "queued" in problem["detail"]
+
+
+async def test_a_requeued_job_keeps_its_checkpoint_unless_it_is_to_start_over(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    store = JobStore(redis, load_catalog(jobs.MODULES.split(",")))
+    iterating = store.catalog["iterating"]
+    job_id = (await enqueue(store, iterating, jobs.Items(items=10))).job_id
+    claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 100}
+    for start_over, kept in ((None, {"cursor": 4, "done": 4, "total": 10}), ("true", None)):
+        (claimed,) = (await store.claim(iterating.queue, 1, **claim)).jobs
+        saved = new_checkpoint(4, done=4, total=10, job_try=claimed.job_try)
+        await store.save_checkpoint(job_id, saved, token=claimed.token)
+        assert await store.dead(iterating, job_id, '{"type": "E", "message": "m"}')
+        params = {"start_over": start_over} if start_over else None
+
+        response = await client.post(f"/v1/jobs/{job_id}/retry", params=params)
+
+        assert response.status_code == 202, response.text
+        checkpoint = response.json()["checkpoint"]
+        assert (checkpoint and {k: checkpoint[k] for k in ("cursor", "done", "total")}) == kept
+        assert (await client.get(f"/v1/jobs/{job_id}")).json()["checkpoint"] == checkpoint
+    # A cursor is the handler's data: secret-looking fields are masked, as a payload's are.
+    (claimed,) = (await store.claim(iterating.queue, 1, **claim)).jobs
+    secret = new_checkpoint({"page_token": "t-1", "page": 2}, done=None, total=None, job_try=1)
+    await store.save_checkpoint(job_id, secret, token=claimed.token)
+    shown = (await client.get(f"/v1/jobs/{job_id}")).json()["checkpoint"]
+    assert shown["cursor"] == {"page_token": "***", "page": 2}
+    bad = await client.post(f"/v1/jobs/{job_id}/retry", params={"start_over": "maybe"})
+    assert [e["field"] for e in assert_problem(bad, 422)["errors"]] == ["start_over"]
 
 
 @pytest.mark.parametrize(

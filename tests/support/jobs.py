@@ -250,6 +250,43 @@ async def ledger_pid(ctx: JobContext, payload: Nothing) -> int:
     return ctx.resource(LEDGER).pid
 
 
+class Items(BaseModel):
+    items: int = Field(ge=0, le=100_000)
+    every: int = Field(default=100, ge=1)
+    step_s: float = Field(default=0, ge=0)
+    # Fail once, at this item (its first time there); None: never.
+    fail_at: int | None = None
+    # Items as rows with ids, iterated by key (the cursor is the last id done).
+    keyed: bool = False
+    budget_s: float | None = None
+
+
+async def _rows(count: int) -> AsyncIterator[dict[str, int]]:
+    for n in range(count):
+        yield {"id": n}
+
+
+async def iterating(ctx: JobContext, payload: Items) -> int:
+    """Works through numbered items with `ctx.iterate`, recording each one it
+    finishes in `test:items:{job id}`; returns how many this try did."""
+    await _record_start(ctx)
+    done = 0
+    numbers: AsyncIterator[int]
+    if payload.keyed:
+        rows = ctx.iterate(_rows(payload.items), every=payload.every, key=lambda row: row["id"])
+        numbers = (row["id"] async for row in rows)
+    else:
+        numbers = ctx.iterate(range(payload.items), every=payload.every, budget_s=payload.budget_s)
+    async for n in numbers:
+        if n == payload.fail_at and await ctx.redis.set(f"test:failed:{ctx.job_id}", 1, nx=True):
+            raise RuntimeError(f"failing once, at item {n}")
+        if payload.step_s:
+            await asyncio.sleep(payload.step_s)
+        await ctx.redis.rpush(f"test:items:{ctx.job_id}", n)  # type: ignore[misc]
+        done += 1
+    return done
+
+
 def _quick(max_tries: int) -> RetryPolicy:
     return RetryPolicy(max_tries=max_tries, backoff_base_s=0.2, backoff_cap_s=5)
 
@@ -307,6 +344,10 @@ JOB_TYPES = [
     JobType("partner_unlimited", Partner, f"{MODULE}:partner", retry=_quick(1)),
     # Keyed, no limit: tenants take turns.
     JobType("fair", Tenanted, f"{MODULE}:tracked_tenant", limits=Limits(key="tenant_id")),
+    # Long loops that checkpoint (ctx.iterate): every try resumes where the last stopped.
+    JobType("iterating", Items, f"{MODULE}:iterating", timeout_s=120, retry=_quick(3)),
+    # The same with a one-second timeout: each try that times out is retried from its checkpoint.
+    JobType("iterating_brief", Items, f"{MODULE}:iterating", timeout_s=1, retry=_quick(10)),
     # Claim-check: a payload or result over 1 KiB is kept in the blob store.
     JobType(
         "bulky",

@@ -3,7 +3,7 @@
     conveyor jobs list [--state S] [--job-type T] [--queue Q] [--error-type E]
                        [--search TEXT] [--since 1h] [--until ...] [--limit N] [--all]
     conveyor jobs show ID
-    conveyor jobs cancel ID | requeue ID
+    conveyor jobs cancel ID | requeue ID [--start-over]
     conveyor dead requeue [--job-type T] [--queue Q] [--since 1h] [--yes]
     conveyor bulk cancel|requeue|delete [filters] [--yes]
     conveyor queues [pause NAME | resume NAME]
@@ -236,7 +236,8 @@ def cmd_jobs_cancel(api: Api, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_requeue(api: Api, args: argparse.Namespace) -> int:
-    job = api.call("POST", f"/v1/jobs/{args.id}/retry")
+    params = {"start_over": "true"} if args.start_over else None
+    job = api.call("POST", f"/v1/jobs/{args.id}/retry", params=params)
     _out(args, job, [_job_row(job)], JOB_COLUMNS)
     return EXIT_OK
 
@@ -332,6 +333,12 @@ def parser() -> argparse.ArgumentParser:
         one = jobs.add_parser(name)
         one.add_argument("id")
         one.set_defaults(run=run)
+        if name == "requeue":
+            one.add_argument(
+                "--start-over",
+                action="store_true",
+                help="drop the job's checkpoint: start from the beginning, not where it got to",
+            )
 
     dead = sub.add_parser("dead", help="the dead letters").add_subparsers(
         dest="dead_command", required=True

@@ -16,6 +16,7 @@ from conveyor_core.catalog import (
     RetryPolicy,
     ScheduledRun,
 )
+from conveyor_core.checkpoint import Checkpoint, CheckpointError, Interrupted
 from conveyor_core.context import AnyHandler, JobContext, JobHandler
 from conveyor_core.debounce import Debounce
 from conveyor_core.jobs import JobState
@@ -27,7 +28,10 @@ from conveyor_core.store import JobStore, Submitted
 __all__ = [
     "DEFAULT_QUEUE",
     "AnyHandler",
+    "Checkpoint",
+    "CheckpointError",
     "Debounce",
+    "Interrupted",
     "InvalidScheduleError",
     "JobContext",
     "JobHandler",

@@ -5,7 +5,7 @@ the worker: the api (which loads job modules to validate payloads, and has no
 worker code) imports it too.
 """
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 from conveyor_core.catalog import Catalog, JobType
+from conveyor_core.checkpoint import Checkpoint, iterate, new_checkpoint
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.resources import Resource, ResourceNotOpenError
@@ -21,6 +22,10 @@ from conveyor_core.store import SUBMITTED_BY, JobStore, Reported, Submitted
 
 T = TypeVar("T")
 PayloadT_contra = TypeVar("PayloadT_contra", bound=BaseModel, contravariant=True)
+
+
+def _not_stopping() -> bool:
+    return False
 
 
 @dataclass(slots=True)
@@ -37,6 +42,11 @@ class JobContext:
     resources: Mapping[str, Any] = field(default_factory=dict)
     # The try's token (fencing.py): a stale try's reports are refused.
     fence: Fence | None = None
+    # Set by the worker: whether it is shutting down (see `stopping`).
+    stop_requested: Callable[[], bool] = _not_stopping
+    # The job's last checkpoint, once read or saved by this try.
+    _checkpoint: Checkpoint | None = field(default=None, init=False, repr=False)
+    _checkpoint_read: bool = field(default=False, init=False, repr=False)
 
     @property
     def redis(self) -> ArqRedis:
@@ -60,6 +70,59 @@ class JobContext:
         reported = await self.store.report_progress(self.job_id, percent, message, token=token)
         if reported is Reported.STALE and self.fence is not None:
             self.fence.refused("progress")
+
+    @property
+    def stopping(self) -> bool:
+        """The worker is shutting down: a long loop may save its checkpoint and
+        raise `Interrupted` to hand the job back now (`iterate` does)."""
+        return self.stop_requested()
+
+    async def checkpoint(
+        self, cursor: Any, *, done: int | None = None, total: int | None = None
+    ) -> bool:
+        """Save where the job got to (a JSON cursor, at most 4 KiB: a position, not
+        the data); the job's next try resumes from it (`last_checkpoint`). With
+        `done` and `total`, the job's progress is derived from them. False when
+        refused: this try is stale (another worker owns the job now)."""
+        saved = new_checkpoint(cursor, done=done, total=total, job_try=self.job_try)
+        token = self.fence.token if self.fence else ""
+        reported = await self.store.save_checkpoint(self.job_id, saved, token=token)
+        if reported is Reported.STALE and self.fence is not None:
+            self.fence.refused("checkpoint")
+        if reported is not Reported.RECORDED:
+            return False
+        self._checkpoint, self._checkpoint_read = saved, True
+        return True
+
+    async def last_checkpoint(self) -> Checkpoint | None:
+        """The job's last checkpoint (this try's, or an earlier try's), or None:
+        read once per try, and only when asked."""
+        if not self._checkpoint_read:
+            self._checkpoint = await self.store.last_checkpoint(self.job_id)
+            self._checkpoint_read = True
+        return self._checkpoint
+
+    def iterate(
+        self,
+        items: Iterable[T] | AsyncIterable[T],
+        *,
+        every: int = 100,
+        key: Callable[[T], Any] | None = None,
+        budget_s: float | None = None,
+    ) -> AsyncIterator[T]:
+        """`async for item in ctx.iterate(items, every=100)`: a long loop that
+        resumes where the last try stopped. It skips the items the job's last
+        checkpoint says are done, saves one every `every` items (and after the
+        last), with progress when `items` has a length, and at a shutdown (or
+        once the try has run `budget_s`) saves one after the current item and
+        hands the job back (`Interrupted`: queued again, the try not counted).
+
+        Without `key`, the cursor is the count of items done, and `items` must
+        come in the same order on every try. With `key` (say, a row's id), it
+        is the key of the last item done, `items` come in ascending key order,
+        and a resumed try skips those up to it: query from
+        `(await ctx.last_checkpoint()).cursor` to skip them in the source."""
+        return iterate(self, items, every=every, key=key, budget_s=budget_s)
 
     def snooze(self, delay_s: float, reason: str = "") -> NoReturn:
         """Run again in `delay_s` seconds, this try not counted (raises `Snooze`)."""

@@ -1,10 +1,10 @@
 """Fencing: each try's token, and what a refused call of a stale try does.
 
 The claim mints a token per try (see lua/lib/claim.lua) that the job's lock and
-record hold. The try's end, its progress reports and its lock renewals carry
-it; once the record holds another token (the lock lapsed, say in a long pause,
-and another worker claimed the job again), each of those calls is refused whole
-by its script. The refusal is counted every time and logged once per try.
+record hold. The try's end, its progress reports, its checkpoints and its lock
+renewals carry it; once the record holds another token (the lock lapsed, say in
+a long pause, and another worker claimed the job again), each of those calls is
+refused whole by its script. The refusal is counted every time and logged once per try.
 """
 
 import logging
@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Fence:
-    """One try's token, shared by the worker (end, renewal) and the job's context (progress)."""
+    """One try's token, shared by the worker (end, renewal) and the job's context
+    (progress, checkpoints)."""
 
     queue: str
     job_id: str
@@ -25,7 +26,7 @@ class Fence:
     warned: bool = False
 
     def refused(self, call: str) -> None:
-        """A call of this try (`end`, `progress` or `renew`) was refused as stale."""
+        """A call of this try (`end`, `progress`, `checkpoint` or `renew`) was refused as stale."""
         STALE_CALLS.labels(self.queue, call).inc()
         if self.warned:
             return

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from conveyor_core.checkpoint import Checkpoint
+
 if TYPE_CHECKING:
     from conveyor_core.store import ArqJob
 
@@ -96,6 +98,30 @@ class JobError(BaseModel):
     type: str
     message: str
     traceback: str = ""
+
+
+class CheckpointPublic(BaseModel):
+    """Where a long job got to: its last checkpoint, from which its next try resumes."""
+
+    cursor: Any = Field(description="What the handler saved (JSON, a few KiB at most).")
+    saved_at: datetime = Field(description="When the try saved it.")
+    done: int | None = Field(default=None, description="Items done, when the handler said.")
+    total: int | None = Field(default=None, description="Items in all, when the handler said.")
+    try_number: int = Field(description="The try that saved it.")
+
+    @classmethod
+    def of(cls, raw: str | None) -> "CheckpointPublic | None":
+        """The record's `checkpoint` field (lua/checkpoint.lua), or None."""
+        saved = Checkpoint.decode(raw)
+        if saved is None:
+            return None
+        return cls(
+            cursor=saved.cursor,
+            saved_at=ms_to_datetime(saved.saved_at_ms) or EARLIEST,
+            done=saved.done,
+            total=saved.total,
+            try_number=saved.job_try,
+        )
 
 
 class Attempt(BaseModel):
@@ -190,6 +216,11 @@ class JobPublic(BaseModel):
         description="Why a due job is held (not started though a worker may be free): its "
         "queue is paused, or its type or key is at its running limit or its rate.",
     )
+    checkpoint: CheckpointPublic | None = Field(
+        default=None,
+        description="The last checkpoint a try saved (`ctx.checkpoint`): its next try "
+        "resumes from it.",
+    )
 
     @classmethod
     def from_parts(
@@ -254,6 +285,7 @@ class JobPublic(BaseModel):
             children=[k.removeprefix("child:") for k in record if k.startswith("child:")],
             attempts=attempts_of(record, _int(record.get("tries"))) if record else [],
             waiting_reason=waiting_reason if due_to_start else None,
+            checkpoint=CheckpointPublic.of(record.get("checkpoint")),
         )
 
 

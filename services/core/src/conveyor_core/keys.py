@@ -22,7 +22,8 @@ PREFIX = "conveyor:"
 ARQ_EXPIRY_EXTRA_MS = 86_400_000
 
 # Hash per job, from its first claim (or its cancellation while waiting) on:
-# state, version, tries, times, progress, the last error. Its payload is in
+# state, version, tries, times, progress, the last error, the last checkpoint
+# of a long job (checkpoint.py, a few KiB at most). Its payload is in
 # arq's job key; once it finished, in arq's result key with its result (or a
 # dead job's error), which lives exactly as long as the hash.
 JOB_PREFIX = PREFIX + "job:"

@@ -122,8 +122,8 @@ JOBS_IN_PROGRESS = Gauge("conveyor_jobs_in_progress", "Job tries running now.", 
 STALE_CALLS = Counter(
     "conveyor_stale_calls",
     "Calls of a stale try refused: its lock lapsed and another worker claimed the job "
-    "again, so its end, progress report or lock renewal changes nothing. By call: end, "
-    "progress, renew.",
+    "again, so its end, progress report, checkpoint or lock renewal changes nothing. By "
+    "call: end, progress, checkpoint, renew.",
     ["queue", "call"],
 )
 # -- worker: the claim (flow control) --

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from pydantic_core import to_jsonable_python
 
 from conveyor_core import claimcheck
 from conveyor_core.catalog import Catalog, JobType
+from conveyor_core.checkpoint import Interrupted
 from conveyor_core.context import AnyHandler, JobContext
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobError, JobState, now_ms
@@ -118,6 +119,8 @@ class Processor:
         # Set by the worker once its job modules' resources are open.
         self.resources: Mapping[str, Any] = {}
         self.next_jobs: NextJobs | None = None
+        # Set by the worker: whether it is shutting down (a job's `ctx.stopping`).
+        self.stopping: Callable[[], bool] = lambda: False
 
     async def process(self, try_: Try) -> JobState | None:
         """Run one try and record how it ended; returns the state it left the
@@ -182,6 +185,7 @@ class Processor:
             meta=job.meta,
             resources=self.resources,
             fence=try_.fence,
+            stop_requested=self.stopping,
         )
         try_.in_handler = True
         try:
@@ -193,6 +197,8 @@ class Processor:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 task.uncancel()
+            return decide(policy, job_try, stop=try_.stop or Stop.SHUTDOWN), None, None
+        except Interrupted:  # the handler hands the job back (checkpoint.py), as a shutdown
             return decide(policy, job_try, stop=try_.stop or Stop.SHUTDOWN), None, None
         except TimeoutError as exc:
             timeout = TimeoutError(f"timed out after {job_type.timeout_s:g} s")

@@ -138,6 +138,7 @@ class ConveyorWorker:
             cancelled_retention_ms=self.cancelled_retention_ms,
         )
         self.processor.next_jobs = self
+        self.processor.stopping = lambda: self._stopping
         self.scheduler = Scheduler(store, schedules or [], datetime.now(UTC))
         # The one map of running tries: job id -> its Try.
         self.running: dict[str, Try] = {}

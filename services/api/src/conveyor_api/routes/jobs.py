@@ -121,10 +121,14 @@ async def _existing(store: StoreDep, job_id: str, key: ApiKey) -> JobPublic:
 
 
 def masked(job: JobPublic, redact: Redactor) -> JobPublic:
-    """The job as clients see it: secret-looking payload and result fields masked,
+    """The job as clients see it: secret-looking payload, result and checkpoint fields masked,
     and its error's message and traceback scrubbed and bounded (a refused
     recipient's address, a command's arguments), however the worker stored them."""
     update: dict[str, Any] = {"payload": redact(job.payload), "result": redact(job.result)}
+    if job.checkpoint is not None:  # the handler's data too (the next try reads it unmasked)
+        update["checkpoint"] = job.checkpoint.model_copy(
+            update={"cursor": redact(job.checkpoint.cursor)}
+        )
     if job.error is not None:
         update["error"] = job.error.model_copy(
             update={
@@ -521,12 +525,22 @@ async def cancel_job(
 
 
 async def retry_job(
-    job_id: JobId, store: StoreDep, redact: RedactorDep, caller: AdminDep
+    job_id: JobId,
+    store: StoreDep,
+    redact: RedactorDep,
+    caller: AdminDep,
+    start_over: Annotated[
+        bool,
+        Query(
+            description="Drop the job's checkpoint, so its next try starts from the "
+            "beginning; by default it resumes from its last checkpoint."
+        ),
+    ] = False,
 ) -> JobPublic:
     if tenants.owner(caller):
         await _existing(store, job_id, caller)
     meta = {"request_id": bound("request_id")} if bound("request_id") else {}
-    outcome, job = await store.requeue(job_id, meta)
+    outcome, job = await store.requeue(job_id, meta, start_over=start_over)
     if job is None:
         raise _not_found(job_id)
     if outcome == "unknown_type":
@@ -656,7 +670,8 @@ def _add_single_job_routes(api: APIRouter) -> None:
         methods=["POST"],
         tags=TAGS,
         status_code=202,
-        summary="Requeue a dead job: a new try with the same payload",
+        summary="Requeue a dead job: a new try with the same payload, resuming from its "
+        "last checkpoint unless `start_over`",
         responses={
             404: {"description": "No such job"},
             409: {"description": "The job is not dead"},

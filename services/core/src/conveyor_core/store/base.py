@@ -39,6 +39,7 @@ class StoreBase:
         self._finish_and_fetch = script(lua_script("finish", shebang="#!lua"))
         self._settle = script(lua_script("settle"))
         self._progress = script(lua_script("progress"))
+        self._checkpoint = script(lua_script("checkpoint"))
         self._renew = script(lua_script("renew"))
         self._cancel = script(lua_script("cancel"))
         self._requeue = script(lua_script("requeue"))

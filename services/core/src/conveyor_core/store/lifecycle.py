@@ -12,6 +12,7 @@ from redis.exceptions import OutOfMemoryError
 
 from conveyor_core import keys
 from conveyor_core.catalog import JobType
+from conveyor_core.checkpoint import Checkpoint
 from conveyor_core.debounce import Debounce
 from conveyor_core.flow import flow_entry
 from conveyor_core.jobs import (
@@ -389,6 +390,24 @@ class Lifecycle(Reads):
         )
         return Reported(int(done))
 
+    async def save_checkpoint(
+        self, job_id: str, checkpoint: Checkpoint, *, token: str = ""
+    ) -> Reported:
+        """Keep a running job's checkpoint in its record, and the progress derived
+        from it (with done and total); with the try's `token`, a stale try's is
+        refused."""
+        percent = checkpoint.percent
+        saved = await self._checkpoint(
+            keys=[keys.job_key(job_id)],
+            args=[
+                checkpoint.encode(),
+                keys.events_channel(job_id),
+                token,
+                "" if percent is None else percent,
+            ],
+        )
+        return Reported(int(saved))
+
     async def renew_locks(self, tries: Sequence[tuple[str, str]], lock_ttl_ms: int) -> list[str]:
         """Renew the locks of running tries, (job id, token) each, in one call;
         returns the ids of the stale ones (their token is no longer the record's),
@@ -416,8 +435,11 @@ class Lifecycle(Reads):
             return "missing", None
         return outcome.decode(), self._public(job_id, arq_job, _pairs(flat), job.queue, None)
 
-    async def requeue(self, job_id: str, meta: dict[str, str]) -> tuple[str, JobPublic | None]:
-        """'requeued' and the record as requeued, or 'missing' or the state it was in."""
+    async def requeue(
+        self, job_id: str, meta: dict[str, str], *, start_over: bool = False
+    ) -> tuple[str, JobPublic | None]:
+        """'requeued' and the record as requeued, or 'missing' or the state it was in.
+        The job resumes from its last checkpoint, unless it is to `start_over`."""
         found = await self._read(job_id)
         if found is None:
             return "missing", None
@@ -432,7 +454,7 @@ class Lifecycle(Reads):
         again = ArqJob(arq_job.function, arq_job.payload, meta, at_ms)
         outcome, flat = await self._requeue(
             keys=[job.queue, job_key_prefix + job_id, result_key_prefix + job_id],
-            args=[job_id, at_ms, again.encode()],
+            args=[job_id, at_ms, again.encode(), "1" if start_over else ""],
         )
         if not flat:
             return "missing", None

@@ -7,6 +7,7 @@ from arq.constants import job_key_prefix, result_key_prefix
 from redis.asyncio.client import Pipeline
 
 from conveyor_core import keys
+from conveyor_core.checkpoint import Checkpoint
 from conveyor_core.flow import flow_entry
 from conveyor_core.jobs import (
     DEFAULT_PRIORITY,
@@ -207,3 +208,8 @@ class Reads(StoreBase):
     async def cancel_requested(self, job_id: str) -> bool:
         flag = await self.redis.hget(keys.job_key(job_id), "cancel_requested")  # type: ignore[misc]
         return bool(flag == b"1")
+
+    async def last_checkpoint(self, job_id: str) -> Checkpoint | None:
+        """The job's last checkpoint (one read), or None."""
+        raw = await self.redis.hget(keys.job_key(job_id), "checkpoint")  # type: ignore[misc]
+        return Checkpoint.decode(raw)
