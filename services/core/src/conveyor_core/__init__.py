@@ -18,6 +18,7 @@ from conveyor_core.catalog import (
 )
 from conveyor_core.context import AnyHandler, JobContext, JobHandler
 from conveyor_core.debounce import Debounce
+from conveyor_core.groups import Call, ChildFailure, FailurePolicy, Group
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceNotOpenError, ResourceScope
 from conveyor_core.schedule import InvalidScheduleError, Schedule
@@ -27,7 +28,11 @@ from conveyor_core.store import JobStore, Submitted
 __all__ = [
     "DEFAULT_QUEUE",
     "AnyHandler",
+    "Call",
+    "ChildFailure",
     "Debounce",
+    "FailurePolicy",
+    "Group",
     "InvalidScheduleError",
     "JobContext",
     "JobHandler",

@@ -5,7 +5,7 @@ the worker: the api (which loads job modules to validate payloads, and has no
 worker code) imports it too.
 """
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -15,6 +15,18 @@ from pydantic import BaseModel
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
+from conveyor_core.groups import (
+    GROUP_META,
+    GROUP_POLICY_META,
+    GROUP_TOTAL_META,
+    Child,
+    FailurePolicy,
+    Group,
+    NotAContinuationError,
+    derived_group_id,
+    iter_group_results,
+    start_group,
+)
 from conveyor_core.resources import Resource, ResourceNotOpenError
 from conveyor_core.snooze import HoldScope, RateLimited, Snooze
 from conveyor_core.store import SUBMITTED_BY, JobStore, Reported, Submitted
@@ -37,6 +49,8 @@ class JobContext:
     resources: Mapping[str, Any] = field(default_factory=dict)
     # The try's token (fencing.py): a stale try's reports are refused.
     fence: Fence | None = None
+    # How many groups this try started (a group's id derives from it).
+    groups_started: int = field(default=0, init=False)
 
     @property
     def redis(self) -> ArqRedis:
@@ -83,6 +97,57 @@ class JobContext:
         options.setdefault("submitted_by", self.meta.get(SUBMITTED_BY))
         options.setdefault("parent_id", self.job_id)
         return await enqueue(self.store, job_type, payload, **options)
+
+    async def group(
+        self,
+        children: Sequence[Child],
+        *,
+        then: Child | None = None,
+        on_child_failure: FailurePolicy = "fail",
+    ) -> Group:
+        """Start a group (groups.py): `children` run in parallel (each a `Call`
+        or a (job type, payload) pair), and `then`, once every one has ended,
+        reads their results in order with `group_results()`. A child's failure
+        (dead or cancelled) fails the group ("fail": `then` does not run), is
+        listed in the results ("run"), or is left out ("ignore").
+
+        The same try's n-th group has the same id on every try: a try run
+        again resumes it (existing children are not submitted twice)."""
+        group_id = derived_group_id(self.job_id, self.groups_started)
+        self.groups_started += 1
+        return await start_group(
+            self.store,
+            children,
+            then=then,
+            on_child_failure=on_child_failure,
+            group_id=group_id,
+            parent_id=self.job_id,
+            submitted_by=self.meta.get(SUBMITTED_BY),
+            request_id=self.meta.get("request_id"),
+        )
+
+    @property
+    def group_id(self) -> str | None:
+        """The group whose continuation this job is; None for any other job."""
+        return self.meta.get(GROUP_META)
+
+    def iter_group_results(self) -> AsyncIterator[Any]:
+        """The results of this continuation's group's children, in order, read
+        a bounded chunk at a time (see `group_results`)."""
+        group_id = self.group_id
+        if group_id is None:
+            raise NotAContinuationError(
+                f"job {self.job_id} is not a group's continuation: it has no group results"
+            )
+        total = int(self.meta.get(GROUP_TOTAL_META) or 0)
+        policy = self.meta.get(GROUP_POLICY_META) or "fail"
+        return iter_group_results(self.store, group_id, total, policy)
+
+    async def group_results(self) -> list[Any]:
+        """The results of this continuation's group's children, in order: each
+        child's return value; a failed child as a `ChildFailure` (policy "run"),
+        or left out (policy "ignore")."""
+        return [result async for result in self.iter_group_results()]
 
 
 class JobHandler(Protocol[PayloadT_contra]):

@@ -1,0 +1,339 @@
+"""Groups against a real Redis: members counted as they end, the continuation
+enqueued exactly once by the last end, each failure policy, results in order,
+and cancel and requeue of a whole group."""
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+
+from conveyor_core import keys
+from conveyor_core.catalog import load_catalog
+from conveyor_core.context import JobContext
+from conveyor_core.groups import (
+    Call,
+    ChildFailure,
+    GroupError,
+    GroupState,
+    NotAContinuationError,
+    cancel_group,
+    derived_group_id,
+    group_of,
+    member_id,
+    read_group,
+    requeue_group,
+    start_group,
+)
+from conveyor_core.jobs import JobState
+from conveyor_core.store import ArqJob, Claimed, JobStore
+from tests.support import jobs
+
+CATALOG = load_catalog(jobs.MODULES.split(","))
+EFFECT = CATALOG["effect"]
+QUEUE = EFFECT.queue
+CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 5000}
+ERROR = '{"type": "ValueError", "message": "bad chunk", "traceback": "..."}'
+
+
+@pytest.fixture
+def store(redis: ArqRedis) -> JobStore:
+    return JobStore(redis, CATALOG)
+
+
+def effects(n: int) -> list[Call]:
+    return [Call("effect", {"work_s": i}) for i in range(n)]
+
+
+async def claim_all(store: JobStore) -> dict[str, Claimed]:
+    claimed: dict[str, Claimed] = {}
+    while jobs_ := (await store.claim(QUEUE, 500, **CLAIM)).jobs:
+        claimed |= {c.job_id: c for c in jobs_}
+    return claimed
+
+
+async def end(store: JobStore, claimed: Claimed, *, result: Any = None, dead: bool = False) -> None:
+    if dead:
+        ended = await store.dead(EFFECT, claimed.job_id, ERROR, token=claimed.token)
+    else:
+        ended = await store.complete(
+            EFFECT, claimed.job_id, json.dumps(result), token=claimed.token
+        )
+    assert ended.moved
+
+
+async def continuation_context(store: JobStore, job_id: str) -> JobContext:
+    raw = await store.redis.get(f"arq:job:{job_id}")
+    assert raw is not None, f"continuation {job_id} was not enqueued"
+    job = ArqJob.decode(raw)
+    assert job is not None
+    return JobContext(job_id, 1, CATALOG[job.function], store, CATALOG, meta=job.meta)
+
+
+async def test_member_ids_say_their_group_and_place() -> None:
+    group_id = derived_group_id("job-1", 0)
+    assert group_id == derived_group_id("job-1", 0) != derived_group_id("job-1", 1)
+    assert group_of(member_id(group_id, 41)) == (group_id, 41)
+    assert group_of(f"{group_id}.then") is None
+    assert group_of("0123abcd.3") is None
+    assert group_of("send_digest:1732460000123") is None
+
+
+async def test_the_last_members_end_enqueues_the_continuation_once(store: JobStore) -> None:
+    group = await start_group(store, effects(5), then=Call("effect", {"work_s": 99}))
+    (then_id,) = group.continuation_ids
+    claimed = await claim_all(store)
+    assert sorted(claimed) == sorted(group.member_ids)
+
+    for job_id in group.member_ids[:4]:
+        await end(store, claimed[job_id], result=job_id)
+        assert not await store.redis.exists(f"arq:job:{then_id}")
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.RUNNING
+    assert (read.counts.pending, read.counts.complete) == (1, 4)
+
+    await end(store, claimed[group.member_ids[4]], result="last")
+    # Enqueued by the same script: in the queue, due now, exactly once.
+    assert await store.redis.zscore(QUEUE, then_id) is not None
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.DONE
+    assert read.counts.model_dump() == {"pending": 0, "complete": 5, "dead": 0, "cancelled": 0}
+    assert read.finished_at is not None
+
+    # A member's end can never come twice (fencing), and a stale one is refused whole.
+    assert not (await store.complete(EFFECT, group.member_ids[4], "null")).moved
+    (cont,) = (await store.claim(QUEUE, 10, **CLAIM)).jobs
+    assert cont.job_id == then_id
+    ctx = await continuation_context(store, then_id)
+    assert ctx.group_id == group.id
+    assert await ctx.group_results() == [*group.member_ids[:4], "last"]
+
+
+async def test_concurrent_ends_count_every_member_and_start_one_continuation(
+    store: JobStore,
+) -> None:
+    group = await start_group(store, effects(300), then=Call("effect", {"work_s": 0}))
+    claimed = await claim_all(store)
+    await asyncio.gather(*(end(store, c, result=i) for i, c in enumerate(claimed.values())))
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert (read.state, read.counts.complete) == (GroupState.DONE, 300)
+    queued = await store.redis.zrange(QUEUE, 0, -1)
+    assert queued == [group.continuation_ids[0].encode()]
+
+
+async def test_results_come_in_member_order_read_in_chunks(store: JobStore) -> None:
+    group = await start_group(store, effects(1203), then=Call("effect", {"work_s": 0}))
+    claimed = await claim_all(store)
+    for job_id in reversed(group.member_ids):  # ended in the opposite order
+        await end(store, claimed[job_id], result={"index": group_of(job_id)[1]})  # type: ignore[index]
+    ctx = await continuation_context(store, group.continuation_ids[0])
+    results = await ctx.group_results()
+    assert results == [{"index": i} for i in range(1203)]
+
+
+async def test_policy_fail_names_the_member_and_never_runs_the_continuation(
+    store: JobStore,
+) -> None:
+    group = await start_group(
+        store, effects(3), then=Call("effect", {"work_s": 0}), on_child_failure="fail"
+    )
+    claimed = await claim_all(store)
+    bad = group.member_ids[1]
+    await end(store, claimed[bad], dead=True)
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.FAILED  # at once, while the others run
+    assert read.failed is not None
+    assert (read.failed.member_id, read.failed.state) == (bad, "dead")
+    assert (read.failed.error_type, read.failed.message) == ("ValueError", "bad chunk")
+    for job_id in (group.member_ids[0], group.member_ids[2]):
+        await end(store, claimed[job_id], result="ok")
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.FAILED
+    assert read.counts.model_dump() == {"pending": 0, "complete": 2, "dead": 1, "cancelled": 0}
+    assert not await store.redis.exists(f"arq:job:{group.continuation_ids[0]}")
+
+
+async def test_requeuing_the_dead_member_reopens_a_failed_group(store: JobStore) -> None:
+    group = await start_group(store, effects(2), then=Call("effect", {"work_s": 0}))
+    claimed = await claim_all(store)
+    await end(store, claimed[group.member_ids[0]], dead=True)
+    await end(store, claimed[group.member_ids[1]], result="ok")
+
+    action = await requeue_group(store, group.id)
+    assert action is not None
+    assert (action.state, action.done) == (GroupState.RUNNING, 1)
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.failed is None
+    assert (read.counts.pending, read.counts.dead) == (1, 0)
+
+    (again,) = (await store.claim(QUEUE, 5, **CLAIM)).jobs
+    assert again.job_id == group.member_ids[0]
+    await end(store, again, result="healed")
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.DONE
+    ctx = await continuation_context(store, group.continuation_ids[0])
+    assert await ctx.group_results() == ["healed", "ok"]
+
+
+async def test_policy_run_lists_failures_in_place(store: JobStore) -> None:
+    group = await start_group(
+        store, effects(3), then=Call("effect", {"work_s": 0}), on_child_failure="run"
+    )
+    claimed = await claim_all(store)
+    await end(store, claimed[group.member_ids[0]], result=0)
+    await end(store, claimed[group.member_ids[1]], dead=True)
+    await store.cancel(group.member_ids[2])  # running: asked to stop
+    assert (await store.cancelled(EFFECT, group.member_ids[2])).moved
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.DONE
+    assert (read.counts.dead, read.counts.cancelled) == (1, 1)
+    ctx = await continuation_context(store, group.continuation_ids[0])
+    first, dead, cancelled = await ctx.group_results()
+    assert first == 0
+    assert dead == ChildFailure(group.member_ids[1], 1, "dead", "ValueError", "bad chunk")
+    assert isinstance(cancelled, ChildFailure)
+    assert (cancelled.index, cancelled.state) == (2, "cancelled")
+
+
+async def test_policy_ignore_leaves_failures_out(store: JobStore) -> None:
+    group = await start_group(
+        store, effects(3), then=Call("effect", {"work_s": 0}), on_child_failure="ignore"
+    )
+    claimed = await claim_all(store)
+    for i, job_id in enumerate(group.member_ids):
+        await end(store, claimed[job_id], result=i, dead=i == 1)
+    ctx = await continuation_context(store, group.continuation_ids[0])
+    assert await ctx.group_results() == [0, 2]
+
+
+async def test_a_requeued_member_of_a_finished_group_runs_on_its_own(store: JobStore) -> None:
+    group = await start_group(
+        store, effects(2), then=Call("effect", {"work_s": 0}), on_child_failure="run"
+    )
+    claimed = await claim_all(store)
+    await end(store, claimed[group.member_ids[0]], dead=True)
+    await end(store, claimed[group.member_ids[1]], result="ok")
+    then_id = group.continuation_ids[0]
+    assert await store.redis.zscore(QUEUE, then_id) is not None
+
+    outcome, _ = await store.requeue(group.member_ids[0], {})
+    assert outcome == "requeued"
+    claimed = await claim_all(store)
+    await end(store, claimed[group.member_ids[0]], result="again")
+    read = await read_group(store, group.id)
+    assert read is not None
+    # Counted once only: the group stays done, its counts as they were.
+    assert read.state is GroupState.DONE
+    assert read.counts.model_dump() == {"pending": 0, "complete": 1, "dead": 1, "cancelled": 0}
+    # The continuation (claimed, so still in arq's queue) is there once, as it was.
+    assert await store.redis.zrange(QUEUE, 0, -1) == [then_id.encode()]
+    assert (await store.get(then_id)).state is JobState.IN_PROGRESS  # type: ignore[union-attr]
+
+
+async def test_cancel_acts_on_the_whole_group(store: JobStore) -> None:
+    group = await start_group(store, effects(4), then=Call("effect", {"work_s": 0}))
+    running = (await store.claim(QUEUE, 1, **CLAIM)).jobs[0]
+    await end(store, running, result="done first")
+
+    action = await cancel_group(store, group.id, 60_000)
+    assert action is not None
+    assert (action.state, action.done) == (GroupState.RUNNING, 3)
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.CANCELLED
+    assert read.counts.model_dump() == {"pending": 0, "complete": 1, "dead": 0, "cancelled": 3}
+    assert not await store.redis.exists(f"arq:job:{group.continuation_ids[0]}")
+    assert await store.redis.zcard(QUEUE) == 0
+    for job_id in group.member_ids:
+        job = await store.get(job_id)
+        assert job is not None
+        assert job.state in (JobState.COMPLETE, JobState.CANCELLED)
+
+
+async def test_a_batch_calls_back_on_complete_always_and_on_success_only_without_failures(
+    store: JobStore,
+) -> None:
+    async def run_batch(fail: bool) -> tuple[bool, bool]:
+        batch = await start_group(
+            store,
+            effects(3),
+            then=Call("effect", {"work_s": 1}),
+            on_success=Call("effect", {"work_s": 2}),
+            on_child_failure="run",
+            kind="batch",
+        )
+        claimed = await claim_all(store)
+        for i, job_id in enumerate(batch.member_ids):
+            await end(store, claimed[job_id], result=i, dead=fail and i == 0)
+        complete_id, success_id = batch.continuation_ids
+        read = await read_group(store, batch.id)
+        assert read is not None
+        assert (read.kind, read.state) == ("batch", GroupState.DONE)
+        on_complete = bool(await store.redis.exists(f"arq:job:{complete_id}"))
+        on_success = bool(await store.redis.exists(f"arq:job:{success_id}"))
+        await store.redis.delete(QUEUE)
+        return on_complete, on_success
+
+    assert await run_batch(fail=False) == (True, True)
+    assert await run_batch(fail=True) == (True, False)
+
+
+async def test_a_job_starts_a_group_and_its_next_try_resumes_it(store: JobStore) -> None:
+    ctx = JobContext("parent-job", 1, EFFECT, store, CATALOG)
+    first = await ctx.group(
+        [("effect", {"work_s": i}) for i in range(3)], then=("effect", {"work_s": 9})
+    )
+    assert first.created
+    # The members carry the parent; the parent's record lists the group.
+    raw = await store.redis.get(f"arq:job:{first.member_ids[0]}")
+    assert raw is not None
+    member = ArqJob.decode(raw)
+    assert member is not None
+    assert member.meta["parent_id"] == "parent-job"
+
+    claimed = await claim_all(store)
+    await end(store, claimed[first.member_ids[0]], result="kept")
+
+    retry = JobContext("parent-job", 2, EFFECT, store, CATALOG)
+    again = await retry.group(
+        [("effect", {"work_s": i}) for i in range(3)], then=("effect", {"work_s": 9})
+    )
+    assert (again.id, again.created) == (first.id, False)
+    # The finished member and the running ones are not submitted twice.
+    assert not await store.redis.exists(f"arq:job:{first.member_ids[0]}")
+    assert await store.redis.zcard(QUEUE) == 2
+    assert await store.redis.hget(keys.group_key(first.id), "remaining") == b"2"  # type: ignore[misc]
+
+
+async def test_an_empty_group_runs_its_continuation_at_once(store: JobStore) -> None:
+    group = await start_group(store, [], then=Call("effect", {"work_s": 0}))
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state is GroupState.DONE
+    ctx = await continuation_context(store, group.continuation_ids[0])
+    assert await ctx.group_results() == []
+
+
+async def test_nothing_is_written_for_an_invalid_member(store: JobStore) -> None:
+    with pytest.raises(GroupError) as caught:
+        await start_group(store, [*effects(3), Call("effect", {"work_s": -1})])
+    assert caught.value.field == "children[3].payload"
+    with pytest.raises(GroupError) as caught:
+        await start_group(store, effects(1), then=Call("no_such_type", {}))
+    assert caught.value.field == "then.job_type"
+    assert await store.redis.dbsize() == 0
+
+
+async def test_a_job_of_no_group_has_no_group_results(store: JobStore) -> None:
+    ctx = JobContext("plain-job", 1, EFFECT, store, CATALOG)
+    with pytest.raises(NotAContinuationError):
+        await ctx.group_results()
