@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.context import JobContext
+from conveyor_core.enqueue import enqueue
 from conveyor_core.groups import (
     Call,
     ChildFailure,
@@ -27,6 +28,9 @@ from conveyor_core.groups import (
     start_group,
 )
 from conveyor_core.jobs import JobState
+from conveyor_core.local.redis_server import RedisProcess
+from conveyor_core.redis import create_redis
+from conveyor_core.settings import RedisSettings
 from conveyor_core.store import ArqJob, Claimed, JobStore
 from tests.support import jobs
 
@@ -34,6 +38,10 @@ CATALOG = load_catalog(jobs.MODULES.split(","))
 EFFECT = CATALOG["effect"]
 QUEUE = EFFECT.queue
 CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 5000}
+# What a group costs once, whatever its size: the last end's read of the
+# group, the continuation's start (SET NX, ZADD, history, wake-up), the
+# group's finish (state, expiry, notice), the continuation's job key read.
+PER_GROUP_COMMANDS = 16
 ERROR = '{"type": "ValueError", "message": "bad chunk", "traceback": "..."}'
 
 
@@ -244,7 +252,7 @@ async def test_cancel_acts_on_the_whole_group(store: JobStore) -> None:
     running = (await store.claim(QUEUE, 1, **CLAIM)).jobs[0]
     await end(store, running, result="done first")
 
-    action = await cancel_group(store, group.id, 60_000)
+    action = await cancel_group(store, group.id)
     assert action is not None
     assert (action.state, action.done) == (GroupState.RUNNING, 3)
     read = await read_group(store, group.id)
@@ -337,3 +345,39 @@ async def test_a_job_of_no_group_has_no_group_results(store: JobStore) -> None:
     ctx = JobContext("plain-job", 1, EFFECT, store, CATALOG)
     with pytest.raises(NotAContinuationError):
         await ctx.group_results()
+
+
+async def _commands(redis: ArqRedis) -> int:
+    """Commands the server ran (scripts' own commands included), bar INFO itself."""
+    stats = await redis.info("commandstats")
+    return sum(
+        int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_config")
+    )
+
+
+async def test_fan_in_costs_at_most_three_commands_per_member(own_redis: RedisProcess) -> None:
+    """Ending 1,000 members and reading their results against ending 1,000
+    plain jobs: the group's own cost is its counting and its reads."""
+    redis = create_redis(RedisSettings(url=own_redis.url))
+    store = JobStore(redis, CATALOG)
+    try:
+        plain = [(await enqueue(store, EFFECT, jobs.Effect(work_s=0))).job_id for _ in range(1000)]
+        claimed = await claim_all(store)
+        await redis.config_resetstat()
+        for job_id in plain:
+            await end(store, claimed[job_id], result=job_id)
+        plain_cost = await _commands(redis)
+
+        group = await start_group(store, effects(1000), then=Call("effect", {"work_s": 0}))
+        claimed = await claim_all(store)
+        await redis.config_resetstat()
+        for job_id in group.member_ids:
+            await end(store, claimed[job_id], result=job_id)
+        ctx = await continuation_context(store, group.continuation_ids[0])
+        assert len(await ctx.group_results()) == 1000
+        group_cost = await _commands(redis)
+    finally:
+        await redis.aclose()
+    # Three per member (its count, its change notice, its result's read), and
+    # a few per group (the continuation's start and the continuation's own read).
+    assert group_cost - plain_cost <= 3 * 1000 + PER_GROUP_COMMANDS

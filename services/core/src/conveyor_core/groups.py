@@ -86,7 +86,14 @@ from conveyor_core import serializer
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.claimcheck import reference_of, resolve
 from conveyor_core.flow import flow_entry
-from conveyor_core.jobs import HIGHEST_PRIORITY, LOWEST_PRIORITY, JobState, ms_to_datetime, now_ms
+from conveyor_core.jobs import (
+    DEAD_RETENTION_S,
+    HIGHEST_PRIORITY,
+    LOWEST_PRIORITY,
+    JobState,
+    ms_to_datetime,
+    now_ms,
+)
 from conveyor_core.metrics import JOBS_ENQUEUED
 from conveyor_core.scores import PRIORITIES, queue_score
 from conveyor_core.store import (
@@ -513,10 +520,13 @@ class GroupAction:
 
 
 async def _bulk_over(
-    store: JobStore, action: str, queue_ids: Sequence[tuple[str, Sequence[str]]], retention_ms: int
+    store: JobStore, action: str, queue_ids: Sequence[tuple[str, Sequence[str]]]
 ) -> tuple[int, int]:
     done = skipped = 0
     for queue, ids in queue_ids:
+        # A cancelled job is kept as long as its queue's types keep results.
+        kept_s = [t.keep_result_s for t in store.catalog.for_queue(queue)]
+        retention_ms = int(max(kept_s, default=DEAD_RETENTION_S) * 1000)
         for start in range(0, len(ids), BULK_BATCH_MAX):
             batch = await store.bulk_batch(
                 action, queue, ids[start : start + BULK_BATCH_MAX], retention_ms
@@ -537,9 +547,7 @@ def _targets(group: GroupPublic, raw: dict[str, bytes]) -> list[tuple[str, Seque
     return out
 
 
-async def cancel_group(
-    store: JobStore, group_id: str, cancelled_retention_ms: int
-) -> GroupAction | None:
+async def cancel_group(store: JobStore, group_id: str) -> GroupAction | None:
     """Cancel a whole group: no continuation starts from now on; its members
     and any continuation already enqueued are cancelled (running ones are
     asked to stop). None when there is no such group."""
@@ -550,7 +558,7 @@ async def cancel_group(
     before = await store.cancel_group_hash(group_id)
     if not before:
         return None
-    done, skipped = await _bulk_over(store, "cancel", _targets(group, raw), cancelled_retention_ms)
+    done, skipped = await _bulk_over(store, "cancel", _targets(group, raw))
     return GroupAction(GroupState(before), done, skipped)
 
 
@@ -561,6 +569,6 @@ async def requeue_group(store: JobStore, group_id: str) -> GroupAction | None:
     if raw.get("total") is None:
         return None
     group = _public(group_id, raw)
-    done, skipped = await _bulk_over(store, "requeue", _targets(group, raw), 0)
+    done, skipped = await _bulk_over(store, "requeue", _targets(group, raw))
     after = await read_group(store, group_id)
     return GroupAction(after.state if after else group.state, done, skipped)
