@@ -381,3 +381,112 @@ async def test_fan_in_costs_at_most_three_commands_per_member(own_redis: RedisPr
     # Three per member (its count, its change notice, its result's read), and
     # a few per group (the continuation's start and the continuation's own read).
     assert group_cost - plain_cost <= 3 * 1000 + PER_GROUP_COMMANDS
+
+
+async def context_of(store: JobStore, job_id: str) -> JobContext:
+    """A try's context for a waiting job (a member or a continuation)."""
+    return await continuation_context(store, job_id)
+
+
+async def test_a_child_hands_its_place_over_to_the_group_it_starts(store: JobStore) -> None:
+    outer = await start_group(store, effects(2), then=Call("effect", {"work_s": 0}))
+    first, second = outer.member_ids
+    ctx = await context_of(store, first)
+    inner = await ctx.group(effects(2), then=Call("effect", {"work_s": 1}), hand_over=True)
+    inner_then = inner.continuation_ids[0]
+    claimed = await claim_all(store)
+    await end(store, claimed[first], result="handed over")
+    await end(store, claimed[second], result="second")
+    read = await read_group(store, outer.id)
+    assert read is not None
+    # The first place waits for the inner group's continuation.
+    assert (read.state, read.counts.pending, read.handed) == (
+        GroupState.RUNNING,
+        1,
+        {0: inner_then},
+    )
+
+    for job_id in inner.member_ids:
+        await end(store, claimed[job_id], result=job_id)
+    (cont,) = (await store.claim(QUEUE, 10, **CLAIM)).jobs
+    assert cont.job_id == inner_then
+    assert not await store.redis.exists(f"arq:job:{outer.continuation_ids[0]}")
+    await end(store, cont, result="inner summary")
+
+    read = await read_group(store, outer.id)
+    assert read is not None
+    assert read.state is GroupState.DONE
+    assert read.counts.model_dump() == {"pending": 0, "complete": 3, "dead": 0, "cancelled": 0}
+    then = await continuation_context(store, outer.continuation_ids[0])
+    assert await then.group_results() == ["inner summary", "second"]
+
+
+async def test_a_failed_inner_group_fails_the_place_until_it_is_requeued(store: JobStore) -> None:
+    outer = await start_group(store, effects(1), then=Call("effect", {"work_s": 0}))
+    (place,) = outer.member_ids
+    ctx = await context_of(store, place)
+    inner = await ctx.group(effects(2), then=Call("effect", {"work_s": 1}), hand_over=True)
+    claimed = await claim_all(store)
+    await end(store, claimed[place], result="handed over")
+    await end(store, claimed[inner.member_ids[0]], dead=True)
+    await end(store, claimed[inner.member_ids[1]], result="ok")
+
+    read = await read_group(store, outer.id)
+    assert read is not None
+    assert read.state is GroupState.FAILED
+    assert read.failed is not None
+    assert (read.failed.member_id, read.failed.error_type) == (place, "GroupFailed")
+
+    # Requeuing the inner group's dead child re-opens both groups.
+    action = await requeue_group(store, inner.id)
+    assert action is not None
+    assert action.state is GroupState.RUNNING
+    read = await read_group(store, outer.id)
+    assert read is not None
+    assert (read.state, read.counts.pending, read.failed) == (GroupState.RUNNING, 1, None)
+    (again,) = (await store.claim(QUEUE, 10, **CLAIM)).jobs
+    await end(store, again, result="healed")
+    (cont,) = [c for c in (await store.claim(QUEUE, 10, **CLAIM)).jobs]
+    assert cont.job_id == inner.continuation_ids[0]
+    await end(store, cont, result="inner done")
+    read = await read_group(store, outer.id)
+    assert read is not None
+    assert read.state is GroupState.DONE
+    then = await continuation_context(store, outer.continuation_ids[0])
+    assert await then.group_results() == ["inner done"]
+
+
+async def test_a_continuation_passes_the_place_on_down_a_chain(store: JobStore) -> None:
+    outer = await start_group(store, effects(1), then=Call("effect", {"work_s": 0}))
+    (place,) = outer.member_ids
+    step_one = await (await context_of(store, place)).group(
+        effects(1), then=Call("effect", {"work_s": 1}), hand_over=True
+    )
+    claimed = await claim_all(store)
+    await end(store, claimed[place], result="handed over")
+    await end(store, claimed[step_one.member_ids[0]], result="a")
+    # The continuation holds the place, and hands it on to the next step.
+    step_two = await (await context_of(store, step_one.continuation_ids[0])).group(
+        effects(1), then=Call("effect", {"work_s": 2}), hand_over=True
+    )
+    claimed = await claim_all(store)
+    await end(store, claimed[step_one.continuation_ids[0]], result="step one")
+    await end(store, claimed[step_two.member_ids[0]], result="b")
+    read = await read_group(store, outer.id)
+    assert read is not None
+    assert read.state is GroupState.RUNNING
+    (last,) = (await store.claim(QUEUE, 10, **CLAIM)).jobs
+    assert last.job_id == step_two.continuation_ids[0]
+    await end(store, last, result="step two")
+    read = await read_group(store, outer.id)
+    assert read is not None
+    assert (read.state, read.counts.complete) == (GroupState.DONE, 3)
+    then = await continuation_context(store, outer.continuation_ids[0])
+    assert await then.group_results() == ["step two"]
+
+
+async def test_only_a_job_with_a_place_hands_it_over(store: JobStore) -> None:
+    ctx = JobContext("plain-job", 1, EFFECT, store, CATALOG)
+    with pytest.raises(GroupError) as caught:
+        await ctx.group(effects(1), then=Call("effect", {"work_s": 0}), hand_over=True)
+    assert caught.value.field == "hand_over"

@@ -22,11 +22,15 @@ from conveyor_core.groups import (
     Child,
     FailurePolicy,
     Group,
+    GroupError,
     NotAContinuationError,
+    continued_by,
     derived_group_id,
+    group_of,
     iter_group_results,
     start_group,
 )
+from conveyor_core.keys import group_key
 from conveyor_core.resources import Resource, ResourceNotOpenError
 from conveyor_core.snooze import HoldScope, RateLimited, Snooze
 from conveyor_core.store import SUBMITTED_BY, JobStore, Reported, Submitted
@@ -104,6 +108,7 @@ class JobContext:
         *,
         then: Child | None = None,
         on_child_failure: FailurePolicy = "fail",
+        hand_over: bool = False,
     ) -> Group:
         """Start a group (groups.py): `children` run in parallel (each a `Call`
         or a (job type, payload) pair), and `then`, once every one has ended,
@@ -112,7 +117,20 @@ class JobContext:
         listed in the results ("run"), or is left out ("ignore").
 
         The same try's n-th group has the same id on every try: a try run
-        again resumes it (existing children are not submitted twice)."""
+        again resumes it (existing children are not submitted twice).
+
+        `hand_over`: this job is a child of a group (or a continuation that
+        took a child's place over), and its place there waits for the new
+        group too: it ends when `then` ends (or when the new group fails or
+        is cancelled), and `then`'s result takes its place in the outer
+        group's results. Nested workflows and chains nest their waits so."""
+        hands_to = await self._place() if hand_over else None
+        if hand_over and hands_to is None:
+            raise GroupError(
+                "hand_over",
+                f"job {self.job_id} holds no place in a group: it is neither a child "
+                "nor a continuation that took a child's place over",
+            )
         group_id = derived_group_id(self.job_id, self.groups_started)
         self.groups_started += 1
         return await start_group(
@@ -124,7 +142,18 @@ class JobContext:
             parent_id=self.job_id,
             submitted_by=self.meta.get(SUBMITTED_BY),
             request_id=self.meta.get("request_id"),
+            hands_to=hands_to,
         )
+
+    async def _place(self) -> str | None:
+        """The place (a child's id) this job holds in a group: its own id for
+        a child; for a continuation, the place its group took over, if any."""
+        if group_of(self.job_id) is not None:
+            return self.job_id
+        if self.group_id is None or continued_by(self.job_id) is None:
+            return None
+        place = await self.redis.hget(group_key(self.group_id), "hands_to")  # type: ignore[misc]
+        return place.decode() if place else None
 
     @property
     def group_id(self) -> str | None:

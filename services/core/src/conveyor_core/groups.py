@@ -52,10 +52,13 @@ and the group's ordinal in the try, so a try cut short and run again
 resumes the same group: members that exist (or finished) are skipped.
 
 A continuation (or any member) may start a group of its own: a chain, or a
-nested group. A member's end is its handler's end: a member that starts a
-group is counted in its own group when it returns, not when the group it
-started finishes. To make an outer group wait for an inner one, end the
-chain in a continuation that reports back (see docs/how-to/workflows.md).
+nested group. A member's end is its handler's end, unless it hands its place
+over (`ctx.group(..., hand_over=True)`): then its place in its group also
+waits for the new group's `then` continuation, whose result takes the
+place's (or for the new group's failure or cancel, which ends the place as
+dead or cancelled). A continuation that holds a place may hand it on down a
+chain. The outer group counts one end more per hand-over (`handed`), so the
+place ends once the last step ends.
 
 Cancel (`cancel_group`) marks the group cancelled, so no continuation
 starts, then cancels its members and any continuation already enqueued;
@@ -82,7 +85,7 @@ from arq.constants import result_key_prefix
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
-from conveyor_core import serializer
+from conveyor_core import keys, serializer
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.claimcheck import reference_of, resolve
 from conveyor_core.flow import flow_entry
@@ -227,6 +230,16 @@ class GroupPublic(BaseModel):
     counts: GroupCounts
     continuations: list[GroupContinuation]
     failed: GroupFailure | None = None
+    hands_to: str | None = Field(
+        default=None,
+        description="The place (a job of an outer group) this group took over: "
+        "its continuation's end ends that place.",
+    )
+    handed: dict[int, str] = Field(
+        default_factory=dict,
+        description="Places of this group handed over to an inner group: index -> the "
+        "inner group's continuation, whose result takes the place's.",
+    )
     submitted_by: str | None = None
     parent_id: str | None = None
     created_at: datetime | None = None
@@ -244,6 +257,12 @@ def group_of(job_id: str) -> tuple[str, int] | None:
     if not dot or not index.isdigit() or not is_group_id(group_id):
         return None
     return group_id, int(index)
+
+
+def continued_by(job_id: str) -> str | None:
+    """The group whose `then` continuation `job_id` is, or None."""
+    group_id, _, role = job_id.rpartition(".")
+    return group_id if role == "then" and is_group_id(group_id) else None
 
 
 def is_group_id(value: str) -> bool:
@@ -300,6 +319,20 @@ def _prepare(catalog: Catalog, call: Call, field: str) -> _Prepared:
     return _Prepared(job_type, model.model_dump(mode="json"), priority)
 
 
+def _check_shape(
+    size: int, policy: str, group_id: str | None, hands_to: str | None, has_then: bool
+) -> None:
+    """A group's shape, before its calls are looked at (GroupError naming the field)."""
+    if policy not in FAILURE_POLICIES:
+        raise GroupError("on_child_failure", f"must be one of {', '.join(FAILURE_POLICIES)}")
+    if size > MAX_GROUP_MEMBERS:
+        raise GroupError("children", f"at most {MAX_GROUP_MEMBERS} members, not {size}")
+    if group_id is not None and not is_group_id(group_id):
+        raise GroupError("group_id", "not a group id (g and 32 hex digits)")
+    if hands_to is not None and (group_of(hands_to) is None or not has_then):
+        raise GroupError("hand_over", "needs a place in a group (a member id) and a `then`")
+
+
 async def start_group(
     store: JobStore,
     children: Sequence[Child],
@@ -313,6 +346,7 @@ async def start_group(
     submitted_by: str | None = None,
     request_id: str | None = None,
     quota: Quota | None = None,
+    hands_to: str | None = None,
 ) -> Group:
     """Validate every member and continuation, then create the group and its
     members (a chunk of GROUP_CHUNK_MAX per round trip). Nothing is written
@@ -322,13 +356,11 @@ async def start_group(
     `on_success` only when every member completed. A `group_id` that exists
     resumes that group (Group.created is False). `parent_id` names the job
     that starts it (its record lists the group), `submitted_by` the api key.
+    `hands_to` (a member id) is the place in an outer group that this group
+    takes over: its `then` continuation's end (or its failure) ends that place.
     """
-    if on_child_failure not in FAILURE_POLICIES:
-        raise GroupError("on_child_failure", f"must be one of {', '.join(FAILURE_POLICIES)}")
-    if len(children) > MAX_GROUP_MEMBERS:
-        raise GroupError("children", f"at most {MAX_GROUP_MEMBERS} members, not {len(children)}")
-    if group_id is not None and not is_group_id(group_id):
-        raise GroupError("group_id", "not a group id (g and 32 hex digits)")
+    _check_shape(len(children), on_child_failure, group_id, hands_to, then is not None)
+    outer = group_of(hands_to) if hands_to is not None else None
     catalog = store.catalog
     members = [
         _prepare(catalog, _call_of(c, f"children[{i}]"), f"children[{i}]")
@@ -390,7 +422,14 @@ async def start_group(
                 f"c{n}:when": when,
                 f"c{n}:bytes": job.encode(),
             }
-        created = await store.create_group(group_id, len(members), fields, parent_id=parent_id)
+        created = await store.create_group(
+            group_id,
+            len(members),
+            fields,
+            parent_id=parent_id,
+            hands_to=hands_to,
+            hands_to_group=outer[0] if outer else None,
+        )
         for start in range(0, len(members), GROUP_CHUNK_MAX):
             rows = [
                 MemberRow(
@@ -420,9 +459,20 @@ def _text(raw: dict[str, bytes], name: str) -> str:
     return value.decode() if value else ""
 
 
+def _handed(raw: dict[str, bytes]) -> dict[int, str]:
+    """Index -> the continuation that took the place over."""
+    return {
+        int(name.removeprefix("handed:")): value.decode()
+        for name, value in raw.items()
+        if name.startswith("handed:")
+    }
+
+
 def _public(group_id: str, raw: dict[str, bytes]) -> GroupPublic:
     total, remaining = _int(raw, "total"), max(_int(raw, "remaining"), 0)
     dead, cancelled = _int(raw, "dead"), _int(raw, "cancelled")
+    # A place handed over ends twice (its job, and what it was handed to).
+    ends = total + _int(raw, "handed")
     failed = None
     if member := _text(raw, "failed_member"):
         error = serializer.loads(raw["failed_error"]) if raw.get("failed_error") else None
@@ -450,12 +500,14 @@ def _public(group_id: str, raw: dict[str, bytes]) -> GroupPublic:
         total=total,
         counts=GroupCounts(
             pending=remaining,
-            complete=max(total - remaining - dead - cancelled, 0),
+            complete=max(ends - remaining - dead - cancelled, 0),
             dead=dead,
             cancelled=cancelled,
         ),
         continuations=continuations,
         failed=failed,
+        hands_to=_text(raw, "hands_to") or None,
+        handed=_handed(raw),
         submitted_by=_text(raw, "submitted_by") or None,
         parent_id=_text(raw, "parent_id") or None,
         created_at=ms_to_datetime(_int(raw, "created_at_ms") or None),
@@ -492,15 +544,24 @@ async def iter_group_results(
     """The members' results in order, read `chunk` per round trip (one GET
     each, from arq's result keys); a failed member as a ChildFailure, left
     out under policy "ignore". An offloaded result is read back from the
-    blob store (claimcheck.py)."""
+    blob store (claimcheck.py). A place handed over to an inner group reads
+    that group's continuation's result (a ChildFailure when it never ran)."""
+    handed: dict[int, str] = {}
+    if await store.redis.hget(keys.group_key(group_id), "handed"):  # type: ignore[misc]
+        handed = _handed(await store.group_hash(group_id))
     for start in range(0, total, chunk):
-        ids = [member_id(group_id, i) for i in range(start, min(start + chunk, total))]
+        ids = [
+            handed.get(i) or member_id(group_id, i) for i in range(start, min(start + chunk, total))
+        ]
         async with store.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.get(result_key_prefix + job_id)
             replies = await pipe.execute()
         for i, (job_id, raw) in enumerate(zip(ids, replies, strict=True), start):
             entry = _as_result(job_id, i, raw, policy)
+            if i in handed and isinstance(entry, ChildFailure) and entry.state == "expired":
+                why = "the group this place was handed over to did not complete"
+                entry = ChildFailure(job_id, i, JobState.DEAD.value, "GroupFailed", why)
             if isinstance(entry, ChildFailure):
                 if policy == "ignore":
                     continue

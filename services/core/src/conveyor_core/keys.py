@@ -42,7 +42,9 @@ DEBOUNCE_PREFIX = PREFIX + "debounce:"
 # Hash per group (groups.py, lua/lib/group.lua): its total, the members not yet
 # counted (`remaining`), the dead and cancelled ones, its policy and state, the
 # member that failed it and why, who created it, and its continuations as they
-# will be enqueued (job id, queue, priority, flow entry, arq job bytes, when).
+# will be enqueued (job id, queue, priority, flow entry, arq job bytes, when),
+# and for hand-overs (groups.py) the place it took over (`hands_to`) and its
+# own places handed over (`handed`, and `handed:{index}` = the continuation).
 # Members are jobs named `{group id}.{index}`: the id says a job's group and
 # its place, so a group keeps no list of members. Lives GROUP_OPEN_S while its
 # members run (re-armed when a requeue re-opens it), GROUP_KEEP_S once finished.

@@ -37,15 +37,22 @@ class Groups(Reads):
         fields: dict[str, str | bytes | int],
         *,
         parent_id: str | None = None,
+        hands_to: str | None = None,
+        hands_to_group: str | None = None,
     ) -> bool:
         """The group's hash, counting down from `total`; False (nothing
-        written) when it exists: its creation is being resumed."""
+        written) when it exists: its creation is being resumed. `hands_to` is
+        the place (a member id of group `hands_to_group`) it takes over."""
         if self._admit is not None:  # as every submit (Lifecycle.admit)
             await self._admit()
         flat: list[str | bytes | int] = [x for pair in fields.items() for x in pair]
         created = await self._group_create(
-            keys=[keys.group_key(group_id), keys.job_key(parent_id) if parent_id else ""],
-            args=[group_id, now_ms(), GROUP_OPEN_S * 1000, total, *flat],
+            keys=[
+                keys.group_key(group_id),
+                keys.job_key(parent_id) if parent_id else "",
+                keys.group_key(hands_to_group) if hands_to_group else "",
+            ],
+            args=[group_id, now_ms(), GROUP_OPEN_S * 1000, total, hands_to or "", *flat],
         )
         return bool(created)
 
