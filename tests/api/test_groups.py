@@ -132,6 +132,12 @@ async def tenants(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
         api_key("own", "own-key-secret-0123456789", reads=Reads.OWN),
         api_key("mailer", "mailer-key-secret-0123456789", job_types={"quick_mail"}),
         api_key("reader", "reader-key-secret-0123456789", scopes={Scope.JOBS_READ}),
+        api_key(
+            "quota",
+            "quota-key-secret-0123456789",
+            scopes={Scope.JOBS_SUBMIT, Scope.JOBS_READ},
+            max_outstanding_jobs=5,
+        ),
     ]
     async for c in serve(make_app(redis_url, keys=keys)):
         yield c
@@ -178,3 +184,26 @@ async def test_cancel_and_requeue_act_on_the_whole_group(
     assert requeued.json()["done"] == 0  # cancelled jobs are not dead ones
     audit = (await client.get("/v1/audit")).json()
     assert {"cancel_group", "requeue_group"} <= {e["action"] for e in audit["items"]}
+
+
+async def test_a_batch_over_the_keys_quota_of_outstanding_jobs_is_refused_whole(
+    tenants: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    quota = bearer("quota-key-secret-0123456789")
+    within = await tenants.post("/v1/batches", json={"jobs": effects(4)}, headers=quota)
+    assert within.status_code == 201, within.text
+    over = await tenants.post("/v1/batches", json={"jobs": effects(2)}, headers=quota)
+    assert over.status_code == 429
+    assert over.json()["field"] == "max_outstanding_jobs"
+    assert "retry-after" in over.headers
+    assert await redis.zcard(QUEUE) == 4  # the batch's jobs count among its outstanding ones
+
+
+async def test_a_payload_over_the_size_limit_is_a_413(redis_url: str, redis: ArqRedis) -> None:
+    async for client in serve(make_app(redis_url, max_payload_bytes=256)):
+        big = {"job_type": "effect", "payload": {"work_s": 1, "pad": "x" * 300}}
+        response = await client.post("/v1/batches", json={"jobs": [*effects(2), big]})
+        assert response.status_code == 413
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"].startswith("jobs.2.payload: over the limit")
+    assert await redis.zcard(QUEUE) == 0

@@ -117,3 +117,23 @@ def test_a_batch_of_10000_jobs_is_listed_counted_and_called_back_once(stack: Sta
     assert stack.redis.get("test:combines") == b"2"  # each callback once
     results = json.loads(stack.redis.get(f"test:results:{on_success}"))  # type: ignore[arg-type]
     assert results == [{"index": i} for i in range(BATCH_JOBS)]
+
+
+@pytest.mark.timeout(120)
+def test_a_groups_progress_streams_until_it_finishes(stack: Stack) -> None:
+    stack.start_worker()
+    body = {"children": [{"job_type": "member", "payload": {"index": i}} for i in range(20)]}
+    group_id = stack.http.post("/v1/groups", json=body).json()["id"]
+
+    events: list[dict[str, Any]] = []
+    with stack.http.stream("GET", f"/v1/groups/{group_id}/events", timeout=60) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:")))
+    assert events, "no event"
+    assert events[-1]["state"] == "done"
+    assert events[-1]["counts"]["complete"] == 20
+    completes = [e["counts"]["complete"] for e in events]
+    assert completes == sorted(completes)  # each event a newer count

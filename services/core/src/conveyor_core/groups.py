@@ -74,6 +74,7 @@ expired reads as a `ChildFailure` in state "expired".
 """
 
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -444,8 +445,10 @@ async def start_group(
             ]
             await store.submit_members(rows, resuming=not created, quota=quota)
     if created:
-        for m in members:
-            JOBS_ENQUEUED.labels(m.job_type.name, m.job_type.queue).inc()
+        for (name, queue), count in Counter(
+            (m.job_type.name, m.job_type.queue) for m in members
+        ).items():
+            JOBS_ENQUEUED.labels(name, queue).inc(count)
     return Group(group_id, len(members), tuple(continuation_ids), created)
 
 

@@ -100,16 +100,23 @@ class GroupRead(GroupPublic):
 BATCH_FIELDS = {"children": "jobs", "then": "on_complete"}
 
 
-def _invalid(field: str, message: str, names: dict[str, str]) -> RequestValidationError:
-    """A 422 naming the body field (`children.3.payload`) at fault."""
+def _loc(field: str, names: dict[str, str]) -> list[str | int]:
+    """conveyor_core.groups' name of a field (`children[3].payload`) as the
+    request's (`children`, 3, `payload`; a batch's `jobs`)."""
     head, _, rest = field.partition(".")
     name, _, index = head.partition("[")
-    loc: list[str | int] = ["body", names.get(name, name)]
+    loc: list[str | int] = [names.get(name, name)]
     if index:
         loc.append(int(index.rstrip("]")))
     if rest:
         loc.append(rest)
-    return RequestValidationError([{"loc": tuple(loc), "msg": message, "type": "value_error"}])
+    return loc
+
+
+def _invalid(field: str, message: str, names: dict[str, str]) -> RequestValidationError:
+    """A 422 naming the body field (`children.3.payload`) at fault."""
+    loc = ("body", *_loc(field, names))
+    return RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])
 
 
 def _admitted(caller: Caller, calls: Sequence[tuple[str, CallIn]], names: dict[str, str]) -> None:
@@ -126,11 +133,8 @@ def _admitted(caller: Caller, calls: Sequence[tuple[str, CallIn]], names: dict[s
             tenants.submit_priority(key, catalog[call.job_type], call.priority)
             checked.add((call.job_type, call.priority))
         if len(orjson.dumps(call.payload)) > max_bytes:
-            outer, _, _ = field.partition(".")
-            raise HTTPException(
-                413,
-                f"{names.get(outer, outer)}: the payload is over the limit of {max_bytes} bytes",
-            )
+            shown = ".".join(str(part) for part in _loc(f"{field}.payload", names))
+            raise HTTPException(413, f"{shown}: over the limit of {max_bytes} bytes as JSON")
 
 
 async def _started(
