@@ -490,3 +490,30 @@ async def test_only_a_job_with_a_place_hands_it_over(store: JobStore) -> None:
     with pytest.raises(GroupError) as caught:
         await ctx.group(effects(1), then=Call("effect", {"work_s": 0}), hand_over=True)
     assert caught.value.field == "hand_over"
+
+
+async def test_cancel_and_requeue_reach_the_groups_places_were_handed_to(store: JobStore) -> None:
+    outer = await start_group(store, effects(1), then=Call("effect", {"work_s": 0}))
+    (place,) = outer.member_ids
+    inner = await (await context_of(store, place)).group(
+        effects(2), then=Call("effect", {"work_s": 1}), hand_over=True
+    )
+    claimed = await claim_all(store)
+    await end(store, claimed[place], result="handed over")
+    await end(store, claimed[inner.member_ids[0]], dead=True)
+
+    # Requeue from the top: the inner group's dead child goes back.
+    action = await requeue_group(store, outer.id)
+    assert action is not None
+    assert action.done == 1
+    assert (await store.get(inner.member_ids[0])).state is JobState.QUEUED  # type: ignore[union-attr]
+
+    action = await cancel_group(store, outer.id)
+    assert action is not None
+    assert action.done == 2  # the inner group's two children: one waiting, one running
+    # The running one's worker hears the cancel and ends it: both groups finish.
+    assert (await store.cancelled(EFFECT, inner.member_ids[1])).moved
+    for group_id in (outer.id, inner.id):
+        read = await read_group(store, group_id)
+        assert read is not None
+        assert (read.state, read.counts.pending) == (GroupState.CANCELLED, 0)

@@ -75,7 +75,7 @@ expired reads as a `ChildFailure` in state "expired".
 
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -611,10 +611,25 @@ def _targets(group: GroupPublic, raw: dict[str, bytes]) -> list[tuple[str, Seque
     return out
 
 
+async def _inner(
+    store: JobStore,
+    group: GroupPublic,
+    act: Callable[[JobStore, str], Awaitable["GroupAction | None"]],
+) -> tuple[int, int]:
+    """`act` on each group a place of `group` was handed over to (and theirs, in turn)."""
+    done = skipped = 0
+    for continuation_id in group.handed.values():
+        inner_id = continued_by(continuation_id)
+        if inner_id is not None and (inner := await act(store, inner_id)) is not None:
+            done, skipped = done + inner.done, skipped + inner.skipped
+    return done, skipped
+
+
 async def cancel_group(store: JobStore, group_id: str) -> GroupAction | None:
-    """Cancel a whole group: no continuation starts from now on; its members
-    and any continuation already enqueued are cancelled (running ones are
-    asked to stop). None when there is no such group."""
+    """Cancel a whole workflow: no continuation of the group starts from now
+    on; its members and any continuation already enqueued are cancelled
+    (running ones are asked to stop), and so are the groups its places were
+    handed over to. None when there is no such group."""
     raw = await store.group_hash(group_id) if is_group_id(group_id) else {}
     if raw.get("total") is None:
         return None
@@ -623,16 +638,20 @@ async def cancel_group(store: JobStore, group_id: str) -> GroupAction | None:
     if not before:
         return None
     done, skipped = await _bulk_over(store, "cancel", _targets(group, raw))
-    return GroupAction(GroupState(before), done, skipped)
+    inner_done, inner_skipped = await _inner(store, group, cancel_group)
+    return GroupAction(GroupState(before), done + inner_done, skipped + inner_skipped)
 
 
 async def requeue_group(store: JobStore, group_id: str) -> GroupAction | None:
-    """Requeue a whole group's dead members (and a dead continuation): a
+    """Requeue a whole workflow's dead jobs: the group's members and
+    continuation, and those of the groups its places were handed over to; a
     group that failed for them runs again. None when there is no such group."""
     raw = await store.group_hash(group_id) if is_group_id(group_id) else {}
     if raw.get("total") is None:
         return None
     group = _public(group_id, raw)
     done, skipped = await _bulk_over(store, "requeue", _targets(group, raw))
+    inner_done, inner_skipped = await _inner(store, group, requeue_group)
     after = await read_group(store, group_id)
-    return GroupAction(after.state if after else group.state, done, skipped)
+    state = after.state if after else group.state
+    return GroupAction(state, done + inner_done, skipped + inner_skipped)
