@@ -43,6 +43,7 @@ MAX_REQUEST_JOBS = 20_000
 # A group's page of members.
 MAX_MEMBERS_PAGE = 500
 SSE_KEEPALIVE_S = 15.0
+NO_SUCH_GROUP: dict[int | str, dict[str, Any]] = {404: {"description": "No such group"}}
 
 SubmitterDep = Annotated[Caller, Depends(authorize(Scope.JOBS_SUBMIT))]
 ReadKeyDep = Annotated[ApiKey, Depends(require(Scope.JOBS_READ))]
@@ -253,14 +254,20 @@ Offset = Annotated[int, Query(ge=0, description="The first member's index.")]
 Limit = Annotated[int, Query(ge=0, le=MAX_MEMBERS_PAGE, description="Members per page.")]
 
 
-@router.get("/v1/groups/{group_id}", summary="Read a group and a page of its members")
+@router.get(
+    "/v1/groups/{group_id}",
+    summary="Read a group and a page of its members",
+    responses=NO_SUCH_GROUP,
+)
 async def read_group_route(
     group_id: GroupId, store: StoreDep, reader: ReadKeyDep, offset: Offset = 0, limit: Limit = 50
 ) -> GroupRead:
     return await _read(store, group_id, reader, offset, limit)
 
 
-@router.get("/v1/batches/{group_id}", summary="Read a batch and a page of its jobs")
+@router.get(
+    "/v1/batches/{group_id}", summary="Read a batch and a page of its jobs", responses=NO_SUCH_GROUP
+)
 async def read_batch_route(
     group_id: GroupId, store: StoreDep, reader: ReadKeyDep, offset: Offset = 0, limit: Limit = 50
 ) -> GroupRead:
@@ -277,6 +284,7 @@ class GroupActionPublic(BaseModel):
 @router.post(
     "/v1/groups/{group_id}/cancel",
     summary="Cancel a whole group: no continuation runs; its jobs are cancelled",
+    responses={**NO_SUCH_GROUP, 409: {"description": "The group is already cancelled"}},
 )
 async def cancel_group_route(
     group_id: GroupId, store: StoreDep, admin: AdminDep
@@ -294,6 +302,7 @@ async def cancel_group_route(
 @router.post(
     "/v1/groups/{group_id}/requeue",
     summary="Requeue a whole group's dead jobs (a group they failed runs again)",
+    responses=NO_SUCH_GROUP,
 )
 async def requeue_group_route(
     group_id: GroupId, store: StoreDep, admin: AdminDep
@@ -310,6 +319,16 @@ async def requeue_group_route(
     "/v1/groups/{group_id}/events",
     summary="Watch a group: its record on every change (SSE), until it finishes",
     response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`event: group` with the group as JSON on every change; "
+            "`event: error` with a status if the stream cannot go on. The stream ends "
+            "when the group has finished, or after its maximum lifetime: reconnect.",
+        },
+        **NO_SUCH_GROUP,
+        429: {"description": "The api key is over its rate, or its streams are all open"},
+    },
 )
 async def group_events(
     group_id: GroupId, request: Request, store: StoreDep, events: EventsDep, reader: ReadKeyDep
