@@ -207,3 +207,23 @@ async def test_a_payload_over_the_size_limit_is_a_413(redis_url: str, redis: Arq
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["detail"].startswith("jobs.2.payload: over the limit")
     assert await redis.zcard(QUEUE) == 0
+
+
+async def test_a_resubmit_under_an_idempotency_key_finds_the_same_group(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    body = {"jobs": effects(3), "on_complete": {"job_type": "effect", "payload": {"work_s": 1}}}
+    headers = {"Idempotency-Key": "run-2026-12"}
+    first = await client.post("/v1/batches", json=body, headers=headers)
+    again = await client.post("/v1/batches", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert await redis.zcard(QUEUE) == 3  # nothing submitted twice
+
+    other = await client.post("/v1/batches", json={"jobs": effects(2)}, headers=headers)
+    assert other.status_code == 409
+    assert other.headers["content-type"] == "application/problem+json"
+    # The key is per route: a group under it is another one.
+    group = await client.post("/v1/groups", json={"children": effects(1)}, headers=headers)
+    assert group.status_code == 201
+    assert group.json()["id"] != first.json()["id"]

@@ -278,6 +278,19 @@ def new_group_id() -> str:
     return "g" + uuid4().hex
 
 
+def keyed_group_id(scope: str, key: str) -> str:
+    """The id of the group a client starts under an idempotency key, per scope
+    (its api key's name and the route): a resubmit finds the same group."""
+    digest = hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()
+    return "g" + digest[:32]
+
+
+async def group_fingerprint(store: JobStore, group_id: str) -> str:
+    """The fingerprint the group was started with ('' for none, or no group)."""
+    raw = await store.redis.hget(keys.group_key(group_id), "fingerprint")  # type: ignore[misc]
+    return raw.decode() if raw else ""
+
+
 def derived_group_id(job_id: str, ordinal: int) -> str:
     """The id of the `ordinal`-th group a job's try starts: the same on every
     try, so a try run again resumes the group instead of starting another."""
@@ -348,6 +361,7 @@ async def start_group(
     request_id: str | None = None,
     quota: Quota | None = None,
     hands_to: str | None = None,
+    fingerprint: str = "",
 ) -> Group:
     """Validate every member and continuation, then create the group and its
     members (a chunk of GROUP_CHUNK_MAX per round trip). Nothing is written
@@ -359,6 +373,8 @@ async def start_group(
     that starts it (its record lists the group), `submitted_by` the api key.
     `hands_to` (a member id) is the place in an outer group that this group
     takes over: its `then` continuation's end (or its failure) ends that place.
+    `fingerprint` (of the request that starts it) is kept, so a resubmit
+    under the same id can be told from another request (`group_fingerprint`).
     """
     _check_shape(len(children), on_child_failure, group_id, hands_to, then is not None)
     outer = group_of(hands_to) if hands_to is not None else None
@@ -401,6 +417,7 @@ async def start_group(
             "queues": ",".join(sorted({m.job_type.queue for m in members})),
             "submitted_by": submitted_by or "",
             "parent_id": parent_id or "",
+            "fingerprint": fingerprint,
         }
         continuation_ids = []
         for n, (role, when, prepared) in enumerate(continuations, 1):

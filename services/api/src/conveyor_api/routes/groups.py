@@ -19,12 +19,16 @@ from conveyor_api import audit, tenants
 from conveyor_api.auth import ApiKey, Caller, Scope, authorize, require
 from conveyor_api.deps import EventsDep, StoreDep
 from conveyor_api.events import live_stream, stream_deadline
+from conveyor_api.routes.jobs import IdempotencyKey
+from conveyor_core.enqueue import fingerprint
 from conveyor_core.groups import (
     FailurePolicy,
     GroupError,
     GroupPublic,
     GroupState,
     cancel_group,
+    group_fingerprint,
+    keyed_group_id,
     member_id,
     read_group,
     requeue_group,
@@ -145,23 +149,37 @@ async def _started(
     policy: FailurePolicy,
     kind: str,
     names: dict[str, str],
+    idempotency_key: str | None,
+    body: BaseModel,
 ) -> Response:
     """Check the whole request, then start the group: one pass of checks, one
-    round trip per chunk of members."""
+    round trip per chunk of members. Under an Idempotency-Key the group's id
+    is the key's: a resubmit finds it (and completes it, if the first
+    request was cut short), a different body under it is a 409."""
     calls = [(f"children[{i}]", c) for i, c in enumerate(children)]
     calls += [(name, c) for name, c in continuations.items() if c is not None]
     _admitted(caller, calls, names)
     store, key = caller.services.store, caller.key
     await caller.spend()
-    quota = tenants.quota_of(key)
-    if quota is not None:
-        outstanding = await store.redis.zcard(quota.key)
-        if outstanding + len(children) > quota.max_jobs:
-            raise tenants.over_quota(key, caller.services.settings.retry_after_s)
 
     def as_call(c: CallIn | None) -> tuple[str, dict[str, Any]] | None:
         return (c.job_type, c.payload) if c is not None else None
 
+    scope = f"{key.name}/{kind}"
+    group_id = keyed_group_id(scope, idempotency_key) if idempotency_key else None
+    body_fingerprint = fingerprint(body.model_dump(mode="json"))
+    found = await group_fingerprint(store, group_id) if group_id is not None else ""
+    if found and found != body_fingerprint:
+        raise HTTPException(
+            409,
+            f"Idempotency-Key {idempotency_key!r} was used with a different body "
+            f"({kind} {group_id}).",
+        )
+    quota = tenants.quota_of(key)
+    if quota is not None and not found:  # a resubmit's jobs are counted already
+        outstanding = await store.redis.zcard(quota.key)
+        if outstanding + len(children) > quota.max_jobs:
+            raise tenants.over_quota(key, caller.services.settings.retry_after_s)
     try:
         group = await start_group(
             store,
@@ -173,6 +191,8 @@ async def _started(
             submitted_by=key.name,
             request_id=bound("request_id"),
             quota=quota,
+            group_id=group_id,
+            fingerprint=body_fingerprint,
         )
     except GroupError as exc:
         raise _invalid(exc.field, exc.message, names) from None
@@ -182,7 +202,7 @@ async def _started(
     path = "batches" if kind == "batch" else "groups"
     return Response(
         public.model_dump_json(),
-        status_code=201,
+        status_code=201 if group.created else 200,
         headers={"Location": f"/v1/{path}/{group.id}"},
         media_type="application/json",
     )
@@ -194,15 +214,27 @@ async def _started(
     response_model=GroupPublic,
     summary="Start a group: children in parallel, then a continuation",
     responses={
+        200: {"description": "Same Idempotency-Key and body: the existing group"},
         403: {"description": "The key may not submit one of the types, or at that priority"},
+        409: {"description": "Same Idempotency-Key, different body"},
         413: {"description": "A payload is over the size limit"},
         429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
         503: {"description": "Redis is unavailable; retry after Retry-After"},
     },
 )
-async def create_group(body: GroupCreate, caller: SubmitterDep) -> Response:
+async def create_group(
+    body: GroupCreate, caller: SubmitterDep, idempotency_key: IdempotencyKey = None
+) -> Response:
+    continuations = {"then": body.then}
     return await _started(
-        caller, body.children, {"then": body.then}, body.on_child_failure, "group", {}
+        caller,
+        body.children,
+        continuations,
+        body.on_child_failure,
+        "group",
+        {},
+        idempotency_key,
+        body,
     )
 
 
@@ -212,15 +244,21 @@ async def create_group(body: GroupCreate, caller: SubmitterDep) -> Response:
     response_model=GroupPublic,
     summary="Submit jobs as one batch, with callbacks on completion and on success",
     responses={
+        200: {"description": "Same Idempotency-Key and body: the existing group"},
         403: {"description": "The key may not submit one of the types, or at that priority"},
+        409: {"description": "Same Idempotency-Key, different body"},
         413: {"description": "A payload is over the size limit"},
         429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
         503: {"description": "Redis is unavailable; retry after Retry-After"},
     },
 )
-async def create_batch(body: BatchCreate, caller: SubmitterDep) -> Response:
+async def create_batch(
+    body: BatchCreate, caller: SubmitterDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     continuations = {"then": body.on_complete, "on_success": body.on_success}
-    return await _started(caller, body.jobs, continuations, "run", "batch", BATCH_FIELDS)
+    return await _started(
+        caller, body.jobs, continuations, "run", "batch", BATCH_FIELDS, idempotency_key, body
+    )
 
 
 async def _visible(store: JobStore, group_id: str, key: ApiKey) -> GroupPublic:
