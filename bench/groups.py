@@ -19,7 +19,11 @@ from bench.http import BENCH_KEY, Server
 from bench.jobs import CONVEYOR_QUEUE, DONE_KEY, GATHERED_KEY, Noop
 from bench.pickup import Contender, running, total_commands
 from conveyor_core.enqueue import enqueue
-from conveyor_core.groups import Call, member_id, start_group
+from conveyor_core.group_ids import member_id
+from conveyor_core.groups import (
+    Call,
+    start_group,
+)
 from conveyor_core.local.redis_server import resolve_redis
 from conveyor_core.store import JobStore
 

@@ -13,6 +13,7 @@ from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.context import JobContext
 from conveyor_core.enqueue import enqueue
+from conveyor_core.group_ids import derived_group_id, group_of, member_id
 from conveyor_core.groups import (
     Call,
     ChildFailure,
@@ -20,9 +21,6 @@ from conveyor_core.groups import (
     GroupState,
     NotAContinuationError,
     cancel_group,
-    derived_group_id,
-    group_of,
-    member_id,
     read_group,
     requeue_group,
     start_group,
@@ -115,6 +113,11 @@ async def test_the_last_members_end_enqueues_the_continuation_once(store: JobSto
     assert not (await store.complete(EFFECT, group.member_ids[4], "null")).moved
     (cont,) = (await store.claim(QUEUE, 10, **CLAIM)).jobs
     assert cont.job_id == then_id
+    # A job's record says its group: a child's by its id, a continuation's by its metadata.
+    for job_id in (group.member_ids[0], then_id):
+        job = await store.get(job_id)
+        assert job is not None
+        assert job.group_id == group.id
     ctx = await continuation_context(store, then_id)
     assert ctx.group_id == group.id
     assert await ctx.group_results() == [*group.member_ids[:4], "last"]
@@ -310,6 +313,11 @@ async def test_a_job_starts_a_group_and_its_next_try_resumes_it(store: JobStore)
 
     claimed = await claim_all(store)
     await end(store, claimed[first.member_ids[0]], result="kept")
+    # A job that starts a group lists it (here a member's, once it ran).
+    nested = await (await context_of(store, first.member_ids[1])).group(effects(2))
+    starter = await store.get(first.member_ids[1])
+    assert starter is not None
+    assert starter.groups == [nested.id]
 
     retry = JobContext("parent-job", 2, EFFECT, store, CATALOG)
     again = await retry.group(
@@ -318,7 +326,7 @@ async def test_a_job_starts_a_group_and_its_next_try_resumes_it(store: JobStore)
     assert (again.id, again.created) == (first.id, False)
     # The finished member and the running ones are not submitted twice.
     assert not await store.redis.exists(f"arq:job:{first.member_ids[0]}")
-    assert await store.redis.zcard(QUEUE) == 2
+    assert await store.redis.zcard(QUEUE) == 4  # two running, the nested group's two
     assert await store.redis.hget(keys.group_key(first.id), "remaining") == b"2"  # type: ignore[misc]
 
 

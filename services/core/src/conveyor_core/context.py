@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
+from conveyor_core.group_ids import continued_by, derived_group_id, group_of
 from conveyor_core.groups import (
     GROUP_META,
     GROUP_POLICY_META,
@@ -24,9 +25,6 @@ from conveyor_core.groups import (
     Group,
     GroupError,
     NotAContinuationError,
-    continued_by,
-    derived_group_id,
-    group_of,
     iter_group_results,
     start_group,
 )

@@ -73,14 +73,12 @@ while they are kept (their job types' `keep_result_s`): one whose result has
 expired reads as a `ChildFailure` in state "expired".
 """
 
-import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, get_args
-from uuid import uuid4
 
 from arq.constants import result_key_prefix
 from opentelemetry.trace import SpanKind
@@ -90,6 +88,13 @@ from conveyor_core import keys, serializer
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.claimcheck import reference_of, resolve
 from conveyor_core.flow import flow_entry
+from conveyor_core.group_ids import (
+    continued_by,
+    group_of,
+    is_group_id,
+    member_id,
+    new_group_id,
+)
 from conveyor_core.jobs import (
     DEAD_RETENTION_S,
     HIGHEST_PRIORITY,
@@ -125,8 +130,6 @@ RESULTS_CHUNK = 500
 GROUP_META = "group_id"
 GROUP_TOTAL_META = "group_total"
 GROUP_POLICY_META = "group_policy"
-
-_GROUP_ID_CHARS = 33  # "g" and 32 hex digits
 
 
 class GroupState(StrEnum):
@@ -247,55 +250,10 @@ class GroupPublic(BaseModel):
     finished_at: datetime | None = None
 
 
-def member_id(group_id: str, index: int) -> str:
-    """The id of a group's member at `index` (lua/lib/group.lua reads it back)."""
-    return f"{group_id}.{index}"
-
-
-def group_of(job_id: str) -> tuple[str, int] | None:
-    """(group id, index) of a member's id; None for a job of no group."""
-    group_id, dot, index = job_id.rpartition(".")
-    if not dot or not index.isdigit() or not is_group_id(group_id):
-        return None
-    return group_id, int(index)
-
-
-def continued_by(job_id: str) -> str | None:
-    """The group whose `then` continuation `job_id` is, or None."""
-    group_id, _, role = job_id.rpartition(".")
-    return group_id if role == "then" and is_group_id(group_id) else None
-
-
-def is_group_id(value: str) -> bool:
-    return (
-        len(value) == _GROUP_ID_CHARS
-        and value[0] == "g"
-        and all(c in "0123456789abcdef" for c in value[1:])
-    )
-
-
-def new_group_id() -> str:
-    return "g" + uuid4().hex
-
-
-def keyed_group_id(scope: str, key: str) -> str:
-    """The id of the group a client starts under an idempotency key, per scope
-    (its api key's name and the route): a resubmit finds the same group."""
-    digest = hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()
-    return "g" + digest[:32]
-
-
 async def group_fingerprint(store: JobStore, group_id: str) -> str:
     """The fingerprint the group was started with ('' for none, or no group)."""
     raw = await store.redis.hget(keys.group_key(group_id), "fingerprint")  # type: ignore[misc]
     return raw.decode() if raw else ""
-
-
-def derived_group_id(job_id: str, ordinal: int) -> str:
-    """The id of the `ordinal`-th group a job's try starts: the same on every
-    try, so a try run again resumes the group instead of starting another."""
-    digest = hashlib.sha256(f"{job_id}\n{ordinal}".encode()).hexdigest()
-    return "g" + digest[:32]
 
 
 def _call_of(child: Child, field: str) -> Call:

@@ -21,6 +21,7 @@ from conveyor_api.deps import EventsDep, StoreDep
 from conveyor_api.events import live_stream, stream_deadline
 from conveyor_api.routes.jobs import IdempotencyKey
 from conveyor_core.enqueue import fingerprint
+from conveyor_core.group_ids import keyed_group_id, member_id
 from conveyor_core.groups import (
     FailurePolicy,
     GroupError,
@@ -28,8 +29,6 @@ from conveyor_core.groups import (
     GroupState,
     cancel_group,
     group_fingerprint,
-    keyed_group_id,
-    member_id,
     read_group,
     requeue_group,
     start_group,
