@@ -39,8 +39,10 @@ script, as a submit would (arq's job key, SET NX, its queue entry, the
 wake-up). So the continuation runs exactly once however workers die:
 fencing makes each member's end happen once, and nothing is left for a
 process to do after it. A job of no group pays nothing. Ids stand in for a
-list of members (the brief's design kept one): the id says the group and
-the place, a member's end needs no read, and the group stores no list.
+list of members, which an earlier design kept in Redis (a list, and a hash
+of job id -> group per queue, read at each job's end): the id says the
+group and the place (conveyor_core.group_ids), so a member's end needs no
+read, every job's end stays as cheap as before, and the group stores no list.
 
 Costs per member beyond its own commands: its end one HINCRBY and one
 PUBLISH (progress for live streams), and the continuation's read of its
@@ -63,14 +65,30 @@ place ends once the last step ends.
 Cancel (`cancel_group`) marks the group cancelled, so no continuation
 starts, then cancels its members and any continuation already enqueued;
 requeue (`requeue_group`) puts its dead members (and a dead continuation)
-back. Both act a bounded chunk per Redis call. Deleting a member that never
-ended (a bulk delete) counts it as cancelled.
+back. Both reach the groups its places were handed over to, and act a
+bounded chunk per Redis call. Deleting a member that never ended (a bulk
+delete) counts it as cancelled.
 
 Members are due at once, with their job types' priorities (or the Call's);
 idempotency keys, debounce, deferral and offloaded payloads are not offered
 to members. A continuation's `group_results()` reads its members' results
 while they are kept (their job types' `keep_result_s`): one whose result has
 expired reads as a `ChildFailure` in state "expired".
+
+The public interface (job authors, the api, the console and the CLI):
+
+- `Call`, `ChildFailure`, `Group`, `FailurePolicy` (also from `conveyor_core`);
+  `JobContext.group(children, then=, on_child_failure=, hand_over=)`,
+  `.group_results()`, `.iter_group_results()` and `.group_id`.
+- `start_group(store, children, then=, on_child_failure=, on_success=, ...)
+  -> Group`; `read_group(store, group_id) -> GroupPublic | None` (state,
+  counts by state, continuations, why it failed, `hands_to`, `handed`);
+  `iter_group_results(store, group_id, total, policy)`; `cancel_group` and
+  `requeue_group(store, group_id) -> GroupAction | None`.
+- Ids: `conveyor_core.group_ids` (`member_id`, `group_of`, `continued_by`).
+  A job as read (`JobPublic`) names its `group_id` and the `groups` it started.
+- Changes: the group's hash is announced on its id's events channel
+  (`keys.events_channel(group_id)`), as a job's is.
 """
 
 from collections import Counter
