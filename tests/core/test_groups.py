@@ -13,7 +13,7 @@ from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.context import JobContext
 from conveyor_core.enqueue import enqueue
-from conveyor_core.group_ids import derived_group_id, group_of, member_id
+from conveyor_core.group_ids import derived_group_id, group_of, keyed_group_id, member_id
 from conveyor_core.groups import (
     Call,
     ChildFailure,
@@ -29,7 +29,7 @@ from conveyor_core.jobs import JobState
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.redis import create_redis
 from conveyor_core.settings import RedisSettings
-from conveyor_core.store import ArqJob, Claimed, JobStore
+from conveyor_core.store import GROUP_CHUNK_MAX, ArqJob, Claimed, JobStore
 from tests.support import jobs
 
 CATALOG = load_catalog(jobs.MODULES.split(","))
@@ -525,3 +525,27 @@ async def test_cancel_and_requeue_reach_the_groups_places_were_handed_to(store: 
         read = await read_group(store, group_id)
         assert read is not None
         assert (read.state, read.counts.pending) == (GroupState.CANCELLED, 0)
+
+
+async def test_a_creation_cut_short_is_completed_by_a_resubmit_under_its_id(
+    store: JobStore,
+) -> None:
+    """A fault between chunks leaves a group with some members: starting it
+    again under its id submits the rest, and each member is counted once."""
+    group_id = keyed_group_id("ci/batch", "run-7")
+    children = effects(GROUP_CHUNK_MAX + 10)
+    first = await start_group(store, children[:GROUP_CHUNK_MAX], group_id=group_id)
+    # As if the request had died after its first chunk: the hash counts all.
+    size = str(len(children))
+    await store.redis.hset(keys.group_key(group_id), mapping={"total": size, "remaining": size})  # type: ignore[misc]
+    assert first.created
+
+    again = await start_group(store, children, group_id=group_id)
+    assert (again.id, again.created) == (group_id, False)
+    assert await store.redis.zcard(QUEUE) == len(children)
+    claimed = await claim_all(store)
+    for job_id in again.member_ids:
+        await end(store, claimed[job_id], result=None)
+    read = await read_group(store, group_id)
+    assert read is not None
+    assert (read.state, read.counts.complete) == (GroupState.DONE, len(children))
