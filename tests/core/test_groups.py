@@ -549,3 +549,29 @@ async def test_a_creation_cut_short_is_completed_by_a_resubmit_under_its_id(
     read = await read_group(store, group_id)
     assert read is not None
     assert (read.state, read.counts.complete) == (GroupState.DONE, len(children))
+
+
+async def test_limited_members_and_continuations_are_held_by_their_limits(
+    store: JobStore,
+) -> None:
+    """Members and continuations of limited types get their flow entries, as a
+    submit would give them: `capped` runs two at a time, `per_tenant` one per
+    tenant."""
+    capped = CATALOG["capped"]
+    group = await start_group(
+        store,
+        [Call("capped", {"work_s": 0}) for _ in range(3)],
+        then=Call("per_tenant", {"tenant_id": "acme", "work_s": 0}),
+    )
+    claimed = {c.job_id: c for c in (await store.claim(capped.queue, 10, **CLAIM)).jobs}
+    assert len(claimed) == 2  # the third waits for a running one to end
+    for job_id, c in claimed.items():
+        assert (await store.complete(capped, job_id, "null", token=c.token)).moved
+    (third,) = (await store.claim(capped.queue, 10, **CLAIM)).jobs
+    assert (await store.complete(capped, third.job_id, "null", token=third.token)).moved
+
+    then_id = group.continuation_ids[0]
+    flow = await store.redis.hget(keys.queue_key(capped.queue, keys.FLOW_SUFFIX), then_id)  # type: ignore[misc]
+    assert flow == b"per_tenant\nacme"
+    (cont,) = (await store.claim(capped.queue, 10, **CLAIM)).jobs
+    assert cont.job_id == then_id
