@@ -575,3 +575,20 @@ async def test_limited_members_and_continuations_are_held_by_their_limits(
     assert flow == b"per_tenant\nacme"
     (cont,) = (await store.claim(capped.queue, 10, **CLAIM)).jobs
     assert cont.job_id == then_id
+
+
+async def test_a_retry_is_not_an_end_only_the_final_one_counts(store: JobStore) -> None:
+    group = await start_group(store, effects(1), then=Call("effect", {"work_s": 0}))
+    (member,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
+    retried = await store.retry_later(EFFECT, member.job_id, 0, ERROR, token=member.token)
+    assert retried.moved
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert (read.state, read.counts.pending, read.counts.dead) == (GroupState.RUNNING, 1, 0)
+
+    (again,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
+    assert (again.job_id, again.job_try) == (member.job_id, 2)
+    await end(store, again, result="second try")
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert (read.state, read.counts.complete) == (GroupState.DONE, 1)
