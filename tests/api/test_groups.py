@@ -11,8 +11,10 @@ from arq.connections import ArqRedis
 
 from conveyor_api.auth import Reads, Scope
 from conveyor_core.catalog import load_catalog
+from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.store import JobStore
 from tests.api.conftest import make_app, serve
+from tests.api.test_redis_outage import QUICK_S, assert_redis_unavailable, tight
 from tests.support import jobs
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, bearer
 
@@ -227,3 +229,34 @@ async def test_a_resubmit_under_an_idempotency_key_finds_the_same_group(
     group = await client.post("/v1/groups", json={"children": effects(1)}, headers=headers)
     assert group.status_code == 201
     assert group.json()["id"] != first.json()["id"]
+
+
+@pytest.fixture
+async def outage_client(own_redis: RedisProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
+        client.timeout = httpx.Timeout(QUICK_S)
+        yield client
+
+
+async def test_a_redis_outage_is_a_quick_503_on_every_group_route(
+    outage_client: httpx.AsyncClient, own_redis: RedisProcess
+) -> None:
+    started = await outage_client.post("/v1/groups", json={"children": effects(2)})
+    assert started.status_code == 201
+    group_id = started.json()["id"]
+
+    own_redis.stop()
+    for method, path, body in [
+        ("POST", "/v1/groups", {"children": effects(2)}),
+        ("POST", "/v1/batches", {"jobs": effects(2)}),
+        ("GET", f"/v1/groups/{group_id}", None),
+        ("GET", f"/v1/groups/{group_id}/events", None),
+        ("POST", f"/v1/groups/{group_id}/cancel", None),
+        ("POST", f"/v1/groups/{group_id}/requeue", None),
+    ]:
+        assert_redis_unavailable(await outage_client.request(method, path, json=body))
+
+    own_redis.start()  # an empty Redis again: the api recovers by itself
+    assert (
+        await outage_client.post("/v1/groups", json={"children": effects(1)})
+    ).status_code == 201
