@@ -69,12 +69,28 @@ async def carry(ctx: JobContext, payload: Carry) -> int:
     return len(payload.data)
 
 
+# A group's continuation (bench/groups.py) pushes "started time, results" here.
+GATHERED_KEY = "bench:gathered"
+
+
+async def gather(ctx: JobContext, payload: Noop) -> int:
+    """A group's continuation: reads every member's result, then says when it
+    started and how many it read."""
+    started = time.time()
+    results = await ctx.group_results()
+    await ctx.redis.rpush(GATHERED_KEY, f"{started!r} {len(results)}")  # type: ignore[misc]
+    return len(results)
+
+
 # Payloads over this go to the blob store (bench/blobs.py).
 OFFLOAD_ABOVE_BYTES = 64 * 1024
 
 JOB_TYPES = [
     JobType("noop", Noop, "bench.jobs:noop", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
     JobType("nap", Nap, "bench.jobs:nap", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)),
+    JobType(
+        "gather", Noop, "bench.jobs:gather", queue=CONVEYOR_QUEUE, retry=RetryPolicy(max_tries=1)
+    ),
     # Limits that never bind (the worker runs 10 at a time, far under the rate),
     # so both queues run the same jobs at the same pace and only the checks differ.
     JobType(

@@ -24,6 +24,7 @@ BENCHES = (
     ("Flow control: priority pickup under a backlog, and the cost of limits", "bench.flow"),
     ("HTTP: the api against a bare FastAPI + arq app", "bench.http"),
     ("Blobs: Redis memory per stored byte, and uploads through the api", "bench.blobs"),
+    ("Groups: fan-in's Redis cost, the continuation's start, batch submits", "bench.groups"),
 )
 
 INTRO = """\

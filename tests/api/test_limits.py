@@ -91,7 +91,13 @@ def every_route_once() -> list[tuple[str, str]]:
 
 
 # A valid request per route, so that nothing but the rate refuses it.
-BODIES: dict[str, Any] = {"/task": {"count": 1}, "/v1/jobs/create_task": {"sleep_s": 0}}
+TASK = {"job_type": "create_task", "payload": {"sleep_s": 0}}
+BODIES: dict[str, Any] = {
+    "/task": {"count": 1},
+    "/v1/jobs/create_task": {"sleep_s": 0},
+    "/v1/groups": {"children": [TASK]},
+    "/v1/batches": {"jobs": [TASK]},
+}
 
 
 @pytest.mark.parametrize(("method", "path"), every_route_once(), ids=str)

@@ -6,6 +6,7 @@ truth from Redis rather than from logs.
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field
 from conveyor_core.catalog import JobType, PermanentJobError, RetryPolicy
 from conveyor_core.context import JobContext
 from conveyor_core.flow import Limits, Rate
+from conveyor_core.groups import Call, ChildFailure, FailurePolicy
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceScope
 from conveyor_core.snooze import RateLimited, Snooze
@@ -224,6 +226,51 @@ async def welcome(ctx: JobContext, payload: Signup) -> str:
     return f"welcome, {payload.name}"
 
 
+class Member(BaseModel):
+    index: int = Field(ge=0)
+    work_s: float = Field(default=0, ge=0)
+    fail: bool = False
+
+
+async def member(ctx: JobContext, payload: Member) -> dict[str, int]:
+    """A group's member: its index back, after `work_s`; `fail` fails it for good."""
+    await _record_start(ctx)
+    await asyncio.sleep(payload.work_s)
+    if payload.fail:
+        raise PermanentJobError(f"member {payload.index} fails on purpose")
+    return {"index": payload.index}
+
+
+class FanOut(BaseModel):
+    children: int = Field(ge=0, le=20_000)
+    work_s: float = Field(default=0, ge=0)
+    fail_index: int | None = None
+    on_child_failure: FailurePolicy = "fail"
+
+
+async def fan_out(ctx: JobContext, payload: FanOut) -> str:
+    """Starts a group of `member`s with `combine` as its continuation."""
+    children = [
+        Call("member", Member(index=i, work_s=payload.work_s, fail=i == payload.fail_index))
+        for i in range(payload.children)
+    ]
+    group = await ctx.group(
+        children, then=Call("combine", Nothing()), on_child_failure=payload.on_child_failure
+    )
+    return group.id
+
+
+async def combine(ctx: JobContext, payload: Nothing) -> int:
+    """A continuation: records its group's results (once per job id, atomically
+    with a count of its runs' effects) and which continuations ran."""
+    results = await ctx.group_results()
+    shown = [r if not isinstance(r, ChildFailure) else {"failed": r.state} for r in results]
+    await ctx.redis.sadd(f"test:continuations:{ctx.group_id}", ctx.job_id)  # type: ignore[misc]
+    await ctx.redis.set(f"test:results:{ctx.job_id}", json.dumps(shown))
+    await ctx.redis.eval(APPLY_ONCE, 2, f"test:combined:{ctx.job_id}", "test:combines")  # type: ignore[misc]
+    return len(results)
+
+
 @dataclass(frozen=True, slots=True)
 class Ledger:
     """A shared resource that tells which process opened it."""
@@ -310,6 +357,10 @@ JOB_TYPES = [
     # Kept a second after it finishes: housekeeping's work at a high job rate.
     JobType("brief", Effect, f"{MODULE}:effect", retry=_quick(1), keep_result_s=1),
     JobType("parent", Nothing, f"{MODULE}:parent"),
+    # Groups: a starter, its members and their continuation.
+    JobType("fan_out", FanOut, f"{MODULE}:fan_out", retry=_quick(5)),
+    JobType("member", Member, f"{MODULE}:member", retry=_quick(5)),
+    JobType("combine", Nothing, f"{MODULE}:combine", retry=_quick(5)),
     JobType("welcome", Signup, f"{MODULE}:welcome"),
     JobType("ledger_pid", Nothing, f"{MODULE}:ledger_pid"),
     # send_email with few, quick tries: to see a mail reach the dead letters.

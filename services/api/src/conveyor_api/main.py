@@ -24,6 +24,7 @@ from conveyor_api.routes import (
     dev,
     docs,
     events,
+    groups,
     health,
     jobs,
     queues,
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(queues.router)
     app.include_router(bulk.router)
+    app.include_router(groups.router)
     app.include_router(audit.router)
     app.include_router(workers.router)
     for router in module_routers(catalog):

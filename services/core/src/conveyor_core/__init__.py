@@ -19,6 +19,7 @@ from conveyor_core.catalog import (
 from conveyor_core.checkpoint import Checkpoint, CheckpointError, Interrupted
 from conveyor_core.context import AnyHandler, JobContext, JobHandler
 from conveyor_core.debounce import Debounce
+from conveyor_core.groups import Call, ChildFailure, FailurePolicy, Group
 from conveyor_core.jobs import JobState
 from conveyor_core.resources import Resource, ResourceNotOpenError, ResourceScope
 from conveyor_core.schedule import InvalidScheduleError, Schedule
@@ -28,9 +29,13 @@ from conveyor_core.store import JobStore, Submitted
 __all__ = [
     "DEFAULT_QUEUE",
     "AnyHandler",
+    "Call",
     "Checkpoint",
     "CheckpointError",
+    "ChildFailure",
     "Debounce",
+    "FailurePolicy",
+    "Group",
     "Interrupted",
     "InvalidScheduleError",
     "JobContext",

@@ -5,7 +5,15 @@ the worker: the api (which loads job modules to validate payloads, and has no
 worker code) imports it too.
 """
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol, TypeVar
 
@@ -16,6 +24,20 @@ from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.checkpoint import Checkpoint, iterate, new_checkpoint
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
+from conveyor_core.group_ids import continued_by, derived_group_id, group_of
+from conveyor_core.groups import (
+    GROUP_META,
+    GROUP_POLICY_META,
+    GROUP_TOTAL_META,
+    Child,
+    FailurePolicy,
+    Group,
+    GroupError,
+    NotAContinuationError,
+    iter_group_results,
+    start_group,
+)
+from conveyor_core.keys import group_key
 from conveyor_core.resources import Resource, ResourceNotOpenError
 from conveyor_core.snooze import HoldScope, RateLimited, Snooze
 from conveyor_core.store import SUBMITTED_BY, JobStore, Reported, Submitted
@@ -47,6 +69,8 @@ class JobContext:
     # The job's last checkpoint, once read or saved by this try.
     _checkpoint: Checkpoint | None = field(default=None, init=False, repr=False)
     _checkpoint_read: bool = field(default=False, init=False, repr=False)
+    # How many groups this try started (a group's id derives from it).
+    groups_started: int = field(default=0, init=False)
 
     @property
     def redis(self) -> ArqRedis:
@@ -146,6 +170,82 @@ class JobContext:
         options.setdefault("submitted_by", self.meta.get(SUBMITTED_BY))
         options.setdefault("parent_id", self.job_id)
         return await enqueue(self.store, job_type, payload, **options)
+
+    async def group(
+        self,
+        children: Sequence[Child],
+        *,
+        then: Child | None = None,
+        on_child_failure: FailurePolicy = "fail",
+        hand_over: bool = False,
+    ) -> Group:
+        """Start a group (groups.py): `children` run in parallel (each a `Call`
+        or a (job type, payload) pair), and `then`, once every one has ended,
+        reads their results in order with `group_results()`. A child's failure
+        (dead or cancelled) fails the group ("fail": `then` does not run), is
+        listed in the results ("run"), or is left out ("ignore").
+
+        The same try's n-th group has the same id on every try: a try run
+        again resumes it (existing children are not submitted twice).
+
+        `hand_over`: this job is a child of a group (or a continuation that
+        took a child's place over), and its place there waits for the new
+        group too: it ends when `then` ends (or when the new group fails or
+        is cancelled), and `then`'s result takes its place in the outer
+        group's results. Nested workflows and chains nest their waits so."""
+        hands_to = await self._place() if hand_over else None
+        if hand_over and hands_to is None:
+            raise GroupError(
+                "hand_over",
+                f"job {self.job_id} holds no place in a group: it is neither a child "
+                "nor a continuation that took a child's place over",
+            )
+        group_id = derived_group_id(self.job_id, self.groups_started)
+        self.groups_started += 1
+        return await start_group(
+            self.store,
+            children,
+            then=then,
+            on_child_failure=on_child_failure,
+            group_id=group_id,
+            parent_id=self.job_id,
+            submitted_by=self.meta.get(SUBMITTED_BY),
+            request_id=self.meta.get("request_id"),
+            hands_to=hands_to,
+        )
+
+    async def _place(self) -> str | None:
+        """The place (a child's id) this job holds in a group: its own id for
+        a child; for a continuation, the place its group took over, if any."""
+        if group_of(self.job_id) is not None:
+            return self.job_id
+        if self.group_id is None or continued_by(self.job_id) is None:
+            return None
+        place = await self.redis.hget(group_key(self.group_id), "hands_to")  # type: ignore[misc]
+        return place.decode() if place else None
+
+    @property
+    def group_id(self) -> str | None:
+        """The group whose continuation this job is; None for any other job."""
+        return self.meta.get(GROUP_META)
+
+    def iter_group_results(self) -> AsyncIterator[Any]:
+        """The results of this continuation's group's children, in order, read
+        a bounded chunk at a time (see `group_results`)."""
+        group_id = self.group_id
+        if group_id is None:
+            raise NotAContinuationError(
+                f"job {self.job_id} is not a group's continuation: it has no group results"
+            )
+        total = int(self.meta.get(GROUP_TOTAL_META) or 0)
+        policy = self.meta.get(GROUP_POLICY_META) or "fail"
+        return iter_group_results(self.store, group_id, total, policy)
+
+    async def group_results(self) -> list[Any]:
+        """The results of this continuation's group's children, in order: each
+        child's return value; a failed child as a `ChildFailure` (policy "run"),
+        or left out (policy "ignore")."""
+        return [result async for result in self.iter_group_results()]
 
 
 class JobHandler(Protocol[PayloadT_contra]):

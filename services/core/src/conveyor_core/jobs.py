@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from conveyor_core.checkpoint import Checkpoint
+from conveyor_core.group_ids import group_of
 
 if TYPE_CHECKING:
     from conveyor_core.store import ArqJob
@@ -208,6 +209,14 @@ class JobPublic(BaseModel):
     children: list[str] = Field(
         default_factory=list, description="The jobs this one enqueued while it ran."
     )
+    group_id: str | None = Field(
+        default=None,
+        description="The group this job is a child (`{group id}.{index}`) or a "
+        "continuation of (`GET /v1/groups/{group_id}`).",
+    )
+    groups: list[str] = Field(
+        default_factory=list, description="The groups this job started while it ran."
+    )
     attempts: list[Attempt] = Field(
         default_factory=list, description="Each finished try since the last requeue."
     )
@@ -283,10 +292,18 @@ class JobPublic(BaseModel):
             idempotency_key=meta.get("idempotency_key") or None,
             parent_id=meta.get("parent_id") or None,
             children=[k.removeprefix("child:") for k in record if k.startswith("child:")],
+            group_id=_group_id_of(job_id, meta),
+            groups=[k.removeprefix("group:") for k in record if k.startswith("group:")],
             attempts=attempts_of(record, _int(record.get("tries"))) if record else [],
             waiting_reason=waiting_reason if due_to_start else None,
             checkpoint=CheckpointPublic.of(record.get("checkpoint")),
         )
+
+
+def _group_id_of(job_id: str, meta: dict[str, str]) -> str | None:
+    """A child's group (its id says it), or a continuation's (its metadata does)."""
+    member = group_of(job_id)
+    return member[0] if member else meta.get("group_id") or None
 
 
 def _int(value: str | int | None) -> int:

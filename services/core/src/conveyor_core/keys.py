@@ -40,6 +40,19 @@ IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
 # Debounce key -> the id of the job its window keeps (enqueue.py, Debounce),
 # per job type and api key as an Idempotency-Key is, expiring with the window.
 DEBOUNCE_PREFIX = PREFIX + "debounce:"
+# Hash per group (groups.py, lua/lib/group.lua): its total, the members not yet
+# counted (`remaining`), the dead and cancelled ones, its policy and state, the
+# member that failed it and why, who created it, and its continuations as they
+# will be enqueued (job id, queue, priority, flow entry, arq job bytes, when),
+# and for hand-overs (groups.py) the place it took over (`hands_to`) and its
+# own places handed over (`handed`, and `handed:{index}` = the continuation).
+# Members are jobs named `{group id}.{index}`: the id says a job's group and
+# its place, so a group keeps no list of members. Lives GROUP_OPEN_S while its
+# members run (re-armed when a requeue re-opens it), GROUP_KEEP_S once finished.
+# Its changes are announced on its id's events channel (EVENTS_PREFIX).
+GROUP_PREFIX = PREFIX + "group:"
+GROUP_OPEN_S = 7 * 86_400
+GROUP_KEEP_S = 7 * 86_400
 # Pub/sub per job: its version on every change, for SSE streams. A channel per
 # job, so an api replica hears only the jobs its streams watch.
 EVENTS_PREFIX = PREFIX + "events:"
@@ -135,6 +148,10 @@ def paused_key(queue: str) -> str:
 
 def events_channel(job_id: str) -> str:
     return EVENTS_PREFIX + job_id
+
+
+def group_key(group_id: str) -> str:
+    return GROUP_PREFIX + group_id
 
 
 def idempotency_key(job_type: str, key: str, submitted_by: str | None = None) -> str:

@@ -4,6 +4,7 @@
 --- @include "lib/fairness"
 --- @include "lib/cancel"
 --- @include "lib/requeue"
+--- @include "lib/group"
 -- One batch of a bulk action (cancel, requeue or delete) over at most a few
 -- hundred jobs of one queue, with the semantics of the single-job scripts:
 -- cancel as cancel.lua (a running job is asked to stop), requeue as
@@ -32,6 +33,8 @@ local function delete(rec)
     redis.call('HDEL', qkey(queue, 'flow'), id)
   end
   redis.call('DEL', K.job .. id, K.arq_job .. id, K.arq_result .. id, K.arq_lock .. id)
+  -- A group member that never ended counts as cancelled: its group still finishes.
+  if not TERMINAL[rec.state] then group_end(rec, 'cancelled', now, {}) end
   redis.call('PUBLISH', K.events .. id, rec.version + 1)
 end
 

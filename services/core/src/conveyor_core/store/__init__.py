@@ -23,6 +23,7 @@ from conveyor_core.store.filters import (
     decode_cursor,
     encode_cursor,
 )
+from conveyor_core.store.groups import GROUP_CHUNK_MAX, Groups, MemberRow
 from conveyor_core.store.lifecycle import QUOTA_PRUNE_PER_CALL, Lifecycle
 from conveyor_core.store.listing import Listing
 from conveyor_core.store.queues import TRIM_BATCH, Queues
@@ -45,11 +46,12 @@ from conveyor_core.store.results import (
 from conveyor_core.store.wire import INVALID_JOB_DATA, META_KWARG, SUBMITTED_BY, ArqJob
 
 
-class JobStore(Lifecycle, Listing, Bulk, Queues):
+class JobStore(Lifecycle, Listing, Bulk, Queues, Groups):
     """Submit, claim, finish, cancel, requeue and read jobs; nothing else writes
     them. One face over the store's parts, each a module of this package:
     `lifecycle` (what writes a job's state), `reads`, `listing`, `bulk`,
-    `queues` (pause, statistics, housekeeping), `wire` (arq's job and result
+    `queues` (pause, statistics, housekeeping), `groups` (fan-out and
+    fan-in, see conveyor_core.groups), `wire` (arq's job and result
     keys), `filters` and `results`; score maths live in conveyor_core.scores
     and the Lua loader in conveyor_core.lua."""
 
@@ -57,6 +59,7 @@ class JobStore(Lifecycle, Listing, Bulk, Queues):
 __all__ = [
     "BULK_ACTIONS",
     "BULK_BATCH_MAX",
+    "GROUP_CHUNK_MAX",
     "INVALID_JOB_DATA",
     "META_KWARG",
     "QUOTA_PRUNE_PER_CALL",
@@ -69,9 +72,11 @@ __all__ = [
     "Claimed",
     "Ended",
     "Fetch",
+    "Groups",
     "InvalidCursorError",
     "JobFilter",
     "JobStore",
+    "MemberRow",
     "NextJobs",
     "Page",
     "Paused",

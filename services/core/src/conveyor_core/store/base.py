@@ -49,6 +49,9 @@ class StoreBase:
         self._queue_stats = script(lua_script("queue_stats"))
         self._pause = script(lua_script("pause"))
         self._bulk = script(lua_script("bulk"))
+        self._group_create = script(lua_script("group_create"))
+        self._group_submit = script(lua_script("group_submit"))
+        self._group_cancel = script(lua_script("group_cancel"))
         # Per queue: its limited job types as the claim reads them ('' for none).
         self._claim_limits = {
             queue: claim_limits(

@@ -1,10 +1,12 @@
 --- @include "lib/keys"
 --- @include "lib/transition"
+--- @include "lib/group"
 
 -- Put a dead job back on its queue under the same id, for requeue.lua and
 -- bulk.lua alike: a new first try (tries, snoozes, progress, times and a
 -- pending cancel reset, `requeues` counted), its flow entry back. Its arq job key
--- must exist; the caller may rewrite it first (a new trace context).
+-- must exist; the caller may rewrite it first (a new trace context). A
+-- member of a group counts in it again (lib/group.lua).
 local function requeue_dead(rec, now)
   local id = rec.id
   redis.call('DEL', K.arq_result .. id)
@@ -13,4 +15,5 @@ local function requeue_dead(rec, now)
   transition(rec, 'queued', now, now, {'ready_at_ms', now, 'tries', 0, 'finished_at_ms', '',
     'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', '', 'snoozes', 0}, 0)
   if rec.flow then redis.call('HSET', qkey(rec.queue, 'flow'), id, rec.flow) end
+  group_requeue(rec)
 end

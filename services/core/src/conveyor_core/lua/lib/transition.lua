@@ -4,6 +4,7 @@
 --- @include "lib/fairness"
 --- @include "lib/flow"
 --- @include "lib/arq_result"
+--- @include "lib/group"
 
 -- The one transition every lifecycle script is built on: `transition` moves
 -- a job to a new state: its index entries, its hash, the arq keys the new
@@ -40,6 +41,8 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     -- arq's result key (see arq_finish) lives as long as the record: it also
     -- keeps arq (and submit) from taking the same id again.
     redis.call('PEXPIRE', hash, ttl_ms)
+    -- A member of a group is counted in it (lib/group.lua).
+    group_end(rec, to, now, fields)
   elseif to ~= 'in_progress' then
     -- queued or retrying: back in arq's queue, due at `score`, in its band
     local queued = fmt(band_base(rec.priority) + score)
