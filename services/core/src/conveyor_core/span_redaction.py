@@ -19,16 +19,18 @@ from conveyor_core.redaction import clean, clean_traceback
 STACKTRACE = "exception.stacktrace"
 
 
+def cleaned_value(key: str, value: Any) -> Any:
+    """An attribute's value as it leaves the process: each string in it cleaned
+    (a stack trace kept from its end)."""
+    if isinstance(value, str):
+        return clean_traceback(value) if key == STACKTRACE else clean(value)
+    if isinstance(value, Sequence) and not isinstance(value, bytes):
+        return tuple(clean(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
 def cleaned_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    cleaned: dict[str, Any] = {}
-    for key, value in (attributes or {}).items():
-        if isinstance(value, str):
-            cleaned[key] = clean_traceback(value) if key == STACKTRACE else clean(value)
-        elif isinstance(value, Sequence) and not isinstance(value, bytes):
-            cleaned[key] = tuple(clean(v) if isinstance(v, str) else v for v in value)
-        else:
-            cleaned[key] = value
-    return cleaned
+    return {key: cleaned_value(key, value) for key, value in (attributes or {}).items()}
 
 
 def scrubbed(span: ReadableSpan) -> ReadableSpan:
