@@ -2,15 +2,15 @@
 
 A span's attributes and its events' (an exception's message and stack trace,
 recorded whole by `record_exception`) may carry a request's or a job's text.
-The exporter wrapper cleans each string on the way out, in the export
-thread, so the request or the job pays nothing for it.
+The OTLP exporter (otlp.py) cleans each string as `cleaned_value` says on the
+way out, in the export thread, so the request or the job pays nothing for it;
+`scrubbed` is the span that request describes.
 """
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
 from conveyor_core.redaction import clean, clean_traceback
@@ -53,19 +53,3 @@ def scrubbed(span: ReadableSpan) -> ReadableSpan:
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
     )
-
-
-class ScrubbingSpanExporter(SpanExporter):
-    """Exports through `exporter` what `scrubbed` makes of each span."""
-
-    def __init__(self, exporter: SpanExporter) -> None:
-        self._exporter = exporter
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self._exporter.export([scrubbed(span) for span in spans])
-
-    def shutdown(self) -> None:
-        self._exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._exporter.force_flush(timeout_millis)
