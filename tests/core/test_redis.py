@@ -1,15 +1,18 @@
-"""Connections: REDIS_PASSWORD over the URL's, and Redis Sentinel, against real servers."""
+"""Connections: REDIS_PASSWORD over the URL's, Redis Sentinel, and commands packed in C,
+against real servers."""
 
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_sync
+from redis.exceptions import DataError
 
 from conveyor_core.local.redis_server import free_port
-from conveyor_core.redis import create_redis
+from conveyor_core.redis import PackedInC, create_redis
 from conveyor_core.settings import RedisSettings
 from tests.charts.pods import image_binary
 
@@ -119,3 +122,62 @@ def test_sentinel_hosts_must_be_host_and_port() -> None:
         ("a", 26379),
         ("b", 26380),
     ]
+
+
+# Every kind of value redis-py sends: text (not ASCII too), bytes, ints beyond
+# 64 bits, floats as repr writes them, memoryviews, and a subcommand in the name.
+PACKED_COMMANDS: list[tuple[Any, ...]] = [
+    ("SET", "k", "v"),
+    (b"EVALSHA", "abc", 1, "q", "é ü", b"\x00\xff", 0, -5, 2**70, "", b""),
+    ("ZADD", "z", 1.5, "m", 0.1, "n", 1e20, "o", -0.0, "p"),
+    ("SET", "k", memoryview(b"abc")),
+    ("CONFIG GET", "maxmemory"),
+    (b"CLIENT LIST",),
+]
+
+
+@pytest.mark.parametrize("command", PACKED_COMMANDS)
+async def test_commands_are_packed_in_c_to_the_bytes_redis_py_writes(
+    command: tuple[Any, ...], redis_url: str
+) -> None:
+    from redis.asyncio.connection import Connection
+
+    client = create_redis(RedisSettings(url=redis_url))
+    try:
+        connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        assert isinstance(connection, PackedInC)
+        ours = b"".join(connection.pack_command(*command))
+        assert ours == b"".join(Connection().pack_command(*command))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("value", [True, None, [1], {"a": 1}])
+async def test_a_value_redis_py_refuses_is_refused_as_it_refuses_it(
+    value: object, redis_url: str
+) -> None:
+    client = create_redis(RedisSettings(url=redis_url))
+    try:
+        with pytest.raises(DataError):
+            await client.set("conveyor:packing-test", value)  # type: ignore[arg-type]
+        # The connection is fine afterwards: nothing half-written reached Redis.
+        await client.set("conveyor:packing-test", "ok")
+        assert await client.get("conveyor:packing-test") == b"ok"
+    finally:
+        await client.delete("conveyor:packing-test")
+        await client.aclose()
+
+
+async def test_a_pipeline_and_a_script_go_through_packed_connections(redis_url: str) -> None:
+    client = create_redis(RedisSettings(url=redis_url))
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.set("conveyor:packing-a", "é")
+            pipe.incrby("conveyor:packing-b", 2**40)
+            pipe.get("conveyor:packing-a")
+            assert await pipe.execute() == [True, 2**40, "é".encode()]
+        script = client.register_script("return {ARGV[1], ARGV[2], ARGV[3]}")
+        assert await script(args=["ü", 1.25, b"\x00"]) == ["ü".encode(), b"1.25", b"\x00"]
+    finally:
+        await client.delete("conveyor:packing-a", "conveyor:packing-b")
+        await client.aclose()

@@ -2,15 +2,15 @@
 
 A span's attributes and its events' (an exception's message and stack trace,
 recorded whole by `record_exception`) may carry a request's or a job's text.
-The exporter wrapper cleans each string on the way out, in the export
-thread, so the request or the job pays nothing for it.
+The OTLP exporter (otlp.py) cleans each string as `cleaned_value` says on the
+way out, in the export thread, so the request or the job pays nothing for it;
+`scrubbed` is the span that request describes.
 """
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
 
 from conveyor_core.redaction import clean, clean_traceback
@@ -19,16 +19,18 @@ from conveyor_core.redaction import clean, clean_traceback
 STACKTRACE = "exception.stacktrace"
 
 
+def cleaned_value(key: str, value: Any) -> Any:
+    """An attribute's value as it leaves the process: each string in it cleaned
+    (a stack trace kept from its end)."""
+    if isinstance(value, str):
+        return clean_traceback(value) if key == STACKTRACE else clean(value)
+    if isinstance(value, Sequence) and not isinstance(value, bytes):
+        return tuple(clean(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
 def cleaned_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    cleaned: dict[str, Any] = {}
-    for key, value in (attributes or {}).items():
-        if isinstance(value, str):
-            cleaned[key] = clean_traceback(value) if key == STACKTRACE else clean(value)
-        elif isinstance(value, Sequence) and not isinstance(value, bytes):
-            cleaned[key] = tuple(clean(v) if isinstance(v, str) else v for v in value)
-        else:
-            cleaned[key] = value
-    return cleaned
+    return {key: cleaned_value(key, value) for key, value in (attributes or {}).items()}
 
 
 def scrubbed(span: ReadableSpan) -> ReadableSpan:
@@ -51,19 +53,3 @@ def scrubbed(span: ReadableSpan) -> ReadableSpan:
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
     )
-
-
-class ScrubbingSpanExporter(SpanExporter):
-    """Exports through `exporter` what `scrubbed` makes of each span."""
-
-    def __init__(self, exporter: SpanExporter) -> None:
-        self._exporter = exporter
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self._exporter.export([scrubbed(span) for span in spans])
-
-    def shutdown(self) -> None:
-        self._exporter.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._exporter.force_flush(timeout_millis)

@@ -15,8 +15,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from conveyor_core.span_redaction import ScrubbingSpanExporter
-
 _propagator = TraceContextTextMapPropagator()
 tracer = trace.get_tracer("conveyor")
 
@@ -65,10 +63,11 @@ def setup_tracing(service_name: str) -> TracerProvider:
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from conveyor_core.otlp import CompactOTLPSpanExporter
 
-        # Scrubbed and bounded on the way out, as log lines are (span_redaction.py).
-        provider.add_span_processor(BatchSpanProcessor(ScrubbingSpanExporter(OTLPSpanExporter())))
+        # Scrubbed and bounded on the way out, as log lines are (span_redaction.py),
+        # and written at a fraction of OpenTelemetry's encoder's cost (otlp.py).
+        provider.add_span_processor(BatchSpanProcessor(CompactOTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider
 

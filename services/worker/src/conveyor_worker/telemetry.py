@@ -36,7 +36,6 @@ from conveyor_core.tracing import (
     exemplar,
     extract,
     messaging_attributes,
-    tracer,
 )
 
 logger = logging.getLogger("conveyor.jobs")
@@ -81,6 +80,8 @@ class JobSeries:
     span_name: str
     # The span attributes every try of the type has; a try adds its own.
     attributes: dict[str, Any]
+    # The provider's own tracer (the module-level one is a proxy: a call more per span).
+    tracer: trace.Tracer
 
     @staticmethod
     @functools.cache
@@ -95,6 +96,7 @@ class JobSeries:
             duration={o: JOB_DURATION.labels(job, queue, o) for o in Outcome.ALL},
             span_name=f"process {queue}",
             attributes=attributes,
+            tracer=trace.get_tracer("conveyor"),
         )
 
 
@@ -141,7 +143,7 @@ class JobObservation:
         request_id = self.meta.get("request_id")
         if request_id:  # each attribute is encoded per span, in the export thread
             attributes["conveyor.request_id"] = request_id
-        self._span = tracer.start_span(
+        self._span = series.tracer.start_span(
             series.span_name,
             context=extract(self.meta),
             kind=SpanKind.CONSUMER,
