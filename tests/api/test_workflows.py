@@ -67,7 +67,12 @@ async def test_every_job_of_a_nested_workflow_reads_the_same_tree(
     assert top["members"][0]["percent"] == 100
     # The continuation is not enqueued before the last member ends: no state yet.
     (then,) = top["continuation_jobs"]
-    assert (then["id"], then["when"], then["state"]) == (f"{gid}.then", "success", None)
+    assert (then["id"], then["job_type"], then["when"], then["state"]) == (
+        f"{gid}.then",
+        "effect",
+        "success",
+        None,
+    )
     nested = top["members"][1]["groups"]
     assert [g["id"] for g in nested] == [inner.id]
     assert [m["id"] for m in nested[0]["members"]] == [f"{inner.id}.0", f"{inner.id}.1"]

@@ -119,9 +119,9 @@ def _job(job_id: str, job: JobPublic | None, **extra: int | str | None) -> Workf
     if job is None:
         return WorkflowJob(id=job_id, state=None, **extra)
     failed = job.error is not None and job.state is not JobState.COMPLETE
+    extra["job_type"] = job.job_type
     return WorkflowJob(
         id=job_id,
-        job_type=job.job_type,
         state=job.state,
         percent=100 if job.state is JobState.COMPLETE else job.progress.percent,
         error=f"{job.error.type}: {job.error.message}" if failed and job.error else None,
@@ -151,7 +151,7 @@ class _Reader:
             for i, (job_id, job) in enumerate(zip(ids, jobs, strict=False))
         ]
         node.continuation_jobs = [
-            _job(c.id, job, when=c.when)
+            _job(c.id, job, when=c.when, job_type=c.job_type)
             for c, job in zip(group.continuations, jobs[len(ids) :], strict=True)
         ]
         after = offset + len(ids)
@@ -159,8 +159,10 @@ class _Reader:
         await self.nested([*node.members, *node.continuation_jobs], depth + 1)
         return node
 
-    async def nested(self, jobs: Sequence[WorkflowJob], depth: int) -> None:
-        """Each job's started groups, read (a small page each) while in bounds."""
+    async def nested(
+        self, jobs: Sequence[WorkflowJob], depth: int, offset: int = 0, limit: int = NESTED_PAGE
+    ) -> None:
+        """Each job's started groups, read (a page each) while in bounds."""
         started = await _started_groups(self.store, [j.id for j in jobs])
         for job, group_ids in zip(jobs, started, strict=True):
             job.more_groups = max(len(group_ids) - GROUPS_PER_JOB, 0)
@@ -172,7 +174,7 @@ class _Reader:
                     self.truncated = True
                     job.groups.append(WorkflowGroup(**group.model_dump(), truncated=True))
                     continue
-                job.groups.append(await self.group(group, 0, NESTED_PAGE, depth))
+                job.groups.append(await self.group(group, offset, limit, depth))
 
 
 async def top_group(store: JobStore, group: GroupPublic) -> GroupPublic:
@@ -206,7 +208,7 @@ async def read_workflow(
         if job is None:
             return None
         starter = _job(focus, job)
-        await reader.nested([starter], 0)
+        await reader.nested([starter], 0, offset, limit)
         groups, starter.groups = starter.groups, []
         return WorkflowPublic(focus=focus, root=starter, groups=groups, truncated=reader.truncated)
     top = await top_group(store, start)
