@@ -95,7 +95,7 @@ async def test_upload_stores_the_document_and_enqueues_its_job(
     assert document["state"] == "processing"
     assert document["notify"] is True
     assert "notify_email" not in document  # the address is not shown back
-    assert document["jobs"] == {"process": job["id"], "email": None}
+    assert document["jobs"] == {"process": job["id"], "email": None, "group": None}
     assert job["job_type"] == "process_document"
     assert job["state"] == "queued"
     assert job["payload"] == {"document_id": document["id"]}
