@@ -127,9 +127,17 @@ async def test_a_big_group_shows_its_counts_and_a_page_of_members(
     )
 
 
-async def test_a_job_of_no_workflow_and_bad_ids_are_problems(client: httpx.AsyncClient) -> None:
+async def test_a_job_of_no_workflow_is_itself_alone_and_bad_ids_are_problems(
+    client: httpx.AsyncClient,
+) -> None:
     alone = (await client.post("/v1/jobs/effect", json={"work_s": 0})).json()["id"]
-    for focus in (alone, "nothing-here", "g" + "0" * 32):
+    itself = (await client.get(f"/v1/workflows/{alone}")).json()
+    assert (itself["root"]["id"], itself["root"]["state"], itself["groups"]) == (
+        alone,
+        "queued",
+        [],
+    )
+    for focus in ("nothing-here", "g" + "0" * 32, "g" + "0" * 32 + ".then"):
         response = await client.get(f"/v1/workflows/{focus}")
         assert response.status_code == 404, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
@@ -160,3 +168,5 @@ async def test_a_key_that_reads_its_own_sees_only_its_workflows(
     body = {"children": effects(1)}
     mine = (await tenants.post("/v1/groups", json=body, headers=own)).json()
     assert (await tenants.get(f"/v1/workflows/{mine['id']}.0", headers=own)).status_code == 200
+    alone = (await tenants.post("/v1/jobs/effect", json={"work_s": 0})).json()["id"]
+    assert (await tenants.get(f"/v1/workflows/{alone}", headers=own)).status_code == 404

@@ -83,7 +83,10 @@ class WorkflowPublic(BaseModel):
     root: WorkflowJob | None = Field(
         default=None, description="The job that started the top group, when it is in none."
     )
-    groups: list[WorkflowGroup] = Field(description="The top groups (the root job's, or one).")
+    groups: list[WorkflowGroup] = Field(
+        description="The top groups (the root job's, or one); none for a job that started none."
+    )
+    submitted_by: str | None = Field(default=None, description="The api key that started it.")
     truncated: bool = Field(default=False, description="Some groups were past the tree's bounds.")
 
 
@@ -193,27 +196,38 @@ async def top_group(store: JobStore, group: GroupPublic) -> GroupPublic:
 async def read_workflow(
     store: JobStore, focus: str, *, offset: int = 0, limit: int = 20
 ) -> WorkflowPublic | None:
-    """The workflow around a job or a group id; None when `focus` is neither
-    a known group nor a job in or above one. `offset` and `limit` page the
-    top group's members (one top group: a job that started several shows a
-    first page of each)."""
+    """The workflow around a job or a group id (a job in no group and above
+    none is a workflow of itself alone); None when there is no such job or
+    group. `offset` and `limit` page the top group's members (a job that
+    started several groups shows that page of each)."""
     limit = max(0, min(limit, MAX_PAGE))
     reader = _Reader(store)
     start_id = focus if is_group_id(focus) else group_of_job(focus)
     start = await read_group(store, start_id) if start_id else None
     if start is None:
-        # A job of no group: the workflow is the groups it started, if any.
-        (group_ids,) = await _started_groups(store, [focus])
-        job = await store.get(focus) if group_ids else None
+        # A job of no group: the workflow is the groups it started (none: itself alone).
+        job = await store.get(focus)
         if job is None:
             return None
         starter = _job(focus, job)
         await reader.nested([starter], 0, offset, limit)
         groups, starter.groups = starter.groups, []
-        return WorkflowPublic(focus=focus, root=starter, groups=groups, truncated=reader.truncated)
+        return WorkflowPublic(
+            focus=focus,
+            root=starter,
+            groups=groups,
+            submitted_by=job.submitted_by,
+            truncated=reader.truncated,
+        )
     top = await top_group(store, start)
     root: WorkflowJob | None = None
     if top.parent_id and group_of_job(top.parent_id) is None:
         root = _job(top.parent_id, await store.get(top.parent_id))
     node = await reader.group(top, offset, limit, 0)
-    return WorkflowPublic(focus=focus, root=root, groups=[node], truncated=reader.truncated)
+    return WorkflowPublic(
+        focus=focus,
+        root=root,
+        groups=[node],
+        submitted_by=top.submitted_by,
+        truncated=reader.truncated,
+    )

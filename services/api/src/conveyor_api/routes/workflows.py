@@ -28,9 +28,10 @@ WorkflowId = Annotated[
 
 @router.get(
     "/v1/workflows/{focus}",
-    summary="The workflow around a job or a group: its groups as a tree, a page of members each",
+    summary="The workflow around a job or a group: its groups as a tree, a page of members each "
+    "(a job of no group: itself alone)",
     responses={
-        404: {"description": "No group, and no job in or above one, with that id"},
+        404: {"description": "No job or group with that id"},
         503: {"description": "Redis is unavailable; retry after Retry-After"},
     },
 )
@@ -42,7 +43,6 @@ async def read_workflow_route(
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE, description="The top group's page.")] = 20,
 ) -> WorkflowPublic:
     workflow = await read_workflow(store, focus, offset=offset, limit=limit)
-    owner = workflow.groups[0].submitted_by if workflow and workflow.groups else None
-    if workflow is None or not tenants.reads_owned_by(reader, owner):
-        raise HTTPException(404, f"No workflow around {focus!r}: no group, and no job in one.")
+    if workflow is None or not tenants.reads_owned_by(reader, workflow.submitted_by):
+        raise HTTPException(404, f"No job or group with id {focus!r} (it may have expired).")
     return workflow
