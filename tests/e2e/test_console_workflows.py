@@ -44,7 +44,7 @@ def member(index: int, **payload: Any) -> dict[str, Any]:
 
 
 def test_a_big_workflow_shows_a_page_of_its_graph_live_with_its_nested_groups(
-    idle_stack: Stack, tmp_path: Path
+    idle_stack: Stack, tmp_path: Path, log_dir: Path
 ) -> None:
     stack = idle_stack
     # Two members fan out again (nested groups); the rest are plain members.
@@ -86,6 +86,7 @@ def test_a_big_workflow_shows_a_page_of_its_graph_live_with_its_nested_groups(
         expect(nested.locator("ul.wf-then > li")).to_have_attribute("data-state", "complete")
         expect(page.locator("#workflow-live")).to_have_text("Finished: nothing left to run.")
         assert page.locator("#workflow-tree li").count() <= 20 + 2 * 4 + 1
+        page.locator("#workflow").screenshot(path=log_dir / "workflow.png")
 
         # The next page, by keyboard.
         page.locator(".wf-next").focus()
@@ -112,7 +113,7 @@ def test_a_big_workflow_shows_a_page_of_its_graph_live_with_its_nested_groups(
 
 
 def test_a_failed_workflow_says_why_and_a_key_that_may_act_requeues_or_cancels_it(
-    idle_stack: Stack, tmp_path: Path
+    idle_stack: Stack, tmp_path: Path, log_dir: Path
 ) -> None:
     stack = idle_stack
     stack.start_worker()
@@ -154,6 +155,7 @@ def test_a_failed_workflow_says_why_and_a_key_that_may_act_requeues_or_cancels_i
         group.locator(".wf-cancel").click()
         expect(group).to_have_attribute("data-state", "cancelled")
         expect(page.locator("#workflow-status")).to_contain_text("Cancelled 2 job(s)")
+        page.locator("#workflow").screenshot(path=log_dir / "workflow-cancelled.png")
         expect(page.locator(f'#workflow-tree li[data-job-id="{slow}.then"] .state')).to_have_text(
             "will not run (group cancelled)"
         )

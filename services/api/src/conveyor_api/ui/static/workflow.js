@@ -64,7 +64,8 @@ function countsText(group) {
 function countsBar(group) {
   const width = 240, height = 10;
   const root = document.createElementNS(SVG, "svg");
-  for (const [name, value] of Object.entries({ viewBox: `0 0 ${width} ${height}`, class: "wf-bar", "aria-hidden": "true" })) {
+  const attrs = { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", class: "wf-bar", "aria-hidden": "true" };
+  for (const [name, value] of Object.entries(attrs)) {
     root.setAttribute(name, value);
   }
   let x = 0;
@@ -89,8 +90,10 @@ function jobNode(job, group, focus, label = null) {
     ? `#${job.index}`
     : job.id.endsWith(".then") ? "then" : "on success";
   const state = jobStateText(job, group);
+  // In a group's box a job's id is its place there (`.3`, `.then`); the box shows the group's.
+  const place = group && job.id.startsWith(`${group.id}.`) ? job.id.slice(group.id.length) : shortId(job.id);
   const link = el("a", { href: `#job=${job.id}`, "data-key": `job:${job.id}`, "aria-label": `${label} ${job.job_type ?? "job"} ${job.id}: ${state}` },
-    el("span", { class: "wf-label" }, label), " ", job.job_type ?? "?", " ", el("code", {}, shortId(job.id)));
+    el("span", { class: "wf-label" }, label), " ", job.job_type ?? "?", " ", el("code", { title: job.id }, place));
   const node = el("li", {
     class: `wf-job${job.id === focus ? " wf-focus" : ""}`,
     "data-job-id": job.id,
