@@ -12,9 +12,11 @@ from arq.connections import ArqRedis
 from conveyor_api.auth import Reads
 from conveyor_core.catalog import load_catalog
 from conveyor_core.groups import start_group
+from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.store import JobStore
 from conveyor_core.workflows import NESTED_PAGE
 from tests.api.conftest import make_app, serve
+from tests.api.test_redis_outage import QUICK_S, assert_redis_unavailable, tight
 from tests.support import jobs
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, bearer
 
@@ -170,3 +172,16 @@ async def test_a_key_that_reads_its_own_sees_only_its_workflows(
     assert (await tenants.get(f"/v1/workflows/{mine['id']}.0", headers=own)).status_code == 200
     alone = (await tenants.post("/v1/jobs/effect", json={"work_s": 0})).json()["id"]
     assert (await tenants.get(f"/v1/workflows/{alone}", headers=own)).status_code == 404
+
+
+async def test_a_workflow_read_while_redis_is_down_is_a_503_problem(
+    own_redis: RedisProcess,
+) -> None:
+    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
+        client.timeout = httpx.Timeout(QUICK_S)
+        group = await started(client, 2)
+        own_redis.stop()
+        assert_redis_unavailable(await client.get(f"/v1/workflows/{group['id']}.1"))
+        own_redis.start()
+        # Back by itself; the restarted server kept no data: a 404, no longer a 503.
+        assert (await client.get(f"/v1/workflows/{group['id']}.1")).status_code == 404
