@@ -320,3 +320,39 @@ def test_a_long_document_is_summarized_in_parallel_chunks_then_combined_and_mail
     assert len(mails) == 1
     assert flow.job(document["jobs"]["email"])["parent_id"] == f"{group_id}.then"
     assert document["summary"] in " ".join(mails[0].body.split())
+
+
+def test_a_worker_killed_while_chunks_are_summarized_still_ends_with_one_summary_and_one_mail(
+    flow: Stack, smtp: SmtpServer
+) -> None:
+    chat = ChatServer().start()
+    try:
+        chat.hold.clear()  # the summarizer keeps the chunks' first tries waiting
+        env = {
+            "CONVEYOR_SUMMARIZER_URL": chat.url,
+            "CONVEYOR_SUMMARIZER_MODEL": "tiny",
+            "CONVEYOR_DOCUMENTS_CHUNK_CHARS": "1000",
+        }
+        worker = flow.start_worker(**env)
+        accepted = upload(flow, "long.txt", LONG_TEXT.encode())
+        document_id = accepted["document"]["id"]
+        assert chat.arrived.wait(30), flow.logs()
+        worker.stop(signal.SIGKILL)  # with chunks in the middle of their summaries
+        chat.hold.set()
+
+        flow.start_worker(**env)
+        document = wait_processed(flow, document_id, timeout_s=60)
+        mails = settle_and_count(flow, smtp, document)
+    finally:
+        chat.stop()
+
+    group_id = document["jobs"]["group"]
+    group = flow.http.get(f"/v1/groups/{group_id}", params={"limit": 50}).json()
+    assert (group["state"], group["counts"]["complete"]) == ("done", document["chunks"])
+    members = [flow.job(m["id"]) for m in group["members"]]
+    assert max(m["tries"] for m in members) == 2  # the killed tries ran again
+    pieces = " ".join(m["result"]["summary"] for m in members)
+    assert document["summary"] == f"{SUMMARY_PREFIX} {len(pieces.split())} words by tiny."
+    combined = flow.job(f"{group_id}.then")
+    assert (combined["state"], combined["tries"]) == ("complete", 1)
+    assert len(mails) == 1
