@@ -116,6 +116,10 @@ async def test_a_big_group_shows_its_counts_and_a_page_of_members(
     members = page["groups"][0]["members"]
     assert [m["index"] for m in members] == list(range(240, 250))
     assert page["groups"][0]["next_offset"] is None
+    # Without an offset, the page that holds the member asked for.
+    around = (await client.get(f"/v1/workflows/{group['id']}.45")).json()["groups"][0]
+    assert (around["offset"], around["members"][5]["id"]) == (40, f"{group['id']}.45")
+    assert (await client.get(f"/v1/workflows/{group['id']}")).json()["groups"][0]["offset"] == 0
     # A nested group shows a smaller page, whatever its size.
     store = JobStore(redis, CATALOG)
     (running,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs

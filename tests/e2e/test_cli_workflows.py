@@ -39,6 +39,9 @@ def test_an_operator_reads_a_workflow_as_a_tree_a_page_at_a_time(cli_stack: Stac
     every = conveyor(stack, "jobs", "tree", starter, "--all")
     assert len([line for line in every.stdout.splitlines() if "] member " in line]) == 30
     assert "more member(s)" not in every.stdout
+    around = conveyor(stack, "jobs", "tree", f"{group_id}.25")  # the page that holds it
+    assert "… 20 member(s) before this page" in around.stdout
+    assert f"[25] member {group_id}.25 complete  <-" in around.stdout
     page = conveyor(stack, "groups", "show", f"{group_id}.25", "--offset", "25", "--limit", "3")
     assert "… 25 member(s) before this page" in page.stdout
     assert f"[25] member {group_id}.25 complete  <-" in page.stdout

@@ -109,6 +109,15 @@ def test_a_big_workflow_shows_a_page_of_its_graph_live_with_its_nested_groups(
         expect(page.locator(f'#workflow-tree li[data-job-id="{gid}.7"]')).to_have_attribute(
             "aria-current", "true"
         )
+
+        # A member past the first page opens on its own page.
+        page.goto(f"{stack.api.base_url}/ui/#workflow={gid}.230")
+        expect(top.locator(":scope > .wf-pager > span")).to_have_text(
+            f"Members 221\u2013240 of {MEMBERS}"
+        )
+        expect(page.locator(f'#workflow-tree li[data-job-id="{gid}.230"]')).to_have_attribute(
+            "aria-current", "true"
+        )
         assert_no_js_errors(errors)
 
 

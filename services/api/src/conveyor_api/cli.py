@@ -252,7 +252,9 @@ def _workflow(api: Api, args: argparse.Namespace) -> dict[str, Any]:
     """The workflow around args.id; with --all, every member of its top group
     (a page per call), else the page at --offset."""
     limit = TREE_PAGE_MAX if args.all else args.limit
-    params = {"offset": args.offset, "limit": limit}
+    # Without --offset the api shows the page that holds the id asked for; --all starts at 0.
+    offset = 0 if args.all and args.offset is None else args.offset
+    params = {"limit": limit} | ({"offset": offset} if offset is not None else {})
     tree: dict[str, Any] = api.call("GET", f"/v1/workflows/{args.id}", params=params)
     top = tree["groups"][0] if tree["groups"] else None
     while args.all and top is not None and top["next_offset"] is not None:
@@ -429,7 +431,9 @@ def cmd_audit(api: Api, args: argparse.Namespace) -> int:
 
 def _tree_parser(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("id", help=f"the {what}'s id")
-    parser.add_argument("--offset", type=int, default=0, help="the top group's first member")
+    parser.add_argument(
+        "--offset", type=int, help="the top group's first member (default: the id's page)"
+    )
     parser.add_argument("--limit", type=int, default=20, help="members shown (at most 100)")
     parser.add_argument("--all", action="store_true", help="every member of the top group")
     parser.set_defaults(run=cmd_tree)

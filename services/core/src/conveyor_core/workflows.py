@@ -194,12 +194,13 @@ async def top_group(store: JobStore, group: GroupPublic) -> GroupPublic:
 
 
 async def read_workflow(
-    store: JobStore, focus: str, *, offset: int = 0, limit: int = 20
+    store: JobStore, focus: str, *, offset: int | None = None, limit: int = 20
 ) -> WorkflowPublic | None:
     """The workflow around a job or a group id (a job in no group and above
     none is a workflow of itself alone); None when there is no such job or
     group. `offset` and `limit` page the top group's members (a job that
-    started several groups shows that page of each)."""
+    started several groups shows that page of each); without an `offset`,
+    the page that holds `focus` when it is a member of the top group."""
     limit = max(0, min(limit, MAX_PAGE))
     reader = _Reader(store)
     start_id = focus if is_group_id(focus) else group_of_job(focus)
@@ -210,7 +211,7 @@ async def read_workflow(
         if job is None:
             return None
         starter = _job(focus, job)
-        await reader.nested([starter], 0, offset, limit)
+        await reader.nested([starter], 0, offset or 0, limit)
         groups, starter.groups = starter.groups, []
         return WorkflowPublic(
             focus=focus,
@@ -223,6 +224,10 @@ async def read_workflow(
     root: WorkflowJob | None = None
     if top.parent_id and group_of_job(top.parent_id) is None:
         root = _job(top.parent_id, await store.get(top.parent_id))
+    if offset is None:
+        place = group_of(focus)
+        at = place[1] if place is not None and place[0] == top.id else 0
+        offset = at - at % limit if limit else 0
     node = await reader.group(top, offset, limit, 0)
     return WorkflowPublic(
         focus=focus,

@@ -39,7 +39,14 @@ async def read_workflow_route(
     focus: WorkflowId,
     store: StoreDep,
     reader: ReadKeyDep,
-    offset: Annotated[int, Query(ge=0, description="The top group's first member shown.")] = 0,
+    offset: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="The top group's first member shown; by default the first of the "
+            "page that holds the id asked for, when it is a member of the top group.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE, description="The top group's page.")] = 20,
 ) -> WorkflowPublic:
     workflow = await read_workflow(store, focus, offset=offset, limit=limit)

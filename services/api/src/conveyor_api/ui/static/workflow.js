@@ -21,7 +21,7 @@ const COUNTS = ["complete", "dead", "cancelled", "pending"];
 
 const view = {
   focus: null,
-  offset: 0,
+  offset: null, // the top group's page; null: the one that holds the focus
   tree: null,
   stream: null,
   streamGroup: null,
@@ -221,10 +221,12 @@ async function load() {
   clearTimeout(view.timer);
   const focus = view.focus;
   try {
-    const tree = await call("GET", `/v1/workflows/${encodeURIComponent(focus)}`,
-      { params: [["offset", String(view.offset)], ["limit", String(PAGE)]] });
+    // No offset at first: the api shows the page that holds the focus.
+    const params = [["limit", String(PAGE)], ...(view.offset === null ? [] : [["offset", String(view.offset)]])];
+    const tree = await call("GET", `/v1/workflows/${encodeURIComponent(focus)}`, { params });
     if (focus !== view.focus) return;
     view.tree = tree;
+    view.offset = tree.groups[0]?.offset ?? 0;
     $("workflow-problem").hidden = true;
     $("workflow-heading").textContent = `Workflow around ${shortId(focus)}`;
     render();
@@ -291,7 +293,7 @@ async function act(group, action) {
 
 export function openWorkflow(focus) {
   if (view.focus !== focus) {
-    view.offset = 0;
+    view.offset = null;
     view.tree = null;
     view.confirming = null;
     $("workflow-tree").replaceChildren(el("p", { class: "empty" }, "Loading…"));
