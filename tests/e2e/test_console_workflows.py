@@ -14,6 +14,7 @@ from conveyor_api.auth import Scope
 from tests.e2e.conftest import Stack, running
 from tests.e2e.test_console import assert_no_js_errors, opened
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, keys_env
+from tests.support.browser import open_page
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +171,18 @@ def test_a_failed_workflow_says_why_and_a_key_that_may_act_requeues_or_cancels_i
         )
         assert_no_js_errors(errors)
     assert stack.job(f"{slow}.0")["state"] in ("cancelled", "in_progress")
+
+    # On a phone, nothing of the graph reaches past the screen's edge.
+    with open_page(tmp_path / "phone", width=390, height=844) as (page, errors):
+        page.add_init_script(f"sessionStorage.setItem('conveyor.apiKey', {TEST_KEY!r})")
+        page.goto(f"{stack.api.base_url}/ui/#workflow={failing}.1")
+        expect(page.locator(f'section.wf-group[data-group-id="{failing}"]')).to_be_visible()
+        expect(page.locator(".wf-requeue")).to_be_visible()
+        too_wide = page.evaluate(
+            """() => [...document.querySelectorAll('#workflow *')]
+                .filter(e => e.getBoundingClientRect().right > innerWidth + 0.5)
+                .map(e => e.outerHTML.slice(0, 80))"""
+        )
+        assert too_wide == []
+        page.screenshot(path=log_dir / "workflow-phone.png", full_page=True)
+        assert_no_js_errors(errors)

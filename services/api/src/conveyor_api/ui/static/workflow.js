@@ -172,7 +172,8 @@ function groupNode(group, focus, top) {
   }
   node.append(groupActions(group));
   if (top && (group.offset > 0 || group.next_offset !== null)) node.append(pager(group));
-  node.append(el("ol", { class: "wf-members", start: String(group.offset + 1) },
+  // role="list": a list styled without markers keeps its semantics in every browser.
+  node.append(el("ol", { class: "wf-members", role: "list", start: String(group.offset + 1) },
     ...group.members.map((m) => jobNode(m, group, focus))));
   if (!top && group.next_offset !== null) {
     node.append(el("p", { class: "muted" }, `… ${group.total - group.members.length} more: `,
