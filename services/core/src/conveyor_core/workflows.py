@@ -101,7 +101,8 @@ def group_of_job(job_id: str) -> str | None:
 
 
 async def _started_groups(store: JobStore, job_ids: Sequence[str]) -> list[list[str]]:
-    """Per job, the ids of the groups it started (in its record), sorted."""
+    """Per job, the ids of the groups it started (in its record), sorted. One
+    HKEYS per job: no more than the read of its record (HGETALL) just made."""
     if not job_ids:
         return []
     async with store.redis.pipeline(transaction=False) as pipe:
@@ -151,7 +152,7 @@ class _Reader:
         jobs = await self.store.get_many(ids + conts) if ids or conts else []
         node.members = [
             _job(job_id, job, index=offset + i)
-            for i, (job_id, job) in enumerate(zip(ids, jobs, strict=False))
+            for i, (job_id, job) in enumerate(zip(ids, jobs[: len(ids)], strict=True))
         ]
         node.continuation_jobs = [
             _job(c.id, job, when=c.when, job_type=c.job_type)
