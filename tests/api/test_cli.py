@@ -136,3 +136,47 @@ def test_requeue_resumes_unless_asked_to_start_over(monkeypatch: pytest.MonkeyPa
         ("POST", "/v1/jobs/job-1/retry", {}),
         ("POST", "/v1/jobs/job-1/retry", {"start_over": "true"}),
     ]
+
+
+def _group(gid: str, members: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    counts = {"pending": 0, "complete": len(members), "dead": 0, "cancelled": 0}
+    return {"id": gid, "kind": "group", "state": "done", "on_child_failure": "fail",
+            "total": len(members), "counts": counts, "offset": 0, "next_offset": None,
+            "members": members, "continuation_jobs": [], "failed": None, **fields}  # fmt: skip
+
+
+# CLEAN on one line, as a tree shows text the api sends.
+ONE_LINE = " ".join(CLEAN.split())
+
+
+def test_a_workflow_tree_nests_groups_and_strips_control_characters(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_API_KEY", KEY)
+    inner = _group("g2", [{"id": "g2.0", "index": 0, "job_type": "leaf", "state": "complete"}])
+    outer = _group(
+        "g1",
+        [
+            {"id": "g1.0", "index": 0, "job_type": HOSTILE, "state": "dead", "error": HOSTILE},
+            {"id": "g1.1", "index": 1, "job_type": "fork", "state": "complete", "groups": [inner]},
+        ],
+        continuation_jobs=[{"id": "g1.then", "job_type": "join", "state": None, "when": "always"}],
+    )
+    tree = {"focus": "g2.0", "root": None, "groups": [outer], "truncated": False}
+    seen: list[httpx.Request] = []
+    assert main(["jobs", "tree", "g2.0"], transport=api(seen, body=tree)) == EXIT_OK
+    assert seen[0].url.path == "/v1/workflows/g2.0"
+    assert dict(seen[0].url.params) == {"limit": "20"}  # the api picks the focus's page
+    out = capsys.readouterr().out
+    for control in ("\x1b", "\x9b", "\x07", "\u202e", "\r", "\x00"):
+        assert control not in out
+    assert out.splitlines() == [
+        "group g1 done: 2 members (2 complete, 0 pending, 0 dead, 0 cancelled), "
+        "on child failure: fail",
+        f"├─ [0] {ONE_LINE} g1.0 dead · {ONE_LINE}",
+        "├─ [1] fork g1.1 complete",
+        "│  └─ group g2 done: 1 members (1 complete, 0 pending, 0 dead, 0 cancelled), "
+        "on child failure: fail",
+        "│     └─ [0] leaf g2.0 complete  <-",
+        "└─ then join g1.then expired",
+    ]

@@ -73,6 +73,7 @@ async def test_the_page_and_every_file_it_loads_are_served(client: httpx.AsyncCl
         ("sse.js", "javascript"),
         ("format.js", "javascript"),
         ("dom.js", "javascript"),
+        ("workflow.js", "javascript"),
         ("app.css", "text/css"),
         ("favicon.svg", "image/svg+xml"),
     ]:

@@ -150,17 +150,24 @@ def test_chart_defaults_keep_the_worker_schedules() -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"documentsMaxBytes": 1_000_000, "documentsRetentionS": 3600}, (1_000_000, 3600)),
-        ({}, (5 * 1024 * 1024, 7 * 86_400)),
+        (
+            {
+                "documentsMaxBytes": 1_000_000,
+                "documentsRetentionS": 3600,
+                "documentsChunkChars": 8000,
+            },
+            (1_000_000, 3600, 8000),
+        ),
+        ({}, (5 * 1024 * 1024, 7 * 86_400, 20_000)),
     ],
 )
 def test_document_limits_reach_both_services(
-    values: dict[str, Any], expected: tuple[int, int]
+    values: dict[str, Any], expected: tuple[int, int, int]
 ) -> None:
     rendered = render({"jobs": values})
     for workload in ("conveyor-api", "conveyor-worker-default"):
         settings = _seed(rendered, workload).documents
-        assert (settings.max_bytes, settings.retention_s) == expected
+        assert (settings.max_bytes, settings.retention_s, settings.chunk_chars) == expected
 
 
 def test_every_rendered_conveyor_variable_is_a_setting() -> None:

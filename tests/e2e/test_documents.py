@@ -260,3 +260,99 @@ def test_the_document_flow_over_an_s3_store_with_direct_upload_and_download(
         assert stack.redis.keys(f"conveyor:document:{document['id']}*") == [
             f"conveyor:document:{document['id']}".encode()
         ]
+
+
+# A long document: five parts, each on its own subject, each about 900 characters.
+SUBJECTS = ["Redis", "workers", "retries", "tracing", "mail"]
+LONG_TEXT = "\n\n".join(
+    " ".join(
+        f"Part {n} is about {subject}: {subject} matters in sentence {i} of part {n}, "
+        f"and {subject} comes up again here."
+        for i in range(9)
+    )
+    for n, subject in enumerate(SUBJECTS)
+)
+
+
+def test_a_long_document_is_summarized_in_parallel_chunks_then_combined_and_mailed_once(
+    flow: Stack, smtp: SmtpServer
+) -> None:
+    # Chunks of at most 1,000 characters (the smallest setting): five or more.
+    flow.start_worker(CONVEYOR_DOCUMENTS_CHUNK_CHARS="1000")
+    accepted = upload(flow, "long.txt", LONG_TEXT.encode())
+    document_id = accepted["document"]["id"]
+    document = wait_processed(flow, document_id)
+
+    chunks = document["chunks"]
+    assert chunks == len(LONG_TEXT) // 1000 + 1, document
+    group_id = document["jobs"]["group"]
+    process = flow.wait_for_state(accepted["job"]["id"], "complete")
+    assert process["result"] == {"document_id": document_id, "group_id": group_id, "chunks": chunks}
+
+    # The fan-out: one member per chunk, every one complete, each a part's summary, in order.
+    group = flow.http.get(f"/v1/groups/{group_id}", params={"limit": 50}).json()
+    assert (group["state"], group["total"], group["counts"]["complete"]) == ("done", chunks, chunks)
+    assert group["parent_id"] == accepted["job"]["id"]
+    members = [flow.job(m["id"]) for m in group["members"]]
+    assert {m["job_type"] for m in members} == {"summarize_chunk"}
+    assert [m["result"]["index"] for m in members] == list(range(chunks))
+    assert sum(m["result"]["chars"] for m in members) == len(LONG_TEXT)
+    assert "Part 0 is about Redis" in members[0]["result"]["summary"]
+    assert "Part 4 is about mail" in members[-1]["result"]["summary"]
+
+    # The continuation combined the chunks' summaries into the document's.
+    combined = flow.wait_for_state(f"{group_id}.then", "complete")
+    assert combined["job_type"] == "combine_summaries"
+    assert combined["result"]["chunks"] == chunks
+    assert combined["result"]["summary"] == document["summary"]
+    pieces = " ".join(m["result"]["summary"] for m in members)
+    sentences = [s for s in document["summary"].split(". ") if s]
+    assert len(sentences) > 1
+    assert all(s.rstrip(".") in pieces for s in sentences), (document["summary"], pieces)
+    assert document["text"] == LONG_TEXT
+
+    # The workflow, read from the job that started it.
+    tree = flow.http.get(f"/v1/workflows/{accepted['job']['id']}").json()
+    assert tree["root"]["id"] == accepted["job"]["id"]
+    assert [g["id"] for g in tree["groups"]] == [group_id]
+
+    mails = settle_and_count(flow, smtp, document)
+    assert len(mails) == 1
+    assert flow.job(document["jobs"]["email"])["parent_id"] == f"{group_id}.then"
+    assert document["summary"] in " ".join(mails[0].body.split())
+
+
+def test_a_worker_killed_while_chunks_are_summarized_still_ends_with_one_summary_and_one_mail(
+    flow: Stack, smtp: SmtpServer
+) -> None:
+    chat = ChatServer().start()
+    try:
+        chat.hold.clear()  # the summarizer keeps the chunks' first tries waiting
+        env = {
+            "CONVEYOR_SUMMARIZER_URL": chat.url,
+            "CONVEYOR_SUMMARIZER_MODEL": "tiny",
+            "CONVEYOR_DOCUMENTS_CHUNK_CHARS": "1000",
+        }
+        worker = flow.start_worker(**env)
+        accepted = upload(flow, "long.txt", LONG_TEXT.encode())
+        document_id = accepted["document"]["id"]
+        assert chat.arrived.wait(30), flow.logs()
+        worker.stop(signal.SIGKILL)  # with chunks in the middle of their summaries
+        chat.hold.set()
+
+        flow.start_worker(**env)
+        document = wait_processed(flow, document_id, timeout_s=60)
+        mails = settle_and_count(flow, smtp, document)
+    finally:
+        chat.stop()
+
+    group_id = document["jobs"]["group"]
+    group = flow.http.get(f"/v1/groups/{group_id}", params={"limit": 50}).json()
+    assert (group["state"], group["counts"]["complete"]) == ("done", document["chunks"])
+    members = [flow.job(m["id"]) for m in group["members"]]
+    assert max(m["tries"] for m in members) == 2  # the killed tries ran again
+    pieces = " ".join(m["result"]["summary"] for m in members)
+    assert document["summary"] == f"{SUMMARY_PREFIX} {len(pieces.split())} words by tiny."
+    combined = flow.job(f"{group_id}.then")
+    assert (combined["state"], combined["tries"]) == ("complete", 1)
+    assert len(mails) == 1

@@ -10,10 +10,18 @@ import pytest
 from arq.connections import ArqRedis
 
 from conveyor_api.auth import Reads, Scope
+from conveyor_core import Call
 from conveyor_core.blobs import BlobSettings, BlobStore
-from conveyor_core.catalog import DEFAULT_QUEUE
+from conveyor_core.catalog import DEFAULT_QUEUE, load_catalog
+from conveyor_core.groups import start_group
 from conveyor_core.store import JobStore
-from conveyor_seed import PROCESS_DOCUMENT
+from conveyor_seed import (
+    COMBINE_SUMMARIES,
+    PROCESS_DOCUMENT,
+    SUMMARIZE_CHUNK,
+    DocumentChunk,
+    DocumentRef,
+)
 from conveyor_seed.documents import DocumentStore
 from conveyor_seed.settings import DocumentSettings
 from tests.api.conftest import make_app, serve
@@ -95,7 +103,7 @@ async def test_upload_stores_the_document_and_enqueues_its_job(
     assert document["state"] == "processing"
     assert document["notify"] is True
     assert "notify_email" not in document  # the address is not shown back
-    assert document["jobs"] == {"process": job["id"], "email": None}
+    assert document["jobs"] == {"process": job["id"], "email": None, "group": None}
     assert job["job_type"] == "process_document"
     assert job["state"] == "queued"
     assert job["payload"] == {"document_id": document["id"]}
@@ -210,6 +218,31 @@ async def test_a_document_whose_job_died_reads_as_failed(
     document = (await client.get(f"/v1/documents/{body['document']['id']}")).json()
     assert document["state"] == "failed"
     assert document["summary"] is None
+
+
+async def test_a_long_document_whose_chunk_died_reads_as_failed(
+    client: httpx.AsyncClient, redis: ArqRedis, blob_dir: Path
+) -> None:
+    body = (await post(client, {"file": ("a.txt", b"text")})).json()
+    document_id = body["document"]["id"]
+    store = JobStore(redis, load_catalog(["conveyor_seed"]))
+    chunk = Call(SUMMARIZE_CHUNK, DocumentChunk(document_id=document_id, index=0, start=0, end=4))
+    group = await start_group(
+        store, [chunk], then=Call(COMBINE_SUMMARIES, DocumentRef(document_id=document_id))
+    )
+    documents = DocumentStore(
+        redis, BlobStore.from_settings(BlobSettings(url=f"file://{blob_dir}"))
+    )
+    assert await documents.update(document_id, group_id=group.id)
+    read = (await client.get(f"/v1/documents/{document_id}")).json()
+    assert (read["state"], read["jobs"]["group"]) == ("processing", group.id)
+
+    claim = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 10}
+    claimed = (await store.claim(SUMMARIZE_CHUNK.queue, 2, **claim)).jobs
+    assert group.member_id(0) in [c.job_id for c in claimed]
+    assert await store.dead(SUMMARIZE_CHUNK, group.member_id(0), "{}")
+    read = (await client.get(f"/v1/documents/{document_id}")).json()
+    assert (read["state"], read["summary"]) == ("failed", None)
 
 
 async def test_a_malformed_multipart_body_is_a_documented_400_problem(

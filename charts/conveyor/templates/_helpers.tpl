@@ -210,6 +210,10 @@ ca.crt
 - name: CONVEYOR_DOCUMENTS_RETENTION_S
   value: {{ . | int64 | quote }}
 {{- end }}
+{{- with $values.jobs.documentsChunkChars }}
+- name: CONVEYOR_DOCUMENTS_CHUNK_CHARS
+  value: {{ . | int64 | quote }}
+{{- end }}
 - name: OTEL_SERVICE_NAME
   value: conveyor-{{ .service }}
 - name: K8S_POD_NAME

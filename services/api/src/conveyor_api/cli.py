@@ -4,6 +4,9 @@
                        [--search TEXT] [--since 1h] [--until ...] [--limit N] [--all]
     conveyor jobs show ID
     conveyor jobs cancel ID | requeue ID [--start-over]
+    conveyor jobs tree ID [--offset N] [--limit N] [--all]
+    conveyor groups show ID [--offset N] [--limit N] [--all]
+    conveyor groups cancel ID | requeue ID
     conveyor dead requeue [--job-type T] [--queue Q] [--since 1h] [--yes]
     conveyor bulk cancel|requeue|delete [filters] [--yes]
     conveyor queues [pause NAME | resume NAME]
@@ -242,6 +245,124 @@ def cmd_jobs_requeue(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# A workflow's top group is read this many members per call with --all.
+TREE_PAGE_MAX = 100
+
+
+def _workflow(api: Api, args: argparse.Namespace) -> dict[str, Any]:
+    """The workflow around args.id; with --all, every member of its top group
+    (a page per call), else the page at --offset."""
+    limit = TREE_PAGE_MAX if args.all else args.limit
+    # Without --offset the api shows the page that holds the id asked for; --all starts at 0.
+    offset = 0 if args.all and args.offset is None else args.offset
+    params = {"limit": limit} | ({"offset": offset} if offset is not None else {})
+    tree: dict[str, Any] = api.call("GET", f"/v1/workflows/{args.id}", params=params)
+    top = tree["groups"][0] if tree["groups"] else None
+    while args.all and top is not None and top["next_offset"] is not None:
+        params["offset"] = top["next_offset"]
+        page = api.call("GET", f"/v1/workflows/{args.id}", params=params)
+        (more,) = [g for g in page["groups"] if g["id"] == top["id"]]
+        top["members"] += more["members"]
+        top["next_offset"] = more["next_offset"]
+    return tree
+
+
+def job_state(job: dict[str, Any], group: dict[str, Any] | None = None) -> str:
+    """A job's state as the tree says it; a continuation without a record yet
+    by what its group will do."""
+    if job.get("state"):
+        state = str(job["state"])
+        if state == "in_progress" and job.get("percent"):
+            return f"{state} {job['percent']}%"
+        return state
+    if group is None or job.get("when") is None:
+        return "expired"
+    if group["state"] in ("failed", "cancelled"):
+        return f"will not run (group {group['state']})"
+    if group["state"] == "done":
+        return "not run (a member failed)" if job["when"] == "success" else "expired"
+    return "waits for the members"
+
+
+def group_line(group: dict[str, Any]) -> str:
+    counts = group["counts"]
+    shown = ", ".join(f"{counts[k]} {k}" for k in ("complete", "pending", "dead", "cancelled"))
+    line = (
+        f"{group['kind']} {group['id']} {group['state']}: {group['total']} members "
+        f"({shown}), on child failure: {group['on_child_failure']}"
+    )
+    if failed := group.get("failed"):
+        line += f"; failed by {failed['member_id']} ({failed['state']}"
+        line += f": {_cell(failed['message'])[:80]})" if failed.get("message") else ")"
+    return line
+
+
+def tree_lines(group: dict[str, Any], focus: str, indent: str = "") -> list[str]:
+    """A group, its members (a page: the rest counted), its continuations and
+    their nested groups, as lines of a tree."""
+    lines = [group_line(group) + ("  <-" if group["id"] == focus else "")]
+    if group.get("truncated"):
+        return [*lines, f"{indent}└─ (not read: past the tree's bounds; show it by its id)"]
+    entries: list[tuple[dict[str, Any] | None, str]] = []
+    before = group.get("offset", 0)
+    if before:
+        entries.append((None, f"… {before} member(s) before this page"))
+    entries += [(m, f"[{m['index']}]") for m in group["members"]]
+    shown_to = before + len(group["members"])
+    if group["next_offset"] is not None:
+        more = f"… {group['total'] - shown_to} more member(s) (--all, or --offset {shown_to})"
+        entries.append((None, more))
+    entries += [(c, "then" if c["id"].endswith(".then") else "on success")
+                for c in group["continuation_jobs"]]  # fmt: skip
+    for n, (job, label) in enumerate(entries):
+        last = n == len(entries) - 1
+        branch, under = ("└─ ", "   ") if last else ("├─ ", "│  ")
+        if job is None:
+            lines.append(f"{indent}{branch}{label}")
+            continue
+        # One line per job, whatever its type or error holds.
+        text = f"{label} {_cell(job.get('job_type') or '?')} {job['id']} {job_state(job, group)}"
+        if job.get("error"):
+            text += f" · {_cell(job['error'])[:80]}"
+        lines.append(f"{indent}{branch}{text}{'  <-' if job['id'] == focus else ''}")
+        for nested in job.get("groups", []):
+            lines += [f"{indent}{under}└─ " + line if i == 0 else line for i, line in
+                      enumerate(tree_lines(nested, focus, indent + under + "   "))]  # fmt: skip
+        if job.get("more_groups"):
+            lines.append(f"{indent}{under}└─ … {job['more_groups']} more group(s)")
+    return lines
+
+
+def cmd_tree(api: Api, args: argparse.Namespace) -> int:
+    tree = _workflow(api, args)
+    if args.json:
+        say(json.dumps(tree, indent=2))
+        return EXIT_OK
+    focus = tree["focus"]
+    indent = ""
+    if root := tree.get("root"):
+        say(f"{_cell(root.get('job_type') or '?')} {root['id']} {job_state(root)}"
+            + ("  <-" if root["id"] == focus else ""))  # fmt: skip
+        indent = "   "
+    for group in tree["groups"]:
+        for i, line in enumerate(tree_lines(group, focus, indent)):
+            say(f"└─ {line}" if indent and i == 0 else line)
+    if tree.get("truncated"):
+        say("(the tree is bounded: some groups show counts only)", err=True)
+    return EXIT_OK
+
+
+def cmd_group_action(api: Api, args: argparse.Namespace) -> int:
+    action = args.action
+    answer = api.call("POST", f"/v1/groups/{args.id}/{action}")
+    if args.json:
+        say(json.dumps(answer, indent=2))
+    else:
+        say(f"{action}: {answer['done']} job(s)")
+        say(group_line(answer["group"]))
+    return EXIT_OK
+
+
 def run_bulk(api: Api, args: argparse.Namespace, action: str, where: dict[str, Any]) -> int:
     preview = api.call("POST", "/v1/bulk/preview", json=where)
     count = preview["count"]
@@ -309,6 +430,16 @@ def cmd_audit(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tree_parser(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("id", help=f"the {what}'s id")
+    parser.add_argument(
+        "--offset", type=int, help="the top group's first member (default: the id's page)"
+    )
+    parser.add_argument("--limit", type=int, default=20, help="members shown (at most 100)")
+    parser.add_argument("--all", action="store_true", help="every member of the top group")
+    parser.set_defaults(run=cmd_tree)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="conveyor", description="Operate Conveyor through its api.")
     top.add_argument("--url", default=os.environ.get("CONVEYOR_URL", DEFAULT_URL))
@@ -339,6 +470,16 @@ def parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="drop the job's checkpoint: start from the beginning, not where it got to",
             )
+    _tree_parser(jobs.add_parser("tree", help="the workflow around a job, as a tree"), "job")
+
+    groups = sub.add_parser("groups", help="show, cancel and requeue a group").add_subparsers(
+        dest="groups_command", required=True
+    )
+    _tree_parser(groups.add_parser("show", help="a group's workflow, as a tree"), "group")
+    for name in ("cancel", "requeue"):
+        one = groups.add_parser(name, help=f"{name} a whole group (and the groups it handed to)")
+        one.add_argument("id")
+        one.set_defaults(run=cmd_group_action, action=name)
 
     dead = sub.add_parser("dead", help="the dead letters").add_subparsers(
         dest="dead_command", required=True

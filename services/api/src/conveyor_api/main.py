@@ -30,6 +30,7 @@ from conveyor_api.routes import (
     queues,
     ui,
     workers,
+    workflows,
 )
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queues.router)
     app.include_router(bulk.router)
     app.include_router(groups.router)
+    app.include_router(workflows.router)
     app.include_router(audit.router)
     app.include_router(workers.router)
     for router in module_routers(catalog):

@@ -1,5 +1,7 @@
 """The seed app as a job module: the tutorial's task, the document workflow
-(process_document -> email_user), mail, the digest and the cleanup of uploads.
+(process_document -> email_user; a long document's chunks summarized in
+parallel, summarize_chunk x N -> combine_summaries -> email_user), mail, the
+digest and the cleanup of uploads.
 
 Conveyor loads it like a team's own module (it is the default of
 `CONVEYOR_JOB_MODULES`): job types, their schedules, the resource their
@@ -35,6 +37,15 @@ class DocumentRef(BaseModel):
     """Payload of the document jobs: only the id; each job re-reads the document."""
 
     document_id: str = RecordId
+
+
+class DocumentChunk(BaseModel):
+    """Payload of `summarize_chunk`: a range of a document's stored text, by offsets."""
+
+    document_id: str = RecordId
+    index: int = Field(ge=0)
+    start: int = Field(ge=0, description="The chunk's first character in the text.")
+    end: int = Field(gt=0, description="One past its last.")
 
 
 # The tutorial's job: sleeps a while, standing in for real work.
@@ -73,6 +84,29 @@ PROCESS_DOCUMENT = JobType(
     retry=RetryPolicy(max_tries=5, backoff_base_s=2.0, backoff_cap_s=300.0),
     timeout_s=300.0,
     description="Extract an uploaded document's text, summarize it, then mail the uploader.",
+)
+
+# A long document's chunks, summarized in parallel, then combined (a group:
+# conveyor_seed.jobs.documents).
+SUMMARIZE_CHUNK = JobType(
+    name="summarize_chunk",
+    public=False,
+    payload=DocumentChunk,
+    handler="conveyor_seed.jobs.documents:summarize_chunk",
+    retry=RetryPolicy(max_tries=5, backoff_base_s=2.0, backoff_cap_s=300.0),
+    timeout_s=300.0,
+    description="Summarize one chunk of a long document's text (a member of its group).",
+)
+
+COMBINE_SUMMARIES = JobType(
+    name="combine_summaries",
+    public=False,
+    payload=DocumentRef,
+    handler="conveyor_seed.jobs.documents:combine_summaries",
+    retry=RetryPolicy(max_tries=5, backoff_base_s=2.0, backoff_cap_s=300.0),
+    timeout_s=300.0,
+    description="Combine a long document's chunk summaries into its summary, then mail the "
+    "uploader (the continuation of its chunks' group).",
 )
 
 EMAIL_USER = JobType(
@@ -114,6 +148,8 @@ JOB_TYPES = [
     CREATE_TASK,
     SEND_EMAIL,
     PROCESS_DOCUMENT,
+    SUMMARIZE_CHUNK,
+    COMBINE_SUMMARIES,
     EMAIL_USER,
     SEND_DIGEST,
     CLEANUP_TEMP_UPLOADS,

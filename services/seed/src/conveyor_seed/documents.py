@@ -155,6 +155,11 @@ class DocumentState(StrEnum):
 class DocumentJobs(BaseModel):
     process: str | None = Field(default=None, description="The process_document job.")
     email: str | None = Field(default=None, description="The email_user job, once enqueued.")
+    group: str | None = Field(
+        default=None,
+        description="A long document's: the group summarizing its chunks in parallel "
+        "(GET /v1/workflows/{id} shows it).",
+    )
 
 
 class DocumentPublic(BaseModel):
@@ -178,6 +183,9 @@ class DocumentPublic(BaseModel):
     expires_at: datetime
     extract_ms: int | None = None
     summarize_ms: int | None = None
+    chunks: int | None = Field(
+        default=None, description="A long document's: how many chunks were summarized apart."
+    )
     jobs: DocumentJobs
 
 
@@ -234,6 +242,7 @@ class Document:
         stored_chars = int(self.fields.get("text_chars") or 0)
         stored_truncated = self.fields.get("text_truncated") == "1"
         extract_ms, summarize_ms = self.get("extract_ms"), self.get("summarize_ms")
+        chunks = self.get("chunks")
         shown = (text or "")[:text_chars] if self.processed else None
         return DocumentPublic(
             id=self.id,
@@ -252,7 +261,12 @@ class Document:
             expires_at=ms_to_datetime(self.expires_at_ms),
             extract_ms=int(extract_ms) if extract_ms else None,
             summarize_ms=int(summarize_ms) if summarize_ms else None,
-            jobs=DocumentJobs(process=self.get("job_id"), email=self.get("email_job_id")),
+            chunks=int(chunks) if chunks else None,
+            jobs=DocumentJobs(
+                process=self.get("job_id"),
+                email=self.get("email_job_id"),
+                group=self.get("group_id"),
+            ),
         )
 
 
@@ -398,28 +412,42 @@ class DocumentStore:
         done = await self._update(keys=[keys.document_key(document_id)], args=_flatten(fields))
         return bool(done)
 
-    async def mark_processed(self, document_id: str, *, text: str, **fields: Any) -> bool | None:
-        """Store the text (in the blob store) and the results (in the record)
-        once: True when stored now, False when already processed, None when
-        the document is gone."""
+    async def mark_processed(
+        self, document_id: str, *, text: str | None, **fields: Any
+    ) -> bool | None:
+        """Store the text (in the blob store; None: `store_text` did) and the
+        results (in the record) once: True when stored now, False when already
+        processed, None when the document is gone."""
         document = await self.get(document_id)
         if document is None or document.processed:  # (the script checks again)
             return None if document is None else False
-        ref = await self.blobs.put(text_blob_key(document_id), text.encode())
+        stored = {}
+        if text is not None:
+            stored = self._text_fields(await self._put_text(document_id, text))
         done = await self._processed(
             keys=[keys.document_key(document_id), COUNTS_KEY],
-            args=_flatten(
-                {
-                    **fields,
-                    "text_blob": ref.key,
-                    "text_bytes": ref.size,
-                    "text_sha256": ref.sha256,
-                    "text_chars": len(text),
-                    "processed_at_ms": now_ms(),
-                }
-            ),
+            args=_flatten({**fields, **stored, "processed_at_ms": now_ms()}),
         )
         return None if done == -1 else bool(done)
+
+    async def store_text(self, document_id: str, text: str, **fields: Any) -> bool:
+        """Store the text before the summary (a long document's chunks read it);
+        False when the document is gone. The same text again is harmless."""
+        stored = self._text_fields(await self._put_text(document_id, text))
+        return await self.update(document_id, **fields, **stored)
+
+    async def _put_text(self, document_id: str, text: str) -> tuple[BlobRef, int]:
+        return await self.blobs.put(text_blob_key(document_id), text.encode()), len(text)
+
+    @staticmethod
+    def _text_fields(stored: tuple[BlobRef, int]) -> dict[str, Any]:
+        ref, chars = stored
+        return {
+            "text_blob": ref.key,
+            "text_bytes": ref.size,
+            "text_sha256": ref.sha256,
+            "text_chars": chars,
+        }
 
     async def remove_expired(self, *, at_ms: int | None = None) -> list[str]:
         """Remove every document past its retention, in bounded batches: its

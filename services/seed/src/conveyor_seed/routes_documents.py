@@ -45,6 +45,7 @@ from conveyor_core import stored_bytes
 from conveyor_core.blobs import BlobNotFoundError, BlobSettings, BlobStore, BlobTooLargeError
 from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
 from conveyor_core.enqueue import enqueue
+from conveyor_core.groups import GroupState, read_group
 from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.logging import bound
 from conveyor_core.metrics import BLOB_BYTES_WRITTEN
@@ -309,9 +310,23 @@ async def read_document(
     if not document.processed and (job_id := document.get("job_id")):
         job = await store.get(job_id)
         job_dead = job is not None and job.state is JobState.DEAD
+    if not document.processed and not job_dead and (group_id := document.get("group_id")):
+        job_dead = await _chunks_failed(store, group_id)
     limit = min(text_chars, settings.text_max_chars)
     text = await documents.text(document, limit)
     return document.public(text=text, text_chars=limit, job_dead=job_dead)
+
+
+async def _chunks_failed(store: JobStore, group_id: str) -> bool:
+    """Whether a long document's group of chunks gave up: failed or cancelled
+    (no continuation will run), or its continuation died."""
+    group = await read_group(store, group_id)
+    if group is None or group.state in (GroupState.FAILED, GroupState.CANCELLED):
+        return group is not None
+    if group.state is GroupState.DONE and group.continuations:
+        then = await store.get(group.continuations[0].id)
+        return then is not None and then.state is JobState.DEAD
+    return False
 
 
 @router.get(

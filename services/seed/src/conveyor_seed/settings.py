@@ -35,6 +35,11 @@ class DocumentSettings(BaseSettings):
     retention_s: int = Field(default=7 * 86_400, ge=1)
     # The extracted text is stored (and shown) up to this many characters.
     text_max_chars: int = Field(default=200_000, ge=1000)
+    # A text longer than this is summarized in chunks of about this many
+    # characters, in parallel (a group), and their summaries combined; a
+    # shorter one in one step. At most what a chat summarizer reads
+    # (CONVEYOR_SUMMARIZER_MAX_INPUT_CHARS), so no chunk is cut.
+    chunk_chars: int = Field(default=20_000, ge=1000)
 
 
 class SmtpSettings(BaseSettings):

@@ -14,6 +14,7 @@ import {
 } from "./format.js";
 import { $, el } from "./dom.js";
 import { EventStream } from "./sse.js";
+import { describeWorkflow } from "./workflow.js";
 
 // The api's bound on one /v1/events stream, and so on the jobs the list shows.
 const MAX_SHOWN = 100;
@@ -474,6 +475,7 @@ async function openDetail(id) {
   const dialog = $("job-dialog");
   if (!dialog.open) dialog.showModal();
   renderDetail();
+  describeWorkflow(id);
   try {
     upsert(await call("GET", `/v1/jobs/${encodeURIComponent(id)}`));
   } catch (err) {
