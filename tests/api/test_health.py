@@ -24,6 +24,6 @@ async def test_the_api_stops_promptly_right_after_it_starts(redis_url: str) -> N
     """The memory check's task must end at shutdown even when the stop lands mid-check."""
     for _ in range(5):
         started = time.monotonic()
-        async for client in serve(make_app(redis_url)):
+        async with serve(make_app(redis_url)) as client:
             assert (await client.get("/ui/no-such-file.js")).status_code == 404
         assert time.monotonic() - started < 2
