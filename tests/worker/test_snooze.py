@@ -159,8 +159,8 @@ async def test_a_429_of_scope_type_holds_every_job_of_the_type(
     assert [c.job_id for c in found.jobs] == [unlimited.job_id]
     assert found.held[HoldReason.HELD] >= 3
 
-    # A fault bound: the hold's second and a busy machine's slack, short of
-    # a hold that never ends (or lasts the 1 s taken as milliseconds' worth).
+    # A fault bound: the hold's second and a busy machine's slack, far short
+    # of a hold that never ends (or a second read as 1,000).
     deadline = time.monotonic() + 10
     started: set[str] = set()
     while started != {limited.job_id, *others}:
