@@ -9,6 +9,7 @@ from conveyor_core.redis import create_redis
 from conveyor_core.settings import CatalogSettings, RedisSettings
 from conveyor_worker.settings import Settings
 from conveyor_worker.worker import ConveyorWorker, worker_settings
+from tests.conftest import PATIENT_S
 from tests.support import jobs
 
 # The seed's scheduled job types, switched off.
@@ -21,7 +22,8 @@ async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
     command. With one, redis-py sends each command under asyncio.wait_for,
     which on Python 3.11 swallows a cancel that lands just as the send
     completes: a job cancelled at that moment ran on to its end."""
-    client = create_redis(RedisSettings(url=redis_url), timeout_each_read=False)
+    settings = RedisSettings(url=redis_url, connect_timeout_s=PATIENT_S)
+    client = create_redis(settings, timeout_each_read=False)
     yield client
     await client.aclose()
 
