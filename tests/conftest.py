@@ -51,9 +51,15 @@ def redis_url(redis_server_url: str) -> str:
     return redis_server_url
 
 
+# The tests' own clients wait this long: a loaded machine's slow connect or
+# reply is no fault (a test that measures a timeout makes its own client).
+PATIENT_S = 5.0
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
-    client = create_redis(RedisSettings(url=redis_url))
+    settings = RedisSettings(url=redis_url, connect_timeout_s=PATIENT_S, socket_timeout_s=PATIENT_S)
+    client = create_redis(settings)
     yield client
     await client.aclose()
 

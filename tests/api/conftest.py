@@ -1,4 +1,5 @@
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -29,9 +30,19 @@ def make_app(redis_url: str, **overrides: Any) -> FastAPI:
     return create_app(Settings(**{**settings, **overrides}))
 
 
+@asynccontextmanager
 async def serve(app: FastAPI, *, authenticated: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan run, behind an in-process HTTP client that sends
-    the test key (unless `authenticated` is false)."""
+    the test key (unless `authenticated` is false).
+
+    A context manager, not a generator to loop over: a test that fails inside
+    it still stops the app at once, in its own task. An abandoned generator
+    was closed only by the event loop's shutdown, which closes every nested
+    lifespan generator at the same time as the one that runs it ("aclose():
+    asynchronous generator is already running"), so the app's Redis client
+    was never closed and the garbage collector reported its connection in a
+    later test.
+    """
     transport = httpx.ASGITransport(app=app)
     headers = AUTH_HEADERS if authenticated else {}
     async with (
@@ -45,5 +56,5 @@ async def serve(app: FastAPI, *, authenticated: bool = True) -> AsyncIterator[ht
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in serve(make_app(redis_url)):
+    async with serve(make_app(redis_url)) as c:
         yield c

@@ -65,7 +65,7 @@ def concrete(path: str) -> str:
 @pytest.fixture
 async def keyed(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client that sends no key by default; the app knows KEYS."""
-    async for client in serve(make_app(redis_url, keys=KEYS), authenticated=False):
+    async with serve(make_app(redis_url, keys=KEYS), authenticated=False) as client:
         yield client
 
 

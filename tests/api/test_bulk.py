@@ -81,7 +81,7 @@ async def test_a_search_reads_whole_jobs_only_for_its_likely_matches(
     redis_url: str, redis: ArqRedis
 ) -> None:
     tasks, emails = await dead_jobs(redis)
-    async for client in serve(make_app(redis_url, rate_limit_per_s=0)):
+    async with serve(make_app(redis_url, rate_limit_per_s=0)) as client:
         before = await arq_job_reads(redis)
         assert await ids(client, q="smtp server") == set(emails)
         assert await arq_job_reads(redis) - before == 2 * len(emails)
@@ -181,7 +181,7 @@ async def test_bulk_action_resumes_where_a_stopped_api_left_it(
     _, emails = await dead_jobs(redis)
     where = JobFilter(job_type="send_email")
     app = make_app(redis_url)
-    async for _ in serve(app):
+    async with serve(app) as _:
         runner: BulkRunner = app.state.bulk
         runner.spawn = lambda bulk_id: None  # type: ignore[method-assign]  # never runs here
         await runner.start("requeue", where, "tests", "resumable")
@@ -194,7 +194,7 @@ async def test_bulk_action_resumes_where_a_stopped_api_left_it(
             mapping={"cursor": page.next_cursor or "", "matched": 1, "done": 1, "batches": 1},
         )
     app = make_app(redis_url)
-    async for client in serve(app):  # a starting api resumes it
+    async with serve(app) as client:  # a starting api resumes it
         status = await wait_done(client, "resumable")
         assert (status["state"], status["matched"], status["done"]) == ("done", 4, 4)
         assert status["batches"] >= 2
@@ -211,7 +211,7 @@ async def reader(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
         redis_url,
         keys=[api_key(TEST_KEY_NAME, TEST_KEY), api_key("viewer", READER_KEY, [Scope.JOBS_READ])],
     )
-    async for client in serve(app, authenticated=False):
+    async with serve(app, authenticated=False) as client:
         client.headers.update(bearer(READER_KEY))
         yield client
 
@@ -278,7 +278,7 @@ async def test_a_preview_past_its_row_budget_answers_a_lower_bound(
     redis_url: str, redis: ArqRedis
 ) -> None:
     await make_dead(redis, CREATE_TASK, {"sleep_s": 0}, 180)
-    async for client in serve(make_app(redis_url, preview_max_rows=100)):
+    async with serve(make_app(redis_url, preview_max_rows=100)) as client:
         nothing = (await client.post("/v1/bulk/preview", json={"error_type": "NoSuch"})).json()
         assert (nothing["count"], nothing["exact"]) == (0, False)
         assert 100 <= nothing["scanned"] < 180
@@ -293,7 +293,7 @@ async def test_a_preview_past_its_time_limit_answers_a_lower_bound(
     redis_url: str, redis: ArqRedis
 ) -> None:
     await make_dead(redis, CREATE_TASK, {"sleep_s": 0}, 600)
-    async for client in serve(make_app(redis_url, preview_timeout_s=0.001)):
+    async with serve(make_app(redis_url, preview_timeout_s=0.001)) as client:
         counted = (await client.post("/v1/bulk/preview", json={"error_type": "NoSuch"})).json()
         assert (counted["count"], counted["exact"]) == (0, False)
         assert counted["scanned"] < 600  # one page, then the clock said stop
@@ -320,7 +320,7 @@ async def test_a_preview_stops_when_its_client_goes_away(redis_url: str, redis: 
 
 async def test_one_preview_at_a_time_per_key(redis_url: str) -> None:
     app = make_app(redis_url)
-    async for client in serve(app):
+    async with serve(app) as client:
         await previews_one_at_a_time(client, app.state.bulk)
 
 
@@ -396,7 +396,7 @@ async def test_actions_that_change_nothing_are_not_audited_as_changes(
 async def test_a_running_bulk_action_can_be_cancelled(redis_url: str, redis: ArqRedis) -> None:
     _, emails = await dead_jobs(redis)
     app = make_app(redis_url)
-    async for client in serve(app):
+    async with serve(app) as client:
         await cancelled_midway(client, app.state.bulk, emails)
 
 

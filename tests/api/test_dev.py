@@ -28,7 +28,7 @@ async def test_development_lists_caught_mail_newest_first(redis_url: str) -> Non
                 "body": f"the {subject} body",
             }
             await redis.lpush(CAUGHT_MAIL_KEY, json.dumps(mail))
-        async for client in serve(make_app(redis_url, development=True)):
+        async with serve(make_app(redis_url, development=True)) as client:
             assert (await client.get("/ui/config.json")).json()["caught_mail"] is True
             response = await client.get("/v1/dev/mail")
             assert response.status_code == 200

@@ -43,7 +43,7 @@ def app(redis_url: str) -> FastAPI:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in serve(app):
+    async with serve(app) as c:
         yield c
 
 
@@ -152,7 +152,7 @@ async def test_fast_answers_keep_every_promise(
 async def test_a_redis_fault_on_a_fast_route_is_answered_as_on_any_route(
     own_redis: RedisProcess, request_lines: list[dict[str, Any]]
 ) -> None:
-    async for client in serve(make_app(own_redis.url)):
+    async with serve(make_app(own_redis.url)) as client:
         client.timeout = httpx.Timeout(1.0)
         job = (await client.post("/v1/jobs/create_task", json={"sleep_s": 0})).json()
         own_redis.stop()

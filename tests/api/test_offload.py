@@ -50,7 +50,7 @@ def blob_settings(tmp_path: Path) -> BlobSettings:
 @pytest.fixture
 async def client(redis_url: str, blob_settings: BlobSettings) -> AsyncIterator[httpx.AsyncClient]:
     app = make_app(redis_url, keys=KEYS, blobs=blob_settings, inline_blob_bytes=INLINE_BYTES)
-    async for c in serve(app, authenticated=False):
+    async with serve(app, authenticated=False) as c:
         yield c
 
 

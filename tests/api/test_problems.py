@@ -97,7 +97,7 @@ async def numbers(body: list[int]) -> int:
 async def test_a_validation_problem_lists_a_bounded_number_of_errors(redis_url: str) -> None:
     app = make_app(redis_url)
     app.add_api_route("/test-numbers", numbers, methods=["POST"])
-    async for client in serve(app):
+    async with serve(app) as client:
         response = await client.post("/test-numbers", json=["ada@example.com"] * 5000)
         assert response.status_code == 422
         problem = response.json()

@@ -61,7 +61,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
 
 @pytest.fixture
 async def own_client(own_redis: RedisProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in serve(make_app(own_redis.url)):
+    async with serve(make_app(own_redis.url)) as client:
         yield client
 
 

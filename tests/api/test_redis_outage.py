@@ -32,7 +32,7 @@ def tight(url: str) -> RedisSettings:
 
 @pytest.fixture
 async def outage_client(own_redis: RedisProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
+    async with serve(make_app(own_redis.url, redis=tight(own_redis.url))) as client:
         client.timeout = httpx.Timeout(QUICK_S)
         yield client
 
@@ -63,7 +63,7 @@ async def test_redis_outage_gives_503_then_recovers_without_restart(
 
 async def test_api_starts_while_redis_is_down(own_redis: RedisProcess) -> None:
     own_redis.stop()
-    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
+    async with serve(make_app(own_redis.url, redis=tight(own_redis.url))) as client:
         client.timeout = httpx.Timeout(QUICK_S)
         assert_redis_unavailable(await client.get("/readyz"))
         own_redis.start()
@@ -137,7 +137,7 @@ async def test_an_evicting_redis_makes_the_api_unready_and_says_why(
     # A patient client: this is about the policy, not a slow machine's timeouts.
     redis = RedisSettings(url=own_redis.url, socket_timeout_s=5, connect_timeout_s=5)
     with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
-        async for client in serve(make_app(own_redis.url, redis=redis)):
+        async with serve(make_app(own_redis.url, redis=redis)) as client:
             response = await client.get("/readyz")
             assert response.status_code == 503
             assert response.headers["content-type"] == "application/problem+json"
@@ -156,7 +156,7 @@ async def test_with_the_explicit_opt_in_an_evicting_redis_is_ready(
         url=own_redis.url, allow_eviction=True, socket_timeout_s=5, connect_timeout_s=5
     )
     with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
-        async for client in serve(make_app(own_redis.url, redis=redis)):
+        async with serve(make_app(own_redis.url, redis=redis)) as client:
             response = await client.get("/readyz")
             assert response.status_code == 200, response.text
             assert response.json()["redis"]["evicts"] is True
@@ -193,9 +193,9 @@ def test_a_full_redis_refuses_submits_with_a_507_problem_and_reads_still_work(
 
 
 async def test_a_read_only_replica_is_a_503_problem(own_redis: RedisProcess) -> None:
-    async for client in serve(
+    async with serve(
         make_app(own_redis.url, redis=tight(own_redis.url), rate_limit_per_s=0)
-    ):
+    ) as client:
         with read_only_replica(own_redis.url):
             response = await client.post("/task", json={"count": 1})
         assert_redis_unavailable(response)
@@ -208,7 +208,7 @@ async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers
     # The default settings, as deployed: the bound the docs state.
     redis = RedisSettings(url=own_redis.url)
     assert redis.socket_timeout_s <= 1.5
-    async for client in serve(make_app(own_redis.url, redis=redis)):
+    async with serve(make_app(own_redis.url, redis=redis)) as client:
         client.timeout = httpx.Timeout(10)  # the test measures; the client must not cut it short
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
         with frozen(own_redis.url):
@@ -247,7 +247,7 @@ async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bou
     # redis-py's own pool connected one new connection at a time, each waiting
     # out the socket timeout while Redis hung: the 20th request waited ~17 s.
     redis = RedisSettings(url=own_redis.url)
-    async for client in serve(make_app(own_redis.url, redis=redis)):
+    async with serve(make_app(own_redis.url, redis=redis)) as client:
         client.timeout = httpx.Timeout(30)  # the test measures; the client must not cut it short
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
 
@@ -277,7 +277,7 @@ def queued_jobs(url: str) -> int:
 async def test_an_evicting_redis_refuses_every_submit_and_acknowledges_none(
     own_redis: RedisProcess,
 ) -> None:
-    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
+    async with serve(make_app(own_redis.url, redis=tight(own_redis.url))) as client:
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
         with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
             assert (await client.get("/readyz")).status_code == 503  # a fresh reading
@@ -305,7 +305,7 @@ async def test_with_the_opt_in_an_evicting_redis_takes_submits(own_redis: RedisP
         url=own_redis.url, allow_eviction=True, socket_timeout_s=5, connect_timeout_s=5
     )
     with configured(own_redis.url, maxmemory_policy="allkeys-lru"):
-        async for client in serve(make_app(own_redis.url, redis=redis)):
+        async with serve(make_app(own_redis.url, redis=redis)) as client:
             response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})
             assert response.status_code == 201
 
@@ -315,7 +315,7 @@ async def test_readyz_reads_redis_memory_afresh_and_reports_a_full_redis(
 ) -> None:
     # The periodic reading is an hour apart: only /readyz's own can see the change.
     redis = RedisSettings(url=own_redis.url, memory_check_interval_s=3600)
-    async for client in serve(make_app(own_redis.url, redis=redis)):
+    async with serve(make_app(own_redis.url, redis=redis)) as client:
         ready = (await client.get("/readyz")).json()
         assert ready["redis"]["full"] is False
         with full(own_redis.url):
@@ -348,7 +348,7 @@ async def test_a_redis_that_refuses_info_still_takes_submits(own_redis: RedisPro
         pytest.raises(redis_sync.exceptions.NoPermissionError),
     ):
         probe.info("memory")
-    async for client in serve(make_app(limited, redis=tight(limited))):
+    async with serve(make_app(limited, redis=tight(limited))) as client:
         assert (await client.get("/readyz")).status_code == 200
         for _ in range(2):
             response = await client.post("/v1/jobs/create_task", json={"sleep_s": 1})

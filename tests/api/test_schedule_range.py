@@ -46,7 +46,7 @@ async def test_a_run_at_just_inside_a_year_is_accepted(client: httpx.AsyncClient
 
 
 async def test_the_range_is_a_setting(redis_url: str, redis: ArqRedis) -> None:
-    async for client in serve(make_app(redis_url, max_defer_s=60)):
+    async with serve(make_app(redis_url, max_defer_s=60)) as client:
         problem = assert_problem(await submit(client, params={"defer_by_s": 61}), 422)
         assert [e["field"] for e in problem["errors"]] == ["defer_by_s"]
         later = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()

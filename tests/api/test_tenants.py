@@ -43,7 +43,7 @@ TASK = {"sleep_s": 0.1}
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client that sends no key by default; the app knows KEYS."""
-    async for c in serve(make_app(redis_url, keys=KEYS), authenticated=False):
+    async with serve(make_app(redis_url, keys=KEYS), authenticated=False) as c:
         yield c
 
 

@@ -118,7 +118,7 @@ async def test_config_names_the_keys_the_page_masks(client: httpx.AsyncClient) -
 
 async def test_config_hides_the_task_form_without_the_seed_app(redis_url: str) -> None:
     app = make_app(redis_url, catalog=CatalogSettings(job_modules=jobs.MODULE))
-    async for client in serve(app):
+    async with serve(app) as client:
         config = (await client.get("/ui/config.json")).json()
         assert not config["submit_tasks"]
 

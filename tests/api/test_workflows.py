@@ -161,7 +161,7 @@ async def tenants(redis_url: str) -> AsyncIterator[httpx.AsyncClient]:
         api_key(TEST_KEY_NAME, TEST_KEY),
         api_key("own", "own-key-secret-0123456789", reads=Reads.OWN),
     ]
-    async for c in serve(make_app(redis_url, keys=keys)):
+    async with serve(make_app(redis_url, keys=keys)) as c:
         yield c
 
 
@@ -181,7 +181,7 @@ async def test_a_key_that_reads_its_own_sees_only_its_workflows(
 async def test_a_workflow_read_while_redis_is_down_is_a_503_problem(
     own_redis: RedisProcess,
 ) -> None:
-    async for client in serve(make_app(own_redis.url, redis=tight(own_redis.url))):
+    async with serve(make_app(own_redis.url, redis=tight(own_redis.url))) as client:
         client.timeout = httpx.Timeout(QUICK_S)
         group = await started(client, 2)
         own_redis.stop()

@@ -109,11 +109,11 @@ async def test_submit_wakes_workers_for_a_due_job_and_tells_a_deferred_ones_due_
     store = JobStore(redis)
     async with redis.pubsub() as pubsub:
         await pubsub.subscribe(keys.wake_channel(QUEUE))
-        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        await pubsub.get_message(timeout=5)  # the subscription's confirmation
         now = await submitted(store)
         later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
         messages = [
-            await pubsub.get_message(ignore_subscribe_messages=True, timeout=1) for _ in range(2)
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=5) for _ in range(2)
         ]
     assert [m["data"] for m in messages if m] == [
         now.encode(),
@@ -497,9 +497,9 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
 
     async with redis.pubsub() as pubsub:
         await pubsub.subscribe(keys.wake_channel(QUEUE))
-        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        await pubsub.get_message(timeout=5)  # the subscription's confirmation
         assert await store.resume(QUEUE)
-        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
     assert woken is not None
     assert not await store.resume(QUEUE)  # it runs already
 
@@ -621,9 +621,9 @@ async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
 
     async with redis.pubsub() as pubsub:
         await pubsub.subscribe(keys.wake_channel(QUEUE))
-        await pubsub.get_message(timeout=1)
+        await pubsub.get_message(timeout=5)
         assert await store.complete(capped, first, "null")
-        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
     assert woken is not None
     assert woken["data"] == b"freed"
 

@@ -3,6 +3,7 @@ service with one line naming the module and the problem; the api starts with
 a job module while the worker package cannot be imported; a resource that
 never finishes closing does not hold the worker's shutdown."""
 
+import re
 import subprocess
 import sys
 import time
@@ -83,8 +84,12 @@ def test_a_resource_that_hangs_on_close_does_not_hold_shutdown(
         start_s = time.monotonic()
         assert worker.stop(timeout_s=15) == 0, worker.output()
         # No job ran, so closing gets the whole shutdown wait, and no more.
-        assert time.monotonic() - start_s < 2 + 3, worker.output()
-        assert "resources did not close within" in worker.output()
+        budget = re.search(r"resources did not close within ([\d.]+) s", worker.output())
+        assert budget is not None, worker.output()
+        assert 0 < float(budget[1]) <= 2
+        # A fault bound: the hang is an hour (and the default wait 20 s); the
+        # 2 s wait and a busy machine's slack stay well short of either.
+        assert time.monotonic() - start_s < 2 + 8, worker.output()
     finally:
         stop_all(worker)
 

@@ -133,6 +133,13 @@ def start(python: Path, module: str, env: dict[str, str], log: Path, port: int) 
 
 
 @pytest.fixture
+def direct(redis_url: str) -> Iterator[redis_sync.Redis]:
+    """A plain client of the test's database, closed even when the test fails."""
+    with redis_sync.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
 def services() -> Iterator[list[Service]]:
     started: list[Service] = []
     yield started
@@ -187,11 +194,15 @@ def test_the_api_with_core_and_api_only_validates_the_package_payloads(
 
 
 def test_two_workers_run_the_package_jobs_with_its_resource_and_schedule(
-    tmp_path: Path, wheels: dict[str, Path], redis_url: str, services: list[Service]
+    tmp_path: Path,
+    wheels: dict[str, Path],
+    redis_url: str,
+    services: list[Service],
+    direct: redis_sync.Redis,
 ) -> None:
     python = environment(tmp_path, wheels, "core", "worker", "acme")
     assert not imports(python, "conveyor_api")
-    client = redis_sync.Redis.from_url(redis_url)
+    client = direct
     client.hset("acme:orders:open", mapping={"A-1": 1250, "A-2": 990})
     every_tick = list(range(0, 60, TICK_S))
     env = {
@@ -231,4 +242,3 @@ def test_two_workers_run_the_package_jobs_with_its_resource_and_schedule(
     assert sorted(lifecycle) == sorted(
         [f"opened {pid}" for pid in pids] + [f"closed {pid}" for pid in pids]
     ), lifecycle
-    client.close()

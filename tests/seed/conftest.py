@@ -13,5 +13,5 @@ async def client(
     """The api with the seed's routes; the tutorial's tasks sleep briefly."""
     monkeypatch.setenv("CONVEYOR_API_TASK_SLEEP_MIN_S", "0.01")
     monkeypatch.setenv("CONVEYOR_API_TASK_SLEEP_MAX_S", "0.05")
-    async for c in serve(make_app(redis_url)):
+    async with serve(make_app(redis_url)) as c:
         yield c

@@ -71,7 +71,7 @@ async def client(
     monkeypatch.setenv("CONVEYOR_DOCUMENTS_TEXT_MAX_CHARS", "1000")
     monkeypatch.setenv("CONVEYOR_MAIL_ALLOWED_DOMAINS", "example.com")
     assert DocumentSettings().max_bytes == MAX_BYTES
-    async for c in serve(make_app(redis_url, keys=KEYS)):
+    async with serve(make_app(redis_url, keys=KEYS)) as c:
         yield c
 
 

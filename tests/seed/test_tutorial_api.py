@@ -104,7 +104,7 @@ async def paced(
         api_key("three", "cvk_three", [Scope.JOBS_SUBMIT], max_outstanding_jobs=3),
     ]
     app = make_app(redis_url, keys=keys, rate_limit_per_s=0.001, rate_limit_burst=60)
-    async for c in serve(app):
+    async with serve(app) as c:
         yield c
 
 

@@ -3,7 +3,9 @@ tests of filters and bulk actions."""
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
 
@@ -13,6 +15,21 @@ from conveyor_core.store import JobStore
 from tests.support import jobs
 
 CLAIM = {"lock_ttl_ms": 60_000, "cancelled_retention_ms": 60_000, "scan_limit": 1_000}
+# Calls in flight at once. Each opens a connection of its own while none is
+# free: hundreds at once, on a busy machine, outlast the client's 1 s
+# connect timeout.
+CONCURRENT_CALLS = 50
+
+T = TypeVar("T")
+
+
+async def in_groups(calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """The calls' results, at most CONCURRENT_CALLS of them in flight at once."""
+    results: list[T] = []
+    for start in range(0, len(calls), CONCURRENT_CALLS):
+        group = calls[start : start + CONCURRENT_CALLS]
+        results += await asyncio.gather(*(call() for call in group))
+    return results
 
 
 async def make_dead(
@@ -31,9 +48,9 @@ async def make_dead(
     ids: list[str] = []
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
-        done = await asyncio.gather(*(enqueue(store, job_type, payload) for _ in range(n)))
+        done = await in_groups([partial(enqueue, store, job_type, payload)] * n)
         ids += [d.job_id for d in done]
         claimed = await store.claim(job_type.queue, n, **CLAIM)
         assert len(claimed.jobs) == n, f"claimed {len(claimed.jobs)} of {n}"
-        await asyncio.gather(*(store.dead(job_type, c.job_id, error) for c in claimed.jobs))
+        await in_groups([partial(store.dead, job_type, c.job_id, error) for c in claimed.jobs])
     return ids

@@ -90,11 +90,20 @@ def test_sigterm_exits_zero(redis_url: str, log_dir: Path) -> None:
         stop_all(worker)
 
 
-# Holds the server busy for `ARGV[1]` seconds: every client's reply waits.
+# Holds the server busy for `ARGV[1]` milliseconds (not to TIME's whole
+# second, which cut a wait of 4 s to 3): every client's reply waits.
 BLOCK_SERVER = """
-local deadline = tonumber(redis.call('TIME')[1]) + tonumber(ARGV[1])
-while tonumber(redis.call('TIME')[1]) < deadline do end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local deadline = now_ms() + tonumber(ARGV[1])
+while now_ms() < deadline do end
 """
+# Long enough that a busy machine's worker sees the silence within it (a
+# turn's 0.3 s bound after its 1 s poll, nominally) and says so; short of
+# Redis's 5 s busy-reply threshold, past which it answers BUSY instead.
+BLOCKED_S = 4.5
 
 
 def test_a_redis_that_stops_answering_does_not_stall_the_worker(
@@ -108,9 +117,9 @@ def test_a_redis_that_stops_answering_does_not_stall_the_worker(
         worker.wait_for("/readyz")
         run_one_job(own_redis.url)
 
-        blocker = threading.Thread(target=_hold_server_busy, args=(own_redis.url, 4))
+        blocker = threading.Thread(target=_hold_server_busy, args=(own_redis.url, BLOCKED_S))
         blocker.start()
-        worker.wait_for("/readyz", status=503, timeout_s=3.5)
+        worker.wait_for("/readyz", status=503, timeout_s=BLOCKED_S - 0.5)
         assert worker.wait_for("/healthz").status_code == 200
         blocker.join()
 
@@ -121,9 +130,9 @@ def test_a_redis_that_stops_answering_does_not_stall_the_worker(
         stop_all(worker)
 
 
-def _hold_server_busy(redis_url: str, seconds: int) -> None:
+def _hold_server_busy(redis_url: str, seconds: float) -> None:
     with redis_sync.Redis.from_url(redis_url) as client:
-        client.eval(BLOCK_SERVER, 0, seconds)
+        client.eval(BLOCK_SERVER, 0, round(seconds * 1000))
 
 
 def test_a_full_redis_stops_claims_not_the_worker_and_loses_no_job(

@@ -90,4 +90,6 @@ async def test_a_close_that_hangs_or_fails_does_not_hold_shutdown(redis: ArqRedi
     )
     start_s = time.monotonic()
     await opened.close(timeout_s=0.3)
-    assert time.monotonic() - start_s < 1
+    # A fault bound: a close that waited for the hanging resource would take
+    # an hour; the limit and a busy machine's slack, seconds at most.
+    assert time.monotonic() - start_s < 10

@@ -4,6 +4,7 @@ import asyncio
 import os
 import time
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -268,14 +269,19 @@ async def test_a_retry_with_defer_is_retrying_then_completes_on_try_two(
         assert (retrying.tries, retrying.error.type) == (1, "Retry")
         assert retrying.next_try_at is not None
         assert retrying.finished_at is None
-        # The delay it asked for, from the end of try 1.
+        # The delay it asked for, from the end of try 1 as the record keeps it.
         (first,) = retrying.attempts
         assert first.finished_at is not None
-        delay_s = (retrying.next_try_at - first.finished_at).total_seconds()
-        assert 0.95 <= delay_s <= 1.2
+        assert retrying.next_try_at - first.finished_at == timedelta(seconds=1)
         done = await state_of(store, submitted.job_id, JobState.COMPLETE, timeout_s=3)
+        # Within 3 s of the submit, as the issue asks: the deferral's second and
+        # a busy machine's slack; a deferral misread (a second as 1,000) fails.
         assert time.time() - sent_s < 3
         assert (done.tries, done.result) == (2, 2)
+        # Try 2 ran when it was due, not before.
+        second = done.attempts[-1]
+        assert second.started_at is not None
+        assert second.started_at >= retrying.next_try_at
     finally:
         worker.request_stop()
         await running

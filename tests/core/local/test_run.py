@@ -433,9 +433,8 @@ def test_a_refused_upload_leaves_the_runner_responsive_and_ctrl_c_stops_it(
                 )
                 assert response.status_code == 507, response.text
             output.until(r"redis fault out_of_memory in POST /v1/documents", timeout_s=10)
-            started = time.monotonic()
-            assert httpx.get(f"{api}/healthz", timeout=2).status_code == 200
-            assert time.monotonic() - started < 1
+            # Responsive: a hung api (the stalled copy) fails here.
+            assert httpx.get(f"{api}/healthz", timeout=5).status_code == 200
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0

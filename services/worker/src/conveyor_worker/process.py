@@ -268,17 +268,26 @@ class Processor:
                     ended = await store.complete(
                         job_type, job_id, _as_json(result), next_jobs, token=token, job_data=data
                     )
+                # The delay counts from the try's end as the record keeps it:
+                # one reading of the clock for both.
                 case JobState.RETRYING if decision.snoozed:
-                    delay_ms = int(decision.delay_s * 1000)
+                    end_ms, delay_ms = now_ms(), int(decision.delay_s * 1000)
                     hold = Hold(decision.hold, delay_ms) if decision.hold else None
                     ended = await store.snooze(
-                        job_type, job_id, now_ms() + delay_ms, next_jobs, token=token, hold=hold
+                        job_type,
+                        job_id,
+                        end_ms + delay_ms,
+                        next_jobs,
+                        token=token,
+                        hold=hold,
+                        at_ms=end_ms,
                     )
                 case JobState.RETRYING:
-                    due_ms = now_ms() + int(decision.delay_s * 1000)
+                    end_ms = now_ms()
+                    due_ms = end_ms + int(decision.delay_s * 1000)
                     error_json = describe(error or RuntimeError("retry")).model_dump_json()
                     ended = await store.retry_later(
-                        job_type, job_id, due_ms, error_json, next_jobs, token=token
+                        job_type, job_id, due_ms, error_json, next_jobs, token=token, at_ms=end_ms
                     )
                 case JobState.DEAD:
                     error_json = describe(error or RuntimeError("dead")).model_dump_json()

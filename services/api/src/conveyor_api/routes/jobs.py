@@ -689,8 +689,9 @@ def _add_single_job_routes(api: APIRouter) -> None:
             200: {
                 "content": {"text/event-stream": {}},
                 "description": "`event: job` with the job as JSON on every change (its "
-                "`id` is the job's version); `event: error` with a problem if the stream "
-                "cannot go on. The server ends a stream after its maximum lifetime: "
+                "`id` is the job's version; changes that come faster than the stream "
+                "sends them arrive as one, the latest); `event: error` with a problem if "
+                "the stream cannot go on. The server ends a stream after its maximum lifetime: "
                 "reconnect with `Last-Event-ID` to go on.",
             },
             404: {"description": "No such job"},

@@ -203,15 +203,18 @@ class Lifecycle(Reads):
         token: str = "",
         hold: str = "",
         job_data: bytes = b"",
+        at_ms: int | None = None,
         **fields: Any,
     ) -> Ended:
-        """One end of a try. With the try's `token` (the worker always gives it), a
-        stale try's end is refused whole: `Ended.stale`, nothing moved or claimed.
-        `job_data` is the job's data as the claim returned it: a final state makes
-        it arq's result key without reading it again (b"": read it)."""
+        """One end of a try, at `at_ms` (default: now). With the try's `token`
+        (the worker always gives it), a stale try's end is refused whole:
+        `Ended.stale`, nothing moved or claimed. `job_data` is the job's data as
+        the claim returned it: a final state makes it arq's result key without
+        reading it again (b"": read it)."""
         fetch = next_jobs.fetch() if next_jobs is not None else None
         to = state.value if isinstance(state, JobState) else state
-        args: list[Any] = [job_id, to, now_ms(), math.ceil(score), job_type.name, token]
+        end_ms = now_ms() if at_ms is None else at_ms
+        args: list[Any] = [job_id, to, end_ms, math.ceil(score), job_type.name, token]
         fields_ = _flatten(fields)
         reply: list[Any] | None = None
         if fetch is not None:
@@ -269,7 +272,11 @@ class Lifecycle(Reads):
         next_jobs: NextJobs | None = None,
         *,
         token: str = "",
+        at_ms: int | None = None,
     ) -> Ended:
+        """Retrying, due again at `due_ms`; the try ended at `at_ms` (default:
+        now), the time its delay counts from, so the record's next try is that
+        delay after the try's end."""
         return await self._end_try(
             job_type,
             job_id,
@@ -277,6 +284,7 @@ class Lifecycle(Reads):
             due_ms,
             next_jobs,
             token,
+            at_ms=at_ms,
             next_try_at_ms=due_ms,
             error=error_json,
         )
@@ -290,10 +298,12 @@ class Lifecycle(Reads):
         *,
         token: str = "",
         hold: Hold | None = None,
+        at_ms: int | None = None,
     ) -> Ended:
         """The handler asked to run again at `due_ms` (or met a partner's limit):
-        retrying, the try not counted, kept in the record as a snooze; with a
-        `hold`, the job's type or key starts nothing for that long."""
+        retrying, the try not counted, kept in the record as a snooze (ended at
+        `at_ms`, default now); with a `hold`, the job's type or key starts
+        nothing for that long."""
         return await self._end_try(
             job_type,
             job_id,
@@ -302,6 +312,7 @@ class Lifecycle(Reads):
             next_jobs,
             token,
             hold.encode() if hold is not None else "",
+            at_ms=at_ms,
             next_try_at_ms=due_ms,
         )
 
