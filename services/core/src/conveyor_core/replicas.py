@@ -59,13 +59,16 @@ async def call_and_wait(
         # redis-py types a script's client as a single node's; a cluster's works too.
         return Replicated(await script(keys=keys, args=args, client=client), 0, 0)  # type: ignore[arg-type]
     for attempt in range(RETRIES + 1):
-        node = client.get_node_from_key(keys[0]) if isinstance(client, ClusterClient) else None
+        node = None
+        if isinstance(client, ClusterClient):
+            await client.initialize()  # the slot map, if not read yet
+            node = client.get_node_from_key(keys[0])
         async with client.pipeline(transaction=False) as pipe:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            if node is None:
-                pipe.execute_command("WAIT", replicas, timeout_ms)
-            else:
-                pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
+            # Both to one node, so on one connection (a cluster pipeline
+            # refuses `evalsha` by name, not the command itself).
+            on_node = {} if node is None else {"target_nodes": node}
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, **on_node)
+            pipe.execute_command("WAIT", replicas, timeout_ms, **on_node)
             reply, acknowledged = await _execute(pipe, client)
         if isinstance(reply, NoScriptError | AskError) and attempt < RETRIES:
             # Not run: load it (on every primary of a cluster) or let the slot map refresh.

@@ -110,9 +110,9 @@ class ShardSubscription:
         """A new connection to the node that serves the channel (per the slot map)."""
         connection: AbstractConnection
         if isinstance(self.redis, ClusterClient):
-            if refresh or self.redis._initialize:  # redis-py's "slot map not read yet"
+            await self.redis.initialize()  # the slot map, if not read yet
+            if refresh:  # the channel's node was lost: read where its slot is now
                 await self.redis.nodes_manager.initialize()
-                self.redis._initialize = False
             node = self.redis.get_node_from_key(self.channel)
             if node is None:
                 raise SubscriptionMovedError(f"no node serves the slot of {self.channel!r}")
