@@ -1,7 +1,6 @@
 """The cluster client, against a real Redis Cluster of 3 primaries and 3 replicas."""
 
 import asyncio
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,12 @@ from redis.exceptions import ClusterDownError, RedisClusterException
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisFault, connect, create_redis, redis_fault
 from conveyor_core.settings import RedisSettings
-from tests.support.cluster import ClusterNodeProcess, LocalCluster, free_cluster_port
+from tests.support.cluster import (
+    ClusterNodeProcess,
+    LocalCluster,
+    free_cluster_port,
+    lone_cluster_node,
+)
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -94,13 +98,8 @@ async def test_no_seed_answering_is_unreachable() -> None:
 
 @pytest.fixture
 def lone_node(tmp_path: Path) -> Iterator[ClusterNodeProcess]:
-    """A node in cluster mode that serves no slot: every key answers CLUSTERDOWN."""
-    node = ClusterNodeProcess(
-        shutil.which("redis-server") or "redis-server", free_cluster_port(), tmp_path
-    )
-    node.start()
-    yield node
-    node.stop()
+    with lone_cluster_node(tmp_path) as node:
+        yield node
 
 
 async def test_a_cluster_with_unserved_slots_is_a_cluster_fault(

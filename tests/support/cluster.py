@@ -280,3 +280,16 @@ def local_cluster() -> Iterator[LocalCluster]:
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@contextmanager
+def lone_cluster_node(directory: Path) -> Iterator[ClusterNodeProcess]:
+    """A node in cluster mode in no cluster: it serves no slot, so every key
+    answers CLUSTERDOWN (as a cluster does while a shard has no primary)."""
+    binary = shutil.which("redis-server") or "redis-server"
+    node = ClusterNodeProcess(binary, free_cluster_port(), directory)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
