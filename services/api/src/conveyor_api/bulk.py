@@ -51,6 +51,9 @@ from conveyor_core.store import BULK_BATCH_MAX, SCAN_BUDGET_PER_ITEM, JobFilter,
 
 logger = logging.getLogger("conveyor.api.bulk")
 
+# What a Redis fault may raise as: its class, or a reply error `redis_fault` names.
+_FAULT_OR_REPLY_ERRORS: tuple[type[Exception], ...] = (*REDIS_FAULT_ERRORS, ResponseError)
+
 # A bulk action's record stays readable this long after it starts.
 BULK_RECORD_TTL_S = 7 * 86_400
 # The lock of a running bulk action: refreshed every batch, so a dead
@@ -286,7 +289,7 @@ class BulkRunner:
         while not self._stopping:
             try:
                 await self.adopt()
-            except (*REDIS_FAULT_ERRORS, ResponseError) as exc:
+            except _FAULT_OR_REPLY_ERRORS as exc:
                 # Down, read-only or moving slots (a failover): next time.
                 if redis_fault(exc) is None:
                     raise
