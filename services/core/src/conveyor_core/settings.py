@@ -23,7 +23,8 @@ class RedisSettings(BaseSettings):
     # may be in it, but REDIS_PASSWORD is better: a chart takes it from a Secret.
     # A Redis Cluster: redis+cluster:// (rediss+cluster:// for TLS) and one or
     # more comma-separated seed nodes, `redis+cluster://user@host-a:6379,host-b:6379`;
-    # the services find every other node from any seed that answers.
+    # the client finds every other node from any seed that answers. In
+    # progress: the api and the worker refuse it at start for now.
     url: str = "redis://localhost:6379/0"
     # Fills in (or overrides) the URL's password.
     password: SecretStr | None = None
@@ -51,10 +52,11 @@ class RedisSettings(BaseSettings):
     # The name the sentinels know the master by.
     sentinel_master: str = "mymaster"
     # Replication is asynchronous: a write a primary acknowledged is lost if
-    # the primary dies before a replica has it. A submit may wait (Redis WAIT)
-    # until this many replicas hold it; 0 answers as soon as the primary has it.
+    # the primary dies before a replica has it. A write may wait (Redis WAIT)
+    # until this many replicas hold it; 0 answers as soon as the primary has
+    # it. In progress: not yet read by the submit.
     wait_replicas: int = Field(default=0, ge=0)
-    # How long that wait may take; then the submit answers with fewer replicas
+    # How long that wait may take; then the write answers with fewer replicas
     # and says so. Below REDIS_SOCKET_TIMEOUT_S, which bounds every reply.
     wait_timeout_ms: int = Field(default=100, gt=0)
 
