@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis as redis_sync
+from pydantic import SecretStr
 from redis.exceptions import ClusterDownError, RedisClusterException
 
 from conveyor_core.cluster import ClusterClient
@@ -15,9 +16,12 @@ from conveyor_core.settings import RedisSettings
 from tests.support.cluster import (
     ClusterNodeProcess,
     LocalCluster,
+    Security,
     free_cluster_port,
+    local_cluster,
     lone_cluster_node,
 )
+from tests.support.secure_redis import make_certificates
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -164,3 +168,62 @@ async def test_the_client_follows_a_failover_without_a_restart(
     # Every other slot kept working.
     for other in (KEYS[0], KEYS[2]):
         await cluster_redis.set(other, "still")
+
+
+async def test_the_client_comes_back_after_the_whole_cluster_was_down(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    await cluster_redis.set(KEYS[0], "before")
+    for node in redis_cluster.nodes:
+        node.stop()
+    # Each failing call forgets the node it tried: with every node tried, none is left to ask.
+    for _ in range(2 * len(redis_cluster.nodes)):
+        for key in KEYS:
+            with pytest.raises(REDIS_FAULT_ERRORS) as caught:
+                await cluster_redis.get(key)
+            assert redis_fault(caught.value) is RedisFault.UNREACHABLE
+    redis_cluster.restore()
+    assert await _until_it_works(cluster_redis, KEYS[0]) is not None
+    assert await cluster_redis.get(KEYS[0]) == b"after"
+
+
+@pytest.fixture
+def secure_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three primaries (no replicas: enough here) speaking TLS only, with a password."""
+    security = Security(
+        password="cluster-s3cret", certificates=make_certificates(tmp_path, client_too=True)
+    )
+    with local_cluster(replicas_per_primary=0, security=security) as cluster:
+        yield cluster
+
+
+async def test_a_cluster_over_tls_with_an_acl_user(secure_cluster: LocalCluster) -> None:
+    # ACL users are each node's own: the operator makes one on every node.
+    for node in secure_cluster.nodes:
+        with node.client() as direct:
+            direct.acl_setuser(
+                "conveyor", enabled=True, passwords=["+app-s3cret"], keys=["*"], commands=["+@all"]
+            )
+    assert secure_cluster.security is not None
+    url = secure_cluster.seed_url.replace("://", "://conveyor@", 1)
+    settings = RedisSettings(
+        url=url,
+        password=SecretStr("app-s3cret"),
+        tls_ca_file=str(secure_cluster.security.certificates.ca_file),
+    )
+    client = connect(settings)
+    try:
+        for key in KEYS:
+            await client.set(key, "over tls")
+        assert [await client.get(key) for key in KEYS] == [b"over tls"] * 3
+        # Every primary knows the client as the ACL user the URL names.
+        whoami = await client.execute_command("ACL", "WHOAMI", target_nodes="primaries")
+        assert set(whoami.values()) == {b"conveyor"}
+    finally:
+        await client.aclose()
+    wrong = connect(settings.model_copy(update={"password": SecretStr("wrong")}))
+    try:
+        with pytest.raises(redis_sync.AuthenticationError):
+            await wrong.get(KEYS[0])
+    finally:
+        await wrong.aclose()

@@ -17,8 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis as redis_sync
+
+from tests.support.secure_redis import Certificates
 
 PRIMARIES = 3
 REPLICAS_PER_PRIMARY = 1
@@ -51,6 +54,32 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free pair of ports for a cluster node")
 
 
+@dataclass(frozen=True, slots=True)
+class Security:
+    """What each node of a secured cluster wants: a password, TLS with this CA's certificate."""
+
+    password: str
+    certificates: Certificates
+
+    def server_args(self) -> list[str]:
+        certs = self.certificates
+        args = ["--requirepass", self.password, "--masterauth", self.password]
+        args += ["--tls-cert-file", str(certs.cert_file), "--tls-key-file", str(certs.key_file)]
+        args += ["--tls-ca-cert-file", str(certs.ca_file), "--tls-auth-clients", "no"]
+        # Replication and the cluster bus speak TLS too: no plain port at all.
+        return [*args, "--tls-replication", "yes", "--tls-cluster", "yes"]
+
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "password": self.password,
+            "ssl": True,
+            "ssl_ca_certs": str(self.certificates.ca_file),
+        }
+
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.certificates.ca_file), "-a", self.password]
+
+
 @dataclass(eq=False)
 class ClusterNodeProcess:
     """One `redis-server` of the cluster; its dir keeps nodes.conf across a restart."""
@@ -58,10 +87,15 @@ class ClusterNodeProcess:
     binary: str
     port: int
     dir: Path
+    security: Security | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args = [self.binary, "--bind", "127.0.0.1"]
+        if self.security is None:
+            args += ["--port", str(self.port)]
+        else:
+            args += ["--port", "0", "--tls-port", str(self.port), *self.security.server_args()]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
         # No slot left unserved takes the others down: keys elsewhere stay usable.
@@ -84,7 +118,8 @@ class ClusterNodeProcess:
             return False
 
     def client(self, socket_timeout: float = 2.0) -> redis_sync.Redis:
-        return redis_sync.Redis(port=self.port, socket_timeout=socket_timeout)
+        options = self.security.client_options() if self.security else {}
+        return redis_sync.Redis(port=self.port, socket_timeout=socket_timeout, **options)
 
     def cluster_info(self) -> dict[str, str]:
         """CLUSTER INFO as fields (`cluster_state`: ok or fail)."""
@@ -146,6 +181,9 @@ class LocalCluster:
     """Three primaries and their replicas on 127.0.0.1, started and torn down together."""
 
     binary: str = field(default_factory=lambda: shutil.which("redis-server") or "redis-server")
+    primaries_wanted: int = PRIMARIES
+    replicas_per_primary: int = REPLICAS_PER_PRIMARY
+    security: Security | None = None
     nodes: list[ClusterNodeProcess] = field(default_factory=list)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="conveyor-cluster-")))
 
@@ -153,31 +191,26 @@ class LocalCluster:
     def seed_url(self) -> str:
         """A `redis+cluster://` URL naming two seed nodes (any one is enough)."""
         seeds = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:2])
-        return f"redis+cluster://{seeds}"
+        scheme = "rediss+cluster" if self.security else "redis+cluster"
+        return f"{scheme}://{seeds}"
 
     def start(self) -> "LocalCluster":
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not on PATH (make test-deps installs redis-tools)")
-        for _ in range(PRIMARIES * (1 + REPLICAS_PER_PRIMARY)):
+        for _ in range(self.primaries_wanted * (1 + self.replicas_per_primary)):
             port = free_cluster_port()
             node_dir = self.root / str(port)
             node_dir.mkdir()
-            node = ClusterNodeProcess(self.binary, port, node_dir)
+            node = ClusterNodeProcess(self.binary, port, node_dir, self.security)
             self.nodes.append(node)
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        replicas = str(REPLICAS_PER_PRIMARY)
+        replicas = str(self.replicas_per_primary)
+        secure = self.security.cli_args() if self.security else []
+        create = ["--cluster", "create", *addresses, "--cluster-replicas", replicas]
         subprocess.run(
-            [
-                cli,
-                "--cluster",
-                "create",
-                *addresses,
-                "--cluster-replicas",
-                replicas,
-                "--cluster-yes",
-            ],
+            [cli, *secure, *create, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=READY_TIMEOUT_S,
@@ -217,7 +250,7 @@ class LocalCluster:
         if not all(node.cluster_info().get("cluster_state") == "ok" for node in running):
             return False
         primaries = self.primaries()
-        if len(primaries) != PRIMARIES:
+        if len(primaries) != self.primaries_wanted:
             return False
         # Every replica has finished its first sync (else a WAIT or a
         # failover right after sees no replica).
@@ -274,8 +307,8 @@ class LocalCluster:
 
 
 @contextmanager
-def local_cluster() -> Iterator[LocalCluster]:
-    cluster = LocalCluster()
+def local_cluster(**options: Any) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(**options)
     try:
         yield cluster.start()
     finally:

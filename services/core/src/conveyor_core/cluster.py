@@ -31,6 +31,7 @@ from arq.constants import default_queue_name, expires_extra_ms
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
+    AuthenticationError,
     ClusterDownError,
     MasterDownError,
     RedisClusterException,
@@ -85,6 +86,8 @@ class ClusterClient(RedisCluster):
             await super().initialize()
         except RedisClusterException as exc:
             message = str(exc)
+            if isinstance(exc.__cause__, AuthenticationError):  # as one node says it
+                raise exc.__cause__ from exc
             if message.startswith(_NO_SEED_ANSWERS):
                 raise RedisConnectionError(message) from exc
             if message.startswith(_SLOTS_UNSERVED):
