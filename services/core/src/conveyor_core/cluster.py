@@ -18,6 +18,8 @@ What redis-py does for us, and what it does not:
   failover, calls reach the promoted replica without a restart;
 - commands whose keys span slots raise before anything is sent;
 - pipelines (`transaction=False` only) are split per node, one connection each;
+- a node's new connections connect side by side, with no pool lock held
+  (what `redis.ParallelConnectionPool` fixes for one node is not needed);
 - a `Script` loads itself with SCRIPT LOAD on every primary on its first
   NOSCRIPT (a promoted replica starts with no scripts), but a script queued
   in a cluster pipeline is not loaded for it: call scripts directly;
