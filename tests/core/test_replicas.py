@@ -1,10 +1,13 @@
 """A write that waits for replicas (WAIT), on a real cluster and on a single Redis."""
 
+import asyncio
+
 import pytest
 import redis as redis_sync
 from arq.connections import ArqRedis
 
 from conveyor_core.cluster import ClusterClient
+from conveyor_core.redis import REDIS_FAULT_ERRORS
 from conveyor_core.replicas import call_and_wait
 from tests.support.cluster import LocalCluster
 
@@ -12,6 +15,8 @@ pytestmark = pytest.mark.xdist_group("cluster")
 
 WRITE = "return redis.call('incr', KEYS[1])"
 KEY = "conveyor:{b}:counter"
+APPEND = "return redis.call('rpush', KEYS[1], ARGV[1])"
+LOG = "conveyor:{b}:log"
 TIMEOUT_MS = 200
 
 
@@ -59,3 +64,53 @@ async def test_a_single_redis_has_no_replica_to_wait_for(redis: ArqRedis) -> Non
     assert (done.reply, done.acknowledged, done.short) == (1, 0, True)
     done = await call_and_wait(redis, script, keys=[KEY], args=[], replicas=0, timeout_ms=50)
     assert (done.reply, done.short) == (2, False)
+
+
+async def _write_through_a_failover(
+    client: ClusterClient, cluster: LocalCluster, replicas: int
+) -> tuple[set[int], set[int]]:
+    """Writers append numbers to one list while its primary is SIGKILLed:
+    (the numbers each write's answer vouched for, the numbers the promoted primary has)."""
+    script = client.register_script(APPEND)
+    vouched: set[int] = set()
+    numbers = iter(range(1_000_000))
+    killed = asyncio.Event()
+
+    async def writer() -> None:
+        # Until some writes after the failover have been answered.
+        after = 0
+        while after < 20:
+            number = next(numbers)
+            try:
+                done = await call_and_wait(
+                    client,
+                    script,
+                    keys=[LOG],
+                    args=[number],
+                    replicas=replicas,
+                    timeout_ms=TIMEOUT_MS,
+                )
+            except REDIS_FAULT_ERRORS:
+                await asyncio.sleep(0.05)
+                continue
+            if not done.short:
+                vouched.add(number)
+            after += killed.is_set()
+
+    async def killer() -> None:
+        while len(vouched) < 200:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(cluster.kill_primary, cluster.primary_of(LOG))
+        killed.set()
+
+    await asyncio.gather(killer(), *(writer() for _ in range(4)))
+    kept = {int(raw) for raw in await client.lrange(LOG, 0, -1)}
+    return vouched, kept
+
+
+async def test_every_write_a_replica_acknowledged_survives_a_failover(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    vouched, kept = await _write_through_a_failover(cluster_redis, redis_cluster, replicas=1)
+    assert len(vouched) > 200
+    assert vouched <= kept, f"lost {sorted(vouched - kept)[:20]}"
