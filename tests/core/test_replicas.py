@@ -104,7 +104,7 @@ async def _write_through_a_failover(
         killed.set()
 
     await asyncio.gather(killer(), *(writer() for _ in range(4)))
-    kept = {int(raw) for raw in await client.lrange(LOG, 0, -1)}
+    kept = {int(raw) for raw in await client.lrange(LOG, 0, -1)}  # type: ignore[misc]
     return vouched, kept
 
 
