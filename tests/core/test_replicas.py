@@ -67,7 +67,7 @@ async def test_a_single_redis_has_no_replica_to_wait_for(redis: ArqRedis) -> Non
 
 
 async def _write_through_a_failover(
-    client: ClusterClient, cluster: LocalCluster, replicas: int
+    client: ClusterClient, cluster: LocalCluster, replicas: int, *, cut_off_first: bool = False
 ) -> tuple[set[int], set[int]]:
     """Writers append numbers to one list while its primary is SIGKILLed:
     (the numbers each write's answer vouched for, the numbers the promoted primary has)."""
@@ -100,7 +100,8 @@ async def _write_through_a_failover(
     async def killer() -> None:
         while len(vouched) < 200:
             await asyncio.sleep(0.01)
-        await asyncio.to_thread(cluster.kill_primary, cluster.primary_of(LOG))
+        primary = cluster.primary_of(LOG)
+        await asyncio.to_thread(cluster.kill_primary, primary, cut_off_first=cut_off_first)
         killed.set()
 
     await asyncio.gather(killer(), *(writer() for _ in range(4)))
@@ -108,9 +109,22 @@ async def _write_through_a_failover(
     return vouched, kept
 
 
+@pytest.mark.parametrize("cut_off_first", [False, True], ids=["in-step", "replica-cut-off"])
 async def test_every_write_a_replica_acknowledged_survives_a_failover(
-    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster, cut_off_first: bool
 ) -> None:
-    vouched, kept = await _write_through_a_failover(cluster_redis, redis_cluster, replicas=1)
+    vouched, kept = await _write_through_a_failover(
+        cluster_redis, redis_cluster, replicas=1, cut_off_first=cut_off_first
+    )
     assert len(vouched) > 200
     assert vouched <= kept, f"lost {sorted(vouched - kept)[:20]}"
+
+
+async def test_without_a_wait_acknowledged_writes_can_be_lost(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    # What REDIS_WAIT_REPLICAS is for: the primary said yes, then died first.
+    vouched, kept = await _write_through_a_failover(
+        cluster_redis, redis_cluster, replicas=0, cut_off_first=True
+    )
+    assert vouched - kept

@@ -30,6 +30,8 @@ REPLICAS_PER_PRIMARY = 1
 NODE_TIMEOUT_MS = 1500
 READY_TIMEOUT_S = 30.0
 FAILOVER_TIMEOUT_S = 30.0
+# How long a primary takes writes alone before it is killed (kill_primary's cut_off_first).
+CUT_OFF_S = 0.3
 
 # A node also listens on its port + 10000 (the cluster bus), so ports stay below this.
 MAX_PORT = 55535
@@ -153,6 +155,15 @@ class ClusterNodeProcess:
             reply = client.execute_command("ROLE")
         role: bytes = reply[0]
         return role.decode()
+
+    def freeze(self) -> None:
+        """SIGSTOP: alive, but reads and answers nothing."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no last words to the replicas."""
@@ -283,10 +294,24 @@ class LocalCluster:
                 return node
         raise LookupError(f"no replica follows {primary.port}")
 
-    def kill_primary(self, primary: ClusterNodeProcess) -> ClusterNodeProcess:
-        """SIGKILL `primary`; return its replica once that serves the slots as primary."""
+    def kill_primary(
+        self, primary: ClusterNodeProcess, *, cut_off_first: bool = False
+    ) -> ClusterNodeProcess:
+        """SIGKILL `primary`; return its replica once that serves the slots as primary.
+
+        `cut_off_first`: first cut the replica off (frozen, its link closed by
+        the primary), so what the primary takes from then on never reaches
+        it: the writes a failover loses, made certain.
+        """
         replica = self.replica_of(primary)
+        if cut_off_first:
+            replica.freeze()
+            with primary.client() as direct:
+                direct.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            # Writes go on meanwhile, to the primary alone.
+            time.sleep(CUT_OFF_S)
         primary.kill()
+        replica.thaw()
         deadline = time.monotonic() + FAILOVER_TIMEOUT_S
         while True:
             try:
