@@ -69,13 +69,23 @@ class RedisFault(StrEnum):
         return self is not RedisFault.OUT_OF_MEMORY
 
 
+# A cluster's own faults: a slot unserved or moving (a failover, resharding),
+# whatever redis-py made of it (ClusterError covers ClusterDownError, and
+# AskError MovedError).
+CLUSTER_FAULT_ERRORS: tuple[type[Exception], ...] = (
+    ClusterError,
+    TryAgainError,
+    SlotNotCoveredError,
+    AskError,
+)
+
 # Every exception class that means "a Redis fault", not a bad command: what a
 # loop that must survive Redis trouble catches. `redis_fault` names which one.
 REDIS_FAULT_ERRORS: tuple[type[Exception], ...] = (
     *REDIS_DOWN_ERRORS,
     OutOfMemoryError,
     ReadOnlyError,
-    *(CLUSTER_ERRORS := (ClusterError, TryAgainError, SlotNotCoveredError, AskError)),
+    *CLUSTER_FAULT_ERRORS,
 )
 
 # Every kind exported at 0 from the start: rate() cannot see a counter born at 1.
@@ -109,7 +119,7 @@ def redis_fault(exc: BaseException) -> RedisFault | None:
         return RedisFault.READ_ONLY
     # ClusterDownError, MasterDownError, "TTL exhausted" (a key moved too many
     # times), TRYAGAIN, a slot no node serves, a redirect redis-py gave up on.
-    if isinstance(exc, CLUSTER_ERRORS):
+    if isinstance(exc, CLUSTER_FAULT_ERRORS):
         return RedisFault.CLUSTER_DOWN
     if isinstance(exc, RedisTimeoutError | builtins.TimeoutError):
         return RedisFault.TIMED_OUT
