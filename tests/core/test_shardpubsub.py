@@ -119,3 +119,27 @@ async def test_a_stop_ends_the_subscription_by_itself(cluster_redis: ClusterClie
     assert subscription._task.done()
     assert not subscription._task.cancelled()
     assert await spublish(cluster_redis, CHANNELS[0], b"nobody") == 0
+
+
+async def test_a_subscription_leaves_a_frozen_node(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    channel = CHANNELS[2]
+    heard = Heard()
+    subscription = ShardSubscription(
+        cluster_redis, channel, heard.on_message, heard.on_gap, ping_every_s=1.0
+    )
+    subscription.start()
+    old = redis_cluster.primary_of(channel)
+    replica = redis_cluster.replica_of(old)
+    try:
+        await asyncio.wait_for(subscription.subscribed.wait(), WAIT_S)
+        await _publish_until_heard(cluster_redis, channel, b"before", heard)
+        # Frozen, its connections stay open: only silence tells.
+        old.freeze()
+        await asyncio.to_thread(redis_cluster.wait_for_promotion, replica, old)
+        await _publish_until_heard(cluster_redis, channel, b"after", heard)
+    finally:
+        old.thaw()
+        await subscription.stop()
+    assert heard.gaps >= 3

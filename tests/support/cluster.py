@@ -312,6 +312,12 @@ class LocalCluster:
             time.sleep(CUT_OFF_S)
         primary.kill()
         replica.thaw()
+        return self.wait_for_promotion(replica, primary)
+
+    def wait_for_promotion(
+        self, replica: ClusterNodeProcess, primary: ClusterNodeProcess
+    ) -> ClusterNodeProcess:
+        """`replica`, once it serves `primary`'s slots as primary."""
         deadline = time.monotonic() + FAILOVER_TIMEOUT_S
         while True:
             try:

@@ -9,7 +9,8 @@ on it. A single Redis 7 takes SSUBSCRIBE and SPUBLISH too: one code path.
 
 The node drops a subscriber when the slot leaves it (failover, resharding:
 a `sunsubscribe` push), or dies; SSUBSCRIBE to a node that does not serve
-the slot answers MOVED. Each of these is a gap: the subscription reports it,
+the slot answers MOVED; a node that stops answering (frozen, cut off) is
+found by a PING after some silence. Each of these is a gap: the subscription reports it,
 reads the slot map again and subscribes where the slot is now. As with
 `pubsub.Subscription`, it stops by a flag, never by cancelling a read.
 """
@@ -17,10 +18,12 @@ reads the slot map again and subscribes where the slot is now. As with
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient, describe_redis_error
@@ -29,6 +32,11 @@ logger = logging.getLogger(__name__)
 
 # How long one read waits for a message; also the longest a stop takes.
 READ_WAIT_S = 0.25
+# How long SSUBSCRIBE may take to be confirmed.
+SUBSCRIBE_WAIT_S = 2.0
+# A subscription that hears nothing this long sends a PING; one that then
+# hears nothing as long again is lost (its node frozen, or cut off without a reset).
+PING_EVERY_S = 5.0
 # After a lost subscription, the first retry comes this soon, then less often.
 RECONNECT_FIRST_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 1.0
@@ -59,11 +67,14 @@ class ShardSubscription:
         channel: str,
         on_message: Callable[[bytes], None],
         on_gap: Callable[[], None],
+        *,
+        ping_every_s: float = PING_EVERY_S,
     ) -> None:
         self.redis = redis
         self.channel = channel
         self.on_message = on_message
         self.on_gap = on_gap
+        self.ping_every_s = ping_every_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Set once each time a subscription is confirmed (tests and readiness wait on it).
@@ -124,16 +135,27 @@ class ShardSubscription:
 
     async def _subscribe(self, connection: AbstractConnection) -> None:
         await connection.send_command("SSUBSCRIBE", self.channel)
-        reply = await self._next(connection, timeout_s=None)
+        reply = await self._next(connection, timeout_s=SUBSCRIBE_WAIT_S)
+        if reply is None:
+            raise RedisTimeoutError(f"SSUBSCRIBE {self.channel} not confirmed in time")
         if not (isinstance(reply, list) and _kind(reply) == "ssubscribe"):
             raise SubscriptionMovedError(f"unexpected reply to SSUBSCRIBE: {reply!r:.100}")
         self.subscribed.set()
 
     async def _read(self, connection: AbstractConnection) -> None:
+        heard_s = time.monotonic()
+        pinged = False
         while not self._stopping.is_set():
             reply = await self._next(connection, timeout_s=READ_WAIT_S)
             if reply is None:
+                silent_s = time.monotonic() - heard_s
+                if silent_s > 2 * self.ping_every_s:
+                    raise RedisTimeoutError(f"no answer to PING in {silent_s:.1f} s")
+                if silent_s > self.ping_every_s and not pinged:
+                    await connection.send_command("PING")
+                    pinged = True
                 continue
+            heard_s, pinged = time.monotonic(), False
             kind = _kind(reply)
             if kind == "smessage":
                 self.on_message(reply[2])
