@@ -95,13 +95,19 @@ def log_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the cluster joins the xdist group `cluster`, so one
+    worker process runs them all against one cluster."""
+    for item in items:
+        if "redis_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[LocalCluster]:
-    """A real Redis Cluster (3 primaries, 3 replicas on loopback) for this test process.
-
-    Modules that use it carry `pytest.mark.xdist_group("cluster")`, so one
-    worker process runs them all against one cluster.
-    """
+    """A real Redis Cluster (3 primaries, 3 replicas on loopback) for this test
+    process; every test that uses it runs in the xdist group `cluster`."""
     with local_cluster() as cluster:
         yield cluster
 

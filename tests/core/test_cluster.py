@@ -23,8 +23,6 @@ from tests.support.cluster import (
 )
 from tests.support.secure_redis import make_certificates
 
-pytestmark = pytest.mark.xdist_group("cluster")
-
 # Keys whose slots lie on each of the three primaries (0-5460, 5461-10922, 10923-16383).
 KEYS = ["conveyor:{a}", "conveyor:{b}", "conveyor:{c}"]
 # How long a failover may take to reach the client (node timeout, election, map refresh).

@@ -128,7 +128,6 @@ def configured_node(node: ClusterNodeProcess, **config: str) -> Iterator[None]:
                 direct.config_set(name.replace("_", "-"), value)
 
 
-@pytest.mark.xdist_group("cluster")
 async def test_a_cluster_reads_as_its_fullest_primary(
     cluster_redis: ClusterClient, redis_cluster: LocalCluster
 ) -> None:
@@ -141,7 +140,6 @@ async def test_a_cluster_reads_as_its_fullest_primary(
     assert health.not_ready_reason is None
 
 
-@pytest.mark.xdist_group("cluster")
 async def test_one_evicting_primary_makes_the_cluster_unready(
     cluster_redis: ClusterClient, redis_cluster: LocalCluster
 ) -> None:

@@ -11,8 +11,6 @@ from conveyor_core.redis import REDIS_FAULT_ERRORS
 from conveyor_core.replicas import call_and_wait
 from tests.support.cluster import LocalCluster
 
-pytestmark = pytest.mark.xdist_group("cluster")
-
 WRITE = "return redis.call('incr', KEYS[1])"
 KEY = "conveyor:{b}:counter"
 APPEND = "return redis.call('rpush', KEYS[1], ARGV[1])"

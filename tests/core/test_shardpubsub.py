@@ -6,15 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
-import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient
 from conveyor_core.shardpubsub import ShardSubscription, spublish
 from tests.support.cluster import LocalCluster
-
-pytestmark = pytest.mark.xdist_group("cluster")
 
 # Channels whose slots lie on each of the cluster's three primaries.
 CHANNELS = ["conveyor:events:{a}", "conveyor:events:{b}", "conveyor:events:{c}"]
