@@ -33,8 +33,10 @@ FAILOVER_TIMEOUT_S = 30.0
 # How long a primary takes writes alone before it is killed (kill_primary's cut_off_first).
 CUT_OFF_S = 0.3
 
-# A node also listens on its port + 10000 (the cluster bus), so ports stay below this.
-MAX_PORT = 55535
+# A node also listens on its port + 10000 (the cluster bus). Both stay below
+# Linux's ephemeral range (from 32768), so no outgoing connection takes the
+# port of a node while it is down for a restart.
+MIN_PORT, MAX_PORT = 10000, 22767
 BUS_PORT_OFFSET = 10000
 
 
@@ -50,7 +52,7 @@ def _bindable(port: int) -> bool:
 def free_cluster_port() -> int:
     """A port that was free a moment ago, and its cluster bus port too."""
     for _ in range(1000):
-        port = random.randint(20000, MAX_PORT)
+        port = random.randint(MIN_PORT, MAX_PORT)
         if _bindable(port) and _bindable(port + BUS_PORT_OFFSET):
             return port
     raise RuntimeError("no free pair of ports for a cluster node")
