@@ -17,7 +17,9 @@ What redis-py does for us, and what it does not:
   connection or CLUSTERDOWN reads the map again and retries: after a
   failover, calls reach the promoted replica without a restart;
 - commands whose keys span slots raise before anything is sent;
-- pipelines (`transaction=False` only) are split per node, one connection each;
+- pipelines (`transaction=False` only) are split per node, one connection
+  each; unlike a command, redis-py's cluster pipeline retries a timeout (up
+  to `cluster_error_retry_attempts` times, 0.25 s apart);
 - a node's new connections connect side by side, with no pool lock held
   (what `redis.ParallelConnectionPool` fixes for one node is not needed);
 - a `Script` loads itself with SCRIPT LOAD on every primary on its first
