@@ -12,7 +12,7 @@ from arq.connections import ArqRedis
 
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.local.redis_server import RedisProcess, local_redis_process, resolve_redis
-from conveyor_core.redis import connect, create_redis
+from conveyor_core.redis import RedisClient, connect, create_redis
 from conveyor_core.settings import RedisSettings
 from conveyor_core.tracing import setup_tracing
 from tests.support.cluster import LocalCluster, local_cluster
@@ -124,5 +124,15 @@ def cluster_url(redis_cluster: LocalCluster) -> str:
 async def cluster_redis(cluster_url: str) -> AsyncIterator[ClusterClient]:
     client = connect(RedisSettings(url=cluster_url))
     assert isinstance(client, ClusterClient)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["node", pytest.param("cluster", marks=pytest.mark.xdist_group("cluster"))])
+async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[RedisClient]:
+    """A client of an empty single Redis, then of an empty cluster: a test that
+    takes it runs on both."""
+    url = request.getfixturevalue("redis_url" if request.param == "node" else "cluster_url")
+    client = connect(RedisSettings(url=url))
     yield client
     await client.aclose()
