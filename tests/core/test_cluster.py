@@ -225,3 +225,44 @@ async def test_a_cluster_over_tls_with_an_acl_user(secure_cluster: LocalCluster)
             await wrong.get(KEYS[0])
     finally:
         await wrong.aclose()
+
+
+async def test_a_timeout_is_not_retried(redis_cluster: LocalCluster, cluster_url: str) -> None:
+    """A node that hangs gets each command once, as on one node: a retried
+    timeout would double the time to a 503. Redis runs what reached it when it
+    wakes, so it counts what was sent."""
+    key = KEYS[0]
+    primary = redis_cluster.primary_of(key)
+    settings = RedisSettings(url=cluster_url, socket_timeout_s=0.2)
+    command, pipelined = connect(settings), connect(settings)
+    try:
+        for client in (command, pipelined):
+            await client.get(key)  # the slot map, read before the node hangs
+        with primary.client() as direct:
+            direct.config_resetstat()
+        hang = asyncio.create_task(asyncio.to_thread(primary.hang, 1.0))
+        await asyncio.to_thread(_until_silent, primary)
+        with pytest.raises(REDIS_FAULT_ERRORS) as caught:
+            await command.incr(key)
+        assert redis_fault(caught.value) is RedisFault.TIMED_OUT
+        pipe = pipelined.pipeline(transaction=False)
+        pipe.incr(key)
+        with pytest.raises(REDIS_FAULT_ERRORS) as caught:
+            await pipe.execute()
+        assert redis_fault(caught.value) is RedisFault.TIMED_OUT
+        await hang
+        with primary.client() as direct:
+            assert direct.get(key) == b"2"
+    finally:
+        await command.aclose()
+        await pipelined.aclose()
+
+
+def _until_silent(node: ClusterNodeProcess) -> None:
+    """Return once `node` no longer answers a PING in time (its hang has begun)."""
+    while True:
+        try:
+            with node.client(socket_timeout=0.05) as direct:
+                direct.ping()
+        except redis_sync.TimeoutError:
+            return

@@ -105,6 +105,7 @@ class ClusterNodeProcess:
         # No slot left unserved takes the others down: keys elsewhere stay usable.
         args += ["--cluster-require-full-coverage", "no"]
         args += ["--save", "", "--appendonly", "no", "--dir", str(self.dir)]
+        args += ["--enable-debug-command", "local"]  # DEBUG SLEEP: a node that hangs a while
         log = (self.dir / "server.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -157,6 +158,13 @@ class ClusterNodeProcess:
             reply = client.execute_command("ROLE")
         role: bytes = reply[0]
         return role.decode()
+
+    def hang(self, seconds: float) -> None:
+        """DEBUG SLEEP: the node answers nothing for `seconds`, then runs what came meanwhile.
+
+        Below the cluster's node timeout, it is a hang, not a failover."""
+        with self.client(socket_timeout=seconds + 5) as direct:
+            direct.execute_command("DEBUG", "SLEEP", seconds)
 
     def freeze(self) -> None:
         """SIGSTOP: alive, but reads and answers nothing."""

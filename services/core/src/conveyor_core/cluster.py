@@ -17,9 +17,7 @@ What redis-py does for us, and what it does not:
   connection or CLUSTERDOWN reads the map again and retries: after a
   failover, calls reach the promoted replica without a restart;
 - commands whose keys span slots raise before anything is sent;
-- pipelines (`transaction=False` only) are split per node, one connection
-  each; unlike a command, redis-py's cluster pipeline retries a timeout (up
-  to `cluster_error_retry_attempts` times, 0.25 s apart);
+- pipelines (`transaction=False` only) are split per node, one connection each;
 - a node's new connections connect side by side, with no pool lock held
   (what `redis.ParallelConnectionPool` fixes for one node is not needed);
 - a `Script` loads itself with SCRIPT LOAD on every primary on its first
@@ -32,7 +30,7 @@ What redis-py does for us, and what it does not:
 from typing import Any
 
 from arq.constants import default_queue_name, expires_extra_ms
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
@@ -73,6 +71,13 @@ class ClusterClient(RedisCluster):
         self.default_queue_name = default_queue_name
         self.expires_extra_ms = expires_extra_ms
 
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        """redis-py's pipeline (no transaction), retried on the same errors as a command."""
+        super().pipeline(transaction, shard_hint)  # refuses a transaction, a shard hint
+        return _Pipeline(self)  # type: ignore[abstract]
+
     def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
         """A script run by EVALSHA on its keys' node, loaded on every primary on a NOSCRIPT.
 
@@ -98,6 +103,11 @@ class ClusterClient(RedisCluster):
                 raise ClusterDownError(message) from exc  # type: ignore[no-untyped-call]
             raise
         return self
+
+
+class _Pipeline(ClusterPipeline):
+    # redis-py retries a pipeline on a timeout too: not ours (see ClusterClient).
+    ERRORS_ALLOW_RETRY = ClusterClient.ERRORS_ALLOW_RETRY  # type: ignore[assignment]
 
 
 def create_cluster(seeds: list[tuple[str, int]], **options: Any) -> ClusterClient:
