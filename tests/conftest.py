@@ -10,10 +10,12 @@ import pytest
 import redis as redis_sync
 from arq.connections import ArqRedis
 
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.local.redis_server import RedisProcess, local_redis_process, resolve_redis
-from conveyor_core.redis import create_redis
+from conveyor_core.redis import RedisClient, connect, create_redis
 from conveyor_core.settings import RedisSettings
 from conveyor_core.tracing import setup_tracing
+from tests.support.cluster import LocalCluster, local_cluster
 from tests.support.smtp import SmtpServer
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
@@ -97,3 +99,46 @@ def log_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     for old in path.glob("*.log"):
         old.unlink()
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the cluster joins the xdist group `cluster`, so one
+    worker process runs them all against one cluster."""
+    for item in items:
+        if "redis_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 primaries, 3 replicas on loopback) for this test
+    process; every test that uses it runs in the xdist group `cluster`."""
+    with local_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """The seed URL of an empty cluster with every node up (a failover test may kill one)."""
+    redis_cluster.restore()
+    redis_cluster.flushall()
+    return redis_cluster.seed_url
+
+
+@pytest.fixture
+async def cluster_redis(cluster_url: str) -> AsyncIterator[ClusterClient]:
+    client = connect(RedisSettings(url=cluster_url))
+    assert isinstance(client, ClusterClient)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["node", pytest.param("cluster", marks=pytest.mark.xdist_group("cluster"))])
+async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[RedisClient]:
+    """A client of an empty single Redis, then of an empty cluster: a test that
+    takes it runs on both."""
+    url = request.getfixturevalue("redis_url" if request.param == "node" else "cluster_url")
+    client = connect(RedisSettings(url=url))
+    yield client
+    await client.aclose()

@@ -2,16 +2,19 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from arq.connections import ArqRedis
 from prometheus_client import REGISTRY
 
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.local.redis_server import RedisProcess
 from conveyor_core.redis import create_redis
 from conveyor_core.redis_health import RedisHealth
 from conveyor_core.settings import RedisSettings
+from tests.support.cluster import ClusterNodeProcess, LocalCluster
 from tests.support.redis_faults import configured
 
 
@@ -106,3 +109,45 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 5) -> Non
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.02)
+
+
+@contextmanager
+def configured_node(node: ClusterNodeProcess, **config: str) -> Iterator[None]:
+    """CONFIG SET on one node of the shared cluster, put back afterwards."""
+    with node.client() as direct:
+        before = {
+            name: direct.config_get(name.replace("_", "-"))[name.replace("_", "-")]
+            for name in config
+        }
+        for name, value in config.items():
+            direct.config_set(name.replace("_", "-"), value)
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                direct.config_set(name.replace("_", "-"), value)
+
+
+async def test_a_cluster_reads_as_its_fullest_primary(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    health = RedisHealth(cluster_redis, RedisSettings(url=redis_cluster.seed_url), "api")
+    primary = redis_cluster.primaries()[1]
+    with configured_node(primary, maxmemory="64mb"):
+        memory = await health.check()
+    assert memory.policy == "noeviction"
+    assert memory.max_bytes == 64 * 1024 * 1024  # the one primary with a limit
+    assert health.not_ready_reason is None
+
+
+async def test_one_evicting_primary_makes_the_cluster_unready(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    health = RedisHealth(cluster_redis, RedisSettings(url=redis_cluster.seed_url), "worker")
+    with configured_node(redis_cluster.primaries()[2], maxmemory_policy="allkeys-lru"):
+        memory = await health.check()
+    assert memory.policy == "allkeys-lru"
+    assert health.not_ready_reason is not None
+    # Replicas are not asked: a replica's own policy does not evict the cluster's data.
+    with configured_node(redis_cluster.replicas()[0], maxmemory_policy="allkeys-lru"):
+        assert (await health.check()).policy == "noeviction"

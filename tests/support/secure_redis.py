@@ -33,8 +33,10 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_certificates(directory: Path) -> Certificates:
-    """A CA, and a server certificate it signed for localhost and 127.0.0.1."""
+def make_certificates(directory: Path, *, client_too: bool = False) -> Certificates:
+    """A CA, and a server certificate it signed for localhost and 127.0.0.1
+    (`client_too`: good as a client's as well, as cluster nodes use theirs
+    with each other)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -73,7 +75,12 @@ def make_certificates(directory: Path) -> Certificates:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [x509.OID_SERVER_AUTH, *([x509.OID_CLIENT_AUTH] if client_too else [])]
+            ),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     certs = Certificates(directory / "ca.pem", directory / "server.pem", directory / "server.key")

@@ -7,6 +7,10 @@ answered 201 for. The check says so loudly (a warning in the log, the
 and, unless `REDIS_ALLOW_EVICTION` is set, keeps the service unready. It also
 exports used and maximum memory, so an alert fires before a `noeviction`
 Redis is full and starts refusing writes.
+
+On a Redis Cluster it reads every primary: one that may evict makes the
+cluster evict, and the fullest one is the cluster's reading (its shard
+refuses writes first).
 """
 
 import asyncio
@@ -16,10 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.metrics import REDIS_MAXMEMORY_POLICY, REDIS_MEMORY_MAX, REDIS_MEMORY_USED
-from conveyor_core.redis import describe_redis_error, redis_fault
+from conveyor_core.redis import RedisClient, describe_redis_error, redis_fault
 from conveyor_core.settings import RedisSettings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,32 @@ class RedisMemory:
         """Used memory over maxmemory, or None without a limit."""
         return self.used_bytes / self.max_bytes if self.max_bytes else None
 
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> "RedisMemory":
+        """The reading in one node's INFO memory."""
+        return cls(
+            policy=str(info.get("maxmemory_policy", "unknown")),
+            used_bytes=int(info.get("used_memory", 0)),
+            max_bytes=int(info.get("maxmemory", 0)),
+        )
+
+
+def cluster_memory(readings: list[RedisMemory]) -> RedisMemory:
+    """A cluster's reading from its primaries': an evicting one first, then the fullest."""
+    unsafe = [memory for memory in readings if memory.evicts]
+    return max(unsafe or readings, key=lambda memory: memory.used_ratio or 0.0)
+
+
+async def read_memory(redis: RedisClient) -> RedisMemory:
+    """INFO memory of one Redis, or of every primary of a cluster (see `cluster_memory`)."""
+    if isinstance(redis, ClusterClient):
+        by_node: dict[str, dict[str, Any]] = await redis.info(
+            "memory", target_nodes=ClusterClient.PRIMARIES
+        )
+        return cluster_memory([RedisMemory.of(info) for info in by_node.values()])
+    info: dict[str, Any] = await redis.info("memory")
+    return RedisMemory.of(info)
+
 
 class RedisHealth:
     """The last reading of Redis' memory, and the task that refreshes it.
@@ -71,7 +100,7 @@ class RedisHealth:
     `not_ready_reason`, the api's status page reads `public()`.
     """
 
-    def __init__(self, redis: Redis, settings: RedisSettings, service: str) -> None:
+    def __init__(self, redis: RedisClient, settings: RedisSettings, service: str) -> None:
         self._redis = redis
         self._settings = settings
         self._service = service
@@ -148,12 +177,7 @@ class RedisHealth:
     async def check(self) -> RedisMemory:
         """Read INFO memory once (bounded by the socket timeout), export it, warn if unsafe."""
         async with asyncio.timeout(self._settings.socket_timeout_s):
-            info: dict[str, Any] = await self._redis.info("memory")
-        memory = RedisMemory(
-            policy=str(info.get("maxmemory_policy", "unknown")),
-            used_bytes=int(info.get("used_memory", 0)),
-            max_bytes=int(info.get("maxmemory", 0)),
-        )
+            memory = await read_memory(self._redis)
         previous, self.memory = self.memory, memory
         self.checked_at_s = time.monotonic()
         REDIS_MAXMEMORY_POLICY.clear()

@@ -1,0 +1,128 @@
+"""A write that waits for replicas (WAIT), on a real cluster and on a single Redis."""
+
+import asyncio
+
+import pytest
+import redis as redis_sync
+from arq.connections import ArqRedis
+
+from conveyor_core.cluster import ClusterClient
+from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient
+from conveyor_core.replicas import call_and_wait
+from tests.support.cluster import LocalCluster
+
+WRITE = "return redis.call('incr', KEYS[1])"
+KEY = "conveyor:{b}:counter"
+APPEND = "return redis.call('rpush', KEYS[1], ARGV[1])"
+LOG = "conveyor:{b}:log"
+TIMEOUT_MS = 200
+
+
+async def test_a_write_returns_once_its_replica_holds_it(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    script = cluster_redis.register_script(WRITE)
+    for node in redis_cluster.primaries():  # NOSCRIPT first: it loads itself and runs once
+        with node.client() as direct:
+            direct.script_flush()
+    done = await call_and_wait(
+        cluster_redis, script, keys=[KEY], args=[], replicas=1, timeout_ms=TIMEOUT_MS
+    )
+    assert (done.reply, done.wanted, done.acknowledged, done.short) == (1, 1, 1, False)
+    # The replica of the key's primary has it already: no wait for replication here.
+    replica = redis_cluster.replica_of(redis_cluster.primary_of(KEY))
+    with redis_sync.Redis(port=replica.port, single_connection_client=True) as direct:
+        direct.execute_command("READONLY")
+        assert direct.get(KEY) == b"1"
+
+
+async def test_with_its_replica_down_a_write_says_it_is_short(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    script = cluster_redis.register_script(WRITE)
+    redis_cluster.replica_of(redis_cluster.primary_of(KEY)).stop()
+    done = await call_and_wait(
+        cluster_redis, script, keys=[KEY], args=[], replicas=1, timeout_ms=TIMEOUT_MS
+    )
+    # The primary took it (the write is not undone), but no replica holds it.
+    assert (done.reply, done.acknowledged, done.short) == (1, 0, True)
+    assert await cluster_redis.get(KEY) == b"1"
+
+
+async def test_without_replicas_wanted_nothing_waits(any_redis: RedisClient) -> None:
+    script = any_redis.register_script(WRITE)
+    done = await call_and_wait(any_redis, script, keys=[KEY], args=[], replicas=0, timeout_ms=1)
+    assert (done.reply, done.wanted, done.short) == (1, 0, False)
+
+
+async def test_a_single_redis_has_no_replica_to_wait_for(redis: ArqRedis) -> None:
+    script = redis.register_script(WRITE)
+    await redis.script_flush()
+    done = await call_and_wait(redis, script, keys=[KEY], args=[], replicas=1, timeout_ms=50)
+    assert (done.reply, done.acknowledged, done.short) == (1, 0, True)
+    done = await call_and_wait(redis, script, keys=[KEY], args=[], replicas=0, timeout_ms=50)
+    assert (done.reply, done.short) == (2, False)
+
+
+async def _write_through_a_failover(
+    client: ClusterClient, cluster: LocalCluster, replicas: int, *, cut_off_first: bool = False
+) -> tuple[set[int], set[int]]:
+    """Writers append numbers to one list while its primary is SIGKILLed:
+    (the numbers each write's answer vouched for, the numbers the promoted primary has)."""
+    script = client.register_script(APPEND)
+    vouched: set[int] = set()
+    numbers = iter(range(1_000_000))
+    killed = asyncio.Event()
+
+    async def writer() -> None:
+        # Until some writes after the failover have been answered.
+        after = 0
+        while after < 20:
+            number = next(numbers)
+            try:
+                done = await call_and_wait(
+                    client,
+                    script,
+                    keys=[LOG],
+                    args=[number],
+                    replicas=replicas,
+                    timeout_ms=TIMEOUT_MS,
+                )
+            except REDIS_FAULT_ERRORS:
+                await asyncio.sleep(0.05)
+                continue
+            if not done.short:
+                vouched.add(number)
+            after += killed.is_set()
+
+    async def killer() -> None:
+        while len(vouched) < 200:
+            await asyncio.sleep(0.01)
+        primary = cluster.primary_of(LOG)
+        await asyncio.to_thread(cluster.kill_primary, primary, cut_off_first=cut_off_first)
+        killed.set()
+
+    await asyncio.gather(killer(), *(writer() for _ in range(4)))
+    kept = {int(raw) for raw in await client.lrange(LOG, 0, -1)}  # type: ignore[misc]
+    return vouched, kept
+
+
+@pytest.mark.parametrize("cut_off_first", [False, True], ids=["in-step", "replica-cut-off"])
+async def test_every_write_a_replica_acknowledged_survives_a_failover(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster, cut_off_first: bool
+) -> None:
+    vouched, kept = await _write_through_a_failover(
+        cluster_redis, redis_cluster, replicas=1, cut_off_first=cut_off_first
+    )
+    assert len(vouched) > 200
+    assert vouched <= kept, f"lost {sorted(vouched - kept)[:20]}"
+
+
+async def test_without_a_wait_acknowledged_writes_can_be_lost(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    # What REDIS_WAIT_REPLICAS is for: the primary said yes, then died first.
+    vouched, kept = await _write_through_a_failover(
+        cluster_redis, redis_cluster, replicas=0, cut_off_first=True
+    )
+    assert vouched - kept
