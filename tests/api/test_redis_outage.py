@@ -368,7 +368,7 @@ async def test_a_cluster_without_a_primary_for_the_slot_answers_503(
     # CLUSTERDOWN: what a cluster answers while a shard has no primary (a failover).
     with lone_cluster_node(tmp_path) as node:
         url = f"redis://127.0.0.1:{node.port}/0"
-        async for client in serve(make_app(url, redis=tight(url))):
+        async with serve(make_app(url, redis=tight(url))) as client:
             response = await client.request(method, path, json=body)
             assert_redis_unavailable(response)
             assert "failover" in response.json()["detail"]
