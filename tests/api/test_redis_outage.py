@@ -21,7 +21,7 @@ from tests.api.conftest import make_app, serve
 from tests.support.auth import AUTH_HEADERS
 from tests.support.cluster import lone_cluster_node
 from tests.support.processes import api_process, stop_all
-from tests.support.redis_faults import configured, frozen, full, read_only_replica
+from tests.support.redis_faults import busy, configured, frozen, full, read_only_replica
 
 QUICK_S = 1.0
 
@@ -201,6 +201,26 @@ async def test_a_read_only_replica_is_a_503_problem(own_redis: RedisProcess) -> 
             response = await client.post("/task", json={"count": 1})
         assert_redis_unavailable(response)
         assert response.json()["redis_fault"] == "read_only"
+
+
+async def test_a_redis_busy_with_a_long_script_is_a_503_problem_then_recovers(
+    own_redis: RedisProcess,
+) -> None:
+    # Past busy-reply-threshold (lowered from 5 s) Redis answers BUSY to all else.
+    async with serve(
+        make_app(own_redis.url, redis=tight(own_redis.url), rate_limit_per_s=0)
+    ) as client:
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+        with configured(own_redis.url, busy_reply_threshold=100), busy(own_redis.url, 2):
+            for method, path in [("POST", "/v1/jobs/create_task"), ("GET", "/v1/jobs")]:
+                response = await client.request(method, path, json={"sleep_s": 1})
+                assert_redis_unavailable(response)
+                problem = response.json()
+                assert problem["redis_fault"] == "busy"
+                assert "busy running a long script" in problem["detail"]
+            assert_redis_unavailable(await client.get("/readyz"))
+        assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
+        assert (await client.get("/readyz")).status_code == 200
 
 
 async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers(

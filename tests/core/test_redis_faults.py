@@ -20,7 +20,7 @@ from conveyor_core.redis import (
     redis_fault,
 )
 from conveyor_core.settings import RedisSettings
-from tests.support.redis_faults import frozen, full, read_only_replica
+from tests.support.redis_faults import busy, configured, frozen, full, read_only_replica
 
 
 @pytest.fixture
@@ -146,3 +146,28 @@ def test_a_long_error_is_described_bounded_and_scrubbed() -> None:
     described = describe_redis_error(error)
     assert described.startswith("ResponseError: ERR bad value for *** vvv")
     assert len(described) < 400
+
+
+async def test_a_script_past_the_busy_threshold_is_a_busy_fault(
+    own_client: ArqRedis, own_redis: RedisProcess
+) -> None:
+    with configured(own_redis.url, busy_reply_threshold=100), busy(own_redis.url, 1.5):
+        with pytest.raises(REDIS_FAULT_ERRORS) as single:
+            await own_client.set("conveyor:test", "x")
+        assert redis_fault(single.value) == RedisFault.BUSY
+        pipe = own_client.pipeline(transaction=True)
+        pipe.set("conveyor:test", "x")
+        pipe.expire("conveyor:test", 60)
+        with pytest.raises(REDIS_FAULT_ERRORS) as piped:
+            await pipe.execute()
+        await pipe.reset()  # type: ignore[no-untyped-call]
+        assert redis_fault(piped.value) == RedisFault.BUSY
+    assert await own_client.set("conveyor:test", "x")
+
+
+def test_busy_is_told_from_busykey_and_busygroup() -> None:
+    assert redis_fault(ResponseError("BUSY Redis is busy running a script.")) == RedisFault.BUSY
+    in_a_pipeline = "Command # 1 (SET k v) of pipeline caused error: ('BUSY Redis is busy',)"
+    assert redis_fault(ResponseError(in_a_pipeline)) == RedisFault.BUSY
+    assert redis_fault(ResponseError("BUSYKEY Target key name already exists.")) is None
+    assert redis_fault(ResponseError("BUSYGROUP Consumer Group name already exists")) is None

@@ -20,6 +20,7 @@ from conveyor_seed import CreateTask
 from tests.support import jobs
 from tests.support.jobs import result_of
 from tests.support.processes import stop_all, worker_process
+from tests.support.redis_faults import busy, configured
 
 pytestmark = pytest.mark.e2e
 
@@ -133,6 +134,63 @@ def test_a_redis_that_stops_answering_does_not_stall_the_worker(
 def _hold_server_busy(redis_url: str, seconds: float) -> None:
     with redis_sync.Redis.from_url(redis_url) as client:
         client.eval(BLOCK_SERVER, 0, round(seconds * 1000))
+
+
+# Past busy-reply-threshold (lowered from 5 s, so BUSY comes at once) a script
+# that runs on makes Redis answer BUSY to every other command.
+BUSY_THRESHOLD_MS = 100
+BUSY_S = 6.0
+
+
+def test_a_redis_busy_with_a_long_script_stops_claims_not_the_worker_and_loses_no_job(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    """The running job's end meets BUSY: not recorded, it runs again once its
+    lock lapses; the worker stays up, says why it is not ready, and carries on."""
+    worker = worker_process(
+        own_redis.url, log_dir, CONVEYOR_JOB_MODULES=jobs.MODULES, CONVEYOR_WORKER_LOCK_TTL_S="2"
+    )
+    try:
+        worker.start()
+        worker.wait_for("/readyz")
+        running = asyncio.run(submit(own_redis.url, "create_task", CreateTask(sleep_s=1)))
+        assert asyncio.run(state_of(own_redis.url, running, "in_progress")) == "in_progress"
+
+        with (
+            configured(own_redis.url, busy_reply_threshold=BUSY_THRESHOLD_MS),
+            busy(own_redis.url, BUSY_S),
+        ):
+            ready = worker.wait_for("/readyz", status=503, timeout_s=BUSY_S - 1).json()
+            assert ready["redis_fault"] == "busy"
+            assert worker.wait_for("/healthz").status_code == 200
+            time.sleep(1.5)  # the running job ends, into BUSY
+            assert worker.alive(), worker.output()
+
+        worker.wait_for("/readyz")
+        assert asyncio.run(state_of(own_redis.url, running, "complete", 15)) == "complete"
+        run_one_job(own_redis.url)
+        assert "redis fault busy" in worker.output()
+        assert worker.stop() == 0, worker.output()
+    finally:
+        stop_all(worker)
+
+
+def test_a_worker_stopped_while_redis_is_busy_exits_cleanly(
+    own_redis: RedisProcess, log_dir: Path
+) -> None:
+    # Withdrawing its card meets BUSY: logged, and the worker still closes.
+    worker = worker_process(own_redis.url, log_dir)
+    try:
+        worker.start()
+        worker.wait_for("/readyz")
+        with (
+            configured(own_redis.url, busy_reply_threshold=BUSY_THRESHOLD_MS),
+            busy(own_redis.url, 3),
+        ):
+            assert worker.stop() == 0, worker.output()
+        assert "Traceback" not in worker.output()
+    finally:
+        stop_all(worker)
 
 
 def test_a_full_redis_stops_claims_not_the_worker_and_loses_no_job(

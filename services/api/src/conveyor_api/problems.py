@@ -53,6 +53,10 @@ _FAULT_TEXT = {
         "Redis unavailable",
         "The job broker's cluster is moving slots (a failover or resharding is under way)",
     ),
+    RedisFault.BUSY: (
+        "Redis unavailable",
+        "The job broker is busy running a long script and answers nothing else",
+    ),
     RedisFault.OUT_OF_MEMORY: (
         "Job store full",
         "The job broker is out of memory and refuses new writes; reads still work. "

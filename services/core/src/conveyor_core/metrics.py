@@ -60,7 +60,7 @@ REDIS_UP = Gauge("conveyor_redis_up", "1 if Redis answered this process's last c
 REDIS_ERRORS = Counter(
     "conveyor_redis_errors",
     "Redis faults met, by kind: unreachable, timed_out, out_of_memory, read_only, loading, "
-    "cluster_down.",
+    "cluster_down, busy.",
     ["kind"],
 )
 REDIS_MAXMEMORY_POLICY = Gauge(

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import hiredis
 from arq.connections import ArqRedis
+from redis._parsers.base import BaseParser
+from redis.asyncio.cluster import ClusterParser
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -64,6 +66,8 @@ class RedisFault(StrEnum):
     LOADING = "loading"  # restarted, still loading its data set into memory
     # A cluster with slots unserved or moving: a failover or resharding under way.
     CLUSTER_DOWN = "cluster_down"
+    # A script or function ran past busy-reply-threshold: every other command gets BUSY.
+    BUSY = "busy"
 
     @property
     def transient(self) -> bool:
@@ -81,12 +85,24 @@ CLUSTER_FAULT_ERRORS: tuple[type[Exception], ...] = (
     AskError,
 )
 
+
+class RedisBusyError(ResponseError):
+    """Redis answered BUSY: a script runs past its busy-reply-threshold."""
+
+
+# redis-py makes a plain ResponseError of BUSY (as of a bad command): given a
+# class of its own, it reaches every loop that catches REDIS_FAULT_ERRORS, also
+# inside a pipeline. BUSYKEY and BUSYGROUP are other codes (a bad command).
+for _parser in (BaseParser, ClusterParser):
+    _parser.EXCEPTION_CLASSES["BUSY"] = RedisBusyError
+
 # Every exception class that means "a Redis fault", not a bad command: what a
 # loop that must survive Redis trouble catches. `redis_fault` names which one.
 REDIS_FAULT_ERRORS: tuple[type[Exception], ...] = (
     *REDIS_DOWN_ERRORS,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisBusyError,
     *CLUSTER_FAULT_ERRORS,
 )
 
@@ -104,6 +120,7 @@ _REPLY_PREFIXES = {
     "TRYAGAIN": RedisFault.CLUSTER_DOWN,
     "MOVED": RedisFault.CLUSTER_DOWN,
     "ASK": RedisFault.CLUSTER_DOWN,
+    "BUSY": RedisFault.BUSY,
 }
 
 
@@ -119,6 +136,8 @@ def redis_fault(exc: BaseException) -> RedisFault | None:
         return RedisFault.OUT_OF_MEMORY
     if isinstance(exc, ReadOnlyError):
         return RedisFault.READ_ONLY
+    if isinstance(exc, RedisBusyError):
+        return RedisFault.BUSY
     # ClusterDownError, MasterDownError, "TTL exhausted" (a key moved too many
     # times), TRYAGAIN, a slot no node serves, a redirect redis-py gave up on.
     if isinstance(exc, CLUSTER_FAULT_ERRORS):
@@ -128,10 +147,9 @@ def redis_fault(exc: BaseException) -> RedisFault | None:
     if isinstance(exc, RedisConnectionError | builtins.ConnectionError):
         return RedisFault.UNREACHABLE
     if isinstance(exc, ResponseError):
-        message = str(exc).lstrip()
-        for prefix, fault in _REPLY_PREFIXES.items():
-            if message.startswith(prefix):
-                return fault
+        # A pipeline's error names the command first, then Redis' reply.
+        code = str(exc).rpartition(_PIPELINE_REPLY)[2].lstrip("('\"").split(" ", 1)[0]
+        return _REPLY_PREFIXES.get(code)
     return None
 
 
