@@ -10,10 +10,12 @@ import pytest
 import redis as redis_sync
 from arq.connections import ArqRedis
 
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.local.redis_server import RedisProcess, local_redis_process, resolve_redis
-from conveyor_core.redis import create_redis
+from conveyor_core.redis import connect, create_redis
 from conveyor_core.settings import RedisSettings
 from conveyor_core.tracing import setup_tracing
+from tests.support.cluster import LocalCluster, local_cluster
 from tests.support.smtp import SmtpServer
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
@@ -91,3 +93,30 @@ def log_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     for old in path.glob("*.log"):
         old.unlink()
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 primaries, 3 replicas on loopback) for this test process.
+
+    Modules that use it carry `pytest.mark.xdist_group("cluster")`, so one
+    worker process runs them all against one cluster.
+    """
+    with local_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """The seed URL of an empty cluster with every node up (a failover test may kill one)."""
+    redis_cluster.restore()
+    redis_cluster.flushall()
+    return redis_cluster.seed_url
+
+
+@pytest.fixture
+async def cluster_redis(cluster_url: str) -> AsyncIterator[ClusterClient]:
+    client = connect(RedisSettings(url=cluster_url))
+    assert isinstance(client, ClusterClient)
+    yield client
+    await client.aclose()

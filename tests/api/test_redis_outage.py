@@ -19,6 +19,7 @@ from conveyor_core.settings import RedisSettings
 from conveyor_seed.keys import document_key
 from tests.api.conftest import make_app, serve
 from tests.support.auth import AUTH_HEADERS
+from tests.support.cluster import lone_cluster_node
 from tests.support.processes import api_process, stop_all
 from tests.support.redis_faults import configured, frozen, full, read_only_replica
 
@@ -355,3 +356,19 @@ async def test_a_redis_that_refuses_info_still_takes_submits(own_redis: RedisPro
             assert response.status_code == 201, response.text
         assert (await client.post("/task", json={"count": 2})).status_code == 201
     assert queued_jobs(own_redis.url) == 4
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("POST", "/v1/jobs/create_task", {"sleep_s": 1}), ("GET", "/v1/jobs/abc", None)],
+)
+async def test_a_cluster_without_a_primary_for_the_slot_answers_503(
+    tmp_path: Path, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    # CLUSTERDOWN: what a cluster answers while a shard has no primary (a failover).
+    with lone_cluster_node(tmp_path) as node:
+        url = f"redis://127.0.0.1:{node.port}/0"
+        async for client in serve(make_app(url, redis=tight(url))):
+            response = await client.request(method, path, json=body)
+            assert_redis_unavailable(response)
+            assert "failover" in response.json()["detail"]

@@ -463,3 +463,61 @@ def test_notes_say_how_to_reach_the_api_and_read_its_key() -> None:
     assert "https://conveyor.example.com/docs" in production
     assert "generated" not in production
     assert "API keys: from Secret conveyor-api-keys" in production
+
+
+def test_an_external_cluster_reaches_both_services_as_a_cluster_url() -> None:
+    rendered = render_named("redis-cluster")
+    assert rendered.all("StatefulSet") == []  # the built-in Redis stays out
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        workload = rendered.one("Deployment", name)
+        env = env_of(next(containers(workload)))
+        assert env["REDIS_URL"]["value"] == (
+            "rediss+cluster://redis-cluster-0.redis.svc:6379,redis-cluster-1.redis.svc:6380"
+        )
+        assert env["REDIS_USERNAME"]["value"] == "conveyor"
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "redis-cluster",
+            "key": "password",
+        }
+        assert "REDIS_SENTINEL_HOSTS" not in env
+        ca_file = env["REDIS_TLS_CA_FILE"]["value"]
+        mounts = {m["mountPath"]: m["name"] for m in next(containers(workload))["volumeMounts"]}
+        assert mounts[ca_file.rsplit("/", 1)[0]] == "redis-tls"
+    # Egress to Redis: the usual ports and each seed's, once each.
+    for policy in rendered.all("NetworkPolicy"):
+        redis_ports = [
+            [p["port"] for p in rule["ports"]]
+            for rule in policy["spec"].get("egress", [])
+            if 6379 in [p["port"] for p in rule["ports"]]
+        ]
+        assert redis_ports in ([], [[6379, 26379, 6380]])
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"externalRedis": {"cluster": {"enabled": True, "seeds": ["a:6379"]}}},
+            "redis.enabled=false",
+        ),
+        (
+            {"redis": {"enabled": False}, "externalRedis": {"cluster": {"enabled": True}}},
+            "seeds is empty",
+        ),
+        (
+            {
+                "redis": {"enabled": False},
+                "externalRedis": {
+                    "cluster": {"enabled": True, "seeds": ["a:6379"]},
+                    "sentinel": {"enabled": True, "hosts": ["s:26379"]},
+                },
+            },
+            "exclude each other",
+        ),
+    ],
+)
+def test_a_cluster_that_cannot_work_is_refused_at_render(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)

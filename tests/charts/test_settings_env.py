@@ -193,3 +193,15 @@ def _setting_names(settings: Any) -> set[str]:
         alias = info.validation_alias
         names.add(str(alias) if isinstance(alias, str) else f"{prefix}{field_name}".upper())
     return names
+
+
+def test_an_external_cluster_reaches_both_services_redis_settings() -> None:
+    rendered = render_named("redis-cluster")
+    for settings in (_api(rendered).redis, _worker(rendered).redis):
+        assert settings.cluster
+        assert settings.tls
+        assert settings.cluster_seeds == [
+            ("redis-cluster-0.redis.svc", 6379),
+            ("redis-cluster-1.redis.svc", 6380),
+        ]
+        assert settings.cluster_credentials() == ("conveyor", "from-a-secret")

@@ -115,8 +115,20 @@ ca.crt
 {{- end -}}
 
 {{- define "conveyor.redis.url" -}}
+{{- $cluster := .Values.externalRedis.cluster -}}
+{{- if and $cluster.enabled .Values.redis.enabled -}}
+{{- fail "externalRedis.cluster is for an external cluster: set redis.enabled=false (the built-in Redis is one node)" -}}
+{{- end -}}
 {{- if .Values.redis.enabled -}}
 {{- printf "%s://%s:%d/0" (ternary "rediss" "redis" .Values.redis.tls.enabled) (include "conveyor.redis.fullname" .) (int .Values.redis.port) -}}
+{{- else if $cluster.enabled -}}
+{{- if .Values.externalRedis.sentinel.enabled -}}
+{{- fail "externalRedis: cluster and sentinel exclude each other (a cluster fails over by itself)" -}}
+{{- end -}}
+{{- if not $cluster.seeds -}}
+{{- fail "externalRedis.cluster.seeds is empty: name at least one node of the cluster (host:port)" -}}
+{{- end -}}
+{{- printf "%s://%s" (ternary "rediss+cluster" "redis+cluster" $cluster.tls) (join "," $cluster.seeds) -}}
 {{- else -}}
 {{- required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url -}}
 {{- end -}}
@@ -468,7 +480,16 @@ store for both; SMTP and the summarizer for the workers, when configured.
     - port: {{ int $values.redis.port }}
       protocol: TCP
 {{- else }}
-{{ include "conveyor.egressRule" $egress.redis }}
+{{- $ports := list }}
+{{- range $egress.redis.ports }}
+{{- $ports = append $ports (int .) }}
+{{- end }}
+{{- if $values.externalRedis.cluster.enabled }}
+{{- range $values.externalRedis.cluster.seeds }}
+{{- $ports = append $ports (int (last (splitList ":" .))) }}
+{{- end }}
+{{- end }}
+{{ include "conveyor.egressRule" (dict "to" $egress.redis.to "ports" (uniq $ports)) }}
 {{- end }}
 {{- with $values.otel.endpoint }}
 # The OTLP collector.

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from conveyor_api import audit
 from conveyor_core import keys
@@ -40,10 +41,18 @@ from conveyor_core.catalog import Catalog
 from conveyor_core.claimcheck import delete_if_gone, reference_of
 from conveyor_core.jobs import DEAD_RETENTION_S, JobPublic, JobState, now_ms
 from conveyor_core.logging import bound
-from conveyor_core.redis import REDIS_DOWN_ERRORS, describe_redis_error
+from conveyor_core.redis import (
+    REDIS_DOWN_ERRORS,
+    REDIS_FAULT_ERRORS,
+    describe_redis_error,
+    redis_fault,
+)
 from conveyor_core.store import BULK_BATCH_MAX, SCAN_BUDGET_PER_ITEM, JobFilter, JobStore
 
 logger = logging.getLogger("conveyor.api.bulk")
+
+# What a Redis fault may raise as: its class, or a reply error `redis_fault` names.
+_FAULT_OR_REPLY_ERRORS: tuple[type[Exception], ...] = (*REDIS_FAULT_ERRORS, ResponseError)
 
 # A bulk action's record stays readable this long after it starts.
 BULK_RECORD_TTL_S = 7 * 86_400
@@ -278,8 +287,12 @@ class BulkRunner:
         # A cancel that lands in a Redis call may surface as a connection error:
         # the stop flag (and the task's own cancelling count) end the loop anyway.
         while not self._stopping:
-            with contextlib.suppress(*REDIS_DOWN_ERRORS):  # Redis is down: next time
+            try:
                 await self.adopt()
+            except _FAULT_OR_REPLY_ERRORS as exc:
+                # Down, read-only or moving slots (a failover): next time.
+                if redis_fault(exc) is None:
+                    raise
             task = asyncio.current_task()
             if self._stopping or (task is not None and task.cancelling()):
                 return

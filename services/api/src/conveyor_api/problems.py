@@ -49,6 +49,10 @@ _FAULT_TEXT = {
         "Redis unavailable",
         "The job broker is a read-only replica (a failover is under way)",
     ),
+    RedisFault.CLUSTER_DOWN: (
+        "Redis unavailable",
+        "The job broker's cluster is moving slots (a failover or resharding is under way)",
+    ),
     RedisFault.OUT_OF_MEMORY: (
         "Job store full",
         "The job broker is out of memory and refuses new writes; reads still work. "

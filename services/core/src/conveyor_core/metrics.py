@@ -59,7 +59,8 @@ REDIS_UP = Gauge("conveyor_redis_up", "1 if Redis answered this process's last c
 # -- both: Redis faults and the memory check (redis.py, redis_health.py) --
 REDIS_ERRORS = Counter(
     "conveyor_redis_errors",
-    "Redis faults met, by kind: unreachable, timed_out, out_of_memory, read_only, loading.",
+    "Redis faults met, by kind: unreachable, timed_out, out_of_memory, read_only, loading, "
+    "cluster_down.",
     ["kind"],
 )
 REDIS_MAXMEMORY_POLICY = Gauge(

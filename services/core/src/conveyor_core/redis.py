@@ -1,11 +1,17 @@
-"""Redis connections, built the same way in both services."""
+"""Redis connections, built the same way in both services.
+
+`connect(settings)` gives the client REDIS_URL names: arq's `ArqRedis` for a
+single node (or the master Sentinel names), `ClusterClient` for a Redis
+Cluster (cluster.py says how it fits). `RedisClient` is the type of code
+that runs on both.
+"""
 
 import builtins
 import logging
 import re
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import hiredis
@@ -15,21 +21,29 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterError,
     DataError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from conveyor_core.cluster import ClusterClient, create_cluster
 from conveyor_core.metrics import REDIS_ERRORS
 from conveyor_core.redaction import clean
 from conveyor_core.serializer import job_deserializer, job_serializer
 from conveyor_core.settings import RedisSettings
 
 logger = logging.getLogger(__name__)
+
+# A client of a single node, a Sentinel-named master, or a Redis Cluster.
+RedisClient: TypeAlias = ArqRedis | ClusterClient
 
 # Errors that mean "Redis is unreachable right now", as opposed to a bad command.
 REDIS_DOWN_ERRORS: tuple[type[Exception], ...] = (
@@ -48,6 +62,8 @@ class RedisFault(StrEnum):
     OUT_OF_MEMORY = "out_of_memory"  # at maxmemory with noeviction: writes refused, reads work
     READ_ONLY = "read_only"  # a replica, typically just after a failover
     LOADING = "loading"  # restarted, still loading its data set into memory
+    # A cluster with slots unserved or moving: a failover or resharding under way.
+    CLUSTER_DOWN = "cluster_down"
 
     @property
     def transient(self) -> bool:
@@ -61,6 +77,7 @@ REDIS_FAULT_ERRORS: tuple[type[Exception], ...] = (
     *REDIS_DOWN_ERRORS,
     OutOfMemoryError,
     ReadOnlyError,
+    *(CLUSTER_ERRORS := (ClusterError, TryAgainError, SlotNotCoveredError, AskError)),
 )
 
 # Every kind exported at 0 from the start: rate() cannot see a counter born at 1.
@@ -73,6 +90,10 @@ _REPLY_PREFIXES = {
     "OOM": RedisFault.OUT_OF_MEMORY,
     "READONLY": RedisFault.READ_ONLY,
     "LOADING": RedisFault.LOADING,
+    "CLUSTERDOWN": RedisFault.CLUSTER_DOWN,
+    "TRYAGAIN": RedisFault.CLUSTER_DOWN,
+    "MOVED": RedisFault.CLUSTER_DOWN,
+    "ASK": RedisFault.CLUSTER_DOWN,
 }
 
 
@@ -88,6 +109,10 @@ def redis_fault(exc: BaseException) -> RedisFault | None:
         return RedisFault.OUT_OF_MEMORY
     if isinstance(exc, ReadOnlyError):
         return RedisFault.READ_ONLY
+    # ClusterDownError, MasterDownError, "TTL exhausted" (a key moved too many
+    # times), TRYAGAIN, a slot no node serves, a redirect redis-py gave up on.
+    if isinstance(exc, CLUSTER_ERRORS):
+        return RedisFault.CLUSTER_DOWN
     if isinstance(exc, RedisTimeoutError | builtins.TimeoutError):
         return RedisFault.TIMED_OUT
     if isinstance(exc, RedisConnectionError | builtins.ConnectionError):
@@ -240,8 +265,18 @@ class ParallelSentinelConnectionPool(SentinelConnectionPool):
         return await _connection_connected_outside_any_lock(self)
 
 
+def connect(settings: RedisSettings, *, timeout_each_read: bool = True) -> RedisClient:
+    """The client REDIS_URL names: a cluster's for `redis+cluster://`, else `create_redis`'s.
+
+    Both connect lazily, with the same timeouts, retry, credentials and TLS.
+    """
+    if settings.cluster:
+        return _cluster(settings, _options(settings, timeout_each_read=timeout_each_read))
+    return create_redis(settings, timeout_each_read=timeout_each_read)
+
+
 def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> ArqRedis:
-    """An arq-capable client that connects lazily.
+    """An arq-capable client of one Redis (or the master Sentinel names) that connects lazily.
 
     Unlike `arq.create_pool` it does not PING on creation, so a service starts
     while Redis is down and serves again by itself once Redis is back. One
@@ -257,7 +292,30 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
     A Redis that hangs costs at most `socket_timeout_s` per command: a timeout
     is never retried (only a dropped connection is, once), so a request
     answers 503 within that bound.
+
+    A cluster URL is refused here: `connect` builds its client.
     """
+    if settings.cluster:
+        raise ValueError(
+            f"REDIS_URL {settings.safe_url()} names a Redis Cluster: connect() builds its client"
+        )
+    options = _options(settings, timeout_each_read=timeout_each_read)
+    if settings.sentinel_hosts:
+        redis = _sentinel_master(settings, options)
+    else:
+        pool = ParallelConnectionPool.from_url(
+            settings.connection_url(), health_check_interval=30, **options
+        )
+        redis = ArqRedis.from_pool(pool)  # type: ignore[assignment]
+    # Job data is JSON, never pickle (serializer.py), also where arq's own
+    # client code runs on this connection (enqueue_job, Job).
+    redis.job_serializer = job_serializer
+    redis.job_deserializer = job_deserializer
+    return redis
+
+
+def _options(settings: RedisSettings, *, timeout_each_read: bool) -> dict[str, Any]:
+    """Connection options every kind of client shares."""
     options: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout_s,
         "socket_timeout": settings.socket_timeout_s if timeout_each_read else None,
@@ -275,18 +333,24 @@ def create_redis(settings: RedisSettings, *, timeout_each_read: bool = True) -> 
         options |= {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
         if settings.tls_ca_file:
             options["ssl_ca_certs"] = settings.tls_ca_file
-    if settings.sentinel_hosts:
-        redis = _sentinel_master(settings, options)
-    else:
-        pool = ParallelConnectionPool.from_url(
-            settings.connection_url(), health_check_interval=30, **options
-        )
-        redis = ArqRedis.from_pool(pool)  # type: ignore[assignment]
-    # Job data is JSON, never pickle (serializer.py), also where arq's own
-    # client code runs on this connection (enqueue_job, Job).
-    redis.job_serializer = job_serializer
-    redis.job_deserializer = job_deserializer
-    return redis
+    return options
+
+
+def _cluster(settings: RedisSettings, options: dict[str, Any]) -> ClusterClient:
+    """A client of the cluster the URL's seeds belong to; it follows a failover by itself."""
+    username, password = settings.cluster_credentials()
+    if username:
+        options["username"] = username
+    if settings.tls:
+        options["ssl"] = True
+    return create_cluster(
+        settings.cluster_seeds,
+        password=password,
+        health_check_interval=30,
+        # The node's retry is ours (a dropped connection, once); not also timeouts.
+        retry_on_error=[RedisConnectionError],
+        **options,
+    )
 
 
 def _sentinel_master(settings: RedisSettings, options: dict[str, Any]) -> ArqRedis:

@@ -1,13 +1,17 @@
 """Settings both services share. Each service adds its own on top."""
 
 from typing import Any
-from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from conveyor_core.redaction import DEFAULT_KEYS
 from conveyor_core.schedule import InvalidScheduleError, Schedule
+
+# URL schemes that name a Redis Cluster by its seed nodes (plain, TLS).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_PORT = 6379
 
 
 class RedisSettings(BaseSettings):
@@ -17,6 +21,10 @@ class RedisSettings(BaseSettings):
 
     # redis://, rediss:// (TLS) or unix:// URL, with db if needed. A password
     # may be in it, but REDIS_PASSWORD is better: a chart takes it from a Secret.
+    # A Redis Cluster: redis+cluster:// (rediss+cluster:// for TLS) and one or
+    # more comma-separated seed nodes, `redis+cluster://user@host-a:6379,host-b:6379`;
+    # the client finds every other node from any seed that answers. In
+    # progress: the api and the worker refuse it at start for now.
     url: str = "redis://localhost:6379/0"
     # Fills in (or overrides) the URL's password.
     password: SecretStr | None = None
@@ -43,6 +51,60 @@ class RedisSettings(BaseSettings):
     sentinel_hosts: str = ""
     # The name the sentinels know the master by.
     sentinel_master: str = "mymaster"
+    # Replication is asynchronous: a write a primary acknowledged is lost if
+    # the primary dies before a replica has it. A write may wait (Redis WAIT)
+    # until this many replicas hold it; 0 answers as soon as the primary has
+    # it. In progress: not yet read by the submit.
+    wait_replicas: int = Field(default=0, ge=0)
+    # How long that wait may take; then the write answers with fewer replicas
+    # and says so. Below REDIS_SOCKET_TIMEOUT_S, which bounds every reply.
+    wait_timeout_ms: int = Field(default=100, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RedisSettings":
+        if self.wait_timeout_ms >= self.socket_timeout_s * 1000:
+            raise ValueError(
+                f"REDIS_WAIT_TIMEOUT_MS ({self.wait_timeout_ms}) must be below "
+                f"REDIS_SOCKET_TIMEOUT_S ({self.socket_timeout_s} s): a WAIT's reply comes after it"
+            )
+        if self.cluster:
+            if self.sentinel_hosts:
+                raise ValueError("REDIS_URL names a cluster: REDIS_SENTINEL_HOSTS must be unset")
+            _ = self.cluster_seeds  # each seed must be host:port
+        return self
+
+    @property
+    def cluster(self) -> bool:
+        """Does REDIS_URL name a Redis Cluster (`redis+cluster://`, `rediss+cluster://`)?"""
+        return urlsplit(self.url).scheme in CLUSTER_SCHEMES
+
+    @property
+    def cluster_seeds(self) -> list[tuple[str, int]]:
+        """The cluster URL's seed nodes as (host, port); a port left out is 6379."""
+        parts = urlsplit(self.url)
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError(f"REDIS_URL {self.safe_url()}: a cluster has only database 0")
+        hosts = parts.netloc.rpartition("@")[2]
+        seeds = []
+        for entry in hosts.split(","):
+            host, colon, port = entry.strip().rpartition(":")
+            if not colon:
+                host, port = entry.strip(), str(DEFAULT_PORT)
+            host = host.removeprefix("[").removesuffix("]")  # IPv6
+            if not host or not port.isdigit():
+                raise ValueError(f"REDIS_URL seed {entry!r} is not host:port")
+            seeds.append((host, int(port)))
+        return seeds
+
+    def cluster_credentials(self) -> tuple[str | None, str | None]:
+        """(user, password) for a cluster URL: REDIS_USERNAME and REDIS_PASSWORD
+        unless the URL names them. Never log them."""
+        parts = urlsplit(self.url)
+        username = unquote(parts.username) if parts.username else self.username
+        password = self.password.get_secret_value() if self.password else None
+        if password is None and parts.password:
+            password = unquote(parts.password)
+        return username, password
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:
@@ -57,7 +119,7 @@ class RedisSettings(BaseSettings):
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "rediss"
+        return urlsplit(self.url).scheme in ("rediss", "rediss+cluster")
 
     def connection_url(self) -> str:
         """The URL to connect with: REDIS_PASSWORD in it, when given. Never log it."""

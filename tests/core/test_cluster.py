@@ -1,0 +1,166 @@
+"""The cluster client, against a real Redis Cluster of 3 primaries and 3 replicas."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+from redis.exceptions import ClusterDownError, RedisClusterException
+
+from conveyor_core.cluster import ClusterClient
+from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisFault, connect, create_redis, redis_fault
+from conveyor_core.settings import RedisSettings
+from tests.support.cluster import (
+    ClusterNodeProcess,
+    LocalCluster,
+    free_cluster_port,
+    lone_cluster_node,
+)
+
+pytestmark = pytest.mark.xdist_group("cluster")
+
+# Keys whose slots lie on each of the three primaries (0-5460, 5461-10922, 10923-16383).
+KEYS = ["conveyor:{a}", "conveyor:{b}", "conveyor:{c}"]
+# How long a failover may take to reach the client (node timeout, election, map refresh).
+RECOVERY_S = 20.0
+
+
+def _slot_owners(cluster: LocalCluster, keys: list[str]) -> set[int]:
+    return {cluster.primary_of(key).port for key in keys}
+
+
+async def test_a_cluster_url_gives_a_cluster_client_that_spans_every_primary(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    assert len(_slot_owners(redis_cluster, KEYS)) == 3, "the keys span all three primaries"
+    for key in KEYS:
+        await cluster_redis.set(key, key)
+    assert [await cluster_redis.get(key) for key in KEYS] == [key.encode() for key in KEYS]
+    # Each write is on its slot's primary, one key per primary.
+    for key in KEYS:
+        with redis_cluster.primary_of(key).client() as direct:
+            assert direct.get(key) == key.encode()
+            assert direct.dbsize() == 1
+
+
+async def test_a_pipeline_spans_slots_when_it_is_no_transaction(
+    cluster_redis: ClusterClient,
+) -> None:
+    async with cluster_redis.pipeline(transaction=False) as pipe:
+        for key in KEYS:
+            pipe.incr(key)
+            pipe.incr(key)
+        replies = await pipe.execute()
+    assert replies == [1, 2] * 3
+    with pytest.raises(RedisClusterException, match="transaction"):
+        cluster_redis.pipeline(transaction=True)
+
+
+async def test_a_script_loads_itself_on_each_node_it_runs_on(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    script = cluster_redis.register_script("return redis.call('incr', KEYS[1])")
+    for node in redis_cluster.primaries():
+        with node.client() as direct:
+            direct.script_flush()
+    assert [await script(keys=[key]) for key in KEYS] == [1, 1, 1]
+    for node in redis_cluster.primaries():
+        with node.client() as direct:
+            assert direct.script_exists(script.sha) == [True]
+
+
+async def test_any_seed_that_answers_finds_the_cluster(redis_cluster: LocalCluster) -> None:
+    redis_cluster.restore()
+    dead = f"127.0.0.1:{free_cluster_port()}"
+    live = redis_cluster.nodes[-1].port  # a replica is a seed too
+    client = connect(RedisSettings(url=f"redis+cluster://{dead},127.0.0.1:{live}"))
+    try:
+        assert isinstance(client, ClusterClient)
+        for key in KEYS:
+            await client.set(key, "found")
+        assert len(client.get_primaries()) == 3
+    finally:
+        await client.aclose()
+
+
+async def test_no_seed_answering_is_unreachable() -> None:
+    url = f"redis+cluster://127.0.0.1:{free_cluster_port()},127.0.0.1:{free_cluster_port()}"
+    client = connect(RedisSettings(url=url))
+    try:
+        with pytest.raises(REDIS_FAULT_ERRORS) as caught:
+            await client.get("conveyor:x")
+        assert redis_fault(caught.value) is RedisFault.UNREACHABLE
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def lone_node(tmp_path: Path) -> Iterator[ClusterNodeProcess]:
+    with lone_cluster_node(tmp_path) as node:
+        yield node
+
+
+async def test_a_cluster_with_unserved_slots_is_a_cluster_fault(
+    lone_node: ClusterNodeProcess,
+) -> None:
+    # A cluster client sees slots no node serves while reading the map.
+    client = connect(RedisSettings(url=f"redis+cluster://127.0.0.1:{lone_node.port}"))
+    try:
+        with pytest.raises(REDIS_FAULT_ERRORS) as caught:
+            await client.get("conveyor:x")
+        assert isinstance(caught.value, ClusterDownError)
+        assert redis_fault(caught.value) is RedisFault.CLUSTER_DOWN
+    finally:
+        await client.aclose()
+    # A plain client gets Redis' own CLUSTERDOWN reply.
+    plain = create_redis(RedisSettings(url=f"redis://127.0.0.1:{lone_node.port}/0"))
+    try:
+        with pytest.raises(redis_sync.ResponseError) as reply:
+            await plain.set("conveyor:x", "1")
+        assert str(reply.value).startswith("CLUSTERDOWN")
+        assert redis_fault(reply.value) is RedisFault.CLUSTER_DOWN
+    finally:
+        await plain.aclose()
+
+
+async def test_a_single_node_client_refuses_a_cluster_url() -> None:
+    with pytest.raises(ValueError, match="names a Redis Cluster"):
+        create_redis(RedisSettings(url="redis+cluster://127.0.0.1:7000"))
+
+
+async def _until_it_works(client: ClusterClient, key: str) -> list[RedisFault | None]:
+    """SET `key` until it succeeds; the faults met on the way."""
+    faults: list[RedisFault | None] = []
+    deadline = time.monotonic() + RECOVERY_S
+    while True:
+        try:
+            await client.set(key, "after")
+            return faults
+        except REDIS_FAULT_ERRORS as exc:
+            faults.append(redis_fault(exc))
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def test_the_client_follows_a_failover_without_a_restart(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    key = KEYS[1]
+    script = cluster_redis.register_script("return redis.call('get', KEYS[1])")
+    await cluster_redis.set(key, "before")
+    assert await script(keys=[key]) == b"before"
+    old = redis_cluster.primary_of(key)
+    new = redis_cluster.kill_primary(old)
+
+    faults = await _until_it_works(cluster_redis, key)
+    # Whatever failed on the way was a fault (a 503), never a bug (a 500).
+    assert None not in faults
+    assert cluster_redis.get_node_from_key(key).port == new.port  # type: ignore[union-attr]
+    # The promoted replica had no scripts cached: the script loads itself there.
+    assert await script(keys=[key]) == b"after"
+    # Every other slot kept working.
+    for other in (KEYS[0], KEYS[2]):
+        await cluster_redis.set(other, "still")
