@@ -22,3 +22,7 @@ local function hold_key_of(queue, t, key) return qkey(queue, 'hold-key:' .. t ..
 -- which the claim rotates.
 local function keyq_key(queue, t, key) return qkey(queue, 'keyq:' .. t .. ':' .. key) end
 local function ring_key(queue, t) return qkey(queue, 'ring:' .. t) end
+
+-- A key the call has none of is given as keys.absent (keys.py): a key in the
+-- call's slot whose name ends in a NUL byte, never read or written.
+local function has(k) return k ~= '' and string.byte(k, -1) ~= 0 end
