@@ -45,9 +45,9 @@ def test_the_seeds_declare_a_daily_digest_and_an_hourly_cleanup(redis: ArqRedis)
     # with its record, stops a late replica from submitting it again. It names
     # its queue (keys.job_id_for), so its keys share the queue's slot.
     run_at = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
-    digest = load_catalog(jobs.MODULES.split(","))["send_digest"]
-    assert run_id(digest, run_at) == (
-        f"{{{digest.queue}}}send_digest:{int(run_at.timestamp() * 1000)}"
+    digest_type = load_catalog(jobs.MODULES.split(","))["send_digest"]
+    assert run_id(digest_type, run_at) == (
+        f"{{{digest_type.queue}}}send_digest:{int(run_at.timestamp() * 1000)}"
     )
 
 

@@ -43,6 +43,14 @@ class Reads(StoreBase):
         slot of its own, is spent by a call of its own first."""
         named = keys.queue_of(job_id)
         queues = [named] if named is not None else self.catalog.queues()
+        if named is None and self.one_slot_per_call:
+            # An id with no tag (a bare arq client's): its keys and the queues
+            # span slots, so they are read by a pipeline, split per node.
+            _, refused_s = await self._limiter(rate_limit, "")
+            if refused_s is not None:
+                return Read(retry_after_s=refused_s)
+            (found,) = await self._read_many([(job_id, None)])
+            return Read(found=found)
         limiter, refused_s = await self._limiter(
             rate_limit, keys.absent(queues[0]) if queues else ""
         )
