@@ -2,6 +2,7 @@
 arq keys, on one node and on a real Redis Cluster (3 primaries, 3 replicas)."""
 
 import asyncio
+import contextlib
 import pickle
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from conveyor_core.ratelimit import RateLimit
 from conveyor_core.redis import connect, create_redis
 from conveyor_core.serializer import JobFailedError, job_deserializer
 from conveyor_core.settings import RedisSettings
+from conveyor_core.shardpubsub import ShardSubscription
 from conveyor_core.store import (
     ArqJob,
     Claim,
@@ -46,6 +48,25 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[ArqRedis]:
         client = connect(RedisSettings(url=request.getfixturevalue("cluster_url")))
     yield cast(ArqRedis, client)
     await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def wake_ups(redis: ArqRedis) -> AsyncIterator["asyncio.Queue[bytes]"]:
+    """What the queue's sharded wake-up channel carries, as a worker hears it."""
+    heard: asyncio.Queue[bytes] = asyncio.Queue()
+    subscription = ShardSubscription(
+        redis, keys.wake_channel(QUEUE), heard.put_nowait, lambda: None
+    )
+    subscription.start()
+    await asyncio.wait_for(subscription.subscribed.wait(), 5)
+    try:
+        yield heard
+    finally:
+        await subscription.stop()
+
+
+async def next_wake(heard: "asyncio.Queue[bytes]") -> bytes:
+    return await asyncio.wait_for(heard.get(), 2)
 
 
 async def indexes_of(redis: ArqRedis, job_id: str) -> set[str]:
@@ -92,21 +113,15 @@ async def test_submit_writes_only_arqs_keys_and_answers_the_record(redis: ArqRed
     assert (again.created, again.job_id, again.same_payload) == (False, done.job_id, True)
 
 
-# Wake-ups are plain pub/sub, which a cluster client does not subscribe to.
-@pytest.mark.parametrize("redis", ["node"], indirect=True)
 async def test_submit_wakes_workers_for_a_due_job_and_tells_a_deferred_ones_due_time(
     redis: ArqRedis,
 ) -> None:
     store = JobStore(redis)
-    async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.wake_channel(QUEUE))
-        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    async with wake_ups(redis) as heard:
         now = await submitted(store)
         later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
-        messages = [
-            await pubsub.get_message(ignore_subscribe_messages=True, timeout=1) for _ in range(2)
-        ]
-    assert [m["data"] for m in messages if m] == [
+        messages = [await next_wake(heard) for _ in range(2)]
+    assert messages == [
         now.encode(),
         keys.DUE_MESSAGE + str(int((await redis.zscore(QUEUE, later.job_id)) or 0)).encode(),
     ]
@@ -467,8 +482,6 @@ async def test_read_spends_the_callers_rate_and_finds_a_job_in_any_state(
     assert await indexes_of(redis, job_id) == {"in_progress"}
 
 
-# Wake-ups are plain pub/sub, which a cluster client does not subscribe to.
-@pytest.mark.parametrize("redis", ["node"], indirect=True)
 async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
     redis: ArqRedis,
 ) -> None:
@@ -488,12 +501,9 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
     assert (job.state, job.waiting_reason) == (JobState.QUEUED, "paused")
     assert (await store.queue_stats(QUEUE)).paused_at_ms == paused_at
 
-    async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.wake_channel(QUEUE))
-        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    async with wake_ups(redis) as heard:
         assert await store.resume(QUEUE)
-        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-    assert woken is not None
+        assert await next_wake(heard) == b"resume"
     assert not await store.resume(QUEUE)  # it runs already
 
     claim = await store.claim(QUEUE, 5, **CLAIM)
@@ -599,8 +609,6 @@ async def submit_many(store: JobStore, job_type: str, payloads: list[dict[str, A
     return ids
 
 
-# Wake-ups are plain pub/sub, which a cluster client does not subscribe to.
-@pytest.mark.parametrize("redis", ["node"], indirect=True)
 async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
     redis: ArqRedis,
 ) -> None:
@@ -617,13 +625,9 @@ async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
     assert (held.state, held.waiting_reason, held.tries) == (JobState.QUEUED, "limit", 0)
     assert (await store.claim(QUEUE, 5, **CLAIM)).jobs == []  # still held, no try used
 
-    async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.wake_channel(QUEUE))
-        await pubsub.get_message(timeout=1)
+    async with wake_ups(redis) as heard:
         assert await store.complete(capped, first, "null")
-        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-    assert woken is not None
-    assert woken["data"] == b"freed"
+        assert await next_wake(heard) == b"freed"
 
     claim = await store.claim(QUEUE, 5, **CLAIM)
     assert [c.job_id for c in claim.jobs] == [third]

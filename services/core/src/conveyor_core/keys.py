@@ -66,8 +66,11 @@ share its slot by the layout above):
   seed app's document scripts bump `STATS_PENDING` next to a document's
   keys (two slots: the seed app is single-node).
 
-Pub/sub channels (wake-ups per queue, events per job and per group) are not
-keys: `PUBLISH` from a script runs on a cluster and reaches every node.
+Pub/sub: a queue's wake-ups are sharded (`SPUBLISH` on `conveyor:{queue}:wake`,
+its slot), heard by workers through shardpubsub.py on one node and on a
+cluster alike. Events per job and per group still use `PUBLISH`, which a
+cluster sends to every node, and which the api hears with plain `SUBSCRIBE`
+(one node only so far).
 """
 
 from uuid import uuid4
@@ -112,11 +115,12 @@ GROUP_KEEP_S = 7 * 86_400
 # Pub/sub per job: its version on every change, for SSE streams. A channel per
 # job, so an api replica hears only the jobs its streams watch.
 EVENTS_PREFIX = PREFIX + "events:"
-# Pub/sub per queue: "there may be work" (a job id), sent on enqueue and
+# Sharded pub/sub per queue (SPUBLISH, `conveyor:{queue}:wake`, in the
+# queue's slot: a cluster sends it to the queue's nodes only): "there may be
+# work" (a job id), sent on enqueue and
 # requeue, or ABORT_MESSAGE when a running job is to be cancelled, or
 # DUE_MESSAGE and a due time (ms) when a deferred job was enqueued: a worker
 # then only sets its timer, and claims nothing before the job falls due.
-WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
 DUE_MESSAGE = b"due "
 # Sorted set per api key with a quota of outstanding jobs (its name): ids of
@@ -263,7 +267,7 @@ def outstanding_key(api_key_name: str) -> str:
 
 
 def wake_channel(queue: str) -> str:
-    return WAKE_PREFIX + queue
+    return queue_key(queue, "wake")
 
 
 def stats_digest_key(job_id: str) -> str:

@@ -64,6 +64,6 @@ if has(KEYS[6]) then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[13]) end
 history(KEYS[3], tonumber(ARGV[10]), ARGV[9] .. ':enqueued', 1)
 -- A deferred job only tells workers when it falls due (keys.py, DUE_MESSAGE).
 local due = tonumber(ARGV[3]) - band_base(priority_of(ARGV[3]))
-if due > tonumber(ARGV[10]) then redis.call('PUBLISH', ARGV[7], 'due ' .. fmt(due))
-else redis.call('PUBLISH', ARGV[7], ARGV[1]) end
+if due > tonumber(ARGV[10]) then redis.call('SPUBLISH', ARGV[7], 'due ' .. fmt(due))
+else redis.call('SPUBLISH', ARGV[7], ARGV[1]) end
 return {'created'}

@@ -5,6 +5,10 @@ local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. st
 
 local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name end
 
+-- A queue's wake-up channel (keys.py, wake_channel): sharded (SPUBLISH), in
+-- the queue's slot, so a cluster sends it to the queue's nodes only.
+local function wake_channel(queue) return qkey(queue, 'wake') end
+
 -- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
 local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
 local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
