@@ -4,6 +4,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -119,4 +120,17 @@ async def cluster_redis(cluster_url: str) -> AsyncIterator[ClusterClient]:
     client = connect(RedisSettings(url=cluster_url))
     assert isinstance(client, ClusterClient)
     yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["node", "cluster"])
+async def node_or_cluster_redis(request: pytest.FixtureRequest) -> AsyncIterator[ArqRedis]:
+    """One Redis node, then a cluster: the store takes either (cluster.py), so
+    a suite that asks for this runs on both. A module that uses it carries
+    `pytest.mark.xdist_group("cluster")`, as every user of the cluster."""
+    if request.param == "node":
+        client: Any = create_redis(RedisSettings(url=request.getfixturevalue("redis_url")))
+    else:
+        client = connect(RedisSettings(url=request.getfixturevalue("cluster_url")))
+    yield cast(ArqRedis, client)
     await client.aclose()

@@ -6,7 +6,7 @@ import contextlib
 import pickle
 import time
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
@@ -17,9 +17,7 @@ from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import DEAD_RETENTION_S, JobError, JobState, now_ms
 from conveyor_core.ratelimit import RateLimit
-from conveyor_core.redis import connect, create_redis
 from conveyor_core.serializer import JobFailedError, job_deserializer
-from conveyor_core.settings import RedisSettings
 from conveyor_core.shardpubsub import ShardSubscription
 from conveyor_core.store import (
     ArqJob,
@@ -39,15 +37,9 @@ ERROR = '{"type": "E", "message": "m"}'
 CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 100}
 
 
-@pytest.fixture(params=["node", "cluster"])
-async def redis(request: pytest.FixtureRequest) -> AsyncIterator[ArqRedis]:
-    """One Redis node, or a cluster: the store takes either (cluster.py)."""
-    if request.param == "node":
-        client: Any = create_redis(RedisSettings(url=request.getfixturevalue("redis_url")))
-    else:
-        client = connect(RedisSettings(url=request.getfixturevalue("cluster_url")))
-    yield cast(ArqRedis, client)
-    await client.aclose()
+@pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    return node_or_cluster_redis
 
 
 @contextlib.asynccontextmanager
