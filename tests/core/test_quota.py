@@ -5,6 +5,7 @@ real Redis."""
 
 import asyncio
 
+import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
@@ -14,6 +15,15 @@ from conveyor_core.keys import outstanding_key
 from conveyor_core.store import QUOTA_PRUNE_PER_CALL, JobStore, Quota, Submitted
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
+
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    """Each test on one node, then on a cluster."""
+    return node_or_cluster_redis
+
 
 QUOTA = QUOTA_PRUNE_PER_CALL + 4
 
