@@ -4,6 +4,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -141,4 +142,17 @@ async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[RedisClient
     url = request.getfixturevalue("redis_url" if request.param == "node" else "cluster_url")
     client = connect(RedisSettings(url=url))
     yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["node", "cluster"])
+async def node_or_cluster_redis(request: pytest.FixtureRequest) -> AsyncIterator[ArqRedis]:
+    """One Redis node, then a cluster: the store takes either (cluster.py), so
+    a suite that asks for this runs on both. A module that uses it carries
+    `pytest.mark.xdist_group("cluster")`, as every user of the cluster."""
+    if request.param == "node":
+        client: Any = create_redis(RedisSettings(url=request.getfixturevalue("redis_url")))
+    else:
+        client = connect(RedisSettings(url=request.getfixturevalue("cluster_url")))
+    yield cast(ArqRedis, client)
     await client.aclose()

@@ -180,3 +180,19 @@ def test_a_workflow_tree_nests_groups_and_strips_control_characters(
         "│     └─ [0] leaf g2.0 complete  <-",
         "└─ then join g1.then expired",
     ]
+
+
+def test_a_job_id_with_its_queue_tag_is_sent_as_one_encoded_segment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONVEYOR_API_KEY", KEY)
+    seen: list[httpx.Request] = []
+    job_id = "{arq:queue}3f2a"
+    for command in (["show", job_id], ["cancel", job_id], ["requeue", job_id]):
+        assert main(["jobs", *command], transport=api(seen, body=JOB)) == EXIT_OK
+    assert [r.url.raw_path for r in seen] == [
+        b"/v1/jobs/%7Barq%3Aqueue%7D3f2a",
+        b"/v1/jobs/%7Barq%3Aqueue%7D3f2a",
+        b"/v1/jobs/%7Barq%3Aqueue%7D3f2a/retry",
+    ]
+    assert {r.url.path.removesuffix("/retry") for r in seen} == {f"/v1/jobs/{job_id}"}

@@ -3,6 +3,7 @@
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -36,6 +37,26 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     problem: dict[str, Any] = response.json()
     assert problem["status"] == status
     return problem
+
+
+async def test_a_job_id_names_its_queue_and_reads_raw_or_percent_encoded(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    """A job id starts with its queue's hash tag (`{queue}`, keys.job_id_for), so
+    every key of the job shares the queue's slot on a cluster; a path takes the
+    braces as they are or percent-encoded, and an id with a broken tag is a 422."""
+    job = (await submit(client)).json()
+    assert job["id"].startswith(f"{{{CREATE_TASK.queue}}}")
+    assert await redis.zscore(CREATE_TASK.queue, job["id"]) is not None
+    encoded = quote(job["id"], safe="")
+    assert "%7B" in encoded
+    for path in (f"/v1/jobs/{encoded}", f"/v1/jobs/{job['id']}"):
+        read = await client.get(path)
+        assert read.status_code == 200, path
+        assert read.json()["id"] == job["id"]
+    unknown = await client.get(f"/v1/jobs/{encoded}x")
+    assert unknown.status_code == 404
+    assert_problem(await client.get("/v1/jobs/%7Bunclosed"), 422)
 
 
 async def test_submit_answers_201_with_the_job_and_its_location(

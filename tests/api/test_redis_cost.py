@@ -32,6 +32,7 @@ INSIDE_SCRIPTS = {
     "hgetall",
     "zscore",
     "publish",
+    "spublish",
     "hincrby",
     "expire",
 }

@@ -28,6 +28,15 @@ from conveyor_core.settings import RedisSettings
 from conveyor_core.store import Claimed, JobStore, Reported
 from tests.support import jobs
 
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    """Each test on one node, then on a cluster."""
+    return node_or_cluster_redis
+
+
 CATALOG = load_catalog(jobs.MODULES.split(","))
 ITERATING = CATALOG["iterating"]
 QUEUE = ITERATING.queue

@@ -15,6 +15,15 @@ from conveyor_core.scores import split_score
 from conveyor_core.store import ArqJob, JobStore
 from tests.support import jobs
 
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    """Each test on one node, then on a cluster."""
+    return node_or_cluster_redis
+
+
 CATALOG = load_catalog(jobs.MODULES.split(","))
 EFFECT = CATALOG["effect"]
 QUEUE = EFFECT.queue

@@ -1,5 +1,6 @@
 """A queue's per-minute history, read from a real Redis: what a reader keeps."""
 
+import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core.history import (
@@ -12,6 +13,15 @@ from conveyor_core.history import (
 )
 from conveyor_core.jobs import now_ms
 
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    """Each test on one node, then on a cluster."""
+    return node_or_cluster_redis
+
+
 QUEUE = "q"
 
 
@@ -21,6 +31,8 @@ async def minute_reads(redis: ArqRedis) -> int:
     return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
 
 
+# One node only: it counts the commands a read sends with one node's INFO.
+@pytest.mark.parametrize("node_or_cluster_redis", ["node"], indirect=True)
 async def test_a_reader_asks_redis_for_each_final_minute_once(redis: ArqRedis) -> None:
     minute = now_ms() // MINUTE_MS
     await redis.hset(history_key(QUEUE, minute - 30), mapping={"t:complete": 3, "t:wait_ms": 90})  # type: ignore[misc]

@@ -1,9 +1,11 @@
-"""The quota of outstanding jobs the submit script keeps per api key
-(lua/submit.lua): counted in the submit's own step, pruned lazily of ended
-jobs, a bounded number per call, against a real Redis."""
+"""The quota of outstanding jobs kept per api key (lua/quota.lua, in a slot
+of its own): a place taken before the submit and given back when it creates
+nothing, pruned lazily of ended jobs, a bounded number per call, against a
+real Redis."""
 
 import asyncio
 
+import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
@@ -13,6 +15,15 @@ from conveyor_core.keys import outstanding_key
 from conveyor_core.store import QUOTA_PRUNE_PER_CALL, JobStore, Quota, Submitted
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
+
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    """Each test on one node, then on a cluster."""
+    return node_or_cluster_redis
+
 
 QUOTA = QUOTA_PRUNE_PER_CALL + 4
 
@@ -67,6 +78,6 @@ async def test_a_job_whose_records_are_gone_no_longer_counts(redis: ArqRedis) ->
     # Its Idempotency-Key still finds it (not counted again), under the key's own scope.
     again = await submit(store, quota, idempotency_key="k")
     assert (again.created, again.job_id) == (False, first.job_id)
-    assert await redis.exists(keys.idempotency_key(CREATE_TASK.name, "k", "q"))
+    assert await redis.exists(keys.idempotency_key(CREATE_TASK.queue, CREATE_TASK.name, "k", "q"))
     await redis.delete(f"arq:job:{first.job_id}")  # expired, as arq's key does
     assert (await submit(store, quota)).created

@@ -24,6 +24,8 @@ PERIOD_S = 3
 # Every PERIOD_S seconds; cleanup a second after each digest.
 DIGEST_SCHEDULE = {"second": list(range(0, 60, PERIOD_S))}
 CLEANUP_SCHEDULE = {"second": list(range(1, 60, PERIOD_S))}
+# A run's id: its queue's tag, then its type and time (keys.job_id_for).
+RUN_ID_START = "{arq:queue}send_digest:"
 ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)$")
 
 
@@ -63,7 +65,7 @@ def parse_digest(mail: Received) -> tuple[dict[str, tuple[int, int, int]], int]:
 def scheduled_ms(mail: Received) -> int:
     job_id = mail.header("X-Conveyor-Job-Id")
     assert job_id is not None
-    assert job_id.startswith("send_digest:"), job_id
+    assert job_id.startswith(RUN_ID_START), job_id
     return int(job_id.rpartition(":")[2])
 
 
@@ -185,7 +187,7 @@ def test_a_cron_run_is_listed_as_an_ordinary_job_before_it_starts(cron_stack: St
         time.sleep(0.02)
     assert waiting, "no cron run was listed before it started"
     run_id = next(iter(waiting))
-    assert run_id.startswith("send_digest:")
+    assert run_id.startswith(RUN_ID_START)
     done = cron_stack.wait_for_state(run_id, "complete")
     assert done["tries"] == 1
     assert done["started_at"] >= done["enqueued_at"]

@@ -42,10 +42,12 @@ def test_the_seeds_declare_a_daily_digest_and_an_hourly_cleanup(redis: ArqRedis)
     assert (digest.hour, digest.minute, digest.second) == (9, 0, 0)
     assert (cleanup.hour, cleanup.minute) == (None, 30)
     # One id per run, the same on every replica: the finished run's job key, kept
-    # with its record, stops a late replica from submitting it again.
+    # with its record, stops a late replica from submitting it again. It names
+    # its queue (keys.job_id_for), so its keys share the queue's slot.
     run_at = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
-    assert run_id(load_catalog(jobs.MODULES.split(","))["send_digest"], run_at) == (
-        f"send_digest:{int(run_at.timestamp() * 1000)}"
+    digest_type = load_catalog(jobs.MODULES.split(","))["send_digest"]
+    assert run_id(digest_type, run_at) == (
+        f"{{{digest_type.queue}}}send_digest:{int(run_at.timestamp() * 1000)}"
     )
 
 
@@ -148,7 +150,8 @@ async def test_scheduled_runs_enter_through_submit_with_their_limit_and_priority
     first, second = runs[0], runs[1]
     assert first is not None
     assert second is not None
-    assert all(r.startswith("ticking:") for r in run_ids)
+    ticking = load_catalog(jobs.MODULES.split(","))["ticking"]
+    assert all(r.startswith(f"{{{ticking.queue}}}ticking:") for r in run_ids)
     # Its type's priority, not the default, and ahead of the backlog due before it.
     assert (first.priority, first.state) == (0, JobState.COMPLETE)
     backlog_jobs = [await store.get(job_id) for job_id in backlog]

@@ -1,5 +1,6 @@
-"""One try through `Processor.process()` against a real Redis: each outcome the
-policy decides, the cases where the handler never runs, and a stale try."""
+"""One try through `Processor.process()` against a real Redis, one node and a
+cluster: each outcome the policy decides, the cases where the handler never
+runs, and a stale try."""
 
 import asyncio
 import pickle
@@ -26,6 +27,13 @@ from tests.support import jobs
 CATALOG = load_catalog(jobs.MODULES.split(","))
 QUEUE = CATALOG["effect"].queue
 CLAIM = {"lock_ttl_ms": 10_000, "cancelled_retention_ms": 60_000, "scan_limit": 100}
+
+pytestmark = pytest.mark.xdist_group("cluster")
+
+
+@pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    return node_or_cluster_redis
 
 
 @pytest.fixture
@@ -71,6 +79,8 @@ async def starts(redis: ArqRedis, job_id: str) -> int:
     return int(await redis.llen(f"test:starts:{job_id}"))  # type: ignore[misc]
 
 
+# One node only: the test handler `effect` counts in one EVAL over two slots.
+@pytest.mark.parametrize("node_or_cluster_redis", ["node"], indirect=True)
 async def test_success_completes_with_the_result(store: JobStore, processor: Processor) -> None:
     try_ = await submit_and_claim(store, "effect", jobs.Effect(work_s=0))
     assert await processor.process(try_) is JobState.COMPLETE
@@ -226,6 +236,8 @@ class _Planted:
         return (Path.touch, (self.marker,))
 
 
+# One node only: a bare arq id (no queue tag), whose keys span slots on a cluster.
+@pytest.mark.parametrize("node_or_cluster_redis", ["node"], indirect=True)
 async def test_a_planted_pickle_is_dead_lettered_and_never_unpickled(
     redis: ArqRedis, store: JobStore, processor: Processor, tmp_path: Path
 ) -> None:
@@ -253,6 +265,8 @@ def _stale_calls(call: str) -> float:
     return value or 0.0
 
 
+# One node only: the test handler `effect` counts in one EVAL over two slots.
+@pytest.mark.parametrize("node_or_cluster_redis", ["node"], indirect=True)
 async def test_a_stale_trys_end_is_refused_counted_and_fetches_nothing(
     redis: ArqRedis, store: JobStore, processor: Processor, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -215,7 +216,7 @@ def cmd_jobs_list(api: Api, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(api: Api, args: argparse.Namespace) -> int:
-    job = api.call("GET", f"/v1/jobs/{args.id}")
+    job = api.call("GET", f"/v1/jobs/{_segment(args.id)}")
     if args.json:
         say(json.dumps(job, indent=2))
         return EXIT_OK
@@ -233,14 +234,14 @@ def cmd_jobs_show(api: Api, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(api: Api, args: argparse.Namespace) -> int:
-    job = api.call("DELETE", f"/v1/jobs/{args.id}")
+    job = api.call("DELETE", f"/v1/jobs/{_segment(args.id)}")
     _out(args, job, [_job_row(job)], JOB_COLUMNS)
     return EXIT_OK
 
 
 def cmd_jobs_requeue(api: Api, args: argparse.Namespace) -> int:
     params = {"start_over": "true"} if args.start_over else None
-    job = api.call("POST", f"/v1/jobs/{args.id}/retry", params=params)
+    job = api.call("POST", f"/v1/jobs/{_segment(args.id)}/retry", params=params)
     _out(args, job, [_job_row(job)], JOB_COLUMNS)
     return EXIT_OK
 
@@ -531,6 +532,12 @@ def api_key(args: argparse.Namespace) -> str:
     if not key:
         raise CliError(f"no api key: set {KEY_ENV}, or pass --key-file PATH", EXIT_AUTH)
     return key
+
+
+def _segment(value: str) -> str:
+    """`value` as one path segment: a job id's tag (`{queue}`) and anything
+    else a URL does not take as it is, percent-encoded."""
+    return quote(value, safe="")
 
 
 def main(argv: Sequence[str] | None = None, transport: httpx.BaseTransport | None = None) -> int:

@@ -133,6 +133,10 @@ class JobType:
                 f"job type {self.name!r}: max_snoozes must be an integer >= 0, "
                 f"not {self.max_snoozes!r}"
             )
+        if not re.fullmatch(QUEUE_PATTERN, self.queue):
+            raise ValueError(
+                f"job type {self.name!r}: queue {self.queue!r} must be letters, digits and _.:-"
+            )
         if self.offload_above_bytes is not None and self.offload_above_bytes < 0:
             raise ValueError(f"job type {self.name!r}: offload_above_bytes must be 0 or more")
         if self.limits is not None and (problems := self.limits.problems(self.payload)):
@@ -143,6 +147,12 @@ class JobType:
 ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 ID_MAX_CHARS = 128
 RecordId = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
+# A queue's name: it is the hash tag of the queue's keys and of its jobs' ids
+# (keys.py), so it holds no brace.
+QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+# A job's id: its queue shard's tag, `{queue}`, then an id as above
+# (keys.job_id_for); or, for a job a bare arq client enqueued, no tag.
+JOB_ID_PATTERN = r"^(\{[A-Za-z0-9_.:-]+\})?[A-Za-z0-9_.:-]+$"
 
 
 class ScheduledRun(BaseModel):

@@ -4,13 +4,12 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid4
 
 import orjson
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from conveyor_core import claimcheck, stored_bytes
+from conveyor_core import claimcheck, keys, stored_bytes
 from conveyor_core.blobs import BlobRef
 from conveyor_core.catalog import JobType
 from conveyor_core.debounce import Debounce, DebounceError
@@ -122,7 +121,8 @@ async def enqueue(
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
     id_may_repeat = job_id is not None
-    job_id = job_id or uuid4().hex
+    # The id names its queue shard (keys.job_id_for): its keys share the queue's slot.
+    job_id = job_id or keys.job_id_for(job_type.queue)
     stored_payload, blob = None, None
     # A repeatable id (a scheduled run's) may name a live job: never overwrite its blob.
     if debounce is not None and debounce.mode == "replace" and job_type.offload_above_bytes:

@@ -11,10 +11,69 @@ progress, the last error), per-queue indexes by state, idempotency, wake-ups
 and change notices, per-minute history and the digest's counts. Job modules keep keys of their
 own under the same prefix (the seed app's documents and sent-mail marks).
 
-Keys of one queue carry the queue in a `{...}` hash tag, so a Redis Cluster
-keeps them in one slot. Per-job keys (arq's and the job hash) are named by id
-and span slots: arq's layout fixes those.
+Slots: one call, one slot (Redis Cluster)
+-----------------------------------------
+
+A queue's name is the hash tag of everything of the queue's: arq's queue
+key is the bare name (`arq:queue`: a key with no braces hashes whole, so it
+lands where `{arq:queue}` does), Conveyor's per-queue keys carry it as
+`conveyor:{queue}:...` (indexes, flow hash, holds, running sets, key rings,
+history, paused flag, idempotency and debounce records), and a job's id
+starts with it: `{queue}` then 32 hex digits (`job_id_for`; a scheduled
+run's, `{queue}type:ms`). So `arq:job:{id}`, `arq:in-progress:{id}`,
+`arq:result:{id}` and `conveyor:job:{id}` hash to the queue's slot, and a
+script about a job, or about the jobs it finds in its queue, stays in one
+slot. On a single node the tag changes nothing. An id with no tag (a bare
+arq client's, or one from before ids carried it) still works on a single
+node; on a cluster its keys land on slots of their own, so a bare arq
+enqueue is not supported there (docs/how-to/redis-cluster.md).
+
+Audit: what each call touches (`lua/`; KEYS are declared, "derived" keys
+are built in Lua from a declared queue and the ids found in it, so they
+share its slot by the layout above):
+
+- submit.lua: a job's arq job and result keys, its queue, flow hash,
+  idempotency and debounce records (all the queue's slot); derived: the
+  queue's key queue and ring (fairness), history, the kept job's keys
+  (debounce). The caller's rate limiter (per api key) is spent in the same
+  call on a single node only; on a cluster by rate_limit.lua first. The
+  caller's quota of outstanding jobs (per api key) is quota.lua's, a call
+  of its own before the submit (it used to read jobs of every slot inside
+  the submit); a parent's record gets its child by link_child.lua after.
+- claim.lua, finish.lua (finish and fetch), settle.lua, cancel.lua,
+  requeue.lua, bulk.lua: the queue and its flags declared; derived: the
+  claimed or given jobs' keys, the queue's flow keys, indexes and history,
+  all in the queue's slot. A job of a group also counts in its group
+  (lib/group.lua): the group's hash is `conveyor:group:{group id}`, and a
+  continuation may join another queue: these span slots (below).
+- renew.lua: per try its record and lock, declared; one call per queue on
+  a cluster. read.lua: the job's record, arq keys, its queue and paused
+  flag (the limiter as for submit); an id with no tag is looked for in
+  every queue of the catalog (a single node only). progress.lua,
+  checkpoint.lua: the job's record. page.lua, trim.lua: one index.
+  queue_stats.lua, pause.lua: the queue's keys. rate_limit.lua: one limiter.
+  stats_take.lua: the digest's keys, all under the `{stats}` tag.
+- group_create.lua, group_cancel.lua: the group's hash (a parent's record
+  or an outer group's hash when given: other slots). group_submit.lua: the
+  members of a chunk, in their queues, and the caller's quota: members are
+  `{group id}.{index}`, with no queue tag, so their keys span slots. Groups
+  run on a single node only for now.
+- Outside Lua: history, stats and listings read per queue with
+  non-transactional pipelines (a cluster splits them per node); the
+  listing's page script is called once per queue on a cluster (a cluster
+  pipeline takes no scripts); bulk deletes of idempotency records and the
+  worker registry's MGET are split per slot by the cluster client; the
+  seed app's document scripts bump `STATS_PENDING` next to a document's
+  keys (two slots: the seed app is single-node).
+
+Pub/sub: a queue's wake-ups are sharded (`SPUBLISH` on `conveyor:{queue}:wake`,
+its slot), heard by workers through shardpubsub.py on one node and on a
+cluster alike. Events per job and per group still use `PUBLISH`, which a
+cluster sends to every node, and which the api hears with plain `SUBSCRIBE`
+(one node only so far).
 """
+
+from uuid import uuid4
 
 PREFIX = "conveyor:"
 
@@ -36,10 +95,10 @@ INDEXED_STATES = ("in_progress", "retrying", "complete", "dead", "cancelled")
 # Idempotency-Key -> "job id, payload fingerprint", per job type and per api
 # key that submitted it, so one key can neither reach nor detect another's
 # jobs through it (a job enqueued with no api key: per job type only).
-IDEMPOTENCY_PREFIX = PREFIX + "idempotency:"
+IDEMPOTENCY_SUFFIX = "idempotency:"
 # Debounce key -> the id of the job its window keeps (enqueue.py, Debounce),
 # per job type and api key as an Idempotency-Key is, expiring with the window.
-DEBOUNCE_PREFIX = PREFIX + "debounce:"
+DEBOUNCE_SUFFIX = "debounce:"
 # Hash per group (groups.py, lua/lib/group.lua): its total, the members not yet
 # counted (`remaining`), the dead and cancelled ones, its policy and state, the
 # member that failed it and why, who created it, and its continuations as they
@@ -56,11 +115,12 @@ GROUP_KEEP_S = 7 * 86_400
 # Pub/sub per job: its version on every change, for SSE streams. A channel per
 # job, so an api replica hears only the jobs its streams watch.
 EVENTS_PREFIX = PREFIX + "events:"
-# Pub/sub per queue: "there may be work" (a job id), sent on enqueue and
+# Sharded pub/sub per queue (SPUBLISH, `conveyor:{queue}:wake`, in the
+# queue's slot: a cluster sends it to the queue's nodes only): "there may be
+# work" (a job id), sent on enqueue and
 # requeue, or ABORT_MESSAGE when a running job is to be cancelled, or
 # DUE_MESSAGE and a due time (ms) when a deferred job was enqueued: a worker
 # then only sets its timer, and claims nothing before the job falls due.
-WAKE_PREFIX = PREFIX + "wake:"
 ABORT_MESSAGE = b"abort"
 DUE_MESSAGE = b"due "
 # Sorted set per api key with a quota of outstanding jobs (its name): ids of
@@ -100,14 +160,14 @@ HOUSEKEEPING_LOCK_SUFFIX = "housekeeping"
 # Hash of a job module's own counts since they were last taken (stats.py):
 # `{name}:{event}`, bumped in the module's own scripts. Job outcomes are not
 # counted here: a take reads them from the per-minute history.
-STATS_PENDING = PREFIX + "stats:pending"
+STATS_PENDING = PREFIX + "{stats}:pending"
 # Where the last take of counts stopped: the history minute it read last and
 # that minute's outcome counts as it read them (JSON), expiring with the history.
-STATS_TAKEN = PREFIX + "stats:taken"
+STATS_TAKEN = PREFIX + "{stats}:taken"
 # The counts one run took over (the module counts renamed from STATS_PENDING,
 # plus the job outcomes), by the taking job's id, so a retried run reports the
 # same numbers.
-STATS_DIGEST_PREFIX = PREFIX + "stats:digest:"
+STATS_DIGEST_PREFIX = PREFIX + "{stats}:digest:"
 # Hash per bulk action (the api's bulk.py): action, filter, who, state,
 # counts and the cursor it has reached, so it can be resumed; kept a week.
 BULK_PREFIX = PREFIX + "bulk:"
@@ -127,6 +187,40 @@ WORKERS = PREFIX + "workers"
 # Stream of operator actions (who, what, filter, how many, when), capped at
 # about AUDIT_MAX_ENTRIES entries.
 AUDIT_LOG = PREFIX + "audit"
+
+
+# A key a script is given in place of one the call has none of (no
+# Idempotency-Key, no debounce key...): in the call's slot, so a cluster routes
+# the call by its real keys, and never written (lua/lib/keys.lua, `has`). Its
+# last byte is NUL, which no key Conveyor names ends with.
+ABSENT_SUFFIX = ":absent\x00"
+
+
+def job_id_for(queue: str, suffix: str | None = None) -> str:
+    """A new job id on the queue shard `queue`: its tag, then `suffix` (a
+    scheduled run's, which is the same on every replica) or 32 random hex
+    digits. The id says where its job lives: `arq:job:{id}` and the others
+    hash to the queue's slot (see the module's docstring)."""
+    return f"{{{queue}}}{uuid4().hex if suffix is None else suffix}"
+
+
+def queue_of(job_id: str) -> str | None:
+    """The queue shard a job id names (`job_id_for`), or None for an id with
+    no tag: one a caller chose, or a bare arq client's."""
+    if not job_id.startswith("{"):
+        return None
+    end = job_id.find("}", 1)
+    return job_id[1:end] if end > 1 else None
+
+
+def absent(beside: str) -> str:
+    """The stand-in for a key a call has none of (ABSENT_SUFFIX), in the slot
+    of the key `beside` (a queue's, a group's): its hash tag, or the whole
+    key as one (a key with no tag hashes whole)."""
+    start = beside.find("{")
+    end = beside.find("}", start + 1) if start >= 0 else -1
+    tag = beside[start + 1 : end] if end > start + 1 else beside
+    return f"{{{tag}}}{ABSENT_SUFFIX}"
 
 
 def job_key(job_id: str) -> str:
@@ -154,17 +248,18 @@ def group_key(group_id: str) -> str:
     return GROUP_PREFIX + group_id
 
 
-def idempotency_key(job_type: str, key: str, submitted_by: str | None = None) -> str:
+def idempotency_key(queue: str, job_type: str, key: str, submitted_by: str | None = None) -> str:
     """The key's record for this job type, and for the api key that used it (a
-    name has no `/`, a job type neither, so no scope can pose as another)."""
+    name has no `/`, a job type neither, so no scope can pose as another), in
+    the slot of the queue shard its jobs go to."""
     scope = f"{submitted_by}/" if submitted_by else ""
-    return f"{IDEMPOTENCY_PREFIX}{scope}{job_type}:{key}"
+    return queue_key(queue, f"{IDEMPOTENCY_SUFFIX}{scope}{job_type}:{key}")
 
 
-def debounce_key(job_type: str, key: str, submitted_by: str | None = None) -> str:
+def debounce_key(queue: str, job_type: str, key: str, submitted_by: str | None = None) -> str:
     """A debounce key's record for this job type and api key (as idempotency_key)."""
     scope = f"{submitted_by}/" if submitted_by else ""
-    return f"{DEBOUNCE_PREFIX}{scope}{job_type}:{key}"
+    return queue_key(queue, f"{DEBOUNCE_SUFFIX}{scope}{job_type}:{key}")
 
 
 def outstanding_key(api_key_name: str) -> str:
@@ -172,7 +267,7 @@ def outstanding_key(api_key_name: str) -> str:
 
 
 def wake_channel(queue: str) -> str:
-    return WAKE_PREFIX + queue
+    return queue_key(queue, "wake")
 
 
 def stats_digest_key(job_id: str) -> str:

@@ -44,7 +44,6 @@ def lua_constants() -> str:
         "prefix": keys.PREFIX,
         "job": keys.JOB_PREFIX,
         "events": keys.EVENTS_PREFIX,
-        "wake": keys.WAKE_PREFIX,
         "arq_job": job_key_prefix,
         "arq_lock": in_progress_key_prefix,
         "arq_result": result_key_prefix,

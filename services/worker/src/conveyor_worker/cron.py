@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from conveyor_core.catalog import JobModuleError, JobType
 from conveyor_core.enqueue import enqueue
+from conveyor_core.keys import job_id_for
 from conveyor_core.schedule import Schedule
 from conveyor_core.store import JobStore
 
@@ -28,8 +29,8 @@ SUBMIT_AHEAD_S = 1.0
 
 
 def run_id(job_type: JobType, run_at: datetime) -> str:
-    """The id of one run: the same on every replica."""
-    return f"{job_type.name}:{int(run_at.timestamp() * 1000)}"
+    """The id of one run: the same on every replica, in its queue's slot (keys.job_id_for)."""
+    return job_id_for(job_type.queue, f"{job_type.name}:{int(run_at.timestamp() * 1000)}")
 
 
 def next_run(schedule: Schedule, after: datetime) -> datetime:

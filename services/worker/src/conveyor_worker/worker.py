@@ -47,7 +47,6 @@ from conveyor_core.context import AnyHandler
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
-from conveyor_core.pubsub import Subscription
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import (
     REDIS_FAULT_ERRORS,
@@ -57,6 +56,7 @@ from conveyor_core.redis import (
     redis_fault,
 )
 from conveyor_core.schedule import Schedule
+from conveyor_core.shardpubsub import ShardSubscription
 from conveyor_core.store import Claim, Claimed, Fetch, JobStore
 from conveyor_core.workers import ANNOUNCE_EVERY_S, WorkerCard, announce, withdraw
 from conveyor_worker.cron import Scheduler
@@ -192,7 +192,7 @@ class ConveyorWorker:
         await self.startup()
         # Woken on every "work may be here" message for our queue, and after a
         # gap in the subscription, when one may have been missed.
-        wakeups = Subscription(
+        wakeups = ShardSubscription(
             self.pool,
             keys.wake_channel(self.queue_name),
             on_message=self._on_wake_message,

@@ -21,7 +21,7 @@ from conveyor_api.auth import ApiKey, Scope, require
 from conveyor_api.deps import EventsDep, RedactorDep, StoreDep
 from conveyor_api.events import JobChanges, live_stream, stream_deadline
 from conveyor_api.routes.jobs import SSE_KEEPALIVE_S, masked
-from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
+from conveyor_core.catalog import ID_MAX_CHARS, JOB_ID_PATTERN
 from conveyor_core.jobs import TERMINAL_STATES, JobPublic
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import REDIS_DOWN_ERRORS
@@ -33,7 +33,7 @@ ReaderDep = Annotated[ApiKey, Depends(require(Scope.JOBS_READ))]
 MAX_JOBS_PER_STREAM = 100
 
 JobIdText = Annotated[
-    str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
+    str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=JOB_ID_PATTERN)
 ]
 JobIds = Annotated[
     list[JobIdText],

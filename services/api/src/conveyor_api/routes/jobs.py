@@ -46,7 +46,7 @@ from conveyor_api.edge import FastRoute
 from conveyor_api.events import live_stream, stream_deadline
 from conveyor_api.problems import FieldError
 from conveyor_core.blobs import BlobIntegrityError, BlobNotFoundError
-from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN, JobType
+from conveyor_core.catalog import ID_MAX_CHARS, JOB_ID_PATTERN, JobType
 from conveyor_core.claimcheck import reference_of
 from conveyor_core.debounce import (
     DEBOUNCE_KEY_MAX_CHARS,
@@ -74,7 +74,7 @@ TAGS: list[str | Enum] = ["jobs"]
 # Keep-alive comments on idle SSE streams, so proxies do not cut them.
 SSE_KEEPALIVE_S = 15.0
 
-JobId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
+JobId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=JOB_ID_PATTERN)]
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 IdempotencyKey = Annotated[
     str | None,
@@ -704,7 +704,7 @@ def _add_single_job_routes(api: APIRouter) -> None:
 
 
 # The job id in a path, as `JobId` declares it: a fast route checks it itself.
-FAST_JOB_ID = re.compile(ID_PATTERN)
+FAST_JOB_ID = re.compile(JOB_ID_PATTERN)
 JOBS_PREFIX = "/v1/jobs/"
 IDEMPOTENCY_KEY_HEADER = b"idempotency-key"
 

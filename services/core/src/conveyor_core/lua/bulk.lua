@@ -65,6 +65,6 @@ for i = 4, #ARGV, action == 'requeue' and 2 or 1 do
   end
   if applied then done = done + 1 else skipped = skipped + 1 end
 end
-if wake then redis.call('PUBLISH', K.wake .. queue, 'requeued') end
-if abort then redis.call('PUBLISH', K.wake .. queue, 'abort') end
+if wake then redis.call('SPUBLISH', wake_channel(queue), 'requeued') end
+if abort then redis.call('SPUBLISH', wake_channel(queue), 'abort') end
 return {done, skipped}

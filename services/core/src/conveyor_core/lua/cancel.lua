@@ -18,7 +18,7 @@ local outcome, changed = cancel_job(rec, now, tonumber(ARGV[3]))
 -- Asked again, the worker is told again: it may have missed the first word;
 -- the outcome says the job had been asked already (nothing changed).
 if outcome == 'cancelling' then
-  redis.call('PUBLISH', K.wake .. queue, 'abort')
+  redis.call('SPUBLISH', wake_channel(queue), 'abort')
   if not changed then outcome = 'cancel_requested' end
 end
 return {outcome, redis.call('HGETALL', K.job .. id)}

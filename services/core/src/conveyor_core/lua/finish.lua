@@ -95,7 +95,7 @@ else
   fields[#fields + 1] = (rec.started or '') .. ' ' .. now .. ' ' .. to
   version = transition(rec, to, now, now + arg, fields, arg)
 end
-if to == 'queued' then redis.call('PUBLISH', K.wake .. rec.queue, id) end
+if to == 'queued' then redis.call('SPUBLISH', wake_channel(rec.queue), id) end
 -- History: a try that counts is counted by its outcome, named as the state
 -- it left the job in, in the minute it ended, with its queue wait (due to
 -- start); `started` is their sum.

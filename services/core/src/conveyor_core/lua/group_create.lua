@@ -10,9 +10,9 @@
 -- (ARGV[5], a member id of the group KEYS[3]; lib/group.lua, handing over):
 -- that group then waits for one more end, this group's `then` continuation's.
 --
--- KEYS: 1 the group's hash, 2 the creating job's record or '' (it lists the
+-- KEYS: 1 the group's hash, 2 the creating job's record or absent (keys.absent) (it lists the
 --       group as `group:{id}` = total, as submit.lua lists a child), 3 the
---       hash of the group whose place it takes, or ''
+--       hash of the group whose place it takes, or absent
 -- ARGV: 1 group id, 2 now ms, 3 how long an open group lives (ms), 4 total,
 --       5 the place it takes (a member id) or '', 6.. more field/value pairs
 --       (policy, kind, submitted_by, parent_id, continuations and their
@@ -23,7 +23,7 @@ local gid, now, total, place = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4]), AR
 local fields = {'total', total, 'remaining', total, 'dead', 0, 'cancelled', 0, 'state', 'running',
   'created_at_ms', now}
 for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-if place ~= '' and KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+if place ~= '' and has(KEYS[3]) and redis.call('EXISTS', KEYS[3]) == 1 then
   local _, at = group_of(place)
   redis.call('HINCRBY', KEYS[3], 'remaining', 1)
   redis.call('HINCRBY', KEYS[3], 'handed', 1)
@@ -33,7 +33,7 @@ if place ~= '' and KEYS[3] ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if KEYS[2] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then
+if has(KEYS[2]) and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HSET', KEYS[2], 'group:' .. gid, total)
 end
 if total == 0 then group_finish(KEYS[1], gid, now) end

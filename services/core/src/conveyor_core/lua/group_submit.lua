@@ -33,7 +33,7 @@ for i = 4, #ARGV, 6 do
     counted[seen] = (counted[seen] or 0) + 1
   end
 end
-for queue, id in pairs(woken) do redis.call('PUBLISH', K.wake .. queue, id) end
+for queue, id in pairs(woken) do redis.call('SPUBLISH', wake_channel(queue), id) end
 for seen, n in pairs(counted) do
   local queue, t = string.match(seen, '^([^\n]*)\n(.*)$')
   history(queue, now, t .. ':enqueued', n)

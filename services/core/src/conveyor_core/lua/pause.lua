@@ -12,5 +12,5 @@ if ARGV[1] == 'pause' then
   return {redis.call('GET', KEYS[1]), changed}
 end
 local changed = redis.call('DEL', KEYS[1])
-if changed == 1 then redis.call('PUBLISH', ARGV[3], 'resume') end
+if changed == 1 then redis.call('SPUBLISH', ARGV[3], 'resume') end
 return {'', changed}

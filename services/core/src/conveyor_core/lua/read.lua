@@ -2,20 +2,24 @@
 --- @include "lib/keys"
 --- @include "lib/gcra"
 -- One job as a caller reads it, after spending one request of the caller's
--- rate (when a limiter key is given): one call, where a pipeline of a dozen
--- commands cost the api more to pack and parse than the whole bare read.
--- allow-oom: the limiter's one small key is rewritten in place, and a full
--- Redis must still answer reads.
+-- rate (when a limiter key is given: a single node's; a cluster's limiter is
+-- in a slot of its own, spent by a call of its own before): one call, where a
+-- pipeline of a dozen commands cost the api more to pack and parse than the
+-- whole bare read. allow-oom: the limiter's one small key is rewritten in
+-- place, and a full Redis must still answer reads.
 --
--- KEYS: 1 rate limiter key or '', 2 the job's record, 3 arq's job key, 4 arq's
---       result key (a finished job's payload and result: lib/arq_result.lua)
--- ARGV: 1 limiter interval us, 2 limiter burst, 3 job id, 4... the catalog's
---       queues (where a waiting job, which has no record yet, is looked for)
--- Returns {0, retry after us} when the rate refuses it, else {1, record as
--- field, value, ..., arq job bytes (else result bytes) or nil, queue or nil, score or nil (a
--- waiting job's), 1 when that queue is paused else 0}.
-if KEYS[1] ~= '' then
-  local limit = gcra(KEYS[1], ARGV[1], ARGV[2])
+-- KEYS: 1 the rate limiter key or absent (keys.absent), 2 the job's record,
+--       3 arq's job key, 4 arq's result key (a finished job's payload and
+--       result: lib/arq_result.lua), then per queue where a
+--       waiting job (which has no record yet) may be: the queue and its paused
+--       flag. An id that names its queue shard (keys.job_id_for) is looked
+--       for there alone; an id with no tag (a bare arq client's), in every
+--       queue of the catalog (on a single node only: they span slots).
+-- ARGV: 1 job id, 2 limiter interval us, 3 limiter burst
+-- Returns {1, record, job, queue or false, score or false, paused 1/0}, or
+-- {0, retry after us} when the caller's rate refuses the read.
+if has(KEYS[1]) then
+  local limit = gcra(KEYS[1], ARGV[2], ARGV[3])
   if limit[1] == 0 then return {0, limit[2]} end
 end
 local record = redis.call('HGETALL', KEYS[2])
@@ -26,11 +30,13 @@ for i = 1, #record, 2 do
   if record[i] == 'queue' then where = record[i + 1] end
 end
 if #record == 0 then
-  for i = 4, #ARGV do
-    score = redis.call('ZSCORE', ARGV[i], ARGV[3])
-    if score then where = ARGV[i]; break end
+  for i = 5, #KEYS, 2 do
+    score = redis.call('ZSCORE', KEYS[i], ARGV[1])
+    if score then where = KEYS[i]; break end
   end
 end
 local paused = 0
-if where then paused = redis.call('EXISTS', qkey(where, 'paused')) end
+for i = 5, #KEYS, 2 do
+  if KEYS[i] == where then paused = redis.call('EXISTS', KEYS[i + 1]) end
+end
 return {1, record, job, where, score, paused}

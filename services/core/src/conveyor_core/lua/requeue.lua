@@ -16,5 +16,5 @@ if rec.state ~= 'dead' then return {rec.state, redis.call('HGETALL', K.job .. id
 redis.call('SET', KEYS[2], ARGV[3])
 if ARGV[4] == '1' then redis.call('HDEL', K.job .. id, 'checkpoint') end
 requeue_dead(rec, now)
-redis.call('PUBLISH', K.wake .. queue, id)
+redis.call('SPUBLISH', wake_channel(queue), id)
 return {'requeued', redis.call('HGETALL', K.job .. id)}

@@ -6,8 +6,10 @@ from arq.connections import ArqRedis
 
 from conveyor_core.blobs import BlobStore
 from conveyor_core.catalog import Catalog, load_catalog
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.flow import claim_limits
 from conveyor_core.lua import lua_script
+from conveyor_core.ratelimit import RateLimit
 
 
 class StoreBase:
@@ -22,6 +24,10 @@ class StoreBase:
         blobs: BlobStore | None = None,
     ) -> None:
         self.redis = redis
+        # On a cluster one call touches one slot: what is the caller's (its
+        # rate limiter) is spent by a call of its own; a single node's scripts
+        # spend it in the same call (one round trip less).
+        self.one_slot_per_call = isinstance(redis, ClusterClient)
         self.catalog = catalog or load_catalog()
         # Where offloaded payloads and results go (claimcheck.py); None: every
         # job keeps its payload and result inline.
@@ -31,6 +37,9 @@ class StoreBase:
         self._admit = admit
         script = redis.register_script
         self._submit = script(lua_script("submit"))
+        self._rate_limit = script(lua_script("rate_limit"))
+        self._quota = script(lua_script("quota"))
+        self._link_child = script(lua_script("link_child"))
         self._claim = script(lua_script("claim"))
         self._finish = script(lua_script("finish"))
         # The same end of a try that also claims (finish and fetch) adds data:
@@ -59,3 +68,17 @@ class StoreBase:
             )
             for queue in self.catalog.queues()
         }
+
+    async def _limiter(self, rate_limit: RateLimit | None, absent: str) -> tuple[str, float | None]:
+        """The limiter key a script spends the caller's rate with (`absent`
+        when there is none to spend), and None; or, on a cluster, where the
+        limiter is in a slot of its own, `absent` and what a call of its own
+        answered: None when allowed, else the seconds to wait."""
+        if rate_limit is None:
+            return absent, None
+        if not self.one_slot_per_call:
+            return rate_limit.key, None
+        allowed, retry_after_us, _ = await self._rate_limit(
+            keys=[rate_limit.key], args=[rate_limit.interval_us, rate_limit.burst]
+        )
+        return absent, None if allowed else int(retry_after_us) / 1_000_000

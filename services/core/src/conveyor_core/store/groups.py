@@ -46,11 +46,13 @@ class Groups(Reads):
         if self._admit is not None:  # as every submit (Lifecycle.admit)
             await self._admit()
         flat: list[str | bytes | int] = [x for pair in fields.items() for x in pair]
+        group_key = keys.group_key(group_id)
+        absent = keys.absent(group_key)
         created = await self._group_create(
             keys=[
-                keys.group_key(group_id),
-                keys.job_key(parent_id) if parent_id else "",
-                keys.group_key(hands_to_group) if hands_to_group else "",
+                group_key,
+                keys.job_key(parent_id) if parent_id else absent,
+                keys.group_key(hands_to_group) if hands_to_group else absent,
             ],
             args=[group_id, now_ms(), GROUP_OPEN_S * 1000, total, hands_to or "", *flat],
         )

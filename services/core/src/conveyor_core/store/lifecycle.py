@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from redis.exceptions import OutOfMemoryError
 
 from conveyor_core import keys
@@ -19,6 +19,7 @@ from conveyor_core.jobs import (
     DEAD_RETENTION_S,
     HIGHEST_PRIORITY,
     LOWEST_PRIORITY,
+    TERMINAL_STATES,
     JobPublic,
     JobState,
     now_ms,
@@ -102,51 +103,63 @@ class Lifecycle(Reads):
             meta = {**meta, "idempotency_key": idempotency_key}
         kept = payload if stored_payload is None else stored_payload
         job = ArqJob(job_type.name, kept, meta, at_ms)
+        queue = job_type.queue
+        absent = keys.absent(queue)
         idem_key = (
-            keys.idempotency_key(job_type.name, idempotency_key, meta.get(SUBMITTED_BY))
+            keys.idempotency_key(queue, job_type.name, idempotency_key, meta.get(SUBMITTED_BY))
             if idempotency_key
-            else ""
+            else absent
+        )
+        limiter, refused_s = await self._limiter(rate_limit, absent)
+        if refused_s is not None:
+            return Submitted(job_id, False, retry_after_s=refused_s)
+        expiry_ms = max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS  # a past run_at: due now
+        quota_full = quota is not None and not await self._take_place(
+            quota, job_id, at_ms, expiry_ms
         )
         status, *existing = await self._submit(
             keys=[
                 job_key_prefix + job_id,
-                result_key_prefix + job_id if id_may_repeat else "",
-                job_type.queue,
+                result_key_prefix + job_id if id_may_repeat else absent,
+                queue,
                 idem_key,
-                keys.queue_key(job_type.queue, keys.FLOW_SUFFIX),
-                rate_limit.key if rate_limit else "",
-                keys.job_key(meta["parent_id"]) if meta.get("parent_id") else "",
-                quota.key if quota else "",
-                keys.debounce_key(job_type.name, debounce.key, meta.get(SUBMITTED_BY))
+                keys.queue_key(queue, keys.FLOW_SUFFIX),
+                keys.debounce_key(queue, job_type.name, debounce.key, meta.get(SUBMITTED_BY))
                 if debounce
-                else "",
+                else absent,
+                limiter,
             ],
             args=[
                 job_id,
                 job.encode(),
                 queue_score(priority, ready_at_ms),
-                max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS,  # a past run_at: due now
+                expiry_ms,
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
-                keys.wake_channel(job_type.queue),
+                keys.wake_channel(queue),
                 flow_entry(job_type.name, job_type.limits, payload),
-                rate_limit.interval_us if rate_limit else 0,
-                rate_limit.burst if rate_limit else 0,
                 job_type.name,
                 at_ms,
-                quota.max_jobs if quota else 0,
-                QUOTA_PRUNE_PER_CALL,
+                "1" if quota_full else "0",
                 debounce.script_mode if debounce else "",
                 debounce.window_ms if debounce else 0,
+                rate_limit.interval_us if rate_limit else 0,
+                rate_limit.burst if rate_limit else 0,
             ],
         )
+        if quota is not None and not quota_full and status != b"created":
+            await self._quota(keys=[quota.key], args=["give", at_ms, job_id])
+        if status == b"created" and meta.get("parent_id"):
+            await self._link_child(
+                keys=[keys.job_key(meta["parent_id"])], args=[job_id, job_type.name]
+            )
         if status == b"debounced":
             kept_id, replaced = existing
             return Submitted(kept_id.decode(), False, debounced=True, replaced=replaced == b"1")
-        if status == b"over_quota":
-            return Submitted(job_id, False, over_quota=True)
         if status == b"limited":
             return Submitted(job_id, False, retry_after_s=int(existing[0]) / 1_000_000)
+        if status == b"over_quota":
+            return Submitted(job_id, False, over_quota=True)
         if status == b"exists":
             existing_id, _, existing_fingerprint = existing[0].decode().partition(" ")
             return Submitted(existing_id, False, existing_fingerprint == fingerprint)
@@ -163,6 +176,34 @@ class Lifecycle(Reads):
             priority=priority,
         )
         return Submitted(job_id, True, job=record)
+
+    async def _take_place(self, quota: Quota, job_id: str, at_ms: int, ttl_ms: int) -> bool:
+        """Take a place for `job_id` in the caller's quota of outstanding jobs
+        (lua/quota.lua); False when it is full. A full one's least recently
+        checked jobs are read (each in its own slot, one pipeline) and the
+        ended ones dropped, a bounded number per submit, before one more try."""
+        for pruned in (False, True):
+            reply = await self._quota(
+                keys=[quota.key],
+                args=["take", at_ms, job_id, quota.max_jobs, QUOTA_PRUNE_PER_CALL, ttl_ms],
+            )
+            if reply[0] == 1:
+                return True
+            if pruned:
+                return False
+            checked = [member.decode() for member in reply[1:]]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for other in checked:
+                    pipe.hget(keys.job_key(other), "state")
+                    pipe.exists(job_key_prefix + other)
+                found = await pipe.execute()
+            verdicts: list[str] = []
+            for i, other in enumerate(checked):
+                state, waiting = found[2 * i], found[2 * i + 1]
+                ended = state.decode() in TERMINAL_STATES if state else not waiting
+                verdicts += [other, "1" if ended else "0"]
+            await self._quota(keys=[quota.key], args=["prune", at_ms, *verdicts])
+        return False
 
     async def claim(
         self,
@@ -425,10 +466,24 @@ class Lifecycle(Reads):
         whose locks were left alone."""
         if not tries:
             return []
-        stale = await self._renew(
-            keys=[], args=[lock_ttl_ms, *(part for pair in tries for part in pair)]
-        )
-        return [job_id.decode() for job_id in stale]
+        # On a cluster, one call per queue shard (a call's keys share a slot);
+        # on a single node, one call.
+        by_queue: dict[str | None, list[tuple[str, str]]] = {}
+        for job_id, token in tries:
+            shard = keys.queue_of(job_id) if self.one_slot_per_call else None
+            by_queue.setdefault(shard, []).append((job_id, token))
+        stale: list[str] = []
+        for shard_tries in by_queue.values():
+            replies = await self._renew(
+                keys=[
+                    key
+                    for job_id, _ in shard_tries
+                    for key in (keys.job_key(job_id), in_progress_key_prefix + job_id)
+                ],
+                args=[lock_ttl_ms, *(part for pair in shard_tries for part in pair)],
+            )
+            stale += [job_id.decode() for job_id in replies]
+        return stale
 
     async def cancel(self, job_id: str) -> tuple[str, JobPublic | None]:
         """'missing', the final state it was in, 'cancelling', 'cancel_requested' (asked

@@ -1,6 +1,8 @@
 """Listing jobs by state and filter, a bounded scan per page."""
 
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from conveyor_core import keys
 from conveyor_core.jobs import (
@@ -67,20 +69,18 @@ class Listing(Reads):
         self, segment: _Segment, after: tuple[str, str], count: int
     ) -> list[tuple[str, str, str]]:
         """Up to `count` (id, score, queue) of a segment strictly after `after`, merged."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for queue in segment.queues:
-                await self._page(
-                    keys=[segment.key(queue)],
-                    args=[
-                        "desc" if segment.descending else "asc",
-                        segment.lo,
-                        segment.hi,
-                        *after,
-                        count,
-                    ],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        args = ["desc" if segment.descending else "asc", segment.lo, segment.hi, *after, count]
+        replies: list[Any]
+        if self.one_slot_per_call:
+            # A cluster pipeline takes no scripts: one call per queue, at once.
+            replies = await asyncio.gather(
+                *(self._page(keys=[segment.key(queue)], args=args) for queue in segment.queues)
+            )
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in segment.queues:
+                    await self._page(keys=[segment.key(queue)], args=args, client=pipe)
+                replies = await pipe.execute()
         rows = [
             (reply[i].decode(), reply[i + 1].decode(), queue)
             for queue, reply in zip(segment.queues, replies, strict=True)

@@ -39,12 +39,17 @@ class Queues(StoreBase):
         holds. At most `batch` per index and call.
         """
         at_ms = now_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for state in TERMINAL_STATES:
-                await self._trim(
-                    keys=[keys.index_key(queue, state.value)], args=[at_ms, batch], client=pipe
-                )
-            removed: list[int] = await pipe.execute()
+        indexes = [keys.index_key(queue, state.value) for state in TERMINAL_STATES]
+        removed: list[int]
+        if self.one_slot_per_call:
+            # A cluster pipeline takes no scripts (the indexes share a slot, but
+            # its pipeline loads no script): one call each.
+            removed = [await self._trim(keys=[index], args=[at_ms, batch]) for index in indexes]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    await self._trim(keys=[index], args=[at_ms, batch], client=pipe)
+                removed = await pipe.execute()
         return sum(removed)
 
     async def queue_stats(self, queue: str) -> QueueStats:

@@ -39,19 +39,35 @@ class Reads(StoreBase):
     async def read(self, job_id: str, rate_limit: RateLimit | None = None) -> Read:
         """One job, after spending one request of the caller's `rate_limit` (when
         given) in the same script: one round trip (a second only for a due job
-        of a limited type, see `held_reasons`)."""
+        of a limited type, see `held_reasons`). On a cluster the limiter, in a
+        slot of its own, is spent by a call of its own first."""
+        named = keys.queue_of(job_id)
+        queues = [named] if named is not None else self.catalog.queues()
+        if named is None and self.one_slot_per_call:
+            # An id with no tag (a bare arq client's): its keys and the queues
+            # span slots, so they are read by a pipeline, split per node.
+            _, refused_s = await self._limiter(rate_limit, "")
+            if refused_s is not None:
+                return Read(retry_after_s=refused_s)
+            (found,) = await self._read_many([(job_id, None)])
+            return Read(found=found)
+        limiter, refused_s = await self._limiter(
+            rate_limit, keys.absent(queues[0]) if queues else ""
+        )
+        if refused_s is not None:
+            return Read(retry_after_s=refused_s)
         reply = await self._read_one(
             keys=[
-                rate_limit.key if rate_limit else "",
+                limiter,
                 keys.job_key(job_id),
                 job_key_prefix + job_id,
                 result_key_prefix + job_id,
+                *(key for queue in queues for key in (queue, keys.paused_key(queue))),
             ],
             args=[
+                job_id,
                 rate_limit.interval_us if rate_limit else 0,
                 rate_limit.burst if rate_limit else 0,
-                job_id,
-                *self.catalog.queues(),
             ],
         )
         if not reply[0]:
@@ -89,7 +105,7 @@ class Reads(StoreBase):
             pipe.hgetall(keys.job_key(job_id))
             pipe.get(job_key_prefix + job_id)
             pipe.get(result_key_prefix + job_id)
-            for q in [queue] if queue else queues:
+            for q in _candidates(job_id, queue, queues):
                 pipe.zscore(q, job_id)
 
     def _parse_reads(
@@ -105,7 +121,7 @@ class Reads(StoreBase):
         out: list[tuple[ArqJob | None, JobPublic] | None] = []
         for job_id, queue in rows:
             raw, job_bytes, result_bytes = next(replies), next(replies), next(replies)
-            candidates = [queue] if queue else queues
+            candidates = _candidates(job_id, queue, queues)
             scores = {q: s for q in candidates if (s := next(replies)) is not None}
             record = _decode(raw)
             where = record.get("queue") or next(iter(scores), "")
@@ -213,3 +229,10 @@ class Reads(StoreBase):
         """The job's last checkpoint (one read), or None."""
         raw = await self.redis.hget(keys.job_key(job_id), "checkpoint")  # type: ignore[misc]
         return Checkpoint.decode(raw)
+
+
+def _candidates(job_id: str, queue: str | None, queues: list[str]) -> list[str]:
+    """Where a job may wait: its queue when known or named by its id
+    (keys.job_id_for), else every queue of the catalog (a bare arq id)."""
+    known = queue or keys.queue_of(job_id)
+    return [known] if known else queues

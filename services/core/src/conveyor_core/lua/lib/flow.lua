@@ -14,6 +14,6 @@ local function release(rec)
   -- ends (a later claim marks it again if it is still blocked), so marks of
   -- keys that come and go do not pile up.
   if redis.call('HDEL', qkey(rec.queue, 'waiting'), t, t .. '\n' .. key) > 0 then
-    redis.call('PUBLISH', K.wake .. rec.queue, 'freed')
+    redis.call('SPUBLISH', wake_channel(rec.queue), 'freed')
   end
 end

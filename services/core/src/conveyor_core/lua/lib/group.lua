@@ -48,7 +48,7 @@ local function start_continuation(g, n, now)
     fair_enter(queue, flow, score, id)
   end
   history(queue, now, g[p .. 'type'] .. ':enqueued', 1)
-  redis.call('PUBLISH', K.wake .. queue, id)
+  redis.call('SPUBLISH', wake_channel(queue), id)
 end
 
 -- Count `place` (a member id) of group `gid` as ended in state `to`. A

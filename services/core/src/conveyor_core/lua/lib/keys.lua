@@ -5,6 +5,10 @@ local function index(queue, state) return K.prefix .. '{' .. queue .. '}:' .. st
 
 local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name end
 
+-- A queue's wake-up channel (keys.py, wake_channel): sharded (SPUBLISH), in
+-- the queue's slot, so a cluster sends it to the queue's nodes only.
+local function wake_channel(queue) return qkey(queue, 'wake') end
+
 -- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
 local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
 local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
@@ -22,3 +26,7 @@ local function hold_key_of(queue, t, key) return qkey(queue, 'hold-key:' .. t ..
 -- which the claim rotates.
 local function keyq_key(queue, t, key) return qkey(queue, 'keyq:' .. t .. ':' .. key) end
 local function ring_key(queue, t) return qkey(queue, 'ring:' .. t) end
+
+-- A key the call has none of is given as keys.absent (keys.py): a key in the
+-- call's slot whose name ends in a NUL byte, never read or written.
+local function has(k) return k ~= '' and string.byte(k, -1) ~= 0 end
