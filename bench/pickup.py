@@ -527,6 +527,44 @@ async def instrumentation_only() -> None:
     print(cost, "(target >= 0.75)")
 
 
+# Instrumentation taken apart in place: each contender turns one part off more
+# than the one before it. A part's cost measured alone (a micro-benchmark) is
+# about half what it costs among a worker's other work, so the parts are
+# measured where they run.
+PARTS = [
+    INSTRUMENTED,
+    Contender("  less the export", CONVEYOR_QUEUE, samples=0, env=dict(INSTRUMENTED.env)),
+    Contender("  less spans", CONVEYOR_QUEUE, samples=0, env={"OTEL_SDK_DISABLED": "true"}),
+    Contender(
+        "  less the job end line",
+        CONVEYOR_QUEUE,
+        samples=0,
+        env={"OTEL_SDK_DISABLED": "true", "CONVEYOR_WORKER_LOG_LEVEL": "WARNING"},
+    ),
+    BARE,
+]
+
+
+async def instrumentation_parts() -> None:
+    """`python -m bench.pickup instrumentation-parts`: worker CPU per job as the
+    parts of the instrumentation come off one by one, alternating rounds."""
+    with resolve_redis() as resolved:
+        for round_ in range(THROUGHPUT_ROUNDS):
+            for contender in PARTS:
+                print(f"parts round {round_ + 1}: {contender.name.strip()} ...", flush=True)
+                async with running(contender, resolved.url) as (redis, store):
+                    await measure_throughput(contender, redis, store)
+    lines = [f"{'worker CPU per job':<24} {'median':>9} {'step':>8}   rounds"]
+    previous = None
+    for c in PARTS:
+        cpu_us = statistics.median(c.worker_cpu_ms) * 1000
+        step = f"{previous - cpu_us:>5.0f} us" if previous is not None else ""
+        rounds = ", ".join(f"{ms * 1000:.0f}" for ms in c.worker_cpu_ms)
+        lines.append(f"{c.name:<24} {cpu_us:>6.0f} us {step:>8}   {rounds}")
+        previous = cpu_us
+    print("\n".join(lines))
+
+
 async def throughput_rounds(fast: Contender, ours: Contender, redis_url: str) -> None:
     for round_ in range(THROUGHPUT_ROUNDS):
         for contender in (fast, ours):
@@ -547,6 +585,9 @@ async def main() -> None:
         # Spans exported as a user's would be, to a receiver that drops them.
         for c in (contenders[2], INSTRUMENTED):
             c.env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_EXPORTER": "otlp"}
+        if sys.argv[1:] == ["instrumentation-parts"]:
+            await instrumentation_parts()
+            return
         if sys.argv[1:] == ["throughput"]:
             await throughput_only(contenders)
             return

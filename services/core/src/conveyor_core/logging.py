@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 import orjson
@@ -31,11 +31,21 @@ MAX_LINE_CHARS = 16 * FIELD_MAX_CHARS
 @contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Bind fields to every log line written inside this block (task-local)."""
-    token = _bound.set({**_bound.get(), **fields})
+    token = enter_log_context(fields)
     try:
         yield
     finally:
         _bound.reset(token)
+
+
+def enter_log_context(fields: dict[str, Any]) -> Token[dict[str, Any]]:
+    """`log_context` without its generator, for a caller that runs per job and
+    ends the block itself with `exit_log_context(token)`."""
+    return _bound.set({**_bound.get(), **fields})
+
+
+def exit_log_context(token: Token[dict[str, Any]]) -> None:
+    _bound.reset(token)
 
 
 def bind(**fields: Any) -> None:

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from conveyor_core.catalog import JobType
 from conveyor_core.jobs import TryOutcome, now_ms
-from conveyor_core.logging import log_context
+from conveyor_core.logging import enter_log_context, exit_log_context
 from conveyor_core.metrics import (
     JOB_DURATION,
     JOB_QUEUE_WAIT,
@@ -150,14 +150,15 @@ class JobObservation:
             attributes=attributes,
         )
         self._context_token = context.attach(trace.set_span_in_context(self._span))
-        self._log_context = log_context(
-            job_id=self.job_id,
-            job_name=self.job_type.name,
-            job_try=self.job_try,
-            queue=self.job_type.queue,
-            request_id=request_id,
+        self._log_token = enter_log_context(
+            {
+                "job_id": self.job_id,
+                "job_name": self.job_type.name,
+                "job_try": self.job_try,
+                "queue": self.job_type.queue,
+                "request_id": request_id,
+            }
         )
-        self._log_context.__enter__()
         self._started_s = time.monotonic()
         self._exemplar = exemplar()
         series.queue_wait.observe(wait_s, self._exemplar)
@@ -196,7 +197,7 @@ class JobObservation:
         series.in_progress.dec()
         calm = outcome in (Outcome.SUCCESS, Outcome.CANCELLED, Outcome.SNOOZED)
         logger.log(logging.INFO if calm else logging.WARNING, "job end", extra={"fields": fields})
-        self._log_context.__exit__(None, None, None)
+        exit_log_context(self._log_token)
         context.detach(self._context_token)
         span.end()
 
