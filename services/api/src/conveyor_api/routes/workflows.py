@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from conveyor_api import tenants
 from conveyor_api.auth import ApiKey, Scope, require
 from conveyor_api.deps import StoreDep
-from conveyor_core.catalog import ID_MAX_CHARS, ID_PATTERN
+from conveyor_core.catalog import ID_MAX_CHARS, JOB_ID_PATTERN
 from conveyor_core.workflows import MAX_PAGE, WorkflowPublic, read_workflow
 
 router = APIRouter(tags=["groups"])
@@ -19,7 +19,7 @@ WorkflowId = Annotated[
     Path(
         min_length=1,
         max_length=ID_MAX_CHARS,
-        pattern=ID_PATTERN,
+        pattern=JOB_ID_PATTERN,
         description="A job's id (a member, a continuation, or the job that started a group) "
         "or a group's.",
     ),
