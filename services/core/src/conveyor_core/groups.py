@@ -45,8 +45,10 @@ group and the place (conveyor_core.group_ids), so a member's end needs no
 read, every job's end stays as cheap as before, and the group stores no list.
 
 Costs per member beyond its own commands: its end one HINCRBY and one
-PUBLISH (progress for live streams), and the continuation's read of its
-result one GET (pipelined, RESULTS_CHUNK at a time): three in all.
+PUBLISH (progress for live streams); the continuation reads the results
+with one MGET per RESULTS_CHUNK members. A group's members are all in one
+Redis (groups do not run on a cluster yet; when they do, a group's members
+share a hash tag, so the MGET stays in one slot).
 
 Creating a group writes its hash first, then its members GROUP_CHUNK_MAX
 per Lua call. A group started by a job has an id derived from the job's id
@@ -537,8 +539,8 @@ def _as_result(job_id: str, index: int, raw: bytes | None, policy: str) -> Any:
 async def iter_group_results(
     store: JobStore, group_id: str, total: int, policy: str, chunk: int = RESULTS_CHUNK
 ) -> AsyncIterator[Any]:
-    """The members' results in order, read `chunk` per round trip (one GET
-    each, from arq's result keys); a failed member as a ChildFailure, left
+    """The members' results in order, read `chunk` per round trip (one MGET
+    of arq's result keys); a failed member as a ChildFailure, left
     out under policy "ignore". An offloaded result is read back from the
     blob store (claimcheck.py). A place handed over to an inner group reads
     that group's continuation's result (a ChildFailure when it never ran)."""
@@ -549,10 +551,7 @@ async def iter_group_results(
         ids = [
             handed.get(i) or member_id(group_id, i) for i in range(start, min(start + chunk, total))
         ]
-        async with store.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.get(result_key_prefix + job_id)
-            replies = await pipe.execute()
+        replies = await store.redis.mget([result_key_prefix + job_id for job_id in ids])
         for i, (job_id, raw) in enumerate(zip(ids, replies, strict=True), start):
             entry = _as_result(job_id, i, raw, policy)
             if i in handed and isinstance(entry, ChildFailure) and entry.state == "expired":
