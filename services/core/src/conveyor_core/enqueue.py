@@ -77,6 +77,22 @@ def ready_at_ms(
     return now + int(defer_by_s * 1000)
 
 
+def job_meta(
+    request_id: str | None, parent_id: str | None, submitted_by: str | None
+) -> dict[str, str]:
+    """A job's reserved kwarg: the current span's context (so the job continues
+    the trace), the request that caused it, its parent and its api key."""
+    meta: dict[str, str] = {}
+    inject(meta)
+    if request_id:
+        meta["request_id"] = request_id
+    if parent_id:
+        meta["parent_id"] = parent_id
+    if submitted_by:
+        meta[SUBMITTED_BY] = submitted_by
+    return meta
+
+
 async def enqueue(
     store: JobStore,
     job_type: JobType,
@@ -137,15 +153,7 @@ async def enqueue(
         kind=SpanKind.PRODUCER,
         attributes=messaging_attributes("send", job_type.queue, job_id, job_type.name),
     ):
-        # The reserved kwarg: this span's context, so the job continues the trace.
-        meta: dict[str, str] = {}
-        inject(meta)
-        if request_id:
-            meta["request_id"] = request_id
-        if parent_id:
-            meta["parent_id"] = parent_id
-        if submitted_by:
-            meta[SUBMITTED_BY] = submitted_by
+        meta = job_meta(request_id, parent_id, submitted_by)
         submitted = await store.submit(
             job_type,
             job_id,

@@ -107,6 +107,7 @@ from pydantic import BaseModel, Field
 from conveyor_core import keys, serializer
 from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.claimcheck import reference_of, resolve
+from conveyor_core.enqueue import job_meta
 from conveyor_core.flow import flow_entry
 from conveyor_core.group_ids import (
     continued_by,
@@ -128,13 +129,12 @@ from conveyor_core.scores import PRIORITIES, queue_score
 from conveyor_core.store import (
     BULK_BATCH_MAX,
     GROUP_CHUNK_MAX,
-    SUBMITTED_BY,
     ArqJob,
     JobStore,
     MemberRow,
     Quota,
 )
-from conveyor_core.tracing import inject, messaging_attributes, tracer
+from conveyor_core.tracing import messaging_attributes, tracer
 
 FailurePolicy = Literal["fail", "run", "ignore"]
 FAILURE_POLICIES: tuple[FailurePolicy, ...] = get_args(FailurePolicy)
@@ -380,14 +380,7 @@ async def start_group(
         kind=SpanKind.PRODUCER,
         attributes=messaging_attributes("send", queue, group_id, kind),
     ):
-        meta: dict[str, str] = {}
-        inject(meta)
-        if request_id:
-            meta["request_id"] = request_id
-        if parent_id:
-            meta["parent_id"] = parent_id
-        if submitted_by:
-            meta[SUBMITTED_BY] = submitted_by
+        meta = job_meta(request_id, parent_id, submitted_by)
         fields: dict[str, str | bytes | int] = {
             "kind": kind,
             "policy": on_child_failure,

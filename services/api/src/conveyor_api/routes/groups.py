@@ -207,19 +207,23 @@ async def _started(
     )
 
 
+# What starting a group or a batch may answer besides its 201.
+START_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Same Idempotency-Key and body: the existing group"},
+    403: {"description": "The key may not submit one of the types, or at that priority"},
+    409: {"description": "Same Idempotency-Key, different body"},
+    413: {"description": "A payload is over the size limit"},
+    429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
+    503: {"description": "Redis is unavailable; retry after Retry-After"},
+}
+
+
 @router.post(
     "/v1/groups",
     status_code=201,
     response_model=GroupPublic,
     summary="Start a group: children in parallel, then a continuation",
-    responses={
-        200: {"description": "Same Idempotency-Key and body: the existing group"},
-        403: {"description": "The key may not submit one of the types, or at that priority"},
-        409: {"description": "Same Idempotency-Key, different body"},
-        413: {"description": "A payload is over the size limit"},
-        429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
-        503: {"description": "Redis is unavailable; retry after Retry-After"},
-    },
+    responses=START_RESPONSES,
 )
 async def create_group(
     body: GroupCreate, caller: SubmitterDep, idempotency_key: IdempotencyKey = None
@@ -242,14 +246,7 @@ async def create_group(
     status_code=201,
     response_model=GroupPublic,
     summary="Submit jobs as one batch, with callbacks on completion and on success",
-    responses={
-        200: {"description": "Same Idempotency-Key and body: the existing group"},
-        403: {"description": "The key may not submit one of the types, or at that priority"},
-        409: {"description": "Same Idempotency-Key, different body"},
-        413: {"description": "A payload is over the size limit"},
-        429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
-        503: {"description": "Redis is unavailable; retry after Retry-After"},
-    },
+    responses=START_RESPONSES,
 )
 async def create_batch(
     body: BatchCreate, caller: SubmitterDep, idempotency_key: IdempotencyKey = None
