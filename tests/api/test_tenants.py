@@ -227,6 +227,9 @@ async def test_an_own_jobs_admin_key_acts_in_bulk_on_its_own_jobs_only(
 ) -> None:
     mine = (await submit(client, OWN_A)).json()["id"]
     theirs = (await submit(client, OWN_B)).json()["id"]
+    counted = await client.post("/v1/bulk/preview", json={}, headers=bearer(OWN_A))
+    assert counted.status_code == 200, counted.text
+    assert (counted.json()["count"], counted.json()["exact"]) == (1, True)  # its own only
     started = await client.post(
         "/v1/bulk", json={"action": "cancel", "filter": {}}, headers=bearer(OWN_A)
     )
