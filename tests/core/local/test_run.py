@@ -403,6 +403,28 @@ def test_the_api_in_development_mode_refuses_to_start_inside_kubernetes() -> Non
     assert "CONVEYOR_API_DEVELOPMENT is true inside Kubernetes" in line
 
 
+def test_a_worker_with_development_mail_refuses_to_start_inside_kubernetes(
+    redis_url: str,
+) -> None:
+    """`make run`'s mail development mode (any address) would make a pod an open relay."""
+    env = {**runner_env(free_port(), free_port()), "REDIS_URL": redis_url}
+    env.update(CONVEYOR_MAIL_DEVELOPMENT="true", KUBERNETES_SERVICE_HOST="10.96.0.1")
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor_worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("conveyor-worker: cannot start: ")
+    assert (
+        "CONVEYOR_MAIL_DEVELOPMENT (or CONVEYOR_API_DEVELOPMENT) is true inside Kubernetes" in line
+    )
+
+
 def test_a_refused_upload_leaves_the_runner_responsive_and_ctrl_c_stops_it(
     own_redis: RedisProcess, log_dir: Path
 ) -> None:
