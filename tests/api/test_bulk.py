@@ -16,7 +16,7 @@ from conveyor_api.bulk import BulkRunner
 from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.jobs import JobPublic
-from conveyor_core.store import JobFilter, JobStore
+from conveyor_core.store import SCAN_BUDGET_PER_ITEM, JobFilter, JobStore
 from conveyor_seed import CREATE_TASK, SEND_EMAIL
 from tests.api.conftest import make_app, serve
 from tests.api.test_jobs import assert_problem, submit
@@ -464,3 +464,27 @@ async def test_deleting_every_job_takes_all_and_the_count_the_preview_showed(
         7,
     )
     assert len(await ids(client)) == 2  # what the preview did not show is left
+
+
+async def error_field_reads(redis: ArqRedis) -> int:
+    """HGETs Redis has run: a search reads one field (the last error) per entry it screens."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+
+async def test_a_search_that_matches_nothing_reads_a_bounded_page(
+    redis_url: str, redis: ArqRedis
+) -> None:
+    """However many jobs there are, one page of a free-text search reads at most
+    `limit` x SCAN_BUDGET_PER_ITEM index entries (their last error only), then
+    hands the client a cursor to go on: a call's cost does not grow with the data."""
+    await make_dead(redis, CREATE_TASK, {"sleep_s": 0}, 200, message="bad input")
+    async with serve(make_app(redis_url, rate_limit_per_s=0)) as client:
+        fields, whole = await error_field_reads(redis), await arq_job_reads(redis)
+        page = await client.get("/v1/jobs", params={"q": "no such text", "limit": 4})
+        assert page.status_code == 200, page.text
+        assert page.json()["items"] == []
+        assert page.json()["next_cursor"] is not None  # stopped short of the 200
+        screened = await error_field_reads(redis) - fields
+        assert 0 < screened <= 4 * SCAN_BUDGET_PER_ITEM, screened
+        assert await arq_job_reads(redis) == whole  # no payload read

@@ -340,3 +340,38 @@ def test_a_stream_hears_only_jobs_that_exist_and_drops_each_as_it_finishes(
             assert json.loads(next(data).removeprefix("data:"))["state"] == "cancelled"
             wait_until(lambda: heard() == {first})  # a finished job is no longer heard
         wait_until(lambda: heard() == set())
+
+
+@pytest.fixture
+def default_streams(redis_url: str, log_dir: Path) -> Iterator[ServiceProcess]:
+    yield from limited_api(redis_url, log_dir)  # the limits as shipped
+
+
+@pytest.mark.e2e
+def test_with_the_defaults_one_key_cannot_hold_300_streams(
+    default_streams: ServiceProcess,
+) -> None:
+    """The issue's case: one key held 300 of 300 streams. As shipped, a key's
+    101st is refused, and another key still gets one."""
+    per_key = 100  # CONVEYOR_API_SSE_STREAMS_PER_KEY's default
+    roomy = httpx.Limits(max_connections=per_key + 10)
+    with (
+        httpx.Client(
+            base_url=default_streams.base_url, headers=AUTH_HEADERS, timeout=10, limits=roomy
+        ) as mine,
+        httpx.Client(
+            base_url=default_streams.base_url, headers=bearer(OTHER_KEY), timeout=10
+        ) as theirs,
+        contextlib.ExitStack() as open_streams,
+    ):
+        job_id = deferred_job(mine)
+        held = [
+            open_streams.enter_context(mine.stream("GET", "/v1/events", params={"job_id": job_id}))
+            for _ in range(per_key)
+        ]
+        assert {s.status_code for s in held} == {200}
+        refused = assert_problem(mine.get("/v1/events", params={"job_id": job_id}), 429)
+        assert f"holds {per_key} live streams" in refused["detail"]
+        with theirs.stream("GET", f"/v1/jobs/{job_id}/events") as other:
+            assert other.status_code == 200
+            assert "conveyor_api_live_streams 101.0" in mine.get("/metrics").text

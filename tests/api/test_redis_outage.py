@@ -247,6 +247,10 @@ async def test_a_frozen_redis_gets_a_503_within_the_socket_timeout_then_recovers
         assert (await client.get("/readyz")).status_code == 200
 
 
+# Issue #24: with Redis frozen, 20 concurrent requests each get a 503 within 1.5 s.
+FROZEN_ANSWER_BOUND_S = 1.5
+
+
 def bound_s(redis: RedisSettings) -> float:
     """Under one socket timeout and a busy machine's slack, short of two: a
     fault bound, not a speed target. What it catches is a second wait (a
@@ -277,7 +281,10 @@ async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bou
         for response, _ in answers:
             assert_redis_unavailable(response)
         elapsed = sorted(round(elapsed_s, 2) for _, elapsed_s in answers)
-        assert elapsed[-1] < bound_s(redis), elapsed
+        # The issue's bound, whatever the concurrency: the socket timeout (1 s)
+        # and half a second for a busy machine; queued connects took 1 s each.
+        assert redis.socket_timeout_s == 1.0
+        assert elapsed[-1] < FROZEN_ANSWER_BOUND_S, elapsed
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
 
 

@@ -3,6 +3,7 @@ queues, highest priority, quota of outstanding jobs, own-jobs reads, scoped
 Idempotency-Keys), against a real Redis."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,10 +17,11 @@ from conveyor_core.catalog import Catalog, JobType, load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.keys import outstanding_key
 from conveyor_core.store import JobStore
-from conveyor_seed import SEND_EMAIL, CreateTask
+from conveyor_seed import CREATE_TASK, SEND_EMAIL, CreateTask
 from tests.api.conftest import make_app, serve
 from tests.support import jobs
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME, api_key, bearer
+from tests.support.dead import CLAIM
 
 SUBMIT_AND_READ = [Scope.JOBS_SUBMIT, Scope.JOBS_READ]
 ADMIN = bearer(TEST_KEY)
@@ -165,6 +167,24 @@ async def test_a_key_cannot_exceed_its_quota_of_outstanding_jobs(
     assert (await submit(client, QUOTA)).status_code == 429
 
 
+async def test_a_job_an_operator_requeues_is_not_counted_again(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    first = (await submit(client, QUOTA)).json()["id"]
+    store = JobStore(redis, load_catalog(jobs.MODULES.split(",")))
+    (claimed,) = (await store.claim(CREATE_TASK.queue, 1, **CLAIM)).jobs
+    assert claimed.job_id == first
+    await store.dead(CREATE_TASK, first, json.dumps({"type": "E", "message": "x"}))
+    # Full at the second; the third finds the dead one and takes its place.
+    later = [(await submit(client, QUOTA)).json()["id"] for _ in range(2)]
+
+    requeued = await client.post(f"/v1/jobs/{first}/retry", headers=ADMIN)
+    assert requeued.status_code == 202, requeued.text
+    assert (await client.get(f"/v1/jobs/{first}", headers=ADMIN)).json()["state"] == "queued"
+    outstanding = await redis.zrange(outstanding_key("quota"), 0, -1)
+    assert {i.decode() for i in outstanding} == set(later)  # the operator's, not the key's
+
+
 # -- what a key reads ---------------------------------------------------------
 
 
@@ -227,6 +247,9 @@ async def test_an_own_jobs_admin_key_acts_in_bulk_on_its_own_jobs_only(
 ) -> None:
     mine = (await submit(client, OWN_A)).json()["id"]
     theirs = (await submit(client, OWN_B)).json()["id"]
+    counted = await client.post("/v1/bulk/preview", json={}, headers=bearer(OWN_A))
+    assert counted.status_code == 200, counted.text
+    assert (counted.json()["count"], counted.json()["exact"]) == (1, True)  # its own only
     started = await client.post(
         "/v1/bulk", json={"action": "cancel", "filter": {}}, headers=bearer(OWN_A)
     )

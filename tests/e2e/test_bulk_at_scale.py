@@ -8,7 +8,9 @@ api's event loop (or Redis) for its whole run would make a read wait about
 as long as the action; one that yields between its batches or pages makes it
 wait a batch or two. The requeue's bound is a fraction of its own duration,
 measured in the same test, so a busy machine, slowing both, cannot fail it;
-the previews' is half their time limit. The figures are printed."""
+the previews' is the issue's 250 ms, counted over the reads made while a
+preview ran, which is well short of the longer previews' run. The figures are
+printed."""
 
 import asyncio
 import threading
@@ -41,9 +43,8 @@ from tests.support.dead import in_groups, make_dead
 pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("bulk_at_scale")]
 
 DEAD_JOBS = 20_000
-# A preview's time limit (the default), and its answer's bound: the limit, a
-# page more and a busy machine's slack.
-PREVIEW_TIME_LIMIT_S = 2.0
+# A preview's answer's bound: its time limit (2 s, the default), a page more
+# and a busy machine's slack.
 PREVIEW_ANSWER_BOUND_S = 5.0
 
 
@@ -114,6 +115,11 @@ async def test_bulk_requeue_of_20000_dead_jobs_keeps_the_api_responsive(
 
 READER_KEY = "cvk_test_scale_reader_0123456789abcdef01234"
 STORED_JOBS = 20_000
+# Filters that match none of them: one read from each job's index entry, one
+# (a time range) from each whole job, the costliest reading a preview does.
+NOTHING = [{"error_type": "NoSuchError"}, {"since": "2100-01-01T00:00:00Z"}]
+# The issue's bound on other clients' reads while a preview runs.
+READS_DURING_PREVIEW_P99_S = 0.25
 
 
 async def store_queued_jobs(redis: ArqRedis, count: int) -> None:
@@ -131,11 +137,11 @@ async def test_a_bulk_preview_over_20000_jobs_is_an_admins_and_has_a_budget(
     )
     # The defaults: at most 10,000 rows, 2 s per preview.
     with running(Stack(redis_url, log_dir, CONVEYOR_API_KEYS=keys)) as stack:
-        nothing = {"error_type": "NoSuchError"}
-        refused = stack.http.post("/v1/bulk/preview", json=nothing, headers=bearer(READER_KEY))
+        refused = stack.http.post("/v1/bulk/preview", json=NOTHING[0], headers=bearer(READER_KEY))
         assert refused.status_code == 403, refused.text
 
-        latencies: list[float] = []
+        previewing = threading.Event()
+        during: list[float] = []  # reads that started and ended while a preview ran
         stop = threading.Event()
 
         def probe() -> None:  # another client's reads, while previews run
@@ -144,24 +150,43 @@ async def test_a_bulk_preview_over_20000_jobs_is_an_admins_and_has_a_budget(
             ) as http:
                 while not stop.is_set():
                     for path in ("/v1/queues", "/v1/jobs?limit=20"):
+                        began_during = previewing.is_set()
                         started = time.perf_counter()
                         assert http.get(path).status_code == 200
-                        latencies.append(time.perf_counter() - started)
+                        took = time.perf_counter() - started
+                        if began_during and previewing.is_set():
+                            during.append(took)
                     time.sleep(0.01)
 
         prober = threading.Thread(target=probe)
         prober.start()
         answers, took_s = [], []
         try:
-            for _ in range(4):  # back to back: one preview at a time per key
+            time.sleep(0.2)  # the probe's connection is made before the first preview
+            for nothing in NOTHING * 3:  # back to back: one preview at a time per key
+                previewing.set()
                 started = time.monotonic()
                 answer = await asyncio.to_thread(stack.http.post, "/v1/bulk/preview", json=nothing)
                 took_s.append(time.monotonic() - started)
+                previewing.clear()
                 assert answer.status_code == 200, answer.text
                 answers.append(answer.json())
         finally:
             stop.set()
             prober.join()
+
+        # The issue's 8 callers of one key at once: one preview runs, the rest wait their turn.
+        with httpx.Client(base_url=stack.http.base_url, headers=AUTH_HEADERS, timeout=10) as http:
+            at_once = await asyncio.gather(
+                *(
+                    asyncio.to_thread(http.post, "/v1/bulk/preview", json=NOTHING[1])
+                    for _ in range(8)
+                )
+            )
+        statuses = sorted(a.status_code for a in at_once)
+        assert set(statuses) == {200, 429}, statuses
+        for turned_away in (a for a in at_once if a.status_code == 429):
+            assert "one at a time" in turned_away.json()["detail"]
 
         # A client that gives up: its preview stops at the next page (a time range
         # is checked on whole jobs, so each page costs the api real work).
@@ -181,12 +206,14 @@ async def test_a_bulk_preview_over_20000_jobs_is_an_admins_and_has_a_budget(
         assert 0 < counted["scanned"] <= 10_000
     # A fault bound, not a speed target: the 2 s limit, and the slack of a busy machine.
     assert max(took_s) < PREVIEW_ANSWER_BOUND_S, took_s
-    assert len(latencies) > 20
     print(
         f"preview over {STORED_JOBS} jobs: {[round(t, 2) for t in took_s]} s, scanned "
-        f"{[a['scanned'] for a in answers]}; api meanwhile: {len(latencies)} requests, "
-        f"p99 {p99(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+        f"{[a['scanned'] for a in answers]}; 8 at once: {statuses}; reads meanwhile: "
+        f"{len(during)}, p99 {p99(during) * 1000:.0f} ms, max {max(during) * 1000:.0f} ms"
     )
-    # No read waited for a preview: one that held the api would hold a read
-    # for its run, up to its 2 s limit; behind a page, a read waits milliseconds.
-    assert p99(latencies) < PREVIEW_TIME_LIMIT_S / 2, (took_s, sorted(latencies)[-5:])
+    assert len(during) > 20
+    # The issue's bound for other clients' reads during a preview. It can fail:
+    # a preview that held the api's event loop would hold a read for its whole
+    # run, and the whole-jobs previews run longer than the bound (asserted).
+    assert max(took_s) > 2 * READS_DURING_PREVIEW_P99_S, ("too quick to tell a held loop", took_s)
+    assert p99(during) < READS_DURING_PREVIEW_P99_S, (took_s, sorted(during)[-5:])

@@ -143,6 +143,31 @@ def test_allowed_domains_are_required_with_a_mail_server_outside_development(
     assert SeedSettings().mail.allows("anyone@anywhere.example")
 
 
+def test_development_mail_does_not_count_inside_kubernetes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mail to any address is `make run`'s (its catcher keeps every mail); in a
+    pod it would make the platform an open relay again."""
+    monkeypatch.delenv("CONVEYOR_MAIL_ALLOWED_DOMAINS", raising=False)
+    monkeypatch.delenv("CONVEYOR_API_DEVELOPMENT", raising=False)
+    monkeypatch.setenv("CONVEYOR_MAIL_DEVELOPMENT", "true")
+    assert MailPolicySettings().allows("anyone@anywhere.example")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # as in every pod
+    # The api's upload check goes by the allowed domains alone: none, so none.
+    assert not MailPolicySettings().allows("anyone@anywhere.example")
+    # A worker refuses to start, saying why in one line.
+    for development in ("CONVEYOR_MAIL_DEVELOPMENT", "CONVEYOR_API_DEVELOPMENT"):
+        monkeypatch.delenv("CONVEYOR_MAIL_DEVELOPMENT", raising=False)
+        monkeypatch.setenv(development, "true")
+        with pytest.raises(ValidationError, match="true inside Kubernetes"):
+            SeedSettings()
+    monkeypatch.setenv("CONVEYOR_MAIL_ALLOWED_DOMAINS", "example.com")
+    with pytest.raises(ValidationError, match="true inside Kubernetes"):
+        SeedSettings()  # even with an allowlist: development has no place in a pod
+    monkeypatch.delenv("CONVEYOR_API_DEVELOPMENT")
+    assert SeedSettings().mail.allows("a@example.com")
+
+
 async def test_a_summary_mail_that_slipped_past_the_upload_is_refused_by_its_job(
     smtp: SmtpServer, redis: ArqRedis, tmp_path: Path
 ) -> None:

@@ -35,14 +35,30 @@ class Received:
 
 
 class Mailbox:
-    """The handler: keeps what it accepts, refuses the first `refuse` mails with `reply`."""
+    """The handler: keeps what it accepts, refuses the first `refuse` mails with
+    `reply`, and refuses the addresses in `unknown` as a real server does (550,
+    naming the address)."""
 
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.refused = 0
         self.refuse = 0
         self.reply = "451 4.3.0 Try again later"
+        self.unknown: set[str] = set()
         self._lock = threading.Lock()
+
+    async def handle_RCPT(  # noqa: N802
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address in self.unknown:
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         with self._lock:

@@ -30,8 +30,10 @@ from conveyor_core.local.run import (
     start,
     stop,
 )
+from tests.support import loud_jobs
 from tests.support.auth import bearer
 from tests.support.browser import open_page
+from tests.support.processes import REPO_ROOT
 from tests.support.redis_faults import configured
 
 pytestmark = pytest.mark.e2e
@@ -401,6 +403,28 @@ def test_the_api_in_development_mode_refuses_to_start_inside_kubernetes() -> Non
     assert "CONVEYOR_API_DEVELOPMENT is true inside Kubernetes" in line
 
 
+def test_a_worker_with_development_mail_refuses_to_start_inside_kubernetes(
+    redis_url: str,
+) -> None:
+    """`make run`'s mail development mode (any address) would make a pod an open relay."""
+    env = {**runner_env(free_port(), free_port()), "REDIS_URL": redis_url}
+    env.update(CONVEYOR_MAIL_DEVELOPMENT="true", KUBERNETES_SERVICE_HOST="10.96.0.1")
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor_worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("conveyor-worker: cannot start: ")
+    assert (
+        "CONVEYOR_MAIL_DEVELOPMENT (or CONVEYOR_API_DEVELOPMENT) is true inside Kubernetes" in line
+    )
+
+
 def test_a_refused_upload_leaves_the_runner_responsive_and_ctrl_c_stops_it(
     own_redis: RedisProcess, log_dir: Path
 ) -> None:
@@ -445,6 +469,61 @@ def test_a_refused_upload_leaves_the_runner_responsive_and_ctrl_c_stops_it(
         longest = max(len(line) for line in output.seen)
         assert longest < 8192, f"a {longest}-character line"
         assert "Ada's notes" not in output.text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        output.close()
+
+
+def test_a_job_printing_5_mb_lines_leaves_the_runner_responsive_and_ctrl_c_stops_it(
+    log_dir: Path,
+) -> None:
+    """A child that prints a line far past any pipe's buffer (the issue's api
+    wrote a 5 MB one): the runner copies it cut, the child never blocks on its
+    write, both services answer meanwhile, and Ctrl-C stops everything."""
+    api_port, worker_port = free_port(), free_port()
+    env = {
+        **runner_env(api_port, worker_port),
+        "CONVEYOR_JOB_MODULES": f"conveyor_seed,{loud_jobs.MODULE}",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor_core.local.run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = Output(process)
+    try:
+        output.until(r"^\s+redis\s+redis://", timeout_s=60)
+        key = re.search(r"api key\s+(cvk_dev_\S+)", output.text())
+        assert key is not None
+        api = f"http://127.0.0.1:{api_port}"
+        response = httpx.post(
+            f"{api}/v1/jobs/shout", json={"lines": 2}, headers=bearer(key.group(1)), timeout=10
+        )
+        assert response.status_code == 201, response.text
+        # A worker blocked in its write (a pipe nobody drains) never ends the job.
+        line = output.until(r'^worker \| .*"message":\s*"job end"', timeout_s=60)
+        entry = json.loads(line.removeprefix("worker | "))
+        assert (entry["job_id"], entry["outcome"]) == (response.json()["id"], "complete")
+        assert httpx.get(f"{api}/healthz", timeout=5).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{worker_port}/healthz", timeout=5).status_code == 200
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        output.close()
+        while not output.lines.empty():
+            output.seen.append(output.lines.get())
+        (log_dir / "run.log").write_text(output.text())
+        shouted = [line for line in output.seen if line.startswith("worker | xxx")]
+        assert len(shouted) == 2, [line[:100] for line in shouted]
+        cut = loud_jobs.LINE_BYTES - MAX_LINE_BYTES
+        assert all(line.rstrip().endswith(f"[{cut} more bytes cut]") for line in shouted)
+        longest = max(len(line) for line in output.seen)
+        assert longest < MAX_LINE_BYTES + 100, f"a {longest}-character line"
     finally:
         if process.poll() is None:
             process.kill()

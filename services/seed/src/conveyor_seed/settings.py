@@ -5,6 +5,7 @@ loads the seed's module; the worker's jobs use all of them, the api's
 document routes only `CONVEYOR_DOCUMENTS_*`.
 """
 
+import os
 import re
 from typing import Annotated, Literal, Self
 
@@ -78,7 +79,9 @@ class MailPolicySettings(BaseSettings):
     (`CONVEYOR_MAIL_DEVELOPMENT`, which `make run` sets while its local mail
     catcher keeps every mail, or else `CONVEYOR_API_DEVELOPMENT`), where any
     address is fine; a worker with a mail server but no allowed domains
-    refuses to start outside development.
+    refuses to start outside development. Development does not count inside
+    Kubernetes: a worker refuses to start with it there, and the api's upload
+    check goes by the allowed domains alone.
     """
 
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_MAIL_", extra="ignore")
@@ -111,11 +114,20 @@ class MailPolicySettings(BaseSettings):
                 )
         return cleaned
 
+    @property
+    def development_here(self) -> bool:
+        """Development, and not inside Kubernetes (which sets KUBERNETES_SERVICE_HOST
+        in every pod): any address is fine only on a developer's machine."""
+        return self.development and not os.environ.get(KUBERNETES_ENV)
+
     def allows(self, address: str) -> bool:
         """Whether mail may go to `address` (by its domain)."""
         if not self.allowed_domains:
-            return self.development
+            return self.development_here
         return domain_of(address) in self.allowed_domains
+
+
+KUBERNETES_ENV = "KUBERNETES_SERVICE_HOST"
 
 
 # A domain name: labels of letters, digits and inner hyphens, with a dot between.
@@ -232,6 +244,12 @@ class SeedSettings(BaseSettings):
     @model_validator(mode="after")
     def _mail_goes_only_where_allowed(self) -> Self:
         mail = self.mail
+        if mail.development and not mail.development_here:
+            raise ValueError(
+                "CONVEYOR_MAIL_DEVELOPMENT (or CONVEYOR_API_DEVELOPMENT) is true inside "
+                f"Kubernetes ({KUBERNETES_ENV} is set): mail to any address is for a "
+                "developer's machine only; set CONVEYOR_MAIL_ALLOWED_DOMAINS and unset it"
+            )
         if self.smtp.configured and not mail.allowed_domains and not mail.development:
             raise ValueError(
                 "CONVEYOR_MAIL_ALLOWED_DOMAINS is empty: with a mail server "
