@@ -271,7 +271,9 @@ async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bou
 ) -> None:
     # redis-py's own pool connected one new connection at a time, each waiting
     # out the socket timeout while Redis hung: the 20th request waited ~17 s.
-    redis = RedisSettings(url=own_redis.url)
+    # Half the shipped 1 s, so a loaded machine's slack fits under the bound;
+    # a queued pool still fails it by far (the 20th request waits 20 timeouts).
+    redis = RedisSettings(url=own_redis.url, socket_timeout_s=0.5)
     async with serve(make_app(own_redis.url, redis=redis)) as client:
         client.timeout = httpx.Timeout(30)  # the test measures; the client must not cut it short
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
@@ -281,9 +283,7 @@ async def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bou
         for response, _ in answers:
             assert_redis_unavailable(response)
         elapsed = sorted(round(elapsed_s, 2) for _, elapsed_s in answers)
-        # The bound, whatever the concurrency: the socket timeout (1 s)
-        # and half a second for a busy machine; queued connects took 1 s each.
-        assert redis.socket_timeout_s == 1.0
+        # The bound, whatever the concurrency: one socket timeout each.
         assert elapsed[-1] < FROZEN_ANSWER_BOUND_S, elapsed
         assert (await client.post("/v1/jobs/create_task", json={"sleep_s": 1})).status_code == 201
 

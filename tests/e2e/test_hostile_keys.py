@@ -135,13 +135,17 @@ def test_one_upload_key_cannot_fill_the_store(stack: Stack) -> None:
 
 # Issue #24: with Redis frozen, 20 concurrent requests each get a 503 within 1.5 s.
 FROZEN_ANSWER_BOUND_S = 1.5
+# Half the shipped 1 s, so a loaded machine's slack fits under the bound; a pool
+# that queues connects still fails it by far (the 20th would wait 20 of them).
+SOCKET_TIMEOUT_S = 0.5
 
 
 def test_a_frozen_redis_answers_20_concurrent_requests_each_within_the_bound(
     own_redis: RedisProcess, log_dir: Path
 ) -> None:
-    """The api as a process, with its shipped Redis settings (a 1 s socket timeout)."""
-    with running(Stack(own_redis.url, log_dir)) as stack:
+    """The api as a process; each request waits out one socket timeout, none queues."""
+    stack_env = {"REDIS_SOCKET_TIMEOUT_S": str(SOCKET_TIMEOUT_S)}
+    with running(Stack(own_redis.url, log_dir, **stack_env)) as stack:
         assert stack.http.post("/v1/jobs/create_task", json={"sleep_s": 0}).status_code == 201
 
         def timed(index: int) -> tuple[int, float]:
