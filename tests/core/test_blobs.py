@@ -92,12 +92,36 @@ async def test_sweep_deletes_old_unreferenced_blobs_only(blobs: BlobStore) -> No
     async def referenced(key: str) -> bool:
         return key == kept.key
 
-    assert await blobs.sweep("uploads", referenced, older_than_s=3600) == 0  # too young
-    assert await blobs.sweep("uploads", referenced, older_than_s=0) == 1
+    assert (await blobs.sweep("uploads", referenced, older_than_s=3600)).deleted == 0  # young
+    assert (await blobs.sweep("uploads", referenced, older_than_s=0)).deleted == 1
     assert sorted([i.key async for i in blobs.list("uploads")]) == ["uploads/kept"]
     assert [i.key async for i in blobs.list("other")] == ["other/untouched"]
     with pytest.raises(BlobNotFoundError):
         await blobs.get(orphan)
+
+
+async def test_sweeps_with_a_small_budget_walk_every_key_in_turn(blobs: BlobStore) -> None:
+    """However many blobs there are, repeated sweeps reach the last one: each
+    resumes after the key the previous one stopped at, then starts over."""
+    names = [f"{i:02d}" for i in range(7)]
+    for name in reversed(names):  # written out of order: a folder lists by directory
+        await blobs.put(f"jobs/{name}/payload", name.encode())
+    orphans = {"jobs/01/payload", "jobs/06/payload"}  # the last key only a full walk reaches
+    looked_at: list[str] = []
+
+    async def referenced(key: str) -> bool:
+        looked_at.append(key)
+        return key not in orphans
+
+    first = await blobs.sweep("jobs", referenced, older_than_s=0, budget=3)
+    assert (first.deleted, first.resume_after) == (1, "jobs/02/payload")
+    second = await blobs.sweep("jobs", referenced, 0, budget=3, after=first.resume_after)
+    assert (second.deleted, second.resume_after) == (0, "jobs/05/payload")
+    third = await blobs.sweep("jobs", referenced, 0, budget=3, after=second.resume_after)
+    assert (third.deleted, third.resume_after) == (1, "")  # the end: start over next time
+    assert looked_at == [f"jobs/{name}/payload" for name in names]
+    remaining = sorted([i.key async for i in blobs.list("jobs")])
+    assert remaining == [f"jobs/{n}/payload" for n in names if f"jobs/{n}/payload" not in orphans]
 
 
 async def test_presigned_urls_upload_and_download_directly(blobs: BlobStore) -> None:

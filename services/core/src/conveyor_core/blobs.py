@@ -10,7 +10,16 @@ Azure. Request signing is obstore's.
 """
 
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+import heapq
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +82,15 @@ class BlobInfo:
     key: str
     size: int
     last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """What one sweep did: how many blobs it deleted, and the key the next
+    sweep of the same prefix resumes after ("" to start over)."""
+
+    deleted: int
+    resume_after: str
 
 
 # What a store that cannot be reached (or refuses) raises: a transient fault,
@@ -197,8 +215,9 @@ class BlobStore:
             except (NotFoundError, FileNotFoundError):
                 continue
 
-    async def list(self, prefix: str) -> AsyncIterator[BlobInfo]:
-        async for batch in obstore.list(self.store, prefix):
+    async def list(self, prefix: str, after: str = "") -> AsyncGenerator[BlobInfo, None]:
+        """The blobs under `prefix`; with `after`, only those whose keys sort after it."""
+        async for batch in obstore.list(self.store, prefix, offset=after or None):
             for meta in batch:
                 yield BlobInfo(meta["path"], meta["size"], meta["last_modified"])
 
@@ -216,17 +235,35 @@ class BlobStore:
         referenced: Callable[[str], Awaitable[bool]],
         older_than_s: float,
         budget: int = 1000,
-    ) -> int:
+        after: str = "",
+    ) -> Sweep:
         """Delete blobs under `prefix` older than `older_than_s` that no record
-        refers to (an upload that never registered, a crash mid-way); at most
-        `budget` looked at per call. Returns how many were deleted."""
+        refers to (an upload that never registered, a crash mid-way), looking at
+        the first `budget` keys after `after` in key order. The answer says where
+        the next sweep resumes, so repeated sweeps walk every key however many
+        there are, at a bounded cost each."""
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-        deleted, seen = 0, 0
-        async for info in self.list(prefix):
-            seen += 1
-            if seen > budget:
-                break
+        batch = await self._keys_after(prefix, after, budget)
+        deleted = 0
+        for info in batch:
             if info.last_modified < cutoff and not await referenced(info.key):
                 await self.delete(info.key)
                 deleted += 1
-        return deleted
+        # A short batch reached the listing's end: the next sweep starts over.
+        resume_after = batch[-1].key if len(batch) == budget else ""
+        return Sweep(deleted, resume_after)
+
+    async def _keys_after(self, prefix: str, after: str, count: int) -> Sequence[BlobInfo]:
+        """The first `count` blobs under `prefix` whose keys sort after `after`.
+        Object stores list in key order, so the listing stops there; a local
+        folder lists in directory order, so all of it is read (one machine's)."""
+        if isinstance(self.store, LocalStore):
+            listed = [info async for info in self.list(prefix, after)]
+            return heapq.nsmallest(count, listed, key=lambda info: info.key)
+        first: list[BlobInfo] = []
+        async with aclosing(self.list(prefix, after)) as listing:
+            async for info in listing:
+                first.append(info)
+                if len(first) == count:
+                    break
+        return first
