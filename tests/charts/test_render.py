@@ -349,6 +349,7 @@ def test_blob_store_settings_reach_both_services() -> None:
             "blobs": {
                 "url": "s3://documents/prod",
                 "endpoint": "https://minio.storage.svc:9000",
+                "region": "eu-central-1",
                 "pathStyle": True,
                 "credentialsSecret": "minio-credentials",
             }
@@ -358,13 +359,46 @@ def test_blob_store_settings_reach_both_services() -> None:
         env = env_of(next(containers(rendered.one("Deployment", name))))
         assert env["CONVEYOR_BLOBS_URL"]["value"] == "s3://documents/prod"
         assert env["CONVEYOR_BLOBS_ENDPOINT"]["value"] == "https://minio.storage.svc:9000"
+        assert env["CONVEYOR_BLOBS_REGION"]["value"] == "eu-central-1"
         assert env["CONVEYOR_BLOBS_PATH_STYLE"]["value"] == "true"
+        assert env["CONVEYOR_BLOBS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+            "name": "minio-credentials",
+            "key": "access-key-id",
+        }
         assert env["CONVEYOR_BLOBS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
             "name": "minio-credentials",
             "key": "secret-access-key",
         }
-    default = env_of(next(containers(render().one("Deployment", "conveyor-api"))))
-    assert "CONVEYOR_BLOBS_URL" not in default  # the services' own default folder
+    assert "blobs.url is empty" not in rendered.notes
+    default = render()
+    assert "CONVEYOR_BLOBS_URL" not in env_of(
+        next(containers(default.one("Deployment", "conveyor-api")))
+    )  # the services' own default folder, which a pod cannot make: the notes say so
+    assert "blobs.url is empty" in default.notes
+
+
+def test_a_blob_store_reached_by_the_pods_cloud_identity() -> None:
+    """No credentials in the pods: the service account's annotation (IRSA, GKE
+    workload identity) gives them, and obstore finds them as AWS's SDKs would."""
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/documents"}
+    rendered = render(
+        {
+            "blobs": {"url": "s3://documents/prod", "region": "eu-west-1"},
+            "serviceAccount": {"annotations": role},
+        }
+    )
+    (account,) = rendered.all("ServiceAccount")
+    assert account["metadata"]["annotations"] == role
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        deployment = rendered.one("Deployment", name)
+        assert (
+            deployment["spec"]["template"]["spec"]["serviceAccountName"]
+            == (account["metadata"]["name"])
+        )
+        env = env_of(next(containers(deployment)))
+        assert env["CONVEYOR_BLOBS_URL"]["value"] == "s3://documents/prod"
+        assert "CONVEYOR_BLOBS_ACCESS_KEY_ID" not in env
+        assert "CONVEYOR_BLOBS_SECRET_ACCESS_KEY" not in env
 
 
 def test_the_api_trusts_the_ingress_for_client_addresses() -> None:

@@ -1,6 +1,7 @@
 """The blob store's contract, run against each driver: a local folder, and S3
 over its wire protocol (moto's server on loopback, see tests/support/s3.py)."""
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import pytest
 from pydantic import SecretStr
 
 from conveyor_core.blobs import (
+    BLOB_STORE_ERRORS,
     BlobIntegrityError,
     BlobNotFoundError,
     BlobRef,
     BlobSettings,
     BlobStore,
+    BlobStoreUnavailableError,
     BlobTooLargeError,
 )
 from tests.support.s3 import s3_server
@@ -138,3 +141,33 @@ async def test_presigned_urls_upload_and_download_directly(blobs: BlobStore) -> 
     assert answer.content == b"straight to the store"
     infos = [i async for i in blobs.list("direct")]
     assert [(i.key, i.size) for i in infos] == [("direct/upload.txt", 21)]
+
+
+async def test_a_store_that_cannot_be_opened_refuses_every_use(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A folder the service cannot make (a pod's read-only filesystem): it starts
+    anyway, and each use of the store says what to set, as a store fault."""
+    blobs = BlobStore.open(BlobSettings(url="file:///proc/conveyor-blobs"))
+    assert "/proc/conveyor-blobs" in caplog.text  # the operator's log names the folder
+    uses = [
+        blobs.put("a", b"x"),
+        blobs.get(BlobRef("file", "a", 1, "0" * 64)),
+        blobs.delete("a"),
+        blobs.presign("PUT", "a"),
+        blobs.sweep("a", lambda key: asyncio.sleep(0, True), 0),
+    ]
+    for use in uses:
+        with pytest.raises(BLOB_STORE_ERRORS) as refused:
+            await use
+        assert isinstance(refused.value, BlobStoreUnavailableError)
+        assert "CONVEYOR_BLOBS_URL" in str(refused.value)
+        assert "/proc" not in str(refused.value)  # a job's error shows no path
+    with pytest.raises(FileNotFoundError):  # from_settings itself still raises
+        BlobStore.from_settings(BlobSettings(url="file:///proc/conveyor-blobs"))
+
+
+def test_a_store_that_opens_is_the_configured_one(tmp_path: Path) -> None:
+    blobs = BlobStore.open(BlobSettings(url=f"file://{tmp_path}/blobs"))
+    assert blobs.name == "file"
+    assert (tmp_path / "blobs").is_dir()

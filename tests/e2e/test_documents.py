@@ -263,6 +263,22 @@ def test_a_changed_or_missing_file_fails_its_document_for_good(
     assert mails_for(smtp, document_id) == []
 
 
+def test_services_whose_store_cannot_be_opened_start_and_run_other_jobs(
+    redis_url: str, log_dir: Path
+) -> None:
+    """The chart's defaults without blobs.url: a folder no pod may make. The
+    worker still starts (the seed's resources open) and runs jobs; uploads are
+    a 503 problem, and the logs say what to set."""
+    unusable = {"CONVEYOR_BLOBS_URL": "file:///proc/conveyor-blobs"}
+    with running(Stack(redis_url, log_dir, **unusable), workers=1) as stack:
+        job = stack.submit("create_task", {"sleep_s": 0})
+        assert stack.wait_for_state(job["id"], "complete")["state"] == "complete"
+        refused = stack.http.post("/v1/documents", files={"file": ("a.txt", TEXT.encode())})
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "CONVEYOR_BLOBS_URL" in stack.logs()
+
+
 def test_the_document_flow_over_an_s3_store_with_direct_upload_and_download(
     redis_url: str, log_dir: Path, smtp: SmtpServer
 ) -> None:

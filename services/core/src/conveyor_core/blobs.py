@@ -11,6 +11,7 @@ Azure. Request signing is obstore's.
 
 import hashlib
 import heapq
+import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -32,6 +33,8 @@ from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, ObjectStore, S3Store, from_url
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
 
 # A blob is read back in chunks of this size (streams and checks).
 CHUNK_BYTES = 1024 * 1024
@@ -93,9 +96,17 @@ class Sweep:
     resume_after: str
 
 
-# What a store that cannot be reached (or refuses) raises: a transient fault,
-# answered 503 by the api and retried by the worker.
-BLOB_STORE_ERRORS: tuple[type[Exception], ...] = (obstore.exceptions.BaseError,)
+class BlobStoreUnavailableError(RuntimeError):
+    """This service could not open its blob store (a folder it cannot make):
+    every use fails with this until CONVEYOR_BLOBS_URL is fixed."""
+
+
+# What a store that cannot be reached (or refuses, or was never opened)
+# raises: answered 503 by the api and retried by the worker.
+BLOB_STORE_ERRORS: tuple[type[Exception], ...] = (
+    obstore.exceptions.BaseError,
+    BlobStoreUnavailableError,
+)
 
 
 class BlobNotFoundError(LookupError):
@@ -139,16 +150,49 @@ def _store_from_settings(settings: BlobSettings) -> ObjectStore:
 class BlobStore:
     """One store: put, get (checked), stream, delete, list, presign."""
 
-    def __init__(self, store: ObjectStore, name: str, presign_expiry_s: float = 900.0) -> None:
-        self.store = store
+    def __init__(
+        self,
+        store: ObjectStore | None,
+        name: str,
+        presign_expiry_s: float = 900.0,
+        unavailable_because: str = "",
+    ) -> None:
+        self._store = store
         self.name = name
         self.presign_expiry_s = presign_expiry_s
+        self._unavailable_because = unavailable_because
+
+    @property
+    def store(self) -> ObjectStore:
+        """The opened store (BlobStoreUnavailableError when it could not be opened)."""
+        if self._store is None:
+            raise BlobStoreUnavailableError(self._unavailable_because)
+        return self._store
 
     @classmethod
     def from_settings(cls, settings: BlobSettings | None = None) -> "BlobStore":
         settings = settings or BlobSettings()
         name = urlsplit(settings.url).scheme or "file"
         return cls(_store_from_settings(settings), name, settings.presign_expiry_s)
+
+    @classmethod
+    def open(cls, settings: BlobSettings | None = None) -> "BlobStore":
+        """The configured store; when its folder cannot be made (a pod's read-only
+        filesystem, say), one that refuses every use with BlobStoreUnavailableError
+        (logged here): the service still starts, and all that needs no blob works."""
+        settings = settings or BlobSettings()
+        try:
+            return cls.from_settings(settings)
+        except OSError as exc:
+            logger.warning("blob store %s cannot be opened: %s", settings.url, exc)
+            # Without the path: a job's error and the api's log say this, not where.
+            reason = (
+                f"the blob store could not be opened ({exc.strerror or type(exc).__name__}): "
+                "set CONVEYOR_BLOBS_URL to an object store, or to a folder this service "
+                "may write and every api and worker process shares"
+            )
+            name = urlsplit(settings.url).scheme or "file"
+            return cls(None, name, settings.presign_expiry_s, reason)
 
     async def put(
         self, key: str, data: bytes | AsyncIterable[bytes], max_bytes: int | None = None
