@@ -87,6 +87,27 @@ async def test_a_blob_over_its_limit_is_refused(blobs: BlobStore) -> None:
         await blobs.put("docs/e.bin", b"a" * 1001, max_bytes=1000)
 
 
+async def test_a_write_refused_part_way_leaves_nothing_behind(
+    blobs: BlobStore, tmp_path: Path, s3_endpoint: tuple[str, str]
+) -> None:
+    """11 MiB written, more than two S3 parts, before the limit refuses it: the
+    multipart upload is aborted (no parts left hidden in the bucket), and a
+    folder keeps no staging file."""
+    mib_chunks = [b"x" * 1024 * 1024] * 12
+    with pytest.raises(BlobTooLargeError):
+        await blobs.put("docs/big.bin", _chunks(*mib_chunks), max_bytes=11 * 1024 * 1024)
+    assert [i.key async for i in blobs.list("docs")] == []
+    if blobs.name == "file":
+        assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+        return
+    endpoint, bucket = s3_endpoint
+    async with httpx.AsyncClient() as client:  # ListMultipartUploads
+        listed = await client.get(f"{endpoint}/{bucket}", params={"uploads": ""})
+    assert listed.status_code == 200
+    assert "<ListMultipartUploadsResult" in listed.text
+    assert "<Upload>" not in listed.text
+
+
 async def test_sweep_deletes_old_unreferenced_blobs_only(blobs: BlobStore) -> None:
     kept = await blobs.put("uploads/kept", b"1")
     orphan = await blobs.put("uploads/orphan", b"2")
