@@ -341,7 +341,7 @@ async def test_an_own_jobs_key_reads_only_its_own_documents(client: httpx.AsyncC
 
 
 async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
-    client: httpx.AsyncClient, redis: ArqRedis
+    client: httpx.AsyncClient, redis: ArqRedis, blob_dir: Path
 ) -> None:
     files = {"file": ("a.txt", b"text")}
     first = await client.post("/v1/documents", files=files, headers=bearer(ONE))
@@ -353,6 +353,9 @@ async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
     # Only the first document is kept.
     stored = {k.decode() for k in await redis.keys("conveyor:document:*") if b":content" not in k}
     assert stored == {f"conveyor:document:{first.json()['document']['id']}"}
+    # Its bytes too: the refused upload's blob went with its record.
+    blobs = [p.relative_to(blob_dir).as_posix() for p in blob_dir.rglob("*") if p.is_file()]
+    assert blobs == [f"documents/{first.json()['document']['id']}/original"]
 
 
 async def test_uploads_over_the_keys_quota_of_stored_bytes_are_refused(
