@@ -1,10 +1,11 @@
 """Documents keep their bytes out of Redis: 200 uploads of 5 MiB each fit a Redis
-capped at 64 MB (noeviction), and another key's jobs are submitted and run
-all along (issue: bytes out of the broker). With a quota of stored bytes on
-the uploading key, what it has no room for is refused (429, Retry-After) and
-the rest is stored."""
+capped at 64 MB (noeviction), and another key's jobs are submitted and
+claimed while the uploads go on (issue: bytes out of the broker). With a
+quota of stored bytes on the uploading key, what it has no room for is
+refused (429, Retry-After) and the rest is stored."""
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -59,12 +60,22 @@ def test_200_uploads_of_5_mib_fit_a_64_mb_redis_and_other_work_goes_on(
                 assert answers[-1].status_code in ((202, 429) if quota else (202,)), i
                 if i % 20 == 0:  # another key's job, submitted and run meanwhile
                     submitted = stack.http.post(
-                        "/v1/jobs/create_task", json={"sleep_s": 0}, headers=other
+                        "/v1/jobs/create_task",
+                        json={"sleep_s": 0},
+                        params={"priority": 0},  # ahead of the documents' jobs
+                        headers=other,
                     )
                     assert submitted.status_code == 201, submitted.text
                     others.append(submitted.json()["id"])
-        for job_id in others:
-            assert stack.wait_for_state(job_id, "complete", timeout_s=120)["state"] == "complete"
+            uploads_ended = datetime.now(UTC)
+        finished = [stack.wait_for_state(job_id, "complete", timeout_s=120) for job_id in others]
+        # Claimed while the uploads went on, not only once they were over: the
+        # first half of them at least (the last ones may fairly start after).
+        started = [datetime.fromisoformat(job["started_at"]) for job in finished]
+        assert all(at < uploads_ended for at in started[: len(started) // 2]), (
+            started,
+            uploads_ended,
+        )
         memory: dict[str, int] = stack.redis.info("memory")  # type: ignore[assignment]
         used = int(memory["used_memory"])
         assert used < 64 * MiB
