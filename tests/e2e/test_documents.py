@@ -276,7 +276,8 @@ def test_services_whose_store_cannot_be_opened_start_and_run_other_jobs(
         refused = stack.http.post("/v1/documents", files={"file": ("a.txt", TEXT.encode())})
         assert refused.status_code == 503, refused.text
         assert refused.headers["content-type"] == "application/problem+json"
-        assert "CONVEYOR_BLOBS_URL" in stack.logs()
+        said = "the blob store cannot be opened (CONVEYOR_BLOBS_URL"
+        assert all(said in s.output() for s in (stack.api, *stack.workers)), stack.logs()
 
 
 def test_the_document_flow_over_an_s3_store_with_direct_upload_and_download(

@@ -184,7 +184,12 @@ class BlobStore:
         try:
             return cls.from_settings(settings)
         except OSError as exc:
-            logger.warning("blob store %s cannot be opened: %s", settings.url, exc)
+            logger.warning(
+                "the blob store cannot be opened (CONVEYOR_BLOBS_URL %s): %s; every use "
+                "of it fails until it names an object store or a folder this service may write",
+                settings.url,
+                exc,
+            )
             # Without the path: a job's error and the api's log say this, not where.
             reason = (
                 f"the blob store could not be opened ({exc.strerror or type(exc).__name__}): "
