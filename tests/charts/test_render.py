@@ -377,6 +377,29 @@ def test_blob_store_settings_reach_both_services() -> None:
     assert "blobs.url is empty" in default.notes
 
 
+def test_a_volume_every_pod_mounts_can_be_the_blob_store() -> None:
+    """A ReadWriteMany claim (or any volume) mounted at the services' folder by
+    the api and every worker: documents work without an object store."""
+    claim = {"persistentVolumeClaim": {"claimName": "conveyor-blobs"}}
+    rendered = render({"blobs": {"volume": claim}})
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        pod = rendered.one("Deployment", name)["spec"]["template"]["spec"]
+        assert {"name": "blobs", **claim} in pod["volumes"]
+        container = next(containers(rendered.one("Deployment", name)))
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["blobs"] == "/var/lib/conveyor/blobs"
+        env = env_of(container)
+        assert env["CONVEYOR_BLOBS_URL"]["value"] == "file:///var/lib/conveyor/blobs"
+    assert "blobs.url is empty" not in rendered.notes
+    # An object store named as well is the one used; the volume is then idle.
+    both = render({"blobs": {"volume": claim, "url": "s3://documents/prod"}})
+    env = env_of(next(containers(both.one("Deployment", "conveyor-api"))))
+    assert env["CONVEYOR_BLOBS_URL"]["value"] == "s3://documents/prod"
+    # Without it, no volume of that name.
+    default_pod = render().one("Deployment", "conveyor-api")["spec"]["template"]["spec"]
+    assert "blobs" not in [v["name"] for v in default_pod["volumes"]]
+
+
 def test_a_blob_store_reached_by_the_pods_cloud_identity() -> None:
     """No credentials in the pods: the service account's annotation (IRSA, GKE
     workload identity) gives them, and obstore finds them as AWS's SDKs would."""
