@@ -7,19 +7,25 @@ others run, one after the other in one shell, as a person would type them in
 a second terminal.
 """
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from conveyor_core.blobs import BlobSettings, BlobStore
 from conveyor_core.local.redis_server import free_port
+from conveyor_core.local.run import LOCAL_BLOBS
 from tests.support.processes import REPO_ROOT
+from tests.support.s3 import S3Server, s3_server
 from tests.support.screenshot import README_IMAGE, readme_image_is_current
 
 README = REPO_ROOT / "README.md"
@@ -92,9 +98,42 @@ def wait_for_banner(process: subprocess.Popen[str], log: list[str], timeout_s: f
     raise AssertionError("make run printed no key:\n" + "".join(log))
 
 
+@pytest.fixture(params=["folder", "s3"])
+def blob_store(request: pytest.FixtureRequest) -> Iterator[S3Server | None]:
+    """Where `make run` keeps uploaded bytes: its default folder, or an
+    S3-protocol server (moto's, on loopback) named by CONVEYOR_BLOBS_*."""
+    if request.param == "folder":
+        yield None
+        return
+    with s3_server() as server:
+        yield server
+
+
+def stored_documents(clone: Path, s3: S3Server | None) -> list[str]:
+    """The document blobs `make run` wrote, wherever its store is."""
+    if s3 is None:
+        folder = clone / LOCAL_BLOBS
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    async def listed() -> list[str]:
+        settings = BlobSettings(
+            url=f"s3://{s3.bucket}",
+            endpoint=s3.endpoint,
+            region="us-east-1",
+            path_style=True,
+            access_key_id="testing",
+            secret_access_key=SecretStr("testing"),
+        )
+        return sorted([i.key async for i in BlobStore.from_settings(settings).list("")])
+
+    return asyncio.run(listed())
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(600)
-def test_the_readme_commands_work_from_a_fresh_clone(fresh_clone: Path, log_dir: Path) -> None:
+def test_the_readme_commands_work_from_a_fresh_clone(
+    fresh_clone: Path, log_dir: Path, blob_store: S3Server | None
+) -> None:
     blocks = runnable_blocks((fresh_clone / "README.md").read_text())
     (serves,) = [b for b in blocks if b.serves]
     tour = "\n".join(b.code for b in blocks if not b.serves)
@@ -112,6 +151,8 @@ def test_the_readme_commands_work_from_a_fresh_clone(fresh_clone: Path, log_dir:
         CONVEYOR_API_TASK_SLEEP_MIN_S="0.1",
         CONVEYOR_API_TASK_SLEEP_MAX_S="0.5",
     )
+    if blob_store is not None:
+        env.update(blob_store.environment())
     server = subprocess.Popen(
         ["bash", "-c", serves.code],
         cwd=fresh_clone,
@@ -142,6 +183,12 @@ def test_the_readme_commands_work_from_a_fresh_clone(fresh_clone: Path, log_dir:
         assert "is ready" in result.stdout
         assert '"state":"dead"' in result.stdout
         assert '"requeues":1' in result.stdout or '"state":"queued"' in result.stdout
+        # The tour's two uploads, each its file and its text, are in the store it was given.
+        documents = [k for k in stored_documents(fresh_clone, blob_store) if "documents/" in k]
+        assert len([k for k in documents if k.endswith("/original")]) == 2, documents
+        assert len([k for k in documents if k.endswith("/text")]) == 2, documents
+        if blob_store is not None:
+            assert stored_documents(fresh_clone, None) == []  # nothing in the folder
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:

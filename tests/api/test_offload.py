@@ -3,6 +3,7 @@ they were (or as a link when very large), and a key's quota of stored bytes."""
 
 import asyncio
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import ArqRedis
+from prometheus_client import REGISTRY
 
 from conveyor_api.auth import Scope
+from conveyor_core import stored_bytes
 from conveyor_core.blobs import BlobSettings, BlobStore
 from conveyor_core.catalog import load_catalog
 from conveyor_core.claimcheck import BLOB_FIELD
@@ -208,3 +211,20 @@ async def test_a_type_that_offloads_takes_payloads_past_the_body_limit(
     )
     assert refused.status_code == 413
     assert refused.headers["content-type"] == "application/problem+json"
+
+
+async def test_the_api_exports_each_keys_quota_and_use_without_a_write(
+    redis_url: str, redis: ArqRedis, blob_settings: BlobSettings
+) -> None:
+    """The alert near a quota reads these gauges: the api keeps them current
+    from Redis, not only when the key writes."""
+    name = "quota-gauged"
+    await stored_bytes.count(redis, name, 1234, time.time() + 3600)
+    keys = [*KEYS, api_key(name, "cvk_quota_gauged", max_stored_bytes=QUOTA_BYTES)]
+    async with serve(make_app(redis_url, keys=keys, blobs=blob_settings), authenticated=False):
+        deadline = time.monotonic() + 10  # a fault bound: it reads at start
+        while REGISTRY.get_sample_value("conveyor_stored_bytes", {"api_key": name}) != 1234:
+            assert time.monotonic() < deadline, "the api never exported the key's use"
+            await asyncio.sleep(0.02)
+        limit = REGISTRY.get_sample_value("conveyor_stored_bytes_limit", {"api_key": name})
+        assert limit == QUOTA_BYTES

@@ -349,6 +349,7 @@ def test_blob_store_settings_reach_both_services() -> None:
             "blobs": {
                 "url": "s3://documents/prod",
                 "endpoint": "https://minio.storage.svc:9000",
+                "region": "eu-central-1",
                 "pathStyle": True,
                 "credentialsSecret": "minio-credentials",
             }
@@ -358,13 +359,69 @@ def test_blob_store_settings_reach_both_services() -> None:
         env = env_of(next(containers(rendered.one("Deployment", name))))
         assert env["CONVEYOR_BLOBS_URL"]["value"] == "s3://documents/prod"
         assert env["CONVEYOR_BLOBS_ENDPOINT"]["value"] == "https://minio.storage.svc:9000"
+        assert env["CONVEYOR_BLOBS_REGION"]["value"] == "eu-central-1"
         assert env["CONVEYOR_BLOBS_PATH_STYLE"]["value"] == "true"
+        assert env["CONVEYOR_BLOBS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+            "name": "minio-credentials",
+            "key": "access-key-id",
+        }
         assert env["CONVEYOR_BLOBS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
             "name": "minio-credentials",
             "key": "secret-access-key",
         }
-    default = env_of(next(containers(render().one("Deployment", "conveyor-api"))))
-    assert "CONVEYOR_BLOBS_URL" not in default  # the services' own default folder
+    assert "blobs.url is empty" not in rendered.notes
+    default = render()
+    assert "CONVEYOR_BLOBS_URL" not in env_of(
+        next(containers(default.one("Deployment", "conveyor-api")))
+    )  # the services' own default folder, which a pod cannot make: the notes say so
+    assert "blobs.url is empty" in default.notes
+
+
+def test_a_volume_every_pod_mounts_can_be_the_blob_store() -> None:
+    """A ReadWriteMany claim (or any volume) mounted at the services' folder by
+    the api and every worker: documents work without an object store."""
+    claim = {"persistentVolumeClaim": {"claimName": "conveyor-blobs"}}
+    rendered = render({"blobs": {"volume": claim}})
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        pod = rendered.one("Deployment", name)["spec"]["template"]["spec"]
+        assert {"name": "blobs", **claim} in pod["volumes"]
+        container = next(containers(rendered.one("Deployment", name)))
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["blobs"] == "/var/lib/conveyor/blobs"
+        env = env_of(container)
+        assert env["CONVEYOR_BLOBS_URL"]["value"] == "file:///var/lib/conveyor/blobs"
+    assert "blobs.url is empty" not in rendered.notes
+    # An object store named as well is the one used; the volume is then idle.
+    both = render({"blobs": {"volume": claim, "url": "s3://documents/prod"}})
+    env = env_of(next(containers(both.one("Deployment", "conveyor-api"))))
+    assert env["CONVEYOR_BLOBS_URL"]["value"] == "s3://documents/prod"
+    # Without it, no volume of that name.
+    default_pod = render().one("Deployment", "conveyor-api")["spec"]["template"]["spec"]
+    assert "blobs" not in [v["name"] for v in default_pod["volumes"]]
+
+
+def test_a_blob_store_reached_by_the_pods_cloud_identity() -> None:
+    """No credentials in the pods: the service account's annotation (IRSA, GKE
+    workload identity) gives them, and obstore finds them as AWS's SDKs would."""
+    role = {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/documents"}
+    rendered = render(
+        {
+            "blobs": {"url": "s3://documents/prod", "region": "eu-west-1"},
+            "serviceAccount": {"annotations": role},
+        }
+    )
+    (account,) = rendered.all("ServiceAccount")
+    assert account["metadata"]["annotations"] == role
+    for name in ("conveyor-api", "conveyor-worker-default"):
+        deployment = rendered.one("Deployment", name)
+        assert (
+            deployment["spec"]["template"]["spec"]["serviceAccountName"]
+            == (account["metadata"]["name"])
+        )
+        env = env_of(next(containers(deployment)))
+        assert env["CONVEYOR_BLOBS_URL"]["value"] == "s3://documents/prod"
+        assert "CONVEYOR_BLOBS_ACCESS_KEY_ID" not in env
+        assert "CONVEYOR_BLOBS_SECRET_ACCESS_KEY" not in env
 
 
 def test_the_api_trusts_the_ingress_for_client_addresses() -> None:

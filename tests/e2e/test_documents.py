@@ -1,11 +1,13 @@
 """The document workflow end to end: real api and worker processes, a real SMTP
 server (aiosmtpd) and, where it matters, a real OpenAI-compatible chat server."""
 
+import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -229,6 +231,53 @@ def test_send_email_delivers_the_welcome_mail(flow: Stack, smtp: SmtpServer) -> 
     mails = smtp.wait_for(1, **{"X-Conveyor-Job-Id": done["id"]})
     assert [m.subject for m in mails] == ["Welcome"]
     assert mails[0].body.strip() == "Hi Ada"
+
+
+@pytest.mark.parametrize("fault", ["tampered", "missing"])
+def test_a_changed_or_missing_file_fails_its_document_for_good(
+    flow: Stack, smtp: SmtpServer, fault: str
+) -> None:
+    """The worker checks a document's bytes against its record: a file changed
+    in the store (or gone) is never summarized, and no retry is spent on it."""
+    accepted = upload(flow, "notes.txt", TEXT.encode())  # no worker yet: nothing read
+    document_id = accepted["document"]["id"]
+    folder = Path(urlsplit(os.environ["CONVEYOR_BLOBS_URL"]).path)
+    blob = folder / "documents" / document_id / "original"
+    if fault == "tampered":  # the same size, one byte other
+        blob.write_bytes(blob.read_bytes().replace(b"Redis", b"Redix", 1))
+    else:
+        blob.unlink()
+
+    flow.start_worker()
+    dead = flow.wait_for_state(accepted["job"]["id"], "dead")
+    assert dead["tries"] == 1  # permanent: its retries were not spent
+    assert dead["error"]["type"] == "PermanentJobError"
+    words = "was changed" if fault == "tampered" else "is gone"
+    assert f"document {document_id} {words}" in dead["error"]["message"]
+    document = flow.http.get(f"/v1/documents/{document_id}").json()
+    assert (document["state"], document["summary"], document["jobs"]["email"]) == (
+        "failed",
+        None,
+        None,
+    )
+    assert mails_for(smtp, document_id) == []
+
+
+def test_services_whose_store_cannot_be_opened_start_and_run_other_jobs(
+    redis_url: str, log_dir: Path
+) -> None:
+    """The chart's defaults without blobs.url: a folder no pod may make. The
+    worker still starts (the seed's resources open) and runs jobs; uploads are
+    a 503 problem, and the logs say what to set."""
+    unusable = {"CONVEYOR_BLOBS_URL": "file:///proc/conveyor-blobs"}
+    with running(Stack(redis_url, log_dir, **unusable), workers=1) as stack:
+        job = stack.submit("create_task", {"sleep_s": 0})
+        assert stack.wait_for_state(job["id"], "complete")["state"] == "complete"
+        refused = stack.http.post("/v1/documents", files={"file": ("a.txt", TEXT.encode())})
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        said = "the blob store cannot be opened (CONVEYOR_BLOBS_URL"
+        assert all(said in s.output() for s in (stack.api, *stack.workers)), stack.logs()
 
 
 def test_the_document_flow_over_an_s3_store_with_direct_upload_and_download(

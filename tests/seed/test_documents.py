@@ -175,3 +175,22 @@ async def test_orphan_blobs_are_removed_after_their_grace(
     assert await store.remove_orphans(older_than_s=0) == 2
     remaining = sorted([i.key async for i in blobs.list("")])
     assert remaining == ["documents/kept/original"]
+
+
+async def test_orphans_past_the_first_budget_are_reached_by_later_cleanups(
+    redis: ArqRedis, blobs: BlobStore
+) -> None:
+    store = DocumentStore(redis, blobs)
+    for name in ("a", "b", "c"):
+        await _create(store, name, 3600)
+    # Keys sorting after every live document's: a sweep that always began at
+    # the start with a budget of 2 would never reach them.
+    await blobs.put("documents/z1/original", b"orphan")
+    await blobs.put("documents/z2/text", b"orphan")
+    await blobs.put("uploads/z3", b"never registered")
+    # Each cleanup looks at 2 blobs a prefix: a and b (and uploads/z3), then c
+    # and z1, then z2.
+    swept = [await store.remove_orphans(older_than_s=0, budget=2) for _ in range(3)]
+    assert swept == [1, 1, 1]
+    remaining = sorted([i.key async for i in blobs.list("")])
+    assert remaining == [f"documents/{name}/original" for name in ("a", "b", "c")]

@@ -51,10 +51,13 @@ def blob_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def blob_env(request: pytest.FixtureRequest, blob_dir: Path) -> Iterator[dict[str, str]]:
-    """The blob store the api uses: a folder, or (parametrized "s3") an S3 server."""
+    """The blob store the api uses: a folder, (parametrized "s3") an S3 server,
+    or ("unusable") a folder the api cannot make."""
     if getattr(request, "param", "file") == "s3":
         with s3_server() as server:
             yield server.environment(prefix="api-tests")
+    elif getattr(request, "param", "file") == "unusable":
+        yield {"CONVEYOR_BLOBS_URL": "file:///proc/conveyor-blobs"}
     else:
         yield {"CONVEYOR_BLOBS_URL": f"file://{blob_dir}"}
 
@@ -338,7 +341,7 @@ async def test_an_own_jobs_key_reads_only_its_own_documents(client: httpx.AsyncC
 
 
 async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
-    client: httpx.AsyncClient, redis: ArqRedis
+    client: httpx.AsyncClient, redis: ArqRedis, blob_dir: Path
 ) -> None:
     files = {"file": ("a.txt", b"text")}
     first = await client.post("/v1/documents", files=files, headers=bearer(ONE))
@@ -350,6 +353,9 @@ async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
     # Only the first document is kept.
     stored = {k.decode() for k in await redis.keys("conveyor:document:*") if b":content" not in k}
     assert stored == {f"conveyor:document:{first.json()['document']['id']}"}
+    # Its bytes too: the refused upload's blob went with its record.
+    blobs = [p.relative_to(blob_dir).as_posix() for p in blob_dir.rglob("*") if p.is_file()]
+    assert blobs == [f"documents/{first.json()['document']['id']}/original"]
 
 
 async def test_uploads_over_the_keys_quota_of_stored_bytes_are_refused(
@@ -371,3 +377,25 @@ async def test_uploads_over_the_keys_quota_of_stored_bytes_are_refused(
     assert too_large.json()["field"] == "max_stored_bytes"
     # Other keys store on.
     assert (await client.post("/v1/documents", files=files)).status_code == 202
+
+
+@pytest.mark.parametrize("blob_env", ["unusable"], indirect=True)
+async def test_without_a_usable_store_documents_are_a_503_and_jobs_go_on(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    """The chart's defaults without blobs.url: a folder a pod cannot make. The
+    document routes answer a 503 problem (never a 500), the rest works."""
+    refused = [
+        await post(client, {"file": ("a.txt", b"text")}),
+        await client.post("/v1/documents/uploads"),
+    ]
+    for response in refused:
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:conveyor:problem:blob-store-unavailable"
+        assert int(response.headers["retry-after"]) >= 1
+    assert await redis.keys("conveyor:document*") == []
+    assert await redis.zcard(DEFAULT_QUEUE) == 0  # no job for a document not stored
+    assert (await client.get("/v1/documents/nope")).status_code == 404
+    submitted = await client.post("/v1/jobs/create_task", json={"sleep_s": 0})
+    assert submitted.status_code == 201, submitted.text

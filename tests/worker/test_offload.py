@@ -132,6 +132,26 @@ async def test_the_sweep_deletes_blobs_whose_record_is_gone(
     assert not (blob_dir / "jobs" / gone.job_id / "payload").exists()
 
 
+async def test_sweeps_resume_where_the_last_stopped_so_every_gone_job_is_reached(
+    store: JobStore, redis: ArqRedis, blob_dir: Path
+) -> None:
+    live = [await enqueue(store, CATALOG["bulky"], jobs.Bulky(data="k" * 4096)) for _ in range(4)]
+    assert store.blobs is not None
+    tag = live[0].job_id.partition("}")[0] + "}"
+    gone = [f"{tag}zz-gone-1", f"{tag}zz-gone-2"]  # after every live job's id in key order
+    for job_id in gone:
+        await store.blobs.put(claimcheck.payload_blob_key(job_id), b"{}")
+
+    deleted = [await claimcheck.sweep(store.blobs, redis, older_than_s=0, budget=4)]
+    assert deleted == [0]  # the four live jobs' blobs looked at; the cursor kept in Redis
+    assert await redis.get(claimcheck.SWEEP_CURSOR_KEY) is not None
+    deleted.append(await claimcheck.sweep(store.blobs, redis, older_than_s=0, budget=4))
+    assert deleted == [0, 2]
+    assert await redis.get(claimcheck.SWEEP_CURSOR_KEY) == b""  # walked to the end
+    left = sorted(p.parent.name for p in (blob_dir / "jobs").rglob("payload"))
+    assert left == sorted(job.job_id for job in live)
+
+
 async def test_a_reference_to_another_jobs_blob_is_refused(
     store: JobStore, processor: Processor, redis: ArqRedis
 ) -> None:

@@ -178,9 +178,12 @@ ca.crt
 - name: CONVEYOR_REDACT_KEYS
   value: {{ . | quote }}
 {{- end }}
-{{- with $values.blobs.url }}
+{{- if $values.blobs.url }}
 - name: CONVEYOR_BLOBS_URL
-  value: {{ . | quote }}
+  value: {{ $values.blobs.url | quote }}
+{{- else if $values.blobs.volume }}
+- name: CONVEYOR_BLOBS_URL
+  value: "file://{{ include "conveyor.blobsMountPath" . }}"
 {{- end }}
 {{- with $values.blobs.endpoint }}
 - name: CONVEYOR_BLOBS_ENDPOINT
@@ -342,10 +345,19 @@ ca.crt
 {{- end -}}
 
 {{/* Volumes every Conveyor pod mounts: /tmp on a read-only root, the Redis CA (only the CA: never the server's key). */}}
+{{/* Where a blobs.volume is mounted in the api's and the workers' pods. */}}
+{{- define "conveyor.blobsMountPath" -}}
+/var/lib/conveyor/blobs
+{{- end -}}
+
 {{- define "conveyor.volumes" -}}
 - name: tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- with .Values.blobs.volume }}
+- name: blobs
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- with include "conveyor.redis.caSecret" . }}
 - name: redis-tls
   secret:
@@ -359,6 +371,10 @@ ca.crt
 {{- define "conveyor.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.blobs.volume }}
+- name: blobs
+  mountPath: {{ include "conveyor.blobsMountPath" . }}
+{{- end }}
 {{- if include "conveyor.redis.caSecret" . }}
 - name: redis-tls
   mountPath: /etc/conveyor/redis-tls

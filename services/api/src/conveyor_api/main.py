@@ -34,7 +34,7 @@ from conveyor_api.routes import (
 )
 from conveyor_api.settings import Settings
 from conveyor_api.telemetry import setup_telemetry
-from conveyor_core import claimcheck
+from conveyor_core import claimcheck, stored_bytes
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
 from conveyor_core.history import HistoryReader
 from conveyor_core.ratelimit import RateLimiter
@@ -84,6 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         redis_health.start()
         events.start()
+        # Keys with a quota of stored bytes: their gauges follow expiry, not only writes.
+        quota_gauges = stored_bytes.QuotaGauges(
+            redis,
+            lambda: [
+                quota
+                for key in app.state.keyring.keys
+                if (quota := tenants.byte_quota_of(key)) is not None
+            ],
+        )
+        quota_gauges.start()
         app.state.bulk = bulk_runner = BulkRunner(redis, app.state.store, catalog)
         bulk_runner.start_adopting()
         if key_file is not None:
@@ -94,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if key_file is not None:
                 await key_file.stop()
             await bulk_runner.stop()
+            await quota_gauges.stop()
             await redis_health.stop()
             await events.stop()
             await redis.aclose()

@@ -10,7 +10,17 @@ Azure. Request signing is obstore's.
 """
 
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+import heapq
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +33,8 @@ from obstore.exceptions import NotFoundError
 from obstore.store import LocalStore, ObjectStore, S3Store, from_url
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
 
 # A blob is read back in chunks of this size (streams and checks).
 CHUNK_BYTES = 1024 * 1024
@@ -75,9 +87,26 @@ class BlobInfo:
     last_modified: datetime
 
 
-# What a store that cannot be reached (or refuses) raises: a transient fault,
-# answered 503 by the api and retried by the worker.
-BLOB_STORE_ERRORS: tuple[type[Exception], ...] = (obstore.exceptions.BaseError,)
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """What one sweep did: how many blobs it deleted, and the key the next
+    sweep of the same prefix resumes after ("" to start over)."""
+
+    deleted: int
+    resume_after: str
+
+
+class BlobStoreUnavailableError(RuntimeError):
+    """This service could not open its blob store (a folder it cannot make):
+    every use fails with this until CONVEYOR_BLOBS_URL is fixed."""
+
+
+# What a store that cannot be reached (or refuses, or was never opened)
+# raises: answered 503 by the api and retried by the worker.
+BLOB_STORE_ERRORS: tuple[type[Exception], ...] = (
+    obstore.exceptions.BaseError,
+    BlobStoreUnavailableError,
+)
 
 
 class BlobNotFoundError(LookupError):
@@ -121,16 +150,54 @@ def _store_from_settings(settings: BlobSettings) -> ObjectStore:
 class BlobStore:
     """One store: put, get (checked), stream, delete, list, presign."""
 
-    def __init__(self, store: ObjectStore, name: str, presign_expiry_s: float = 900.0) -> None:
-        self.store = store
+    def __init__(
+        self,
+        store: ObjectStore | None,
+        name: str,
+        presign_expiry_s: float = 900.0,
+        unavailable_because: str = "",
+    ) -> None:
+        self._store = store
         self.name = name
         self.presign_expiry_s = presign_expiry_s
+        self._unavailable_because = unavailable_because
+
+    @property
+    def store(self) -> ObjectStore:
+        """The opened store (BlobStoreUnavailableError when it could not be opened)."""
+        if self._store is None:
+            raise BlobStoreUnavailableError(self._unavailable_because)
+        return self._store
 
     @classmethod
     def from_settings(cls, settings: BlobSettings | None = None) -> "BlobStore":
         settings = settings or BlobSettings()
         name = urlsplit(settings.url).scheme or "file"
         return cls(_store_from_settings(settings), name, settings.presign_expiry_s)
+
+    @classmethod
+    def open(cls, settings: BlobSettings | None = None) -> "BlobStore":
+        """The configured store; when its folder cannot be made (a pod's read-only
+        filesystem, say), one that refuses every use with BlobStoreUnavailableError
+        (logged here): the service still starts, and all that needs no blob works."""
+        settings = settings or BlobSettings()
+        try:
+            return cls.from_settings(settings)
+        except OSError as exc:
+            logger.warning(
+                "the blob store cannot be opened (CONVEYOR_BLOBS_URL %s): %s; every use "
+                "of it fails until it names an object store or a folder this service may write",
+                settings.url,
+                exc,
+            )
+            # Without the path: a job's error and the api's log say this, not where.
+            reason = (
+                f"the blob store could not be opened ({exc.strerror or type(exc).__name__}): "
+                "set CONVEYOR_BLOBS_URL to an object store, or to a folder this service "
+                "may write and every api and worker process shares"
+            )
+            name = urlsplit(settings.url).scheme or "file"
+            return cls(None, name, settings.presign_expiry_s, reason)
 
     async def put(
         self, key: str, data: bytes | AsyncIterable[bytes], max_bytes: int | None = None
@@ -197,8 +264,9 @@ class BlobStore:
             except (NotFoundError, FileNotFoundError):
                 continue
 
-    async def list(self, prefix: str) -> AsyncIterator[BlobInfo]:
-        async for batch in obstore.list(self.store, prefix):
+    async def list(self, prefix: str, after: str = "") -> AsyncGenerator[BlobInfo, None]:
+        """The blobs under `prefix`; with `after`, only those whose keys sort after it."""
+        async for batch in obstore.list(self.store, prefix, offset=after or None):
             for meta in batch:
                 yield BlobInfo(meta["path"], meta["size"], meta["last_modified"])
 
@@ -216,17 +284,35 @@ class BlobStore:
         referenced: Callable[[str], Awaitable[bool]],
         older_than_s: float,
         budget: int = 1000,
-    ) -> int:
+        after: str = "",
+    ) -> Sweep:
         """Delete blobs under `prefix` older than `older_than_s` that no record
-        refers to (an upload that never registered, a crash mid-way); at most
-        `budget` looked at per call. Returns how many were deleted."""
+        refers to (an upload that never registered, a crash mid-way), looking at
+        the first `budget` keys after `after` in key order. The answer says where
+        the next sweep resumes, so repeated sweeps walk every key however many
+        there are, at a bounded cost each."""
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-        deleted, seen = 0, 0
-        async for info in self.list(prefix):
-            seen += 1
-            if seen > budget:
-                break
+        batch = await self._keys_after(prefix, after, budget)
+        deleted = 0
+        for info in batch:
             if info.last_modified < cutoff and not await referenced(info.key):
                 await self.delete(info.key)
                 deleted += 1
-        return deleted
+        # A short batch reached the listing's end: the next sweep starts over.
+        resume_after = batch[-1].key if len(batch) == budget else ""
+        return Sweep(deleted, resume_after)
+
+    async def _keys_after(self, prefix: str, after: str, count: int) -> Sequence[BlobInfo]:
+        """The first `count` blobs under `prefix` whose keys sort after `after`.
+        Object stores list in key order, so the listing stops there; a local
+        folder lists in directory order, so all of it is read (one machine's)."""
+        if isinstance(self.store, LocalStore):
+            listed = [info async for info in self.list(prefix, after)]
+            return heapq.nsmallest(count, listed, key=lambda info: info.key)
+        first: list[BlobInfo] = []
+        async with aclosing(self.list(prefix, after)) as listing:
+            async for info in listing:
+                first.append(info)
+                if len(first) == count:
+                    break
+        return first

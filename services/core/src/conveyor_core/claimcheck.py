@@ -40,6 +40,9 @@ JOBS_PREFIX = "jobs/"
 # A blob with no record this long after it was written is swept: longer than
 # a submit takes between writing its payload blob and its job.
 SWEEP_GRACE_S = 3600.0
+# Where the next sweep resumes (a blob key); lost or expired, it starts over.
+SWEEP_CURSOR_KEY = keys.PREFIX + "blob-sweep-cursor:jobs"
+SWEEP_CURSOR_TTL_S = 7 * 86_400
 
 
 class OffloadedBlobError(PermanentJobError):
@@ -203,9 +206,16 @@ async def sweep(
     blobs: BlobStore, redis: ArqRedis, older_than_s: float = SWEEP_GRACE_S, budget: int = 1000
 ) -> int:
     """Delete job blobs whose record is gone (retention ran out, deleted), once
-    they are `older_than_s` old; returns how many went."""
+    they are `older_than_s` old; returns how many went. Each call looks at the
+    next `budget` blobs after where the last one stopped (kept in Redis), so
+    every job's blobs are reached in turn however many there are."""
 
     async def referenced(blob_key: str) -> bool:
         return await _record_exists(redis, job_id_of(blob_key))
 
-    return await blobs.sweep(JOBS_PREFIX, referenced, older_than_s, budget)
+    after = await redis.get(SWEEP_CURSOR_KEY)
+    swept = await blobs.sweep(
+        JOBS_PREFIX, referenced, older_than_s, budget, after.decode() if after else ""
+    )
+    await redis.set(SWEEP_CURSOR_KEY, swept.resume_after, ex=SWEEP_CURSOR_TTL_S)
+    return swept.deleted

@@ -87,8 +87,8 @@ BLOB_OFFLOADS = Counter(
 )
 STORED_BYTES = Gauge(
     "conveyor_stored_bytes",
-    "Bytes an api key has in the blob store (documents, offloaded payloads), as its "
-    "quota counts them when last checked.",
+    "Bytes an api key with a quota has in the blob store (documents, offloaded "
+    "payloads), as the quota counts them: read from Redis every minute and at each write.",
     ["api_key"],
 )
 STORED_BYTES_LIMIT = Gauge(

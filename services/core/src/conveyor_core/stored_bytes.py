@@ -8,8 +8,12 @@ and self-healing. A blob deleted early (a document deleted, a bulk delete)
 still counts until its bucket expires: the count errs on the safe side.
 """
 
+import asyncio
+import contextlib
+import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
@@ -17,7 +21,12 @@ from arq.connections import ArqRedis
 from conveyor_core.keys import PREFIX
 from conveyor_core.metrics import STORED_BYTES, STORED_BYTES_LIMIT
 
+logger = logging.getLogger(__name__)
+
 BUCKET_S = 7 * 86_400
+# How often the api reads again what each key with a quota stores: its gauge
+# then falls as bytes expire, not only at the key's next write.
+GAUGE_REFRESH_S = 60.0
 # A year and a bit: the longest a job may be deferred, plus its retention.
 HORIZON_BUCKETS = 54
 
@@ -97,3 +106,59 @@ async def count(redis: ArqRedis, api_key: str, size_bytes: int, until_s: float) 
         pipe.incrby(key, size_bytes)
         pipe.expireat(key, (index + 1) * BUCKET_S)
         await pipe.execute()
+
+
+class QuotaGauges:
+    """Keeps `conveyor_stored_bytes` and `conveyor_stored_bytes_limit` current for
+    every key with a quota: read from Redis at start and every `interval_s`, so a
+    key that stopped writing still shows its bytes expiring (the alert near a
+    quota ends), a key's quota shows before its first write, and a key no longer
+    configured leaves no series behind."""
+
+    def __init__(
+        self,
+        redis: ArqRedis,
+        quotas: Callable[[], Iterable[ByteQuota]],
+        interval_s: float = GAUGE_REFRESH_S,
+    ) -> None:
+        self._redis = redis
+        self._quotas = quotas  # read afresh each round: the keys file may change
+        self._interval_s = interval_s
+        self._exported: set[str] = set()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        quotas = list(self._quotas())
+        for quota in quotas:
+            STORED_BYTES_LIMIT.labels(quota.api_key).set(quota.max_bytes)
+            await usage(self._redis, quota.api_key)
+        names = {quota.api_key for quota in quotas}
+        for gone in self._exported - names:
+            for gauge in (STORED_BYTES, STORED_BYTES_LIMIT):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(gone)
+        self._exported = names
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping.clear()
+            self._task = asyncio.create_task(self._run(), name="quota-gauges")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._stopping.set()  # ends the loop even if the cancel is lost in a reply
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:  # Redis' fault: the gauges wait for the next round
+                logger.debug("stored bytes not refreshed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._interval_s)

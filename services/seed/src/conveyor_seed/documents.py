@@ -10,7 +10,7 @@ state, summary, job ids), so a document costs Redis the same whatever its size.
 import codecs
 import io
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +51,10 @@ ORPHAN_GRACE_S = 3600
 BLOB_PREFIX = "documents/"
 # Direct uploads (presigned PUTs) land here until registered.
 UPLOAD_PREFIX = "uploads/"
+# Blobs each cleanup looks at per prefix (an EXISTS each), resuming where the last stopped.
+ORPHAN_SWEEP_BUDGET = 1000
+# A sweep's resume point lives this long: lost or expired, the next starts over.
+SWEEP_CURSOR_TTL_S = 7 * 86_400
 
 
 class DocumentError(ValueError):
@@ -468,11 +472,13 @@ class DocumentStore:
             if len(ids) < CLEANUP_BATCH:
                 return removed
 
-    async def remove_orphans(self, *, older_than_s: float = ORPHAN_GRACE_S) -> int:
+    async def remove_orphans(
+        self, *, older_than_s: float = ORPHAN_GRACE_S, budget: int = ORPHAN_SWEEP_BUDGET
+    ) -> int:
         """Delete blobs no document refers to: under documents/ those whose
         document has no record (an upload or a cleanup cut short), under
-        uploads/ direct uploads never registered; at most a bounded number
-        looked at per call."""
+        uploads/ direct uploads never registered. Each call looks at a bounded
+        number of blobs under each prefix, after where the last call stopped."""
 
         async def referenced(key: str) -> bool:
             document_id = key.removeprefix(BLOB_PREFIX).partition("/")[0]
@@ -481,8 +487,24 @@ class DocumentStore:
         async def unregistered(key: str) -> bool:
             return False
 
-        orphans = await self.blobs.sweep(BLOB_PREFIX, referenced, older_than_s)
-        return orphans + await self.blobs.sweep(UPLOAD_PREFIX, unregistered, older_than_s)
+        orphans = await self._sweep(BLOB_PREFIX, referenced, older_than_s, budget)
+        return orphans + await self._sweep(UPLOAD_PREFIX, unregistered, older_than_s, budget)
+
+    async def _sweep(
+        self,
+        prefix: str,
+        referenced: Callable[[str], Awaitable[bool]],
+        older_than_s: float,
+        budget: int,
+    ) -> int:
+        """One bounded sweep of `prefix`, resuming where the last one stopped."""
+        cursor = keys.blob_sweep_cursor_key(prefix)
+        after = await self.redis.get(cursor)
+        swept = await self.blobs.sweep(
+            prefix, referenced, older_than_s, budget, after.decode() if after else ""
+        )
+        await self.redis.set(cursor, swept.resume_after, ex=SWEEP_CURSOR_TTL_S)
+        return swept.deleted
 
 
 def retention_for(requested_s: int | None, max_s: int) -> int:

@@ -9,6 +9,8 @@ DOCUMENT_PREFIX = PREFIX + "document:"
 DOCUMENTS_BY_EXPIRY = PREFIX + "documents:expiry"
 # String per mail sent: its Message-ID, so a retried email job never sends twice.
 MAIL_SENT_PREFIX = PREFIX + "mail:sent:"
+# String per blob prefix the cleanup sweeps for orphans: the key it resumes after.
+BLOB_SWEEP_CURSOR_PREFIX = PREFIX + "blob-sweep-cursor:"
 # The digest's count of processed documents, a field of conveyor_core.stats.COUNTS_KEY.
 DOCUMENTS_PROCESSED = "documents:processed"
 
@@ -19,3 +21,7 @@ def document_key(document_id: str) -> str:
 
 def mail_sent_key(mail_key: str) -> str:
     return MAIL_SENT_PREFIX + mail_key
+
+
+def blob_sweep_cursor_key(blob_prefix: str) -> str:
+    return BLOB_SWEEP_CURSOR_PREFIX + blob_prefix.rstrip("/")

@@ -43,7 +43,7 @@ async def open_workflow(scope: ResourceScope) -> AsyncIterator[Workflow]:
     settings = SeedSettings()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
         yield Workflow(
-            documents=DocumentStore(scope.redis, BlobStore.from_settings(settings.blobs)),
+            documents=DocumentStore(scope.redis, BlobStore.open(settings.blobs)),
             mailer=Mailer(settings.smtp, scope.redis, settings.mail),
             summarizer=make_summarizer(settings.summarizer, http),
             settings=settings,

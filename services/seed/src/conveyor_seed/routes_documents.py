@@ -76,7 +76,7 @@ def get_documents(request: Request, redis: RedisDep) -> DocumentStore:
     """One store per app, on the api's Redis client and the configured blob store."""
     documents: DocumentStore | None = getattr(request.app.state, "seed_documents", None)
     if documents is None:
-        blobs = BlobStore.from_settings(BlobSettings())
+        blobs = BlobStore.open(BlobSettings())
         documents = request.app.state.seed_documents = DocumentStore(redis, blobs)
     return documents
 
