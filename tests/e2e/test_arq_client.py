@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from arq import Retry
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobResult, JobStatus
 from arq.worker import Worker, func
@@ -80,6 +81,12 @@ async def effect(ctx: dict[str, Any], work_s: float) -> str:
     return "done"
 
 
+async def deferring(ctx: dict[str, Any], defer_s: float) -> int:
+    if ctx["job_try"] == 1:
+        raise Retry(defer=defer_s)
+    return int(ctx["job_try"])
+
+
 async def bulky(ctx: dict[str, Any], data: str, echo: bool) -> dict[str, Any]:
     digest = hashlib.sha256(data.encode()).hexdigest()
     return {"size": len(data), "sha256": digest, "echo": data if echo else ""}
@@ -105,6 +112,7 @@ async def bare_arq_worker(redis: ArqRedis) -> AsyncIterator[Worker]:
             effect,
             func(effect, name="brief", keep_result=1),
             bulky,
+            deferring,
         ],
         redis_pool=redis,
         queue_name=BARE_QUEUE,
@@ -146,6 +154,14 @@ async def status_once_started(job: Job, timeout_s: float = 10) -> JobStatus:
     """The first status arq's client reports after queued (or deferred)."""
     async with asyncio.timeout(timeout_s):
         while (status := await job.status()) in (JobStatus.queued, JobStatus.deferred):
+            await asyncio.sleep(POLL_S)
+    return status
+
+
+async def status_once_deferred(job: Job, timeout_s: float = 10) -> JobStatus:
+    """The status once the first try ended and the job waits for its next."""
+    async with asyncio.timeout(timeout_s):
+        while (status := await job.status()) in (JobStatus.queued, JobStatus.in_progress):
             await asyncio.sleep(POLL_S)
     return status
 
@@ -253,6 +269,14 @@ async def deferred(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
     await ended_rows(job, row)
     row["ran"] = await ran(redis, job)
     return row, {"job": job.job_id}
+
+
+async def retried(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+    """A job that raises arq's `Retry(defer=...)` on its first try."""
+    job = await redis.enqueue_job("deferring", defer_s=1, _queue_name=queue)
+    assert job is not None
+    row: Row = {"between_tries": await status_once_deferred(job)}
+    return await ended_rows(job, row), {"job": job.job_id}
 
 
 async def aborted_while_running(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
@@ -367,6 +391,11 @@ CASES: list[tuple[Scenario, Row, dict[str, str]]] = [
     (
         deferred,
         {"before_due": "deferred", "running": "in_progress", "result": "done", "ran": True},
+        {"job": "complete"},
+    ),
+    (
+        retried,
+        {"between_tries": "deferred", "after": "complete", "result": 2},
         {"job": "complete"},
     ),
     (
