@@ -14,7 +14,6 @@ second job waits `queued` behind a first.
 import asyncio
 import contextlib
 import hashlib
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from arq.worker import Worker, func
 from conveyor_core.catalog import DEFAULT_QUEUE, PermanentJobError
 from conveyor_core.serializer import JobFailedError, job_deserializer, job_serializer
 from tests.e2e.conftest import Stack, running
-from tests.support.processes import REPO_ROOT
+from tests.support.arq_client import conveyor_arq_pool
 
 BARE_QUEUE = "arq:bare"
 # How often the tests poll arq's client (arq's own default is 0.5 s).
@@ -39,25 +38,6 @@ STEP_S = 0.1
 Row = dict[str, Any]
 Ids = dict[str, str]  # the scenario's jobs by role, to look up in /v1/jobs
 Scenario = Callable[[ArqRedis, str], Awaitable[tuple[Row, Ids]]]
-
-MIGRATION_PAGE = REPO_ROOT / "docs" / "how-to" / "migrate-from-arq.md"
-TESTED_BLOCK = re.compile(
-    r"<!-- tests/e2e/test_arq_client.py runs this block as written -->\n```python\n(.*?)```",
-    re.DOTALL,
-)
-
-
-def documented_pool() -> Callable[[str], Awaitable[ArqRedis]]:
-    """The migration page's `conveyor_arq_pool`, defined by running its block."""
-    blocks = TESTED_BLOCK.findall(MIGRATION_PAGE.read_text())
-    assert len(blocks) == 1, "the migration page shows the arq client's pool once"
-    namespace: dict[str, Any] = {}
-    exec(compile(blocks[0], str(MIGRATION_PAGE), "exec"), namespace)
-    pool: Callable[[str], Awaitable[ArqRedis]] = namespace["conveyor_arq_pool"]
-    return pool
-
-
-conveyor_arq_pool = documented_pool()
 
 
 # The bare arq worker's functions: the same names and outcomes as the test
