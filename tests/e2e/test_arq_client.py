@@ -88,6 +88,7 @@ async def bare_arq_worker(redis: ArqRedis) -> AsyncIterator[Worker]:
     worker = Worker(
         functions=[
             func(slow, name="slow"),
+            func(slow, name="stuck", timeout=0.3),
             func(permanent, name="permanent"),
             effect,
             func(effect, name="brief", keep_result=1),
@@ -241,6 +242,23 @@ async def fails_permanently(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
     return await ended_rows(job, row), {"job": job.job_id}
 
 
+async def times_out(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+    """A try past its timeout (`stuck`: 0.3 s, not retried): a builtin
+    exception, raised again by `result()` as that class."""
+    job = await redis.enqueue_job("stuck", steps=30, step_s=STEP_S, _queue_name=queue)
+    assert job is not None
+    row: Row = {"running": await status_once_started(job), "after": await status_once_ended(job)}
+    try:
+        await job.result(timeout=10, poll_delay=POLL_S)
+    except TimeoutError as exc:
+        row["raises"] = type(exc)  # the messages differ: Conveyor's says how long it ran
+    info = await job.result_info()
+    assert info is not None
+    row["result_info"] = (info.success, type(info.result), info.function, info.job_try)
+    row["ran"] = await ran(redis, job)
+    return row, {"job": job.job_id}
+
+
 async def deferred(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
     job = await redis.enqueue_job("effect", work_s=0.5, _queue_name=queue, _defer_by=1)
     assert job is not None
@@ -366,6 +384,17 @@ CASES: list[tuple[Scenario, Row, dict[str, str]]] = [
     (
         fails_permanently,
         {"running": "in_progress", "after": "complete", "result": PERMANENT_ERROR},
+        {"job": "dead"},
+    ),
+    (
+        times_out,
+        {
+            "running": "in_progress",
+            "after": "complete",
+            "raises": TimeoutError,
+            "result_info": (False, TimeoutError, "stuck", 1),
+            "ran": False,
+        },
         {"job": "dead"},
     ),
     (
