@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from arq.worker import Worker, func
 
 from conveyor_core.catalog import DEFAULT_QUEUE, PermanentJobError
 from conveyor_core.serializer import JobFailedError, job_deserializer, job_serializer
+from conveyor_core.store.wire import META_KWARG
 from tests.e2e.conftest import Stack, running
 from tests.support.arq_client import conveyor_arq_pool
 
@@ -37,7 +39,40 @@ STEP_S = 0.1
 
 Row = dict[str, Any]
 Ids = dict[str, str]  # the scenario's jobs by role, to look up in /v1/jobs
-Scenario = Callable[[ArqRedis, str], Awaitable[tuple[Row, Ids]]]
+
+
+@dataclass(frozen=True)
+class Enqueuer:
+    """How a scenario's jobs are made: arq's `enqueue_job` onto `queue`."""
+
+    redis: ArqRedis
+    queue: str
+
+    async def enqueue(self, function: str, defer_by_s: float | None = None, **kwargs: Any) -> Job:
+        job = await self.redis.enqueue_job(
+            function, _queue_name=self.queue, _defer_by=defer_by_s, **kwargs
+        )
+        assert job is not None
+        return job
+
+
+@dataclass(frozen=True)
+class ApiSubmit(Enqueuer):
+    """Submitted through Conveyor's api instead, then read as arq's `Job`
+    made from the id, as the migration page says."""
+
+    stack: Stack | None = None
+
+    async def enqueue(self, function: str, defer_by_s: float | None = None, **kwargs: Any) -> Job:
+        assert self.stack is not None
+        params = {} if defer_by_s is None else {"defer_by_s": defer_by_s}
+        submitted = await asyncio.to_thread(self.stack.submit, function, kwargs, params=params)
+        return Job(
+            submitted["id"], self.redis, _queue_name=self.queue, _deserializer=job_deserializer
+        )
+
+
+Scenario = Callable[[Enqueuer], Awaitable[tuple[Row, Ids]]]
 
 
 # The bare arq worker's functions: the same names and outcomes as the test
@@ -178,7 +213,9 @@ def info_row(info: JobResult | None) -> Any:
         "result": outcome(info.result),
         "function": info.function,
         "args": list(info.args),
-        "kwargs": info.kwargs,
+        # A job submitted through the api carries its request's trace context
+        # in a reserved kwarg; its handler never sees it.
+        "kwargs": {k: v for k, v in info.kwargs.items() if k != META_KWARG},
         "job_try": info.job_try,
         "started_before_finishing": info.start_time <= info.finish_time,
     }
@@ -222,12 +259,11 @@ async def keys_holding(redis: ArqRedis, text: str) -> dict[str, int]:
 # -- scenarios: each runs on one worker's queue and says what arq's client saw
 
 
-async def succeeds(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
-    job = await redis.enqueue_job("slow", steps=5, step_s=STEP_S, _queue_name=queue)
-    assert job is not None
+async def succeeds(to: Enqueuer) -> tuple[Row, Ids]:
+    job = await to.enqueue("slow", steps=5, step_s=STEP_S)
     row: Row = {"running": await status_once_started(job)}
     await ended_rows(job, row)
-    row["ran"] = await ran(redis, job)
+    row["ran"] = await ran(to.redis, job)
     # abort() of a job that ended: False, and nothing changes.
     row["abort_when_done"] = await job.abort(timeout=5, poll_delay=POLL_S)
     row["after_abort"] = await job.status()
@@ -235,18 +271,16 @@ async def succeeds(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
     return row, {"job": job.job_id}
 
 
-async def fails_permanently(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
-    job = await redis.enqueue_job("permanent", work_s=0.5, _queue_name=queue)
-    assert job is not None
+async def fails_permanently(to: Enqueuer) -> tuple[Row, Ids]:
+    job = await to.enqueue("permanent", work_s=0.5)
     row: Row = {"running": await status_once_started(job)}
     return await ended_rows(job, row), {"job": job.job_id}
 
 
-async def times_out(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+async def times_out(to: Enqueuer) -> tuple[Row, Ids]:
     """A try past its timeout (`stuck`: 0.3 s, not retried): a builtin
     exception, raised again by `result()` as that class."""
-    job = await redis.enqueue_job("stuck", steps=30, step_s=STEP_S, _queue_name=queue)
-    assert job is not None
+    job = await to.enqueue("stuck", steps=30, step_s=STEP_S)
     row: Row = {"running": await status_once_started(job), "after": await status_once_ended(job)}
     try:
         await job.result(timeout=10, poll_delay=POLL_S)
@@ -255,99 +289,94 @@ async def times_out(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
     info = await job.result_info()
     assert info is not None
     row["result_info"] = (info.success, type(info.result), info.function, info.job_try)
-    row["ran"] = await ran(redis, job)
+    row["ran"] = await ran(to.redis, job)
     return row, {"job": job.job_id}
 
 
-async def deferred(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
-    job = await redis.enqueue_job("effect", work_s=0.5, _queue_name=queue, _defer_by=1)
-    assert job is not None
+async def deferred(to: Enqueuer) -> tuple[Row, Ids]:
+    job = await to.enqueue("effect", work_s=0.5, defer_by_s=1)
     row: Row = {"before_due": await job.status()}
     row["running"] = await status_once_started(job)
     await ended_rows(job, row)
-    row["ran"] = await ran(redis, job)
+    row["ran"] = await ran(to.redis, job)
     return row, {"job": job.job_id}
 
 
-async def retried(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+async def retried(to: Enqueuer) -> tuple[Row, Ids]:
     """A job that raises arq's `Retry(defer=...)` on its first try."""
-    job = await redis.enqueue_job("deferring", defer_s=1, _queue_name=queue)
-    assert job is not None
+    job = await to.enqueue("deferring", defer_s=1)
     row: Row = {"between_tries": await status_once_deferred(job)}
     return await ended_rows(job, row), {"job": job.job_id}
 
 
-async def aborted_while_running(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
-    job = await redis.enqueue_job("slow", steps=30, step_s=STEP_S, _queue_name=queue)
-    assert job is not None
+async def aborted_while_running(to: Enqueuer) -> tuple[Row, Ids]:
+    job = await to.enqueue("slow", steps=30, step_s=STEP_S)
     row: Row = {"running": await status_once_started(job)}
     row["abort"] = await job.abort(timeout=10, poll_delay=POLL_S)
     await ended_rows(job, row)
     await asyncio.sleep(0.5)  # had it gone on, it would finish its steps after 3 s
-    row["ran"] = await ran(redis, job)
+    row["ran"] = await ran(to.redis, job)
     return row, {"job": job.job_id}
 
 
-async def aborted_while_queued(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+async def aborted_while_queued(to: Enqueuer) -> tuple[Row, Ids]:
     """A job waiting behind a running one (one job at a time) is aborted."""
     # Long enough that Conveyor's worker reads arq's abort set (once per idle
     # poll, 1 s) before the slot frees; a bare arq worker reads it as it
     # takes the job, when the slot frees.
-    first = await redis.enqueue_job("slow", steps=40, step_s=STEP_S, _queue_name=queue)
-    assert first is not None
+    first = await to.enqueue("slow", steps=40, step_s=STEP_S)
     assert await status_once_started(first) is JobStatus.in_progress
-    job = await redis.enqueue_job("effect", work_s=0, _queue_name=queue)
-    assert job is not None
+    job = await to.enqueue("effect", work_s=0)
     row: Row = {"waiting": await job.status()}
     row["abort"] = await job.abort(timeout=15, poll_delay=POLL_S)
     await ended_rows(job, row)
-    row["ran"] = await ran(redis, job)
+    row["ran"] = await ran(to.redis, job)
     row["first_result"] = await result_row(first)
     return row, {"job": job.job_id, "first": first.job_id}
 
 
-async def aborted_while_deferred(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+async def aborted_while_deferred(to: Enqueuer) -> tuple[Row, Ids]:
     """arq's abort() of a job due later moves it to the front of the queue
     (score 1), so a worker takes it now and sees it aborted."""
-    job = await redis.enqueue_job("slow", steps=30, step_s=STEP_S, _queue_name=queue, _defer_by=60)
-    assert job is not None
+    job = await to.enqueue("slow", steps=30, step_s=STEP_S, defer_by_s=60)
     row: Row = {"before_due": await job.status()}
     row["abort"] = await job.abort(timeout=10, poll_delay=POLL_S)
     await ended_rows(job, row)
-    row["ran"] = await ran(redis, job)
+    row["ran"] = await ran(to.redis, job)
     return row, {"job": job.job_id}
 
 
-async def expires(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+async def expires(to: Enqueuer) -> tuple[Row, Ids]:
     """A result is answered for as long as it is kept (`brief`: one second)."""
-    job = await redis.enqueue_job("brief", work_s=0, _queue_name=queue)
-    assert job is not None
+    job = await to.enqueue("brief", work_s=0)
     row: Row = {"kept": await result_row(job)}
     await asyncio.sleep(1.5)
     row["after_expiry"] = await job.status()
     row["result_after_expiry"] = await result_row(job, timeout_s=1)
     row["result_info_after_expiry"] = info_row(await job.result_info())
-    row["unknown_id"] = await Job("no-such-job", redis, _queue_name=queue).status()
+    row["unknown_id"] = await Job("no-such-job", to.redis, _queue_name=to.queue).status()
     return row, {"job": job.job_id}
 
 
-async def stored_once(redis: ArqRedis, queue: str) -> tuple[Row, Ids]:
+async def stored_once(to: Enqueuer) -> tuple[Row, Ids]:
     """Where a finished job's payload and result are kept: the payload's text
     and the result's (the same text, echoed) in one key, each once."""
-    marker = f"payload-{queue}-7f3a"
-    job = await redis.enqueue_job("bulky", data=marker, echo=True, _queue_name=queue)
-    assert job is not None
+    marker = f"payload-{to.queue}-7f3a"
+    job = await to.enqueue("bulky", data=marker, echo=True)
     row: Row = {"echoed": (await job.result(timeout=10, poll_delay=POLL_S))["echo"] == marker}
-    row["keys_holding_it"] = await keys_holding(redis, marker)
+    row["keys_holding_it"] = await keys_holding(to.redis, marker)
     return row, {"job": job.job_id}
 
 
-async def compare(redis_url: str, scenario: Scenario) -> tuple[Row, Ids]:
-    """Run the scenario on both workers; arq's client must answer alike. The
-    bare worker's rows, and Conveyor's job ids."""
+async def compare(
+    redis_url: str, scenario: Scenario, conveyors: Callable[[ArqRedis], Enqueuer]
+) -> tuple[Row, Ids]:
+    """Run the scenario on both workers, the bare one's jobs enqueued by
+    arq's client, Conveyor's as `conveyors` makes them; arq's client must
+    answer alike. The bare worker's rows, and Conveyor's job ids."""
     async with arq_client(redis_url) as redis, bare_arq_worker(redis):
-        bare, _ = await scenario(redis, BARE_QUEUE)
-        conveyor, ids = await scenario(redis, DEFAULT_QUEUE)
+        bare, _ = await scenario(Enqueuer(redis, BARE_QUEUE))
+        conveyor, ids = await scenario(conveyors(redis))
     for name in bare:
         assert (name, conveyor[name]) == (name, bare[name])
     assert conveyor.keys() == bare.keys()
@@ -442,6 +471,7 @@ CASES: list[tuple[Scenario, Row, dict[str, str]]] = [
 ]
 
 
+@pytest.mark.parametrize("via", ["arq_client", "api"])
 @pytest.mark.parametrize(
     ("scenario", "arqs_answers", "states"),
     CASES,
@@ -450,11 +480,19 @@ CASES: list[tuple[Scenario, Row, dict[str, str]]] = [
 async def test_arqs_client_answers_as_a_bare_arq_worker_would(
     conveyor: Stack,
     redis_url: str,
+    via: str,
     scenario: Scenario,
     arqs_answers: Row,
     states: dict[str, str],
 ) -> None:
-    bare, ids = await compare(redis_url, scenario)
+    """Conveyor's jobs enqueued by arq's client, or submitted through the api."""
+
+    def conveyors(redis: ArqRedis) -> Enqueuer:
+        if via == "api":
+            return ApiSubmit(redis, DEFAULT_QUEUE, conveyor)
+        return Enqueuer(redis, DEFAULT_QUEUE)
+
+    bare, ids = await compare(redis_url, scenario, conveyors)
     assert {name: bare[name] for name in arqs_answers} == arqs_answers
     assert {role: state_in_api(conveyor, job_id) for role, job_id in ids.items()} == states
 
@@ -492,69 +530,29 @@ def job_of(redis: ArqRedis, job_id: str) -> Job:
     return Job(job_id, redis, _queue_name=DEFAULT_QUEUE, _deserializer=job_deserializer)
 
 
-async def test_a_job_submitted_through_the_api_answers_arqs_client(
-    conveyor: Stack, redis_url: str
-) -> None:
-    """Not only jobs arq's client enqueued: any job's id works with arq's `Job`."""
+async def test_arqs_status_of_api_jobs_by_priority(conveyor: Stack, redis_url: str) -> None:
+    """A job the api submits reads `queued` while it waits at the default
+    priority or above, `deferred` below it (arq's status() compares the
+    queue's score with now, and a lower priority's scores lie in the future:
+    conveyor_core/scores.py; the migration page says so); `abort()` cancels
+    both before they run."""
     async with arq_client(redis_url) as redis:
-        later = job_of(
-            redis, conveyor.submit("effect", {"work_s": 0}, params={"defer_by_s": 30})["id"]
-        )
-        assert await later.status() is JobStatus.deferred
-
+        to = ApiSubmit(redis, DEFAULT_QUEUE, conveyor)
         # Long enough for the aborts below (each read within a second) to come first.
-        submitted = conveyor.submit("slow", {"steps": 40, "step_s": STEP_S})
-        job = job_of(redis, submitted["id"])
-        assert await status_once_started(job) is JobStatus.in_progress
-        # Behind it (one job at a time): queued at the default priority and above.
+        first = await to.enqueue("slow", steps=40, step_s=STEP_S)
+        assert await status_once_started(first) is JobStatus.in_progress
+        # Behind it (one job at a time).
         waiting = job_of(redis, conveyor.submit("effect", {"work_s": 0})["id"])
         urgent = job_of(
             redis, conveyor.submit("effect", {"work_s": 0}, params={"priority": 0})["id"]
         )
-        assert (await waiting.status(), await urgent.status()) == ("queued", "queued")
-        # Below the default priority a waiting job reads `deferred`: arq's
-        # status() compares the queue's score with now, and a lower priority's
-        # scores lie in the future (conveyor_core/scores.py; the docs say so).
         low = job_of(redis, conveyor.submit("effect", {"work_s": 0}, params={"priority": 9})["id"])
-        assert await low.status() is JobStatus.deferred
+        statuses = [await j.status() for j in (waiting, urgent, low)]
+        assert statuses == ["queued", "queued", "deferred"]
         assert await waiting.abort(timeout=10, poll_delay=POLL_S) is True
         assert await low.abort(timeout=10, poll_delay=POLL_S) is True
-
-        assert await job.result(timeout=10, poll_delay=POLL_S) == 40
-        assert await job.status() is JobStatus.complete
-        info = await job.result_info()
-        assert info is not None
-        assert (info.success, info.function, info.job_try, info.kwargs["steps"]) == (
-            True,
-            "slow",
-            1,
-            40,
-        )
-        assert "__conveyor__" in info.kwargs  # the request's trace context rides along
         assert await urgent.result(timeout=10, poll_delay=POLL_S) == "done"
-
-        failed = job_of(redis, conveyor.submit("permanent", {})["id"])
-        with pytest.raises(JobFailedError, match="this input can never work"):
-            await failed.result(timeout=10, poll_delay=POLL_S)
-        assert await failed.status() is JobStatus.complete
-
-        running_job = job_of(redis, conveyor.submit("slow", {"steps": 30, "step_s": STEP_S})["id"])
-        assert await status_once_started(running_job) is JobStatus.in_progress
-        assert await running_job.abort(timeout=10, poll_delay=POLL_S) is True
-        assert await result_row(running_job) == CANCELLED
-        assert not await ran(redis, running_job)
-
-        assert await Job("no-such-job", redis).status() is JobStatus.not_found
-        states = {
-            j.job_id: state_in_api(conveyor, j.job_id)
-            for j in (job, waiting, urgent, low, failed, running_job)
-        }
-    assert states == {
-        job.job_id: "complete",
-        waiting.job_id: "cancelled",
-        urgent.job_id: "complete",
-        low.job_id: "cancelled",
-        failed.job_id: "dead",
-        running_job.job_id: "cancelled",
-    }
+        assert await first.result(timeout=10, poll_delay=POLL_S) == 40
+        states = [state_in_api(conveyor, j.job_id) for j in (first, waiting, urgent, low)]
+    assert states == ["complete", "cancelled", "complete", "cancelled"]
     assert [j for j in (waiting.job_id, low.job_id) if conveyor.starts(j)] == []  # never started
