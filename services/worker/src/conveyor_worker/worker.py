@@ -466,14 +466,14 @@ class ConveyorWorker:
         queue's workers, and dropped after ABORT_MAX_AGE_S."""
         ids = list(aborted)
         scores = await self.pool.zmscore(self.queue_name, ids)
-        done = [job_id for job_id, score in zip(ids, scores, strict=True) if score is not None]
-        for job_id in done:
+        waiting = [job_id for job_id, score in zip(ids, scores, strict=True) if score is not None]
+        for job_id in waiting:
             outcome, _ = await self.store.cancel(job_id)
             logger.info("job %s aborted by arq's client while it waited: %s", job_id, outcome)
         oldest_ms = now_ms() - ABORT_MAX_AGE_S * 1000
-        done += [job_id for job_id, at_ms in aborted.items() if at_ms < oldest_ms]
-        if done:
-            await self.pool.zrem(abort_jobs_ss, *done)
+        stale = [job_id for job_id, at_ms in aborted.items() if at_ms < oldest_ms]
+        if waiting or stale:
+            await self.pool.zrem(abort_jobs_ss, *waiting, *stale)
 
     # -- background: locks and housekeeping -----------------------------------
 
