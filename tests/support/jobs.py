@@ -94,8 +94,15 @@ async def deferring(ctx: JobContext, payload: Deferring) -> int:
     return ctx.job_try
 
 
-async def permanent(ctx: JobContext, payload: Nothing) -> None:
+class Doomed(BaseModel):
+    """How long a doomed try works before it fails."""
+
+    work_s: float = Field(default=0, ge=0)
+
+
+async def permanent(ctx: JobContext, payload: Doomed) -> None:
     await _record_start(ctx)
+    await asyncio.sleep(payload.work_s)
     raise PermanentJobError("this input can never work")
 
 
@@ -341,7 +348,7 @@ def _quick(max_tries: int) -> RetryPolicy:
 JOB_TYPES = [
     JobType("flaky", Flaky, f"{MODULE}:flaky", retry=_quick(5)),
     JobType("doomed", Nothing, f"{MODULE}:doomed", retry=_quick(2)),
-    JobType("permanent", Nothing, f"{MODULE}:permanent", retry=_quick(5)),
+    JobType("permanent", Doomed, f"{MODULE}:permanent", retry=_quick(5)),
     JobType("deferring", Deferring, f"{MODULE}:deferring", retry=_quick(3)),
     JobType("slow", Slow, f"{MODULE}:slow", timeout_s=60),
     # One try only: a shutdown that cuts it short must not use it up.

@@ -109,7 +109,7 @@ async def test_arqs_retry_defers_by_what_it_asked(store: JobStore, processor: Pr
 
 
 async def test_a_permanent_error_is_dead(store: JobStore, processor: Processor) -> None:
-    try_ = await submit_and_claim(store, "permanent", jobs.Nothing())
+    try_ = await submit_and_claim(store, "permanent", jobs.Doomed())
     assert await processor.process(try_) is JobState.DEAD
     job = await record(store, try_.job_id)
     assert job.error is not None

@@ -18,7 +18,7 @@ from conveyor_core.store import Claim, JobStore
 from conveyor_seed import CREATE_TASK, CreateTask
 from conveyor_worker.policy import Stop
 from conveyor_worker.settings import Settings
-from conveyor_worker.worker import ConveyorWorker, worker_settings
+from conveyor_worker.worker import ABORT_MAX_AGE_S, ConveyorWorker, worker_settings
 from tests.support import jobs
 from tests.worker.conftest import make_worker
 
@@ -326,3 +326,35 @@ async def test_arqs_client_abort_cancels_a_running_job(redis: ArqRedis, redis_ur
     assert not await redis.exists(f"test:finished:{submitted.job_id}")
     # Heard once: the id left arq's abort set.
     assert await redis.zscore(abort_jobs_ss, submitted.job_id) is None
+
+
+async def test_arqs_client_abort_cancels_a_waiting_job(redis: ArqRedis, redis_url: str) -> None:
+    """A job waiting behind a busy slot that arq's client aborts is cancelled
+    where it waits, never run; aborts of ids no worker acts on expire."""
+    catalog = load_catalog(jobs.MODULES.split(","))
+    store = JobStore(redis, catalog)
+    worker = make_worker(redis, redis_url, idle_poll_s=0.2, max_jobs=1)
+    running = asyncio.create_task(worker.main())
+    try:
+        await ready(worker)
+        busy = await enqueue(store, catalog["slow"], jobs.Slow(steps=300, step_s=0.1))
+        await state_of(store, busy.job_id, JobState.IN_PROGRESS, timeout_s=5)
+        waiting = await enqueue(store, catalog["effect"], jobs.Effect(work_s=0))
+        await redis.zadd(
+            abort_jobs_ss,
+            {
+                waiting.job_id: now_ms(),
+                "an-ended-job": now_ms(),
+                "a-stale-abort": now_ms() - (ABORT_MAX_AGE_S + 1) * 1000,
+            },
+        )
+        cancelled = await state_of(store, waiting.job_id, JobState.CANCELLED, timeout_s=15)
+        assert (await store.cancel(busy.job_id))[0] == "cancelling"
+        await state_of(store, busy.job_id, JobState.CANCELLED, timeout_s=15)
+    finally:
+        worker.request_stop()
+        await running
+        await worker.close()
+    assert cancelled.tries == 0
+    assert await redis.lrange(f"test:starts:{waiting.job_id}", 0, -1) == []  # type: ignore[misc]
+    assert await redis.zrange(abort_jobs_ss, 0, -1) == [b"an-ended-job"]

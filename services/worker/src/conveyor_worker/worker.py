@@ -74,6 +74,9 @@ OUTAGE_BACKOFF_S = 0.1
 OUTAGE_BACKOFF_CAP_S = 2.0
 # A claim reads at most this many due entries looking for unlocked ones.
 CLAIM_SCAN_LIMIT = 1000
+# An arq abort no worker acted on within this long (its job had ended, or its
+# queue has no worker) leaves arq's abort set: arq's own age limit for it.
+ABORT_MAX_AGE_S = 60
 # Every this many seconds one worker trims index entries of expired jobs.
 HOUSEKEEPING_INTERVAL_S = 10.0
 # One housekeeping run stops after this long, even if entries are left.
@@ -425,25 +428,25 @@ class ConveyorWorker:
         self._wake.set()
 
     async def _check_cancels(self) -> None:
-        """Stop the running tries a client cancelled: Conveyor's cancel marks the
-        record and announces 'abort' on the queue's wake-up channel; arq's
-        client abort adds the id to arq's abort set. Both are read for the
-        running tries only, when announced or once per idle_poll_s (the safety
-        net, and the only way to hear arq's abort). The try ends `cancelled`."""
+        """Stop the tries a client cancelled: Conveyor's cancel marks the record
+        and announces 'abort' on the queue's wake-up channel; arq's client
+        abort adds the id to arq's abort set. Both are read when announced or
+        once per idle_poll_s (the safety net, and the only way to hear arq's
+        abort). A running try ends `cancelled`; a job of this queue that
+        arq's client aborted while it waits is cancelled where it waits."""
         now_s = time.monotonic()
         if not self._abort_announced and now_s - self._last_abort_check_s < self.idle_poll_s:
             return
         self._abort_announced = False
         self._last_abort_check_s = now_s
         ids = list(self.running)
-        if not ids:
-            return
         async with self.pool.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(keys.job_key(job_id), "cancel_requested")
-            pipe.zmscore(abort_jobs_ss, ids)
-            *flags, aborted = await pipe.execute()
-        by_arq = [job_id for job_id, score in zip(ids, aborted, strict=True) if score is not None]
+            pipe.zrange(abort_jobs_ss, 0, -1, withscores=True)
+            *flags, aborts = await pipe.execute()
+        aborted = {raw.decode(): score for raw, score in aborts}
+        by_arq = [job_id for job_id in ids if job_id in aborted]
         if by_arq:
             await self.pool.zrem(abort_jobs_ss, *by_arq)
         for job_id, flag in zip(ids, flags, strict=True):
@@ -451,6 +454,26 @@ class ConveyorWorker:
             if try_ is not None and (flag == b"1" or job_id in by_arq):
                 logger.info("cancelling job %s at a client's request", job_id)
                 self._stop_try(try_, Stop.CANCELLED)
+        if waiting := {i: score for i, score in aborted.items() if i not in self.running}:
+            await self._cancel_aborted_waiting(waiting)
+
+    async def _cancel_aborted_waiting(self, aborted: dict[str, float]) -> None:
+        """arq's client aborted these jobs (id -> when, ms) and none runs here:
+        those waiting in this queue are cancelled as Conveyor's cancel does
+        (one taken by a worker meanwhile is asked to stop). A bare arq worker
+        cancels such a job as it takes it, so `abort()` answers `True` alike.
+        Other ids (a job that had ended, another queue's) are left to their
+        queue's workers, and dropped after ABORT_MAX_AGE_S."""
+        ids = list(aborted)
+        scores = await self.pool.zmscore(self.queue_name, ids)
+        waiting = [job_id for job_id, score in zip(ids, scores, strict=True) if score is not None]
+        for job_id in waiting:
+            outcome, _ = await self.store.cancel(job_id)
+            logger.info("job %s aborted by arq's client while it waited: %s", job_id, outcome)
+        oldest_ms = now_ms() - ABORT_MAX_AGE_S * 1000
+        stale = [job_id for job_id, at_ms in aborted.items() if at_ms < oldest_ms]
+        if waiting or stale:
+            await self.pool.zrem(abort_jobs_ss, *waiting, *stale)
 
     # -- background: locks and housekeeping -----------------------------------
 

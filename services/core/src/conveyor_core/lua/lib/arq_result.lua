@@ -54,9 +54,11 @@ local function arq_finish(rec, to, now, ttl_ms, fields)
   else
     r = '{"type":"CancelledError","message":""}'
   end
-  -- arq's `t` is the try that ended (the job key's is the enqueuer's, mostly null).
+  -- arq's `t` is the try that ended (the job key's is the enqueuer's, mostly
+  -- null); at least 1, as arq's worker counts the try in which it finds a job
+  -- aborted before it started.
   local body = string.gsub(string.sub(job, 2, -2), '^"t":[^,]*,',
-    '"t":' .. string.format('%.0f', rec.tries) .. ',', 1)
+    '"t":' .. string.format('%.0f', math.max(rec.tries, 1)) .. ',', 1)
   local result = '{' .. body
     .. ',"s":' .. (to == 'complete' and 'true' or 'false')
     .. ',"r":' .. r
