@@ -145,7 +145,7 @@ async def queue_history(
     can no longer change: a query costs Redis only the minutes it has not read
     before (about one a minute for a polled chart), whatever its span."""
     history: HistoryReader = request.app.state.history
-    found = await history.read(_known(name, catalog), minutes)
+    found = await history.read(_known(name, catalog), minutes, shards=catalog.shards(name))
     return QueueHistory(
         queue=name,
         minutes=[
