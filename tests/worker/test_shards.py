@@ -98,3 +98,39 @@ async def test_a_wake_up_on_any_shard_starts_its_job_before_the_safety_net_poll(
         worker.request_stop()
         await asyncio.wait_for(running, PATIENT_S * 2)
         await worker.close()
+
+
+async def test_a_dead_workers_job_on_a_quiet_shard_is_found_while_another_shard_is_busy(
+    store: JobStore,
+) -> None:
+    """Wake-ups on shard 0 keep the worker from ever timing out; it still
+    visits every shard once per idle_poll_s, so a job whose lock lapsed on
+    shard 2 (its worker gone) runs again within the lock's TTL and a poll."""
+    abandoned = await enqueue(store, FLAKY, {"fail_times": 0}, job_id=keys.job_id_for(SHARDS[2]))
+    (claimed,) = (
+        await store.claim(
+            SHARDS[2], 1, lock_ttl_ms=300, cancelled_retention_ms=60_000, scan_limit=100
+        )
+    ).jobs
+    assert claimed.job_id == abandoned.job_id
+    worker = make_worker(store, idle_poll_s=0.5)
+    running = asyncio.create_task(worker.main())
+
+    async def busy_shard_zero() -> None:
+        while True:
+            await enqueue(store, FLAKY, {"fail_times": 0}, job_id=keys.job_id_for(SHARDS[0]))
+            await asyncio.sleep(0.1)
+
+    busy = asyncio.create_task(busy_shard_zero())
+    try:
+        async with asyncio.timeout(PATIENT_S * 2):  # a fault bound: 0.3 s lock, 0.5 s poll
+            while (job := await store.get(abandoned.job_id)) is None or (
+                job.state is not JobState.COMPLETE
+            ):
+                await asyncio.sleep(0.05)
+        assert job.tries == 2
+    finally:
+        busy.cancel()
+        worker.request_stop()
+        await asyncio.wait_for(running, PATIENT_S * 2)
+        await worker.close()

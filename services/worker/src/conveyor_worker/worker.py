@@ -162,6 +162,10 @@ class ConveyorWorker:
         self._due_shards = set(self.shards)
         # Where the next claim starts, so that no shard always comes first.
         self._next_shard = 0
+        # When a claim last visited every shard (monotonic): at least once per
+        # idle_poll_s, busy or not, so a dead worker's job on a quiet shard is
+        # found within its lock's TTL and a poll, as on a queue of one shard.
+        self._swept_s = 0.0
         # Tries ended with a fetch asked for: every len(shards)-th gives way
         # (see fetch).
         self._fetches = 0
@@ -351,6 +355,9 @@ class ConveyorWorker:
             return 0
         count = len(self.shards)
         start, self._next_shard = self._next_shard, (self._next_shard + 1) % count
+        if time.monotonic() - self._swept_s >= self.idle_poll_s:
+            self._due_shards.update(self.shards)
+            self._swept_s = time.monotonic()
         order = [self.shards[(start + i) % count] for i in range(count)]
         visited = [shard for shard in order if count == 1 or shard in self._due_shards]
         # Paused: no next due time; resume wakes the worker.
