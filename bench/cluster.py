@@ -107,6 +107,8 @@ class Setup:
     jobs_by_shard: Counter[str] = field(default_factory=Counter)
     pickups_ms: list[float] = field(default_factory=list)
     memory_per_job_b: float = 0.0
+    # used_memory per finished job, kept for its retention (a day by default).
+    memory_per_finished_b: list[float] = field(default_factory=list)
 
     @property
     def catalog(self) -> Catalog:
@@ -205,6 +207,7 @@ async def cost_round(setup: Setup) -> None:
         ]
         cpu_before = [cpu_s(n) for n in nodes]
         calls_before = [calls(n) for n in setup.primaries]
+        memory_before = used_memory(setup.primaries)
         started_s = time.perf_counter()
         submitted: list[str] = []
         for start in range(0, THROUGHPUT_JOBS, 100):
@@ -224,6 +227,7 @@ async def cost_round(setup: Setup) -> None:
             for n, b, rate in zip(nodes, cpu_before, idle_rate, strict=True)
         ]
         primaries_used = used[: len(setup.primaries)]
+        finished_b = used_memory(setup.primaries) - memory_before
         calls_after = [calls(n) for n in setup.primaries]
         commands = sum(a[0] - b[0] for a, b in zip(calls_after, calls_before, strict=True))
         command_us = sum(a[1] - b[1] for a, b in zip(calls_after, calls_before, strict=True))
@@ -233,6 +237,7 @@ async def cost_round(setup: Setup) -> None:
     setup.commands.append(commands / THROUGHPUT_JOBS)
     setup.command_ms.append(command_us / 1000 / THROUGHPUT_JOBS)
     setup.jobs_per_s.append(THROUGHPUT_JOBS / elapsed_s)
+    setup.memory_per_finished_b.append(finished_b / THROUGHPUT_JOBS)
     for node, seconds in zip(setup.primaries, primaries_used, strict=True):
         by_node = setup.cpu_by_node_s
         by_node[port_of(node)] = by_node.get(port_of(node), 0.0) + max(seconds, 0.0)
@@ -354,12 +359,16 @@ def report(setups: list[Setup], many: Setup) -> list[str]:
             f"  {s.name:<24} {med(s.cpu_ms):>11.3f} ms {med(s.command_ms):>9.3f} ms"
             f" {replicas_ms:>7.3f} ms {med(s.commands):>9.1f} {med(s.jobs_per_s):>7.0f}"
         )
-    lines.append(f"  {'':<24} {'pickup p50':>11} {'p95':>9} {'memory per queued job':>22}")
+    lines.append(
+        f"  {'':<24} {'pickup p50':>11} {'p95':>9} {'memory per queued job':>22}"
+        f" {'per finished job':>17}"
+    )
     for s in setups:
         if s.pickups_ms:
             lines.append(
                 f"  {s.name:<24} {percentile(s.pickups_ms, 0.5):>8.2f} ms"
                 f" {percentile(s.pickups_ms, 0.95):>6.2f} ms {s.memory_per_job_b:>20.0f} B"
+                f" {med(s.memory_per_finished_b):>15.0f} B"
             )
     total_jobs = sum(many.jobs_by_shard.values())
     shares = ", ".join(
