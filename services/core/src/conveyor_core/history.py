@@ -78,8 +78,8 @@ class Minute:
 # A minute that ended this long ago gets no more counts (a worker's clock may
 # run a little behind the api's), so a reader may keep it.
 FINAL_AFTER_MS = 2 * MINUTE_MS
-# Minutes read per round trip: a long span is a few bounded replies, with
-# other requests served in between.
+# Hashes (minutes of a shard) read per round trip: a long span is a few
+# bounded replies, with other requests served in between.
 READ_CHUNK_MINUTES = 360
 
 
@@ -102,10 +102,11 @@ def _minute(minute: int, raws: Sequence[dict[bytes, bytes]]) -> Minute:
 
 async def _read(redis: "Redis", shards: Sequence[str], minutes: Sequence[int]) -> list[Minute]:
     """These minutes of a queue, its `shards` summed (keys.shard_names; a
-    queue of one shard: its name), READ_CHUNK_MINUTES per round trip."""
+    queue of one shard: its name), READ_CHUNK_MINUTES hashes per round trip."""
     out: list[Minute] = []
-    for start in range(0, len(minutes), READ_CHUNK_MINUTES):
-        chunk = minutes[start : start + READ_CHUNK_MINUTES]
+    per_trip = max(1, READ_CHUNK_MINUTES // len(shards))
+    for start in range(0, len(minutes), per_trip):
+        chunk = minutes[start : start + per_trip]
         async with redis.pipeline(transaction=False) as pipe:
             for minute in chunk:
                 for shard in shards:
