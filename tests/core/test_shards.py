@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 
 from conveyor_core import keys
 from conveyor_core.catalog import JOB_ID_PATTERN, Catalog, JobType, Queue
+from conveyor_core.debounce import Debounce
 from conveyor_core.enqueue import enqueue
 from conveyor_core.flow import Limits, Rate, claim_limits, shard_share
 from conveyor_core.history import read_history
@@ -151,7 +152,7 @@ async def test_each_shards_claim_starts_its_own_jobs_and_the_queue_lists_them_al
     assert sum(minute.total("complete") for minute in history) == SPREAD
 
 
-async def test_a_keys_jobs_share_a_shard_and_an_idempotency_key_finds_its_job(
+async def test_a_keys_jobs_share_a_shard_and_a_repeated_key_finds_its_job(
     store: JobStore,
 ) -> None:
     for tenant in ("a", "b", "c", "d"):
@@ -165,6 +166,13 @@ async def test_a_keys_jobs_share_a_shard_and_an_idempotency_key_finds_its_job(
     assert first.created
     assert not again.created
     assert again.job_id == first.job_id
+    for key in ("burst-a", "burst-b", "burst-c"):  # a debounce key's window, likewise
+        window = Debounce(key, 60)
+        kept = await enqueue(store, FLAKY, {"fail_times": 0}, debounce=window)
+        later = await enqueue(store, FLAKY, {"fail_times": 0}, debounce=window)
+        assert kept.created
+        assert later.debounced
+        assert later.job_id == kept.job_id
 
 
 async def test_a_types_running_limit_is_split_over_the_shards(store: JobStore) -> None:
