@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from prometheus_client import REGISTRY
 
 from conveyor_core import keys
 from conveyor_core.catalog import Catalog, Queue
 from conveyor_core.enqueue import enqueue
-from conveyor_core.jobs import JobState
+from conveyor_core.jobs import HoldReason, JobState, now_ms
 from conveyor_core.store import Claim, JobStore
+from conveyor_worker.flow import ClaimMetrics
 from conveyor_worker.worker import ConveyorWorker, resolve_handler
 from tests.conftest import PATIENT_S
 from tests.support import jobs
@@ -134,3 +136,22 @@ async def test_a_dead_workers_job_on_a_quiet_shard_is_found_while_another_shard_
         worker.request_stop()
         await asyncio.wait_for(running, PATIENT_S * 2)
         await worker.close()
+
+
+def test_the_flow_gauges_add_up_every_shards_last_claim() -> None:
+    metrics = ClaimMetrics("gauges-of-shards")
+
+    def held(reason: HoldReason) -> float | None:
+        labels = {"queue": "gauges-of-shards", "reason": reason.value}
+        return REGISTRY.get_sample_value("conveyor_jobs_held", labels)
+
+    def paused() -> float | None:
+        return REGISTRY.get_sample_value("conveyor_queue_paused", {"queue": "gauges-of-shards"})
+
+    metrics.record(Claim([], None, None, {HoldReason.LIMIT: 2}, "q"))
+    metrics.record(Claim([], None, None, {HoldReason.LIMIT: 3, HoldReason.RATE: 1}, "q~1"))
+    assert (held(HoldReason.LIMIT), held(HoldReason.RATE), paused()) == (5, 1, 0)
+    metrics.record(Claim([], None, None, {HoldReason.LIMIT: 1}, "q"))  # shard 0's news
+    assert (held(HoldReason.LIMIT), held(HoldReason.RATE)) == (4, 1)
+    metrics.record(Claim([], None, now_ms() - 5_000, {}, "q~1"))  # one shard paused so far
+    assert paused() == 1

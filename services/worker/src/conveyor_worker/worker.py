@@ -445,6 +445,7 @@ class ConveyorWorker:
         if not claim.jobs:
             if claim.next_due_ms is not None:
                 self._due_at(claim.next_due_ms)
+            self._due_shards.discard(claim.shard)
             if len(self.shards) > 1 and self._due_shards:
                 return  # its shard is drained, others may not be: the slot claims
             self._slots_left_idle += 1

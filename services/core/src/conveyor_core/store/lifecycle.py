@@ -232,7 +232,7 @@ class Lifecycle(Reads):
                 claim_nonce(),
             ],
         )
-        return _parse_claim(reply)
+        return _parse_claim(reply, queue)
 
     async def _end_try(
         self,
@@ -274,7 +274,7 @@ class Lifecycle(Reads):
             )
         moved, state_now, *claim = reply
         stale = not moved and state_now == b"stale"
-        ended = Ended(bool(moved), _parse_claim(claim) if claim else None, stale)
+        ended = Ended(bool(moved), _parse_claim(claim, shard) if claim else None, stale)
         if next_jobs is not None and ended.claim is not None:
             next_jobs.take(ended.claim)
         return ended
