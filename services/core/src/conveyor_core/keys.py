@@ -68,8 +68,8 @@ share its slot by the layout above):
 
 Shards: a queue may span several hash tags (`shards` on its catalog
 `Queue`). Shard 0 is the queue's own name, so a queue of one shard keeps
-exactly the layout above; shard i > 0 is `{queue}~{i}` (a `~` no queue name
-holds), a queue of its own in every key above: its arq sorted set, its
+exactly the layout above; shard i > 0 is named `queue~i` (a `~` no queue
+name holds), a queue of its own in every key above: its arq sorted set, its
 `conveyor:{queue~i}:...` keys, its jobs' ids `{queue~i}<32 hex>`. Each shard
 is one slot, so every script keeps to one slot as before; what spans a
 queue's shards (listing, statistics, history, pause, bulk) is one call per
@@ -211,7 +211,7 @@ SHARD_SEPARATOR = "~"
 
 def shard_name(queue: str, index: int) -> str:
     """The name of shard `index` of `queue`: the queue's own name for shard 0
-    (a queue of one shard keeps today's keys), `{queue}~{index}` for the others."""
+    (a queue of one shard keeps today's keys), `queue~index` for the others."""
     return queue if index == 0 else f"{queue}{SHARD_SEPARATOR}{index}"
 
 
