@@ -55,7 +55,7 @@ test: $(VENV)/.synced test-deps ## run every test suite against real Redis and r
 	$(BIN)/pytest -n auto --dist loadgroup
 
 .PHONY: bench
-bench: $(VENV)/.synced ## Conveyor vs bare arq, flow control, the api vs bare FastAPI + arq; writes docs/benchmarks.md
+bench: $(VENV)/.synced ## Conveyor vs bare arq, flow control, the api vs bare FastAPI + arq, a queue over 3 cluster shards; writes docs/benchmarks.md
 	$(BIN)/python -m bench.report
 
 .PHONY: dashboard

@@ -2,7 +2,7 @@
 with the machine and the date, so figures live in one generated page and
 never in prose.
 
-    python -m bench.report          # run bench.pickup, bench.flow, bench.http
+    python -m bench.report          # run every bench of BENCHES
 """
 
 import os
@@ -25,6 +25,7 @@ BENCHES = (
     ("HTTP: the api against a bare FastAPI + arq app", "bench.http"),
     ("Blobs: Redis memory per stored byte, and uploads through the api", "bench.blobs"),
     ("Groups: fan-in's Redis cost, the continuation's start, batch submits", "bench.groups"),
+    ("Cluster: one queue over three shards against one node", "bench.cluster"),
 )
 
 INTRO = """\
@@ -49,7 +50,13 @@ alternating rounds of one run) before the absolute numbers.
 - **HTTP** (`bench/http.py`): Conveyor's api as shipped (api key, rate
   limit, spans, logs, metrics) against a bare FastAPI + arq app, one uvicorn
   process each, loaded by `wrk` (or a Python load generator where `wrk` is
-  missing; the report says which)."""
+  missing; the report says which).
+- **Cluster** (`bench/cluster.py`): one queue over three shards on the local
+  Redis Cluster (three primaries, three replicas on loopback), against one
+  `redis-server` of the same binary, with Conveyor's worker in the bench's
+  process; Redis CPU and commands per job summed over the primaries (each
+  node less its idle rate), each shard's share of the jobs, idle pickup and
+  memory per queued job, and what shards and cluster mode each cost apart."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 
+from conveyor_core import keys
 from conveyor_core.catalog import load_catalog
 from conveyor_core.checkpoint import new_checkpoint
 from conveyor_core.enqueue import enqueue
@@ -57,6 +58,10 @@ async def test_a_job_id_names_its_queue_and_reads_raw_or_percent_encoded(
     unknown = await client.get(f"/v1/jobs/{encoded}x")
     assert unknown.status_code == 404
     assert_problem(await client.get("/v1/jobs/%7Bunclosed"), 422)
+    # A shard's tag (keys.shard_name) is an id's tag too; only a number follows its `~`.
+    on_a_shard = keys.job_id_for(keys.shard_name(CREATE_TASK.queue, 2))
+    assert (await client.get(f"/v1/jobs/{quote(on_a_shard, safe='')}")).status_code == 404
+    assert_problem(await client.get("/v1/jobs/%7Barq:queue~x%7Dabc"), 422)
 
 
 async def test_submit_answers_201_with_the_job_and_its_location(

@@ -1,6 +1,6 @@
 """One try through `Processor.process()` against a real Redis, one node and a
-cluster: each outcome the policy decides, the cases where the handler never
-runs, and a stale try."""
+cluster, on a queue of one shard and of three: each outcome the policy
+decides, the cases where the handler never runs, and a stale try."""
 
 import asyncio
 import pickle
@@ -14,7 +14,7 @@ from arq.connections import ArqRedis
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-from conveyor_core.catalog import load_catalog
+from conveyor_core.catalog import Catalog, Queue, load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobPublic, JobState, now_ms
@@ -36,20 +36,28 @@ def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
     return node_or_cluster_redis
 
 
-@pytest.fixture
-def store(redis: ArqRedis) -> JobStore:
-    return JobStore(redis, CATALOG)
+@pytest.fixture(params=[1, 3], ids=["1 shard", "3 shards"])
+def store(redis: ArqRedis, request: pytest.FixtureRequest) -> JobStore:
+    """The test catalog, its queue in one shard (today's layout) or three."""
+    queues = [Queue(QUEUE, shards=request.param)]
+    return JobStore(redis, Catalog(CATALOG, CATALOG.resources, CATALOG.api_routers, queues))
 
 
 @pytest.fixture
 def processor(store: JobStore) -> Processor:
     handlers = {t.name: resolve_handler(t.handler) for t in CATALOG.for_queue(QUEUE)}
-    return Processor(QUEUE, store, CATALOG, handlers, instrument=False)
+    return Processor(QUEUE, store, store.catalog, handlers, instrument=False)
 
 
 async def claim_one(store: JobStore) -> Try:
-    (claimed,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
-    return try_of(claimed)
+    """The one due job, from whichever shard of the queue it is on."""
+    claimed = [
+        job
+        for shard in store.catalog.shards(QUEUE)
+        for job in (await store.claim(shard, 1, **CLAIM)).jobs
+    ]
+    assert len(claimed) == 1
+    return try_of(claimed[0])
 
 
 def try_of(claimed: Claimed) -> Try:

@@ -396,7 +396,9 @@ class BulkRunner:
             found = self.catalog.get(job_type)
             retention_s = found.keep_result_s if found else DEAD_RETENTION_S
             idempotency = [
-                keys.idempotency_key(queue, j.job_type, j.idempotency_key, j.submitted_by)
+                keys.idempotency_key(
+                    self.store.shard_of(j.id, queue), j.job_type, j.idempotency_key, j.submitted_by
+                )
                 for j in group
                 if j.idempotency_key and j.state is not JobState.IN_PROGRESS
             ]

@@ -5,6 +5,8 @@ platform declares none of its own. A job module exposes:
 
 - `JOB_TYPES: list[JobType]` (required): name, payload model, queue, retry
   policy, timeout, retention and schedules of each job type;
+- `QUEUES: list[Queue]` (optional): settings of a queue as a whole (its
+  `shards`); a queue named by job types only has one shard;
 - `RESOURCES: list[Resource]` (optional): what its handlers share, opened once
   per worker process (see resources.py);
 - `API_ROUTERS: list[str]` (optional): `"package.module:router"` of FastAPI
@@ -19,6 +21,7 @@ so both services load it.
 import importlib
 import random
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -26,7 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from conveyor_core.flow import Limits
+from conveyor_core import keys
+from conveyor_core.flow import Limits, fairness_key
 from conveyor_core.jobs import DEFAULT_PRIORITY, HIGHEST_PRIORITY, LOWEST_PRIORITY
 from conveyor_core.resources import Resource
 from conveyor_core.schedule import Schedule
@@ -143,6 +147,31 @@ class JobType:
             raise ValueError(f"job type {self.name!r}: " + "; ".join(problems))
 
 
+# Enough for a queue over every primary of any cluster Conveyor is sized for
+# (docs/how-to/capacity.md); each shard costs an idle worker a claim per poll.
+MAX_SHARDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A queue as a whole. `shards`: how many hash tags (so, on a cluster, how
+    many slots and nodes) its jobs spread over; 1 keeps every key of the queue
+    in one slot, as a queue that is not declared. See keys.py, "Shards"."""
+
+    name: str
+    shards: int = 1
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(QUEUE_PATTERN, self.name):
+            raise ValueError(f"queue {self.name!r} must be letters, digits and _.:-")
+        shards_ok = isinstance(self.shards, int) and not isinstance(self.shards, bool)
+        if not shards_ok or not 1 <= self.shards <= MAX_SHARDS:
+            raise ValueError(
+                f"queue {self.name!r}: shards must be an integer from 1 to {MAX_SHARDS}, "
+                f"not {self.shards!r}"
+            )
+
+
 # Ids of records (documents, jobs) as jobs pass them and the api's paths name them.
 ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 ID_MAX_CHARS = 128
@@ -150,9 +179,9 @@ RecordId = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
 # A queue's name: it is the hash tag of the queue's keys and of its jobs' ids
 # (keys.py), so it holds no brace.
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
-# A job's id: its queue shard's tag, `{queue}`, then an id as above
-# (keys.job_id_for); or, for a job a bare arq client enqueued, no tag.
-JOB_ID_PATTERN = r"^(\{[A-Za-z0-9_.:-]+\})?[A-Za-z0-9_.:-]+$"
+# A job's id: its queue shard's tag, `{queue}` or `{queue~n}`, then an id as
+# above (keys.job_id_for); or, for a job a bare arq client enqueued, no tag.
+JOB_ID_PATTERN = r"^(\{[A-Za-z0-9_.:-]+(~[0-9]{1,2})?\})?[A-Za-z0-9_.:-]+$"
 
 
 class ScheduledRun(BaseModel):
@@ -185,7 +214,13 @@ class Catalog:
         job_types: Iterable[JobType],
         resources: Iterable["Resource[Any]"] = (),
         api_routers: Iterable[str] = (),
+        queues: Iterable[Queue] = (),
     ) -> None:
+        self._queues: dict[str, Queue] = {}
+        for queue in queues:
+            if queue.name in self._queues:
+                raise ValueError(f"queue {queue.name!r} is declared twice")
+            self._queues[queue.name] = queue
         self._types: dict[str, JobType] = {}
         for job_type in job_types:
             if job_type.name in self._types:
@@ -226,6 +261,46 @@ class Catalog:
     def for_queue(self, queue: str) -> list[JobType]:
         return [job_type for job_type in self if job_type.queue == queue]
 
+    def shard_count(self, queue: str) -> int:
+        declared = self._queues.get(queue)
+        return declared.shards if declared else 1
+
+    def shards(self, queue: str) -> list[str]:
+        """The names of a queue's shards (keys.shard_name), shard 0 first."""
+        return keys.shard_names(queue, self.shard_count(queue))
+
+    def all_shards(self) -> list[str]:
+        """Every shard of every queue of the catalog."""
+        return [shard for queue in self.queues() for shard in self.shards(queue)]
+
+    def shard_for(
+        self,
+        job_type: JobType,
+        payload: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        debounce_key: str | None = None,
+        submitted_by: str | None = None,
+    ) -> str:
+        """The shard a new job goes to. One shard: the queue. Several: by the
+        job's fairness key (its limits' `key`: a key's jobs stay together, so
+        per-key limits and turns hold exactly), else by its Idempotency-Key or
+        debounce key (a repeat finds the first one's record), else at random."""
+        count = self.shard_count(job_type.queue)
+        if count == 1:
+            return job_type.queue
+        scope = f"{submitted_by or ''}/{job_type.name}:"
+        if (key := fairness_key(job_type.limits, payload)) is not None:
+            route = f"key:{key}"
+        elif idempotency_key:
+            route = f"idempotency:{scope}{idempotency_key}"
+        elif debounce_key:
+            route = f"debounce:{scope}{debounce_key}"
+        else:
+            # Spreading load, not a secret.
+            return keys.shard_name(job_type.queue, random.randrange(count))  # noqa: S311
+        return keys.shard_name(job_type.queue, zlib.crc32(route.encode()) % count)
+
 
 def _module_list(module_name: str, module: ModuleType, attribute: str, kind: type) -> list[Any]:
     declared = getattr(module, attribute, [])
@@ -246,6 +321,7 @@ def load_catalog(modules: Iterable[str] | None = None) -> Catalog:
     job_types: dict[str, tuple[str, JobType]] = {}
     resources: dict[str, tuple[str, Resource[Any]]] = {}
     api_routers: list[str] = []
+    queues: dict[str, tuple[str, Queue]] = {}
     for module_name in modules:
         try:
             module = importlib.import_module(module_name)
@@ -269,6 +345,13 @@ def load_catalog(modules: Iterable[str] | None = None) -> Catalog:
                     module_name, f"resource {resource.name!r} is declared twice (also in {other!r})"
                 )
             resources[resource.name] = (module_name, resource)
+        for queue in _module_list(module_name, module, "QUEUES", Queue):
+            if queue.name in queues:
+                other = queues[queue.name][0]
+                raise JobModuleError(
+                    module_name, f"queue {queue.name!r} is declared twice (also in {other!r})"
+                )
+            queues[queue.name] = (module_name, queue)
         for router in _module_list(module_name, module, "API_ROUTERS", str):
             if ":" not in router:
                 raise JobModuleError(
@@ -279,6 +362,7 @@ def load_catalog(modules: Iterable[str] | None = None) -> Catalog:
         (job_type for _, job_type in job_types.values()),
         (resource for _, resource in resources.values()),
         api_routers,
+        (queue for _, queue in queues.values()),
     )
     catalog.resource_modules = {name: module for name, (module, _) in resources.items()}
     return catalog

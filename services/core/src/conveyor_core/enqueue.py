@@ -137,8 +137,16 @@ async def enqueue(
     model = job_type.payload.model_validate(payload)
     data = model.model_dump(mode="json")
     id_may_repeat = job_id is not None
-    # The id names its queue shard (keys.job_id_for): its keys share the queue's slot.
-    job_id = job_id or keys.job_id_for(job_type.queue)
+    # The id names its queue shard (keys.job_id_for): its keys share the shard's slot.
+    job_id = job_id or keys.job_id_for(
+        store.catalog.shard_for(
+            job_type,
+            data,
+            idempotency_key=idempotency_key,
+            debounce_key=debounce.key if debounce else None,
+            submitted_by=submitted_by,
+        )
+    )
     stored_payload, blob = None, None
     # A repeatable id (a scheduled run's) may name a live job: never overwrite its blob.
     if debounce is not None and debounce.mode == "replace" and job_type.offload_above_bytes:

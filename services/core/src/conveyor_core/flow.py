@@ -80,30 +80,45 @@ class Limits:
         return found
 
 
+def fairness_key(limits: Limits | None, payload: Mapping[str, Any]) -> str | None:
+    """A job's key for the per-key limits and turns, as text; None when its
+    type has no key. Never empty (an empty key means "no key"): a string as
+    it is, anything else (None, a number, "") as JSON."""
+    if limits is None or not limits.key:
+        return None
+    key = payload.get(limits.key)
+    return key if isinstance(key, str) and key else json.dumps(key)
+
+
 def flow_entry(job_type: str, limits: Limits | None, payload: Mapping[str, Any]) -> str:
     """What the claim needs of a job of a limited type: its type and key; '' for others."""
     if limits is None:
         return ""
-    if not limits.key:
-        return f"{job_type}\n"
-    # Never empty for a keyed type (an empty key means "no key"): a string as it
-    # is, anything else (None, a number, "") as JSON.
-    key = payload.get(limits.key)
-    key_text = key if isinstance(key, str) and key else json.dumps(key)
-    return f"{job_type}\n{key_text}"
+    return f"{job_type}\n{fairness_key(limits, payload) or ''}"
 
 
-def claim_limits(limited: Iterable[tuple[str, Limits]]) -> str:
-    """The limits of a queue's job types as the claim reads them (JSON); '' for none."""
+def shard_share(total: int, shards: int, index: int) -> int:
+    """Shard `index`'s part of a whole type's limit of `total` over `shards`
+    shards: an even split, the first `total % shards` shards one more, and at
+    least 1 (so every shard can run the type; the sum is max(total, shards))."""
+    return max(total // shards + (1 if index < total % shards else 0), 1)
+
+
+def claim_limits(limited: Iterable[tuple[str, Limits]], shards: int = 1, index: int = 0) -> str:
+    """The limits of a queue's job types as the claim of shard `index` of
+    `shards` reads them (JSON); '' for none. A whole type's running limit and
+    rate are split over the shards (shard_share); a key's are not: a key's
+    jobs all go to one shard (Catalog.shard_for)."""
     out: dict[str, dict[str, Any]] = {}
     for name, limits in limited:
         entry: dict[str, Any] = {}
         if limits.max_running is not None:
-            entry["n"] = limits.max_running
+            entry["n"] = shard_share(limits.max_running, shards, index)
         if limits.max_running_per_key is not None:
             entry["kn"] = limits.max_running_per_key
         if limits.rate is not None:
-            entry["r"] = [limits.rate.starts, limits.rate.per_ms]
+            starts = shard_share(limits.rate.starts, shards, index)
+            entry["r"] = [starts, limits.rate.per_ms]
         if limits.rate_per_key is not None:
             entry["kr"] = [limits.rate_per_key.starts, limits.rate_per_key.per_ms]
         out[name] = entry

@@ -18,7 +18,8 @@ api's `HistoryReader` keeps final minutes, so a history query costs Redis
 the minutes it has not read before, and a chart polled by many clients costs
 about one read per queue per minute whatever its span.
 
-Layout (keys.py): `conveyor:{queue}:history:{minute}` (minute = Unix ms //
+Layout (keys.py): `conveyor:{queue}:history:{minute}` (per shard of a queue
+of several, read together) (minute = Unix ms //
 60,000), a hash of `{job type}:{event}` -> count (`wait_ms`: the sum of queue
 waits, due to start, of the tries started that minute), expiring
 HISTORY_TTL_S (72 h) after its first write. So a queue holds at most 4,320
@@ -77,36 +78,42 @@ class Minute:
 # A minute that ended this long ago gets no more counts (a worker's clock may
 # run a little behind the api's), so a reader may keep it.
 FINAL_AFTER_MS = 2 * MINUTE_MS
-# Minutes read per round trip: a long span is a few bounded replies, with
-# other requests served in between.
+# Hashes (minutes of a shard) read per round trip: a long span is a few
+# bounded replies, with other requests served in between.
 READ_CHUNK_MINUTES = 360
 
 
-def _minute(minute: int, raw: dict[bytes, bytes]) -> Minute:
+def _minute(minute: int, raws: Sequence[dict[bytes, bytes]]) -> Minute:
+    """One minute from its hash in each shard of its queue, counts summed."""
     entry = Minute(minute)
-    for name, value in raw.items():
-        job_type, event = parse_field(name)
-        if event == "wait_ms":
-            entry.wait_ms[job_type] = int(value)
-        else:  # a minute of an upgrade may hold an outcome under both names
-            counts = entry.counts.setdefault(job_type, {})
-            counts[event] = counts.get(event, 0) + int(value)
+    for raw in raws:
+        for name, value in raw.items():
+            job_type, event = parse_field(name)
+            if event == "wait_ms":
+                entry.wait_ms[job_type] = entry.wait_ms.get(job_type, 0) + int(value)
+            else:  # a minute of an upgrade may hold an outcome under both names
+                counts = entry.counts.setdefault(job_type, {})
+                counts[event] = counts.get(event, 0) + int(value)
     for counts in entry.counts.values():
         if started := sum(counts.get(e, 0) for e in OUTCOMES):
             counts["started"] = started
     return entry
 
 
-async def _read(redis: "Redis", queue: str, minutes: Sequence[int]) -> list[Minute]:
-    """These minutes of `queue`, READ_CHUNK_MINUTES per round trip."""
+async def _read(redis: "Redis", shards: Sequence[str], minutes: Sequence[int]) -> list[Minute]:
+    """These minutes of a queue, its `shards` summed (keys.shard_names; a
+    queue of one shard: its name), READ_CHUNK_MINUTES hashes per round trip."""
     out: list[Minute] = []
-    for start in range(0, len(minutes), READ_CHUNK_MINUTES):
-        chunk = minutes[start : start + READ_CHUNK_MINUTES]
+    per_trip = max(1, READ_CHUNK_MINUTES // len(shards))
+    for start in range(0, len(minutes), per_trip):
+        chunk = minutes[start : start + per_trip]
         async with redis.pipeline(transaction=False) as pipe:
             for minute in chunk:
-                pipe.hgetall(history_key(queue, minute))
+                for shard in shards:
+                    pipe.hgetall(history_key(shard, minute))
             replies = await pipe.execute()
-        out += [_minute(m, raw) for m, raw in zip(chunk, replies, strict=True)]
+        per = len(shards)
+        out += [_minute(m, replies[i * per : (i + 1) * per]) for i, m in enumerate(chunk)]
     return out
 
 
@@ -117,10 +124,15 @@ def _span(minutes: int, until_ms: int | None) -> range:
 
 
 async def read_history(
-    redis: "Redis", queue: str, minutes: int, until_ms: int | None = None
+    redis: "Redis",
+    queue: str,
+    minutes: int,
+    until_ms: int | None = None,
+    shards: Sequence[str] = (),
 ) -> list[Minute]:
-    """The last `minutes` minutes of `queue` (to `until_ms`), oldest first."""
-    return await _read(redis, queue, _span(minutes, until_ms))
+    """The last `minutes` minutes of `queue` (to `until_ms`), oldest first;
+    over its `shards` (Catalog.shards) when it has several."""
+    return await _read(redis, shards or [queue], _span(minutes, until_ms))
 
 
 class HistoryReader:
@@ -133,14 +145,21 @@ class HistoryReader:
         self.redis = redis
         self._final: dict[str, dict[int, Minute]] = {}
 
-    async def read(self, queue: str, minutes: int, until_ms: int | None = None) -> list[Minute]:
+    async def read(
+        self,
+        queue: str,
+        minutes: int,
+        until_ms: int | None = None,
+        shards: Sequence[str] = (),
+    ) -> list[Minute]:
         """As `read_history`; the minutes kept are shared: do not change them."""
         at_ms = now_ms()
         span = _span(minutes, until_ms)
         final_before = (at_ms - FINAL_AFTER_MS) // MINUTE_MS
         kept = self._final.setdefault(queue, {})
         fresh = {
-            m.minute: m for m in await _read(self.redis, queue, [m for m in span if m not in kept])
+            m.minute: m
+            for m in await _read(self.redis, shards or [queue], [m for m in span if m not in kept])
         }
         kept.update((minute, m) for minute, m in fresh.items() if minute < final_before)
         if len(kept) > MAX_MINUTES:  # out of every span now: forget them

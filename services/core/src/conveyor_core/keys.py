@@ -66,6 +66,15 @@ share its slot by the layout above):
   seed app's document scripts bump `STATS_PENDING` next to a document's
   keys (two slots: the seed app is single-node).
 
+Shards: a queue may span several hash tags (`shards` on its catalog
+`Queue`). Shard 0 is the queue's own name, so a queue of one shard keeps
+exactly the layout above; shard i > 0 is named `queue~i` (a `~` no queue
+name holds), a queue of its own in every key above: its arq sorted set, its
+`conveyor:{queue~i}:...` keys, its jobs' ids `{queue~i}<32 hex>`. Each shard
+is one slot, so every script keeps to one slot as before; what spans a
+queue's shards (listing, statistics, history, pause, bulk) is one call per
+shard.
+
 Pub/sub: a queue's wake-ups are sharded (`SPUBLISH` on `conveyor:{queue}:wake`,
 its slot), heard by workers through shardpubsub.py on one node and on a
 cluster alike. Events per job and per group still use `PUBLISH`, which a
@@ -194,6 +203,26 @@ AUDIT_LOG = PREFIX + "audit"
 # the call by its real keys, and never written (lua/lib/keys.lua, `has`). Its
 # last byte is NUL, which no key Conveyor names ends with.
 ABSENT_SUFFIX = ":absent\x00"
+
+
+# Between a queue's name and a shard's number (shard_name): no queue name holds it.
+SHARD_SEPARATOR = "~"
+
+
+def shard_name(queue: str, index: int) -> str:
+    """The name of shard `index` of `queue`: the queue's own name for shard 0
+    (a queue of one shard keeps today's keys), `queue~index` for the others."""
+    return queue if index == 0 else f"{queue}{SHARD_SEPARATOR}{index}"
+
+
+def shard_names(queue: str, shards: int) -> list[str]:
+    """Every shard of a queue of `shards` shards, shard 0 first."""
+    return [shard_name(queue, index) for index in range(shards)]
+
+
+def queue_of_shard(shard: str) -> str:
+    """The queue a shard belongs to (a shard's name without its number)."""
+    return shard.partition(SHARD_SEPARATOR)[0]
 
 
 def job_id_for(queue: str, suffix: str | None = None) -> str:

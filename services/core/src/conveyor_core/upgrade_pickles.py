@@ -74,9 +74,10 @@ def as_json(raw: bytes) -> bytes:
 
 
 async def _job_ids(redis: ArqRedis, catalog: Catalog) -> AsyncIterator[str]:
-    """Each job of the catalog's queues, once: in arq's queue or in a state index."""
+    """Each job of the catalog's queues (every shard), once: in arq's queue or
+    in a state index."""
     seen: set[str] = set()
-    for queue in catalog.queues():
+    for queue in catalog.all_shards():
         for name in (queue, *(keys.index_key(queue, s) for s in keys.INDEXED_STATES)):
             async for member, _ in redis.zscan_iter(name, count=BATCH):
                 job_id = member.decode()

@@ -28,6 +28,7 @@ enqueue), its `Retry` exception and its cron maths; the rest is the worker's:
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -43,6 +44,7 @@ from arq.constants import abort_jobs_ss
 
 from conveyor_core import claimcheck, keys
 from conveyor_core.catalog import Catalog, JobModuleError, JobType, load_catalog
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.context import AnyHandler
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import now_ms
@@ -155,6 +157,23 @@ class ConveyorWorker:
         self.redis_fault: RedisFault | None = None
         self._outage_backoff_s = 0.0
         self._wake = asyncio.Event()
+        # The queue's shards (keys.shard_name), each with its own wake-up
+        # channel; a queue of one shard is claimed whatever this says.
+        self.shards = store.catalog.shards(queue_name)
+        # Shards that may hold due jobs: woken, timed out, or not drained by
+        # their last claim. A claim visits only these.
+        self._due_shards = set(self.shards)
+        # Where the next claim starts, so that no shard always comes first.
+        self._next_shard = 0
+        # When a claim last visited every shard (monotonic): at least once per
+        # idle_poll_s, busy or not, so a dead worker's job on a quiet shard is
+        # found within its lock's TTL and a poll, as on a queue of one shard.
+        self._swept_s = 0.0
+        # Tries ended with a fetch asked for: every len(shards)-th gives way
+        # (see fetch).
+        self._fetches = 0
+        # One subscription per shard's wake-up channel, while main() runs.
+        self.wakeups: list[ShardSubscription] = []
         # Whether the next turn claims: not when the only news is a deferred
         # job's due time (then it only sets its timer).
         self._claim_due = True
@@ -193,15 +212,19 @@ class ConveyorWorker:
         if self._stopping:
             return
         await self.startup()
-        # Woken on every "work may be here" message for our queue, and after a
-        # gap in the subscription, when one may have been missed.
-        wakeups = ShardSubscription(
-            self.pool,
-            keys.wake_channel(self.queue_name),
-            on_message=self._on_wake_message,
-            on_gap=self._wake_to_claim,
-        )
-        wakeups.start()
+        # Woken on every "work may be here" message of each shard of our queue,
+        # and after a gap in a subscription, when one may have been missed.
+        self.wakeups = wakeups = [
+            ShardSubscription(
+                self.pool,
+                keys.wake_channel(shard),
+                on_message=functools.partial(self._on_wake_message, shard=shard),
+                on_gap=self._wake_every_shard,
+            )
+            for shard in self.shards
+        ]
+        for wakeup in wakeups:
+            wakeup.start()
         background = [
             asyncio.create_task(self._renew_locks()),
             asyncio.create_task(self._housekeeping()),
@@ -214,7 +237,8 @@ class ConveyorWorker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await wakeups.stop()
+            for wakeup in wakeups:
+                await wakeup.stop()
 
     async def startup(self) -> None:
         """Open the job modules' resources; they live for the worker's life, and
@@ -264,7 +288,7 @@ class ConveyorWorker:
         except REDIS_FAULT_ERRORS as exc:
             # Counted and logged (once in a while); the loop goes on.
             self.redis_fault = redis_fault(exc) or RedisFault.UNREACHABLE
-            self._claim_due = True
+            self._wake_every_shard()
             record_redis_fault(self.redis_fault, exc, "the worker's poll")
             self.redis_ok = False
             self._outage_backoff_s = min(
@@ -295,7 +319,9 @@ class ConveyorWorker:
             async with asyncio.timeout(max(0.0, timeout_s)):
                 await self._wake.wait()
         except TimeoutError:
-            self._claim_due = True  # the safety-net poll, or a job or a run fell due
+            # The safety-net poll, or a job or a run fell due (on any shard).
+            self._claim_due = True
+            self._due_shards.update(self.shards)
 
     async def _sleep(self, delay_s: float) -> None:
         """Sleep, unless a stop signal comes first."""
@@ -321,25 +347,46 @@ class ConveyorWorker:
     # -- slots and tries ------------------------------------------------------
 
     async def _claim_and_start(self) -> int:
-        """Claim due jobs for the free slots and start them; how many it started."""
+        """Claim due jobs for the free slots and start them; how many it started.
+        Over several shards: one claim per due shard, starting one shard further
+        each time, until the slots are full; a shard whose claim left slots
+        free is drained until its next wake-up."""
         free = self.max_jobs - len(self.running)
         if free <= 0:
             # Every slot is busy (woken by an enqueue): nothing to claim, and a
             # freed slot wakes the loop anyway.
             return 0
-        claim = await self.store.claim(
-            self.queue_name,
-            free,
-            lock_ttl_ms=int(self.lock_ttl_s * 1000),
-            cancelled_retention_ms=self.cancelled_retention_ms,
-            scan_limit=CLAIM_SCAN_LIMIT,
-        )
-        self._claim_metrics.record(claim)
-        for job in claim.jobs:
-            self._start(job)
+        count = len(self.shards)
+        start, self._next_shard = self._next_shard, (self._next_shard + 1) % count
+        if time.monotonic() - self._swept_s >= self.idle_poll_s:
+            self._due_shards.update(self.shards)
+            self._swept_s = time.monotonic()
+        order = [self.shards[(start + i) % count] for i in range(count)]
+        visited = [shard for shard in order if count == 1 or shard in self._due_shards]
         # Paused: no next due time; resume wakes the worker.
-        self._next_due_ms = claim.next_due_ms
-        return len(claim.jobs)
+        next_due = [] if len(visited) == count or self._next_due_ms is None else [self._next_due_ms]
+        started = 0
+        for shard in visited:
+            wanted = free - started
+            if wanted <= 0:
+                break
+            claim = await self.store.claim(
+                shard,
+                wanted,
+                lock_ttl_ms=int(self.lock_ttl_s * 1000),
+                cancelled_retention_ms=self.cancelled_retention_ms,
+                scan_limit=CLAIM_SCAN_LIMIT,
+            )
+            self._claim_metrics.record(claim)
+            for job in claim.jobs:
+                self._start(job)
+            started += len(claim.jobs)
+            if len(claim.jobs) < wanted:
+                self._due_shards.discard(shard)
+            if claim.next_due_ms is not None:
+                next_due.append(claim.next_due_ms)
+        self._next_due_ms = min(next_due, default=None)
+        return started
 
     def _start(self, job: Claimed) -> None:
         """Run a claimed try in a task of its own."""
@@ -377,6 +424,12 @@ class ConveyorWorker:
         stopping (a job claimed after a stop signal would only be put back)."""
         if self._stopping:
             return None
+        if len(self._due_shards) > 1:
+            # Others shards wait too: every len(shards)-th end gives way, its
+            # slot claimed in turn (a busy slot's fetch keeps to its shard).
+            self._fetches += 1
+            if self._fetches % len(self.shards) == 0:
+                return None
         return Fetch(
             wanted=1,
             lock_ttl_ms=int(self.lock_ttl_s * 1000),
@@ -393,9 +446,12 @@ class ConveyorWorker:
         for job in claim.jobs:
             self._start(job)
         if not claim.jobs:
-            self._slots_left_idle += 1
             if claim.next_due_ms is not None:
                 self._due_at(claim.next_due_ms)
+            self._due_shards.discard(claim.shard)
+            if len(self.shards) > 1 and self._due_shards:
+                return  # its shard is drained, others may not be: the slot claims
+            self._slots_left_idle += 1
 
     def _stop_try(self, try_: Try, stop: Stop) -> None:
         """Stop a try: before its handler starts, it never runs; while it runs,
@@ -408,13 +464,15 @@ class ConveyorWorker:
 
     # -- wake-ups and cancels -------------------------------------------------
 
-    def _on_wake_message(self, data: bytes) -> None:
+    def _on_wake_message(self, data: bytes, shard: str | None = None) -> None:
+        """A message on a shard's wake-up channel (shard 0's when not named)."""
         if data.startswith(keys.DUE_MESSAGE):
             # A deferred job: nothing to claim yet, only maybe a sooner timer.
             self._due_at(float(data[len(keys.DUE_MESSAGE) :]))
             return
         if data == keys.ABORT_MESSAGE:
             self._abort_announced = True
+        self._due_shards.add(shard or self.queue_name)
         self._wake_to_claim()
 
     def _due_at(self, due_ms: float) -> None:
@@ -426,6 +484,11 @@ class ConveyorWorker:
     def _wake_to_claim(self) -> None:
         self._claim_due = True
         self._wake.set()
+
+    def _wake_every_shard(self) -> None:
+        """Claim from every shard: a wake-up may have been missed."""
+        self._due_shards.update(self.shards)
+        self._wake_to_claim()
 
     async def _check_cancels(self) -> None:
         """Stop the tries a client cancelled: Conveyor's cancel marks the record
@@ -497,24 +560,26 @@ class ConveyorWorker:
                     try_.fence.refused("renew")
 
     async def _housekeeping(self) -> None:
-        """Trim index entries whose job record expired; one worker at a time."""
-        lock = keys.queue_key(self.queue_name, keys.HOUSEKEEPING_LOCK_SUFFIX)
+        """Trim index entries whose job record expired; one worker at a time
+        per shard."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
-            try:
-                async with asyncio.timeout(HOUSEKEEPING_BUDGET_S + self.redis_timeout_s):
-                    await self._trim_once(lock)
-            except REDIS_FAULT_ERRORS as exc:
-                logger.warning("housekeeping skipped: %s", exc)
+            for shard in self.shards:
+                try:
+                    async with asyncio.timeout(HOUSEKEEPING_BUDGET_S + self.redis_timeout_s):
+                        await self._trim_once(shard)
+                except REDIS_FAULT_ERRORS as exc:
+                    logger.warning("housekeeping skipped: %s", exc)
             await self._sweep_blobs()
 
-    async def _trim_once(self, lock: str) -> None:
+    async def _trim_once(self, shard: str) -> None:
+        lock = keys.queue_key(shard, keys.HOUSEKEEPING_LOCK_SUFFIX)
         ttl_ms = int(HOUSEKEEPING_INTERVAL_S * 1000) - 100
         if not await self.pool.set(lock, b"1", nx=True, px=ttl_ms):
             return
         removed, deadline_s = 0, time.monotonic() + HOUSEKEEPING_BUDGET_S
         while time.monotonic() < deadline_s:
-            trimmed = await self.store.trim_expired(self.queue_name)
+            trimmed = await self.store.trim_expired(shard)
             removed += trimmed
             if trimmed == 0:
                 break
@@ -599,7 +664,10 @@ class ConveyorWorker:
         if self._resources is not None:
             await self._resources.close(self.resource_close_budget_s())
             self._resources = None
-        await self.pool.aclose(close_connection_pool=True)
+        if isinstance(self.pool, ClusterClient):  # its nodes' pools close with it
+            await self.pool.aclose()
+        else:
+            await self.pool.aclose(close_connection_pool=True)
 
 
 def resolve_handler(path: str) -> AnyHandler:

@@ -42,11 +42,17 @@ class QueuePublic(BaseModel):
         default_factory=dict,
         description="The limits in force, per job type of the queue that has any.",
     )
+    shards: int = Field(
+        default=1,
+        description="How many shards (hash tags, so slots of a Redis Cluster) the queue "
+        "spreads over; its counts are their sums.",
+    )
 
     @classmethod
     def of(cls, s: QueueStats, catalog: Catalog | None = None) -> "QueuePublic":
         return cls(
             limits=_limits(s.name, catalog) if catalog else {},
+            shards=catalog.shard_count(s.name) if catalog else 1,
             name=s.name,
             ready=s.ready,
             deferred=s.deferred,
@@ -76,7 +82,7 @@ QueueName = Annotated[str, Path(min_length=1, max_length=200, description="A cat
 
 @router.get("", summary="Queue statistics", dependencies=[Depends(require(Scope.JOBS_READ))])
 async def list_queues(store: StoreDep, catalog: CatalogDep) -> QueueList:
-    """One Lua call per queue: a few O(log n) commands, no scans."""
+    """One Lua call per queue shard: a few O(log n) commands, no scans."""
     stats = await asyncio.gather(*(store.queue_stats(q) for q in catalog.queues()))
     return QueueList(queues=[QueuePublic.of(s, catalog) for s in stats])
 
@@ -145,7 +151,7 @@ async def queue_history(
     can no longer change: a query costs Redis only the minutes it has not read
     before (about one a minute for a polled chart), whatever its span."""
     history: HistoryReader = request.app.state.history
-    found = await history.read(_known(name, catalog), minutes)
+    found = await history.read(_known(name, catalog), minutes, shards=catalog.shards(name))
     return QueueHistory(
         queue=name,
         minutes=[

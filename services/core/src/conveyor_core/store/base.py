@@ -4,6 +4,7 @@ from collections.abc import Awaitable, Callable
 
 from arq.connections import ArqRedis
 
+from conveyor_core import keys
 from conveyor_core.blobs import BlobStore
 from conveyor_core.catalog import Catalog, load_catalog
 from conveyor_core.cluster import ClusterClient
@@ -61,13 +62,21 @@ class StoreBase:
         self._group_create = script(lua_script("group_create"))
         self._group_submit = script(lua_script("group_submit"))
         self._group_cancel = script(lua_script("group_cancel"))
-        # Per queue: its limited job types as the claim reads them ('' for none).
-        self._claim_limits = {
-            queue: claim_limits(
-                (t.name, t.limits) for t in self.catalog.for_queue(queue) if t.limits
-            )
-            for queue in self.catalog.queues()
-        }
+        # Per queue shard: its limited job types as its claim reads them ('' for
+        # none), a whole type's limits split over the queue's shards.
+        self._claim_limits: dict[str, str] = {}
+        for queue in self.catalog.queues():
+            limited = [(t.name, t.limits) for t in self.catalog.for_queue(queue) if t.limits]
+            shards = self.catalog.shards(queue)
+            for index, shard in enumerate(shards):
+                self._claim_limits[shard] = claim_limits(limited, len(shards), index)
+
+    def shard_of(self, job_id: str, queue: str) -> str:
+        """The shard of `queue` a job lives on: the one its id names
+        (keys.job_id_for), else (an id with no tag, a bare arq client's, or
+        a tag of another queue's) the queue's shard 0."""
+        shard = keys.queue_of(job_id)
+        return shard if shard is not None and keys.queue_of_shard(shard) == queue else queue
 
     async def _limiter(self, rate_limit: RateLimit | None, absent: str) -> tuple[str, float | None]:
         """The limiter key a script spends the caller's rate with (`absent`

@@ -28,7 +28,8 @@ class Bulk(Reads):
         idempotency_keys: Sequence[str] = (),
     ) -> BulkBatch:
         """Cancel, requeue or delete up to BULK_BATCH_MAX jobs of `queue` in one
-        Lua call (lua/bulk.lua); jobs the action does not apply to are skipped.
+        Lua call per shard they live on (lua/bulk.lua); jobs the action does
+        not apply to are skipped.
         A delete also drops the given Idempotency-Keys (`keys.idempotency_key`)
         of the deleted jobs, so a resubmission makes a new job."""
         if action not in BULK_ACTIONS:
@@ -39,15 +40,22 @@ class Bulk(Reads):
             )
         if not job_ids:
             return BulkBatch(0, 0)
-        targets: list[str | bytes] = list(job_ids)
-        if action == "requeue":
-            targets = [x for pair in await self._job_data_of_results(job_ids) for x in pair]
-        done, skipped = await self._bulk(
-            keys=[queue], args=[action, now_ms(), cancelled_retention_ms, *targets]
-        )
+        # One call per shard of the queue the jobs live on (a call keeps to one slot).
+        by_shard: dict[str, list[str]] = {}
+        for job_id in job_ids:
+            by_shard.setdefault(self.shard_of(job_id, queue), []).append(job_id)
+        done, skipped = 0, 0
+        for shard, shard_ids in by_shard.items():
+            targets: list[str | bytes] = list(shard_ids)
+            if action == "requeue":
+                targets = [x for pair in await self._job_data_of_results(shard_ids) for x in pair]
+            shard_done, shard_skipped = await self._bulk(
+                keys=[shard], args=[action, now_ms(), cancelled_retention_ms, *targets]
+            )
+            done, skipped = done + int(shard_done), skipped + int(shard_skipped)
         if action == "delete" and idempotency_keys:
             await self.redis.delete(*idempotency_keys)
-        return BulkBatch(int(done), int(skipped))
+        return BulkBatch(done, skipped)
 
     async def _job_data_of_results(self, job_ids: Sequence[str]) -> Sequence[tuple[str, bytes]]:
         """Per job: the job data its arq result key holds (a finished job's

@@ -103,7 +103,7 @@ class Lifecycle(Reads):
             meta = {**meta, "idempotency_key": idempotency_key}
         kept = payload if stored_payload is None else stored_payload
         job = ArqJob(job_type.name, kept, meta, at_ms)
-        queue = job_type.queue
+        queue = self.shard_of(job_id, job_type.queue)
         absent = keys.absent(queue)
         idem_key = (
             keys.idempotency_key(queue, job_type.name, idempotency_key, meta.get(SUBMITTED_BY))
@@ -232,7 +232,7 @@ class Lifecycle(Reads):
                 claim_nonce(),
             ],
         )
-        return _parse_claim(reply)
+        return _parse_claim(reply, queue)
 
     async def _end_try(
         self,
@@ -253,27 +253,28 @@ class Lifecycle(Reads):
         the claim returned it: a final state makes it arq's result key without
         reading it again (b"": read it)."""
         fetch = next_jobs.fetch() if next_jobs is not None else None
+        shard = self.shard_of(job_id, job_type.queue)
         to = state.value if isinstance(state, JobState) else state
         end_ms = now_ms() if at_ms is None else at_ms
         args: list[Any] = [job_id, to, end_ms, math.ceil(score), job_type.name, token]
         fields_ = _flatten(fields)
         reply: list[Any] | None = None
         if fetch is not None:
-            limits = self._claim_limits.get(job_type.queue, "")
+            limits = self._claim_limits.get(shard, "")
             fetch_args: list[Any] = [fetch.wanted, fetch.lock_ttl_ms, fetch.scan_limit]
             fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
             with contextlib.suppress(OutOfMemoryError):
                 reply = await self._finish_and_fetch(
-                    keys=[job_type.queue], args=[*args, *fetch_args, hold, job_data, *fields_]
+                    keys=[shard], args=[*args, *fetch_args, hold, job_data, *fields_]
                 )
         if reply is None:
             reply = await self._finish(
-                keys=[job_type.queue],
+                keys=[shard],
                 args=[*args, 0, 0, 0, 0, "", "", hold, job_data, *fields_],
             )
         moved, state_now, *claim = reply
         stale = not moved and state_now == b"stale"
-        ended = Ended(bool(moved), _parse_claim(claim) if claim else None, stale)
+        ended = Ended(bool(moved), _parse_claim(claim, shard) if claim else None, stale)
         if next_jobs is not None and ended.claim is not None:
             next_jobs.take(ended.claim)
         return ended
@@ -419,7 +420,7 @@ class Lifecycle(Reads):
         unknown here): cancelled if a cancel was pending, else dead; '' if not in
         progress, 'stale' if the try's token is no longer the record's."""
         state = await self._settle(
-            keys=[queue],
+            keys=[self.shard_of(job_id, keys.queue_of_shard(queue))],
             args=[
                 job_id,
                 now_ms(),
@@ -494,12 +495,13 @@ class Lifecycle(Reads):
         arq_job, job = found
         job_type = self.catalog.get(job.job_type)
         retention_s = job_type.keep_result_s if job_type else DEAD_RETENTION_S
+        shard = self.shard_of(job_id, job.queue)
         outcome, flat = await self._cancel(
-            keys=[job.queue], args=[job_id, now_ms(), math.ceil(retention_s * 1000)]
+            keys=[shard], args=[job_id, now_ms(), math.ceil(retention_s * 1000)]
         )
         if not flat:
             return "missing", None
-        return outcome.decode(), self._public(job_id, arq_job, _pairs(flat), job.queue, None)
+        return outcome.decode(), self._public(job_id, arq_job, _pairs(flat), shard, None)
 
     async def requeue(
         self, job_id: str, meta: dict[str, str], *, start_over: bool = False
@@ -518,10 +520,11 @@ class Lifecycle(Reads):
         if submitted_by := arq_job.meta.get(SUBMITTED_BY):  # still the same key's job
             meta = {**meta, SUBMITTED_BY: submitted_by}
         again = ArqJob(arq_job.function, arq_job.payload, meta, at_ms)
+        shard = self.shard_of(job_id, job.queue)
         outcome, flat = await self._requeue(
-            keys=[job.queue, job_key_prefix + job_id, result_key_prefix + job_id],
+            keys=[shard, job_key_prefix + job_id, result_key_prefix + job_id],
             args=[job_id, at_ms, again.encode(), "1" if start_over else ""],
         )
         if not flat:
             return "missing", None
-        return outcome.decode(), self._public(job_id, again, _pairs(flat), job.queue, None)
+        return outcome.decode(), self._public(job_id, again, _pairs(flat), shard, None)

@@ -127,7 +127,8 @@ class Listing(Reads):
         if where is not None:
             state, queue, job_type = where.state, where.queue, where.job_type
         at_ms = now_ms()
-        queues = [queue] if queue else self.catalog.queues()
+        # Every shard of each queue: a page reads a bounded count from each, merged.
+        queues = self.catalog.shards(queue) if queue else self.catalog.all_shards()
         segments = self._segments(state, queues, at_ms)
         segment_no, score, after_id = decode_cursor(cursor) if cursor else (0, "", "")
         items: list[JobPublic] = []

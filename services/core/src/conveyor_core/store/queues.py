@@ -1,5 +1,7 @@
 """A queue as a whole: pause and resume it, its statistics, and housekeeping."""
 
+from typing import Any
+
 from conveyor_core import keys
 from conveyor_core.jobs import (
     TERMINAL_STATES,
@@ -18,18 +20,26 @@ class Queues(StoreBase):
 
     async def pause(self, queue: str) -> Paused:
         """Stop workers starting jobs from `queue`; says when it was paused (ms),
-        and whether this call paused it."""
-        paused_at, changed = await self._pause(
-            keys=[keys.paused_key(queue)], args=["pause", now_ms(), keys.wake_channel(queue)]
-        )
-        return Paused(int(paused_at), changed == 1)
+        and whether this call paused it. One call per shard, shard 0 first:
+        its time is the queue's."""
+        replies = [
+            await self._pause(
+                keys=[keys.paused_key(shard)], args=["pause", now_ms(), keys.wake_channel(shard)]
+            )
+            for shard in self.catalog.shards(queue)
+        ]
+        return Paused(int(replies[0][0]), any(changed == 1 for _, changed in replies))
 
     async def resume(self, queue: str) -> bool:
-        """Let workers start jobs from `queue` again, at once; whether it was paused."""
-        _, changed = await self._pause(
-            keys=[keys.paused_key(queue)], args=["resume", now_ms(), keys.wake_channel(queue)]
-        )
-        return bool(changed == 1)
+        """Let workers start jobs from `queue` again, at once; whether it was
+        paused (any of its shards)."""
+        changed = [
+            await self._pause(
+                keys=[keys.paused_key(shard)], args=["resume", now_ms(), keys.wake_channel(shard)]
+            )
+            for shard in self.catalog.shards(queue)
+        ]
+        return any(c == 1 for _, c in changed)
 
     async def trim_expired(self, queue: str, batch: int = TRIM_BATCH) -> int:
         """Drop the entries of expired records from the queue's final-state indexes.
@@ -53,18 +63,16 @@ class Queues(StoreBase):
         return sum(removed)
 
     async def queue_stats(self, queue: str) -> QueueStats:
+        """The queue's counts, summed over its shards (one call each); its
+        oldest ready job is the oldest of any shard."""
         at_ms = now_ms()
-        ready, deferred, running, retrying, dead, oldest, paused_at = await self._queue_stats(
-            keys=[
-                queue,
-                keys.index_key(queue, JobState.IN_PROGRESS.value),
-                keys.index_key(queue, JobState.RETRYING.value),
-                keys.index_key(queue, JobState.DEAD.value),
-                keys.paused_key(queue),
-            ],
-            args=[at_ms],
+        shards = [await self._shard_stats(shard, at_ms) for shard in self.catalog.shards(queue)]
+        oldests = [int(float(oldest)) for *_, oldest, _ in shards if oldest]
+        oldest_age_s = (at_ms - min(oldests)) / 1000 if oldests else 0.0
+        paused_at = shards[0][-1]
+        ready, deferred, running, retrying, dead = (
+            sum(int(shard[i]) for shard in shards) for i in range(5)
         )
-        oldest_age_s = (at_ms - int(float(oldest))) / 1000 if oldest else 0.0
         return QueueStats(
             queue,
             ready,
@@ -75,3 +83,18 @@ class Queues(StoreBase):
             max(oldest_age_s, 0.0),
             int(paused_at) if paused_at else None,
         )
+
+    async def _shard_stats(self, shard: str, at_ms: int) -> list[Any]:
+        """ready, deferred, running, retrying, dead, the oldest ready job's due
+        time and the paused flag of one shard (lua/queue_stats.lua)."""
+        reply: list[Any] = await self._queue_stats(
+            keys=[
+                shard,
+                keys.index_key(shard, JobState.IN_PROGRESS.value),
+                keys.index_key(shard, JobState.RETRYING.value),
+                keys.index_key(shard, JobState.DEAD.value),
+                keys.paused_key(shard),
+            ],
+            args=[at_ms],
+        )
+        return reply

@@ -99,7 +99,7 @@ class Reads(StoreBase):
         every queue of the catalog when not known). `_parse_reads` makes the
         jobs of the replies."""
         queues = self.catalog.queues()
-        for name in queues:
+        for name in self.catalog.all_shards():
             pipe.exists(keys.paused_key(name))
         for job_id, queue in rows:
             pipe.hgetall(keys.job_key(job_id))
@@ -116,7 +116,7 @@ class Reads(StoreBase):
     ) -> list[tuple[ArqJob | None, JobPublic] | None]:
         """Take the jobs' replies (as `_add_reads` queued them) from `replies`."""
         queues = self.catalog.queues()
-        paused = {name for name in queues if next(replies)}
+        paused = {name for name in self.catalog.all_shards() if next(replies)}
         at_ms = at_ms or now_ms()
         out: list[tuple[ArqJob | None, JobPublic] | None] = []
         for job_id, queue in rows:
@@ -181,7 +181,8 @@ class Reads(StoreBase):
                     "\n"
                 )
                 fields = [job_type.name, *([f"{job_type.name}\n{key}"] if key else [])]
-                asked.append((i, keys.queue_key(job.queue, keys.HELD_SUFFIX), fields))
+                shard = self.shard_of(job.id, job.queue)
+                asked.append((i, keys.queue_key(shard, keys.HELD_SUFFIX), fields))
         if not asked:
             return found
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -214,7 +215,7 @@ class Reads(StoreBase):
             arq_job,
             record,
             score_ms=score_ms,
-            queue=queue,
+            queue=keys.queue_of_shard(queue),  # a job is its queue's, whichever shard
             max_tries=job_type.retry.max_tries if job_type else 1,
             at_ms=at_ms,
             waiting_reason=waiting_reason,

@@ -74,6 +74,8 @@ class Claim:
     paused_at_ms: int | None = None
     # Due jobs this claim passed over, by why: a running limit, a rate, a hold.
     held: dict[HoldReason, int] = field(default_factory=dict)
+    # The queue shard it claimed from (keys.shard_name).
+    shard: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +162,8 @@ def claim_nonce() -> str:
     return secrets.token_hex(8)
 
 
-def _parse_claim(reply: list[Any]) -> Claim:
-    """A claim's reply (claim.lua, or finish.lua's after the end of a try)."""
+def _parse_claim(reply: list[Any], shard: str) -> Claim:
+    """A claim's reply (claim.lua, or finish.lua's after the end of a try) on `shard`."""
     claimed, next_due, paused_at, (held_limit, held_rate, held_hold) = reply
     rows = iter(claimed)
     jobs = [
@@ -177,4 +179,5 @@ def _parse_claim(reply: list[Any]) -> Claim:
             HoldReason.RATE: held_rate,
             HoldReason.HELD: held_hold,
         },
+        shard,
     )

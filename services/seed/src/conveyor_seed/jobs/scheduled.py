@@ -36,7 +36,7 @@ class DigestCounts:
 
 async def take_digest_counts(ctx: JobContext) -> DigestCounts:
     """The counts since the last digest, owned by this run (a retry gets the same)."""
-    counts = await take_counts(ctx.redis, ctx.job_id, ctx.catalog.queues())
+    counts = await take_counts(ctx.redis, ctx.job_id, ctx.catalog.all_shards())
     by_name = dict(counts.by_name)
     documents = by_name.pop(DOCUMENTS, {}).get(PROCESSED, 0)
     jobs = {name: {o: events.get(o, 0) for o in OUTCOMES} for name, events in by_name.items()}

@@ -1,0 +1,442 @@
+"""One queue over three shards on a local Redis Cluster, against one node.
+
+`python -m bench.cluster` (part of `make bench`) starts the test cluster
+(tests/support/cluster.py: three primaries, three replicas, `redis-server`
+on loopback), one `redis-server` of the same binary and settings, and one
+more in cluster mode serving every slot alone, and runs Conveyor's worker
+in this process on each:
+
+- **cost**, in alternating rounds: THROUGHPUT_JOBS no-op jobs enqueued and
+  drained while the worker runs; Redis CPU (INFO cpu) and time in commands
+  (INFO commandstats) per job, summed over the primaries, each node less its
+  idle rate measured just before (the cluster bus and `serverCron` cost a
+  node CPU with no job at all). The replicas' CPU is printed apart: one node
+  has no replica to pay for. Four setups: one node with the queue in one
+  shard (today's layout) and in three (what shards cost by themselves), one
+  process in cluster mode with three (what cluster mode costs), and the
+  cluster with three (the target's figure).
+- **spread**: the share of the jobs each shard took.
+- **pickup**: one job at a time, from the moment the enqueue call returned
+  to the job's start, with the worker idle.
+- **memory**: used_memory per job waiting (deferred), summed over the
+  primaries: what a backlog costs a shard.
+
+The queue's name is chosen so that its three shards' slots are served by
+three different primaries (a shard's slot is where its name hashes; a real
+cluster places slots by its slot map, see docs/how-to/capacity.md). The
+worker runs in this process with instrumentation off: its own CPU is no
+figure here.
+"""
+
+import asyncio
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+import uvloop
+from redis.crc import key_slot
+
+from bench.jobs import Noop
+from bench.pickup import Target
+from conveyor_core import keys
+from conveyor_core.catalog import Catalog, JobType, Queue, RetryPolicy
+from conveyor_core.context import JobContext
+from conveyor_core.enqueue import enqueue
+from conveyor_core.local.redis_server import RedisServerProcess
+from conveyor_core.redis import connect
+from conveyor_core.settings import RedisSettings
+from conveyor_core.store import JobStore
+from conveyor_worker.worker import ConveyorWorker
+from tests.support.cluster import ClusterNodeProcess, LocalCluster, free_cluster_port
+
+SHARDS = 3
+THROUGHPUT_JOBS = 3000
+ROUNDS = 3
+PICKUP_SAMPLES = 150
+BACKLOG_JOBS = 20_000
+# Each node's CPU with no job is measured over this long before a cost round.
+IDLE_BASELINE_S = 2.0
+JOB_TYPE = "cluster_noop"
+
+# Set by the handler: when each job started (perf_counter), by id.
+STARTED: dict[str, float] = {}
+_waiting: dict[str, asyncio.Future[float]] = {}
+
+
+async def noop(ctx: JobContext, payload: Noop) -> None:
+    """The bench's job: notes its start in this process; no Redis command of its own."""
+    at = time.perf_counter()
+    STARTED[ctx.job_id] = at
+    if (future := _waiting.pop(ctx.job_id, None)) is not None and not future.done():
+        future.set_result(at)
+
+
+@dataclass
+class Setup:
+    """One contender: where its Redis is, and how many shards its queue has."""
+
+    name: str
+    url: str
+    primaries: list[redis_sync.Redis]
+    replicas: list[redis_sync.Redis]
+    queue: str
+    shards: int
+    # Submits per second at most (None: as fast as they go): a node's cost per
+    # job depends on its load (see report).
+    pace_jobs_per_s: float | None = None
+    # Per round, per job: Redis CPU (ms) summed over the primaries, and over
+    # the replicas; commands over the primaries; jobs/s (this process drains).
+    cpu_ms: list[float] = field(default_factory=list)
+    replica_cpu_ms: list[float] = field(default_factory=list)
+    # Time spent in commands (commandstats usec), per job, over the primaries.
+    command_ms: list[float] = field(default_factory=list)
+    commands: list[float] = field(default_factory=list)
+    jobs_per_s: list[float] = field(default_factory=list)
+    # Per primary (its port), over every round: its part of the primaries' CPU.
+    cpu_by_node_s: dict[int, float] = field(default_factory=dict)
+    jobs_by_shard: Counter[str] = field(default_factory=Counter)
+    pickups_ms: list[float] = field(default_factory=list)
+    memory_per_job_b: float = 0.0
+    # used_memory per finished job, kept for its retention (a day by default).
+    memory_per_finished_b: list[float] = field(default_factory=list)
+
+    @property
+    def catalog(self) -> Catalog:
+        job_type = JobType(
+            JOB_TYPE,
+            Noop,
+            "bench.cluster:noop",
+            queue=self.queue,
+            retry=RetryPolicy(max_tries=1),
+        )
+        return Catalog([job_type], queues=[Queue(self.queue, shards=self.shards)])
+
+
+def info(node: redis_sync.Redis, section: str) -> dict[str, Any]:
+    found: dict[str, Any] = node.info(section)  # type: ignore[assignment]
+    return found
+
+
+def cpu_s(node: redis_sync.Redis) -> float:
+    cpu = info(node, "cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def calls(node: redis_sync.Redis) -> tuple[int, int]:
+    """Commands run so far, and microseconds spent in them (a script's own
+    commands count in both, and in the script's time: alike for every setup)."""
+    stats = info(node, "commandstats").values()
+    return sum(int(v["calls"]) for v in stats), sum(int(v["usec"]) for v in stats)
+
+
+def used_memory(nodes: list[redis_sync.Redis]) -> int:
+    return sum(int(info(n, "memory")["used_memory"]) for n in nodes)
+
+
+def port_of(node: redis_sync.Redis) -> int:
+    return int(node.connection_pool.connection_kwargs["port"])
+
+
+def spread_queue(cluster: LocalCluster) -> str:
+    """A queue name whose SHARDS shards land on SHARDS different primaries."""
+    owners = cluster.nodes[0].slot_owners()
+
+    def owner(key: str) -> int:
+        slot = key_slot(key.encode())
+        return next(port for port, ranges in owners.items() if any(slot in r for r in ranges))
+
+    for n in range(10_000):
+        name = f"bench:sharded-{n}"
+        if len({owner(shard) for shard in keys.shard_names(name, SHARDS)}) == SHARDS:
+            return name
+    raise RuntimeError("no queue name spreads over every primary")
+
+
+@asynccontextmanager
+async def worker_on(setup: Setup) -> AsyncIterator[tuple[ConveyorWorker, JobStore]]:
+    """Conveyor's worker on the setup's queue, in this process, running."""
+    redis = connect(RedisSettings(url=setup.url))
+    store = JobStore(redis, setup.catalog)  # type: ignore[arg-type]
+    worker = ConveyorWorker(
+        redis_pool=redis,  # type: ignore[arg-type]
+        store=store,
+        queue_name=setup.queue,
+        handlers={JOB_TYPE: noop},
+        instrument=False,
+        handle_signals=False,
+    )
+    running = asyncio.create_task(worker.main())
+    try:
+        while len(worker.wakeups) < setup.shards:  # noqa: ASYNC110  # a local list
+            await asyncio.sleep(0.01)
+        for wakeup in worker.wakeups:
+            await asyncio.wait_for(wakeup.subscribed.wait(), 10)
+        yield worker, store
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(running, 30)
+        await worker.close()
+
+
+def flush(setup: Setup) -> None:
+    for node in setup.primaries:
+        node.flushall()
+
+
+async def cost_round(setup: Setup) -> None:
+    flush(setup)
+    STARTED.clear()
+    async with worker_on(setup) as (worker, store):
+        job_type = store.catalog[JOB_TYPE]
+        await asyncio.sleep(0.5)  # start-up traffic passes
+        nodes = setup.primaries + setup.replicas
+        idle_before = [cpu_s(n) for n in nodes]
+        await asyncio.sleep(IDLE_BASELINE_S)
+        idle_rate = [
+            (cpu_s(n) - b) / IDLE_BASELINE_S for n, b in zip(nodes, idle_before, strict=True)
+        ]
+        cpu_before = [cpu_s(n) for n in nodes]
+        calls_before = [calls(n) for n in setup.primaries]
+        memory_before = used_memory(setup.primaries)
+        started_s = time.perf_counter()
+        submitted: list[str] = []
+        for start in range(0, THROUGHPUT_JOBS, 100):
+            batch = range(start, min(start + 100, THROUGHPUT_JOBS))
+            done = await asyncio.gather(*(enqueue(store, job_type, Noop()) for _ in batch))
+            submitted += [s.job_id for s in done]
+            if setup.pace_jobs_per_s is not None:
+                due_s = started_s + len(submitted) / setup.pace_jobs_per_s
+                await asyncio.sleep(max(0.0, due_s - time.perf_counter()))
+        async with asyncio.timeout(120):
+            # This process's own jobs and worker: no Redis call to wait for.
+            while len(STARTED) < THROUGHPUT_JOBS or worker.running:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+        elapsed_s = time.perf_counter() - started_s
+        used = [
+            cpu_s(n) - b - rate * elapsed_s
+            for n, b, rate in zip(nodes, cpu_before, idle_rate, strict=True)
+        ]
+        primaries_used = used[: len(setup.primaries)]
+        finished_b = used_memory(setup.primaries) - memory_before
+        calls_after = [calls(n) for n in setup.primaries]
+        commands = sum(a[0] - b[0] for a, b in zip(calls_after, calls_before, strict=True))
+        command_us = sum(a[1] - b[1] for a, b in zip(calls_after, calls_before, strict=True))
+    per_job_ms = 1000 / THROUGHPUT_JOBS
+    setup.cpu_ms.append(sum(primaries_used) * per_job_ms)
+    setup.replica_cpu_ms.append(sum(used[len(setup.primaries) :]) * per_job_ms)
+    setup.commands.append(commands / THROUGHPUT_JOBS)
+    setup.command_ms.append(command_us / 1000 / THROUGHPUT_JOBS)
+    setup.jobs_per_s.append(THROUGHPUT_JOBS / elapsed_s)
+    setup.memory_per_finished_b.append(finished_b / THROUGHPUT_JOBS)
+    for node, seconds in zip(setup.primaries, primaries_used, strict=True):
+        by_node = setup.cpu_by_node_s
+        by_node[port_of(node)] = by_node.get(port_of(node), 0.0) + max(seconds, 0.0)
+    setup.jobs_by_shard.update(keys.queue_of(job_id) or "" for job_id in submitted)
+
+
+async def pickup_round(setup: Setup, samples: int) -> None:
+    flush(setup)
+    async with worker_on(setup) as (_, store):
+        job_type = store.catalog[JOB_TYPE]
+        loop = asyncio.get_running_loop()
+        for _ in range(samples):
+            await asyncio.sleep(random.uniform(0.005, 0.05))  # noqa: S311
+            submitted = await enqueue(store, job_type, Noop())
+            enqueued = time.perf_counter()
+            future = _waiting[submitted.job_id] = loop.create_future()
+            if (at := STARTED.get(submitted.job_id)) is not None:  # started before we looked
+                future.set_result(at)
+            started = await asyncio.wait_for(future, 10)
+            setup.pickups_ms.append(max(started - enqueued, 0.0) * 1000)
+
+
+async def memory_round(setup: Setup) -> None:
+    """used_memory per waiting job, summed over the primaries (deferred: none runs)."""
+    flush(setup)
+    redis = connect(RedisSettings(url=setup.url))
+    store = JobStore(redis, setup.catalog)  # type: ignore[arg-type]
+    job_type = store.catalog[JOB_TYPE]
+    try:
+        before = used_memory(setup.primaries)
+        for start in range(0, BACKLOG_JOBS, 500):
+            batch = range(start, min(start + 500, BACKLOG_JOBS))
+            await asyncio.gather(
+                *(enqueue(store, job_type, Noop(), defer_by_s=3600) for _ in batch)
+            )
+        after = used_memory(setup.primaries)
+    finally:
+        await redis.aclose()
+    setup.memory_per_job_b = (after - before) / BACKLOG_JOBS
+
+
+@contextmanager
+def lone_cluster_node(binary: str) -> Iterator[ClusterNodeProcess]:
+    """A cluster of one primary serving every slot: cluster mode in one process."""
+    port = free_cluster_port()
+    node = ClusterNodeProcess(binary, port, Path(tempfile.mkdtemp(prefix="conveyor-bench-")))
+    node.start()
+    try:
+        with node.client() as client:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + 30
+        while node.cluster_info().get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise TimeoutError("a one-node cluster did not become ok")
+            time.sleep(0.1)
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(node.dir, ignore_errors=True)
+
+
+@contextmanager
+def contenders() -> Iterator[list[Setup]]:
+    """One node with the queue in one shard (today's layout) and in three
+    (what shards cost apart from a cluster); one process in cluster mode
+    with three (what cluster mode costs); and the cluster with three."""
+    binary = shutil.which("redis-server") or "redis-server"
+    node = RedisServerProcess(binary)
+    node.start()
+    cluster = LocalCluster(binary=binary)
+    try:
+        cluster.start()
+        queue = spread_queue(cluster)
+        one = [redis_sync.Redis(port=node.port)]
+        with lone_cluster_node(binary) as lone:
+            yield [
+                Setup("one node, 1 shard", node.url, one, [], queue, 1),
+                Setup(f"one node, {SHARDS} shards", node.url, one, [], queue, SHARDS),
+                Setup(
+                    f"cluster of 1, {SHARDS} shards",
+                    f"redis+cluster://127.0.0.1:{lone.port}",
+                    [lone.client(socket_timeout=10)],
+                    [],
+                    queue,
+                    SHARDS,
+                ),
+                Setup(
+                    f"cluster 3+3, {SHARDS} shards",
+                    cluster.seed_url,
+                    [n.client(socket_timeout=10) for n in cluster.primaries()],
+                    [n.client(socket_timeout=10) for n in cluster.replicas()],
+                    queue,
+                    SHARDS,
+                ),
+            ]
+    finally:
+        cluster.stop()
+        node.stop()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
+
+
+def report(setups: list[Setup], many: Setup) -> list[str]:
+    med = statistics.median
+    lines = [
+        f"queue {many.queue!r}: its {SHARDS} shards on {SHARDS} primaries;"
+        f" {THROUGHPUT_JOBS} jobs a round, {ROUNDS} rounds (medians)"
+    ]
+    lines.append(
+        f"  {'':<24} {'Redis CPU/job':>14} {'in commands':>12} {'replicas':>10}"
+        f" {'cmds/job':>9} {'jobs/s':>7}"
+    )
+    for s in setups:
+        replicas_ms = med(s.replica_cpu_ms) if s.replicas else 0.0
+        lines.append(
+            f"  {s.name:<24} {med(s.cpu_ms):>11.3f} ms {med(s.command_ms):>9.3f} ms"
+            f" {replicas_ms:>7.3f} ms {med(s.commands):>9.1f} {med(s.jobs_per_s):>7.0f}"
+        )
+    lines.append(
+        f"  {'':<24} {'pickup p50':>11} {'p95':>9} {'memory per queued job':>22}"
+        f" {'per finished job':>17}"
+    )
+    for s in setups:
+        if s.pickups_ms:
+            lines.append(
+                f"  {s.name:<24} {percentile(s.pickups_ms, 0.5):>8.2f} ms"
+                f" {percentile(s.pickups_ms, 0.95):>6.2f} ms {s.memory_per_job_b:>20.0f} B"
+                f" {med(s.memory_per_finished_b):>15.0f} B"
+            )
+    total_jobs = sum(many.jobs_by_shard.values())
+    shares = ", ".join(
+        f"{shard} {100 * n / total_jobs:.1f} %" for shard, n in sorted(many.jobs_by_shard.items())
+    )
+    lines.append(f"  jobs per shard: {shares}")
+    cpu_total = sum(many.cpu_by_node_s.values()) or 1.0
+    by_node = ", ".join(
+        f"{100 * s / cpu_total:.0f} %" for _, s in sorted(many.cpu_by_node_s.items())
+    )
+    lines.append(f"  each primary's share of the cluster's Redis CPU: {by_node}")
+    lines.append(
+        "  Redis CPU: INFO cpu of the primaries, each less its idle rate; in commands:"
+        " commandstats usec (a script's own commands counted in it too);"
+    )
+    lines.append("  replicas: the cluster's replicas besides (one node has none).")
+    return lines
+
+
+def targets(one: Setup, many: Setup) -> list[Target]:
+    med = statistics.median
+    busiest = max(many.jobs_by_shard.values()) / sum(many.jobs_by_shard.values())
+    return [
+        Target(
+            "Redis CPU per job, primaries summed / one node",
+            med(many.cpu_ms) / med(one.cpu_ms),
+            1.15,
+            at_least=False,
+        ),
+        Target("busiest shard's share of the jobs", 100 * busiest, 40, at_least=False, unit=" %"),
+        Target(
+            "idle pickup p50 on the cluster",
+            percentile(many.pickups_ms, 0.5),
+            5,
+            at_least=False,
+            unit=" ms",
+        ),
+    ]
+
+
+async def run(setups: list[Setup], timed: list[Setup]) -> None:
+    for round_ in range(ROUNDS):
+        for setup in setups if round_ % 2 == 0 else reversed(setups):
+            print(f"cost round {round_ + 1}: {setup.name} ...", flush=True)
+            await cost_round(setup)
+    for setup in timed:
+        print(f"pickup: {setup.name} ...", flush=True)
+        await pickup_round(setup, PICKUP_SAMPLES)
+        print(f"memory: {setup.name} ...", flush=True)
+        await memory_round(setup)
+
+
+def main() -> int:
+    with contenders() as setups:
+        one, many = setups[0], setups[-1]
+        uvloop.run(run(setups, [one, many]))
+    found = targets(one, many)
+    print("\n".join(report(setups, many)))
+    print()
+    missed = [t.name for t in found if not t.met]
+    print("targets (one queue over 3 shards on the cluster, against one node):")
+    print("\n".join(t.line() for t in found))
+    print(
+        f"{len(found) - len(missed)} of {len(found)} met"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
