@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss
 from prometheus_client import REGISTRY
 
 from conveyor_core import keys
@@ -155,3 +156,25 @@ def test_the_flow_gauges_add_up_every_shards_last_claim() -> None:
     assert (held(HoldReason.LIMIT), held(HoldReason.RATE)) == (4, 1)
     metrics.record(Claim([], None, now_ms() - 5_000, {}, "q~1"))  # one shard paused so far
     assert paused() == 1
+
+
+async def test_arqs_client_abort_cancels_a_job_waiting_on_any_shard(
+    store: JobStore,
+) -> None:
+    """arq's abort set names jobs of every shard: each waiting one is cancelled where it waits."""
+    deferred = [
+        (await enqueue(store, FLAKY, {"fail_times": 0}, defer_by_s=60)).job_id for _ in range(12)
+    ]
+    assert {keys.queue_of(job_id) for job_id in deferred} == set(SHARDS)
+    await store.redis.zadd(abort_jobs_ss, dict.fromkeys(deferred, now_ms()))
+    worker = make_worker(store, idle_poll_s=0.1)
+    running = asyncio.create_task(worker.main())
+    try:
+        async with asyncio.timeout(PATIENT_S):
+            while await states(store, deferred) != Counter({JobState.CANCELLED: 12}):
+                await asyncio.sleep(0.05)
+    finally:
+        worker.request_stop()
+        await running
+        await worker.close()
+    assert await store.redis.zcard(abort_jobs_ss) == 0

@@ -527,9 +527,17 @@ class ConveyorWorker:
         cancels such a job as it takes it, so `abort()` answers `True` alike.
         Other ids (a job that had ended, another queue's) are left to their
         queue's workers, and dropped after ABORT_MAX_AGE_S."""
-        ids = list(aborted)
-        scores = await self.pool.zmscore(self.queue_name, ids)
-        waiting = [job_id for job_id, score in zip(ids, scores, strict=True) if score is not None]
+        by_shard: dict[str, list[str]] = {}
+        for job_id in aborted:  # an id without a tag (a bare arq client's) is on shard 0
+            shard = keys.queue_of(job_id) or self.queue_name
+            if shard in self.shards:
+                by_shard.setdefault(shard, []).append(job_id)
+        waiting: list[str] = []
+        for shard, ids in by_shard.items():
+            scores = await self.pool.zmscore(shard, ids)
+            waiting += [
+                job_id for job_id, score in zip(ids, scores, strict=True) if score is not None
+            ]
         for job_id in waiting:
             outcome, _ = await self.store.cancel(job_id)
             logger.info("job %s aborted by arq's client while it waited: %s", job_id, outcome)
