@@ -73,11 +73,13 @@ def test_a_killed_workers_job_runs_again_within_lock_ttl_plus_idle_poll(stack: S
         "CONVEYOR_WORKER_IDLE_POLL_S": str(IDLE_POLL_S),
     }
     doomed = stack.start_worker(**settings)
-    job = stack.submit("slow", {"steps": 30, "step_s": 0.1})
+    # 8 s: still running when the second worker is up, on a loaded machine too.
+    job = stack.submit("slow", {"steps": 80, "step_s": 0.1})
     stack.wait_for_state(job["id"], "in_progress")
     stack.start_worker(**settings)  # already polling when the first dies
     time.sleep(0.5)
 
+    assert len(stack.starts(job["id"])) == 1
     doomed.stop(signal.SIGKILL)
     killed_at = time.time()
     done = stack.wait_for_state(job["id"], "complete", timeout_s=30)
