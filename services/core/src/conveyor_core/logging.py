@@ -94,22 +94,49 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{micros // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
+        span = trace.get_current_span().get_span_context()
+        ids = (
+            (format(span.trace_id, "032x"), format(span.span_id, "016x")) if span.is_valid else None
+        )
+        exception = None
+        if record.exc_info:
+            exception = clean_traceback(self.formatException(record.exc_info))
+        fields = getattr(record, "fields", {})
+        return self.line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            ids,
+            fields,
+            exception,
+        )
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        ids: tuple[str, str] | None,
+        fields: dict[str, Any],
+        exception: str | None = None,
+    ) -> str:
+        """One line: `ids` are the trace's and span's, in hex; `fields` the line's own."""
         entry: dict[str, Any] = {
-            "timestamp": self.timestamp(record.created),
-            "level": record.levelname.lower(),
+            "timestamp": self.timestamp(created),
+            "level": level.lower(),
             "service": self.service,
-            "logger": record.name,
-            "message": clean(record.getMessage()),
+            "logger": logger,
+            "message": clean(message),
             **dict.fromkeys(ALWAYS),
         }
-        span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            entry["trace_id"] = format(span.trace_id, "032x")
-            entry["span_id"] = format(span.span_id, "016x")
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
         entry.update(_bound.get())
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = clean_traceback(self.formatException(record.exc_info))
+        entry.update(fields)
+        if exception is not None:
+            entry["exception"] = exception
         _clean_fields(entry)
         line = encode(entry)
         if len(line) > MAX_LINE_CHARS:  # a large structure: each such field as bounded text
@@ -118,6 +145,52 @@ class JsonFormatter(logging.Formatter):
                     entry[key] = bounded(encode(value))
             line = encode(entry)
         return line
+
+
+# The handler configure_logging installed, which `log_line` writes to directly.
+_direct: "TurnFlushingHandler | None" = None
+
+
+def log_line(
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    fields: dict[str, Any],
+    ids: tuple[str, str] | None,
+) -> None:
+    """A line as `logger.log(level, message, extra={"fields": fields})` writes
+    it inside the span whose hex ids are `ids`, for a line written per job: no
+    LogRecord, no handler chain, the same line. Where logging is set up in
+    another way (more handlers, filters: a test's capture), it is that call."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _direct
+    formatter = handler.formatter if handler is not None else None
+    if (
+        handler is None
+        or not isinstance(formatter, JsonFormatter)
+        or not _direct_only(logger, handler, level)
+    ):
+        logger.log(level, message, extra={"fields": fields})
+        return
+    line = formatter.line(
+        time.time(), logging.getLevelName(level), logger.name, message, ids, fields
+    )
+    handler.write_line(line)
+
+
+def _direct_only(logger: logging.Logger, handler: logging.Handler, level: int) -> bool:
+    """Whether `handler` alone, unfiltered, would take the logger's line at `level`."""
+    if level < handler.level or handler.filters:
+        return False
+    root = logging.root
+    node: logging.Logger | None = logger
+    while node is not root and node is not None:
+        if node.handlers or node.filters or not node.propagate:
+            return False
+        node = node.parent
+    handlers = root.handlers
+    return len(handlers) == 1 and handlers[0] is handler and not root.filters
 
 
 def _clean_fields(entry: dict[str, Any]) -> None:
@@ -156,8 +229,10 @@ _CLEAN_ALREADY = frozenset(
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines to stdout, where container runtimes collect them."""
+    global _direct
     handler = TurnFlushingHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service))
+    _direct = handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

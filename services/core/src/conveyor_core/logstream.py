@@ -25,6 +25,15 @@ class TurnFlushingHandler(logging.StreamHandler[TextIO]):
         # ended is not waited for.
         self._due_on: asyncio.AbstractEventLoop | None = None
 
+    def write_line(self, line: str) -> None:
+        """A formatted line, written as `emit` writes a record's."""
+        try:
+            with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+                self.stream.write(line + self.terminator)
+                self.flush()
+        except Exception:  # as logging does: a broken stream costs the line, not the job
+            self.handleError(logging.makeLogRecord({"msg": line}))
+
     def flush(self) -> None:
         """Called after each line (and by logging's shutdown)."""
         try:
