@@ -110,6 +110,20 @@ def span_attribute(key: str, value: Any) -> bytes:
     return _len(9, key_value(key, cleaned_value(key, value)))
 
 
+class StringAttribute:
+    """A span attribute (field 9) with a fixed key and a string value, cleaned:
+    `span_attribute(key, value)` with the key written once."""
+
+    def __init__(self, key: str) -> None:
+        self._key = _len(1, key.encode()) + b"\x12"
+
+    def __call__(self, value: str) -> bytes:
+        text = clean(value).encode()
+        any_value = b"\x0a" + _varint(len(text)) + text
+        pair = self._key + _varint(len(any_value)) + any_value
+        return b"\x4a" + _varint(len(pair)) + pair
+
+
 def span_head(name: str, kind: int) -> bytes:
     """A Span's name and kind (fields 5 and 6); `kind` is the SpanKind's value."""
     return _text(5, name) + _uint(6, kind + 1)  # the protobuf enum counts from UNSPECIFIED
@@ -303,6 +317,13 @@ def _env_int(name: str, default: int) -> int:
     return value if value > 0 else default
 
 
+# Four times OpenTelemetry's defaults (2048 and 512): a request's cost is mostly
+# per request (the HTTP client's, and the export thread holding the GIL while
+# it runs), and a written span is a few hundred bytes.
+MAX_QUEUED_SPANS = 8192
+SPANS_PER_REQUEST = 2048
+
+
 class SpanBatcher(SpanProcessor):
     """Spans to OTLP in batches, from one background thread: the SDK's spans
     (encoded there) and spans written as bytes by their makers (`add`).
@@ -311,16 +332,19 @@ class SpanBatcher(SpanProcessor):
     an Event's set: no lock or condition per span. The export thread writes the
     request and sends it; the send's network I/O releases the GIL. Settings as
     OpenTelemetry's BatchSpanProcessor reads them: OTEL_BSP_SCHEDULE_DELAY (ms),
-    OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE. A span that finds
-    the queue full is dropped (and counted in a warning), as there.
+    OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, with larger
+    defaults (MAX_QUEUED_SPANS, SPANS_PER_REQUEST). A span that finds the
+    queue full is dropped (and counted in a warning), as there.
     """
 
     def __init__(self, exporter: CompactOTLPSpanExporter) -> None:
         self._exporter = exporter
         self._encoder = SpanEncoder()
         self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
-        self._max_queued = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
-        self._batch_size = min(_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self._max_queued)
+        self._max_queued = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUED_SPANS)
+        self._batch_size = min(
+            _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", SPANS_PER_REQUEST), self._max_queued
+        )
         self._queue: deque[ReadableSpan | EncodedSpan] = deque()
         self._dropped = 0
         self._stopping = False

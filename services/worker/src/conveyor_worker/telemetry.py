@@ -32,7 +32,7 @@ from conveyor_core.metrics import (
     JOBS_IN_PROGRESS,
     JOBS_STARTED,
 )
-from conveyor_core.otlp import span_attribute
+from conveyor_core.otlp import StringAttribute, span_attribute
 from conveyor_core.redaction import Redactor
 from conveyor_core.tracing import MESSAGING_MESSAGE_ID, messaging_attributes
 
@@ -102,6 +102,8 @@ _try_attribute = functools.lru_cache(maxsize=64)(
     functools.partial(span_attribute, "conveyor.job.try")
 )
 _QUEUE_WAIT = span_attribute("conveyor.queue_wait_s", 0.0)[:-8]  # all but the double
+_message_id_attribute = StringAttribute(MESSAGING_MESSAGE_ID)
+_request_id_attribute = StringAttribute("conveyor.request_id")
 _double = struct.Struct("<d").pack
 
 
@@ -141,14 +143,15 @@ class JobObservation:
         # From when this try was due: a deliberate deferral or backoff is not waiting.
         self._wait_s = wait_s = max(0.0, (now_ms() - self.due_ms) / 1000)
         request_id = self.meta.get("request_id")
-        attributes = [
-            span_attribute(MESSAGING_MESSAGE_ID, self.job_id),
-            _try_attribute(self.job_try),
-            _QUEUE_WAIT + _double(wait_s),
-        ]
+        attributes = (
+            _message_id_attribute(self.job_id)
+            + _try_attribute(self.job_try)
+            + _QUEUE_WAIT
+            + _double(wait_s)
+        )
         if request_id:
-            attributes.append(span_attribute("conveyor.request_id", request_id))
-        self._span = span = series.span.start(parent_of(self.meta), b"".join(attributes))
+            attributes += _request_id_attribute(request_id)
+        self._span = span = series.span.start(parent_of(self.meta), attributes)
         self._context_token = context.attach(trace.set_span_in_context(span))
         ids = span.get_span_context()
         if ids.is_valid:
