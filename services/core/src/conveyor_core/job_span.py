@@ -273,7 +273,8 @@ class JobSpan(trace.Span):
             sink.add(otlp.EncodedSpan(kind.resource, kind.scope, self._encode(attributes, end_ns)))
 
     def _encode(self, attributes: bytes, end_ns: int | None) -> bytes:
-        """The Span message, as otlp.SpanEncoder writes the SDK's (strings cleaned)."""
+        """The Span message, as otlp.SpanEncoder writes the SDK's (strings
+        cleaned), framed as its ScopeSpans' field."""
         context, parent, kind = self._context, self._parent, self._kind
         parts = [
             b"\x0a\x10",
@@ -315,4 +316,4 @@ class JobSpan(trace.Span):
             body = otlp._text(2, description) + otlp._uint(3, status.status_code.value)
             parts.append(otlp._len(15, body))
         parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
-        return b"".join(parts)
+        return otlp.as_scope_span(b"".join(parts))

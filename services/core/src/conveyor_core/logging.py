@@ -4,6 +4,7 @@ Every line carries the service, the current trace and span ids, and whatever
 `log_context` bound (request id; job id, name, try and queue in a job).
 """
 
+import functools
 import json
 import logging
 import sys
@@ -102,14 +103,9 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             exception = clean_traceback(self.formatException(record.exc_info))
         fields = getattr(record, "fields", {})
+        message = clean(record.getMessage())
         return self.line(
-            record.created,
-            record.levelname,
-            record.name,
-            record.getMessage(),
-            ids,
-            fields,
-            exception,
+            record.created, record.levelname, record.name, message, ids, fields, exception
         )
 
     def line(
@@ -122,17 +118,19 @@ class JsonFormatter(logging.Formatter):
         fields: dict[str, Any],
         exception: str | None = None,
     ) -> str:
-        """One line: `ids` are the trace's and span's, in hex; `fields` the line's own."""
+        """One line: `message` cleaned already, `ids` the trace's and the span's
+        in hex, `fields` the line's own."""
+        trace_id, span_id = ids or _NO_IDS
         entry: dict[str, Any] = {
             "timestamp": self.timestamp(created),
             "level": level.lower(),
             "service": self.service,
             "logger": logger,
-            "message": clean(message),
-            **dict.fromkeys(ALWAYS),
+            "message": message,
+            "trace_id": trace_id,  # ALWAYS, in its order
+            "span_id": span_id,
+            "request_id": None,
         }
-        if ids is not None:
-            entry["trace_id"], entry["span_id"] = ids
         entry.update(_bound.get())
         entry.update(fields)
         if exception is not None:
@@ -147,6 +145,7 @@ class JsonFormatter(logging.Formatter):
         return line
 
 
+_NO_IDS = (None, None)
 # The handler configure_logging installed, which `log_line` writes to directly.
 _direct: "TurnFlushingHandler | None" = None
 
@@ -174,9 +173,18 @@ def log_line(
         logger.log(level, message, extra={"fields": fields})
         return
     line = formatter.line(
-        time.time(), logging.getLevelName(level), logger.name, message, ids, fields
+        time.time(),
+        logging.getLevelName(level),
+        logger.name,
+        _cleaned_message(message),
+        ids,
+        fields,
     )
     handler.write_line(line)
+
+
+# log_line's messages are a few constants ("job end"): each cleaned once.
+_cleaned_message = functools.lru_cache(maxsize=256)(clean)
 
 
 def _direct_only(logger: logging.Logger, handler: logging.Handler, level: int) -> bool:

@@ -130,12 +130,18 @@ def span_head(name: str, kind: int) -> bytes:
 
 
 class EncodedSpan(NamedTuple):
-    """A Span message written by its maker (a job's span, job_span.py), with
-    what the request groups it by."""
+    """A Span written by its maker (a job's span, job_span.py), with what the
+    request groups it by; `framed` is the message as a field of its ScopeSpans
+    (`as_scope_span`), which a request joins as it is."""
 
     resource: Resource
     instrumentation_scope: InstrumentationScope | None
-    data: bytes
+    framed: bytes
+
+
+def as_scope_span(span: bytes) -> bytes:
+    """A Span message as a ScopeSpans' `spans` field (2)."""
+    return _len(2, span)
 
 
 class SpanEncoder:
@@ -151,15 +157,20 @@ class SpanEncoder:
 
     def request(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
         groups: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
+        resource, scope, framed = None, None, []  # the group of the span before
         for span in spans:
-            scopes = groups.setdefault(span.resource, {})
-            encoded = span.data if type(span) is EncodedSpan else self.span(span)  # type: ignore[arg-type]
-            scopes.setdefault(span.instrumentation_scope or None, []).append(encoded)
+            if span.resource is not resource or span.instrumentation_scope is not scope:
+                resource, scope = span.resource, span.instrumentation_scope
+                scopes = groups.setdefault(resource, {})
+                framed = scopes.setdefault(scope or None, [])
+            if type(span) is EncodedSpan:
+                framed.append(span.framed)
+            else:
+                framed.append(_len(2, self.span(span)))  # type: ignore[arg-type]
         out = []
         for resource, scopes in groups.items():
             scope_spans = b"".join(
-                _len(2, self._scope(scope) + b"".join(_len(2, s) for s in encoded))
-                for scope, encoded in scopes.items()
+                _len(2, self._scope(scope) + b"".join(encoded)) for scope, encoded in scopes.items()
             )
             out.append(_len(1, self._resource(resource) + scope_spans))
         return b"".join(out)
