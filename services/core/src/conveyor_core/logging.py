@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
-from conveyor_core.logstream import TurnFlushingHandler
+from conveyor_core.logstream import TurnFlushingHandler, buffered
 from conveyor_core.redaction import FIELD_MAX_CHARS, bounded, clean, clean_traceback
 
 _bound: ContextVar[dict[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039
@@ -238,7 +238,7 @@ _CLEAN_ALREADY = frozenset(
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines to stdout, where container runtimes collect them."""
     global _direct
-    handler = TurnFlushingHandler(sys.stdout)
+    handler = TurnFlushingHandler(buffered(sys.stdout))
     handler.setFormatter(JsonFormatter(service))
     _direct = handler
     root = logging.getLogger()
