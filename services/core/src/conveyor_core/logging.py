@@ -131,11 +131,10 @@ class JsonFormatter(logging.Formatter):
             "span_id": span_id,
             "request_id": None,
         }
-        entry.update(_bound.get())
-        entry.update(fields)
+        _merge_cleaned(entry, _bound.get())
+        _merge_cleaned(entry, fields)
         if exception is not None:
             entry["exception"] = exception
-        _clean_fields(entry)
         line = encode(entry)
         if len(line) > MAX_LINE_CHARS:  # a large structure: each such field as bounded text
             for key, value in entry.items():
@@ -201,17 +200,18 @@ def _direct_only(logger: logging.Logger, handler: logging.Handler, level: int) -
     return len(handlers) == 1 and handlers[0] is handler and not root.filters
 
 
-def _clean_fields(entry: dict[str, Any]) -> None:
-    """Every string in a line's fields (any depth) bounded and scrubbed, in place:
-    a field may carry a request's or a job's text (an error, a payload's values).
-    Exact type tests, not isinstance: this runs for every line."""
-    for key, value in entry.items():
+def _merge_cleaned(entry: dict[str, Any], fields: dict[str, Any]) -> None:
+    """`fields` into a line, every string in them (any depth) bounded and
+    scrubbed: a field may carry a request's or a job's text (an error, a
+    payload's values). Exact type tests, not isinstance: this runs for every line."""
+    for key, value in fields.items():
         if key not in _CLEAN_ALREADY:
             kind = type(value)
             if kind is str:
-                entry[key] = clean(value)
+                value = clean(value)
             elif kind is dict or kind is list or kind is tuple:
-                entry[key] = _cleaned(value)
+                value = _cleaned(value)
+        entry[key] = value
 
 
 def _cleaned(value: Any) -> Any:
