@@ -65,6 +65,21 @@ def declare_job_series(job_types: Iterable[JobType]) -> None:
             JOBS_FINISHED.labels(*labels, outcome)
 
 
+class Running:
+    """A count of running tries, written by the event loop's thread only."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @staticmethod
+    def exported_as(gauge: Gauge) -> "Running":
+        running = Running()
+        gauge.set_function(lambda: running.count)
+        return running
+
+
 @dataclass(frozen=True, slots=True)
 class JobSeries:
     """One job type's metric series and span constants, made once: `labels()`
@@ -72,7 +87,9 @@ class JobSeries:
 
     queue_wait: Histogram
     started: Counter
-    in_progress: Gauge
+    # Tries of the type running now, which conveyor_jobs_in_progress reads
+    # when it is scraped: a plain count, not a locked gauge written twice a try.
+    in_progress: "Running"
     finished: dict[str, Counter]
     duration: dict[str, Histogram]
     # The span's name, kind and the attributes every try of the type has.
@@ -88,7 +105,7 @@ class JobSeries:
         return JobSeries(
             queue_wait=JOB_QUEUE_WAIT.labels(job, queue),
             started=JOBS_STARTED.labels(job, queue),
-            in_progress=JOBS_IN_PROGRESS.labels(job, queue),
+            in_progress=Running.exported_as(JOBS_IN_PROGRESS.labels(job, queue)),
             finished={o: JOBS_FINISHED.labels(job, queue, o) for o in Outcome.ALL},
             duration={o: JOB_DURATION.labels(job, queue, o) for o in Outcome.ALL},
             span=JobSpanKind(f"process {queue}", SpanKind.CONSUMER, attributes),
@@ -172,7 +189,7 @@ class JobObservation:
         self._started_s = time.monotonic()
         series.queue_wait.observe(wait_s, self._exemplar)
         series.started.inc()
-        series.in_progress.inc()
+        series.in_progress.count += 1
         self._args = self.redact(self.args)
         if logger.isEnabledFor(logging.DEBUG):
             fields = {"args": self._args, "queue_wait_s": round(wait_s, 4)}
@@ -202,7 +219,7 @@ class JobObservation:
         series = self._series
         series.finished[outcome].inc()
         series.duration[outcome].observe(elapsed_s, self._exemplar)
-        series.in_progress.dec()
+        series.in_progress.count -= 1
         calm = outcome in (Outcome.SUCCESS, Outcome.CANCELLED, Outcome.SNOOZED)
         log_line(logger, logging.INFO if calm else logging.WARNING, "job end", fields, self._ids)
         exit_log_context(self._log_token)
