@@ -296,3 +296,29 @@ def test_a_full_queue_drops_spans_and_says_so(
         batcher.shutdown()
     assert len(collector.spans) == 3
     assert "dropped 2 spans: the export queue was full" in caplog.text
+
+
+def test_a_value_no_span_may_hold_is_dropped_and_the_span_still_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = Kept()
+    sdk, _ = provider()
+    kind = JobSpanKind(NAME, SpanKind.CONSUMER, FIXED, tracer=sdk.get_tracer("conveyor"), sink=sink)
+    span = kind.start(parent_of(META))
+    span.set_attribute("order", object())  # type: ignore[arg-type]
+    span.set_attribute("mixed", [1, "a"])
+    span.set_attribute("kept", [1, 2])
+    span.add_event("checked", {"what": {1, 2}, "fine": "yes"})  # type: ignore[dict-item]
+    span.end()
+    (encoded,) = sink.spans
+    (written_span,) = (
+        ExportTraceServiceRequest.FromString(SpanEncoder().request([encoded]))
+        .resource_spans[0]
+        .scope_spans[0]
+        .spans
+    )
+    added = {a.key for a in written_span.attributes} - FIXED.keys()
+    assert added == {"kept"}
+    (event,) = written_span.events
+    assert [a.key for a in event.attributes] == ["fine"]
+    assert "not a valid value" in caplog.text

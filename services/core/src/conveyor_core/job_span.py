@@ -17,10 +17,11 @@ ids. With the SDK disabled (OTEL_SDK_DISABLED) nothing is recorded and the
 parent's context passes through, as the SDK's tracer does then.
 """
 
+import logging
 import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry import trace
@@ -38,16 +39,37 @@ from conveyor_core.redaction import clean
 from conveyor_core.span_redaction import cleaned_value
 from conveyor_core.tracing import extract, span_sink
 
+logger = logging.getLogger(__name__)
+
 # W3C traceparent, version 00 exactly (others go through the propagator).
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 # The SDK's default span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, ..._EVENT_COUNT_LIMIT).
 MAX_ADDED_ATTRIBUTES = 128
 MAX_EVENTS = 128
+# What an attribute may hold: one of these, or a sequence of one of them.
+_PRIMITIVES = (str, bool, int, float)
+_PRIMITIVE_TYPES = frozenset(_PRIMITIVES)
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
 _SAMPLED_RANDOM = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
 _UNSET = otlp._len(15, b"")
 _REMOTE_PARENT = b"\x85\x01" + otlp._fixed32(otlp._HAS_IS_REMOTE | otlp._IS_REMOTE)
 _LOCAL_PARENT = b"\x85\x01" + otlp._fixed32(otlp._HAS_IS_REMOTE)
+
+
+def _valid(key: str, value: object) -> Any:
+    """The value as a span keeps it (a list as a tuple), or None where the
+    spec allows no such attribute, which the SDK's span drops too."""
+    if not key or not isinstance(key, str):
+        logger.warning("a span attribute needs a name; dropped")
+        return None
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        kinds = {type(v) for v in value if v is not None}
+        if len(kinds) <= 1 and kinds <= _PRIMITIVE_TYPES:
+            return tuple(value)
+    logger.warning("span attribute %r: %s is not a valid value; dropped", key, type(value).__name__)
+    return None
 
 
 def parent_of(carrier: Mapping[str, str]) -> SpanContext | None:
@@ -197,13 +219,16 @@ class JobSpan(trace.Span):
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         if self._ended or key in self._kind.keys:  # the job's own attributes are the worker's
             return
+        kept = _valid(key, value)
+        if kept is None:
+            return
         added = self._added
         if added is None:
             added = self._added = {}
         if key not in added and len(added) >= MAX_ADDED_ATTRIBUTES:
             self._dropped_attributes += 1
             return
-        added[key] = tuple(value) if isinstance(value, list) else value
+        added[key] = kept
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
         for key, value in attributes.items():
@@ -220,7 +245,8 @@ class JobSpan(trace.Span):
         if len(events) >= MAX_EVENTS:
             self._dropped_events += 1
             return
-        events.append((name, dict(attributes or {}), timestamp or time.time_ns()))
+        kept = {k: v for k, v in (attributes or {}).items() if _valid(k, v) is not None}
+        events.append((name, kept, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         """Links are made when a span starts; a job's span has none."""
@@ -267,10 +293,15 @@ class JobSpan(trace.Span):
         if self._ended:
             return
         self._ended = True
-        sink = self._kind.sink
-        if sink is not None:
-            kind = self._kind
-            sink.add(otlp.EncodedSpan(kind.resource, kind.scope, self._encode(attributes, end_ns)))
+        kind = self._kind
+        if kind.sink is None:
+            return
+        try:
+            framed = self._encode(attributes, end_ns)
+        except Exception:  # a bug here costs the span, never the job
+            logger.exception("could not write the span %s", self._context.span_id)
+            return
+        kind.sink.add(otlp.EncodedSpan(kind.resource, kind.scope, framed))
 
     def _encode(self, attributes: bytes, end_ns: int | None) -> bytes:
         """The Span message, as otlp.SpanEncoder writes the SDK's (strings
