@@ -50,7 +50,8 @@ MAX_EVENTS = 128
 _PRIMITIVES = (str, bool, int, float)
 _PRIMITIVE_TYPES = frozenset(_PRIMITIVES)
 _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-untyped-call]
-_SAMPLED_RANDOM = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
+# Every value of a traceparent's flags, made once.
+_FLAGS = [TraceFlags(n) for n in range(256)]
 _UNSET = otlp._len(15, b"")
 _REMOTE_PARENT = b"\x85\x01" + otlp._fixed32(otlp._HAS_IS_REMOTE | otlp._IS_REMOTE)
 _LOCAL_PARENT = b"\x85\x01" + otlp._fixed32(otlp._HAS_IS_REMOTE)
@@ -89,7 +90,7 @@ def parent_of(carrier: Mapping[str, str]) -> SpanContext | None:
         trace_id,
         span_id,
         is_remote=True,
-        trace_flags=TraceFlags(int(match[3], 16)),
+        trace_flags=_FLAGS[int(match[3], 16)],
         trace_state=TraceState.from_header([state]) if state else None,
     )
 
@@ -164,7 +165,7 @@ class JobSpanKind:
         flags = (TraceFlags.SAMPLED if sampled else 0) | (
             TraceFlags.RANDOM_TRACE_ID if random_id else 0
         )
-        context = SpanContext(trace_id, self.new_span_id(), False, TraceFlags(flags), trace_state)
+        context = SpanContext(trace_id, self.new_span_id(), False, _FLAGS[flags], trace_state)
         if not sampled:
             return trace.NonRecordingSpan(context)
         return JobSpan(self, context, parent, attributes, start_ns or time.time_ns())
