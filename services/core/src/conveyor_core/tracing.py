@@ -99,12 +99,6 @@ def current_trace_id() -> str | None:
     return trace.format_trace_id(span.trace_id) if span.is_valid else None
 
 
-def exemplar() -> dict[str, str] | None:
-    """The current trace id as a Prometheus exemplar, for a sampled span."""
-    trace_id = sampled_trace_id(trace.get_current_span())
-    return {"trace_id": trace_id} if trace_id else None
-
-
 def sampled_trace_id(span: trace.Span) -> str | None:
     """The span's trace id (32 hex digits), if the span is sampled; else None."""
     context = span.get_span_context()
