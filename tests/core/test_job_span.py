@@ -3,6 +3,7 @@ would export for the same job, its parent and sampling as the SDK decides
 them, the current span for the handler's own spans, and exported in batches
 to a real receiver (otlp.SpanBatcher)."""
 
+import time
 from typing import Any
 
 import pytest
@@ -322,3 +323,21 @@ def test_a_value_no_span_may_hold_is_dropped_and_the_span_still_goes(
     (event,) = written_span.events
     assert [a.key for a in event.attributes] == ["fine"]
     assert "not a valid value" in caplog.text
+
+
+def test_a_full_batch_is_sent_without_waiting_for_the_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    _, encoded = run_both(META, fail=False)
+    with otlp_collector() as (collector, endpoint):
+        batcher = SpanBatcher(CompactOTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"))
+        for _ in range(9):
+            batcher.add(encoded)
+        deadline = time.monotonic() + 10
+        while len(collector.spans) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(collector.spans) >= 8  # two full batches, long before the schedule
+        batcher.shutdown()
+    assert len(collector.spans) == 9

@@ -382,7 +382,7 @@ class SpanBatcher(SpanProcessor):
             self._dropped += 1
             return
         queue.append(span)
-        if len(queue) == self._batch_size:
+        if len(queue) >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
     def _run(self) -> None:
