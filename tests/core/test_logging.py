@@ -1,12 +1,16 @@
+import io
 import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from conveyor_core.logging import JsonFormatter, log_context
+from conveyor_core.logging import JsonFormatter, configure_logging, log_context, log_line
+from conveyor_core.logstream import TurnFlushingHandler
 
 
 def record(message: str, **fields: object) -> logging.LogRecord:
@@ -112,3 +116,60 @@ def test_any_value_makes_a_line() -> None:
     entry = json.loads(line)
     assert (entry["huge"], entry["by_number"], entry["tags"]) == (huge, {"1": "one"}, "{'a'}")
     assert entry["when"].startswith("2026-01-02")
+
+
+def test_a_line_written_directly_is_the_line_logging_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logger = logging.getLogger("conveyor.jobs")
+    fields = {"outcome": "dead", "args": {"to": "ada@example.com"}, "error": "x" * 5000}
+    try:
+        configure_logging("worker")
+        with (
+            TracerProvider().get_tracer("test").start_as_current_span("work") as span,
+            log_context(job_id="j-1", request_id="r-1"),
+        ):
+            context = span.get_span_context()
+            ids = (trace.format_trace_id(context.trace_id), trace.format_span_id(context.span_id))
+            logger.log(logging.WARNING, "job end", extra={"fields": dict(fields)})
+            records: list[logging.LogRecord] = []
+            make_record = logging.getLogRecordFactory()
+
+            def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+                records.append(made := make_record(*args, **kwargs))
+                return made
+
+            logging.setLogRecordFactory(counted)
+            try:
+                log_line(logger, logging.WARNING, "job end", dict(fields), ids)
+            finally:
+                logging.setLogRecordFactory(make_record)
+            assert records == []  # written without a LogRecord
+            log_line(logger, logging.DEBUG, "job start", {}, ids)  # below the level: nothing
+        (handler,) = root.handlers
+        assert isinstance(handler, TurnFlushingHandler)
+        handler.flush_now()
+    finally:
+        root.handlers[:], root.level = saved
+    by_logging, direct = (json.loads(line) for line in out.getvalue().splitlines())
+    assert direct.pop("timestamp").endswith("+00:00")
+    del by_logging["timestamp"]
+    assert direct == by_logging
+    assert (direct["trace_id"], direct["span_id"]) == ids
+    assert (direct["level"], direct["job_id"], direct["request_id"]) == ("warning", "j-1", "r-1")
+    assert direct["args"] == {"to": "***"}
+    assert len(direct["error"]) < 5000
+
+
+def test_with_other_handlers_a_direct_line_goes_through_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="conveyor.jobs"):
+        log_line(logging.getLogger("conveyor.jobs"), logging.INFO, "job end", {"n": 1}, None)
+    (captured,) = caplog.records
+    assert captured.getMessage() == "job end"
+    assert captured.fields == {"n": 1}  # type: ignore[attr-defined]

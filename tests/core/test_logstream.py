@@ -1,10 +1,12 @@
-"""Log lines reach the stream by the end of the loop's turn, one flush per turn."""
+"""Log lines reach the stream by the end of the loop's turn, one flush per turn,
+also when stdout itself is unbuffered."""
 
 import asyncio
 import io
 import logging
+from pathlib import Path
 
-from conveyor_core.logstream import TurnFlushingHandler
+from conveyor_core.logstream import TurnFlushingHandler, buffered
 
 
 class Pipe(io.StringIO):
@@ -72,3 +74,23 @@ def test_a_loop_that_stopped_mid_turn_does_not_hold_the_next_loops_lines() -> No
 
     asyncio.run(log("second"))
     assert pipe.flushed == "first\nsecond\n"
+
+
+async def test_an_unbuffered_stdout_still_gets_a_turns_lines_in_one_write(tmp_path: Path) -> None:
+    path = tmp_path / "stdout"
+    # What PYTHONUNBUFFERED makes of sys.stdout: every write goes through.
+    with io.TextIOWrapper(io.FileIO(path, "w"), write_through=True) as unbuffered:
+        logger = logging.getLogger(f"test.logstream.unbuffered.{id(unbuffered)}")
+        logger.propagate = False
+        logger.handlers[:] = [TurnFlushingHandler(buffered(unbuffered))]
+        logger.setLevel(logging.INFO)
+        for n in range(3):
+            logger.info("line %d", n)
+        assert path.read_text() == ""  # still this turn
+        await asyncio.sleep(0)
+        assert path.read_text() == "line 0\nline 1\nline 2\n"
+
+
+def test_a_stream_without_a_file_is_used_as_it_is() -> None:
+    pipe = Pipe()
+    assert buffered(pipe) is pipe

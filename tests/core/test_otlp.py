@@ -11,7 +11,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from conveyor_core.otlp import CompactOTLPSpanExporter, SpanEncoder, any_value
+from conveyor_core.otlp import (
+    CompactOTLPSpanExporter,
+    SpanEncoder,
+    StringAttribute,
+    any_value,
+    span_attribute,
+)
 from conveyor_core.span_redaction import scrubbed
 from tests.support.otlp import otlp_collector
 
@@ -132,3 +138,9 @@ def test_the_exporter_sends_them_to_a_real_receiver(spans: list[ReadableSpan]) -
     (event,) = collector.find(name="child", service="api")[0].events[1:]
     assert "ada@example.com" not in str(event)
     assert "***" in event["exception.message"]
+
+
+@pytest.mark.parametrize("value", ["", "req-7", "é" * 100, "mail ada@example.com", "n" * 5000])
+def test_a_string_attribute_with_its_key_written_once_is_the_attribute(value: str) -> None:
+    key = "messaging.message.id"
+    assert StringAttribute(key)(value) == span_attribute(key, value)

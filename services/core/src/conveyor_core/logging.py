@@ -4,6 +4,7 @@ Every line carries the service, the current trace and span ids, and whatever
 `log_context` bound (request id; job id, name, try and queue in a job).
 """
 
+import functools
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
-from conveyor_core.logstream import TurnFlushingHandler
+from conveyor_core.logstream import TurnFlushingHandler, buffered
 from conveyor_core.redaction import FIELD_MAX_CHARS, bounded, clean, clean_traceback
 
 _bound: ContextVar[dict[str, Any]] = ContextVar("conveyor_log_context", default={})  # noqa: B039
@@ -94,23 +95,46 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{micros // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "timestamp": self.timestamp(record.created),
-            "level": record.levelname.lower(),
-            "service": self.service,
-            "logger": record.name,
-            "message": clean(record.getMessage()),
-            **dict.fromkeys(ALWAYS),
-        }
         span = trace.get_current_span().get_span_context()
-        if span.is_valid:
-            entry["trace_id"] = format(span.trace_id, "032x")
-            entry["span_id"] = format(span.span_id, "016x")
-        entry.update(_bound.get())
-        entry.update(getattr(record, "fields", {}))
+        ids = (
+            (format(span.trace_id, "032x"), format(span.span_id, "016x")) if span.is_valid else None
+        )
+        exception = None
         if record.exc_info:
-            entry["exception"] = clean_traceback(self.formatException(record.exc_info))
-        _clean_fields(entry)
+            exception = clean_traceback(self.formatException(record.exc_info))
+        fields = getattr(record, "fields", {})
+        message = clean(record.getMessage())
+        return self.line(
+            record.created, record.levelname, record.name, message, ids, fields, exception
+        )
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        ids: tuple[str, str] | None,
+        fields: dict[str, Any],
+        exception: str | None = None,
+    ) -> str:
+        """One line: `message` cleaned already, `ids` the trace's and the span's
+        in hex, `fields` the line's own."""
+        trace_id, span_id = ids or _NO_IDS
+        entry: dict[str, Any] = {
+            "timestamp": self.timestamp(created),
+            "level": level.lower(),
+            "service": self.service,
+            "logger": logger,
+            "message": message,
+            "trace_id": trace_id,  # ALWAYS, in its order
+            "span_id": span_id,
+            "request_id": None,
+        }
+        _merge_cleaned(entry, _bound.get())
+        _merge_cleaned(entry, fields)
+        if exception is not None:
+            entry["exception"] = exception
         line = encode(entry)
         if len(line) > MAX_LINE_CHARS:  # a large structure: each such field as bounded text
             for key, value in entry.items():
@@ -120,17 +144,74 @@ class JsonFormatter(logging.Formatter):
         return line
 
 
-def _clean_fields(entry: dict[str, Any]) -> None:
-    """Every string in a line's fields (any depth) bounded and scrubbed, in place:
-    a field may carry a request's or a job's text (an error, a payload's values).
-    Exact type tests, not isinstance: this runs for every line."""
-    for key, value in entry.items():
+_NO_IDS = (None, None)
+# The handler configure_logging installed, which `log_line` writes to directly.
+_direct: "TurnFlushingHandler | None" = None
+
+
+def log_line(
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    fields: dict[str, Any],
+    ids: tuple[str, str] | None,
+) -> None:
+    """A line as `logger.log(level, message, extra={"fields": fields})` writes
+    it inside the span whose hex ids are `ids`, for a line written per job: no
+    LogRecord, no handler chain, the same line. Where logging is set up in
+    another way (more handlers, filters: a test's capture), it is that call."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _direct
+    formatter = handler.formatter if handler is not None else None
+    if (
+        handler is None
+        or not isinstance(formatter, JsonFormatter)
+        or not _direct_only(logger, handler, level)
+    ):
+        logger.log(level, message, extra={"fields": fields})
+        return
+    line = formatter.line(
+        time.time(),
+        logging.getLevelName(level),
+        logger.name,
+        _cleaned_message(message),
+        ids,
+        fields,
+    )
+    handler.write_line(line)
+
+
+# log_line's messages are a few constants ("job end"): each cleaned once.
+_cleaned_message = functools.lru_cache(maxsize=256)(clean)
+
+
+def _direct_only(logger: logging.Logger, handler: logging.Handler, level: int) -> bool:
+    """Whether `handler` alone, unfiltered, would take the logger's line at `level`."""
+    if level < handler.level or handler.filters:
+        return False
+    root = logging.root
+    node: logging.Logger | None = logger
+    while node is not root and node is not None:
+        if node.handlers or node.filters or not node.propagate:
+            return False
+        node = node.parent
+    handlers = root.handlers
+    return len(handlers) == 1 and handlers[0] is handler and not root.filters
+
+
+def _merge_cleaned(entry: dict[str, Any], fields: dict[str, Any]) -> None:
+    """`fields` into a line, every string in them (any depth) bounded and
+    scrubbed: a field may carry a request's or a job's text (an error, a
+    payload's values). Exact type tests, not isinstance: this runs for every line."""
+    for key, value in fields.items():
         if key not in _CLEAN_ALREADY:
             kind = type(value)
             if kind is str:
-                entry[key] = clean(value)
+                value = clean(value)
             elif kind is dict or kind is list or kind is tuple:
-                entry[key] = _cleaned(value)
+                value = _cleaned(value)
+        entry[key] = value
 
 
 def _cleaned(value: Any) -> Any:
@@ -156,8 +237,10 @@ _CLEAN_ALREADY = frozenset(
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     """JSON lines to stdout, where container runtimes collect them."""
-    handler = TurnFlushingHandler(sys.stdout)
+    global _direct
+    handler = TurnFlushingHandler(buffered(sys.stdout))
     handler.setFormatter(JsonFormatter(service))
+    _direct = handler
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -8,14 +8,36 @@ writes all its lines in one go and no line waits longer than that turn. Lines
 from a thread without a running loop (an exporter's, or a process before its
 loop starts) are flushed at once, as StreamHandler does; what is buffered at
 exit is flushed by logging's own shutdown.
+
+The handler writes to a buffer of its own over stdout's file (`buffered`):
+with PYTHONUNBUFFERED set (as the images set it, so that a crash's traceback
+is never lost) sys.stdout writes each line through, a write per line, and
+a flush per turn would have nothing to gather.
 """
 
 import asyncio
+import io
 import logging
 import signal
 from collections.abc import Callable
 from types import FrameType
 from typing import TextIO
+
+# Bytes of lines a turn may gather before they are written anyway.
+BUFFER_BYTES = 64 * 1024
+
+
+def buffered(stream: TextIO) -> TextIO:
+    """A buffered text stream over `stream`'s file, which stays open; `stream`
+    itself if it has no file (a test's capture)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return stream
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw, BUFFER_BYTES), encoding="utf-8", errors="backslashreplace"
+    )
 
 
 class TurnFlushingHandler(logging.StreamHandler[TextIO]):
@@ -24,6 +46,15 @@ class TurnFlushingHandler(logging.StreamHandler[TextIO]):
         # The loop a flush is due on; a loop that stopped before its turn
         # ended is not waited for.
         self._due_on: asyncio.AbstractEventLoop | None = None
+
+    def write_line(self, line: str) -> None:
+        """A formatted line, written as `emit` writes a record's."""
+        try:
+            with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+                self.stream.write(line + self.terminator)
+                self.flush()
+        except Exception:  # as logging does: a broken stream costs the line, not the job
+            self.handleError(logging.makeLogRecord({"msg": line}))
 
     def flush(self) -> None:
         """Called after each line (and by logging's shutdown)."""

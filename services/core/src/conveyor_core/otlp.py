@@ -15,13 +15,17 @@ description is cleaned on the way out, as log lines are (span_redaction.py).
 """
 
 import logging
+import os
 import struct
+import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from opentelemetry import context as context_api
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext
@@ -101,6 +105,45 @@ def key_value(key: str, value: Any) -> bytes:
     return _len(1, key.encode()) + _len(2, any_value(value))
 
 
+def span_attribute(key: str, value: Any) -> bytes:
+    """One of a Span's attributes (field 9), its strings cleaned."""
+    return _len(9, key_value(key, cleaned_value(key, value)))
+
+
+class StringAttribute:
+    """A span attribute (field 9) with a fixed key and a string value, cleaned:
+    `span_attribute(key, value)` with the key written once."""
+
+    def __init__(self, key: str) -> None:
+        self._key = _len(1, key.encode()) + b"\x12"
+
+    def __call__(self, value: str) -> bytes:
+        text = clean(value).encode()
+        any_value = b"\x0a" + _varint(len(text)) + text
+        pair = self._key + _varint(len(any_value)) + any_value
+        return b"\x4a" + _varint(len(pair)) + pair
+
+
+def span_head(name: str, kind: int) -> bytes:
+    """A Span's name and kind (fields 5 and 6); `kind` is the SpanKind's value."""
+    return _text(5, name) + _uint(6, kind + 1)  # the protobuf enum counts from UNSPECIFIED
+
+
+class EncodedSpan(NamedTuple):
+    """A Span written by its maker (a job's span, job_span.py), with what the
+    request groups it by; `framed` is the message as a field of its ScopeSpans
+    (`as_scope_span`), which a request joins as it is."""
+
+    resource: Resource
+    instrumentation_scope: InstrumentationScope | None
+    framed: bytes
+
+
+def as_scope_span(span: bytes) -> bytes:
+    """A Span message as a ScopeSpans' `spans` field (2)."""
+    return _len(2, span)
+
+
 class SpanEncoder:
     """ExportTraceServiceRequest bytes for a batch of spans, grouped by resource
     and scope as OpenTelemetry's encoder groups them."""
@@ -112,16 +155,22 @@ class SpanEncoder:
         self._resources: dict[Resource, bytes] = {}
         self._scopes: dict[InstrumentationScope | None, bytes] = {}
 
-    def request(self, spans: Sequence[ReadableSpan]) -> bytes:
+    def request(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
         groups: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
+        resource, scope, framed = None, None, []  # the group of the span before
         for span in spans:
-            scopes = groups.setdefault(span.resource, {})
-            scopes.setdefault(span.instrumentation_scope or None, []).append(self.span(span))
+            if span.resource is not resource or span.instrumentation_scope is not scope:
+                resource, scope = span.resource, span.instrumentation_scope
+                scopes = groups.setdefault(resource, {})
+                framed = scopes.setdefault(scope or None, [])
+            if type(span) is EncodedSpan:
+                framed.append(span.framed)
+            else:
+                framed.append(_len(2, self.span(span)))  # type: ignore[arg-type]
         out = []
         for resource, scopes in groups.items():
             scope_spans = b"".join(
-                _len(2, self._scope(scope) + b"".join(_len(2, s) for s in encoded))
-                for scope, encoded in scopes.items()
+                _len(2, self._scope(scope) + b"".join(encoded)) for scope, encoded in scopes.items()
             )
             out.append(_len(1, self._resource(resource) + scope_spans))
         return b"".join(out)
@@ -260,5 +309,127 @@ class CompactOTLPSpanExporter(OTLPSpanExporter):
         except Exception as exc:  # a value no span should hold: the batch is lost, not the thread
             logger.error("could not encode %d spans: %s", len(spans), exc)
             return SpanExportResult.FAILURE
+        return self.send(data)
+
+    def send(self, data: bytes) -> SpanExportResult:
+        """An ExportTraceServiceRequest already written."""
+        if self._shutdown:
+            return SpanExportResult.FAILURE
         result = self._client.export(data)
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        logger.warning("%s is not a whole number: using %d", name, default)
+        return default
+    return value if value > 0 else default
+
+
+# Four times OpenTelemetry's defaults (2048 and 512): a request's cost is mostly
+# per request (the HTTP client's, and the export thread holding the GIL while
+# it runs), and a written span is a few hundred bytes.
+MAX_QUEUED_SPANS = 8192
+SPANS_PER_REQUEST = 2048
+
+
+class SpanBatcher(SpanProcessor):
+    """Spans to OTLP in batches, from one background thread: the SDK's spans
+    (encoded there) and spans written as bytes by their makers (`add`).
+
+    The thread that ends a span pays an append to a deque and, once per batch,
+    an Event's set: no lock or condition per span. The export thread writes the
+    request and sends it; the send's network I/O releases the GIL. Settings as
+    OpenTelemetry's BatchSpanProcessor reads them: OTEL_BSP_SCHEDULE_DELAY (ms),
+    OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, with larger
+    defaults (MAX_QUEUED_SPANS, SPANS_PER_REQUEST). A span that finds the
+    queue full is dropped (and counted in a warning), as there.
+    """
+
+    def __init__(self, exporter: CompactOTLPSpanExporter) -> None:
+        self._exporter = exporter
+        self._encoder = SpanEncoder()
+        self._delay_s = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
+        self._max_queued = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUED_SPANS)
+        self._batch_size = min(
+            _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", SPANS_PER_REQUEST), self._max_queued
+        )
+        self._queue: deque[ReadableSpan | EncodedSpan] = deque()
+        self._dropped = 0
+        self._stopping = False
+        self._start()
+        os.register_at_fork(after_in_child=self._start)
+
+    def _start(self) -> None:
+        """The export thread (again in a forked child, which has none)."""
+        self._queue.clear()
+        self._wake = threading.Event()
+        # One export at a time: the thread's, or a flush's.
+        self._exporting = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="conveyor-span-export", daemon=True)
+        self._thread.start()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is not None and context.trace_flags.sampled:
+            self.add(span)
+
+    def add(self, span: ReadableSpan | EncodedSpan) -> None:
+        queue = self._queue
+        if len(queue) >= self._max_queued:
+            self._dropped += 1
+            return
+        queue.append(span)
+        if len(queue) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._delay_s)
+            self._wake.clear()
+            self._export_all()
+        self._export_all()
+
+    def _export_all(self) -> None:
+        queue, size = self._queue, self._batch_size
+        with self._exporting:
+            # The export's own requests are not traced (an instrumented HTTP client).
+            token = context_api.attach(
+                context_api.set_value(context_api._SUPPRESS_INSTRUMENTATION_KEY, True)
+            )
+            try:
+                while queue:
+                    batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+                    self._export(batch)
+            finally:
+                context_api.detach(token)
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                logger.warning("dropped %d spans: the export queue was full", dropped)
+
+    def _export(self, batch: list[ReadableSpan | EncodedSpan]) -> None:
+        try:
+            data = self._encoder.request(batch)
+        except Exception as exc:  # a value no span should hold: the batch is lost, not the thread
+            logger.error("could not encode %d spans: %s", len(batch), exc)
+            return
+        try:
+            self._exporter.send(data)
+        except Exception:  # the transport's own failures are results; this is a bug
+            logger.exception("could not export %d spans", len(batch))
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        if self._stopping:
+            return False
+        self._export_all()
+        return True
+
+    def shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(30)
+        self._exporter.shutdown()  # type: ignore[no-untyped-call]

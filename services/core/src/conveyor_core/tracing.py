@@ -8,15 +8,21 @@ OTEL_RESOURCE_ATTRIBUTES work as everywhere else.
 """
 
 import os
+from typing import TYPE_CHECKING
 
 from opentelemetry import context, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from conveyor_core.otlp import SpanBatcher
 
 _propagator = TraceContextTextMapPropagator()
 tracer = trace.get_tracer("conveyor")
+# Where setup_tracing sends spans over OTLP (None: nowhere). Makers of spans
+# written as bytes (job_span.py) hand them to it directly.
+_batcher: "SpanBatcher | None" = None
 
 # Semantic conventions for messaging spans (the names, as the spec spells them).
 MESSAGING_SYSTEM = "messaging.system"
@@ -60,16 +66,23 @@ def setup_tracing(service_name: str) -> TracerProvider:
     """Install the global tracer provider; OTEL_SERVICE_NAME wins over `service_name`."""
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
     provider = TracerProvider(resource=HashedOnceResource(Resource.create(attributes)))
+    global _batcher
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     ):
-        from conveyor_core.otlp import CompactOTLPSpanExporter
+        from conveyor_core.otlp import CompactOTLPSpanExporter, SpanBatcher
 
         # Scrubbed and bounded on the way out, as log lines are (span_redaction.py),
         # and written at a fraction of OpenTelemetry's encoder's cost (otlp.py).
-        provider.add_span_processor(BatchSpanProcessor(CompactOTLPSpanExporter()))
+        _batcher = SpanBatcher(CompactOTLPSpanExporter())
+        provider.add_span_processor(_batcher)
     trace.set_tracer_provider(provider)
     return provider
+
+
+def span_sink() -> "SpanBatcher | None":
+    """Where spans go over OTLP, if anywhere (setup_tracing decides)."""
+    return _batcher
 
 
 def inject(carrier: dict[str, str]) -> None:
@@ -84,12 +97,6 @@ def extract(carrier: dict[str, str]) -> context.Context:
 def current_trace_id() -> str | None:
     span = trace.get_current_span().get_span_context()
     return trace.format_trace_id(span.trace_id) if span.is_valid else None
-
-
-def exemplar() -> dict[str, str] | None:
-    """The current trace id as a Prometheus exemplar, for a sampled span."""
-    trace_id = sampled_trace_id(trace.get_current_span())
-    return {"trace_id": trace_id} if trace_id else None
 
 
 def sampled_trace_id(span: trace.Span) -> str | None:

@@ -10,6 +10,7 @@ runs, which have no producer and start traces of their own.
 
 import functools
 import logging
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,8 +22,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import Counter, Gauge, Histogram
 
 from conveyor_core.catalog import JobType
+from conveyor_core.job_span import JobSpan, JobSpanKind, parent_of
 from conveyor_core.jobs import TryOutcome, now_ms
-from conveyor_core.logging import enter_log_context, exit_log_context
+from conveyor_core.logging import enter_log_context, exit_log_context, log_line
 from conveyor_core.metrics import (
     JOB_DURATION,
     JOB_QUEUE_WAIT,
@@ -30,13 +32,9 @@ from conveyor_core.metrics import (
     JOBS_IN_PROGRESS,
     JOBS_STARTED,
 )
+from conveyor_core.otlp import StringAttribute, span_attribute
 from conveyor_core.redaction import Redactor
-from conveyor_core.tracing import (
-    MESSAGING_MESSAGE_ID,
-    exemplar,
-    extract,
-    messaging_attributes,
-)
+from conveyor_core.tracing import MESSAGING_MESSAGE_ID, messaging_attributes
 
 logger = logging.getLogger("conveyor.jobs")
 
@@ -67,6 +65,21 @@ def declare_job_series(job_types: Iterable[JobType]) -> None:
             JOBS_FINISHED.labels(*labels, outcome)
 
 
+class Running:
+    """A count of running tries, written by the event loop's thread only."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @staticmethod
+    def exported_as(gauge: Gauge) -> "Running":
+        running = Running()
+        gauge.set_function(lambda: running.count)
+        return running
+
+
 @dataclass(frozen=True, slots=True)
 class JobSeries:
     """One job type's metric series and span constants, made once: `labels()`
@@ -74,14 +87,15 @@ class JobSeries:
 
     queue_wait: Histogram
     started: Counter
-    in_progress: Gauge
+    # Tries of the type running now, which conveyor_jobs_in_progress reads
+    # when it is scraped: a plain count, not a locked gauge written twice a try.
+    in_progress: "Running"
     finished: dict[str, Counter]
     duration: dict[str, Histogram]
-    span_name: str
-    # The span attributes every try of the type has; a try adds its own.
-    attributes: dict[str, Any]
-    # The provider's own tracer (the module-level one is a proxy: a call more per span).
-    tracer: trace.Tracer
+    # The span's name, kind and the attributes every try of the type has.
+    span: JobSpanKind
+    # The outcome attribute, written once per outcome.
+    outcome_attributes: dict[str, bytes]
 
     @staticmethod
     @functools.cache
@@ -91,22 +105,33 @@ class JobSeries:
         return JobSeries(
             queue_wait=JOB_QUEUE_WAIT.labels(job, queue),
             started=JOBS_STARTED.labels(job, queue),
-            in_progress=JOBS_IN_PROGRESS.labels(job, queue),
+            in_progress=Running.exported_as(JOBS_IN_PROGRESS.labels(job, queue)),
             finished={o: JOBS_FINISHED.labels(job, queue, o) for o in Outcome.ALL},
             duration={o: JOB_DURATION.labels(job, queue, o) for o in Outcome.ALL},
-            span_name=f"process {queue}",
-            attributes=attributes,
-            tracer=trace.get_tracer("conveyor"),
+            span=JobSpanKind(f"process {queue}", SpanKind.CONSUMER, attributes),
+            outcome_attributes={o: span_attribute(OUTCOME, str(o)) for o in Outcome.ALL},
         )
+
+
+OUTCOME = "conveyor.job.outcome"
+# The try's attributes whose values repeat, written once each.
+_try_attribute = functools.lru_cache(maxsize=64)(
+    functools.partial(span_attribute, "conveyor.job.try")
+)
+_QUEUE_WAIT = span_attribute("conveyor.queue_wait_s", 0.0)[:-8]  # all but the double
+_message_id_attribute = StringAttribute(MESSAGING_MESSAGE_ID)
+_request_id_attribute = StringAttribute("conveyor.request_id")
+_double = struct.Struct("<d").pack
 
 
 class JobObservation:
     """A context manager around one try: set `outcome` (and `error`) before it exits.
 
     What it costs is a share of every job's, so it does each thing once: the
-    span gets its attributes when it starts (but the outcome, known at the
-    end), the arguments are redacted once, the trace's exemplar is made once,
-    and one line at INFO tells the try's end (its start is at DEBUG).
+    span (job_span.py) is written as bytes from pieces its job type shares,
+    the arguments are redacted once, the trace's exemplar is made once, and
+    one line at INFO tells the try's end (its start is at DEBUG), written
+    without the logging module's record and handler chain (log_line).
     """
 
     def __init__(
@@ -134,22 +159,24 @@ class JobObservation:
         series = self._series
         # From when this try was due: a deliberate deferral or backoff is not waiting.
         self._wait_s = wait_s = max(0.0, (now_ms() - self.due_ms) / 1000)
-        attributes = {
-            **series.attributes,
-            MESSAGING_MESSAGE_ID: self.job_id,
-            "conveyor.job.try": self.job_try,
-            "conveyor.queue_wait_s": wait_s,
-        }
         request_id = self.meta.get("request_id")
-        if request_id:  # each attribute is encoded per span, in the export thread
-            attributes["conveyor.request_id"] = request_id
-        self._span = series.tracer.start_span(
-            series.span_name,
-            context=extract(self.meta),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
+        attributes = (
+            _message_id_attribute(self.job_id)
+            + _try_attribute(self.job_try)
+            + _QUEUE_WAIT
+            + _double(wait_s)
         )
-        self._context_token = context.attach(trace.set_span_in_context(self._span))
+        if request_id:
+            attributes += _request_id_attribute(request_id)
+        self._span = span = series.span.start(parent_of(self.meta), attributes)
+        self._context_token = context.attach(trace.set_span_in_context(span))
+        ids = span.get_span_context()
+        if ids.is_valid:
+            trace_id = f"{ids.trace_id:032x}"
+            self._ids: tuple[str, str] | None = (trace_id, f"{ids.span_id:016x}")
+            self._exemplar = {"trace_id": trace_id} if ids.trace_flags.sampled else None
+        else:
+            self._ids = self._exemplar = None
         self._log_token = enter_log_context(
             {
                 "job_id": self.job_id,
@@ -160,10 +187,9 @@ class JobObservation:
             }
         )
         self._started_s = time.monotonic()
-        self._exemplar = exemplar()
         series.queue_wait.observe(wait_s, self._exemplar)
         series.started.inc()
-        series.in_progress.inc()
+        series.in_progress.count += 1
         self._args = self.redact(self.args)
         if logger.isEnabledFor(logging.DEBUG):
             fields = {"args": self._args, "queue_wait_s": round(wait_s, 4)}
@@ -186,7 +212,6 @@ class JobObservation:
             "args": self._args,
         }
         span = self._span
-        span.set_attribute("conveyor.job.outcome", outcome)
         if error is not None and outcome not in (Outcome.CANCELLED, Outcome.INTERRUPTED):
             fields["error"] = f"{type(error).__name__}: {error}"
             span.record_exception(error)
@@ -194,12 +219,13 @@ class JobObservation:
         series = self._series
         series.finished[outcome].inc()
         series.duration[outcome].observe(elapsed_s, self._exemplar)
-        series.in_progress.dec()
+        series.in_progress.count -= 1
         calm = outcome in (Outcome.SUCCESS, Outcome.CANCELLED, Outcome.SNOOZED)
-        logger.log(logging.INFO if calm else logging.WARNING, "job end", extra={"fields": fields})
+        log_line(logger, logging.INFO if calm else logging.WARNING, "job end", fields, self._ids)
         exit_log_context(self._log_token)
         context.detach(self._context_token)
-        span.end()
+        if isinstance(span, JobSpan):
+            span.finish(series.outcome_attributes[outcome])
 
 
 class Unobserved(JobObservation):
