@@ -10,10 +10,13 @@
 --
 -- A job is claimable when it is due and not locked, the check arq's
 -- start_jobs makes per job in a WATCH/MULTI transaction; the lock is arq's own
--- in-progress key. arq keeps running jobs in the queue until they finish, so
--- the scan passes over locked ones, reading at most `scan_limit` due entries;
--- the locks of a batch of entries (and, the first time, the queue's paused
--- flag) are read with one MGET. A job whose worker died while a cancel was
+-- in-progress key. A running job stays in the queue until it ends, as arq
+-- keeps it, but its entry is due again only when its lock lapses (its score
+-- is moved to the lock's end, in its band): a worker that dies leaves it
+-- claimable then, and meanwhile the scan does not read it. A due entry that
+-- is locked (a job that ran past its first lock) is passed over, reading at
+-- most `scan_limit` due entries; the locks of a batch of entries (and, the
+-- first time, the queue's paused flag) are read with one MGET. A job whose worker died while a cancel was
 -- pending is cancelled here, not started. A paused queue starts nothing, and
 -- the next due time is left out: its workers sleep until resume wakes them.
 --
@@ -45,6 +48,7 @@
 local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
     nonce)
   local waiting_key, flow_key = qkey(queue, 'waiting'), qkey(queue, 'flow')
+  local lock_ttl = tonumber(lock_ms)
   local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
   local claimed, count_, scanned = {}, 0, 0
   local next_due = nil
@@ -64,7 +68,7 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     if n >= max then
       -- At the limit: ids that ran longer than a lock ttl since last checked are
       -- dropped if their lock lapsed (a dead worker's), else checked a ttl later.
-      local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - tonumber(lock_ms))
+      local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - lock_ttl)
       for _, id in ipairs(old) do
         if redis.call('EXISTS', K.arq_lock .. id) == 0 then
           redis.call('ZREM', key, id)
@@ -199,6 +203,8 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     local due = fmt(tonumber(score) - base)
     local token = nonce .. ':' .. (count_ + 1)
     redis.call('PSETEX', K.arq_lock .. id, lock_ms, token)
+    -- Due again when the lock lapses (XX: it moves the entry, never adds one).
+    redis.call('ZADD', queue, 'XX', fmt(base + now + lock_ttl), id)
     rec.tries = rec.tries + 1
     local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
       'next_try_at_ms', '', 'priority', priority_of(score), 'token', token}
@@ -240,8 +246,10 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
   end
 
   -- The scan: batches of entries in score order, from `lo`; a batch grows
-  -- (to 100) when it was all due and not enough of it could start.
-  local lo, offset, batch = '-inf', 0, math.min(wanted + 10, 100)
+  -- (to 100) when it was all due and not enough of it could start. Running
+  -- jobs are not due (see above), so the first batch holds what is wanted
+  -- and one entry more.
+  local lo, offset, batch = '-inf', 0, math.min(wanted + 1, 100)
   local paused_checked = false
   while count_ < wanted and scanned < scan_limit do
     local rows = redis.call('ZRANGEBYSCORE', queue, lo, '+inf', 'WITHSCORES', 'LIMIT', offset, batch)
