@@ -56,14 +56,14 @@ local function arq_finish(rec, to, now, ttl_ms, fields)
   end
   -- arq's `t` is the try that ended (the job key's is the enqueuer's, mostly null).
   local body = string.gsub(string.sub(job, 2, -2), '^"t":[^,]*,',
-    '"t":' .. string.format('%.0f', rec.tries) .. ',', 1)
+    '"t":' .. string.format('%d', rec.tries) .. ',', 1)
   local result = '{' .. body
     .. ',"s":' .. (to == 'complete' and 'true' or 'false')
     .. ',"r":' .. r
-    .. ',"st":' .. string.format('%.0f', tonumber(rec.started) or now)
-    .. ',"ft":' .. string.format('%.0f', now)
+    .. ',"st":' .. string.format('%d', tonumber(rec.started) or now)
+    .. ',"ft":' .. string.format('%d', now)
     .. ',"q":' .. cjson.encode(rec.queue) .. '}'
-  redis.call('SET', K.arq_result .. id, result, 'PX', ttl_ms)
+  redis.call('SET', K.arq_result .. id, result, 'PX', string.format('%d', ttl_ms))
   redis.call('DEL', K.arq_lock .. id, K.arq_job .. id)
   return fields
 end

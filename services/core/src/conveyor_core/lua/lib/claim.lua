@@ -48,7 +48,7 @@
 local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
     nonce)
   local waiting_key, flow_key = qkey(queue, 'waiting'), qkey(queue, 'flow')
-  local lock_ttl = tonumber(lock_ms)
+  local lock_ttl, now_s = tonumber(lock_ms), fmt(now)
   local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
   local claimed, count_, scanned = {}, 0, 0
   local next_due = nil
@@ -201,13 +201,13 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       return
     end
     local due = fmt(tonumber(score) - base)
-    local token = nonce .. ':' .. (count_ + 1)
+    local token = nonce .. ':' .. fmt(count_ + 1)
     redis.call('PSETEX', K.arq_lock .. id, lock_ms, token)
     -- Due again when the lock lapses (XX: it moves the entry, never adds one).
     redis.call('ZADD', queue, 'XX', fmt(base + now + lock_ttl), id)
     rec.tries = rec.tries + 1
-    local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
-      'next_try_at_ms', '', 'priority', priority_of(score), 'token', token}
+    local fields = {'tries', fmt(rec.tries), 'started_at_ms', now_s, 'ready_at_ms', due,
+      'next_try_at_ms', '', 'priority', fmt(priority_of(score)), 'token', token}
     if flow then
       if checks then count_start(id, rec.tries, checks) end
       rec.flow = flow
@@ -252,7 +252,8 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
   local lo, offset, batch = '-inf', 0, math.min(wanted + 1, 100)
   local paused_checked = false
   while count_ < wanted and scanned < scan_limit do
-    local rows = redis.call('ZRANGEBYSCORE', queue, lo, '+inf', 'WITHSCORES', 'LIMIT', offset, batch)
+    local rows = redis.call('ZRANGEBYSCORE', queue, lo, '+inf', 'WITHSCORES', 'LIMIT', fmt(offset),
+      fmt(batch))
     -- The due entries come first; the first one not due ends its band's part.
     local due_rows, jump = {}, nil
     for i = 1, #rows, 2 do
@@ -264,7 +265,7 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
         jump = priority
         break
       end
-      due_rows[#due_rows + 1] = {rows[i], rows[i + 1], base}
+      due_rows[#due_rows + 1] = {rows[i], score, base}
     end
     local reads = {}
     if not paused_checked then reads[1] = qkey(queue, 'paused') end
