@@ -41,23 +41,13 @@
 -- renewal) carries it, and one whose token is no longer the record's is
 -- refused (a stale try: its lock lapsed and the job was claimed again).
 --
--- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
--- ...}: the job's data comes with the claim, so nothing reads it before the
--- run), the next due time (ms) or nil, the time the queue was paused or nil,
--- and the due jobs passed over ({limit = n, rate = n, held = n}).
-local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
-    nonce)
-  local waiting_key, flow_key = qkey(queue, 'waiting'), qkey(queue, 'flow')
-  local lock_ttl, now_s = tonumber(lock_ms), fmt(now)
-  local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
-  local claimed, count_, scanned = {}, 0, 0
-  local next_due = nil
-  local held = {limit = 0, rate = 0, held = 0}
-  -- Jobs started in this call (a key's turn may start one the scan reads later).
-  local started = {}
-
-  local function sooner(due) if not next_due or due < next_due then next_due = due end end
-
+-- Flow control's checks for one call of claim_jobs (see above), built only
+-- when the queue has limited types: a queue without them creates none of
+-- these functions or tables. `held` counts what was passed over, `started`
+-- holds the jobs the call started, `sooner` takes a due time for the
+-- worker's sleep. Returns gate, count_start, take_turn and renew_windows.
+local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner)
+  local waiting_key = qkey(queue, 'waiting')
   -- Per call: what each running set, start window and hold holds, read once.
   local running, windows, marked, holds = {}, {}, {}, {}
 
@@ -185,6 +175,39 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     return nil
   end
 
+  -- Each start window's expiry, renewed once per call, at its end.
+  local function renew_windows()
+    for key, w in pairs(windows) do
+      if w.started then redis.call('PEXPIRE', key, w.per) end
+    end
+  end
+
+  return gate, count_start, take_turn, renew_windows
+end
+
+-- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
+-- ...}: the job's data comes with the claim, so nothing reads it before the
+-- run), the next due time (ms) or nil, the time the queue was paused or nil,
+-- and the due jobs passed over ({limit = n, rate = n, held = n}).
+local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
+    nonce)
+  local flow_key = qkey(queue, 'flow')
+  local lock_ttl, now_s = tonumber(lock_ms), fmt(now)
+  local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
+  local claimed, count_, scanned = {}, 0, 0
+  local next_due = nil
+  local held = {limit = 0, rate = 0, held = 0}
+  -- Jobs started in this call (a key's turn may start one the scan reads later).
+  local started = {}
+
+  local function sooner(due) if not next_due or due < next_due then next_due = due end end
+
+  local gate, count_start, take_turn, renew_windows
+  if limits then
+    gate, count_start, take_turn, renew_windows = flow_checks(queue, now, lock_ttl, limits, held,
+      started, sooner)
+  end
+
   -- Types (and bands) whose turn found no key that may start a job, in this call.
   local no_turn = {}
 
@@ -295,8 +318,6 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       batch = math.min(batch * 2, 100)
     end
   end
-  for key, w in pairs(windows) do
-    if w.started then redis.call('PEXPIRE', key, w.per) end
-  end
+  if renew_windows then renew_windows() end
   return claimed, next_due, nil, held
 end
