@@ -548,6 +548,9 @@ async def test_the_claim_passes_over_running_jobs_in_batches_and_reads_the_next_
     claim = await store.claim(QUEUE, 5, **{**CLAIM, "lock_ttl_ms": 120_000})
 
     assert {c.job_id for c in claim.jobs} == set(ids) - running
+    # Found past the first batch: each one's data read as it started.
+    for c in claim.jobs:
+        assert c.job_bytes == await redis.get(f"arq:job:{c.job_id}")
     assert claim.next_due_ms == pytest.approx(now_ms() + 60_000, abs=5_000)
     deferred = await store.get(later.job_id)
     assert deferred is not None

@@ -15,8 +15,9 @@
 -- is moved to the lock's end, in its band): a worker that dies leaves it
 -- claimable then, and meanwhile the scan does not read it. A due entry that
 -- is locked (a job that ran past its first lock) is passed over, reading at
--- most `scan_limit` due entries; the locks of a batch of entries (and, the
--- first time, the queue's paused flag) are read with one MGET. A job whose worker died while a cancel was
+-- most `scan_limit` due entries; the locks and job data of a batch of
+-- entries (and, the first time, the queue's paused flag) are read with one
+-- MGET. A job whose worker died while a cancel was
 -- pending is cancelled here, not started. A paused queue starts nothing, and
 -- the next due time is left out: its workers sleep until resume wakes them.
 --
@@ -212,7 +213,9 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
   local no_turn = {}
 
   -- Start one job: lock it, count it against its limits, start its record.
-  local function start(id, score, base, flow, checks)
+  -- `job` is its arq job data as the scan read it (false: gone), or nil
+  -- when not read yet (a key's turn).
+  local function start(id, score, base, flow, checks, job)
     started[id] = true
     local rec = load(id, queue, false)
     if rec.state == 'in_progress' and rec.cancel then
@@ -239,13 +242,14 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     end
     transition(rec, 'in_progress', now, now, fields)
     count_ = count_ + 1
-    local job = redis.call('GET', K.arq_job .. id) or ''
+    if job == nil then job = redis.call('GET', K.arq_job .. id) end
+    job = job or ''
     for _, v in ipairs({id, due, rec.tries, token, job}) do claimed[#claimed + 1] = v end
   end
 
   -- One due, unlocked entry of band `base`: start it, or a job of its key's
   -- turn, unless a limit holds it.
-  local function consider(id, score, base)
+  local function consider(id, score, base, job)
     local flow = limits and redis.call('HGET', flow_key, id) or nil
     local t, key = nil, ''
     if flow then t, key = flow_parts(flow) end
@@ -259,20 +263,19 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
         -- with no turn taken at all (its key not among the keys tried), it starts
         -- itself when it may, so no keyed job can wait for ever.
         local held_for, own_checks = gate(flow)
-        if not turn_id and not held_for then start(id, score, base, flow, own_checks) end
+        if not turn_id and not held_for then start(id, score, base, flow, own_checks, job) end
       end
     else
       local held_for, checks = nil, nil
       if flow then held_for, checks = gate(flow) end
-      if not held_for then start(id, score, base, flow, checks) end
+      if not held_for then start(id, score, base, flow, checks, job) end
     end
   end
 
   -- The scan: batches of entries in score order, from `lo`; a batch grows
   -- (to 100) when it was all due and not enough of it could start. Running
-  -- jobs are not due (see above), so the first batch holds what is wanted
-  -- and one entry more.
-  local lo, offset, batch = '-inf', 0, math.min(wanted + 1, 100)
+  -- jobs are not due (see above), so the first batch is what is wanted.
+  local lo, offset, batch = '-inf', 0, math.min(wanted, 100)
   local paused_checked = false
   while count_ < wanted and scanned < scan_limit do
     local rows = redis.call('ZRANGEBYSCORE', queue, lo, '+inf', 'WITHSCORES', 'LIMIT', fmt(offset),
@@ -292,7 +295,14 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     end
     local reads = {}
     if not paused_checked then reads[1] = qkey(queue, 'paused') end
-    for _, row in ipairs(due_rows) do reads[#reads + 1] = K.arq_lock .. row[1] end
+    -- Each entry's lock; in the first batch (what is wanted, which mostly
+    -- starts) its job data too, which a claim returns. A later batch follows
+    -- locked or held entries: its jobs' data is read as each one starts.
+    local stride = offset == 0 and lo == '-inf' and 2 or 1
+    for _, row in ipairs(due_rows) do
+      reads[#reads + 1] = K.arq_lock .. row[1]
+      if stride == 2 then reads[#reads + 1] = K.arq_job .. row[1] end
+    end
     if #reads > 0 then
       local flags = redis.call('MGET', unpack(reads))
       local first = 1
@@ -303,7 +313,12 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       for j, row in ipairs(due_rows) do
         if count_ >= wanted or scanned >= scan_limit then break end
         scanned = scanned + 1
-        if not flags[first + j - 1] and not started[row[1]] then consider(row[1], row[2], row[3]) end
+        local at = first + stride * (j - 1)
+        if not flags[at] and not started[row[1]] then
+          local job = nil
+          if stride == 2 then job = flags[at + 1] end
+          consider(row[1], row[2], row[3], job)
+        end
       end
     end
     if count_ >= wanted then break end -- no slot left: no next due time needed
