@@ -532,6 +532,20 @@ async def test_a_running_jobs_entry_is_due_when_its_lock_lapses(redis: ArqRedis)
     assert next_due == pytest.approx(now_ms() + 10_000, abs=5_000)
 
 
+async def test_a_renewed_lock_moves_its_jobs_entry_to_the_locks_new_end(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    (first,) = (await store.claim(QUEUE, 1, **{**CLAIM, "lock_ttl_ms": 300})).jobs
+
+    assert await store.renew_locks([(job_id, first.token)], 10_000, QUEUE) == []
+
+    assert await redis.zscore(QUEUE, job_id) == pytest.approx(now_ms() + 10_000, abs=2_000)
+    time.sleep(0.4)  # past the first lock's end: the entry is not due, the scan skips it
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert claim.jobs == []
+    assert claim.next_due_ms == pytest.approx(now_ms() + 10_000, abs=2_000)
+
+
 async def test_the_claim_passes_over_running_jobs_in_batches_and_reads_the_next_due_time(
     redis: ArqRedis,
 ) -> None:

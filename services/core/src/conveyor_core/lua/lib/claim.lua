@@ -12,13 +12,14 @@
 -- start_jobs makes per job in a WATCH/MULTI transaction; the lock is arq's own
 -- in-progress key. A running job stays in the queue until it ends, as arq
 -- keeps it, but its entry is due again only when its lock lapses (its score
--- is moved to the lock's end, in its band): a worker that dies leaves it
--- claimable then, and meanwhile the scan does not read it. A due entry that
--- is locked (a job that ran past its first lock) is passed over, reading at
--- most `scan_limit` due entries; the locks and job data of a batch of
--- entries (and, the first time, the queue's paused flag) are read with one
--- MGET. A job whose worker died while a cancel was
--- pending is cancelled here, not started. A paused queue starts nothing, and
+-- is moved to the lock's end, in its band, and again by each renewal:
+-- renew.lua): a worker that dies leaves it claimable then, and meanwhile the
+-- scan does not read it. A due entry that is locked (one an older worker
+-- claimed, or whose renewal came late) is passed over, reading at most
+-- `scan_limit` due entries; the locks of a batch of entries (with the job
+-- data of the first batch, which mostly starts, and, the first time, the
+-- queue's paused flag) are read with one MGET. A job whose worker died while
+-- a cancel was pending is cancelled here, not started. A paused queue starts nothing, and
 -- the next due time is left out: its workers sleep until resume wakes them.
 --
 -- Priorities are bands of scores (see scores.py, queue_score): the scan reads
