@@ -146,6 +146,15 @@ def library(
         found = FLAGS.search(flags_line if shebang is None else shebang)
         flags = ", ".join(f"'{flag}'" for flag in found.group(1).split(",")) if found else ""
         registered.append((key, name, flags))
+    # One top level for every script's libraries: a name two of them declare
+    # would hide one from the functions defined after it.
+    owners: dict[str, str] = {}
+    for lib in libraries:
+        for found_name in DECLARED.findall(root.joinpath(f"{lib}.lua").read_text()):
+            if owners.setdefault(found_name, lib) != lib:
+                raise LuaIncludeError(
+                    f"{lib}.lua and {owners[found_name]}.lua both declare {found_name!r}"
+                )
     code = "\n".join(
         [
             lua_constants(),
