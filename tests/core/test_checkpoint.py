@@ -27,6 +27,7 @@ from conveyor_core.redis import create_redis
 from conveyor_core.settings import RedisSettings
 from conveyor_core.store import Claimed, JobStore, Reported
 from tests.support import jobs
+from tests.support.locks import lapse_lock
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -148,7 +149,7 @@ async def test_a_stale_trys_checkpoint_is_refused_and_counted(
 ) -> None:
     job_id = await submitted(store)
     stale = await claimed(store)
-    await redis.delete(f"arq:in-progress:{job_id}")  # its lock lapsed: claimed again
+    await lapse_lock(redis, QUEUE, job_id)  # claimed again
     live = await claimed(store)
     assert await context(store, live).checkpoint(7, done=7)
     before = await redis.hgetall(keys.job_key(job_id))  # type: ignore[misc]
@@ -245,7 +246,7 @@ async def test_iterate_saves_every_n_items_and_the_next_try_skips_what_is_done(
     assert (saved.cursor, saved.done, saved.total) == (20, 20, 50)
     assert (await record(store, job_id)).progress.percent == 40
 
-    await redis.delete(f"arq:in-progress:{job_id}")  # as if its worker died
+    await lapse_lock(redis, QUEUE, job_id)  # as if its worker died
     second = context(store, await claimed(store))
     rest = [n async for n in second.iterate(range(50), every=10)]
 

@@ -5,8 +5,9 @@ refused ("Script attempted to access keys that do not hash to the same
 slot"), and one whose keys spanned slots would not be sent at all.
 
 Each script is loaded on the primaries (SCRIPT LOAD, on its first NOSCRIPT)
-by its first run; the test ends by checking that every script of the loader
-was, so a new script cannot go untested here. Group members still span slots
+by its first run, the per-job functions' library (FUNCTION LOAD) by the
+first call of one of them; the test ends by checking that every script of
+the loader was, so a new script cannot go untested here. Group members still span slots
 (their ids carry no queue tag): group_submit is refused, which the test pins
 (see docs/how-to/redis-cluster.md)."""
 
@@ -25,7 +26,7 @@ from conveyor_core.cluster import ClusterClient
 from conveyor_core.debounce import Debounce
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobState, now_ms
-from conveyor_core.lua import lua_script
+from conveyor_core.lua import JOB_FUNCTIONS, job_library, lua_script
 from conveyor_core.ratelimit import RateLimit, RateLimiter
 from conveyor_core.snooze import Hold
 from conveyor_core.stats import take_counts
@@ -59,15 +60,25 @@ def _sha(text: str) -> str:
 
 
 def _every_script() -> dict[str, str]:
-    """Each script the loader knows, and each variant the store loads, by sha1."""
+    """Each script the loader knows, by sha1; not those the store runs as
+    functions (JOB_FUNCTIONS: `_job_library_loaded`)."""
+    functions = {script for _, script, _ in JOB_FUNCTIONS}
     names = sorted(
         p.name[:-4]
         for p in files("conveyor_core").joinpath("lua").iterdir()
-        if p.name.endswith(".lua")
+        if p.name.endswith(".lua") and p.name[:-4] not in functions
     )
-    scripts = {name: _sha(lua_script(name)) for name in names}
-    scripts["finish (and fetch)"] = _sha(lua_script("finish", shebang="#!lua"))
-    return scripts
+    return {name: _sha(lua_script(name)) for name in names}
+
+
+async def _job_library_loaded(cluster: ClusterClient) -> bool:
+    """The per-job functions' library, on every primary."""
+    code, _ = job_library()
+    name = code.partition("\n")[0].removeprefix("#!lua name=")
+    listed = await cluster.execute_command(
+        "FUNCTION", "LIST", "LIBRARYNAME", name, target_nodes=cluster.get_primaries()
+    )
+    return len(cluster.get_primaries()) == len(listed) and all(listed.values())
 
 
 async def _loaded(cluster: ClusterClient, sha: str) -> bool:
@@ -88,6 +99,7 @@ async def test_every_script_runs_on_a_cluster_with_its_keys_in_one_slot(
     cluster_redis: ClusterClient,
 ) -> None:
     await cluster_redis.script_flush()  # on every primary
+    await cluster_redis.function_flush()  # type: ignore[misc]  # the per-job functions' library
     catalog = load_catalog(jobs.MODULES.split(","))
     # The store is typed for a single node's client; on a cluster it takes the
     # cluster client, which carries what it reads from one (cluster.py).
@@ -188,3 +200,4 @@ async def test_every_script_runs_on_a_cluster_with_its_keys_in_one_slot(
         if name not in SINGLE_NODE_ONLY and not await _loaded(cluster_redis, sha)
     ]
     assert missing == [], "scripts this test did not run on the cluster"
+    assert await _job_library_loaded(cluster_redis)

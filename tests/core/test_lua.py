@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor_core.lua import LuaIncludeError, assemble, lua_script, resolve
+from conveyor_core.lua import LuaIncludeError, assemble, library, lua_script, resolve
 
 
 def _scripts(root: Path, files: dict[str, str]) -> Path:
@@ -72,3 +72,26 @@ def test_cycles_repeats_and_missing_files_are_refused(
     root = _scripts(tmp_path, files)
     with pytest.raises(LuaIncludeError, match=message.replace("[", r"\[").replace("]", r"\]")):
         assemble(root, "main")
+
+
+def test_a_library_of_functions_refuses_a_name_two_of_its_libraries_declare(
+    tmp_path: Path,
+) -> None:
+    """Scripts that each include a different `lib/x` and `lib/y` run alone as
+    scripts; in one function library their top levels are one: refused."""
+    root = _scripts(
+        tmp_path,
+        {
+            "lib/x": "local function shared() return 1 end",
+            "lib/y": "local function shared() return 2 end",
+            "one": '#!lua\n--- @include "lib/x"\nreturn shared()',
+            "two": '#!lua flags=allow-oom\n--- @include "lib/y"\nreturn shared()',
+        },
+    )
+    with pytest.raises(LuaIncludeError, match="both declare 'shared'"):
+        library(root, [("one", "one", None), ("two", "two", None)])
+    code, names = library(root, [("one", "one", None), ("one_oom", "one", "#!lua flags=allow-oom")])
+    assert code.count("local function run_one(KEYS, ARGV)") == 1
+    assert (
+        f"function_name = '{names['one_oom']}', callback = run_one, flags = {{'allow-oom'}}" in code
+    )

@@ -29,6 +29,7 @@ from conveyor_core.store import (
 from conveyor_core.upgrade_pickles import upgrade
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
+from tests.support.locks import lapse_lock
 
 pytestmark = pytest.mark.xdist_group("cluster")
 
@@ -504,6 +505,47 @@ async def test_a_paused_queue_starts_nothing_and_resume_wakes_its_workers(
     assert (await store.queue_stats(QUEUE)).paused_at_ms is None
 
 
+async def test_a_running_jobs_entry_is_due_when_its_lock_lapses(redis: ArqRedis) -> None:
+    """The claim does not read running jobs: each one's queue entry is due at
+    its lock's end, when a dead worker's job may be claimed again."""
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
+    short = {**CLAIM, "lock_ttl_ms": 300}
+    started_ms = now_ms()
+    (first,) = (await store.claim(QUEUE, 5, **short)).jobs
+    assert first.job_id == job_id
+
+    claim = await store.claim(QUEUE, 5, **short)
+    assert claim.jobs == []
+    assert claim.next_due_ms == pytest.approx(started_ms + 300, abs=250)
+    stats = await store.queue_stats(QUEUE)
+    assert (stats.ready, stats.deferred, stats.in_progress) == (0, 1, 1)
+
+    time.sleep(0.4)  # its worker died: the lock lapses (it counts as running until claimed)
+    stats = await store.queue_stats(QUEUE)
+    assert (stats.ready, stats.deferred, stats.in_progress) == (0, 1, 1)
+    (again,) = (await store.claim(QUEUE, 5, **CLAIM)).jobs
+    assert (again.job_id, again.job_try) == (job_id, 2)
+    # Due at the new lock's end, before the deferred job.
+    next_due = (await store.claim(QUEUE, 5, **CLAIM)).next_due_ms
+    assert next_due == pytest.approx(now_ms() + 10_000, abs=5_000)
+
+
+async def test_a_renewed_lock_moves_its_jobs_entry_to_the_locks_new_end(redis: ArqRedis) -> None:
+    store = JobStore(redis)
+    job_id = await submitted(store)
+    (first,) = (await store.claim(QUEUE, 1, **{**CLAIM, "lock_ttl_ms": 300})).jobs
+
+    assert await store.renew_locks([(job_id, first.token)], 10_000, QUEUE) == []
+
+    assert await redis.zscore(QUEUE, job_id) == pytest.approx(now_ms() + 10_000, abs=2_000)
+    time.sleep(0.4)  # past the first lock's end: the entry is not due, the scan skips it
+    claim = await store.claim(QUEUE, 1, **CLAIM)
+    assert claim.jobs == []
+    assert claim.next_due_ms == pytest.approx(now_ms() + 10_000, abs=2_000)
+
+
 async def test_the_claim_passes_over_running_jobs_in_batches_and_reads_the_next_due_time(
     redis: ArqRedis,
 ) -> None:
@@ -512,11 +554,17 @@ async def test_the_claim_passes_over_running_jobs_in_batches_and_reads_the_next_
     later = await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0), defer_by_s=60)
     running = {c.job_id for c in (await store.claim(QUEUE, 37, **CLAIM)).jobs}
     assert len(running) == 37
+    # They ran past their first lock (renewed since): their entries are due again.
+    await redis.zadd(QUEUE, dict.fromkeys(running, now_ms()), xx=True)
 
-    # 37 locked entries in front, more than a first batch reads: the claim reads on.
-    claim = await store.claim(QUEUE, 5, **CLAIM)
+    # 37 locked entries in front, more than a first batch reads: the claim reads
+    # on; what it starts is due at its lock's end, after the deferred job.
+    claim = await store.claim(QUEUE, 5, **{**CLAIM, "lock_ttl_ms": 120_000})
 
     assert {c.job_id for c in claim.jobs} == set(ids) - running
+    # Found past the first batch: each one's data read as it started.
+    for c in claim.jobs:
+        assert c.job_bytes == await redis.get(f"arq:job:{c.job_id}")
     assert claim.next_due_ms == pytest.approx(now_ms() + 60_000, abs=5_000)
     deferred = await store.get(later.job_id)
     assert deferred is not None
@@ -642,11 +690,16 @@ async def test_a_dead_workers_jobs_stop_counting_once_their_locks_lapse(redis: A
     assert len((await store.claim(QUEUE, 5, **short)).jobs) == 2
     time.sleep(0.25)  # the worker died: its locks lapse, nothing released them
 
-    claim = await store.claim(QUEUE, 1, **short)
+    claim = await store.claim(QUEUE, 5, **short)
 
-    assert [c.job_id for c in claim.jobs] == [ids[0]]  # at least once: it runs again
+    # The one that waited starts first; a lapsed job is due from its lock's end
+    # and runs again (at least once), up to the limit of 2.
+    started = [c.job_id for c in claim.jobs]
+    assert started[0] == ids[2]
+    assert len(started) == 2
+    assert started[1] in ids[:2]
     running = await redis.zrange(keys.queue_key(QUEUE, "running:capped"), 0, -1)
-    assert running == [ids[0].encode()]
+    assert {r.decode() for r in running} == set(started)
 
 
 async def test_a_rate_holds_starts_and_says_when_the_next_may_begin(redis: ArqRedis) -> None:
@@ -785,7 +838,7 @@ async def test_a_stale_trys_end_progress_and_renewal_are_refused_whole(redis: Ar
     job_id = await submitted(store)
     (stale,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     # Its lock lapsed (a frozen worker) and another worker claimed the job again.
-    await redis.delete(f"arq:in-progress:{job_id}")
+    await lapse_lock(redis, QUEUE, job_id)
     (live,) = (await store.claim(QUEUE, 1, **CLAIM)).jobs
     assert (live.job_try, stale.token != live.token) == (2, True)
     before = await redis.hgetall(f"conveyor:job:{job_id}")  # type: ignore[misc]

@@ -23,6 +23,7 @@ from conveyor_worker.policy import Stop
 from conveyor_worker.process import Processor, Try
 from conveyor_worker.worker import resolve_handler
 from tests.support import jobs
+from tests.support.locks import lapse_lock
 
 CATALOG = load_catalog(jobs.MODULES.split(","))
 QUEUE = CATALOG["effect"].queue
@@ -280,7 +281,7 @@ async def test_a_stale_trys_end_is_refused_counted_and_fetches_nothing(
 ) -> None:
     submitted = await enqueue(store, CATALOG["effect"], jobs.Effect(work_s=0))
     stale = await claim_one(store)
-    await redis.delete(f"arq:in-progress:{submitted.job_id}")  # its lock lapsed
+    await lapse_lock(redis, QUEUE, submitted.job_id)
     live = await claim_one(store)
     await enqueue(store, CATALOG["effect"], jobs.Effect(work_s=0))  # for a fetch to find
     fetched: list[Claim] = []

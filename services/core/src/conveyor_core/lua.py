@@ -12,8 +12,10 @@ library it uses, and nothing else comes in. (BullMQ's scripts include their
 `includes/` the same way.)
 """
 
+import hashlib
 import json
 import re
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -112,6 +114,84 @@ def declared(root: Traversable, name: str) -> list[str]:
         for lib in resolve(root, name)
         for found in DECLARED.findall(root.joinpath(f"{lib}.lua").read_text())
     ]
+
+
+# A script's flags line: `#!lua` and, for a script with flags, `flags=a,b`.
+FLAGS = re.compile(r"\bflags=([\w,-]+)")
+
+
+def library(
+    root: Traversable, functions: Sequence[tuple[str, str, str | None]]
+) -> tuple[str, dict[str, str]]:
+    """Scripts of `lua/` under `root` as one Redis function library (FUNCTION
+    LOAD, Redis 7): its text, and each function's name by its key.
+
+    `functions` are (key, script, shebang or None: the script's own flags
+    line). `K` and the libraries the scripts include are the library's top
+    level, built once when Redis loads it, not on every call as a script's
+    are (a script defines each of its library functions again per EVALSHA);
+    each script is the body of a function, with KEYS and ARGV as its
+    arguments, and its flags are the function's. The names carry a digest of
+    the text, so two versions never replace each other's while both run (a
+    rolling upgrade).
+    """
+    libraries: list[str] = []
+    bodies: dict[str, str] = {}
+    registered: list[tuple[str, str, str]] = []  # key, body's script, flags
+    for key, name, shebang in functions:
+        for lib in resolve(root, name):
+            if lib not in libraries:
+                libraries.append(lib)
+        flags_line, bodies[name] = _split_flags(root.joinpath(f"{name}.lua").read_text())
+        found = FLAGS.search(flags_line if shebang is None else shebang)
+        flags = ", ".join(f"'{flag}'" for flag in found.group(1).split(",")) if found else ""
+        registered.append((key, name, flags))
+    # One top level for every script's libraries: a name two of them declare
+    # would hide one from the functions defined after it.
+    owners: dict[str, str] = {}
+    for lib in libraries:
+        for found_name in DECLARED.findall(root.joinpath(f"{lib}.lua").read_text()):
+            if owners.setdefault(found_name, lib) != lib:
+                raise LuaIncludeError(
+                    f"{lib}.lua and {owners[found_name]}.lua both declare {found_name!r}"
+                )
+    code = "\n".join(
+        [
+            lua_constants(),
+            *(_split_flags(root.joinpath(f"{lib}.lua").read_text())[1] for lib in libraries),
+            *(
+                f"local function run_{name}(KEYS, ARGV)\n{body}\nend"
+                for name, body in bodies.items()
+            ),
+        ]
+    )
+    signature = "\n".join([code, *(f"{key} {flags}" for key, _, flags in registered)])
+    digest = hashlib.sha1(signature.encode(), usedforsecurity=False).hexdigest()[:16]
+    names = {key: f"conveyor_{key}_{digest}" for key, _, _ in registered}
+    registers = [
+        f"redis.register_function{{function_name = '{names[key]}', callback = run_{name}, "
+        f"flags = {{{flags}}}}}"
+        for key, name, flags in registered
+    ]
+    return "\n".join([f"#!lua name=conveyor_{digest}", code, *registers]), names
+
+
+# The scripts every job runs, as one library: submit, claim, and the end of a
+# try (finish, allow-oom; finish and fetch, which adds data: no flags). One
+# library, so the first submit or claim loads the end of a try too: Redis at
+# maxmemory refuses FUNCTION LOAD, and a try must still end then.
+JOB_FUNCTIONS = (
+    ("submit", "submit", None),
+    ("claim", "claim", None),
+    ("finish", "finish", None),
+    ("finish_and_fetch", "finish", "#!lua"),
+)
+
+
+@cache
+def job_library() -> tuple[str, dict[str, str]]:
+    """JOB_FUNCTIONS as one function library (see `library`)."""
+    return library(files("conveyor_core").joinpath("lua"), JOB_FUNCTIONS)
 
 
 @cache

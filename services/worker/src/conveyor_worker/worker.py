@@ -559,7 +559,7 @@ class ConveyorWorker:
                 continue
             try:
                 async with self._bounded():
-                    stale = await self.store.renew_locks(tries, ttl_ms)
+                    stale = await self.store.renew_locks(tries, ttl_ms, self.queue_name)
             except REDIS_FAULT_ERRORS as exc:
                 logger.warning("could not renew job locks: %s", exc)
                 continue

@@ -91,8 +91,8 @@ elseif to == 'queued' or to == 'retrying' then
   end
   version = transition(rec, to, now, arg, fields, 0)
 else
-  fields[#fields + 1] = 'try:' .. rec.tries
-  fields[#fields + 1] = (rec.started or '') .. ' ' .. now .. ' ' .. to
+  fields[#fields + 1] = 'try:' .. fmt(rec.tries)
+  fields[#fields + 1] = (rec.started or '') .. ' ' .. ARGV[3] .. ' ' .. to
   version = transition(rec, to, now, now + arg, fields, arg)
 end
 if to == 'queued' then redis.call('SPUBLISH', wake_channel(rec.queue), id) end

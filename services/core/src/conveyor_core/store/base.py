@@ -9,7 +9,8 @@ from conveyor_core.blobs import BlobStore
 from conveyor_core.catalog import Catalog, load_catalog
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.flow import claim_limits
-from conveyor_core.lua import lua_script
+from conveyor_core.functions import FunctionLibrary
+from conveyor_core.lua import job_library, lua_script
 from conveyor_core.ratelimit import RateLimit
 
 
@@ -37,16 +38,20 @@ class StoreBase:
         # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
         self._admit = admit
         script = redis.register_script
-        self._submit = script(lua_script("submit"))
+        # The scripts every job runs (submit, claim, the end of a try) are
+        # Redis functions: their libraries are built once, not per call
+        # (functions.py).
+        jobs = FunctionLibrary(redis, *job_library())
+        self._submit = jobs.function("submit")
         self._rate_limit = script(lua_script("rate_limit"))
         self._quota = script(lua_script("quota"))
         self._link_child = script(lua_script("link_child"))
-        self._claim = script(lua_script("claim"))
-        self._finish = script(lua_script("finish"))
+        self._claim = jobs.function("claim")
+        self._finish = jobs.function("finish")
         # The same end of a try that also claims (finish and fetch) adds data:
         # without allow-oom, so a full Redis refuses it whole (then the try ends
         # with no claim, as a full Redis refuses claims).
-        self._finish_and_fetch = script(lua_script("finish", shebang="#!lua"))
+        self._finish_and_fetch = jobs.function("finish_and_fetch")
         self._settle = script(lua_script("settle"))
         self._progress = script(lua_script("progress"))
         self._checkpoint = script(lua_script("checkpoint"))

@@ -461,10 +461,13 @@ class Lifecycle(Reads):
         )
         return Reported(int(saved))
 
-    async def renew_locks(self, tries: Sequence[tuple[str, str]], lock_ttl_ms: int) -> list[str]:
+    async def renew_locks(
+        self, tries: Sequence[tuple[str, str]], lock_ttl_ms: int, queue: str | None = None
+    ) -> list[str]:
         """Renew the locks of running tries, (job id, token) each, in one call;
         returns the ids of the stale ones (their token is no longer the record's),
-        whose locks were left alone."""
+        whose locks were left alone. With the tries' `queue` (a worker's), each
+        renewed job's queue entry moves to its lock's new end (renew.lua)."""
         if not tries:
             return []
         # On a cluster, one call per queue shard (a call's keys share a slot);
@@ -474,14 +477,23 @@ class Lifecycle(Reads):
             shard = keys.queue_of(job_id) if self.one_slot_per_call else None
             by_queue.setdefault(shard, []).append((job_id, token))
         stale: list[str] = []
-        for shard_tries in by_queue.values():
+        for shard, shard_tries in by_queue.items():
+            # The queue's key only in its own slot (an id with no tag has none on a cluster).
+            rescore = queue if queue is not None and shard in (None, queue) else None
             replies = await self._renew(
                 keys=[
-                    key
-                    for job_id, _ in shard_tries
-                    for key in (keys.job_key(job_id), in_progress_key_prefix + job_id)
+                    *(
+                        key
+                        for job_id, _ in shard_tries
+                        for key in (keys.job_key(job_id), in_progress_key_prefix + job_id)
+                    ),
+                    *([rescore] if rescore else []),
                 ],
-                args=[lock_ttl_ms, *(part for pair in shard_tries for part in pair)],
+                args=[
+                    lock_ttl_ms,
+                    now_ms() if rescore else "",
+                    *(part for pair in shard_tries for part in pair),
+                ],
             )
             stale += [job_id.decode() for job_id in replies]
         return stale

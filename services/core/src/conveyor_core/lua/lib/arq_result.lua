@@ -58,14 +58,14 @@ local function arq_finish(rec, to, now, ttl_ms, fields)
   -- null); at least 1, as arq's worker counts the try in which it finds a job
   -- aborted before it started.
   local body = string.gsub(string.sub(job, 2, -2), '^"t":[^,]*,',
-    '"t":' .. string.format('%.0f', math.max(rec.tries, 1)) .. ',', 1)
+    '"t":' .. string.format('%d', math.max(rec.tries, 1)) .. ',', 1)
   local result = '{' .. body
     .. ',"s":' .. (to == 'complete' and 'true' or 'false')
     .. ',"r":' .. r
-    .. ',"st":' .. string.format('%.0f', tonumber(rec.started) or now)
-    .. ',"ft":' .. string.format('%.0f', now)
+    .. ',"st":' .. string.format('%d', tonumber(rec.started) or now)
+    .. ',"ft":' .. string.format('%d', now)
     .. ',"q":' .. cjson.encode(rec.queue) .. '}'
-  redis.call('SET', K.arq_result .. id, result, 'PX', ttl_ms)
+  redis.call('SET', K.arq_result .. id, result, 'PX', string.format('%d', ttl_ms))
   redis.call('DEL', K.arq_lock .. id, K.arq_job .. id)
   return fields
 end

@@ -10,11 +10,16 @@
 --
 -- A job is claimable when it is due and not locked, the check arq's
 -- start_jobs makes per job in a WATCH/MULTI transaction; the lock is arq's own
--- in-progress key. arq keeps running jobs in the queue until they finish, so
--- the scan passes over locked ones, reading at most `scan_limit` due entries;
--- the locks of a batch of entries (and, the first time, the queue's paused
--- flag) are read with one MGET. A job whose worker died while a cancel was
--- pending is cancelled here, not started. A paused queue starts nothing, and
+-- in-progress key. A running job stays in the queue until it ends, as arq
+-- keeps it, but its entry is due again only when its lock lapses (its score
+-- is moved to the lock's end, in its band, and again by each renewal:
+-- renew.lua): a worker that dies leaves it claimable then, and meanwhile the
+-- scan does not read it. A due entry that is locked (one an older worker
+-- claimed, or whose renewal came late) is passed over, reading at most
+-- `scan_limit` due entries; the locks of a batch of entries (with the job
+-- data of the first batch, which mostly starts, and, the first time, the
+-- queue's paused flag) are read with one MGET. A job whose worker died while
+-- a cancel was pending is cancelled here, not started. A paused queue starts nothing, and
 -- the next due time is left out: its workers sleep until resume wakes them.
 --
 -- Priorities are bands of scores (see scores.py, queue_score): the scan reads
@@ -38,22 +43,13 @@
 -- renewal) carries it, and one whose token is no longer the record's is
 -- refused (a stale try: its lock lapsed and the job was claimed again).
 --
--- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
--- ...}: the job's data comes with the claim, so nothing reads it before the
--- run), the next due time (ms) or nil, the time the queue was paused or nil,
--- and the due jobs passed over ({limit = n, rate = n, held = n}).
-local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
-    nonce)
-  local waiting_key, flow_key = qkey(queue, 'waiting'), qkey(queue, 'flow')
-  local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
-  local claimed, count_, scanned = {}, 0, 0
-  local next_due = nil
-  local held = {limit = 0, rate = 0, held = 0}
-  -- Jobs started in this call (a key's turn may start one the scan reads later).
-  local started = {}
-
-  local function sooner(due) if not next_due or due < next_due then next_due = due end end
-
+-- Flow control's checks for one call of claim_jobs (see above), built only
+-- when the queue has limited types: a queue without them creates none of
+-- these functions or tables. `held` counts what was passed over, `started`
+-- holds the jobs the call started, `sooner` takes a due time for the
+-- worker's sleep. Returns gate, count_start, take_turn and renew_windows.
+local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner)
+  local waiting_key = qkey(queue, 'waiting')
   -- Per call: what each running set, start window and hold holds, read once.
   local running, windows, marked, holds = {}, {}, {}, {}
 
@@ -64,7 +60,7 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     if n >= max then
       -- At the limit: ids that ran longer than a lock ttl since last checked are
       -- dropped if their lock lapsed (a dead worker's), else checked a ttl later.
-      local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - tonumber(lock_ms))
+      local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - lock_ttl)
       for _, id in ipairs(old) do
         if redis.call('EXISTS', K.arq_lock .. id) == 0 then
           redis.call('ZREM', key, id)
@@ -181,11 +177,46 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     return nil
   end
 
+  -- Each start window's expiry, renewed once per call, at its end.
+  local function renew_windows()
+    for key, w in pairs(windows) do
+      if w.started then redis.call('PEXPIRE', key, w.per) end
+    end
+  end
+
+  return gate, count_start, take_turn, renew_windows
+end
+
+-- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
+-- ...}: the job's data comes with the claim, so nothing reads it before the
+-- run), the next due time (ms) or nil, the time the queue was paused or nil,
+-- and the due jobs passed over ({limit = n, rate = n, held = n}).
+local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
+    nonce)
+  local flow_key = qkey(queue, 'flow')
+  local lock_ttl, now_s = tonumber(lock_ms), fmt(now)
+  local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
+  local claimed, count_, scanned = {}, 0, 0
+  local next_due = nil
+  local held = {limit = 0, rate = 0, held = 0}
+  -- Jobs started in this call (a key's turn may start one the scan reads later).
+  local started = {}
+
+  local function sooner(due) if not next_due or due < next_due then next_due = due end end
+
+  local gate, count_start, take_turn, renew_windows
+  if limits then
+    gate, count_start, take_turn, renew_windows = flow_checks(queue, now, lock_ttl, limits, held,
+      started, sooner)
+  end
+
   -- Types (and bands) whose turn found no key that may start a job, in this call.
   local no_turn = {}
 
   -- Start one job: lock it, count it against its limits, start its record.
-  local function start(id, score, base, flow, checks)
+  -- `job` is its arq job data as the scan read it (false: gone), or nil
+  -- when not read yet (a key's turn).
+  local function start(id, score, base, flow, checks, job)
     started[id] = true
     local rec = load(id, queue, false)
     if rec.state == 'in_progress' and rec.cancel then
@@ -197,11 +228,13 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       return
     end
     local due = fmt(tonumber(score) - base)
-    local token = nonce .. ':' .. (count_ + 1)
+    local token = nonce .. ':' .. fmt(count_ + 1)
     redis.call('PSETEX', K.arq_lock .. id, lock_ms, token)
+    -- Due again when the lock lapses (XX: it moves the entry, never adds one).
+    redis.call('ZADD', queue, 'XX', fmt(base + now + lock_ttl), id)
     rec.tries = rec.tries + 1
-    local fields = {'tries', rec.tries, 'started_at_ms', now, 'ready_at_ms', due,
-      'next_try_at_ms', '', 'priority', priority_of(score), 'token', token}
+    local fields = {'tries', fmt(rec.tries), 'started_at_ms', now_s, 'ready_at_ms', due,
+      'next_try_at_ms', '', 'priority', fmt(priority_of(score)), 'token', token}
     if flow then
       if checks then count_start(id, rec.tries, checks) end
       rec.flow = flow
@@ -210,13 +243,14 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     end
     transition(rec, 'in_progress', now, now, fields)
     count_ = count_ + 1
-    local job = redis.call('GET', K.arq_job .. id) or ''
+    if job == nil then job = redis.call('GET', K.arq_job .. id) end
+    job = job or ''
     for _, v in ipairs({id, due, rec.tries, token, job}) do claimed[#claimed + 1] = v end
   end
 
   -- One due, unlocked entry of band `base`: start it, or a job of its key's
   -- turn, unless a limit holds it.
-  local function consider(id, score, base)
+  local function consider(id, score, base, job)
     local flow = limits and redis.call('HGET', flow_key, id) or nil
     local t, key = nil, ''
     if flow then t, key = flow_parts(flow) end
@@ -230,21 +264,23 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
         -- with no turn taken at all (its key not among the keys tried), it starts
         -- itself when it may, so no keyed job can wait for ever.
         local held_for, own_checks = gate(flow)
-        if not turn_id and not held_for then start(id, score, base, flow, own_checks) end
+        if not turn_id and not held_for then start(id, score, base, flow, own_checks, job) end
       end
     else
       local held_for, checks = nil, nil
       if flow then held_for, checks = gate(flow) end
-      if not held_for then start(id, score, base, flow, checks) end
+      if not held_for then start(id, score, base, flow, checks, job) end
     end
   end
 
   -- The scan: batches of entries in score order, from `lo`; a batch grows
-  -- (to 100) when it was all due and not enough of it could start.
-  local lo, offset, batch = '-inf', 0, math.min(wanted + 10, 100)
+  -- (to 100) when it was all due and not enough of it could start. Running
+  -- jobs are not due (see above), so the first batch is what is wanted.
+  local lo, offset, batch = '-inf', 0, math.min(wanted, 100)
   local paused_checked = false
   while count_ < wanted and scanned < scan_limit do
-    local rows = redis.call('ZRANGEBYSCORE', queue, lo, '+inf', 'WITHSCORES', 'LIMIT', offset, batch)
+    local rows = redis.call('ZRANGEBYSCORE', queue, lo, '+inf', 'WITHSCORES', 'LIMIT', fmt(offset),
+      fmt(batch))
     -- The due entries come first; the first one not due ends its band's part.
     local due_rows, jump = {}, nil
     for i = 1, #rows, 2 do
@@ -256,11 +292,18 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
         jump = priority
         break
       end
-      due_rows[#due_rows + 1] = {rows[i], rows[i + 1], base}
+      due_rows[#due_rows + 1] = {rows[i], score, base}
     end
     local reads = {}
     if not paused_checked then reads[1] = qkey(queue, 'paused') end
-    for _, row in ipairs(due_rows) do reads[#reads + 1] = K.arq_lock .. row[1] end
+    -- Each entry's lock; in the first batch (what is wanted, which mostly
+    -- starts) its job data too, which a claim returns. A later batch follows
+    -- locked or held entries: its jobs' data is read as each one starts.
+    local stride = offset == 0 and lo == '-inf' and 2 or 1
+    for _, row in ipairs(due_rows) do
+      reads[#reads + 1] = K.arq_lock .. row[1]
+      if stride == 2 then reads[#reads + 1] = K.arq_job .. row[1] end
+    end
     if #reads > 0 then
       local flags = redis.call('MGET', unpack(reads))
       local first = 1
@@ -271,7 +314,12 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       for j, row in ipairs(due_rows) do
         if count_ >= wanted or scanned >= scan_limit then break end
         scanned = scanned + 1
-        if not flags[first + j - 1] and not started[row[1]] then consider(row[1], row[2], row[3]) end
+        local at = first + stride * (j - 1)
+        if not flags[at] and not started[row[1]] then
+          local job = nil
+          if stride == 2 then job = flags[at + 1] end
+          consider(row[1], row[2], row[3], job)
+        end
       end
     end
     if count_ >= wanted then break end -- no slot left: no next due time needed
@@ -286,8 +334,6 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       batch = math.min(batch * 2, 100)
     end
   end
-  for key, w in pairs(windows) do
-    if w.started then redis.call('PEXPIRE', key, w.per) end
-  end
+  if renew_windows then renew_windows() end
   return claimed, next_due, nil, held
 end

@@ -1,7 +1,10 @@
 -- Score maths (scores.py): a score is a priority band plus a due time.
 
 -- A score as Redis should read it: an integer, never in exponent notation.
-local function fmt(n) return string.format('%.0f', n) end
+-- Also how a script passes a number to redis.call: Redis would print it as a
+-- double (%.17g), as Lua does for `..` (%.14g), and printing a double costs
+-- several times what printing an integer does.
+local function fmt(n) return string.format('%d', n) end
 
 -- Priorities are bands of scores in arq's queue (see scores.py, queue_score):
 -- the lowest score of a priority's band, and the priority of a score.

@@ -21,14 +21,15 @@
 local function transition(rec, to, now, score, fields, ttl_ms)
   local id, queue, hash = rec.id, rec.queue, K.job .. rec.id
   if INDEXED[rec.state] then redis.call('ZREM', index(queue, rec.state), id) end
-  if INDEXED[to] then redis.call('ZADD', index(queue, to), score, id) end
+  if INDEXED[to] then redis.call('ZADD', index(queue, to), fmt(score), id) end
   if rec.state == 'in_progress' and to ~= 'in_progress' and rec.flow then release(rec) end
   if to == 'in_progress' and rec.flow then fair_leave(queue, rec.flow, id) end
   local version = rec.version + 1
+  local version_s = fmt(version)
   -- A final state ends arq's keys: the job key becomes arq's result key, which
   -- holds the result or error (lib/arq_result.lua), so the hash does not.
   if TERMINAL[to] then fields = arq_finish(rec, to, now, ttl_ms, fields) end
-  redis.call('HSET', hash, 'state', to, 'version', version, 'queue', queue, unpack(fields))
+  redis.call('HSET', hash, 'state', to, 'version', version_s, 'queue', queue, unpack(fields))
   -- arq's keys, as arq's own start and finish would leave them (the claim
   -- sets the lock; a try's count lives in the record, not in arq's retry key).
   if TERMINAL[to] then
@@ -40,7 +41,7 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     end
     -- arq's result key (see arq_finish) lives as long as the record: it also
     -- keeps arq (and submit) from taking the same id again.
-    redis.call('PEXPIRE', hash, ttl_ms)
+    redis.call('PEXPIRE', hash, fmt(ttl_ms))
     -- A member of a group is counted in it (lib/group.lua).
     group_end(rec, to, now, fields)
   elseif to ~= 'in_progress' then
@@ -49,8 +50,8 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     redis.call('ZADD', queue, queued, id)
     if rec.flow then fair_enter(queue, rec.flow, queued, id) end
     redis.call('DEL', K.arq_lock .. id)
-    redis.call('PEXPIRE', K.arq_job .. id, math.max(score - now, 0) + K.arq_expiry_extra_ms)
+    redis.call('PEXPIRE', K.arq_job .. id, fmt(math.max(score - now, 0) + K.arq_expiry_extra_ms))
   end
-  redis.call('PUBLISH', K.events .. id, version)
+  redis.call('PUBLISH', K.events .. id, version_s)
   return version
 end
