@@ -16,7 +16,7 @@ from conveyor_core.debounce import Debounce
 from conveyor_core.enqueue import enqueue
 from conveyor_core.flow import Limits, Rate, claim_limits, shard_share
 from conveyor_core.history import read_history
-from conveyor_core.jobs import HoldReason, JobState
+from conveyor_core.jobs import HoldReason, JobState, now_ms
 from conveyor_core.store import JobStore
 from tests.support import jobs
 
@@ -231,3 +231,20 @@ async def test_cancel_requeue_and_bulk_reach_a_job_on_any_shard(store: JobStore)
     batch = await store.bulk_batch("cancel", QUEUE, waiting, 60_000)
     assert (batch.done, batch.skipped) == (len(waiting), 0)
     assert (await store.queue_stats(QUEUE)).ready == 0
+
+
+async def test_a_renewal_moves_each_running_jobs_entry_in_its_own_shard(store: JobStore) -> None:
+    submitted = [(await enqueue(store, FLAKY, {"fail_times": 0})).job_id for _ in range(30)]
+    claims = [
+        claim
+        for shard in SHARDS
+        for claim in (await store.claim(shard, 100, **{**CLAIM, "lock_ttl_ms": 1_000})).jobs
+    ]
+    assert {claim.job_id for claim in claims} == set(submitted)
+    tries = [(claim.job_id, claim.token) for claim in claims]
+    assert await store.renew_locks(tries, 60_000, QUEUE) == []
+    for job_id in submitted:
+        # Its lock's new end, in its own shard's queue key (no other shard holds it).
+        score = await store.redis.zscore(shard_of(job_id), job_id)
+        assert score is not None, job_id
+        assert score > now_ms() + 30_000, job_id  # the default priority's band starts at 0

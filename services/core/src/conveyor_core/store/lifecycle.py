@@ -467,19 +467,20 @@ class Lifecycle(Reads):
         """Renew the locks of running tries, (job id, token) each, in one call;
         returns the ids of the stale ones (their token is no longer the record's),
         whose locks were left alone. With the tries' `queue` (a worker's), each
-        renewed job's queue entry moves to its lock's new end (renew.lua)."""
+        renewed job's queue entry moves to its lock's new end (renew.lua) in
+        the shard its id names (shard 0 for an id with no tag)."""
         if not tries:
             return []
-        # On a cluster, one call per queue shard (a call's keys share a slot);
-        # on a single node, one call.
-        by_queue: dict[str | None, list[tuple[str, str]]] = {}
+        # One call per queue shard: a call's keys share a slot on a cluster, and
+        # each shard's entries move in its own queue key.
+        by_shard: dict[str | None, list[tuple[str, str]]] = {}
         for job_id, token in tries:
-            shard = keys.queue_of(job_id) if self.one_slot_per_call else None
-            by_queue.setdefault(shard, []).append((job_id, token))
+            by_shard.setdefault(keys.queue_of(job_id), []).append((job_id, token))
         stale: list[str] = []
-        for shard, shard_tries in by_queue.items():
-            # The queue's key only in its own slot (an id with no tag has none on a cluster).
-            rescore = queue if queue is not None and shard in (None, queue) else None
+        for shard, shard_tries in by_shard.items():
+            # An id with no tag has no slot of the queue's on a cluster: no entry moves.
+            untagged = shard is None and self.one_slot_per_call
+            rescore = None if queue is None or untagged else (shard or queue)
             replies = await self._renew(
                 keys=[
                     *(
