@@ -110,17 +110,23 @@ async def slow(ctx: JobContext, payload: Slow) -> int:
 
 
 # Mark the job's effect and count it in one atomic step, so a kill between
-# the two cannot leave one without the other.
+# the two cannot leave one without the other. The mark's hash tag is the
+# counter's name, so both share a slot on a cluster too.
 APPLY_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end
 """
+
+
+def effect_key(job_id: str) -> str:
+    """Where `effect` marks a job's effect as applied (in `test:effects`' slot)."""
+    return f"{{test:effects}}:{job_id}"
 
 
 async def effect(ctx: JobContext, payload: Effect) -> str:
     """Idempotent by design: the side effect is keyed by job id and applied once."""
     await _record_start(ctx)
     await asyncio.sleep(payload.work_s)
-    await ctx.redis.eval(APPLY_ONCE, 2, f"test:effect:{ctx.job_id}", "test:effects")  # type: ignore[misc]
+    await ctx.redis.eval(APPLY_ONCE, 2, effect_key(ctx.job_id), "test:effects")  # type: ignore[misc]
     await ctx.redis.set(f"test:done_at:{ctx.job_id}", repr(time.time()), nx=True)
     return "done"
 
@@ -267,7 +273,7 @@ async def combine(ctx: JobContext, payload: Nothing) -> int:
     shown = [r if not isinstance(r, ChildFailure) else {"failed": r.state} for r in results]
     await ctx.redis.sadd(f"test:continuations:{ctx.group_id}", ctx.job_id)  # type: ignore[misc]
     await ctx.redis.set(f"test:results:{ctx.job_id}", json.dumps(shown))
-    await ctx.redis.eval(APPLY_ONCE, 2, f"test:combined:{ctx.job_id}", "test:combines")  # type: ignore[misc]
+    await ctx.redis.eval(APPLY_ONCE, 2, f"{{test:combines}}:{ctx.job_id}", "test:combines")  # type: ignore[misc]
     return len(results)
 
 

@@ -45,7 +45,7 @@ group and the place (conveyor_core.group_ids), so a member's end needs no
 read, every job's end stays as cheap as before, and the group stores no list.
 
 Costs per member beyond its own commands: its end one HINCRBY and one
-PUBLISH (progress for live streams); the continuation reads the results
+SPUBLISH (progress for live streams); the continuation reads the results
 with one MGET per RESULTS_CHUNK members. A group's members are all in one
 Redis (groups do not run on a cluster yet; when they do, a group's members
 share a hash tag, so the MGET stays in one slot).
@@ -89,8 +89,8 @@ The public interface (job authors, the api, the console and the CLI):
   `requeue_group(store, group_id) -> GroupAction | None`.
 - Ids: `conveyor_core.group_ids` (`member_id`, `group_of`, `continued_by`).
   A job as read (`JobPublic`) names its `group_id` and the `groups` it started.
-- Changes: the group's hash is announced on its id's events channel
-  (`keys.events_channel(group_id)`), as a job's is.
+- Changes: the group's hash is announced on its events channel
+  (`keys.group_events_channel(group_id)`, in its hash's slot), as a job's is.
 """
 
 from collections import Counter

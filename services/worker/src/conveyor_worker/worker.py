@@ -36,13 +36,14 @@ import socket
 import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, cast
 
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
 
 from conveyor_core import claimcheck, keys
 from conveyor_core.catalog import Catalog, JobModuleError, JobType, load_catalog
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.context import AnyHandler
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import now_ms
@@ -51,7 +52,7 @@ from conveyor_core.redaction import Redactor
 from conveyor_core.redis import (
     REDIS_FAULT_ERRORS,
     RedisFault,
-    create_redis,
+    connect,
     record_redis_fault,
     redis_fault,
 )
@@ -576,7 +577,10 @@ class ConveyorWorker:
         if self._resources is not None:
             await self._resources.close(self.resource_close_budget_s())
             self._resources = None
-        await self.pool.aclose(close_connection_pool=True)
+        if isinstance(self.pool, ClusterClient):
+            await self.pool.aclose()  # its connections to every node
+        else:
+            await self.pool.aclose(close_connection_pool=True)
 
 
 def resolve_handler(path: str) -> AnyHandler:
@@ -639,5 +643,8 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
 def create_worker(settings: Settings) -> ConveyorWorker:
     """Build the worker; call inside the event loop it will run on."""
     catalog = load_catalog(settings.catalog.modules)
-    redis = create_redis(settings.redis, timeout_each_read=False)
+    # A node's client or a cluster's (REDIS_URL says which); the cluster's
+    # carries what this code reads from arq's (cluster.py), and every call
+    # keeps to one slot (keys.py).
+    redis = cast(ArqRedis, connect(settings.redis, timeout_each_read=False))
     return ConveyorWorker(**worker_settings(settings, redis, catalog))

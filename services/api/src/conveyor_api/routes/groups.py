@@ -375,7 +375,7 @@ async def _stream(
     group_id: str, store: JobStore, events: EventsDep, deadline: float
 ) -> AsyncIterator[bytes]:
     sent = ""
-    with events.watch(group_id) as changed:  # the counting script announces each end
+    with events.watch_group(group_id) as changed:  # the counting script announces each end
         while True:
             changed.clear()  # before the read: a change after it wakes the wait below
             try:
