@@ -156,6 +156,12 @@ class Tenanted(BaseModel):
     work_s: float = Field(ge=0)
 
 
+def running_key(subject: str) -> str:
+    """How many `tracked` jobs of `subject` run now; its hash tag is the name of
+    their highest count (`test:max_running:{subject}`), so both share a slot."""
+    return f"{{test:max_running:{subject}}}:running"
+
+
 # Count the job in while it runs, and keep the highest count seen, in one step.
 RUN_IN = """
 local n = redis.call('INCR', KEYS[1])
@@ -172,12 +178,12 @@ async def tracked(ctx: JobContext, payload: Effect | Tenanted) -> str:
     if isinstance(payload, Tenanted):
         subjects.append(f"{ctx.job_type.name}:{payload.tenant_id}")
     for subject in subjects:
-        await ctx.redis.eval(RUN_IN, 2, f"test:running:{subject}", f"test:max_running:{subject}")  # type: ignore[misc]
+        await ctx.redis.eval(RUN_IN, 2, running_key(subject), f"test:max_running:{subject}")  # type: ignore[misc]
     try:
         await asyncio.sleep(payload.work_s)
     finally:
         for subject in subjects:
-            await ctx.redis.decr(f"test:running:{subject}")
+            await ctx.redis.decr(running_key(subject))
     await ctx.redis.rpush(f"test:completed:{ctx.job_type.name}", ctx.job_id)  # type: ignore[misc]
     return "done"
 
