@@ -82,9 +82,11 @@ def test_submits_limits_and_reads_on_a_cluster(cluster_stack: Stack) -> None:
     finished = sum(m["counts"].get("complete", 0) for m in history.json()["minutes"])
     assert finished >= 6 + 5 + 4
 
-    # The worker registry and the audit log.
-    (worker,) = stack.http.get("/v1/workers").json()["workers"]
-    assert worker["queue"] == DEFAULT_QUEUE
+    # The worker registry (cards in two slots) and the audit log.
+    stack.start_worker()
+    wait_until(stack, lambda: len(stack.http.get("/v1/workers").json()["workers"]) == 2, "2 cards")
+    workers = stack.http.get("/v1/workers").json()["workers"]
+    assert {worker["queue"] for worker in workers} == {DEFAULT_QUEUE}
     audit = stack.http.get("/v1/audit").json()["items"]
     assert [(e["action"], e["target"]) for e in audit[:2]] == [
         ("resume", DEFAULT_QUEUE),
