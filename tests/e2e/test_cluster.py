@@ -3,7 +3,7 @@ three replicas): what is not one job's lifecycle (that suite runs on both,
 test_lifecycle.py) works there too, each call in one slot: the tutorial's
 submit, Idempotency-Key, debounce, priorities, limits, listing and filters,
 stats, the worker registry, the audit log, history, readiness, bulk actions,
-schedules and group streams."""
+schedules, and a submit that waits for a replica (REDIS_WAIT_REPLICAS)."""
 
 import json
 import time
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from conveyor_core import keys
 from conveyor_core.catalog import DEFAULT_QUEUE
 from tests.e2e.conftest import Stack, running
+from tests.support.cluster import LocalCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("cluster")]
 
@@ -138,3 +140,22 @@ def test_bulk_actions_and_schedules_on_a_cluster(cluster_stack: Stack) -> None:
     ids = [str(job["id"]) for job in runs()]
     assert len(ids) == len(set(ids))
     assert all(job_id.startswith(f"{{{DEFAULT_QUEUE}}}ticking:") for job_id in ids)
+
+
+def test_a_submit_waits_for_a_replica_and_says_when_none_holds_it(
+    cluster_url: str, redis_cluster: LocalCluster, log_dir: Path
+) -> None:
+    settings = {"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "200"}
+    with running(Stack(cluster_url, log_dir, **settings)) as stack:
+        job = stack.submit("effect", {"work_s": 0})  # its replica has it: acknowledged
+        assert job["state"] == "queued"
+
+        primary = redis_cluster.primary_of(keys.queue_key(DEFAULT_QUEUE, "wake"))
+        redis_cluster.replica_of(primary).stop()
+        response = stack.http.post("/v1/jobs/effect", json={"work_s": 0})
+
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) > 0
+        problem = response.json()
+        assert problem["type"] == "urn:conveyor:problem:redis-replicas-short"
+        assert stack.job(problem["job_id"])["state"] == "queued"  # written, and said so

@@ -77,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalog,
             admit=redis_health.refuse_if_unsafe,
             blobs=claimcheck.open_blob_store(settings.blobs),
+            # A submit is acknowledged once this many replicas hold its job.
+            wait_replicas=settings.redis.wait_replicas,
+            wait_timeout_ms=settings.redis.wait_timeout_ms,
         )
         app.state.events = events = JobEvents(redis)
         app.state.history = HistoryReader(redis)

@@ -42,6 +42,19 @@ class Replicated:
         return self.acknowledged < self.wanted
 
 
+class ReplicasShortError(Exception):
+    """A job was written, but fewer replicas than asked acknowledged it in
+    time: a failover now may lose it. The job itself stands (it is not undone)."""
+
+    def __init__(self, job_id: str, wanted: int, acknowledged: int) -> None:
+        super().__init__(
+            f"job {job_id}: {acknowledged} of {wanted} replica(s) acknowledged it in time"
+        )
+        self.job_id = job_id
+        self.wanted = wanted
+        self.acknowledged = acknowledged
+
+
 async def call_and_wait(
     client: RedisClient,
     script: AsyncScript,

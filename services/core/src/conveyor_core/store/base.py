@@ -22,6 +22,8 @@ class StoreBase:
         *,
         admit: Callable[[], Awaitable[None]] | None = None,
         blobs: BlobStore | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self.redis = redis
         # On a cluster one call touches one slot: what is the caller's (its
@@ -35,6 +37,10 @@ class StoreBase:
         # Awaited before each submit; raises to refuse it (the api's: not while
         # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
         self._admit = admit
+        # A submit that creates a job waits (WAIT) until this many replicas
+        # hold it, at most this long (REDIS_WAIT_REPLICAS; replicas.py).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         script = redis.register_script
         self._submit = script(lua_script("submit"))
         self._rate_limit = script(lua_script("rate_limit"))
