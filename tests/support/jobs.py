@@ -346,6 +346,24 @@ async def iterating(ctx: JobContext, payload: Items) -> int:
     return done
 
 
+# Where `journaled` writes its tries (a folder; each worker process a file of
+# its own): a record Redis cannot lose, for tests that kill Redis nodes.
+JOURNAL_ENV = "CONVEYOR_TEST_JOURNAL"
+
+
+async def journaled(ctx: JobContext, payload: Effect) -> str:
+    """Works `work_s`, then notes "job_id try started_s ended_s" in this
+    process's journal file, whatever ended the try. No Redis call of its own."""
+    started_s = time.time()
+    try:
+        await asyncio.sleep(payload.work_s)
+    finally:
+        path = os.path.join(os.environ[JOURNAL_ENV], f"{os.getpid()}.log")
+        with open(path, "a") as journal:  # one short line to local disk
+            journal.write(f"{ctx.job_id} {ctx.job_try} {started_s!r} {time.time()!r}\n")
+    return "done"
+
+
 def _quick(max_tries: int) -> RetryPolicy:
     return RetryPolicy(max_tries=max_tries, backoff_base_s=0.2, backoff_cap_s=5)
 
@@ -368,6 +386,7 @@ JOB_TYPES = [
     JobType("effect", Effect, f"{MODULE}:effect", retry=_quick(10)),
     # Kept a second after it finishes: housekeeping's work at a high job rate.
     JobType("brief", Effect, f"{MODULE}:effect", retry=_quick(1), keep_result_s=1),
+    JobType("journaled", Effect, f"{MODULE}:journaled", retry=_quick(10)),
     JobType("parent", Nothing, f"{MODULE}:parent"),
     # Groups: a starter, its members and their continuation.
     JobType("fan_out", FanOut, f"{MODULE}:fan_out", retry=_quick(5)),
