@@ -59,5 +59,5 @@ def test_200_uploads_of_5_mib_fit_a_64_mb_redis_and_other_work_goes_on(
         memory: dict[str, int] = stack.redis.info("memory")  # type: ignore[assignment]
         used = int(memory["used_memory"])
         assert used < 64 * MiB
-        documents = stack.redis.zcard("conveyor:documents:expiry")
+        documents = stack.redis.zcard("conveyor:{stats}:documents:expiry")
         assert documents == UPLOADS

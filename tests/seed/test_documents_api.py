@@ -110,14 +110,14 @@ async def test_upload_stores_the_document_and_enqueues_its_job(
     assert job["idempotency_key"] == document["id"]
     assert await redis.zscore(DEFAULT_QUEUE, job["id"]) is not None
     # Redis holds the record alone; the bytes come back from the blob store, whole.
-    assert await redis.keys(f"conveyor:document:{document['id']}*") == [
-        f"conveyor:document:{document['id']}".encode()
+    assert await redis.keys(f"conveyor:{{stats}}:document:{document['id']}*") == [
+        f"conveyor:{{stats}}:document:{document['id']}".encode()
     ]
     download = await client.get(f"/v1/documents/{document['id']}/content")
     assert download.status_code == 200
     assert download.content == pdf
     assert download.headers["content-type"] == "application/pdf"
-    ttl_s = await redis.ttl(f"conveyor:document:{document['id']}")
+    ttl_s = await redis.ttl(f"conveyor:{{stats}}:document:{document['id']}")
     assert 60 < ttl_s <= 60 + 86_400  # the asked-for retention, plus the backstop
 
     read = await client.get(f"/v1/documents/{document['id']}")
@@ -348,8 +348,10 @@ async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
     assert refused.json()["field"] == "max_outstanding_jobs"
     assert "retry-after" in refused.headers
     # Only the first document is kept.
-    stored = {k.decode() for k in await redis.keys("conveyor:document:*") if b":content" not in k}
-    assert stored == {f"conveyor:document:{first.json()['document']['id']}"}
+    stored = {
+        k.decode() for k in await redis.keys("conveyor:{stats}:document:*") if b":content" not in k
+    }
+    assert stored == {f"conveyor:{{stats}}:document:{first.json()['document']['id']}"}
 
 
 async def test_uploads_over_the_keys_quota_of_stored_bytes_are_refused(

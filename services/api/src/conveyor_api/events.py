@@ -274,9 +274,19 @@ class JobEvents:
                 self._redis,
                 on_message=lambda channel, _data: self._heard(channel),
                 on_subscribed=self._heard,
+                # Streams re-read at once: Redis away is theirs to report.
+                on_lost=self._wake_all,
             )
             shard.start()
         return shard
+
+    def _wake_all(self) -> None:
+        for watchers in self._watchers.values():
+            for changed in watchers:
+                changed.set()
+        for streams in self._multiplexed.values():
+            for changes in streams:
+                changes.mark_all()
 
     def _heard(self, channel: str) -> None:
         for changed in self._watchers.get(channel, ()):

@@ -61,10 +61,10 @@ share its slot by the layout above):
 - Outside Lua: history, stats and listings read per queue with
   non-transactional pipelines (a cluster splits them per node); the
   listing's page script is called once per queue on a cluster (a cluster
-  pipeline takes no scripts); bulk deletes of idempotency records and the
-  worker registry's MGET are split per slot by the cluster client; the
-  seed app's document scripts bump `STATS_PENDING` next to a document's
-  keys (two slots: the seed app is single-node).
+  pipeline takes no scripts); bulk deletes of idempotency records are split
+  per slot by the cluster client, and the worker registry reads its cards
+  with one MGET per slot (workers.py); the seed app's document keys carry
+  the `{stats}` tag, so its scripts bump `STATS_PENDING` in their slot.
 
 Pub/sub: a queue's wake-ups are sharded (`SPUBLISH` on `conveyor:{queue}:wake`,
 its slot), heard by workers through shardpubsub.py on one node and on a

@@ -193,7 +193,8 @@ class ShardChannels:
     `add` and `discard` take effect within a read's wait (READ_WAIT_S). Calls
     `on_message(channel, data)` for each message, and `on_subscribed(channel)`
     each time a subscription is confirmed (again after a reconnection), so a
-    listener re-reads whatever it may have missed. On a cluster every channel
+    listener re-reads whatever it may have missed; `on_lost()` when the
+    connection is lost (each failed attempt while it stays lost). On a cluster every channel
     must be in one slot (`channel_slot`); on one node any channel goes. With
     nothing to hear it holds no connection. A lost connection, a moved slot
     or a silent node is a gap, as for `ShardSubscription`: it reconnects where
@@ -206,11 +207,13 @@ class ShardChannels:
         on_message: Callable[[str, bytes], None],
         on_subscribed: Callable[[str], None],
         *,
+        on_lost: Callable[[], None] = lambda: None,
         ping_every_s: float = PING_EVERY_S,
     ) -> None:
         self.redis = redis
         self.on_message = on_message
         self.on_subscribed = on_subscribed
+        self.on_lost = on_lost
         self.ping_every_s = ping_every_s
         self.wanted: set[str] = set()
         self._changed = asyncio.Event()
@@ -255,6 +258,7 @@ class ShardChannels:
                 delay_s = RECONNECT_FIRST_DELAY_S
             except _RESUBSCRIBE_ERRORS as exc:
                 logger.warning("sharded pub/sub: resubscribing: %s", describe_redis_error(exc))
+                self.on_lost()  # a listener may look now (and meet the fault itself)
                 refresh = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay_s)
