@@ -325,7 +325,10 @@ def test_a_stream_hears_only_jobs_that_exist_and_drops_each_as_it_finishes(
         first, second = deferred_job(http), deferred_job(http)
 
         def heard() -> set[str]:
-            channels = cast(list[bytes], direct.pubsub_channels(f"{keys.EVENTS_PREFIX}*"))
+            channels = cast(
+                list[bytes],
+                direct.execute_command("PUBSUB", "SHARDCHANNELS", f"{keys.EVENTS_PREFIX}*"),
+            )
             return {c.decode().removeprefix(keys.EVENTS_PREFIX) for c in channels}
 
         ids = [first, "no-such-job", second]

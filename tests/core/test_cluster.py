@@ -266,3 +266,27 @@ def _until_silent(node: ClusterNodeProcess) -> None:
                 direct.ping()
         except redis_sync.TimeoutError:
             return
+
+
+async def test_a_pipeline_survives_a_close_by_another_call(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    # During a failover one call's retry closes the shared client (redis-py then
+    # has no default node until it reads the slot map again) while another's
+    # pipeline waits on its node: its failed command is its result, not a crash.
+    key = "conveyor:{a}:count"
+    await cluster_redis.incr(key)
+    with redis_cluster.primary_of(key).client() as direct:
+        sleeping = asyncio.create_task(
+            asyncio.to_thread(direct.execute_command, "DEBUG", "SLEEP", "0.5")
+        )
+        await asyncio.sleep(0.1)
+        async with cluster_redis.pipeline(transaction=False) as pipe:
+            pipe.incr(key)
+            executing = asyncio.create_task(pipe.execute(raise_on_error=False))
+            await asyncio.sleep(0.1)
+            await cluster_redis.aclose()  # as another call's retry does
+            (result,) = await executing
+        await sleeping
+    assert isinstance(result, Exception)
+    assert await cluster_redis.incr(key) >= 2  # and it serves on

@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
@@ -10,7 +10,7 @@ from arq.connections import ArqRedis
 
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient
-from conveyor_core.shardpubsub import ShardSubscription, spublish
+from conveyor_core.shardpubsub import ShardChannels, ShardSubscription, channel_slot, spublish
 from tests.support.cluster import LocalCluster
 
 # Channels whose slots lie on each of the cluster's three primaries.
@@ -140,3 +140,98 @@ async def test_a_subscription_leaves_a_frozen_node(
         old.thaw()
         await subscription.stop()
     assert heard.gaps >= 3
+
+
+@dataclass
+class HeardOn:
+    """What a ShardChannels heard, by channel."""
+
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+    confirmed: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_message(self, channel: str, data: bytes) -> None:
+        self.messages.append((channel, data))
+        self.changed.set()
+
+    def on_subscribed(self, channel: str) -> None:
+        self.confirmed.append(channel)
+        self.changed.set()
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not done():
+            self.changed.clear()
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise AssertionError(f"never happened: {self}")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left_s)
+
+
+# Two jobs' channels of one queue: one slot (their ids' tag).
+QUEUE_CHANNELS = ["conveyor:events:{arq:queue}1", "conveyor:events:{arq:queue}2"]
+
+
+async def _subscribers(client: RedisClient, channel: str) -> int:
+    """How many connections subscribe `channel` (on the node of its slot)."""
+    reply = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+    if isinstance(reply, dict):  # a cluster client's answer, by node
+        reply = next(iter(reply.values()))
+    return int(reply[1])
+
+
+async def test_channels_come_and_go_on_one_connection(any_redis: RedisClient) -> None:
+    first, second = QUEUE_CHANNELS
+    assert channel_slot(any_redis, first) == channel_slot(any_redis, second)
+    heard = HeardOn()
+    channels = ShardChannels(any_redis, heard.on_message, heard.on_subscribed)
+    channels.start()
+    try:
+        channels.add(first)
+        channels.add(second)
+        await heard.until(lambda: set(heard.confirmed) == {first, second})
+        assert await spublish(any_redis, first, b"1") == 1
+        assert await spublish(any_redis, second, b"2") == 1
+        await heard.until(lambda: len(heard.messages) == 2)
+        assert sorted(heard.messages) == [(first, b"1"), (second, b"2")]
+
+        channels.discard(first)
+        deadline = time.monotonic() + WAIT_S
+        while await _subscribers(any_redis, first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await spublish(any_redis, first, b"left") == 0
+        assert await spublish(any_redis, second, b"still") == 1
+        await heard.until(lambda: (second, b"still") in heard.messages)
+
+        channels.discard(second)  # nothing left to hear: the connection closes
+        while await _subscribers(any_redis, second) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await spublish(any_redis, second, b"gone") == 0
+        assert (first, b"left") not in heard.messages
+    finally:
+        await channels.stop()
+
+
+async def test_channels_are_subscribed_again_after_a_failover(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    heard = HeardOn()
+    channels = ShardChannels(cluster_redis, heard.on_message, heard.on_subscribed)
+    channels.start()
+    try:
+        for channel in QUEUE_CHANNELS:
+            channels.add(channel)
+        await heard.until(lambda: set(heard.confirmed) == set(QUEUE_CHANNELS))
+        redis_cluster.kill_primary(redis_cluster.primary_of(QUEUE_CHANNELS[0]))
+        # Each confirmed again where the slot is now: a listener re-reads its jobs.
+        await heard.until(lambda: len(heard.confirmed) >= 4)
+        assert sorted(heard.confirmed[2:]) == sorted(QUEUE_CHANNELS)
+        deadline = time.monotonic() + WAIT_S
+        while (QUEUE_CHANNELS[1], b"after") not in heard.messages:
+            with suppress(*REDIS_FAULT_ERRORS):
+                await spublish(cluster_redis, QUEUE_CHANNELS[1], b"after")
+            assert time.monotonic() < deadline, heard
+            await asyncio.sleep(0.1)
+    finally:
+        await channels.stop()

@@ -11,16 +11,29 @@ from typing import Any, cast
 import httpx
 import pytest
 import redis as redis_sync
+from arq.connections import ArqRedis
+from redis.cluster import ClusterNode, RedisCluster
 
 from conveyor_api.auth import Scope
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
-from conveyor_core.redis import create_redis
+from conveyor_core.redis import connect
 from conveyor_core.settings import RedisSettings
 from conveyor_core.store import JobStore
 from tests.support import jobs
 from tests.support.auth import AUTH_HEADERS, TEST_KEY, TEST_KEY_NAME, api_key, keys_env
 from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
+
+
+def direct_client(redis_url: str) -> redis_sync.Redis:
+    """A plain client of the stack's Redis, a node's or a cluster's, for what a
+    test reads or sets itself (one key a call)."""
+    settings = RedisSettings(url=redis_url)
+    if not settings.cluster:
+        return redis_sync.Redis.from_url(redis_url)
+    nodes = [ClusterNode(host, port) for host, port in settings.cluster_seeds]  # type: ignore[no-untyped-call]
+    # Typed as a node's client: tests call single-key commands only.
+    return cast(redis_sync.Redis, RedisCluster(startup_nodes=nodes))
 
 
 class Stack:
@@ -34,7 +47,7 @@ class Stack:
         self.workers: list[ServiceProcess] = []
         # Sends the test key, which the api process accepts (tests/support/auth.py).
         self.http = httpx.Client(base_url="http://placeholder", timeout=10, headers=AUTH_HEADERS)
-        self.redis = redis_sync.Redis.from_url(redis_url)
+        self.redis = direct_client(redis_url)
 
     def start_api(self) -> None:
         self.api.start()
@@ -57,9 +70,9 @@ class Stack:
         submit route); its id."""
 
         async def enqueued() -> str:
-            client = create_redis(RedisSettings(url=self.redis_url))
+            client = connect(RedisSettings(url=self.redis_url))
             try:
-                store = JobStore(client, load_catalog(jobs.MODULES.split(",")))
+                store = JobStore(cast(ArqRedis, client), load_catalog(jobs.MODULES.split(",")))
                 return (await enqueue(store, store.catalog[job_type], payload)).job_id
             finally:
                 await client.aclose()
@@ -126,6 +139,13 @@ def running(stack: Stack, workers: int = 0) -> Iterator[Stack]:
         yield stack
     finally:
         stack.close()
+
+
+@pytest.fixture(params=["node", pytest.param("cluster", marks=pytest.mark.xdist_group("cluster"))])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """An empty single Redis, then an empty cluster: a stack built on it runs on both."""
+    url: str = request.getfixturevalue("redis_url" if request.param == "node" else "cluster_url")
+    return url
 
 
 @pytest.fixture

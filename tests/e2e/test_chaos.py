@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Stack
+from tests.support import jobs
 from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +47,7 @@ def test_sigkilled_workers_lose_no_job_and_repeat_no_side_effect(stack: Stack) -
 
     assert not pending, f"{len(pending)} jobs never completed\n{stack.logs()}"
     assert stack.redis.get("test:effects") == str(JOBS).encode()  # each applied exactly once
-    assert all(stack.redis.get(f"test:effect:{j}") == b"1" for j in job_ids)
+    assert all(stack.redis.get(jobs.effect_key(j)) == b"1" for j in job_ids)
 
     def cut_short(killed_at: float, ids: set[str]) -> set[str]:
         """The jobs that were running at the kill and had not finished before it.

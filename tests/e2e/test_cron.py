@@ -100,7 +100,9 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
 
     expiring = upload(stack, "old.txt", retention_s="2")
     # Read now: a cleanup may remove the entry before the digest below arrives.
-    expired_at_ms = int(cast(float, stack.redis.zscore("conveyor:documents:expiry", expiring)))
+    expired_at_ms = int(
+        cast(float, stack.redis.zscore("conveyor:{stats}:documents:expiry", expiring))
+    )
     assert expired_at_ms
     fresh = upload(stack, "new.txt")
     flaky = [stack.submit("flaky", {"fail_times": 1})["id"] for _ in range(3)]
@@ -163,8 +165,8 @@ def test_cron_runs_once_across_two_workers_with_true_numbers(
     assert grand == [sum(c[i] for c in totals.values()) for i in range(3)]
 
     # Expired: the record, its index entry and its blobs gone. Fresh: kept.
-    assert not stack.redis.exists(f"conveyor:document:{expiring}")
-    assert stack.redis.zscore("conveyor:documents:expiry", expiring) is None
+    assert not stack.redis.exists(f"conveyor:{{stats}}:document:{expiring}")
+    assert stack.redis.zscore("conveyor:{stats}:documents:expiry", expiring) is None
     assert stack.http.get(f"/v1/documents/{expiring}").status_code == 404
     assert not [p for p in (BLOBS / "documents" / expiring).rglob("*") if p.is_file()]
     kept = stack.http.get(f"/v1/documents/{fresh}")

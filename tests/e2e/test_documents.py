@@ -306,8 +306,8 @@ def test_the_document_flow_over_an_s3_store_with_direct_upload_and_download(
         assert download.status_code == 307
         assert httpx.get(download.headers["location"], timeout=10).content == TEXT.encode()
         # Redis holds the record; the bytes and the text are objects in the bucket.
-        assert stack.redis.keys(f"conveyor:document:{document['id']}*") == [
-            f"conveyor:document:{document['id']}".encode()
+        assert stack.redis.keys(f"conveyor:{{stats}}:document:{document['id']}*") == [
+            f"conveyor:{{stats}}:document:{document['id']}".encode()
         ]
 
 

@@ -80,7 +80,7 @@ def test_200_uploads_of_5_mib_fit_a_64_mb_redis_and_other_work_goes_on(
         used = int(memory["used_memory"])
         assert used < 64 * MiB
         stored = [a for a in answers if a.status_code == 202]
-        assert stack.redis.zcard("conveyor:documents:expiry") == len(stored)
+        assert stack.redis.zcard("conveyor:{stats}:documents:expiry") == len(stored)
         if not quota:
             assert len(stored) == UPLOADS
             return

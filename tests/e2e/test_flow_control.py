@@ -11,6 +11,7 @@ import httpx
 
 from conveyor_core.local.redis_server import RedisProcess
 from tests.e2e.conftest import Stack, running
+from tests.support import jobs
 
 QUEUE = "arq:queue"
 
@@ -92,7 +93,7 @@ def run_and_sample(stack: Stack, job_ids: list[str], subjects: list[str]) -> dic
     deadline = time.monotonic() + 60
     while (completed := cast(int, stack.redis.llen(completed_key))) < len(job_ids):
         for subject in subjects:
-            seen[subject] = max(seen[subject], count(f"test:running:{subject}"))
+            seen[subject] = max(seen[subject], count(jobs.running_key(subject)))
         assert time.monotonic() < deadline, f"{completed} of {len(job_ids)}\n{stack.logs()}"
         time.sleep(0.01)
     for subject in subjects:

@@ -2,16 +2,32 @@
 
 import itertools
 import signal
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from arq.connections import RedisSettings, create_pool
 
 from conveyor_core.catalog import DEFAULT_QUEUE
 from conveyor_core.serializer import job_deserializer, job_serializer
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, running
 from tests.support import jobs
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def stack(any_redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    """The api on one Redis node, then on a cluster: each test here runs on both."""
+    with running(Stack(any_redis_url, log_dir)) as stack:
+        yield stack
+
+
+@pytest.fixture
+def node_stack(redis_url: str, log_dir: Path) -> Iterator[Stack]:
+    """The api on one Redis node (what a cluster does not offer: bare arq clients)."""
+    with running(Stack(redis_url, log_dir)) as stack:
+        yield stack
 
 
 def test_queued_until_a_worker_runs_it(stack: Stack) -> None:
@@ -149,7 +165,8 @@ def test_a_job_enqueues_a_follow_up_that_keeps_the_request_id(stack: Stack) -> N
     assert child["request_id"] == done["request_id"] == "req-123"
 
 
-async def test_a_job_from_a_bare_arq_client_runs_and_is_tracked(stack: Stack) -> None:
+async def test_a_job_from_a_bare_arq_client_runs_and_is_tracked(node_stack: Stack) -> None:
+    stack = node_stack
     stack.start_worker()
     # arq's own client, with the serializer the docs tell a bare arq client to pass.
     bare = await create_pool(

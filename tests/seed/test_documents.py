@@ -8,6 +8,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from conveyor_core.blobs import BlobIntegrityError, BlobSettings, BlobStore
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.jobs import now_ms
 from conveyor_core.stats import take_counts
 from conveyor_seed import keys
@@ -24,6 +25,8 @@ from conveyor_seed.documents import (
     sniff,
 )
 from tests.support.pdf import make_pdf
+
+pytestmark = pytest.mark.xdist_group("cluster")
 
 PDF_BYTES = make_pdf([["First page. It has words."], ["Second page."]])
 
@@ -98,6 +101,21 @@ async def _create(store: DocumentStore, document_id: str, retention_s: int) -> N
 
 
 @pytest.fixture
+def redis(node_or_cluster_redis: ArqRedis) -> ArqRedis:
+    """The store's tests run on one Redis node, then on a cluster (every call in one slot)."""
+    return node_or_cluster_redis
+
+
+async def every_key(redis: ArqRedis, pattern: str) -> list[bytes]:
+    """KEYS over the one node, or over every primary of a cluster."""
+    if isinstance(redis, ClusterClient):
+        found: list[bytes] = await redis.keys(pattern, target_nodes=ClusterClient.PRIMARIES)
+        return found
+    on_node: list[bytes] = await redis.keys(pattern)
+    return on_node
+
+
+@pytest.fixture
 def blobs(tmp_path: Path) -> BlobStore:
     return BlobStore.from_settings(BlobSettings(url=f"file://{tmp_path}/blobs"))
 
@@ -111,7 +129,7 @@ async def test_store_keeps_the_bytes_in_the_blob_store(redis: ArqRedis, blobs: B
     assert not document.processed
     assert await store.content(document) == b"text"
     assert document.content.size == 4
-    assert await redis.keys("*d1*") == [keys.document_key("d1").encode()]  # the record only
+    assert await every_key(redis, "*d1*") == [keys.document_key("d1").encode()]  # the record only
     # Redis drops it a day after retention even if cleanup never runs.
     assert 86_400 < await redis.ttl(keys.document_key("d1")) <= 86_460
     await blobs.put(document.content.key, b"TEXT")  # changed behind the record's back

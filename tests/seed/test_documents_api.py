@@ -85,7 +85,7 @@ async def post(
 
 
 async def assert_nothing_stored(redis: ArqRedis, blob_dir: Path) -> None:
-    assert await redis.keys("conveyor:document*") == []
+    assert await redis.keys("conveyor:{stats}:document*") == []
     assert await redis.zcard(DEFAULT_QUEUE) == 0  # nothing enqueued
     assert [p for p in blob_dir.rglob("*") if p.is_file()] == []  # no bytes either
 
@@ -113,14 +113,14 @@ async def test_upload_stores_the_document_and_enqueues_its_job(
     assert job["idempotency_key"] == document["id"]
     assert await redis.zscore(DEFAULT_QUEUE, job["id"]) is not None
     # Redis holds the record alone; the bytes come back from the blob store, whole.
-    assert await redis.keys(f"conveyor:document:{document['id']}*") == [
-        f"conveyor:document:{document['id']}".encode()
+    assert await redis.keys(f"conveyor:{{stats}}:document:{document['id']}*") == [
+        f"conveyor:{{stats}}:document:{document['id']}".encode()
     ]
     download = await client.get(f"/v1/documents/{document['id']}/content")
     assert download.status_code == 200
     assert download.content == pdf
     assert download.headers["content-type"] == "application/pdf"
-    ttl_s = await redis.ttl(f"conveyor:document:{document['id']}")
+    ttl_s = await redis.ttl(f"conveyor:{{stats}}:document:{document['id']}")
     assert 60 < ttl_s <= 60 + 86_400  # the asked-for retention, plus the backstop
 
     read = await client.get(f"/v1/documents/{document['id']}")
@@ -307,7 +307,7 @@ async def test_a_direct_upload_that_is_not_a_document_is_refused_and_removed(
     refused = await client.post(upload["register_url"], json={"name": "a.png"})
     assert refused.status_code == 415
     assert refused.headers["content-type"] == "application/problem+json"
-    assert await redis.keys("conveyor:document*") == []
+    assert await redis.keys("conveyor:{stats}:document*") == []
     again = await client.post(upload["register_url"], json={"name": "a.png"})
     assert again.status_code == 404
 
@@ -351,8 +351,10 @@ async def test_an_upload_over_the_keys_quota_is_refused_and_kept_nowhere(
     assert refused.json()["field"] == "max_outstanding_jobs"
     assert "retry-after" in refused.headers
     # Only the first document is kept.
-    stored = {k.decode() for k in await redis.keys("conveyor:document:*") if b":content" not in k}
-    assert stored == {f"conveyor:document:{first.json()['document']['id']}"}
+    stored = {
+        k.decode() for k in await redis.keys("conveyor:{stats}:document:*") if b":content" not in k
+    }
+    assert stored == {f"conveyor:{{stats}}:document:{first.json()['document']['id']}"}
     # Its bytes too: the refused upload's blob went with its record.
     blobs = [p.relative_to(blob_dir).as_posix() for p in blob_dir.rglob("*") if p.is_file()]
     assert blobs == [f"documents/{first.json()['document']['id']}/original"]
@@ -394,7 +396,7 @@ async def test_without_a_usable_store_documents_are_a_503_and_jobs_go_on(
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["type"] == "urn:conveyor:problem:blob-store-unavailable"
         assert int(response.headers["retry-after"]) >= 1
-    assert await redis.keys("conveyor:document*") == []
+    assert await redis.keys("conveyor:{stats}:document*") == []
     assert await redis.zcard(DEFAULT_QUEUE) == 0  # no job for a document not stored
     assert (await client.get("/v1/documents/nope")).status_code == 404
     submitted = await client.post("/v1/jobs/create_task", json={"sleep_s": 0})

@@ -117,17 +117,23 @@ async def slow(ctx: JobContext, payload: Slow) -> int:
 
 
 # Mark the job's effect and count it in one atomic step, so a kill between
-# the two cannot leave one without the other.
+# the two cannot leave one without the other. The mark's hash tag is the
+# counter's name, so both share a slot on a cluster too.
 APPLY_ONCE = """
 if redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end
 """
+
+
+def effect_key(job_id: str) -> str:
+    """Where `effect` marks a job's effect as applied (in `test:effects`' slot)."""
+    return f"{{test:effects}}:{job_id}"
 
 
 async def effect(ctx: JobContext, payload: Effect) -> str:
     """Idempotent by design: the side effect is keyed by job id and applied once."""
     await _record_start(ctx)
     await asyncio.sleep(payload.work_s)
-    await ctx.redis.eval(APPLY_ONCE, 2, f"test:effect:{ctx.job_id}", "test:effects")  # type: ignore[misc]
+    await ctx.redis.eval(APPLY_ONCE, 2, effect_key(ctx.job_id), "test:effects")  # type: ignore[misc]
     await ctx.redis.set(f"test:done_at:{ctx.job_id}", repr(time.time()), nx=True)
     return "done"
 
@@ -157,6 +163,12 @@ class Tenanted(BaseModel):
     work_s: float = Field(ge=0)
 
 
+def running_key(subject: str) -> str:
+    """How many `tracked` jobs of `subject` run now; its hash tag is the name of
+    their highest count (`test:max_running:{subject}`), so both share a slot."""
+    return f"{{test:max_running:{subject}}}:running"
+
+
 # Count the job in while it runs, and keep the highest count seen, in one step.
 RUN_IN = """
 local n = redis.call('INCR', KEYS[1])
@@ -173,12 +185,12 @@ async def tracked(ctx: JobContext, payload: Effect | Tenanted) -> str:
     if isinstance(payload, Tenanted):
         subjects.append(f"{ctx.job_type.name}:{payload.tenant_id}")
     for subject in subjects:
-        await ctx.redis.eval(RUN_IN, 2, f"test:running:{subject}", f"test:max_running:{subject}")  # type: ignore[misc]
+        await ctx.redis.eval(RUN_IN, 2, running_key(subject), f"test:max_running:{subject}")  # type: ignore[misc]
     try:
         await asyncio.sleep(payload.work_s)
     finally:
         for subject in subjects:
-            await ctx.redis.decr(f"test:running:{subject}")
+            await ctx.redis.decr(running_key(subject))
     await ctx.redis.rpush(f"test:completed:{ctx.job_type.name}", ctx.job_id)  # type: ignore[misc]
     return "done"
 
@@ -274,7 +286,7 @@ async def combine(ctx: JobContext, payload: Nothing) -> int:
     shown = [r if not isinstance(r, ChildFailure) else {"failed": r.state} for r in results]
     await ctx.redis.sadd(f"test:continuations:{ctx.group_id}", ctx.job_id)  # type: ignore[misc]
     await ctx.redis.set(f"test:results:{ctx.job_id}", json.dumps(shown))
-    await ctx.redis.eval(APPLY_ONCE, 2, f"test:combined:{ctx.job_id}", "test:combines")  # type: ignore[misc]
+    await ctx.redis.eval(APPLY_ONCE, 2, f"{{test:combines}}:{ctx.job_id}", "test:combines")  # type: ignore[misc]
     return len(results)
 
 
@@ -341,6 +353,24 @@ async def iterating(ctx: JobContext, payload: Items) -> int:
     return done
 
 
+# Where `journaled` writes its tries (a folder; each worker process a file of
+# its own): a record Redis cannot lose, for tests that kill Redis nodes.
+JOURNAL_ENV = "CONVEYOR_TEST_JOURNAL"
+
+
+async def journaled(ctx: JobContext, payload: Effect) -> str:
+    """Works `work_s`, then notes "job_id try started_s ended_s" in this
+    process's journal file, whatever ended the try. No Redis call of its own."""
+    started_s = time.time()
+    try:
+        await asyncio.sleep(payload.work_s)
+    finally:
+        path = os.path.join(os.environ[JOURNAL_ENV], f"{os.getpid()}.log")
+        with open(path, "a") as journal:  # one short line to local disk
+            journal.write(f"{ctx.job_id} {ctx.job_try} {started_s!r} {time.time()!r}\n")
+    return "done"
+
+
 def _quick(max_tries: int) -> RetryPolicy:
     return RetryPolicy(max_tries=max_tries, backoff_base_s=0.2, backoff_cap_s=5)
 
@@ -363,6 +393,7 @@ JOB_TYPES = [
     JobType("effect", Effect, f"{MODULE}:effect", retry=_quick(10)),
     # Kept a second after it finishes: housekeeping's work at a high job rate.
     JobType("brief", Effect, f"{MODULE}:effect", retry=_quick(1), keep_result_s=1),
+    JobType("journaled", Effect, f"{MODULE}:journaled", retry=_quick(10)),
     JobType("parent", Nothing, f"{MODULE}:parent"),
     # Groups: a starter, its members and their continuation.
     JobType("fan_out", FanOut, f"{MODULE}:fan_out", retry=_quick(5)),

@@ -339,7 +339,10 @@ class BulkRunner:
                     jobs, cursor = jobs[: status.at_most - matched], None  # its bound
                 done, skipped = await self._act(status.action, jobs)
                 matched += len(jobs)
-                async with self.redis.pipeline(transaction=True) as pipe:
+                # One round trip, not a transaction: the record and its lock
+                # are in two slots on a cluster. A reader may see a batch's
+                # counts land one after another; the lock holder is the only writer.
+                async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.hincrby(key, "matched", len(jobs))
                     pipe.hincrby(key, "done", done)
                     pipe.hincrby(key, "skipped", skipped)

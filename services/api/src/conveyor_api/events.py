@@ -8,16 +8,14 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
-from arq.connections import ArqRedis
 from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
-from redis.asyncio.client import PubSub
 from starlette.types import Receive, Scope, Send
 
 from conveyor_core import keys
 from conveyor_core.metrics import LIVE_STREAMS, LIVE_STREAMS_REFUSED
-from conveyor_core.pubsub import READ_WAIT_S, RECONNECT_DELAY_S
-from conveyor_core.redis import REDIS_DOWN_ERRORS
+from conveyor_core.redis import RedisClient
+from conveyor_core.shardpubsub import READ_WAIT_S, ShardChannels, channel_slot
 
 logger = logging.getLogger(__name__)
 
@@ -153,27 +151,33 @@ class JobChanges:
 class JobEvents:
     """Wakes the streams watching a job whenever that job changes.
 
-    Each job has its own channel, and this process subscribes to the channels
-    of the jobs its streams watch, on one pub/sub connection: a replica that
-    serves no stream hears nothing and spends nothing. The subscriptions
-    follow the watched jobs one by one (a job's first watcher subscribes its
-    channel, its last one leaving unsubscribes it), never the whole set again
-    but after a reconnection. A notice carries no state: a woken stream
-    re-reads the job, so a notice lost while Redis was away, or sent before a
-    subscription took effect, costs nothing but a re-read (every stream is
-    woken when its subscription is confirmed, and when the connection drops
-    and comes back).
+    Each job has its own sharded channel (in its queue's slot, keys.py), and
+    this process subscribes to the channels of the jobs its streams watch:
+    one connection per slot they are in (on one node, one connection), so a
+    replica that serves no stream hears nothing and spends nothing. The
+    subscriptions follow the watched jobs one by one (a job's first watcher
+    subscribes its channel, its last one leaving unsubscribes it), never the
+    whole set again but after a reconnection. A notice carries no state: a
+    woken stream re-reads the job, so a notice lost while Redis was away, or
+    sent before a subscription took effect, costs nothing but a re-read
+    (every stream is woken when its job's subscription is confirmed, again
+    after a reconnection or a failover).
     """
 
-    def __init__(self, redis: ArqRedis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
+        # By channel: a job's (keys.events_channel) or a group's.
         self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        # By job id: multiplexed streams hear jobs only.
         self._multiplexed: defaultdict[str, set[JobChanges]] = defaultdict(set)
-        # Jobs whose first watcher came or last one left since the listener looked.
+        # Channels whose first watcher came or last one left since the listener looked.
         self._touched: set[str] = set()
         self._watched_changed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # One subscriber per slot of watched jobs (one in all on a single node).
+        self._shards: dict[int | None, ShardChannels] = {}
+        self._leaving: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="job events")
@@ -181,25 +185,33 @@ class JobEvents:
     async def stop(self) -> None:
         self._stopping.set()
         self._watched_changed.set()
-        if self._task is None:
-            return
-        done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
-        if not done:
-            self._task.cancel()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
+            if not done:
+                self._task.cancel()
+        await asyncio.gather(*(shard.stop() for shard in self._shards.values()))
+        await asyncio.gather(*self._leaving, return_exceptions=True)
+
+    def watch(self, job_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set on every change of `job_id` (clear it before re-reading)."""
+        return self._watch(keys.events_channel(job_id))
+
+    def watch_group(self, group_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set on every change of a group (a member's end, its finish...)."""
+        return self._watch(keys.group_events_channel(group_id))
 
     @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
-        """An event set on every change of `job_id` (clear it before re-reading)."""
+    def _watch(self, channel: str) -> Iterator[asyncio.Event]:
         changed = asyncio.Event()
-        self._watchers[job_id].add(changed)
-        self._touch(job_id)
+        self._watchers[channel].add(changed)
+        self._touched_channel(channel)
         try:
             yield changed
         finally:
-            self._watchers[job_id].discard(changed)
-            if not self._watchers[job_id]:
-                del self._watchers[job_id]
-                self._touch(job_id)
+            self._watchers[channel].discard(changed)
+            if not self._watchers[channel]:
+                del self._watchers[channel]
+                self._touched_channel(channel)
 
     @contextlib.contextmanager
     def watch_many(self, job_ids: Iterable[str]) -> Iterator[JobChanges]:
@@ -225,54 +237,48 @@ class JobEvents:
             self._touch(job_id)
 
     def _touch(self, job_id: str) -> None:
-        self._touched.add(job_id)
+        self._touched_channel(keys.events_channel(job_id))
+
+    def _touched_channel(self, channel: str) -> None:
+        self._touched.add(channel)
         self._watched_changed.set()
 
-    def _is_watched(self, job_id: str) -> bool:
-        return job_id in self._watchers or job_id in self._multiplexed
+    def _is_watched(self, channel: str) -> bool:
+        return (
+            channel in self._watchers
+            or channel.removeprefix(keys.EVENTS_PREFIX) in self._multiplexed
+        )
 
     async def _run(self) -> None:
-        while not self._stopping.is_set():
-            pubsub = self._redis.pubsub()
-            try:
-                await self._listen(pubsub)
-            except REDIS_DOWN_ERRORS as exc:
-                logger.warning("job events: redis unreachable, reconnecting: %s", exc)
-                self._wake_all()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), RECONNECT_DELAY_S)
-            finally:
-                with contextlib.suppress(*REDIS_DOWN_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def _listen(self, pubsub: PubSub) -> None:
-        subscribed: set[str] = set()  # job ids
-        # A new connection hears nothing yet: everything watched is new to it.
-        self._touched |= {*self._watchers, *self._multiplexed}
+        """Follow the watched jobs: subscribe the new ones' channels, leave the rest's."""
         while not self._stopping.is_set():
             self._watched_changed.clear()
             touched, self._touched = self._touched, set()
-            added = {j for j in touched if self._is_watched(j) and j not in subscribed}
-            removed = {j for j in touched if not self._is_watched(j) and j in subscribed}
-            if added:
-                await pubsub.subscribe(*map(keys.events_channel, added))
-                subscribed |= added
-            if removed:
-                await pubsub.unsubscribe(*map(keys.events_channel, removed))
-                subscribed -= removed
-            if not subscribed:
-                await self._watched_changed.wait()  # nothing to hear: no reads at all
-                continue
-            message = await pubsub.get_message(timeout=READ_WAIT_S)
-            if message is not None and message["type"] in ("message", "subscribe"):
-                channel = message["channel"].decode()
-                self._notify(channel.removeprefix(keys.EVENTS_PREFIX))
+            for channel in touched:
+                slot = channel_slot(self._redis, channel)
+                if self._is_watched(channel):
+                    self._shard(slot).add(channel)
+                elif (shard := self._shards.get(slot)) is not None:
+                    shard.discard(channel)
+                    if not shard.wanted:  # its last job: its connection goes too
+                        del self._shards[slot]
+                        leaving = asyncio.create_task(shard.stop())
+                        self._leaving.add(leaving)
+                        leaving.add_done_callback(self._leaving.discard)
+            await self._watched_changed.wait()
 
-    def _notify(self, job_id: str) -> None:
-        for changed in self._watchers.get(job_id, ()):
-            changed.set()
-        for changes in self._multiplexed.get(job_id, ()):
-            changes.mark(job_id)
+    def _shard(self, slot: int | None) -> ShardChannels:
+        shard = self._shards.get(slot)
+        if shard is None:
+            shard = self._shards[slot] = ShardChannels(
+                self._redis,
+                on_message=lambda channel, _data: self._heard(channel),
+                on_subscribed=self._heard,
+                # Streams re-read at once: Redis away is theirs to report.
+                on_lost=self._wake_all,
+            )
+            shard.start()
+        return shard
 
     def _wake_all(self) -> None:
         for watchers in self._watchers.values():
@@ -281,3 +287,10 @@ class JobEvents:
         for streams in self._multiplexed.values():
             for changes in streams:
                 changes.mark_all()
+
+    def _heard(self, channel: str) -> None:
+        for changed in self._watchers.get(channel, ()):
+            changed.set()
+        job_id = channel.removeprefix(keys.EVENTS_PREFIX)
+        for changes in self._multiplexed.get(job_id, ()):
+            changes.mark(job_id)

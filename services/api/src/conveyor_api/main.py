@@ -4,7 +4,9 @@ import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
+from arq.connections import ArqRedis
 from fastapi import APIRouter, FastAPI
 
 from conveyor_api import tenants
@@ -39,7 +41,7 @@ from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
 from conveyor_core.history import HistoryReader
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
-from conveyor_core.redis import create_redis
+from conveyor_core.redis import connect
 from conveyor_core.redis_health import RedisHealth
 from conveyor_core.store import JobStore
 
@@ -63,7 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One client (and connection pool) for the process, not one per request.
-        app.state.redis = redis = create_redis(settings.redis)
+        # A node's client or a cluster's (REDIS_URL says which); the cluster's
+        # carries what this code reads from arq's (cluster.py), and every call
+        # keeps to one slot (keys.py).
+        app.state.redis = redis = cast(ArqRedis, connect(settings.redis))
         # Redis' memory policy and usage: warned about, exported, read by /readyz,
         # and no job acknowledged while Redis may evict it.
         app.state.redis_health = redis_health = RedisHealth(redis, settings.redis, "api")
@@ -72,6 +77,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalog,
             admit=redis_health.refuse_if_unsafe,
             blobs=claimcheck.open_blob_store(settings.blobs),
+            # A submit is acknowledged once this many replicas hold its job.
+            wait_replicas=settings.redis.wait_replicas,
+            wait_timeout_ms=settings.redis.wait_timeout_ms,
         )
         app.state.events = events = JobEvents(redis)
         app.state.history = HistoryReader(redis)

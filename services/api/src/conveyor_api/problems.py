@@ -22,6 +22,7 @@ from conveyor_core.redis import (
     redis_fault,
 )
 from conveyor_core.redis_health import RedisEvictsError
+from conveyor_core.replicas import ReplicasShortError
 
 logger = logging.getLogger("conveyor.api")
 
@@ -32,6 +33,7 @@ REDIS_FULL_PROBLEM = "urn:conveyor:problem:redis-full"
 REDIS_EVICTS_PROBLEM = "urn:conveyor:problem:redis-evicts"
 INTERNAL_PROBLEM = "urn:conveyor:problem:internal"
 BLOB_STORE_PROBLEM = "urn:conveyor:problem:blob-store-unavailable"
+REPLICAS_SHORT_PROBLEM = "urn:conveyor:problem:redis-replicas-short"
 # A field's name in a validation problem (a JSON body's keys are the client's).
 FIELD_NAME_MAX_CHARS = 200
 # A validation problem lists at most this many errors (a body may hold thousands).
@@ -184,6 +186,23 @@ def redis_evicts(request: Request, retry_after_s: int, reason: str) -> JSONRespo
     )
 
 
+def replicas_short(request: Request, retry_after_s: int, exc: ReplicasShortError) -> JSONResponse:
+    """A submit whose job fewer replicas than REDIS_WAIT_REPLICAS acknowledged
+    in time: 503, not acknowledged, though the job was written and may run."""
+    return problem_response(
+        503,
+        "Job not acknowledged by enough replicas",
+        f"Job {exc.job_id} was written, but {exc.acknowledged} of {exc.wanted} replica(s) "
+        "acknowledged it in time, so a failover now may lose it. It may exist and run: "
+        "retry with the same Idempotency-Key (or debounce key) to get it rather than a "
+        f"second job; try again in {retry_after_s} s.",
+        instance=request.url.path,
+        problem_type=REPLICAS_SHORT_PROBLEM,
+        headers={"Retry-After": str(retry_after_s)},
+        job_id=exc.job_id,
+    )
+
+
 def _internal_error(request: Request) -> JSONResponse:
     """A bug: problem+json, and the connection closed (the app's state for it is unknown)."""
     return problem_response(
@@ -223,6 +242,11 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
             headers={"Retry-After": str(retry_after_s)},
         )
 
+    async def _replicas_short(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ReplicasShortError)
+        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        return replicas_short(request, retry_after_s, exc)
+
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's last resort (ServerErrorMiddleware): it re-raises after we
         # answer, so uvicorn logs the traceback. A Redis fault raised outside the
@@ -234,6 +258,7 @@ def install_problem_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
     app.add_exception_handler(RedisEvictsError, _evicts)
+    app.add_exception_handler(ReplicasShortError, _replicas_short)
     app.add_exception_handler(FieldError, _field_error)
     for error in (*REDIS_FAULT_ERRORS, ResponseError):
         app.add_exception_handler(error, _redis_fault)

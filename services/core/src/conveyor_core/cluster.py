@@ -17,16 +17,22 @@ What redis-py does for us, and what it does not:
   connection or CLUSTERDOWN reads the map again and retries: after a
   failover, calls reach the promoted replica without a restart;
 - commands whose keys span slots raise before anything is sent;
+- a close by one call (its retry) while another's pipeline is under way
+  leaves no default node, which that pipeline reads after a failure: any
+  known node stands in (`ClusterClient.get_default_node`);
 - pipelines (`transaction=False` only) are split per node, one connection each;
 - a node's new connections connect side by side, with no pool lock held
   (what `redis.ParallelConnectionPool` fixes for one node is not needed);
 - a `Script` loads itself with SCRIPT LOAD on every primary on its first
-  NOSCRIPT (a promoted replica starts with no scripts), but a script queued
-  in a cluster pipeline is not loaded for it: call scripts directly;
+  NOSCRIPT (a promoted replica starts with no scripts); ours reads the slot
+  map again and loads once more if it still meets NOSCRIPT (a map that did
+  not know the promoted replica yet); a script queued in a cluster pipeline
+  is not loaded for it: call scripts directly;
 - there is no pub/sub client: `conveyor_core.shardpubsub` subscribes to
   sharded channels (SSUBSCRIBE) on the node that owns each one.
 """
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from arq.constants import default_queue_name, expires_extra_ms
@@ -36,11 +42,12 @@ from redis.exceptions import (
     AuthenticationError,
     ClusterDownError,
     MasterDownError,
+    NoScriptError,
     RedisClusterException,
     SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.typing import ScriptTextT
+from redis.typing import EncodableT, KeyT, ScriptTextT
 
 from conveyor_core.serializer import job_deserializer, job_serializer
 
@@ -78,12 +85,26 @@ class ClusterClient(RedisCluster):
         super().pipeline(transaction, shard_hint)  # refuses a transaction, a shard hint
         return _Pipeline(self)  # type: ignore[abstract]
 
+    def get_default_node(self) -> ClusterNode:
+        """The node for calls with no key; any known node while there is none.
+
+        A close (redis-py's own retry after a failed call closes the shared
+        client, as `replicas.py` does after a redirect) leaves no default node
+        until the slot map is read again, and redis-py's pipeline reads one
+        after a failure: a pipeline under way then would crash (a 500 during a
+        failover) instead of returning its commands' faults.
+        """
+        node = super().get_default_node()
+        if node is None and self.nodes_manager.nodes_cache:
+            return self.get_random_node()
+        return node
+
     def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
         """A script run by EVALSHA on its keys' node, loaded on every primary on a NOSCRIPT.
 
         redis-py's own is typed for a single node's client only.
         """
-        return AsyncScript(self, script)  # type: ignore[arg-type]
+        return _Script(self, script)  # type: ignore[arg-type]
 
     async def initialize(self) -> "ClusterClient":
         """Read the slot map; a fault while reading it raises as the fault it is.
@@ -103,6 +124,31 @@ class ClusterClient(RedisCluster):
                 raise ClusterDownError(message) from exc  # type: ignore[no-untyped-call]
             raise
         return self
+
+
+class _Script(AsyncScript):
+    """redis-py's script, which after a NOSCRIPT loads itself on the primaries
+    its slot map knows and runs again. Right after a failover that map may not
+    know the promoted replica as a primary yet, so the second run meets
+    NOSCRIPT too: then the map is read again and the script loaded once more."""
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: Any = None,
+    ) -> Any:
+        try:
+            return await super().__call__(keys, args, client)
+        except NoScriptError:
+            cluster = client if client is not None else self.registered_client
+            if not isinstance(cluster, ClusterClient):
+                raise
+            await cluster.nodes_manager.initialize()
+            self.sha = await cluster.script_load(self.script)
+            named = list(keys or [])
+            # redis-py types EVALSHA's keys and arguments as str only.
+            return await cluster.evalsha(self.sha, len(named), *named, *(args or []))  # type: ignore[arg-type,misc]
 
 
 class _Pipeline(ClusterPipeline):

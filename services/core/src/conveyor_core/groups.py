@@ -45,10 +45,11 @@ group and the place (conveyor_core.group_ids), so a member's end needs no
 read, every job's end stays as cheap as before, and the group stores no list.
 
 Costs per member beyond its own commands: its end one HINCRBY and one
-PUBLISH (progress for live streams); the continuation reads the results
+SPUBLISH (progress for live streams); the continuation reads the results
 with one MGET per RESULTS_CHUNK members. A group's members are all in one
 Redis (groups do not run on a cluster yet; when they do, a group's members
-share a hash tag, so the MGET stays in one slot).
+share a hash tag, so the MGET stays in one slot). On a cluster
+`start_group` refuses at once (GroupsUnsupportedError), writing nothing.
 
 Creating a group writes its hash first, then its members GROUP_CHUNK_MAX
 per Lua call. A group started by a job has an id derived from the job's id
@@ -89,8 +90,8 @@ The public interface (job authors, the api, the console and the CLI):
   `requeue_group(store, group_id) -> GroupAction | None`.
 - Ids: `conveyor_core.group_ids` (`member_id`, `group_of`, `continued_by`).
   A job as read (`JobPublic`) names its `group_id` and the `groups` it started.
-- Changes: the group's hash is announced on its id's events channel
-  (`keys.events_channel(group_id)`), as a job's is.
+- Changes: the group's hash is announced on its events channel
+  (`keys.group_events_channel(group_id)`, in its hash's slot), as a job's is.
 """
 
 from collections import Counter
@@ -105,7 +106,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
 from conveyor_core import keys, serializer
-from conveyor_core.catalog import Catalog, JobType
+from conveyor_core.catalog import Catalog, JobType, PermanentJobError
 from conveyor_core.claimcheck import reference_of, resolve
 from conveyor_core.enqueue import job_meta
 from conveyor_core.flow import flow_entry
@@ -168,6 +169,18 @@ class GroupError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class GroupsUnsupportedError(PermanentJobError):
+    """Groups do not run on a Redis Cluster yet (a group's hash, its members and
+    its continuations span slots): refused before anything is written. A job
+    that starts one fails at once (no retry would help)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "groups and batches do not run on a Redis Cluster yet: their members and "
+            "continuations span slots; run them on one Redis node"
+        )
 
 
 class NotAContinuationError(RuntimeError):
@@ -354,6 +367,8 @@ async def start_group(
     `fingerprint` (of the request that starts it) is kept, so a resubmit
     under the same id can be told from another request (`group_fingerprint`).
     """
+    if store.one_slot_per_call:
+        raise GroupsUnsupportedError
     _check_shape(len(children), on_child_failure, group_id, hands_to, then is not None)
     outer = group_of(hands_to) if hands_to is not None else None
     catalog = store.catalog

@@ -61,10 +61,10 @@ share its slot by the layout above):
 - Outside Lua: history, stats and listings read per queue with
   non-transactional pipelines (a cluster splits them per node); the
   listing's page script is called once per queue on a cluster (a cluster
-  pipeline takes no scripts); bulk deletes of idempotency records and the
-  worker registry's MGET are split per slot by the cluster client; the
-  seed app's document scripts bump `STATS_PENDING` next to a document's
-  keys (two slots: the seed app is single-node).
+  pipeline takes no scripts); bulk deletes of idempotency records are split
+  per slot by the cluster client, and the worker registry reads its cards
+  with one MGET per slot (workers.py); the seed app's document keys carry
+  the `{stats}` tag, so its scripts bump `STATS_PENDING` in their slot.
 
 Shards: a queue may span several hash tags (`shards` on its catalog
 `Queue`). Shard 0 is the queue's own name, so a queue of one shard keeps
@@ -77,9 +77,10 @@ shard.
 
 Pub/sub: a queue's wake-ups are sharded (`SPUBLISH` on `conveyor:{queue}:wake`,
 its slot), heard by workers through shardpubsub.py on one node and on a
-cluster alike. Events per job and per group still use `PUBLISH`, which a
-cluster sends to every node, and which the api hears with plain `SUBSCRIBE`
-(one node only so far).
+cluster alike. Events per job and per group are sharded too (`SPUBLISH` on
+`conveyor:events:{id}`: a job's channel is in its queue's slot, by its id's
+tag), heard by the api through shardpubsub.py's `ShardChannels`, one
+connection per slot it watches.
 """
 
 from uuid import uuid4
@@ -117,12 +118,14 @@ DEBOUNCE_SUFFIX = "debounce:"
 # Members are jobs named `{group id}.{index}`: the id says a job's group and
 # its place, so a group keeps no list of members. Lives GROUP_OPEN_S while its
 # members run (re-armed when a requeue re-opens it), GROUP_KEEP_S once finished.
-# Its changes are announced on its id's events channel (EVENTS_PREFIX).
+# Its changes are announced on its events channel (group_events_channel, in
+# its hash's slot).
 GROUP_PREFIX = PREFIX + "group:"
 GROUP_OPEN_S = 7 * 86_400
 GROUP_KEEP_S = 7 * 86_400
-# Pub/sub per job: its version on every change, for SSE streams. A channel per
-# job, so an api replica hears only the jobs its streams watch.
+# Sharded pub/sub per job (SPUBLISH): its version on every change, for SSE
+# streams. A channel per job, so an api replica hears only the jobs its
+# streams watch; in the job's slot, so a cluster sends it to that shard only.
 EVENTS_PREFIX = PREFIX + "events:"
 # Sharded pub/sub per queue (SPUBLISH, `conveyor:{queue}:wake`, in the
 # queue's slot: a cluster sends it to the queue's nodes only): "there may be
@@ -271,6 +274,11 @@ def paused_key(queue: str) -> str:
 
 def events_channel(job_id: str) -> str:
     return EVENTS_PREFIX + job_id
+
+
+def group_events_channel(group_id: str) -> str:
+    """A group's sharded events channel, in its hash's slot: the hash's name is its tag."""
+    return EVENTS_PREFIX + "{" + group_key(group_id) + "}"
 
 
 def group_key(group_id: str) -> str:

@@ -52,9 +52,10 @@ class RedisSettings(BaseSettings):
     # The name the sentinels know the master by.
     sentinel_master: str = "mymaster"
     # Replication is asynchronous: a write a primary acknowledged is lost if
-    # the primary dies before a replica has it. A write may wait (Redis WAIT)
-    # until this many replicas hold it; 0 answers as soon as the primary has
-    # it. In progress: not yet read by the submit.
+    # the primary dies before a replica has it. An api submit that creates a
+    # job waits (Redis WAIT) until this many replicas hold it, else answers
+    # 503 (the job may exist); 0 answers as soon as the primary has it. Jobs
+    # that jobs enqueue and scheduled runs do not wait.
     wait_replicas: int = Field(default=0, ge=0)
     # How long that wait may take; then the write answers with fewer replicas
     # and says so. Below REDIS_SOCKET_TIMEOUT_S, which bounds every reply.

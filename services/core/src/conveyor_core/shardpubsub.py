@@ -118,20 +118,7 @@ class ShardSubscription:
                         await connection.disconnect()
 
     async def _connect(self, refresh: bool) -> AbstractConnection:
-        """A new connection to the node that serves the channel (per the slot map)."""
-        connection: AbstractConnection
-        if isinstance(self.redis, ClusterClient):
-            await self.redis.initialize()  # the slot map, if not read yet
-            if refresh:  # the channel's node was lost: read where its slot is now
-                await self.redis.nodes_manager.initialize()
-            node = self.redis.get_node_from_key(self.channel)
-            if node is None:
-                raise SubscriptionMovedError(f"no node serves the slot of {self.channel!r}")
-            connection = node.connection_class(**node.connection_kwargs)
-        else:
-            connection = self.redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        await connection.connect()  # type: ignore[no-untyped-call]
-        return connection
+        return await connect_to_channel_node(self.redis, self.channel, refresh=refresh)
 
     async def _subscribe(self, connection: AbstractConnection) -> None:
         await connection.send_command("SSUBSCRIBE", self.channel)
@@ -169,6 +156,163 @@ class ShardSubscription:
         A MOVED (a node that does not serve the slot) raises as a fault.
         """
         return await connection.read_response(timeout=timeout_s)
+
+
+async def connect_to_channel_node(
+    redis: RedisClient, channel: str, *, refresh: bool
+) -> AbstractConnection:
+    """A new connection to the node that serves `channel` (per the slot map,
+    read again first when `refresh`: the channel's node was lost)."""
+    connection: AbstractConnection
+    if isinstance(redis, ClusterClient):
+        await redis.initialize()  # the slot map, if not read yet
+        if refresh:
+            await redis.nodes_manager.initialize()
+        node = redis.get_node_from_key(channel)
+        if node is None:
+            raise SubscriptionMovedError(f"no node serves the slot of {channel!r}")
+        connection = node.connection_class(**node.connection_kwargs)
+    else:
+        connection = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    await connection.connect()  # type: ignore[no-untyped-call]
+    return connection
+
+
+def channel_slot(redis: RedisClient, channel: str) -> int | None:
+    """The slot of `channel` on a cluster; None on one node (every channel goes
+    on one connection there)."""
+    if isinstance(redis, ClusterClient):
+        slot: int = redis.keyslot(channel)
+        return slot
+    return None
+
+
+class ShardChannels:
+    """A changing set of sharded channels of one slot, on one connection.
+
+    `add` and `discard` take effect within a read's wait (READ_WAIT_S). Calls
+    `on_message(channel, data)` for each message, and `on_subscribed(channel)`
+    each time a subscription is confirmed (again after a reconnection), so a
+    listener re-reads whatever it may have missed; `on_lost()` when the
+    connection is lost (each failed attempt while it stays lost). On a cluster every channel
+    must be in one slot (`channel_slot`); on one node any channel goes. With
+    nothing to hear it holds no connection. A lost connection, a moved slot
+    or a silent node is a gap, as for `ShardSubscription`: it reconnects where
+    the slot is now and subscribes every channel again.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        on_message: Callable[[str, bytes], None],
+        on_subscribed: Callable[[str], None],
+        *,
+        on_lost: Callable[[], None] = lambda: None,
+        ping_every_s: float = PING_EVERY_S,
+    ) -> None:
+        self.redis = redis
+        self.on_message = on_message
+        self.on_subscribed = on_subscribed
+        self.on_lost = on_lost
+        self.ping_every_s = ping_every_s
+        self.wanted: set[str] = set()
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, channel: str) -> None:
+        self.wanted.add(channel)
+        self._changed.set()
+
+    def discard(self, channel: str) -> None:
+        self.wanted.discard(channel)
+        self._changed.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="shard channels")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._changed.set()
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
+        if not done:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        delay_s = RECONNECT_FIRST_DELAY_S
+        refresh = False
+        while not self._stopping.is_set():
+            if not self.wanted:
+                self._changed.clear()
+                await self._changed.wait()  # nothing to hear: no connection at all
+                continue
+            connection: AbstractConnection | None = None
+            try:
+                connection = await connect_to_channel_node(
+                    self.redis, next(iter(self.wanted)), refresh=refresh
+                )
+                refresh = False
+                await self._serve(connection)
+                delay_s = RECONNECT_FIRST_DELAY_S
+            except _RESUBSCRIBE_ERRORS as exc:
+                logger.warning("sharded pub/sub: resubscribing: %s", describe_redis_error(exc))
+                self.on_lost()  # a listener may look now (and meet the fault itself)
+                refresh = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_MAX_DELAY_S)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(*REDIS_FAULT_ERRORS):
+                        await connection.disconnect()
+
+    async def _serve(self, connection: AbstractConnection) -> None:
+        """Follow `wanted` on this connection and read, until it is empty (or a fault)."""
+        subscribed: set[str] = set()
+        # Channels we left whose SUNSUBSCRIBE is not confirmed yet; any other
+        # `sunsubscribe` is the node dropping us (the slot moved).
+        leaving: set[str] = set()
+        heard_s, pinged = time.monotonic(), False
+        while not self._stopping.is_set():
+            self._changed.clear()
+            if added := self.wanted - subscribed:
+                await connection.send_command("SSUBSCRIBE", *sorted(added))
+                subscribed |= added
+            if removed := subscribed - self.wanted:
+                await connection.send_command("SUNSUBSCRIBE", *sorted(removed))
+                subscribed -= removed
+                leaving |= removed
+            if not subscribed and not leaving:
+                return
+            reply = await connection.read_response(timeout=READ_WAIT_S)
+            if reply is None:
+                silent_s = time.monotonic() - heard_s
+                if silent_s > 2 * self.ping_every_s:
+                    raise RedisTimeoutError(f"no answer to PING in {silent_s:.1f} s")
+                if silent_s > self.ping_every_s and not pinged:
+                    await connection.send_command("PING")
+                    pinged = True
+                continue
+            heard_s, pinged = time.monotonic(), False
+            if not isinstance(reply, list) or len(reply) < 2:
+                continue  # a PONG
+            kind, channel = _kind(reply), _text(reply[1])
+            if kind == "smessage":
+                self.on_message(channel, reply[2])
+            elif kind == "ssubscribe":
+                self.on_subscribed(channel)
+            elif kind == "sunsubscribe":
+                if channel not in leaving:
+                    raise SubscriptionMovedError(
+                        f"the node unsubscribed {channel!r}: its slot moved"
+                    )
+                leaving.discard(channel)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _kind(reply: list[Any]) -> str:

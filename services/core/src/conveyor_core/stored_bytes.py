@@ -62,6 +62,13 @@ class ByteQuotaError(Exception):
         return self.size_bytes > self.quota.max_bytes
 
 
+# Add to a bucket and set when it expires, in one step.
+COUNT = """
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+"""
+
+
 def bucket_key(api_key: str, index: int) -> str:
     return f"{PREFIX}stored-bytes:{{{api_key}}}:{index}"
 
@@ -101,11 +108,9 @@ async def count(redis: ArqRedis, api_key: str, size_bytes: int, until_s: float) 
     """Count `size_bytes` the key stores until `until_s` (when its record goes)."""
     now_s = time.time()
     index = min(_index(max(until_s, now_s)), _index(now_s) + HORIZON_BUCKETS)
-    key = bucket_key(api_key, index)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.incrby(key, size_bytes)
-        pipe.expireat(key, (index + 1) * BUCKET_S)
-        await pipe.execute()
+    # One script, not MULTI (a cluster takes none): never a count without its expiry.
+    expires_at_s = (index + 1) * BUCKET_S
+    await redis.eval(COUNT, 1, bucket_key(api_key, index), str(size_bytes), str(expires_at_s))  # type: ignore[misc]
 
 
 class QuotaGauges:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from redis.asyncio import Redis
 
 from conveyor_core import keys
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.jobs import now_ms
 
 # A worker announces itself this often (at most), from its poll loop.
@@ -57,5 +58,10 @@ async def live_workers(redis: "Redis") -> list[WorkerCard]:
     names = [n.decode() for n in await redis.zrange(keys.WORKERS, 0, -1)]
     if not names:
         return []
-    cards = await redis.mget([keys.worker_key(n) for n in names])
+    card_keys = [keys.worker_key(n) for n in names]
+    if isinstance(redis, ClusterClient):
+        # The cards are in many slots: one MGET per slot (as many as live workers at most).
+        cards = await redis.mget_nonatomic(card_keys)
+    else:
+        cards = await redis.mget(card_keys)
     return [WorkerCard(**json.loads(raw)) for raw in cards if raw]

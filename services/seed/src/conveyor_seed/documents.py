@@ -305,6 +305,7 @@ class DocumentStore:
     def __init__(self, redis: ArqRedis, blobs: BlobStore) -> None:
         self.redis = redis
         self.blobs = blobs
+        self._create = redis.register_script(lua_script("document_create"))
         self._update = redis.register_script(lua_script("document_update"))
         self._processed = redis.register_script(lua_script("document_processed"))
         self._expire = redis.register_script(lua_script("documents_expire"))
@@ -343,11 +344,10 @@ class DocumentStore:
         }
         ttl_s = retention_s + EXPIRY_BACKSTOP_S
         hash_key = keys.document_key(document_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(hash_key, mapping=fields)
-            pipe.expire(hash_key, ttl_s)
-            pipe.zadd(keys.DOCUMENTS_BY_EXPIRY, {document_id: expires_at_ms})
-            await pipe.execute()
+        await self._create(
+            keys=[hash_key, keys.DOCUMENTS_BY_EXPIRY],
+            args=[document_id, ttl_s, expires_at_ms, *_flatten(fields)],
+        )
         return Document(
             document_id,
             name,
@@ -384,7 +384,9 @@ class DocumentStore:
     async def remove(self, document_id: str) -> None:
         """Remove a document at once (an upload whose job was refused): its
         record, then its blobs."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # One round trip to one slot; no transaction needed: an index entry
+        # left behind by a crash in between is removed by cleanup.
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.document_key(document_id))
             pipe.zrem(keys.DOCUMENTS_BY_EXPIRY, document_id)
             await pipe.execute()

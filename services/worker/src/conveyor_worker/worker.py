@@ -37,7 +37,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, cast
 
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
@@ -53,7 +53,7 @@ from conveyor_core.redaction import Redactor
 from conveyor_core.redis import (
     REDIS_FAULT_ERRORS,
     RedisFault,
-    create_redis,
+    connect,
     record_redis_fault,
     redis_fault,
 )
@@ -672,8 +672,8 @@ class ConveyorWorker:
         if self._resources is not None:
             await self._resources.close(self.resource_close_budget_s())
             self._resources = None
-        if isinstance(self.pool, ClusterClient):  # its nodes' pools close with it
-            await self.pool.aclose()
+        if isinstance(self.pool, ClusterClient):
+            await self.pool.aclose()  # its connections to every node
         else:
             await self.pool.aclose(close_connection_pool=True)
 
@@ -738,5 +738,8 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
 def create_worker(settings: Settings) -> ConveyorWorker:
     """Build the worker; call inside the event loop it will run on."""
     catalog = load_catalog(settings.catalog.modules)
-    redis = create_redis(settings.redis, timeout_each_read=False)
+    # A node's client or a cluster's (REDIS_URL says which); the cluster's
+    # carries what this code reads from arq's (cluster.py), and every call
+    # keeps to one slot (keys.py).
+    redis = cast(ArqRedis, connect(settings.redis, timeout_each_read=False))
     return ConveyorWorker(**worker_settings(settings, redis, catalog))

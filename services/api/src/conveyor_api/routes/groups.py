@@ -27,6 +27,7 @@ from conveyor_core.groups import (
     GroupError,
     GroupPublic,
     GroupState,
+    GroupsUnsupportedError,
     cancel_group,
     group_fingerprint,
     read_group,
@@ -195,6 +196,9 @@ async def _started(
         )
     except GroupError as exc:
         raise _invalid(exc.field, exc.message, names) from None
+    except GroupsUnsupportedError as exc:
+        why = str(exc)
+        raise HTTPException(501, f"{why[0].upper()}{why[1:]}.") from None
     public = await read_group(store, group.id)
     if public is None:  # expired within the request: not likely, but not a 500
         raise HTTPException(404, f"Group {group.id} is gone.")
@@ -213,6 +217,7 @@ START_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "The key may not submit one of the types, or at that priority"},
     409: {"description": "Same Idempotency-Key, different body"},
     413: {"description": "A payload is over the size limit"},
+    501: {"description": "Redis is a cluster: groups and batches do not run there yet"},
     429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
     503: {"description": "Redis is unavailable; retry after Retry-After"},
 }
@@ -375,7 +380,7 @@ async def _stream(
     group_id: str, store: JobStore, events: EventsDep, deadline: float
 ) -> AsyncIterator[bytes]:
     sent = ""
-    with events.watch(group_id) as changed:  # the counting script announces each end
+    with events.watch_group(group_id) as changed:  # the counting script announces each end
         while True:
             changed.clear()  # before the read: a change after it wakes the wait below
             try:

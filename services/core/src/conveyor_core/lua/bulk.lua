@@ -35,7 +35,7 @@ local function delete(rec)
   redis.call('DEL', K.job .. id, K.arq_job .. id, K.arq_result .. id, K.arq_lock .. id)
   -- A group member that never ended counts as cancelled: its group still finishes.
   if not TERMINAL[rec.state] then group_end(rec, 'cancelled', now, {}) end
-  redis.call('PUBLISH', K.events .. id, rec.version + 1)
+  redis.call('SPUBLISH', K.events .. id, rec.version + 1)
 end
 
 for i = 4, #ARGV, action == 'requeue' and 2 or 1 do

@@ -14,5 +14,5 @@ if r[1] ~= 'in_progress' then return 0 end
 local version = tonumber(r[2]) + 1
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'progress', ARGV[4]) end
 redis.call('HSET', KEYS[1], 'checkpoint', ARGV[1], 'version', version)
-redis.call('PUBLISH', ARGV[2], version)
+redis.call('SPUBLISH', ARGV[2], version)
 return 1

@@ -10,5 +10,5 @@ if ARGV[4] ~= '' and r[1] and r[3] ~= ARGV[4] then return -1 end
 if r[1] ~= 'in_progress' then return 0 end
 local version = tonumber(r[2]) + 1
 redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_message', ARGV[2], 'version', version)
-redis.call('PUBLISH', ARGV[3], version)
+redis.call('SPUBLISH', ARGV[3], version)
 return 1

@@ -24,6 +24,8 @@ class StoreBase:
         *,
         admit: Callable[[], Awaitable[None]] | None = None,
         blobs: BlobStore | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         self.redis = redis
         # On a cluster one call touches one slot: what is the caller's (its
@@ -37,6 +39,10 @@ class StoreBase:
         # Awaited before each submit; raises to refuse it (the api's: not while
         # Redis may evict, redis_health.RedisHealth.refuse_if_unsafe).
         self._admit = admit
+        # A submit that creates a job waits (WAIT) until this many replicas
+        # hold it, at most this long (REDIS_WAIT_REPLICAS; replicas.py).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         script = redis.register_script
         # The scripts every job runs (submit, claim, the end of a try) are
         # Redis functions: their libraries are built once, not per call

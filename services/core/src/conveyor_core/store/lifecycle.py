@@ -26,6 +26,7 @@ from conveyor_core.jobs import (
 )
 from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS
 from conveyor_core.ratelimit import RateLimit
+from conveyor_core.replicas import ReplicasShortError, call_and_wait
 from conveyor_core.scores import PRIORITIES, queue_score
 from conveyor_core.snooze import Hold
 from conveyor_core.store.fields import _flatten, _pairs
@@ -117,7 +118,11 @@ class Lifecycle(Reads):
         quota_full = quota is not None and not await self._take_place(
             quota, job_id, at_ms, expiry_ms
         )
-        status, *existing = await self._submit(
+        submitted = await call_and_wait(
+            self.redis,
+            self._submit,
+            replicas=self.wait_replicas,
+            timeout_ms=self.wait_timeout_ms,
             keys=[
                 job_key_prefix + job_id,
                 result_key_prefix + job_id if id_may_repeat else absent,
@@ -147,12 +152,17 @@ class Lifecycle(Reads):
                 rate_limit.burst if rate_limit else 0,
             ],
         )
+        status, *existing = submitted.reply
         if quota is not None and not quota_full and status != b"created":
             await self._quota(keys=[quota.key], args=["give", at_ms, job_id])
         if status == b"created" and meta.get("parent_id"):
             await self._link_child(
                 keys=[keys.job_key(meta["parent_id"])], args=[job_id, job_type.name]
             )
+        wrote = status == b"created" or (status == b"debounced" and existing[1] == b"1")
+        if submitted.short and wrote:
+            # Written, but on fewer replicas than asked: said so, never acknowledged.
+            raise ReplicasShortError(job_id, submitted.wanted, submitted.acknowledged)
         if status == b"debounced":
             kept_id, replaced = existing
             return Submitted(kept_id.decode(), False, debounced=True, replaced=replaced == b"1")

@@ -14,7 +14,7 @@ local function cancel_job(rec, now, ttl)
     if rec.cancel then return 'cancelling', false end
     local version = rec.version + 1
     redis.call('HSET', K.job .. rec.id, 'cancel_requested', '1', 'version', version)
-    redis.call('PUBLISH', K.events .. rec.id, version)
+    redis.call('SPUBLISH', K.events .. rec.id, version)
     return 'cancelling', true
   end
   transition(rec, 'cancelled', now, now + ttl, {'finished_at_ms', now, 'next_try_at_ms', ''}, ttl)

@@ -39,6 +39,6 @@ local function debounce(dkey, mode, window_ms, now, queue, flow_hash, job, flow)
     redis.call('HDEL', flow_hash, kept)
   end
   redis.call('PEXPIRE', dkey, window_ms)
-  redis.call('PUBLISH', K.events .. kept, 1)
+  redis.call('SPUBLISH', K.events .. kept, 1)
   return {'debounced', kept, '1'}
 end

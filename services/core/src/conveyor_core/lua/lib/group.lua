@@ -76,7 +76,7 @@ local function count_end(gid, place, to, now, fields)
         'failed_error', string.sub(why, 1, 2000))
     end
   end
-  redis.call('PUBLISH', K.events .. gid, remaining)
+  redis.call('SPUBLISH', group_channel(gid), remaining)
   if remaining == 0 then group_finish(gkey, gid, now) end
 end
 
@@ -104,7 +104,7 @@ group_finish = function(gkey, gid, now)
     redis.call('HSET', gkey, 'finished_at_ms', now)
   end
   redis.call('PEXPIRE', gkey, K.group_keep_ms)
-  redis.call('PUBLISH', K.events .. gid, 'finished')
+  redis.call('SPUBLISH', group_channel(gid), 'finished')
   local outer = g.hands_to and group_of(g.hands_to)
   if outer and not continues then
     local to = g.state == 'cancelled' and 'cancelled' or 'dead'
@@ -117,7 +117,7 @@ end
 
 -- A job reached final state `to` (lib/transition.lua): counted in its group,
 -- if it is a member, or in the group a continuation holds a place of. Costs
--- one HINCRBY and one PUBLISH for a complete member (a continuation, one
+-- one HINCRBY and one SPUBLISH for a complete member (a continuation, one
 -- HGET more); the last member also starts the continuations (group_finish).
 local function group_end(rec, to, now, fields)
   local gid = group_of(rec.id)
@@ -147,7 +147,7 @@ local function uncount(gid)
     local outer = g[3] and group_of(g[3])
     if outer and g[4] then uncount(outer) end
   end
-  redis.call('PUBLISH', K.events .. gid, 'requeued')
+  redis.call('SPUBLISH', group_channel(gid), 'requeued')
 end
 
 -- A dead job is requeued (lib/requeue.lua): a member, or a `then`

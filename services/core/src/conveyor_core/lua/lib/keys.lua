@@ -9,6 +9,10 @@ local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name
 -- the queue's slot, so a cluster sends it to the queue's nodes only.
 local function wake_channel(queue) return qkey(queue, 'wake') end
 
+-- A group's events channel (keys.py, group_events_channel): sharded, in the
+-- slot of the group's hash, whose name is its tag.
+local function group_channel(gid) return K.events .. '{' .. K.group .. gid .. '}' end
+
 -- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
 local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
 local function running_key(queue, t) return qkey(queue, 'running:' .. t) end

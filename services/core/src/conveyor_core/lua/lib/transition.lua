@@ -52,6 +52,6 @@ local function transition(rec, to, now, score, fields, ttl_ms)
     redis.call('DEL', K.arq_lock .. id)
     redis.call('PEXPIRE', K.arq_job .. id, fmt(math.max(score - now, 0) + K.arq_expiry_extra_ms))
   end
-  redis.call('PUBLISH', K.events .. id, version_s)
+  redis.call('SPUBLISH', K.events .. id, version_s)
   return version
 end
