@@ -29,6 +29,7 @@ from conveyor_core.catalog import DEFAULT_QUEUE, PermanentJobError
 from conveyor_core.serializer import JobFailedError, job_deserializer, job_serializer
 from conveyor_core.store.wire import META_KWARG
 from tests.e2e.conftest import Stack, running
+from tests.support import jobs
 from tests.support.arq_client import conveyor_arq_pool
 
 BARE_QUEUE = "arq:bare"
@@ -231,7 +232,12 @@ async def ended_rows(job: Job, row: Row) -> Row:
 
 async def ran(redis: ArqRedis, job: Job) -> bool:
     """Whether the handler did its work (`slow` to its last step, `effect` at all)."""
-    return bool(await redis.exists(f"test:finished:{job.job_id}", f"test:effect:{job.job_id}"))
+    marks = [
+        f"test:finished:{job.job_id}",
+        f"test:effect:{job.job_id}",
+        jobs.effect_key(job.job_id),
+    ]
+    return bool(await redis.exists(*marks))
 
 
 async def keys_holding(redis: ArqRedis, text: str) -> dict[str, int]:
