@@ -42,7 +42,10 @@
 -- record (`token`); every later call of that try (its end, progress, lock
 -- renewal) carries it, and one whose token is no longer the record's is
 -- refused (a stale try: its lock lapsed and the job was claimed again).
---
+
+-- How many starts a window takes between trims of the starts that left it.
+local TRIM_EVERY = 16
+
 -- Flow control's checks for one call of claim_jobs (see above), built only
 -- when the queue has limited types: a queue without them creates none of
 -- these functions or tables. `held` counts what was passed over, `started`
@@ -74,11 +77,19 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner)
     return n
   end
 
+  -- A start window's count. Starts that left it are trimmed only when the
+  -- count reaches its max (then the count must be exact) or, at the call's end,
+  -- once per TRIM_EVERY starts (renew_windows): under the max, a count with
+  -- stale starts still in it is under the max too, and most calls trim nothing.
   local function window(key, rate)
     local w = windows[key]
     if w then return w end
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rate[2])
     w = {n = redis.call('ZCARD', key), max = rate[1], per = rate[2]}
+    if w.n >= w.max then
+      w.n = w.n - redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rate[2])
+      w.trimmed = true
+    end
+    w.read = w.n
     windows[key] = w
     return w
   end
@@ -177,10 +188,18 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner)
     return nil
   end
 
-  -- Each start window's expiry, renewed once per call, at its end.
+  -- Each start window's expiry, renewed once per call, at its end; a window
+  -- whose count passed a multiple of TRIM_EVERY in this call (each count is
+  -- passed by one call: calls that do not trim only add to it) is trimmed, so
+  -- stale starts never pile up beyond that many.
   local function renew_windows()
     for key, w in pairs(windows) do
-      if w.started then redis.call('PEXPIRE', key, w.per) end
+      if w.started then
+        if not w.trimmed and math.floor(w.n / TRIM_EVERY) ~= math.floor(w.read / TRIM_EVERY) then
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w.per)
+        end
+        redis.call('PEXPIRE', key, w.per)
+      end
     end
   end
 
