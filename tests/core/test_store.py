@@ -722,6 +722,24 @@ async def test_a_rate_holds_starts_and_says_when_the_next_may_begin(redis: ArqRe
     assert (await store.claim(QUEUE, 20, **CLAIM)).jobs == []
 
 
+async def test_a_start_windows_stale_starts_are_trimmed_before_they_pile_up(
+    redis: ArqRedis,
+) -> None:
+    store = limited_store(redis)
+    await submit_many(store, "brisk", [{"work_s": 0}] * 34)
+    window = keys.queue_key(QUEUE, "starts:brisk")
+    sizes = []
+    for _ in range(34):
+        assert len((await store.claim(QUEUE, 1, **CLAIM)).jobs) == 1
+        sizes.append(await redis.zcard(window))
+        time.sleep(0.05)  # the window (200 ms) lives on; the older starts leave it
+
+    # Under its max a window is counted, not trimmed, on each claim; stale
+    # starts go once per 16 starts: the window holds at most those 16 and the
+    # few still in it, never all 34.
+    assert max(sizes) <= 22
+
+
 async def test_a_per_key_limit_holds_only_that_keys_jobs(redis: ArqRedis) -> None:
     store = limited_store(redis)
     a1, a2, b1 = await submit_many(

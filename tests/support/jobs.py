@@ -414,6 +414,8 @@ JOB_TYPES = [
     ),
     # At most 10 starts in any second.
     JobType("paced", Effect, f"{MODULE}:tracked", limits=Limits(rate=Rate(10, 1.0))),
+    # A rate far over what tests start (a window of 200 ms that never binds).
+    JobType("brisk", Effect, f"{MODULE}:tracked", limits=Limits(rate=Rate(1000, 0.2))),
     # At most 2 starts per tenant in any second.
     JobType(
         "paced_per_tenant",

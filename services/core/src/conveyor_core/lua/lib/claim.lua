@@ -42,16 +42,20 @@
 -- record (`token`); every later call of that try (its end, progress, lock
 -- renewal) carries it, and one whose token is no longer the record's is
 -- refused (a stale try: its lock lapsed and the job was claimed again).
---
+
+-- How many starts a window takes between trims of the starts that left it.
+local TRIM_EVERY = 16
+
 -- Flow control's checks for one call of claim_jobs (see above), built only
 -- when the queue has limited types: a queue without them creates none of
 -- these functions or tables. `held` counts what was passed over, `started`
 -- holds the jobs the call started, `sooner` takes a due time for the
--- worker's sleep. Returns gate, count_start, take_turn and renew_windows.
-local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner)
+-- worker's sleep, `holds` each hold's time left (ms, as PTTL) once read.
+-- Returns gate, count_start, take_turn and renew_windows.
+local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, holds)
   local waiting_key = qkey(queue, 'waiting')
-  -- Per call: what each running set, start window and hold holds, read once.
-  local running, windows, marked, holds = {}, {}, {}, {}
+  -- Per call: what each running set and start window holds, read once.
+  local running, windows, marked = {}, {}, {}
 
   local function running_count(key, max)
     local n = running[key]
@@ -74,11 +78,19 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner)
     return n
   end
 
+  -- A start window's count. Starts that left it are trimmed only when the
+  -- count reaches its max (then the count must be exact) or, at the call's end,
+  -- once per TRIM_EVERY starts (renew_windows): under the max, a count with
+  -- stale starts still in it is under the max too, and most calls trim nothing.
   local function window(key, rate)
     local w = windows[key]
     if w then return w end
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rate[2])
     w = {n = redis.call('ZCARD', key), max = rate[1], per = rate[2]}
+    if w.n >= w.max then
+      w.n = w.n - redis.call('ZREMRANGEBYSCORE', key, '-inf', now - rate[2])
+      w.trimmed = true
+    end
+    w.read = w.n
     windows[key] = w
     return w
   end
@@ -177,10 +189,18 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner)
     return nil
   end
 
-  -- Each start window's expiry, renewed once per call, at its end.
+  -- Each start window's expiry, renewed once per call, at its end; a window
+  -- whose count passed a multiple of TRIM_EVERY in this call (each count is
+  -- passed by one call: calls that do not trim only add to it) is trimmed, so
+  -- stale starts never pile up beyond that many.
   local function renew_windows()
     for key, w in pairs(windows) do
-      if w.started then redis.call('PEXPIRE', key, w.per) end
+      if w.started then
+        if not w.trimmed and math.floor(w.n / TRIM_EVERY) ~= math.floor(w.read / TRIM_EVERY) then
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w.per)
+        end
+        redis.call('PEXPIRE', key, w.per)
+      end
     end
   end
 
@@ -205,9 +225,13 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
   local function sooner(due) if not next_due or due < next_due then next_due = due end end
 
   local gate, count_start, take_turn, renew_windows
+  -- The holds of the limited types, read with the first MGET: one that is
+  -- absent (as nearly all are) needs no PTTL of its own.
+  local holds, type_holds = {}, {}
   if limits then
     gate, count_start, take_turn, renew_windows = flow_checks(queue, now, lock_ttl, limits, held,
-      started, sooner)
+      started, sooner, holds)
+    for t in pairs(limits) do type_holds[#type_holds + 1] = hold_key(queue, t) end
   end
 
   -- Types (and bands) whose turn found no key that may start a job, in this call.
@@ -295,7 +319,10 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       due_rows[#due_rows + 1] = {rows[i], score, base}
     end
     local reads = {}
-    if not paused_checked then reads[1] = qkey(queue, 'paused') end
+    if not paused_checked then
+      reads[1] = qkey(queue, 'paused')
+      for _, hkey in ipairs(type_holds) do reads[#reads + 1] = hkey end
+    end
     -- Each entry's lock; in the first batch (what is wanted, which mostly
     -- starts) its job data too, which a claim returns. A later batch follows
     -- locked or held entries: its jobs' data is read as each one starts.
@@ -308,8 +335,11 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       local flags = redis.call('MGET', unpack(reads))
       local first = 1
       if not paused_checked then
-        paused_checked, first = true, 2
+        paused_checked, first = true, 2 + #type_holds
         if flags[1] then return {}, nil, flags[1], held end
+        for i, hkey in ipairs(type_holds) do
+          if not flags[1 + i] then holds[hkey] = -2 end -- PTTL's answer for no key
+        end
       end
       for j, row in ipairs(due_rows) do
         if count_ >= wanted or scanned >= scan_limit then break end
