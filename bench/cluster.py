@@ -24,6 +24,10 @@ alone, and runs Conveyor's worker in this process on each:
   the cores, so each command takes longer with the same commands (compare
   its "in commands" with the cluster's without replicas: that rise is
   contention, not work Conveyor asks for).
+- **at the same rate**: a node's CPU per job falls as its load rises (more
+  commands per wake-up of its event loop), and at full speed each setup runs
+  at its own rate. The one node and the cluster without replicas run again
+  with submits paced at PACE_JOBS_PER_S, and their ratio is printed too.
 - **spread**: the share of the jobs each shard took.
 - **pickup**: one job at a time, from the moment the enqueue call returned
   to the job's start, with the worker idle.
@@ -75,6 +79,9 @@ PICKUP_SAMPLES = 150
 BACKLOG_JOBS = 20_000
 # Each node's CPU with no job is measured over this long before a cost round.
 IDLE_BASELINE_S = 2.0
+# The paced pair's submit rate: below what every setup drains on a small
+# machine, so both do the same work per second.
+PACE_JOBS_PER_S = 1000.0
 JOB_TYPE = "cluster_noop"
 
 # Set by the handler: when each job started (perf_counter), by id.
@@ -334,6 +341,7 @@ def contenders() -> Iterator[list[Setup]]:
         with lone_cluster_node(binary) as lone:
             yield [
                 Setup("one node, 1 shard", node.url, one, [], queue, 1),
+                Setup("one node, 1 shard, paced", node.url, one, [], queue, 1, PACE_JOBS_PER_S),
                 Setup(f"one node, {SHARDS} shards", node.url, one, [], queue, SHARDS),
                 Setup(
                     f"cluster of 1, {SHARDS} shards",
@@ -350,6 +358,15 @@ def contenders() -> Iterator[list[Setup]]:
                     [],
                     queue,
                     SHARDS,
+                ),
+                Setup(
+                    f"cluster 3+0, {SHARDS} shards, paced",
+                    bare.seed_url,
+                    [n.client(socket_timeout=10) for n in bare.primaries()],
+                    [],
+                    queue,
+                    SHARDS,
+                    pace_jobs_per_s=PACE_JOBS_PER_S,
                 ),
                 Setup(
                     f"cluster 3+3, {SHARDS} shards",
@@ -371,30 +388,32 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
 
 
-def report(setups: list[Setup], one: Setup, bare: Setup, many: Setup) -> list[str]:
+def report(
+    setups: list[Setup], one: Setup, bare: Setup, many: Setup, paced: tuple[Setup, Setup]
+) -> list[str]:
     med = statistics.median
     lines = [
         f"queue {many.queue!r}: its {SHARDS} shards on {SHARDS} primaries;"
         f" {THROUGHPUT_JOBS} jobs a round, {ROUNDS} rounds (medians)"
     ]
     lines.append(
-        f"  {'Redis per job':<24} {'CPU, primaries':>14} {'in commands':>12} {'replicas':>10}"
+        f"  {'Redis per job':<28} {'CPU, primaries':>14} {'in commands':>12} {'replicas':>10}"
         f" {'all nodes':>10} {'cmds/job':>9} {'jobs/s':>7}"
     )
     for s in setups:
         lines.append(
-            f"  {s.name:<24} {med(s.cpu_ms):>11.3f} ms {med(s.command_ms):>9.3f} ms"
+            f"  {s.name:<28} {med(s.cpu_ms):>11.3f} ms {med(s.command_ms):>9.3f} ms"
             f" {med(s.replica_cpu_ms):>7.3f} ms {med(s.all_nodes_ms):>7.3f} ms"
             f" {med(s.commands):>9.1f} {med(s.jobs_per_s):>7.0f}"
         )
     lines.append(
-        f"  {'':<24} {'pickup p50':>11} {'p95':>9} {'memory per queued job':>22}"
+        f"  {'':<28} {'pickup p50':>11} {'p95':>9} {'memory per queued job':>22}"
         f" {'per finished job':>17}"
     )
     for s in setups:
         if s.pickups_ms:
             lines.append(
-                f"  {s.name:<24} {percentile(s.pickups_ms, 0.5):>8.2f} ms"
+                f"  {s.name:<28} {percentile(s.pickups_ms, 0.5):>8.2f} ms"
                 f" {percentile(s.pickups_ms, 0.95):>6.2f} ms {s.memory_per_job_b:>20.0f} B"
                 f" {med(s.memory_per_finished_b):>15.0f} B"
             )
@@ -413,6 +432,11 @@ def report(setups: list[Setup], one: Setup, bare: Setup, many: Setup) -> list[st
         f" one node's, primaries alone {med(many.cpu_ms) / med(one.cpu_ms):.2f}x;"
         f" time in the same commands {med(many.command_ms) / med(bare.command_ms):.2f}x"
         f" {bare.name}'s (the replicas' processes sharing the cores)"
+    )
+    paced_one, paced_bare = paced
+    lines.append(
+        f"  at {PACE_JOBS_PER_S:.0f} jobs/s: {paced_bare.name} all nodes"
+        f" {med(paced_bare.all_nodes_ms) / med(paced_one.all_nodes_ms):.2f}x {paced_one.name}'s"
     )
     lines.append(
         "  CPU: INFO cpu, each node less its idle rate; in commands: commandstats usec of"
@@ -457,10 +481,11 @@ async def run(setups: list[Setup], timed: list[Setup]) -> None:
 
 def main() -> int:
     with contenders() as setups:
-        one, bare, many = setups[0], setups[-2], setups[-1]
+        one, paced_one = setups[:2]
+        bare, paced_bare, many = setups[-3:]
         uvloop.run(run(setups, [one, many]))
     found = targets(one, bare, many)
-    print("\n".join(report(setups, one, bare, many)))
+    print("\n".join(report(setups, one, bare, many, (paced_one, paced_bare))))
     print()
     missed = [t.name for t in found if not t.met]
     print("targets (one queue over 3 shards on the cluster, against one node):")
