@@ -52,11 +52,13 @@ alternating rounds of one run) before the absolute numbers.
   process each, loaded by `wrk` (or a Python load generator where `wrk` is
   missing; the report says which).
 - **Cluster** (`bench/cluster.py`): one queue over three shards on the local
-  Redis Cluster (three primaries, three replicas on loopback), against one
-  `redis-server` of the same binary, with Conveyor's worker in the bench's
-  process; Redis CPU and commands per job summed over the primaries (each
-  node less its idle rate), each shard's share of the jobs, idle pickup and
-  memory per queued job, and what shards and cluster mode each cost apart."""
+  Redis Cluster (three primaries, with three replicas and without),
+  against one `redis-server` of the same binary, with Conveyor's worker in
+  the bench's process; Redis CPU per job summed over every node (each less
+  its idle rate; primaries and replicas apart too) and commands per job,
+  each shard's share of the jobs, idle pickup and memory per queued job,
+  and what shards and cluster mode each cost apart. The target compares the
+  cluster without replicas with the one node (neither has a replica)."""
 
 
 @dataclass(frozen=True, slots=True)

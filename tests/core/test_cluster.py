@@ -60,6 +60,30 @@ async def test_a_pipeline_spans_slots_when_it_is_no_transaction(
         cluster_redis.pipeline(transaction=True)
 
 
+async def test_a_function_call_goes_to_its_keys_slot_without_asking_a_node_for_them(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    library = (
+        "#!lua name=slots\nredis.register_function('echo_key', function(keys) return keys[1] end)"
+    )
+    await cluster_redis.function_load(library, replace=True)  # type: ignore[misc]
+    before = {n.port: _getkeys_calls(n) for n in redis_cluster.primaries()}
+
+    for key in KEYS:
+        assert await cluster_redis.fcall("echo_key", 1, key) == key.encode()  # type: ignore[arg-type, misc]
+
+    # redis-py would ask a node for an FCALL's keys (COMMAND GETKEYS) before each call.
+    assert {n.port: _getkeys_calls(n) for n in redis_cluster.primaries()} == before
+    with pytest.raises(RedisClusterException, match="same key slot"):
+        await cluster_redis.fcall("echo_key", 2, KEYS[0], KEYS[1])  # type: ignore[arg-type, misc]
+
+
+def _getkeys_calls(node: ClusterNodeProcess) -> int:
+    with node.client() as direct:
+        stats: dict[str, dict[str, int]] = direct.info("commandstats")
+    return int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+
+
 async def test_a_script_loads_itself_on_each_node_it_runs_on(
     cluster_redis: ClusterClient, redis_cluster: LocalCluster
 ) -> None:

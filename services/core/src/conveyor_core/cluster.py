@@ -21,6 +21,9 @@ What redis-py does for us, and what it does not:
   leaves no default node, which that pipeline reads after a failure: any
   known node stands in (`ClusterClient.get_default_node`);
 - pipelines (`transaction=False` only) are split per node, one connection each;
+- it finds an FCALL's slot by asking a node (COMMAND GETKEYS: a round trip
+  and a command per call), as EVALSHA's it reads from the call itself;
+  `ClusterClient` reads FCALL's too;
 - a node's new connections connect side by side, with no pool lock held
   (what `redis.ParallelConnectionPool` fixes for one node is not needed);
 - a `Script` loads itself with SCRIPT LOAD on every primary on its first
@@ -50,6 +53,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
 from conveyor_core.serializer import job_deserializer, job_serializer
+
+# Calls that declare their keys as EVALSHA does: name, number of keys, keys, args.
+_FUNCTION_CALLS = frozenset({"FCALL", "FCALL_RO"})
 
 # Messages redis-py gives a RedisClusterException while reading the slot map.
 _NO_SEED_ANSWERS = "Redis Cluster cannot be connected"
@@ -105,6 +111,15 @@ class ClusterClient(RedisCluster):
         redis-py's own is typed for a single node's client only.
         """
         return _Script(self, script)  # type: ignore[arg-type]
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        """The slot of an FCALL's keys, read from the call (redis-py asks a node)."""
+        if command.upper() not in _FUNCTION_CALLS or len(args) < 2 or not int(args[1]):
+            return await super()._determine_slot(command, *args)
+        slots = {self.keyslot(key) for key in args[2 : 2 + int(args[1])]}
+        if len(slots) != 1:
+            raise RedisClusterException(f"{command} - all keys must map to the same key slot")
+        return slots.pop()
 
     async def initialize(self) -> "ClusterClient":
         """Read the slot map; a fault while reading it raises as the fault it is.
