@@ -945,3 +945,15 @@ async def test_a_pickled_job_ends_with_its_job_key_kept_for_the_upgrade_rewrite(
     assert outcome == "requeued"
     assert again is not None
     assert again.payload == {"sleep_s": 0}
+
+
+async def test_a_claim_of_more_than_a_batch_starts_every_due_job_it_wants(redis: ArqRedis) -> None:
+    # Each start moves its entry to its lock's end, out of the range the scan
+    # reads next: a later batch must not skip as many due entries.
+    store = JobStore(redis)
+    ids = {await submitted(store) for _ in range(250)}
+    wide = {**CLAIM, "scan_limit": 1_000}
+    claimed = await store.claim(QUEUE, 240, **wide)
+    assert len(claimed.jobs) == 240
+    rest = await store.claim(QUEUE, 240, **wide)
+    assert {c.job_id for c in claimed.jobs + rest.jobs} == ids

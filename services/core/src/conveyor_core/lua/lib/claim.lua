@@ -318,6 +318,7 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       end
       due_rows[#due_rows + 1] = {rows[i], score, base}
     end
+    local started_before = count_
     local reads = {}
     if not paused_checked then
       reads[1] = qkey(queue, 'paused')
@@ -360,7 +361,9 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     elseif #rows < 2 * batch then
       break -- the end of the queue
     else
-      offset = offset + batch
+      -- A job that started left this range (its entry is due at its lock's
+      -- end): the next batch starts that many entries sooner.
+      offset = offset + batch - (count_ - started_before)
       batch = math.min(batch * 2, 100)
     end
   end
