@@ -308,16 +308,7 @@ class JobSpan(trace.Span):
         """The Span message, as otlp.SpanEncoder writes the SDK's (strings
         cleaned), framed as its ScopeSpans' field."""
         context, parent, kind = self._context, self._parent, self._kind
-        parts = [
-            b"\x0a\x10",
-            context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08",
-            context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            parts.append(otlp._text(3, context.trace_state.to_header()))
-        if parent is not None:
-            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+        parts = otlp.span_ids(context, parent)
         head = kind.head if self._name is None else otlp.span_head(self._name, kind.kind.value)
         parts += (
             head,

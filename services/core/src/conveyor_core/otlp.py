@@ -144,6 +144,22 @@ def as_scope_span(span: bytes) -> bytes:
     return _len(2, span)
 
 
+def span_ids(context: SpanContext, parent: SpanContext | None) -> list[bytes]:
+    """A Span message's first fields: its trace and span ids, its trace state
+    and its parent's span id (the job span's encoder and the SDK's share them)."""
+    parts = [
+        b"\x0a\x10",
+        context.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        context.span_id.to_bytes(8, "big"),
+    ]
+    if context.trace_state:
+        parts.append(_text(3, context.trace_state.to_header()))
+    if parent is not None:
+        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+    return parts
+
+
 class SpanEncoder:
     """ExportTraceServiceRequest bytes for a batch of spans, grouped by resource
     and scope as OpenTelemetry's encoder groups them."""
@@ -179,18 +195,8 @@ class SpanEncoder:
         """One Span message, its strings cleaned."""
         context = span.context
         assert context is not None  # a span the SDK ended has one
-        parts = [
-            b"\x0a\x10",
-            context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08",
-            context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            trace_state = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
-            parts.append(_text(3, trace_state))
         parent = span.parent
-        if parent is not None:
-            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+        parts = span_ids(context, parent)
         kind = span.kind.value + 1  # the protobuf enum counts from UNSPECIFIED
         head = self._heads.get((span.name, kind))
         if head is None:
