@@ -57,8 +57,9 @@ alternating rounds of one run) before the absolute numbers.
   the bench's process; Redis CPU per job summed over every node (each less
   its idle rate; primaries and replicas apart too) and commands per job,
   each shard's share of the jobs, idle pickup and memory per queued job,
-  and what shards and cluster mode each cost apart. The target compares the
-  cluster without replicas with the one node (neither has a replica)."""
+  and what shards and cluster mode each cost apart. The target compares
+  every node of the test cluster (replicas included) with the one node, as
+  the issue defines it; the cluster without replicas is printed beside it."""
 
 
 @dataclass(frozen=True, slots=True)
