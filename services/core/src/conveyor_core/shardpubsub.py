@@ -116,7 +116,8 @@ class _ShardListener(ABC):
                 self._lost()
                 refresh = True
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._retry_delay_s)
+                    async with asyncio.timeout(self._retry_delay_s):
+                        await self._stopping.wait()
                 self._retry_delay_s = min(self._retry_delay_s * 2, RECONNECT_MAX_DELAY_S)
             finally:
                 if connection is not None:
