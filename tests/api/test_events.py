@@ -1,5 +1,6 @@
 """`/v1/events`: many jobs' changes on one SSE stream, against a real Redis."""
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -12,6 +13,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
+from conveyor_api.events import JobChanges
 from conveyor_api.routes.events import MAX_JOBS_PER_STREAM
 from conveyor_core import keys
 from tests.support.auth import (
@@ -73,6 +75,27 @@ async def test_finished_and_missing_jobs_are_sent_once_then_the_stream_ends(
     assert jobs == {first: "cancelled", second: "cancelled"}
     assert [name for name, _ in events].count("job") == 2  # a repeated id is watched once
     assert ("missing", {"id": "no-such-job"}) in events
+
+
+async def test_a_stream_cancelled_as_a_change_wakes_it_ends_there() -> None:
+    """A stream cancelled (its client gone, the api stopping) in the loop turn
+    a change wakes its wait. Python 3.11's asyncio.wait_for lost that cancel:
+    the wait returned, and the stream read the job and sent it to nobody."""
+    changes = JobChanges(["job-1"], release=lambda job_id, changes: None)
+    changes.take()  # the first read's marks
+    woke: list[bool] = []
+
+    async def stream() -> None:
+        woke.append(await changes.wait(timeout_s=30))
+
+    task = asyncio.create_task(stream())
+    await asyncio.sleep(0)  # the stream waits
+    # One turn, no await between: the change, and the cancel.
+    changes.mark("job-1")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert woke == []
 
 
 async def test_no_job_ids_is_a_422_problem(client: httpx.AsyncClient) -> None:

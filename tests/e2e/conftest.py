@@ -22,6 +22,7 @@ from conveyor_core.settings import RedisSettings
 from conveyor_core.store import JobStore
 from tests.support import jobs
 from tests.support.auth import AUTH_HEADERS, TEST_KEY, TEST_KEY_NAME, api_key, keys_env
+from tests.support.otlp import Collector, otlp_collector
 from tests.support.processes import ServiceProcess, api_process, stop_all, worker_process
 
 
@@ -139,6 +140,34 @@ def running(stack: Stack, workers: int = 0) -> Iterator[Stack]:
         yield stack
     finally:
         stack.close()
+
+
+@contextmanager
+def traced_running(redis_url: str, log_dir: Path, **env: str) -> Iterator[tuple[Stack, Collector]]:
+    """The api and one worker (with `env`) exporting their spans to an OTLP
+    receiver of the test's own, in batches sent every 100 ms (the SDK's
+    default waits 5 s)."""
+    with (
+        otlp_collector() as (collector, endpoint),
+        running(
+            Stack(
+                redis_url,
+                log_dir,
+                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+                OTEL_BSP_SCHEDULE_DELAY="100",
+                **env,
+            ),
+            workers=1,
+        ) as stack,
+    ):
+        yield stack, collector
+
+
+@pytest.fixture
+def traced(redis_url: str, log_dir: Path) -> Iterator[tuple[Stack, Collector]]:
+    """`traced_running` on the test's Redis."""
+    with traced_running(redis_url, log_dir) as traced:
+        yield traced
 
 
 @pytest.fixture(params=["node", pytest.param("cluster", marks=pytest.mark.xdist_group("cluster"))])

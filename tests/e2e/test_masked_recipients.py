@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conveyor_core import keys
-from tests.e2e.conftest import Stack, running
-from tests.support.otlp import Collector, otlp_collector
+from tests.e2e.conftest import Stack, traced_running
+from tests.support.otlp import Collector
 from tests.support.smtp import SmtpServer
 
 pytestmark = pytest.mark.e2e
@@ -27,20 +27,8 @@ def refusing(redis_url: str, log_dir: Path) -> Iterator[tuple[Stack, Collector]]
     smtp = SmtpServer().start()
     smtp.mailbox.unknown.add(REFUSED)
     try:
-        with (
-            otlp_collector() as (collector, endpoint),
-            running(
-                Stack(
-                    redis_url,
-                    log_dir,
-                    OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-                    OTEL_BSP_SCHEDULE_DELAY="100",
-                    **smtp.env,
-                ),
-                workers=1,
-            ) as stack,
-        ):
-            yield stack, collector
+        with traced_running(redis_url, log_dir, **smtp.env) as traced:
+            yield traced
     finally:
         smtp.stop()
 

@@ -1,8 +1,6 @@
 """One trace from request to job, JSON logs that carry it, metrics that count it."""
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,31 +8,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor_api.auth import KEY_NAME_ATTRIBUTE
-from tests.e2e.conftest import Stack, running
+from tests.e2e.conftest import Stack
 from tests.support.auth import TEST_KEY, TEST_KEY_NAME
-from tests.support.otlp import Collector, Span, otlp_collector
+from tests.support.otlp import Collector, Span
 
 pytestmark = pytest.mark.e2e
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
-
-
-@pytest.fixture
-def traced(redis_url: str, log_dir: Path) -> Iterator[tuple[Stack, Collector]]:
-    with (
-        otlp_collector() as (collector, endpoint),
-        running(
-            Stack(
-                redis_url,
-                log_dir,
-                OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-                OTEL_BSP_SCHEDULE_DELAY="100",
-            ),
-            workers=1,
-        ) as stack,
-    ):
-        yield stack, collector
 
 
 def wait_for_spans(collector: Collector, timeout_s: float = 20, **match: Any) -> list[Span]:

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from conveyor_core.catalog import Catalog, Queue, load_catalog
+from conveyor_core.context import JobContext
 from conveyor_core.enqueue import enqueue
 from conveyor_core.fencing import Fence
 from conveyor_core.jobs import JobPublic, JobState, now_ms
@@ -212,6 +213,42 @@ async def test_a_stopped_try_is_put_back_or_cancelled(
     # Interrupted: queued again, the try not counted; cancelled: final.
     assert (job.state, job.tries) == (state, tries)
     assert not await redis.exists(f"arq:in-progress:{try_.job_id}")
+
+
+# The race does not depend on where the job is kept: one node is enough.
+@pytest.mark.parametrize("node_or_cluster_redis", ["node"], indirect=True)
+@pytest.mark.parametrize(
+    ("stop", "state"), [(Stop.SHUTDOWN, JobState.QUEUED), (Stop.CANCELLED, JobState.CANCELLED)]
+)
+async def test_a_stop_as_the_handlers_await_completes_ends_the_handler_there(
+    store: JobStore, stop: Stop, state: JobState
+) -> None:
+    """The try is stopped in the loop turn its handler's awaited future
+    completes. Under Python 3.11's asyncio.wait_for that cancel was lost: the
+    handler ran on to its end and the job completed, the shutdown or the
+    client's cancel unheard. Under asyncio.timeout the cancel lands at the await."""
+    awaiting, released = asyncio.Event(), asyncio.Event()
+    ran_on: list[str] = []
+
+    async def handler(ctx: JobContext, payload: jobs.Effect) -> str:
+        awaiting.set()
+        await released.wait()
+        ran_on.append(ctx.job_id)
+        return "done"
+
+    processor = Processor(QUEUE, store, store.catalog, {"effect": handler}, instrument=False)
+    try_ = await submit_and_claim(store, "effect", jobs.Effect(work_s=0))
+    task = asyncio.create_task(processor.process(try_))
+    async with asyncio.timeout(5):
+        await awaiting.wait()
+    # One turn, no await between: the handler's wait is over, and the worker
+    # stops the try as _stop_try does.
+    released.set()
+    try_.stop = stop
+    task.cancel()
+    assert await task is state
+    assert ran_on == []
+    assert (await record(store, try_.job_id)).state is state
 
 
 async def test_unknown_job_type_is_dead_with_a_clear_error(

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,20 +73,27 @@ def test_busy_port_error_names_the_port_and_the_setting(busy_port: int) -> None:
     )
 
 
-def test_runner_refuses_a_busy_port_in_one_line(busy_port: int) -> None:
+def refusal(module: str, env: dict[str, str]) -> str:
+    """The one line `python -m module` writes to stderr as it refuses to start (exit 1)."""
     result = subprocess.run(
-        [sys.executable, "-m", "conveyor_core.local.run"],
-        env=runner_env(busy_port, free_port()),
+        [sys.executable, "-m", module],
+        env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=False,
     )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    return line
+
+
+def test_runner_refuses_a_busy_port_in_one_line(busy_port: int) -> None:
+    line = refusal("conveyor_core.local.run", runner_env(busy_port, free_port()))
+    assert line == (
         f"error: port {busy_port} for the api is already in use; "
         "set CONVEYOR_API_PORT to a free port"
-    ]
+    )
 
 
 class Output:
@@ -104,9 +112,11 @@ class Output:
             self.lines.put(line)
 
     def close(self) -> None:
-        """Once the process has exited: drain the pipe and close it."""
+        """Once the process has exited: drain the pipe into `seen` and close it."""
         self.reader.join(timeout=10)
         self.stream.close()
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
 
     def until(self, pattern: str, timeout_s: float) -> str:
         """Read up to the first line matching `pattern`; return it."""
@@ -125,63 +135,106 @@ class Output:
         return "".join(self.seen)
 
 
-def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(log_dir: Path) -> None:
-    api_port, worker_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor_core.local.run"],
-        env=runner_env(api_port, worker_port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(process)
-    try:
-        output.until(r"^\s+redis\s+redis://", timeout_s=60)
-        banner = output.text()
-        assert f"http://127.0.0.1:{api_port}/docs" in banner
-        assert f"http://127.0.0.1:{api_port}/ui/" in banner
-        assert httpx.get(f"http://127.0.0.1:{api_port}/ui/").status_code == 200
-        assert f"http://127.0.0.1:{worker_port}/healthz" in banner
-        # This machine only: the development key has every scope.
-        assert listening_addresses(api_port) == {"127.0.0.1"}
-        assert listening_addresses(worker_port) == {"127.0.0.1"}
-        redis_url = re.search(r"redis\s+(redis://\S+)", banner)
-        assert redis_url is not None
-        key = re.search(r"api key\s+(cvk_dev_\S+)", banner)
-        assert key is not None, banner
+@dataclass
+class Runner:
+    """`make run`'s runner as a child process, past its banner."""
 
-        # Development mode still needs a key: the one the banner printed.
-        task = f"http://127.0.0.1:{api_port}/task"
-        assert httpx.post(task, json={"count": 1}).status_code == 401
-        response = httpx.post(task, json={"count": 5}, headers=bearer(key.group(1)))
-        assert response.status_code == 201
-        # The worker's log, streamed with its prefix, shows the five jobs finishing.
-        pending = set(response.json()["job_ids"])
-        while pending:
-            line = output.until(r'^worker \| .*"message":\s*"job end"', timeout_s=30)
-            entry = json.loads(line.removeprefix("worker | "))
-            assert entry["outcome"] == "complete"
-            pending.discard(entry["job_id"])
+    process: subprocess.Popen[str]
+    output: Output
+    api_port: int
+    worker_port: int
 
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-        output.until(r"^api    \| .*Finished server process", timeout_s=5)
-        (log_dir / "run.log").write_text(output.text())
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
-        # Everything it started is gone: both ports are closed, Redis too.
-        for port in (api_port, worker_port):
-            with pytest.raises(httpx.ConnectError):
-                httpx.get(f"http://localhost:{port}/healthz")
-        with (
-            pytest.raises(redis_sync.ConnectionError),
-            redis_sync.Redis.from_url(redis_url.group(1)) as client,
-        ):
-            client.ping()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        output.close()
+    @property
+    def key(self) -> str:
+        """The development key the banner printed."""
+        key = re.search(r"api key\s+(cvk_dev_\S+)", self.output.text())
+        assert key is not None, self.output.text()
+        return key.group(1)
+
+    def ctrl_c(self) -> None:
+        """Stop it as Ctrl-C does; it exits 0 once everything it started stopped."""
+        self.process.send_signal(signal.SIGINT)
+        assert self.process.wait(timeout=60) == 0
+
+
+StartRunner = Callable[..., Runner]
+
+
+@pytest.fixture
+def start_runner(log_dir: Path) -> Iterator[StartRunner]:
+    """Starts the runner on free ports, with `runner_env` and the given
+    variables, and waits for its banner; at the end kills it if it still runs
+    and keeps its output as run.log."""
+    started: list[Runner] = []
+
+    def start(**env: str) -> Runner:
+        api_port, worker_port = free_port(), free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor_core.local.run"],
+            env={**runner_env(api_port, worker_port), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        runner = Runner(process, Output(process), api_port, worker_port)
+        started.append(runner)
+        runner.output.until(r"^\s+redis\s+redis://", timeout_s=60)
+        return runner
+
+    yield start
+    for runner in started:
+        if runner.process.poll() is None:
+            runner.process.kill()
+            runner.process.wait()
+        runner.output.close()
+        (log_dir / "run.log").write_text(runner.output.text())
+
+
+def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(
+    start_runner: StartRunner,
+) -> None:
+    runner = start_runner()
+    api_port, worker_port, output = runner.api_port, runner.worker_port, runner.output
+    banner = output.text()
+    assert f"http://127.0.0.1:{api_port}/docs" in banner
+    assert f"http://127.0.0.1:{api_port}/ui/" in banner
+    assert httpx.get(f"{runner.api}/ui/").status_code == 200
+    assert f"http://127.0.0.1:{worker_port}/healthz" in banner
+    # This machine only: the development key has every scope.
+    assert listening_addresses(api_port) == {"127.0.0.1"}
+    assert listening_addresses(worker_port) == {"127.0.0.1"}
+    redis_url = re.search(r"redis\s+(redis://\S+)", banner)
+    assert redis_url is not None
+
+    # Development mode still needs a key: the one the banner printed.
+    task = f"{runner.api}/task"
+    assert httpx.post(task, json={"count": 1}).status_code == 401
+    response = httpx.post(task, json={"count": 5}, headers=bearer(runner.key))
+    assert response.status_code == 201
+    # The worker's log, streamed with its prefix, shows the five jobs finishing.
+    pending = set(response.json()["job_ids"])
+    while pending:
+        line = output.until(r'^worker \| .*"message":\s*"job end"', timeout_s=30)
+        entry = json.loads(line.removeprefix("worker | "))
+        assert entry["outcome"] == "complete"
+        pending.discard(entry["job_id"])
+
+    runner.ctrl_c()
+    output.until(r"^api    \| .*Finished server process", timeout_s=5)
+
+    # Everything it started is gone: both ports are closed, Redis too.
+    for port in (api_port, worker_port):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://localhost:{port}/healthz")
+    with (
+        pytest.raises(redis_sync.ConnectionError),
+        redis_sync.Redis.from_url(redis_url.group(1)) as client,
+    ):
+        client.ping()
 
 
 def closes_within(port: int, timeout_s: float) -> bool:
@@ -195,28 +248,12 @@ def closes_within(port: int, timeout_s: float) -> bool:
     return False
 
 
-def test_services_die_with_a_killed_runner(redis_url: str) -> None:
-    api_port, worker_port = free_port(), free_port()
-    env = {**runner_env(api_port, worker_port), "REDIS_URL": redis_url}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor_core.local.run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(process)
-    try:
-        output.until(r"^\s+redis\s+redis://", timeout_s=60)
-        process.kill()
-        process.wait()
-        for port in (api_port, worker_port):
-            assert closes_within(port, timeout_s=15), f"port {port} still serves"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        output.close()
+def test_services_die_with_a_killed_runner(redis_url: str, start_runner: StartRunner) -> None:
+    runner = start_runner(REDIS_URL=redis_url)
+    runner.process.kill()
+    runner.process.wait()
+    for port in (runner.api_port, runner.worker_port):
+        assert closes_within(port, timeout_s=15), f"port {port} still serves"
 
 
 def test_busy_mail_catcher_port_is_named_unless_a_mail_server_is_set(busy_port: int) -> None:
@@ -241,66 +278,46 @@ DOCUMENT = (
 
 
 def test_make_run_finishes_the_seed_workflow_with_nothing_configured(
-    log_dir: Path, tmp_path: Path
+    start_runner: StartRunner, tmp_path: Path
 ) -> None:
     """Upload -> summary -> email on a fresh machine: the mail lands in the local
     catcher and the status page lists it."""
-    api_port, worker_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor_core.local.run"],
-        env=runner_env(api_port, worker_port),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(process)
-    try:
-        output.until(r"^\s+redis\s+redis://", timeout_s=60)
-        banner = output.text()
-        assert re.search(r"mail\s+caught on 127\.0\.0\.1:\d+ and listed on the status page", banner)
-        key_match = re.search(r"api key\s+(cvk_dev_\S+)", banner)
-        assert key_match is not None, banner
-        key = key_match.group(1)
-        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers=bearer(key)) as api:
-            response = api.post(
-                "/v1/documents",
-                files={"file": ("notes.txt", DOCUMENT)},
-                data={"notify_email": "ada@example.com"},
-            )
-            assert response.status_code == 202, response.text
-            name = response.json()["document"]["name"]
-            deadline = time.monotonic() + 60
-            mails: list[dict[str, Any]] = []
-            while not mails and time.monotonic() < deadline:
-                mails = api.get("/v1/dev/mail").json()["items"]
-                time.sleep(0.2)
+    runner = start_runner()
+    banner = runner.output.text()
+    assert re.search(r"mail\s+caught on 127\.0\.0\.1:\d+ and listed on the status page", banner)
+    with httpx.Client(base_url=runner.api, headers=bearer(runner.key)) as api:
+        response = api.post(
+            "/v1/documents",
+            files={"file": ("notes.txt", DOCUMENT)},
+            data={"notify_email": "ada@example.com"},
+        )
+        assert response.status_code == 202, response.text
+        name = response.json()["document"]["name"]
+        deadline = time.monotonic() + 60
+        mails: list[dict[str, Any]] = []
+        while not mails and time.monotonic() < deadline:
+            mails = api.get("/v1/dev/mail").json()["items"]
+            time.sleep(0.2)
 
-        assert mails, output.text()
-        (mail,) = mails
-        assert mail["to"] == ["ada@example.com"]
-        assert mail["subject"] == f"Your document '{name}' is ready"
-        assert "Redis" in mail["body"]
+    assert mails, runner.output.text()
+    (mail,) = mails
+    assert mail["to"] == ["ada@example.com"]
+    assert mail["subject"] == f"Your document '{name}' is ready"
+    assert "Redis" in mail["body"]
 
-        # The status page lists it: subject, recipient, time and body.
-        with open_page(tmp_path / "profile") as (page, errors):
-            page.add_init_script(f"sessionStorage.setItem('conveyor.apiKey', {key!r})")
-            page.goto(f"http://127.0.0.1:{api_port}/ui/")
-            row = page.locator("#mail-list li")
-            expect(row).to_have_count(1, timeout=15_000)
-            expect(row.locator(".mail-subject")).to_have_text(mail["subject"])
-            expect(row.locator(".mail-to")).to_have_text("to ada@example.com")
-            expect(row.locator(".mail-body")).to_contain_text("Redis")
-            assert errors.uncaught == []
-            assert errors.console == []
+    # The status page lists it: subject, recipient, time and body.
+    with open_page(tmp_path / "profile") as (page, errors):
+        page.add_init_script(f"sessionStorage.setItem('conveyor.apiKey', {runner.key!r})")
+        page.goto(f"{runner.api}/ui/")
+        row = page.locator("#mail-list li")
+        expect(row).to_have_count(1, timeout=15_000)
+        expect(row.locator(".mail-subject")).to_have_text(mail["subject"])
+        expect(row.locator(".mail-to")).to_have_text("to ada@example.com")
+        expect(row.locator(".mail-body")).to_contain_text("Redis")
+        assert errors.uncaught == []
+        assert errors.console == []
 
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-        (log_dir / "run-mail.log").write_text(output.text())
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        output.close()
+    runner.ctrl_c()
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -372,16 +389,7 @@ async def test_stop_kills_a_service_that_ignores_sigterm_when_hurried() -> None:
 
 def test_runner_refuses_to_start_inside_kubernetes() -> None:
     env = {**runner_env(free_port(), free_port()), "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor_core.local.run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
+    line = refusal("conveyor_core.local.run", env)
     assert "KUBERNETES_SERVICE_HOST is set" in line
     assert "development mode" in line
 
@@ -389,16 +397,7 @@ def test_runner_refuses_to_start_inside_kubernetes() -> None:
 def test_the_api_in_development_mode_refuses_to_start_inside_kubernetes() -> None:
     env = {**runner_env(free_port(), free_port()), "CONVEYOR_API_DEVELOPMENT": "true"}
     env["KUBERNETES_SERVICE_HOST"] = "10.96.0.1"
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor_api"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
+    line = refusal("conveyor_api", env)
     assert line.startswith("conveyor-api: cannot start: ")
     assert "CONVEYOR_API_DEVELOPMENT is true inside Kubernetes" in line
 
@@ -409,16 +408,7 @@ def test_a_worker_with_development_mail_refuses_to_start_inside_kubernetes(
     """`make run`'s mail development mode (any address) would make a pod an open relay."""
     env = {**runner_env(free_port(), free_port()), "REDIS_URL": redis_url}
     env.update(CONVEYOR_MAIL_DEVELOPMENT="true", KUBERNETES_SERVICE_HOST="10.96.0.1")
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor_worker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 1
-    (line,) = result.stderr.strip().splitlines()
+    line = refusal("conveyor_worker", env)
     assert line.startswith("conveyor-worker: cannot start: ")
     assert (
         "CONVEYOR_MAIL_DEVELOPMENT (or CONVEYOR_API_DEVELOPMENT) is true inside Kubernetes" in line
@@ -426,106 +416,61 @@ def test_a_worker_with_development_mail_refuses_to_start_inside_kubernetes(
 
 
 def test_a_refused_upload_leaves_the_runner_responsive_and_ctrl_c_stops_it(
-    own_redis: RedisProcess, log_dir: Path
+    own_redis: RedisProcess, start_runner: StartRunner
 ) -> None:
     """The issue's case: a 5 MiB upload refused by a full Redis used to log the
     whole document; under `make run` the copy stalled and the api hung. (The
     bytes now go to the blob store; a full Redis refuses the document's record.)"""
-    api_port, worker_port = free_port(), free_port()
-    env = {**runner_env(api_port, worker_port), "REDIS_URL": own_redis.url}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor_core.local.run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output = Output(process)
-    try:
-        output.until(r"^\s+redis\s+redis://", timeout_s=60)
-        key = re.search(r"api key\s+(cvk_dev_\S+)", output.text())
-        assert key is not None
-        api = f"http://127.0.0.1:{api_port}"
-        # Full: no write that adds data is taken (the record of an upload included).
-        with configured(own_redis.url, maxmemory=1):
-            for _ in range(3):
-                response = httpx.post(
-                    f"{api}/v1/documents",
-                    files={"file": ("notes.txt", b"Ada's notes. " * 400_000)},
-                    headers=bearer(key.group(1)),
-                    timeout=30,
-                )
-                assert response.status_code == 507, response.text
-            output.until(r"redis fault out_of_memory in POST /v1/documents", timeout_s=10)
-            # Responsive: a hung api (the issue's stalled copy) fails here.
-            assert httpx.get(f"{api}/healthz", timeout=5).status_code == 200
+    runner = start_runner(REDIS_URL=own_redis.url)
+    output = runner.output
+    # Full: no write that adds data is taken (the record of an upload included).
+    with configured(own_redis.url, maxmemory=1):
+        for _ in range(3):
+            response = httpx.post(
+                f"{runner.api}/v1/documents",
+                files={"file": ("notes.txt", b"Ada's notes. " * 400_000)},
+                headers=bearer(runner.key),
+                timeout=30,
+            )
+            assert response.status_code == 507, response.text
+        output.until(r"redis fault out_of_memory in POST /v1/documents", timeout_s=10)
+        # Responsive: a hung api (the issue's stalled copy) fails here.
+        assert httpx.get(f"{runner.api}/healthz", timeout=5).status_code == 200
 
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-        output.close()
-        while not output.lines.empty():
-            output.seen.append(output.lines.get())
-        (log_dir / "run.log").write_text(output.text())
-        longest = max(len(line) for line in output.seen)
-        assert longest < 8192, f"a {longest}-character line"
-        assert "Ada's notes" not in output.text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        output.close()
+    runner.ctrl_c()
+    output.close()
+    longest = max(len(line) for line in output.seen)
+    assert longest < 8192, f"a {longest}-character line"
+    assert "Ada's notes" not in output.text()
 
 
 def test_a_job_printing_5_mb_lines_leaves_the_runner_responsive_and_ctrl_c_stops_it(
-    log_dir: Path,
+    start_runner: StartRunner,
 ) -> None:
     """A child that prints a line far past any pipe's buffer (the issue's api
     wrote a 5 MB one): the runner copies it cut, the child never blocks on its
     write, both services answer meanwhile, and Ctrl-C stops everything."""
-    api_port, worker_port = free_port(), free_port()
-    env = {
-        **runner_env(api_port, worker_port),
-        "CONVEYOR_JOB_MODULES": f"conveyor_seed,{loud_jobs.MODULE}",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor_core.local.run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    runner = start_runner(
+        CONVEYOR_JOB_MODULES=f"conveyor_seed,{loud_jobs.MODULE}", PYTHONPATH=str(REPO_ROOT)
     )
-    output = Output(process)
-    try:
-        output.until(r"^\s+redis\s+redis://", timeout_s=60)
-        key = re.search(r"api key\s+(cvk_dev_\S+)", output.text())
-        assert key is not None
-        api = f"http://127.0.0.1:{api_port}"
-        response = httpx.post(
-            f"{api}/v1/jobs/shout", json={"lines": 2}, headers=bearer(key.group(1)), timeout=10
-        )
-        assert response.status_code == 201, response.text
-        # A worker blocked in its write (a pipe nobody drains) never ends the job.
-        line = output.until(r'^worker \| .*"message":\s*"job end"', timeout_s=60)
-        entry = json.loads(line.removeprefix("worker | "))
-        assert (entry["job_id"], entry["outcome"]) == (response.json()["id"], "complete")
-        assert httpx.get(f"{api}/healthz", timeout=5).status_code == 200
-        assert httpx.get(f"http://127.0.0.1:{worker_port}/healthz", timeout=5).status_code == 200
+    output = runner.output
+    response = httpx.post(
+        f"{runner.api}/v1/jobs/shout", json={"lines": 2}, headers=bearer(runner.key), timeout=10
+    )
+    assert response.status_code == 201, response.text
+    # A worker blocked in its write (a pipe nobody drains) never ends the job.
+    line = output.until(r'^worker \| .*"message":\s*"job end"', timeout_s=60)
+    entry = json.loads(line.removeprefix("worker | "))
+    assert (entry["job_id"], entry["outcome"]) == (response.json()["id"], "complete")
+    assert httpx.get(f"{runner.api}/healthz", timeout=5).status_code == 200
+    worker_health = f"http://127.0.0.1:{runner.worker_port}/healthz"
+    assert httpx.get(worker_health, timeout=5).status_code == 200
 
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-        output.close()
-        while not output.lines.empty():
-            output.seen.append(output.lines.get())
-        (log_dir / "run.log").write_text(output.text())
-        shouted = [line for line in output.seen if line.startswith("worker | xxx")]
-        assert len(shouted) == 2, [line[:100] for line in shouted]
-        cut = loud_jobs.LINE_BYTES - MAX_LINE_BYTES
-        assert all(line.rstrip().endswith(f"[{cut} more bytes cut]") for line in shouted)
-        longest = max(len(line) for line in output.seen)
-        assert longest < MAX_LINE_BYTES + 100, f"a {longest}-character line"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        output.close()
+    runner.ctrl_c()
+    output.close()
+    shouted = [line for line in output.seen if line.startswith("worker | xxx")]
+    assert len(shouted) == 2, [line[:100] for line in shouted]
+    cut = loud_jobs.LINE_BYTES - MAX_LINE_BYTES
+    assert all(line.rstrip().endswith(f"[{cut} more bytes cut]") for line in shouted)
+    longest = max(len(line) for line in output.seen)
+    assert longest < MAX_LINE_BYTES + 100, f"a {longest}-character line"

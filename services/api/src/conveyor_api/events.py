@@ -142,7 +142,8 @@ class JobChanges:
     async def wait(self, timeout_s: float) -> bool:
         """Until a watched job changes (True) or `timeout_s` passes (False)."""
         try:
-            await asyncio.wait_for(self._woken.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._woken.wait()
         except TimeoutError:
             return False
         return True

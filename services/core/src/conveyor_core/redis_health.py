@@ -244,4 +244,5 @@ class RedisHealth:
     async def _pause(self, seconds: float) -> None:
         """Sleep `seconds`, or less if `stop()` is called meanwhile."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +57,102 @@ async def spublish(client: RedisClient, channel: str, data: bytes | str) -> int:
     return received
 
 
-class ShardSubscription:
+class _ShardListener(ABC):
+    """What `ShardSubscription` and `ShardChannels` share: the task, its stop
+    by flag, and the loop that connects to the node of the slot, serves the
+    connection until it is lost, reports the loss and retries with a growing
+    delay on the slot map read again."""
+
+    def __init__(self, redis: RedisClient, *, ping_every_s: float, task_name: str) -> None:
+        self.redis = redis
+        self.ping_every_s = ping_every_s
+        self._task_name = task_name
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._retry_delay_s = RECONNECT_FIRST_DELAY_S
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._task_name)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
+        if not done:
+            self._task.cancel()
+
+    @abstractmethod
+    async def _channel_to_follow(self) -> str | None:
+        """The channel whose node to connect to; None to look again (stopping, say)."""
+
+    @abstractmethod
+    async def _serve(self, connection: AbstractConnection) -> None:
+        """Subscribe and read on `connection` until stopping (or nothing is left to hear)."""
+
+    @abstractmethod
+    def _lost(self) -> None:
+        """The subscription is lost (a fault, a moved slot, a silent node)."""
+
+    def _reset_retry_delay(self) -> None:
+        """The connection served (a subscription confirmed, or all heard): the
+        next loss is retried soon again."""
+        self._retry_delay_s = RECONNECT_FIRST_DELAY_S
+
+    async def _run(self) -> None:
+        refresh = False
+        while not self._stopping.is_set():
+            channel = await self._channel_to_follow()
+            if channel is None:
+                continue
+            connection: AbstractConnection | None = None
+            try:
+                connection = await connect_to_channel_node(self.redis, channel, refresh=refresh)
+                refresh = False
+                await self._serve(connection)
+                self._reset_retry_delay()
+            except _RESUBSCRIBE_ERRORS as exc:
+                logger.warning("%s: resubscribing: %s", self._task_name, describe_redis_error(exc))
+                self._lost()
+                refresh = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._retry_delay_s):
+                        await self._stopping.wait()
+                self._retry_delay_s = min(self._retry_delay_s * 2, RECONNECT_MAX_DELAY_S)
+            finally:
+                if connection is not None:
+                    with contextlib.suppress(*REDIS_FAULT_ERRORS):
+                        await connection.disconnect()
+
+
+class _SilenceWatch:
+    """Reads one connection; a PING after `ping_every_s` of silence, and the
+    node counts as lost when the PING goes unanswered as long again."""
+
+    def __init__(self, ping_every_s: float) -> None:
+        self.ping_every_s = ping_every_s
+        self.heard_s = time.monotonic()
+        self.pinged = False
+
+    async def read(self, connection: AbstractConnection) -> Any:
+        """The next push or reply; None when none came within READ_WAIT_S.
+
+        A MOVED (a node that does not serve the slot) raises as a fault.
+        """
+        reply = await connection.read_response(timeout=READ_WAIT_S)
+        if reply is not None:
+            self.heard_s, self.pinged = time.monotonic(), False
+            return reply
+        silent_s = time.monotonic() - self.heard_s
+        if silent_s > 2 * self.ping_every_s:
+            raise RedisTimeoutError(f"no answer to PING in {silent_s:.1f} s")
+        if silent_s > self.ping_every_s and not self.pinged:
+            await connection.send_command("PING")
+            self.pinged = True
+        return None
+
+
+class ShardSubscription(_ShardListener):
     """Calls `on_message(data)` for each message on the sharded `channel`, and
     `on_gap()` whenever messages may have been missed (connection lost or
     restored, the slot moved)."""
@@ -70,59 +166,31 @@ class ShardSubscription:
         *,
         ping_every_s: float = PING_EVERY_S,
     ) -> None:
-        self.redis = redis
+        super().__init__(
+            redis, ping_every_s=ping_every_s, task_name=f"shard subscription {channel}"
+        )
         self.channel = channel
         self.on_message = on_message
         self.on_gap = on_gap
-        self.ping_every_s = ping_every_s
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         # Set once each time a subscription is confirmed (tests and readiness wait on it).
         self.subscribed = asyncio.Event()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"shard subscription {self.channel}")
+    async def _channel_to_follow(self) -> str:
+        return self.channel
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is None:
-            return
-        done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
-        if not done:
-            self._task.cancel()
+    def _lost(self) -> None:
+        self.subscribed.clear()
+        self.on_gap()
 
-    async def _run(self) -> None:
-        delay_s = RECONNECT_FIRST_DELAY_S
-        refresh = False
-        while not self._stopping.is_set():
-            connection: AbstractConnection | None = None
-            try:
-                connection = await self._connect(refresh)
-                await self._subscribe(connection)
-                delay_s = RECONNECT_FIRST_DELAY_S
-                self.on_gap()  # whatever was sent while we were not subscribed is missed
-                await self._read(connection)
-            except _RESUBSCRIBE_ERRORS as exc:
-                self.subscribed.clear()
-                logger.warning(
-                    "sharded pub/sub %s: resubscribing: %s", self.channel, describe_redis_error(exc)
-                )
-                self.on_gap()
-                refresh = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay_s)
-                delay_s = min(delay_s * 2, RECONNECT_MAX_DELAY_S)
-            finally:
-                if connection is not None:
-                    with contextlib.suppress(*REDIS_FAULT_ERRORS):
-                        await connection.disconnect()
-
-    async def _connect(self, refresh: bool) -> AbstractConnection:
-        return await connect_to_channel_node(self.redis, self.channel, refresh=refresh)
+    async def _serve(self, connection: AbstractConnection) -> None:
+        await self._subscribe(connection)
+        self._reset_retry_delay()
+        self.on_gap()  # whatever was sent while we were not subscribed is missed
+        await self._read(connection)
 
     async def _subscribe(self, connection: AbstractConnection) -> None:
         await connection.send_command("SSUBSCRIBE", self.channel)
-        reply = await self._next(connection, timeout_s=SUBSCRIBE_WAIT_S)
+        reply = await connection.read_response(timeout=SUBSCRIBE_WAIT_S)
         if reply is None:
             raise RedisTimeoutError(f"SSUBSCRIBE {self.channel} not confirmed in time")
         if not (isinstance(reply, list) and _kind(reply) == "ssubscribe"):
@@ -130,32 +198,16 @@ class ShardSubscription:
         self.subscribed.set()
 
     async def _read(self, connection: AbstractConnection) -> None:
-        heard_s = time.monotonic()
-        pinged = False
+        silence = _SilenceWatch(self.ping_every_s)
         while not self._stopping.is_set():
-            reply = await self._next(connection, timeout_s=READ_WAIT_S)
+            reply = await silence.read(connection)
             if reply is None:
-                silent_s = time.monotonic() - heard_s
-                if silent_s > 2 * self.ping_every_s:
-                    raise RedisTimeoutError(f"no answer to PING in {silent_s:.1f} s")
-                if silent_s > self.ping_every_s and not pinged:
-                    await connection.send_command("PING")
-                    pinged = True
                 continue
-            heard_s, pinged = time.monotonic(), False
             kind = _kind(reply)
             if kind == "smessage":
                 self.on_message(reply[2])
             elif kind == "sunsubscribe":  # the slot left this node
                 raise SubscriptionMovedError("the node unsubscribed us: its slot moved")
-
-    @staticmethod
-    async def _next(connection: AbstractConnection, timeout_s: float | None) -> Any:
-        """The next push or reply; None when none came within `timeout_s`.
-
-        A MOVED (a node that does not serve the slot) raises as a fault.
-        """
-        return await connection.read_response(timeout=timeout_s)
 
 
 async def connect_to_channel_node(
@@ -187,7 +239,7 @@ def channel_slot(redis: RedisClient, channel: str) -> int | None:
     return None
 
 
-class ShardChannels:
+class ShardChannels(_ShardListener):
     """A changing set of sharded channels of one slot, on one connection.
 
     `add` and `discard` take effect within a read's wait (READ_WAIT_S). Calls
@@ -210,15 +262,12 @@ class ShardChannels:
         on_lost: Callable[[], None] = lambda: None,
         ping_every_s: float = PING_EVERY_S,
     ) -> None:
-        self.redis = redis
+        super().__init__(redis, ping_every_s=ping_every_s, task_name="shard channels")
         self.on_message = on_message
         self.on_subscribed = on_subscribed
         self.on_lost = on_lost
-        self.ping_every_s = ping_every_s
         self.wanted: set[str] = set()
         self._changed = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def add(self, channel: str) -> None:
         self.wanted.add(channel)
@@ -228,45 +277,20 @@ class ShardChannels:
         self.wanted.discard(channel)
         self._changed.set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="shard channels")
-
     async def stop(self) -> None:
-        self._stopping.set()
-        self._changed.set()
-        if self._task is None:
-            return
-        done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
-        if not done:
-            self._task.cancel()
+        self._changed.set()  # out of an idle wait
+        await super().stop()
 
-    async def _run(self) -> None:
-        delay_s = RECONNECT_FIRST_DELAY_S
-        refresh = False
-        while not self._stopping.is_set():
-            if not self.wanted:
-                self._changed.clear()
-                await self._changed.wait()  # nothing to hear: no connection at all
-                continue
-            connection: AbstractConnection | None = None
-            try:
-                connection = await connect_to_channel_node(
-                    self.redis, next(iter(self.wanted)), refresh=refresh
-                )
-                refresh = False
-                await self._serve(connection)
-                delay_s = RECONNECT_FIRST_DELAY_S
-            except _RESUBSCRIBE_ERRORS as exc:
-                logger.warning("sharded pub/sub: resubscribing: %s", describe_redis_error(exc))
-                self.on_lost()  # a listener may look now (and meet the fault itself)
-                refresh = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay_s)
-                delay_s = min(delay_s * 2, RECONNECT_MAX_DELAY_S)
-            finally:
-                if connection is not None:
-                    with contextlib.suppress(*REDIS_FAULT_ERRORS):
-                        await connection.disconnect()
+    async def _channel_to_follow(self) -> str | None:
+        if not self.wanted:
+            self._changed.clear()
+            await self._changed.wait()  # nothing to hear: no connection at all
+            return None
+        # On a cluster every channel is in one slot: any of them names its node.
+        return next(iter(self.wanted))
+
+    def _lost(self) -> None:
+        self.on_lost()  # a listener may look now (and meet the fault itself)
 
     async def _serve(self, connection: AbstractConnection) -> None:
         """Follow `wanted` on this connection and read, until it is empty (or a fault)."""
@@ -274,7 +298,7 @@ class ShardChannels:
         # Channels we left whose SUNSUBSCRIBE is not confirmed yet; any other
         # `sunsubscribe` is the node dropping us (the slot moved).
         leaving: set[str] = set()
-        heard_s, pinged = time.monotonic(), False
+        silence = _SilenceWatch(self.ping_every_s)
         while not self._stopping.is_set():
             self._changed.clear()
             if added := self.wanted - subscribed:
@@ -286,18 +310,9 @@ class ShardChannels:
                 leaving |= removed
             if not subscribed and not leaving:
                 return
-            reply = await connection.read_response(timeout=READ_WAIT_S)
-            if reply is None:
-                silent_s = time.monotonic() - heard_s
-                if silent_s > 2 * self.ping_every_s:
-                    raise RedisTimeoutError(f"no answer to PING in {silent_s:.1f} s")
-                if silent_s > self.ping_every_s and not pinged:
-                    await connection.send_command("PING")
-                    pinged = True
-                continue
-            heard_s, pinged = time.monotonic(), False
+            reply = await silence.read(connection)
             if not isinstance(reply, list) or len(reply) < 2:
-                continue  # a PONG
+                continue  # nothing within the wait, or a PONG
             kind, channel = _kind(reply), _text(reply[1])
             if kind == "smessage":
                 self.on_message(channel, reply[2])

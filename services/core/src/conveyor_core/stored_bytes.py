@@ -166,4 +166,5 @@ class QuotaGauges:
             except Exception as exc:  # Redis' fault: the gauges wait for the next round
                 logger.debug("stored bytes not refreshed: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):
+                    await self._stopping.wait()

@@ -401,6 +401,7 @@ async def _stream(
             if left_s <= 0:
                 return
             try:
-                await asyncio.wait_for(changed.wait(), min(SSE_KEEPALIVE_S, left_s))
+                async with asyncio.timeout(min(SSE_KEEPALIVE_S, left_s)):
+                    await changed.wait()
             except TimeoutError:
                 yield format_sse_event(comment="keep-alive")

@@ -38,9 +38,11 @@ async def readyz(request: Request, redis: RedisDep, settings: SettingsDep) -> Re
     still work there, and only writes get their 507."""
     health: RedisHealth = request.app.state.redis_health
     try:
-        await asyncio.wait_for(redis.ping(), timeout=settings.readiness_timeout_s)
+        async with asyncio.timeout(settings.readiness_timeout_s):
+            await redis.ping()
         # A fresh reading, not the last periodic one: the policy and how full Redis is now.
-        await asyncio.wait_for(health.read_now(), timeout=settings.readiness_timeout_s)
+        async with asyncio.timeout(settings.readiness_timeout_s):
+            await health.read_now()
     except _PROBE_ERRORS as exc:
         fault = redis_fault(exc)
         if fault is not None or not isinstance(exc, ResponseError):
