@@ -1,6 +1,7 @@
-"""Groups against a real Redis: members counted as they end, the continuation
-enqueued exactly once by the last end, each failure policy, results in order,
-and cancel and requeue of a whole group."""
+"""Groups against a real Redis, one node and a real cluster alike: members
+counted as they end, the continuation enqueued exactly once by the last end,
+each failure policy, results in order, and cancel and requeue of a whole
+group."""
 
 import asyncio
 import json
@@ -32,6 +33,8 @@ from conveyor_core.settings import RedisSettings
 from conveyor_core.store import GROUP_CHUNK_MAX, ArqJob, Claimed, JobStore
 from tests.support import jobs
 
+pytestmark = pytest.mark.xdist_group("cluster")
+
 CATALOG = load_catalog(jobs.MODULES.split(","))
 EFFECT = CATALOG["effect"]
 QUEUE = EFFECT.queue
@@ -44,8 +47,9 @@ ERROR = '{"type": "ValueError", "message": "bad chunk", "traceback": "..."}'
 
 
 @pytest.fixture
-def store(redis: ArqRedis) -> JobStore:
-    return JobStore(redis, CATALOG)
+def store(node_or_cluster_redis: ArqRedis) -> JobStore:
+    """A store on one Redis node, then on a real cluster (3 primaries, 3 replicas)."""
+    return JobStore(node_or_cluster_redis, CATALOG)
 
 
 def effects(n: int) -> list[Call]:
@@ -532,15 +536,18 @@ async def test_a_creation_cut_short_is_completed_by_a_resubmit_under_its_id(
 ) -> None:
     """A fault between chunks leaves a group with some members: starting it
     again under its id submits the rest, and each member is counted once."""
-    group_id = keyed_group_id("ci/batch", "run-7")
+    seed = keyed_group_id("ci/batch", "run-7")
     children = effects(GROUP_CHUNK_MAX + 10)
-    first = await start_group(store, children[:GROUP_CHUNK_MAX], group_id=group_id)
+    first = await start_group(store, children[:GROUP_CHUNK_MAX], group_id=seed)
+    # The id carries the tag of its members' queue shard, the same every time.
+    group_id = first.id
+    assert group_id == f"{{{QUEUE}}}{seed}"
     # As if the request had died after its first chunk: the hash counts all.
     size = str(len(children))
     await store.redis.hset(keys.group_key(group_id), mapping={"total": size, "remaining": size})  # type: ignore[misc]
     assert first.created
 
-    again = await start_group(store, children, group_id=group_id)
+    again = await start_group(store, children, group_id=seed)
     assert (again.id, again.created) == (group_id, False)
     assert await store.redis.zcard(QUEUE) == len(children)
     claimed = await claim_all(store)

@@ -123,6 +123,14 @@ DEBOUNCE_SUFFIX = "debounce:"
 GROUP_PREFIX = PREFIX + "group:"
 GROUP_OPEN_S = 7 * 86_400
 GROUP_KEEP_S = 7 * 86_400
+# Sorted set per queue shard, on a cluster only (`conveyor:{shard}:outbox`):
+# continuations of groups of the shard that join another slot, as
+# "{group id}\n{n}", scored by when they may be taken (now, or a taker's
+# lease's end). The last member's end adds one and says OUTBOX_MESSAGE on the
+# shard's wake-up channel; a worker of the shard starts it in its own slot and
+# removes it (lua/group_outbox.lua, group_continue.lua).
+OUTBOX_SUFFIX = "outbox"
+OUTBOX_MESSAGE = b"outbox"
 # Sharded pub/sub per job (SPUBLISH): its version on every change, for SSE
 # streams. A channel per job, so an api replica hears only the jobs its
 # streams watch; in the job's slot, so a cluster sends it to that shard only.
@@ -277,8 +285,16 @@ def events_channel(job_id: str) -> str:
 
 
 def group_events_channel(group_id: str) -> str:
-    """A group's sharded events channel, in its hash's slot: the hash's name is its tag."""
+    """A group's sharded events channel, in its hash's slot: its id's tag (the
+    queue shard of its members), or for an untagged id the hash's name as one."""
+    if group_id.startswith("{"):
+        return EVENTS_PREFIX + "group:" + group_id
     return EVENTS_PREFIX + "{" + group_key(group_id) + "}"
+
+
+def outbox_key(shard: str) -> str:
+    """A queue shard's outbox of continuations to start in another slot (OUTBOX_SUFFIX)."""
+    return queue_key(shard, OUTBOX_SUFFIX)
 
 
 def group_key(group_id: str) -> str:
