@@ -20,6 +20,7 @@ from conveyor_api.auth import ApiKey, Caller, Scope, authorize, require
 from conveyor_api.deps import EventsDep, StoreDep
 from conveyor_api.events import live_stream, stream_deadline
 from conveyor_api.routes.jobs import IdempotencyKey
+from conveyor_core.catalog import ID_MAX_CHARS
 from conveyor_core.enqueue import fingerprint
 from conveyor_core.group_ids import keyed_group_id, member_id
 from conveyor_core.groups import (
@@ -52,7 +53,15 @@ NO_SUCH_GROUP: dict[int | str, dict[str, Any]] = {404: {"description": "No such 
 SubmitterDep = Annotated[Caller, Depends(authorize(Scope.JOBS_SUBMIT))]
 ReadKeyDep = Annotated[ApiKey, Depends(require(Scope.JOBS_READ))]
 AdminDep = Annotated[ApiKey, Depends(require(Scope.JOBS_ADMIN))]
-GroupId = Annotated[str, Path(min_length=33, max_length=33, pattern=r"^g[0-9a-f]{32}$")]
+# `{queue shard}g` and 32 hex digits (conveyor_core.group_ids), or untagged.
+GroupId = Annotated[
+    str,
+    Path(
+        min_length=33,
+        max_length=ID_MAX_CHARS,
+        pattern=r"^(\{[A-Za-z0-9_.:-]+(~[0-9]{1,2})?\})?g[0-9a-f]{32}$",
+    ),
+]
 
 
 class CallIn(BaseModel):
