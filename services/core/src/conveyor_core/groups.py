@@ -46,10 +46,28 @@ read, every job's end stays as cheap as before, and the group stores no list.
 
 Costs per member beyond its own commands: its end one HINCRBY and one
 SPUBLISH (progress for live streams); the continuation reads the results
-with one MGET per RESULTS_CHUNK members. A group's members are all in one
-Redis (groups do not run on a cluster yet; when they do, a group's members
-share a hash tag, so the MGET stays in one slot). On a cluster
-`start_group` refuses at once (GroupsUnsupportedError), writing nothing.
+with one MGET per RESULTS_CHUNK members.
+
+One slot per call (Redis Cluster), the same code on one node: a group's id
+carries the hash tag of one shard of its members' queue (`{queue}g...`,
+group_ids.py, `placed_group_id`), and every member goes to that shard, so
+the group's hash, its members' keys and its events channel share one slot:
+the member's end counts it, and the last one starts a continuation of the
+same shard, in one script as before, and the results' MGET keeps to that
+slot. What else the design could have done, and why not: members of
+several queues routed through a per-group slot and an outbox would cost
+every member's end a second call; instead, on a cluster a group's members
+share one queue (GroupError naming the first member of another: a 422 over
+HTTP), and on one node such a group keeps an untagged id and runs as it
+always did. A continuation of another slot (another queue or shard, on a
+cluster only) is not started by the member's script but put in the outbox
+of the group's shard, in its slot; a worker of that shard starts it in its
+own (store/groups.py, `drain_outbox`): SET NX on its fixed id, and a check
+for its result and record, make a second drain (its taker died) harmless,
+so it still starts once. A group that takes a place over joins the outer
+group's shard (its `then` too), so a place counts in one call. What is in
+another slot (the record of the job that starts the group, the caller's
+quota) is written by a call of its own.
 
 Creating a group writes its hash first, then its members GROUP_CHUNK_MAX
 per Lua call. A group started by a job has an id derived from the job's id
