@@ -723,3 +723,21 @@ async def test_members_of_several_queues_are_one_nodes_only(store_x: JobStore) -
         assert (await store_x.complete(job_type, c.job_id, '"ok"', token=c.token)).moved
     (then_id,) = group.continuation_ids
     assert await store_x.redis.zscore(QUEUE, then_id) is not None
+
+
+async def test_a_hand_over_joins_the_outer_groups_shard(store_x: JobStore) -> None:
+    """A group that takes a place over lives in the outer group's shard, so the
+    place counts in one call; on a cluster, one whose members are of another
+    queue is refused, naming `hand_over`; on one node it runs untagged."""
+    outer = await start_group(store_x, effects(1), then=Call("effect", {"work_s": 0}))
+    ctx = await context_of(store_x, outer.member_ids[0])
+    inner = await ctx.group(effects(2), then=Call("effect", {"work_s": 1}), hand_over=True)
+    assert shard_of_group(inner.id) == shard_of_group(outer.id) == QUEUE
+    elsewhere = [Call("effect_elsewhere", {"work_s": 0})]
+    if store_x.one_slot_per_call:
+        with pytest.raises(GroupError) as refused:
+            await ctx.group(elsewhere, then=Call("effect", {"work_s": 1}), hand_over=True)
+        assert refused.value.field == "hand_over"
+    else:
+        untagged = await ctx.group(elsewhere, then=Call("effect", {"work_s": 1}), hand_over=True)
+        assert shard_of_group(untagged.id) is None
