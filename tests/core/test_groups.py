@@ -19,6 +19,7 @@ from conveyor_core.context import JobContext
 from conveyor_core.enqueue import enqueue
 from conveyor_core.group_ids import (
     continuation_id,
+    continuation_of,
     continued_by,
     derived_group_id,
     group_of,
@@ -640,6 +641,7 @@ async def test_ids_carry_the_members_shard_tag() -> None:
     assert other == f"{{{ELSEWHERE}}}{group_id}.then"
     assert keys.queue_of(other) == ELSEWHERE
     assert continued_by(other) == group_id
+    assert continuation_of(continuation_id(group_id, "success", ELSEWHERE)) == group_id
     assert group_of(other) is None
     assert re.fullmatch(JOB_ID_PATTERN, other)
     # Untagged ids (members of several queues, or groups from before tags) still read.
