@@ -2,10 +2,12 @@
 primaries, three replicas), each call in one slot: a job's group and its
 continuation, results in order; a batch whose members go to one shard of a
 sharded queue and whose callbacks join another queue's slot (through the
-shard's outbox), each called back once; its progress over SSE; and a group
-whose members span queues refused, naming the member."""
+shard's outbox), each called back once; its progress over SSE; a group
+whose members span queues refused, naming the member; and a batch whose
+workers are SIGKILLed twice still calls back once with every result."""
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +112,51 @@ def test_groups_and_batches_run_on_a_cluster(stack: Stack) -> None:
     (error,) = refused.json()["errors"]
     assert error["field"] == "children.1.job_type", error
     assert "Redis Cluster" in refused.text
+
+
+@pytest.mark.timeout(240)
+def test_sigkilled_workers_leave_one_callback_with_every_result(
+    cluster_url: str, log_dir: Path
+) -> None:
+    members = 200
+    with running(Stack(cluster_url, log_dir, CONVEYOR_JOB_MODULES=MODULES)) as stack:
+        stack.start_worker()
+        env = {
+            "CONVEYOR_WORKER_QUEUE": sharded.QUEUE,
+            "CONVEYOR_WORKER_MAX_JOBS": "10",
+            "CONVEYOR_WORKER_LOCK_TTL_S": "2",
+        }
+        worker = stack.start_worker(**env)
+        body = {
+            "jobs": [
+                {"job_type": "sharded_member", "payload": {"index": i, "work_s": 0.05}}
+                for i in range(members)
+            ],
+            "on_complete": {"job_type": "combine", "payload": {}},
+        }
+        response = stack.http.post("/v1/batches", json=body)
+        assert response.status_code == 201, response.text
+        batch_id = response.json()["id"]
+        for _ in range(2):  # each kill lands while members run
+            path = f"/v1/groups/{batch_id}"
+            before = stack.http.get(path, params={"limit": 0}).json()["counts"]["complete"]
+            deadline = time.monotonic() + 60
+            while stack.http.get(path, params={"limit": 0}).json()["counts"]["complete"] < (
+                before + 30
+            ):
+                assert time.monotonic() < deadline, stack.logs()
+                time.sleep(0.05)
+            worker.stop(signal.SIGKILL)
+            worker = stack.start_worker(**env)
+
+        batch = wait_for_group(stack, batch_id, "done", timeout_s=120)
+        assert batch["counts"] == {"pending": 0, "complete": members, "dead": 0, "cancelled": 0}
+        (on_complete,) = (c["id"] for c in batch["continuations"])
+        stack.wait_for_state(on_complete, "complete", timeout_s=60)
+        assert stack.redis.smembers(f"test:continuations:{batch_id}") == {on_complete.encode()}
+        assert stack.redis.get("test:combines") == b"1"
+        results = json.loads(stack.redis.get(f"test:results:{on_complete}"))  # type: ignore[arg-type]
+        assert results == [{"index": i} for i in range(members)]
+        # The kills cut tries short: some member ran more than once, yet counted once.
+        ids = [f"{batch_id}.{i}" for i in range(members)]
+        assert any(len(stack.starts(job_id)) > 1 for job_id in ids), "no kill hit a member"
