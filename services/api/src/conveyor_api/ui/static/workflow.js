@@ -167,7 +167,7 @@ function groupNode(group, focus, top) {
   }
   if (group.truncated) {
     node.append(el("p", { class: "muted" }, "Past the tree's bounds: ",
-      el("a", { href: `#workflow=${encodeURIComponent(group.id)}` }, "open this group"), " to see its members."));
+      el("a", { href: `#workflow=${group.id}` }, "open this group"), " to see its members."));
     return node;
   }
   node.append(groupActions(group));
@@ -177,7 +177,7 @@ function groupNode(group, focus, top) {
     ...group.members.map((m) => jobNode(m, group, focus))));
   if (!top && group.next_offset !== null) {
     node.append(el("p", { class: "muted" }, `… ${group.total - group.members.length} more: `,
-      el("a", { href: `#workflow=${encodeURIComponent(group.id)}` }, "open this group")));
+      el("a", { href: `#workflow=${group.id}` }, "open this group")));
   }
   if (group.continuation_jobs.length) {
     node.append(el("ul", { class: "wf-then", "aria-label": "continuations" },
@@ -261,7 +261,7 @@ function live() {
     view.stream = null;
     view.streamGroup = streamFor;
     if (streamFor) {
-      view.stream = new EventStream(apiUrl(`/v1/groups/${encodeURIComponent(streamFor)}/events`), {
+      view.stream = new EventStream(apiUrl(`/v1/groups/${streamFor}/events`), {
         headers: authHeaders,
         onEvent: (name) => { if (name === "group") soon(); },
         onState: (state) => { if (state === "ended") soon(); },
@@ -281,7 +281,7 @@ function page(offset) {
 
 async function act(group, action) {
   try {
-    const answer = await call("POST", `/v1/groups/${encodeURIComponent(group.id)}/${action}`);
+    const answer = await call("POST", `/v1/groups/${group.id}/${action}`);
     const done = action === "cancel" ? "Cancelled" : "Requeued";
     $("workflow-status").textContent = `${done} ${answer.done} job(s) of ${group.kind} ${shortId(group.id)}.`;
   } catch (err) {
