@@ -743,3 +743,30 @@ async def test_a_hand_over_joins_the_outer_groups_shard(store_x: JobStore) -> No
     else:
         untagged = await ctx.group(elsewhere, then=Call("effect", {"work_s": 1}), hand_over=True)
         assert shard_of_group(untagged.id) is None
+
+
+async def test_requeue_and_cancel_reach_a_continuation_of_another_slot(store_x: JobStore) -> None:
+    """A whole group's requeue and cancel act on a continuation in its own
+    queue's slot (one bulk call there), and its end or requeue touches no
+    key of its group's slot."""
+    store = store_x
+    elsewhere = CATALOG_X["effect_elsewhere"]
+    group = await start_group(
+        store, effects(2), then=Call("effect_elsewhere", {"work_s": 0}), on_child_failure="run"
+    )
+    for member in (await claim_all(store)).values():
+        await end(store, member, result=1)
+    await store.drain_outbox(QUEUE)  # on one node, nothing is there
+    (cont,) = (await store.claim(ELSEWHERE, 10, **CLAIM)).jobs
+    assert (await store.dead(elsewhere, cont.job_id, ERROR, token=cont.token)).moved
+
+    requeued = await requeue_group(store, group.id)
+    assert requeued is not None
+    assert requeued.done == 1
+    assert await store.redis.zscore(ELSEWHERE, cont.job_id) is not None
+    cancelled = await cancel_group(store, group.id)
+    assert cancelled is not None
+    assert cancelled.done == 1
+    read = await store.get(cont.job_id)
+    assert read is not None
+    assert read.state == JobState.CANCELLED
