@@ -598,6 +598,8 @@ class ConveyorWorker:
                 except OUTBOX_FAULTS as exc:
                     # Left leased or due: the next round (housekeeping's) takes it.
                     logger.warning("outbox of %s not drained: %s", shard, exc)
+                except Exception:  # a bug must not end the drains of every later group
+                    logger.exception("outbox of %s not drained", shard)
 
     async def _housekeeping(self) -> None:
         """Trim index entries whose job record expired; one worker at a time
