@@ -2,20 +2,19 @@
 says a job's group and its place, so the Lua that ends a job
 (lua/lib/group.lua) and every reader tell a member from its id alone.
 
-A group's id is `{shard}g` and 32 hex digits: the hash tag of the queue
-shard its members go to (keys.job_id_for), so its hash
-(`conveyor:group:{shard}g...`), its members and their keys share one slot
-on a Redis Cluster. Its member at index n is `{group id}.{n}`; its
-continuations are `{group id}.then` and `{group id}.success` when they join
-the same shard, and carry their own shard's tag first otherwise
-(`{other}{shard}g....then`): a job id's first tag always names the shard its
-keys live in. No other job id has that shape: random ids are `{shard}` and
-hex, a scheduled run's `{shard}{job type}:{ms}`.
+On a Redis Cluster a group's id is `{shard}g` and 32 hex digits: the hash
+tag of the queue shard its members go to (keys.job_id_for), so its hash
+(`conveyor:group:{shard}g...`), its members and their keys share one slot.
+Its member at index n is `{group id}.{n}`; its continuations are
+`{group id}.then` and `{group id}.success` when they join the same shard,
+and carry their own shard's tag first otherwise (`{other}{shard}g....then`):
+a job id's first tag always names the shard its keys live in. No other job
+id has that shape: random ids are `{shard}` and hex, a scheduled run's
+`{shard}{job type}:{ms}`.
 
-A group whose members span several queues (on a single node only, groups.py)
-has an untagged id, `g` and 32 hex digits, as every group had before ids
-carried a tag; its members and continuations are untagged too, and every
-reader still takes them.
+On one node a group's id is untagged, `g` and 32 hex digits, and so are its
+members' and continuations' (groups.py, `placed_group_id`, says why); every
+reader, and the scripts, take both shapes.
 """
 
 import hashlib
@@ -91,7 +90,7 @@ def is_group_id(value: str) -> bool:
 
 
 def new_group_id() -> str:
-    """An untagged id; `placed` tags it with the shard its members go to."""
+    """An untagged id; on a cluster `placed` tags it with its members' shard."""
     return "g" + uuid4().hex
 
 

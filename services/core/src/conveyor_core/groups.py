@@ -48,26 +48,27 @@ Costs per member beyond its own commands: its end one HINCRBY and one
 SPUBLISH (progress for live streams); the continuation reads the results
 with one MGET per RESULTS_CHUNK members.
 
-One slot per call (Redis Cluster), the same code on one node: a group's id
-carries the hash tag of one shard of its members' queue (`{queue}g...`,
-group_ids.py, `placed_group_id`), and every member goes to that shard, so
-the group's hash, its members' keys and its events channel share one slot:
-the member's end counts it, and the last one starts a continuation of the
-same shard, in one script as before, and the results' MGET keeps to that
-slot. What else the design could have done, and why not: members of
-several queues routed through a per-group slot and an outbox would cost
-every member's end a second call; instead, on a cluster a group's members
-share one queue (GroupError naming the first member of another: a 422 over
-HTTP), and on one node such a group keeps an untagged id and runs as it
-always did. A continuation of another slot (another queue or shard, on a
-cluster only) is not started by the member's script but put in the outbox
-of the group's shard, in its slot; a worker of that shard starts it in its
-own (store/groups.py, `drain_outbox`): SET NX on its fixed id, and a check
-for its result and record, make a second drain (its taker died) harmless,
-so it still starts once. A group that takes a place over joins the outer
-group's shard (its `then` too), so a place counts in one call. What is in
-another slot (the record of the job that starts the group, the caller's
-quota) is written by a call of its own.
+One slot per call (Redis Cluster), the same code on one node: on a
+cluster a group's id carries the hash tag of one shard of its members'
+queue (`{queue}g...`, group_ids.py, `placed_group_id`), and every member
+goes to that shard, so the group's hash, its members' keys and its events
+channel share one slot: the member's end counts it, and the last one starts
+a continuation of the same shard, in one script as on one node, and the
+results' MGET keeps to that slot. What else the design could have done, and
+why not: members of several queues routed through a per-group slot and an
+outbox would cost every member's end a second call; instead, on a cluster a
+group's members share one queue (GroupError naming the first member of
+another: a 422 over HTTP). A continuation of another slot (another queue or
+shard) is not started by the member's script but put in the outbox of the
+group's shard, in its slot; a worker of that shard starts it in its own
+(store/groups.py, `drain_outbox`): SET NX on its fixed id, and a check for
+its result and record, make a second drain (its taker died) harmless, so it
+still starts once. A group that takes a place over joins the outer group's
+shard (its `then` too), so a place counts in one call. What is in another
+slot (the record of the job that starts the group, the caller's quota) is
+written by a call of its own. On one node ids keep their untagged shape
+(`g...`): the scripts count both shapes, and a worker of the previous
+release, still running during a rolling upgrade, counts only that one.
 
 Creating a group writes its hash first, then its members GROUP_CHUNK_MAX
 per Lua call. A group started by a job has an id derived from the job's id
@@ -355,54 +356,55 @@ def placed_group_id(
     continuations: Sequence[JobType] = (),
     outer: str | None = None,
 ) -> str:
-    """The group's id: `seed` tagged with the queue shard its members go to
-    (group_ids.placed), so that on a cluster its hash, its members and their
-    keys share one slot. Members of several queues: untagged on a single node
-    (each goes to its queue, as before ids carried a tag), refused on a
-    cluster. A group that takes a place over (`outer`, the outer group) joins
-    the outer group's shard, and its `then` too, as the place's counting
-    is one call: on a cluster, anything else is refused; on a single node
-    the group is untagged then."""
+    """The group's id. On a cluster: `seed` tagged with the queue shard its
+    members go to (group_ids.placed), so that its hash, its members and
+    their keys share one slot; members of several queues are refused, naming
+    the first member of another; a group that takes a place over (`outer`,
+    the outer group) joins the outer group's shard, with its `then`, as the
+    place counts in one call (else refused, naming `hand_over`). On one node
+    every key is in one place: `seed` as it is, the shape every release has
+    counted, so that during a rolling upgrade a worker of the previous
+    release still counts the members of a group a new one started."""
+    if not store.one_slot_per_call:
+        return seed
     queues = list(dict.fromkeys(m.queue for m in members))
     if not queues and continuations:
         queues = [continuations[0].queue]
     if len(queues) > 1:
-        if store.one_slot_per_call:
-            first = queues[0]
-            at = next(i for i, m in enumerate(members) if m.queue != first)
-            raise GroupError(
-                f"children[{at}].job_type",
-                f"on a Redis Cluster a group's members share one queue (a slot): "
-                f"{members[at].name!r} is of queue {queues[1]!r}, the first "
-                f"member's of {first!r}; start a group per queue",
-            )
-        return seed
+        first = queues[0]
+        at = next(i for i, m in enumerate(members) if m.queue != first)
+        raise GroupError(
+            f"children[{at}].job_type",
+            f"on a Redis Cluster a group's members share one queue (a slot): "
+            f"{members[at].name!r} is of queue {queues[1]!r}, the first "
+            f"member's of {first!r}; start a group per queue",
+        )
     if not queues:
-        return seed
+        return seed  # no member, no continuation: its hash alone
     (queue,) = queues
-    shards = store.catalog.shards(queue)
     if outer is None:
-        return placed(seed, shards)
+        return placed(seed, store.catalog.shards(queue))
     outer_shard = shard_of_group(outer)
     then_queue = continuations[0].queue if continuations else queue
     if outer_shard is not None and keys.queue_of_shard(outer_shard) == queue == then_queue:
         return placed(seed, [outer_shard])
-    if store.one_slot_per_call:
-        raise GroupError(
-            "hand_over",
-            "on a Redis Cluster a group that takes a place over runs its members and "
-            f"its `then` in the outer group's queue ({outer_shard or queue!r}), "
-            "as the place counts in the outer group in one call",
-        )
-    return seed
+    raise GroupError(
+        "hand_over",
+        "on a Redis Cluster a group that takes a place over runs its members and "
+        f"its `then` in the outer group's queue ({outer_shard or queue!r}), "
+        "as the place counts in the outer group in one call",
+    )
 
 
 def _continuation_shard(catalog: Catalog, group_id: str, role: str, call: _Prepared) -> str:
     """The queue shard a continuation joins: its group's when it is of the
-    group's queue, else one of its queue's (the same for the same group)."""
+    group's queue, else one of its queue's (the same for the same group); of
+    an untagged group (one node), shard 0, where an untagged id is looked for."""
     queue = call.job_type.queue
     shard = shard_of_group(group_id)
-    if shard is not None and keys.queue_of_shard(shard) == queue:
+    if shard is None:
+        return queue
+    if keys.queue_of_shard(shard) == queue:
         return shard
     shards = catalog.shards(queue)
     return shards[zlib.crc32(f"{group_id}.{role}".encode()) % len(shards)]

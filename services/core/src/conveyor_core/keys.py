@@ -45,7 +45,8 @@ share its slot by the layout above):
   claimed or given jobs' keys, the queue's flow keys, indexes and history,
   all in the queue's slot. A job of a group also counts in its group
   (lib/group.lua): the group's hash is `conveyor:group:{group id}`, whose
-  id carries its members' queue shard tag, so it is in their slot (below).
+  id on a cluster carries its members' queue shard tag, so it is in their
+  slot (below).
 - renew.lua: per try its record and lock, declared; one call per queue on
   a cluster. read.lua: the job's record, arq keys, its queue and paused
   flag (the limiter as for submit); an id with no tag is looked for in
@@ -53,15 +54,15 @@ share its slot by the layout above):
   checkpoint.lua: the job's record. page.lua, trim.lua: one index.
   queue_stats.lua, pause.lua: the queue's keys. rate_limit.lua: one limiter.
   stats_take.lua: the digest's keys, all under the `{stats}` tag.
-- group_create.lua, group_cancel.lua: the group's hash (`{shard}g...`: in
-  its members' shard's slot), an outer group's hash (a hand-over joins the
+- group_create.lua, group_cancel.lua: the group's hash (on a cluster
+  `{shard}g...`: in its members' shard's slot), an outer group's hash (a hand-over joins the
   outer group's shard) and the creating job's record when it is in the same
   slot (else group_link.lua, a call of its own). group_submit.lua: the
   members of a chunk, `{group id}.{index}`, in the group's shard, and the
   caller's quota on one node (on a cluster a ZADD of its own). A
   continuation of another slot: the group's shard's outbox, in its slot
   (group_outbox.lua), then group_continue.lua in the continuation's slot.
-  A group whose members span queues has an untagged id (one node only).
+  On one node group ids keep their untagged shape (`g...`, group_ids.py).
 - Outside Lua: history, stats and listings read per queue with
   non-transactional pipelines (a cluster splits them per node); the
   listing's page script is called once per queue on a cluster (a cluster

@@ -26,9 +26,8 @@
 -- that continuation will not run.
 
 -- The group id and the member's index, or nil for a job of no group. A
--- group's id carries its queue shard's tag (`{shard}g...`, group_ids.py), or
--- none (members of several queues, on a single node; and groups created
--- before ids carried a tag).
+-- group's id carries its queue shard's tag on a cluster (`{shard}g...`,
+-- group_ids.py), none on one node.
 local function group_of(id)
   local gid, at = string.match(id, '^({[^}]*}g%x+)%.(%d+)$')
   if gid then return gid, at end
