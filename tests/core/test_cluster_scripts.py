@@ -7,30 +7,30 @@ slot"), and one whose keys spanned slots would not be sent at all.
 Each script is loaded on the primaries (SCRIPT LOAD, on its first NOSCRIPT)
 by its first run, the per-job functions' library (FUNCTION LOAD) by the
 first call of one of them; the test ends by checking that every script of
-the loader was, so a new script cannot go untested here. Group members still span slots
-(their ids carry no queue tag): group_submit is refused, which the test pins
-(see docs/how-to/redis-cluster.md)."""
+the loader was, so a new script cannot go untested here."""
 
 import hashlib
+from dataclasses import replace
 from importlib.resources import files
 from typing import cast
 
 import pytest
 from arq.connections import ArqRedis
-from redis.exceptions import ResponseError
+from redis.crc import key_slot
 
 from conveyor_core import keys
-from conveyor_core.catalog import load_catalog
+from conveyor_core.catalog import Catalog, load_catalog
 from conveyor_core.checkpoint import Checkpoint
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.debounce import Debounce
 from conveyor_core.enqueue import enqueue
+from conveyor_core.groups import Call, cancel_group, start_group
 from conveyor_core.jobs import JobState, now_ms
 from conveyor_core.lua import JOB_FUNCTIONS, job_library, lua_script
 from conveyor_core.ratelimit import RateLimit, RateLimiter
 from conveyor_core.snooze import Hold
 from conveyor_core.stats import take_counts
-from conveyor_core.store import Claim, Fetch, JobStore, MemberRow, Quota
+from conveyor_core.store import Claim, Fetch, JobStore, Quota
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
 
@@ -38,8 +38,6 @@ pytestmark = pytest.mark.xdist_group("cluster")
 
 LOCK_MS = 30_000
 RETENTION_MS = 60_000
-# The loader's scripts a cluster refuses today, and why (the docs say so too).
-SINGLE_NODE_ONLY = {"group_submit": "a group's members have no queue tag: their keys span slots"}
 
 
 class TakeOne:
@@ -186,18 +184,47 @@ async def test_every_script_runs_on_a_cluster_with_its_keys_in_one_slot(
     counts = await take_counts(redis, keys.job_id_for(queue), [queue])
     assert counts is not None
 
-    # Groups: a group's hash is one key; its members' keys span slots today.
-    group_id = "g" + "0" * 32
-    assert await store.create_group(group_id, 1, {"policy": "all"})
-    assert await store.cancel_group_hash(group_id) == "running"
-    member = MemberRow(f"{group_id}.0", queue, now_ms(), b"{}", "", CREATE_TASK.name)
-    with pytest.raises(ResponseError):
-        await store.submit_members([member], resuming=False)
+    # Groups: the hash, members and a continuation of their queue in one slot;
+    # a continuation of another slot through the group's shard's outbox; the
+    # creating job's record (another slot) by a call of its own.
+    elsewhere = _queue_in_another_slot(queue)
+    catalog_x = Catalog([*catalog, replace(CREATE_TASK, name="elsewhere", queue=elsewhere)])
+    store_x = JobStore(redis, catalog_x)
+    owner = await enqueue(store_x, catalog_x["elsewhere"], task)
+    owner_id, _ = await claimed_one(store_x, elsewhere)
+    group = await start_group(
+        store_x,
+        [(CREATE_TASK, task), (CREATE_TASK, task)],
+        then=Call(CREATE_TASK, task),
+        on_success=Call("elsewhere", task),
+        parent_id=owner.job_id,
+        submitted_by="tester",
+        quota=quota,
+    )
+    assert owner_id == owner.job_id
+    assert await cluster_redis.hget(keys.job_key(owner_id), f"group:{group.id}")  # type: ignore[misc]
+    ended = 0
+    while ended < len(group.member_ids):  # jobs of the steps above wait first
+        job_id, token = await claimed_one(store_x, queue)
+        assert await store_x.complete(CREATE_TASK, job_id, "1", token=token)
+        ended += job_id in group.member_ids
+    then_id, success_id = group.continuation_ids
+    assert await cluster_redis.zscore(queue, then_id) is not None
+    assert await store_x.drain_outbox(queue) == 1
+    assert await cluster_redis.zscore(elsewhere, success_id) is not None
+    assert await cancel_group(store_x, group.id) is not None
 
     missing = [
-        name
-        for name, sha in _every_script().items()
-        if name not in SINGLE_NODE_ONLY and not await _loaded(cluster_redis, sha)
+        name for name, sha in _every_script().items() if not await _loaded(cluster_redis, sha)
     ]
     assert missing == [], "scripts this test did not run on the cluster"
     assert await _job_library_loaded(cluster_redis)
+
+
+def _queue_in_another_slot(queue: str) -> str:
+    """A queue name whose slot is not `queue`'s."""
+    for n in range(100):
+        name = f"elsewhere-{n}"
+        if key_slot(name.encode()) != key_slot(queue.encode()):
+            return name
+    raise AssertionError("every name in one slot")

@@ -1,19 +1,34 @@
-"""Groups against a real Redis: members counted as they end, the continuation
-enqueued exactly once by the last end, each failure policy, results in order,
-and cancel and requeue of a whole group."""
+"""Groups against a real Redis, one node and a real cluster alike: members
+counted as they end, the continuation enqueued exactly once by the last end,
+each failure policy, results in order, and cancel and requeue of a whole
+group."""
 
 import asyncio
 import json
+import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from redis.crc import key_slot
 
 from conveyor_core import keys
-from conveyor_core.catalog import load_catalog
+from conveyor_core.catalog import JOB_ID_PATTERN, Catalog, load_catalog
 from conveyor_core.context import JobContext
 from conveyor_core.enqueue import enqueue
-from conveyor_core.group_ids import derived_group_id, group_of, keyed_group_id, member_id
+from conveyor_core.group_ids import (
+    continuation_id,
+    continuation_of,
+    continued_by,
+    derived_group_id,
+    group_of,
+    is_group_id,
+    keyed_group_id,
+    member_id,
+    placed,
+    shard_of_group,
+)
 from conveyor_core.groups import (
     Call,
     ChildFailure,
@@ -32,6 +47,8 @@ from conveyor_core.settings import RedisSettings
 from conveyor_core.store import GROUP_CHUNK_MAX, ArqJob, Claimed, JobStore
 from tests.support import jobs
 
+pytestmark = pytest.mark.xdist_group("cluster")
+
 CATALOG = load_catalog(jobs.MODULES.split(","))
 EFFECT = CATALOG["effect"]
 QUEUE = EFFECT.queue
@@ -44,8 +61,9 @@ ERROR = '{"type": "ValueError", "message": "bad chunk", "traceback": "..."}'
 
 
 @pytest.fixture
-def store(redis: ArqRedis) -> JobStore:
-    return JobStore(redis, CATALOG)
+def store(node_or_cluster_redis: ArqRedis) -> JobStore:
+    """A store on one Redis node, then on a real cluster (3 primaries, 3 replicas)."""
+    return JobStore(node_or_cluster_redis, CATALOG)
 
 
 def effects(n: int) -> list[Call]:
@@ -74,7 +92,8 @@ async def continuation_context(store: JobStore, job_id: str) -> JobContext:
     assert raw is not None, f"continuation {job_id} was not enqueued"
     job = ArqJob.decode(raw)
     assert job is not None
-    return JobContext(job_id, 1, CATALOG[job.function], store, CATALOG, meta=job.meta)
+    catalog = store.catalog
+    return JobContext(job_id, 1, catalog[job.function], store, catalog, meta=job.meta)
 
 
 async def test_member_ids_say_their_group_and_place() -> None:
@@ -532,15 +551,19 @@ async def test_a_creation_cut_short_is_completed_by_a_resubmit_under_its_id(
 ) -> None:
     """A fault between chunks leaves a group with some members: starting it
     again under its id submits the rest, and each member is counted once."""
-    group_id = keyed_group_id("ci/batch", "run-7")
+    seed = keyed_group_id("ci/batch", "run-7")
     children = effects(GROUP_CHUNK_MAX + 10)
-    first = await start_group(store, children[:GROUP_CHUNK_MAX], group_id=group_id)
+    first = await start_group(store, children[:GROUP_CHUNK_MAX], group_id=seed)
+    # On a cluster the id carries the tag of its members' queue shard, the same
+    # every time; on one node it keeps its untagged shape.
+    group_id = first.id
+    assert group_id == (f"{{{QUEUE}}}{seed}" if store.one_slot_per_call else seed)
     # As if the request had died after its first chunk: the hash counts all.
     size = str(len(children))
     await store.redis.hset(keys.group_key(group_id), mapping={"total": size, "remaining": size})  # type: ignore[misc]
     assert first.created
 
-    again = await start_group(store, children, group_id=group_id)
+    again = await start_group(store, children, group_id=seed)
     assert (again.id, again.created) == (group_id, False)
     assert await store.redis.zcard(QUEUE) == len(children)
     claimed = await claim_all(store)
@@ -592,3 +615,161 @@ async def test_a_retry_is_not_an_end_only_the_final_one_counts(store: JobStore) 
     read = await read_group(store, group.id)
     assert read is not None
     assert (read.state, read.counts.complete) == (GroupState.DONE, 1)
+
+
+# A queue in another slot than QUEUE's, for continuations and members of another queue.
+ELSEWHERE = "elsewhere-0" if key_slot(b"elsewhere-0") != key_slot(QUEUE.encode()) else "elsewhere-1"
+CATALOG_X = Catalog([*CATALOG, replace(EFFECT, name="effect_elsewhere", queue=ELSEWHERE)])
+
+
+@pytest.fixture
+def store_x(node_or_cluster_redis: ArqRedis) -> JobStore:
+    """As `store`, with a job type of another queue (another slot on a cluster)."""
+    return JobStore(node_or_cluster_redis, CATALOG_X)
+
+
+async def test_ids_carry_the_members_shard_tag() -> None:
+    seed = derived_group_id("job-1", 0)
+    group_id = placed(seed, [QUEUE])
+    assert group_id == f"{{{QUEUE}}}{seed}" == placed(group_id, ["other"])
+    assert is_group_id(group_id)
+    assert shard_of_group(group_id) == QUEUE
+    assert keys.queue_of(member_id(group_id, 3)) == QUEUE
+    assert group_of(member_id(group_id, 3)) == (group_id, 3)
+    # A continuation of its group's shard, and one of another: its own tag first.
+    assert continuation_id(group_id, "then", QUEUE) == f"{group_id}.then"
+    other = continuation_id(group_id, "then", ELSEWHERE)
+    assert other == f"{{{ELSEWHERE}}}{group_id}.then"
+    assert keys.queue_of(other) == ELSEWHERE
+    assert continued_by(other) == group_id
+    assert continuation_of(continuation_id(group_id, "success", ELSEWHERE)) == group_id
+    assert group_of(other) is None
+    assert re.fullmatch(JOB_ID_PATTERN, other)
+    # Untagged ids (members of several queues, or groups from before tags) still read.
+    assert group_of(member_id(seed, 2)) == (seed, 2)
+    assert continued_by(f"{seed}.then") == seed
+    assert placed(seed, None) == seed
+
+
+async def test_a_continuation_of_another_slot_starts_once_through_the_outbox(
+    store_x: JobStore,
+) -> None:
+    """On a cluster the last member's end puts a continuation of another slot
+    in its shard's outbox, and a drain starts it in its own; a drain again
+    (as if the first taker died before it removed the entry) starts nothing.
+    On one node it is started in the member's own script."""
+    store = store_x
+    group = await start_group(store, effects(3), then=Call("effect_elsewhere", {"work_s": 1}))
+    (then_id,) = group.continuation_ids
+    # Its id names its own queue on a cluster (it has no tag on one node).
+    assert keys.queue_of(then_id) == (ELSEWHERE if store.one_slot_per_call else None)
+    claimed = await claim_all(store)
+    for job_id in group.member_ids:
+        await end(store, claimed[job_id], result=job_id)
+    outbox = keys.outbox_key(QUEUE)
+    redis = store.redis
+    if store.one_slot_per_call:
+        assert await redis.zscore(ELSEWHERE, then_id) is None
+        entry = (await redis.zrange(outbox, 0, -1))[0]
+        assert await store.drain_outbox(QUEUE) == 1
+        await redis.zadd(outbox, {entry: 0})  # left behind by a taker that died
+        assert await store.drain_outbox(QUEUE) == 0
+    assert await redis.zcard(outbox) == 0
+    assert await redis.zscore(ELSEWHERE, then_id) is not None
+    # It reads its group's results, in order, from the members' slot.
+    context = await continuation_context(store, then_id)
+    assert await context.group_results() == group.member_ids
+    # Its end (in its own slot) counts nowhere: it holds no place.
+    (cont,) = (await store.claim(ELSEWHERE, 10, **CLAIM)).jobs
+    ended = await store.complete(
+        CATALOG_X["effect_elsewhere"], cont.job_id, "null", token=cont.token
+    )
+    assert ended.moved
+    assert await store.drain_outbox(QUEUE) == 0
+    read = await read_group(store, group.id)
+    assert read is not None
+    assert read.state == GroupState.DONE
+
+
+async def test_a_cancelled_group_leaves_no_continuation_in_the_outbox(store_x: JobStore) -> None:
+    store = store_x
+    group = await start_group(store, effects(1), then=Call("effect_elsewhere", {"work_s": 1}))
+    (member,) = (await claim_all(store)).values()
+    await end(store, member, result=1)
+    assert await cancel_group(store, group.id) is not None
+    await store.drain_outbox(QUEUE)
+    assert await store.redis.zcard(keys.outbox_key(QUEUE)) == 0
+    (then_id,) = group.continuation_ids
+    if store.one_slot_per_call:  # never started
+        assert await store.redis.zscore(ELSEWHERE, then_id) is None
+    else:  # started by the member's end, then cancelled with its group
+        read = await store.get(then_id)
+        assert read is not None
+        assert read.state == JobState.CANCELLED
+
+
+async def test_members_of_several_queues_are_one_nodes_only(store_x: JobStore) -> None:
+    children = [Call("effect", {"work_s": 0}), Call("effect_elsewhere", {"work_s": 1})]
+    if store_x.one_slot_per_call:
+        with pytest.raises(GroupError) as refused:
+            await start_group(store_x, children, then=Call("effect", {"work_s": 2}))
+        assert refused.value.field == "children[1].job_type"
+        assert await store_x.redis.zcard(QUEUE) == 0
+        return
+    group = await start_group(store_x, children, then=Call("effect", {"work_s": 2}))
+    assert shard_of_group(group.id) is None  # untagged: its members are in two queues
+    first = (await store_x.claim(QUEUE, 10, **CLAIM)).jobs
+    second = (await store_x.claim(ELSEWHERE, 10, **CLAIM)).jobs
+    assert [c.job_id for c in [*first, *second]] == group.member_ids
+    for c, job_type in [(c, EFFECT) for c in first] + [
+        (c, CATALOG_X["effect_elsewhere"]) for c in second
+    ]:
+        assert (await store_x.complete(job_type, c.job_id, '"ok"', token=c.token)).moved
+    (then_id,) = group.continuation_ids
+    assert await store_x.redis.zscore(QUEUE, then_id) is not None
+
+
+async def test_a_hand_over_joins_the_outer_groups_shard(store_x: JobStore) -> None:
+    """On a cluster a group that takes a place over lives in the outer group's
+    shard, so the place counts in one call, and one whose members are of
+    another queue is refused, naming `hand_over`; on one node either runs."""
+    outer = await start_group(store_x, effects(1), then=Call("effect", {"work_s": 0}))
+    ctx = await context_of(store_x, outer.member_ids[0])
+    inner = await ctx.group(effects(2), then=Call("effect", {"work_s": 1}), hand_over=True)
+    elsewhere = [Call("effect_elsewhere", {"work_s": 0})]
+    if store_x.one_slot_per_call:
+        assert shard_of_group(inner.id) == shard_of_group(outer.id) == QUEUE
+        with pytest.raises(GroupError) as refused:
+            await ctx.group(elsewhere, then=Call("effect", {"work_s": 1}), hand_over=True)
+        assert refused.value.field == "hand_over"
+    else:
+        assert shard_of_group(inner.id) is shard_of_group(outer.id) is None
+        other = await ctx.group(elsewhere, then=Call("effect", {"work_s": 1}), hand_over=True)
+        assert other.created
+
+
+async def test_requeue_and_cancel_reach_a_continuation_of_another_slot(store_x: JobStore) -> None:
+    """A whole group's requeue and cancel act on a continuation in its own
+    queue's slot (one bulk call there), and its end or requeue touches no
+    key of its group's slot."""
+    store = store_x
+    elsewhere = CATALOG_X["effect_elsewhere"]
+    group = await start_group(
+        store, effects(2), then=Call("effect_elsewhere", {"work_s": 0}), on_child_failure="run"
+    )
+    for member in (await claim_all(store)).values():
+        await end(store, member, result=1)
+    await store.drain_outbox(QUEUE)  # on one node, nothing is there
+    (cont,) = (await store.claim(ELSEWHERE, 10, **CLAIM)).jobs
+    assert (await store.dead(elsewhere, cont.job_id, ERROR, token=cont.token)).moved
+
+    requeued = await requeue_group(store, group.id)
+    assert requeued is not None
+    assert requeued.done == 1
+    assert await store.redis.zscore(ELSEWHERE, cont.job_id) is not None
+    cancelled = await cancel_group(store, group.id)
+    assert cancelled is not None
+    assert cancelled.done == 1
+    read = await store.get(cont.job_id)
+    assert read is not None
+    assert read.state == JobState.CANCELLED

@@ -3,8 +3,8 @@ three replicas): what is not one job's lifecycle (that suite runs on both,
 test_lifecycle.py) works there too, each call in one slot: the tutorial's
 submit, Idempotency-Key, debounce, priorities, limits, listing and filters,
 stats, the worker registry, the audit log, history, readiness, bulk actions,
-schedules, a submit that waits for a replica (REDIS_WAIT_REPLICAS), and
-groups refused with a clear answer (they do not run on a cluster yet)."""
+schedules, and a submit that waits for a replica (REDIS_WAIT_REPLICAS).
+Groups and batches: test_cluster_groups.py."""
 
 import json
 import time
@@ -160,19 +160,3 @@ def test_a_submit_waits_for_a_replica_and_says_when_none_holds_it(
         problem = response.json()
         assert problem["type"] == "urn:conveyor:problem:redis-replicas-short"
         assert stack.job(problem["job_id"])["state"] == "queued"  # written, and said so
-
-
-def test_groups_are_refused_on_a_cluster_with_a_clear_answer(cluster_stack: Stack) -> None:
-    members = [{"job_type": "member", "payload": {"index": i}} for i in range(3)]
-    for route, body in (("/v1/groups", {"children": members}), ("/v1/batches", {"jobs": members})):
-        response = cluster_stack.http.post(route, json=body)
-        assert response.status_code == 501, response.text
-        assert response.headers["content-type"] == "application/problem+json"
-        assert "Redis Cluster" in response.json()["detail"]
-    # A job that starts a group fails at once, saying why; nothing else is written.
-    job = cluster_stack.submit("fan_out", {"children": 3})
-    dead = cluster_stack.wait_for_state(job["id"], "dead")
-    assert dead["tries"] == 1
-    assert dead["error"]["type"] == "GroupsUnsupportedError"
-    listed = cluster_stack.http.get("/v1/jobs", params={"job_type": "member"}).json()["items"]
-    assert listed == []

@@ -40,6 +40,16 @@ def flow(redis_url: str, log_dir: Path, smtp: SmtpServer) -> Iterator[Stack]:
         yield stack
 
 
+@pytest.fixture(params=["node", pytest.param("cluster", marks=pytest.mark.xdist_group("cluster"))])
+def flow_anywhere(
+    request: pytest.FixtureRequest, log_dir: Path, smtp: SmtpServer
+) -> Iterator[Stack]:
+    """As `flow`, on one Redis node, then on the test cluster (3 primaries, 3 replicas)."""
+    url = request.getfixturevalue("redis_url" if request.param == "node" else "cluster_url")
+    with running(Stack(url, log_dir, **smtp.env, CONVEYOR_WORKER_LOCK_TTL_S="1")) as stack:
+        yield stack
+
+
 def upload(
     stack: Stack, name: str, content: bytes, *, notify: str | None = UPLOADER, **form: str
 ) -> dict[str, Any]:
@@ -324,8 +334,9 @@ LONG_TEXT = "\n\n".join(
 
 
 def test_a_long_document_is_summarized_in_parallel_chunks_then_combined_and_mailed_once(
-    flow: Stack, smtp: SmtpServer
+    flow_anywhere: Stack, smtp: SmtpServer
 ) -> None:
+    flow = flow_anywhere
     # Chunks of at most 1,000 characters (the smallest setting): five or more.
     flow.start_worker(CONVEYOR_DOCUMENTS_CHUNK_CHARS="1000")
     accepted = upload(flow, "long.txt", LONG_TEXT.encode())

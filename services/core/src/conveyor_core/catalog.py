@@ -180,8 +180,10 @@ RecordId = Field(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)
 # (keys.py), so it holds no brace.
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 # A job's id: its queue shard's tag, `{queue}` or `{queue~n}`, then an id as
-# above (keys.job_id_for); or, for a job a bare arq client enqueued, no tag.
-JOB_ID_PATTERN = r"^(\{[A-Za-z0-9_.:-]+(~[0-9]{1,2})?\})?[A-Za-z0-9_.:-]+$"
+# above (keys.job_id_for); or, for a job a bare arq client enqueued, no tag. A
+# group's continuation of another shard than its group's carries both tags
+# (`{shard}{group's shard}g....then`, group_ids.py).
+JOB_ID_PATTERN = r"^(\{[A-Za-z0-9_.:-]+(~[0-9]{1,2})?\}){0,2}[A-Za-z0-9_.:-]+$"
 
 
 class ScheduledRun(BaseModel):

@@ -46,10 +46,29 @@ read, every job's end stays as cheap as before, and the group stores no list.
 
 Costs per member beyond its own commands: its end one HINCRBY and one
 SPUBLISH (progress for live streams); the continuation reads the results
-with one MGET per RESULTS_CHUNK members. A group's members are all in one
-Redis (groups do not run on a cluster yet; when they do, a group's members
-share a hash tag, so the MGET stays in one slot). On a cluster
-`start_group` refuses at once (GroupsUnsupportedError), writing nothing.
+with one MGET per RESULTS_CHUNK members.
+
+One slot per call (Redis Cluster), the same code on one node: on a
+cluster a group's id carries the hash tag of one shard of its members'
+queue (`{queue}g...`, group_ids.py, `placed_group_id`), and every member
+goes to that shard, so the group's hash, its members' keys and its events
+channel share one slot: the member's end counts it, and the last one starts
+a continuation of the same shard, in one script as on one node, and the
+results' MGET keeps to that slot. What else the design could have done, and
+why not: members of several queues routed through a per-group slot and an
+outbox would cost every member's end a second call; instead, on a cluster a
+group's members share one queue (GroupError naming the first member of
+another: a 422 over HTTP). A continuation of another slot (another queue or
+shard) is not started by the member's script but put in the outbox of the
+group's shard, in its slot; a worker of that shard starts it in its own
+(store/groups.py, `drain_outbox`): SET NX on its fixed id, and a check for
+its result and record, make a second drain (its taker died) harmless, so it
+still starts once. A group that takes a place over joins the outer group's
+shard (its `then` too), so a place counts in one call. What is in another
+slot (the record of the job that starts the group, the caller's quota) is
+written by a call of its own. On one node ids keep their untagged shape
+(`g...`): the scripts count both shapes, and a worker of the previous
+release, still running during a rolling upgrade, counts only that one.
 
 Creating a group writes its hash first, then its members GROUP_CHUNK_MAX
 per Lua call. A group started by a job has an id derived from the job's id
@@ -94,6 +113,7 @@ The public interface (job authors, the api, the console and the CLI):
   (`keys.group_events_channel(group_id)`, in its hash's slot), as a job's is.
 """
 
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -106,16 +126,19 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
 from conveyor_core import keys, serializer
-from conveyor_core.catalog import Catalog, JobType, PermanentJobError
+from conveyor_core.catalog import Catalog, JobType
 from conveyor_core.claimcheck import reference_of, resolve
 from conveyor_core.enqueue import job_meta
 from conveyor_core.flow import flow_entry
 from conveyor_core.group_ids import (
+    continuation_id,
     continued_by,
     group_of,
     is_group_id,
     member_id,
     new_group_id,
+    placed,
+    shard_of_group,
 )
 from conveyor_core.jobs import (
     DEAD_RETENTION_S,
@@ -169,18 +192,6 @@ class GroupError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-class GroupsUnsupportedError(PermanentJobError):
-    """Groups do not run on a Redis Cluster yet (a group's hash, its members and
-    its continuations span slots): refused before anything is written. A job
-    that starts one fails at once (no retry would help)."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "groups and batches do not run on a Redis Cluster yet: their members and "
-            "continuations span slots; run them on one Redis node"
-        )
 
 
 class NotAContinuationError(RuntimeError):
@@ -338,6 +349,67 @@ def _check_shape(
         raise GroupError("hand_over", "needs a place in a group (a member id) and a `then`")
 
 
+def placed_group_id(
+    store: JobStore,
+    seed: str,
+    members: Sequence[JobType],
+    continuations: Sequence[JobType] = (),
+    outer: str | None = None,
+) -> str:
+    """The group's id. On a cluster: `seed` tagged with the queue shard its
+    members go to (group_ids.placed), so that its hash, its members and
+    their keys share one slot; members of several queues are refused, naming
+    the first member of another; a group that takes a place over (`outer`,
+    the outer group) joins the outer group's shard, with its `then`, as the
+    place counts in one call (else refused, naming `hand_over`). On one node
+    every key is in one place: `seed` as it is, the shape every release has
+    counted, so that during a rolling upgrade a worker of the previous
+    release still counts the members of a group a new one started."""
+    if not store.one_slot_per_call:
+        return seed
+    queues = list(dict.fromkeys(m.queue for m in members))
+    if not queues and continuations:
+        queues = [continuations[0].queue]
+    if len(queues) > 1:
+        first = queues[0]
+        at = next(i for i, m in enumerate(members) if m.queue != first)
+        raise GroupError(
+            f"children[{at}].job_type",
+            f"on a Redis Cluster a group's members share one queue (a slot): "
+            f"{members[at].name!r} is of queue {queues[1]!r}, the first "
+            f"member's of {first!r}; start a group per queue",
+        )
+    if not queues:
+        return seed  # no member, no continuation: its hash alone
+    (queue,) = queues
+    if outer is None:
+        return placed(seed, store.catalog.shards(queue))
+    outer_shard = shard_of_group(outer)
+    then_queue = continuations[0].queue if continuations else queue
+    if outer_shard is not None and keys.queue_of_shard(outer_shard) == queue == then_queue:
+        return placed(seed, [outer_shard])
+    raise GroupError(
+        "hand_over",
+        "on a Redis Cluster a group that takes a place over runs its members and "
+        f"its `then` in the outer group's queue ({outer_shard or queue!r}), "
+        "as the place counts in the outer group in one call",
+    )
+
+
+def _continuation_shard(catalog: Catalog, group_id: str, role: str, call: _Prepared) -> str:
+    """The queue shard a continuation joins: its group's when it is of the
+    group's queue, else one of its queue's (the same for the same group); of
+    an untagged group (one node), shard 0, where an untagged id is looked for."""
+    queue = call.job_type.queue
+    shard = shard_of_group(group_id)
+    if shard is None:
+        return queue
+    if keys.queue_of_shard(shard) == queue:
+        return shard
+    shards = catalog.shards(queue)
+    return shards[zlib.crc32(f"{group_id}.{role}".encode()) % len(shards)]
+
+
 async def start_group(
     store: JobStore,
     children: Sequence[Child],
@@ -367,8 +439,6 @@ async def start_group(
     `fingerprint` (of the request that starts it) is kept, so a resubmit
     under the same id can be told from another request (`group_fingerprint`).
     """
-    if store.one_slot_per_call:
-        raise GroupsUnsupportedError
     _check_shape(len(children), on_child_failure, group_id, hands_to, then is not None)
     outer = group_of(hands_to) if hands_to is not None else None
     catalog = store.catalog
@@ -383,7 +453,14 @@ async def start_group(
     if on_success is not None:
         prepared = _prepare(catalog, _call_of(on_success, "on_success"), "on_success")
         continuations.append(("success", "success", prepared))
-    group_id = group_id or new_group_id()
+    group_id = placed_group_id(
+        store,
+        group_id or new_group_id(),
+        [m.job_type for m in members],
+        [c[2].job_type for c in continuations],
+        outer[0] if outer else None,
+    )
+    shard = shard_of_group(group_id)
     at_ms = now_ms()
     queue = (
         members[0].job_type.queue
@@ -407,7 +484,8 @@ async def start_group(
         }
         continuation_ids = []
         for n, (role, when, prepared) in enumerate(continuations, 1):
-            job_id = f"{group_id}.{role}"
+            joins = _continuation_shard(catalog, group_id, role, prepared)
+            job_id = continuation_id(group_id, role, joins)
             continuation_ids.append(job_id)
             cont_meta = {
                 **meta,
@@ -420,7 +498,12 @@ async def start_group(
             fields |= {
                 f"c{n}:id": job_id,
                 f"c{n}:type": prepared.job_type.name,
-                f"c{n}:queue": prepared.job_type.queue,
+                f"c{n}:queue": joins,
+                # In another slot than the group's hash: started through its
+                # shard's outbox (a cluster's; lib/group.lua).
+                f"c{n}:outbox": int(
+                    not store.same_slot(keys.queue_key(joins, ""), keys.group_key(group_id))
+                ),
                 f"c{n}:priority": prepared.priority,
                 f"c{n}:flow": flow_entry(prepared.job_type.name, limits, prepared.payload),
                 f"c{n}:when": when,
@@ -438,7 +521,7 @@ async def start_group(
             rows = [
                 MemberRow(
                     member_id(group_id, i),
-                    m.job_type.queue,
+                    shard or m.job_type.queue,
                     queue_score(m.priority, at_ms),
                     ArqJob(m.job_type.name, m.payload, meta, at_ms).encode(),
                     flow_entry(m.job_type.name, m.job_type.limits, m.payload),
@@ -446,7 +529,7 @@ async def start_group(
                 )
                 for i, m in enumerate(members[start : start + GROUP_CHUNK_MAX], start)
             ]
-            await store.submit_members(rows, resuming=not created, quota=quota)
+            await store.submit_members(group_id, rows, resuming=not created, quota=quota)
     if created:
         for (name, queue), count in Counter(
             (m.job_type.name, m.job_type.queue) for m in members
@@ -607,7 +690,7 @@ def _targets(group: GroupPublic, raw: dict[str, bytes]) -> list[tuple[str, Seque
         (queue, members) for queue in _text(raw, "queues").split(",") if queue
     ]
     for n, continuation in enumerate(group.continuations, 1):
-        out.append((_text(raw, f"c{n}:queue"), [continuation.id]))
+        out.append((keys.queue_of_shard(_text(raw, f"c{n}:queue")), [continuation.id]))
     return out
 
 
@@ -618,8 +701,8 @@ async def _inner(
 ) -> tuple[int, int]:
     """`act` on each group a place of `group` was handed over to (and theirs, in turn)."""
     done = skipped = 0
-    for continuation_id in group.handed.values():
-        inner_id = continued_by(continuation_id)
+    for handed_to in group.handed.values():
+        inner_id = continued_by(handed_to)
         if inner_id is not None and (inner := await act(store, inner_id)) is not None:
             done, skipped = done + inner.done, skipped + inner.skipped
     return done, skipped

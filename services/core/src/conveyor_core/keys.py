@@ -44,8 +44,9 @@ share its slot by the layout above):
   requeue.lua, bulk.lua: the queue and its flags declared; derived: the
   claimed or given jobs' keys, the queue's flow keys, indexes and history,
   all in the queue's slot. A job of a group also counts in its group
-  (lib/group.lua): the group's hash is `conveyor:group:{group id}`, and a
-  continuation may join another queue: these span slots (below).
+  (lib/group.lua): the group's hash is `conveyor:group:{group id}`, whose
+  id on a cluster carries its members' queue shard tag, so it is in their
+  slot (below).
 - renew.lua: per try its record and lock, declared; one call per queue on
   a cluster. read.lua: the job's record, arq keys, its queue and paused
   flag (the limiter as for submit); an id with no tag is looked for in
@@ -53,11 +54,15 @@ share its slot by the layout above):
   checkpoint.lua: the job's record. page.lua, trim.lua: one index.
   queue_stats.lua, pause.lua: the queue's keys. rate_limit.lua: one limiter.
   stats_take.lua: the digest's keys, all under the `{stats}` tag.
-- group_create.lua, group_cancel.lua: the group's hash (a parent's record
-  or an outer group's hash when given: other slots). group_submit.lua: the
-  members of a chunk, in their queues, and the caller's quota: members are
-  `{group id}.{index}`, with no queue tag, so their keys span slots. Groups
-  run on a single node only for now.
+- group_create.lua, group_cancel.lua: the group's hash (on a cluster
+  `{shard}g...`: in its members' shard's slot), an outer group's hash (a hand-over joins the
+  outer group's shard) and the creating job's record when it is in the same
+  slot (else group_link.lua, a call of its own). group_submit.lua: the
+  members of a chunk, `{group id}.{index}`, in the group's shard, and the
+  caller's quota on one node (on a cluster a ZADD of its own). A
+  continuation of another slot: the group's shard's outbox, in its slot
+  (group_outbox.lua), then group_continue.lua in the continuation's slot.
+  On one node group ids keep their untagged shape (`g...`, group_ids.py).
 - Outside Lua: history, stats and listings read per queue with
   non-transactional pipelines (a cluster splits them per node); the
   listing's page script is called once per queue on a cluster (a cluster
@@ -123,6 +128,14 @@ DEBOUNCE_SUFFIX = "debounce:"
 GROUP_PREFIX = PREFIX + "group:"
 GROUP_OPEN_S = 7 * 86_400
 GROUP_KEEP_S = 7 * 86_400
+# Sorted set per queue shard, on a cluster only (`conveyor:{shard}:outbox`):
+# continuations of groups of the shard that join another slot, as
+# "{group id}\n{n}", scored by when they may be taken (now, or a taker's
+# lease's end). The last member's end adds one and says OUTBOX_MESSAGE on the
+# shard's wake-up channel; a worker of the shard starts it in its own slot and
+# removes it (lua/group_outbox.lua, group_continue.lua).
+OUTBOX_SUFFIX = "outbox"
+OUTBOX_MESSAGE = b"outbox"
 # Sharded pub/sub per job (SPUBLISH): its version on every change, for SSE
 # streams. A channel per job, so an api replica hears only the jobs its
 # streams watch; in the job's slot, so a cluster sends it to that shard only.
@@ -277,8 +290,16 @@ def events_channel(job_id: str) -> str:
 
 
 def group_events_channel(group_id: str) -> str:
-    """A group's sharded events channel, in its hash's slot: the hash's name is its tag."""
+    """A group's sharded events channel, in its hash's slot: its id's tag (the
+    queue shard of its members), or for an untagged id the hash's name as one."""
+    if group_id.startswith("{"):
+        return EVENTS_PREFIX + "group:" + group_id
     return EVENTS_PREFIX + "{" + group_key(group_id) + "}"
+
+
+def outbox_key(shard: str) -> str:
+    """A queue shard's outbox of continuations to start in another slot (OUTBOX_SUFFIX)."""
+    return queue_key(shard, OUTBOX_SUFFIX)
 
 
 def group_key(group_id: str) -> str:

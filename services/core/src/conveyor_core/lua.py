@@ -53,6 +53,7 @@ def lua_constants() -> str:
         "group": keys.GROUP_PREFIX,
         "group_open_ms": keys.GROUP_OPEN_S * 1000,
         "group_keep_ms": keys.GROUP_KEEP_S * 1000,
+        "outbox_message": keys.OUTBOX_MESSAGE.decode(),
         "history_ttl_s": HISTORY_TTL_S,
         "band_ms": PRIORITY_BAND_MS,
         "default_priority": DEFAULT_PRIORITY,

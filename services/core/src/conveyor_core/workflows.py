@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from conveyor_core import keys
-from conveyor_core.group_ids import continued_by, group_of, is_group_id, member_id
+from conveyor_core.group_ids import continuation_of, group_of, is_group_id, member_id
 from conveyor_core.groups import GroupPublic, read_group
 from conveyor_core.jobs import JobPublic, JobState
 from conveyor_core.store import JobStore
@@ -88,10 +88,7 @@ def group_of_job(job_id: str) -> str | None:
     """The group a job is a member or a continuation of (its id says), or None."""
     if (member := group_of(job_id)) is not None:
         return member[0]
-    group_id, dot, role = job_id.rpartition(".")
-    if dot and role in ("then", "success") and is_group_id(group_id):
-        return group_id
-    return continued_by(job_id)
+    return continuation_of(job_id)
 
 
 async def _started_groups(store: JobStore, job_ids: Sequence[str]) -> list[list[str]]:

@@ -83,6 +83,8 @@ ABORT_MAX_AGE_S = 60
 HOUSEKEEPING_INTERVAL_S = 10.0
 # One housekeeping run stops after this long, even if entries are left.
 HOUSEKEEPING_BUDGET_S = 2.0
+# What leaves an outbox's drain for the next round (its entries stay leased or due).
+OUTBOX_FAULTS: tuple[type[Exception], ...] = (TimeoutError, *REDIS_FAULT_ERRORS)
 # Every this many seconds one worker deletes job blobs whose record is gone.
 BLOB_SWEEP_INTERVAL_S = 600.0
 # Closing the resources gets what is left of the shutdown wait, and at least this.
@@ -181,6 +183,10 @@ class ConveyorWorker:
         # deferred job's wake-up said (ms), or None.
         self._next_due_ms: float | None = None
         self._abort_announced = False
+        # Shards whose outbox of continuations (a cluster's: store/groups.py)
+        # may hold entries: announced, or every housekeeping round.
+        self._outbox_shards: set[str] = set(self.shards)
+        self._outbox_due = asyncio.Event()
         self._slot_wake_pending = False
         # Tries whose end found nothing due to fetch: their freed slot needs no claim.
         self._slots_left_idle = 0
@@ -229,6 +235,9 @@ class ConveyorWorker:
             asyncio.create_task(self._renew_locks()),
             asyncio.create_task(self._housekeeping()),
         ]
+        if self.store.one_slot_per_call:  # only a cluster's groups use an outbox
+            self._outbox_due.set()
+            background.append(asyncio.create_task(self._drain_outboxes()))
         try:
             while not self._stopping:
                 await self._turn()
@@ -470,6 +479,11 @@ class ConveyorWorker:
             # A deferred job: nothing to claim yet, only maybe a sooner timer.
             self._due_at(float(data[len(keys.DUE_MESSAGE) :]))
             return
+        if data == keys.OUTBOX_MESSAGE:
+            # A group's continuation of another slot waits in the shard's outbox.
+            self._outbox_shards.add(shard or self.queue_name)
+            self._outbox_due.set()
+            return
         if data == keys.ABORT_MESSAGE:
             self._abort_announced = True
         self._due_shards.add(shard or self.queue_name)
@@ -567,11 +581,35 @@ class ConveyorWorker:
                 if (try_ := self.running.get(job_id)) is not None:
                     try_.fence.refused("renew")
 
+    async def _drain_outboxes(self) -> None:
+        """Start the continuations waiting in our shards' outboxes (a
+        cluster's: a group's last member's end puts one there when it joins
+        another slot), each in its own slot. Every worker of a shard hears the
+        announcement; the outbox leases what one takes, and a continuation is
+        started once however many ask (store/groups.py, drain_outbox)."""
+        while True:
+            await self._outbox_due.wait()
+            self._outbox_due.clear()
+            shards, self._outbox_shards = self._outbox_shards, set()
+            for shard in shards:
+                try:
+                    async with asyncio.timeout(HOUSEKEEPING_BUDGET_S + self.redis_timeout_s):
+                        await self.store.drain_outbox(shard)
+                except OUTBOX_FAULTS as exc:
+                    # Left leased or due: the next round (housekeeping's) takes it.
+                    logger.warning("outbox of %s not drained: %s", shard, exc)
+                except Exception:  # a bug must not end the drains of every later group
+                    logger.exception("outbox of %s not drained", shard)
+
     async def _housekeeping(self) -> None:
         """Trim index entries whose job record expired; one worker at a time
-        per shard."""
+        per shard. On a cluster, look at the outboxes too: an entry whose
+        taker died is due again once its lease ends."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            if self.store.one_slot_per_call:
+                self._outbox_shards.update(self.shards)
+                self._outbox_due.set()
             for shard in self.shards:
                 try:
                     async with asyncio.timeout(HOUSEKEEPING_BUDGET_S + self.redis_timeout_s):

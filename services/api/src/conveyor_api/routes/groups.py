@@ -20,6 +20,7 @@ from conveyor_api.auth import ApiKey, Caller, Scope, authorize, require
 from conveyor_api.deps import EventsDep, StoreDep
 from conveyor_api.events import live_stream, stream_deadline
 from conveyor_api.routes.jobs import IdempotencyKey
+from conveyor_core.catalog import ID_MAX_CHARS
 from conveyor_core.enqueue import fingerprint
 from conveyor_core.group_ids import keyed_group_id, member_id
 from conveyor_core.groups import (
@@ -27,9 +28,9 @@ from conveyor_core.groups import (
     GroupError,
     GroupPublic,
     GroupState,
-    GroupsUnsupportedError,
     cancel_group,
     group_fingerprint,
+    placed_group_id,
     read_group,
     requeue_group,
     start_group,
@@ -52,7 +53,15 @@ NO_SUCH_GROUP: dict[int | str, dict[str, Any]] = {404: {"description": "No such 
 SubmitterDep = Annotated[Caller, Depends(authorize(Scope.JOBS_SUBMIT))]
 ReadKeyDep = Annotated[ApiKey, Depends(require(Scope.JOBS_READ))]
 AdminDep = Annotated[ApiKey, Depends(require(Scope.JOBS_ADMIN))]
-GroupId = Annotated[str, Path(min_length=33, max_length=33, pattern=r"^g[0-9a-f]{32}$")]
+# `{queue shard}g` and 32 hex digits (conveyor_core.group_ids), or untagged.
+GroupId = Annotated[
+    str,
+    Path(
+        min_length=33,
+        max_length=ID_MAX_CHARS,
+        pattern=r"^(\{[A-Za-z0-9_.:-]+(~[0-9]{1,2})?\})?g[0-9a-f]{32}$",
+    ),
+]
 
 
 class CallIn(BaseModel):
@@ -166,7 +175,22 @@ async def _started(
         return (c.job_type, c.payload) if c is not None else None
 
     scope = f"{key.name}/{kind}"
-    group_id = keyed_group_id(scope, idempotency_key) if idempotency_key else None
+    group_id = None
+    if idempotency_key:
+        # The key's group id, placed in its members' queue shard (group_ids.py).
+        catalog = store.catalog
+        types = [catalog[c.job_type] for c in children if c.job_type in catalog]
+        then_types = [
+            catalog[c.job_type]
+            for c in continuations.values()
+            if c is not None and c.job_type in catalog
+        ]
+        try:
+            group_id = placed_group_id(
+                store, keyed_group_id(scope, idempotency_key), types, then_types
+            )
+        except GroupError as exc:
+            raise _invalid(exc.field, exc.message, names) from None
     body_fingerprint = fingerprint(body.model_dump(mode="json"))
     found = await group_fingerprint(store, group_id) if group_id is not None else ""
     if found and found != body_fingerprint:
@@ -196,9 +220,6 @@ async def _started(
         )
     except GroupError as exc:
         raise _invalid(exc.field, exc.message, names) from None
-    except GroupsUnsupportedError as exc:
-        why = str(exc)
-        raise HTTPException(501, f"{why[0].upper()}{why[1:]}.") from None
     public = await read_group(store, group.id)
     if public is None:  # expired within the request: not likely, but not a 500
         raise HTTPException(404, f"Group {group.id} is gone.")
@@ -217,7 +238,6 @@ START_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"description": "The key may not submit one of the types, or at that priority"},
     409: {"description": "Same Idempotency-Key, different body"},
     413: {"description": "A payload is over the size limit"},
-    501: {"description": "Redis is a cluster: groups and batches do not run there yet"},
     429: {"description": "Over the key's rate, or its quota of outstanding jobs"},
     503: {"description": "Redis is unavailable; retry after Retry-After"},
 }

@@ -9,7 +9,10 @@
 -- skipped; when resuming a group (ARGV[3] = '1'), so is one that has already
 -- finished (its job key became arq's result key) or started.
 --
--- KEYS: 1 the caller's outstanding jobs (a sorted set, lua/submit.lua) or '' (no quota)
+-- KEYS: 1 the group's hash (not touched: it routes the call to the members'
+--       slot on a cluster, where they share the group's shard), 2 the
+--       caller's outstanding jobs (a sorted set, lua/quota.lua) or absent
+--       (keys.absent: no quota, or a cluster's, added to by a call of its own)
 -- ARGV: 1 now ms, 2 arq expiry ms, 3 '1' when resuming, then per member six
 --       values: job id, queue, score, arq job bytes, flow entry or '', job type
 -- Returns how many members were created.
@@ -26,7 +29,7 @@ for i = 4, #ARGV, 6 do
       redis.call('HSET', qkey(queue, 'flow'), id, flow)
       fair_enter(queue, flow, score, id)
     end
-    if KEYS[1] ~= '' then redis.call('ZADD', KEYS[1], now, id) end
+    if has(KEYS[2]) then redis.call('ZADD', KEYS[2], now, id) end
     created = created + 1
     woken[queue] = id
     local seen = queue .. '\n' .. t
@@ -38,7 +41,7 @@ for seen, n in pairs(counted) do
   local queue, t = string.match(seen, '^([^\n]*)\n(.*)$')
   history(queue, now, t .. ':enqueued', n)
 end
-if KEYS[1] ~= '' and created > 0 and redis.call('PTTL', KEYS[1]) < tonumber(expiry_ms) then
-  redis.call('PEXPIRE', KEYS[1], expiry_ms)
+if has(KEYS[2]) and created > 0 and redis.call('PTTL', KEYS[2]) < tonumber(expiry_ms) then
+  redis.call('PEXPIRE', KEYS[2], expiry_ms)
 end
 return created

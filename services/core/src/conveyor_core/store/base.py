@@ -73,6 +73,9 @@ class StoreBase:
         self._group_create = script(lua_script("group_create"))
         self._group_submit = script(lua_script("group_submit"))
         self._group_cancel = script(lua_script("group_cancel"))
+        self._group_outbox = script(lua_script("group_outbox"))
+        self._group_continue = script(lua_script("group_continue"))
+        self._group_link = script(lua_script("group_link"))
         # Per queue shard: its limited job types as its claim reads them ('' for
         # none), a whole type's limits split over the queue's shards.
         self._claim_limits: dict[str, str] = {}

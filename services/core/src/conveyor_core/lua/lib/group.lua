@@ -25,18 +25,37 @@
 -- group's `then` continuation, or the new group's own failure or cancel when
 -- that continuation will not run.
 
--- The group id and the member's index, or nil for a job of no group.
-local function group_of(id) return string.match(id, '^(g%x+)%.(%d+)$') end
+-- The group id and the member's index, or nil for a job of no group. A
+-- group's id carries its queue shard's tag on a cluster (`{shard}g...`,
+-- group_ids.py), none on one node.
+local function group_of(id)
+  local gid, at = string.match(id, '^({[^}]*}g%x+)%.(%d+)$')
+  if gid then return gid, at end
+  return string.match(id, '^(g%x+)%.(%d+)$')
+end
 
--- The group whose `then` continuation this job is, or nil.
-local function continued_by(id) return string.match(id, '^(g%x+)%.then$') end
+-- The group whose `then` continuation this job is, when that continuation
+-- is in its group's slot (a continuation of another shard carries its own tag
+-- first, `{other}{shard}g....then`, and never holds a place: groups.py), or nil.
+local function continued_by(id)
+  return string.match(id, '^({[^}]*}g%x+)%.then$') or string.match(id, '^(g%x+)%.then$')
+end
 
 local function group_key(gid) return K.group .. gid end
 
 -- A continuation joins its queue as submit.lua adds a job that is due now;
--- SET NX: it starts once, whatever happens after.
-local function start_continuation(g, n, now)
+-- SET NX: it starts once, whatever happens after. One in another slot than
+-- its group's (a cluster only: `outbox` = '1') is handed to the outbox of the
+-- group's shard instead, which a worker of that shard drains
+-- (group_outbox.lua): that worker starts it in its own slot.
+local function start_continuation(g, n, now, gid)
   local p = 'c' .. n .. ':'
+  if g[p .. 'outbox'] == '1' then
+    local shard = string.match(gid, '^{([^}]*)}')
+    redis.call('ZADD', qkey(shard, 'outbox'), now, gid .. '\n' .. n)
+    redis.call('SPUBLISH', wake_channel(shard), K.outbox_message)
+    return
+  end
   local id, queue, flow = g[p .. 'id'], g[p .. 'queue'], g[p .. 'flow'] or ''
   if not redis.call('SET', K.arq_job .. id, g[p .. 'bytes'], 'NX', 'PX', K.arq_expiry_extra_ms) then
     return
@@ -95,7 +114,7 @@ group_finish = function(gkey, gid, now)
     for n = 1, tonumber(g.continuations) or 0 do
       local when = g['c' .. n .. ':when']
       if when == 'always' or failures == 0 then
-        start_continuation(g, n, now)
+        start_continuation(g, n, now, gid)
         if g['c' .. n .. ':id'] == gid .. '.then' then continues = true end
       end
     end

@@ -10,8 +10,11 @@ local function qkey(queue, name) return K.prefix .. '{' .. queue .. '}:' .. name
 local function wake_channel(queue) return qkey(queue, 'wake') end
 
 -- A group's events channel (keys.py, group_events_channel): sharded, in the
--- slot of the group's hash, whose name is its tag.
-local function group_channel(gid) return K.events .. '{' .. K.group .. gid .. '}' end
+-- slot of the group's hash: its id's tag, or (an untagged id) the hash's name.
+local function group_channel(gid)
+  if string.byte(gid, 1) == 123 then return K.events .. 'group:' .. gid end  -- '{'
+  return K.events .. '{' .. K.group .. gid .. '}'
+end
 
 -- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
 local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
