@@ -29,13 +29,17 @@
 -- one read of entries and one MGET per call, besides the jobs it claims.
 --
 -- Limits (flow.py): with `limits` (the queue's limited types, JSON), each
--- candidate's flow entry says its type and key; a job over a running limit or
--- a rate is passed over (it stays queued, takes no slot, uses no try), the
--- first time per type or key and call recorded in the waiting hash (why it
--- waits), and a rate's earliest next start becomes a due time for the
--- worker's sleep. Running sets heal themselves: at the limit, an id whose lock
--- lapsed (a dead worker's) is dropped, each id checked at most once per lock
--- ttl. Without limits none of this runs: unlimited queues cost what they did.
+-- candidate's type comes from its job data (arq's JSON starts with its try
+-- and its function, the job type) and a keyed type's key from its flow
+-- entry; a job over a running limit or a rate is passed over (it stays
+-- queued, takes no slot, uses no try), the first time per type or key and
+-- call recorded in the waiting hash (why it waits), and a rate's earliest next
+-- start becomes a due time for the worker's sleep. The types' holds and
+-- running counts come with the first MGET; a call's changes to the counts are
+-- written once, at its end (lib/flow.lua). Running counts heal themselves: at
+-- a limit, at most once per lock ttl, the running jobs whose lock lapsed (a
+-- dead worker's) stop counting; such a job counts again when it is claimed
+-- again. Without limits none of this runs: unlimited queues cost what they did.
 --
 -- Fencing: each job started gets a token, `{nonce}:{n}` (the worker's random
 -- nonce for this call, and the job's place in it), held by its lock and its
@@ -46,35 +50,78 @@
 -- How many starts a window takes between trims of the starts that left it.
 local TRIM_EVERY = 16
 
+-- How many running jobs the check for lapsed locks reads at most.
+local CHECK_LAPSED = 1000
+
 -- Flow control's checks for one call of claim_jobs (see above), built only
 -- when the queue has limited types: a queue without them creates none of
 -- these functions or tables. `held` counts what was passed over, `started`
 -- holds the jobs the call started, `sooner` takes a due time for the
--- worker's sleep, `holds` each hold's time left (ms, as PTTL) once read.
--- Returns gate, count_start, take_turn and renew_windows.
-local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, holds)
+-- worker's sleep, `tally` the call's changes to the running counts and marks.
+-- Returns a table: `head`, the keys the first MGET reads for it, and
+-- `read_head` (their values), gate, count_start, take_turn and renew_windows.
+local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, tally)
   local waiting_key = qkey(queue, 'waiting')
-  -- Per call: what each running set and start window holds, read once.
-  local running, windows, marked = {}, {}, {}
+  -- Per call: each running count as read (the tally holds this call's
+  -- changes), each start window, each hold's time left (ms, as PTTL).
+  local counts, windows, holds = {}, {}, {}
+  -- Whether the running jobs' locks were checked (by this call, or by one
+  -- less than a lock ttl ago).
+  local checked = false
 
-  local function running_count(key, max)
-    local n = running[key]
-    if n then return n end
-    n = redis.call('ZCARD', key)
-    if n >= max then
-      -- At the limit: ids that ran longer than a lock ttl since last checked are
-      -- dropped if their lock lapsed (a dead worker's), else checked a ttl later.
-      local old = redis.call('ZRANGEBYSCORE', key, '-inf', now - lock_ttl)
-      for _, id in ipairs(old) do
-        if redis.call('EXISTS', K.arq_lock .. id) == 0 then
-          redis.call('ZREM', key, id)
-          n = n - 1
-        else
-          redis.call('ZADD', key, 'XX', now, id)
+  -- The first MGET reads the marks' flag, when locks were last checked, and
+  -- each limited type's hold (one that is absent, as nearly all are, needs no
+  -- PTTL of its own) and running count.
+  local head, is_count = {marked_key(queue), healed_key(queue)}, {}
+  for t, l in pairs(limits) do
+    head[#head + 1] = hold_key(queue, t)
+    if l.n then
+      head[#head + 1] = count_key(queue, t)
+      is_count[#head] = true
+    end
+  end
+  local function read_head(values, first)
+    tally.flagged = values[first] ~= false
+    checked = values[first + 1] ~= false
+    for i = 3, #head do
+      local value = values[first + i - 1]
+      if is_count[i] then counts[head[i]] = tonumber(value or 0)
+      elseif not value then holds[head[i]] = -2 end -- PTTL's answer for no key
+    end
+  end
+
+  -- At a running limit, at most once per lock ttl: the running jobs whose
+  -- lock lapsed (a dead worker's) stop counting. Returns whether any did.
+  local function release_lapsed()
+    checked = true
+    redis.call('SET', healed_key(queue), fmt(now), 'PX', fmt(lock_ttl))
+    local old = redis.call('ZRANGEBYSCORE', index(queue, 'in_progress'), '-inf',
+      fmt(now - lock_ttl), 'LIMIT', 0, CHECK_LAPSED)
+    if #old == 0 then return false end
+    local locks = {}
+    for i, id in ipairs(old) do locks[i] = K.arq_lock .. id end
+    local live, freed = redis.call('MGET', unpack(locks)), false
+    for i, id in ipairs(old) do
+      if not live[i] then
+        local r = redis.call('HMGET', K.job .. id, 'flow', 'counted')
+        if r[1] and r[2] and r[2] ~= '' then
+          release({queue = queue, id = id, flow = r[1], counted = r[2], tally = tally})
+          redis.call('HSET', K.job .. id, 'counted', '')
+          freed = true
         end
       end
     end
-    running[key] = n
+    return freed
+  end
+
+  local function running_count(ckey, max)
+    local n = counts[ckey]
+    if n == nil then
+      n = tonumber(redis.call('GET', ckey) or 0)
+      counts[ckey] = n
+    end
+    n = n + (tally.counts[ckey] or 0)
+    if n >= max and not checked and release_lapsed() then return running_count(ckey, max) end
     return n
   end
 
@@ -97,9 +144,13 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, 
 
   local function mark(subject, reason)
     held[reason] = held[reason] + 1
-    if not marked[subject] then
-      marked[subject] = true
+    if not tally.marked[subject] then
+      tally.marked[subject] = true
       redis.call('HSET', waiting_key, subject, reason)
+      if not tally.flagged then
+        redis.call('SET', marked_key(queue), '1')
+        tally.flagged = true
+      end
     end
   end
 
@@ -128,11 +179,11 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, 
       if left then sooner(now + left) mark(t .. '\n' .. key, 'held') return 'held', nil end
     end
     local checks = {}
-    if l.n then checks[#checks + 1] = {'n', running_key(queue, t), l.n, t} end
+    if l.n then checks[#checks + 1] = {'n', count_key(queue, t), l.n, t, 't'} end
     if l.r then checks[#checks + 1] = {'r', starts_key(queue, t), l.r, t} end
     if key ~= '' then
       local subject = t .. '\n' .. key
-      if l.kn then checks[#checks + 1] = {'n', running_key_of(queue, t, key), l.kn, subject} end
+      if l.kn then checks[#checks + 1] = {'n', count_key_of(queue, t, key), l.kn, subject, 'k'} end
       if l.kr then checks[#checks + 1] = {'r', starts_key_of(queue, t, key), l.kr, subject} end
     end
     for _, c in ipairs(checks) do
@@ -152,20 +203,28 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, 
     return nil, checks
   end
 
-  -- A limited job starts: it runs and its start counts in the windows (each
-  -- window's expiry is renewed once per call, at the end). A mark of its type or
-  -- key stays until one of its jobs ends (see release in lib/flow.lua).
-  local function count_start(id, tries, checks)
+  -- A limited job starts: it counts as running (in the tally) and its start
+  -- counts in the windows (each window's expiry is renewed once per call, at
+  -- the end). A job claimed again after its lock lapsed still holds the counts
+  -- it took (unless the check for lapsed locks let them go). Returns the
+  -- counts it holds, for its record (`counted`, see lib/flow.lua). A mark of
+  -- its type or key stays until one of its jobs ends (see release).
+  local function count_start(id, rec, checks)
+    local kept = rec.state == 'in_progress' and rec.counted
+    local counted = kept or ''
     for _, c in ipairs(checks) do
       if c[1] == 'n' then
-        redis.call('ZADD', c[2], now, id)
-        running[c[2]] = running[c[2]] + 1
+        if not kept then
+          tally_count(tally, c[2], 1)
+          counted = counted .. c[5]
+        end
       else
-        redis.call('ZADD', c[2], now, id .. ':' .. tries)
+        redis.call('ZADD', c[2], now, id .. ':' .. rec.tries)
         windows[c[2]].n = windows[c[2]].n + 1
         windows[c[2]].started = true
       end
     end
+    return counted
   end
 
   -- Keys take turns: a slot that falls to a keyed job goes to the next key of
@@ -183,7 +242,7 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, 
         local flow = t .. '\n' .. key
         local held_for, checks = gate(flow)
         if not held_for then return row[1], row[2], flow, checks end
-        if marked[t] then return nil end -- the whole type is held: no key may start
+        if tally.marked[t] then return nil end -- the whole type is held: no key may start
       end
     end
     return nil
@@ -204,15 +263,14 @@ local function flow_checks(queue, now, lock_ttl, limits, held, started, sooner, 
     end
   end
 
-  return gate, count_start, take_turn, renew_windows
+  return {head = head, read_head = read_head, gate = gate, count_start = count_start,
+    take_turn = take_turn, renew_windows = renew_windows}
 end
 
--- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
--- ...}: the job's data comes with the claim, so nothing reads it before the
--- run), the next due time (ms) or nil, the time the queue was paused or nil,
--- and the due jobs passed over ({limit = n, rate = n, held = n}).
-local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
-    nonce)
+-- The claim of claim_jobs (below), its flow control's writes left in `tally`
+-- (nil for a queue without limits).
+local function claim_scan(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
+    nonce, tally)
   local flow_key = qkey(queue, 'flow')
   local lock_ttl, now_s = tonumber(lock_ms), fmt(now)
   local limits = limits_json ~= '' and cjson.decode(limits_json) or nil
@@ -224,14 +282,11 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
 
   local function sooner(due) if not next_due or due < next_due then next_due = due end end
 
-  local gate, count_start, take_turn, renew_windows
-  -- The holds of the limited types, read with the first MGET: one that is
-  -- absent (as nearly all are) needs no PTTL of its own.
-  local holds, type_holds = {}, {}
+  local flow_ = nil -- flow control's checks (see flow_checks)
+  local head = {}
   if limits then
-    gate, count_start, take_turn, renew_windows = flow_checks(queue, now, lock_ttl, limits, held,
-      started, sooner, holds)
-    for t in pairs(limits) do type_holds[#type_holds + 1] = hold_key(queue, t) end
+    flow_ = flow_checks(queue, now, lock_ttl, limits, held, started, sooner, tally)
+    head = flow_.head
   end
 
   -- Types (and bands) whose turn found no key that may start a job, in this call.
@@ -243,6 +298,7 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
   local function start(id, score, base, flow, checks, job)
     started[id] = true
     local rec = load(id, queue, false)
+    rec.tally = tally
     if rec.state == 'in_progress' and rec.cancel then
       transition(rec, 'cancelled', now, now + cancelled_ttl, {'finished_at_ms', now},
         cancelled_ttl)
@@ -260,10 +316,9 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     local fields = {'tries', fmt(rec.tries), 'started_at_ms', now_s, 'ready_at_ms', due,
       'next_try_at_ms', '', 'priority', fmt(priority_of(score)), 'token', token}
     if flow then
-      if checks then count_start(id, rec.tries, checks) end
+      rec.counted = flow_.count_start(id, rec, checks or {})
       rec.flow = flow
-      fields[#fields + 1] = 'flow'
-      fields[#fields + 1] = flow
+      for _, v in ipairs({'flow', flow, 'counted', rec.counted}) do fields[#fields + 1] = v end
     end
     transition(rec, 'in_progress', now, now, fields)
     count_ = count_ + 1
@@ -272,27 +327,42 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     for _, v in ipairs({id, due, rec.tries, token, job}) do claimed[#claimed + 1] = v end
   end
 
+  -- A job's flow entry ("type\nkey"): its type from its job data (arq's JSON
+  -- starts with its try and its function, the job type) and a keyed type's
+  -- key from the flow hash (see flow.py); nil for a type without limits. A
+  -- job whose data is not arq's JSON has only what the flow hash says.
+  local function flow_of(id, job)
+    local t = job and string.match(job, '^{"t":[^,]*,"f":"([^"\\]*)"')
+    if t and not limits[t] then return nil end
+    if t and not limits[t].k then return t .. '\n' end
+    return redis.call('HGET', flow_key, id) or (t and t .. '\n') or nil
+  end
+
   -- One due, unlocked entry of band `base`: start it, or a job of its key's
-  -- turn, unless a limit holds it.
+  -- turn, unless a limit holds it. `job` is its arq job data, or nil when not
+  -- read yet.
   local function consider(id, score, base, job)
-    local flow = limits and redis.call('HGET', flow_key, id) or nil
-    local t, key = nil, ''
-    if flow then t, key = flow_parts(flow) end
+    local flow, t, key = nil, nil, ''
+    if limits then
+      if job == nil then job = redis.call('GET', K.arq_job .. id) end
+      flow = flow_of(id, job)
+      if flow then t, key = flow_parts(flow) end
+    end
     local keyed = t and key ~= '' and limits[t]
     if keyed and not no_turn[t .. base] and redis.call('ZSCORE', keyq_key(queue, t, key), id) then
-      local turn_id, turn_score, turn_flow, checks = take_turn(t, base)
+      local turn_id, turn_score, turn_flow, checks = flow_.take_turn(t, base)
       if turn_id then start(turn_id, turn_score, base, turn_flow, checks)
       else no_turn[t .. base] = true end -- no key may start one: not asked again
       if turn_id ~= id and count_ < wanted and not started[id] then
         -- This job waits for its key's turn (if its key is held, that says why);
         -- with no turn taken at all (its key not among the keys tried), it starts
         -- itself when it may, so no keyed job can wait for ever.
-        local held_for, own_checks = gate(flow)
+        local held_for, own_checks = flow_.gate(flow)
         if not turn_id and not held_for then start(id, score, base, flow, own_checks, job) end
       end
     else
       local held_for, checks = nil, nil
-      if flow then held_for, checks = gate(flow) end
+      if flow then held_for, checks = flow_.gate(flow) end
       if not held_for then start(id, score, base, flow, checks, job) end
     end
   end
@@ -322,7 +392,7 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     local reads = {}
     if not paused_checked then
       reads[1] = qkey(queue, 'paused')
-      for _, hkey in ipairs(type_holds) do reads[#reads + 1] = hkey end
+      for _, k in ipairs(head) do reads[#reads + 1] = k end
     end
     -- Each entry's lock; in the first batch (what is wanted, which mostly
     -- starts) its job data too, which a claim returns. A later batch follows
@@ -336,11 +406,9 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       local flags = redis.call('MGET', unpack(reads))
       local first = 1
       if not paused_checked then
-        paused_checked, first = true, 2 + #type_holds
+        paused_checked, first = true, 2 + #head
+        if flow_ then flow_.read_head(flags, 2) end
         if flags[1] then return {}, nil, flags[1], held end
-        for i, hkey in ipairs(type_holds) do
-          if not flags[1 + i] then holds[hkey] = -2 end -- PTTL's answer for no key
-        end
       end
       for j, row in ipairs(due_rows) do
         if count_ >= wanted or scanned >= scan_limit then break end
@@ -367,6 +435,21 @@ local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
       batch = math.min(batch * 2, 100)
     end
   end
-  if renew_windows then renew_windows() end
+  if flow_ then flow_.renew_windows() end
   return claimed, next_due, nil, held
+end
+
+-- Returns the claimed jobs ({id, due ms, try, token, arq job bytes or '',
+-- ...}: the job's data comes with the claim, so nothing reads it before the
+-- run), the next due time (ms) or nil, the time the queue was paused or nil,
+-- and the due jobs passed over ({limit = n, rate = n, held = n}). `tally`
+-- (lib/flow.lua) holds what the call changed before (the end of a try, in
+-- finish and fetch), or nil; the running counts are written at the end.
+local function claim_jobs(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl, limits_json,
+    nonce, tally)
+  if not tally and limits_json ~= '' then tally = new_tally() end
+  local claimed, next_due, paused_at, held = claim_scan(queue, now, lock_ms, wanted, scan_limit,
+    cancelled_ttl, limits_json, nonce, tally)
+  if tally then flow_write(queue, tally) end
+  return claimed, next_due, paused_at, held
 end

@@ -15,8 +15,19 @@ local function group_channel(gid) return K.events .. '{' .. K.group .. gid .. '}
 
 -- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
 local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
-local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
-local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .. t .. ':' .. key) end
+-- Only a keyed job's entry is in the flow hash: a claim reads an unkeyed
+-- one's type from its job data.
+local function flow_keyed(flow) return select(2, flow_parts(flow)) ~= '' end
+-- Running counts: a string per type and per key, the number of its jobs in
+-- progress (gone at 0); the marks' flag, a string that exists while the
+-- waiting hash may hold marks; and when the claim last looked for running jobs
+-- whose lock lapsed (it looks at most once per lock ttl).
+local function count_key(queue, t) return qkey(queue, 'running-count:' .. t) end
+local function count_key_of(queue, t, key)
+  return qkey(queue, 'running-count-key:' .. t .. ':' .. key)
+end
+local function marked_key(queue) return qkey(queue, 'waiting-marked') end
+local function healed_key(queue) return qkey(queue, 'running-checked') end
 local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
 local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
 -- A hold (a partner's 429, see finish.lua): while it lives (PX), no job of the
