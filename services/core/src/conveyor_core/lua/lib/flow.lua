@@ -10,25 +10,28 @@
 -- the end of a try and the next start of its type in the same call (finish
 -- and fetch) write nothing at all.
 
--- A tally: `counts`, each count's change (+1 a start, -1 an end); `unmark`,
--- the marks whose type or key had a job end (they go, and the queue's workers
--- are woken); `marked`, the marks this call made (they stay); `flagged`, whether
--- the marks' flag exists (nil: not read, so the marks are read).
-local function new_tally() return {counts = {}, unmark = {}, marked = {}} end
+-- A tally: each running count's change by its key (+1 a start, -1 an end);
+-- `unmark`, the marks whose type or key had a job end (they go, and the
+-- queue's workers are woken); `marked`, the marks this call made (they stay);
+-- `flagged`, whether the marks' flag exists (nil: not read, so the marks are
+-- read). The two sets are made when first needed.
+local function new_tally() return {} end
 
-local function tally_count(tally, ckey, delta) tally.counts[ckey] = (tally.counts[ckey] or 0) + delta end
+local function tally_count(tally, ckey, delta) tally[ckey] = (tally[ckey] or 0) + delta end
 
 -- The tally's writes: each count changed (gone at 0), and the marks of types
 -- or keys that had a job end, unless this call marked them again. With no
 -- marks (the flag is absent, as it is while nothing is held), none are read.
 local function flow_write(queue, tally)
-  for ckey, delta in pairs(tally.counts) do
-    if delta ~= 0 and redis.call('INCRBY', ckey, delta) <= 0 then redis.call('DEL', ckey) end
+  for ckey, delta in pairs(tally) do
+    if type(delta) == 'number' and delta ~= 0 and redis.call('INCRBY', ckey, delta) <= 0 then
+      redis.call('DEL', ckey)
+    end
   end
-  if tally.flagged == false then return end
-  local fields = {}
+  if not tally.unmark or tally.flagged == false then return end
+  local fields, marked = {}, tally.marked or {}
   for subject in pairs(tally.unmark) do
-    if not tally.marked[subject] then fields[#fields + 1] = subject end
+    if not marked[subject] then fields[#fields + 1] = subject end
   end
   if #fields == 0 then return end
   local waiting = qkey(queue, 'waiting')
@@ -53,7 +56,9 @@ local function release(rec)
   if key ~= '' and string.find(counted, 'k', 1, true) then
     tally_count(tally, count_key_of(rec.queue, t, key), -1)
   end
-  tally.unmark[t] = true
-  if key ~= '' then tally.unmark[t .. '\n' .. key] = true end
+  local unmark = tally.unmark or {}
+  tally.unmark = unmark
+  unmark[t] = true
+  if key ~= '' then unmark[t .. '\n' .. key] = true end
   if not rec.tally then flow_write(rec.queue, tally) end
 end

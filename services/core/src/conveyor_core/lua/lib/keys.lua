@@ -14,10 +14,15 @@ local function wake_channel(queue) return qkey(queue, 'wake') end
 local function group_channel(gid) return K.events .. '{' .. K.group .. gid .. '}' end
 
 -- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
-local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
--- Only a keyed job's entry is in the flow hash: a claim reads an unkeyed
--- one's type from its job data.
-local function flow_keyed(flow) return select(2, flow_parts(flow)) ~= '' end
+local function flow_parts(flow)
+  local at = string.find(flow, '\n', 1, true)
+  if not at then return nil, nil end
+  return string.sub(flow, 1, at - 1), string.sub(flow, at + 1)
+end
+-- Whether the entry has a key (it does not end its type's line). Only a keyed
+-- job's entry is in the flow hash: a claim reads an unkeyed one's type from
+-- its job data.
+local function flow_keyed(flow) return string.byte(flow, -1) ~= 10 end
 -- Running counts: a string per type and per key, the number of its jobs in
 -- progress (gone at 0); the marks' flag, a string that exists while the
 -- waiting hash may hold marks; and when the claim last looked for running jobs
