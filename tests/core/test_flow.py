@@ -19,6 +19,6 @@ def test_a_queues_limits_as_the_claim_reads_them() -> None:
     assert claim_limits([]) == ""
     limits = Limits(max_running=3, key="k", max_running_per_key=1, rate=Rate(60, 60))
     assert json.loads(claim_limits([("t", limits), ("keyed", Limits(key="k"))])) == {
-        "t": {"k": 1, "n": 3, "kn": 1, "r": [60, 60_000]},
+        "t": {"n": 3, "kn": 1, "r": [60, 60_000], "k": 1},
         "keyed": {"k": 1},
     }

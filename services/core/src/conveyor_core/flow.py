@@ -113,8 +113,6 @@ def claim_limits(limited: Iterable[tuple[str, Limits]], shards: int = 1, index: 
     out: dict[str, dict[str, Any]] = {}
     for name, limits in limited:
         entry: dict[str, Any] = {}
-        if limits.key:  # its jobs' keys are in the flow hash
-            entry["k"] = 1
         if limits.max_running is not None:
             entry["n"] = shard_share(limits.max_running, shards, index)
         if limits.max_running_per_key is not None:
@@ -124,5 +122,7 @@ def claim_limits(limited: Iterable[tuple[str, Limits]], shards: int = 1, index: 
             entry["r"] = [starts, limits.rate.per_ms]
         if limits.rate_per_key is not None:
             entry["kr"] = [limits.rate_per_key.starts, limits.rate_per_key.per_ms]
+        if limits.key:  # its jobs' keys are in the flow hash
+            entry["k"] = 1
         out[name] = entry
     return json.dumps(out, separators=(",", ":")) if out else ""
