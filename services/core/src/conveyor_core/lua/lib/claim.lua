@@ -253,7 +253,7 @@ end
 -- it took (unless the check for lapsed locks let them go). Returns the
 -- counts it holds, for its record (`counted`, see lib/flow.lua). A mark of
 -- its type or key stays until one of its jobs ends (see release).
-local function flow_count_start(f, id, rec, checks)
+local function flow_count_start(f, id, rec, checks, tries_s)
   local kept = rec.state == 'in_progress' and rec.counted
   local counted = kept or ''
   for _, c in ipairs(checks) do
@@ -263,7 +263,7 @@ local function flow_count_start(f, id, rec, checks)
         counted = counted .. c[5]
       end
     else
-      redis.call('ZADD', c[2], f.now, id .. ':' .. rec.tries)
+      redis.call('ZADD', c[2], f.now, id .. ':' .. tries_s)
       local w = f.v[c[2]]
       w.n, w.started = w.n + 1, true
     end
@@ -296,14 +296,33 @@ end
 -- whose count passed a multiple of TRIM_EVERY in this call (each count is
 -- passed by one call: calls that do not trim only add to it) is trimmed, so
 -- stale starts never pile up beyond that many.
+-- A window's expiry is set to two periods and a minute, and set again once
+-- a period has passed (by the claims' clocks, which may differ by less than
+-- that minute) or when the call trimmed it (a trim may empty and so delete
+-- it), so it outlives every start by a period: most calls set none. When it
+-- was last set, by window, is kept from call to call (as plans are, at most
+-- EXPIRIES_KEPT, then all are forgotten: each is then set again).
+local EXPIRY_SLACK_MS, EXPIRIES_KEPT = 60000, 10000
+local expiry_set_at, expiries_count = {}, 0
+
 local function flow_renew_windows(f)
   for _, key in ipairs(f.windows or {}) do
     local w = f.v[key]
     if w.started then
-      if not w.trimmed and math.floor(w.n / TRIM_EVERY) ~= math.floor(w.read / TRIM_EVERY) then
+      local trimmed = w.trimmed
+      if not trimmed and math.floor(w.n / TRIM_EVERY) ~= math.floor(w.read / TRIM_EVERY) then
         redis.call('ZREMRANGEBYSCORE', key, '-inf', f.now - w.per)
+        trimmed = true
       end
-      redis.call('PEXPIRE', key, w.per)
+      local set_at = expiry_set_at[key]
+      if trimmed or not set_at or f.now >= set_at + w.per or f.now < set_at then
+        redis.call('PEXPIRE', key, 2 * w.per + EXPIRY_SLACK_MS)
+        if not set_at then
+          if expiries_count >= EXPIRIES_KEPT then expiry_set_at, expiries_count = {}, 0 end
+          expiries_count = expiries_count + 1
+        end
+        expiry_set_at[key] = f.now
+      end
     end
   end
 end
@@ -365,11 +384,15 @@ local function claim_scan(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     local fields = {'tries', fmt(rec.tries), 'started_at_ms', now_s, 'ready_at_ms', due,
       'next_try_at_ms', '', 'priority', fmt(priority_of(score)), 'token', token}
     if flow then
-      rec.counted = checks and flow_count_start(f, id, rec, checks)
+      -- The record keeps its flow entry and counts from try to try: each is
+      -- written when it changes.
+      local counted = checks and flow_count_start(f, id, rec, checks, fields[2])
         or (rec.state == 'in_progress' and rec.counted) or ''
-      rec.flow = flow
-      local n = #fields
-      fields[n + 1], fields[n + 2], fields[n + 3], fields[n + 4] = 'flow', flow, 'counted', rec.counted
+      if counted ~= (rec.counted or '') then
+        fields[#fields + 1], fields[#fields + 2] = 'counted', counted
+      end
+      if flow ~= rec.flow then fields[#fields + 1], fields[#fields + 2] = 'flow', flow end
+      rec.flow, rec.counted = flow, counted
     end
     transition(rec, 'in_progress', now, now, fields)
     count_ = count_ + 1
