@@ -156,8 +156,8 @@ PAUSED_SUFFIX = "paused"
 # lock lapsed (a dead worker's); a job's record says what it counts in
 # (`counted`); the marks' flag (`waiting-marked`), a string that exists while
 # the waiting hash below may hold marks, so the end of a try reads them only
-# then; sorted sets of recent starts
-# per type (`starts:{type}`) and per key (`starts-key:{type}:{key}`), the
+# then; lists of recent start times, oldest first, per type
+# (`start-log:{type}`) and per key (`start-log-key:{type}:{key}`), the
 # sliding window of a rate, expiring with it; the holds: a hash of what the
 # claim found held (type, or "type\nkey" -> limit or rate), read to say why a
 # job is held (`waiting_reason`) and to wake workers when a held type frees a

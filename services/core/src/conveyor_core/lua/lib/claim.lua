@@ -54,18 +54,17 @@ local TRIM_EVERY = 16
 local CHECK_LAPSED = 1000
 
 -- What a job of a limited type must pass: its holds and its checks ({'n',
--- running count, max, subject, 't' or 'k'} or {'r', start window, rate,
+-- running count, max, subject, 't' or 'k'} or {'r', start log, rate,
 -- subject}), for flow entry "t\nkey" (key '' for none) of limits `l`.
 local function flow_checks_of(queue, t, key, l)
   local checks = {t = t, hold = hold_key(queue, t)}
+  local subject = key ~= '' and t .. '\n' .. key
+  if subject then checks.key_hold, checks.subject = hold_key_of(queue, t, key), subject end
+  -- The running limits first: a rate's check records the start (see flow_take_start).
   if l.n then checks[#checks + 1] = {'n', count_key(queue, t), l.n, t, 't'} end
+  if subject and l.kn then checks[#checks + 1] = {'n', count_key_of(queue, t, key), l.kn, subject, 'k'} end
   if l.r then checks[#checks + 1] = {'r', starts_key(queue, t), l.r, t} end
-  if key ~= '' then
-    local subject = t .. '\n' .. key
-    checks.key_hold, checks.subject = hold_key_of(queue, t, key), subject
-    if l.kn then checks[#checks + 1] = {'n', count_key_of(queue, t, key), l.kn, subject, 'k'} end
-    if l.kr then checks[#checks + 1] = {'r', starts_key_of(queue, t, key), l.kr, subject} end
-  end
+  if subject and l.kr then checks[#checks + 1] = {'r', starts_key_of(queue, t, key), l.kr, subject} end
   return checks
 end
 
@@ -107,7 +106,8 @@ end
 -- PTTL), and each keyed flow entry's checks. `checked`: whether this call
 -- looked for running jobs whose lock lapsed.
 local function flow_context(plan, queue, now, lock_ttl, held, started, sooner, tally)
-  return {plan = plan, limits = plan.limits, queue = queue, now = now, lock_ttl = lock_ttl,
+  return {plan = plan, limits = plan.limits, queue = queue, now = now, now_s = fmt(now),
+    lock_ttl = lock_ttl,
     held = held, started = started, sooner = sooner, tally = tally, v = {}, checked = false}
 end
 
@@ -161,23 +161,62 @@ local function flow_running_count(f, ckey, max)
   return n
 end
 
--- A start window's count. Starts that left it are trimmed only when the
--- count reaches its max (then the count must be exact) or, at the call's end,
--- once per TRIM_EVERY starts (flow_renew_windows): under the max, a count with
--- stale starts still in it is under the max too, and most calls trim nothing.
-local function flow_window(f, key, rate)
-  local w = f.v[key]
-  if w then return w end
-  w = {n = redis.call('ZCARD', key), max = rate[1], per = rate[2]}
-  if w.n >= w.max then
-    w.n = w.n - redis.call('ZREMRANGEBYSCORE', key, '-inf', f.now - rate[2])
-    w.trimmed = true
+-- A rate's starts: its start log (a list of start times, oldest first, as
+-- the claims append them) holds at least every start of the last period.
+-- Stale starts (a period old or more) go from its head: every TRIM_EVERY
+-- starts (at most TRIM_CHUNKS chunks of TRIM_CHUNK each time, so a burst's
+-- starts go much faster than they came), and when the log is longer than its
+-- max and a start fits. Returns how many went.
+local TRIM_CHUNK, TRIM_CHUNKS = 64, 4
+local function flow_trim_log(key, stale_at)
+  local dropped = 0
+  for _ = 1, TRIM_CHUNKS do
+    local head = redis.call('LRANGE', key, 0, TRIM_CHUNK - 1)
+    local k = 0
+    while k < #head and tonumber(head[k + 1]) <= stale_at do k = k + 1 end
+    dropped = dropped + k
+    if k > 0 then redis.call('LTRIM', key, k, -1) end
+    if k < TRIM_CHUNK then break end
   end
-  w.read = w.n
-  f.v[key] = w
-  f.windows = f.windows or {}
-  f.windows[#f.windows + 1] = key
-  return w
+  return dropped
+end
+
+-- A start of a job of a rate `rate` ({max, per ms}): recorded in log `key`
+-- when it fits (nil), else not, and the time (ms) the log allows the next
+-- one. It fits when the max-th newest start before it is stale: the push's
+-- reply (the log's length) says there is none, as under a rate that does not
+-- bind. (Claims that run on clocks a few ms apart may append out of order:
+-- such a start is dropped a little late, never early.)
+local function flow_take_start(f, key, rate)
+  local max, per = rate[1], rate[2]
+  local n = redis.call('RPUSH', key, f.now_s)
+  local w = f.v[key]
+  if not w then
+    w = {per = per}
+    f.v[key] = w
+    f.windows = f.windows or {}
+    f.windows[#f.windows + 1] = key
+  end
+  if n % TRIM_EVERY == 0 then
+    local dropped = flow_trim_log(key, f.now - per)
+    if dropped > 0 then n, w.trimmed = n - dropped, true end
+  end
+  if n <= max then return nil end
+  local edge = tonumber(redis.call('LINDEX', key, n - 1 - max))
+  if edge <= f.now - per then
+    redis.call('LTRIM', key, n - max, -1) -- the edge and all before it are stale
+    w.trimmed = true
+    return nil
+  end
+  redis.call('RPOP', key)
+  return edge + per
+end
+
+-- Starts recorded by a check that passed, taken back: the job does not start.
+local function flow_take_back(checks, upto)
+  for i = 1, upto or #checks do
+    if checks[i][1] == 'r' then redis.call('RPOP', checks[i][2]) end
+  end
 end
 
 local function flow_mark(f, subject, reason)
@@ -206,8 +245,9 @@ local function flow_hold_left(f, hkey)
 end
 
 -- The checks a job of a limited type must pass: nil when it may start now,
--- else the reason; the checks to count if it does start. A hold comes first;
--- its end becomes a due time for the worker's sleep.
+-- else the reason; the checks to count if it does start (its start is in its
+-- rates' logs already: flow_take_back if it does not start after all). A
+-- hold comes first; its end becomes a due time for the worker's sleep.
 local function flow_gate(f, flow)
   local checks = f.plan.checks[flow] or f.v[flow]
   if checks == nil then
@@ -227,18 +267,17 @@ local function flow_gate(f, flow)
     left = flow_hold_left(f, checks.key_hold)
     if left then f.sooner(f.now + left) flow_mark(f, checks.subject, 'held') return 'held', nil end
   end
-  for _, c in ipairs(checks) do
+  for i, c in ipairs(checks) do
     if c[1] == 'n' then
       if flow_running_count(f, c[2], c[3]) >= c[3] then
         flow_mark(f, c[4], 'limit')
         return 'limit', nil
       end
     else
-      local w = flow_window(f, c[2], c[3])
-      if w.n >= w.max then
-        -- The earliest start the window allows: when its (n - max + 1)th oldest leaves.
-        local oldest = redis.call('ZRANGE', c[2], w.n - w.max, w.n - w.max, 'WITHSCORES')
-        if oldest[2] then f.sooner(tonumber(oldest[2]) + w.per) end
+      local next_at = flow_take_start(f, c[2], c[3])
+      if next_at then
+        flow_take_back(checks, i - 1) -- a type's start, when its key's rate holds it
+        f.sooner(next_at)
         flow_mark(f, c[4], 'rate')
         return 'rate', nil
       end
@@ -247,25 +286,19 @@ local function flow_gate(f, flow)
   return nil, checks
 end
 
--- A limited job starts: it counts as running (in the tally) and its start
--- counts in the windows (each window's expiry is renewed once per call, at
--- the end). A job claimed again after its lock lapsed still holds the counts
+-- A limited job starts: it counts as running (in the tally; its start is in
+-- its rates' logs already). A job claimed again after its lock lapsed still holds the counts
 -- it took (unless the check for lapsed locks let them go). Returns the
 -- counts it holds, for its record (`counted`, see lib/flow.lua). A mark of
 -- its type or key stays until one of its jobs ends (see release).
-local function flow_count_start(f, id, rec, checks, tries_s)
+local function flow_count_start(f, rec, checks)
   local kept = rec.state == 'in_progress' and rec.counted
-  local counted = kept or ''
+  if kept then return kept end
+  local counted = ''
   for _, c in ipairs(checks) do
     if c[1] == 'n' then
-      if not kept then
-        tally_count(f.tally, c[2], 1)
-        counted = counted .. c[5]
-      end
-    else
-      redis.call('ZADD', c[2], f.now, id .. ':' .. tries_s)
-      local w = f.v[c[2]]
-      w.n, w.started = w.n + 1, true
+      tally_count(f.tally, c[2], 1)
+      counted = counted .. c[5]
     end
   end
   return counted
@@ -292,15 +325,11 @@ local function flow_take_turn(f, t, base)
   return nil
 end
 
--- Each start window's expiry, renewed once per call, at its end; a window
--- whose count passed a multiple of TRIM_EVERY in this call (each count is
--- passed by one call: calls that do not trim only add to it) is trimmed, so
--- stale starts never pile up beyond that many.
--- A window's expiry is set to two periods and a minute, and set again once
--- a period has passed (by the claims' clocks, which may differ by less than
--- that minute) or when the call trimmed it (a trim may empty and so delete
--- it), so it outlives every start by a period: most calls set none. When it
--- was last set, by window, is kept from call to call (as plans are, at most
+-- Each start log's expiry: two periods and a minute, set again once a period
+-- has passed (by the claims' clocks, which may differ by less than that
+-- minute) or when the call trimmed it (a trim may empty and so delete it),
+-- so it outlives every start by a period: most calls set none. When it was
+-- last set, by log, is kept from call to call (as plans are, at most
 -- EXPIRIES_KEPT, then all are forgotten: each is then set again).
 local EXPIRY_SLACK_MS, EXPIRIES_KEPT = 60000, 10000
 local expiry_set_at, expiries_count = {}, 0
@@ -308,21 +337,14 @@ local expiry_set_at, expiries_count = {}, 0
 local function flow_renew_windows(f)
   for _, key in ipairs(f.windows or {}) do
     local w = f.v[key]
-    if w.started then
-      local trimmed = w.trimmed
-      if not trimmed and math.floor(w.n / TRIM_EVERY) ~= math.floor(w.read / TRIM_EVERY) then
-        redis.call('ZREMRANGEBYSCORE', key, '-inf', f.now - w.per)
-        trimmed = true
+    local set_at = expiry_set_at[key]
+    if w.trimmed or not set_at or f.now >= set_at + w.per or f.now < set_at then
+      redis.call('PEXPIRE', key, 2 * w.per + EXPIRY_SLACK_MS)
+      if not set_at then
+        if expiries_count >= EXPIRIES_KEPT then expiry_set_at, expiries_count = {}, 0 end
+        expiries_count = expiries_count + 1
       end
-      local set_at = expiry_set_at[key]
-      if trimmed or not set_at or f.now >= set_at + w.per or f.now < set_at then
-        redis.call('PEXPIRE', key, 2 * w.per + EXPIRY_SLACK_MS)
-        if not set_at then
-          if expiries_count >= EXPIRIES_KEPT then expiry_set_at, expiries_count = {}, 0 end
-          expiries_count = expiries_count + 1
-        end
-        expiry_set_at[key] = f.now
-      end
+      expiry_set_at[key] = f.now
     end
   end
 end
@@ -368,10 +390,12 @@ local function claim_scan(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     local rec = load(id, queue, false)
     rec.tally = tally
     if rec.state == 'in_progress' and rec.cancel then
+      if checks then flow_take_back(checks) end
       transition(rec, 'cancelled', now, now + cancelled_ttl, {'finished_at_ms', now},
         cancelled_ttl)
       return
     elseif TERMINAL[rec.state] then
+      if checks then flow_take_back(checks) end
       redis.call('ZREM', queue, id) -- finished, yet back in the queue: a bare arq enqueue
       return
     end
@@ -386,7 +410,7 @@ local function claim_scan(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
     if flow then
       -- The record keeps its flow entry and counts from try to try: each is
       -- written when it changes.
-      local counted = checks and flow_count_start(f, id, rec, checks, fields[2])
+      local counted = checks and flow_count_start(f, rec, checks)
         or (rec.state == 'in_progress' and rec.counted) or ''
       if counted ~= (rec.counted or '') then
         fields[#fields + 1], fields[#fields + 2] = 'counted', counted
@@ -421,7 +445,10 @@ local function claim_scan(queue, now, lock_ms, wanted, scan_limit, cancelled_ttl
         -- with no turn taken at all (its key not among the keys tried), it starts
         -- itself when it may, so no keyed job can wait for ever.
         local held_for, own_checks = flow_gate(f, flow)
-        if not turn_id and not held_for then start(id, score, base, flow, own_checks, job) end
+        if not held_for then
+          if turn_id then flow_take_back(own_checks) -- it only said why it waits
+          else start(id, score, base, flow, own_checks, job) end
+        end
       end
     else
       local held_for, checks = nil, nil

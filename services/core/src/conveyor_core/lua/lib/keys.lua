@@ -33,8 +33,9 @@ local function count_key_of(queue, t, key)
 end
 local function marked_key(queue) return qkey(queue, 'waiting-marked') end
 local function healed_key(queue) return qkey(queue, 'running-checked') end
-local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
-local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
+-- A rate's window: a list of its start times (ms), oldest first.
+local function starts_key(queue, t) return qkey(queue, 'start-log:' .. t) end
+local function starts_key_of(queue, t, key) return qkey(queue, 'start-log-key:' .. t .. ':' .. key) end
 -- A hold (a partner's 429, see finish.lua): while it lives (PX), no job of the
 -- type (or of the key) starts.
 local function hold_key(queue, t) return qkey(queue, 'hold:' .. t) end
