@@ -685,6 +685,36 @@ async def test_a_running_limit_holds_jobs_queued_and_a_freed_slot_wakes_workers(
     assert 0 < await redis.pttl(left[0]) <= CLAIM["lock_ttl_ms"]
 
 
+async def incrby_calls(redis: ArqRedis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_incrby", {}).get("calls", 0))
+
+
+async def test_a_try_of_a_limited_type_that_ends_and_fetches_the_next_leaves_its_count_as_is(
+    redis: ArqRedis,
+) -> None:
+    store = limited_store(redis)
+    capped = store.catalog["capped"]
+    first, second = await submit_many(store, "capped", [{"work_s": 0}] * 2)
+    # A type without a key has no flow entries: the claim reads a job's type
+    # from its job data.
+    assert not await redis.exists(keys.queue_key(QUEUE, "flow"))
+    assert [c.job_id for c in (await store.claim(QUEUE, 1, **CLAIM)).jobs] == [first]
+    count = keys.queue_key(QUEUE, "running-count:capped")
+    assert await redis.get(count) == b"1"
+    before = await incrby_calls(redis)
+
+    ended = await store.complete(capped, first, "null", Slot())
+
+    # One end and one start of the type in one call: the count is not written.
+    assert ended.claim is not None
+    assert [c.job_id for c in ended.claim.jobs] == [second]
+    assert await incrby_calls(redis) == before
+    assert await redis.get(count) == b"1"
+    assert await store.complete(capped, second, "null")
+    assert not await redis.exists(count)  # gone at 0
+
+
 async def test_a_dead_workers_jobs_stop_counting_once_their_locks_lapse(redis: ArqRedis) -> None:
     store = limited_store(redis)
     ids = await submit_many(store, "capped", [{"work_s": 0}] * 3)
