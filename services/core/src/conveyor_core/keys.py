@@ -17,7 +17,7 @@ Slots: one call, one slot (Redis Cluster)
 A queue's name is the hash tag of everything of the queue's: arq's queue
 key is the bare name (`arq:queue`: a key with no braces hashes whole, so it
 lands where `{arq:queue}` does), Conveyor's per-queue keys carry it as
-`conveyor:{queue}:...` (indexes, flow hash, holds, running sets, key rings,
+`conveyor:{queue}:...` (indexes, flow hash, holds, running counts, key rings,
 history, paused flag, idempotency and debounce records), and a job's id
 starts with it: `{queue}` then 32 hex digits (`job_id_for`; a scheduled
 run's, `{queue}type:ms`). So `arq:job:{id}`, `arq:in-progress:{id}`,

@@ -47,7 +47,7 @@
 -- renewal) carries it, and one whose token is no longer the record's is
 -- refused (a stale try: its lock lapsed and the job was claimed again).
 
--- How many starts a window takes between trims of the starts that left it.
+-- How many starts a start log takes between trims of the starts that left it.
 local TRIM_EVERY = 16
 
 -- How many running jobs the check for lapsed locks reads at most.
@@ -102,7 +102,7 @@ end
 -- `started` holds the jobs the call started, `sooner` takes a due time for the
 -- worker's sleep, `tally` the call's changes to the running counts and marks
 -- (lib/flow.lua). `v`, by key: each running count as read (the tally holds
--- this call's changes), each start window, each hold's time left (ms, as
+-- this call's changes), each start log's state, each hold's time left (ms, as
 -- PTTL), and each keyed flow entry's checks. `checked`: whether this call
 -- looked for running jobs whose lock lapsed.
 local function flow_context(plan, queue, now, lock_ttl, held, started, sooner, tally)
