@@ -92,13 +92,13 @@ def test_a_keys_jobs_and_a_repeated_key_go_to_one_shard() -> None:
 def test_one_shard_keeps_todays_limits_and_several_split_a_types_own() -> None:
     limits = Limits(max_running=2, key="tenant_id", max_running_per_key=1, rate=Rate(10, 1.0))
     assert claim_limits([("t", limits)]) == (
-        '{"t":{"n":2,"kn":1,"r":[10,1000]}}'  # as before shards
+        '{"t":{"n":2,"kn":1,"r":[10,1000],"k":1}}'  # as before shards
     )
     split = [claim_limits([("t", limits)], 3, index) for index in range(3)]
     assert split == [
-        '{"t":{"n":1,"kn":1,"r":[4,1000]}}',
-        '{"t":{"n":1,"kn":1,"r":[3,1000]}}',
-        '{"t":{"n":1,"kn":1,"r":[3,1000]}}',
+        '{"t":{"n":1,"kn":1,"r":[4,1000],"k":1}}',
+        '{"t":{"n":1,"kn":1,"r":[3,1000],"k":1}}',
+        '{"t":{"n":1,"kn":1,"r":[3,1000],"k":1}}',
     ]
     assert [shard_share(7, 3, i) for i in range(3)] == [3, 2, 2]
     assert [shard_share(1, 3, i) for i in range(3)] == [1, 1, 1]  # every shard runs it

@@ -3,8 +3,9 @@ how fast they may start, for the whole type and per key (a payload field,
 such as a tenant id), across every worker.
 
 The claim enforces it in Redis, atomically (lua/claim.lua). Only jobs of
-limited types pay for it: at submit each gets a small entry (its type and key)
-in its queue's flow hash, so the claim knows both without reading the pickled
+limited types pay for it: the claim reads a job's type from its job data,
+and a job of a type with a key gets a small entry (its type and key) in its
+queue's flow hash at submit, so the claim knows its key without decoding the
 payload; jobs of other types cost exactly what they did.
 """
 
@@ -91,10 +92,10 @@ def fairness_key(limits: Limits | None, payload: Mapping[str, Any]) -> str | Non
 
 
 def flow_entry(job_type: str, limits: Limits | None, payload: Mapping[str, Any]) -> str:
-    """What the claim needs of a job of a limited type: its type and key; '' for others."""
-    if limits is None:
-        return ""
-    return f"{job_type}\n{fairness_key(limits, payload) or ''}"
+    """A job's entry in its queue's flow hash: its type and key, for a type
+    with a key; '' for others (the claim reads a job's type from its job data)."""
+    key = fairness_key(limits, payload)
+    return f"{job_type}\n{key}" if key is not None else ""
 
 
 def shard_share(total: int, shards: int, index: int) -> int:
@@ -121,5 +122,7 @@ def claim_limits(limited: Iterable[tuple[str, Limits]], shards: int = 1, index: 
             entry["r"] = [starts, limits.rate.per_ms]
         if limits.rate_per_key is not None:
             entry["kr"] = [limits.rate_per_key.starts, limits.rate_per_key.per_ms]
+        if limits.key:  # its jobs' keys are in the flow hash
+            entry["k"] = 1
         out[name] = entry
     return json.dumps(out, separators=(",", ":")) if out else ""

@@ -17,7 +17,7 @@ Slots: one call, one slot (Redis Cluster)
 A queue's name is the hash tag of everything of the queue's: arq's queue
 key is the bare name (`arq:queue`: a key with no braces hashes whole, so it
 lands where `{arq:queue}` does), Conveyor's per-queue keys carry it as
-`conveyor:{queue}:...` (indexes, flow hash, holds, running sets, key rings,
+`conveyor:{queue}:...` (indexes, flow hash, holds, running counts, key rings,
 history, paused flag, idempotency and debounce records), and a job's id
 starts with it: `{queue}` then 32 hex digits (`job_id_for`; a scheduled
 run's, `{queue}type:ms`). So `arq:job:{id}`, `arq:in-progress:{id}`,
@@ -159,12 +159,18 @@ RATE_LIMIT_PREFIX = PREFIX + "ratelimit:"
 # call and starts nothing while it exists; resume deletes it and wakes workers.
 PAUSED_SUFFIX = "paused"
 # Flow control (flow.py), per queue, only for job types with limits:
-# a hash of queued job id -> "job type\nkey", written at submit, removed when
-# the job ends; sorted sets of running job ids per type (`running:{type}`) and
-# per key (`running-key:{type}:{key}`), scored by start time, updated by the
-# claim and by the transition out of in_progress, and self-healing (the claim
-# drops ids whose lock lapsed: a dead worker's); sorted sets of recent starts
-# per type (`starts:{type}`) and per key (`starts-key:{type}:{key}`), the
+# a hash of queued job id -> "job type\nkey" for types with a key (the claim
+# reads a job's type from its job data), written at submit, removed when the
+# job ends; running counts per type (`running-count:{type}`) and per key
+# (`running-count-key:{type}:{key}`), strings written by the claim and by the
+# transition out of in_progress (once per call, summed: lua/lib/flow.lua),
+# gone at 0, and self-healing: at a limit, at most once per lock ttl
+# (`running-checked`, expiring), the claim stops counting running jobs whose
+# lock lapsed (a dead worker's); a job's record says what it counts in
+# (`counted`); the marks' flag (`waiting-marked`), a string that exists while
+# the waiting hash below may hold marks, so the end of a try reads them only
+# then; lists of recent start times, oldest first, per type
+# (`start-log:{type}`) and per key (`start-log-key:{type}:{key}`), the
 # sliding window of a rate, expiring with it; the holds: a hash of what the
 # claim found held (type, or "type\nkey" -> limit or rate), read to say why a
 # job is held (`waiting_reason`) and to wake workers when a held type frees a

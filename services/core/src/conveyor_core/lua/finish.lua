@@ -43,11 +43,16 @@
 local id, to, now, arg = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local token, fetch = ARGV[6], tonumber(ARGV[7])
 
--- The slot's next job, after the end of this try (or instead of it).
-local function fetched(reply)
-  if fetch <= 0 then return reply end
+-- The slot's next job, after the end of this try (or instead of it). The
+-- end's changes to the running counts (`tally`, lib/flow.lua) are written
+-- with the claim's, once.
+local function fetched(reply, tally)
+  if fetch <= 0 then
+    if tally then flow_write(KEYS[1], tally) end
+    return reply
+  end
   local claimed, next_due, paused_at, held = claim_jobs(KEYS[1], now, ARGV[8], fetch,
-    tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12])
+    tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11], ARGV[12], tally)
   if paused_at then return {reply[1], reply[2], {}, '', paused_at, {0, 0, 0}} end
   return {reply[1], reply[2], claimed, next_due and fmt(next_due) or '', '',
     {held.limit, held.rate, held.held}}
@@ -59,6 +64,7 @@ if not rec or rec.state ~= 'in_progress' then return fetched({0, rec and rec.sta
 -- The job's data as the claim read it: a final state turns it into arq's
 -- result key without reading it again (the try is the live one: unchanged).
 if ARGV[14] ~= '' then rec.job_data = ARGV[14] end
+if rec.flow then rec.tally = new_tally() end
 local fields = {}
 for i = 15, #ARGV do fields[#fields + 1] = ARGV[i] end
 local version
@@ -105,4 +111,4 @@ if to ~= 'queued' and ARGV[5] ~= '' then
   if wait > 0 then history(rec.queue, now, ARGV[5] .. ':wait_ms', wait) end
   history(rec.queue, now, ARGV[5] .. ':' .. to, 1)
 end
-return fetched({1, version})
+return fetched({1, version}, rec.tally)

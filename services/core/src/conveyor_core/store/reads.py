@@ -8,7 +8,7 @@ from redis.asyncio.client import Pipeline
 
 from conveyor_core import keys
 from conveyor_core.checkpoint import Checkpoint
-from conveyor_core.flow import flow_entry
+from conveyor_core.flow import fairness_key
 from conveyor_core.jobs import (
     DEFAULT_PRIORITY,
     HoldReason,
@@ -177,9 +177,7 @@ class Reads(StoreBase):
                 continue
             job_type = self.catalog.get(job.job_type)
             if job_type and job_type.limits and job.waiting_reason is None:
-                _, _, key = flow_entry(job_type.name, job_type.limits, arq_job.payload).partition(
-                    "\n"
-                )
+                key = fairness_key(job_type.limits, arq_job.payload)
                 fields = [job_type.name, *([f"{job_type.name}\n{key}"] if key else [])]
                 shard = self.shard_of(job.id, job.queue)
                 asked.append((i, keys.queue_key(shard, keys.HELD_SUFFIX), fields))

@@ -4,6 +4,7 @@
 -- key with waiting jobs is in its type's ring.
 
 local function fair_enter(queue, flow, score, id)
+  if not flow_keyed(flow) then return end
   local t, key = flow_parts(flow)
   if not t or key == '' then return end
   local keyq = keyq_key(queue, t, key)
@@ -13,6 +14,7 @@ local function fair_enter(queue, flow, score, id)
 end
 
 local function fair_leave(queue, flow, id)
+  if not flow_keyed(flow) then return end
   local t, key = flow_parts(flow)
   if not t or key == '' then return end
   local keyq = keyq_key(queue, t, key)

@@ -17,11 +17,28 @@ local function group_channel(gid)
 end
 
 -- Flow control (flow.py, keys.py): a limited job's entry is "type\nkey".
-local function flow_parts(flow) return string.match(flow, '^([^\n]*)\n(.*)$') end
-local function running_key(queue, t) return qkey(queue, 'running:' .. t) end
-local function running_key_of(queue, t, key) return qkey(queue, 'running-key:' .. t .. ':' .. key) end
-local function starts_key(queue, t) return qkey(queue, 'starts:' .. t) end
-local function starts_key_of(queue, t, key) return qkey(queue, 'starts-key:' .. t .. ':' .. key) end
+local function flow_parts(flow)
+  local at = string.find(flow, '\n', 1, true)
+  if not at then return nil, nil end
+  return string.sub(flow, 1, at - 1), string.sub(flow, at + 1)
+end
+-- Whether the entry has a key (it does not end its type's line). Only a keyed
+-- job's entry is in the flow hash: a claim reads an unkeyed one's type from
+-- its job data.
+local function flow_keyed(flow) return string.byte(flow, -1) ~= 10 end
+-- Running counts: a string per type and per key, the number of its jobs in
+-- progress (gone at 0); the marks' flag, a string that exists while the
+-- waiting hash may hold marks; and when the claim last looked for running jobs
+-- whose lock lapsed (it looks at most once per lock ttl).
+local function count_key(queue, t) return qkey(queue, 'running-count:' .. t) end
+local function count_key_of(queue, t, key)
+  return qkey(queue, 'running-count-key:' .. t .. ':' .. key)
+end
+local function marked_key(queue) return qkey(queue, 'waiting-marked') end
+local function healed_key(queue) return qkey(queue, 'running-checked') end
+-- A rate's window: a list of its start times (ms), oldest first.
+local function starts_key(queue, t) return qkey(queue, 'start-log:' .. t) end
+local function starts_key_of(queue, t, key) return qkey(queue, 'start-log-key:' .. t .. ':' .. key) end
 -- A hold (a partner's 429, see finish.lua): while it lives (PX), no job of the
 -- type (or of the key) starts.
 local function hold_key(queue, t) return qkey(queue, 'hold:' .. t) end

@@ -4,7 +4,7 @@
 
 -- Put a dead job back on its queue under the same id, for requeue.lua and
 -- bulk.lua alike: a new first try (tries, snoozes, progress, times and a
--- pending cancel reset, `requeues` counted), its flow entry back. Its arq job key
+-- pending cancel reset, `requeues` counted), a keyed job's flow entry back. Its arq job key
 -- must exist; the caller may rewrite it first (a new trace context). A
 -- member of a group counts in it again (lib/group.lua).
 local function requeue_dead(rec, now)
@@ -14,6 +14,6 @@ local function requeue_dead(rec, now)
   redis.call('HINCRBY', K.job .. id, 'requeues', 1)
   transition(rec, 'queued', now, now, {'ready_at_ms', now, 'tries', 0, 'finished_at_ms', '',
     'next_try_at_ms', '', 'progress', 0, 'progress_message', '', 'cancel_requested', '', 'snoozes', 0}, 0)
-  if rec.flow then redis.call('HSET', qkey(rec.queue, 'flow'), id, rec.flow) end
+  if rec.flow and flow_keyed(rec.flow) then redis.call('HSET', qkey(rec.queue, 'flow'), id, rec.flow) end
   group_requeue(rec)
 end

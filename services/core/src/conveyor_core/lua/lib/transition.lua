@@ -34,7 +34,9 @@ local function transition(rec, to, now, score, fields, ttl_ms)
   -- sets the lock; a try's count lives in the record, not in arq's retry key).
   if TERMINAL[to] then
     redis.call('ZREM', queue, id)
-    if rec.flow or rec.new then
+    -- Only a keyed job has a flow entry (a claimed one's record says; one never
+    -- claimed may have one).
+    if rec.new or (rec.flow and flow_keyed(rec.flow)) then
       local flow = rec.flow or redis.call('HGET', qkey(queue, 'flow'), id)
       if flow then fair_leave(queue, flow, id) end
       redis.call('HDEL', qkey(queue, 'flow'), id)
