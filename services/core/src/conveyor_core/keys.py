@@ -272,6 +272,30 @@ def paused_key(queue: str) -> str:
     return queue_key(queue, PAUSED_SUFFIX)
 
 
+def index_keys(queue: str) -> list[str]:
+    """Every index of a queue (INDEXED_STATES): what a script declares when the
+    state it moves a job from is the record's, read inside the call."""
+    return [index_key(queue, state) for state in INDEXED_STATES]
+
+
+# Flow control's keys per job type and fairness key (FLOW_SUFFIX's comment), as
+# lua/lib/keys.lua names them: declared by the calls that touch them.
+def running_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"running:{job_type}")
+
+
+def hold_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"hold:{job_type}")
+
+
+def ring_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"ring:{job_type}")
+
+
+def key_queue_key(queue: str, job_type: str, key: str) -> str:
+    return queue_key(queue, f"keyq:{job_type}:{key}")
+
+
 def events_channel(job_id: str) -> str:
     return EVENTS_PREFIX + job_id
 
