@@ -222,13 +222,14 @@ async def exercise(redis: ArqRedis) -> None:
         assert batch.done == 1, (action, batch)
 
     # Flow control: a type with a running limit, and a keyed one (fairness,
-    # running sets per key, holds), on a queue of their own.
+    # running sets per key, holds), once the jobs above that still wait are
+    # claimed out of the way.
     while (
         await store.claim(
             queue, 10, lock_ttl_ms=LOCK_MS, cancelled_retention_ms=RETENTION_MS, scan_limit=100
         )
     ).jobs:
-        pass  # the jobs above that still wait: out of the way
+        pass
     capped, keyed = catalog["capped"], catalog["per_tenant"]
     await enqueue(store, capped, jobs.Effect(work_s=0))
     capped_id, capped_token = await claimed_one(capped.queue)
