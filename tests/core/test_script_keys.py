@@ -82,19 +82,10 @@ UNDECLARED: dict[str, dict[str, str]] = {
     "settle": {
         "conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY,
         "conveyor:{<queue>}:running-key:<type>:<key>": FAIRNESS_KEY,
-        "conveyor:{<queue>}:running:<type>": (
-            "a job settled unstarted may be of a type this process does not know: "
-            "its type is read from its record's flow entry"
-        ),
     },
     "cancel": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
     "requeue": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
-    "bulk": {
-        "conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY,
-        "conveyor:{<queue>}:ring:<type>": (
-            "a batch is given ids only: each job's type is read from the queue's flow hash"
-        ),
-    },
+    "bulk": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
     "group_submit": {
         "<queue>": GROUP_NOT_YET,
         "arq:job:<group>.<index>": GROUP_NOT_YET,

@@ -9,6 +9,8 @@ reason the caller cannot know them (the ids a claim pops, a job's fairness
 key read from its record...).
 """
 
+from collections.abc import Iterable
+
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
 from conveyor_core import keys
@@ -55,3 +57,9 @@ def queue_moves(queue: str) -> list[str]:
         keys.queue_key(queue, keys.HELD_SUFFIX),
         *keys.index_keys(queue),
     ]
+
+
+def limited_keys(queue: str, job_types: Iterable[JobType]) -> list[str]:
+    """`flow_keys` of every limited type of a queue shard's: what a call that
+    finds a job's type in its record (settle, bulk) may touch of it."""
+    return [key for job_type in job_types for key in flow_keys(queue, job_type)]

@@ -35,6 +35,7 @@ from conveyor_core.store.declared import (
     INDEX_AFTER,
     fairness_keys,
     flow_keys,
+    limited_keys,
     own_keys,
     queue_moves,
 )
@@ -456,7 +457,12 @@ class Lifecycle(Reads):
         progress, 'stale' if the try's token is no longer the record's."""
         shard = self.shard_of(job_id, keys.queue_of_shard(queue))
         state = await self._settle(
-            keys=[shard, *own_keys(job_id), *queue_moves(shard)],
+            keys=[
+                shard,
+                *own_keys(job_id),
+                *queue_moves(shard),
+                *limited_keys(shard, self.catalog.for_queue(keys.queue_of_shard(shard))),
+            ],
             args=[
                 job_id,
                 now_ms(),
