@@ -314,7 +314,7 @@ ROWS = [
                 "Tries running now.",
                 [Query(f"sum by (job) (conveyor_jobs_in_progress{{{JOB}}})", "{{job}}")],
                 stacked=True,
-                width=8,
+                width=6,
             ),
             Panel(
                 "Worker heartbeat age",
@@ -327,14 +327,28 @@ ROWS = [
                     )
                 ],
                 unit="s",
-                width=8,
+                width=6,
             ),
             Panel(
                 "Redis reachable by process",
                 "1 when the process reached Redis on its last command.",
                 [Query(f"conveyor_redis_up{{{NS}}}", "{{instance}}")],
-                width=8,
+                width=6,
                 max_value=1,
+            ),
+            Panel(
+                "Submits short of replicas",
+                "Submits per second that fewer replicas than REDIS_WAIT_REPLICAS "
+                "acknowledged in time (each a 503; ConveyorRedisReplicasShort after 10 "
+                "minutes): a failover now may lose their jobs.",
+                [
+                    Query(
+                        f"sum by (queue) (rate(conveyor_redis_wait_short_total{{{QUEUE}}}{RATE}))",
+                        "{{queue}}",
+                    )
+                ],
+                unit="ops",
+                width=6,
             ),
         ],
     ),

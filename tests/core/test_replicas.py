@@ -1,14 +1,20 @@
-"""A write that waits for replicas (WAIT), on a real cluster and on a single Redis."""
+"""A write that waits for replicas (WAIT), on a real cluster and on a single Redis,
+and the submits it found short, counted (conveyor_redis_wait_short_total)."""
 
 import asyncio
+from typing import cast
 
 import pytest
 import redis as redis_sync
 from arq.connections import ArqRedis
+from prometheus_client import REGISTRY
 
 from conveyor_core.cluster import ClusterClient
+from conveyor_core.enqueue import enqueue
 from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient
-from conveyor_core.replicas import call_and_wait
+from conveyor_core.replicas import ReplicasShortError, call_and_wait
+from conveyor_core.store import JobStore
+from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support.cluster import LocalCluster
 
 WRITE = "return redis.call('incr', KEYS[1])"
@@ -126,3 +132,34 @@ async def test_without_a_wait_acknowledged_writes_can_be_lost(
         cluster_redis, redis_cluster, replicas=0, cut_off_first=True
     )
     assert vouched - kept
+
+
+def _short_submits(queue: str) -> float:
+    return REGISTRY.get_sample_value("conveyor_redis_wait_short_total", {"queue": queue}) or 0.0
+
+
+async def test_a_submit_no_replica_acknowledged_is_counted(
+    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+) -> None:
+    store = JobStore(cast(ArqRedis, cluster_redis), wait_replicas=1, wait_timeout_ms=TIMEOUT_MS)
+    queue = CREATE_TASK.queue
+    before = _short_submits(queue)
+    assert (await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0))).created
+    assert _short_submits(queue) == before  # its replica acknowledged it
+
+    redis_cluster.replica_of(redis_cluster.primary_of(queue)).stop()
+    with pytest.raises(ReplicasShortError) as short:
+        await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0))
+    assert (short.value.wanted, short.value.acknowledged) == (1, 0)
+    assert _short_submits(queue) == before + 1
+
+
+async def test_a_submit_on_a_single_redis_waiting_for_a_replica_is_counted(
+    redis: ArqRedis,
+) -> None:
+    store = JobStore(redis, wait_replicas=1, wait_timeout_ms=50)
+    queue = CREATE_TASK.queue
+    before = _short_submits(queue)
+    with pytest.raises(ReplicasShortError):
+        await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0))
+    assert _short_submits(queue) == before + 1

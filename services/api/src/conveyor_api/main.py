@@ -39,6 +39,7 @@ from conveyor_api.telemetry import setup_telemetry
 from conveyor_core import claimcheck, stored_bytes
 from conveyor_core.catalog import Catalog, JobModuleError, load_catalog
 from conveyor_core.history import HistoryReader
+from conveyor_core.metrics import REDIS_WAIT_SHORT
 from conveyor_core.ratelimit import RateLimiter
 from conveyor_core.redaction import Redactor
 from conveyor_core.redis import connect
@@ -81,6 +82,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             wait_replicas=settings.redis.wait_replicas,
             wait_timeout_ms=settings.redis.wait_timeout_ms,
         )
+        # Exported at 0 from the start (also with no wait), so the alert's
+        # increase() sees a queue's first short submit.
+        for queue in catalog.queues():
+            REDIS_WAIT_SHORT.labels(queue)
         app.state.events = events = JobEvents(redis)
         app.state.history = HistoryReader(redis)
         if settings.rate_limit_per_s > 0:

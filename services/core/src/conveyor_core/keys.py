@@ -28,21 +28,26 @@ arq client's, or one from before ids carried it) still works on a single
 node; on a cluster its keys land on slots of their own, so a bare arq
 enqueue is not supported there (docs/how-to/redis-cluster.md).
 
-Audit: what each call touches (`lua/`; KEYS are declared, "derived" keys
-are built in Lua from a declared queue and the ids found in it, so they
-share its slot by the layout above):
+Audit: what each call touches (`lua/`). A call passes in KEYS every key it
+touches that its caller can know, also those its script names itself
+(store/declared.py); "derived" keys are built in Lua from a declared queue
+and the ids or flow entries found in it, so they share its slot by the
+layout above, and tests/core/test_script_keys.py lists each with its reason
+(a server that refuses undeclared keys needs them allowed):
 
 - submit.lua: a job's arq job and result keys, its queue, flow hash,
-  idempotency and debounce records (all the queue's slot); derived: the
-  queue's key queue and ring (fairness), history, the kept job's keys
+  idempotency and debounce records, the minute's history, a keyed job's
+  key queue and ring (all the queue's slot); derived: the kept job's keys
   (debounce). The caller's rate limiter (per api key) is spent in the same
   call on a single node only; on a cluster by rate_limit.lua first. The
   caller's quota of outstanding jobs (per api key) is quota.lua's, a call
   of its own before the submit (it used to read jobs of every slot inside
   the submit); a parent's record gets its child by link_child.lua after.
 - claim.lua, finish.lua (finish and fetch), settle.lua, cancel.lua,
-  requeue.lua, bulk.lua: the queue and its flags declared; derived: the
-  claimed or given jobs' keys, the queue's flow keys, indexes and history,
+  requeue.lua, bulk.lua: the queue and its flags declared, and but for the
+  claim the given jobs' keys, the queue's indexes, flow and waiting hashes,
+  the minute's history and a limited type's running set, hold and ring;
+  derived: the claimed jobs' keys, and a job's fairness key's flow keys,
   all in the queue's slot. A job of a group also counts in its group
   (lib/group.lua): the group's hash is `conveyor:group:{group id}`, whose
   id on a cluster carries its members' queue shard tag, so it is in their
@@ -289,6 +294,30 @@ def index_key(queue: str, state: str) -> str:
 
 def paused_key(queue: str) -> str:
     return queue_key(queue, PAUSED_SUFFIX)
+
+
+def index_keys(queue: str) -> list[str]:
+    """Every index of a queue (INDEXED_STATES): what a script declares when the
+    state it moves a job from is the record's, read inside the call."""
+    return [index_key(queue, state) for state in INDEXED_STATES]
+
+
+# Flow control's keys per job type and fairness key (FLOW_SUFFIX's comment), as
+# lua/lib/keys.lua names them: declared by the calls that touch them.
+def running_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"running:{job_type}")
+
+
+def hold_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"hold:{job_type}")
+
+
+def ring_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"ring:{job_type}")
+
+
+def key_queue_key(queue: str, job_type: str, key: str) -> str:
+    return queue_key(queue, f"keyq:{job_type}:{key}")
 
 
 def events_channel(job_id: str) -> str:

@@ -68,6 +68,13 @@ REDIS_MAXMEMORY_POLICY = Gauge(
     "1 for Redis' maxmemory-policy as last read; anything but noeviction loses jobs.",
     ["policy"],
 )
+REDIS_WAIT_SHORT = Counter(
+    "conveyor_redis_wait_short",
+    "Submits whose job fewer replicas than REDIS_WAIT_REPLICAS acknowledged within "
+    "REDIS_WAIT_TIMEOUT_MS (Redis WAIT): written on the primary only, so a failover now "
+    "may lose it; the client got a 503 (replicas.py).",
+    ["queue"],
+)
 REDIS_MEMORY_USED = Gauge("conveyor_redis_memory_used_bytes", "Redis' used_memory, as last read.")
 REDIS_MEMORY_MAX = Gauge(
     "conveyor_redis_memory_max_bytes", "Redis' maxmemory as last read (0: no limit)."

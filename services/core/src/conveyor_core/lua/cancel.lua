@@ -5,7 +5,9 @@
 -- arq's queue); a running one is asked to stop: its worker hears 'abort' on
 -- the queue's wake channel, cancels the job's task and records `cancelled`.
 --
--- KEYS: 1 queue
+-- KEYS: 1 queue; then, declared (named here too, see store/declared.py): the
+--       job's record, arq job key, lock and result key, the queue's flow and
+--       waiting hashes, every index, a limited type's running set, hold and ring
 -- ARGV: 1 job id, 2 now ms, 3 cancelled retention ms
 -- Returns {outcome, the record as left, as field, value, ...}: outcome is
 -- 'missing', the final state it was already in, 'cancelling', 'cancel_requested'

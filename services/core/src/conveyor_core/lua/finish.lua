@@ -28,7 +28,11 @@
 -- lib/claim.lua) is held that long: no job of it starts meanwhile (a longer
 -- hold in force stays).
 --
--- KEYS: 1 queue
+-- KEYS: 1 queue; then, declared (named here too, see store/declared.py): the
+--       job's record, arq job key, lock and result key, the queue's flow and
+--       waiting hashes, the in_progress index and the new state's, the
+--       minute's history, a limited type's running set, hold and ring (and,
+--       finish and fetch, the paused flag)
 -- ARGV: 1 job id, 2 new state (or 'snoozed'), 3 now ms, 4 score (due time for
 --       retrying, snoozed and queued, retention ms for the final states), 5
 --       job type for the history ('' for none), 6 the try's token ('' to end

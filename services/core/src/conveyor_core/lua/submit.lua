@@ -28,7 +28,9 @@
 -- KEYS: 1 arq job key, 2 arq result key or absent (a random id), 3 queue,
 --       4 idempotency key or absent, 5 the queue's flow hash, 6 the debounce
 --       key or absent (lib/debounce.lua), 7 the rate limiter key or absent;
---       absent: keys.absent, see `has`
+--       absent: keys.absent, see `has`; then, declared (named here too, see
+--       store/declared.py): the minute's history, and for a keyed job its
+--       key's queue and its type's ring
 -- ARGV: 1 job id, 2 arq job bytes, 3 score (priority band + ready-at ms),
 --       4 arq expiry ms, 5 idempotency value, 6 idempotency ttl s, 7 wake channel,
 --       8 flow entry or '', 9 job type (for the history), 10 now ms, 11 '1'

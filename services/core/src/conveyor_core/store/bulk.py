@@ -7,6 +7,7 @@ from arq.constants import result_key_prefix
 from conveyor_core.jobs import (
     now_ms,
 )
+from conveyor_core.store.declared import limited_keys, own_keys, queue_moves
 from conveyor_core.store.reads import Reads
 from conveyor_core.store.results import BulkBatch
 from conveyor_core.store.wire import ArqJob
@@ -45,12 +46,15 @@ class Bulk(Reads):
         for job_id in job_ids:
             by_shard.setdefault(self.shard_of(job_id, queue), []).append(job_id)
         done, skipped = 0, 0
+        limited = self.catalog.for_queue(queue)
         for shard, shard_ids in by_shard.items():
             targets: list[str | bytes] = list(shard_ids)
             if action == "requeue":
                 targets = [x for pair in await self._job_data_of_results(shard_ids) for x in pair]
+            declared = [key for job_id in shard_ids for key in own_keys(job_id)]
             shard_done, shard_skipped = await self._bulk(
-                keys=[shard], args=[action, now_ms(), cancelled_retention_ms, *targets]
+                keys=[shard, *queue_moves(shard), *limited_keys(shard, limited), *declared],
+                args=[action, now_ms(), cancelled_retention_ms, *targets],
             )
             done, skipped = done + int(shard_done), skipped + int(shard_skipped)
         if action == "delete" and idempotency_keys:

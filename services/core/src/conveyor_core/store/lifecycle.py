@@ -15,6 +15,7 @@ from conveyor_core.catalog import JobType
 from conveyor_core.checkpoint import Checkpoint
 from conveyor_core.debounce import Debounce
 from conveyor_core.flow import flow_entry
+from conveyor_core.history import history_key
 from conveyor_core.jobs import (
     DEAD_RETENTION_S,
     HIGHEST_PRIORITY,
@@ -25,10 +26,19 @@ from conveyor_core.jobs import (
     now_ms,
 )
 from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS
+from conveyor_core.metrics import REDIS_WAIT_SHORT
 from conveyor_core.ratelimit import RateLimit
 from conveyor_core.replicas import ReplicasShortError, call_and_wait
 from conveyor_core.scores import PRIORITIES, queue_score
 from conveyor_core.snooze import Hold
+from conveyor_core.store.declared import (
+    INDEX_AFTER,
+    fairness_keys,
+    flow_keys,
+    limited_keys,
+    own_keys,
+    queue_moves,
+)
 from conveyor_core.store.fields import _flatten, _pairs
 from conveyor_core.store.reads import Reads
 from conveyor_core.store.results import (
@@ -115,6 +125,7 @@ class Lifecycle(Reads):
         if refused_s is not None:
             return Submitted(job_id, False, retry_after_s=refused_s)
         expiry_ms = max(ready_at_ms - at_ms, 0) + ARQ_EXPIRY_EXTRA_MS  # a past run_at: due now
+        flow = flow_entry(job_type.name, job_type.limits, payload)
         quota_full = quota is not None and not await self._take_place(
             quota, job_id, at_ms, expiry_ms
         )
@@ -133,6 +144,8 @@ class Lifecycle(Reads):
                 if debounce
                 else absent,
                 limiter,
+                history_key(queue, at_ms // 60_000),
+                *fairness_keys(queue, flow),
             ],
             args=[
                 job_id,
@@ -142,7 +155,7 @@ class Lifecycle(Reads):
                 f"{job_id} {fingerprint}",
                 math.ceil(job_type.keep_result_s),
                 keys.wake_channel(queue),
-                flow_entry(job_type.name, job_type.limits, payload),
+                flow,
                 job_type.name,
                 at_ms,
                 "1" if quota_full else "0",
@@ -162,6 +175,7 @@ class Lifecycle(Reads):
         wrote = status == b"created" or (status == b"debounced" and existing[1] == b"1")
         if submitted.short and wrote:
             # Written, but on fewer replicas than asked: said so, never acknowledged.
+            REDIS_WAIT_SHORT.labels(job_type.queue).inc()
             raise ReplicasShortError(job_id, submitted.wanted, submitted.acknowledged)
         if status == b"debounced":
             kept_id, replaced = existing
@@ -268,6 +282,17 @@ class Lifecycle(Reads):
         end_ms = now_ms() if at_ms is None else at_ms
         args: list[Any] = [job_id, to, end_ms, math.ceil(score), job_type.name, token]
         fields_ = _flatten(fields)
+        # KEYS[1] is what finish.lua reads; the rest declare what it touches.
+        declared = [
+            shard,
+            *own_keys(job_id),
+            keys.queue_key(shard, keys.FLOW_SUFFIX),
+            keys.queue_key(shard, keys.HELD_SUFFIX),
+            keys.index_key(shard, JobState.IN_PROGRESS.value),
+            *([keys.index_key(shard, INDEX_AFTER[to])] if to in INDEX_AFTER else []),
+            history_key(shard, end_ms // 60_000),
+            *flow_keys(shard, job_type),
+        ]
         reply: list[Any] | None = None
         if fetch is not None:
             limits = self._claim_limits.get(shard, "")
@@ -275,11 +300,12 @@ class Lifecycle(Reads):
             fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
             with contextlib.suppress(OutOfMemoryError):
                 reply = await self._finish_and_fetch(
-                    keys=[shard], args=[*args, *fetch_args, hold, job_data, *fields_]
+                    keys=[*declared, keys.paused_key(shard)],
+                    args=[*args, *fetch_args, hold, job_data, *fields_],
                 )
         if reply is None:
             reply = await self._finish(
-                keys=[shard],
+                keys=declared,
                 args=[*args, 0, 0, 0, 0, "", "", hold, job_data, *fields_],
             )
         moved, state_now, *claim = reply
@@ -429,8 +455,14 @@ class Lifecycle(Reads):
         """A claimed job that cannot run (its data gone or not valid, its type
         unknown here): cancelled if a cancel was pending, else dead; '' if not in
         progress, 'stale' if the try's token is no longer the record's."""
+        shard = self.shard_of(job_id, keys.queue_of_shard(queue))
         state = await self._settle(
-            keys=[self.shard_of(job_id, keys.queue_of_shard(queue))],
+            keys=[
+                shard,
+                *own_keys(job_id),
+                *queue_moves(shard),
+                *limited_keys(shard, self.catalog.for_queue(keys.queue_of_shard(shard))),
+            ],
             args=[
                 job_id,
                 now_ms(),
@@ -519,8 +551,11 @@ class Lifecycle(Reads):
         job_type = self.catalog.get(job.job_type)
         retention_s = job_type.keep_result_s if job_type else DEAD_RETENTION_S
         shard = self.shard_of(job_id, job.queue)
+        declared = [*own_keys(job_id), *queue_moves(shard)]
+        if job_type is not None:
+            declared += flow_keys(shard, job_type)
         outcome, flat = await self._cancel(
-            keys=[shard], args=[job_id, now_ms(), math.ceil(retention_s * 1000)]
+            keys=[shard, *declared], args=[job_id, now_ms(), math.ceil(retention_s * 1000)]
         )
         if not flat:
             return "missing", None
@@ -545,7 +580,15 @@ class Lifecycle(Reads):
         again = ArqJob(arq_job.function, arq_job.payload, meta, at_ms)
         shard = self.shard_of(job_id, job.queue)
         outcome, flat = await self._requeue(
-            keys=[shard, job_key_prefix + job_id, result_key_prefix + job_id],
+            keys=[
+                shard,
+                job_key_prefix + job_id,
+                result_key_prefix + job_id,
+                keys.job_key(job_id),
+                in_progress_key_prefix + job_id,
+                *queue_moves(shard),
+                *flow_keys(shard, self.catalog[arq_job.function]),
+            ],
             args=[job_id, at_ms, again.encode(), "1" if start_over else ""],
         )
         if not flat:

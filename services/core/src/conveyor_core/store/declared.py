@@ -1,0 +1,65 @@
+"""What a script call declares in KEYS beyond the keys its script reads there.
+
+Every key a script touches is passed in KEYS, so a server that refuses
+undeclared keys (Dragonfly's default) runs it. A script often builds a key's
+name itself (lua/lib/keys.lua, `K.job .. id`): the caller passes the same
+name too, and tests/core/test_script_keys.py proves, on a real Redis, that
+each call's keys touched are declared, except those written there with the
+reason the caller cannot know them (the ids a claim pops, a job's fairness
+key read from its record...).
+"""
+
+from collections.abc import Iterable
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+
+from conveyor_core import keys
+from conveyor_core.catalog import JobType
+from conveyor_core.jobs import JobState
+
+# The index an end of a try moves a job to (a queued job has none: arq's queue holds it).
+INDEX_AFTER = {"snoozed": JobState.RETRYING.value, **{s: s for s in keys.INDEXED_STATES}}
+
+
+def own_keys(job_id: str) -> list[str]:
+    """A job's own keys, which a script about the job declares: its record
+    and arq's job key, lock and result key."""
+    return [
+        keys.job_key(job_id),
+        job_key_prefix + job_id,
+        in_progress_key_prefix + job_id,
+        result_key_prefix + job_id,
+    ]
+
+
+def flow_keys(queue: str, job_type: JobType) -> list[str]:
+    """The keys of a limited job type's that its job's end may touch (running
+    set, hold, ring of keys); none for a type with no limits. Those of the
+    job's fairness key are the payload's, which the end of a try is not given."""
+    if job_type.limits is None:
+        return []
+    name = job_type.name
+    return [keys.running_key(queue, name), keys.hold_key(queue, name), keys.ring_key(queue, name)]
+
+
+def fairness_keys(queue: str, flow: str) -> list[str]:
+    """A keyed job's own queue and its type's ring of keys (fair_enter), from its flow entry."""
+    job_type, _, key = flow.partition("\n")
+    return [keys.key_queue_key(queue, job_type, key), keys.ring_key(queue, job_type)] if key else []
+
+
+def queue_moves(queue: str) -> list[str]:
+    """The queue's keys a script that moves a job from the state its record
+    holds (read in the call) may touch: its flow hash, the holds the claim
+    marked, and every index."""
+    return [
+        keys.queue_key(queue, keys.FLOW_SUFFIX),
+        keys.queue_key(queue, keys.HELD_SUFFIX),
+        *keys.index_keys(queue),
+    ]
+
+
+def limited_keys(queue: str, job_types: Iterable[JobType]) -> list[str]:
+    """`flow_keys` of every limited type of a queue shard's: what a call that
+    finds a job's type in its record (settle, bulk) may touch of it."""
+    return [key for job_type in job_types for key in flow_keys(queue, job_type)]

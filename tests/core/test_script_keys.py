@@ -1,0 +1,322 @@
+"""Every key a script touches is declared, or written below with its reason.
+
+Redis and Valkey (cluster or not) let a script touch a key it did not
+declare in KEYS as long as the key is in the call's slot; a server that
+enforces declared keys (Dragonfly's default) refuses it. This test runs
+every script and function of core's loader through its main paths on a real
+Redis with MONITOR on, reads the keys each call touched from the commands
+its script ran (tests/support/script_keys.py), and fails on any undeclared
+key that is not in UNDECLARED, and on an entry of UNDECLARED no call needs
+any more (so the list stays exact: docs/how-to/redis-cluster.md quotes it).
+"""
+
+import asyncio
+import hashlib
+import re
+from importlib.resources import files
+from urllib.parse import urlsplit
+
+from arq.connections import ArqRedis
+
+from conveyor_core import keys
+from conveyor_core.catalog import load_catalog
+from conveyor_core.checkpoint import Checkpoint
+from conveyor_core.debounce import Debounce
+from conveyor_core.enqueue import enqueue
+from conveyor_core.jobs import JobState, now_ms
+from conveyor_core.lua import job_library, lua_script
+from conveyor_core.ratelimit import RateLimit, RateLimiter
+from conveyor_core.snooze import Hold
+from conveyor_core.stats import take_counts
+from conveyor_core.store import Claim, Fetch, JobStore, MemberRow, Quota
+from conveyor_seed import CREATE_TASK, CreateTask
+from tests.support import jobs
+from tests.support.script_keys import ScriptCall, watch_calls
+
+LOCK_MS = 30_000
+RETENTION_MS = 60_000
+
+# Why a key is not declared.
+CLAIMED = (
+    "a job the claim takes: its id is popped from the queue (or the ring of its "
+    "type's keys) in the call, so the caller cannot know its keys before"
+)
+FAIRNESS_KEY = (
+    "the job's fairness key is its payload's, kept in its record's flow entry "
+    "(read in the call): the caller is given the job's id, not its payload"
+)
+DEBOUNCED = "debounce: the job a debounce key keeps is read from the key in the call"
+CLAIM_NOT_YET = (
+    "a queue key the caller could declare (the queue's indexes; the holds, running "
+    "sets and rings of its limited types, from the catalog): the claim's KEYS "
+    "(lua/claim.lua) do not list them yet"
+)
+GROUP_NOT_YET = (
+    "a chunk of a group's members: their ids carry no queue tag yet, and their "
+    "queues' keys are not declared (group_submit.lua, lib/group.lua)"
+)
+
+# Every undeclared key a script touches on its main paths, by script (or
+# function) and the shape of its name (`shape`), with the reason. A server that
+# refuses undeclared keys needs these allowed (docs/how-to/redis-cluster.md).
+UNDECLARED: dict[str, dict[str, str]] = {
+    "claim": {
+        "arq:job:<id>": CLAIMED,
+        "arq:in-progress:<id>": CLAIMED,
+        "conveyor:job:<id>": CLAIMED,
+        "conveyor:{<queue>}:keyq:<type>:<key>": CLAIMED,
+        "conveyor:{<queue>}:running-key:<type>:<key>": CLAIMED,
+        "conveyor:{<queue>}:hold-key:<type>:<key>": CLAIMED,
+        "conveyor:{<queue>}:in_progress": CLAIM_NOT_YET,
+        "conveyor:{<queue>}:retrying": CLAIM_NOT_YET,
+        "conveyor:{<queue>}:hold:<type>": CLAIM_NOT_YET,
+        "conveyor:{<queue>}:running:<type>": CLAIM_NOT_YET,
+        "conveyor:{<queue>}:ring:<type>": CLAIM_NOT_YET,
+    },
+    "submit": {"arq:job:<id>": DEBOUNCED, "conveyor:job:<id>": DEBOUNCED},
+    "finish": {
+        "conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY,
+        "conveyor:{<queue>}:running-key:<type>:<key>": FAIRNESS_KEY,
+        "conveyor:{<queue>}:hold-key:<type>:<key>": FAIRNESS_KEY,
+    },
+    "settle": {
+        "conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY,
+        "conveyor:{<queue>}:running-key:<type>:<key>": FAIRNESS_KEY,
+    },
+    "cancel": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
+    "requeue": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
+    "bulk": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
+    "group_submit": {
+        "<queue>": GROUP_NOT_YET,
+        "arq:job:<group>.<index>": GROUP_NOT_YET,
+        "conveyor:{<queue>}:history:<minute>": GROUP_NOT_YET,
+    },
+}
+
+
+class TakeOne:
+    """The worker's side of finish and fetch: asks for one more job."""
+
+    def __init__(self) -> None:
+        self.claims: list[Claim] = []
+
+    def fetch(self) -> Fetch:
+        return Fetch(1, LOCK_MS, RETENTION_MS, 100)
+
+    def take(self, claim: Claim) -> None:
+        self.claims.append(claim)
+
+
+def script_names() -> dict[str, str]:
+    """Each script's and function's name, by what a call names it with (sha1, function name)."""
+    names = {
+        hashlib.sha1(lua_script(p.name[:-4]).encode()).hexdigest(): p.name[:-4]
+        for p in files("conveyor_core").joinpath("lua").iterdir()
+        if p.name.endswith(".lua")
+    }
+    _, functions = job_library()
+    return names | {function: key for key, function in functions.items()}
+
+
+JOB_ID = re.compile(r"\{[^{}]+\}[0-9a-f]{32}")
+GROUP_ID = re.compile(r"g[0-9a-f]{32}")
+
+
+def shape(key: str, queues: set[str]) -> str:
+    """A key's name with what varies per call (ids, queue, minute, type, key) as placeholders."""
+    key = JOB_ID.sub("<id>", key)
+    key = re.sub(r"g[0-9a-f]{32}\.\d+", "<group>.<index>", key)
+    key = GROUP_ID.sub("<group>", key)
+    if key in queues:
+        return "<queue>"
+    key = re.sub(r"^conveyor:\{[^{}]+\}:", "conveyor:{<queue>}:", key)
+    key = re.sub(r":history:\d+$", ":history:<minute>", key)
+    key = re.sub(r":(running-key|starts-key|hold-key|keyq):[^:]+:.*$", r":\1:<type>:<key>", key)
+    return re.sub(r":(running|starts|hold|ring):[^:]+$", r":\1:<type>", key)
+
+
+async def exercise(redis: ArqRedis) -> None:
+    """Every script's main paths, as the store runs them."""
+    catalog = load_catalog(jobs.MODULES.split(","))
+    store = JobStore(redis, catalog)
+    queue = CREATE_TASK.queue
+    task = CreateTask(sleep_s=0)
+
+    async def claimed_one(on: str = queue) -> tuple[str, str]:
+        claim = await store.claim(
+            on, 1, lock_ttl_ms=LOCK_MS, cancelled_retention_ms=RETENTION_MS, scan_limit=100
+        )
+        assert len(claim.jobs) == 1, claim
+        return claim.jobs[0].job_id, claim.jobs[0].token
+
+    rate = RateLimit(keys.rate_limit_key("tester"), 1000, 1000)
+    quota = Quota(keys.outstanding_key("tester"), 100)
+    parent = await enqueue(
+        store,
+        CREATE_TASK,
+        task,
+        idempotency_key="one",
+        rate_limit=rate,
+        submitted_by="tester",
+        quota=quota,
+    )
+    assert parent.created
+    again = await enqueue(
+        store, CREATE_TASK, task, idempotency_key="one", submitted_by="tester", quota=quota
+    )
+    assert (again.created, again.job_id) == (False, parent.job_id)
+    debounced = [
+        await enqueue(store, CREATE_TASK, task, debounce=Debounce("d", 60, "replace"))
+        for _ in range(2)
+    ]
+    assert debounced[1].debounced
+
+    parent_id, token = await claimed_one()
+    child = await enqueue(store, CREATE_TASK, task, parent_id=parent_id)
+    assert child.created
+    assert await store.report_progress(parent_id, 50, "half", token=token)
+    assert await store.save_checkpoint(parent_id, Checkpoint(1, now_ms()), token=token)
+    assert await store.renew_locks([(parent_id, token)], LOCK_MS, queue) == []
+
+    taker = TakeOne()
+    assert await store.complete(CREATE_TASK, parent_id, "1", taker, token=token)
+    (fetched,) = taker.claims[0].jobs
+    assert await store.retry_later(CREATE_TASK, fetched.job_id, now_ms(), "{}", token=fetched.token)
+    job_id, token = await claimed_one()
+    assert await store.snooze(CREATE_TASK, job_id, now_ms(), token=token, hold=Hold("type", 10))
+    job_id, token = await claimed_one()
+    assert await store.dead(CREATE_TASK, job_id, '{"type": "E", "message": ""}', token=token)
+    state, _ = await store.requeue(job_id, {})
+    assert state == "requeued"
+    job_id, token = await claimed_one()
+    assert await store.settle_unstarted(queue, job_id, "{}", RETENTION_MS, token=token) == "dead"
+
+    waiting = await enqueue(store, CREATE_TASK, task)
+    assert (await store.cancel(waiting.job_id))[0] == "cancelled_now"
+    running = await enqueue(store, CREATE_TASK, task)
+    running_id, running_token = await claimed_one()
+    assert (await store.cancel(running_id))[0] == "cancelling"
+    assert await store.cancelled(CREATE_TASK, running_id, token=running_token)
+    read = await store.read(running.job_id, rate_limit=rate)
+    assert read.found is not None
+    page = await store.list(state=JobState.DEAD, queue=queue)
+    assert [job.id for job in page.items] == [job_id]
+    assert (await store.queue_stats(queue)).dead == 1
+    assert await store.trim_expired(queue) == 0
+    assert (await store.pause(queue)).changed
+    assert await store.resume(queue)
+    put_back_id, put_back_token = await claimed_one()
+    assert await store.put_back(CREATE_TASK, put_back_id, token=put_back_token)
+
+    for action in ("requeue", "cancel", "delete"):
+        batch = await store.bulk_batch(action, queue, [job_id], RETENTION_MS)
+        assert batch.done == 1, (action, batch)
+
+    # Flow control: a type with a running limit, and a keyed one (fairness,
+    # running sets per key, holds), once the jobs above that still wait are
+    # claimed out of the way.
+    while (
+        await store.claim(
+            queue, 10, lock_ttl_ms=LOCK_MS, cancelled_retention_ms=RETENTION_MS, scan_limit=100
+        )
+    ).jobs:
+        pass
+    capped, keyed = catalog["capped"], catalog["per_tenant"]
+    await enqueue(store, capped, jobs.Effect(work_s=0))
+    capped_id, capped_token = await claimed_one(capped.queue)
+    assert await store.complete(capped, capped_id, "1", token=capped_token)
+    for _ in range(2):
+        await enqueue(store, keyed, jobs.Tenanted(tenant_id="t1", work_s=0))
+    keyed_id, keyed_token = await claimed_one(keyed.queue)
+    assert await store.snooze(keyed, keyed_id, now_ms(), token=keyed_token, hold=Hold("key", 10))
+    await asyncio.sleep(0.05)  # the key's hold (10 ms) ends
+    keyed_id, keyed_token = await claimed_one(keyed.queue)
+    assert await store.dead(keyed, keyed_id, "{}", token=keyed_token)
+    assert (await store.requeue(keyed_id, {}))[0] == "requeued"
+    assert (await store.cancel(keyed_id))[0] == "cancelled_now"
+    # A keyed job settled unstarted, and one deleted in bulk while it waits.
+    await enqueue(store, keyed, jobs.Tenanted(tenant_id="t2", work_s=0))
+    keyed_id, keyed_token = await claimed_one(keyed.queue)
+    assert await store.settle_unstarted(
+        keyed.queue, keyed_id, "{}", RETENTION_MS, token=keyed_token
+    )
+    waiting_keyed = await enqueue(store, keyed, jobs.Tenanted(tenant_id="t3", work_s=0))
+    deleted = await store.bulk_batch("delete", keyed.queue, [waiting_keyed.job_id], RETENTION_MS)
+    assert deleted.done == 1
+
+    limiter = RateLimiter(redis, 10, 10)
+    assert (await limiter.hit("tester")).allowed
+    assert await take_counts(redis, keys.job_id_for(queue), [queue]) is not None
+
+    group_id = "g" + "0" * 32
+    assert await store.create_group(group_id, 1, {"policy": "all"})
+    member = MemberRow(f"{group_id}.0", queue, now_ms(), b"{}", "", CREATE_TASK.name)
+    assert await store.submit_members([member], resuming=False) == 1
+    assert await store.cancel_group_hash(group_id) == "running"
+
+
+def undeclared(calls: list[ScriptCall], queues: set[str]) -> dict[str, set[str]]:
+    """Per script or function (by name), the shapes of the keys its calls touched undeclared."""
+    names = script_names()
+    found: dict[str, set[str]] = {}
+    for call in calls:
+        name = names.get(call.name, call.name)
+        found.setdefault(name, set()).update(shape(k, queues) for k in call.undeclared)
+    return found
+
+
+def allowed(script: str) -> dict[str, str]:
+    """The undeclared keys `script` may touch, with why (finish and fetch also claims)."""
+    return UNDECLARED.get(script, {}) | (
+        UNDECLARED["claim"] if script == "finish_and_fetch" else {}
+    )
+
+
+async def test_every_key_a_script_touches_is_declared_or_allowed(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    db = int(urlsplit(redis_url).path.lstrip("/") or 0)
+    catalog = load_catalog(jobs.MODULES.split(","))
+    queues = {shard for q in catalog.queues() for shard in catalog.shards(q)}
+    async with watch_calls(redis_url, db) as watched:
+        await exercise(redis)
+
+    names = script_names()
+    ran = {names.get(call.name, call.name) for call in watched.calls}
+    assert set(names.values()) - ran == set(), "scripts the exercise did not run"
+    assert all(call.touched for call in watched.calls if call.commands), "keys not read"
+    found = undeclared(watched.calls, queues)
+    refused = {
+        script: sorted(shapes - set(allowed(script)))
+        for script, shapes in found.items()
+        if shapes - set(allowed(script))
+    }
+    assert refused == {}, "undeclared keys: declare them, or say in UNDECLARED why not"
+    used = {(script, shape) for script, shapes in found.items() for shape in shapes}
+    used |= {("claim", shape) for script, shape in used if script == "finish_and_fetch"}
+    stale = sorted(
+        (script, shape)
+        for script, entries in UNDECLARED.items()
+        for shape in entries
+        if (script, shape) not in used
+    )
+    assert stale == [], "entries of UNDECLARED no call needs any more: drop them"
+
+
+async def test_a_key_a_script_names_itself_is_seen_undeclared(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    """The watch itself: a script that touches a key it did not declare (its
+    name quoted by MONITOR: a brace, a quote, a NUL byte) is caught; a
+    sharded channel is not a key."""
+    script = redis.register_script(
+        r"""redis.call('SET', KEYS[1], ARGV[1]); redis.call('HSET', KEYS[1] .. '"x\0', 'f', 1);"""
+        " redis.call('SPUBLISH', 'conveyor:events:{q}1', 1); return 1"
+    )
+    db = int(urlsplit(redis_url).path.lstrip("/") or 0)
+    async with watch_calls(redis_url, db) as watched:
+        assert await script(keys=["conveyor:{q}:a"], args=['value "quoted"'])
+    (call,) = [call for call in watched.calls if call.commands]  # not the NOSCRIPT try
+    assert call.declared == {"conveyor:{q}:a"}
+    assert call.touched == {"conveyor:{q}:a", 'conveyor:{q}:a"x\x00'}
+    assert call.undeclared == {'conveyor:{q}:a"x\x00'}
