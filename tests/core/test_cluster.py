@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis as redis_sync
 from pydantic import SecretStr
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException
 
 from conveyor_core.cluster import ClusterClient
@@ -95,6 +96,42 @@ async def test_a_script_loads_itself_on_each_node_it_runs_on(
     for node in redis_cluster.primaries():
         with node.client() as direct:
             assert direct.script_exists(script.sha) == [True]
+
+
+async def test_a_node_keeps_its_connections_across_reads_of_the_slot_map(
+    cluster_redis: ClusterClient,
+) -> None:
+    """A read of the slot map (after a NOSCRIPT, a failover, a timeout) keeps
+    each node's client: a call that picked its node before the read and
+    connects after it uses a connection the client still closes at the end,
+    not one on a node it no longer knows (open until the garbage collector
+    finds it)."""
+    key = KEYS[0]
+    await cluster_redis.set(key, "x")
+    node = cluster_redis.get_node_from_key(key)
+    assert node is not None
+    await cluster_redis.nodes_manager.initialize()
+    assert cluster_redis.get_node_from_key(key) is node
+    assert node in cluster_redis.nodes_manager.startup_nodes.values()
+    assert await node.execute_command("GET", key) == b"x"  # as a call under way would
+    await cluster_redis.aclose()
+    assert node._connections, "the call had a connection"
+    assert not any(connection.is_connected for connection in node._connections)
+
+
+async def test_a_client_closed_by_a_failed_call_still_closes_what_connected_since(
+    cluster_redis: ClusterClient,
+) -> None:
+    """redis-py's own close after a failed call makes its `aclose` close
+    nothing; a call under way meanwhile may have connected."""
+    key = KEYS[0]
+    await cluster_redis.set(key, "x")
+    node = cluster_redis.get_node_from_key(key)
+    assert node is not None
+    await RedisCluster.aclose(cluster_redis)  # what a failed call does
+    assert await node.execute_command("GET", key) == b"x"  # a call that had its node
+    await cluster_redis.aclose()
+    assert not any(connection.is_connected for connection in node._connections)
 
 
 async def test_any_seed_that_answers_finds_the_cluster(redis_cluster: LocalCluster) -> None:

@@ -1,6 +1,7 @@
 """The worker in-process against a real Redis: registration, ctx resources, a job run."""
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import replace
@@ -10,10 +11,12 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
+from redis.exceptions import ResponseError
 
 from conveyor_core.catalog import load_catalog
 from conveyor_core.enqueue import enqueue
 from conveyor_core.jobs import JobPublic, JobState, now_ms
+from conveyor_core.keys import FUNCTION_LIBRARIES_SEEN
 from conveyor_core.store import Claim, JobStore
 from conveyor_seed import CREATE_TASK, CreateTask
 from conveyor_worker.policy import Stop
@@ -358,3 +361,28 @@ async def test_arqs_client_abort_cancels_a_waiting_job(redis: ArqRedis, redis_ur
     assert cancelled.tries == 0
     assert await redis.lrange(f"test:starts:{waiting.job_id}", 0, -1) == []  # type: ignore[misc]
     assert await redis.zrange(abort_jobs_ss, 0, -1) == [b"an-ended-job"]
+
+
+async def test_housekeeping_deletes_unused_function_libraries_once_per_interval(
+    redis: ArqRedis, redis_url: str
+) -> None:
+    worker = make_worker(redis, redis_url, library_max_unseen_s=60)
+    stale = "conveyor_" + "d" * 16
+    text = f"#!lua name={stale}\nredis.register_function('{stale}_f', function() return 1 end)"
+    await redis.function_load(text, replace=True)  # type: ignore[misc]
+    await redis.hset(FUNCTION_LIBRARIES_SEEN, stale, str(now_ms() - 120_000))  # type: ignore[misc]
+    try:
+        await worker._delete_unused_libraries()
+        assert stale not in str(await redis.function_list())  # type: ignore[misc]
+        # Another round within the interval (any worker's) leaves it be.
+        await redis.function_load(text, replace=True)  # type: ignore[misc]
+        await redis.hset(FUNCTION_LIBRARIES_SEEN, stale, str(now_ms() - 120_000))  # type: ignore[misc]
+        await worker._delete_unused_libraries()
+        assert stale in str(await redis.function_list())  # type: ignore[misc]
+        # The heartbeat says the worker uses its own library.
+        await worker._announce()
+        own = worker.store.functions.name
+        assert await redis.hexists(FUNCTION_LIBRARIES_SEEN, own)  # type: ignore[misc]
+    finally:
+        with contextlib.suppress(ResponseError):
+            await redis.function_delete(stale)  # type: ignore[misc]

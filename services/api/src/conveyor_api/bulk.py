@@ -48,6 +48,7 @@ from conveyor_core.redis import (
     redis_fault,
 )
 from conveyor_core.store import BULK_BATCH_MAX, SCAN_BUDGET_PER_ITEM, JobFilter, JobStore
+from conveyor_core.tasks import cancel_and_wait
 
 logger = logging.getLogger("conveyor.api.bulk")
 
@@ -305,11 +306,7 @@ class BulkRunner:
     async def stop(self) -> None:
         self._stopping = True
         tasks = [*self._tasks.values(), *([self._adopter] if self._adopter else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     async def wait(self, bulk_id: str) -> None:
         """Until this process's run of `bulk_id` ends (for tests)."""

@@ -14,7 +14,6 @@ client out nor let anyone in.
 """
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from conveyor_api.auth import ApiKey, KeyRing
 from conveyor_core.metrics import API_KEYS_FILE_REJECTED, API_KEYS_RELOADS
+from conveyor_core.tasks import cancel_and_wait
 
 logger = logging.getLogger("conveyor.api.keys")
 
@@ -108,9 +108,7 @@ class KeyFileReloader:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -26,6 +26,13 @@ What redis-py does for us, and what it does not:
   `ClusterClient` reads FCALL's too;
 - a node's new connections connect side by side, with no pool lock held
   (what `redis.ParallelConnectionPool` fixes for one node is not needed);
+- each read of the slot map (after a NOSCRIPT, a failover, a timeout) makes
+  a new `ClusterNode` for every node and closes the old ones' connections in
+  tasks no one awaits; a call that picked its node before the read and
+  connects after it then leaves a connection open on a node the client no
+  longer knows, closed by no one (a ResourceWarning at the next garbage
+  collection). `_NodesManager` keeps one `ClusterNode` per address across
+  reads, and closes the nodes that left the map with the client;
 - a `Script` loads itself with SCRIPT LOAD on every primary on its first
   NOSCRIPT (a promoted replica starts with no scripts); ours reads the slot
   map again and loads once more if it still meets NOSCRIPT (a map that did
@@ -35,11 +42,13 @@ What redis-py does for us, and what it does not:
   sharded channels (SSUBSCRIBE) on the node that owns each one.
 """
 
+import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from arq.constants import default_queue_name, expires_extra_ms
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
@@ -47,6 +56,7 @@ from redis.exceptions import (
     MasterDownError,
     NoScriptError,
     RedisClusterException,
+    RedisError,
     SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -77,6 +87,7 @@ class ClusterClient(RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.nodes_manager = _NodesManager.taking_over(self.nodes_manager)
         # What arq's client code reads from a connection, as ArqRedis has it
         # (job data is JSON, never pickle: serializer.py).
         self.job_serializer = job_serializer
@@ -90,6 +101,17 @@ class ClusterClient(RedisCluster):
         """redis-py's pipeline (no transaction), retried on the same errors as a command."""
         super().pipeline(transaction, shard_hint)  # refuses a transaction, a shard hint
         return _Pipeline(self)  # type: ignore[abstract]
+
+    async def aclose(self) -> None:
+        """Close every connection to every node this client ever used.
+
+        redis-py closes nothing when a failed call closed the client already
+        (it reads the slot map again on the next call): a call under way
+        then may have connected since.
+        """
+        await super().aclose()
+        assert isinstance(self.nodes_manager, _NodesManager)
+        await self.nodes_manager.disconnect_all()
 
     def get_default_node(self) -> ClusterNode:
         """The node for calls with no key; any known node while there is none.
@@ -139,6 +161,92 @@ class ClusterClient(RedisCluster):
                 raise ClusterDownError(message) from exc  # type: ignore[no-untyped-call]
             raise
         return self
+
+
+class _NodesManager(NodesManager):
+    """redis-py's slot map, keeping one `ClusterNode` per address across reads.
+
+    redis-py makes a new node for every address at each read and closes the
+    old one's connections in a task no one awaits; a call holding the old node
+    (it picked it before the read) connects again afterwards, on a node no
+    one will close. Here a node that stays in the map stays the same object,
+    with its connections; one that leaves it is closed now and again when the
+    client closes (a call may still have been using it).
+    """
+
+    __slots__ = ("_closing", "_retired")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._retired: list[ClusterNode] = []  # left the map; closed again at the end
+        self._closing: set[asyncio.Task[None]] = set()  # their first close, under way
+
+    @classmethod
+    def taking_over(cls, manager: NodesManager) -> "_NodesManager":
+        """This class in place of redis-py's `manager` (before any use)."""
+        return cls(
+            list(manager.startup_nodes.values()),
+            manager.require_full_coverage,
+            manager.connection_kwargs,
+            address_remap=manager.address_remap,
+            event_dispatcher=manager._event_dispatcher,
+        )
+
+    def set_nodes(
+        self,
+        old: dict[str, ClusterNode],
+        new: dict[str, ClusterNode],
+        remove_old: bool = False,
+    ) -> None:
+        """Update `old` (the map's or the seeds' nodes) to `new`'s addresses,
+        keeping the node `old` has for each address it keeps."""
+        kept: dict[int, ClusterNode] = {}  # id of a node just made -> the known one
+        for name, node in new.items():
+            known = old.get(name)
+            if known is not None and known is not node:
+                known.server_type = node.server_type  # a replica promoted, say
+                kept[id(node)] = known
+        for known in kept.values():
+            new[known.name] = known
+        if remove_old:
+            for name in [name for name in old if name not in new]:
+                self._retire(old.pop(name))
+        old.update(new)
+        if kept:
+            self._point_slots_at(kept)
+
+    def _point_slots_at(self, kept: dict[int, ClusterNode]) -> None:
+        """The slot map names the known nodes instead of those just made.
+
+        A range's slots share one list: each list is rewritten once.
+        """
+        rewritten: set[int] = set()
+        for nodes in self.slots_cache.values():
+            if id(nodes) not in rewritten:
+                rewritten.add(id(nodes))
+                nodes[:] = [kept.get(id(node), node) for node in nodes]
+
+    def _retire(self, node: ClusterNode) -> None:
+        """`node` left the map: close its connections now, and again at the end."""
+        self._retired.append(node)
+        task = asyncio.get_running_loop().create_task(_disconnect(node))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def disconnect_all(self) -> None:
+        """Close the connections of every node, those that left the map too."""
+        nodes = {
+            id(node): node
+            for node in (*self.nodes_cache.values(), *self.startup_nodes.values(), *self._retired)
+        }
+        self._retired.clear()
+        await asyncio.gather(*(_disconnect(node) for node in nodes.values()))
+
+
+async def _disconnect(node: ClusterNode) -> None:
+    """Close `node`'s connections; one that fails to close is gone anyway."""
+    with contextlib.suppress(RedisError, OSError):
+        await node.disconnect()
 
 
 class _Script(AsyncScript):

@@ -223,6 +223,12 @@ WORKERS = PREFIX + "workers"
 # Stream of operator actions (who, what, filter, how many, when), capped at
 # about AUDIT_MAX_ENTRIES entries.
 AUDIT_LOG = PREFIX + "audit"
+# Hash of the function libraries (functions.py) processes run, by name, and
+# when one last said it uses it (ms): a worker's housekeeping deletes those
+# unused for long, each version leaving its own behind.
+FUNCTION_LIBRARIES_SEEN = PREFIX + "function-libraries"
+# Lock so that one worker at a time deletes unused function libraries.
+FUNCTION_LIBRARIES_LOCK = PREFIX + "function-libraries-lock"
 
 
 # A key a script is given in place of one the call has none of (no

@@ -20,6 +20,7 @@ from arq.connections import ArqRedis
 
 from conveyor_core.keys import PREFIX
 from conveyor_core.metrics import STORED_BYTES, STORED_BYTES_LIMIT
+from conveyor_core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ class QuotaGauges:
         if self._task is None:
             return
         self._stopping.set()  # ends the loop even if the cancel is lost in a reply
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
 
     async def _run(self) -> None:

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     liveness_timeout_s: float = Field(default=60, gt=0)
     # Spans, start/end log lines and metrics for every job try.
     instrument_jobs: bool = True
+    # A function library (one per Conveyor version) no process has used for
+    # this long is deleted by a worker's housekeeping (docs/how-to/upgrade.md).
+    function_library_max_unseen_s: float = Field(default=86_400.0, gt=0)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)

@@ -41,12 +41,14 @@ from typing import Any, cast
 
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss
+from redis.exceptions import RedisError
 
 from conveyor_core import claimcheck, keys
 from conveyor_core.catalog import Catalog, JobModuleError, JobType, load_catalog
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.context import AnyHandler
 from conveyor_core.fencing import Fence
+from conveyor_core.functions import delete_unused_libraries
 from conveyor_core.jobs import now_ms
 from conveyor_core.metrics import REDIS_UP, WORKER_HEARTBEAT
 from conveyor_core.redaction import Redactor
@@ -87,6 +89,8 @@ HOUSEKEEPING_BUDGET_S = 2.0
 OUTBOX_FAULTS: tuple[type[Exception], ...] = (TimeoutError, *REDIS_FAULT_ERRORS)
 # Every this many seconds one worker deletes job blobs whose record is gone.
 BLOB_SWEEP_INTERVAL_S = 600.0
+# Every this many seconds one worker deletes function libraries no process uses.
+LIBRARY_SWEEP_INTERVAL_S = 600.0
 # Closing the resources gets what is left of the shutdown wait, and at least this.
 RESOURCE_CLOSE_MIN_S = 1.0
 
@@ -120,6 +124,7 @@ class ConveyorWorker:
         redis_timeout_s: float = 2.0,
         cancelled_retention_s: float = 86_400.0,
         shutdown_wait_s: float = 20.0,
+        library_max_unseen_s: float = 86_400.0,
         handle_signals: bool = True,
         burst: bool = False,
     ) -> None:
@@ -132,6 +137,7 @@ class ConveyorWorker:
         self.redis_timeout_s = redis_timeout_s
         self.cancelled_retention_ms = int(cancelled_retention_s * 1000)
         self.shutdown_wait_s = shutdown_wait_s
+        self.library_max_unseen_s = library_max_unseen_s
         self.handle_signals = handle_signals
         # Stop once nothing is left to claim or run (tests, one-off drains).
         self.burst = burst
@@ -352,6 +358,7 @@ class ConveyorWorker:
         self._announced_s = at_s
         self.card.running = sorted(self.running)
         await announce(self.pool, self.card)
+        await self.store.functions.still_used()  # at most every few minutes
 
     # -- slots and tries ------------------------------------------------------
 
@@ -617,6 +624,7 @@ class ConveyorWorker:
                 except REDIS_FAULT_ERRORS as exc:
                     logger.warning("housekeeping skipped: %s", exc)
             await self._sweep_blobs()
+            await self._delete_unused_libraries()
 
     async def _trim_once(self, shard: str) -> None:
         lock = keys.queue_key(shard, keys.HOUSEKEEPING_LOCK_SUFFIX)
@@ -650,6 +658,23 @@ class ConveyorWorker:
             return
         if deleted:
             logger.info("housekeeping: deleted %d blobs of jobs whose record is gone", deleted)
+
+    async def _delete_unused_libraries(self) -> None:
+        """Delete the function libraries of versions no process has run for
+        `library_max_unseen_s` (functions.py): one worker, every so often."""
+        try:
+            lock_ms = int(LIBRARY_SWEEP_INTERVAL_S * 1000)
+            if not await self.pool.set(keys.FUNCTION_LIBRARIES_LOCK, b"1", nx=True, px=lock_ms):
+                return
+            async with self._bounded():
+                deleted = await delete_unused_libraries(
+                    self.pool, self.store.functions.name, self.library_max_unseen_s
+                )
+        except (RedisError, TimeoutError) as exc:  # Redis' fault: the next sweep tries again
+            logger.warning("function library sweep skipped: %s", exc)
+            return
+        if deleted:
+            logger.info("housekeeping: deleted unused function libraries %s", ", ".join(deleted))
 
     # -- stopping -------------------------------------------------------------
 
@@ -770,6 +795,7 @@ def worker_settings(settings: Settings, redis: ArqRedis, catalog: Catalog) -> di
         "redis_timeout_s": settings.redis.socket_timeout_s,
         # Let running jobs finish on SIGTERM; what does not finish is put back.
         "shutdown_wait_s": settings.shutdown_wait_s,
+        "library_max_unseen_s": settings.function_library_max_unseen_s,
     }
 
 

@@ -31,6 +31,7 @@ from typing import TextIO
 from conveyor_core.local.mail_catcher import MailCatcher
 from conveyor_core.local.redis_server import resolve_redis
 from conveyor_core.settings import masked_url
+from conveyor_core.tasks import cancel_and_wait
 
 logger = logging.getLogger("conveyor.run")
 
@@ -311,9 +312,7 @@ async def run_services(redis_url: str, mail_env: Mapping[str, str]) -> int:
     for failed in await asyncio.gather(*streams, return_exceptions=True):
         if isinstance(failed, Exception):  # the output is lost, not the stop
             logger.warning("a service's output could not be copied: %r", failed)
-    stopped.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await stopped
+    await cancel_and_wait(stopped)
     return 1 if died else 0
 
 

@@ -47,7 +47,7 @@ class StoreBase:
         # The scripts every job runs (submit, claim, the end of a try) are
         # Redis functions: their libraries are built once, not per call
         # (functions.py).
-        jobs = FunctionLibrary(redis, *job_library())
+        self.functions = jobs = FunctionLibrary(redis, *job_library())
         self._submit = jobs.function("submit")
         self._rate_limit = script(lua_script("rate_limit"))
         self._quota = script(lua_script("quota"))

@@ -1,0 +1,30 @@
+"""Stopping background tasks without swallowing the caller's own cancel.
+
+The usual `task.cancel()` then `with suppress(CancelledError): await task`
+cannot tell the task's CancelledError from the caller's: a caller cancelled
+while it waits (a shutdown with a deadline, a request that goes away) has
+its cancel cancel the awaited task instead, the suppress eats it, and the
+caller runs on as if nothing had asked it to stop.
+"""
+
+import asyncio
+from typing import Any
+
+
+async def cancel_and_wait(*tasks: "asyncio.Future[Any]") -> None:
+    """Cancel `tasks` and return once every one has ended.
+
+    Their own cancellation is expected and not raised; the first other
+    exception a task ended with is. A cancel of the caller while it waits
+    raises in the caller (the tasks have been asked to stop already).
+    """
+    for task in tasks:
+        task.cancel()
+    pending = {task for task in tasks if not task.done()}
+    if pending:
+        # `asyncio.wait` never raises a task's outcome, so a CancelledError
+        # out of it can only be the caller's.
+        await asyncio.wait(pending)
+    for task in tasks:
+        if not task.cancelled() and (failed := task.exception()) is not None:
+            raise failed
