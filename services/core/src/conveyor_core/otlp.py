@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from opentelemetry import context as context_api
@@ -113,14 +113,16 @@ def span_attribute(key: str, value: Any) -> bytes:
 
 
 class StringAttribute:
-    """A span attribute (field 9) with a fixed key and a string value, cleaned:
+    """A span attribute (field 9) with a fixed key and a string value, cleaned
+    (by `cleaner`, redaction.clean or one that cleans alike):
     `span_attribute(key, value)` with the key written once."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, cleaner: Callable[[str], str] = clean) -> None:
         self._key = _len(1, key.encode()) + b"\x12"
+        self._clean = cleaner
 
     def __call__(self, value: str) -> bytes:
-        text = clean(value).encode()
+        text = self._clean(value).encode()
         any_value = b"\x0a" + _varint(len(text)) + text
         pair = self._key + _varint(len(any_value)) + any_value
         return b"\x4a" + _varint(len(pair)) + pair

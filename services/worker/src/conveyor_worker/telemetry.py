@@ -35,7 +35,7 @@ from conveyor_core.metrics import (
     increment,
 )
 from conveyor_core.otlp import StringAttribute, span_attribute
-from conveyor_core.redaction import Redactor
+from conveyor_core.redaction import Redactor, clean_job_id
 from conveyor_core.tracing import MESSAGING_MESSAGE_ID, messaging_attributes
 
 logger = logging.getLogger("conveyor.jobs")
@@ -123,7 +123,7 @@ _try_attribute = functools.lru_cache(maxsize=64)(
     functools.partial(span_attribute, "conveyor.job.try")
 )
 _QUEUE_WAIT = span_attribute("conveyor.queue_wait_s", 0.0)[:-8]  # all but the double
-_message_id_attribute = StringAttribute(MESSAGING_MESSAGE_ID)
+_message_id_attribute = StringAttribute(MESSAGING_MESSAGE_ID, clean_job_id)
 _request_id_attribute = StringAttribute("conveyor.request_id")
 _double = struct.Struct("<d").pack
 
@@ -137,6 +137,27 @@ class JobObservation:
     one line at INFO tells the try's end (its start is at DEBUG), written
     without the logging module's record and handler chain (log_line).
     """
+
+    __slots__ = (
+        "_args",
+        "_context_token",
+        "_exemplar",
+        "_ids",
+        "_log_token",
+        "_series",
+        "_span",
+        "_started_s",
+        "_wait_s",
+        "args",
+        "due_ms",
+        "error",
+        "job_id",
+        "job_try",
+        "job_type",
+        "meta",
+        "outcome",
+        "redact",
+    )
 
     def __init__(
         self,
@@ -234,6 +255,8 @@ class JobObservation:
 
 class Unobserved(JobObservation):
     """Instrumentation off (`CONVEYOR_WORKER_INSTRUMENT_JOBS=false`): no span, logs or metrics."""
+
+    __slots__ = ()
 
     def __enter__(self) -> "JobObservation":
         return self
