@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 from prometheus_client import Gauge
 
 from conveyor_core.catalog import JobType
@@ -195,11 +195,12 @@ class JobObservation:
             attributes += _request_id_attribute(request_id)
         self._span = span = series.span.start_under(self.meta, attributes)
         self._context_token = context.attach(trace.set_span_in_context(span))
-        ids = span.get_span_context()
-        if ids.is_valid:
-            trace_id = f"{ids.trace_id:032x}"
-            self._ids: tuple[str, str] | None = (trace_id, f"{ids.span_id:016x}")
-            self._exemplar = {"trace_id": trace_id} if ids.trace_flags.sampled else None
+        # A SpanContext is a tuple: read at once, not through a property each.
+        trace_int, span_int, _, flags, _, valid = span.get_span_context()
+        if valid:
+            trace_id = f"{trace_int:032x}"
+            self._ids: tuple[str, str] | None = (trace_id, f"{span_int:016x}")
+            self._exemplar = {"trace_id": trace_id} if flags & TraceFlags.SAMPLED else None
         else:
             self._ids = self._exemplar = None
         self._log_token = enter_log_context(
