@@ -12,7 +12,8 @@ last one is FLUSH_INTERVAL_S old, else that long after the last one. A quiet
 process's line is written at the end of its turn; a busy one's waits
 FLUSH_INTERVAL_S at most, and its lines go out a few dozen to a write. Lines
 from a thread without a running loop (an exporter's, or a process before its
-loop starts) are flushed at once, as StreamHandler does; what is buffered at
+loop starts) are flushed at once, as StreamHandler does (or with the loop's
+flush, when one is due); what is buffered at
 exit (and on SIGTERM/SIGINT, `flush_then_die_by`) is flushed too.
 
 The handler writes to a buffer of its own over stdout's file (`buffered`):
@@ -63,7 +64,10 @@ class TurnFlushingHandler(logging.StreamHandler[TextIO]):
         try:
             with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
                 self.stream.write(line + self.terminator)
-                self.flush()
+                due_on = self._due_on
+                # A flush already due on a running loop writes this line too.
+                if due_on is None or not due_on.is_running():
+                    self.flush()
         except Exception:  # as logging does: a broken stream costs the line, not the job
             self.handleError(logging.makeLogRecord({"msg": line}))
 
