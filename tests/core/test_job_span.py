@@ -341,3 +341,59 @@ def test_a_full_batch_is_sent_without_waiting_for_the_schedule(
         assert len(collector.spans) >= 8  # two full batches, long before the schedule
         batcher.shutdown()
     assert len(collector.spans) == 9
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        META,
+        {"traceparent": f"00-{TRACE_HEX}-{PARENT_HEX}-01"},
+        {"traceparent": f"00-{TRACE_HEX}-{PARENT_HEX}-00"},  # unsampled
+        {"traceparent": f"00-{TRACE_HEX}-{PARENT_HEX}-03"},  # sampled, random trace id
+        {"traceparent": f"00-{TRACE_HEX}-{PARENT_HEX}-ff"},  # flags no child inherits
+        {"traceparent": f"00-{'0' * 32}-{PARENT_HEX}-01"},  # not valid: a root
+        {"traceparent": f"00-{TRACE_HEX.upper()}-{PARENT_HEX}-01"},
+        {"traceparent": f"01-{TRACE_HEX}-{PARENT_HEX}-01-extra"},  # another version
+        {"traceparent": "garbage"},
+        {},
+    ],
+)
+def test_a_span_started_from_the_jobs_carrier_is_the_one_from_its_parent(
+    carrier: dict[str, str],
+) -> None:
+    """start_under (the worker's one step) makes the span start(parent_of(...)) makes."""
+    made: list[tuple[Any, Any]] = []
+    for under in (False, True):
+        sdk, _ = provider()  # the same ids each time (FixedIds)
+        sink = Kept()
+        kind = JobSpanKind(
+            NAME, SpanKind.CONSUMER, FIXED, tracer=sdk.get_tracer("conveyor"), sink=sink
+        )
+        span = (
+            kind.start_under(carrier, b"")
+            if under
+            else kind.start(parent_of(carrier), b"", start_ns=START_NS)
+        )
+        if isinstance(span, JobSpan):
+            span._start_ns = START_NS  # start_under reads the clock
+            span.finish(end_ns=END_NS)
+        written_spans = [
+            s
+            for r in ExportTraceServiceRequest.FromString(
+                SpanEncoder().request(sink.spans)
+            ).resource_spans
+            for ss in r.scope_spans
+            for s in ss.spans
+        ]
+        made.append((span.get_span_context(), written_spans))
+    (ids, written_spans), (ids_under, written_under) = made
+    assert ids_under == ids
+    assert ids_under.trace_flags == ids.trace_flags
+    assert ids_under.trace_state == ids.trace_state
+    assert written_under == written_spans
+    if carrier.get("traceparent", "").startswith(f"00-{TRACE_HEX}-{PARENT_HEX}-0"):
+        assert ids.trace_id == int(TRACE_HEX, 16)
+        if ids.trace_flags.sampled:
+            (span,) = written_under
+            assert span.parent_span_id.hex() == PARENT_HEX
+            assert span.flags == 0x300  # its parent is remote

@@ -1,12 +1,15 @@
-"""Log lines reach the stream by the end of the loop's turn, one flush per turn,
-also when stdout itself is unbuffered."""
+"""Log lines reach the stream by the end of the loop's turn, one flush per turn
+and at most one per FLUSH_INTERVAL_S, also when stdout itself is unbuffered."""
 
 import asyncio
 import io
 import logging
 from pathlib import Path
 
-from conveyor_core.logstream import TurnFlushingHandler, buffered
+import pytest
+
+from conveyor_core import logstream
+from conveyor_core.logstream import FLUSH_INTERVAL_S, TurnFlushingHandler, buffered
 
 
 class Pipe(io.StringIO):
@@ -39,10 +42,31 @@ async def test_a_turns_lines_are_flushed_together_at_its_end() -> None:
     await asyncio.sleep(0)
     assert pipe.flushed == "line 0\nline 1\nline 2\n"
     assert pipe.flushes == 1
+    await asyncio.sleep(2 * FLUSH_INTERVAL_S)  # quiet since
     logger.info("next turn")
     await asyncio.sleep(0)
     assert pipe.flushed.endswith("next turn\n")
     assert pipe.flushes == 2
+
+
+async def test_a_busy_loops_lines_are_written_once_per_interval_and_wait_no_longer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    interval_s = 0.5  # longer than any stall of a loaded machine between two turns
+    monkeypatch.setattr(logstream, "FLUSH_INTERVAL_S", interval_s)
+    pipe = Pipe()
+    logger = logger_to(pipe)
+    logger.info("first")
+    await asyncio.sleep(0)
+    assert pipe.flushes == 1
+    for turn in range(5):  # five busy turns, a line each
+        logger.info("turn %d", turn)
+        await asyncio.sleep(0)
+    assert pipe.flushes == 1  # within the interval: held
+    assert pipe.flushed == "first\n"
+    await asyncio.sleep(interval_s)
+    assert pipe.flushes == 2  # one write for all of them
+    assert pipe.flushed.endswith("turn 3\nturn 4\n")
 
 
 def test_without_a_running_loop_each_line_is_flushed_at_once() -> None:

@@ -8,6 +8,7 @@ from conveyor_core.redaction import (
     Redactor,
     bounded,
     clean,
+    clean_job_id,
     clean_traceback,
     scrub,
 )
@@ -102,3 +103,28 @@ def test_a_traceback_keeps_its_end_and_each_line_is_bounded() -> None:
     assert "ada@example.com" not in cleaned
     assert "ValueError: refused ***: zzz" in cleaned
     assert "more characters cut]" in cleaned
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "{arq:queue}",
+        "{bench:conveyor~3}",
+        "{token:abc}",  # a pair's name and value in the tag
+        "{x.token:}",
+        "{password=}",
+        "{cvk_abcdefgh12}",
+        "{cvk_}",
+        "{eyJhbGciOi.eyJzdWIiOi.sig}",
+        "{api-key:",  # no closing brace: not minted
+        "{}",
+        "{a@b.co}",
+    ],
+)
+@pytest.mark.parametrize(
+    "tail", ["0123456789abcdef" * 2, "deadbeef" * 4, "0" * 32, "ab12", "A" * 32]
+)
+def test_a_job_id_is_cleaned_as_any_text_is(tag: str, tail: str) -> None:
+    job_id = tag + tail
+    assert clean_job_id(job_id) == clean(job_id)
+    assert clean_job_id(job_id) == clean(job_id)  # the second time, its tag's verdict kept

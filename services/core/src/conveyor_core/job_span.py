@@ -19,6 +19,7 @@ parent's context passes through, as the SDK's tracer does then.
 
 import logging
 import re
+import struct
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -53,6 +54,10 @@ _DEFAULT_SAMPLER = ParentBased(ALWAYS_ON).get_description()  # type: ignore[no-u
 # Every value of a traceparent's flags, made once.
 _FLAGS = [TraceFlags(n) for n in range(256)]
 _UNSET = otlp._len(15, b"")
+# A child span keeps these of its parent's flags (sampled, random trace id).
+_INHERITED_FLAGS = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
+# Its start and end (fields 7 and 8, fixed64), written in one go.
+_times = struct.Struct("<BQBQ").pack
 _REMOTE_PARENT = b"\x85\x01" + otlp._fixed32(otlp._HAS_IS_REMOTE | otlp._IS_REMOTE)
 _LOCAL_PARENT = b"\x85\x01" + otlp._fixed32(otlp._HAS_IS_REMOTE)
 
@@ -135,6 +140,38 @@ class JobSpanKind:
         self.default_sampler = self.recording and self.sampler.get_description() == _DEFAULT_SAMPLER
         self.sink = sink if sink is not None else span_sink()
 
+    def start_under(
+        self, carrier: Mapping[str, str], attributes: bytes = b""
+    ) -> "JobSpan | trace.NonRecordingSpan":
+        """`start(parent_of(carrier), attributes)`, made in one step where it
+        is plain (a version 00 traceparent, the default sampler): the parent's
+        ids go from the traceparent into the span without a SpanContext of
+        their own. This runs for every job."""
+        traceparent = carrier.get("traceparent")
+        match = (
+            _TRACEPARENT.fullmatch(traceparent)
+            if traceparent is not None and self.default_sampler
+            else None
+        )
+        if match is None:
+            return self.start(parent_of(carrier), attributes)
+        trace_id, parent_id = int(match[1], 16), int(match[2], 16)
+        if not (trace_id and parent_id):  # not valid: as parent_of says
+            return self.start(None, attributes)
+        state = carrier.get("tracestate")
+        # The parent's sampled and random-trace-id flags are the span's (ParentBased).
+        flags = _FLAGS[int(match[3], 16) & _INHERITED_FLAGS]
+        context = SpanContext(
+            trace_id,
+            self.new_span_id(),
+            False,
+            flags,
+            TraceState.from_header([state]) if state else None,
+        )
+        if not flags & TraceFlags.SAMPLED:
+            return trace.NonRecordingSpan(context)
+        return JobSpan(self, context, parent_id, True, attributes, time.time_ns())
+
     def start(
         self,
         parent: SpanContext | None,
@@ -168,7 +205,9 @@ class JobSpanKind:
         context = SpanContext(trace_id, self.new_span_id(), False, _FLAGS[flags], trace_state)
         if not sampled:
             return trace.NonRecordingSpan(context)
-        return JobSpan(self, context, parent, attributes, start_ns or time.time_ns())
+        parent_id = parent.span_id if parent is not None else None
+        remote = parent is not None and parent.is_remote
+        return JobSpan(self, context, parent_id, remote, attributes, start_ns or time.time_ns())
 
 
 class JobSpan(trace.Span):
@@ -184,7 +223,8 @@ class JobSpan(trace.Span):
         "_events",
         "_kind",
         "_name",
-        "_parent",
+        "_parent_id",
+        "_remote_parent",
         "_start_ns",
         "_status",
     )
@@ -193,13 +233,17 @@ class JobSpan(trace.Span):
         self,
         kind: JobSpanKind,
         context: SpanContext,
-        parent: SpanContext | None,
+        parent_id: int | None,
+        remote_parent: bool,
         attributes: bytes,
         start_ns: int,
     ) -> None:
+        """`parent_id`: the parent's span id (None: a root span), `remote_parent`
+        whether it is another process's (a job's producer)."""
         self._kind = kind
         self._context = context
-        self._parent = parent
+        self._parent_id = parent_id
+        self._remote_parent = remote_parent
         self._attributes = attributes
         self._start_ns = start_ns
         # What the handler adds, written at the end (and cleaned then).
@@ -307,22 +351,20 @@ class JobSpan(trace.Span):
     def _encode(self, attributes: bytes, end_ns: int | None) -> bytes:
         """The Span message, as otlp.SpanEncoder writes the SDK's (strings
         cleaned), framed as its ScopeSpans' field."""
-        context, parent, kind = self._context, self._parent, self._kind
-        parts = otlp.span_ids(context, parent)
+        kind = self._kind
         head = kind.head if self._name is None else otlp.span_head(self._name, kind.kind.value)
+        parts = otlp.span_ids(self._context, self._parent_id)
         parts += (
             head,
-            b"\x39",
-            otlp._fixed64(self._start_ns),
-            b"\x41",
-            otlp._fixed64(end_ns or time.time_ns()),
+            _times(0x39, self._start_ns, 0x41, end_ns or time.time_ns()),
             kind.attributes,
             self._attributes,
         )
         if self._added:
             parts += (otlp.span_attribute(k, v) for k, v in self._added.items())
         parts.append(attributes)
-        parts.append(otlp._uint(10, self._dropped_attributes))
+        if self._dropped_attributes:
+            parts.append(otlp._uint(10, self._dropped_attributes))
         for name, event_attributes, timestamp in self._events or ():
             event = [b"\x09", otlp._fixed64(timestamp), otlp._text(2, name)]
             event += (
@@ -330,7 +372,8 @@ class JobSpan(trace.Span):
                 for k, v in (event_attributes or {}).items()
             )
             parts.append(otlp._len(11, b"".join(event)))
-        parts.append(otlp._uint(12, self._dropped_events))
+        if self._dropped_events:
+            parts.append(otlp._uint(12, self._dropped_events))
         status = self._status
         if status is None:
             parts.append(_UNSET)
@@ -338,5 +381,5 @@ class JobSpan(trace.Span):
             description = clean(status.description) if status.description else ""
             body = otlp._text(2, description) + otlp._uint(3, status.status_code.value)
             parts.append(otlp._len(15, body))
-        parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
+        parts.append(_REMOTE_PARENT if self._remote_parent else _LOCAL_PARENT)
         return otlp.as_scope_span(b"".join(parts))

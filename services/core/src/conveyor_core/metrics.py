@@ -5,11 +5,14 @@ prometheus-client's default registry, one process per pod; labels are bounded:
 route templates, job type names and queue names, never ids or raw paths.
 """
 
-from collections.abc import Hashable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.samples import Exemplar
 
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -177,3 +180,31 @@ class LabelCache(Generic[Metric]):
         if child is None:
             child = self._children[values] = self.metric.labels(*values)
         return child
+
+
+def increment(child: Counter) -> Callable[[float], None]:
+    """`child.inc` for a per-job path: its value's own increment, without the
+    checks of an amount and an exemplar the caller never passes (a call
+    less and a lock's worth of work fewer per job). The child exports the same."""
+    return child._value.inc  # type: ignore[no-any-return]
+
+
+class Observer:
+    """`child.observe(amount, exemplar)` of a labelled histogram for a per-job
+    path: the bucket found by bisection, not by a loop over every bound, and
+    the exemplar (the caller's trace id, valid as it is made) not checked
+    again. It writes the child's own values, so the child exports the same."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._sum = child._sum
+        self._buckets = child._buckets
+        self._bounds = tuple(child._upper_bounds)  # the last is +Inf: every amount has one
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        self._sum.inc(amount)
+        bucket = self._buckets[bisect_left(self._bounds, amount)]
+        bucket.inc(1)
+        if exemplar:
+            bucket.set_exemplar(Exemplar(exemplar, amount, time.time()))

@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from opentelemetry import context as context_api
@@ -54,6 +54,8 @@ V = TypeVar("V")
 def _varint(n: int) -> bytes:
     if 0 <= n < 0x80:
         return _SMALL[n]
+    if 0 < n < 0x4000:  # a span's length, most often: two bytes
+        return bytes((n & 0x7F | 0x80, n >> 7))
     n &= 0xFFFF_FFFF_FFFF_FFFF  # a negative int64 is ten bytes of two's complement
     out = bytearray()
     while n > 0x7F:
@@ -111,14 +113,16 @@ def span_attribute(key: str, value: Any) -> bytes:
 
 
 class StringAttribute:
-    """A span attribute (field 9) with a fixed key and a string value, cleaned:
+    """A span attribute (field 9) with a fixed key and a string value, cleaned
+    (by `cleaner`, redaction.clean or one that cleans alike):
     `span_attribute(key, value)` with the key written once."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, cleaner: Callable[[str], str] = clean) -> None:
         self._key = _len(1, key.encode()) + b"\x12"
+        self._clean = cleaner
 
     def __call__(self, value: str) -> bytes:
-        text = clean(value).encode()
+        text = self._clean(value).encode()
         any_value = b"\x0a" + _varint(len(text)) + text
         pair = self._key + _varint(len(any_value)) + any_value
         return b"\x4a" + _varint(len(pair)) + pair
@@ -144,7 +148,7 @@ def as_scope_span(span: bytes) -> bytes:
     return _len(2, span)
 
 
-def span_ids(context: SpanContext, parent: SpanContext | None) -> list[bytes]:
+def span_ids(context: SpanContext, parent_span_id: int | None) -> list[bytes]:
     """A Span message's first fields: its trace and span ids, its trace state
     and its parent's span id (the job span's encoder and the SDK's share them)."""
     parts = [
@@ -155,8 +159,8 @@ def span_ids(context: SpanContext, parent: SpanContext | None) -> list[bytes]:
     ]
     if context.trace_state:
         parts.append(_text(3, context.trace_state.to_header()))
-    if parent is not None:
-        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+    if parent_span_id is not None:
+        parts += (b"\x22\x08", parent_span_id.to_bytes(8, "big"))
     return parts
 
 
@@ -196,7 +200,7 @@ class SpanEncoder:
         context = span.context
         assert context is not None  # a span the SDK ended has one
         parent = span.parent
-        parts = span_ids(context, parent)
+        parts = span_ids(context, parent.span_id if parent is not None else None)
         kind = span.kind.value + 1  # the protobuf enum counts from UNSPECIFIED
         head = self._heads.get((span.name, kind))
         if head is None:

@@ -12,17 +12,17 @@ import functools
 import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import Counter, Gauge, Histogram
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
+from prometheus_client import Gauge
 
 from conveyor_core.catalog import JobType
-from conveyor_core.job_span import JobSpan, JobSpanKind, parent_of
+from conveyor_core.job_span import JobSpan, JobSpanKind
 from conveyor_core.jobs import TryOutcome, now_ms
 from conveyor_core.logging import enter_log_context, exit_log_context, log_line
 from conveyor_core.metrics import (
@@ -31,9 +31,11 @@ from conveyor_core.metrics import (
     JOBS_FINISHED,
     JOBS_IN_PROGRESS,
     JOBS_STARTED,
+    Observer,
+    increment,
 )
 from conveyor_core.otlp import StringAttribute, span_attribute
-from conveyor_core.redaction import Redactor
+from conveyor_core.redaction import Redactor, clean_job_id
 from conveyor_core.tracing import MESSAGING_MESSAGE_ID, messaging_attributes
 
 logger = logging.getLogger("conveyor.jobs")
@@ -83,15 +85,17 @@ class Running:
 @dataclass(frozen=True, slots=True)
 class JobSeries:
     """One job type's metric series and span constants, made once: `labels()`
-    costs a lock and a dict lookup per call, which a no-op job feels."""
+    costs a lock and a dict lookup per call, which a no-op job feels. Each
+    series is written through its value (metrics.increment, metrics.Observer),
+    without the checks of what the worker never passes."""
 
-    queue_wait: Histogram
-    started: Counter
+    queue_wait: Observer
+    started: Callable[[float], None]
     # Tries of the type running now, which conveyor_jobs_in_progress reads
     # when it is scraped: a plain count, not a locked gauge written twice a try.
     in_progress: "Running"
-    finished: dict[str, Counter]
-    duration: dict[str, Histogram]
+    finished: dict[str, Callable[[float], None]]
+    duration: dict[str, Observer]
     # The span's name, kind and the attributes every try of the type has.
     span: JobSpanKind
     # The outcome attribute, written once per outcome.
@@ -103,11 +107,11 @@ class JobSeries:
         attributes = messaging_attributes("process", queue, "", job)
         del attributes[MESSAGING_MESSAGE_ID]
         return JobSeries(
-            queue_wait=JOB_QUEUE_WAIT.labels(job, queue),
-            started=JOBS_STARTED.labels(job, queue),
+            queue_wait=Observer(JOB_QUEUE_WAIT.labels(job, queue)),
+            started=increment(JOBS_STARTED.labels(job, queue)),
             in_progress=Running.exported_as(JOBS_IN_PROGRESS.labels(job, queue)),
-            finished={o: JOBS_FINISHED.labels(job, queue, o) for o in Outcome.ALL},
-            duration={o: JOB_DURATION.labels(job, queue, o) for o in Outcome.ALL},
+            finished={o: increment(JOBS_FINISHED.labels(job, queue, o)) for o in Outcome.ALL},
+            duration={o: Observer(JOB_DURATION.labels(job, queue, o)) for o in Outcome.ALL},
             span=JobSpanKind(f"process {queue}", SpanKind.CONSUMER, attributes),
             outcome_attributes={o: span_attribute(OUTCOME, str(o)) for o in Outcome.ALL},
         )
@@ -119,7 +123,7 @@ _try_attribute = functools.lru_cache(maxsize=64)(
     functools.partial(span_attribute, "conveyor.job.try")
 )
 _QUEUE_WAIT = span_attribute("conveyor.queue_wait_s", 0.0)[:-8]  # all but the double
-_message_id_attribute = StringAttribute(MESSAGING_MESSAGE_ID)
+_message_id_attribute = StringAttribute(MESSAGING_MESSAGE_ID, clean_job_id)
 _request_id_attribute = StringAttribute("conveyor.request_id")
 _double = struct.Struct("<d").pack
 
@@ -133,6 +137,27 @@ class JobObservation:
     one line at INFO tells the try's end (its start is at DEBUG), written
     without the logging module's record and handler chain (log_line).
     """
+
+    __slots__ = (
+        "_args",
+        "_context_token",
+        "_exemplar",
+        "_ids",
+        "_log_token",
+        "_series",
+        "_span",
+        "_started_s",
+        "_wait_s",
+        "args",
+        "due_ms",
+        "error",
+        "job_id",
+        "job_try",
+        "job_type",
+        "meta",
+        "outcome",
+        "redact",
+    )
 
     def __init__(
         self,
@@ -168,13 +193,14 @@ class JobObservation:
         )
         if request_id:
             attributes += _request_id_attribute(request_id)
-        self._span = span = series.span.start(parent_of(self.meta), attributes)
+        self._span = span = series.span.start_under(self.meta, attributes)
         self._context_token = context.attach(trace.set_span_in_context(span))
-        ids = span.get_span_context()
-        if ids.is_valid:
-            trace_id = f"{ids.trace_id:032x}"
-            self._ids: tuple[str, str] | None = (trace_id, f"{ids.span_id:016x}")
-            self._exemplar = {"trace_id": trace_id} if ids.trace_flags.sampled else None
+        # A SpanContext is a tuple: read at once, not through a property each.
+        trace_int, span_int, _, flags, _, valid = span.get_span_context()
+        if valid:
+            trace_id = f"{trace_int:032x}"
+            self._ids: tuple[str, str] | None = (trace_id, f"{span_int:016x}")
+            self._exemplar = {"trace_id": trace_id} if flags & TraceFlags.SAMPLED else None
         else:
             self._ids = self._exemplar = None
         self._log_token = enter_log_context(
@@ -188,7 +214,7 @@ class JobObservation:
         )
         self._started_s = time.monotonic()
         series.queue_wait.observe(wait_s, self._exemplar)
-        series.started.inc()
+        series.started(1)
         series.in_progress.count += 1
         self._args = self.redact(self.args)
         if logger.isEnabledFor(logging.DEBUG):
@@ -217,7 +243,7 @@ class JobObservation:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         series = self._series
-        series.finished[outcome].inc()
+        series.finished[outcome](1)
         series.duration[outcome].observe(elapsed_s, self._exemplar)
         series.in_progress.count -= 1
         calm = outcome in (Outcome.SUCCESS, Outcome.CANCELLED, Outcome.SNOOZED)
@@ -230,6 +256,8 @@ class JobObservation:
 
 class Unobserved(JobObservation):
     """Instrumentation off (`CONVEYOR_WORKER_INSTRUMENT_JOBS=false`): no span, logs or metrics."""
+
+    __slots__ = ()
 
     def __enter__(self) -> "JobObservation":
         return self
