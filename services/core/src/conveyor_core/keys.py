@@ -46,7 +46,8 @@ layout above, and tests/core/test_script_keys.py lists each with its reason
 - claim.lua, finish.lua (finish and fetch), settle.lua, cancel.lua,
   requeue.lua, bulk.lua: the queue and its flags declared, and but for the
   claim the given jobs' keys, the queue's indexes, flow and waiting hashes,
-  the minute's history and a limited type's running set, hold and ring;
+  the minute's history, a limited type's running count, hold and ring and
+  the marks' flag;
   derived: the claimed jobs' keys, and a job's fairness key's flow keys,
   all in the queue's slot. A job of a group also counts in its group
   (lib/group.lua): the group's hash is `conveyor:group:{group id}`, whose
@@ -304,8 +305,17 @@ def index_keys(queue: str) -> list[str]:
 
 # Flow control's keys per job type and fairness key (FLOW_SUFFIX's comment), as
 # lua/lib/keys.lua names them: declared by the calls that touch them.
-def running_key(queue: str, job_type: str) -> str:
-    return queue_key(queue, f"running:{job_type}")
+def running_count_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"running-count:{job_type}")
+
+
+def start_log_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"start-log:{job_type}")
+
+
+def marked_key(queue: str) -> str:
+    """The marks' flag: exists while the waiting hash (HELD_SUFFIX) may hold marks."""
+    return queue_key(queue, "waiting-marked")
 
 
 def hold_key(queue: str, job_type: str) -> str:

@@ -15,8 +15,10 @@ from arq.constants import job_key_prefix, result_key_prefix
 from redis.crc import key_slot
 
 from conveyor_core import keys
+from conveyor_core.history import history_key
 from conveyor_core.jobs import now_ms
 from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS, GROUP_OPEN_S
+from conveyor_core.store.declared import fairness_keys
 from conveyor_core.store.reads import Reads
 from conveyor_core.store.results import Quota
 
@@ -141,14 +143,18 @@ class Groups(Reads):
             entries = []
             for i in range(0, len(taken), 7):
                 entry, job_id, queue, priority, flow, job_type, job_bytes = taken[i : i + 7]
-                name = job_id.decode()
+                name, shard = job_id.decode(), queue.decode()
                 started += int(
                     await self._group_continue(
                         keys=[
                             job_key_prefix + name,
                             result_key_prefix + name,
                             keys.job_key(name),
-                            queue.decode(),
+                            shard,
+                            # What it touches as a submit would, declared.
+                            keys.queue_key(shard, keys.FLOW_SUFFIX),
+                            *fairness_keys(shard, flow.decode()),
+                            history_key(shard, at_ms // 60_000),
                         ],
                         args=[at_ms, job_id, queue, priority, flow, job_type, job_bytes],
                     )
