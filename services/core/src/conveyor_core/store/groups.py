@@ -42,6 +42,23 @@ class MemberRow:
     job_type: str
 
 
+def member_keys(rows: Sequence[MemberRow], at_ms: int, *, resuming: bool) -> list[str]:
+    """What a chunk's submit touches, declared (each once): per member its arq
+    job key (resuming, also its result key and record, which say it ran), and
+    what a submit touches of its queue (the flow hash, a keyed job's key queue
+    and ring, the minute's history)."""
+    declared: dict[str, None] = {}
+    for row in rows:
+        declared[job_key_prefix + row.job_id] = None
+        if resuming:
+            declared[result_key_prefix + row.job_id] = None
+            declared[keys.job_key(row.job_id)] = None
+        queue_keys = [row.queue, keys.queue_key(row.queue, keys.FLOW_SUFFIX)]
+        queue_keys += [*fairness_keys(row.queue, row.flow), history_key(row.queue, at_ms // 60_000)]
+        declared.update(dict.fromkeys(queue_keys))
+    return list(declared)
+
+
 class Groups(Reads):
     """Create a group, submit its members, read and cancel it."""
 
@@ -105,7 +122,12 @@ class Groups(Reads):
         group_key = keys.group_key(group_id)
         quota_apart = quota is not None and self.one_slot_per_call
         quota_key = quota.key if quota is not None and not quota_apart else keys.absent(group_key)
-        created = int(await self._group_submit(keys=[group_key, quota_key], args=args))
+        created = int(
+            await self._group_submit(
+                keys=[group_key, quota_key, *member_keys(rows, at_ms, resuming=resuming)],
+                args=args,
+            )
+        )
         if quota is not None and quota_apart and created:
             # Existing members are counted again: harmless, a prune drops ended ones.
             await self.redis.zadd(quota.key, {row.job_id: at_ms for row in rows})
