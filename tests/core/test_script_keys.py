@@ -50,11 +50,6 @@ FAIRNESS_KEY = (
     "(read in the call): the caller is given the job's id, not its payload"
 )
 DEBOUNCED = "debounce: the job a debounce key keeps is read from the key in the call"
-CLAIM_NOT_YET = (
-    "a queue key the caller could declare (the queue's indexes; the holds, running "
-    "counts and rings of its limited types, from the catalog; the marks' flag): "
-    "the claim's KEYS (lua/claim.lua) do not list them yet"
-)
 CONTINUATION_ELSEWHERE = (
     "a continuation of another queue than its group's members' (one node only: a "
     "cluster's goes to the outbox), started by the last member's end: its queue "
@@ -79,12 +74,6 @@ UNDECLARED: dict[str, dict[str, str]] = {
         "conveyor:{<queue>}:keyq:<type>:<key>": CLAIMED,
         "conveyor:{<queue>}:running-count-key:<type>:<key>": CLAIMED,
         "conveyor:{<queue>}:hold-key:<type>:<key>": CLAIMED,
-        "conveyor:{<queue>}:in_progress": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:retrying": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:hold:<type>": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:running-count:<type>": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:ring:<type>": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:waiting-marked": CLAIM_NOT_YET,
     },
     "submit": {"arq:job:<id>": DEBOUNCED, "conveyor:job:<id>": DEBOUNCED},
     "finish": {
@@ -249,6 +238,10 @@ async def exercise(redis: ArqRedis) -> None:
     await enqueue(store, capped, jobs.Effect(work_s=0))
     capped_id, capped_token = await claimed_one(capped.queue)
     assert await store.complete(capped, capped_id, "1", token=capped_token)
+    paced = catalog["paced"]  # a rate: its start log
+    await enqueue(store, paced, jobs.Effect(work_s=0))
+    paced_id, paced_token = await claimed_one(paced.queue)
+    assert await store.complete(paced, paced_id, "1", token=paced_token)
     for _ in range(2):
         await enqueue(store, keyed, jobs.Tenanted(tenant_id="t1", work_s=0))
     keyed_id, keyed_token = await claimed_one(keyed.queue)

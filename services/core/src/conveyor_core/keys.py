@@ -313,6 +313,11 @@ def start_log_key(queue: str, job_type: str) -> str:
     return queue_key(queue, f"start-log:{job_type}")
 
 
+def running_checked_key(queue: str) -> str:
+    """Set when the claim last looked for running jobs whose lock lapsed (once per lock ttl)."""
+    return queue_key(queue, "running-checked")
+
+
 def marked_key(queue: str) -> str:
     """The marks' flag: exists while the waiting hash (HELD_SUFFIX) may hold marks."""
     return queue_key(queue, "waiting-marked")

@@ -98,3 +98,26 @@ def limited_keys(queue: str, job_types: Iterable[JobType]) -> list[str]:
     """`flow_keys` of every limited type of a queue shard's (each key once):
     what a call that finds a job's type in its record (settle, bulk) may touch of it."""
     return list(dict.fromkeys(key for job_type in job_types for key in flow_keys(queue, job_type)))
+
+
+def claim_keys(queue: str, job_types: Iterable[JobType]) -> list[str]:
+    """What a claim of a queue shard may touch beyond its queue, paused flag,
+    flow and waiting hashes, that its caller knows from the catalog: the
+    indexes (a start leaves retrying for in_progress; a job whose worker died
+    with a cancel pending is cancelled), and with limited types the marks'
+    flag, when it last looked for lapsed locks, and each limited type's
+    running count, start log, hold and ring. The claimed jobs' own keys and
+    their fairness keys' are found in the call."""
+    limited = [t.name for t in job_types if t.limits is not None]
+    per_type = [
+        key
+        for name in limited
+        for key in (
+            keys.running_count_key(queue, name),
+            keys.start_log_key(queue, name),
+            keys.hold_key(queue, name),
+            keys.ring_key(queue, name),
+        )
+    ]
+    flags = [keys.marked_key(queue), keys.running_checked_key(queue)] if limited else []
+    return [*keys.index_keys(queue), *flags, *per_type]
