@@ -230,8 +230,8 @@ async def exercise(redis: ArqRedis) -> None:
         batch = await store.bulk_batch(action, queue, [job_id], RETENTION_MS)
         assert batch.done == 1, (action, batch)
 
-    # Flow control: a type with a running limit, and a keyed one (fairness,
-    # running sets per key, holds), once the jobs above that still wait are
+    # Flow control: a type with a running limit, one with a rate, and a keyed one (fairness,
+    # running counts per key, holds), once the jobs above that still wait are
     # claimed out of the way.
     await claim_all()
     capped, keyed = catalog["capped"], catalog["per_tenant"]
