@@ -36,9 +36,9 @@ from tests.support import jobs
 from tests.support.script_keys import ScriptCall, watch_calls
 
 LOCK_MS = 30_000
+RETENTION_MS = 60_000
 # A queue in another hash slot than the test jobs' (arq:queue).
 ELSEWHERE = "elsewhere-0"
-RETENTION_MS = 60_000
 
 # Why a key is not declared.
 CLAIMED = (
