@@ -13,28 +13,32 @@ any more (so the list stays exact: docs/how-to/redis-cluster.md quotes it).
 import asyncio
 import hashlib
 import re
+from dataclasses import replace
 from importlib.resources import files
 from urllib.parse import urlsplit
 
 from arq.connections import ArqRedis
 
 from conveyor_core import keys
-from conveyor_core.catalog import load_catalog
+from conveyor_core.catalog import Catalog, load_catalog
 from conveyor_core.checkpoint import Checkpoint
 from conveyor_core.debounce import Debounce
 from conveyor_core.enqueue import enqueue
+from conveyor_core.groups import Call, cancel_group, start_group
 from conveyor_core.jobs import JobState, now_ms
 from conveyor_core.lua import job_library, lua_script
 from conveyor_core.ratelimit import RateLimit, RateLimiter
 from conveyor_core.snooze import Hold
 from conveyor_core.stats import take_counts
-from conveyor_core.store import Claim, Fetch, JobStore, MemberRow, Quota
+from conveyor_core.store import Claim, Fetch, JobStore, Quota
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support import jobs
 from tests.support.script_keys import ScriptCall, watch_calls
 
 LOCK_MS = 30_000
 RETENTION_MS = 60_000
+# A queue in another hash slot than the test jobs' (arq:queue).
+ELSEWHERE = "elsewhere-0"
 
 # Why a key is not declared.
 CLAIMED = (
@@ -46,14 +50,14 @@ FAIRNESS_KEY = (
     "(read in the call): the caller is given the job's id, not its payload"
 )
 DEBOUNCED = "debounce: the job a debounce key keeps is read from the key in the call"
-CLAIM_NOT_YET = (
-    "a queue key the caller could declare (the queue's indexes; the holds, running "
-    "sets and rings of its limited types, from the catalog): the claim's KEYS "
-    "(lua/claim.lua) do not list them yet"
+CONTINUATION_ELSEWHERE = (
+    "a continuation of another queue than its group's members' (one node only: a "
+    "cluster's goes to the outbox), started by the last member's end: its queue "
+    "is in its group's hash, read in the call (lib/group.lua)"
 )
-GROUP_NOT_YET = (
-    "a chunk of a group's members: their ids carry no queue tag yet, and their "
-    "queues' keys are not declared (group_submit.lua, lib/group.lua)"
+OUTBOX_TAKEN = (
+    "the group of an entry the take finds due: the caller is given the outbox, "
+    "not its entries (group_outbox.lua)"
 )
 
 # Every undeclared key a script touches on its main paths, by script (or
@@ -64,33 +68,29 @@ UNDECLARED: dict[str, dict[str, str]] = {
         "arq:job:<id>": CLAIMED,
         "arq:in-progress:<id>": CLAIMED,
         "conveyor:job:<id>": CLAIMED,
+        "arq:job:<group>.<index>": CLAIMED,
+        "arq:in-progress:<group>.<index>": CLAIMED,
+        "conveyor:job:<group>.<index>": CLAIMED,
         "conveyor:{<queue>}:keyq:<type>:<key>": CLAIMED,
-        "conveyor:{<queue>}:running-key:<type>:<key>": CLAIMED,
+        "conveyor:{<queue>}:running-count-key:<type>:<key>": CLAIMED,
         "conveyor:{<queue>}:hold-key:<type>:<key>": CLAIMED,
-        "conveyor:{<queue>}:in_progress": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:retrying": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:hold:<type>": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:running:<type>": CLAIM_NOT_YET,
-        "conveyor:{<queue>}:ring:<type>": CLAIM_NOT_YET,
     },
     "submit": {"arq:job:<id>": DEBOUNCED, "conveyor:job:<id>": DEBOUNCED},
     "finish": {
         "conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY,
-        "conveyor:{<queue>}:running-key:<type>:<key>": FAIRNESS_KEY,
+        "conveyor:{<queue>}:running-count-key:<type>:<key>": FAIRNESS_KEY,
         "conveyor:{<queue>}:hold-key:<type>:<key>": FAIRNESS_KEY,
+        "<queue>": CONTINUATION_ELSEWHERE,
+        "conveyor:{<queue>}:history:<minute>": CONTINUATION_ELSEWHERE,
     },
     "settle": {
         "conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY,
-        "conveyor:{<queue>}:running-key:<type>:<key>": FAIRNESS_KEY,
+        "conveyor:{<queue>}:running-count-key:<type>:<key>": FAIRNESS_KEY,
     },
     "cancel": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
     "requeue": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
     "bulk": {"conveyor:{<queue>}:keyq:<type>:<key>": FAIRNESS_KEY},
-    "group_submit": {
-        "<queue>": GROUP_NOT_YET,
-        "arq:job:<group>.<index>": GROUP_NOT_YET,
-        "conveyor:{<queue>}:history:<minute>": GROUP_NOT_YET,
-    },
+    "group_outbox": {"conveyor:group:<group>": OUTBOX_TAKEN},
 }
 
 
@@ -119,25 +119,34 @@ def script_names() -> dict[str, str]:
 
 
 JOB_ID = re.compile(r"\{[^{}]+\}[0-9a-f]{32}")
-GROUP_ID = re.compile(r"g[0-9a-f]{32}")
+# A group's id: `g` and 32 hex digits, after its queue shard's tag on a cluster.
+GROUP_ID = re.compile(r"(\{[^{}]+\})?g[0-9a-f]{32}")
+PER_TYPE = "running-count|start-log|hold|ring"
+PER_KEY = "running-count-key|start-log-key|hold-key|keyq"
 
 
 def shape(key: str, queues: set[str]) -> str:
     """A key's name with what varies per call (ids, queue, minute, type, key) as placeholders."""
     key = JOB_ID.sub("<id>", key)
-    key = re.sub(r"g[0-9a-f]{32}\.\d+", "<group>.<index>", key)
+    key = re.sub(GROUP_ID.pattern + r"\.\d+", "<group>.<index>", key)
     key = GROUP_ID.sub("<group>", key)
     if key in queues:
         return "<queue>"
     key = re.sub(r"^conveyor:\{[^{}]+\}:", "conveyor:{<queue>}:", key)
     key = re.sub(r":history:\d+$", ":history:<minute>", key)
-    key = re.sub(r":(running-key|starts-key|hold-key|keyq):[^:]+:.*$", r":\1:<type>:<key>", key)
-    return re.sub(r":(running|starts|hold|ring):[^:]+$", r":\1:<type>", key)
+    key = re.sub(rf":({PER_KEY}):[^:]+:.*$", r":\1:<type>:<key>", key)
+    return re.sub(rf":({PER_TYPE}):[^:]+$", r":\1:<type>", key)
+
+
+def exercised_catalog() -> Catalog:
+    """The test jobs' catalog, with a job type of a queue in another slot."""
+    catalog = load_catalog(jobs.MODULES.split(","))
+    return Catalog([*catalog, replace(CREATE_TASK, name=ELSEWHERE, queue=ELSEWHERE)])
 
 
 async def exercise(redis: ArqRedis) -> None:
     """Every script's main paths, as the store runs them."""
-    catalog = load_catalog(jobs.MODULES.split(","))
+    catalog = exercised_catalog()
     store = JobStore(redis, catalog)
     queue = CREATE_TASK.queue
     task = CreateTask(sleep_s=0)
@@ -148,6 +157,15 @@ async def exercise(redis: ArqRedis) -> None:
         )
         assert len(claim.jobs) == 1, claim
         return claim.jobs[0].job_id, claim.jobs[0].token
+
+    async def claim_all(on: str = queue) -> None:
+        """Claim every job that waits, out of the way of the steps that follow."""
+        while (
+            await store.claim(
+                on, 10, lock_ttl_ms=LOCK_MS, cancelled_retention_ms=RETENTION_MS, scan_limit=100
+            )
+        ).jobs:
+            pass
 
     rate = RateLimit(keys.rate_limit_key("tester"), 1000, 1000)
     quota = Quota(keys.outstanding_key("tester"), 100)
@@ -212,19 +230,18 @@ async def exercise(redis: ArqRedis) -> None:
         batch = await store.bulk_batch(action, queue, [job_id], RETENTION_MS)
         assert batch.done == 1, (action, batch)
 
-    # Flow control: a type with a running limit, and a keyed one (fairness,
-    # running sets per key, holds), once the jobs above that still wait are
+    # Flow control: a type with a running limit, one with a rate, and a keyed one (fairness,
+    # running counts per key, holds), once the jobs above that still wait are
     # claimed out of the way.
-    while (
-        await store.claim(
-            queue, 10, lock_ttl_ms=LOCK_MS, cancelled_retention_ms=RETENTION_MS, scan_limit=100
-        )
-    ).jobs:
-        pass
+    await claim_all()
     capped, keyed = catalog["capped"], catalog["per_tenant"]
     await enqueue(store, capped, jobs.Effect(work_s=0))
     capped_id, capped_token = await claimed_one(capped.queue)
     assert await store.complete(capped, capped_id, "1", token=capped_token)
+    paced = catalog["paced"]  # a rate: its start log
+    await enqueue(store, paced, jobs.Effect(work_s=0))
+    paced_id, paced_token = await claimed_one(paced.queue)
+    assert await store.complete(paced, paced_id, "1", token=paced_token)
     for _ in range(2):
         await enqueue(store, keyed, jobs.Tenanted(tenant_id="t1", work_s=0))
     keyed_id, keyed_token = await claimed_one(keyed.queue)
@@ -248,11 +265,58 @@ async def exercise(redis: ArqRedis) -> None:
     assert (await limiter.hit("tester")).allowed
     assert await take_counts(redis, keys.job_id_for(queue), [queue]) is not None
 
-    group_id = "g" + "0" * 32
-    assert await store.create_group(group_id, 1, {"policy": "all"})
-    member = MemberRow(f"{group_id}.0", queue, now_ms(), b"{}", "", CREATE_TASK.name)
-    assert await store.submit_members([member], resuming=False) == 1
-    assert await store.cancel_group_hash(group_id) == "running"
+    # Groups: created by a running job, two members, a continuation of their
+    # queue and one of another; then cancelled.
+    await claim_all()
+    owner = await enqueue(store, CREATE_TASK, task)
+    owner_id, _ = await claimed_one()
+    assert owner_id == owner.job_id
+    children = [(CREATE_TASK, task), (CREATE_TASK, task)]
+    group = await start_group(
+        store,
+        children,
+        then=Call(CREATE_TASK, task),
+        on_success=Call(ELSEWHERE, task),
+        parent_id=owner_id,
+        submitted_by="tester",
+        quota=quota,
+    )
+    # Its creation resumed (a retried try's): the members' submit skips those that exist.
+    resumed = await start_group(
+        store,
+        children,
+        then=Call(CREATE_TASK, task),
+        on_success=Call(ELSEWHERE, task),
+        group_id=group.id,
+        parent_id=owner_id,
+    )
+    assert not resumed.created
+    for _ in group.member_ids:
+        member_id, member_token = await claimed_one()
+        assert member_id in group.member_ids
+        assert await store.complete(CREATE_TASK, member_id, "1", token=member_token)
+    assert await cancel_group(store, group.id) is not None
+
+    # A cluster's calls: on a cluster a call touches one slot, so the creating
+    # job's record (in another slot than the group's) is linked by a call of
+    # its own (group_link), and a continuation of another slot is started
+    # through its group's shard's outbox (group_outbox, group_continue). The
+    # store makes the same calls on one node when told it is a cluster's.
+    cluster_store = JobStore(redis, catalog)
+    cluster_store.one_slot_per_call = True
+    await claim_all()
+    elsewhere = catalog[ELSEWHERE]
+    owner = await enqueue(cluster_store, elsewhere, task)
+    owner_id, _ = await claimed_one(elsewhere.queue)
+    assert owner_id == owner.job_id
+    group = await start_group(
+        cluster_store, [(CREATE_TASK, task)], on_success=Call(elsewhere, task), parent_id=owner_id
+    )
+    (member_id,) = group.member_ids
+    claimed_id, member_token = await claimed_one()
+    assert claimed_id == member_id
+    assert await cluster_store.complete(CREATE_TASK, member_id, "1", token=member_token)
+    assert await cluster_store.drain_outbox(queue) == 1
 
 
 def undeclared(calls: list[ScriptCall], queues: set[str]) -> dict[str, set[str]]:
@@ -276,7 +340,7 @@ async def test_every_key_a_script_touches_is_declared_or_allowed(
     redis: ArqRedis, redis_url: str
 ) -> None:
     db = int(urlsplit(redis_url).path.lstrip("/") or 0)
-    catalog = load_catalog(jobs.MODULES.split(","))
+    catalog = exercised_catalog()
     queues = {shard for q in catalog.queues() for shard in catalog.shards(q)}
     async with watch_calls(redis_url, db) as watched:
         await exercise(redis)

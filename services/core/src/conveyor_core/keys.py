@@ -44,14 +44,16 @@ layout above, and tests/core/test_script_keys.py lists each with its reason
   of its own before the submit (it used to read jobs of every slot inside
   the submit); a parent's record gets its child by link_child.lua after.
 - claim.lua, finish.lua (finish and fetch), settle.lua, cancel.lua,
-  requeue.lua, bulk.lua: the queue and its flags declared, and but for the
-  claim the given jobs' keys, the queue's indexes, flow and waiting hashes,
-  the minute's history and a limited type's running set, hold and ring;
-  derived: the claimed jobs' keys, and a job's fairness key's flow keys,
-  all in the queue's slot. A job of a group also counts in its group
-  (lib/group.lua): the group's hash is `conveyor:group:{group id}`, whose
-  id on a cluster carries its members' queue shard tag, so it is in their
-  slot (below).
+  requeue.lua, bulk.lua: the queue and its flags declared, the queue's
+  indexes, flow and waiting hashes, a limited type's running count, hold
+  and ring and the marks' flag (the claim: of every limited type of the
+  queue, and their start logs), and but for the claim the given jobs' keys
+  and the minute's history; derived: the claimed jobs' keys, and a job's
+  fairness key's flow keys, all in the queue's slot. A job of a group also
+  counts in its group (lib/group.lua): the group's hash is
+  `conveyor:group:{group id}`, whose id on a cluster carries its members'
+  queue shard tag, so it is in their slot (below); a member's end declares
+  it, and its group's continuations' arq job keys and outbox.
 - renew.lua: per try its record and lock, declared; one call per queue on
   a cluster. read.lua: the job's record, arq keys, its queue and paused
   flag (the limiter as for submit); an id with no tag is looked for in
@@ -63,8 +65,9 @@ layout above, and tests/core/test_script_keys.py lists each with its reason
   `{shard}g...`: in its members' shard's slot), an outer group's hash (a hand-over joins the
   outer group's shard) and the creating job's record when it is in the same
   slot (else group_link.lua, a call of its own). group_submit.lua: the
-  members of a chunk, `{group id}.{index}`, in the group's shard, and the
-  caller's quota on one node (on a cluster a ZADD of its own). A
+  members of a chunk, `{group id}.{index}`, in the group's shard, their
+  queues' keys (declared), and the caller's quota on one node (on a
+  cluster a ZADD of its own). A
   continuation of another slot: the group's shard's outbox, in its slot
   (group_outbox.lua), then group_continue.lua in the continuation's slot.
   On one node group ids keep their untagged shape (`g...`, group_ids.py).
@@ -310,8 +313,22 @@ def index_keys(queue: str) -> list[str]:
 
 # Flow control's keys per job type and fairness key (FLOW_SUFFIX's comment), as
 # lua/lib/keys.lua names them: declared by the calls that touch them.
-def running_key(queue: str, job_type: str) -> str:
-    return queue_key(queue, f"running:{job_type}")
+def running_count_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"running-count:{job_type}")
+
+
+def start_log_key(queue: str, job_type: str) -> str:
+    return queue_key(queue, f"start-log:{job_type}")
+
+
+def running_checked_key(queue: str) -> str:
+    """Set when the claim last looked for running jobs whose lock lapsed (once per lock ttl)."""
+    return queue_key(queue, "running-checked")
+
+
+def marked_key(queue: str) -> str:
+    """The marks' flag: exists while the waiting hash (HELD_SUFFIX) may hold marks."""
+    return queue_key(queue, "waiting-marked")
 
 
 def hold_key(queue: str, job_type: str) -> str:

@@ -16,8 +16,8 @@
 --
 -- KEYS: 1 queue; then, declared (named here too, see store/declared.py): the
 --       queue's flow and waiting hashes, every index, its limited types'
---       running sets, holds and rings, and per job its record, arq job key,
---       lock and result key
+--       running counts, holds and rings and the marks' flag, and per job its
+--       record, arq job key, lock and result key and its group's keys
 -- ARGV: 1 'cancel', 'requeue' or 'delete', 2 now ms, 3 cancelled retention ms,
 --       4.. job ids; for 'requeue' each id is followed by its job data, or ''
 --       (a finished job's payload is in arq's result key, lib/arq_result.lua:

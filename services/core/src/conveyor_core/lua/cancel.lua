@@ -6,8 +6,9 @@
 -- the queue's wake channel, cancels the job's task and records `cancelled`.
 --
 -- KEYS: 1 queue; then, declared (named here too, see store/declared.py): the
---       job's record, arq job key, lock and result key, the queue's flow and
---       waiting hashes, every index, a limited type's running set, hold and ring
+--       job's record, arq job key, lock and result key, its group's keys, the
+--       queue's flow and waiting hashes, every index, a limited type's running
+--       count, hold and ring and the marks' flag
 -- ARGV: 1 job id, 2 now ms, 3 cancelled retention ms
 -- Returns {outcome, the record as left, as field, value, ...}: outcome is
 -- 'missing', the final state it was already in, 'cancelling', 'cancel_requested'

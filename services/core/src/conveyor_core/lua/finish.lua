@@ -29,10 +29,11 @@
 -- hold in force stays).
 --
 -- KEYS: 1 queue; then, declared (named here too, see store/declared.py): the
---       job's record, arq job key, lock and result key, the queue's flow and
---       waiting hashes, the in_progress index and the new state's, the
---       minute's history, a limited type's running set, hold and ring (and,
---       finish and fetch, the paused flag)
+--       job's record, arq job key, lock and result key, its group's keys, the
+--       queue's flow and waiting hashes, the in_progress index and the new
+--       state's, the minute's history, a limited type's running count, hold
+--       and ring and the marks' flag (and, finish and fetch, the paused flag
+--       and the claim's keys: store/declared.py, claim_keys)
 -- ARGV: 1 job id, 2 new state (or 'snoozed'), 3 now ms, 4 score (due time for
 --       retrying, snoozed and queued, retention ms for the final states), 5
 --       job type for the history ('' for none), 6 the try's token ('' to end

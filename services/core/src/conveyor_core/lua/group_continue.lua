@@ -6,7 +6,9 @@
 -- Asked again (its taker died before it removed the entry), it starts
 -- nothing: its job key, or once it ended its result key and record, exist.
 --
--- KEYS: 1 arq's job key, 2 arq's result key, 3 the job's record, 4 its queue
+-- KEYS: 1 arq's job key, 2 arq's result key, 3 the job's record, 4 its queue;
+--       the rest declare what the start touches (its flow hash, key queue and
+--       ring, the minute's history)
 -- ARGV: 1 now ms, 2 job id, 3 queue, 4 priority, 5 flow entry or '',
 --       6 job type, 7 arq job bytes
 -- Returns 1 when it started the continuation, 0 when it had been.

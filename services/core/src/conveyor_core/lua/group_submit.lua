@@ -12,7 +12,8 @@
 -- KEYS: 1 the group's hash (not touched: it routes the call to the members'
 --       slot on a cluster, where they share the group's shard), 2 the
 --       caller's outstanding jobs (a sorted set, lua/quota.lua) or absent
---       (keys.absent: no quota, or a cluster's, added to by a call of its own)
+--       (keys.absent: no quota, or a cluster's, added to by a call of its own);
+--       the rest declare what the members' submits touch (store/groups.py)
 -- ARGV: 1 now ms, 2 arq expiry ms, 3 '1' when resuming, then per member six
 --       values: job id, queue, score, arq job bytes, flow entry or '', job type
 -- Returns how many members were created.

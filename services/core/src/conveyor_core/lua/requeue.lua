@@ -6,9 +6,9 @@
 -- checkpoint (checkpoint.py) unless asked to start over.
 --
 -- KEYS: 1 queue, 2 arq job key, 3 arq result key; then, declared (named here
---       too, see store/declared.py): the job's record and lock, the queue's
---       flow and waiting hashes, every index, a limited type's running set,
---       hold and ring
+--       too, see store/declared.py): the job's record and lock, its group's
+--       keys, the queue's flow and waiting hashes, every index, a limited
+--       type's running count, hold and ring and the marks' flag
 -- ARGV: 1 job id, 2 now ms, 3 arq job bytes, 4 '1' to start over (drop the checkpoint)
 -- Returns {outcome, the record as left, as field, value, ...}: outcome is
 -- 'requeued', 'missing' or the state it was in. A worker may start it the next moment.

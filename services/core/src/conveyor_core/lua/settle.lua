@@ -6,9 +6,9 @@
 -- cancelled when a cancel was pending, else dead with the error given.
 --
 -- KEYS: 1 queue; then, declared (named here too, see store/declared.py): the
---       job's record, arq job key, lock and result key, the queue's flow and
---       waiting hashes, every index, and its limited types' running sets,
---       holds and rings
+--       job's record, arq job key, lock and result key, its group's keys, the
+--       queue's flow and waiting hashes, every index, and its limited types'
+--       running counts, holds and rings and the marks' flag
 -- ARGV: 1 job id, 2 now ms, 3 dead retention ms, 4 cancelled retention ms, 5 error JSON,
 --       6 the try's token ('' for any)
 -- Returns the state it was left in, 'stale' when the token is no longer the

@@ -12,6 +12,7 @@ from conveyor_core.flow import claim_limits
 from conveyor_core.functions import FunctionLibrary
 from conveyor_core.lua import job_library, lua_script
 from conveyor_core.ratelimit import RateLimit
+from conveyor_core.store.declared import claim_keys
 
 
 class StoreBase:
@@ -79,11 +80,22 @@ class StoreBase:
         # Per queue shard: its limited job types as its claim reads them ('' for
         # none), a whole type's limits split over the queue's shards.
         self._claim_limits: dict[str, str] = {}
+        # Per queue shard: the keys its claim declares beyond its first four
+        # (store/declared.py, claim_keys), made once.
+        self._claim_keys: dict[str, list[str]] = {}
         for queue in self.catalog.queues():
-            limited = [(t.name, t.limits) for t in self.catalog.for_queue(queue) if t.limits]
+            job_types = self.catalog.for_queue(queue)
+            limited = [(t.name, t.limits) for t in job_types if t.limits]
             shards = self.catalog.shards(queue)
             for index, shard in enumerate(shards):
                 self._claim_limits[shard] = claim_limits(limited, len(shards), index)
+                self._claim_keys[shard] = claim_keys(shard, job_types)
+
+    def claim_keys_of(self, shard: str) -> list[str]:
+        """The keys a claim of `shard` declares beyond its first four (a queue
+        the catalog does not know has no limited types)."""
+        known = self._claim_keys.get(shard)
+        return known if known is not None else claim_keys(shard, ())
 
     def shard_of(self, job_id: str, queue: str) -> str:
         """The shard of `queue` a job lives on: the one its id names

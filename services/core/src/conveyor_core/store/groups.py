@@ -15,8 +15,10 @@ from arq.constants import job_key_prefix, result_key_prefix
 from redis.crc import key_slot
 
 from conveyor_core import keys
+from conveyor_core.history import history_key
 from conveyor_core.jobs import now_ms
 from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS, GROUP_OPEN_S
+from conveyor_core.store.declared import fairness_keys
 from conveyor_core.store.reads import Reads
 from conveyor_core.store.results import Quota
 
@@ -38,6 +40,23 @@ class MemberRow:
     job_bytes: bytes
     flow: str
     job_type: str
+
+
+def member_keys(rows: Sequence[MemberRow], at_ms: int, *, resuming: bool) -> list[str]:
+    """What a chunk's submit touches, declared (each once): per member its arq
+    job key (resuming, also its result key and record, which say it ran), and
+    what a submit touches of its queue (the flow hash, a keyed job's key queue
+    and ring, the minute's history)."""
+    declared: dict[str, None] = {}
+    for row in rows:
+        declared[job_key_prefix + row.job_id] = None
+        if resuming:
+            declared[result_key_prefix + row.job_id] = None
+            declared[keys.job_key(row.job_id)] = None
+        queue_keys = [row.queue, keys.queue_key(row.queue, keys.FLOW_SUFFIX)]
+        queue_keys += [*fairness_keys(row.queue, row.flow), history_key(row.queue, at_ms // 60_000)]
+        declared.update(dict.fromkeys(queue_keys))
+    return list(declared)
 
 
 class Groups(Reads):
@@ -103,7 +122,12 @@ class Groups(Reads):
         group_key = keys.group_key(group_id)
         quota_apart = quota is not None and self.one_slot_per_call
         quota_key = quota.key if quota is not None and not quota_apart else keys.absent(group_key)
-        created = int(await self._group_submit(keys=[group_key, quota_key], args=args))
+        created = int(
+            await self._group_submit(
+                keys=[group_key, quota_key, *member_keys(rows, at_ms, resuming=resuming)],
+                args=args,
+            )
+        )
         if quota is not None and quota_apart and created:
             # Existing members are counted again: harmless, a prune drops ended ones.
             await self.redis.zadd(quota.key, {row.job_id: at_ms for row in rows})
@@ -141,14 +165,18 @@ class Groups(Reads):
             entries = []
             for i in range(0, len(taken), 7):
                 entry, job_id, queue, priority, flow, job_type, job_bytes = taken[i : i + 7]
-                name = job_id.decode()
+                name, shard = job_id.decode(), queue.decode()
                 started += int(
                     await self._group_continue(
                         keys=[
                             job_key_prefix + name,
                             result_key_prefix + name,
                             keys.job_key(name),
-                            queue.decode(),
+                            shard,
+                            # What it touches as a submit would, declared.
+                            keys.queue_key(shard, keys.FLOW_SUFFIX),
+                            *fairness_keys(shard, flow.decode()),
+                            history_key(shard, at_ms // 60_000),
                         ],
                         args=[at_ms, job_id, queue, priority, flow, job_type, job_bytes],
                     )

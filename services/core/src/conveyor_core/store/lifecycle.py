@@ -35,6 +35,7 @@ from conveyor_core.store.declared import (
     INDEX_AFTER,
     fairness_keys,
     flow_keys,
+    group_keys,
     limited_keys,
     own_keys,
     queue_moves,
@@ -245,6 +246,7 @@ class Lifecycle(Reads):
                 keys.paused_key(queue),
                 keys.queue_key(queue, keys.FLOW_SUFFIX),
                 keys.queue_key(queue, keys.HELD_SUFFIX),
+                *self.claim_keys_of(queue),
             ],
             args=[
                 now_ms(),
@@ -299,8 +301,10 @@ class Lifecycle(Reads):
             fetch_args: list[Any] = [fetch.wanted, fetch.lock_ttl_ms, fetch.scan_limit]
             fetch_args += [fetch.cancelled_retention_ms, limits, claim_nonce()]
             with contextlib.suppress(OutOfMemoryError):
+                # The claim's keys too, each once (the end's declares a few).
+                claiming = [keys.paused_key(shard), *self.claim_keys_of(shard)]
                 reply = await self._finish_and_fetch(
-                    keys=[*declared, keys.paused_key(shard)],
+                    keys=list(dict.fromkeys([*declared, *claiming])),
                     args=[*args, *fetch_args, hold, job_data, *fields_],
                 )
         if reply is None:
@@ -586,6 +590,7 @@ class Lifecycle(Reads):
                 result_key_prefix + job_id,
                 keys.job_key(job_id),
                 in_progress_key_prefix + job_id,
+                *group_keys(job_id),
                 *queue_moves(shard),
                 *flow_keys(shard, self.catalog[arq_job.function]),
             ],
