@@ -3,7 +3,7 @@
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -140,6 +140,16 @@ def running(stack: Stack, workers: int = 0) -> Iterator[Stack]:
         yield stack
     finally:
         stack.close()
+
+
+def eventually(check: Callable[[], bool], what: Callable[[], str], timeout_s: float = 5.0) -> None:
+    """Wait until `check()` holds: a running service's log lines reach its
+    output up to logstream.FLUSH_INTERVAL_S after they are written (more on
+    a loaded machine). Fails with `what()` when it does not hold in time."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, what()
+        time.sleep(0.02)
 
 
 @contextmanager

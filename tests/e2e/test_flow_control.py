@@ -10,7 +10,7 @@ from typing import cast
 import httpx
 
 from conveyor_core.local.redis_server import RedisProcess
-from tests.e2e.conftest import Stack, running
+from tests.e2e.conftest import Stack, eventually, running
 from tests.support import jobs
 
 QUEUE = "arq:queue"
@@ -52,7 +52,9 @@ def test_a_paused_queue_starts_nothing_on_any_worker_and_resume_drains_it(stack:
     for job_id in waiting:
         stack.wait_for_state(job_id, "complete", timeout_s=15)
     # Both workers took part: the flag and the wake-up reach every replica.
-    assert all(any(j in w.output() for j in waiting) for w in stack.workers)
+    eventually(
+        lambda: all(any(j in w.output() for j in waiting) for w in stack.workers), stack.logs
+    )
 
 
 def test_priorities_order_the_starts_of_several_workers_fifo_within_each(stack: Stack) -> None:

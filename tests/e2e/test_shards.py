@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from conveyor_core import keys
-from tests.e2e.conftest import Stack, running
+from tests.e2e.conftest import Stack, eventually, running
 from tests.support import jobs, sharded
 
 MODULES = f"{jobs.MODULES},{sharded.__name__}"
@@ -27,7 +27,9 @@ def test_a_sharded_queue_runs_on_every_shard_and_reads_pauses_and_resumes_as_one
             job = stack.wait_for_state(job_id, "complete")
             assert job["queue"] == sharded.QUEUE
         # Both workers took part.
-        assert all(any(j in w.output() for j in submitted) for w in stack.workers)
+        eventually(
+            lambda: all(any(j in w.output() for j in submitted) for w in stack.workers), stack.logs
+        )
 
         assert stack.http.post(f"/v1/queues/{sharded.QUEUE}/pause").status_code == 200
         waiting = [stack.submit("sharded_effect", {"work_s": 0})["id"] for _ in range(30)]

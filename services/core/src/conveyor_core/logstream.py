@@ -96,6 +96,14 @@ class TurnFlushingHandler(logging.StreamHandler[TextIO]):
         self._flush_now()
 
 
+def flush_all() -> None:
+    """Write every handler's buffered lines now: before a last line of the
+    process's own (a refusal to start) that must come after them."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, TurnFlushingHandler):
+            handler.flush_now()
+
+
 def flush_then_die_by(*signals: signal.Signals, before: Callable[[], None] = lambda: None) -> None:
     """Make these signals, when they end the process, flush what is buffered
     first. A server that re-raises the signal it stopped on (uvicorn does, after
@@ -107,9 +115,7 @@ def flush_then_die_by(*signals: signal.Signals, before: Callable[[], None] = lam
         before()
         # The loop may still run here (uvicorn re-raises from inside it): a
         # flush due at the end of its turn would never come.
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, TurnFlushingHandler):
-                handler.flush_now()
+        flush_all()
         logging.shutdown()
         signal.signal(signum, signal.SIG_DFL)
         signal.raise_signal(signum)

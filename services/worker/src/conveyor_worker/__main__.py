@@ -8,6 +8,7 @@ import uvloop
 
 from conveyor_core.catalog import JobModuleError
 from conveyor_core.logging import configure_logging
+from conveyor_core.logstream import flush_all
 from conveyor_core.tracing import setup_tracing
 from conveyor_worker.health import start_health_server
 from conveyor_worker.resources import ResourceOpenError
@@ -50,6 +51,9 @@ def main() -> None:
         uvloop.run(serve(settings))
     except (JobModuleError, ResourceOpenError) as exc:
         # One line that says which module and what is wrong; no traceback.
+        # It is the last line: the loop's lines still waiting for their
+        # flush go first.
+        flush_all()
         sys.exit(f"conveyor-worker: cannot start: {exc}")
     finally:
         tracing.shutdown()  # export the spans still buffered
