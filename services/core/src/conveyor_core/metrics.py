@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.samples import Exemplar
+from prometheus_client.values import MutexValue
 
 DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -185,26 +186,48 @@ class LabelCache(Generic[Metric]):
 def increment(child: Counter) -> Callable[[float], None]:
     """`child.inc` for a per-job path: its value's own increment, without the
     checks of an amount and an exemplar the caller never passes (a call
-    less and a lock's worth of work fewer per job). The child exports the same."""
-    return child._value.inc  # type: ignore[no-any-return]
+    less and a lock's worth of work fewer per job). The child exports the same.
+    Its caller is the series' one writer (as Observer's): an in-process value
+    is then added to without its lock."""
+    value = child._value
+    if type(value) is not MutexValue:  # a multiprocess setup's file
+        return value.inc  # type: ignore[no-any-return]
+
+    def add(amount: float) -> None:
+        value._value += amount
+
+    return add
 
 
 class Observer:
     """`child.observe(amount, exemplar)` of a labelled histogram for a per-job
     path: the bucket found by bisection, not by a loop over every bound, and
     the exemplar (the caller's trace id, valid as it is made) not checked
-    again. It writes the child's own values, so the child exports the same."""
+    again. It writes the child's own values, so the child exports the same.
 
-    __slots__ = ("_bounds", "_buckets", "_sum")
+    Its owner is the one thread that writes the series (the worker's event
+    loop): in-process values are then written without their locks, which
+    guard against a second writer only. A scrape reads each value under its
+    lock, and sees it before or after a write, as with the lock."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum", "_unlocked")
 
     def __init__(self, child: Histogram) -> None:
         self._sum = child._sum
         self._buckets = child._buckets
         self._bounds = tuple(child._upper_bounds)  # the last is +Inf: every amount has one
+        # Not the files of a multiprocess setup, whose writes are more than an attribute's.
+        self._unlocked = all(type(v) is MutexValue for v in (child._sum, *child._buckets))
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
-        self._sum.inc(amount)
         bucket = self._buckets[bisect_left(self._bounds, amount)]
+        if self._unlocked:
+            self._sum._value += amount
+            bucket._value += 1
+            if exemplar:
+                bucket._exemplar = Exemplar(exemplar, amount, time.time())
+            return
+        self._sum.inc(amount)
         bucket.inc(1)
         if exemplar:
             bucket.set_exemplar(Exemplar(exemplar, amount, time.time()))
