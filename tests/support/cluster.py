@@ -280,6 +280,21 @@ class LocalCluster:
                 info = client.info("replication")
             if info.get("master_link_status") != "up":
                 return False
+        # And every primary counts its replica online: after a diskless sync a
+        # primary waits for the replica's first ACK (up to a second after the
+        # replica says its link is up), and a WAIT until then counts none.
+        online = 0
+        for primary in primaries:
+            with primary.client() as client:
+                info = client.info("replication")
+            online += sum(
+                1
+                for name, value in info.items()
+                if name.startswith("slave") and isinstance(value, dict)
+                if value.get("state") == "online"
+            )
+        if online != len(self.replicas()):
+            return False
         return len(running) == len(self.nodes)
 
     def flushall(self) -> None:
