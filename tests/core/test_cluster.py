@@ -155,6 +155,10 @@ async def test_no_seed_answering_is_unreachable() -> None:
         with pytest.raises(REDIS_FAULT_ERRORS) as caught:
             await client.get("conveyor:x")
         assert redis_fault(caught.value) is RedisFault.UNREACHABLE
+        assert isinstance(client, ClusterClient)
+        with pytest.raises(REDIS_FAULT_ERRORS) as caught:  # a forced re-read too
+            await client.reread_slot_map()
+        assert redis_fault(caught.value) is RedisFault.UNREACHABLE
     finally:
         await client.aclose()
 
@@ -175,6 +179,9 @@ async def test_a_cluster_with_unserved_slots_is_a_cluster_fault(
             await client.get("conveyor:x")
         assert isinstance(caught.value, ClusterDownError)
         assert redis_fault(caught.value) is RedisFault.CLUSTER_DOWN
+        assert isinstance(client, ClusterClient)
+        with pytest.raises(ClusterDownError):  # a forced re-read too (a script's NOSCRIPT)
+            await client.reread_slot_map()
     finally:
         await client.aclose()
     # A plain client gets Redis' own CLUSTERDOWN reply.

@@ -86,6 +86,8 @@ def test_loading_and_reply_errors_are_named_by_their_prefix() -> None:
     assert redis_fault(ResponseError("LOADING Redis is loading")) == RedisFault.LOADING
     assert redis_fault(ResponseError("OOM command not allowed")) == RedisFault.OUT_OF_MEMORY
     assert redis_fault(ResponseError("READONLY You can't write")) == RedisFault.READ_ONLY
+    demoted = "UNBLOCKED force unblock from blocking operation, instance state changed"
+    assert redis_fault(ResponseError(demoted)) == RedisFault.READ_ONLY
     assert redis_fault(ResponseError("WRONGTYPE Operation against a key")) is None
     assert redis_fault(ValueError("a bug")) is None
 

@@ -11,8 +11,9 @@ from prometheus_client import REGISTRY
 
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.enqueue import enqueue
-from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient
+from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient, connect
 from conveyor_core.replicas import ReplicasShortError, call_and_wait
+from conveyor_core.settings import RedisSettings
 from conveyor_core.store import JobStore
 from conveyor_seed import CREATE_TASK, CreateTask
 from tests.support.cluster import LocalCluster
@@ -163,3 +164,30 @@ async def test_a_submit_on_a_single_redis_waiting_for_a_replica_is_counted(
     with pytest.raises(ReplicasShortError):
         await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0))
     assert _short_submits(queue) == before + 1
+
+
+async def test_a_primary_demoted_while_its_write_waits_says_it_is_short(
+    cluster_url: str, redis_cluster: LocalCluster
+) -> None:
+    """A failover while the WAIT blocks: the demoted primary ends the WAIT with
+    UNBLOCKED. The write stands but no replica vouched for it: short, not a bug."""
+    client = connect(RedisSettings(url=cluster_url, socket_timeout_s=10))
+    assert isinstance(client, ClusterClient)
+    script = client.register_script(WRITE)
+    primary = redis_cluster.primary_of(KEY)
+    replica = redis_cluster.replica_of(primary)
+    await call_and_wait(client, script, keys=[KEY], args=[], replicas=0, timeout_ms=1)  # loaded
+    # Two replicas wanted, one exists: the WAIT blocks its whole timeout.
+    waiting = asyncio.create_task(
+        call_and_wait(client, script, keys=[KEY], args=[], replicas=2, timeout_ms=8_000)
+    )
+    await asyncio.sleep(0.3)
+    with replica.client() as direct:
+        direct.execute_command("CLUSTER", "FAILOVER")  # graceful: the primary turns replica
+    try:
+        done = await asyncio.wait_for(waiting, timeout=7)
+        assert (done.reply, done.wanted, done.acknowledged, done.short) == (2, 2, 0, True)
+    finally:
+        await client.aclose()
+        redis_cluster.wait_for_promotion(replica, primary)
+        redis_cluster.wait_until_ok()  # the old primary synced as the new one's replica

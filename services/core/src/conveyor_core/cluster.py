@@ -44,7 +44,7 @@ What redis-py does for us, and what it does not:
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from arq.constants import default_queue_name, expires_extra_ms
@@ -144,23 +144,35 @@ class ClusterClient(RedisCluster):
         return slots.pop()
 
     async def initialize(self) -> "ClusterClient":
-        """Read the slot map; a fault while reading it raises as the fault it is.
-
-        redis-py raises a bare RedisClusterException when no seed answers or
-        slots are unserved: its callers would take either for a bug.
-        """
-        try:
+        """Read the slot map, if not read yet; a fault while reading it raises
+        as the fault it is (`_slot_map_faults`)."""
+        with _slot_map_faults():
             await super().initialize()
-        except RedisClusterException as exc:
-            message = str(exc)
-            if isinstance(exc.__cause__, AuthenticationError):  # as one node says it
-                raise exc.__cause__ from exc
-            if message.startswith(_NO_SEED_ANSWERS):
-                raise RedisConnectionError(message) from exc
-            if message.startswith(_SLOTS_UNSERVED):
-                raise ClusterDownError(message) from exc  # type: ignore[no-untyped-call]
-            raise
         return self
+
+    async def reread_slot_map(self) -> None:
+        """Read the slot map again now: a node was lost, or a promoted replica
+        lacks a script. Faults raise as `initialize`'s do."""
+        with _slot_map_faults():
+            await self.nodes_manager.initialize()
+
+
+@contextlib.contextmanager
+def _slot_map_faults() -> Iterator[None]:
+    """redis-py raises a bare RedisClusterException when no seed answers or
+    slots are unserved while it reads the slot map: its callers would take
+    either for a bug (a 500 during a failover). Here each is the fault it is."""
+    try:
+        yield
+    except RedisClusterException as exc:
+        message = str(exc)
+        if isinstance(exc.__cause__, AuthenticationError):  # as one node says it
+            raise exc.__cause__ from exc
+        if message.startswith(_NO_SEED_ANSWERS):
+            raise RedisConnectionError(message) from exc
+        if message.startswith(_SLOTS_UNSERVED):
+            raise ClusterDownError(message) from exc  # type: ignore[no-untyped-call]
+        raise
 
 
 class _NodesManager(NodesManager):
@@ -267,7 +279,7 @@ class _Script(AsyncScript):
             cluster = client if client is not None else self.registered_client
             if not isinstance(cluster, ClusterClient):
                 raise
-            await cluster.nodes_manager.initialize()
+            await cluster.reread_slot_map()
             self.sha = await cluster.script_load(self.script)
             named = list(keys or [])
             # redis-py types EVALSHA's keys and arguments as str only.

@@ -115,6 +115,8 @@ for _fault in RedisFault:
 _REPLY_PREFIXES = {
     "OOM": RedisFault.OUT_OF_MEMORY,
     "READONLY": RedisFault.READ_ONLY,
+    # A blocked call (WAIT) ended because its primary turned replica.
+    "UNBLOCKED": RedisFault.READ_ONLY,
     "LOADING": RedisFault.LOADING,
     "CLUSTERDOWN": RedisFault.CLUSTER_DOWN,
     "TRYAGAIN": RedisFault.CLUSTER_DOWN,

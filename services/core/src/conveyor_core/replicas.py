@@ -12,7 +12,8 @@ EVALSHA or a function's FCALL) and its WAIT go in one pipeline, which
 redis-py sends on one connection to the node that serves the key (on a
 cluster: the primary of the key's slot). If the slot moved meanwhile (a
 MOVED, a failover), the WAIT went elsewhere and its count is not trusted:
-the result says 0 replicas.
+the result says 0 replicas; so it does when the WAIT itself failed after
+the write (its primary demoted while it waited, a dropped connection).
 """
 
 from collections.abc import Sequence
@@ -104,7 +105,10 @@ async def call_and_wait(
         if isinstance(reply, Exception):
             raise reply
         if isinstance(acknowledged, Exception):
-            raise acknowledged
+            # The write ran, its WAIT did not end well: the primary turned
+            # replica meanwhile (UNBLOCKED, "WAIT cannot be used with replica
+            # instances"), or the connection dropped. No replica vouched for it.
+            return Replicated(reply, replicas, 0)
         moved = isinstance(client, ClusterClient) and client.get_node_from_key(keys[0]) != node
         return Replicated(reply, replicas, 0 if moved else int(acknowledged))
     raise AssertionError("unreachable: the last attempt returns or raises")

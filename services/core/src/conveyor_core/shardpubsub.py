@@ -219,7 +219,7 @@ async def connect_to_channel_node(
     if isinstance(redis, ClusterClient):
         await redis.initialize()  # the slot map, if not read yet
         if refresh:
-            await redis.nodes_manager.initialize()
+            await redis.reread_slot_map()
         node = redis.get_node_from_key(channel)
         if node is None:
             raise SubscriptionMovedError(f"no node serves the slot of {channel!r}")
