@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from arq.connections import ArqRedis
@@ -15,6 +15,7 @@ from redis.crc import key_slot
 
 from conveyor_core import keys
 from conveyor_core.catalog import JOB_ID_PATTERN, Catalog, load_catalog
+from conveyor_core.cluster import ClusterClient
 from conveyor_core.context import JobContext
 from conveyor_core.enqueue import enqueue
 from conveyor_core.group_ids import (
@@ -689,6 +690,32 @@ async def test_a_continuation_of_another_slot_starts_once_through_the_outbox(
     read = await read_group(store, group.id)
     assert read is not None
     assert read.state == GroupState.DONE
+
+
+async def test_a_cancel_while_a_drain_starts_a_continuation_cancels_it(
+    cluster_redis: ClusterClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain took a continuation from its outbox, and the group is cancelled
+    before the drain starts it (the cancel finds nothing to cancel yet): the
+    drain sees the cancel after the start, and cancels what it started."""
+    store = JobStore(cast(ArqRedis, cluster_redis), CATALOG_X)
+    group = await start_group(store, effects(1), then=Call("effect_elsewhere", {"work_s": 1}))
+    (member,) = (await claim_all(store)).values()
+    await end(store, member, result=1)
+    start = store._group_continue
+
+    async def cancelled_first(**call: Any) -> Any:
+        assert await cancel_group(store, group.id) is not None  # between take and start
+        return await start(**call)
+
+    monkeypatch.setattr(store, "_group_continue", cancelled_first)
+    assert await store.drain_outbox(QUEUE) == 1
+    (then_id,) = group.continuation_ids
+    read = await store.get(then_id)
+    assert read is not None
+    assert read.state == JobState.CANCELLED
+    assert await store.redis.zscore(ELSEWHERE, then_id) is None
+    assert await store.redis.zcard(keys.outbox_key(QUEUE)) == 0
 
 
 async def test_a_cancelled_group_leaves_no_continuation_in_the_outbox(store_x: JobStore) -> None:

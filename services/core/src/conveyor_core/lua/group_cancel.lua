@@ -15,9 +15,12 @@ if state == 'running' or state == 'failed' then
   redis.call('SPUBLISH', group_channel(ARGV[1]), 'cancelled')
 end
 -- A finished group's continuations still in its shard's outbox (a cluster's:
--- lib/group.lua) will not start either.
+-- lib/group.lua) will not start either; one a drain took already and may be
+-- starting now, the drain cancels once it sees cancelled_at_ms
+-- (group_outbox.lua, 'cancelled').
 local shard = string.match(ARGV[1], '^{([^}]*)}')
 if state == 'done' and shard then
+  redis.call('HSET', KEYS[1], 'cancelled_at_ms', ARGV[2])
   for n = 1, tonumber(g[2]) or 0 do redis.call('ZREM', qkey(shard, 'outbox'), ARGV[1] .. '\n' .. n) end
 end
 return state

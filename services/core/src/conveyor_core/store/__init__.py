@@ -24,7 +24,7 @@ from conveyor_core.store.filters import (
     encode_cursor,
 )
 from conveyor_core.store.groups import GROUP_CHUNK_MAX, Groups, MemberRow
-from conveyor_core.store.lifecycle import QUOTA_PRUNE_PER_CALL, Lifecycle
+from conveyor_core.store.lifecycle import QUOTA_PRUNE_PER_CALL
 from conveyor_core.store.listing import Listing
 from conveyor_core.store.queues import TRIM_BATCH, Queues
 from conveyor_core.store.results import (
@@ -46,7 +46,7 @@ from conveyor_core.store.results import (
 from conveyor_core.store.wire import INVALID_JOB_DATA, META_KWARG, SUBMITTED_BY, ArqJob
 
 
-class JobStore(Lifecycle, Listing, Bulk, Queues, Groups):
+class JobStore(Groups, Listing, Bulk, Queues):
     """Submit, claim, finish, cancel, requeue and read jobs; nothing else writes
     them. One face over the store's parts, each a module of this package:
     `lifecycle` (what writes a job's state), `reads`, `listing`, `bulk`,

@@ -19,7 +19,7 @@ from conveyor_core.history import history_key
 from conveyor_core.jobs import now_ms
 from conveyor_core.keys import ARQ_EXPIRY_EXTRA_MS, GROUP_OPEN_S
 from conveyor_core.store.declared import fairness_keys
-from conveyor_core.store.reads import Reads
+from conveyor_core.store.lifecycle import Lifecycle
 from conveyor_core.store.results import Quota
 
 # A member submit's Lua call creates at most this many jobs.
@@ -59,8 +59,9 @@ def member_keys(rows: Sequence[MemberRow], at_ms: int, *, resuming: bool) -> lis
     return list(declared)
 
 
-class Groups(Reads):
-    """Create a group, submit its members, read and cancel it."""
+class Groups(Lifecycle):
+    """Create a group, submit its members, read and cancel it; built on the
+    lifecycle of its jobs."""
 
     async def create_group(
         self,
@@ -75,8 +76,7 @@ class Groups(Reads):
         """The group's hash, counting down from `total`; False (nothing
         written) when it exists: its creation is being resumed. `hands_to` is
         the place (a member id of group `hands_to_group`) it takes over."""
-        if self._admit is not None:  # as every submit (Lifecycle.admit)
-            await self._admit()
+        await self.admit()  # as every submit
         flat: list[str | bytes | int] = [x for pair in fields.items() for x in pair]
         group_key = keys.group_key(group_id)
         absent = keys.absent(group_key)
@@ -152,7 +152,9 @@ class Groups(Reads):
         keys.OUTBOX_SUFFIX), each in its own slot, a bounded number per call;
         returns how many were started. Safe to run anywhere, any number of
         times at once: a taken entry is leased, and a continuation that was
-        started (or has ended) is not started again (lua/group_continue.lua)."""
+        started (or has ended) is not started again (lua/group_continue.lua).
+        A group cancel between the take and the start is seen after the start,
+        and the continuation cancelled (lua/group_outbox.lua, 'cancelled')."""
         outbox = keys.outbox_key(shard)
         started = 0
         while True:
@@ -182,6 +184,12 @@ class Groups(Reads):
                     )
                 )
                 entries.append(entry)
+            # A group cancel that came after the take: its continuation,
+            # started just now, is cancelled before its entry goes.
+            for job_id in await self._group_outbox(
+                keys=[outbox], args=["cancelled", at_ms, *entries]
+            ):
+                await self.cancel(job_id.decode())
             await self._group_outbox(keys=[outbox], args=["done", at_ms, *entries])
             if len(taken) < 7 * OUTBOX_TAKE_MAX:
                 return started
