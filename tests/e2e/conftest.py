@@ -98,6 +98,21 @@ class Stack:
                 raise AssertionError(f"job never reached {states}: {job}\n{self.logs()}")
             time.sleep(0.02)
 
+    def group(self, group_id: str) -> dict[str, Any]:
+        """The group's summary (its counts, no member page)."""
+        response = self.http.get(f"/v1/groups/{group_id}", params={"limit": 0})
+        assert response.status_code == 200, response.text
+        group: dict[str, Any] = response.json()
+        return group
+
+    def wait_for_group(self, group_id: str, *states: str, timeout_s: float = 120) -> dict[str, Any]:
+        """Poll until the group is in one of `states` with no member pending."""
+        deadline = time.monotonic() + timeout_s
+        while (group := self.group(group_id))["state"] not in states or group["counts"]["pending"]:
+            assert time.monotonic() < deadline, f"{group}\n{self.logs()}"
+            time.sleep(0.1)
+        return group
+
     def starts(self, job_id: str) -> list[float]:
         """When each try of a test job began (recorded by the job itself)."""
         starts = cast(list[bytes], self.redis.lrange(f"test:starts:{job_id}", 0, -1))

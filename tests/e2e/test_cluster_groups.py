@@ -35,25 +35,13 @@ def stack(cluster_url: str, log_dir: Path) -> Iterator[Stack]:
         yield stack
 
 
-def wait_for_group(stack: Stack, group_id: str, state: str, timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = stack.http.get(f"/v1/groups/{group_id}", params={"limit": 0})
-        assert response.status_code == 200, response.text
-        group = response.json()
-        if group["state"] == state and not group["counts"]["pending"]:
-            return group
-        assert time.monotonic() < deadline, f"{group}\n{stack.logs()}"
-        time.sleep(0.1)
-
-
 @pytest.mark.timeout(180)
 def test_groups_and_batches_run_on_a_cluster(stack: Stack) -> None:
     # A job starts a group of its own queue's members, with a continuation.
     starter = stack.enqueue("fan_out", {"children": 30})
     group_id = stack.wait_for_state(starter, "complete")["result"]
     assert shard_of_group(group_id) == DEFAULT_QUEUE
-    group = wait_for_group(stack, group_id, "done")
+    group = stack.wait_for_group(group_id, "done")
     assert group["counts"] == {"pending": 0, "complete": 30, "dead": 0, "cancelled": 0}
     (then,) = group["continuations"]
     stack.wait_for_state(then["id"], "complete")
@@ -85,7 +73,7 @@ def test_groups_and_batches_run_on_a_cluster(stack: Stack) -> None:
     assert events[-1]["state"] == "done"
     assert events[-1]["counts"]["complete"] == 40
 
-    batch = wait_for_group(stack, batch_id, "done")
+    batch = stack.wait_for_group(batch_id, "done")
     on_complete, on_success = (c["id"] for c in batch["continuations"])
     for job_id in (on_complete, on_success):
         assert keys.queue_of(job_id) == DEFAULT_QUEUE  # its own queue's slot
@@ -138,18 +126,15 @@ def test_sigkilled_workers_leave_one_callback_with_every_result(
         assert response.status_code == 201, response.text
         batch_id = response.json()["id"]
         for _ in range(2):  # each kill lands while members run
-            path = f"/v1/groups/{batch_id}"
-            before = stack.http.get(path, params={"limit": 0}).json()["counts"]["complete"]
+            before = stack.group(batch_id)["counts"]["complete"]
             deadline = time.monotonic() + 60
-            while stack.http.get(path, params={"limit": 0}).json()["counts"]["complete"] < (
-                before + 30
-            ):
+            while stack.group(batch_id)["counts"]["complete"] < before + 30:
                 assert time.monotonic() < deadline, stack.logs()
                 time.sleep(0.05)
             worker.stop(signal.SIGKILL)
             worker = stack.start_worker(**env)
 
-        batch = wait_for_group(stack, batch_id, "done", timeout_s=120)
+        batch = stack.wait_for_group(batch_id, "done", timeout_s=120)
         assert batch["counts"] == {"pending": 0, "complete": members, "dead": 0, "cancelled": 0}
         (on_complete,) = (c["id"] for c in batch["continuations"])
         stack.wait_for_state(on_complete, "complete", timeout_s=60)

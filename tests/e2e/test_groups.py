@@ -20,23 +20,6 @@ KILLS = 3
 BATCH_JOBS = 10_000
 
 
-def group_of(stack: Stack, group_id: str) -> dict[str, Any]:
-    response = stack.http.get(f"/v1/groups/{group_id}", params={"limit": 0})
-    assert response.status_code == 200, response.text
-    group: dict[str, Any] = response.json()
-    return group
-
-
-def wait_for_group(
-    stack: Stack, group_id: str, *states: str, timeout_s: float = 120
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while (group := group_of(stack, group_id))["state"] not in states or group["counts"]["pending"]:
-        assert time.monotonic() < deadline, f"{group}\n{stack.logs()}"
-        time.sleep(0.1)
-    return group
-
-
 @pytest.mark.timeout(300)
 def test_a_workflow_of_500_children_survives_three_sigkills(stack: Stack) -> None:
     worker_env = {"CONVEYOR_WORKER_MAX_JOBS": "10", "CONVEYOR_WORKER_LOCK_TTL_S": "2"}
@@ -45,15 +28,15 @@ def test_a_workflow_of_500_children_survives_three_sigkills(stack: Stack) -> Non
     group_id = stack.wait_for_state(starter, "complete")["result"]
 
     for _ in range(KILLS):  # each kill lands while members run
-        complete_before = group_of(stack, group_id)["counts"]["complete"]
+        complete_before = stack.group(group_id)["counts"]["complete"]
         deadline = time.monotonic() + 60
-        while group_of(stack, group_id)["counts"]["complete"] < complete_before + 40:
+        while stack.group(group_id)["counts"]["complete"] < complete_before + 40:
             assert time.monotonic() < deadline, stack.logs()
             time.sleep(0.05)
         worker.stop(signal.SIGKILL)
         worker = stack.start_worker(**worker_env)
 
-    group = wait_for_group(stack, group_id, "done", timeout_s=180)
+    group = stack.wait_for_group(group_id, "done", timeout_s=180)
     assert group["counts"] == {"pending": 0, "complete": CHILDREN, "dead": 0, "cancelled": 0}
     (then,) = group["continuations"]
     stack.wait_for_state(then["id"], "complete", timeout_s=60)
@@ -76,7 +59,7 @@ def test_under_policy_fail_a_dead_child_keeps_the_continuation_from_running(
     starter = stack.enqueue("fan_out", {"children": 20, "fail_index": 7})
     group_id = stack.wait_for_state(starter, "complete")["result"]
 
-    group = wait_for_group(stack, group_id, "failed")
+    group = stack.wait_for_group(group_id, "failed")
     assert group["counts"] == {"pending": 0, "complete": 19, "dead": 1, "cancelled": 0}
     assert group["failed"] == {
         "member_id": f"{group_id}.7",
@@ -105,7 +88,7 @@ def test_a_batch_of_10000_jobs_is_listed_counted_and_called_back_once(stack: Sta
     page = stack.http.get(f"/v1/batches/{batch_id}", params={"offset": 9_990, "limit": 20})
     assert [m["index"] for m in page.json()["members"]] == list(range(9_990, 10_000))
 
-    batch = wait_for_group(stack, batch_id, "done", timeout_s=240)
+    batch = stack.wait_for_group(batch_id, "done", timeout_s=240)
     assert batch["counts"] == {"pending": 0, "complete": BATCH_JOBS, "dead": 0, "cancelled": 0}
     on_complete, on_success = (c["id"] for c in batch["continuations"])
     for job_id in (on_complete, on_success):
