@@ -204,7 +204,7 @@ async def exercise(redis: ArqRedis) -> None:
 
     # A cluster's calls: on a cluster a call touches one slot, so the creating
     # job's record (in another slot than the group's) is linked by a call of
-    # its own (group_link), and a continuation of another slot is started
+    # its own (link), and a continuation of another slot is started
     # through its group's shard's outbox (group_outbox, group_continue). The
     # store makes the same calls on one node when told it is a cluster's.
     cluster_store = JobStore(redis, catalog)

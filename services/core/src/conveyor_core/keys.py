@@ -42,7 +42,7 @@ layout above, and tests/core/test_script_keys.py lists each with its reason
   call on a single node only; on a cluster by rate_limit.lua first. The
   caller's quota of outstanding jobs (per api key) is quota.lua's, a call
   of its own before the submit (it used to read jobs of every slot inside
-  the submit); a parent's record gets its child by link_child.lua after.
+  the submit); a parent's record gets its child by link.lua after.
 - claim.lua, finish.lua (finish and fetch), settle.lua, cancel.lua,
   requeue.lua, bulk.lua: the queue and its flags declared, the queue's
   indexes, flow and waiting hashes, a limited type's running count, hold
@@ -64,7 +64,7 @@ layout above, and tests/core/test_script_keys.py lists each with its reason
 - group_create.lua, group_cancel.lua: the group's hash (on a cluster
   `{shard}g...`: in its members' shard's slot), an outer group's hash (a hand-over joins the
   outer group's shard) and the creating job's record when it is in the same
-  slot (else group_link.lua, a call of its own). group_submit.lua: the
+  slot (else link.lua, a call of its own). group_submit.lua: the
   members of a chunk, `{group id}.{index}`, in the group's shard, their
   queues' keys (declared), and the caller's quota on one node (on a
   cluster a ZADD of its own). A

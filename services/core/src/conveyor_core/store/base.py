@@ -52,7 +52,7 @@ class StoreBase:
         self._submit = jobs.function("submit")
         self._rate_limit = script(lua_script("rate_limit"))
         self._quota = script(lua_script("quota"))
-        self._link_child = script(lua_script("link_child"))
+        self._link = script(lua_script("link"))
         self._claim = jobs.function("claim")
         self._finish = jobs.function("finish")
         # The same end of a try that also claims (finish and fetch) adds data:
@@ -76,7 +76,6 @@ class StoreBase:
         self._group_cancel = script(lua_script("group_cancel"))
         self._group_outbox = script(lua_script("group_outbox"))
         self._group_continue = script(lua_script("group_continue"))
-        self._group_link = script(lua_script("group_link"))
         # Per queue shard: its limited job types as its claim reads them ('' for
         # none), a whole type's limits split over the queue's shards.
         self._claim_limits: dict[str, str] = {}

@@ -92,7 +92,7 @@ class Groups(Lifecycle):
             args=[group_id, now_ms(), GROUP_OPEN_S * 1000, total, hands_to or "", *flat],
         )
         if created and link_apart and parent_key is not None:
-            await self._group_link(keys=[parent_key], args=[group_id, total])
+            await self._link(keys=[parent_key], args=[f"group:{group_id}", total])
         return bool(created)
 
     def same_slot(self, key: str, other: str) -> bool:

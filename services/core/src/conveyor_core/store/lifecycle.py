@@ -170,8 +170,8 @@ class Lifecycle(Reads):
         if quota is not None and not quota_full and status != b"created":
             await self._quota(keys=[quota.key], args=["give", at_ms, job_id])
         if status == b"created" and meta.get("parent_id"):
-            await self._link_child(
-                keys=[keys.job_key(meta["parent_id"])], args=[job_id, job_type.name]
+            await self._link(
+                keys=[keys.job_key(meta["parent_id"])], args=[f"child:{job_id}", job_type.name]
             )
         wrote = status == b"created" or (status == b"debounced" and existing[1] == b"1")
         if submitted.short and wrote:
