@@ -10,9 +10,10 @@ alone, and runs Conveyor's worker in this process on each:
   drained while the worker runs; Redis CPU (INFO cpu) and time in commands
   (INFO commandstats) per job, each node less its idle rate measured just
   before (the cluster bus and `serverCron` cost a node CPU with no job at
-  all), summed over the primaries and, apart, over the replicas. Five
+  all), summed over the primaries and, apart, over the replicas. Six
   setups: one node with the queue in one shard (today's layout) and in
-  three (what shards cost by themselves), one process in cluster mode with
+  three (what shards cost by themselves), one node with a replica (the
+  cluster's durability on one node), one process in cluster mode with
   three (what cluster mode costs), and three primaries with three shards,
   without replicas and with one each.
 - **the target's figure**: Redis CPU per job summed over every node of the
@@ -21,7 +22,9 @@ alone, and runs Conveyor's worker in this process on each:
   replicas is printed beside it, to show what the replicas add and, with
   its "in commands" against the one process in cluster mode, what three
   processes sharing a small machine's cores add to each command with the
-  same commands (contention, not work Conveyor asks for).
+  same commands (contention, not work Conveyor asks for). Beside it too,
+  the cluster against one node with a replica: each write kept twice in
+  both.
 - **at the same rate**: a node's CPU per job falls as its load rises (more
   commands per wake-up of its event loop), and at full speed each setup runs
   at its own rate. The one node and the cluster without replicas run again
@@ -327,6 +330,10 @@ def contenders() -> Iterator[list[Setup]]:
     binary = shutil.which("redis-server") or "redis-server"
     node = RedisServerProcess(binary)
     node.start()
+    # One node with a replica: what the cluster's replicas cost, on one node.
+    held, holder = RedisServerProcess(binary), RedisServerProcess(binary)
+    held.start()
+    holder.start()
     cluster = LocalCluster(binary=binary)
     bare = LocalCluster(binary=binary, replicas_per_primary=0)
     try:
@@ -336,11 +343,15 @@ def contenders() -> Iterator[list[Setup]]:
         if spread_queue(bare) != queue:
             raise RuntimeError("the two clusters' slot maps differ")
         one = [redis_sync.Redis(port=node.port)]
+        replicated = redis_sync.Redis(port=held.port)
+        replica = redis_sync.Redis(port=holder.port)
+        follow(replica, held.port)
         with lone_cluster_node(binary) as lone:
             yield [
                 Setup("one node, 1 shard", node.url, one, [], queue, 1),
                 Setup("one node, 1 shard, paced", node.url, one, [], queue, 1, PACE_JOBS_PER_S),
                 Setup(f"one node, {SHARDS} shards", node.url, one, [], queue, SHARDS),
+                Setup("one node + replica, 1 shard", held.url, [replicated], [replica], queue, 1),
                 Setup(
                     f"cluster of 1, {SHARDS} shards",
                     f"redis+cluster://127.0.0.1:{lone.port}",
@@ -379,6 +390,18 @@ def contenders() -> Iterator[list[Setup]]:
         bare.stop()
         cluster.stop()
         node.stop()
+        holder.stop()
+        held.stop()
+
+
+def follow(replica: redis_sync.Redis, primary_port: int) -> None:
+    """Make `replica` a replica of the node on `primary_port`, synced."""
+    replica.replicaof("127.0.0.1", primary_port)
+    deadline = time.monotonic() + 30
+    while info(replica, "replication").get("master_link_status") != "up":
+        if time.monotonic() > deadline:
+            raise TimeoutError("the one node's replica did not sync")
+        time.sleep(0.05)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -387,7 +410,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def report(
-    setups: list[Setup], one: Setup, bare: Setup, many: Setup, paced: tuple[Setup, Setup]
+    setups: list[Setup],
+    one: Setup,
+    bare: Setup,
+    many: Setup,
+    paced: tuple[Setup, Setup],
+    held: Setup,
 ) -> list[str]:
     med = statistics.median
     lines = [
@@ -431,6 +459,10 @@ def report(
         f" time in the same commands {med(many.command_ms) / med(bare.command_ms):.2f}x"
         f" {bare.name}'s (the replicas' processes sharing the cores)"
     )
+    lines.append(
+        f"  {many.name}: all nodes {med(many.all_nodes_ms) / med(held.all_nodes_ms):.2f}x"
+        f" {held.name}'s (each write kept on two nodes in both)"
+    )
     paced_one, paced_bare = paced
     lines.append(
         f"  at {PACE_JOBS_PER_S:.0f} jobs/s: {paced_bare.name} all nodes"
@@ -440,7 +472,7 @@ def report(
         "  CPU: INFO cpu, each node less its idle rate; in commands: commandstats usec of"
         " the primaries (a script's own commands counted in it too);"
     )
-    lines.append("  replicas: the cluster's replicas' CPU (one node has none); all nodes: both.")
+    lines.append("  replicas: the replicas' CPU (one node has none); all nodes: both.")
     return lines
 
 
@@ -482,10 +514,11 @@ async def run(setups: list[Setup], timed: list[Setup]) -> None:
 def main() -> int:
     with contenders() as setups:
         one, paced_one = setups[:2]
+        held = next(s for s in setups if s.replicas and s.shards == 1)
         bare, paced_bare, many = setups[-3:]
         uvloop.run(run(setups, [one, many]))
     found = targets(one, bare, many)
-    print("\n".join(report(setups, one, bare, many, (paced_one, paced_bare))))
+    print("\n".join(report(setups, one, bare, many, (paced_one, paced_bare), held)))
     print()
     missed = [t.name for t in found if not t.met]
     print("targets (one queue over 3 shards on the cluster, against one node):")
