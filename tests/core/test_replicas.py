@@ -2,6 +2,7 @@
 and the submits it found short, counted (conveyor_redis_wait_short_total)."""
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import cast
 
 import pytest
@@ -22,18 +23,33 @@ WRITE = "return redis.call('incr', KEYS[1])"
 KEY = "conveyor:{b}:counter"
 APPEND = "return redis.call('rpush', KEYS[1], ARGV[1])"
 LOG = "conveyor:{b}:log"
+# A WAIT expected to come back short waits this long;
 TIMEOUT_MS = 200
+# one expected to be met, up to this long (it returns once met: a loaded
+# machine may take a while to carry the replica's ACK).
+ACK_TIMEOUT_MS = 3000
+# A WAIT cut short by a failover waits this long at most (any failover ends first).
+DEMOTION_WAIT_MS = 8000
+
+
+@pytest.fixture
+async def patient_redis(cluster_url: str) -> AsyncIterator[ClusterClient]:
+    """A cluster client whose socket timeout outlasts every WAIT here."""
+    client = connect(RedisSettings(url=cluster_url, socket_timeout_s=DEMOTION_WAIT_MS / 1000 + 5))
+    assert isinstance(client, ClusterClient)
+    yield client
+    await client.aclose()
 
 
 async def test_a_write_returns_once_its_replica_holds_it(
-    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+    patient_redis: ClusterClient, redis_cluster: LocalCluster
 ) -> None:
-    script = cluster_redis.register_script(WRITE)
+    script = patient_redis.register_script(WRITE)
     for node in redis_cluster.primaries():  # NOSCRIPT first: it loads itself and runs once
         with node.client() as direct:
             direct.script_flush()
     done = await call_and_wait(
-        cluster_redis, script, keys=[KEY], args=[], replicas=1, timeout_ms=TIMEOUT_MS
+        patient_redis, script, keys=[KEY], args=[], replicas=1, timeout_ms=ACK_TIMEOUT_MS
     )
     assert (done.reply, done.wanted, done.acknowledged, done.short) == (1, 1, 1, False)
     # The replica of the key's primary has it already: no wait for replication here.
@@ -140,15 +156,17 @@ def _short_submits(queue: str) -> float:
 
 
 async def test_a_submit_no_replica_acknowledged_is_counted(
-    cluster_redis: ClusterClient, redis_cluster: LocalCluster
+    patient_redis: ClusterClient, redis_cluster: LocalCluster
 ) -> None:
-    store = JobStore(cast(ArqRedis, cluster_redis), wait_replicas=1, wait_timeout_ms=TIMEOUT_MS)
+    redis = cast(ArqRedis, patient_redis)
+    patient = JobStore(redis, wait_replicas=1, wait_timeout_ms=ACK_TIMEOUT_MS)
     queue = CREATE_TASK.queue
     before = _short_submits(queue)
-    assert (await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0))).created
+    assert (await enqueue(patient, CREATE_TASK, CreateTask(sleep_s=0))).created
     assert _short_submits(queue) == before  # its replica acknowledged it
 
     redis_cluster.replica_of(redis_cluster.primary_of(queue)).stop()
+    store = JobStore(redis, wait_replicas=1, wait_timeout_ms=TIMEOUT_MS)
     with pytest.raises(ReplicasShortError) as short:
         await enqueue(store, CREATE_TASK, CreateTask(sleep_s=0))
     assert (short.value.wanted, short.value.acknowledged) == (1, 0)
@@ -167,27 +185,26 @@ async def test_a_submit_on_a_single_redis_waiting_for_a_replica_is_counted(
 
 
 async def test_a_primary_demoted_while_its_write_waits_says_it_is_short(
-    cluster_url: str, redis_cluster: LocalCluster
+    patient_redis: ClusterClient, redis_cluster: LocalCluster
 ) -> None:
     """A failover while the WAIT blocks: the demoted primary ends the WAIT with
     UNBLOCKED. The write stands but no replica vouched for it: short, not a bug."""
-    client = connect(RedisSettings(url=cluster_url, socket_timeout_s=10))
-    assert isinstance(client, ClusterClient)
+    client = patient_redis
     script = client.register_script(WRITE)
     primary = redis_cluster.primary_of(KEY)
     replica = redis_cluster.replica_of(primary)
     await call_and_wait(client, script, keys=[KEY], args=[], replicas=0, timeout_ms=1)  # loaded
     # Two replicas wanted, one exists: the WAIT blocks its whole timeout.
     waiting = asyncio.create_task(
-        call_and_wait(client, script, keys=[KEY], args=[], replicas=2, timeout_ms=8_000)
+        call_and_wait(client, script, keys=[KEY], args=[], replicas=2, timeout_ms=DEMOTION_WAIT_MS)
     )
     await asyncio.sleep(0.3)
     with replica.client() as direct:
         direct.execute_command("CLUSTER", "FAILOVER")  # graceful: the primary turns replica
     try:
-        done = await asyncio.wait_for(waiting, timeout=7)
+        done = await asyncio.wait_for(waiting, timeout=DEMOTION_WAIT_MS / 1000 + 2)
+        # Not the WAIT's own timeout, which would count the one replica (1).
         assert (done.reply, done.wanted, done.acknowledged, done.short) == (2, 2, 0, True)
     finally:
-        await client.aclose()
         redis_cluster.wait_for_promotion(replica, primary)
         redis_cluster.wait_until_ok()  # the old primary synced as the new one's replica

@@ -146,7 +146,13 @@ def test_bulk_actions_and_schedules_on_a_cluster(cluster_stack: Stack) -> None:
 def test_a_submit_waits_for_a_replica_and_says_when_none_holds_it(
     cluster_url: str, redis_cluster: LocalCluster, log_dir: Path
 ) -> None:
-    settings = {"REDIS_WAIT_REPLICAS": "1", "REDIS_WAIT_TIMEOUT_MS": "200"}
+    # A WAIT returns once met: a long timeout costs the acknowledged submit
+    # nothing, and spares it a loaded machine's slow replica ACK.
+    settings = {
+        "REDIS_WAIT_REPLICAS": "1",
+        "REDIS_WAIT_TIMEOUT_MS": "2000",
+        "REDIS_SOCKET_TIMEOUT_S": "4",
+    }
     with running(Stack(cluster_url, log_dir, **settings)) as stack:
         job = stack.submit("effect", {"work_s": 0})  # its replica has it: acknowledged
         assert job["state"] == "queued"
