@@ -238,12 +238,15 @@ def test_runner_serves_the_tutorial_and_stops_everything_on_ctrl_c(
 
 
 def closes_within(port: int, timeout_s: float) -> bool:
+    """Whether `port` refuses connections within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://localhost:{port}/healthz", timeout=0.5)
         except httpx.ConnectError:
             return True
+        except httpx.TransportError:
+            pass  # accepted, then dropped: the service is going down; look again
         time.sleep(0.1)
     return False
 
