@@ -162,8 +162,9 @@ async def test_arqs_client_abort_cancels_a_job_waiting_on_any_shard(
     store: JobStore,
 ) -> None:
     """arq's abort set names jobs of every shard: each waiting one is cancelled where it waits."""
+    # Ids pick their shard at random: 60 leave a shard out once in 10^10 runs (12 did in 2 %).
     deferred = [
-        (await enqueue(store, FLAKY, {"fail_times": 0}, defer_by_s=60)).job_id for _ in range(12)
+        (await enqueue(store, FLAKY, {"fail_times": 0}, defer_by_s=60)).job_id for _ in range(60)
     ]
     assert {keys.queue_of(job_id) for job_id in deferred} == set(SHARDS)
     await store.redis.zadd(abort_jobs_ss, dict.fromkeys(deferred, now_ms()))
@@ -171,7 +172,7 @@ async def test_arqs_client_abort_cancels_a_job_waiting_on_any_shard(
     running = asyncio.create_task(worker.main())
     try:
         async with asyncio.timeout(PATIENT_S):
-            while await states(store, deferred) != Counter({JobState.CANCELLED: 12}):
+            while await states(store, deferred) != Counter({JobState.CANCELLED: len(deferred)}):
                 await asyncio.sleep(0.05)
     finally:
         worker.request_stop()
