@@ -333,11 +333,14 @@ def main() -> int:
         print(error, file=sys.stderr)
         return 1
     with contextlib.ExitStack() as stack:
-        # Its port is none of the services' (they bind theirs after it starts).
-        service_ports = [service.port(os.environ) for service in SERVICES]
-        redis = stack.enter_context(resolve_redis(avoid_ports=service_ports))
+        # Its port is none of the services' nor the mail catcher's (they bind
+        # theirs after it starts).
+        catcher_port = mail_catcher_port(os.environ)
+        later_ports = [service.port(os.environ) for service in SERVICES]
+        later_ports += [catcher_port] if catcher_port is not None else []
+        redis = stack.enter_context(resolve_redis(avoid_ports=later_ports))
         mail_env: dict[str, str] = {}
-        if (port := mail_catcher_port(os.environ)) is not None:
+        if (port := catcher_port) is not None:
             mail_env = stack.enter_context(MailCatcher(redis.url, port)).smtp_env()
         return asyncio.run(run_services(redis.url, mail_env))
 
