@@ -21,9 +21,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from conveyor_core.job_span import JobSpan, JobSpanKind, parent_of
 from conveyor_core.otlp import (
     CompactOTLPSpanExporter,
-    EncodedSpan,
     SpanBatcher,
     SpanEncoder,
+    WrittenSpan,
     span_attribute,
 )
 from conveyor_core.span_redaction import scrubbed
@@ -60,9 +60,9 @@ class FixedIds(IdGenerator):
 
 class Kept:
     def __init__(self) -> None:
-        self.spans: list[EncodedSpan] = []
+        self.spans: list[WrittenSpan] = []
 
-    def add(self, span: EncodedSpan) -> None:
+    def add(self, span: WrittenSpan) -> None:
         self.spans.append(span)
 
 
@@ -88,7 +88,7 @@ def written(attributes: dict[str, Any]) -> bytes:
     return b"".join(span_attribute(k, v) for k, v in attributes.items())
 
 
-def run_both(meta: dict[str, str], *, fail: bool) -> tuple[ReadableSpan, EncodedSpan]:
+def run_both(meta: dict[str, str], *, fail: bool) -> tuple[ReadableSpan, JobSpan]:
     """One try's span made by the SDK's tracer and by a JobSpanKind, alike."""
     sdk, kept = provider()
     tracer = sdk.get_tracer("conveyor")
@@ -123,8 +123,8 @@ def run_both(meta: dict[str, str], *, fail: bool) -> tuple[ReadableSpan, Encoded
     reference.end(end_time=END_NS)
     ours.finish(span_attribute("conveyor.job.outcome", outcome), end_ns=END_NS)
     (sdk_span,) = kept.get_finished_spans()
-    (encoded,) = sink.spans
-    return sdk_span, encoded
+    assert sink.spans == [ours]  # handed over as it is: the export thread writes it
+    return sdk_span, ours
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -159,6 +159,36 @@ def test_a_batch_mixes_written_spans_and_the_sdks() -> None:
     (scope_spans,) = resource_spans.scope_spans
     first, second = scope_spans.spans
     assert first == second
+
+
+def test_a_span_that_cannot_be_written_costs_itself_not_its_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Spans are written in the export thread, a batch at a time."""
+    _, encoded = run_both(META, fail=False)
+    broken = JobSpanKind(NAME, SpanKind.CONSUMER, FIXED, sink=Kept()).start(parent_of(META))
+    assert isinstance(broken, JobSpan)
+    broken.finish(b"")
+    broken._status = "not a Status"  # type: ignore[assignment]  # what a bug would leave
+    request = ExportTraceServiceRequest.FromString(SpanEncoder().request([broken, encoded]))
+    (kept,) = [s for r in request.resource_spans for ss in r.scope_spans for s in ss.spans]
+    assert kept.span_id == encoded.get_span_context().span_id.to_bytes(8, "big")
+    assert "could not write a span" in caplog.text
+
+
+def test_a_span_ended_is_written_as_it_ended() -> None:
+    """What the handler does after the end does not reach the export thread's write."""
+    sink = Kept()
+    span = JobSpanKind(NAME, SpanKind.CONSUMER, FIXED, sink=sink).start(parent_of(META))
+    assert isinstance(span, JobSpan)
+    span.finish(b"")
+    before = span.framed()
+    span.set_attribute("late", "x")
+    span.add_event("late")
+    span.set_status(Status(StatusCode.ERROR, "late"))
+    span.update_name("late")
+    assert span.framed() == before
+    assert sink.spans == [span]
 
 
 def test_the_handlers_spans_are_children_of_the_job_span() -> None:

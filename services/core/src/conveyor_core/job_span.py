@@ -1,12 +1,13 @@
 """A job's span without OpenTelemetry's SDK Span: ids, times and attributes
-written straight to OTLP bytes when it ends.
+written straight to OTLP bytes.
 
 The SDK's span costs a job more than the job's own bookkeeping: a lock, a
 bounded attribute map, a status, an event list, its processors' calls, and
 its encoding in the export thread. A job's span is one shape per job type:
 the name, kind and the type's attributes are written once (`JobSpanKind`), a
-try adds its id, try, wait and outcome, and the whole Span message is joined
-from those bytes at its end and handed to the exporter (otlp.SpanBatcher).
+try adds its id, try, wait and outcome. The ended span goes to the exporter
+(otlp.SpanBatcher) as it is, and the export thread joins its Span message
+from those bytes: the job's thread, which runs the next job, does not.
 
 It is a `trace.Span` and the current span while the job runs, so the
 handler's own spans are its children, its log lines carry its trace id, a job
@@ -103,7 +104,7 @@ def parent_of(carrier: Mapping[str, str]) -> SpanContext | None:
 class SpanSink(Protocol):
     """Where a written span goes (otlp.SpanBatcher)."""
 
-    def add(self, span: otlp.EncodedSpan) -> None: ...
+    def add(self, span: otlp.WrittenSpan) -> None: ...
 
 
 class JobSpanKind:
@@ -219,6 +220,8 @@ class JobSpan(trace.Span):
         "_context",
         "_dropped_attributes",
         "_dropped_events",
+        "_end_attributes",
+        "_end_ns",
         "_ended",
         "_events",
         "_kind",
@@ -290,7 +293,9 @@ class JobSpan(trace.Span):
         if len(events) >= MAX_EVENTS:
             self._dropped_events += 1
             return
-        kept = {k: v for k, v in (attributes or {}).items() if _valid(k, v) is not None}
+        # As the span keeps them (lists as tuples): it is written after it ends.
+        valid = ((k, _valid(k, v)) for k, v in (attributes or {}).items())
+        kept = {k: v for k, v in valid if v is not None}
         events.append((name, kept, timestamp or time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
@@ -334,35 +339,43 @@ class JobSpan(trace.Span):
         self.finish(b"", end_time)
 
     def finish(self, attributes: bytes = b"", end_ns: int | None = None) -> None:
-        """End the span with `attributes` (span_attribute) written last, and export it."""
+        """End the span with `attributes` (span_attribute) written last, and
+        hand it to the exporter, whose thread writes it (`framed`)."""
         if self._ended:
             return
         self._ended = True
-        kind = self._kind
-        if kind.sink is None:
+        sink = self._kind.sink
+        if sink is None:
             return
-        try:
-            framed = self._encode(attributes, end_ns)
-        except Exception:  # a bug here costs the span, never the job
-            logger.exception("could not write the span %s", self._context.span_id)
-            return
-        kind.sink.add(otlp.EncodedSpan(kind.resource, kind.scope, framed))
+        self._end_attributes = attributes
+        self._end_ns = end_ns or time.time_ns()
+        sink.add(self)
 
-    def _encode(self, attributes: bytes, end_ns: int | None) -> bytes:
+    # What the export groups it by (otlp.WrittenSpan).
+    @property
+    def resource(self) -> Resource:
+        return self._kind.resource
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope:
+        return self._kind.scope
+
+    def framed(self) -> bytes:
         """The Span message, as otlp.SpanEncoder writes the SDK's (strings
-        cleaned), framed as its ScopeSpans' field."""
+        cleaned), framed as its ScopeSpans' field. Once ended, nothing
+        changes the span: the export thread writes it, not the job's."""
         kind = self._kind
         head = kind.head if self._name is None else otlp.span_head(self._name, kind.kind.value)
         parts = otlp.span_ids(self._context, self._parent_id)
         parts += (
             head,
-            _times(0x39, self._start_ns, 0x41, end_ns or time.time_ns()),
+            _times(0x39, self._start_ns, 0x41, self._end_ns),
             kind.attributes,
             self._attributes,
         )
         if self._added:
             parts += (otlp.span_attribute(k, v) for k, v in self._added.items())
-        parts.append(attributes)
+        parts.append(self._end_attributes)
         if self._dropped_attributes:
             parts.append(otlp._uint(10, self._dropped_attributes))
         for name, event_attributes, timestamp in self._events or ():

@@ -20,7 +20,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry import context as context_api
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -49,6 +49,13 @@ _fixed32 = struct.Struct("<I").pack
 _SMALL = [bytes([n]) for n in range(0x80)]
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def _capped(cache: dict[K, V]) -> dict[K, V]:
+    """`cache`, emptied when full: what it holds is cheap to write again."""
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    return cache
 
 
 def _varint(n: int) -> bytes:
@@ -120,12 +127,21 @@ class StringAttribute:
     def __init__(self, key: str, cleaner: Callable[[str], str] = clean) -> None:
         self._key = _len(1, key.encode()) + b"\x12"
         self._clean = cleaner
+        # Everything before the value's bytes depends on their length only,
+        # and a job's ids have a few lengths: written once per length.
+        self._heads: dict[int, bytes] = {}
 
     def __call__(self, value: str) -> bytes:
         text = self._clean(value).encode()
-        any_value = b"\x0a" + _varint(len(text)) + text
-        pair = self._key + _varint(len(any_value)) + any_value
-        return b"\x4a" + _varint(len(pair)) + pair
+        head = self._heads.get(len(text))
+        if head is None:
+            head = _capped(self._heads)[len(text)] = self._head(len(text))
+        return head + text
+
+    def _head(self, length: int) -> bytes:
+        any_value = b"\x0a" + _varint(length)
+        pair = self._key + _varint(len(any_value) + length) + any_value
+        return b"\x4a" + _varint(len(pair) + length) + pair
 
 
 def span_head(name: str, kind: int) -> bytes:
@@ -133,14 +149,20 @@ def span_head(name: str, kind: int) -> bytes:
     return _text(5, name) + _uint(6, kind + 1)  # the protobuf enum counts from UNSPECIFIED
 
 
-class EncodedSpan(NamedTuple):
-    """A Span written by its maker (a job's span, job_span.py), with what the
-    request groups it by; `framed` is the message as a field of its ScopeSpans
-    (`as_scope_span`), which a request joins as it is."""
+class WrittenSpan(Protocol):
+    """A span that writes its own Span message (a job's span, job_span.py),
+    with what the request groups it by. It is ended, so nothing changes it:
+    the export thread calls `framed()`, not the thread that ended it."""
 
-    resource: Resource
-    instrumentation_scope: InstrumentationScope | None
-    framed: bytes
+    @property
+    def resource(self) -> Resource: ...
+
+    @property
+    def instrumentation_scope(self) -> InstrumentationScope | None: ...
+
+    def framed(self) -> bytes:
+        """The Span message as a field of its ScopeSpans (`as_scope_span`)."""
+        ...
 
 
 def as_scope_span(span: bytes) -> bytes:
@@ -175,7 +197,7 @@ class SpanEncoder:
         self._resources: dict[Resource, bytes] = {}
         self._scopes: dict[InstrumentationScope | None, bytes] = {}
 
-    def request(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
+    def request(self, spans: Sequence[ReadableSpan | WrittenSpan]) -> bytes:
         groups: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
         resource, scope, framed = None, None, []  # the group of the span before
         for span in spans:
@@ -183,10 +205,13 @@ class SpanEncoder:
                 resource, scope = span.resource, span.instrumentation_scope
                 scopes = groups.setdefault(resource, {})
                 framed = scopes.setdefault(scope or None, [])
-            if type(span) is EncodedSpan:
-                framed.append(span.framed)
-            else:
-                framed.append(_len(2, self.span(span)))  # type: ignore[arg-type]
+            if isinstance(span, ReadableSpan):
+                framed.append(_len(2, self.span(span)))
+                continue
+            try:
+                framed.append(span.framed())
+            except Exception:  # a bug in one span's writing costs that span, not the batch
+                logger.exception("could not write a span")
         out = []
         for resource, scopes in groups.items():
             scope_spans = b"".join(
@@ -205,7 +230,7 @@ class SpanEncoder:
         head = self._heads.get((span.name, kind))
         if head is None:
             head = _text(5, span.name) + _uint(6, kind)
-            self._cache(self._heads)[(span.name, kind)] = head
+            _capped(self._heads)[(span.name, kind)] = head
         parts += (head, b"\x39", _fixed64(span.start_time or 0), b"\x41")
         parts.append(_fixed64(span.end_time or 0))
         parts.append(self._attributes_of(span.attributes, 9, clean_strings=True))
@@ -261,7 +286,7 @@ class SpanEncoder:
                 kept = cleaned_value(key, value) if clean_strings else value
                 encoded = _len(field, key_value(key, kept))
                 if hashable:
-                    self._cache(cache)[(key, value, type(value))] = encoded
+                    _capped(cache)[(key, value, type(value))] = encoded
             out.append(encoded)
         return b"".join(out)
 
@@ -271,7 +296,7 @@ class SpanEncoder:
         if encoded is None:
             attributes = b"".join(_len(1, key_value(k, v)) for k, v in resource.attributes.items())
             encoded = _len(1, attributes) + _text(3, resource.schema_url)
-            self._cache(self._resources)[resource] = encoded
+            _capped(self._resources)[resource] = encoded
         return encoded
 
     def _scope(self, scope: InstrumentationScope | None) -> bytes:
@@ -287,14 +312,8 @@ class SpanEncoder:
                     + b"".join(_len(3, key_value(k, v)) for k, v in attributes.items())
                 )
             encoded = _len(1, body) + _text(3, (scope.schema_url or "") if scope else "")
-            self._cache(self._scopes)[scope] = encoded
+            _capped(self._scopes)[scope] = encoded
         return encoded
-
-    @staticmethod
-    def _cache(cache: dict[K, V]) -> dict[K, V]:
-        if len(cache) >= _CACHE_MAX:
-            cache.clear()
-        return cache
 
 
 def _flags(context: SpanContext | None) -> int:
@@ -366,7 +385,7 @@ class SpanBatcher(SpanProcessor):
         self._batch_size = min(
             _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", SPANS_PER_REQUEST), self._max_queued
         )
-        self._queue: deque[ReadableSpan | EncodedSpan] = deque()
+        self._queue: deque[ReadableSpan | WrittenSpan] = deque()
         self._dropped = 0
         self._stopping = False
         self._start()
@@ -386,7 +405,7 @@ class SpanBatcher(SpanProcessor):
         if context is not None and context.trace_flags.sampled:
             self.add(span)
 
-    def add(self, span: ReadableSpan | EncodedSpan) -> None:
+    def add(self, span: ReadableSpan | WrittenSpan) -> None:
         queue = self._queue
         if len(queue) >= self._max_queued:
             self._dropped += 1
@@ -419,7 +438,7 @@ class SpanBatcher(SpanProcessor):
                 dropped, self._dropped = self._dropped, 0
                 logger.warning("dropped %d spans: the export queue was full", dropped)
 
-    def _export(self, batch: list[ReadableSpan | EncodedSpan]) -> None:
+    def _export(self, batch: list[ReadableSpan | WrittenSpan]) -> None:
         try:
             data = self._encoder.request(batch)
         except Exception as exc:  # a value no span should hold: the batch is lost, not the thread
