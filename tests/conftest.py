@@ -17,6 +17,7 @@ from conveyor_core.redis import RedisClient, connect, create_redis
 from conveyor_core.settings import RedisSettings
 from conveyor_core.tracing import setup_tracing
 from tests.support.cluster import LocalCluster, local_cluster
+from tests.support.ports import restartable_port
 from tests.support.smtp import SmtpServer
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
@@ -70,7 +71,7 @@ async def redis(redis_url: str) -> AsyncIterator[ArqRedis]:
 @pytest.fixture
 def own_redis() -> Iterator[RedisProcess]:
     """A Redis of this test's own, which it may stop and restart (outage tests)."""
-    server = local_redis_process()
+    server = local_redis_process(restartable_port())
     server.start()
     yield server
     server.stop()

@@ -1,8 +1,10 @@
 """Redis faults are classified once (conveyor_core.redis), against real servers in each state."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from arq.connections import ArqRedis
@@ -60,6 +62,29 @@ async def test_a_stopped_redis_is_unreachable(
 ) -> None:
     own_redis.stop()
     assert await fault_of_a_write(own_client) == RedisFault.UNREACHABLE
+
+
+async def test_a_server_that_is_not_redis_at_its_address_is_unreachable(
+    own_redis: RedisProcess,
+) -> None:
+    """Another server took the port (here an HTTP one, as it once did in a test
+    run while this Redis was stopped): a fault, never a crash of its caller."""
+
+    async def answer_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    own_redis.stop()
+    server = await asyncio.start_server(answer_http, "127.0.0.1", urlsplit(own_redis.url).port)
+    client = create_redis(RedisSettings(url=own_redis.url, socket_timeout_s=1))
+    try:
+        assert await fault_of_a_write(client) == RedisFault.UNREACHABLE
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_frozen_redis_times_out_once_without_a_retry(own_redis: RedisProcess) -> None:

@@ -27,6 +27,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterError,
     DataError,
+    InvalidResponse,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -48,18 +49,22 @@ logger = logging.getLogger(__name__)
 RedisClient: TypeAlias = ArqRedis | ClusterClient
 
 # Errors that mean "Redis is unreachable right now", as opposed to a bad command.
+# InvalidResponse: what answers at Redis's address does not speak Redis (the
+# port taken by another server, plain text sent to a TLS port).
 REDIS_DOWN_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
     TimeoutError,
+    InvalidResponse,
 )
 
 
 class RedisFault(StrEnum):
     """What went wrong with Redis, as clients, logs and metrics name it."""
 
-    UNREACHABLE = "unreachable"  # refused, reset, DNS, wrong password: no answer at all
+    # Refused, reset, DNS, wrong password, not Redis at the address: no Redis answer at all.
+    UNREACHABLE = "unreachable"
     TIMED_OUT = "timed_out"  # connected, but no reply in time (a frozen or overloaded server)
     OUT_OF_MEMORY = "out_of_memory"  # at maxmemory with noeviction: writes refused, reads work
     READ_ONLY = "read_only"  # a replica, typically just after a failover
@@ -146,7 +151,7 @@ def redis_fault(exc: BaseException) -> RedisFault | None:
         return RedisFault.CLUSTER_DOWN
     if isinstance(exc, RedisTimeoutError | builtins.TimeoutError):
         return RedisFault.TIMED_OUT
-    if isinstance(exc, RedisConnectionError | builtins.ConnectionError):
+    if isinstance(exc, RedisConnectionError | builtins.ConnectionError | InvalidResponse):
         return RedisFault.UNREACHABLE
     if isinstance(exc, ResponseError):
         # A pipeline's error names the command first, then Redis' reply.
