@@ -340,8 +340,8 @@ def main() -> int:
         later_ports += [catcher_port] if catcher_port is not None else []
         redis = stack.enter_context(resolve_redis(avoid_ports=later_ports))
         mail_env: dict[str, str] = {}
-        if (port := catcher_port) is not None:
-            mail_env = stack.enter_context(MailCatcher(redis.url, port)).smtp_env()
+        if catcher_port is not None:
+            mail_env = stack.enter_context(MailCatcher(redis.url, catcher_port)).smtp_env()
         return asyncio.run(run_services(redis.url, mail_env))
 
 
