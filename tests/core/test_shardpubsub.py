@@ -5,13 +5,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from arq.connections import ArqRedis
 
 from conveyor_core.cluster import ClusterClient
-from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient
+from conveyor_core.local.redis_server import RedisProcess
+from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient, create_redis
+from conveyor_core.settings import RedisSettings
 from conveyor_core.shardpubsub import ShardChannels, ShardSubscription, channel_slot, spublish
 from tests.support.cluster import LocalCluster
+from tests.support.ports import sockets_to
+from tests.support.redis_faults import frozen
 
 # Channels whose slots lie on each of the cluster's three primaries.
 CHANNELS = ["conveyor:events:{a}", "conveyor:events:{b}", "conveyor:events:{c}"]
@@ -235,3 +240,30 @@ async def test_channels_are_subscribed_again_after_a_failover(
             await asyncio.sleep(0.1)
     finally:
         await channels.stop()
+
+
+async def test_a_stop_while_redis_hangs_returns_with_its_socket_closed(
+    own_redis: RedisProcess,
+) -> None:
+    """Stopped while its handshake waits on a frozen Redis (which accepts the
+    connection and answers nothing), the subscription is cancelled; `stop()`
+    returns once the cancel has ended it, its socket closed. (It used to
+    return at the cancel: a caller that then closed its event loop could leave
+    the socket to the garbage collector, a ResourceWarning in a later test.)"""
+    port = urlsplit(own_redis.url).port
+    assert port is not None
+    client = create_redis(RedisSettings(url=own_redis.url, socket_timeout_s=30))
+    try:
+        with frozen(own_redis.url):
+            subscription = ShardSubscription(
+                client, CHANNELS[0], Heard().on_message, Heard().on_gap
+            )
+            subscription.start()
+            deadline = time.monotonic() + WAIT_S
+            while sockets_to(port) == 0:  # connected; its handshake waits
+                assert time.monotonic() < deadline, "the subscription never connected"
+                await asyncio.sleep(0.02)
+            await subscription.stop()
+            assert sockets_to(port) == 0
+    finally:
+        await client.aclose()

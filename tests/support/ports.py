@@ -1,5 +1,7 @@
 """Ports for servers a test stops and starts again."""
 
+import contextlib
+import os
 import random
 import socket
 from pathlib import Path
@@ -31,3 +33,22 @@ def restartable_port(host: str = "127.0.0.1") -> int:
             except OSError:
                 continue
         return port
+
+
+def sockets_to(port: int) -> int:
+    """How many TCP sockets this process holds open to `port` on loopback
+    (its file descriptors, matched by inode in /proc/self/net/tcp)."""
+    fd_dir = Path("/proc/self/fd")
+    inodes = set()
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):  # an fd closed while we look
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == port and fields[9] in inodes:
+            count += 1
+    return count

@@ -190,6 +190,7 @@ class JobEvents:
             done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
             if not done:
                 self._task.cancel()
+                await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
         await asyncio.gather(*(shard.stop() for shard in self._shards.values()))
         await asyncio.gather(*self._leaving, return_exceptions=True)
 

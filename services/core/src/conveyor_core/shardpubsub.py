@@ -79,8 +79,9 @@ class _ShardListener(ABC):
         if self._task is None:
             return
         done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
-        if not done:
+        if not done:  # held in a connect or a handshake by a Redis that hangs
             self._task.cancel()
+            await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
 
     @abstractmethod
     async def _channel_to_follow(self) -> str | None:
