@@ -35,6 +35,10 @@ alone, and runs Conveyor's worker in this process on each:
 - **memory**: used_memory per job waiting (deferred), summed over the
   primaries: what a backlog costs a shard.
 
+bench/cluster_instructions.py runs the same setups with every node under
+callgrind: the work per job in instructions, which this machine's
+contention does not move.
+
 The queue's name is chosen so that its three shards' slots are served by
 three different primaries (a shard's slot is where its name hashes; a real
 cluster places slots by its slot map, see docs/how-to/capacity.md). The
