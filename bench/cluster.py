@@ -327,11 +327,12 @@ def lone_cluster_node(binary: str) -> Iterator[ClusterNodeProcess]:
 
 
 @contextmanager
-def contenders() -> Iterator[list[Setup]]:
+def contenders(binary: str | None = None) -> Iterator[list[Setup]]:
     """One node with the queue in one shard (today's layout) and in three
     (what shards cost apart from a cluster); one process in cluster mode
-    with three (what cluster mode costs); and the cluster with three."""
-    binary = shutil.which("redis-server") or "redis-server"
+    with three (what cluster mode costs); and the cluster with three. Every
+    node runs `binary` (`redis-server` on PATH by default)."""
+    binary = binary or shutil.which("redis-server") or "redis-server"
     node = RedisServerProcess(binary)
     node.start()
     # One node with a replica: what the cluster's replicas cost, on one node.

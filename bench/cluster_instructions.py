@@ -8,9 +8,10 @@ counts their contention too: the same commands take longer when six
 callgrind, which counts the instructions each one executes in user space
 (exactly, whatever else runs), so the setups compare by the work itself.
 
-The setups are bench/cluster.py's, with JOBS no-op jobs each: one node (its
-queue in one shard, and in three), one node with a replica, and the cluster
-of three primaries without replicas and with one each. Each node's count is
+The setups are bench/cluster.py's (`contenders`, but for the paced ones),
+with JOBS no-op jobs each: one node (its queue in one shard, and in three),
+one node with a replica, one process in cluster mode, and the cluster of
+three primaries without replicas and with one each. Each node's count is
 zeroed before the jobs are submitted and read after they are drained, less
 the count of an idle window as long (`serverCron`, the cluster bus). What
 this leaves out: the kernel's part (system calls, the network stack), which
@@ -25,8 +26,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis as redis_sync
@@ -35,12 +34,8 @@ import uvloop
 from bench import cluster as bench
 from bench.jobs import Noop
 from conveyor_core.enqueue import enqueue
-from conveyor_core.local.redis_server import RedisServerProcess
-from tests.support.cluster import LocalCluster
 
 JOBS = 500
-# The cluster nodes' clients wait this long: a node under callgrind is slow.
-NODE_TIMEOUT_S = 60.0
 
 
 def wrapper(directory: Path) -> str:
@@ -114,65 +109,14 @@ async def instructions_per_job(setup: bench.Setup, counters: Counters) -> tuple[
     return sum(net[:primaries]) / JOBS, sum(net[primaries:]) / JOBS
 
 
-@contextmanager
-def setups(binary: str) -> Iterator[list[bench.Setup]]:
-    with ExitStack() as stack:
-        node = RedisServerProcess(binary)
-        held, holder = RedisServerProcess(binary), RedisServerProcess(binary)
-        for server in (node, held, holder):
-            server.start()
-            stack.callback(server.stop)
-        bare = LocalCluster(binary=binary, replicas_per_primary=0)
-        full = LocalCluster(binary=binary)
-        for cluster in (bare, full):
-            stack.callback(cluster.stop)
-            cluster.start()
-        queue = bench.spread_queue(bare)
-        if bench.spread_queue(full) != queue:
-            raise RuntimeError("the two clusters' slot maps differ")
-        bench.follow(redis_sync.Redis(port=holder.port), held.port)
-        one = [redis_sync.Redis(port=node.port)]
-
-        def clients(cluster: LocalCluster, replicas: bool) -> list[redis_sync.Redis]:
-            nodes = cluster.replicas() if replicas else cluster.primaries()
-            return [n.client(socket_timeout=NODE_TIMEOUT_S) for n in nodes]
-
-        yield [
-            bench.Setup("one node, 1 shard", node.url, one, [], queue, 1),
-            bench.Setup(f"one node, {bench.SHARDS} shards", node.url, one, [], queue, bench.SHARDS),
-            bench.Setup(
-                "one node + replica, 1 shard",
-                held.url,
-                [redis_sync.Redis(port=held.port)],
-                [redis_sync.Redis(port=holder.port)],
-                queue,
-                1,
-            ),
-            bench.Setup(
-                f"cluster 3+0, {bench.SHARDS} shards",
-                bare.seed_url,
-                clients(bare, replicas=False),
-                [],
-                queue,
-                bench.SHARDS,
-            ),
-            bench.Setup(
-                f"cluster 3+3, {bench.SHARDS} shards",
-                full.seed_url,
-                clients(full, replicas=False),
-                clients(full, replicas=True),
-                queue,
-                bench.SHARDS,
-            ),
-        ]
-
-
 async def run() -> None:
     directory = Path(tempfile.mkdtemp(prefix="conveyor-callgrind-"))
     try:
         counters = Counters(directory)
-        with setups(wrapper(directory)) as contenders:
-            figures = {s.name: await instructions_per_job(s, counters) for s in contenders}
+        with bench.contenders(wrapper(directory)) as contenders:
+            # A pace changes no instruction count: the paced setups would repeat others.
+            unpaced = [s for s in contenders if s.pace_jobs_per_s is None]
+            figures = {s.name: await instructions_per_job(s, counters) for s in unpaced}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     base = sum(figures["one node, 1 shard"])

@@ -69,3 +69,23 @@ async def test_the_callers_own_cancel_is_not_swallowed() -> None:
     assert not carried_on.is_set()
     await asyncio.wait({task})
     assert task.cancelled()
+
+
+async def test_a_task_that_outlives_its_cancel_is_waited_for_no_longer_than_the_bound() -> None:
+    """A cancel the task loses (it runs on to its own end): the wait ends at
+    `timeout_s`, the task still running, and nothing is raised."""
+    release = asyncio.Event()
+
+    async def loses_its_cancel() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()
+
+    task = asyncio.create_task(loses_its_cancel())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task, timeout_s=0.05)
+    assert not task.done()
+    release.set()
+    await task
+    assert not task.cancelled()

@@ -1,4 +1,4 @@
-"""Ports for servers a test stops and starts again."""
+"""Ports for servers a test stops and starts again, and the sockets this process holds to one."""
 
 import contextlib
 import os
@@ -36,19 +36,13 @@ def restartable_port(host: str = "127.0.0.1") -> int:
 
 
 def sockets_to(port: int) -> int:
-    """How many TCP sockets this process holds open to `port` on loopback
-    (its file descriptors, matched by inode in /proc/self/net/tcp)."""
-    fd_dir = Path("/proc/self/fd")
+    """How many TCP sockets this process holds open to `port` (its file
+    descriptors, matched by inode in /proc/self/net/tcp)."""
     inodes = set()
-    for fd in fd_dir.iterdir():
+    for fd in Path("/proc/self/fd").iterdir():
         with contextlib.suppress(OSError):  # an fd closed while we look
             target = os.readlink(fd)
             if target.startswith("socket:["):
                 inodes.add(target[len("socket:[") : -1])
-    count = 0
-    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote_port = int(fields[2].split(":")[1], 16)
-        if remote_port == port and fields[9] in inodes:
-            count += 1
-    return count
+    rows = [line.split() for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if int(row[2].split(":")[1], 16) == port and row[9] in inodes)

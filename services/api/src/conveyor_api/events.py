@@ -16,6 +16,7 @@ from conveyor_core import keys
 from conveyor_core.metrics import LIVE_STREAMS, LIVE_STREAMS_REFUSED
 from conveyor_core.redis import RedisClient
 from conveyor_core.shardpubsub import READ_WAIT_S, ShardChannels, channel_slot
+from conveyor_core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +190,7 @@ class JobEvents:
         if self._task is not None:
             done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
             if not done:
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
+                await cancel_and_wait(self._task, timeout_s=READ_WAIT_S * 3)
         await asyncio.gather(*(shard.stop() for shard in self._shards.values()))
         await asyncio.gather(*self._leaving, return_exceptions=True)
 

@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from conveyor_core.cluster import ClusterClient
 from conveyor_core.redis import REDIS_FAULT_ERRORS, RedisClient, describe_redis_error
+from conveyor_core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ class _ShardListener(ABC):
             return
         done, _ = await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
         if not done:  # held in a connect or a handshake by a Redis that hangs
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=READ_WAIT_S * 3)
+            await cancel_and_wait(self._task, timeout_s=READ_WAIT_S * 3)
 
     @abstractmethod
     async def _channel_to_follow(self) -> str | None:

@@ -11,8 +11,10 @@ import asyncio
 from typing import Any
 
 
-async def cancel_and_wait(*tasks: "asyncio.Future[Any]") -> None:
-    """Cancel `tasks` and return once every one has ended.
+async def cancel_and_wait(*tasks: "asyncio.Future[Any]", timeout_s: float | None = None) -> None:
+    """Cancel `tasks` and return once every one has ended, or after
+    `timeout_s` (a cancel redis-py loses leaves a task running to its next
+    check of a stop flag).
 
     Their own cancellation is expected and not raised; the first other
     exception a task ended with is. A cancel of the caller while it waits
@@ -24,7 +26,7 @@ async def cancel_and_wait(*tasks: "asyncio.Future[Any]") -> None:
     if pending:
         # `asyncio.wait` never raises a task's outcome, so a CancelledError
         # out of it can only be the caller's.
-        await asyncio.wait(pending)
+        await asyncio.wait(pending, timeout=timeout_s)
     for task in tasks:
-        if not task.cancelled() and (failed := task.exception()) is not None:
+        if task.done() and not task.cancelled() and (failed := task.exception()) is not None:
             raise failed
